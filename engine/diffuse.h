@@ -1,0 +1,177 @@
+/* diffuse.h: the Diffuse Stable Diffusion engine, the one public header.
+ *
+ * Usage:
+ *
+ *     char err[DIFFUSE_ERROR_SIZE];
+ *     diffuse_model *model = diffuse_model_load("v1-5.safetensors", NULL, err, sizeof err);
+ *     if (!model) { fprintf(stderr, "%s\n", err); return 1; }
+ *
+ *     diffuse_request req = diffuse_request_default();
+ *     req.prompt = "a red circle on a blue background";
+ *     req.seed = 42;
+ *     req.width = req.height = 512;
+ *
+ *     diffuse_image image;                        // one per req.count
+ *     if (diffuse_generate(model, &req, &image, err, sizeof err) != DIFFUSE_OK)
+ *         fprintf(stderr, "%s\n", err);
+ *     // image.pixels: [height, width, 3] RGB floats in [0, 1], sRGB-encoded
+ *     diffuse_image_free(&image);
+ *     diffuse_model_free(model);
+ *
+ * The engine is C11 on CBLAS, libm and pthreads. It never prints, never exits and
+ * never trusts a number read from a file: every fallible call returns a status or
+ * NULL and writes a message into the caller's `err` buffer.
+ */
+#ifndef DIFFUSE_H
+#define DIFFUSE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DIFFUSE_ERROR_SIZE 512
+#define DIFFUSE_MAX_TOKENS 77
+
+typedef enum {
+    DIFFUSE_OK = 0,
+    DIFFUSE_ERR_ARGUMENT,   /* a bad request or option; the message names it */
+    DIFFUSE_ERR_IO,         /* a file could not be opened or read */
+    DIFFUSE_ERR_FORMAT,     /* a file is malformed or not a model we know */
+    DIFFUSE_ERR_MEMORY,     /* not enough memory, checked before starting */
+    DIFFUSE_ERR_CANCELLED,  /* the progress callback asked to stop */
+} diffuse_status;
+
+typedef enum {
+    DIFFUSE_SAMPLER_EULER = 0,
+    DIFFUSE_SAMPLER_EULER_A,
+    DIFFUSE_SAMPLER_DDIM,
+    DIFFUSE_SAMPLER_DPMPP_2M,
+    DIFFUSE_SAMPLER_LCM,
+    DIFFUSE_SAMPLER_PNDM,
+    DIFFUSE_SAMPLER_COUNT
+} diffuse_sampler;
+
+/* Timestep spacing; DEFAULT takes the model's scheduler config, else the
+ * sampler's own default as diffusers defines it. */
+typedef enum {
+    DIFFUSE_SPACING_DEFAULT = 0,
+    DIFFUSE_SPACING_LEADING,
+    DIFFUSE_SPACING_LINSPACE,
+    DIFFUSE_SPACING_TRAILING,
+} diffuse_spacing;
+
+typedef enum {
+    DIFFUSE_PREDICTION_AUTO = 0, /* inferred from the model */
+    DIFFUSE_PREDICTION_EPSILON,
+    DIFFUSE_PREDICTION_V,
+} diffuse_prediction;
+
+/* Sampler names as the CLI and the plug-in spell them ("euler", "euler_a",
+ * "ddim", "dpmpp_2m", "lcm", "pndm"). Parse returns -1 for an unknown name. */
+const char *diffuse_sampler_name(diffuse_sampler sampler);
+int diffuse_sampler_parse(const char *name);
+const char *diffuse_spacing_name(diffuse_spacing spacing);
+int diffuse_spacing_parse(const char *name);
+
+/* ---------------------------------------------------------------- loading */
+
+typedef struct diffuse_load_params {
+    /* CLIP vocabulary (vocab.json, merges.txt, or bpe_simple_vocab_16e6.txt.gz)
+     * for checkpoints without a tokenizer/ folder; NULL = look beside the model,
+     * then in DIFFUSE_VOCAB (environment), then the installed copy. */
+    const char *vocab_path;
+    /* A diffusers folder whose config.json files (unet/, vae/, text_encoder/) give the hyper-parameters a
+     * single-file checkpoint cannot carry (head counts); NULL = infer. */
+    const char *config_dir;
+    diffuse_prediction prediction; /* override for files that do not say */
+    int threads;                   /* 0 = all cores */
+} diffuse_load_params;
+
+diffuse_load_params diffuse_load_params_default(void);
+
+typedef struct diffuse_model diffuse_model;
+
+/* path: a .safetensors single file (original layout) or a diffusers folder.
+ * Returns NULL with a message in err on failure. The caller frees the model. */
+diffuse_model *diffuse_model_load(const char *path, const diffuse_load_params *params,
+                                  char *err, size_t err_size);
+void diffuse_model_free(diffuse_model *model);
+
+typedef struct diffuse_model_info {
+    const char *family;        /* "sd1", "sd2" */
+    const char *layout;        /* "diffusers" or "ldm" */
+    const char *dtype;         /* storage type of the UNet weights: "f32", "f16", "bf16" */
+    diffuse_prediction prediction;
+    int latent_channels;       /* 4 */
+    int vae_scale;             /* pixels per latent cell, 8 */
+    int unet_channels[8];      /* block_out_channels */
+    int unet_levels;
+    int context_dim;           /* cross-attention width */
+    int text_width, text_layers, text_heads, vocab_size;
+    int native_size;           /* the training resolution in pixels */
+    int64_t params_unet, params_vae, params_text;
+} diffuse_model_info;
+
+void diffuse_model_get_info(const diffuse_model *model, diffuse_model_info *info);
+
+/* ---------------------------------------------------------------- generating */
+
+/* Called once per denoising step; return non-zero to cancel the run. */
+typedef int (*diffuse_progress_fn)(void *user, int image, int count, int step, int steps);
+
+typedef struct diffuse_request {
+    const char *prompt;
+    const char *negative_prompt; /* NULL or "" = empty */
+    uint64_t seed;               /* image i uses seed + i */
+    int steps;
+    float guidance;              /* <= 1 skips the unconditional pass */
+    diffuse_sampler sampler;
+    int karras;                  /* Karras sigmas (euler, euler_a, dpmpp_2m) */
+    diffuse_spacing spacing;
+    int width, height;           /* multiples of 8 */
+    int count;                   /* images to make */
+    /* img2img: [height, width, 3] RGB in [0, 1]; NULL for txt2img. Borrowed. */
+    const float *init_image;
+    float strength;              /* 0..1: how much of the schedule to run */
+    /* masked img2img: [height, width] in [0, 1], 1 = repaint; needs init_image. */
+    const float *mask;
+    diffuse_progress_fn progress;
+    void *progress_user;
+} diffuse_request;
+
+diffuse_request diffuse_request_default(void);
+
+typedef struct diffuse_image {
+    int width, height;
+    uint64_t seed;
+    float *pixels; /* [height, width, 3] RGB in [0, 1]; owned, free with diffuse_image_free */
+} diffuse_image;
+
+/* Fills images[0 .. req->count-1]. On failure nothing is left allocated. */
+diffuse_status diffuse_generate(diffuse_model *model, const diffuse_request *req,
+                                diffuse_image *images, char *err, size_t err_size);
+void diffuse_image_free(diffuse_image *image);
+
+/* Bytes of working memory a request needs beyond the loaded weights. */
+size_t diffuse_request_memory(const diffuse_model *model, const diffuse_request *req);
+
+/* ---------------------------------------------------------------- tools */
+
+/* Token ids of `text` padded to 77 with the model's pad id (49407 for CLIP).
+ * vocab_path: a tokenizer folder, vocab.json, merges.txt or the .gz merges list. */
+diffuse_status diffuse_tokenize(const char *vocab_path, const char *text,
+                                int32_t ids[DIFFUSE_MAX_TOKENS], char *err, size_t err_size);
+
+/* Reproduces a reference directory (see DESIGN.md). report() receives one line
+ * per case, without newline. passed/failed receive the counts. */
+diffuse_status diffuse_refcheck(const char *dir, void (*report)(void *user, const char *line),
+                                void *user, int *passed, int *failed, char *err,
+                                size_t err_size);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

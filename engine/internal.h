@@ -1,0 +1,256 @@
+/* internal.h: declarations shared by the engine's modules; never installed.
+ *
+ * Conventions: fallible functions return 0 on success and -1 on failure, after
+ * writing a message into `err` (a buffer of DIFFUSE_ERROR_SIZE bytes). Activations
+ * are float32, NCHW for images, [N, T, C] for token sequences; shapes are written
+ * in comments beside each buffer.
+ */
+#ifndef DIFFUSE_INTERNAL_H
+#define DIFFUSE_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "diffuse.h"
+
+#define DIFFUSE_MAX_DIMS 8
+
+/* ------------------------------------------------------------------ errors */
+
+/* Formats a message into err (may be NULL) and returns -1. */
+int diffuse_fail(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ------------------------------------------------------------------ random */
+
+/* xoshiro256** seeded through splitmix64; normals by Box-Muller in double. */
+typedef struct diffuse_rng {
+    uint64_t s[4];
+    double spare;   /* second Box-Muller value */
+    int has_spare;
+} diffuse_rng;
+
+void diffuse_rng_seed(diffuse_rng *rng, uint64_t seed);
+uint64_t diffuse_rng_next(diffuse_rng *rng);
+double diffuse_rng_uniform(diffuse_rng *rng); /* (0, 1) */
+void diffuse_rng_normal(diffuse_rng *rng, float *out, size_t n);
+
+/* Where the pipeline's Gaussian draws come from: a seeded generator for real
+ * runs, recorded tensors when the reference checker replays diffusers. `site`
+ * says which draw it is: "vae" (posterior sample), "start" (initial or img2img
+ * noise), "step" (ancestral / LCM step noise). */
+typedef struct diffuse_noise {
+    int (*draw)(void *self, float *out, size_t n, const char *site, char *err);
+    void *self;
+} diffuse_noise;
+
+/* ------------------------------------------------------------------ safetensors */
+
+typedef enum {
+    DIFFUSE_DTYPE_F32 = 0,
+    DIFFUSE_DTYPE_F16,
+    DIFFUSE_DTYPE_BF16,
+    DIFFUSE_DTYPE_I32,
+    DIFFUSE_DTYPE_OTHER, /* I64, U8, BOOL, F64...: loaded, sized, never converted */
+} diffuse_dtype;
+
+typedef struct diffuse_st_tensor {
+    char *name;
+    diffuse_dtype dtype;
+    char dtype_name[8];           /* as written in the file, e.g. "F16" */
+    int ndim;
+    int64_t shape[DIFFUSE_MAX_DIMS];
+    int64_t numel;
+    const uint8_t *data;          /* inside the mapping */
+    size_t nbytes;
+} diffuse_st_tensor;
+
+typedef struct diffuse_st_file {
+    char *path;
+    void *map;                    /* read-only mmap of the whole file */
+    size_t map_size;
+    diffuse_st_tensor *tensors;   /* sorted by name */
+    int count;
+} diffuse_st_file;
+
+/* Maps and validates a file: header length bound, JSON well-formed, every
+ * tensor's offsets inside the data area, contiguous and non-overlapping, and
+ * nbytes = product(shape) x dtype size with overflow checks. */
+int diffuse_st_open(const char *path, diffuse_st_file **out, char *err);
+void diffuse_st_close(diffuse_st_file *file);
+const diffuse_st_tensor *diffuse_st_find(const diffuse_st_file *file, const char *name);
+/* Reads any float tensor as float32 into dst (numel floats). */
+int diffuse_st_to_f32(const diffuse_st_tensor *t, float *dst, char *err);
+
+float diffuse_f16_to_f32(uint16_t h);
+float diffuse_bf16_to_f32(uint16_t h);
+
+/* ------------------------------------------------------------------ weights */
+
+/* The engine asks for every weight by one canonical name: the diffusers name
+ * with a component prefix, "unet.", "vae." or "text." (text keeps the
+ * transformers names, e.g. "text.text_model.encoder.layers.0.mlp.fc1.weight").
+ * weights.c maps the original single-file layout onto these names by rule. */
+typedef struct diffuse_weights diffuse_weights;
+
+/* Opens a diffusers folder (unet/, vae/, text_encoder/) or a single file. */
+int diffuse_weights_open(const char *path, diffuse_weights **out, char *err);
+void diffuse_weights_free(diffuse_weights *w);
+bool diffuse_weights_has(const diffuse_weights *w, const char *name);
+/* Shape of a weight, or -1 in ndim when missing. */
+int diffuse_weights_shape(const diffuse_weights *w, const char *name, int64_t shape[DIFFUSE_MAX_DIMS]);
+/* float32 view of a weight whose shape must equal `shape` (ndim dims; trailing
+ * 1-sized dims of the stored tensor are ignored, so a [C, C, 1, 1] conv loads as
+ * a [C, C] linear). Mapped when stored as aligned F32, else converted once and
+ * owned by `w`. Errors name the tensor and both shapes. */
+const float *diffuse_weights_get(diffuse_weights *w, const char *name, int ndim,
+                                 const int64_t *shape, char *err);
+/* printf-style name, shape given as a -1-terminated list: get(w, err, dims, fmt...) */
+const float *diffuse_weights_getf(diffuse_weights *w, char *err, const int64_t *dims,
+                                  const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/* "diffusers" or "ldm"; the dtype of most UNet tensors. */
+const char *diffuse_weights_layout(const diffuse_weights *w);
+diffuse_dtype diffuse_weights_dtype(const diffuse_weights *w);
+/* Parameter count of all weights under a prefix ("unet.", ...). */
+int64_t diffuse_weights_count(const diffuse_weights *w, const char *prefix);
+/* For each canonical name under prefix: callback (used by config inference). */
+void diffuse_weights_each(const diffuse_weights *w, const char *prefix,
+                          void (*fn)(void *user, const char *name, int ndim, const int64_t *shape),
+                          void *user);
+
+/* ------------------------------------------------------------------ kernels */
+
+/* Each optimized kernel has a plain reference twin (suffix _ref) that the unit
+ * tests compare it against. Kernels never allocate: callers pass scratch. */
+
+/* y[n, out] = x[n, in] . W[out, in]^T + b[out] (b may be NULL). */
+void diffuse_op_linear(float *y, const float *x, const float *w, const float *b, int n, int in,
+                       int out);
+void diffuse_op_linear_ref(float *y, const float *x, const float *w, const float *b, int n,
+                           int in, int out);
+
+typedef struct diffuse_conv {
+    int cin, h, w;                /* input  [N, cin, h, w] */
+    int cout, k, stride;          /* weight [cout, cin, k, k] */
+    int pad_top, pad_left, pad_bottom, pad_right;
+} diffuse_conv;
+
+int diffuse_conv_out_h(const diffuse_conv *c);
+int diffuse_conv_out_w(const diffuse_conv *c);
+/* Floats of scratch diffuse_op_conv2d needs (im2col of one image). */
+size_t diffuse_conv_scratch(const diffuse_conv *c);
+/* y[N, cout, oh, ow] = conv(x[N, cin, h, w], W) + b. */
+void diffuse_op_conv2d(float *y, const float *x, const float *w, const float *b,
+                       const diffuse_conv *c, int n, float *scratch);
+void diffuse_op_conv2d_ref(float *y, const float *x, const float *w, const float *b,
+                           const diffuse_conv *c, int n);
+
+/* GroupNorm over [N, C, HW] with `groups` groups, affine; optional fused SiLU. */
+void diffuse_op_group_norm(float *y, const float *x, const float *gamma, const float *beta, int n,
+                           int c, int hw, int groups, float eps, bool silu);
+/* LayerNorm over the last dim of [rows, dim]. */
+void diffuse_op_layer_norm(float *y, const float *x, const float *gamma, const float *beta,
+                           int rows, int dim, float eps);
+void diffuse_op_silu(float *x, size_t n);
+void diffuse_op_gelu(float *x, size_t n);       /* exact, erf */
+void diffuse_op_quick_gelu(float *x, size_t n); /* x * sigmoid(1.702 x) */
+void diffuse_op_add(float *y, const float *x, size_t n); /* y += x */
+/* [N, C, H, W] -> [N, C, 2H, 2W], nearest neighbour. */
+void diffuse_op_upsample2x(float *y, const float *x, int n, int c, int h, int w);
+/* [N, C, HW] <-> [N, HW, C] */
+void diffuse_op_transpose(float *y, const float *x, int n, int rows, int cols);
+
+/* Multi-head attention, softmax(Q K^T * scale) V, one head and one block of
+ * query rows at a time so no more than [q_block, tk] scores exist at once.
+ * q: [tq, heads*dh], k, v: [tk, heads*dh] with row strides q_stride/kv_stride
+ * (floats), out: [tq, heads*dh]. causal masks keys after the query position.
+ * scratch: diffuse_attention_scratch(tq, tk) floats. */
+size_t diffuse_attention_scratch(int tq, int tk);
+void diffuse_op_attention(float *out, const float *q, int q_stride, const float *k,
+                          const float *v, int kv_stride, int tq, int tk, int heads, int dh,
+                          bool causal, float *scratch);
+void diffuse_op_attention_ref(float *out, const float *q, int q_stride, const float *k,
+                              const float *v, int kv_stride, int tq, int tk, int heads, int dh,
+                              bool causal);
+
+/* ------------------------------------------------------------------ arena */
+
+/* Work memory: one block sized up front, handed out by a bump pointer and
+ * rewound with mark/reset. Running past the end is reported, never grown. */
+typedef struct diffuse_arena {
+    float *base;
+    size_t cap, used, peak;       /* in floats */
+    bool overflow;
+} diffuse_arena;
+
+int diffuse_arena_init(diffuse_arena *a, size_t floats, char *err);
+void diffuse_arena_free(diffuse_arena *a);
+float *diffuse_arena_push(diffuse_arena *a, size_t floats); /* NULL on overflow */
+static inline size_t diffuse_arena_mark(const diffuse_arena *a) { return a->used; }
+static inline void diffuse_arena_reset(diffuse_arena *a, size_t mark) { a->used = mark; }
+
+/* ------------------------------------------------------------------ tokenizer */
+
+typedef struct diffuse_tokenizer diffuse_tokenizer;
+
+/* path: a folder holding vocab.json + merges.txt, either of those files, or
+ * the bpe_simple_vocab_16e6.txt.gz merges list. */
+int diffuse_tokenizer_load(const char *path, diffuse_tokenizer **out, char *err);
+void diffuse_tokenizer_free(diffuse_tokenizer *tok);
+/* <start> tokens... <end> then pad_id, truncated to 77 (the last kept id is
+ * <end>). */
+int diffuse_tokenizer_encode(const diffuse_tokenizer *tok, const char *text, int32_t pad_id,
+                             int32_t ids[DIFFUSE_MAX_TOKENS], char *err);
+int32_t diffuse_tokenizer_bos(const diffuse_tokenizer *tok); /* 49406 */
+int32_t diffuse_tokenizer_eos(const diffuse_tokenizer *tok); /* 49407 */
+
+/* ------------------------------------------------------------------ sampler */
+
+typedef enum { DIFFUSE_BETAS_SCALED_LINEAR = 0, DIFFUSE_BETAS_LINEAR } diffuse_beta_schedule;
+
+/* scheduler_config.json, with diffusers' defaults where a key is absent. */
+typedef struct diffuse_schedule_config {
+    int num_train_timesteps;      /* 1000 */
+    float beta_start, beta_end;   /* 0.00085, 0.012 */
+    diffuse_beta_schedule beta_schedule;
+    int steps_offset;             /* 1 for SD */
+    bool set_alpha_to_one;        /* DDIM/PNDM final alpha */
+    diffuse_prediction prediction;
+    diffuse_spacing spacing;      /* DEFAULT = each sampler's diffusers default */
+    int original_inference_steps; /* LCM, 50 */
+    float timestep_scaling;       /* LCM, 10 */
+} diffuse_schedule_config;
+
+diffuse_schedule_config diffuse_schedule_config_default(void);
+
+#define DIFFUSE_MAX_STEPS 1000
+
+/* One sampler run: the schedule and the multistep history. Everything is sized
+ * at init; step() never allocates. */
+typedef struct diffuse_sampler_state diffuse_sampler_state;
+
+/* latent_n: floats in one latent (C*H*W times batch). strength in (0, 1] trims
+ * the schedule the way the img2img pipelines do (1 = txt2img). */
+int diffuse_sampler_create(diffuse_sampler kind, bool karras, const diffuse_schedule_config *cfg,
+                           int steps, float strength, size_t latent_n,
+                           diffuse_sampler_state **out, char *err);
+void diffuse_sampler_free(diffuse_sampler_state *s);
+/* Number of model evaluations after trimming (PNDM: steps + 1 when untrimmed). */
+int diffuse_sampler_count(const diffuse_sampler_state *s);
+/* The timestep the UNet is given at evaluation i. */
+float diffuse_sampler_timestep(const diffuse_sampler_state *s, int i);
+/* Factor on unit Gaussian noise that starts txt2img (init_noise_sigma). */
+float diffuse_sampler_init_sigma(const diffuse_sampler_state *s);
+/* UNet input at evaluation i: x scaled as scale_model_input does. */
+void diffuse_sampler_scale_input(const diffuse_sampler_state *s, int i, const float *x,
+                                 float *out);
+/* out = x0 noised to the level of evaluation i (scheduler.add_noise with
+ * timesteps[i]); i == count means fully denoised (out = x0). */
+void diffuse_sampler_add_noise(const diffuse_sampler_state *s, int i, const float *x0,
+                               const float *noise, float *out);
+/* Advances latents in place with the model output of evaluation i. Ancestral
+ * and LCM steps take their Gaussian draws from `noise` (site "step"). */
+int diffuse_sampler_step(diffuse_sampler_state *s, int i, const float *model_out, float *latents,
+                         diffuse_noise *noise, char *err);
+
+#endif

@@ -1,0 +1,308 @@
+/* ops.c: the numeric kernels every model part is built from.
+ *
+ * Matrix products go through cblas_sgemm (OpenBLAS threads them); the rest are
+ * flat loops over NCHW float32 buffers. Every optimized kernel has a plain
+ * reference twin (suffix _ref) that tests/test_ops.c holds it to.
+ */
+#include <math.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "internal.h"
+
+/* ------------------------------------------------------------------ linear */
+
+/* y[n, out] = x[n, in] . W[out, in]^T + b */
+void diffuse_op_linear(float *y, const float *x, const float *w, const float *b, int n, int in,
+                       int out)
+{
+    if (b) {
+        for (int i = 0; i < n; i++)
+            memcpy(y + (size_t)i * out, b, sizeof(float) * out);
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, w, in,
+                b ? 1.0f : 0.0f, y, out);
+}
+
+void diffuse_op_linear_ref(float *y, const float *x, const float *w, const float *b, int n,
+                           int in, int out)
+{
+    for (int i = 0; i < n; i++)
+        for (int o = 0; o < out; o++) {
+            double s = b ? b[o] : 0;
+            for (int k = 0; k < in; k++)
+                s += (double)x[(size_t)i * in + k] * w[(size_t)o * in + k];
+            y[(size_t)i * out + o] = (float)s;
+        }
+}
+
+/* ------------------------------------------------------------------ conv2d */
+
+int diffuse_conv_out_h(const diffuse_conv *c)
+{
+    return (c->h + c->pad_top + c->pad_bottom - c->k) / c->stride + 1;
+}
+
+int diffuse_conv_out_w(const diffuse_conv *c)
+{
+    return (c->w + c->pad_left + c->pad_right - c->k) / c->stride + 1;
+}
+
+size_t diffuse_conv_scratch(const diffuse_conv *c)
+{
+    if (c->k == 1 && c->stride == 1 && !c->pad_top && !c->pad_left && !c->pad_bottom &&
+        !c->pad_right)
+        return 0;
+    return (size_t)c->cin * c->k * c->k * diffuse_conv_out_h(c) * diffuse_conv_out_w(c);
+}
+
+/* col[(ci*k + ky)*k + kx, oy*ow + ox] = x[ci, oy*s + ky - pt, ox*s + kx - pl] (0 outside) */
+static void im2col(float *col, const float *x, const diffuse_conv *c, int oh, int ow)
+{
+    const int k = c->k, s = c->stride;
+    for (int ci = 0; ci < c->cin; ci++)
+        for (int ky = 0; ky < k; ky++)
+            for (int kx = 0; kx < k; kx++) {
+                float *dst = col + ((size_t)(ci * k + ky) * k + kx) * oh * ow;
+                const float *src = x + (size_t)ci * c->h * c->w;
+                for (int oy = 0; oy < oh; oy++) {
+                    int iy = oy * s + ky - c->pad_top;
+                    float *row = dst + (size_t)oy * ow;
+                    if (iy < 0 || iy >= c->h) {
+                        memset(row, 0, sizeof(float) * ow);
+                        continue;
+                    }
+                    for (int ox = 0; ox < ow; ox++) {
+                        int ix = ox * s + kx - c->pad_left;
+                        row[ox] = (ix >= 0 && ix < c->w) ? src[(size_t)iy * c->w + ix] : 0.0f;
+                    }
+                }
+            }
+}
+
+/* Per image: Y[cout, oh*ow] = W[cout, cin*k*k] . col[cin*k*k, oh*ow] + b */
+void diffuse_op_conv2d(float *y, const float *x, const float *w, const float *b,
+                       const diffuse_conv *c, int n, float *scratch)
+{
+    const int oh = diffuse_conv_out_h(c), ow = diffuse_conv_out_w(c);
+    const int kk = c->cin * c->k * c->k, hw = oh * ow;
+    for (int i = 0; i < n; i++) {
+        const float *xi = x + (size_t)i * c->cin * c->h * c->w;
+        float *yi = y + (size_t)i * c->cout * hw;
+        const float *col = xi;
+        if (diffuse_conv_scratch(c)) {
+            im2col(scratch, xi, c, oh, ow);
+            col = scratch;
+        }
+        for (int o = 0; o < c->cout; o++) {
+            float bias = b ? b[o] : 0.0f;
+            for (int p = 0; p < hw; p++)
+                yi[(size_t)o * hw + p] = bias;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c->cout, hw, kk, 1.0f, w, kk, col,
+                    hw, 1.0f, yi, hw);
+    }
+}
+
+void diffuse_op_conv2d_ref(float *y, const float *x, const float *w, const float *b,
+                           const diffuse_conv *c, int n)
+{
+    const int oh = diffuse_conv_out_h(c), ow = diffuse_conv_out_w(c), k = c->k;
+    for (int i = 0; i < n; i++)
+        for (int o = 0; o < c->cout; o++)
+            for (int oy = 0; oy < oh; oy++)
+                for (int ox = 0; ox < ow; ox++) {
+                    double s = b ? b[o] : 0;
+                    for (int ci = 0; ci < c->cin; ci++)
+                        for (int ky = 0; ky < k; ky++)
+                            for (int kx = 0; kx < k; kx++) {
+                                int iy = oy * c->stride + ky - c->pad_top;
+                                int ix = ox * c->stride + kx - c->pad_left;
+                                if (iy < 0 || iy >= c->h || ix < 0 || ix >= c->w)
+                                    continue;
+                                s += (double)w[(((size_t)o * c->cin + ci) * k + ky) * k + kx] *
+                                     x[(((size_t)i * c->cin + ci) * c->h + iy) * c->w + ix];
+                            }
+                    y[(((size_t)i * c->cout + o) * oh + oy) * ow + ox] = (float)s;
+                }
+}
+
+/* ------------------------------------------------------------------ norms */
+
+static inline float silu(float v) { return v / (1.0f + expf(-v)); }
+
+/* y = (x - mean_g) / sqrt(var_g + eps) * gamma_c + beta_c, statistics per
+ * (image, group) over C/groups channels x HW; biased variance as torch. */
+void diffuse_op_group_norm(float *y, const float *x, const float *gamma, const float *beta, int n,
+                           int c, int hw, int groups, float eps, bool act)
+{
+    const int cg = c / groups;
+    const size_t count = (size_t)cg * hw;
+    for (int i = 0; i < n; i++)
+        for (int g = 0; g < groups; g++) {
+            const float *xg = x + ((size_t)i * c + (size_t)g * cg) * hw;
+            float *yg = y + ((size_t)i * c + (size_t)g * cg) * hw;
+            double sum = 0, sq = 0;
+            for (size_t j = 0; j < count; j++)
+                sum += xg[j];
+            double mean = sum / count;
+            for (size_t j = 0; j < count; j++)
+                sq += (xg[j] - mean) * (xg[j] - mean);
+            float rstd = (float)(1.0 / sqrt(sq / count + eps));
+            for (int ch = 0; ch < cg; ch++) {
+                float a = gamma[g * cg + ch] * rstd;
+                float bb = beta[g * cg + ch] - (float)mean * a;
+                for (int p = 0; p < hw; p++) {
+                    float v = xg[(size_t)ch * hw + p] * a + bb;
+                    yg[(size_t)ch * hw + p] = act ? silu(v) : v;
+                }
+            }
+        }
+}
+
+void diffuse_op_layer_norm(float *y, const float *x, const float *gamma, const float *beta,
+                           int rows, int dim, float eps)
+{
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * dim;
+        float *yr = y + (size_t)r * dim;
+        double sum = 0, sq = 0;
+        for (int j = 0; j < dim; j++)
+            sum += xr[j];
+        double mean = sum / dim;
+        for (int j = 0; j < dim; j++)
+            sq += (xr[j] - mean) * (xr[j] - mean);
+        float rstd = (float)(1.0 / sqrt(sq / dim + eps));
+        for (int j = 0; j < dim; j++)
+            yr[j] = (float)(xr[j] - mean) * rstd * gamma[j] + beta[j];
+    }
+}
+
+/* ------------------------------------------------------------------ pointwise */
+
+void diffuse_op_silu(float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = silu(x[i]);
+}
+
+/* gelu(x) = x/2 (1 + erf(x / sqrt 2)) */
+void diffuse_op_gelu(float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float)M_SQRT1_2));
+}
+
+void diffuse_op_quick_gelu(float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
+}
+
+void diffuse_op_add(float *y, const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        y[i] += x[i];
+}
+
+void diffuse_op_upsample2x(float *y, const float *x, int n, int c, int h, int w)
+{
+    for (size_t p = 0; p < (size_t)n * c; p++) {
+        const float *xp = x + p * h * w;
+        float *yp = y + p * 4 * h * w;
+        for (int oy = 0; oy < 2 * h; oy++)
+            for (int ox = 0; ox < 2 * w; ox++)
+                yp[(size_t)oy * 2 * w + ox] = xp[(size_t)(oy / 2) * w + ox / 2];
+    }
+}
+
+void diffuse_op_transpose(float *y, const float *x, int n, int rows, int cols)
+{
+    for (int i = 0; i < n; i++) {
+        const float *xi = x + (size_t)i * rows * cols;
+        float *yi = y + (size_t)i * rows * cols;
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++)
+                yi[(size_t)c * rows + r] = xi[(size_t)r * cols + c];
+    }
+}
+
+/* ------------------------------------------------------------------ attention */
+
+#define ATTN_Q_BLOCK 256
+
+size_t diffuse_attention_scratch(int tq, int tk)
+{
+    int qb = tq < ATTN_Q_BLOCK ? tq : ATTN_Q_BLOCK;
+    return (size_t)qb * tk;
+}
+
+static void softmax_rows(float *s, int rows, int cols, int q0, bool causal)
+{
+    for (int r = 0; r < rows; r++) {
+        float *row = s + (size_t)r * cols;
+        int valid = causal ? (q0 + r + 1 < cols ? q0 + r + 1 : cols) : cols;
+        float m = -INFINITY;
+        for (int j = 0; j < valid; j++)
+            m = row[j] > m ? row[j] : m;
+        double sum = 0;
+        for (int j = 0; j < valid; j++) {
+            row[j] = expf(row[j] - m);
+            sum += row[j];
+        }
+        float inv = (float)(1.0 / sum);
+        for (int j = 0; j < valid; j++)
+            row[j] *= inv;
+        for (int j = valid; j < cols; j++)
+            row[j] = 0.0f;
+    }
+}
+
+/* Per head h and query block: S = scale Q_h K_h^T [qb, tk]; P = softmax(S);
+ * O_h = P V_h. Heads are column slices, so nothing is copied. */
+void diffuse_op_attention(float *out, const float *q, int q_stride, const float *k,
+                          const float *v, int kv_stride, int tq, int tk, int heads, int dh,
+                          bool causal, float *scratch)
+{
+    const float scale = 1.0f / sqrtf((float)dh);
+    const int ld_out = heads * dh;
+    for (int h = 0; h < heads; h++)
+        for (int q0 = 0; q0 < tq; q0 += ATTN_Q_BLOCK) {
+            int qb = tq - q0 < ATTN_Q_BLOCK ? tq - q0 : ATTN_Q_BLOCK;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, qb, tk, dh, scale,
+                        q + (size_t)q0 * q_stride + h * dh, q_stride, k + h * dh, kv_stride, 0.0f,
+                        scratch, tk);
+            softmax_rows(scratch, qb, tk, q0, causal);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, qb, dh, tk, 1.0f, scratch, tk,
+                        v + h * dh, kv_stride, 0.0f, out + (size_t)q0 * ld_out + h * dh, ld_out);
+        }
+}
+
+void diffuse_op_attention_ref(float *out, const float *q, int q_stride, const float *k,
+                              const float *v, int kv_stride, int tq, int tk, int heads, int dh,
+                              bool causal)
+{
+    const double scale = 1.0 / sqrt((double)dh);
+    for (int h = 0; h < heads; h++)
+        for (int i = 0; i < tq; i++) {
+            double s[tk], m = -INFINITY, sum = 0;
+            int valid = causal ? (i + 1 < tk ? i + 1 : tk) : tk;
+            for (int j = 0; j < valid; j++) {
+                s[j] = 0;
+                for (int d = 0; d < dh; d++)
+                    s[j] += (double)q[(size_t)i * q_stride + h * dh + d] *
+                            k[(size_t)j * kv_stride + h * dh + d];
+                s[j] *= scale;
+                m = s[j] > m ? s[j] : m;
+            }
+            for (int j = 0; j < valid; j++)
+                sum += (s[j] = exp(s[j] - m));
+            for (int d = 0; d < dh; d++) {
+                double o = 0;
+                for (int j = 0; j < valid; j++)
+                    o += s[j] / sum * v[(size_t)j * kv_stride + h * dh + d];
+                out[(size_t)i * heads * dh + h * dh + d] = (float)o;
+            }
+        }
+}

@@ -1,0 +1,507 @@
+/* weights.c: one canonical naming of every weight, whatever the file layout.
+ *
+ * Canonical names are the diffusers names with a component prefix ("unet.",
+ * "vae.", "text."). A diffusers folder needs only the prefix (plus the old VAE
+ * attention names); an original single-file ("LDM") checkpoint is translated
+ * by the few rules below, one function per component. Tensors stay in the
+ * file mapping; F16/BF16 (or unaligned) tensors are converted to float32 once,
+ * when first asked for.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "internal.h"
+
+typedef struct weight_entry {
+    char *name;                   /* canonical */
+    const diffuse_st_tensor *t;
+    int64_t row0;                 /* first row of a split (OpenCLIP in_proj) */
+    int ndim;
+    int64_t shape[DIFFUSE_MAX_DIMS];
+    int64_t numel;
+    float *converted;             /* owned float32 copy, or NULL */
+} weight_entry;
+
+struct diffuse_weights {
+    diffuse_st_file *files[4];
+    int nfiles;
+    weight_entry *entries;        /* sorted by name */
+    int count, cap;
+    const char *layout;
+};
+
+/* ------------------------------------------------------------------ table */
+
+static int add_entry(diffuse_weights *w, const char *name, const diffuse_st_tensor *t,
+                     int64_t row0, int64_t rows, char *err)
+{
+    if (w->count == w->cap) {
+        int cap = w->cap ? w->cap * 2 : 256;
+        weight_entry *e = realloc(w->entries, cap * sizeof *e);
+        if (!e)
+            return diffuse_fail(err, "out of memory");
+        w->entries = e;
+        w->cap = cap;
+    }
+    weight_entry *e = &w->entries[w->count];
+    memset(e, 0, sizeof *e);
+    if (!(e->name = strdup(name)))
+        return diffuse_fail(err, "out of memory");
+    e->t = t;
+    e->row0 = row0;
+    e->ndim = t->ndim;
+    memcpy(e->shape, t->shape, sizeof e->shape);
+    if (rows >= 0)
+        e->shape[0] = rows;
+    e->numel = 1;
+    for (int i = 0; i < e->ndim; i++)
+        e->numel *= e->shape[i];
+    w->count++;
+    return 0;
+}
+
+static int cmp_entry(const void *a, const void *b)
+{
+    return strcmp(((const weight_entry *)a)->name, ((const weight_entry *)b)->name);
+}
+
+static weight_entry *find_entry(const diffuse_weights *w, const char *name)
+{
+    weight_entry key = {.name = (char *)name};
+    return bsearch(&key, w->entries, w->count, sizeof key, cmp_entry);
+}
+
+static int finish_table(diffuse_weights *w, char *err)
+{
+    qsort(w->entries, w->count, sizeof *w->entries, cmp_entry);
+    for (int i = 1; i < w->count; i++)
+        if (strcmp(w->entries[i - 1].name, w->entries[i].name) == 0)
+            return diffuse_fail(err, "two tensors map to the weight '%s'", w->entries[i].name);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ rename rules */
+
+/* Replaces the first occurrence of `from` in s (a buffer of `size`) by `to`. */
+static bool replace(char *s, size_t size, const char *from, const char *to)
+{
+    char *p = strstr(s, from);
+    if (!p)
+        return false;
+    char tail[512];
+    snprintf(tail, sizeof tail, "%s", p + strlen(from));
+    snprintf(p, size - (size_t)(p - s), "%s%s", to, tail);
+    return true;
+}
+
+static bool starts(const char *s, const char *prefix)
+{
+    return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/* diffusers' two generations of VAE attention names: query/key/value/proj_attn. */
+static void rename_vae_attention(char *s, size_t size)
+{
+    if (!strstr(s, ".attentions."))
+        return;
+    (void)(replace(s, size, ".query.", ".to_q.") || replace(s, size, ".key.", ".to_k.") ||
+        replace(s, size, ".value.", ".to_v.") || replace(s, size, ".proj_attn.", ".to_out.0."));
+}
+
+static void rename_ldm_resnet(char *s, size_t size)
+{
+    (void)(replace(s, size, ".in_layers.0.", ".norm1.") || replace(s, size, ".in_layers.2.", ".conv1.") ||
+        replace(s, size, ".emb_layers.1.", ".time_emb_proj.") ||
+        replace(s, size, ".out_layers.0.", ".norm2.") ||
+        replace(s, size, ".out_layers.3.", ".conv2.") ||
+        replace(s, size, ".skip_connection.", ".conv_shortcut."));
+}
+
+/* model.diffusion_model.* -> unet.*; `per` = layers_per_block + 1 (blocks per level). */
+static bool map_ldm_unet(const char *k, int per, char *out, size_t size)
+{
+    int n, m, len = 0;
+    if (starts(k, "time_embed.0."))
+        snprintf(out, size, "unet.time_embedding.linear_1.%s", k + 13);
+    else if (starts(k, "time_embed.2."))
+        snprintf(out, size, "unet.time_embedding.linear_2.%s", k + 13);
+    else if (starts(k, "input_blocks.0.0."))
+        snprintf(out, size, "unet.conv_in.%s", k + 17);
+    else if (starts(k, "out.0."))
+        snprintf(out, size, "unet.conv_norm_out.%s", k + 6);
+    else if (starts(k, "out.2."))
+        snprintf(out, size, "unet.conv_out.%s", k + 6);
+    else if (sscanf(k, "input_blocks.%d.%d.%n", &n, &m, &len) == 2 && len && n >= 1) {
+        int b = (n - 1) / per, j = (n - 1) % per;
+        if (j == per - 1)
+            snprintf(out, size, "unet.down_blocks.%d.downsamplers.0.conv.%s", b,
+                     k + len + (starts(k + len, "op.") ? 3 : 0));
+        else
+            snprintf(out, size, "unet.down_blocks.%d.%s.%d.%s", b, m ? "attentions" : "resnets", j,
+                     k + len);
+    } else if (sscanf(k, "middle_block.%d.%n", &m, &len) == 1 && len) {
+        const char *part = m == 1 ? "attentions.0" : m == 0 ? "resnets.0" : "resnets.1";
+        snprintf(out, size, "unet.mid_block.%s.%s", part, k + len);
+    } else if (sscanf(k, "output_blocks.%d.%d.%n", &n, &m, &len) == 2 && len) {
+        int b = n / per, j = n % per;
+        if (m == 0)
+            snprintf(out, size, "unet.up_blocks.%d.resnets.%d.%s", b, j, k + len);
+        else if (m == 2 || starts(k + len, "conv."))
+            snprintf(out, size, "unet.up_blocks.%d.upsamplers.0.%s", b, k + len);
+        else
+            snprintf(out, size, "unet.up_blocks.%d.attentions.%d.%s", b, j, k + len);
+    } else {
+        return false;
+    }
+    rename_ldm_resnet(out, size);
+    return true;
+}
+
+/* first_stage_model.* -> vae.*; `levels` = number of decoder up levels. */
+static bool map_ldm_vae(const char *k, int levels, char *out, size_t size)
+{
+    int i, j, len = 0;
+    char side[8];
+    if (sscanf(k, "%7[a-z].down.%d.block.%d.%n", side, &i, &j, &len) == 3 && len)
+        snprintf(out, size, "vae.%s.down_blocks.%d.resnets.%d.%s", side, i, j, k + len);
+    else if (sscanf(k, "%7[a-z].down.%d.downsample.%n", side, &i, &len) == 2 && len)
+        snprintf(out, size, "vae.%s.down_blocks.%d.downsamplers.0.%s", side, i, k + len);
+    else if (sscanf(k, "%7[a-z].up.%d.block.%d.%n", side, &i, &j, &len) == 3 && len)
+        snprintf(out, size, "vae.%s.up_blocks.%d.resnets.%d.%s", side, levels - 1 - i, j, k + len);
+    else if (sscanf(k, "%7[a-z].up.%d.upsample.%n", side, &i, &len) == 2 && len)
+        snprintf(out, size, "vae.%s.up_blocks.%d.upsamplers.0.%s", side, levels - 1 - i, k + len);
+    else if (sscanf(k, "%7[a-z].mid.block_%d.%n", side, &i, &len) == 2 && len)
+        snprintf(out, size, "vae.%s.mid_block.resnets.%d.%s", side, i - 1, k + len);
+    else if (sscanf(k, "%7[a-z].mid.attn_1.%n", side, &len) == 1 && len) {
+        const char *r = k + len;
+        const char *to = starts(r, "norm.") ? "group_norm." : starts(r, "q.") ? "to_q."
+                       : starts(r, "k.") ? "to_k." : starts(r, "v.") ? "to_v."
+                       : starts(r, "proj_out.") ? "to_out.0." : NULL;
+        if (!to)
+            return false;
+        snprintf(out, size, "vae.%s.mid_block.attentions.0.%s%s", side, to, strchr(r, '.') + 1);
+    } else if (sscanf(k, "%7[a-z].norm_out.%n", side, &len) == 1 && len)
+        snprintf(out, size, "vae.%s.conv_norm_out.%s", side, k + len);
+    else
+        snprintf(out, size, "vae.%s", k);
+    replace(out, size, ".nin_shortcut.", ".conv_shortcut.");
+    return true;
+}
+
+/* cond_stage_model.model.* (OpenCLIP, SD 2.x) -> text.text_model.*. Sets *split
+ * for the fused in_proj tensors that become q/k/v. */
+static bool map_openclip(const char *k, char *out, size_t size, bool *split)
+{
+    int i, len = 0;
+    *split = false;
+    if (strcmp(k, "token_embedding.weight") == 0)
+        snprintf(out, size, "text.text_model.embeddings.token_embedding.weight");
+    else if (strcmp(k, "positional_embedding") == 0)
+        snprintf(out, size, "text.text_model.embeddings.position_embedding.weight");
+    else if (starts(k, "ln_final."))
+        snprintf(out, size, "text.text_model.final_layer_norm.%s", k + 9);
+    else if (sscanf(k, "transformer.resblocks.%d.%n", &i, &len) == 1 && len) {
+        const char *r = k + len;
+        char rest[256];
+        snprintf(rest, sizeof rest, "%s", r);
+        if (starts(r, "attn.in_proj_")) {
+            *split = true; /* the caller appends q/k/v */
+            snprintf(rest, sizeof rest, "self_attn.%%s_proj.%s", r + 13);
+        } else if (!(replace(rest, sizeof rest, "ln_1.", "layer_norm1.") ||
+                     replace(rest, sizeof rest, "ln_2.", "layer_norm2.") ||
+                     replace(rest, sizeof rest, "attn.out_proj.", "self_attn.out_proj.") ||
+                     replace(rest, sizeof rest, "mlp.c_fc.", "mlp.fc1.") ||
+                     replace(rest, sizeof rest, "mlp.c_proj.", "mlp.fc2."))) {
+            return false;
+        }
+        snprintf(out, size, "text.text_model.encoder.layers.%d.%s", i, rest);
+    } else {
+        return false;
+    }
+    return true;
+}
+
+/* ------------------------------------------------------------------ layouts */
+
+static int add_split(diffuse_weights *w, const char *pattern, const diffuse_st_tensor *t,
+                     char *err)
+{
+    static const char *qkv[3] = {"q", "k", "v"};
+    if (t->ndim < 1 || t->shape[0] % 3)
+        return diffuse_fail(err, "tensor '%s': rows not divisible by 3", t->name);
+    for (int p = 0; p < 3; p++) {
+        char name[512];
+        snprintf(name, sizeof name, pattern, qkv[p]);
+        if (add_entry(w, name, t, p * t->shape[0] / 3, t->shape[0] / 3, err))
+            return -1;
+    }
+    return 0;
+}
+
+/* layers_per_block + 1, read off the first downsampler's input_blocks index. */
+static int ldm_blocks_per_level(const diffuse_st_file *f)
+{
+    for (int n = 1; n < 64; n++) {
+        char name[96];
+        snprintf(name, sizeof name, "model.diffusion_model.input_blocks.%d.0.op.weight", n);
+        if (diffuse_st_find(f, name))
+            return n;
+    }
+    return 3;
+}
+
+static int ldm_vae_levels(const diffuse_st_file *f)
+{
+    int levels = 0;
+    for (int i = 0; i < f->count; i++) {
+        int l;
+        if (sscanf(f->tensors[i].name, "first_stage_model.decoder.up.%d.", &l) == 1 && l + 1 > levels)
+            levels = l + 1;
+    }
+    return levels;
+}
+
+static int load_ldm(diffuse_weights *w, const diffuse_st_file *f, char *err)
+{
+    const int per = ldm_blocks_per_level(f), levels = ldm_vae_levels(f);
+    for (int i = 0; i < f->count; i++) {
+        const diffuse_st_tensor *t = &f->tensors[i];
+        const char *k = t->name;
+        char name[512];
+        bool ok = false, split = false;
+        if (starts(k, "model.diffusion_model."))
+            ok = map_ldm_unet(k + 22, per, name, sizeof name);
+        else if (starts(k, "first_stage_model."))
+            ok = map_ldm_vae(k + 18, levels, name, sizeof name);
+        else if (starts(k, "cond_stage_model.transformer.")) {
+            k += 29;
+            snprintf(name, sizeof name, "text.%s%s", starts(k, "text_model.") ? "" : "text_model.", k);
+            ok = true;
+        } else if (starts(k, "cond_stage_model.model."))
+            ok = map_openclip(k + 23, name, sizeof name, &split);
+        if (!ok || t->dtype == DIFFUSE_DTYPE_OTHER)
+            continue; /* EMA copies, schedule buffers, position_ids... */
+        if (split ? add_split(w, name, t, err) : add_entry(w, name, t, 0, -1, err))
+            return -1;
+    }
+    w->layout = "ldm";
+    return 0;
+}
+
+static int load_diffusers_part(diffuse_weights *w, const diffuse_st_file *f, const char *prefix,
+                               char *err)
+{
+    for (int i = 0; i < f->count; i++) {
+        const diffuse_st_tensor *t = &f->tensors[i];
+        char name[512];
+        if (t->dtype == DIFFUSE_DTYPE_OTHER)
+            continue;
+        snprintf(name, sizeof name, "%s%s", prefix, t->name);
+        if (strcmp(prefix, "vae.") == 0)
+            rename_vae_attention(name, sizeof name);
+        if (add_entry(w, name, t, 0, -1, err))
+            return -1;
+    }
+    return 0;
+}
+
+/* The first of the usual file names that exists in dir/sub. */
+static bool find_part_file(const char *dir, const char *sub, char *path, size_t size)
+{
+    static const char *names[] = {"diffusion_pytorch_model.safetensors", "model.safetensors",
+                                  "diffusion_pytorch_model.fp16.safetensors",
+                                  "model.fp16.safetensors"};
+    struct stat st;
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        snprintf(path, size, "%s/%s/%s", dir, sub, names[i]);
+        if (stat(path, &st) == 0 && S_ISREG(st.st_mode))
+            return true;
+    }
+    return false;
+}
+
+static int load_diffusers(diffuse_weights *w, const char *dir, char *err)
+{
+    static const char *subs[3] = {"unet", "vae", "text_encoder"};
+    static const char *prefixes[3] = {"unet.", "vae.", "text."};
+    for (int p = 0; p < 3; p++) {
+        char path[4096];
+        if (!find_part_file(dir, subs[p], path, sizeof path))
+            return diffuse_fail(err, "%s: no %s/diffusion_pytorch_model.safetensors or "
+                                "%s/model.safetensors: not a diffusers model folder",
+                                dir, subs[p], subs[p]);
+        if (diffuse_st_open(path, &w->files[w->nfiles], err))
+            return -1;
+        if (load_diffusers_part(w, w->files[w->nfiles++], prefixes[p], err))
+            return -1;
+    }
+    w->layout = "diffusers";
+    return 0;
+}
+
+int diffuse_weights_open(const char *path, diffuse_weights **out, char *err)
+{
+    struct stat st;
+    *out = NULL;
+    if (stat(path, &st) != 0)
+        return diffuse_fail(err, "%s: no such file or folder", path);
+    diffuse_weights *w = calloc(1, sizeof *w);
+    if (!w)
+        return diffuse_fail(err, "out of memory");
+    int rc;
+    if (S_ISDIR(st.st_mode)) {
+        rc = load_diffusers(w, path, err);
+    } else {
+        rc = diffuse_st_open(path, &w->files[0], err);
+        if (rc == 0) {
+            w->nfiles = 1;
+            rc = load_ldm(w, w->files[0], err);
+        }
+    }
+    if (rc == 0)
+        rc = finish_table(w, err);
+    if (rc == 0 && w->count == 0)
+        rc = diffuse_fail(err, "%s: holds no Stable Diffusion weights", path);
+    if (rc) {
+        diffuse_weights_free(w);
+        return -1;
+    }
+    *out = w;
+    return 0;
+}
+
+void diffuse_weights_free(diffuse_weights *w)
+{
+    if (!w)
+        return;
+    for (int i = 0; i < w->count; i++) {
+        free(w->entries[i].name);
+        free(w->entries[i].converted);
+    }
+    free(w->entries);
+    for (int i = 0; i < w->nfiles; i++)
+        diffuse_st_close(w->files[i]);
+    free(w);
+}
+
+/* ------------------------------------------------------------------ access */
+
+bool diffuse_weights_has(const diffuse_weights *w, const char *name)
+{
+    return find_entry(w, name) != NULL;
+}
+
+int diffuse_weights_shape(const diffuse_weights *w, const char *name,
+                          int64_t shape[DIFFUSE_MAX_DIMS])
+{
+    const weight_entry *e = find_entry(w, name);
+    if (!e)
+        return -1;
+    memcpy(shape, e->shape, sizeof e->shape);
+    return e->ndim;
+}
+
+static void format_shape(char *buf, size_t size, int ndim, const int64_t *shape)
+{
+    size_t n = (size_t)snprintf(buf, size, "[");
+    for (int i = 0; i < ndim && n < size; i++)
+        n += (size_t)snprintf(buf + n, size - n, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (n < size)
+        snprintf(buf + n, size - n, "]");
+}
+
+/* Equal up to trailing 1-sized dims of the stored tensor. */
+static bool shape_matches(const weight_entry *e, int ndim, const int64_t *shape)
+{
+    if (e->ndim < ndim)
+        return false;
+    for (int i = 0; i < e->ndim; i++)
+        if (i < ndim ? e->shape[i] != shape[i] : e->shape[i] != 1)
+            return false;
+    return true;
+}
+
+const float *diffuse_weights_get(diffuse_weights *w, const char *name, int ndim,
+                                 const int64_t *shape, char *err)
+{
+    weight_entry *e = find_entry(w, name);
+    if (!e) {
+        diffuse_fail(err, "missing weight '%s' (%s layout)", name, w->layout);
+        return NULL;
+    }
+    if (!shape_matches(e, ndim, shape)) {
+        char want[128], have[128];
+        format_shape(want, sizeof want, ndim, shape);
+        format_shape(have, sizeof have, e->ndim, e->shape);
+        diffuse_fail(err, "weight '%s' has shape %s, expected %s", name, have, want);
+        return NULL;
+    }
+    const size_t row = e->ndim ? (size_t)(e->numel / e->shape[0]) : 0;
+    const uint8_t *data = e->t->data;
+    if (e->t->dtype == DIFFUSE_DTYPE_F32 && ((uintptr_t)data & 3) == 0)
+        return (const float *)data + e->row0 * row;
+    if (e->converted)
+        return e->converted;
+    diffuse_st_tensor view = *e->t;
+    view.numel = e->numel;
+    view.data = data + e->row0 * row * (e->t->nbytes / (size_t)(e->t->numel ? e->t->numel : 1));
+    if (!(e->converted = malloc(sizeof(float) * (size_t)(e->numel ? e->numel : 1)))) {
+        diffuse_fail(err, "out of memory converting '%s'", name);
+        return NULL;
+    }
+    if (diffuse_st_to_f32(&view, e->converted, err)) {
+        free(e->converted);
+        e->converted = NULL;
+        return NULL;
+    }
+    return e->converted;
+}
+
+const float *diffuse_weights_getf(diffuse_weights *w, char *err, const int64_t *dims,
+                                  const char *fmt, ...)
+{
+    char name[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    int ndim = 0;
+    while (ndim < DIFFUSE_MAX_DIMS && dims[ndim] >= 0)
+        ndim++;
+    return diffuse_weights_get(w, name, ndim, dims, err);
+}
+
+const char *diffuse_weights_layout(const diffuse_weights *w) { return w->layout; }
+
+diffuse_dtype diffuse_weights_dtype(const diffuse_weights *w)
+{
+    int counts[DIFFUSE_DTYPE_OTHER + 1] = {0}, best = 0;
+    for (int i = 0; i < w->count; i++)
+        if (starts(w->entries[i].name, "unet."))
+            counts[w->entries[i].t->dtype]++;
+    for (int d = 1; d <= DIFFUSE_DTYPE_OTHER; d++)
+        if (counts[d] > counts[best])
+            best = d;
+    return (diffuse_dtype)best;
+}
+
+int64_t diffuse_weights_count(const diffuse_weights *w, const char *prefix)
+{
+    int64_t n = 0;
+    for (int i = 0; i < w->count; i++)
+        if (starts(w->entries[i].name, prefix))
+            n += w->entries[i].numel;
+    return n;
+}
+
+void diffuse_weights_each(const diffuse_weights *w, const char *prefix,
+                          void (*fn)(void *user, const char *name, int ndim, const int64_t *shape),
+                          void *user)
+{
+    for (int i = 0; i < w->count; i++)
+        if (starts(w->entries[i].name, prefix))
+            fn(user, w->entries[i].name, w->entries[i].ndim, w->entries[i].shape);
+}
