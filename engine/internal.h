@@ -189,6 +189,144 @@ float *diffuse_arena_push(diffuse_arena *a, size_t floats); /* NULL on overflow 
 static inline size_t diffuse_arena_mark(const diffuse_arena *a) { return a->used; }
 static inline void diffuse_arena_reset(diffuse_arena *a, size_t mark) { a->used = mark; }
 
+/* ------------------------------------------------------------------ layers */
+
+/* Weights of common layers, pointing into the weight store (never owned). */
+typedef struct diffuse_linear { const float *w, *b; int in, out; } diffuse_linear;   /* w [out, in] */
+typedef struct diffuse_conv2d { const float *w, *b; int cin, cout, k; } diffuse_conv2d; /* w [cout, cin, k, k] */
+typedef struct diffuse_norm { const float *gamma, *beta; int c; } diffuse_norm;
+
+/* ResNet block: norm1 -> SiLU -> conv1 (+ time embedding) -> norm2 -> SiLU ->
+ * conv2, plus the input through a 1x1 shortcut when channels change. */
+typedef struct diffuse_resnet {
+    diffuse_norm norm1, norm2;
+    diffuse_conv2d conv1, conv2, shortcut; /* shortcut.w NULL when cin == cout */
+    diffuse_linear time_proj;              /* time_proj.w NULL without time embedding */
+    int cin, cout, groups;
+    float eps;
+} diffuse_resnet;
+
+/* `name` is the canonical prefix without ".weight"/".bias". */
+int diffuse_linear_load(diffuse_linear *l, diffuse_weights *w, const char *name, int in, int out,
+                        bool bias, char *err);
+int diffuse_conv2d_load(diffuse_conv2d *c, diffuse_weights *w, const char *name, int cin,
+                        int cout, int k, char *err);
+int diffuse_norm_load(diffuse_norm *n, diffuse_weights *w, const char *name, int c, char *err);
+/* temb_dim 0: no time embedding (VAE). */
+int diffuse_resnet_load(diffuse_resnet *r, diffuse_weights *w, const char *name, int cin,
+                        int cout, int temb_dim, int groups, float eps, char *err);
+
+/* y[n, out...] = linear(x); rows = n tokens. */
+void diffuse_linear_forward(const diffuse_linear *l, float *y, const float *x, int rows);
+/* "same" convolution with stride 1 (pad k/2), or stride 2 with symmetric pad 1
+ * (UNet downsampler); returns -1 on arena overflow. */
+int diffuse_conv2d_forward(const diffuse_conv2d *c, float *y, const float *x, int n, int h, int w,
+                           int stride, diffuse_arena *a);
+/* Any geometry: pads (top, left, bottom, right). */
+int diffuse_conv2d_forward_pad(const diffuse_conv2d *c, float *y, const float *x, int n, int h,
+                               int w, int stride, const int pad[4], diffuse_arena *a);
+/* y [n, cout, h, w] = resnet(x [n, cin, h, w], temb_act [n, temb_dim] already
+ * passed through SiLU, or NULL). y must not alias x. Scratch from the arena. */
+int diffuse_resnet_forward(const diffuse_resnet *r, float *y, const float *x,
+                           const float *temb_act, int n, int h, int w, diffuse_arena *a);
+/* Floats of arena a resnet forward needs at this size. */
+size_t diffuse_resnet_workspace(const diffuse_resnet *r, int n, int h, int w);
+
+/* ------------------------------------------------------------------ model parts */
+
+/* Optional observer of intermediate activations, for the reference checker
+ * and debugging: called with names as golden.safetensors spells them after the
+ * component prefix (e.g. "conv_in", "down_blocks.0", "mid_block", "encoder"). */
+typedef struct diffuse_trace {
+    void (*fn)(void *user, const char *name, const float *data, size_t n);
+    void *user;
+} diffuse_trace;
+
+#define DIFFUSE_MAX_LEVELS 8
+
+/* UNet2DConditionModel hyper-parameters (what config.json says, or inferred). */
+typedef struct diffuse_unet_config {
+    int in_channels, out_channels;       /* 4, 4 */
+    int levels;                          /* len(block_out_channels) */
+    int channels[DIFFUSE_MAX_LEVELS];    /* block_out_channels */
+    bool cross_attn[DIFFUSE_MAX_LEVELS]; /* down level l has transformers (up level mirrors) */
+    int layers_per_block;                /* 2 */
+    int heads[DIFFUSE_MAX_LEVELS];       /* attention heads per level (mid uses the last) */
+    int transformer_depth;               /* 1 */
+    int context_dim;                     /* cross_attention_dim */
+    bool linear_proj;                    /* use_linear_projection (SD 2.x) */
+    bool upcast_attention;               /* attention in float32 (always true here) */
+    int groups;                          /* 32 */
+    float eps;                           /* norm_eps 1e-5 */
+    bool flip_sin_to_cos;                /* true */
+    int freq_shift;                      /* 0 */
+} diffuse_unet_config;
+
+typedef struct diffuse_unet diffuse_unet;
+
+int diffuse_unet_load(const diffuse_unet_config *cfg, diffuse_weights *w, diffuse_unet **out,
+                      char *err);
+void diffuse_unet_free(diffuse_unet *u);
+/* Arena floats one forward needs for batch n, latent h x w, context tokens t. */
+size_t diffuse_unet_workspace(const diffuse_unet *u, int n, int h, int w, int tokens);
+/* out [n, out_ch, h, w] = unet(x [n, in_ch, h, w], timestep[n], context [n, tokens,
+ * context_dim]). trace may be NULL. Allocates nothing: all scratch from `a`. */
+int diffuse_unet_forward(const diffuse_unet *u, float *out, const float *x, const float *timestep,
+                         const float *context, int n, int h, int w, int tokens, diffuse_arena *a,
+                         const diffuse_trace *trace, char *err);
+
+/* CLIP / OpenCLIP text transformer (transformers' CLIPTextModel). */
+typedef struct diffuse_clip_config {
+    int vocab_size;       /* 49408 */
+    int width;            /* hidden_size: 768 (SD 1.x), 1024 (SD 2.x) */
+    int layers;           /* blocks to run: SD 2.x runs all but the last of OpenCLIP's 24 */
+    int heads;
+    int intermediate;     /* MLP width, 4 x width */
+    int max_positions;    /* 77 */
+    bool gelu;            /* exact gelu (OpenCLIP) instead of quick_gelu (OpenAI CLIP) */
+    float eps;            /* layer_norm_eps, 1e-5 */
+    int32_t pad_id;       /* 49407 for SD 1.x, 0 for SD 2.x */
+} diffuse_clip_config;
+
+typedef struct diffuse_clip diffuse_clip;
+
+int diffuse_clip_load(const diffuse_clip_config *cfg, diffuse_weights *w, diffuse_clip **out,
+                      char *err);
+void diffuse_clip_free(diffuse_clip *c);
+size_t diffuse_clip_workspace(const diffuse_clip *c, int n);
+/* out [n, 77, width] = final_layer_norm(blocks(embed(ids [n, 77]))), causal mask. */
+int diffuse_clip_forward(const diffuse_clip *c, float *out, const int32_t *ids, int n,
+                         diffuse_arena *a, char *err);
+
+/* AutoencoderKL hyper-parameters. */
+typedef struct diffuse_vae_config {
+    int in_channels, out_channels;       /* 3, 3 */
+    int latent_channels;                 /* 4 */
+    int levels;                          /* len(block_out_channels) */
+    int channels[DIFFUSE_MAX_LEVELS];
+    int layers_per_block;                /* 2 (decoder uses layers_per_block + 1) */
+    int groups;                          /* 32 */
+    float scaling_factor;                /* 0.18215 */
+    bool mid_attention;                  /* mid_block_add_attention */
+} diffuse_vae_config;
+
+typedef struct diffuse_vae diffuse_vae;
+
+int diffuse_vae_load(const diffuse_vae_config *cfg, diffuse_weights *w, diffuse_vae **out,
+                     char *err);
+void diffuse_vae_free(diffuse_vae *v);
+size_t diffuse_vae_workspace(const diffuse_vae *v, int height, int width);
+/* moments [1, 2*latent, H/f, W/f] = quant_conv(encoder(image [1, 3, H, W] in [-1, 1])):
+ * mean then log-variance. Trace names: "encoder.down_blocks.0", "encoder.mid_block",
+ * "encoder", "quant_conv". */
+int diffuse_vae_encode(const diffuse_vae *v, float *moments, const float *image, int height,
+                       int width, diffuse_arena *a, const diffuse_trace *trace, char *err);
+/* image [1, 3, H, W] (unclamped, about [-1, 1]) = decoder(post_quant_conv(latent
+ * [1, latent, H/f, W/f])); the latent is already divided by scaling_factor.
+ * Trace names: "post_quant_conv", "decoder.mid_block", "decoder.up_blocks.0", "decoder". */
+int diffuse_vae_decode(const diffuse_vae *v, float *image, const float *latent, int height,
+                       int width, diffuse_arena *a, const diffuse_trace *trace, char *err);
+
 /* ------------------------------------------------------------------ tokenizer */
 
 typedef struct diffuse_tokenizer diffuse_tokenizer;

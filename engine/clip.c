@@ -1,0 +1,158 @@
+/* clip.c: the CLIP text encoder that turns token ids into the UNet's context.
+ *
+ * transformers' CLIPTextModel: token + position embeddings, pre-norm blocks
+ * (LayerNorm -> causal self-attention -> residual; LayerNorm -> MLP with
+ * quick_gelu (OpenAI CLIP) or gelu (OpenCLIP) -> residual), final LayerNorm.
+ * SD 2.x's OpenCLIP runs one block fewer than the checkpoint holds (the
+ * "penultimate layer"); the caller sets that in cfg->layers.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+typedef struct clip_block {
+    diffuse_norm ln1, ln2;            /* layer_norm1/2 [width] */
+    diffuse_linear q, k, v, o;        /* self_attn.{q,k,v,out}_proj [width, width] */
+    diffuse_linear fc1, fc2;          /* mlp [intermediate, width], [width, intermediate] */
+} clip_block;
+
+struct diffuse_clip {
+    diffuse_clip_config cfg;
+    const float *token_embedding;     /* [vocab, width] */
+    const float *position_embedding;  /* [max_positions, width] */
+    clip_block *blocks;               /* [layers] */
+    diffuse_norm final_ln;            /* [width] */
+};
+
+static int clip_block_load(clip_block *b, diffuse_weights *w, int i, const diffuse_clip_config *c,
+                           char *err)
+{
+    char n[160];
+    const int d = c->width;
+#define SUB(s) (snprintf(n, sizeof n, "text.text_model.encoder.layers.%d.%s", i, s), n)
+    if (diffuse_norm_load(&b->ln1, w, SUB("layer_norm1"), d, err) ||
+        diffuse_norm_load(&b->ln2, w, SUB("layer_norm2"), d, err) ||
+        diffuse_linear_load(&b->q, w, SUB("self_attn.q_proj"), d, d, true, err) ||
+        diffuse_linear_load(&b->k, w, SUB("self_attn.k_proj"), d, d, true, err) ||
+        diffuse_linear_load(&b->v, w, SUB("self_attn.v_proj"), d, d, true, err) ||
+        diffuse_linear_load(&b->o, w, SUB("self_attn.out_proj"), d, d, true, err) ||
+        diffuse_linear_load(&b->fc1, w, SUB("mlp.fc1"), d, c->intermediate, true, err) ||
+        diffuse_linear_load(&b->fc2, w, SUB("mlp.fc2"), c->intermediate, d, true, err))
+        return -1;
+#undef SUB
+    return 0;
+}
+
+int diffuse_clip_load(const diffuse_clip_config *cfg, diffuse_weights *w, diffuse_clip **out,
+                      char *err)
+{
+    *out = NULL;
+    if (cfg->width <= 0 || cfg->heads <= 0 || cfg->width % cfg->heads || cfg->layers <= 0 ||
+        cfg->max_positions != DIFFUSE_MAX_TOKENS)
+        return diffuse_fail(err, "text encoder: unsupported shape (width %d, heads %d, layers %d, "
+                            "positions %d)", cfg->width, cfg->heads, cfg->layers,
+                            cfg->max_positions);
+    diffuse_clip *c = calloc(1, sizeof *c);
+    if (!c || !(c->blocks = calloc((size_t)cfg->layers, sizeof *c->blocks))) {
+        free(c);
+        return diffuse_fail(err, "out of memory");
+    }
+    c->cfg = *cfg;
+    int rc = 0;
+    c->token_embedding = diffuse_weights_getf(w, err, (int64_t[]){cfg->vocab_size, cfg->width, -1},
+                                              "text.text_model.embeddings.token_embedding.weight");
+    if (!c->token_embedding ||
+        !(c->position_embedding =
+              diffuse_weights_getf(w, err, (int64_t[]){cfg->max_positions, cfg->width, -1},
+                                   "text.text_model.embeddings.position_embedding.weight")))
+        rc = -1;
+    for (int i = 0; rc == 0 && i < cfg->layers; i++)
+        rc = clip_block_load(&c->blocks[i], w, i, cfg, err);
+    if (rc == 0)
+        rc = diffuse_norm_load(&c->final_ln, w, "text.text_model.final_layer_norm", cfg->width, err);
+    if (rc) {
+        diffuse_clip_free(c);
+        return -1;
+    }
+    *out = c;
+    return 0;
+}
+
+void diffuse_clip_free(diffuse_clip *c)
+{
+    if (!c)
+        return;
+    free(c->blocks);
+    free(c);
+}
+
+size_t diffuse_clip_workspace(const diffuse_clip *c, int n)
+{
+    const size_t t = DIFFUSE_MAX_TOKENS, d = c->cfg.width;
+    return n * t * (5 * d + c->cfg.intermediate) + diffuse_attention_scratch((int)t, (int)t) + 128;
+}
+
+/* x [T, d] += out_proj(attention(q, k, v of ln1(x))), causal. */
+static void clip_attention(const diffuse_clip *c, const clip_block *b, float *x, float *h,
+                           float *q, float *k, float *v, float *scratch)
+{
+    const int t = DIFFUSE_MAX_TOKENS, d = c->cfg.width, heads = c->cfg.heads;
+    diffuse_op_layer_norm(h, x, b->ln1.gamma, b->ln1.beta, t, d, c->cfg.eps);
+    diffuse_linear_forward(&b->q, q, h, t);
+    diffuse_linear_forward(&b->k, k, h, t);
+    diffuse_linear_forward(&b->v, v, h, t);
+    diffuse_op_attention(h, q, d, k, v, d, t, t, heads, d / heads, true, scratch);
+    diffuse_linear_forward(&b->o, q, h, t);
+    diffuse_op_add(x, q, (size_t)t * d);
+}
+
+/* x [T, d] += fc2(act(fc1(ln2(x)))) */
+static void clip_mlp(const diffuse_clip *c, const clip_block *b, float *x, float *h, float *mid)
+{
+    const int t = DIFFUSE_MAX_TOKENS, d = c->cfg.width;
+    diffuse_op_layer_norm(h, x, b->ln2.gamma, b->ln2.beta, t, d, c->cfg.eps);
+    diffuse_linear_forward(&b->fc1, mid, h, t);
+    if (c->cfg.gelu)
+        diffuse_op_gelu(mid, (size_t)t * c->cfg.intermediate);
+    else
+        diffuse_op_quick_gelu(mid, (size_t)t * c->cfg.intermediate);
+    diffuse_linear_forward(&b->fc2, h, mid, t);
+    diffuse_op_add(x, h, (size_t)t * d);
+}
+
+int diffuse_clip_forward(const diffuse_clip *c, float *out, const int32_t *ids, int n,
+                         diffuse_arena *a, char *err)
+{
+    const int t = DIFFUSE_MAX_TOKENS, d = c->cfg.width;
+    size_t mark = diffuse_arena_mark(a);
+    float *x = diffuse_arena_push(a, (size_t)t * d);                      /* [T, d] */
+    float *h = diffuse_arena_push(a, (size_t)t * d);                      /* [T, d] */
+    float *q = diffuse_arena_push(a, (size_t)t * d);                      /* [T, d] */
+    float *k = diffuse_arena_push(a, (size_t)t * d);                      /* [T, d] */
+    float *v = diffuse_arena_push(a, (size_t)t * d);                      /* [T, d] */
+    float *mid = diffuse_arena_push(a, (size_t)t * c->cfg.intermediate); /* [T, 4d] */
+    float *scratch = diffuse_arena_push(a, diffuse_attention_scratch(t, t));
+    if (!scratch)
+        return diffuse_fail(err, "internal: text encoder work memory exhausted");
+    for (int i = 0; i < n; i++) {
+        for (int p = 0; p < t; p++) {
+            int32_t id = ids[(size_t)i * t + p];
+            if (id < 0 || id >= c->cfg.vocab_size)
+                return diffuse_fail(err, "token id %d outside the vocabulary of %d", id,
+                                    c->cfg.vocab_size);
+            for (int j = 0; j < d; j++)
+                x[(size_t)p * d + j] = c->token_embedding[(size_t)id * d + j] +
+                                       c->position_embedding[(size_t)p * d + j];
+        }
+        for (int l = 0; l < c->cfg.layers; l++) {
+            clip_attention(c, &c->blocks[l], x, h, q, k, v, scratch);
+            clip_mlp(c, &c->blocks[l], x, h, mid);
+        }
+        diffuse_op_layer_norm(out + (size_t)i * t * d, x, c->final_ln.gamma, c->final_ln.beta, t,
+                              d, c->cfg.eps);
+    }
+    diffuse_arena_reset(a, mark);
+    return 0;
+}

@@ -1,0 +1,143 @@
+/* layers.c: the layers every model part shares (linear, conv, norm, ResNet
+ * block): loading them from the weight store by canonical name, and their
+ * forward passes on top of the kernels in ops.c. */
+#include <stdio.h>
+#include <string.h>
+
+#include "internal.h"
+
+int diffuse_linear_load(diffuse_linear *l, diffuse_weights *w, const char *name, int in, int out,
+                        bool bias, char *err)
+{
+    l->in = in;
+    l->out = out;
+    l->b = NULL;
+    if (!(l->w = diffuse_weights_getf(w, err, (int64_t[]){out, in, -1}, "%s.weight", name)))
+        return -1;
+    if (bias && !(l->b = diffuse_weights_getf(w, err, (int64_t[]){out, -1}, "%s.bias", name)))
+        return -1;
+    return 0;
+}
+
+int diffuse_conv2d_load(diffuse_conv2d *c, diffuse_weights *w, const char *name, int cin,
+                        int cout, int k, char *err)
+{
+    c->cin = cin;
+    c->cout = cout;
+    c->k = k;
+    if (!(c->w = diffuse_weights_getf(w, err, (int64_t[]){cout, cin, k, k, -1}, "%s.weight", name)))
+        return -1;
+    if (!(c->b = diffuse_weights_getf(w, err, (int64_t[]){cout, -1}, "%s.bias", name)))
+        return -1;
+    return 0;
+}
+
+int diffuse_norm_load(diffuse_norm *n, diffuse_weights *w, const char *name, int c, char *err)
+{
+    n->c = c;
+    if (!(n->gamma = diffuse_weights_getf(w, err, (int64_t[]){c, -1}, "%s.weight", name)))
+        return -1;
+    if (!(n->beta = diffuse_weights_getf(w, err, (int64_t[]){c, -1}, "%s.bias", name)))
+        return -1;
+    return 0;
+}
+
+int diffuse_resnet_load(diffuse_resnet *r, diffuse_weights *w, const char *name, int cin,
+                        int cout, int temb_dim, int groups, float eps, char *err)
+{
+    char n[256];
+    memset(r, 0, sizeof *r);
+    r->cin = cin;
+    r->cout = cout;
+    r->groups = groups;
+    r->eps = eps;
+#define SUB(s) (snprintf(n, sizeof n, "%s.%s", name, s), n)
+    if (diffuse_norm_load(&r->norm1, w, SUB("norm1"), cin, err) ||
+        diffuse_conv2d_load(&r->conv1, w, SUB("conv1"), cin, cout, 3, err) ||
+        diffuse_norm_load(&r->norm2, w, SUB("norm2"), cout, err) ||
+        diffuse_conv2d_load(&r->conv2, w, SUB("conv2"), cout, cout, 3, err))
+        return -1;
+    if (temb_dim && diffuse_linear_load(&r->time_proj, w, SUB("time_emb_proj"), temb_dim, cout,
+                                        true, err))
+        return -1;
+    if (cin != cout && diffuse_conv2d_load(&r->shortcut, w, SUB("conv_shortcut"), cin, cout, 1, err))
+        return -1;
+#undef SUB
+    return 0;
+}
+
+void diffuse_linear_forward(const diffuse_linear *l, float *y, const float *x, int rows)
+{
+    diffuse_op_linear(y, x, l->w, l->b, rows, l->in, l->out);
+}
+
+int diffuse_conv2d_forward_pad(const diffuse_conv2d *c, float *y, const float *x, int n, int h,
+                               int w, int stride, const int pad[4], diffuse_arena *a)
+{
+    diffuse_conv g = {.cin = c->cin, .h = h, .w = w, .cout = c->cout, .k = c->k, .stride = stride,
+                      .pad_top = pad[0], .pad_left = pad[1], .pad_bottom = pad[2],
+                      .pad_right = pad[3]};
+    size_t mark = diffuse_arena_mark(a), need = diffuse_conv_scratch(&g);
+    float *scratch = need ? diffuse_arena_push(a, need) : NULL;
+    if (need && !scratch)
+        return -1;
+    diffuse_op_conv2d(y, x, c->w, c->b, &g, n, scratch);
+    diffuse_arena_reset(a, mark);
+    return 0;
+}
+
+int diffuse_conv2d_forward(const diffuse_conv2d *c, float *y, const float *x, int n, int h, int w,
+                           int stride, diffuse_arena *a)
+{
+    int p = c->k / 2;
+    return diffuse_conv2d_forward_pad(c, y, x, n, h, w, stride, (const int[4]){p, p, p, p}, a);
+}
+
+size_t diffuse_resnet_workspace(const diffuse_resnet *r, int n, int h, int w)
+{
+    size_t cmax = r->cin > r->cout ? r->cin : r->cout;
+    /* two activations + im2col of one image (+ alignment slack) */
+    return 2 * ((size_t)n * cmax * h * w + 16) + (size_t)cmax * 9 * h * w + 64 +
+           (size_t)n * r->cout;
+}
+
+/* y = shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(temb)))) */
+int diffuse_resnet_forward(const diffuse_resnet *r, float *y, const float *x,
+                           const float *temb_act, int n, int h, int w, diffuse_arena *a)
+{
+    const int hw = h * w;
+    size_t mark = diffuse_arena_mark(a);
+    float *t = diffuse_arena_push(a, (size_t)n * r->cin * hw);      /* [n, cin, h, w] */
+    float *u = diffuse_arena_push(a, (size_t)n * r->cout * hw);     /* [n, cout, h, w] */
+    if (!t || !u)
+        return -1;
+    diffuse_op_group_norm(t, x, r->norm1.gamma, r->norm1.beta, n, r->cin, hw, r->groups, r->eps,
+                          true);
+    if (diffuse_conv2d_forward(&r->conv1, u, t, n, h, w, 1, a))
+        return -1;
+    if (temb_act && r->time_proj.w) {
+        float *e = diffuse_arena_push(a, (size_t)n * r->cout); /* [n, cout] */
+        if (!e)
+            return -1;
+        diffuse_linear_forward(&r->time_proj, e, temb_act, n);
+        for (int i = 0; i < n; i++)
+            for (int c = 0; c < r->cout; c++) {
+                float *p = u + ((size_t)i * r->cout + c) * hw;
+                for (int j = 0; j < hw; j++)
+                    p[j] += e[(size_t)i * r->cout + c];
+            }
+    }
+    diffuse_op_group_norm(u, u, r->norm2.gamma, r->norm2.beta, n, r->cout, hw, r->groups, r->eps,
+                          true);
+    if (diffuse_conv2d_forward(&r->conv2, y, u, n, h, w, 1, a))
+        return -1;
+    const float *skip = x;
+    if (r->shortcut.w) {
+        if (diffuse_conv2d_forward(&r->shortcut, u, x, n, h, w, 1, a))
+            return -1;
+        skip = u;
+    }
+    diffuse_op_add(y, skip, (size_t)n * r->cout * hw);
+    diffuse_arena_reset(a, mark);
+    return 0;
+}
