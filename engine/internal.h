@@ -391,4 +391,60 @@ void diffuse_sampler_add_noise(const diffuse_sampler_state *s, int i, const floa
 int diffuse_sampler_step(diffuse_sampler_state *s, int i, const float *model_out, float *latents,
                          diffuse_noise *noise, char *err);
 
+/* ------------------------------------------------------------------ pipeline */
+
+/* One image's run, as the public request and the reference checker both
+ * describe it. Pixels are [height, width, 3] / [height, width] in [0, 1]. */
+typedef struct diffuse_run {
+    const char *prompt, *negative_prompt;
+    int steps;
+    float guidance;
+    diffuse_sampler sampler;
+    bool karras;
+    diffuse_schedule_config schedule;  /* the model's, with request overrides */
+    int width, height;
+    const float *init_image;           /* NULL: txt2img */
+    float strength;
+    const float *mask;                 /* NULL: no mask */
+    diffuse_progress_fn progress;
+    void *progress_user;
+    int image_index, image_count;      /* for progress */
+    /* observer of the latents after each step (reference checker), or NULL */
+    void (*on_step)(void *user, int step, const float *latents, size_t n);
+    void *on_step_user;
+} diffuse_run;
+
+/* Runs the whole pipeline for one image into pixels_out [height, width, 3].
+ * Returns DIFFUSE_OK, or an error status with a message in err. */
+diffuse_status diffuse_pipeline_run(diffuse_model *m, const diffuse_run *run, diffuse_noise *noise,
+                                    float *pixels_out, char *err);
+/* Bytes a run needs besides the weights. */
+size_t diffuse_pipeline_memory(const diffuse_model *m, const diffuse_run *run);
+
+/* ------------------------------------------------------------------ model */
+
+struct cJSON;
+/* Parses a JSON file (bounded to 16 MiB); NULL with a message on failure. */
+struct cJSON *diffuse_json_load(const char *path, char *err);
+/* Fields of a scheduler_config.json object over *s (absent keys keep theirs). */
+void diffuse_schedule_from_json(diffuse_schedule_config *s, const struct cJSON *cfg);
+/* true when the single-file text encoder is OpenCLIP (SD 2.x). */
+bool diffuse_weights_openclip(const diffuse_weights *w);
+
+struct diffuse_model {
+    char *path;
+    diffuse_weights *weights;
+    diffuse_tokenizer *tokenizer;
+    diffuse_clip_config clip_cfg;
+    diffuse_unet_config unet_cfg;
+    diffuse_vae_config vae_cfg;
+    diffuse_schedule_config schedule;   /* from scheduler_config.json, or the family's */
+    diffuse_clip *clip;
+    diffuse_unet *unet;
+    diffuse_vae *vae;
+    const char *family;                 /* "sd1", "sd2" */
+    int native_size;                    /* pixels */
+    int threads;
+};
+
 #endif

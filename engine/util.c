@@ -114,3 +114,34 @@ float *diffuse_arena_push(diffuse_arena *a, size_t floats)
         a->peak = a->used;
     return p;
 }
+
+/* ------------------------------------------------------------------ json */
+
+#include <cJSON.h>
+
+struct cJSON *diffuse_json_load(const char *path, char *err)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        diffuse_fail(err, "%s: cannot open", path);
+        return NULL;
+    }
+    char *buf = NULL;
+    long size = -1;
+    if (fseek(f, 0, SEEK_END) == 0)
+        size = ftell(f);
+    if (size < 0 || size > (16L << 20) || fseek(f, 0, SEEK_SET) != 0 ||
+        !(buf = malloc((size_t)size + 1)) || fread(buf, 1, (size_t)size, f) != (size_t)size) {
+        fclose(f);
+        free(buf);
+        diffuse_fail(err, "%s: cannot read (or larger than 16 MiB)", path);
+        return NULL;
+    }
+    fclose(f);
+    buf[size] = 0;
+    cJSON *root = cJSON_ParseWithLength(buf, (size_t)size);
+    free(buf);
+    if (!root)
+        diffuse_fail(err, "%s: malformed JSON", path);
+    return root;
+}

@@ -31,6 +31,7 @@ struct diffuse_weights {
     weight_entry *entries;        /* sorted by name */
     int count, cap;
     const char *layout;
+    bool openclip;                /* single file with an OpenCLIP text encoder */
 };
 
 /* ------------------------------------------------------------------ table */
@@ -284,6 +285,8 @@ static int load_ldm(diffuse_weights *w, const diffuse_st_file *f, char *err)
             ok = map_openclip(k + 23, name, sizeof name, &split);
         if (!ok || t->dtype == DIFFUSE_DTYPE_OTHER)
             continue; /* EMA copies, schedule buffers, position_ids... */
+        if (starts(t->name, "cond_stage_model.model."))
+            w->openclip = true;
         if (split ? add_split(w, name, t, err) : add_entry(w, name, t, 0, -1, err))
             return -1;
     }
@@ -475,6 +478,8 @@ const float *diffuse_weights_getf(diffuse_weights *w, char *err, const int64_t *
 }
 
 const char *diffuse_weights_layout(const diffuse_weights *w) { return w->layout; }
+
+bool diffuse_weights_openclip(const diffuse_weights *w) { return w->openclip; }
 
 diffuse_dtype diffuse_weights_dtype(const diffuse_weights *w)
 {

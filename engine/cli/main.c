@@ -1,0 +1,401 @@
+/* main.c: the `diffuse` command-line tool (contract in DESIGN.md):
+ *   diffuse generate --model PATH|default --prompt TEXT ... --output OUT.png
+ *   diffuse refcheck DIR
+ *   diffuse tokenize [--vocab PATH] TEXT
+ *   diffuse info --model PATH
+ * Errors go to stderr with a non-zero exit status; a bad argument is named.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../diffuse.h"
+#include "png.h"
+
+static int usage(void)
+{
+    fprintf(stderr,
+            "usage: diffuse generate --model PATH|default --prompt TEXT [--negative TEXT] [--seed N]\n"
+            "                        [--steps N] [--cfg F] [--sampler euler|euler_a|ddim|dpmpp_2m|lcm|pndm]\n"
+            "                        [--karras] [--spacing leading|linspace|trailing] [--width W] [--height H]\n"
+            "                        [--count N] [--init IMAGE.png --strength F] [--mask MASK.png]\n"
+            "                        [--threads N] [--vocab PATH] [--prediction epsilon|v] --output OUT.png\n"
+            "       diffuse refcheck REFERENCE_DIR\n"
+            "       diffuse tokenize [--vocab PATH] TEXT\n"
+            "       diffuse info --model PATH [--vocab PATH]\n");
+    return 2;
+}
+
+static int bad_arg(const char *name, const char *value, const char *why)
+{
+    fprintf(stderr, "diffuse: %s '%s': %s\n", name, value ? value : "", why);
+    return 2;
+}
+
+static bool parse_int(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return false;
+    *out = v;
+    return true;
+}
+
+static bool parse_float(const char *s, float *out)
+{
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || end == s || *end)
+        return false;
+    *out = v;
+    return true;
+}
+
+static bool exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+/* "default": the bundled model, from DIFFUSE_DEFAULT_MODEL, beside the binary
+ * (../models/default, ../share/diffuse/models/default), or the user's copy. */
+static const char *resolve_model(const char *name, char *buf, size_t size)
+{
+    if (strcmp(name, "default") != 0)
+        return name;
+    const char *env = getenv("DIFFUSE_DEFAULT_MODEL"), *home = getenv("HOME");
+    if (env)
+        return env;
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = 0;
+        char *slash = strrchr(exe, '/');
+        if (slash)
+            *slash = 0;
+        const char *rel[] = {"../models/default", "../share/diffuse/models/default"};
+        for (int i = 0; i < 2; i++) {
+            snprintf(buf, size, "%s/%s", exe, rel[i]);
+            if (exists(buf))
+                return buf;
+        }
+    }
+    snprintf(buf, size, "%s/.local/share/diffuse/models/default", home ? home : "");
+    return buf;
+}
+
+static int progress(void *user, int image, int count, int step, int steps)
+{
+    fprintf(stderr, "\rimage %d/%d  step %d/%d", image + 1, count, step, steps);
+    if (step == steps)
+        fputc('\n', stderr);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ generate */
+
+typedef struct gen_opts {
+    const char *model, *output, *init, *mask, *vocab;
+    bool seed_given;
+    diffuse_request req;
+    diffuse_load_params load;
+} gen_opts;
+
+static int parse_generate(int argc, char **argv, gen_opts *o)
+{
+    static const struct option opts[] = {
+        {"model", 1, 0, 'm'},   {"prompt", 1, 0, 'p'},   {"negative", 1, 0, 'n'},
+        {"seed", 1, 0, 's'},    {"steps", 1, 0, 'S'},    {"cfg", 1, 0, 'c'},
+        {"sampler", 1, 0, 'a'}, {"karras", 0, 0, 'k'},   {"spacing", 1, 0, 'P'},
+        {"width", 1, 0, 'W'},   {"height", 1, 0, 'H'},   {"count", 1, 0, 'C'},
+        {"init", 1, 0, 'i'},    {"strength", 1, 0, 't'}, {"mask", 1, 0, 'M'},
+        {"threads", 1, 0, 'T'}, {"output", 1, 0, 'o'},   {"vocab", 1, 0, 'v'},
+        {"prediction", 1, 0, 'r'}, {0, 0, 0, 0}};
+    int c;
+    long v;
+    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': o->model = optarg; break;
+        case 'p': o->req.prompt = optarg; break;
+        case 'n': o->req.negative_prompt = optarg; break;
+        case 's':
+            if (!parse_int(optarg, -1, LONG_MAX, &v)) return bad_arg("--seed", optarg, "not a seed (-1 = random)");
+            o->seed_given = v >= 0;
+            o->req.seed = (uint64_t)v;
+            break;
+        case 'S':
+            if (!parse_int(optarg, 1, 1000, &v)) return bad_arg("--steps", optarg, "expected 1..1000");
+            o->req.steps = (int)v;
+            break;
+        case 'c':
+            if (!parse_float(optarg, &o->req.guidance)) return bad_arg("--cfg", optarg, "not a number");
+            break;
+        case 'a':
+            if (diffuse_sampler_parse(optarg) < 0)
+                return bad_arg("--sampler", optarg, "expected euler, euler_a, ddim, dpmpp_2m, lcm or pndm");
+            o->req.sampler = (diffuse_sampler)diffuse_sampler_parse(optarg);
+            break;
+        case 'k': o->req.karras = 1; break;
+        case 'P':
+            if (diffuse_spacing_parse(optarg) < 0)
+                return bad_arg("--spacing", optarg, "expected leading, linspace or trailing");
+            o->req.spacing = (diffuse_spacing)diffuse_spacing_parse(optarg);
+            break;
+        case 'W': case 'H':
+            if (!parse_int(optarg, 8, 8192, &v) || v % 8)
+                return bad_arg(c == 'W' ? "--width" : "--height", optarg, "expected a multiple of 8");
+            *(c == 'W' ? &o->req.width : &o->req.height) = (int)v;
+            break;
+        case 'C':
+            if (!parse_int(optarg, 1, 100, &v)) return bad_arg("--count", optarg, "expected 1..100");
+            o->req.count = (int)v;
+            break;
+        case 'i': o->init = optarg; break;
+        case 't':
+            if (!parse_float(optarg, &o->req.strength) || !(o->req.strength > 0 && o->req.strength <= 1))
+                return bad_arg("--strength", optarg, "expected a number in (0, 1]");
+            break;
+        case 'M': o->mask = optarg; break;
+        case 'T':
+            if (!parse_int(optarg, 0, 1024, &v)) return bad_arg("--threads", optarg, "expected 0..1024");
+            o->load.threads = (int)v;
+            break;
+        case 'o': o->output = optarg; break;
+        case 'v': o->load.vocab_path = optarg; break;
+        case 'r':
+            if (strcmp(optarg, "epsilon") && strcmp(optarg, "v"))
+                return bad_arg("--prediction", optarg, "expected epsilon or v");
+            o->load.prediction = optarg[0] == 'v' ? DIFFUSE_PREDICTION_V : DIFFUSE_PREDICTION_EPSILON;
+            break;
+        default: return usage();
+        }
+    }
+    if (optind < argc) return bad_arg("argument", argv[optind], "unexpected");
+    if (!o->model) return bad_arg("--model", "", "missing");
+    if (!o->req.prompt) return bad_arg("--prompt", "", "missing");
+    if (!o->output) return bad_arg("--output", "", "missing");
+    if (o->mask && !o->init) return bad_arg("--mask", o->mask, "needs --init");
+    return 0;
+}
+
+/* OUT.png -> OUT-3.png for image 3 of several. */
+static void output_name(char *buf, size_t size, const char *out, int index, int count)
+{
+    if (count == 1) {
+        snprintf(buf, size, "%s", out);
+        return;
+    }
+    const char *dot = strrchr(out, '.'), *slash = strrchr(out, '/');
+    if (!dot || (slash && dot < slash))
+        dot = out + strlen(out);
+    snprintf(buf, size, "%.*s-%d%s", (int)(dot - out), out, index + 1, dot);
+}
+
+static int load_inputs(gen_opts *o, float **init, float **mask)
+{
+    char err[DIFFUSE_ERROR_SIZE];
+    int w, h, mw, mh;
+    if (!o->init)
+        return 0;
+    if (!(*init = png_read(o->init, 3, &w, &h, err, sizeof err)))
+        return bad_arg("--init", o->init, err);
+    if (o->req.width && o->req.height && (w != o->req.width || h != o->req.height))
+        return bad_arg("--init", o->init, "image size differs from --width/--height");
+    if (w % 8 || h % 8)
+        return bad_arg("--init", o->init, "width and height must be multiples of 8");
+    o->req.width = w;
+    o->req.height = h;
+    o->req.init_image = *init;
+    if (o->mask) {
+        if (!(*mask = png_read(o->mask, 1, &mw, &mh, err, sizeof err)))
+            return bad_arg("--mask", o->mask, err);
+        if (mw != w || mh != h)
+            return bad_arg("--mask", o->mask, "mask size differs from the init image");
+        o->req.mask = *mask;
+    }
+    return 0;
+}
+
+static int write_outputs(const gen_opts *o, const diffuse_image *images, const char *model)
+{
+    const diffuse_request *r = &o->req;
+    for (int i = 0; i < r->count; i++) {
+        char path[4096], err[DIFFUSE_ERROR_SIZE], text[8192];
+        snprintf(text, sizeof text,
+                 "%s\nNegative prompt: %s\nSteps: %d, Sampler: %s%s, CFG scale: %g, Seed: %llu, "
+                 "Size: %dx%d, Model: %s%s", r->prompt, r->negative_prompt ? r->negative_prompt : "",
+                 r->steps, diffuse_sampler_name(r->sampler), r->karras ? " Karras" : "", r->guidance,
+                 (unsigned long long)images[i].seed, r->width, r->height, model,
+                 r->init_image ? "" : "");
+        if (r->init_image) {
+            size_t n = strlen(text);
+            snprintf(text + n, sizeof text - n, ", Denoising strength: %g", r->strength);
+        }
+        output_name(path, sizeof path, o->output, i, r->count);
+        if (png_write_rgb(path, images[i].pixels, images[i].width, images[i].height, "parameters",
+                          text, err, sizeof err)) {
+            fprintf(stderr, "diffuse: %s\n", err);
+            return 1;
+        }
+        fprintf(stderr, "wrote %s (seed %llu)\n", path, (unsigned long long)images[i].seed);
+    }
+    return 0;
+}
+
+static int cmd_generate(int argc, char **argv)
+{
+    gen_opts o = {.req = diffuse_request_default(), .load = diffuse_load_params_default()};
+    o.req.width = o.req.height = 0;
+    int rc = parse_generate(argc, argv, &o);
+    if (rc)
+        return rc;
+    float *init = NULL, *mask = NULL;
+    char buf[4096], err[DIFFUSE_ERROR_SIZE];
+    diffuse_image *images = NULL;
+    diffuse_model *model = NULL;
+    if ((rc = load_inputs(&o, &init, &mask)))
+        goto done;
+    if (!o.seed_given)
+        o.req.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    const char *path = resolve_model(o.model, buf, sizeof buf);
+    if (!(model = diffuse_model_load(path, &o.load, err, sizeof err))) {
+        rc = bad_arg("--model", o.model, err);
+        goto done;
+    }
+    diffuse_model_info info;
+    diffuse_model_get_info(model, &info);
+    if (!o.req.width) o.req.width = info.native_size;
+    if (!o.req.height) o.req.height = info.native_size;
+    o.req.progress = progress;
+    images = calloc((size_t)o.req.count, sizeof *images);
+    if (diffuse_generate(model, &o.req, images, err, sizeof err) != DIFFUSE_OK) {
+        fprintf(stderr, "diffuse: %s\n", err);
+        rc = 1;
+        goto done;
+    }
+    rc = write_outputs(&o, images, o.model);
+    for (int i = 0; i < o.req.count; i++)
+        diffuse_image_free(&images[i]);
+done:
+    free(images);
+    diffuse_model_free(model);
+    free(init);
+    free(mask);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ others */
+
+static void print_line(void *user, const char *line)
+{
+    printf("%s\n", line);
+    fflush(stdout);
+}
+
+static int cmd_refcheck(int argc, char **argv)
+{
+    if (argc != 2)
+        return usage();
+    char err[DIFFUSE_ERROR_SIZE];
+    int passed = 0, failed = 0;
+    if (diffuse_refcheck(argv[1], print_line, NULL, &passed, &failed, err, sizeof err) != DIFFUSE_OK) {
+        fprintf(stderr, "diffuse: refcheck %s: %s\n", argv[1], err);
+        failed++;
+    }
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}
+
+static const char *default_vocab(char *buf, size_t size)
+{
+    const char *env = getenv("DIFFUSE_VOCAB"), *home = getenv("HOME");
+    if (env)
+        return env;
+    snprintf(buf, size, "%s/.local/share/diffuse/bpe_simple_vocab_16e6.txt.gz", home ? home : "");
+    return buf;
+}
+
+static int cmd_tokenize(int argc, char **argv)
+{
+    char buf[4096], err[DIFFUSE_ERROR_SIZE];
+    const char *vocab = NULL, *text = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--vocab") == 0 && i + 1 < argc)
+            vocab = argv[++i];
+        else if (!text)
+            text = argv[i];
+        else
+            return bad_arg("argument", argv[i], "unexpected");
+    }
+    if (!text)
+        return bad_arg("TEXT", "", "missing");
+    int32_t ids[DIFFUSE_MAX_TOKENS];
+    if (diffuse_tokenize(vocab ? vocab : default_vocab(buf, sizeof buf), text, ids, err,
+                         sizeof err) != DIFFUSE_OK)
+        return bad_arg("--vocab", vocab ? vocab : buf, err);
+    for (int i = 0; i < DIFFUSE_MAX_TOKENS; i++)
+        printf("%d%c", ids[i], i + 1 < DIFFUSE_MAX_TOKENS ? ' ' : '\n');
+    return 0;
+}
+
+static int cmd_info(int argc, char **argv)
+{
+    char buf[4096], err[DIFFUSE_ERROR_SIZE];
+    const char *model_arg = NULL;
+    diffuse_load_params p = diffuse_load_params_default();
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--model") == 0 && i + 1 < argc)
+            model_arg = argv[++i];
+        else if (strcmp(argv[i], "--vocab") == 0 && i + 1 < argc)
+            p.vocab_path = argv[++i];
+        else
+            return bad_arg("argument", argv[i], "unexpected");
+    }
+    if (!model_arg)
+        return bad_arg("--model", "", "missing");
+    diffuse_model *m = diffuse_model_load(resolve_model(model_arg, buf, sizeof buf), &p, err, sizeof err);
+    if (!m) {
+        fprintf(stderr, "diffuse: --model '%s': %s\n", model_arg, err);
+        return 1;
+    }
+    diffuse_model_info in;
+    diffuse_model_get_info(m, &in);
+    printf("family: %s\nlayout: %s\ndtype: %s\nprediction: %s\n", in.family, in.layout, in.dtype,
+           in.prediction == DIFFUSE_PREDICTION_V ? "v_prediction" : "epsilon");
+    printf("native size: %dx%d\nlatent: %d channels, 1/%d scale\nunet channels:", in.native_size,
+           in.native_size, in.latent_channels, in.vae_scale);
+    for (int l = 0; l < in.unet_levels; l++)
+        printf(" %d", in.unet_channels[l]);
+    printf("\ncontext dim: %d\ntext encoder: width %d, %d layers, %d heads, vocabulary %d\n",
+           in.context_dim, in.text_width, in.text_layers, in.text_heads, in.vocab_size);
+    printf("parameters: unet %lld, vae %lld, text %lld, total %lld\n", (long long)in.params_unet,
+           (long long)in.params_vae, (long long)in.params_text,
+           (long long)(in.params_unet + in.params_vae + in.params_text));
+    diffuse_model_free(m);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2)
+        return usage();
+    const char *cmd = argv[1];
+    argv[1] = argv[0];
+    if (strcmp(cmd, "generate") == 0) return cmd_generate(argc - 1, argv + 1);
+    if (strcmp(cmd, "refcheck") == 0) return cmd_refcheck(argc - 1, argv + 1);
+    if (strcmp(cmd, "tokenize") == 0) return cmd_tokenize(argc - 1, argv + 1);
+    if (strcmp(cmd, "info") == 0) return cmd_info(argc - 1, argv + 1);
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) { usage(); return 0; }
+    fprintf(stderr, "diffuse: unknown command '%s'\n", cmd);
+    return usage();
+}

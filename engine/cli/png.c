@@ -1,0 +1,79 @@
+/* png.c: PNG in and out for the command-line tool, on libpng's simplified API. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <png.h>
+
+#include "png.h"
+
+float *png_read(const char *path, int channels, int *w, int *h, char *err, size_t err_size)
+{
+    png_image img;
+    memset(&img, 0, sizeof img);
+    img.version = PNG_IMAGE_VERSION;
+    if (!png_image_begin_read_from_file(&img, path)) {
+        snprintf(err, err_size, "%s: cannot read PNG: %s", path, img.message);
+        return NULL;
+    }
+    img.format = channels == 1 ? PNG_FORMAT_GRAY : PNG_FORMAT_RGB;
+    size_t n = (size_t)img.width * img.height * channels;
+    unsigned char *buf = malloc(n ? n : 1);
+    float *out = malloc(sizeof(float) * (n ? n : 1));
+    if (!buf || !out || !png_image_finish_read(&img, NULL, buf, 0, NULL)) {
+        snprintf(err, err_size, "%s: cannot decode PNG: %s", path, buf && out ? img.message : "out of memory");
+        png_image_free(&img);
+        free(buf);
+        free(out);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++)
+        out[i] = buf[i] / 255.0f;
+    *w = (int)img.width;
+    *h = (int)img.height;
+    free(buf);
+    return out;
+}
+
+int png_write_rgb(const char *path, const float *rgb, int w, int h, const char *text_key,
+                  const char *text, char *err, size_t err_size)
+{
+    FILE *f = fopen(path, "wb");
+    png_structp png = f ? png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL) : NULL;
+    png_infop info = png ? png_create_info_struct(png) : NULL;
+    unsigned char *row = malloc((size_t)w * 3);
+    if (!f || !png || !info || !row || setjmp(png_jmpbuf(png))) {
+        snprintf(err, err_size, "%s: cannot write PNG", path);
+        if (png)
+            png_destroy_write_struct(&png, info ? &info : NULL);
+        if (f)
+            fclose(f);
+        free(row);
+        return -1;
+    }
+    png_init_io(png, f);
+    png_set_IHDR(png, info, (png_uint_32)w, (png_uint_32)h, 8, PNG_COLOR_TYPE_RGB,
+                 PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    if (text_key && text) {
+        png_text t = {.compression = PNG_TEXT_COMPRESSION_NONE, .key = (char *)text_key,
+                      .text = (char *)text};
+        png_set_text(png, info, &t, 1);
+    }
+    png_write_info(png, info);
+    for (int y = 0; y < h; y++) {
+        for (int x = 0; x < w * 3; x++) {
+            float v = rgb[(size_t)y * w * 3 + x];
+            row[x] = (unsigned char)lrintf((v < 0 ? 0 : v > 1 ? 1 : v) * 255.0f);
+        }
+        png_write_row(png, row);
+    }
+    png_write_end(png, info);
+    png_destroy_write_struct(&png, &info);
+    free(row);
+    if (fclose(f) != 0) {
+        snprintf(err, err_size, "%s: cannot write PNG", path);
+        return -1;
+    }
+    return 0;
+}

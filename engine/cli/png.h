@@ -1,0 +1,15 @@
+/* png.h: reading and writing the CLI's PNG files through libpng. */
+#ifndef DIFFUSE_CLI_PNG_H
+#define DIFFUSE_CLI_PNG_H
+
+#include <stddef.h>
+
+/* Reads a PNG (any bit depth / color type) as [h, w, channels] floats in
+ * [0, 1], channels 3 (RGB, alpha dropped) or 1 (gray, from luma). Returns NULL
+ * with a message in err (err_size bytes). The caller frees the result. */
+float *png_read(const char *path, int channels, int *w, int *h, char *err, size_t err_size);
+/* Writes [h, w, 3] floats in [0, 1] as 8-bit RGB. Returns 0 or -1 with err. */
+int png_write_rgb(const char *path, const float *rgb, int w, int h, const char *text_key,
+                  const char *text, char *err, size_t err_size);
+
+#endif

@@ -1,0 +1,139 @@
+/* generate.c: the public entry point diffuse_generate(): checks a request up
+ * front (sizes, steps, memory), then runs the pipeline once per image with a
+ * seeded generator of its own. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "internal.h"
+
+#define MAX_SIDE 4096
+#define MAX_COUNT 100
+
+diffuse_request diffuse_request_default(void)
+{
+    return (diffuse_request){.prompt = "", .negative_prompt = "", .seed = 0, .steps = 20,
+                             .guidance = 7.5f, .sampler = DIFFUSE_SAMPLER_EULER_A,
+                             .width = 512, .height = 512, .count = 1, .strength = 0.75f};
+}
+
+/* Seeded Gaussian draws for real runs (the refcheck replays recorded ones). */
+static int rng_draw(void *self, float *out, size_t n, const char *site, char *err)
+{
+    diffuse_rng_normal(self, out, n);
+    return 0;
+}
+
+/* MemAvailable from /proc/meminfo in bytes; 0 when unknown. */
+static size_t memory_available(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    unsigned long long kb = 0;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return (size_t)kb * 1024;
+}
+
+static diffuse_status check_request(const diffuse_model *m, const diffuse_request *r, char *err)
+{
+    const int f = 1 << (m->vae_cfg.levels - 1);
+    if (!r->prompt)
+        return diffuse_fail(err, "prompt: missing"), DIFFUSE_ERR_ARGUMENT;
+    if (r->width < f || r->height < f || r->width % f || r->height % f || r->width > MAX_SIDE ||
+        r->height > MAX_SIDE)
+        return diffuse_fail(err, "size: %dx%d is not possible: width and height must be "
+                            "multiples of %d between %d and %d", r->width, r->height, f, f,
+                            MAX_SIDE), DIFFUSE_ERR_ARGUMENT;
+    if (r->steps < 1 || r->steps > DIFFUSE_MAX_STEPS)
+        return diffuse_fail(err, "steps: %d is outside 1..%d", r->steps, DIFFUSE_MAX_STEPS),
+               DIFFUSE_ERR_ARGUMENT;
+    if (!isfinite(r->guidance) || r->guidance < 0 || r->guidance > 100)
+        return diffuse_fail(err, "guidance: %g is outside 0..100", r->guidance), DIFFUSE_ERR_ARGUMENT;
+    if (r->count < 1 || r->count > MAX_COUNT)
+        return diffuse_fail(err, "count: %d is outside 1..%d", r->count, MAX_COUNT),
+               DIFFUSE_ERR_ARGUMENT;
+    if ((unsigned)r->sampler >= DIFFUSE_SAMPLER_COUNT)
+        return diffuse_fail(err, "sampler: unknown"), DIFFUSE_ERR_ARGUMENT;
+    if (r->init_image && !(r->strength > 0 && r->strength <= 1))
+        return diffuse_fail(err, "strength: %g is outside (0, 1]", r->strength),
+               DIFFUSE_ERR_ARGUMENT;
+    if (r->mask && !r->init_image)
+        return diffuse_fail(err, "mask: needs an init image"), DIFFUSE_ERR_ARGUMENT;
+    size_t need = diffuse_request_memory(m, r), have = memory_available();
+    if (have && need > have)
+        return diffuse_fail(err, "size: %dx%d needs %zu MiB of working memory, only %zu MiB are "
+                            "available", r->width, r->height, need >> 20, have >> 20),
+               DIFFUSE_ERR_MEMORY;
+    return DIFFUSE_OK;
+}
+
+static diffuse_run run_of(const diffuse_model *m, const diffuse_request *r)
+{
+    diffuse_run run = {.prompt = r->prompt, .negative_prompt = r->negative_prompt,
+                       .steps = r->steps, .guidance = r->guidance, .sampler = r->sampler,
+                       .karras = r->karras, .schedule = m->schedule, .width = r->width,
+                       .height = r->height, .init_image = r->init_image, .strength = r->strength,
+                       .mask = r->mask, .progress = r->progress,
+                       .progress_user = r->progress_user, .image_count = r->count};
+    if (r->spacing != DIFFUSE_SPACING_DEFAULT)
+        run.schedule.spacing = r->spacing;
+    return run;
+}
+
+size_t diffuse_request_memory(const diffuse_model *m, const diffuse_request *r)
+{
+    diffuse_run run = run_of(m, r);
+    return diffuse_pipeline_memory(m, &run) + (size_t)r->width * r->height * 3 * sizeof(float);
+}
+
+diffuse_status diffuse_generate(diffuse_model *m, const diffuse_request *r, diffuse_image *images,
+                                char *err, size_t err_size)
+{
+    char e[DIFFUSE_ERROR_SIZE] = "";
+    diffuse_status st = check_request(m, r, e);
+    if (m->threads > 0)
+        openblas_set_num_threads(m->threads);
+    int done = 0;
+    for (; st == DIFFUSE_OK && done < r->count; done++) {
+        diffuse_image *img = &images[done];
+        img->width = r->width;
+        img->height = r->height;
+        img->seed = r->seed + (uint64_t)done;
+        img->pixels = malloc(sizeof(float) * 3 * r->width * r->height);
+        if (!img->pixels) {
+            st = DIFFUSE_ERR_MEMORY;
+            diffuse_fail(e, "out of memory");
+            break;
+        }
+        diffuse_rng rng;
+        diffuse_rng_seed(&rng, img->seed);
+        diffuse_noise noise = {rng_draw, &rng};
+        diffuse_run run = run_of(m, r);
+        run.image_index = done;
+        st = diffuse_pipeline_run(m, &run, &noise, img->pixels, e);
+        if (st != DIFFUSE_OK)
+            diffuse_image_free(img);
+    }
+    if (st != DIFFUSE_OK) {
+        for (int i = 0; i < done && i < r->count; i++)
+            diffuse_image_free(&images[i]);
+        if (err && err_size)
+            snprintf(err, err_size, "%s", e);
+    }
+    return st;
+}
+
+void diffuse_image_free(diffuse_image *image)
+{
+    if (!image)
+        return;
+    free(image->pixels);
+    image->pixels = NULL;
+}

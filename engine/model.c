@@ -1,0 +1,356 @@
+/* model.c: opening a checkpoint as a model: weights, hyper-parameters read off
+ * the tensors themselves (config.json files only where the tensors cannot say,
+ * e.g. head counts), tokenizer, and the three model parts. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cJSON.h>
+
+#include "internal.h"
+
+static bool file_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+/* Dimension d of a weight, or -1 when missing. */
+static int64_t dim_of(const diffuse_weights *w, int d, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int64_t dim_of(const diffuse_weights *w, int d, const char *fmt, ...)
+{
+    char name[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    int64_t shape[DIFFUSE_MAX_DIMS];
+    int nd = diffuse_weights_shape(w, name, shape);
+    return nd > d ? shape[d] : -1;
+}
+
+/* Largest i + 1 such that the formatted name with i exists (i from 0). */
+static int count_of(const diffuse_weights *w, const char *fmt)
+{
+    int n = 0;
+    for (;; n++) {
+        char name[256];
+        snprintf(name, sizeof name, fmt, n);
+        if (!diffuse_weights_has(w, name))
+            return n;
+    }
+}
+
+/* An int or the l-th element of a list, from a config object; fallback when absent. */
+static int json_int_at(const cJSON *cfg, const char *key, int l, int fallback)
+{
+    const cJSON *v = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, key) : NULL;
+    if (cJSON_IsArray(v))
+        v = cJSON_GetArrayItem(v, l);
+    return cJSON_IsNumber(v) ? v->valueint : fallback;
+}
+
+static cJSON *load_part_config(const char *dir, const char *part)
+{
+    if (!dir)
+        return NULL;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s/config.json", dir, part);
+    return file_exists(path) ? diffuse_json_load(path, NULL) : NULL;
+}
+
+/* ------------------------------------------------------------------ unet */
+
+static int infer_unet(diffuse_model *m, const cJSON *cfg, char *err)
+{
+    diffuse_unet_config *u = &m->unet_cfg;
+    const diffuse_weights *w = m->weights;
+    memset(u, 0, sizeof *u);
+    u->levels = count_of(w, "unet.down_blocks.%d.resnets.0.conv1.weight");
+    u->in_channels = (int)dim_of(w, 1, "unet.conv_in.weight");
+    u->out_channels = (int)dim_of(w, 0, "unet.conv_out.weight");
+    if (u->levels < 1 || u->levels > DIFFUSE_MAX_LEVELS || u->in_channels < 1 || u->out_channels < 1)
+        return diffuse_fail(err, "%s: no UNet found (unet.conv_in / down_blocks missing)", m->path);
+    u->layers_per_block = count_of(w, "unet.down_blocks.0.resnets.%d.conv1.weight");
+    for (int l = 0; l < u->levels; l++) {
+        u->channels[l] = (int)dim_of(w, 0, "unet.down_blocks.%d.resnets.0.conv1.weight", l);
+        u->cross_attn[l] = dim_of(w, 0, "unet.down_blocks.%d.attentions.0.proj_in.weight", l) > 0;
+    }
+    const char *attn = "unet.mid_block.attentions.0";
+    u->context_dim = (int)dim_of(w, 1, "%s.transformer_blocks.0.attn2.to_k.weight", attn);
+    int64_t proj[DIFFUSE_MAX_DIMS];
+    char name[128];
+    snprintf(name, sizeof name, "%s.proj_in.weight", attn);
+    u->linear_proj = diffuse_weights_shape(w, name, proj) == 2;
+    snprintf(name, sizeof name, "%s.transformer_blocks.%%d.attn1.to_q.weight", attn);
+    u->transformer_depth = count_of(w, name);
+    if (u->context_dim < 1 || u->transformer_depth < 1)
+        return diffuse_fail(err, "%s: the UNet has no cross-attention mid block", m->path);
+    bool sd2 = u->linear_proj || u->context_dim == 1024;
+    for (int l = 0; l < u->levels; l++) {
+        int fallback = sd2 ? (u->channels[l] >= 64 ? u->channels[l] / 64 : 1) : 8;
+        int heads = json_int_at(cfg, "num_attention_heads", l, -1);
+        u->heads[l] = heads > 0 ? heads : json_int_at(cfg, "attention_head_dim", l, fallback);
+    }
+    u->groups = json_int_at(cfg, "norm_num_groups", 0, 32);
+    const cJSON *eps = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, "norm_eps") : NULL;
+    u->eps = cJSON_IsNumber(eps) ? (float)eps->valuedouble : 1e-5f;
+    u->flip_sin_to_cos = true;
+    u->freq_shift = json_int_at(cfg, "freq_shift", 0, 0);
+    u->upcast_attention = true;
+    m->family = sd2 ? "sd2" : "sd1";
+    return 0;
+}
+
+/* ------------------------------------------------------------------ vae */
+
+static int infer_vae(diffuse_model *m, const cJSON *cfg, char *err)
+{
+    diffuse_vae_config *v = &m->vae_cfg;
+    const diffuse_weights *w = m->weights;
+    memset(v, 0, sizeof *v);
+    v->levels = count_of(w, "vae.encoder.down_blocks.%d.resnets.0.conv1.weight");
+    if (v->levels < 1 || v->levels > DIFFUSE_MAX_LEVELS)
+        return diffuse_fail(err, "%s: no VAE found (vae.encoder.down_blocks missing)", m->path);
+    for (int l = 0; l < v->levels; l++)
+        v->channels[l] = (int)dim_of(w, 0, "vae.encoder.down_blocks.%d.resnets.0.conv1.weight", l);
+    v->layers_per_block = count_of(w, "vae.encoder.down_blocks.0.resnets.%d.conv1.weight");
+    v->in_channels = (int)dim_of(w, 1, "vae.encoder.conv_in.weight");
+    v->out_channels = (int)dim_of(w, 0, "vae.decoder.conv_out.weight");
+    v->latent_channels = (int)dim_of(w, 1, "vae.decoder.conv_in.weight");
+    v->groups = json_int_at(cfg, "norm_num_groups", 0, 32);
+    v->mid_attention = diffuse_weights_has(w, "vae.encoder.mid_block.attentions.0.to_q.weight");
+    const cJSON *sf = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, "scaling_factor") : NULL;
+    v->scaling_factor = cJSON_IsNumber(sf) ? (float)sf->valuedouble : 0.18215f;
+    if (v->in_channels != 3 || v->out_channels != 3 || v->latent_channels < 1)
+        return diffuse_fail(err, "%s: the VAE is not an RGB autoencoder", m->path);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ text */
+
+static int infer_clip(diffuse_model *m, const cJSON *cfg, char *err)
+{
+    diffuse_clip_config *c = &m->clip_cfg;
+    const diffuse_weights *w = m->weights;
+    c->vocab_size = (int)dim_of(w, 0, "text.text_model.embeddings.token_embedding.weight");
+    c->width = (int)dim_of(w, 1, "text.text_model.embeddings.token_embedding.weight");
+    c->max_positions = (int)dim_of(w, 0, "text.text_model.embeddings.position_embedding.weight");
+    c->intermediate = (int)dim_of(w, 0, "text.text_model.encoder.layers.0.mlp.fc1.weight");
+    int stored = count_of(w, "text.text_model.encoder.layers.%d.mlp.fc1.weight");
+    if (c->width < 1 || stored < 1 || c->intermediate < 1)
+        return diffuse_fail(err, "%s: no text encoder found (text_model.embeddings missing)", m->path);
+    bool openclip = diffuse_weights_openclip(w);
+    /* OpenCLIP checkpoints hold the last block, which SD 2.x skips */
+    c->layers = json_int_at(cfg, "num_hidden_layers", 0, openclip ? stored - 1 : stored);
+    c->heads = json_int_at(cfg, "num_attention_heads", 0, c->width >= 64 ? c->width / 64 : 1);
+    const cJSON *act = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, "hidden_act") : NULL;
+    c->gelu = cJSON_IsString(act) ? strcmp(act->valuestring, "gelu") == 0 : openclip;
+    const cJSON *eps = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, "layer_norm_eps") : NULL;
+    c->eps = cJSON_IsNumber(eps) ? (float)eps->valuedouble : 1e-5f;
+    c->pad_id = strcmp(m->family, "sd2") == 0 ? 0 : 49407;
+    if (c->layers < 1 || c->layers > stored)
+        return diffuse_fail(err, "%s: text encoder config asks for %d layers, file holds %d",
+                            m->path, c->layers, stored);
+    return 0;
+}
+
+/* The tokenizer's pad token: "!" (id 0) for SD 2.x, "<|endoftext|>" for SD 1.x. */
+static void read_pad_token(diffuse_model *m, const char *tokdir)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", tokdir);
+    cJSON *cfg = file_exists(path) ? diffuse_json_load(path, NULL) : NULL;
+    const cJSON *pad = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, "pad_token") : NULL;
+    if (cJSON_IsObject(pad))
+        pad = cJSON_GetObjectItemCaseSensitive(pad, "content");
+    if (cJSON_IsString(pad))
+        m->clip_cfg.pad_id = strcmp(pad->valuestring, "!") == 0 ? 0 : 49407;
+    cJSON_Delete(cfg);
+}
+
+/* ------------------------------------------------------------------ schedule */
+
+/* Fields of a scheduler_config.json object over *s (absent keys keep theirs). */
+void diffuse_schedule_from_json(diffuse_schedule_config *s, const struct cJSON *cfg)
+{
+    const cJSON *v;
+#define NUM(key) (cJSON_IsNumber(v = cJSON_GetObjectItemCaseSensitive(cfg, key)))
+#define STR(key) (cJSON_IsString(v = cJSON_GetObjectItemCaseSensitive(cfg, key)))
+    if (!cfg)
+        return;
+    if (NUM("num_train_timesteps")) s->num_train_timesteps = v->valueint;
+    if (NUM("beta_start")) s->beta_start = (float)v->valuedouble;
+    if (NUM("beta_end")) s->beta_end = (float)v->valuedouble;
+    if (NUM("steps_offset")) s->steps_offset = v->valueint;
+    if (NUM("original_inference_steps")) s->original_inference_steps = v->valueint;
+    if (NUM("timestep_scaling")) s->timestep_scaling = (float)v->valuedouble;
+    if (cJSON_IsBool(v = cJSON_GetObjectItemCaseSensitive(cfg, "set_alpha_to_one")))
+        s->set_alpha_to_one = cJSON_IsTrue(v);
+    if (STR("beta_schedule"))
+        s->beta_schedule = strcmp(v->valuestring, "linear") == 0 ? DIFFUSE_BETAS_LINEAR
+                                                                 : DIFFUSE_BETAS_SCALED_LINEAR;
+    if (STR("prediction_type"))
+        s->prediction = strcmp(v->valuestring, "v_prediction") == 0 ? DIFFUSE_PREDICTION_V
+                                                                    : DIFFUSE_PREDICTION_EPSILON;
+    if (STR("timestep_spacing") && diffuse_spacing_parse(v->valuestring) >= 0)
+        s->spacing = (diffuse_spacing)diffuse_spacing_parse(v->valuestring);
+#undef NUM
+#undef STR
+}
+
+static void read_schedule(diffuse_model *m, const char *dir)
+{
+    m->schedule = diffuse_schedule_config_default();
+    char path[4096];
+    snprintf(path, sizeof path, "%s/scheduler/scheduler_config.json", dir ? dir : "");
+    cJSON *cfg = dir && file_exists(path) ? diffuse_json_load(path, NULL) : NULL;
+    diffuse_schedule_from_json(&m->schedule, cfg);
+    cJSON_Delete(cfg);
+}
+
+/* ------------------------------------------------------------------ tokenizer */
+
+/* Where the CLIP vocabulary is: the model's tokenizer/ folder, the caller's
+ * path, DIFFUSE_VOCAB, a copy beside the checkpoint, the installed copy. */
+static int find_vocab(const diffuse_model *m, const char *dir, const char *given, char *out,
+                      size_t size, char *err)
+{
+    const char *home = getenv("HOME"), *env = getenv("DIFFUSE_VOCAB");
+    char beside[4096], cand[6][4096];
+    snprintf(beside, sizeof beside, "%s", m->path);
+    char *slash = strrchr(beside, '/');
+    snprintf(slash ? slash + 1 : beside, sizeof beside - (size_t)(slash ? slash + 1 - beside : 0),
+             "bpe_simple_vocab_16e6.txt.gz");
+    int n = 0;
+    if (dir) snprintf(cand[n++], 4096, "%s/tokenizer", dir);
+    if (given) snprintf(cand[n++], 4096, "%s", given);
+    if (env) snprintf(cand[n++], 4096, "%s", env);
+    snprintf(cand[n++], 4096, "%s", beside);
+    if (home) snprintf(cand[n++], 4096, "%s/.local/share/diffuse/bpe_simple_vocab_16e6.txt.gz", home);
+    snprintf(cand[n++], 4096, "/usr/local/share/diffuse/bpe_simple_vocab_16e6.txt.gz");
+    for (int i = 0; i < n; i++)
+        if (file_exists(cand[i])) {
+            snprintf(out, size, "%s", cand[i]);
+            return 0;
+        }
+    return diffuse_fail(err, "%s: no CLIP vocabulary: single-file checkpoints carry none. "
+                        "Run ./install.sh (it fetches bpe_simple_vocab_16e6.txt.gz), or put that "
+                        "file beside the checkpoint, or set DIFFUSE_VOCAB to it", m->path);
+}
+
+/* ------------------------------------------------------------------ load */
+
+diffuse_load_params diffuse_load_params_default(void)
+{
+    return (diffuse_load_params){.prediction = DIFFUSE_PREDICTION_AUTO};
+}
+
+static int model_configure(diffuse_model *m, const char *cfgdir, const diffuse_load_params *p,
+                           char *err)
+{
+    cJSON *ucfg = load_part_config(cfgdir, "unet"), *vcfg = load_part_config(cfgdir, "vae");
+    cJSON *tcfg = load_part_config(cfgdir, "text_encoder");
+    int rc = infer_unet(m, ucfg, err);
+    if (rc == 0) rc = infer_vae(m, vcfg, err);
+    if (rc == 0) rc = infer_clip(m, tcfg, err);
+    m->native_size = json_int_at(vcfg, "sample_size", 0, 0);
+    if (m->native_size <= 0)
+        m->native_size = strcmp(m->family, "sd2") == 0 ? 768 : 512;
+    cJSON_Delete(ucfg);
+    cJSON_Delete(vcfg);
+    cJSON_Delete(tcfg);
+    if (rc)
+        return -1;
+    read_schedule(m, cfgdir);
+    if (!cfgdir && strcmp(m->family, "sd2") == 0)
+        m->schedule.prediction = DIFFUSE_PREDICTION_V; /* SD 2.x 768 files are v-prediction */
+    if (p->prediction != DIFFUSE_PREDICTION_AUTO)
+        m->schedule.prediction = p->prediction;
+    return 0;
+}
+
+static int model_build(diffuse_model *m, const char *dir, const diffuse_load_params *p, char *err)
+{
+    char vocab[4096];
+    if (find_vocab(m, dir, p->vocab_path, vocab, sizeof vocab, err) ||
+        diffuse_tokenizer_load(vocab, &m->tokenizer, err))
+        return -1;
+    if (dir) {
+        char tokdir[4096];
+        snprintf(tokdir, sizeof tokdir, "%s/tokenizer", dir);
+        read_pad_token(m, tokdir);
+    }
+    if (diffuse_clip_load(&m->clip_cfg, m->weights, &m->clip, err) ||
+        diffuse_unet_load(&m->unet_cfg, m->weights, &m->unet, err) ||
+        diffuse_vae_load(&m->vae_cfg, m->weights, &m->vae, err))
+        return -1;
+    return 0;
+}
+
+diffuse_model *diffuse_model_load(const char *path, const diffuse_load_params *params, char *err,
+                                  size_t err_size)
+{
+    char e[DIFFUSE_ERROR_SIZE] = "";
+    diffuse_load_params p = params ? *params : diffuse_load_params_default();
+    diffuse_model *m = calloc(1, sizeof *m);
+    struct stat st;
+    int rc = m && (m->path = strdup(path)) ? 0 : diffuse_fail(e, "out of memory");
+    if (rc == 0 && stat(path, &st) != 0)
+        rc = diffuse_fail(e, "%s: no such file or folder", path);
+    const char *dir = rc == 0 && S_ISDIR(st.st_mode) ? path : NULL;
+    if (rc == 0)
+        rc = diffuse_weights_open(path, &m->weights, e);
+    if (rc == 0)
+        rc = model_configure(m, dir ? dir : p.config_dir, &p, e);
+    if (rc == 0)
+        rc = model_build(m, dir, &p, e);
+    m ? m->threads = p.threads : 0;
+    if (rc) {
+        if (err && err_size)
+            snprintf(err, err_size, "%s", e);
+        diffuse_model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+void diffuse_model_free(diffuse_model *m)
+{
+    if (!m)
+        return;
+    diffuse_vae_free(m->vae);
+    diffuse_unet_free(m->unet);
+    diffuse_clip_free(m->clip);
+    diffuse_tokenizer_free(m->tokenizer);
+    diffuse_weights_free(m->weights);
+    free(m->path);
+    free(m);
+}
+
+void diffuse_model_get_info(const diffuse_model *m, diffuse_model_info *info)
+{
+    static const char *dtypes[] = {"f32", "f16", "bf16", "i32", "other"};
+    memset(info, 0, sizeof *info);
+    info->family = m->family;
+    info->layout = diffuse_weights_layout(m->weights);
+    info->dtype = dtypes[diffuse_weights_dtype(m->weights)];
+    info->prediction = m->schedule.prediction;
+    info->latent_channels = m->vae_cfg.latent_channels;
+    info->vae_scale = 1 << (m->vae_cfg.levels - 1);
+    info->unet_levels = m->unet_cfg.levels;
+    memcpy(info->unet_channels, m->unet_cfg.channels, sizeof info->unet_channels);
+    info->context_dim = m->unet_cfg.context_dim;
+    info->text_width = m->clip_cfg.width;
+    info->text_layers = m->clip_cfg.layers;
+    info->text_heads = m->clip_cfg.heads;
+    info->vocab_size = m->clip_cfg.vocab_size;
+    info->native_size = m->native_size;
+    info->params_unet = diffuse_weights_count(m->weights, "unet.");
+    info->params_vae = diffuse_weights_count(m->weights, "vae.");
+    info->params_text = diffuse_weights_count(m->weights, "text.");
+}

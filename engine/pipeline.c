@@ -1,0 +1,269 @@
+/* pipeline.c: text to image, image to image and masked image to image, as
+ * diffusers' StableDiffusion{,Img2Img,Inpaint}Pipeline compute them:
+ * encode the prompts, start from noise (or the noised image latents), denoise
+ * with classifier-free guidance, decode. All memory is taken before the
+ * denoising loop starts; the loop allocates nothing.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* Everything one run holds besides the arena, carved from one allocation. */
+typedef struct pipe_buffers {
+    float *block;
+    float *context;       /* [nb, 77, context_dim]: negative first, then prompt */
+    float *latents;       /* [1, C, h, w] */
+    float *noise;         /* [1, C, h, w] start noise, kept for inpaint re-noising */
+    float *image_latents; /* [1, C, h, w] encoded init image (scaled) */
+    float *mask_latent;   /* [h, w] 1 = repaint */
+    float *model_in;      /* [nb, C, h, w] */
+    float *model_out;     /* [nb, C, h, w] */
+    float *pixels;        /* [3, H, W] VAE input / output */
+    float *moments;       /* [1, 2C, h, w] */
+    float timesteps[2];
+} pipe_buffers;
+
+typedef struct pipe_dims {
+    int nb;               /* UNet batch: 2 with guidance, else 1 */
+    int c, h, w;          /* latent */
+    size_t latent_n;      /* c * h * w */
+    int ctx;              /* context width */
+} pipe_dims;
+
+static pipe_dims dims_of(const diffuse_model *m, const diffuse_run *run)
+{
+    pipe_dims d;
+    const int f = 1 << (m->vae_cfg.levels - 1);
+    d.nb = run->guidance > 1.0f ? 2 : 1;
+    d.c = m->vae_cfg.latent_channels;
+    d.h = run->height / f;
+    d.w = run->width / f;
+    d.latent_n = (size_t)d.c * d.h * d.w;
+    d.ctx = m->clip_cfg.width;
+    return d;
+}
+
+static size_t buffers_floats(const pipe_dims *d, const diffuse_run *run)
+{
+    size_t px = (size_t)3 * run->width * run->height;
+    return (size_t)d->nb * DIFFUSE_MAX_TOKENS * d->ctx + 3 * d->latent_n +
+           (size_t)d->h * d->w + 2 * d->nb * d->latent_n + px + 2 * d->latent_n + 16 * 12;
+}
+
+static size_t arena_floats(const diffuse_model *m, const pipe_dims *d, const diffuse_run *run)
+{
+    size_t a = diffuse_clip_workspace(m->clip, 1);
+    size_t u = diffuse_unet_workspace(m->unet, d->nb, d->h, d->w, DIFFUSE_MAX_TOKENS);
+    size_t v = diffuse_vae_workspace(m->vae, run->height, run->width);
+    return (a > u ? a : u) > v ? (a > u ? a : u) : v;
+}
+
+static int buffers_init(pipe_buffers *b, const pipe_dims *d, const diffuse_run *run, char *err)
+{
+    memset(b, 0, sizeof *b);
+    if (!(b->block = malloc(sizeof(float) * buffers_floats(d, run))))
+        return diffuse_fail(err, "out of memory for %dx%d", run->width, run->height);
+    float *p = b->block;
+#define TAKE(field, n) (b->field = p, p += ((n) + 15) & ~(size_t)15)
+    TAKE(context, (size_t)d->nb * DIFFUSE_MAX_TOKENS * d->ctx);
+    TAKE(latents, d->latent_n);
+    TAKE(noise, d->latent_n);
+    TAKE(image_latents, d->latent_n);
+    TAKE(mask_latent, (size_t)d->h * d->w);
+    TAKE(model_in, d->nb * d->latent_n);
+    TAKE(model_out, d->nb * d->latent_n);
+    TAKE(pixels, (size_t)3 * run->width * run->height);
+    TAKE(moments, 2 * d->latent_n);
+#undef TAKE
+    return 0;
+}
+
+/* ------------------------------------------------------------------ stages */
+
+/* context = text_encoder(tokens) for [negative, prompt] (or [prompt]). */
+static int encode_prompts(diffuse_model *m, const diffuse_run *run, const pipe_dims *d,
+                          pipe_buffers *b, diffuse_arena *a, char *err)
+{
+    const char *texts[2] = {run->negative_prompt ? run->negative_prompt : "", run->prompt};
+    for (int i = 0; i < d->nb; i++) {
+        int32_t ids[DIFFUSE_MAX_TOKENS];
+        const char *text = d->nb == 2 ? texts[i] : run->prompt;
+        if (diffuse_tokenizer_encode(m->tokenizer, text, m->clip_cfg.pad_id, ids, err) ||
+            diffuse_clip_forward(m->clip, b->context + (size_t)i * DIFFUSE_MAX_TOKENS * d->ctx,
+                                 ids, 1, a, err))
+            return -1;
+    }
+    return 0;
+}
+
+/* image_latents = scaling * (mean + std * eps), eps from the "vae" draw:
+ * the posterior sample diffusers' retrieve_latents takes. */
+static int encode_image(diffuse_model *m, const diffuse_run *run, const pipe_dims *d,
+                        pipe_buffers *b, diffuse_arena *a, diffuse_noise *noise, char *err)
+{
+    const size_t hw = (size_t)run->width * run->height;
+    for (size_t p = 0; p < hw; p++) /* [H, W, 3] in [0, 1] -> [3, H, W] in [-1, 1] */
+        for (int ch = 0; ch < 3; ch++)
+            b->pixels[ch * hw + p] = 2.0f * run->init_image[p * 3 + ch] - 1.0f;
+    if (diffuse_vae_encode(m->vae, b->moments, b->pixels, run->height, run->width, a, NULL, err) ||
+        noise->draw(noise->self, b->image_latents, d->latent_n, "vae", err))
+        return -1;
+    const float scale = m->vae_cfg.scaling_factor;
+    for (size_t i = 0; i < d->latent_n; i++) {
+        float logvar = fminf(fmaxf(b->moments[d->latent_n + i], -30.0f), 20.0f);
+        float std = expf(0.5f * logvar);
+        b->image_latents[i] = scale * (b->moments[i] + std * b->image_latents[i]);
+    }
+    return 0;
+}
+
+/* Binarised mask (>= 0.5 repaints), resized to the latent grid by nearest
+ * neighbour as torch.nn.functional.interpolate does. */
+static void resize_mask(const diffuse_run *run, const pipe_dims *d, float *out)
+{
+    for (int y = 0; y < d->h; y++)
+        for (int x = 0; x < d->w; x++) {
+            int sy = (int)floor(y * ((double)run->height / d->h));
+            int sx = (int)floor(x * ((double)run->width / d->w));
+            out[y * d->w + x] = run->mask[(size_t)sy * run->width + sx] >= 0.5f ? 1.0f : 0.0f;
+        }
+}
+
+static int prepare_latents(diffuse_model *m, const diffuse_run *run, const pipe_dims *d,
+                           pipe_buffers *b, diffuse_sampler_state *s, diffuse_arena *a,
+                           diffuse_noise *noise, char *err)
+{
+    if (run->init_image && encode_image(m, run, d, b, a, noise, err))
+        return -1;
+    if (noise->draw(noise->self, b->noise, d->latent_n, "start", err))
+        return -1;
+    if (run->mask) {
+        resize_mask(run, d, b->mask_latent);
+        /* the inpaint pipeline also encodes the masked image: one more VAE draw
+         * whose latents a 4-channel UNet never reads; take it to stay in step */
+        if (noise->draw(noise->self, b->latents, d->latent_n, "vae", err))
+            return -1;
+    }
+    bool pure_noise = !run->init_image || (run->mask && run->strength >= 1.0f);
+    if (pure_noise) {
+        const float sigma = diffuse_sampler_init_sigma(s);
+        for (size_t i = 0; i < d->latent_n; i++)
+            b->latents[i] = b->noise[i] * sigma;
+    } else {
+        diffuse_sampler_add_noise(s, 0, b->image_latents, b->noise, b->latents);
+    }
+    return 0;
+}
+
+/* model_out[0] = uncond + g (cond - uncond) */
+static void apply_guidance(const pipe_dims *d, float *out, float g)
+{
+    if (d->nb == 1)
+        return;
+    const float *cond = out + d->latent_n;
+    for (size_t i = 0; i < d->latent_n; i++)
+        out[i] = out[i] + g * (cond[i] - out[i]);
+}
+
+/* latents = (1 - mask) * noised(original) + mask * latents */
+static void blend_mask(const pipe_dims *d, pipe_buffers *b, diffuse_sampler_state *s, int i,
+                       int count)
+{
+    float *proper = b->model_in; /* free after the step */
+    if (i + 1 < count)
+        diffuse_sampler_add_noise(s, i + 1, b->image_latents, b->noise, proper);
+    else
+        memcpy(proper, b->image_latents, sizeof(float) * d->latent_n);
+    const size_t hw = (size_t)d->h * d->w;
+    for (int c = 0; c < d->c; c++)
+        for (size_t p = 0; p < hw; p++) {
+            float mk = b->mask_latent[p];
+            size_t j = c * hw + p;
+            b->latents[j] = (1.0f - mk) * proper[j] + mk * b->latents[j];
+        }
+}
+
+static diffuse_status denoise(diffuse_model *m, const diffuse_run *run, const pipe_dims *d,
+                              pipe_buffers *b, diffuse_sampler_state *s, diffuse_arena *a,
+                              diffuse_noise *noise, char *err)
+{
+    const int count = diffuse_sampler_count(s);
+    for (int i = 0; i < count; i++) {
+        for (int k = 0; k < d->nb; k++) {
+            diffuse_sampler_scale_input(s, i, b->latents, b->model_in + k * d->latent_n);
+            b->timesteps[k] = diffuse_sampler_timestep(s, i);
+        }
+        if (diffuse_unet_forward(m->unet, b->model_out, b->model_in, b->timesteps, b->context,
+                                 d->nb, d->h, d->w, DIFFUSE_MAX_TOKENS, a, NULL, err))
+            return DIFFUSE_ERR_MEMORY;
+        apply_guidance(d, b->model_out, run->guidance);
+        if (diffuse_sampler_step(s, i, b->model_out, b->latents, noise, err))
+            return DIFFUSE_ERR_FORMAT;
+        if (run->mask)
+            blend_mask(d, b, s, i, count);
+        if (run->on_step)
+            run->on_step(run->on_step_user, i, b->latents, d->latent_n);
+        if (run->progress && run->progress(run->progress_user, run->image_index,
+                                           run->image_count, i + 1, count)) {
+            diffuse_fail(err, "cancelled");
+            return DIFFUSE_ERR_CANCELLED;
+        }
+    }
+    return DIFFUSE_OK;
+}
+
+/* pixels_out [H, W, 3] = clamp(decode(latents / scaling) / 2 + 0.5, 0, 1) */
+static int decode_latents(diffuse_model *m, const diffuse_run *run, const pipe_dims *d,
+                          pipe_buffers *b, diffuse_arena *a, float *pixels_out, char *err)
+{
+    for (size_t i = 0; i < d->latent_n; i++)
+        b->latents[i] /= m->vae_cfg.scaling_factor;
+    if (diffuse_vae_decode(m->vae, b->pixels, b->latents, run->height, run->width, a, NULL, err))
+        return -1;
+    const size_t hw = (size_t)run->width * run->height;
+    for (size_t p = 0; p < hw; p++)
+        for (int ch = 0; ch < 3; ch++) {
+            float v = b->pixels[ch * hw + p] / 2.0f + 0.5f;
+            pixels_out[p * 3 + ch] = v < 0 ? 0 : v > 1 ? 1 : v;
+        }
+    return 0;
+}
+
+diffuse_status diffuse_pipeline_run(diffuse_model *m, const diffuse_run *run, diffuse_noise *noise,
+                                    float *pixels_out, char *err)
+{
+    const pipe_dims d = dims_of(m, run);
+    pipe_buffers b;
+    diffuse_arena a = {0};
+    diffuse_sampler_state *s = NULL;
+    float strength = run->init_image ? run->strength : 1.0f;
+    diffuse_status st = DIFFUSE_ERR_MEMORY;
+    if (buffers_init(&b, &d, run, err))
+        return DIFFUSE_ERR_MEMORY;
+    if (diffuse_arena_init(&a, arena_floats(m, &d, run), err))
+        goto done;
+    st = DIFFUSE_ERR_ARGUMENT;
+    if (diffuse_sampler_create(run->sampler, run->karras, &run->schedule, run->steps, strength,
+                               d.latent_n, &s, err))
+        goto done;
+    st = DIFFUSE_ERR_MEMORY;
+    if (encode_prompts(m, run, &d, &b, &a, err) ||
+        prepare_latents(m, run, &d, &b, s, &a, noise, err))
+        goto done;
+    st = denoise(m, run, &d, &b, s, &a, noise, err);
+    if (st == DIFFUSE_OK && decode_latents(m, run, &d, &b, &a, pixels_out, err))
+        st = DIFFUSE_ERR_MEMORY;
+done:
+    diffuse_sampler_free(s);
+    diffuse_arena_free(&a);
+    free(b.block);
+    return st;
+}
+
+size_t diffuse_pipeline_memory(const diffuse_model *m, const diffuse_run *run)
+{
+    const pipe_dims d = dims_of(m, run);
+    return sizeof(float) * (buffers_floats(&d, run) + arena_floats(m, &d, run));
+}
