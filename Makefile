@@ -24,6 +24,8 @@ CLI_SRC    := $(wildcard engine/cli/*.c)
 CLI_OBJ    := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC   := $(wildcard tests/test_*.c)
 TEST_BIN   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+TEST_SH    := $(wildcard tests/test_*.sh)
+PREFIX     ?= $(HOME)/.local
 
 .PHONY: all engine test bench install format clean
 all: $(BUILD)/libdiffuse.a $(BUILD)/diffuse
@@ -43,7 +45,10 @@ $(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/libdiffuse.a
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
 test: all $(TEST_BIN)
-	@BUILD=$(BUILD) tests/run.sh $(TEST_BIN)
+	@BUILD=$(BUILD) tests/run.sh $(TEST_BIN) $(TEST_SH)
+
+install: all
+	install -D -m 755 $(BUILD)/diffuse $(DESTDIR)$(PREFIX)/bin/diffuse
 
 format:
 	clang-format -i engine/*.c engine/*.h engine/cli/*.c tests/*.c tests/*.h

@@ -3,6 +3,8 @@
  * Reproduces HuggingFace transformers' CLIPTokenizer (the tokenizers backend,
  * which is what the golden ids come from) and OpenAI's simple_tokenizer:
  *
+ *   0. cut out "<|startoftext|>" / "<|endoftext|>" as written (they become their
+ *      ids directly) and treat the text between them as follows;
  *   1. normalise: Unicode NFC, every run of \s collapsed to one space, lower case;
  *   2. split with CLIP's pattern
  *        <\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|
@@ -11,6 +13,11 @@
  *   3. write each piece's UTF-8 bytes as GPT-2 "byte unicode" symbols, the last
  *      one with "</w>" appended, and apply the BPE merges, lowest rank first;
  *   4. <start> ids... <end>, truncated to 77 with <end> kept last, then padding.
+ *
+ * Where simple_tokenizer.py disagrees, transformers is followed: no ftfy fix or
+ * html.unescape, special tokens only as written (OpenAI lowers "<|ENDOFTEXT|>"
+ * into one), case-sensitive contractions (OpenAI's re.IGNORECASE reads "'\u017f"
+ * as "'s"), lower-casing per character (no final-sigma rule).
  *
  * The vocabulary comes from vocab.json + merges.txt (HF layout) or is rebuilt
  * from the OpenAI merges list (bpe_simple_vocab_16e6.txt.gz) exactly as
@@ -170,7 +177,6 @@ static int tok_vocab_put(diffuse_tokenizer *tok, const char *s, size_t n, int32_
         uint32_t off;
         if (tok_blob_add(tok, s, n, &off, err))
             return -1;
-        slot = tok_vocab_slot(tok, s, n); /* the table did not move, the blob may have */
         slot->off = off;
         slot->len = (uint32_t)n;
     }
@@ -229,22 +235,29 @@ static size_t tok_byte_symbol(const uint32_t cp[256], int b, int end, char out[8
 static int tok_read_file(diffuse_tokenizer *tok, const char *path, char **data, size_t *size,
                          char *err)
 {
+    struct stat st;
     FILE *f = fopen(path, "rb");
-    if (!f) {
+    if (!f || fstat(fileno(f), &st) != 0) {
         tok->why = DIFFUSE_ERR_IO;
-        return diffuse_fail(err, "cannot open %s: %s", path, strerror(errno));
+        int rc = diffuse_fail(err, "cannot open %s: %s", path, strerror(errno));
+        if (f)
+            fclose(f);
+        return rc;
     }
-    char *buf = malloc(TOK_MAX_JSON + 1);
-    size_t n = buf ? fread(buf, 1, TOK_MAX_JSON + 1, f) : 0;
-    int bad = buf && ferror(f);
+    if (st.st_size < 0 || (uint64_t)st.st_size > TOK_MAX_JSON) {
+        fclose(f);
+        return diffuse_fail(err, "%s is larger than %u MiB", path, TOK_MAX_JSON >> 20);
+    }
+    size_t want = (size_t)st.st_size;
+    char *buf = malloc(want + 1);
+    size_t n = buf ? fread(buf, 1, want, f) : 0;
     fclose(f);
     if (!buf)
         return tok_oom(tok, err);
-    if (bad || n > TOK_MAX_JSON) {
+    if (n != want) {
         free(buf);
-        tok->why = bad ? DIFFUSE_ERR_IO : DIFFUSE_ERR_FORMAT;
-        return diffuse_fail(err, bad ? "cannot read %s" : "%s is larger than %u MiB", path,
-                            TOK_MAX_JSON >> 20);
+        tok->why = DIFFUSE_ERR_IO;
+        return diffuse_fail(err, "cannot read %s: %zu of %zu bytes", path, n, want);
     }
     *data = buf;
     *size = n;
@@ -258,8 +271,7 @@ static int tok_load_json(diffuse_tokenizer *tok, const cJSON *root, const char *
     if (!cJSON_IsObject(root) || count < 1 || count > TOK_MAX_VOCAB)
         return diffuse_fail(err, "%s: expected an object of 1 to %d token ids", path,
                             TOK_MAX_VOCAB);
-    /* + 514: the openai-free path never adds more, but keep room to spare */
-    if (tok_vocab_init(tok, (size_t)count + 514, err))
+    if (tok_vocab_init(tok, (size_t)count, err))
         return -1;
     const cJSON *item;
     cJSON_ArrayForEach(item, root) {
@@ -279,8 +291,8 @@ static int tok_load_json(diffuse_tokenizer *tok, const cJSON *root, const char *
 
 static int tok_read_vocab(diffuse_tokenizer *tok, const char *path, char *err)
 {
-    char *data;
-    size_t size;
+    char *data = NULL;
+    size_t size = 0;
     if (tok_read_file(tok, path, &data, &size, err))
         return -1;
     const char *end = NULL;
@@ -309,6 +321,9 @@ static int tok_parse_merge(diffuse_tokenizer *tok, char *line, const char *path,
     if (!space || space == line || !space[1] || strchr(space + 1, ' '))
         return diffuse_fail(err, "%s line %d: expected two tokens separated by one space",
                             path, lineno);
+    if (space - line > TOK_MAX_TOKEN || strlen(space + 1) > TOK_MAX_TOKEN)
+        return diffuse_fail(err, "%s line %d: a token is longer than %d bytes", path, lineno,
+                            TOK_MAX_TOKEN);
     if (list->count == list->cap) {
         size_t cap = list->cap ? 2 * list->cap : 1 << 16;
         tok_merge *items = realloc(list->items, cap * sizeof *items);
@@ -326,12 +341,36 @@ static int tok_parse_merge(diffuse_tokenizer *tok, char *line, const char *path,
     return 0;
 }
 
+/* Next line of gz into line[size]: 1, 0 at the end, -1 on a decompression
+ * error (a cut gzip stream hands back its partial last line first; zlib's
+ * message names the file) or on a line that does not fit. */
+static int tok_gz_line(gzFile gz, char *line, int size, const char *path, int lineno, char *err)
+{
+    int zerr = Z_OK;
+    if (!gzgets(gz, line, size)) {
+        const char *zmsg = gzerror(gz, &zerr);
+        if (zerr == Z_OK || zerr == Z_STREAM_END)
+            return 0;
+        return diffuse_fail(err, "cannot decompress line %d: %s", lineno, zmsg);
+    }
+    size_t n = strlen(line);
+    if (n > 0 && line[n - 1] == '\n')
+        return 1;
+    if (n == (size_t)size - 1)
+        return diffuse_fail(err, "%s line %d: longer than %d bytes", path, lineno, size - 2);
+    const char *zmsg = gzerror(gz, &zerr);
+    if (zerr != Z_OK && zerr != Z_STREAM_END)
+        return diffuse_fail(err, "cannot decompress line %d: %s", lineno, zmsg);
+    return 1;
+}
+
 /* Reads up to `limit` merges. openai: the first line is a header whatever it
  * says (simple_tokenizer drops it); otherwise "#version" lines are skipped.
  * gzread reads plain text files as they are, so both layouts go through here. */
 static int tok_read_merges(diffuse_tokenizer *tok, const char *path, int openai, size_t limit,
                            tok_merges *list, char *err)
 {
+    errno = 0;
     gzFile gz = gzopen(path, "rb");
     if (!gz) {
         tok->why = DIFFUSE_ERR_IO;
@@ -339,25 +378,20 @@ static int tok_read_merges(diffuse_tokenizer *tok, const char *path, int openai,
     }
     char line[2 * TOK_MAX_TOKEN + 8];
     int lineno = 0, rc = 0;
-    while (rc == 0 && list->count < limit && gzgets(gz, line, sizeof line)) {
-        lineno++;
-        size_t n = strlen(line);
-        if (n == sizeof line - 1 && line[n - 1] != '\n')
-            rc = diffuse_fail(err, "%s line %d: longer than %d bytes", path, lineno,
-                              (int)sizeof line - 2);
-        else if ((openai && lineno == 1) || (!openai && strncmp(line, "#version", 8) == 0))
-            continue;
+    while (rc == 0 && list->count < limit) {
+        rc = tok_gz_line(gz, line, (int)sizeof line, path, ++lineno, err);
+        if (rc <= 0)
+            break;
+        if ((openai && lineno == 1) || (!openai && strncmp(line, "#version", 8) == 0))
+            rc = 0;
         else
             rc = tok_parse_merge(tok, line, path, lineno, list, err);
     }
-    int zerr = Z_OK;
-    const char *zmsg = gzerror(gz, &zerr);
-    if (rc == 0 && zerr != Z_OK && zerr != Z_STREAM_END)
-        rc = diffuse_fail(err, "%s: cannot decompress after line %d: %s", path, lineno, zmsg);
-    if (rc == 0 && !openai && list->count == limit && gzgets(gz, line, sizeof line))
+    if (rc == 0 && !openai && list->count == limit &&
+        tok_gz_line(gz, line, (int)sizeof line, path, ++lineno, err) != 0)
         rc = diffuse_fail(err, "%s: more than %zu merges", path, limit);
     gzclose(gz);
-    return rc;
+    return rc < 0 ? -1 : 0;
 }
 
 /* ------------------------------------------------------------------ building */
@@ -452,6 +486,8 @@ static int tok_resolve(diffuse_tokenizer *tok, const char *path, char vocab[TOK_
 {
     struct stat st;
     tok->why = DIFFUSE_ERR_IO;
+    if (strlen(path) + sizeof "/vocab.json" > TOK_PATH)
+        return diffuse_fail(err, "tokenizer path too long: %.200s...", path);
     if (stat(path, &st) != 0)
         return diffuse_fail(err, "cannot open tokenizer %s: %s", path, strerror(errno));
     const char *slash = strrchr(path, '/');
@@ -460,9 +496,8 @@ static int tok_resolve(diffuse_tokenizer *tok, const char *path, char vocab[TOK_
     const char *sep = S_ISDIR(st.st_mode) ? "/" : "";
     size_t base_len = strlen(base);
     int json = !S_ISDIR(st.st_mode) && base_len >= 5 && strcmp(base + base_len - 5, ".json") == 0;
-    if (snprintf(vocab, TOK_PATH, "%.*s%svocab.json", dir_len, path, sep) >= TOK_PATH ||
-        snprintf(merges, TOK_PATH, "%.*s%smerges.txt", dir_len, path, sep) >= TOK_PATH)
-        return diffuse_fail(err, "tokenizer path too long: %.200s", path);
+    snprintf(vocab, TOK_PATH, "%.*s%svocab.json", dir_len, path, sep);
+    snprintf(merges, TOK_PATH, "%.*s%smerges.txt", dir_len, path, sep);
     if (json)
         snprintf(vocab, TOK_PATH, "%s", path);
     if (!S_ISDIR(st.st_mode) && !json && !(strcmp(base, "merges.txt") == 0 && tok_exists(vocab))) {
@@ -521,8 +556,6 @@ static int tok_load_status(const char *path, diffuse_tokenizer **out, diffuse_st
         diffuse_tokenizer_free(tok);
         return -1;
     }
-    /* the merge strings are no longer needed: only the vocabulary's stay reachable,
-     * and the blob is kept whole since slots point into it */
     *out = tok;
     return 0;
 }
@@ -573,11 +606,8 @@ static int tok_is_number(int32_t c)
 /* NFC, whitespace runs -> " ", lower case (per code point, full mapping as
  * Rust's char::to_lowercase: U+0130 is the one character that grows).
  * *out: [*n] code points, malloc'd. */
-static int tok_normalize(const char *text, int32_t **out, size_t *n_out, char *err)
+static int tok_normalize(const char *text, size_t len, int32_t **out, size_t *n_out, char *err)
 {
-    size_t len = strlen(text);
-    if (len > TOK_MAX_TEXT)
-        return diffuse_fail(err, "prompt is longer than %d bytes", TOK_MAX_TEXT);
     utf8proc_uint8_t *nfc = NULL;
     utf8proc_ssize_t nb = utf8proc_map((const utf8proc_uint8_t *)text, (utf8proc_ssize_t)len,
                                        &nfc, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
@@ -613,11 +643,16 @@ static int tok_normalize(const char *text, int32_t **out, size_t *n_out, char *e
     return 0;
 }
 
-/* Length of the pre-tokenizer match at cp[i], 0 when cp[i] is a space. */
+/* Length of the pre-tokenizer match at cp[i], 0 when cp[i] is a space. The
+ * pattern's two special-token alternatives never fire here: the specials are
+ * cut out of the raw text before normalising (tok_next_special), and an
+ * upper-case "<|ENDOFTEXT|>" lowered into one is split like any text by the
+ * GPT-2 pattern of transformers' ByteLevel step, which is what omitting them
+ * does. Case-sensitive, as in tokenizers (OpenAI's re.IGNORECASE also takes
+ * "'\u017f" for "'s"). */
 static size_t tok_match(const int32_t *cp, size_t i, size_t n)
 {
-    static const char *const literal[] = {TOK_BOS, TOK_EOS, "'s", "'t", "'re", "'ve",
-                                          "'m", "'ll", "'d"};
+    static const char *const literal[] = {"'s", "'t", "'re", "'ve", "'m", "'ll", "'d"};
     for (size_t k = 0; k < sizeof literal / sizeof *literal; k++) {
         size_t len = strlen(literal[k]), j = 0;
         while (j < len && i + j < n && cp[i + j] == (uint8_t)literal[k][j])
@@ -640,9 +675,10 @@ static size_t tok_match(const int32_t *cp, size_t i, size_t n)
 
 /* ------------------------------------------------------------------ BPE */
 
-/* Work space for one piece of m bytes; grown, never shrunk, per encode call. */
+/* Work space for pieces of up to cap bytes (one symbol per byte); grown, never
+ * shrunk, within one encode call. */
 typedef struct tok_bpe {
-    uint8_t *bytes;       /* [4 * cap] the piece's UTF-8 */
+    uint8_t *bytes;       /* [cap] the piece's UTF-8 */
     int32_t *sym;         /* [cap] symbol id per position, -1 once merged away */
     int32_t *prev, *next; /* [cap] the living symbols as a list, -1 at the ends */
     uint64_t *heap;       /* [3 * cap] rank << 32 | position, a min-heap */
@@ -667,7 +703,7 @@ static int tok_bpe_reserve(tok_bpe *w, size_t m, char *err)
     size_t cap = m > 2 * w->cap ? m : 2 * w->cap;
     tok_bpe_free(w);
     *w = (tok_bpe){0};
-    w->bytes = malloc(4 * cap);
+    w->bytes = malloc(cap);
     w->sym = malloc(cap * sizeof *w->sym);
     w->prev = malloc(cap * sizeof *w->prev);
     w->next = malloc(cap * sizeof *w->next);
@@ -779,18 +815,64 @@ static int tok_encode_piece(const diffuse_tokenizer *tok, const int32_t *cp, siz
     size_t m = 0;
     for (size_t i = 0; i < len; i++)
         m += (size_t)utf8proc_encode_char(cp[i], w->bytes + m);
-    if (m == strlen(TOK_BOS) && memcmp(w->bytes, TOK_BOS, m) == 0) {
-        out[(*count)++] = tok->bos;
-        return 0;
-    }
-    if (m == strlen(TOK_EOS) && memcmp(w->bytes, TOK_EOS, m) == 0) {
-        out[(*count)++] = tok->eos;
-        return 0;
-    }
     tok_bpe_run(tok, w, m);
     for (int32_t p = 0; p >= 0 && *count < TOK_CONTENT; p = w->next[p])
         out[(*count)++] = w->sym[p];
     return 0;
+}
+
+/* Normalises, splits and encodes len bytes of text holding no special token. */
+static int tok_encode_segment(const diffuse_tokenizer *tok, const char *text, size_t len,
+                              tok_bpe *w, int32_t *out, int *count, char *err)
+{
+    int32_t *cp = NULL;
+    size_t n = 0;
+    int rc = 0;
+    if (len == 0)
+        return 0;
+    if (tok_normalize(text, len, &cp, &n, err))
+        return -1;
+    for (size_t i = 0; rc == 0 && i < n && *count < TOK_CONTENT;) {
+        size_t piece = tok_match(cp, i, n);
+        if (piece == 0)
+            i++;
+        else
+            rc = tok_encode_piece(tok, cp + i, piece, w, out, count, err);
+        i += piece;
+    }
+    free(cp);
+    return rc;
+}
+
+/* The first "<|startoftext|>" or "<|endoftext|>" written in s, matched as
+ * transformers matches added tokens: on the raw text, case-sensitively.
+ * Returns its start (the terminating NUL when none) and its id and length. */
+static const char *tok_next_special(const diffuse_tokenizer *tok, const char *s, int32_t *id,
+                                    size_t *len)
+{
+    const char *bos = strstr(s, TOK_BOS), *eos = strstr(s, TOK_EOS);
+    if (bos && (!eos || bos < eos)) {
+        *id = tok->bos;
+        *len = strlen(TOK_BOS);
+        return bos;
+    }
+    *id = tok->eos;
+    *len = eos ? strlen(TOK_EOS) : 0;
+    return eos ? eos : s + strlen(s);
+}
+
+/* Byte offset of the first invalid UTF-8 sequence, or -1. */
+static long tok_bad_utf8(const char *text, size_t len)
+{
+    const utf8proc_uint8_t *s = (const utf8proc_uint8_t *)text;
+    for (size_t i = 0; i < len;) {
+        utf8proc_int32_t c;
+        utf8proc_ssize_t n = utf8proc_iterate(s + i, (utf8proc_ssize_t)(len - i), &c);
+        if (n <= 0)
+            return (long)i;
+        i += (size_t)n;
+    }
+    return -1;
 }
 
 int diffuse_tokenizer_encode(const diffuse_tokenizer *tok, const char *text, int32_t pad_id,
@@ -798,21 +880,23 @@ int diffuse_tokenizer_encode(const diffuse_tokenizer *tok, const char *text, int
 {
     if (!tok || !text || !ids)
         return diffuse_fail(err, "diffuse_tokenizer_encode: tok, text and ids are required");
-    int32_t *cp, content[TOK_CONTENT];
-    size_t n;
+    size_t len = strlen(text);
+    long bad = len > TOK_MAX_TEXT ? -1 : tok_bad_utf8(text, len);
+    if (len > TOK_MAX_TEXT)
+        return diffuse_fail(err, "prompt is longer than %d bytes", TOK_MAX_TEXT);
+    if (bad >= 0)
+        return diffuse_fail(err, "prompt is not valid UTF-8 at byte %ld", bad);
+    int32_t content[TOK_CONTENT], special;
     int count = 0, rc = 0;
-    if (tok_normalize(text, &cp, &n, err))
-        return -1;
     tok_bpe w = {0};
-    for (size_t i = 0; rc == 0 && i < n && count < TOK_CONTENT;) {
-        size_t len = tok_match(cp, i, n);
-        if (len == 0)
-            i++;
-        else
-            rc = tok_encode_piece(tok, cp + i, len, &w, content, &count, err);
-        i += len;
+    for (const char *s = text; rc == 0 && *s && count < TOK_CONTENT;) {
+        size_t special_len;
+        const char *next = tok_next_special(tok, s, &special, &special_len);
+        rc = tok_encode_segment(tok, s, (size_t)(next - s), &w, content, &count, err);
+        if (rc == 0 && special_len && count < TOK_CONTENT)
+            content[count++] = special;
+        s = next + special_len;
     }
-    free(cp);
     tok_bpe_free(&w);
     if (rc)
         return -1;
