@@ -409,8 +409,9 @@ typedef struct diffuse_run {
     diffuse_progress_fn progress;
     void *progress_user;
     int image_index, image_count;      /* for progress */
-    /* observer of the latents after each step (reference checker), or NULL */
-    void (*on_step)(void *user, int step, const float *latents, size_t n);
+    /* observer of the latents after each step, or NULL; it may overwrite them
+     * (the reference checker restarts each step from the reference's state) */
+    void (*on_step)(void *user, int step, float *latents, size_t n);
     void *on_step_user;
 } diffuse_run;
 

@@ -1,0 +1,25 @@
+#!/bin/sh
+# test_refcheck.sh: `diffuse refcheck` on every reference set in ../shared/reference
+# (both layouts, every case); its closing line counts into the suite's total.
+bin=${BUILD:-build}/diffuse
+ref=${DIFFUSE_SHARED:-../shared}/reference
+if [ ! -d "$ref" ]; then
+    if [ "${CI:-}" = true ]; then echo "FAIL missing $ref (CI=true)"; echo "0 passed, 1 failed"; exit 1; fi
+    echo "SKIP missing $ref"; echo "0 passed, 0 failed"; exit 0
+fi
+p=0; f=0
+for dir in "$ref"/*/; do
+    [ -f "$dir/golden.json" ] || continue
+    echo "refcheck $dir"
+    out=$("$bin" refcheck "$dir" 2>&1); rc=$?
+    printf '%s\n' "$out" | grep -v ' ok$'
+    line=$(printf '%s\n' "$out" | tail -n 1)
+    case "$line" in
+    *" passed, "*" failed") ;;
+    *) echo "FAIL refcheck $dir: no closing line (status $rc)"; f=$((f + 1)); continue ;;
+    esac
+    p=$((p + ${line%% passed*})); lf=${line#*passed, }; f=$((f + ${lf%% failed}))
+    [ "$rc" -eq 0 ] || [ "${lf%% failed}" -ne 0 ] || { echo "FAIL status $rc"; f=$((f + 1)); }
+done
+echo "$p passed, $f failed"
+[ "$f" -eq 0 ]
