@@ -129,10 +129,13 @@ static int st_parse_tensor(diffuse_st_tensor *t, const cJSON *item, const uint8_
     return 0;
 }
 
+/* By offset; at one offset, empty tensors first. */
 static int cmp_by_offset(const void *a, const void *b)
 {
     const diffuse_st_tensor *x = a, *y = b;
-    return (x->data > y->data) - (x->data < y->data);
+    if (x->data != y->data)
+        return (x->data > y->data) - (x->data < y->data);
+    return (x->nbytes > y->nbytes) - (x->nbytes < y->nbytes);
 }
 
 static int cmp_by_name(const void *a, const void *b)
@@ -140,14 +143,20 @@ static int cmp_by_name(const void *a, const void *b)
     return strcmp(((const diffuse_st_tensor *)a)->name, ((const diffuse_st_tensor *)b)->name);
 }
 
-/* Offsets must not overlap; names must be unique. */
-static int st_check_layout(diffuse_st_file *f, char *err)
+/* As the format requires, each tensor starts where the one before it ends (no
+ * overlap, no gap); names must be unique. */
+static int st_check_layout(diffuse_st_file *f, const uint8_t *data, char *err)
 {
     qsort(f->tensors, f->count, sizeof *f->tensors, cmp_by_offset);
-    for (int i = 1; i < f->count; i++) {
-        const diffuse_st_tensor *p = &f->tensors[i - 1], *t = &f->tensors[i];
-        if (p->data + p->nbytes > t->data)
-            return diffuse_fail(err, "tensors '%s' and '%s' overlap", p->name, t->name);
+    const uint8_t *next = data;
+    for (int i = 0; i < f->count; i++) {
+        const diffuse_st_tensor *t = &f->tensors[i];
+        if (t->data < next)
+            return diffuse_fail(err, "tensors '%s' and '%s' overlap", f->tensors[i - 1].name, t->name);
+        if (t->data > next)
+            return diffuse_fail(err, "tensor '%s' is not contiguous with the data before it (%zu unused bytes)",
+                                t->name, (size_t)(t->data - next));
+        next = t->data + t->nbytes;
     }
     qsort(f->tensors, f->count, sizeof *f->tensors, cmp_by_name);
     for (int i = 1; i < f->count; i++)
@@ -187,7 +196,7 @@ static int st_parse_header(diffuse_st_file *f, const char *json, size_t len, cha
     }
     cJSON_Delete(root);
     if (rc == 0)
-        rc = st_check_layout(f, err);
+        rc = st_check_layout(f, data, err);
     return rc;
 }
 
@@ -240,6 +249,11 @@ int diffuse_st_open(const char *path, diffuse_st_file **out, char *err)
                           path, (unsigned long long)len, f->map_size);
     else
         rc = st_parse_header(f, (const char *)f->map + 8, (size_t)len, err);
+    if (rc && err && strncmp(err, path, strlen(path)) != 0) { /* name the file */
+        char msg[DIFFUSE_ERROR_SIZE];
+        snprintf(msg, sizeof msg, "%s", err);
+        diffuse_fail(err, "%s: %s", path, msg);
+    }
     if (rc) {
         diffuse_st_close(f);
         return -1;

@@ -23,13 +23,23 @@
  * Indexing: the full schedule has `total` entries; img2img keeps the tail from
  * `begin` = t_start (get_timesteps + set_begin_index). Evaluation i of a run is
  * schedule entry k = begin + i, which is diffusers' step_index.
+ *
+ * Not in diffusers: euler_a with Karras sigmas (EulerAncestralDiscreteScheduler
+ * has no such option); it takes EulerDiscreteScheduler's Karras schedule.
  */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
+
+/* Latent formulas round like torch's separate elementwise kernels: no fused
+ * multiply-add (GCC fuses nothing in ISO C mode; clang is told here). */
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
 
 #define MAX_TRAIN_TIMESTEPS 100000
 
@@ -106,15 +116,15 @@ struct diffuse_sampler_state {
     float final_alpha;       /* alphas_cumprod "before" t = 0: 1 or alphas_cumprod[0] */
     float timestep_scaling;  /* LCM */
     float *alphas_cumprod;   /* [N] */
-    float *timesteps;        /* [total + 2] the UNet's timestep per entry */
-    float *sigmas;           /* [total + 2] Euler/DPM sigma per entry, final 0; else NULL */
+    float *timesteps;        /* [steps + 2], total used: the UNet's timestep per entry */
+    float *sigmas;           /* [steps + 2], total + 1 used: Euler/DPM sigmas, final 0; or NULL */
     size_t latent_n;
     int taken;               /* steps taken in the current run */
     float *block;            /* every latent-sized buffer below, one allocation */
     float *noise;            /* [latent_n] euler_a / lcm draw */
     float *x0_prev, *x0_cur; /* [latent_n] dpmpp_2m data predictions, previous and current */
     float *ets[4];           /* [latent_n] pndm model outputs, oldest first */
-    int n_ets;
+    int n_ets;               /* pndm outputs kept, at most 4 */
     float *cur_sample;       /* [latent_n] pndm sample before its first step */
 };
 
@@ -393,8 +403,9 @@ static int lcm_schedule(diffuse_sampler_state *s, schedule_build *b, char *err)
 {
     int orig = b->cfg->original_inference_steps, k = s->num_train / orig;
     if (s->steps > orig)
-        return diffuse_fail(err, "sampler: lcm takes at most original_inference_steps = %d steps, not %d",
-                            orig, s->steps);
+        return diffuse_fail(
+            err, "sampler: lcm takes at most original_inference_steps = %d steps, not %d", orig,
+            s->steps);
     for (int j = 0; j < s->steps; j++) {
         int q = (int)floor(np_linspace(0.0, orig, s->steps, false, j));
         s->timesteps[j] = (float)((orig - q) * k - 1);
@@ -448,12 +459,14 @@ static int check_request(diffuse_sampler kind, bool karras, const diffuse_schedu
                             sampler_names[kind]);
     if (check_config(c, err))
         return -1;
-    if (steps < 1 || steps > c->num_train_timesteps || steps > DIFFUSE_MAX_STEPS)
+    int max_steps =
+        c->num_train_timesteps < DIFFUSE_MAX_STEPS ? c->num_train_timesteps : DIFFUSE_MAX_STEPS;
+    if (steps < 1 || steps > max_steps)
         return diffuse_fail(err, "sampler: %d steps outside [1, %d] (num_train_timesteps %d)",
-                            steps, DIFFUSE_MAX_STEPS, c->num_train_timesteps);
+                            steps, max_steps, c->num_train_timesteps);
     if (!(strength > 0 && strength <= 1))
         return diffuse_fail(err, "sampler: strength %g outside (0, 1]", (double)strength);
-    if (latent_n == 0 || latent_n > ((size_t)1 << 40) / 8)
+    if (latent_n == 0 || latent_n > SIZE_MAX / (8 * sizeof(float))) /* 5 buffers at most */
         return diffuse_fail(err, "sampler: latent size %zu out of range", latent_n);
     return 0;
 }
@@ -490,7 +503,8 @@ static int check_timesteps(const diffuse_sampler_state *s, char *err)
         if (s->kind == DIFFUSE_SAMPLER_PNDM && k == s->begin + 1)
             t += (float)s->ratio;
         if (t < 0 || t > s->num_train - 1)
-            return diffuse_fail(err, "sampler: %s with %d steps reaches timestep %g outside [0, %d]",
+            return diffuse_fail(err,
+                                "sampler: %s with %d steps reaches timestep %g outside [0, %d]",
                                 sampler_names[s->kind], s->steps, (double)t, s->num_train - 1);
     }
     return 0;
@@ -585,8 +599,8 @@ static int init_state(diffuse_sampler_state *s, diffuse_sampler kind, bool karra
 }
 
 int diffuse_sampler_create(diffuse_sampler kind, bool karras, const diffuse_schedule_config *cfg,
-                           int steps, float strength, size_t latent_n,
-                           diffuse_sampler_state **out, char *err)
+                           int steps, float strength, size_t latent_n, diffuse_sampler_state **out,
+                           char *err)
 {
     if (!out)
         return diffuse_fail(err, "sampler: no output pointer");
@@ -629,13 +643,15 @@ float diffuse_sampler_timestep(const diffuse_sampler_state *s, int i)
     return s->timesteps[s->begin + i];
 }
 
-float diffuse_sampler_init_sigma(const diffuse_sampler_state *s) { return s ? s->init_sigma : 1.0f; }
+float diffuse_sampler_init_sigma(const diffuse_sampler_state *s)
+{
+    return s ? s->init_sigma : 1.0f;
+}
 
-/* ------------------------------------------------------------------ model input and forward noising */
+/* ------------------------------------------------------------------ model input, add_noise */
 
 /* Euler samplers give the UNet x / sqrt(sigma^2 + 1), the others x itself. */
-void diffuse_sampler_scale_input(const diffuse_sampler_state *s, int i, const float *x,
-                                 float *out)
+void diffuse_sampler_scale_input(const diffuse_sampler_state *s, int i, const float *x, float *out)
 {
     bool scale = s && i >= 0 && i < s->count &&
                  (s->kind == DIFFUSE_SAMPLER_EULER || s->kind == DIFFUSE_SAMPLER_EULER_A);
@@ -651,9 +667,10 @@ void diffuse_sampler_scale_input(const diffuse_sampler_state *s, int i, const fl
 }
 
 /* add_noise of each scheduler at schedule entry begin + i:
- *   Euler:      x0 + noise * sigma
- *   DPM-Solver: alpha_t x0 + sigma_t noise, alpha_t = 1 / sqrt(sigma^2 + 1), sigma_t = sigma alpha_t
- *   DDPM-style: sqrt(abar_t) x0 + sqrt(1 - abar_t) noise                     (DDIM, LCM, PNDM) */
+ *   Euler:             x0 + noise * sigma
+ *   DPM-Solver:        alpha_t x0 + sigma_t noise,
+ *                      alpha_t = 1 / sqrt(sigma^2 + 1), sigma_t = sigma alpha_t
+ *   DDIM, LCM, PNDM:   sqrt(abar_t) x0 + sqrt(1 - abar_t) noise (DDPM's) */
 void diffuse_sampler_add_noise(const diffuse_sampler_state *s, int i, const float *x0,
                                const float *noise, float *out)
 {
@@ -752,7 +769,9 @@ static void step_ddim(const diffuse_sampler_state *s, int k, const float *m, flo
 
 /* DPM-Solver's VP conversions: alpha_t = 1 / sqrt(sigma^2 + 1), sigma_t = sigma alpha_t,
  * lambda = log(alpha_t) - log(sigma_t) (the half log-SNR). */
-typedef struct vp { float alpha, sigma, lambda; } vp;
+typedef struct vp {
+    float alpha, sigma, lambda;
+} vp;
 
 static vp vp_at(float sigma)
 {
@@ -774,7 +793,8 @@ static void step_dpmpp_2m(diffuse_sampler_state *s, int k, const float *m, float
     vp cur = vp_at(s->sigmas[k]), next = vp_at(s->sigmas[k + 1]);
     float *x0 = s->x0_cur;
     for (size_t j = 0; j < s->latent_n; j++)
-        x0[j] = s->v_pred ? cur.alpha * x[j] - cur.sigma * m[j] : (x[j] - cur.sigma * m[j]) / cur.alpha;
+        x0[j] =
+            s->v_pred ? cur.alpha * x[j] - cur.sigma * m[j] : (x[j] - cur.sigma * m[j]) / cur.alpha;
     float h = next.lambda - cur.lambda;
     float ratio = next.sigma / cur.sigma, c = next.alpha * (expf(-h) - 1.0f);
     if (s->taken == 0 || k == s->total - 1) {
@@ -823,14 +843,10 @@ static inline float plms_estimate(const diffuse_sampler_state *s, int order, con
 {
     int n = s->n_ets;
     switch (order) {
-    case 0:
-        return m[j];
-    case 1:
-        return (m[j] + s->ets[n - 1][j]) / 2;
-    case 2:
-        return (3 * s->ets[n - 1][j] - s->ets[n - 2][j]) / 2;
-    case 3:
-        return (23 * s->ets[n - 1][j] - 16 * s->ets[n - 2][j] + 5 * s->ets[n - 3][j]) / 12;
+    case 0: return m[j];
+    case 1: return (m[j] + s->ets[n - 1][j]) / 2;
+    case 2: return (3 * s->ets[n - 1][j] - s->ets[n - 2][j]) / 2;
+    case 3: return (23 * s->ets[n - 1][j] - 16 * s->ets[n - 2][j] + 5 * s->ets[n - 3][j]) / 12;
     default:
         return (float)(1.0 / 24.0) * (55 * s->ets[n - 1][j] - 59 * s->ets[n - 2][j] +
                                       37 * s->ets[n - 3][j] - 9 * s->ets[n - 4][j]);

@@ -77,7 +77,8 @@ static weight_entry *find_entry(const diffuse_weights *w, const char *name)
 
 static int finish_table(diffuse_weights *w, char *err)
 {
-    qsort(w->entries, w->count, sizeof *w->entries, cmp_entry);
+    if (w->count > 1) /* qsort(NULL, 0) is undefined */
+        qsort(w->entries, w->count, sizeof *w->entries, cmp_entry);
     for (int i = 1; i < w->count; i++)
         if (strcmp(w->entries[i - 1].name, w->entries[i].name) == 0)
             return diffuse_fail(err, "two tensors map to the weight '%s'", w->entries[i].name);

@@ -256,6 +256,7 @@ static int cmd_generate(int argc, char **argv)
 {
     gen_opts o = {.req = diffuse_request_default(), .load = diffuse_load_params_default()};
     o.req.width = o.req.height = 0;
+    o.req.prompt = NULL; /* the default is "", so --prompt could never be missing */
     int rc = parse_generate(argc, argv, &o);
     if (rc)
         return rc;

@@ -1,0 +1,286 @@
+#!/bin/sh
+# test_cli.sh: the `diffuse` command line against its contract (DESIGN.md):
+# malformed model files are refused with a message naming the file and never
+# crash; info, tokenize and generate work on the reference model in ../shared
+# (txt2img, same seed -> same bytes, --count, img2img, --mask); bad arguments
+# exit non-zero naming the argument. Run from the repository root; the binary
+# is ${BUILD:-build}/diffuse. Ends with "N passed, N failed" (tests/run.sh).
+# Without ../shared (or $DIFFUSE_SHARED) the model tests fail under CI=true and
+# are skipped otherwise.
+
+BIN=${BUILD:-build}/diffuse
+SHARED=${DIFFUSE_SHARED:-../shared}
+MODEL=$SHARED/reference/sd1-tiny/model-diffusers
+VOCAB=$SHARED/clip/bpe_simple_vocab_16e6.txt.gz
+FIXTURES=tests/fixtures
+PROMPT="a red circle on a blue background"
+
+passed=0
+failed=0
+pass() { passed=$((passed + 1)); }
+fail() { failed=$((failed + 1)); echo "FAIL $*"; }
+check() { # check CONDITION-STATUS MESSAGE: counts one case on the last command's status
+    if [ "$1" -eq 0 ]; then pass; else fail "$2"; fi
+}
+finish() {
+    echo "$passed passed, $failed failed"
+    [ "$failed" -eq 0 ]
+    exit
+}
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/diffuse-cli.XXXXXX") || { echo "FAIL mktemp"; echo "0 passed, 1 failed"; exit 1; }
+trap 'rm -rf "$tmp"' EXIT
+trap 'exit 130' INT TERM
+
+if [ ! -x "$BIN" ]; then
+    fail "$BIN not built (make)"
+    finish
+fi
+
+# run CMD...: stdout -> $tmp/out, stderr -> $tmp/err, status -> $rc
+run() {
+    "$@" >"$tmp/out" 2>"$tmp/err"
+    rc=$?
+}
+
+# A crash is a signal (status >= 128) or a sanitizer report (ASan exits 1).
+crashed() {
+    [ "$rc" -ge 128 ] || grep -q -e 'Sanitizer' -e 'runtime error:' "$tmp/err"
+}
+
+# expect_error NAME WORD CMD...: fails cleanly (status 1 or 2) naming WORD on stderr.
+expect_error() {
+    name=$1 word=$2
+    shift 2
+    run "$@"
+    if crashed; then
+        fail "$name: crashed (status $rc): $(head -c 600 "$tmp/err")"
+    elif [ "$rc" -ne 1 ] && [ "$rc" -ne 2 ]; then
+        fail "$name: status $rc, want 1 or 2"
+    elif ! grep -q -F -e "$word" "$tmp/err"; then
+        fail "$name: stderr does not name '$word': $(head -c 300 "$tmp/err")"
+    else
+        pass
+    fi
+}
+
+# expect_ok NAME CMD...: status 0 without sanitizer reports.
+expect_ok() {
+    name=$1
+    shift
+    run "$@"
+    if [ "$rc" -ne 0 ] || crashed; then
+        fail "$name: status $rc: $(tail -c 600 "$tmp/err")"
+        return 1
+    fi
+    pass
+}
+
+# png_size FILE: prints "W H" for a well-formed PNG (every chunk CRC, the image
+# data inflating to the right size), else a reason. Falls back to the header.
+png_size() {
+    if command -v python3 >/dev/null 2>&1; then
+        python3 - "$1" <<'EOF'
+import struct, sys, zlib
+try:
+    d = open(sys.argv[1], "rb").read()
+    assert d[:8] == b"\x89PNG\r\n\x1a\n", "no PNG signature"
+    p, idat, ihdr, end = 8, b"", None, False
+    while p + 12 <= len(d):
+        n, = struct.unpack(">I", d[p:p + 4])
+        kind, body = d[p + 4:p + 8], d[p + 8:p + 8 + n]
+        crc, = struct.unpack(">I", d[p + 8 + n:p + 12 + n])
+        assert zlib.crc32(kind + body) & 0xffffffff == crc, "bad CRC in %r" % kind
+        if kind == b"IHDR":
+            ihdr = struct.unpack(">IIBB", body[:10])
+        elif kind == b"IDAT":
+            idat += body
+        elif kind == b"IEND":
+            end = True
+            break
+        p += 12 + n
+    assert ihdr and end, "IHDR or IEND missing"
+    w, h, depth, ctype = ihdr
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[ctype]
+    assert len(zlib.decompress(idat)) == h * (1 + w * channels * depth // 8), "short image data"
+    print(w, h)
+except Exception as e:
+    print("invalid:", e)
+EOF
+    else
+        sig=$(od -An -tx1 -N8 "$1" 2>/dev/null | tr -d ' \n')
+        if [ "$sig" != "89504e470d0a1a0a" ]; then
+            echo "invalid: no PNG signature"
+            return
+        fi
+        # shellcheck disable=SC2046 # the eight bytes, one word each
+        set -- $(od -An -tu1 -j16 -N8 "$1")
+        echo "$(( ($1 << 24) + ($2 << 16) + ($3 << 8) + $4 )) $(( ($5 << 24) + ($6 << 16) + ($7 << 8) + $8 ))"
+    fi
+}
+
+# expect_png NAME FILE W H
+expect_png() {
+    if [ ! -f "$2" ]; then
+        fail "$1: $2 not written"
+        return
+    fi
+    size=$(png_size "$2")
+    if [ "$size" = "$3 $4" ]; then pass; else fail "$1: $2 is not a ${3}x$4 PNG: $size"; fi
+}
+
+# make_mask FILE W H: an 8-bit grey PNG, white (repaint) on the left half (python3).
+make_mask() {
+    python3 - "$@" <<'EOF'
+import struct, sys, zlib
+w, h = int(sys.argv[2]), int(sys.argv[3])
+rows = b"".join(b"\0" + bytes(255 if x < w // 2 else 0 for x in range(w)) for _ in range(h))
+def chunk(kind, body):
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xffffffff)
+open(sys.argv[1], "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+                              + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+EOF
+}
+
+# shared_path PATH: 0 when present; else counts a failure (CI=true) or prints a skip.
+shared_path() {
+    [ -e "$1" ] && return 0
+    if [ "${CI:-}" = true ]; then
+        fail "missing shared data $1 (CI=true)"
+    else
+        echo "SKIP missing shared data $1"
+    fi
+    return 1
+}
+
+# ------------------------------------------------------------------ malformed models
+
+found=0
+for f in "$FIXTURES"/bad_*.safetensors "$FIXTURES"/ok_no_model.safetensors; do
+    [ -f "$f" ] || continue
+    found=$((found + 1))
+    expect_error "info --model $f" "$f" "$BIN" info --model "$f"
+done
+[ "$found" -gt 10 ]
+check $? "no fixtures in $FIXTURES (python3 tests/fixtures/make_fixtures.py)"
+# the message says what is wrong, not only where
+expect_error "info on a truncated file" "truncated" "$BIN" info --model "$FIXTURES/bad_short.safetensors"
+expect_error "info on overlapping tensors" "overlap" "$BIN" info --model "$FIXTURES/bad_overlap.safetensors"
+expect_error "info on a file without weights" "no Stable Diffusion weights" \
+    "$BIN" info --model "$FIXTURES/ok_no_model.safetensors"
+expect_error "info on a directory that is not a model" "$FIXTURES" "$BIN" info --model "$FIXTURES"
+expect_error "info on a missing file" "/nonexistent/model.safetensors" \
+    "$BIN" info --model /nonexistent/model.safetensors
+expect_error "info without --model" "--model" "$BIN" info
+expect_error "generate on a malformed file" "$FIXTURES/bad_header_absurd.safetensors" \
+    "$BIN" generate --model "$FIXTURES/bad_header_absurd.safetensors" --prompt x --output "$tmp/x.png"
+[ ! -e "$tmp/x.png" ]
+check $? "generate on a malformed model wrote an image"
+
+# ------------------------------------------------------------------ arguments
+
+# Parsed before any model is loaded, so these need no shared data.
+# shellcheck disable=SC2317 # called through run
+bad_gen() { # a generate command whose options before "$@" are all fine
+    "$BIN" generate --model "$FIXTURES/ok_no_model.safetensors" --prompt x --output "$tmp/bad.png" "$@"
+}
+expect_error "--steps 0" "--steps" bad_gen --steps 0
+expect_error "--steps abc" "--steps" bad_gen --steps abc
+expect_error "--width 63" "--width" bad_gen --width 63
+expect_error "--height 0" "--height" bad_gen --height 0
+expect_error "--sampler nope" "--sampler" bad_gen --sampler nope
+expect_error "--spacing nope" "--spacing" bad_gen --spacing nope
+expect_error "--count 0" "--count" bad_gen --count 0
+expect_error "--strength 1.5" "--strength" bad_gen --strength 1.5
+expect_error "--cfg x" "--cfg" bad_gen --cfg x
+expect_error "--seed x" "--seed" bad_gen --seed x
+expect_error "--mask without --init" "--mask" bad_gen --mask "$tmp/none.png"
+expect_error "--init missing file" "--init" bad_gen --init "$tmp/none.png"
+expect_error "--init not a PNG" "--init" bad_gen --init "$FIXTURES/ok_valid.safetensors"
+expect_error "missing --prompt" "--prompt" "$BIN" generate --model "$FIXTURES/ok_no_model.safetensors" \
+    --output "$tmp/bad.png"
+expect_error "missing --output" "--output" "$BIN" generate --model "$FIXTURES/ok_no_model.safetensors" --prompt x
+expect_error "missing --model" "--model" "$BIN" generate --prompt x --output "$tmp/bad.png"
+expect_error "--model /nonexistent" "--model" "$BIN" generate --model /nonexistent --prompt x --output "$tmp/bad.png"
+expect_error "unknown option" "--frobnicate" bad_gen --frobnicate
+expect_error "unknown command" "frobnicate" "$BIN" frobnicate
+expect_error "no command" "usage" "$BIN"
+expect_error "tokenize without text" "TEXT" "$BIN" tokenize
+expect_error "tokenize with a missing vocabulary" "--vocab" "$BIN" tokenize --vocab /nonexistent/vocab.txt.gz "a cat"
+[ ! -e "$tmp/bad.png" ]
+check $? "a refused command wrote an image"
+
+# ------------------------------------------------------------------ reference model
+
+if shared_path "$VOCAB"; then
+    if expect_ok "tokenize" "$BIN" tokenize --vocab "$VOCAB" "a photo of a cat"; then
+        case "$(cat "$tmp/out")" in
+        "49406 320 1125 539 320 2368 49407"*) pass ;;
+        *) fail "tokenize: got $(head -c 80 "$tmp/out")" ;;
+        esac
+        [ "$(wc -w <"$tmp/out")" -eq 77 ]
+        check $? "tokenize: not 77 ids"
+    fi
+fi
+
+if shared_path "$MODEL"; then
+    if expect_ok "info" "$BIN" info --model "$MODEL"; then
+        grep -q '^family: sd1$' "$tmp/out"
+        check $? "info: no 'family: sd1' in: $(head -c 300 "$tmp/out")"
+    fi
+
+    gen() { # gen NAME OUT [options...]: a 4-step 64x64 run with seed 1
+        name=$1 out=$2
+        shift 2
+        expect_ok "$name" "$BIN" generate --model "$MODEL" --prompt "$PROMPT" --steps 4 \
+            --width 64 --height 64 --seed 1 --output "$out" "$@"
+    }
+
+    gen "txt2img" "$tmp/out.png" && expect_png "txt2img" "$tmp/out.png" 64 64
+    gen "txt2img again" "$tmp/again.png" && {
+        cmp -s "$tmp/out.png" "$tmp/again.png"
+        check $? "the same seed gave different files"
+    }
+    gen "txt2img seed 2" "$tmp/seed2.png" --seed 2 && {
+        ! cmp -s "$tmp/out.png" "$tmp/seed2.png"
+        check $? "seeds 1 and 2 gave the same file"
+    }
+    gen "--count 2" "$tmp/batch.png" --count 2 && {
+        expect_png "--count 2 first" "$tmp/batch-1.png" 64 64
+        expect_png "--count 2 second" "$tmp/batch-2.png" 64 64
+        [ ! -e "$tmp/batch.png" ]
+        check $? "--count 2 also wrote batch.png"
+        # image i uses seed + i
+        cmp -s "$tmp/batch-1.png" "$tmp/out.png"
+        check $? "--count 2: image 1 differs from the single run with seed 1"
+        cmp -s "$tmp/batch-2.png" "$tmp/seed2.png"
+        check $? "--count 2: image 2 differs from the single run with seed 2"
+    }
+    for s in euler_a ddim dpmpp_2m lcm pndm; do
+        gen "--sampler $s" "$tmp/s-$s.png" --sampler "$s" && expect_png "--sampler $s" "$tmp/s-$s.png" 64 64
+    done
+
+    if [ -f "$tmp/out.png" ]; then
+        expect_ok "img2img" "$BIN" generate --model "$MODEL" --prompt "$PROMPT" --steps 4 --seed 1 \
+            --init "$tmp/out.png" --strength 0.5 --output "$tmp/img2img.png" &&
+            expect_png "img2img" "$tmp/img2img.png" 64 64
+        # a mask: left half repainted, right half kept (without python3: the image itself)
+        mask=$tmp/out.png
+        if command -v python3 >/dev/null 2>&1; then
+            mask=$tmp/mask.png
+            make_mask "$mask" 64 64
+            make_mask "$tmp/mask32.png" 32 32
+            expect_error "--mask size differs from --init" "--mask" "$BIN" generate --model "$MODEL" \
+                --prompt x --init "$tmp/out.png" --mask "$tmp/mask32.png" --output "$tmp/bad.png"
+        fi
+        expect_ok "--mask" "$BIN" generate --model "$MODEL" --prompt "$PROMPT" --steps 4 --seed 1 \
+            --init "$tmp/out.png" --strength 0.5 --mask "$mask" --output "$tmp/masked.png" &&
+            expect_png "--mask" "$tmp/masked.png" 64 64
+        expect_error "--init size differs from --width" "--init" "$BIN" generate --model "$MODEL" \
+            --prompt x --width 128 --height 64 --init "$tmp/out.png" --output "$tmp/bad.png"
+    fi
+    expect_error "unwritable --output" "/nonexistent/dir/out.png" "$BIN" generate --model "$MODEL" \
+        --prompt "$PROMPT" --steps 1 --width 64 --height 64 --seed 1 --output /nonexistent/dir/out.png
+fi
+
+finish

@@ -1,0 +1,547 @@
+/* test_ops.c: every optimized kernel in ops.c against its plain _ref twin on
+ * random data of awkward sizes (odd, not multiples of 4, crossing the attention
+ * query block), the pointwise and normalisation kernels against the formulas
+ * written out here in double precision, and the seeded generator in util.c. */
+#include <stdint.h>
+
+#include "../engine/internal.h"
+#include "test.h"
+
+#define TOL 1e-5
+
+/* ------------------------------------------------------------------ data */
+
+/* The test's own generator (not the one under test): splitmix64 -> [-1, 1). */
+static uint64_t data_state = 12345;
+
+static float rnd(void)
+{
+    uint64_t z = (data_state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return (float)((double)(z >> 11) / 4503599627370496.0 - 1.0);
+}
+
+static float *random_buf(size_t n, float scale)
+{
+    float *p = malloc(sizeof(float) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++)
+        p[i] = rnd() * scale;
+    return p;
+}
+
+/* Exactly n floats (no slack) so ASan catches a kernel writing past its output. */
+static float *filled(size_t n, float value)
+{
+    float *p = malloc(sizeof(float) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++)
+        p[i] = value;
+    return p;
+}
+
+/* Per element: |a - b| <= tol * (|b| + abs_floor). */
+static bool close_all(const float *a, const double *b, size_t n, double tol, double abs_floor,
+                      size_t *where)
+{
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (!(d <= tol * (fabs(b[i]) + abs_floor))) {
+            *where = i;
+            return false;
+        }
+    }
+    return true;
+}
+
+/* ------------------------------------------------------------------ linear */
+
+static void test_linear(void)
+{
+    const int sizes[][3] = {{1, 1, 1}, {7, 13, 11}, {33, 77, 65}, {5, 320, 3}, {77, 31, 129}};
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        int n = sizes[s][0], in = sizes[s][1], out = sizes[s][2];
+        float *x = random_buf((size_t)n * in, 1), *w = random_buf((size_t)out * in, 0.5f);
+        float *b = random_buf((size_t)out, 2);
+        for (int bias = 0; bias < 2; bias++) {
+            float *y = filled((size_t)n * out, NAN), *yr = filled((size_t)n * out, NAN);
+            diffuse_op_linear(y, x, w, bias ? b : NULL, n, in, out);
+            diffuse_op_linear_ref(yr, x, w, bias ? b : NULL, n, in, out);
+            double abs_err, rel = test_rel_err(y, yr, (size_t)n * out, &abs_err);
+            CHECK(rel <= TOL, "linear n=%d in=%d out=%d bias=%d: rel err %g", n, in, out, bias,
+                  rel);
+            free(y);
+            free(yr);
+        }
+        /* the ref itself against the definition at one entry */
+        float *yr = filled((size_t)n * out, 0);
+        diffuse_op_linear_ref(yr, x, w, b, n, in, out);
+        int i = n - 1, o = out / 2;
+        double want = b[o];
+        for (int k = 0; k < in; k++)
+            want += (double)x[(size_t)i * in + k] * w[(size_t)o * in + k];
+        CHECK(fabs(yr[(size_t)i * out + o] - want) <= 1e-6 * (fabs(want) + 1), "linear_ref");
+        free(yr);
+        free(x);
+        free(w);
+        free(b);
+    }
+}
+
+/* ------------------------------------------------------------------ conv2d */
+
+/* Independent of both kernels: copy the input into an explicitly padded
+ * image, then a plain valid convolution with stride. */
+static void conv_padded(double *y, const float *x, const float *w, const float *b,
+                        const diffuse_conv *c, int n)
+{
+    const int ph = c->h + c->pad_top + c->pad_bottom, pw = c->w + c->pad_left + c->pad_right;
+    const int oh = (ph - c->k) / c->stride + 1, ow = (pw - c->k) / c->stride + 1;
+    double *pad = calloc((size_t)c->cin * ph * pw, sizeof *pad);
+    for (int i = 0; i < n; i++) {
+        for (int ci = 0; ci < c->cin; ci++)
+            for (int yy = 0; yy < c->h; yy++)
+                for (int xx = 0; xx < c->w; xx++)
+                    pad[((size_t)ci * ph + yy + c->pad_top) * pw + xx + c->pad_left] =
+                        x[(((size_t)i * c->cin + ci) * c->h + yy) * c->w + xx];
+        for (int o = 0; o < c->cout; o++)
+            for (int oy = 0; oy < oh; oy++)
+                for (int ox = 0; ox < ow; ox++) {
+                    double s = b ? b[o] : 0;
+                    for (int ci = 0; ci < c->cin; ci++)
+                        for (int ky = 0; ky < c->k; ky++)
+                            for (int kx = 0; kx < c->k; kx++)
+                                s += w[(((size_t)o * c->cin + ci) * c->k + ky) * c->k + kx] *
+                                     pad[((size_t)ci * ph + oy * c->stride + ky) * pw +
+                                         ox * c->stride + kx];
+                    y[(((size_t)i * c->cout + o) * oh + oy) * ow + ox] = s;
+                }
+    }
+    free(pad);
+}
+
+static void conv_case(int cin, int cout, int h, int w, int k, int stride, int pt, int pl, int pb,
+                      int pr, int n, bool bias)
+{
+    diffuse_conv c = {.cin = cin, .h = h, .w = w, .cout = cout, .k = k, .stride = stride,
+                      .pad_top = pt, .pad_left = pl, .pad_bottom = pb, .pad_right = pr};
+    const int oh = diffuse_conv_out_h(&c), ow = diffuse_conv_out_w(&c);
+    const int want_oh = (h + pt + pb - k) / stride + 1, want_ow = (w + pl + pr - k) / stride + 1;
+    CHECK(oh == want_oh && ow == want_ow, "conv out size %dx%d, want %dx%d", oh, ow, want_oh,
+          want_ow);
+    const size_t ny = (size_t)n * cout * oh * ow, ns = diffuse_conv_scratch(&c);
+    float *x = random_buf((size_t)n * cin * h * w, 1), *wt = random_buf((size_t)cout * cin * k * k, 0.5f);
+    float *b = bias ? random_buf((size_t)cout, 1) : NULL;
+    float *y = filled(ny, NAN), *yr = filled(ny, NAN);
+    float *scratch = ns ? filled(ns, NAN) : NULL; /* exactly what it asks for */
+    double *yd = calloc(ny, sizeof *yd);
+    diffuse_op_conv2d(y, x, wt, b, &c, n, scratch);
+    diffuse_op_conv2d_ref(yr, x, wt, b, &c, n);
+    conv_padded(yd, x, wt, b, &c, n);
+    double abs_err, rel = test_rel_err(y, yr, ny, &abs_err);
+    CHECK(rel <= TOL, "conv2d cin=%d cout=%d %dx%d k=%d s=%d pad=(%d,%d,%d,%d) n=%d bias=%d: rel err %g",
+          cin, cout, h, w, k, stride, pt, pl, pb, pr, n, bias, rel);
+    size_t at = 0;
+    CHECK(close_all(yr, yd, ny, 1e-6, 1, &at),
+          "conv2d_ref vs padded formula (k=%d s=%d pad=(%d,%d,%d,%d)) at %zu: %g vs %g", k, stride,
+          pt, pl, pb, pr, at, yr[at], yd[at]);
+    free(x);
+    free(wt);
+    free(b);
+    free(y);
+    free(yr);
+    free(scratch);
+    free(yd);
+}
+
+static void test_conv2d(void)
+{
+    /*        cin cout  h   w  k  s  top left bottom right  n  bias */
+    conv_case(5, 7, 9, 11, 1, 1, 0, 0, 0, 0, 2, true);   /* 1x1: no im2col */
+    conv_case(3, 6, 9, 11, 1, 1, 0, 0, 0, 0, 2, false);
+    conv_case(5, 7, 9, 11, 1, 2, 0, 0, 0, 0, 2, true);   /* strided 1x1 */
+    conv_case(5, 7, 9, 11, 3, 1, 1, 1, 1, 1, 2, true);   /* "same" */
+    conv_case(3, 5, 8, 7, 3, 1, 1, 1, 1, 1, 2, false);
+    conv_case(5, 7, 9, 11, 3, 2, 1, 1, 1, 1, 2, true);   /* UNet downsampler */
+    conv_case(6, 9, 10, 12, 3, 2, 1, 1, 1, 1, 2, true);
+    conv_case(5, 7, 9, 11, 3, 2, 0, 0, 1, 1, 2, true);   /* VAE downsampler: pad right/bottom */
+    conv_case(6, 3, 8, 8, 3, 2, 0, 0, 1, 1, 2, true);
+    conv_case(5, 7, 9, 11, 3, 1, 0, 0, 0, 0, 2, true);   /* valid */
+    conv_case(4, 5, 7, 9, 3, 1, 2, 0, 1, 2, 2, true);    /* every side its own pad */
+    conv_case(5, 3, 9, 7, 3, 2, 0, 2, 2, 1, 2, true);
+    conv_case(1, 1, 1, 1, 3, 1, 1, 1, 1, 1, 1, true);    /* single pixel */
+    conv_case(3, 13, 5, 6, 3, 1, 1, 1, 1, 1, 1, true);
+    conv_case(13, 3, 17, 3, 3, 2, 1, 1, 1, 1, 2, true);
+
+    /* hand-checked: a centre-only kernel is the identity, with the VAE pad it
+     * picks every other pixel starting at (1, 1) */
+    diffuse_conv c = {.cin = 1, .h = 4, .w = 4, .cout = 1, .k = 3, .stride = 2, .pad_bottom = 1,
+                      .pad_right = 1};
+    float x[16], wt[9] = {0, 0, 0, 0, 1, 0, 0, 0, 0}, y[4];
+    for (int i = 0; i < 16; i++)
+        x[i] = (float)i;
+    float *scratch = filled(diffuse_conv_scratch(&c), 0);
+    diffuse_op_conv2d(y, x, wt, NULL, &c, 1, scratch);
+    CHECK(diffuse_conv_out_h(&c) == 2 && y[0] == 5 && y[1] == 7 && y[2] == 13 && y[3] == 15,
+          "VAE pad picks (%g %g %g %g), want (5 7 13 15)", y[0], y[1], y[2], y[3]);
+    free(scratch);
+}
+
+/* ------------------------------------------------------------------ attention */
+
+/* q, k, v interleaved in one [t, 3 * heads * dh + extra] buffer as a fused
+ * projection leaves them, so every row is strided. */
+static void attention_case(int tq, int tk, int heads, int dh, bool causal, int extra)
+{
+    const int width = heads * dh, stride = 3 * width + extra;
+    const int rows = tq > tk ? tq : tk;
+    float *qkv = random_buf((size_t)rows * stride, 2);
+    const float *q = qkv, *k = qkv + width, *v = qkv + 2 * width;
+    const size_t n = (size_t)tq * width, ns = diffuse_attention_scratch(tq, tk);
+    float *out = filled(n, NAN), *ref = filled(n, NAN), *scratch = filled(ns, NAN);
+    diffuse_op_attention(out, q, stride, k, v, stride, tq, tk, heads, dh, causal, scratch);
+    diffuse_op_attention_ref(ref, q, stride, k, v, stride, tq, tk, heads, dh, causal);
+    double abs_err, rel = test_rel_err(out, ref, n, &abs_err);
+    CHECK(rel <= TOL, "attention tq=%d tk=%d heads=%d dh=%d causal=%d: rel err %g (abs %g)", tq,
+          tk, heads, dh, causal, rel, abs_err);
+    /* separate q and k/v buffers with different strides */
+    float *q2 = random_buf((size_t)tq * (width + 1), 1), *kv = random_buf((size_t)tk * 2 * width, 1);
+    diffuse_op_attention(out, q2, width + 1, kv, kv + width, 2 * width, tq, tk, heads, dh, causal,
+                         scratch);
+    diffuse_op_attention_ref(ref, q2, width + 1, kv, kv + width, 2 * width, tq, tk, heads, dh,
+                             causal);
+    rel = test_rel_err(out, ref, n, &abs_err);
+    CHECK(rel <= TOL, "attention (separate q, kv) tq=%d tk=%d heads=%d causal=%d: rel err %g", tq,
+          tk, heads, causal, rel);
+    free(q2);
+    free(kv);
+    free(qkv);
+    free(out);
+    free(ref);
+    free(scratch);
+}
+
+/* The ref against the definition: a query's causal output at position 0 is v[0];
+ * with one key every query returns that key's value. */
+static void test_attention_definition(void)
+{
+    const int t = 5, heads = 2, dh = 3, w = heads * dh;
+    float *q = random_buf((size_t)t * w, 3), *k = random_buf((size_t)t * w, 3);
+    float *v = random_buf((size_t)t * w, 1), *out = filled((size_t)t * w, NAN);
+    diffuse_op_attention_ref(out, q, w, k, v, w, t, t, heads, dh, true);
+    bool ok = true;
+    for (int d = 0; d < w; d++)
+        ok = ok && fabsf(out[d] - v[d]) < 1e-6f;
+    /* row 1 of head 0 by hand */
+    double s0 = 0, s1 = 0;
+    for (int d = 0; d < dh; d++) {
+        s0 += (double)q[w + d] * k[d];
+        s1 += (double)q[w + d] * k[w + d];
+    }
+    s0 /= sqrt(dh);
+    s1 /= sqrt(dh);
+    double p0 = 1 / (1 + exp(s1 - s0)), p1 = 1 - p0;
+    for (int d = 0; d < dh; d++)
+        ok = ok && fabs(out[w + d] - (p0 * v[d] + p1 * v[w + d])) < 1e-6;
+    CHECK(ok, "attention_ref disagrees with softmax(q k^T / sqrt(d)) v");
+    float *scratch = filled(diffuse_attention_scratch(t, 1), NAN);
+    diffuse_op_attention(out, q, w, k, v, w, t, 1, heads, dh, false, scratch);
+    ok = true;
+    for (int i = 0; i < t; i++)
+        for (int d = 0; d < w; d++)
+            ok = ok && fabsf(out[(size_t)i * w + d] - v[d]) < 1e-6f;
+    CHECK(ok, "attention over one key should return its value");
+    free(scratch);
+    free(q);
+    free(k);
+    free(v);
+    free(out);
+}
+
+static void test_attention(void)
+{
+    attention_case(7, 5, 1, 8, false, 0);
+    attention_case(5, 7, 3, 5, false, 1);
+    attention_case(77, 77, 3, 8, true, 0);     /* CLIP self-attention */
+    attention_case(64, 77, 3, 7, false, 3);    /* UNet cross-attention */
+    attention_case(300, 77, 1, 8, false, 0);   /* crosses the 256-query block */
+    attention_case(300, 77, 3, 5, false, 2);
+    attention_case(300, 300, 3, 4, true, 1);   /* causal mask across blocks */
+    attention_case(513, 9, 2, 3, false, 0);    /* three blocks, last partial */
+    attention_case(257, 257, 1, 16, true, 0);
+    attention_case(1, 1, 1, 1, false, 0);
+    test_attention_definition();
+}
+
+/* ------------------------------------------------------------------ norms */
+
+static void test_group_norm(void)
+{
+    /* n, c, hw, groups, data scale (0.01: variance near eps, so eps must be in) */
+    const int shapes[][5] = {{2, 12, 35, 4, 3}, {1, 6, 1, 3, 3}, {2, 9, 13, 1, 3},
+                             {3, 10, 7, 10, 3}, {2, 64, 9, 32, 3}, {2, 12, 35, 4, 0}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int n = shapes[s][0], c = shapes[s][1], hw = shapes[s][2], groups = shapes[s][3];
+        const size_t total = (size_t)n * c * hw;
+        const float eps = 1e-5f;
+        const float scale = shapes[s][4] ? (float)shapes[s][4] : 0.01f;
+        float *x = random_buf(total, scale), *gamma = random_buf((size_t)c, 1.5f);
+        float *beta = random_buf((size_t)c, 1);
+        /* an offset of about 3 standard deviations that the variance must not be
+         * fooled by (far larger ones cost precision: the kernel folds the mean
+         * into the bias, as torch's CPU kernel does) */
+        for (size_t i = 0; i < total; i++)
+            x[i] += 1.7f * scale;
+        for (int act = 0; act < 2; act++) {
+            float *y = filled(total, NAN);
+            double *want = calloc(total, sizeof *want);
+            diffuse_op_group_norm(y, x, gamma, beta, n, c, hw, groups, eps, act);
+            const int cg = c / groups;
+            for (int i = 0; i < n; i++)
+                for (int g = 0; g < groups; g++) {
+                    const size_t base = ((size_t)i * c + (size_t)g * cg) * hw, m = (size_t)cg * hw;
+                    double mean = 0, var = 0;
+                    for (size_t j = 0; j < m; j++)
+                        mean += x[base + j];
+                    mean /= m;
+                    for (size_t j = 0; j < m; j++)
+                        var += (x[base + j] - mean) * (x[base + j] - mean);
+                    var /= m;
+                    for (size_t j = 0; j < m; j++) {
+                        int ch = g * cg + (int)(j / hw);
+                        double v = (x[base + j] - mean) / sqrt(var + eps) * gamma[ch] + beta[ch];
+                        want[base + j] = act ? v / (1 + exp(-v)) : v;
+                    }
+                }
+            size_t at = 0;
+            CHECK(close_all(y, want, total, TOL, 1, &at),
+                  "group_norm n=%d c=%d hw=%d groups=%d silu=%d at %zu: %g vs %g", n, c, hw,
+                  groups, act, at, y[at], want[at]);
+            free(y);
+            free(want);
+        }
+        free(x);
+        free(gamma);
+        free(beta);
+    }
+}
+
+static void test_layer_norm(void)
+{
+    /* rows, dim, data scale x 100 (1: variance near eps) */
+    const int shapes[][3] = {{1, 1, 400}, {5, 37, 400}, {77, 64, 400}, {3, 1024, 400}, {4, 33, 1}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int rows = shapes[s][0], dim = shapes[s][1];
+        const size_t total = (size_t)rows * dim;
+        float *x = random_buf(total, shapes[s][2] / 100.0f), *gamma = random_buf((size_t)dim, 2);
+        float *beta = random_buf((size_t)dim, 1), *y = filled(total, NAN);
+        double *want = calloc(total, sizeof *want);
+        for (size_t i = 0; i < total; i++)
+            x[i] -= 3.0f;
+        diffuse_op_layer_norm(y, x, gamma, beta, rows, dim, 1e-5f);
+        for (int r = 0; r < rows; r++) {
+            const float *xr = x + (size_t)r * dim;
+            double mean = 0, var = 0;
+            for (int j = 0; j < dim; j++)
+                mean += xr[j];
+            mean /= dim;
+            for (int j = 0; j < dim; j++)
+                var += (xr[j] - mean) * (xr[j] - mean);
+            var /= dim;
+            for (int j = 0; j < dim; j++)
+                want[(size_t)r * dim + j] = (xr[j] - mean) / sqrt(var + 1e-5) * gamma[j] + beta[j];
+        }
+        size_t at = 0;
+        CHECK(close_all(y, want, total, TOL, 1, &at), "layer_norm rows=%d dim=%d at %zu: %g vs %g",
+              rows, dim, at, y[at], want[at]);
+        free(x);
+        free(gamma);
+        free(beta);
+        free(y);
+        free(want);
+    }
+}
+
+/* ------------------------------------------------------------------ pointwise */
+
+static double silu_d(double x) { return x / (1 + exp(-x)); }
+static double gelu_d(double x) { return 0.5 * x * (1 + erf(x / sqrt(2.0))); }
+static double quick_gelu_d(double x) { return x / (1 + exp(-1.702 * x)); }
+
+static void pointwise_case(const char *name, void (*op)(float *, size_t), double (*f)(double))
+{
+    const size_t n = 4001;
+    float *x = filled(n, 0);
+    double *want = calloc(n, sizeof *want);
+    for (size_t i = 0; i < n; i++)
+        x[i] = -20.0f + 40.0f * (float)i / (float)(n - 1); /* -20 .. 20, 0 included */
+    x[1] = -88.0f;
+    x[2] = 88.0f;
+    x[3] = 1e-30f;
+    x[4] = -0.0f;
+    for (size_t i = 0; i < n; i++)
+        want[i] = f(x[i]);
+    op(x, n);
+    size_t at = 0;
+    /* relative, with an absolute floor of 1e-6 for values near zero */
+    CHECK(close_all(x, want, n, TOL, 0.1, &at), "%s at %zu: %.9g vs %.9g", name, at, x[at],
+          want[at]);
+    op(x, 0); /* n = 0 touches nothing */
+    free(x);
+    free(want);
+}
+
+static void test_pointwise(void)
+{
+    pointwise_case("silu", diffuse_op_silu, silu_d);
+    pointwise_case("gelu", diffuse_op_gelu, gelu_d);
+    pointwise_case("quick_gelu", diffuse_op_quick_gelu, quick_gelu_d);
+
+    const size_t n = 1003;
+    float *y = random_buf(n, 1), *x = random_buf(n, 1);
+    double *want = calloc(n, sizeof *want);
+    for (size_t i = 0; i < n; i++)
+        want[i] = (double)y[i] + x[i];
+    diffuse_op_add(y, x, n);
+    size_t at = 0;
+    CHECK(close_all(y, want, n, 1e-7, 1, &at), "add at %zu", at);
+    free(x);
+    free(y);
+    free(want);
+}
+
+static void test_layout(void)
+{
+    const int n = 2, c = 3, h = 5, w = 7;
+    float *x = random_buf((size_t)n * c * h * w, 1), *y = filled((size_t)n * c * 4 * h * w, NAN);
+    diffuse_op_upsample2x(y, x, n, c, h, w);
+    bool ok = true;
+    for (int i = 0; i < n * c; i++)
+        for (int oy = 0; oy < 2 * h; oy++)
+            for (int ox = 0; ox < 2 * w; ox++)
+                ok = ok && y[((size_t)i * 2 * h + oy) * 2 * w + ox] ==
+                               x[((size_t)i * h + oy / 2) * w + ox / 2];
+    CHECK(ok, "upsample2x differs from nearest neighbour");
+    free(y);
+
+    const int rows = 5 * 7, cols = 3 * 11; /* [N, C=rows, HW=cols] */
+    float *t = filled((size_t)n * rows * cols, NAN), *back = filled((size_t)n * rows * cols, NAN);
+    float *src = random_buf((size_t)n * rows * cols, 1);
+    diffuse_op_transpose(t, src, n, rows, cols);
+    ok = true;
+    for (int i = 0; i < n; i++)
+        for (int r = 0; r < rows; r++)
+            for (int cc = 0; cc < cols; cc++)
+                ok = ok && t[((size_t)i * cols + cc) * rows + r] == src[((size_t)i * rows + r) * cols + cc];
+    CHECK(ok, "transpose differs from y[i, c, r] = x[i, r, c]");
+    diffuse_op_transpose(back, t, n, cols, rows);
+    CHECK(memcmp(back, src, sizeof(float) * n * rows * cols) == 0, "transpose twice is not the identity");
+    free(x);
+    free(t);
+    free(back);
+    free(src);
+}
+
+/* ------------------------------------------------------------------ rng, arena */
+
+static void test_rng(void)
+{
+    const size_t n = 1000000;
+    float *a = filled(n, 0), *b = filled(n, 0);
+    diffuse_rng r1, r2;
+    diffuse_rng_seed(&r1, 42);
+    diffuse_rng_seed(&r2, 42);
+    diffuse_rng_normal(&r1, a, 1001);
+    diffuse_rng_normal(&r2, b, 1001);
+    CHECK(memcmp(a, b, sizeof(float) * 1001) == 0, "same seed, different normals");
+    /* drawing in odd chunks gives the same stream as one draw */
+    diffuse_rng_seed(&r1, 7);
+    diffuse_rng_normal(&r1, a, 3);
+    diffuse_rng_normal(&r1, a + 3, 5);
+    diffuse_rng_normal(&r1, a + 8, 1);
+    diffuse_rng_seed(&r2, 7);
+    diffuse_rng_normal(&r2, b, 9);
+    CHECK(memcmp(a, b, sizeof(float) * 9) == 0, "normals depend on how they are chunked");
+    /* reseeding forgets the spare Box-Muller value */
+    diffuse_rng_seed(&r1, 7);
+    diffuse_rng_normal(&r1, a, 1);
+    diffuse_rng_seed(&r1, 7);
+    diffuse_rng_normal(&r1, a + 1, 1);
+    CHECK(a[0] == a[1], "reseeding does not restart the stream");
+
+    diffuse_rng_seed(&r1, 42);
+    diffuse_rng_seed(&r2, 43);
+    diffuse_rng_normal(&r1, a, 100);
+    diffuse_rng_normal(&r2, b, 100);
+    int same = 0;
+    for (int i = 0; i < 100; i++)
+        same += a[i] == b[i];
+    CHECK(same == 0, "seeds 42 and 43 share %d of 100 normals", same);
+    diffuse_rng_seed(&r1, 0);
+    diffuse_rng_seed(&r2, 1);
+    CHECK(diffuse_rng_next(&r1) != diffuse_rng_next(&r2), "seeds 0 and 1 start alike");
+
+    diffuse_rng_seed(&r1, 1234);
+    diffuse_rng_normal(&r1, a, n);
+    double mean = 0, var = 0;
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        mean += a[i];
+        bad += !isfinite(a[i]);
+    }
+    mean /= n;
+    for (size_t i = 0; i < n; i++)
+        var += (a[i] - mean) * (a[i] - mean);
+    var /= n;
+    CHECK(bad == 0, "%d non-finite normals", bad);
+    CHECK(fabs(mean) < 0.01, "mean of 1e6 normals %g", mean);
+    CHECK(fabs(var - 1) < 0.01, "variance of 1e6 normals %g", var);
+    /* 4.5 sigma both ways happens with 1e6 draws (expected ~7) */
+    int tails = 0;
+    for (size_t i = 0; i < n; i++)
+        tails += fabsf(a[i]) > 4.5f;
+    CHECK(tails >= 1 && tails < 30, "%d normals beyond 4.5 sigma", tails);
+
+    double lo = 1, hi = 0;
+    for (int i = 0; i < 100000; i++) {
+        double u = diffuse_rng_uniform(&r1);
+        lo = u < lo ? u : lo;
+        hi = u > hi ? u : hi;
+    }
+    CHECK(lo > 0 && hi < 1 && lo < 1e-3 && hi > 1 - 1e-3, "uniform range [%g, %g]", lo, hi);
+    free(a);
+    free(b);
+}
+
+static void test_arena(void)
+{
+    char err[DIFFUSE_ERROR_SIZE];
+    diffuse_arena a;
+    CHECK(diffuse_arena_init(&a, 100, err) == 0, "arena init: %s", err);
+    float *p = diffuse_arena_push(&a, 3), *q = diffuse_arena_push(&a, 17);
+    CHECK(p && q && ((uintptr_t)p % 64) == 0 && ((uintptr_t)q % 64) == 0 && q - p == 16,
+          "arena blocks not 64-byte aligned");
+    size_t mark = diffuse_arena_mark(&a);
+    CHECK(diffuse_arena_push(&a, 200) == NULL && a.overflow, "arena overflow not reported");
+    diffuse_arena_reset(&a, mark);
+    float *r = diffuse_arena_push(&a, 10);
+    CHECK(r == q + 32, "arena reset");
+    CHECK(a.peak >= a.used && a.used <= a.cap, "arena bookkeeping");
+    for (size_t i = 0; r && i < 10; i++)
+        r[i] = 1; /* inside the block */
+    diffuse_arena_free(&a);
+}
+
+int main(void)
+{
+    test_linear();
+    test_conv2d();
+    test_attention();
+    test_group_norm();
+    test_layer_norm();
+    test_pointwise();
+    test_layout();
+    test_rng();
+    test_arena();
+    TEST_END();
+}
