@@ -10,10 +10,10 @@ OPT     := -O1
 else
 BUILD   ?= build
 SANFLAGS :=
-OPT     := -O2
+OPT     := -O3
 endif
 CFLAGS  ?= $(OPT) -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-format-truncation -fPIC $(SANFLAGS) \
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-format-truncation -Wno-psabi -fPIC $(SANFLAGS) \
 	   -Iengine $(shell pkg-config --cflags $(PKGS))
 LDLIBS  := $(shell pkg-config --libs $(PKGS)) -lm -lpthread
 LDFLAGS += $(SANFLAGS)

@@ -238,23 +238,87 @@ size_t diffuse_attention_scratch(int tq, int tk)
     return (size_t)qb * tk;
 }
 
+/* exp(x) for x <= 0 (softmax after subtracting the row max): x = n ln2 + f
+ * with n an integer and |f| <= ln2 / 2 (ln2 split in two so the reduction is
+ * exact), e^f by its degree-7 Taylor polynomial (truncation under 1e-8: at most
+ * 1.7 ulp from the true value), 2^n put straight into the exponent bits. One
+ * body serves scalars and GCC vectors of 8 floats (the compiler splits them
+ * into whatever SIMD width the target has). */
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+#define EXP_NONPOSITIVE_BODY(x, n, f, p)                                                    \
+    n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */    \
+    f = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;                       \
+    p = 1.0f + f * (1.0f + f * (0.5f + f * (1.66666667e-1f + f * (4.16666667e-2f +         \
+                    f * (8.33333333e-3f + f * (1.38888889e-3f + f * 1.98412698e-4f))))));
+
+static inline float exp_nonpositive(float x)
+{
+    float n, f, p;
+    x = x < -87.0f ? -87.0f : x;
+    EXP_NONPOSITIVE_BODY(x, n, f, p)
+    union { uint32_t u; float f; } scale = {.u = (uint32_t)((int32_t)n + 127) << 23};
+    return p * scale.f;
+}
+
+static inline __attribute__((always_inline)) v8f exp_nonpositive8(v8f x)
+{
+    v8f n, f, p, lo = {-87, -87, -87, -87, -87, -87, -87, -87};
+    v8i below = x < lo;
+    x = (v8f)((below & (v8i)lo) | (~below & (v8i)x));
+    EXP_NONPOSITIVE_BODY(x, n, f, p)
+    v8i bits = (__builtin_convertvector(n, v8i) + 127) << 23;
+    return p * (v8f)bits;
+}
+
+static inline __attribute__((always_inline)) v8f load8(const float *p)
+{
+    v8f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline __attribute__((always_inline)) void store8(float *p, v8f v) { memcpy(p, &v, sizeof v); }
+
+/* Row-wise softmax of s [rows, cols] in place; with causal, row r (query q0 + r)
+ * keeps columns 0..q0+r and zeroes the rest. Built twice, for AVX2 and for
+ * the baseline; the loader picks the one the CPU runs. */
+__attribute__((target_clones("avx2", "default")))
 static void softmax_rows(float *s, int rows, int cols, int q0, bool causal)
 {
     for (int r = 0; r < rows; r++) {
         float *row = s + (size_t)r * cols;
-        int valid = causal ? (q0 + r + 1 < cols ? q0 + r + 1 : cols) : cols;
+        const int valid = causal ? (q0 + r + 1 < cols ? q0 + r + 1 : cols) : cols;
+        int j = 0;
         float m = -INFINITY;
-        for (int j = 0; j < valid; j++)
-            m = row[j] > m ? row[j] : m;
-        double sum = 0;
-        for (int j = 0; j < valid; j++) {
-            row[j] = expf(row[j] - m);
-            sum += row[j];
+        if (valid >= 8) {
+            v8f m8 = load8(row);
+            for (j = 8; j + 8 <= valid; j += 8) {
+                v8f x = load8(row + j);
+                v8i gt = x > m8;
+                m8 = (v8f)((gt & (v8i)x) | (~gt & (v8i)m8));
+            }
+            for (int l = 0; l < 8; l++)
+                m = m8[l] > m ? m8[l] : m;
         }
-        float inv = (float)(1.0 / sum);
-        for (int j = 0; j < valid; j++)
+        for (; j < valid; j++)
+            m = row[j] > m ? row[j] : m;
+        v8f sum8 = {0}, mv = {m, m, m, m, m, m, m, m};
+        for (j = 0; j + 8 <= valid; j += 8) {
+            v8f e = exp_nonpositive8(load8(row + j) - mv);
+            store8(row + j, e);
+            sum8 += e;
+        }
+        double sum = 0;
+        for (int l = 0; l < 8; l++)
+            sum += sum8[l];
+        for (; j < valid; j++)
+            sum += (row[j] = exp_nonpositive(row[j] - m));
+        const float inv = (float)(1.0 / sum);
+        for (j = 0; j < valid; j++)
             row[j] *= inv;
-        for (int j = valid; j < cols; j++)
+        for (j = valid; j < cols; j++)
             row[j] = 0.0f;
     }
 }

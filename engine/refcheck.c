@@ -15,9 +15,17 @@
 #include "internal.h"
 
 #define TOL_MODULE 1e-4   /* max abs error / max |reference|, single modules */
-#define TOL_STEP 1e-4     /* one denoising step from the reference's state */
 #define TOL_PIPELINE 1e-3 /* final image */
-#define TOL_FREE 1e-2     /* final image of a free-running run */
+#define TOL_FREE 5e-2     /* final image of a free-running run (see check_run) */
+
+/* One denoising step from the reference's state is two UNet passes combined as
+ * u + g (c - u): an error e in each pass can become (2g - 1) e, so a step is
+ * held to the module tolerance times that factor (1e-4 without guidance,
+ * 1.4e-3 at g = 7.5). */
+static double step_tolerance(float guidance)
+{
+    return TOL_MODULE * (guidance > 1 ? 2.0 * guidance - 1.0 : 1.0);
+}
 
 typedef struct refcheck {
     const char *dir;
@@ -419,11 +427,15 @@ static int replay_run(refcheck *r, const char *name, const cJSON *spec, diffuse_
 /* Three cases per run:
  *   <run>.steps  every step restarted from diffusers' latents after the step
  *                before (the first from the engine's own start): the worst
- *                step, at the single-module tolerance;
- *   <run>.image  the image decoded after those steps;
+ *                step, at step_tolerance();
+ *   <run>.image  the image decoded after those steps, at the final-image
+ *                tolerance;
  *   <run>.free   the whole run left to itself, final image. Guidance 7.5 on
- *                random weights amplifies float32 rounding from step to step,
- *                so this one has a wider bound (README: "free-running"). */
+ *                random weights, through a UNet whose deepest level is 1x1
+ *                with two values per norm group, amplifies float32 rounding
+ *                from step to step: changing the last bit of exp() moves some
+ *                of these errors between 1e-3 and 1e-2 while every step stays
+ *                within its tolerance, so the bound is wider (see README). */
 static void check_run(refcheck *r, const char *name, const cJSON *spec)
 {
     char err[DIFFUSE_ERROR_SIZE], case_name[160], key[160];
@@ -442,7 +454,7 @@ static void check_run(refcheck *r, const char *name, const cJSON *spec)
         report_error(r, case_name, err);
         goto done;
     }
-    report_case(r, case_name, forced.worst_abs, forced.worst_rel, TOL_STEP);
+    report_case(r, case_name, forced.worst_abs, forced.worst_rel, step_tolerance(run.guidance));
     snprintf(case_name, sizeof case_name, "%s.image", name);
     compare(r, case_name, key, pixels, npix, TOL_PIPELINE);
     step_ctx free_run = {.r = r, .run = name, .force = false};
