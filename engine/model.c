@@ -152,14 +152,13 @@ static int infer_clip(diffuse_model *m, const cJSON *cfg, char *err)
     c->gelu = cJSON_IsString(act) ? strcmp(act->valuestring, "gelu") == 0 : openclip;
     const cJSON *eps = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, "layer_norm_eps") : NULL;
     c->eps = cJSON_IsNumber(eps) ? (float)eps->valuedouble : 1e-5f;
-    c->pad_id = strcmp(m->family, "sd2") == 0 ? 0 : 49407;
     if (c->layers < 1 || c->layers > stored)
         return diffuse_fail(err, "%s: text encoder config asks for %d layers, file holds %d",
                             m->path, c->layers, stored);
     return 0;
 }
 
-/* The tokenizer's pad token: "!" (id 0) for SD 2.x, "<|endoftext|>" for SD 1.x. */
+/* The tokenizer folder's pad token: "!" (id 0, SD 2.x) or <|endoftext|>. */
 static void read_pad_token(diffuse_model *m, const char *tokdir)
 {
     char path[4096];
@@ -169,7 +168,8 @@ static void read_pad_token(diffuse_model *m, const char *tokdir)
     if (cJSON_IsObject(pad))
         pad = cJSON_GetObjectItemCaseSensitive(pad, "content");
     if (cJSON_IsString(pad))
-        m->clip_cfg.pad_id = strcmp(pad->valuestring, "!") == 0 ? 0 : 49407;
+        m->clip_cfg.pad_id = strcmp(pad->valuestring, "!") == 0 ? 0
+                                                                 : diffuse_tokenizer_eos(m->tokenizer);
     cJSON_Delete(cfg);
 }
 
@@ -280,6 +280,9 @@ static int model_build(diffuse_model *m, const char *dir, const diffuse_load_par
     if (find_vocab(m, dir, p->vocab_path, vocab, sizeof vocab, err) ||
         diffuse_tokenizer_load(vocab, &m->tokenizer, err))
         return -1;
+    /* pad with <|endoftext|> (SD 1.x) or "!" = id 0 (SD 2.x's OpenCLIP) unless
+     * the tokenizer folder says otherwise */
+    m->clip_cfg.pad_id = strcmp(m->family, "sd2") == 0 ? 0 : diffuse_tokenizer_eos(m->tokenizer);
     if (dir) {
         char tokdir[4096];
         snprintf(tokdir, sizeof tokdir, "%s/tokenizer", dir);

@@ -23,7 +23,7 @@
 
 #define VAE_EPS 1e-6f                /* every VAE GroupNorm */
 #define VAE_BAND_FLOATS (1u << 22)   /* im2col + band copies of one conv band */
-#define VAE_MIN_BANDS 4              /* split even small convs (keeps banding tested) */
+#define VAE_MIN_BANDS 4              /* small convs run in bands too: the tiny model tests them */
 #define VAE_MAX_SIDE 16384           /* pixels; keeps every int index in range */
 #define VAE_MAX_LAYERS 64            /* layers_per_block sanity bound */
 
@@ -81,6 +81,12 @@ static vae_geom vae_same(int h, int w, int k)
 }
 
 static size_t vae_round16(size_t n) { return (n + 15) & ~(size_t)15; }
+
+static void vae_max(size_t *m, size_t v)
+{
+    if (v > *m)
+        *m = v;
+}
 
 static void vae_out_size(const diffuse_conv2d *c, const vae_geom *g, int *oh, int *ow)
 {
@@ -237,11 +243,10 @@ static int vae_resnet(const diffuse_resnet *r, float *y, float *x, float *u, int
 static size_t vae_resnet_scratch(const diffuse_resnet *r, int h, int w)
 {
     vae_geom g1 = vae_same(h, w, 1), g3 = vae_same(h, w, 3);
-    size_t s = vae_conv_scratch(&r->conv1, &g3, false), s2 = vae_conv_scratch(&r->conv2, &g3, true);
-    if (s2 > s)
-        s = s2;
-    if (r->shortcut.w && vae_conv_scratch(&r->shortcut, &g1, false) > s)
-        s = vae_conv_scratch(&r->shortcut, &g1, false);
+    size_t s = vae_conv_scratch(&r->conv1, &g3, false);
+    vae_max(&s, vae_conv_scratch(&r->conv2, &g3, true));
+    if (r->shortcut.w)
+        vae_max(&s, vae_conv_scratch(&r->shortcut, &g1, false));
     return s;
 }
 
@@ -301,11 +306,10 @@ static int vae_mid_forward(const vae_mid *m, vae_bufs *b, int h, int w, diffuse_
 
 static size_t vae_mid_scratch(const vae_mid *m, int h, int w)
 {
-    size_t s = vae_resnet_scratch(&m->res[0], h, w), s1 = vae_resnet_scratch(&m->res[1], h, w);
-    if (s1 > s)
-        s = s1;
-    if (m->has_attn && vae_attention_scratch(&m->attn, h, w) > s)
-        s = vae_attention_scratch(&m->attn, h, w);
+    size_t s = vae_resnet_scratch(&m->res[0], h, w);
+    vae_max(&s, vae_resnet_scratch(&m->res[1], h, w));
+    if (m->has_attn)
+        vae_max(&s, vae_attention_scratch(&m->attn, h, w));
     return s;
 }
 
@@ -477,12 +481,6 @@ typedef struct vae_plan {
 static size_t vae_plan_total(const vae_plan *p)
 {
     return vae_round16(p->big) + vae_round16(p->other) + vae_round16(p->u) + p->scratch;
-}
-
-static void vae_max(size_t *m, size_t v)
-{
-    if (v > *m)
-        *m = v;
 }
 
 /* Encoder: outputs only shrink after conv_in, so the three buffers are equal:
