@@ -27,7 +27,7 @@ TEST_BIN   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 TEST_SH    := $(wildcard tests/test_*.sh)
 PREFIX     ?= $(HOME)/.local
 
-.PHONY: all engine test bench install format clean
+.PHONY: all engine test valgrind bench install format clean
 all: $(BUILD)/libdiffuse.a $(BUILD)/diffuse
 
 $(BUILD)/%.o: %.c $(wildcard engine/*.h) $(wildcard engine/cli/*.h) $(wildcard tests/*.h)
@@ -46,6 +46,11 @@ $(BUILD)/tests/%: $(BUILD)/tests/%.o $(BUILD)/libdiffuse.a
 
 test: all $(TEST_BIN)
 	@BUILD=$(BUILD) tests/run.sh $(TEST_BIN) $(TEST_SH)
+
+# Every test binary and the reference checker under valgrind (memcheck, leaks).
+valgrind: all $(TEST_BIN)
+	@OPENBLAS_NUM_THREADS=1 VALGRIND="valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite" \
+	    BUILD=$(BUILD) tests/run.sh $(TEST_BIN) tests/test_refcheck.sh
 
 install: all
 	install -D -m 755 $(BUILD)/diffuse $(DESTDIR)$(PREFIX)/bin/diffuse

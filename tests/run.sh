@@ -1,10 +1,13 @@
 #!/bin/sh
-# Runs every test binary given, then sums their closing "N passed, N failed"
+# Runs every test binary given ($VALGRIND, when set, wraps each binary), then sums their closing "N passed, N failed"
 # lines into one. Exit status 1 when anything failed or a binary crashed.
 total_p=0; total_f=0
 for t in "$@"; do
     echo "== $t"
-    out=$("$t" 2>&1); rc=$?
+    case "$t" in
+    *.sh) out=$("$t" 2>&1); rc=$? ;;
+    *) out=$(${VALGRIND:-} "$t" 2>&1); rc=$? ;;
+    esac
     printf '%s\n' "$out"
     line=$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -n 1)
     if [ -z "$line" ]; then

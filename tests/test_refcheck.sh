@@ -11,7 +11,7 @@ p=0; f=0
 for dir in "$ref"/*/; do
     [ -f "$dir/golden.json" ] || continue
     echo "refcheck $dir"
-    out=$("$bin" refcheck "$dir" 2>&1); rc=$?
+    out=$(${VALGRIND:-} "$bin" refcheck "$dir" 2>&1); rc=$?
     printf '%s\n' "$out" | grep -v ' ok$'
     line=$(printf '%s\n' "$out" | tail -n 1)
     case "$line" in
