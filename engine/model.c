@@ -312,7 +312,8 @@ diffuse_model *diffuse_model_load(const char *path, const diffuse_load_params *p
         rc = model_configure(m, dir ? dir : p.config_dir, &p, e);
     if (rc == 0)
         rc = model_build(m, dir, &p, e);
-    m ? m->threads = p.threads : 0;
+    if (rc == 0)
+        m->threads = p.threads;
     if (rc) {
         if (err && err_size)
             snprintf(err, err_size, "%s", e);
