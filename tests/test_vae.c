@@ -149,6 +149,29 @@ static void check_short_arena(const diffuse_vae *vae)
     free(mom);
 }
 
+/* Non-square sizes run inside their workspace (ASan/valgrind watch the edges). */
+static void check_non_square(const diffuse_vae *vae)
+{
+    char err[DIFFUSE_ERROR_SIZE] = "";
+    const int h = 48, w = 80;
+    size_t ws = diffuse_vae_workspace(vae, h, w);
+    float *image = calloc(3 * h * w, sizeof(float));
+    float *mom = calloc(8 * (h / 8) * (w / 8), sizeof(float));
+    for (int i = 0; i < 3 * h * w; i++)
+        image[i] = (float)((i * 37) % 101) / 50.0f - 1.0f;
+    diffuse_arena a;
+    if (diffuse_arena_init(&a, ws, err) == 0) {
+        CHECK(diffuse_vae_encode(vae, mom, image, h, w, &a, NULL, err) == 0 &&
+                  diffuse_vae_decode(vae, image, mom, h, w, &a, NULL, err) == 0,
+              "%dx%d: %s", w, h, err);
+        CHECK(a.peak <= ws && isfinite(image[0]) && isfinite(image[3 * h * w - 1]),
+              "%dx%d: peak %zu, workspace %zu", w, h, a.peak, ws);
+        diffuse_arena_free(&a);
+    }
+    free(image);
+    free(mom);
+}
+
 /* Wrong widths: the error names the first tensor whose shape disagrees. */
 static void check_bad_config(diffuse_weights *w)
 {
@@ -202,6 +225,7 @@ static void check_layout(const char *path, const char *layout, const diffuse_st_
     if (vae) {
         check_golden(vae, g, layout);
         check_short_arena(vae);
+        check_non_square(vae);
     }
     check_bad_config(w);
     diffuse_vae_free(vae);
