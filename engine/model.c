@@ -45,6 +45,28 @@ static int count_of(const diffuse_weights *w, const char *fmt)
     }
 }
 
+typedef struct index_scan {
+    const char *prefix;
+    int n;
+} index_scan;
+
+static void scan_index(void *user, const char *name, int ndim, const int64_t *shape)
+{
+    index_scan *s = user;
+    int i;
+    if (sscanf(name + strlen(s->prefix), "%d.", &i) == 1 && i >= 0 && i + 1 > s->n)
+        s->n = i + 1;
+}
+
+/* Highest i + 1 over weights named <prefix><i>.*: blocks counted this way make a
+ * missing tensor in the middle an error at load, not a silently smaller model. */
+static int max_index(const diffuse_weights *w, const char *prefix)
+{
+    index_scan s = {prefix, 0};
+    diffuse_weights_each(w, prefix, scan_index, &s);
+    return s.n;
+}
+
 /* An int or the l-th element of a list, from a config object; fallback when absent. */
 static int json_int_at(const cJSON *cfg, const char *key, int l, int fallback)
 {
@@ -78,7 +100,9 @@ static int infer_unet(diffuse_model *m, const cJSON *cfg, char *err)
     u->layers_per_block = count_of(w, "unet.down_blocks.0.resnets.%d.conv1.weight");
     for (int l = 0; l < u->levels; l++) {
         u->channels[l] = (int)dim_of(w, 0, "unet.down_blocks.%d.resnets.0.conv1.weight", l);
-        u->cross_attn[l] = dim_of(w, 0, "unet.down_blocks.%d.attentions.0.proj_in.weight", l) > 0;
+        char prefix[64];
+        snprintf(prefix, sizeof prefix, "unet.down_blocks.%d.attentions.", l);
+        u->cross_attn[l] = diffuse_weights_count(w, prefix) > 0; /* any weight: a gap is an error later */
     }
     const char *attn = "unet.mid_block.attentions.0";
     u->context_dim = (int)dim_of(w, 1, "%s.transformer_blocks.0.attn2.to_k.weight", attn);
@@ -86,8 +110,8 @@ static int infer_unet(diffuse_model *m, const cJSON *cfg, char *err)
     char name[128];
     snprintf(name, sizeof name, "%s.proj_in.weight", attn);
     u->linear_proj = diffuse_weights_shape(w, name, proj) == 2;
-    snprintf(name, sizeof name, "%s.transformer_blocks.%%d.attn1.to_q.weight", attn);
-    u->transformer_depth = count_of(w, name);
+    snprintf(name, sizeof name, "%s.transformer_blocks.", attn);
+    u->transformer_depth = max_index(w, name);
     if (u->context_dim < 1 || u->transformer_depth < 1)
         return diffuse_fail(err, "%s: the UNet has no cross-attention mid block", m->path);
     bool sd2 = u->linear_proj || u->context_dim == 1024;
@@ -123,7 +147,8 @@ static int infer_vae(diffuse_model *m, const cJSON *cfg, char *err)
     v->out_channels = (int)dim_of(w, 0, "vae.decoder.conv_out.weight");
     v->latent_channels = (int)dim_of(w, 1, "vae.decoder.conv_in.weight");
     v->groups = json_int_at(cfg, "norm_num_groups", 0, 32);
-    v->mid_attention = diffuse_weights_has(w, "vae.encoder.mid_block.attentions.0.to_q.weight");
+    v->mid_attention = diffuse_weights_count(w, "vae.encoder.mid_block.attentions.") > 0 ||
+                       diffuse_weights_count(w, "vae.decoder.mid_block.attentions.") > 0;
     const cJSON *sf = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, "scaling_factor") : NULL;
     v->scaling_factor = cJSON_IsNumber(sf) ? (float)sf->valuedouble : 0.18215f;
     if (v->in_channels != 3 || v->out_channels != 3 || v->latent_channels < 1)
@@ -141,7 +166,8 @@ static int infer_clip(diffuse_model *m, const cJSON *cfg, char *err)
     c->width = (int)dim_of(w, 1, "text.text_model.embeddings.token_embedding.weight");
     c->max_positions = (int)dim_of(w, 0, "text.text_model.embeddings.position_embedding.weight");
     c->intermediate = (int)dim_of(w, 0, "text.text_model.encoder.layers.0.mlp.fc1.weight");
-    int stored = count_of(w, "text.text_model.encoder.layers.%d.mlp.fc1.weight");
+    /* highest block index + 1: a missing tensor is an error, not fewer blocks */
+    int stored = max_index(w, "text.text_model.encoder.layers.");
     if (c->width < 1 || stored < 1 || c->intermediate < 1)
         return diffuse_fail(err, "%s: no text encoder found (text_model.embeddings missing)", m->path);
     bool openclip = diffuse_weights_openclip(w);
@@ -258,9 +284,11 @@ static int model_configure(diffuse_model *m, const char *cfgdir, const diffuse_l
     int rc = infer_unet(m, ucfg, err);
     if (rc == 0) rc = infer_vae(m, vcfg, err);
     if (rc == 0) rc = infer_clip(m, tcfg, err);
-    m->native_size = json_int_at(vcfg, "sample_size", 0, 0);
-    if (m->native_size <= 0)
-        m->native_size = strcmp(m->family, "sd2") == 0 ? 768 : 512;
+    if (rc == 0) { /* m->family is set only when infer_unet succeeded */
+        m->native_size = json_int_at(vcfg, "sample_size", 0, 0);
+        if (m->native_size <= 0)
+            m->native_size = strcmp(m->family, "sd2") == 0 ? 768 : 512;
+    }
     cJSON_Delete(ucfg);
     cJSON_Delete(vcfg);
     cJSON_Delete(tcfg);
@@ -315,8 +343,9 @@ diffuse_model *diffuse_model_load(const char *path, const diffuse_load_params *p
     if (rc == 0)
         m->threads = p.threads;
     if (rc) {
-        if (err && err_size)
-            snprintf(err, err_size, "%s", e);
+        if (err && err_size) /* every message names the model */
+            snprintf(err, err_size, "%s%s%s", strncmp(e, path, strlen(path)) ? path : "",
+                     strncmp(e, path, strlen(path)) ? ": " : "", e);
         diffuse_model_free(m);
         return NULL;
     }
