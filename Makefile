@@ -78,11 +78,12 @@ HAVE_GIMP   := $(shell pkg-config --exists $(GIMP_PKGS) 2>/dev/null && echo yes)
 PLUGIN_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(wildcard plugin/*.c))
 PLUGIN_DIR  := $(BUILD)/plug-ins/diffuse
 PLUGIN_BIN  := $(PLUGIN_DIR)/diffuse
+PLUGIN_TEST := $(BUILD)/tests/gimp/test_core
 GIMP_PLUGINS ?= $(HOME)/.config/GIMP/2.10/plug-ins
 .PHONY: plugin install-plugin
 ifeq ($(HAVE_GIMP),yes)
 all: plugin
-plugin: $(PLUGIN_BIN) $(if $(wildcard models/default),$(PLUGIN_DIR)/models/default)
+plugin: $(PLUGIN_BIN) $(PLUGIN_TEST) $(if $(wildcard models/default),$(PLUGIN_DIR)/models/default)
 
 $(BUILD)/plugin/%.o: plugin/%.c $(wildcard plugin/*.h) engine/diffuse.h
 	@mkdir -p $(dir $@)
@@ -90,6 +91,14 @@ $(BUILD)/plugin/%.o: plugin/%.c $(wildcard plugin/*.h) engine/diffuse.h
 
 $(PLUGIN_BIN): $(PLUGIN_OBJ) $(BUILD)/libdiffuse.a
 	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ $(shell pkg-config --libs $(GIMP_PKGS)) $(LDLIBS) -o $@
+
+# the core's unit test (run by tests/test_gimp.sh): the plug-in without its front end
+$(BUILD)/tests/gimp/%.o: tests/gimp/%.c $(wildcard plugin/*.h) tests/test.h engine/diffuse.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -DGLIB_DISABLE_DEPRECATION_WARNINGS $(shell pkg-config --cflags $(GIMP_PKGS)) -c $< -o $@
+
+$(PLUGIN_TEST): $(BUILD)/tests/gimp/test_core.o $(filter-out %/gimp2.o,$(PLUGIN_OBJ)) $(BUILD)/libdiffuse.a
 	$(CC) $(LDFLAGS) $^ $(shell pkg-config --libs $(GIMP_PKGS)) $(LDLIBS) -o $@
 
 # a link, so the build tree's plug-in finds the repository's default model

@@ -1,0 +1,617 @@
+/* core.c: settings, model resolution and the run itself for the Diffuse GIMP
+ * plug-in, shared by every GIMP front end (see core.h).
+ *
+ * A run has four stages, and only the last touches the image:
+ *   1. check the image and the settings (indexed images, floating selections
+ *      and bad arguments are refused with a message before any work);
+ *   2. read the source pixels (img2img) and check the memory the request needs
+ *      against MemAvailable, so the plug-in refuses instead of being killed;
+ *   3. run the engine, reporting each denoising step to GIMP's progress;
+ *   4. make every result layer, then insert them all in one undo group.
+ * GIMP kills the plug-in when the user cancels its progress; since nothing is
+ * inserted before stage 4, a kill at any earlier point leaves the image as it
+ * was. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <libgimp/gimp.h>
+
+#include "core.h"
+#include "pixels.h"
+
+#define PARASITE_NAME "diffuse-parameters"
+
+static gchar *plugin_dir;
+
+G_DEFINE_QUARK(diffuse - plugin - error - quark, core_error)
+
+/* ---------------------------------------------------------------- settings */
+
+void core_settings_default(CoreSettings *s)
+{
+    memset(s, 0, sizeof *s);
+    s->seed = -1;
+    s->steps = 20;
+    s->guidance = 7.5;
+    g_strlcpy(s->sampler, "euler_a", sizeof s->sampler);
+    s->count = 1;
+    s->strength = 0.75;
+}
+
+/* key=value with backslash, newline and carriage return escaped, so that a
+ * multi-line prompt stays on one line. */
+static void put_string(GString *out, const gchar *key, const gchar *value)
+{
+    g_string_append_printf(out, "%s=", key);
+    for (const gchar *p = value; *p; p++) {
+        if (*p == '\\')
+            g_string_append(out, "\\\\");
+        else if (*p == '\n')
+            g_string_append(out, "\\n");
+        else if (*p == '\r')
+            g_string_append(out, "\\r");
+        else
+            g_string_append_c(out, *p);
+    }
+    g_string_append_c(out, '\n');
+}
+
+static void put_double(GString *out, const gchar *key, gdouble value)
+{
+    gchar buf[G_ASCII_DTOSTR_BUF_SIZE];
+
+    /* g_ascii_dtostr: GIMP sets the user's locale, which may write "7,5" */
+    g_string_append_printf(out, "%s=%s\n", key, g_ascii_dtostr(buf, sizeof buf, value));
+}
+
+gchar *core_settings_serialize(const CoreSettings *s)
+{
+    GString *out = g_string_new("diffuse-settings=1\n");
+
+    put_string(out, "prompt", s->prompt);
+    put_string(out, "negative-prompt", s->negative_prompt);
+    g_string_append_printf(out, "seed=%d\nlast-seed=%d\nsteps=%d\n", s->seed, s->last_seed,
+                           s->steps);
+    put_double(out, "guidance", s->guidance);
+    put_string(out, "sampler", s->sampler);
+    g_string_append_printf(out, "width=%d\nheight=%d\ncount=%d\n", s->width, s->height, s->count);
+    put_double(out, "strength", s->strength);
+    put_string(out, "model", s->model);
+    return g_string_free(out, FALSE);
+}
+
+static void unescape_into(gchar *dst, gsize size, const gchar *src)
+{
+    gsize n = 0;
+
+    for (const gchar *p = src; *p && n + 1 < size; p++) {
+        if (*p == '\\' && p[1]) {
+            p++;
+            dst[n++] = *p == 'n' ? '\n' : *p == 'r' ? '\r' : *p;
+        } else
+            dst[n++] = *p;
+    }
+    dst[n] = '\0';
+}
+
+static void set_key(CoreSettings *s, const gchar *key, const gchar *value)
+{
+    if (!strcmp(key, "prompt"))
+        unescape_into(s->prompt, sizeof s->prompt, value);
+    else if (!strcmp(key, "negative-prompt"))
+        unescape_into(s->negative_prompt, sizeof s->negative_prompt, value);
+    else if (!strcmp(key, "sampler"))
+        unescape_into(s->sampler, sizeof s->sampler, value);
+    else if (!strcmp(key, "model"))
+        unescape_into(s->model, sizeof s->model, value);
+    else if (!strcmp(key, "seed"))
+        s->seed = atoi(value);
+    else if (!strcmp(key, "last-seed"))
+        s->last_seed = atoi(value);
+    else if (!strcmp(key, "steps"))
+        s->steps = atoi(value);
+    else if (!strcmp(key, "width"))
+        s->width = atoi(value);
+    else if (!strcmp(key, "height"))
+        s->height = atoi(value);
+    else if (!strcmp(key, "count"))
+        s->count = atoi(value);
+    else if (!strcmp(key, "guidance"))
+        s->guidance = g_ascii_strtod(value, NULL);
+    else if (!strcmp(key, "strength"))
+        s->strength = g_ascii_strtod(value, NULL);
+}
+
+void core_settings_deserialize(CoreSettings *s, const gchar *text)
+{
+    gchar **lines = g_strsplit(text, "\n", -1);
+
+    for (gchar **line = lines; *line; line++) {
+        gchar *eq = strchr(*line, '=');
+
+        if (!eq)
+            continue;
+        *eq = '\0';
+        set_key(s, *line, eq + 1);
+    }
+    g_strfreev(lines);
+}
+
+static gboolean size_ok(gint v)
+{
+    return v == 0 || (v >= 8 && v <= CORE_MAX_SIDE && v % 8 == 0);
+}
+
+#define CALLING_ERROR(...) (g_set_error(error, CORE_ERROR, CORE_ERROR_CALLING, __VA_ARGS__), FALSE)
+
+gboolean core_settings_validate(const CoreSettings *s, CoreMode mode, GError **error)
+{
+    if (!g_utf8_validate(s->prompt, -1, NULL) || !g_utf8_validate(s->negative_prompt, -1, NULL))
+        return CALLING_ERROR("prompt: not valid UTF-8 text");
+    if (s->seed < -1)
+        return CALLING_ERROR("seed: %d is not possible: use 0 or more, or -1 for a random seed",
+                             s->seed);
+    if (s->steps < 1 || s->steps > CORE_MAX_STEPS)
+        return CALLING_ERROR("steps: %d is outside 1..%d", s->steps, CORE_MAX_STEPS);
+    if (!isfinite(s->guidance) || s->guidance < 0 || s->guidance > 100)
+        return CALLING_ERROR("guidance: %g is outside 0..100", s->guidance);
+    if (diffuse_sampler_parse(s->sampler) < 0)
+        return CALLING_ERROR("sampler: \"%s\" is not one of euler, euler_a, ddim, dpmpp_2m, "
+                             "lcm, pndm",
+                             s->sampler);
+    if (s->count < 1 || s->count > CORE_MAX_COUNT)
+        return CALLING_ERROR("count: %d is outside 1..%d", s->count, CORE_MAX_COUNT);
+    if (mode == CORE_TXT2IMG && (!size_ok(s->width) || !size_ok(s->height)))
+        return CALLING_ERROR("size: %dx%d is not possible: width and height must be multiples "
+                             "of 8 from 8 to %d (0 = the image's size)",
+                             s->width, s->height, CORE_MAX_SIDE);
+    if (mode == CORE_IMG2IMG && !(s->strength > 0 && s->strength <= 1))
+        return CALLING_ERROR("strength: %g is outside (0, 1]", s->strength);
+    return TRUE;
+}
+
+/* ---------------------------------------------------------------- models */
+
+void core_set_plugin_dir(const gchar *dir)
+{
+    g_free(plugin_dir);
+    plugin_dir = g_strdup(dir);
+}
+
+gchar *core_model_resolve(const gchar *model, GError **error)
+{
+    const gchar *env = g_getenv("DIFFUSE_DEFAULT_MODEL");
+
+    if (model && *model)
+        return g_strdup(model);
+    if (plugin_dir) {
+        gchar *path = g_build_filename(plugin_dir, "models", "default", NULL);
+
+        if (g_file_test(path, G_FILE_TEST_EXISTS))
+            return path;
+        g_free(path);
+    }
+    if (env && *env)
+        return g_strdup(env);
+    g_set_error(error, CORE_ERROR, CORE_ERROR_EXECUTION,
+                "no default model installed; choose a model file or folder");
+    return NULL;
+}
+
+diffuse_model *core_model_load(const gchar *model, GError **error)
+{
+    gchar err[DIFFUSE_ERROR_SIZE] = "";
+    diffuse_load_params params = diffuse_load_params_default();
+    gchar *path = core_model_resolve(model, error);
+    diffuse_model *m;
+
+    if (!path)
+        return NULL;
+    m = diffuse_model_load(path, &params, err, sizeof err);
+    if (!m)
+        /* the engine's message names the file */
+        g_set_error(error, CORE_ERROR, CORE_ERROR_EXECUTION, "cannot load the model: %s",
+                    err[0] ? err : path);
+    g_free(path);
+    return m;
+}
+
+static gchar *count_text(gint64 n)
+{
+    if (n >= 1000000000)
+        return g_strdup_printf("%.2fG", n / 1e9);
+    if (n >= 1000000)
+        return g_strdup_printf("%.1fM", n / 1e6);
+    return g_strdup_printf("%.0fK", n / 1e3);
+}
+
+gchar *core_model_describe(const diffuse_model *m)
+{
+    diffuse_model_info info;
+    gchar *params, *text;
+
+    diffuse_model_get_info(m, &info);
+    params = count_text(info.params_unet + info.params_vae + info.params_text);
+    text = g_strdup_printf("%s, %dx%d native, %s parameters, %s", info.family, info.native_size,
+                           info.native_size, params, info.dtype);
+    g_free(params);
+    return text;
+}
+
+gchar *core_model_display_name(const gchar *model)
+{
+    gchar *path, *base;
+
+    if (!model || !*model)
+        return g_strdup("default");
+    path = g_strdup(model);
+    while (strlen(path) > 1 && g_str_has_suffix(path, G_DIR_SEPARATOR_S))
+        path[strlen(path) - 1] = '\0';
+    base = g_path_get_basename(path);
+    g_free(path);
+    if (g_str_has_suffix(base, ".safetensors"))
+        base[strlen(base) - strlen(".safetensors")] = '\0';
+    return base;
+}
+
+/* Distilled models (SD-Turbo, LCM) carry nothing in their tensors that says
+ * so, and the engine's info cannot tell them apart; their names always do. */
+void core_settings_model_defaults(CoreSettings *s, const diffuse_model *m, const gchar *model)
+{
+    gchar *name = core_model_display_name(model);
+    gchar *lower = g_ascii_strdown(name, -1);
+
+    if (strstr(lower, "turbo")) {
+        s->steps = 4;
+        s->guidance = 1.0;
+        g_strlcpy(s->sampler, "euler_a", sizeof s->sampler);
+    } else if (strstr(lower, "lcm")) {
+        s->steps = 4;
+        s->guidance = 1.0;
+        g_strlcpy(s->sampler, "lcm", sizeof s->sampler);
+    } else {
+        s->steps = 20;
+        s->guidance = 7.5;
+        g_strlcpy(s->sampler, "euler_a", sizeof s->sampler);
+    }
+    g_free(lower);
+    g_free(name);
+}
+
+/* ---------------------------------------------------------------- images */
+
+gboolean core_image_check(gint32 image, GError **error)
+{
+    if (gimp_image_base_type(image) == GIMP_INDEXED) {
+        g_set_error(error, CORE_ERROR, CORE_ERROR_EXECUTION,
+                    "Diffuse needs an RGB or grayscale image: Image > Mode > RGB");
+        return FALSE;
+    }
+    if (gimp_image_get_floating_sel(image) != -1) {
+        g_set_error(error, CORE_ERROR, CORE_ERROR_EXECUTION,
+                    "the image has a floating selection: anchor it or make it a new layer "
+                    "first (Layer > Anchor Layer)");
+        return FALSE;
+    }
+    return TRUE;
+}
+
+gint core_round8(gdouble v)
+{
+    return MAX(8, (gint)floor(v / 8 + 0.5) * 8);
+}
+
+void core_image_default_size(gint32 image, gint *width, gint *height)
+{
+    gint w = gimp_image_width(image);
+    gint h = gimp_image_height(image);
+    gdouble scale = MIN(1.0, (gdouble)CORE_DEFAULT_MAX_SIDE / MAX(w, h));
+
+    *width = MIN(core_round8(w * scale), CORE_DEFAULT_MAX_SIDE);
+    *height = MIN(core_round8(h * scale), CORE_DEFAULT_MAX_SIDE);
+}
+
+/* ---------------------------------------------------------------- parameters */
+
+gchar *core_parameters_text(const CoreSettings *s, CoreMode mode, guint64 seed, gint width,
+                            gint height)
+{
+    gchar cfg[G_ASCII_DTOSTR_BUF_SIZE], strength[G_ASCII_DTOSTR_BUF_SIZE];
+    gchar *model = core_model_display_name(s->model);
+    GString *text = g_string_new(NULL);
+
+    g_ascii_formatd(cfg, sizeof cfg, "%g", s->guidance);
+    g_string_append_printf(text,
+                           "%s\nNegative prompt: %s\nSteps: %d, Sampler: %s, "
+                           "CFG scale: %s, Seed: %" G_GUINT64_FORMAT ", Size: %dx%d, "
+                           "Model: %s",
+                           s->prompt, s->negative_prompt, s->steps, s->sampler, cfg, seed, width,
+                           height, model);
+    if (mode == CORE_IMG2IMG)
+        g_string_append_printf(text, ", Denoising strength: %s",
+                               g_ascii_formatd(strength, sizeof strength, "%g", s->strength));
+    g_free(model);
+    return g_string_free(text, FALSE);
+}
+
+gchar *core_layer_name(const gchar *prompt, guint64 seed)
+{
+    gchar **words = g_strsplit_set(prompt, " \t\r\n", -1);
+    gchar *line, *name;
+    GString *joined = g_string_new(NULL);
+
+    for (gchar **w = words; *w; w++)
+        if (**w)
+            g_string_append_printf(joined, "%s%s", joined->len ? " " : "", *w);
+    g_strfreev(words);
+    if (g_utf8_strlen(joined->str, -1) > CORE_LAYER_NAME_CHARS) {
+        gchar *cut = g_utf8_substring(joined->str, 0, CORE_LAYER_NAME_CHARS);
+
+        g_string_assign(joined, cut);
+        g_string_append(joined, "...");
+        g_free(cut);
+    }
+    line = g_string_free(joined, FALSE);
+    name = g_strdup_printf("Diffuse: %s (seed %" G_GUINT64_FORMAT ")", line, seed);
+    g_free(line);
+    return name;
+}
+
+/* ---------------------------------------------------------------- the run */
+
+/* What one run carries from stage to stage. */
+typedef struct {
+    gint32 image, drawable;
+    CoreMode mode;
+    CoreSettings s;       /* the settings with seed and size resolved */
+    diffuse_model *model; /* borrowed or owned_model */
+    diffuse_model *owned_model;
+    PixelsRegion region; /* img2img source */
+    diffuse_request req;
+    diffuse_image *images; /* [s.count], filled by the engine */
+    gboolean generated;
+} Job;
+
+static int on_progress(void *user, int image, int count, int step, int steps)
+{
+    gchar text[128];
+
+    g_snprintf(text, sizeof text, "Diffuse: step %d/%d (image %d/%d)", step, steps, image + 1,
+               count);
+    gimp_progress_set_text(text);
+    gimp_progress_update(((gdouble)image * steps + step) / ((gdouble)count * steps));
+    return 0; /* GIMP cancels by killing the plug-in, see the file comment */
+}
+
+/* MemAvailable from /proc/meminfo in bytes, capped by DIFFUSE_MEMORY_LIMIT_MB
+ * where set; 0 when unknown. */
+static gsize memory_available(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    gchar line[256];
+    unsigned long long kb = 0;
+    const gchar *limit = g_getenv("DIFFUSE_MEMORY_LIMIT_MB");
+    gsize have;
+
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    have = (gsize)kb * 1024;
+    /* a cap of the user's own, for machines shared with other work */
+    if (limit && *limit) {
+        gsize cap = (gsize)g_ascii_strtoull(limit, NULL, 10) << 20;
+        have = have ? MIN(have, cap) : cap;
+    }
+    return have;
+}
+
+static gboolean check_memory(Job *job, GError **error)
+{
+    const diffuse_request *r = &job->req;
+    gsize need = diffuse_request_memory(job->model, r);
+    gsize have = memory_available();
+
+    if (job->mode == CORE_IMG2IMG)
+        need += pixels_region_memory(job->region.width, job->region.height, r->width, r->height,
+                                     r->count);
+    else
+        need += (gsize)r->count * r->width * r->height * 3 * sizeof(float);
+    if (have && need > have) {
+        g_set_error(error, CORE_ERROR, CORE_ERROR_EXECUTION,
+                    "%dx%d needs %" G_GSIZE_FORMAT " MiB of memory, only %" G_GSIZE_FORMAT
+                    " MiB are available: choose a smaller size or selection, or fewer images",
+                    r->width, r->height, need >> 20, have >> 20);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+/* Stage 2: fills job->req (and job->region for img2img). */
+static gboolean prepare(Job *job, GError **error)
+{
+    diffuse_request *r = &job->req;
+
+    *r = diffuse_request_default();
+    r->prompt = job->s.prompt;
+    r->negative_prompt = job->s.negative_prompt;
+    r->seed = (guint64)job->s.seed;
+    r->steps = job->s.steps;
+    r->guidance = job->s.guidance;
+    r->sampler = diffuse_sampler_parse(job->s.sampler);
+    r->count = job->s.count;
+    r->width = job->s.width;
+    r->height = job->s.height;
+    r->progress = on_progress;
+    if (job->mode == CORE_IMG2IMG) {
+        diffuse_model_info info;
+
+        diffuse_model_get_info(job->model, &info);
+        if (!pixels_region_read(job->image, job->drawable, info.native_size, &job->region, error))
+            return FALSE;
+        r->width = job->region.gen_width;
+        r->height = job->region.gen_height;
+        r->init_image = job->region.init;
+        r->mask = job->region.gen_mask;
+        r->strength = job->s.strength;
+    }
+    return check_memory(job, error);
+}
+
+/* Stage 3. */
+static gboolean generate(Job *job, GError **error)
+{
+    gchar err[DIFFUSE_ERROR_SIZE] = "";
+    diffuse_status st;
+
+    job->images = g_new0(diffuse_image, job->s.count);
+    gimp_progress_init("Diffuse");
+    st = diffuse_generate(job->model, &job->req, job->images, err, sizeof err);
+    if (st == DIFFUSE_OK) {
+        job->generated = TRUE;
+        return TRUE;
+    }
+    g_set_error(error, CORE_ERROR,
+                st == DIFFUSE_ERR_CANCELLED  ? CORE_ERROR_CANCELLED
+                : st == DIFFUSE_ERR_ARGUMENT ? CORE_ERROR_CALLING
+                                             : CORE_ERROR_EXECUTION,
+                "%s", err);
+    return FALSE;
+}
+
+/* A new layer holding result i, not yet in the image; -1 on failure. */
+static gint32 make_layer(Job *job, gint i, GError **error)
+{
+    const diffuse_image *img = &job->images[i];
+    gboolean gray = gimp_image_base_type(job->image) == GIMP_GRAY;
+    gboolean i2i = job->mode == CORE_IMG2IMG;
+    gint w = i2i ? job->region.width : img->width;
+    gint h = i2i ? job->region.height : img->height;
+    gchar *name = core_layer_name(job->s.prompt, img->seed);
+    gchar *text = core_parameters_text(&job->s, job->mode, img->seed, img->width, img->height);
+    gint32 layer;
+    GimpParasite *parasite;
+
+    layer = gimp_layer_new(job->image, name, w, h, gray ? GIMP_GRAYA_IMAGE : GIMP_RGBA_IMAGE, 100.0,
+                           GIMP_LAYER_MODE_NORMAL);
+    g_free(name);
+    if (layer == -1) {
+        g_free(text);
+        g_set_error(error, CORE_ERROR, CORE_ERROR_EXECUTION, "cannot create a %dx%d layer", w, h);
+        return -1;
+    }
+    if (i2i && !pixels_write_blended(layer, &job->region, img, error)) {
+        g_free(text);
+        gimp_item_delete(layer);
+        return -1;
+    }
+    if (!i2i)
+        pixels_write_image(layer, img);
+    gimp_layer_set_offsets(layer, i2i ? job->region.x : 0, i2i ? job->region.y : 0);
+    parasite = gimp_parasite_new(PARASITE_NAME, GIMP_PARASITE_PERSISTENT | GIMP_PARASITE_UNDOABLE,
+                                 strlen(text) + 1, text);
+    gimp_item_attach_parasite(layer, parasite);
+    gimp_parasite_free(parasite);
+    g_free(text);
+    return layer;
+}
+
+/* Where results go: above the drawable's layer, in its group; above the
+ * active layer when the drawable is a channel. */
+static void insert_position(gint32 image, gint32 drawable, gint32 *parent, gint *position)
+{
+    gint32 layer = gimp_item_is_layer_mask(drawable) ? gimp_layer_from_mask(drawable) : drawable;
+
+    *parent = 0;
+    *position = -1;
+    if (layer != -1 && gimp_item_is_layer(layer)) {
+        *parent = MAX(gimp_item_get_parent(layer), 0);
+        *position = gimp_image_get_item_position(image, layer);
+    }
+}
+
+/* Stage 4: every layer is made first; only then does the image change, in
+ * one undo group, the first image ending on top. */
+static gboolean insert_results(Job *job, GError **error)
+{
+    gint n = job->s.count, made = 0, inserted = 0, position;
+    gint32 *layers = g_new(gint32, n);
+    gint32 parent;
+
+    for (; made < n; made++)
+        if ((layers[made] = make_layer(job, made, error)) == -1)
+            break;
+    if (made == n) {
+        insert_position(job->image, job->drawable, &parent, &position);
+        gimp_image_undo_group_start(job->image);
+        for (gint i = n - 1; i >= 0; i--, inserted++)
+            if (!gimp_image_insert_layer(job->image, layers[i], parent, position))
+                break;
+        if (inserted < n) /* take back the few that went in; the rest are deleted below */
+            for (gint i = n - 1; i > n - 1 - inserted; i--)
+                gimp_image_remove_layer(job->image, layers[i]);
+        gimp_image_undo_group_end(job->image);
+        if (inserted < n)
+            g_set_error(error, CORE_ERROR, CORE_ERROR_EXECUTION, "cannot insert the new layers");
+    }
+    if (made < n || inserted < n)
+        for (gint i = 0; i < made - inserted; i++)
+            gimp_item_delete(layers[i]);
+    g_free(layers);
+    return made == n && inserted == n;
+}
+
+static gboolean start(Job *job, const CoreSettings *settings, GError **error)
+{
+    if (gimp_item_get_image(job->drawable) != job->image) {
+        g_set_error(error, CORE_ERROR, CORE_ERROR_CALLING, "drawable: %d is not in image %d",
+                    job->drawable, job->image);
+        return FALSE;
+    }
+    if (!core_image_check(job->image, error) || !core_settings_validate(settings, job->mode, error))
+        return FALSE;
+    job->s = *settings;
+    if (job->s.seed < 0)
+        job->s.seed = g_random_int_range(0, G_MAXINT32);
+    if (job->mode == CORE_TXT2IMG && (job->s.width == 0 || job->s.height == 0)) {
+        gint w, h;
+
+        core_image_default_size(job->image, &w, &h);
+        job->s.width = job->s.width ? job->s.width : w;
+        job->s.height = job->s.height ? job->s.height : h;
+    }
+    if (!job->model) {
+        gimp_progress_init("Diffuse: loading the model");
+        job->model = job->owned_model = core_model_load(job->s.model, error);
+    }
+    return job->model != NULL;
+}
+
+gboolean core_run(gint32 image, gint32 drawable, CoreMode mode, CoreSettings *settings,
+                  diffuse_model *model, GError **error)
+{
+    Job *job = g_new0(Job, 1); /* ~8 KiB of settings: not on the stack */
+    gboolean ok;
+
+    job->image = image;
+    job->drawable = drawable;
+    job->mode = mode;
+    job->model = model;
+    ok = start(job, settings, error) && prepare(job, error) && generate(job, error) &&
+         insert_results(job, error);
+    if (ok) {
+        gimp_progress_update(1.0);
+        settings->last_seed = job->s.seed;
+    }
+    if (job->generated)
+        for (gint i = 0; i < job->s.count; i++)
+            diffuse_image_free(&job->images[i]);
+    g_free(job->images);
+    pixels_region_free(&job->region);
+    if (job->owned_model)
+        diffuse_model_free(job->owned_model);
+    g_free(job);
+    return ok;
+}

@@ -1,0 +1,119 @@
+/* core.h: the part of the Diffuse GIMP plug-in that does not depend on how a
+ * GIMP generation registers procedures or builds dialogs.
+ *
+ * A front end (gimp2.c for GIMP 2.10; a GIMP 3.0 one can follow) collects a
+ * CoreSettings from its arguments, its dialog or its remembered values, then
+ * calls core_run(). The core reads the image through GEGL buffers in explicit
+ * babl formats, runs the engine (diffuse.h, the only engine header used here),
+ * and inserts the results as new layers in one undo group, only after every
+ * image exists, so that a failure, a cancel or a killed plug-in never leaves a
+ * half-made change.
+ *
+ *     CoreSettings s;
+ *     core_settings_default (&s);
+ *     g_strlcpy (s.prompt, "a red circle on a blue background", sizeof s.prompt);
+ *     GError *error = NULL;
+ *     if (! core_run (image, drawable, CORE_TXT2IMG, &s, NULL, &error))
+ *       ... error->code is a CoreErrorCode, error->message says what went wrong
+ */
+#ifndef DIFFUSE_PLUGIN_CORE_H
+#define DIFFUSE_PLUGIN_CORE_H
+
+#include <libgimp/gimp.h>
+
+#include "diffuse.h"
+
+G_BEGIN_DECLS
+
+#define CORE_TEXT_MAX 2048         /* bytes of a prompt, with its NUL */
+#define CORE_PATH_MAX 4096         /* bytes of a model path, with its NUL */
+#define CORE_MAX_SIDE 4096         /* largest width or height the engine accepts */
+#define CORE_DEFAULT_MAX_SIDE 2048 /* largest default size taken from an image */
+#define CORE_MAX_COUNT 100         /* images per run, as the engine allows */
+#define CORE_MAX_STEPS 1000
+
+typedef enum { CORE_TXT2IMG, CORE_IMG2IMG } CoreMode;
+
+/* What a run needs to know. Fixed-size strings keep the struct flat for the
+ * dialog; core_settings_serialize() is what gets remembered between runs. */
+typedef struct {
+    gchar prompt[CORE_TEXT_MAX];
+    gchar negative_prompt[CORE_TEXT_MAX];
+    gint32 seed;      /* -1 = random */
+    gint32 last_seed; /* the seed a random run used last; the dialog shows it */
+    gint32 steps;
+    gdouble guidance;           /* <= 1 skips the unconditional pass */
+    gchar sampler[16];          /* "euler", "euler_a", "ddim", "dpmpp_2m", "lcm", "pndm" */
+    gint32 width, height;       /* txt2img size in pixels, multiples of 8; 0 = the image's */
+    gint32 count;               /* images (layers) per run */
+    gdouble strength;           /* img2img: how much of the schedule to run, (0, 1] */
+    gchar model[CORE_PATH_MAX]; /* a .safetensors file or a diffusers folder; "" = default */
+} CoreSettings;
+
+/* Error codes in CORE_ERROR; front ends map them to PDB statuses. */
+typedef enum {
+    CORE_ERROR_CALLING,   /* a bad argument: GIMP_PDB_CALLING_ERROR */
+    CORE_ERROR_EXECUTION, /* the run failed: GIMP_PDB_EXECUTION_ERROR */
+    CORE_ERROR_CANCELLED  /* the user stopped it: GIMP_PDB_CANCEL */
+} CoreErrorCode;
+
+#define CORE_ERROR (core_error_quark())
+GQuark core_error_quark(void);
+
+/* ---------------------------------------------------------------- settings */
+
+void core_settings_default(CoreSettings *s);
+/* "key=value" lines, newlines and backslashes escaped; free with g_free(). */
+gchar *core_settings_serialize(const CoreSettings *s);
+/* Reads what serialize wrote; unknown keys are skipped, missing ones keep
+ * their current value (so older remembered values still load). */
+void core_settings_deserialize(CoreSettings *s, const gchar *text);
+/* Checks ranges before anything runs; CORE_ERROR_CALLING names the argument. */
+gboolean core_settings_validate(const CoreSettings *s, CoreMode mode, GError **error);
+
+/* ---------------------------------------------------------------- models */
+
+/* The folder holding the plug-in binary: "" models resolve to
+ * <dir>/models/default there. Call once at start-up. */
+void core_set_plugin_dir(const gchar *dir);
+/* The path to load for `model` ("" = the default model); NULL and an error
+ * when no default model is installed. Free with g_free(). */
+gchar *core_model_resolve(const gchar *model, GError **error);
+diffuse_model *core_model_load(const gchar *model, GError **error);
+/* "sd1, 512x512 native, 1.07G parameters, f16"; free with g_free(). */
+gchar *core_model_describe(const diffuse_model *m);
+/* "default" or the file or folder name without .safetensors; g_free(). */
+gchar *core_model_display_name(const gchar *model);
+/* Steps, guidance and sampler that suit the model: Turbo and LCM distilled
+ * models want few steps and guidance <= 1. */
+void core_settings_model_defaults(CoreSettings *s, const diffuse_model *m, const gchar *model);
+
+/* ---------------------------------------------------------------- images */
+
+/* Refuses indexed images and floating selections with a message. */
+gboolean core_image_check(gint32 image, GError **error);
+/* The image size rounded to the nearest multiples of 8, at most
+ * CORE_DEFAULT_MAX_SIDE on its longer side (aspect kept). */
+void core_image_default_size(gint32 image, gint *width, gint *height);
+gint core_round8(gdouble v);
+
+/* ---------------------------------------------------------------- running */
+
+/* Generates and inserts the layers. `model` may be a model the front end has
+ * already loaded for the same settings->model (borrowed), or NULL. On success
+ * settings->last_seed holds the seed of the first image. */
+gboolean core_run(gint32 image, gint32 drawable, CoreMode mode, CoreSettings *settings,
+                  diffuse_model *model, GError **error);
+
+/* The parasite text of one result (Stable Diffusion tools' format). */
+gchar *core_parameters_text(const CoreSettings *s, CoreMode mode, guint64 seed, gint width,
+                            gint height);
+
+/* "Diffuse: <prompt> (seed N)", the prompt on one line, cut after
+ * CORE_LAYER_NAME_CHARS characters with "...". Free with g_free(). */
+#define CORE_LAYER_NAME_CHARS 60
+gchar *core_layer_name(const gchar *prompt, guint64 seed);
+
+G_END_DECLS
+
+#endif

@@ -1,0 +1,580 @@
+/* gimp2.c: the GIMP 2.10 front end of Diffuse: registration (query), run
+ * modes (run) and the GTK2 dialog. Everything else is in core.c, which a GIMP
+ * 3.0 front end shares.
+ *
+ * Procedures (the PDB contract in DESIGN.md):
+ *   plug-in-diffuse-txt2img (run-mode, image, drawable, prompt, negative-prompt,
+ *       seed, steps, guidance, sampler, width, height, count, model)
+ *   plug-in-diffuse-img2img (run-mode, image, drawable, prompt, negative-prompt,
+ *       seed, steps, guidance, sampler, strength, count, model)
+ * Errors come back as the status plus a second return value holding the
+ * message, GIMP 2.10's convention, so that Script-Fu and the error console
+ * show it. */
+#include <string.h>
+
+#include <libgimp/gimp.h>
+#include <libgimp/gimpui.h>
+
+#include "core.h"
+
+#define PROC_TXT2IMG "plug-in-diffuse-txt2img"
+#define PROC_IMG2IMG "plug-in-diffuse-img2img"
+#define PLUG_IN_BINARY "diffuse"
+#define PLUG_IN_ROLE "gimp-diffuse"
+#define MENU_PATH "<Image>/Filters/Diffuse"
+/* Last values, shared by both procedures so the prompt carries over. */
+#define DATA_KEY "plug-in-diffuse"
+
+static void query(void);
+static void run(const gchar *name, gint nparams, const GimpParam *param, gint *nreturn_vals,
+                GimpParam **return_vals);
+
+const GimpPlugInInfo PLUG_IN_INFO = {NULL, NULL, query, run};
+
+/* ---------------------------------------------------------------- registration */
+
+#define ARGS_HEAD                                                                                  \
+    {GIMP_PDB_INT32, "run-mode",                                                                   \
+     "The run mode { RUN-INTERACTIVE (0), RUN-NONINTERACTIVE (1), "                                \
+     "RUN-WITH-LAST-VALS (2) }"},                                                                  \
+        {GIMP_PDB_IMAGE, "image", "Input image"},                                                  \
+        {GIMP_PDB_DRAWABLE, "drawable", "Input drawable: the new layers go above it"},             \
+        {GIMP_PDB_STRING, "prompt", "What to draw"},                                               \
+        {GIMP_PDB_STRING, "negative-prompt", "What to keep out (\"\" = nothing)"},                 \
+        {GIMP_PDB_INT32, "seed", "Random seed (-1 = random); image i uses seed + i"},              \
+        {GIMP_PDB_INT32, "steps", "Denoising steps (1..1000)"},                                    \
+        {GIMP_PDB_FLOAT, "guidance", "Guidance scale (0..100; <= 1 skips the negative prompt)"},   \
+    {                                                                                              \
+        GIMP_PDB_STRING, "sampler", "euler, euler_a, ddim, dpmpp_2m, lcm or pndm"                  \
+    }
+
+#define ARGS_TAIL                                                                                  \
+    {GIMP_PDB_INT32, "count", "Number of images, one layer each (1..100)"},                        \
+    {                                                                                              \
+        GIMP_PDB_STRING, "model",                                                                  \
+            "A .safetensors file or a diffusers folder (\"\" = the "                               \
+            "default model)"                                                                       \
+    }
+
+static void query(void)
+{
+    static const GimpParamDef txt2img_args[] = {
+        ARGS_HEAD,
+        {GIMP_PDB_INT32, "width", "Width in pixels, a multiple of 8 (0 = the image's width)"},
+        {GIMP_PDB_INT32, "height", "Height in pixels, a multiple of 8 (0 = the image's height)"},
+        ARGS_TAIL};
+    static const GimpParamDef img2img_args[] = {
+        ARGS_HEAD, {GIMP_PDB_FLOAT, "strength", "How much to change, (0, 1]"}, ARGS_TAIL};
+
+    gimp_install_procedure(PROC_TXT2IMG, "Generate new layers from a text prompt",
+                           "Runs Stable Diffusion inside the plug-in and inserts count new "
+                           "layers of width x height above the drawable, named \"Diffuse: "
+                           "<prompt> (seed N)\", each with its settings in the parasite "
+                           "\"diffuse-parameters\".",
+                           "Diffuse", "Diffuse", "2025", "_Text to Image...",
+                           "RGB*, GRAY*, INDEXED*", GIMP_PLUGIN, G_N_ELEMENTS(txt2img_args), 0,
+                           txt2img_args, NULL);
+    gimp_plugin_menu_register(PROC_TXT2IMG, MENU_PATH);
+
+    gimp_install_procedure(PROC_IMG2IMG, "Repaint the selection from a text prompt",
+                           "Runs Stable Diffusion on the drawable's pixels inside the selection "
+                           "bounds and inserts the results as new layers at the selection's "
+                           "position, repainted where the selection is (soft edges blend) and "
+                           "the original pixels elsewhere.",
+                           "Diffuse", "Diffuse", "2025", "_Image to Image...",
+                           "RGB*, GRAY*, INDEXED*", GIMP_PLUGIN, G_N_ELEMENTS(img2img_args), 0,
+                           img2img_args, NULL);
+    gimp_plugin_menu_register(PROC_IMG2IMG, MENU_PATH);
+}
+
+/* ---------------------------------------------------------------- arguments */
+
+/* Copies a PDB string (NULL = "") into a settings field; too long is a
+ * calling error naming the argument. */
+static gboolean copy_arg(gchar *dst, gsize size, const gchar *value, const gchar *name,
+                         GError **error)
+{
+    if (!value)
+        value = "";
+    if (strlen(value) >= size) {
+        g_set_error(error, CORE_ERROR, CORE_ERROR_CALLING, "%s: longer than %d bytes", name,
+                    (gint)size - 1);
+        return FALSE;
+    }
+    g_strlcpy(dst, value, size);
+    return TRUE;
+}
+
+static gboolean settings_from_args(CoreSettings *s, CoreMode mode, gint nparams, const GimpParam *p,
+                                   GError **error)
+{
+    gint want = mode == CORE_TXT2IMG ? 13 : 12;
+    gint tail = mode == CORE_TXT2IMG ? 11 : 10; /* index of count */
+
+    if (nparams != want) {
+        g_set_error(error, CORE_ERROR, CORE_ERROR_CALLING, "expected %d arguments, got %d", want,
+                    nparams);
+        return FALSE;
+    }
+    s->seed = p[5].data.d_int32;
+    s->steps = p[6].data.d_int32;
+    s->guidance = p[7].data.d_float;
+    if (mode == CORE_TXT2IMG) {
+        s->width = p[9].data.d_int32;
+        s->height = p[10].data.d_int32;
+    } else
+        s->strength = p[9].data.d_float;
+    s->count = p[tail].data.d_int32;
+    return copy_arg(s->prompt, sizeof s->prompt, p[3].data.d_string, "prompt", error) &&
+           copy_arg(s->negative_prompt, sizeof s->negative_prompt, p[4].data.d_string,
+                    "negative-prompt", error) &&
+           copy_arg(s->sampler, sizeof s->sampler, p[8].data.d_string, "sampler", error) &&
+           copy_arg(s->model, sizeof s->model, p[tail + 1].data.d_string, "model", error);
+}
+
+static gboolean load_last_values(CoreSettings *s)
+{
+    gint size = gimp_get_data_size(DATA_KEY);
+    gchar *text;
+
+    if (size <= 0)
+        return FALSE;
+    text = g_malloc0(size + 1);
+    if (gimp_get_data(DATA_KEY, text))
+        core_settings_deserialize(s, text);
+    g_free(text);
+    return TRUE;
+}
+
+static void save_last_values(const CoreSettings *s)
+{
+    gchar *text = core_settings_serialize(s);
+
+    gimp_set_data(DATA_KEY, text, strlen(text) + 1);
+    g_free(text);
+}
+
+/* ---------------------------------------------------------------- dialog */
+
+typedef struct {
+    CoreSettings *s;
+    CoreMode mode;
+    GtkWidget *dialog;
+    GtkTextBuffer *prompt, *negative;
+    guint32 seed; /* gimp_random_seed_new() writes these two */
+    gboolean random_seed;
+    GtkObject *steps, *guidance, *strength, *count, *width, *height;
+    GtkWidget *sampler; /* GtkComboBoxText */
+    GtkWidget *model_entry, *model_info;
+    diffuse_model *model; /* loaded for model_path, to show its info and run it */
+    gchar *model_path;
+} Dialog;
+
+static GtkTextBuffer *add_text_view(GtkWidget *box, const gchar *title, const gchar *text,
+                                    gint height)
+{
+    GtkWidget *frame = gimp_frame_new(title);
+    GtkWidget *scroll = gtk_scrolled_window_new(NULL, NULL);
+    GtkWidget *view = gtk_text_view_new();
+
+    gtk_scrolled_window_set_policy(GTK_SCROLLED_WINDOW(scroll), GTK_POLICY_NEVER,
+                                   GTK_POLICY_AUTOMATIC);
+    gtk_scrolled_window_set_shadow_type(GTK_SCROLLED_WINDOW(scroll), GTK_SHADOW_IN);
+    gtk_widget_set_size_request(scroll, 420, height);
+    gtk_text_view_set_wrap_mode(GTK_TEXT_VIEW(view), GTK_WRAP_WORD_CHAR);
+    gtk_text_buffer_set_text(gtk_text_view_get_buffer(GTK_TEXT_VIEW(view)), text, -1);
+    gtk_container_add(GTK_CONTAINER(scroll), view);
+    gtk_container_add(GTK_CONTAINER(frame), scroll);
+    gtk_box_pack_start(GTK_BOX(box), frame, TRUE, TRUE, 0);
+    return gtk_text_view_get_buffer(GTK_TEXT_VIEW(view));
+}
+
+/* Copies text into a settings field, cut at a character boundary. */
+static void take_text(gchar *dst, gsize size, GtkTextBuffer *buffer)
+{
+    GtkTextIter start, end;
+    gchar *text;
+    const gchar *bad;
+
+    gtk_text_buffer_get_bounds(buffer, &start, &end);
+    text = gtk_text_buffer_get_text(buffer, &start, &end, FALSE);
+    g_strlcpy(dst, text, size);
+    if (!g_utf8_validate(dst, -1, &bad))
+        dst[bad - dst] = '\0';
+    g_free(text);
+}
+
+static GtkObject *add_scale(GtkWidget *table, gint row, const gchar *label, gdouble value,
+                            gdouble lower, gdouble upper, gdouble step, gint digits, gdouble max,
+                            const gchar *tooltip)
+{
+    return gimp_scale_entry_new(GTK_TABLE(table), 0, row, label, 200, 6, value, lower, upper, step,
+                                step * 10, digits, max <= upper, lower, MAX(max, upper), tooltip,
+                                NULL);
+}
+
+/* Keeps a size adjustment on multiples of 8, the engine's unit. */
+static void round_to_8(GtkAdjustment *adj)
+{
+    gdouble v = gtk_adjustment_get_value(adj);
+
+    if (v != core_round8(v))
+        gtk_adjustment_set_value(adj, core_round8(v));
+}
+
+static void set_widgets_from_model_defaults(Dialog *d)
+{
+    CoreSettings *tmp = g_new0(CoreSettings, 1);
+
+    core_settings_model_defaults(tmp, d->model, d->model_path);
+    gtk_adjustment_set_value(GTK_ADJUSTMENT(d->steps), tmp->steps);
+    gtk_adjustment_set_value(GTK_ADJUSTMENT(d->guidance), tmp->guidance);
+    gtk_combo_box_set_active(GTK_COMBO_BOX(d->sampler), diffuse_sampler_parse(tmp->sampler));
+    g_free(tmp);
+}
+
+/* (Re)loads the model named in the entry for its info line; with
+ * apply_defaults, also sets steps, guidance and sampler to suit it. */
+static void update_model(Dialog *d, gboolean apply_defaults)
+{
+    const gchar *path = gtk_entry_get_text(GTK_ENTRY(d->model_entry));
+    GError *error = NULL;
+    gchar *info;
+
+    if (d->model_path && !strcmp(path, d->model_path))
+        return;
+    if (d->model)
+        diffuse_model_free(d->model);
+    g_free(d->model_path);
+    d->model_path = g_strdup(path);
+    gtk_label_set_text(GTK_LABEL(d->model_info), "Loading the model...");
+    while (gtk_events_pending())
+        gtk_main_iteration();
+    d->model = core_model_load(path, &error);
+    info = d->model ? core_model_describe(d->model) : g_strdup(error->message);
+    gtk_label_set_text(GTK_LABEL(d->model_info), info);
+    g_free(info);
+    g_clear_error(&error);
+    if (d->model && apply_defaults)
+        set_widgets_from_model_defaults(d);
+}
+
+static void model_entry_activate(GtkWidget *entry, Dialog *d)
+{
+    update_model(d, TRUE);
+}
+
+/* Leaving the entry (clicking OK, say) only refreshes the info line: steps
+ * and guidance the user has set are not replaced behind their back. */
+static gboolean model_entry_focus_out(GtkWidget *entry, GdkEvent *event, Dialog *d)
+{
+    update_model(d, FALSE);
+    return FALSE;
+}
+
+static void model_default_clicked(GtkWidget *button, Dialog *d)
+{
+    gtk_entry_set_text(GTK_ENTRY(d->model_entry), "");
+    update_model(d, TRUE);
+}
+
+static void choose_model(Dialog *d, GtkFileChooserAction action)
+{
+    gboolean folder = action == GTK_FILE_CHOOSER_ACTION_SELECT_FOLDER;
+    GtkWidget *chooser = gtk_file_chooser_dialog_new(
+        folder ? "Choose a diffusers model folder" : "Choose a .safetensors model file",
+        GTK_WINDOW(d->dialog), action, "_Cancel", GTK_RESPONSE_CANCEL, "_Open", GTK_RESPONSE_ACCEPT,
+        NULL);
+
+    if (!folder) {
+        GtkFileFilter *filter = gtk_file_filter_new();
+
+        gtk_file_filter_set_name(filter, "Safetensors checkpoints");
+        gtk_file_filter_add_pattern(filter, "*.safetensors");
+        gtk_file_chooser_add_filter(GTK_FILE_CHOOSER(chooser), filter);
+    }
+    if (*gtk_entry_get_text(GTK_ENTRY(d->model_entry)))
+        gtk_file_chooser_set_filename(GTK_FILE_CHOOSER(chooser),
+                                      gtk_entry_get_text(GTK_ENTRY(d->model_entry)));
+    if (gtk_dialog_run(GTK_DIALOG(chooser)) == GTK_RESPONSE_ACCEPT) {
+        gchar *path = gtk_file_chooser_get_filename(GTK_FILE_CHOOSER(chooser));
+
+        gtk_entry_set_text(GTK_ENTRY(d->model_entry), path ? path : "");
+        g_free(path);
+        update_model(d, TRUE);
+    }
+    gtk_widget_destroy(chooser);
+}
+
+static void model_file_clicked(GtkWidget *button, Dialog *d)
+{
+    choose_model(d, GTK_FILE_CHOOSER_ACTION_OPEN);
+}
+
+static void model_folder_clicked(GtkWidget *button, Dialog *d)
+{
+    choose_model(d, GTK_FILE_CHOOSER_ACTION_SELECT_FOLDER);
+}
+
+static void add_button(GtkWidget *box, const gchar *label, const gchar *tooltip, GCallback callback,
+                       Dialog *d)
+{
+    GtkWidget *button = gtk_button_new_with_mnemonic(label);
+
+    gimp_help_set_help_data(button, tooltip, NULL);
+    g_signal_connect(button, "clicked", callback, d);
+    gtk_box_pack_start(GTK_BOX(box), button, FALSE, FALSE, 0);
+}
+
+/* Model: [path entry] [Default] [File...] [Folder...], and the info line. */
+static void add_model_row(Dialog *d, GtkWidget *table, gint row)
+{
+    GtkWidget *hbox = gtk_hbox_new(FALSE, 4);
+
+    d->model_entry = gtk_entry_new();
+    gtk_entry_set_text(GTK_ENTRY(d->model_entry), d->s->model);
+    gtk_editable_set_position(GTK_EDITABLE(d->model_entry), -1); /* the name, not the folders */
+    gimp_help_set_help_data(d->model_entry,
+                            "A .safetensors file or a diffusers folder; "
+                            "empty for the default model",
+                            NULL);
+    g_signal_connect(d->model_entry, "activate", G_CALLBACK(model_entry_activate), d);
+    g_signal_connect(d->model_entry, "focus-out-event", G_CALLBACK(model_entry_focus_out), d);
+    gtk_box_pack_start(GTK_BOX(hbox), d->model_entry, TRUE, TRUE, 0);
+    add_button(hbox, "_Default", "Use the default model", G_CALLBACK(model_default_clicked), d);
+    add_button(hbox, "_File...", "Choose a .safetensors file", G_CALLBACK(model_file_clicked), d);
+    add_button(hbox, "Fo_lder...", "Choose a diffusers folder", G_CALLBACK(model_folder_clicked),
+               d);
+    gimp_table_attach_aligned(GTK_TABLE(table), 0, row, "_Model:", 0.0, 0.5, hbox, 2, FALSE);
+
+    d->model_info = gtk_label_new("");
+    gtk_misc_set_alignment(GTK_MISC(d->model_info), 0.0, 0.5);
+    gtk_label_set_ellipsize(GTK_LABEL(d->model_info), PANGO_ELLIPSIZE_END);
+    gimp_label_set_attributes(GTK_LABEL(d->model_info), PANGO_ATTR_STYLE, PANGO_STYLE_ITALIC, -1);
+    gtk_table_attach(GTK_TABLE(table), d->model_info, 1, 3, row + 1, row + 2, GTK_EXPAND | GTK_FILL,
+                     GTK_FILL, 0, 0);
+}
+
+static GtkWidget *add_sampler_combo(Dialog *d, GtkWidget *table, gint row)
+{
+    GtkWidget *combo = gtk_combo_box_text_new();
+
+    for (gint i = 0; i < DIFFUSE_SAMPLER_COUNT; i++)
+        gtk_combo_box_text_append_text(GTK_COMBO_BOX_TEXT(combo), diffuse_sampler_name(i));
+    gtk_combo_box_set_active(GTK_COMBO_BOX(combo), MAX(0, diffuse_sampler_parse(d->s->sampler)));
+    gimp_table_attach_aligned(GTK_TABLE(table), 0, row, "S_ampler:", 0.0, 0.5, combo, 2, FALSE);
+    return combo;
+}
+
+static void add_seed_row(Dialog *d, GtkWidget *table, gint row)
+{
+    GtkWidget *seed;
+
+    d->seed = d->s->seed >= 0 ? d->s->seed : d->s->last_seed;
+    d->random_seed = d->s->seed < 0;
+    seed = gimp_random_seed_new(&d->seed, &d->random_seed);
+    gtk_adjustment_set_upper(GTK_ADJUSTMENT(GIMP_RANDOM_SEED_SPINBUTTON_ADJ(seed)), G_MAXINT32);
+    /* the widget draws a fresh seed when randomizing; show the last one used,
+     * so that a liked result can be repeated by unticking Randomize */
+    gtk_adjustment_set_value(GTK_ADJUSTMENT(GIMP_RANDOM_SEED_SPINBUTTON_ADJ(seed)),
+                             d->s->seed >= 0 ? d->s->seed : d->s->last_seed);
+    gimp_help_set_help_data(GIMP_RANDOM_SEED_TOGGLE(seed),
+                            "A new random seed for every run; the seed used is in the layer name",
+                            NULL);
+    gimp_table_attach_aligned(GTK_TABLE(table), 0, row, "S_eed:", 0.0, 0.5, seed, 2, FALSE);
+}
+
+/* The settings table; returns it for the caller to pack. */
+static GtkWidget *make_table(Dialog *d)
+{
+    GtkWidget *table = gtk_table_new(10, 3, FALSE);
+    CoreSettings *s = d->s;
+    gint row = 0;
+
+    gtk_table_set_col_spacings(GTK_TABLE(table), 6);
+    gtk_table_set_row_spacings(GTK_TABLE(table), 4);
+    add_seed_row(d, table, row++);
+    d->steps = add_scale(table, row++, "_Steps:", s->steps, 1, 100, 1, 0, CORE_MAX_STEPS,
+                         "Denoising steps: Turbo and LCM models need only 1 to 8");
+    d->guidance = add_scale(table, row++, "_Guidance:", s->guidance, 0, 20, 0.5, 1, 100,
+                            "How closely to follow the prompt; 1 or less skips the negative "
+                            "prompt (Turbo and LCM models)");
+    d->sampler = add_sampler_combo(d, table, row++);
+    if (d->mode == CORE_TXT2IMG) {
+        d->width = add_scale(table, row++, "_Width:", s->width, 8, 2048, 8, 0, CORE_MAX_SIDE,
+                             "Multiples of 8; the image's size by default");
+        d->height = add_scale(table, row++, "He_ight:", s->height, 8, 2048, 8, 0, CORE_MAX_SIDE,
+                              "Multiples of 8; the image's size by default");
+        g_signal_connect(d->width, "value-changed", G_CALLBACK(round_to_8), NULL);
+        g_signal_connect(d->height, "value-changed", G_CALLBACK(round_to_8), NULL);
+    } else
+        d->strength = add_scale(table, row++, "S_trength:", s->strength, 0.01, 1, 0.05, 2, 1,
+                                "How much of the selection to repaint: 0.3 keeps the drawing, "
+                                "1 ignores it");
+    d->count = add_scale(table, row++, "Co_unt:", s->count, 1, 16, 1, 0, CORE_MAX_COUNT,
+                         "Images to make, one new layer each");
+    add_model_row(d, table, row);
+    return table;
+}
+
+static void read_back(Dialog *d)
+{
+    CoreSettings *s = d->s;
+
+    take_text(s->prompt, sizeof s->prompt, d->prompt);
+    take_text(s->negative_prompt, sizeof s->negative_prompt, d->negative);
+    s->seed = d->random_seed ? -1 : (gint32)MIN(d->seed, (guint32)G_MAXINT32);
+    s->steps = gtk_adjustment_get_value(GTK_ADJUSTMENT(d->steps));
+    s->guidance = gtk_adjustment_get_value(GTK_ADJUSTMENT(d->guidance));
+    g_strlcpy(s->sampler, diffuse_sampler_name(gtk_combo_box_get_active(GTK_COMBO_BOX(d->sampler))),
+              sizeof s->sampler);
+    s->count = gtk_adjustment_get_value(GTK_ADJUSTMENT(d->count));
+    if (d->mode == CORE_TXT2IMG) {
+        s->width = core_round8(gtk_adjustment_get_value(GTK_ADJUSTMENT(d->width)));
+        s->height = core_round8(gtk_adjustment_get_value(GTK_ADJUSTMENT(d->height)));
+    } else
+        s->strength = gtk_adjustment_get_value(GTK_ADJUSTMENT(d->strength));
+    g_strlcpy(s->model, gtk_entry_get_text(GTK_ENTRY(d->model_entry)), sizeof s->model);
+}
+
+/* Shows the dialog; TRUE on OK with s filled in. *model receives the model
+ * the dialog loaded when it is the one chosen (the caller frees it). */
+static gboolean dialog_run(CoreSettings *s, CoreMode mode, const gchar *proc, gboolean first_time,
+                           diffuse_model **model)
+{
+    Dialog d = {.s = s, .mode = mode};
+    GtkWidget *vbox;
+    gboolean ok;
+
+    gimp_ui_init(PLUG_IN_BINARY, FALSE);
+    d.dialog =
+        gimp_dialog_new(mode == CORE_TXT2IMG ? "Diffuse: Text to Image" : "Diffuse: Image to Image",
+                        PLUG_IN_ROLE, NULL, 0, gimp_standard_help_func, proc, "_Cancel",
+                        GTK_RESPONSE_CANCEL, "_OK", GTK_RESPONSE_OK, NULL);
+    gtk_dialog_set_alternative_button_order(GTK_DIALOG(d.dialog), GTK_RESPONSE_OK,
+                                            GTK_RESPONSE_CANCEL, -1);
+    gimp_window_set_transient(GTK_WINDOW(d.dialog));
+
+    vbox = gtk_vbox_new(FALSE, 12);
+    gtk_container_set_border_width(GTK_CONTAINER(vbox), 12);
+    gtk_box_pack_start(GTK_BOX(gtk_dialog_get_content_area(GTK_DIALOG(d.dialog))), vbox, TRUE, TRUE,
+                       0);
+    d.prompt = add_text_view(vbox, "Prompt", s->prompt, 72);
+    d.negative = add_text_view(vbox, "Negative prompt", s->negative_prompt, 40);
+    gtk_box_pack_start(GTK_BOX(vbox), make_table(&d), FALSE, FALSE, 0);
+    gtk_widget_show_all(d.dialog);
+    update_model(&d, first_time);
+
+    ok = gimp_dialog_run(GIMP_DIALOG(d.dialog)) == GTK_RESPONSE_OK;
+    if (ok)
+        read_back(&d);
+    gtk_widget_destroy(d.dialog);
+    if (ok && d.model && !strcmp(d.model_path, s->model))
+        *model = d.model;
+    else if (d.model)
+        diffuse_model_free(d.model);
+    g_free(d.model_path);
+    return ok;
+}
+
+/* ---------------------------------------------------------------- run */
+
+/* Settings for this run mode; FALSE with error set when there are none. */
+static gboolean get_settings(CoreSettings *s, CoreMode mode, const gchar *proc, gint nparams,
+                             const GimpParam *param, diffuse_model **model, GError **error)
+{
+    gint32 image = param[1].data.d_image;
+    gboolean first;
+
+    switch (param[0].data.d_int32) {
+    case GIMP_RUN_INTERACTIVE:
+        first = !load_last_values(s);
+        if (mode == CORE_TXT2IMG)
+            core_image_default_size(image, &s->width, &s->height);
+        /* refuse an indexed image before showing a dialog it cannot use */
+        if (!core_image_check(image, error))
+            return FALSE;
+        if (!dialog_run(s, mode, proc, first, model)) {
+            g_set_error(error, CORE_ERROR, CORE_ERROR_CANCELLED, "cancelled");
+            return FALSE;
+        }
+        save_last_values(s); /* kept even if the run fails, so nothing typed is lost */
+        return TRUE;
+
+    case GIMP_RUN_NONINTERACTIVE:
+        return settings_from_args(s, mode, nparams, param, error);
+
+    case GIMP_RUN_WITH_LAST_VALS:
+        load_last_values(s);
+        return TRUE;
+
+    default:
+        g_set_error(error, CORE_ERROR, CORE_ERROR_CALLING, "run-mode: %d is unknown",
+                    param[0].data.d_int32);
+        return FALSE;
+    }
+}
+
+/* The status for an error, and the message as the second return value. */
+static void set_error(GimpParam *values, gint *nreturn_vals, GError *error)
+{
+    static gchar *message;
+
+    values[0].data.d_status = error->code == CORE_ERROR_CANCELLED ? GIMP_PDB_CANCEL
+                              : error->code == CORE_ERROR_CALLING ? GIMP_PDB_CALLING_ERROR
+                                                                  : GIMP_PDB_EXECUTION_ERROR;
+    if (error->code == CORE_ERROR_CANCELLED)
+        return;
+    g_free(message);
+    message = g_strdup(error->message);
+    values[1].type = GIMP_PDB_STRING;
+    values[1].data.d_string = message;
+    *nreturn_vals = 2;
+}
+
+static void run(const gchar *name, gint nparams, const GimpParam *param, gint *nreturn_vals,
+                GimpParam **return_vals)
+{
+    static GimpParam values[2];
+    CoreMode mode = strcmp(name, PROC_IMG2IMG) ? CORE_TXT2IMG : CORE_IMG2IMG;
+    GimpRunMode run_mode = nparams > 0 ? param[0].data.d_int32 : GIMP_RUN_NONINTERACTIVE;
+    CoreSettings *s = g_new(CoreSettings, 1);
+    diffuse_model *model = NULL;
+    GError *error = NULL;
+
+    *nreturn_vals = 1;
+    *return_vals = values;
+    values[0].type = GIMP_PDB_STATUS;
+    values[0].data.d_status = GIMP_PDB_SUCCESS;
+
+    gegl_init(NULL, NULL);
+    core_settings_default(s);
+    if (nparams < 3)
+        g_set_error(&error, CORE_ERROR, CORE_ERROR_CALLING, "expected at least 3 arguments");
+    else if (get_settings(s, mode, name, nparams, param, &model, &error) &&
+             core_run(param[1].data.d_image, param[2].data.d_drawable, mode, s, model, &error)) {
+        if (run_mode == GIMP_RUN_INTERACTIVE)
+            save_last_values(s); /* now with the seed a random run used */
+        if (run_mode != GIMP_RUN_NONINTERACTIVE)
+            gimp_displays_flush();
+    }
+    if (error)
+        set_error(values, nreturn_vals, error);
+    g_clear_error(&error);
+    if (model)
+        diffuse_model_free(model);
+    g_free(s);
+}
+
+/* gimp_main() as MAIN() would call it, after noting where the binary is: the
+ * default model is installed beside it. */
+int main(int argc, char *argv[])
+{
+    gchar *exe = g_file_read_link("/proc/self/exe", NULL);
+    gchar *dir = g_path_get_dirname(exe ? exe : argv[0]);
+
+    core_set_plugin_dir(dir);
+    g_free(dir);
+    g_free(exe);
+    return gimp_main(&PLUG_IN_INFO, argc, argv);
+}

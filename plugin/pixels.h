@@ -1,0 +1,55 @@
+/* pixels.h: GIMP pixels in and out of the engine's float images, for core.c.
+ *
+ * The engine wants [h, w, 3] sRGB-encoded RGB in [0, 1] at multiples of 8; GIMP
+ * holds drawables of any type, precision and colour space with a soft
+ * selection. Everything is read up front through GEGL buffers in explicit babl
+ * formats, so that the image may change while the engine runs without the
+ * result mixing two states, and written back only into new layers. */
+#ifndef DIFFUSE_PLUGIN_PIXELS_H
+#define DIFFUSE_PLUGIN_PIXELS_H
+
+#include <libgimp/gimp.h>
+
+#include "diffuse.h"
+
+G_BEGIN_DECLS
+
+/* The img2img source: the drawable inside the selection bounds. */
+typedef struct {
+    gint x, y, width, height;   /* region in image coordinates: where the layer goes */
+    gint gen_width, gen_height; /* the size the engine runs at, multiples of 8 */
+    float *init;                /* [gen_height, gen_width, 3] engine input, alpha over white */
+    float *gen_mask;            /* [gen_height, gen_width] 1 = repaint; NULL without a selection */
+    float *orig;                /* [height, width, 4] "R'G'B'A float" original pixels */
+    float *mask;                /* [height, width] soft selection, 1 = repaint */
+    guint8 *orig_native;        /* [height, width] original pixels in native_format */
+    const Babl *native_format;  /* the drawable's own format */
+} PixelsRegion;
+
+/* The engine size for a w x h region: scaled up to the model's native size
+ * when smaller (small selections get the model's full detail), down to
+ * CORE_DEFAULT_MAX_SIDE when larger, then rounded to multiples of 8. */
+void pixels_gen_size(gint width, gint height, gint native, gint *gen_width, gint *gen_height);
+/* Bytes pixels_region_read() and the compositing need for count results. */
+gsize pixels_region_memory(gint width, gint height, gint gen_width, gint gen_height, gint count);
+/* Reads the drawable inside the selection bounds and the soft selection.
+ * native is the model's training size (see pixels_gen_size). */
+gboolean pixels_region_read(gint32 image, gint32 drawable, gint native, PixelsRegion *region,
+                            GError **error);
+void pixels_region_free(PixelsRegion *region);
+
+/* Writes a txt2img result into a new layer of the same size; GEGL converts
+ * RGB to the layer's type (RGB or grey) and precision. */
+void pixels_write_image(gint32 layer, const diffuse_image *image);
+/* Writes an img2img result: the engine output scaled back to the region and
+ * blended with the original by the soft mask, out = orig (1 - m) + gen m, so
+ * that pixels outside the selection are the original bytes. */
+gboolean pixels_write_blended(gint32 layer, const PixelsRegion *region, const diffuse_image *image,
+                              GError **error);
+
+/* dst [dh, dw, c] = src [sh, sw, c] sampled bilinearly at pixel centres. */
+void pixels_resample(const float *src, gint sw, gint sh, float *dst, gint dw, gint dh, gint c);
+
+G_END_DECLS
+
+#endif

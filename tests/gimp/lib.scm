@@ -1,0 +1,105 @@
+; lib.scm: Script-Fu helpers for tests/test_gimp.sh and tests/test_gimp_dialog.sh.
+;
+; Each test case is one GIMP batch command: (load this file), (case-begin DIR),
+; the case's body, (case-end). Script-Fu cannot return values to the shell, and
+; GIMP exits 0 whatever happens, so a case writes what it saw into DIR/out.txt
+; as "key value..." lines, long texts into DIR/<name>.txt and pixels as raw
+; dumps DIR/<name>.raw (file-raw-save2: the drawable's own bytes), and the shell
+; reads them. Batch commands do not share variables, hence one command a case.
+
+(define out-port #f)
+(define out-dir "")
+
+(define (case-begin dir)
+  (set! out-dir dir)
+  (set! out-port (open-output-file (string-append dir "/out.txt"))))
+
+(define (case-end)
+  (out "done")
+  (close-output-port out-port))
+
+; (out key item...): one line "key item item ...".
+(define (out key . items)
+  (display key out-port)
+  (for-each (lambda (x) (display " " out-port) (display x out-port)) items)
+  (newline out-port))
+
+(define (out-text name text)
+  (let ((port (open-output-file (string-append out-dir "/" name ".txt"))))
+    (display text port)
+    (close-output-port port)))
+
+; The raw exporter merges an image's visible layers, so a layer is dumped
+; from a one-layer copy of the image (same type, precision and colormap); a
+; channel (a selection mask) is dumped as it is.
+(define (raw img drawable name)
+  (let ((path (string-append out-dir "/" name ".raw")))
+    (if (= (car (gimp-item-is-channel drawable)) TRUE)
+        (file-raw-save2 RUN-NONINTERACTIVE img drawable path path 0 0)
+        (let* ((copy-img (car (gimp-image-new-with-precision
+                                (car (gimp-drawable-width drawable))
+                                (car (gimp-drawable-height drawable))
+                                (car (gimp-image-base-type img))
+                                (car (gimp-image-get-precision img)))))
+               (copy (car (gimp-layer-new-from-drawable drawable copy-img))))
+          (if (= (car (gimp-image-base-type img)) INDEXED)
+              (let ((cmap (gimp-image-get-colormap img)))
+                (gimp-image-set-colormap copy-img (car cmap) (cadr cmap))))
+          (gimp-image-insert-layer copy-img copy 0 0)
+          (gimp-layer-set-offsets copy 0 0)
+          (file-raw-save2 RUN-NONINTERACTIVE copy-img copy path path 0 0)
+          (gimp-image-delete copy-img)))))
+
+(define (layers img) (vector->list (cadr (gimp-image-get-layers img))))
+
+; A w x h image of TYPE (RGB or GRAY) with one opaque, non-constant
+; "background" layer (plasma), marked clean so that any change shows.
+(define (new-image type w h)
+  (let* ((img (car (gimp-image-new w h RGB)))
+         (bg (car (gimp-layer-new img w h RGB-IMAGE "background" 100 LAYER-MODE-NORMAL))))
+    (gimp-image-insert-layer img bg 0 0)
+    (plug-in-plasma RUN-NONINTERACTIVE img bg 7 1.0)
+    (if (= type GRAY) (gimp-image-convert-grayscale img))
+    (gimp-image-clean-all img)
+    img))
+
+(define (background img) (car (reverse (layers img))))
+(define (top-layer img) (car (layers img)))
+
+; The feathered ellipse the img2img cases repaint; its mask goes to mask.raw
+; (through a saved channel, removed again).
+(define (select-feathered-ellipse img)
+  (gimp-image-select-ellipse img CHANNEL-OP-REPLACE 16 12 32 36)
+  (gimp-selection-feather img 8)
+  (let ((channel (car (gimp-selection-save img))))
+    (raw img channel "mask")
+    (gimp-image-remove-channel img channel))
+  (let ((b (gimp-selection-bounds img)))
+    (out "bounds" (cadr b) (caddr b) (cadddr b) (car (cddddr b)))))
+
+; "layer TAG I W H OX OY TYPE NAME" for every layer, pixels in TAG-I.raw and
+; the parameters parasite (if any) in TAG-I-parameters.txt.
+(define (describe-layers img tag)
+  (let loop ((ls (layers img)) (i 0))
+    (if (pair? ls)
+        (let* ((l (car ls))
+               (p (catch #f (gimp-item-get-parasite l "diffuse-parameters")))
+               (name (string-append tag "-" (number->string i))))
+          (out "layer" tag i (car (gimp-drawable-width l)) (car (gimp-drawable-height l))
+               (car (gimp-drawable-offsets l)) (cadr (gimp-drawable-offsets l))
+               (car (gimp-drawable-type l)) (car (gimp-item-get-name l)))
+          (raw img l name)
+          (if p (out-text (string-append name "-parameters") (caddr (car p))))
+          (loop (cdr ls) (+ i 1))))))
+
+; Everything the shell compares to tell whether a failed call changed the
+; image: the dirty flag, the layer count, and every layer's pixels and name.
+(define (signature img tag)
+  (out "dirty" tag (car (gimp-image-is-dirty img)))
+  (out "count" tag (car (gimp-image-get-layers img)))
+  (describe-layers img tag))
+
+; (try NAME (lambda () call)): "status NAME ok" or "status NAME error"; the
+; error message itself goes to GIMP's stderr, which the shell reads.
+(define (try name thunk)
+  (out "status" name (if (catch #f (thunk) #t) "ok" "error")))

@@ -1,0 +1,510 @@
+#!/bin/sh
+# test_gimp.sh: the GIMP 2.10 plug-in end to end, through Script-Fu in
+# gimp-console-2.10 batch mode (DESIGN.md, "GIMP procedures"). Each case is one
+# GIMP run with a throwaway HOME whose gimprc adds $BUILD/plug-ins to the
+# plug-in path; its Script-Fu (tests/gimp/lib.scm) writes what it saw to files,
+# since GIMP exits 0 even when a procedure fails, and the shell checks them and
+# GIMP's stderr (where PDB error messages go). Cases: the core's unit test,
+# registration (the PDB contract), txt2img, img2img on a feathered selection,
+# bad model, bad sizes and arguments, same seed twice, grayscale, indexed, the
+# default model, a float image, a layer in a group, a memory refusal, and a
+# plug-in killed mid-run as GIMP's cancel does; every failure must leave the
+# image as it was (dirty flag, layers, every layer's bytes). Each case line
+# gives its wall time, GIMP's start (about 2-3 s) included.
+# Ends with "N passed, N failed".
+#
+# Model: $DIFFUSE_TEST_MODEL, else ../shared/reference/sd1-tiny/model-diffusers
+# (64x64 images, 4 steps: seconds a case). Without gimp-console-2.10, the
+# plug-in (libgimp2.0-dev), python3 or the model, it fails under CI=true and
+# skips otherwise. DIFFUSE_KEEP_TMP=1 keeps each case's files and GIMP log.
+
+BUILD=${BUILD:-build}
+SHARED=${DIFFUSE_SHARED:-../shared}
+MODEL=${DIFFUSE_TEST_MODEL:-$SHARED/reference/sd1-tiny/model-diffusers}
+GIMP=${GIMP_CONSOLE:-gimp-console-2.10}
+PLUGIN=$BUILD/plug-ins/diffuse/diffuse
+CASE_TIMEOUT=${GIMP_CASE_TIMEOUT:-300}
+PROMPT="a red circle on a blue background"
+NEGATIVE="blurry"
+ROOT=$(pwd)
+LIB=$ROOT/tests/gimp/lib.scm
+CHECK="python3 $ROOT/tests/gimp/check.py"
+
+passed=0
+failed=0
+case_failed=0
+pass() { passed=$((passed + 1)); }
+fail() {
+    failed=$((failed + 1))
+    case_failed=$((case_failed + 1))
+    echo "FAIL $*"
+}
+check() { # check STATUS MESSAGE: counts one check on a command's status
+    if [ "$1" -eq 0 ]; then pass; else fail "$2"; fi
+}
+finish() {
+    echo "$passed passed, $failed failed"
+    [ "$failed" -eq 0 ]
+    exit
+}
+missing() { # missing WHAT: fails under CI=true, else skips the whole suite
+    if [ "${CI:-}" = true ]; then
+        fail "missing $1 (CI=true)"
+    else
+        echo "SKIP missing $1"
+    fi
+    finish
+}
+
+command -v "$GIMP" >/dev/null 2>&1 || missing "$GIMP (apt-get install gimp)"
+[ -x "$PLUGIN" ] || missing "$PLUGIN (apt-get install libgimp2.0-dev, then make)"
+command -v python3 >/dev/null 2>&1 || missing "python3"
+[ -e "$MODEL" ] || missing "the test model $MODEL"
+MODEL=$(cd "$(dirname "$MODEL")" && pwd)/$(basename "$MODEL") # absolute: GIMP runs elsewhere
+MODEL_NAME=$(basename "$MODEL" .safetensors)
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/diffuse-gimp.XXXXXX") || missing "a temporary folder"
+trap '[ -n "${DIFFUSE_KEEP_TMP:-}" ] || rm -rf "$tmp"' EXIT
+trap 'exit 130' INT TERM
+
+# A fresh GIMP profile: gimprc adds the build tree to the default plug-in
+# path; the data folders exist so that GIMP can save into them at exit.
+home=$tmp/home
+profile=$home/.config/GIMP/2.10
+for d in brushes dynamics fonts gradients mypaint-brushes palettes patterns tool-presets \
+    plug-ins modules interpreters environ scripts templates themes icons tmp; do
+    mkdir -p "$profile/$d"
+done
+# shellcheck disable=SC2016 # ${gimp_dir} is gimprc's own variable, for GIMP to expand
+printf '(plug-in-path "${gimp_dir}/plug-ins:${gimp_plug_in_dir}/plug-ins:%s/%s/plug-ins")\n' \
+    "$ROOT" "$BUILD" >"$profile/gimprc"
+
+now() { date +%s.%N; }
+
+# gimp_start NAME: starts GIMP in the background on the Script-Fu body read
+# from stdin, in a fresh folder $dir; $gimp is the pid to wait for. $CASE_ENV
+# (NAME=VALUE words) goes into the plug-in's environment.
+gimp_start() {
+    dir=$tmp/$1
+    mkdir -p "$dir"
+    cat >"$dir/body.scm"
+    t0=$(now)
+    # timeout: a process group of its own, all of it (plug-ins too) killed when late
+    # shellcheck disable=SC2086 # CASE_ENV is a list of words
+    HOME=$home env DIFFUSE_DEFAULT_MODEL= $CASE_ENV timeout -k 10 "$CASE_TIMEOUT" "$GIMP" -i -d -f \
+        -b "(begin (load \"$LIB\") (case-begin \"$dir\")
+                   (catch (out \"aborted\") (load \"$dir/body.scm\")) (case-end))" \
+        -b '(gimp-quit 0)' >"$dir/log" 2>&1 </dev/null &
+    gimp=$!
+}
+
+# gimp_wait TITLE [crash-ok]: waits for GIMP; counts one check that it and the
+# Script-Fu finished, and one that no plug-in crashed (unless crash-ok).
+gimp_wait() {
+    wait "$gimp"
+    rc=$?
+    case_time=$(awk "BEGIN { printf \"%.2f\", $(now) - $t0 }")
+    case_title=$1
+    case_failed=0
+    if [ "$rc" -ne 0 ]; then
+        fail "$case_title: GIMP exited with status $rc: $(tail -c 600 "$dir/log")"
+    elif ! grep -qx "done" "$dir/out.txt" 2>/dev/null || grep -qx aborted "$dir/out.txt"; then
+        fail "$case_title: the Script-Fu did not finish: $(tail -c 800 "$dir/log")"
+    else
+        pass
+    fi
+    [ "${2:-}" = crash-ok ] && return
+    if grep -q -i -e 'crashed' -e 'terminated' -e 'Sanitizer' "$dir/log"; then
+        fail "$case_title: a plug-in crashed: $(grep -i -e crashed -e terminated -e Sanitizer "$dir/log" | head -3)"
+    fi
+}
+
+# gimp_case NAME TITLE: one case in a fresh GIMP, its Script-Fu body on stdin
+gimp_case() {
+    gimp_start "$1"
+    gimp_wait "$2"
+}
+
+case_end() {
+    if [ "$case_failed" -eq 0 ]; then result=ok; else result="$case_failed FAILED"; fi
+    echo "case $case_title: $case_time s, $result"
+}
+
+# expect LINE MESSAGE: out.txt holds LINE
+expect() {
+    grep -qxF -e "$1" "$dir/out.txt"
+    check $? "$case_title: $2 (want '$1'; out.txt: $(grep -F -e "${1%% *}" "$dir/out.txt" | head -5 | tr '\n' '|'))"
+}
+
+# expect_log TEXT: GIMP's output holds TEXT (a PDB error message)
+expect_log() {
+    grep -qF -e "$1" "$dir/log"
+    check $? "$case_title: no '$1' in GIMP's output: $(grep -A1 -i error "$dir/log" | head -6)"
+}
+
+# layer_field TAG I N: word N of the "layer TAG I ..." line (4 w, 5 h, 6 ox, 7 oy, 8 type)
+layer_field() { awk -v t="$1" -v i="$2" -v n="$3" '$1 == "layer" && $2 == t && $3 == i { print $n }' "$dir/out.txt"; }
+layer_name() { awk -v t="$1" -v i="$2" '$1 == "layer" && $2 == t && $3 == i' "$dir/out.txt" | cut -d' ' -f9-; }
+
+# unchanged: the "before" and "after" signatures match: clean, same layers, same bytes
+unchanged() {
+    expect "dirty after 0" "the image was changed (dirty)"
+    [ "$(grep '^count before ' "$dir/out.txt" | cut -d' ' -f3)" = "$(grep '^count after ' "$dir/out.txt" | cut -d' ' -f3)" ]
+    check $? "$case_title: the layer count changed"
+    grep '^layer before ' "$dir/out.txt" | cut -d' ' -f3- >"$dir/before.txt"
+    grep '^layer after ' "$dir/out.txt" | cut -d' ' -f3- >"$dir/after.txt"
+    cmp -s "$dir/before.txt" "$dir/after.txt"
+    check $? "$case_title: layers changed: $(diff "$dir/before.txt" "$dir/after.txt" | head -4 | tr '\n' '|')"
+    for f in "$dir"/before-*.raw; do
+        cmp -s "$f" "$dir/after-${f##*/before-}"
+        check $? "$case_title: pixels of ${f##*/} changed"
+    done
+}
+
+# pixels TEXT FILE CHANNELS [TYPE]: the dump is not blank or constant
+pixels() {
+    r=$($CHECK notblank "$2" "$3" ${4:+"$4"})
+    check $? "$case_title: $1 looks blank: $r"
+}
+
+# parameters FILE TEXT: the parasite text, its trailing NUL dropped
+parameters() {
+    got=$(tr -d '\000' <"$1" 2>/dev/null)
+    [ "$got" = "$2" ]
+    check $? "$case_title: parasite of ${1##*/} is '$got', want '$2'"
+}
+
+# Script-Fu for "call the plug-in" with the test model
+txt2img() { # txt2img IMG DRAWABLE SEED W H COUNT [MODEL]
+    echo "(plug-in-diffuse-txt2img RUN-NONINTERACTIVE $1 $2 \"$PROMPT\" \"$NEGATIVE\" $3 4 7.5 \"euler_a\" $4 $5 $6 \"${7-$MODEL}\")"
+}
+img2img() { # img2img IMG DRAWABLE SEED STRENGTH COUNT [MODEL]
+    echo "(plug-in-diffuse-img2img RUN-NONINTERACTIVE $1 $2 \"$PROMPT\" \"\" $3 4 7.5 \"euler_a\" $4 $5 \"${6-$MODEL}\")"
+}
+PARAMS_TAIL="Steps: 4, Sampler: euler_a, CFG scale: 7.5"
+
+# ------------------------------------------------------------------ core unit test
+
+# the core's GIMP-free parts (settings, names, sizes, resampling): its own count
+if [ -x "$BUILD/tests/gimp/test_core" ]; then
+    unit=$("$BUILD/tests/gimp/test_core" 2>&1)
+    printf '%s\n' "$unit" | grep -v -E '^[0-9]+ passed, [0-9]+ failed$'
+    line=$(printf '%s\n' "$unit" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -n 1)
+    if [ -n "$line" ]; then
+        passed=$((passed + ${line%% passed*}))
+        f=${line#*passed, }
+        failed=$((failed + ${f%% failed}))
+        echo "case 0 core unit test: $line"
+    else
+        fail "$BUILD/tests/gimp/test_core crashed: $(printf '%s' "$unit" | tail -c 400)"
+    fi
+else
+    fail "$BUILD/tests/gimp/test_core not built (make)"
+fi
+
+# ------------------------------------------------------------------ start-up
+
+gimp_case startup "start-up: GIMP registers the plug-in" <<EOF
+(for-each
+  (lambda (proc)
+    (let ((n (list-ref (gimp-procedural-db-proc-info proc) 6)))
+      (let loop ((i 0))
+        (if (< i n)
+            (let ((a (gimp-procedural-db-proc-arg proc i)))
+              (out "arg" proc i (car a) (cadr a))
+              (loop (+ i 1)))))))
+  '("plug-in-diffuse-txt2img" "plug-in-diffuse-img2img"))
+EOF
+# the PDB contract: names, order and types (0 INT32, 3 FLOAT, 4 STRING, 13 IMAGE, 16 DRAWABLE)
+i=0
+for a in "0 run-mode" "13 image" "16 drawable" "4 prompt" "4 negative-prompt" "0 seed" "0 steps" \
+    "3 guidance" "4 sampler" "0 width" "0 height" "0 count" "4 model"; do
+    expect "arg plug-in-diffuse-txt2img $i $a" "txt2img argument $i"
+    i=$((i + 1))
+done
+expect_absent_arg() { ! grep -q "^arg $1 $2 " "$dir/out.txt"; check $? "$case_title: $1 has more arguments"; }
+expect_absent_arg plug-in-diffuse-txt2img 13
+i=0
+for a in "0 run-mode" "13 image" "16 drawable" "4 prompt" "4 negative-prompt" "0 seed" "0 steps" \
+    "3 guidance" "4 sampler" "3 strength" "0 count" "4 model"; do
+    expect "arg plug-in-diffuse-img2img $i $a" "img2img argument $i"
+    i=$((i + 1))
+done
+expect_absent_arg plug-in-diffuse-img2img 12
+for label in '"_Text to Image..."' '"_Image to Image..."' '(menu-path "<Image>/Filters/Diffuse")' \
+    '"RGB*, GRAY*, INDEXED*"'; do
+    grep -qF -e "$label" "$profile/pluginrc"
+    check $? "$case_title: pluginrc has no $label"
+done
+case_end
+
+# ------------------------------------------------------------------ 1. txt2img
+
+gimp_case txt2img "1 txt2img, 64x64 RGB, count 2" <<EOF
+(let* ((img (new-image RGB 64 64)))
+  $(txt2img img '(background img)' 5 64 64 2)
+  (signature img "after"))
+EOF
+expect "count after 3" "layer count is not 1 + 2"
+expect "dirty after 1" "the image is not marked changed"
+for i in 0 1; do
+    seed=$((5 + i))
+    [ "$(layer_name after $i)" = "Diffuse: $PROMPT (seed $seed)" ]
+    check $? "$case_title: layer $i is named '$(layer_name after $i)'"
+    [ "$(layer_field after $i 4) $(layer_field after $i 5) $(layer_field after $i 6) $(layer_field after $i 7)" = "64 64 0 0" ]
+    check $? "$case_title: layer $i is not 64x64 at 0,0"
+    [ "$(layer_field after $i 8)" = 1 ]
+    check $? "$case_title: layer $i is not RGBA (type $(layer_field after $i 8))"
+    parameters "$dir/after-$i-parameters.txt" "$PROMPT
+Negative prompt: $NEGATIVE
+$PARAMS_TAIL, Seed: $seed, Size: 64x64, Model: $MODEL_NAME"
+    pixels "layer $i" "$dir/after-$i.raw" 4
+done
+[ "$(layer_name after 2)" = background ]
+check $? "$case_title: the new layers are not above the background"
+! cmp -s "$dir/after-0.raw" "$dir/after-1.raw"
+check $? "$case_title: seeds 5 and 6 gave the same pixels"
+case_end
+
+# ------------------------------------------------------------------ 2. img2img
+
+gimp_case img2img "2 img2img, feathered elliptical selection" <<EOF
+(let* ((img (new-image RGB 64 64)))
+  (raw img (background img) "orig")
+  (select-feathered-ellipse img)
+  $(img2img img '(background img)' 3 0.6 1)
+  (raw img (background img) "orig-after")
+  (signature img "after"))
+EOF
+expect "count after 2" "layer count is not 1 + 1"
+# shellcheck disable=SC2046 # "bounds X1 Y1 X2 Y2": the words are wanted
+set -- $(grep '^bounds ' "$dir/out.txt")
+x=$2 y=$3 w=$(($4 - $2)) h=$(($5 - $3))
+[ "$(layer_field after 0 4) $(layer_field after 0 5) $(layer_field after 0 6) $(layer_field after 0 7)" = "$w $h $x $y" ]
+check $? "$case_title: the layer is not at the selection ($w x $h at $x,$y): $(grep '^layer after 0' "$dir/out.txt")"
+[ "$(layer_name after 0)" = "Diffuse: $PROMPT (seed 3)" ]
+check $? "$case_title: layer named '$(layer_name after 0)'"
+got=$(tr -d '\000' <"$dir/after-0-parameters.txt")
+case $got in
+"$PROMPT
+Negative prompt: 
+$PARAMS_TAIL, Seed: 3, Size: "*"x"*", Model: $MODEL_NAME, Denoising strength: 0.6") pass ;;
+*) fail "$case_title: parasite '$got'" ;;
+esac
+cmp -s "$dir/orig.raw" "$dir/orig-after.raw"
+check $? "$case_title: the source layer changed"
+r=$($CHECK img2img "$dir/orig.raw" 3 "$dir/mask.raw" 64 "$dir/after-0.raw" 4 "$x" "$y" "$w" "$h")
+check $? "$case_title: $r"
+echo "   $r"
+case_end
+
+# ------------------------------------------------------------------ 3. bad model
+
+gimp_case bad-model "3 bad model path: PDB error, image unchanged" <<EOF
+(let* ((img (new-image RGB 64 64)))
+  (signature img "before")
+  (try "txt2img" (lambda () $(txt2img img '(background img)' 1 64 64 1 /nonexistent/model.safetensors)))
+  (gimp-image-select-ellipse img CHANNEL-OP-REPLACE 16 12 32 36)
+  (gimp-image-clean-all img)
+  (try "img2img" (lambda () $(img2img img '(background img)' 1 0.5 1 /nonexistent/model.safetensors)))
+  (signature img "after"))
+EOF
+expect "status txt2img error" "txt2img with a bad model did not fail"
+expect "status img2img error" "img2img with a bad model did not fail"
+expect_log "cannot load the model: /nonexistent/model.safetensors"
+unchanged
+case_end
+
+# ------------------------------------------------------------------ 4. bad arguments
+
+gimp_case bad-size "4 impossible sizes and bad arguments: PDB errors, image unchanged" <<EOF
+(let* ((img (new-image RGB 64 64)) (bg (background img)))
+  (signature img "before")
+  (try "w63" (lambda () $(txt2img img bg 1 63 64 1)))
+  (try "w100000" (lambda () $(txt2img img bg 1 100000 64 1)))
+  (try "h-8" (lambda () $(txt2img img bg 1 64 -8 1)))
+  (try "count0" (lambda () $(txt2img img bg 1 64 64 0)))
+  (try "sampler" (lambda () (plug-in-diffuse-txt2img RUN-NONINTERACTIVE img bg "x" "" 1 4 7.5 "nope" 64 64 1 "$MODEL")))
+  (try "steps0" (lambda () (plug-in-diffuse-txt2img RUN-NONINTERACTIVE img bg "x" "" 1 0 7.5 "euler" 64 64 1 "$MODEL")))
+  (try "seed-2" (lambda () (plug-in-diffuse-txt2img RUN-NONINTERACTIVE img bg "x" "" -2 4 7.5 "euler" 64 64 1 "$MODEL")))
+  (try "strength" (lambda () $(img2img img bg 1 1.5 1)))
+  (signature img "after"))
+EOF
+for t in w63 w100000 h-8 count0 sampler steps0 seed-2 strength; do
+    expect "status $t error" "$t did not fail"
+done
+expect_log "size: 63x64 is not possible"
+expect_log "size: 100000x64 is not possible"
+expect_log "size: 64x-8 is not possible"
+expect_log "count: 0 is outside"
+expect_log 'sampler: "nope" is not one of'
+expect_log "steps: 0 is outside"
+expect_log "seed: -2 is not possible"
+expect_log "strength: 1.5 is outside"
+unchanged
+case_end
+
+# ------------------------------------------------------------------ 5. same seed
+
+gimp_case seed "5 fixed seed twice: identical pixels; seed -1: a random seed, recorded" <<EOF
+(let* ((img (new-image RGB 64 64)))
+  $(txt2img img '(background img)' 42 64 64 1)
+  $(txt2img img '(background img)' 42 64 64 1)
+  $(txt2img img '(background img)' -1 64 64 1)
+  (signature img "after"))
+EOF
+# each run goes right above the background: the first run ends on top
+expect "count after 4" "layer count is not 1 + 3"
+cmp -s "$dir/after-0.raw" "$dir/after-1.raw"
+check $? "$case_title: seed 42 gave different pixels twice"
+name=$(layer_name after 2)
+seed=${name##*(seed }
+seed=${seed%)}
+case $seed in '' | *[!0-9]*) fail "$case_title: seed -1 gave the name '$name'" ;; *) pass ;; esac
+grep -q "Seed: $seed," "$dir/after-2-parameters.txt"
+check $? "$case_title: the parasite does not record seed $seed"
+case_end
+
+# ------------------------------------------------------------------ 6. grayscale
+
+gimp_case gray "6 grayscale image: txt2img and img2img make grey layers" <<EOF
+(let* ((img (new-image GRAY 64 64)))
+  $(txt2img img '(background img)' 7 64 64 1)
+  $(img2img img '(background img)' 7 0.5 1)
+  (signature img "after"))
+EOF
+expect "count after 3" "layer count is not 1 + 2"
+for i in 0 1; do
+    [ "$(layer_field after $i 8)" = 3 ]
+    check $? "$case_title: layer $i is not GRAYA (type $(layer_field after $i 8))"
+    pixels "layer $i" "$dir/after-$i.raw" 2
+done
+case_end
+
+# ------------------------------------------------------------------ 7. indexed
+
+gimp_case indexed "7 indexed image: a clear refusal, image unchanged" <<EOF
+(let* ((img (new-image RGB 64 64)))
+  (gimp-image-convert-indexed img CONVERT-DITHER-NONE CONVERT-PALETTE-GENERATE 16 FALSE FALSE "")
+  (gimp-image-clean-all img)
+  (signature img "before")
+  (try "txt2img" (lambda () $(txt2img img '(background img)' 1 64 64 1)))
+  (try "img2img" (lambda () $(img2img img '(background img)' 1 0.5 1)))
+  (signature img "after"))
+EOF
+expect "status txt2img error" "txt2img on an indexed image did not fail"
+expect "status img2img error" "img2img on an indexed image did not fail"
+expect_log "Diffuse needs an RGB or grayscale image: Image > Mode > RGB"
+unchanged
+case_end
+
+# ------------------------------------------------------------------ 8. default model
+
+if [ -e "$BUILD/plug-ins/diffuse/models/default" ]; then
+    gimp_case default "8 default model (\"\") installed beside the plug-in" <<EOF
+(let* ((img (new-image RGB 64 64)))
+  (try "txt2img" (lambda () $(txt2img img '(background img)' 1 0 0 1 "")))
+  (signature img "after"))
+EOF
+    expect "status txt2img ok" "txt2img with the default model failed: $(grep -A1 Error "$dir/log" | head -4)"
+    grep -q "Model: default" "$dir/after-0-parameters.txt"
+    check $? "$case_title: the parasite does not say 'Model: default'"
+else
+    gimp_case default "8 no default model installed: a clear error, image unchanged" <<EOF
+(let* ((img (new-image RGB 64 64)))
+  (signature img "before")
+  (try "txt2img" (lambda () $(txt2img img '(background img)' 1 64 64 1 "")))
+  (signature img "after"))
+EOF
+    expect "status txt2img error" "txt2img without a default model did not fail"
+    expect_log "no default model installed; choose a model file or folder"
+    unchanged
+fi
+case_end
+
+# ------------------------------------------------------------------ 9. float image
+
+gimp_case float "9 img2img on a 32-bit linear float image: outside the selection bit-identical" <<EOF
+(let* ((img (new-image RGB 64 64)))
+  (select-feathered-ellipse img)
+  (gimp-image-convert-precision img PRECISION-FLOAT-LINEAR)
+  (raw img (background img) "orig")
+  $(img2img img '(background img)' 3 0.6 1)
+  (signature img "after"))
+EOF
+expect "count after 2" "layer count is not 1 + 1"
+# shellcheck disable=SC2046 # "bounds X1 Y1 X2 Y2": the words are wanted
+set -- $(grep '^bounds ' "$dir/out.txt")
+x=$2 y=$3 w=$(($4 - $2)) h=$(($5 - $3))
+r=$($CHECK img2img "$dir/orig.raw" 3 "$dir/mask.raw" 64 "$dir/after-0.raw" 4 "$x" "$y" "$w" "$h" f32)
+check $? "$case_title: $r"
+case_end
+
+# ------------------------------------------------------------------ 10. groups and offsets
+
+gimp_case group "10 img2img on an offset layer in a group: result above it, clipped to it" <<EOF
+(let* ((img (new-image RGB 64 64))
+       (group (car (gimp-layer-group-new img)))
+       (l (car (gimp-layer-new img 40 30 RGB-IMAGE "small" 100 LAYER-MODE-NORMAL))))
+  (gimp-image-insert-layer img group 0 0)
+  (gimp-image-insert-layer img l group 0)
+  (gimp-layer-set-offsets l 20 10)
+  (plug-in-plasma RUN-NONINTERACTIVE img l 3 1.0)
+  (gimp-image-select-rectangle img CHANNEL-OP-REPLACE 0 0 48 32)
+  $(img2img img l 9 0.5 1)
+  (let ((new (car (gimp-image-get-active-layer img))))
+    (out "parent" (if (= (car (gimp-item-get-parent new)) group) "group" "elsewhere"))
+    (out "position" (car (gimp-image-get-item-position img new)) (car (gimp-image-get-item-position img l)))
+    (out "geometry" (car (gimp-drawable-width new)) (car (gimp-drawable-height new))
+         (car (gimp-drawable-offsets new)) (cadr (gimp-drawable-offsets new)))))
+EOF
+expect "parent group" "the result is not in the drawable's group"
+expect "position 0 1" "the result is not right above the drawable"
+expect "geometry 28 22 20 10" "the result is not the selection clipped to the layer"
+case_end
+
+# ------------------------------------------------------------------ 11. memory
+
+CASE_ENV=DIFFUSE_MEMORY_LIMIT_MB=1 gimp_case memory \
+    "11 more memory than available (DIFFUSE_MEMORY_LIMIT_MB=1): refused, image unchanged" <<EOF
+(let* ((img (new-image RGB 64 64)))
+  (signature img "before")
+  (try "txt2img" (lambda () $(txt2img img '(background img)' 1 64 64 1)))
+  (signature img "after"))
+EOF
+expect "status txt2img error" "a run needing more memory than available did not fail"
+expect_log "MiB of memory, only 1 MiB are available"
+unchanged
+case_end
+
+# ------------------------------------------------------------------ 12. killed
+
+# GIMP cancels a plug-in's progress by killing it: kill ours (SIGKILL, found
+# as GIMP's child) during a long run; the image must be as it was.
+gimp_start killed <<EOF
+(let* ((img (new-image RGB 64 64)))
+  (signature img "before")
+  (try "txt2img" (lambda () (plug-in-diffuse-txt2img RUN-NONINTERACTIVE img (background img)
+                               "$PROMPT" "" 1 200 7.5 "euler_a" 256 256 1 "$MODEL")))
+  (signature img "after"))
+EOF
+victim=""
+tries=0
+while [ -z "$victim" ] && [ "$tries" -lt 600 ]; do
+    for child in $(ps -o pid= --ppid "$gimp" 2>/dev/null); do # timeout's child is GIMP
+        victim=$(ps -o pid=,args= --ppid "$child" 2>/dev/null |
+            awk '/plug-ins\/diffuse\/diffuse/ { print $1 }')
+    done
+    tries=$((tries + 1))
+    [ -n "$victim" ] || sleep 0.1
+done
+sleep 2 # well into the run
+killed=1
+[ -n "$victim" ] && kill -9 "$victim" 2>/dev/null && killed=0
+gimp_wait "12 plug-in killed mid-run (as GIMP cancels): image unchanged" crash-ok
+check $killed "$case_title: found no running plug-in to kill"
+expect "status txt2img error" "the killed run did not fail"
+unchanged
+case_end
+
+finish
