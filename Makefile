@@ -69,23 +69,68 @@ valgrind: all $(TEST_BIN)
 install: all
 	install -D -m 755 $(BUILD)/diffuse $(DESTDIR)$(PREFIX)/bin/diffuse
 
-# The GIMP 2.10 plug-in (plugin/), built where pkg-config finds libgimp 2.0 and
-# left out elsewhere (tests/test_gimp*.sh then fail under CI=true, else skip).
-# It lives in a folder of its own name, the form GIMP 2.10 and 3.0 both load
-# from a plug-in-path entry; the default model sits beside it in models/default.
+# The GIMP plug-in (plugin/): core.c and pixels.c, compiled once per GIMP
+# generation (compat.h holds what differs), and one front end per generation,
+# gimp2.c (2.10) and gimp3.c (3.0). pkg-config decides which are built: the
+# 2.10 one where it finds libgimp 2.0, into $(BUILD)/plug-ins/diffuse/, the 3.0
+# one where it finds libgimp 3.0, into $(BUILD)/plug-ins-3/diffuse/; both
+# when both. Elsewhere they are left out (tests/test_gimp*.sh then fail under
+# CI=true, else skip). Each lives in a folder of its own name, the form GIMP
+# 2.10 and 3.0 both load from a plug-in-path entry; the default model sits
+# beside it in models/default. On Debian 12 (no GIMP 3.0) `make test-gimp3`
+# builds and tests the 3.0 one in a Debian trixie chroot (tests/gimp3/run.sh).
+PLUGIN_CORE := plugin/core.c plugin/pixels.c
+PLUGIN_HDRS := $(wildcard plugin/*.h) engine/diffuse.h
 GIMP_PKGS   := gimp-2.0 gimpui-2.0 gegl-0.4 babl
 HAVE_GIMP   := $(shell pkg-config --exists $(GIMP_PKGS) 2>/dev/null && echo yes)
-PLUGIN_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(wildcard plugin/*.c))
+PLUGIN_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(PLUGIN_CORE) plugin/gimp2.c)
 PLUGIN_DIR  := $(BUILD)/plug-ins/diffuse
 PLUGIN_BIN  := $(PLUGIN_DIR)/diffuse
 PLUGIN_TEST := $(BUILD)/tests/gimp/test_core
 GIMP_PLUGINS ?= $(HOME)/.config/GIMP/2.10/plug-ins
-.PHONY: plugin install-plugin
-ifeq ($(HAVE_GIMP),yes)
-all: plugin
-plugin: $(PLUGIN_BIN) $(PLUGIN_TEST) $(if $(wildcard models/default),$(PLUGIN_DIR)/models/default)
+GIMP3_PKGS  := gimp-3.0 gimpui-3.0
+# -isystem: libgimp 3.0.4's own headers trip -Wextra (a const return type)
+GIMP3_CFLAGS = $(patsubst -I%,-isystem %,$(shell pkg-config --cflags $(GIMP3_PKGS)))
+HAVE_GIMP3  := $(shell pkg-config --exists $(GIMP3_PKGS) 2>/dev/null && echo yes)
+PLUGIN3_OBJ := $(patsubst plugin/%.c,$(BUILD)/plugin3/%.o,$(PLUGIN_CORE) plugin/gimp3.c)
+PLUGIN3_DIR := $(BUILD)/plug-ins-3/diffuse
+PLUGIN3_BIN := $(PLUGIN3_DIR)/diffuse
+PLUGIN3_TEST := $(BUILD)/tests/gimp3/test_core
+GIMP3_PLUGINS ?= $(HOME)/.config/GIMP/3.0/plug-ins
+DEFAULT_MODEL := $(wildcard models/default)
+.PHONY: plugin plugin2 plugin3 install-plugin install-plugin2 install-plugin3 test-gimp3
+plugin: $(if $(HAVE_GIMP),plugin2) $(if $(HAVE_GIMP3),plugin3)
+install-plugin: $(if $(HAVE_GIMP),install-plugin2) $(if $(HAVE_GIMP3),install-plugin3)
+ifeq ($(HAVE_GIMP)$(HAVE_GIMP3),)
+plugin install-plugin:
+	@echo "the GIMP plug-in needs libgimp 2.10 or 3.0 (apt-get install libgimp2.0-dev or libgimp-3.0-dev)" >&2; exit 1
+endif
 
-$(BUILD)/plugin/%.o: plugin/%.c $(wildcard plugin/*.h) engine/diffuse.h
+# a link, so the build tree's plug-in finds the repository's default model
+%/diffuse/models/default:
+	@mkdir -p $(dir $@)
+	ln -sfn $(CURDIR)/models/default $@
+
+# install-plugin-into DIR BINARY: the binary, and a copy of models/default
+# (replaced whole, so an interrupted copy never leaves half a model)
+define install-plugin-into
+	install -D -m 755 $(2) $(DESTDIR)$(1)/diffuse/diffuse
+	@if [ -e models/default ]; then \
+	    echo "installing models/default into $(DESTDIR)$(1)/diffuse/models/default"; \
+	    rm -rf $(DESTDIR)$(1)/diffuse/models/default.new && \
+	    mkdir -p $(DESTDIR)$(1)/diffuse/models && \
+	    cp -RL models/default $(DESTDIR)$(1)/diffuse/models/default.new && \
+	    rm -rf $(DESTDIR)$(1)/diffuse/models/default && \
+	    mv $(DESTDIR)$(1)/diffuse/models/default.new $(DESTDIR)$(1)/diffuse/models/default; \
+	fi
+endef
+
+# ---- GIMP 2.10
+ifeq ($(HAVE_GIMP),yes)
+all: plugin2
+plugin2: $(PLUGIN_BIN) $(PLUGIN_TEST) $(if $(DEFAULT_MODEL),$(PLUGIN_DIR)/models/default)
+
+$(BUILD)/plugin/%.o: plugin/%.c $(PLUGIN_HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -DGLIB_DISABLE_DEPRECATION_WARNINGS $(shell pkg-config --cflags $(GIMP_PKGS)) -c $< -o $@
 
@@ -94,38 +139,59 @@ $(PLUGIN_BIN): $(PLUGIN_OBJ) $(BUILD)/libdiffuse.a
 	$(CC) $(LDFLAGS) $^ $(shell pkg-config --libs $(GIMP_PKGS)) $(LDLIBS) -o $@
 
 # the core's unit test (run by tests/test_gimp.sh): the plug-in without its front end
-$(BUILD)/tests/gimp/%.o: tests/gimp/%.c $(wildcard plugin/*.h) tests/test.h engine/diffuse.h
+$(BUILD)/tests/gimp/%.o: tests/gimp/%.c $(PLUGIN_HDRS) tests/test.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -DGLIB_DISABLE_DEPRECATION_WARNINGS $(shell pkg-config --cflags $(GIMP_PKGS)) -c $< -o $@
 
 $(PLUGIN_TEST): $(BUILD)/tests/gimp/test_core.o $(filter-out %/gimp2.o,$(PLUGIN_OBJ)) $(BUILD)/libdiffuse.a
 	$(CC) $(LDFLAGS) $^ $(shell pkg-config --libs $(GIMP_PKGS)) $(LDLIBS) -o $@
 
-# a link, so the build tree's plug-in finds the repository's default model
-$(PLUGIN_DIR)/models/default:
-	@mkdir -p $(dir $@)
-	ln -sfn $(CURDIR)/models/default $@
-
-install-plugin: plugin
-	install -D -m 755 $(PLUGIN_BIN) $(DESTDIR)$(GIMP_PLUGINS)/diffuse/diffuse
-	@if [ -e models/default ]; then \
-	    echo "installing models/default into $(DESTDIR)$(GIMP_PLUGINS)/diffuse/models/default"; \
-	    rm -rf $(DESTDIR)$(GIMP_PLUGINS)/diffuse/models/default.new && \
-	    mkdir -p $(DESTDIR)$(GIMP_PLUGINS)/diffuse/models && \
-	    cp -RL models/default $(DESTDIR)$(GIMP_PLUGINS)/diffuse/models/default.new && \
-	    rm -rf $(DESTDIR)$(GIMP_PLUGINS)/diffuse/models/default && \
-	    mv $(DESTDIR)$(GIMP_PLUGINS)/diffuse/models/default.new $(DESTDIR)$(GIMP_PLUGINS)/diffuse/models/default; \
-	fi
+install-plugin2: plugin2
+	$(call install-plugin-into,$(GIMP_PLUGINS),$(PLUGIN_BIN))
 else
-plugin install-plugin:
-	@echo "the GIMP plug-in needs libgimp 2.10 (apt-get install libgimp2.0-dev)" >&2; exit 1
+plugin2 install-plugin2:
+	@echo "the GIMP 2.10 plug-in needs libgimp 2.10 (apt-get install libgimp2.0-dev)" >&2; exit 1
 endif
+
+# ---- GIMP 3.0 (the same core and unit test, compiled against libgimp 3.0)
+ifeq ($(HAVE_GIMP3),yes)
+all: plugin3
+plugin3: $(PLUGIN3_BIN) $(PLUGIN3_TEST) $(if $(DEFAULT_MODEL),$(PLUGIN3_DIR)/models/default)
+
+$(BUILD)/plugin3/%.o: plugin/%.c $(PLUGIN_HDRS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(GIMP3_CFLAGS) -c $< -o $@
+
+$(PLUGIN3_BIN): $(PLUGIN3_OBJ) $(BUILD)/libdiffuse.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) $^ $(shell pkg-config --libs $(GIMP3_PKGS)) $(LDLIBS) -o $@
+
+$(BUILD)/tests/gimp3/%.o: tests/gimp/%.c $(PLUGIN_HDRS) tests/test.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(GIMP3_CFLAGS) -c $< -o $@
+
+$(PLUGIN3_TEST): $(BUILD)/tests/gimp3/test_core.o $(filter-out %/gimp3.o,$(PLUGIN3_OBJ)) $(BUILD)/libdiffuse.a
+	$(CC) $(LDFLAGS) $^ $(shell pkg-config --libs $(GIMP3_PKGS)) $(LDLIBS) -o $@
+
+install-plugin3: plugin3
+	$(call install-plugin-into,$(GIMP3_PLUGINS),$(PLUGIN3_BIN))
+else
+plugin3 install-plugin3:
+	@echo "the GIMP 3.0 plug-in needs libgimp 3.0 (apt-get install libgimp-3.0-dev)" >&2; exit 1
+endif
+
+# GIMP 3.0's end-to-end tests, the same cases as tests/test_gimp.sh and the
+# dialog screenshot, in a Debian trixie chroot made (once per machine) by
+# tests/gimp3/chroot.sh; builds into build-gimp3/ inside it. Needs root. Not
+# part of `make test` (.ci/run calls it after).
+test-gimp3:
+	@tests/gimp3/run.sh
 
 format:
 	clang-format -i engine/*.c engine/*.h engine/cli/*.c tests/*.c tests/*.h plugin/*.c plugin/*.h
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-gimp3
 
 # ---------------------------------------------------------------- default model
 # models/train: the recipe of the bundled model (PyTorch + numpy, Debian's
@@ -143,6 +209,7 @@ bench-adherence: all
 	BUILD=$(BUILD) $(PYTHON) tests/bench/adherence.py --images $(ADHERENCE_IMAGES) \
 		--report $(BUILD)/adherence.json
 
+MODEL_MINUTES ?= 120
 model:
-	cd models/train && nice -n 19 $(PYTHON) train.py --stage all --device cpu && \
-		$(PYTHON) export.py --ckpt runs/default --out ../default
+	cd models/train && nice -n 19 $(PYTHON) train.py --stage all --device cpu \
+		--minutes $(MODEL_MINUTES) && $(PYTHON) export.py --ckpt runs/default --out ../default

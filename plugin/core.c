@@ -1,5 +1,6 @@
 /* core.c: settings, model resolution and the run itself for the Diffuse GIMP
- * plug-in, shared by every GIMP front end (see core.h).
+ * plug-in, shared by every GIMP front end (see core.h); compiled once per
+ * GIMP generation, the calls that differ between them behind compat.h.
  *
  * A run has four stages, and only the last touches the image:
  *   1. check the image and the settings (indexed images, floating selections
@@ -281,14 +282,14 @@ void core_settings_model_defaults(CoreSettings *s, const diffuse_model *m, const
 
 /* ---------------------------------------------------------------- images */
 
-gboolean core_image_check(gint32 image, GError **error)
+gboolean core_image_check(CoreImage image, GError **error)
 {
-    if (gimp_image_base_type(image) == GIMP_INDEXED) {
+    if (compat_image_base_type(image) == GIMP_INDEXED) {
         g_set_error(error, CORE_ERROR, CORE_ERROR_EXECUTION,
                     "Diffuse needs an RGB or grayscale image: Image > Mode > RGB");
         return FALSE;
     }
-    if (gimp_image_get_floating_sel(image) != -1) {
+    if (compat_image_has_floating_sel(image)) {
         g_set_error(error, CORE_ERROR, CORE_ERROR_EXECUTION,
                     "the image has a floating selection: anchor it or make it a new layer "
                     "first (Layer > Anchor Layer)");
@@ -302,10 +303,10 @@ gint core_round8(gdouble v)
     return MAX(8, (gint)floor(v / 8 + 0.5) * 8);
 }
 
-void core_image_default_size(gint32 image, gint *width, gint *height)
+void core_image_default_size(CoreImage image, gint *width, gint *height)
 {
-    gint w = gimp_image_width(image);
-    gint h = gimp_image_height(image);
+    gint w = compat_image_width(image);
+    gint h = compat_image_height(image);
     gdouble scale = MIN(1.0, (gdouble)CORE_DEFAULT_MAX_SIDE / MAX(w, h));
 
     *width = MIN(core_round8(w * scale), CORE_DEFAULT_MAX_SIDE);
@@ -362,7 +363,8 @@ gchar *core_layer_name(const gchar *prompt, guint64 seed)
 
 /* What one run carries from stage to stage. */
 typedef struct {
-    gint32 image, drawable;
+    CoreImage image;
+    CoreDrawable drawable; /* CORE_NO_DRAWABLE: txt2img on top of the image */
     CoreMode mode;
     CoreSettings s;       /* the settings with seed and size resolved */
     diffuse_model *model; /* borrowed or owned_model */
@@ -481,55 +483,41 @@ static gboolean generate(Job *job, GError **error)
     return FALSE;
 }
 
-/* A new layer holding result i, not yet in the image; -1 on failure. */
-static gint32 make_layer(Job *job, gint i, GError **error)
+/* A new layer holding result i, not yet in the image; CORE_NO_LAYER on
+ * failure. */
+static CoreLayer make_layer(Job *job, gint i, GError **error)
 {
     const diffuse_image *img = &job->images[i];
-    gboolean gray = gimp_image_base_type(job->image) == GIMP_GRAY;
+    gboolean gray = compat_image_base_type(job->image) == GIMP_GRAY;
     gboolean i2i = job->mode == CORE_IMG2IMG;
     gint w = i2i ? job->region.width : img->width;
     gint h = i2i ? job->region.height : img->height;
     gchar *name = core_layer_name(job->s.prompt, img->seed);
     gchar *text = core_parameters_text(&job->s, job->mode, img->seed, img->width, img->height);
-    gint32 layer;
+    CoreLayer layer;
     GimpParasite *parasite;
 
-    layer = gimp_layer_new(job->image, name, w, h, gray ? GIMP_GRAYA_IMAGE : GIMP_RGBA_IMAGE, 100.0,
-                           GIMP_LAYER_MODE_NORMAL);
+    layer = compat_layer_new(job->image, name, w, h, gray ? GIMP_GRAYA_IMAGE : GIMP_RGBA_IMAGE);
     g_free(name);
-    if (layer == -1) {
+    if (layer == CORE_NO_LAYER) {
         g_free(text);
         g_set_error(error, CORE_ERROR, CORE_ERROR_EXECUTION, "cannot create a %dx%d layer", w, h);
-        return -1;
+        return CORE_NO_LAYER;
     }
     if (i2i && !pixels_write_blended(layer, &job->region, img, error)) {
         g_free(text);
-        gimp_item_delete(layer);
-        return -1;
+        compat_layer_delete(layer);
+        return CORE_NO_LAYER;
     }
     if (!i2i)
         pixels_write_image(layer, img);
-    gimp_layer_set_offsets(layer, i2i ? job->region.x : 0, i2i ? job->region.y : 0);
+    compat_layer_set_offsets(layer, i2i ? job->region.x : 0, i2i ? job->region.y : 0);
     parasite = gimp_parasite_new(PARASITE_NAME, GIMP_PARASITE_PERSISTENT | GIMP_PARASITE_UNDOABLE,
                                  strlen(text) + 1, text);
-    gimp_item_attach_parasite(layer, parasite);
+    compat_layer_attach_parasite(layer, parasite);
     gimp_parasite_free(parasite);
     g_free(text);
     return layer;
-}
-
-/* Where results go: above the drawable's layer, in its group; above the
- * active layer when the drawable is a channel. */
-static void insert_position(gint32 image, gint32 drawable, gint32 *parent, gint *position)
-{
-    gint32 layer = gimp_item_is_layer_mask(drawable) ? gimp_layer_from_mask(drawable) : drawable;
-
-    *parent = 0;
-    *position = -1;
-    if (layer != -1 && gimp_item_is_layer(layer)) {
-        *parent = MAX(gimp_item_get_parent(layer), 0);
-        *position = gimp_image_get_item_position(image, layer);
-    }
 }
 
 /* Stage 4: every layer is made first; only then does the image change, in
@@ -537,37 +525,43 @@ static void insert_position(gint32 image, gint32 drawable, gint32 *parent, gint 
 static gboolean insert_results(Job *job, GError **error)
 {
     gint n = job->s.count, made = 0, inserted = 0, position;
-    gint32 *layers = g_new(gint32, n);
-    gint32 parent;
+    CoreLayer *layers = g_new(CoreLayer, n);
+    CoreLayer parent;
 
     for (; made < n; made++)
-        if ((layers[made] = make_layer(job, made, error)) == -1)
+        if ((layers[made] = make_layer(job, made, error)) == CORE_NO_LAYER)
             break;
     if (made == n) {
-        insert_position(job->image, job->drawable, &parent, &position);
-        gimp_image_undo_group_start(job->image);
+        /* above the drawable's layer, in its group (compat.h) */
+        compat_insert_position(job->image, job->drawable, &parent, &position);
+        compat_undo_group_start(job->image);
         for (gint i = n - 1; i >= 0; i--, inserted++)
-            if (!gimp_image_insert_layer(job->image, layers[i], parent, position))
+            if (!compat_image_insert_layer(job->image, layers[i], parent, position))
                 break;
         if (inserted < n) /* take back the few that went in; the rest are deleted below */
             for (gint i = n - 1; i > n - 1 - inserted; i--)
-                gimp_image_remove_layer(job->image, layers[i]);
-        gimp_image_undo_group_end(job->image);
+                compat_image_remove_layer(job->image, layers[i]);
+        compat_undo_group_end(job->image);
         if (inserted < n)
             g_set_error(error, CORE_ERROR, CORE_ERROR_EXECUTION, "cannot insert the new layers");
     }
     if (made < n || inserted < n)
         for (gint i = 0; i < made - inserted; i++)
-            gimp_item_delete(layers[i]);
+            compat_layer_delete(layers[i]);
     g_free(layers);
     return made == n && inserted == n;
 }
 
 static gboolean start(Job *job, const CoreSettings *settings, GError **error)
 {
-    if (gimp_item_get_image(job->drawable) != job->image) {
+    if (job->drawable == CORE_NO_DRAWABLE && job->mode == CORE_IMG2IMG) {
+        g_set_error(error, CORE_ERROR, CORE_ERROR_CALLING,
+                    "drawables: img2img needs one layer to start from: select it first");
+        return FALSE;
+    }
+    if (job->drawable != CORE_NO_DRAWABLE && !compat_drawable_in_image(job->drawable, job->image)) {
         g_set_error(error, CORE_ERROR, CORE_ERROR_CALLING, "drawable: %d is not in image %d",
-                    job->drawable, job->image);
+                    compat_drawable_id(job->drawable), compat_image_id(job->image));
         return FALSE;
     }
     if (!core_image_check(job->image, error) || !core_settings_validate(settings, job->mode, error))
@@ -589,7 +583,7 @@ static gboolean start(Job *job, const CoreSettings *settings, GError **error)
     return job->model != NULL;
 }
 
-gboolean core_run(gint32 image, gint32 drawable, CoreMode mode, CoreSettings *settings,
+gboolean core_run(CoreImage image, CoreDrawable drawable, CoreMode mode, CoreSettings *settings,
                   diffuse_model *model, GError **error)
 {
     Job *job = g_new0(Job, 1); /* ~8 KiB of settings: not on the stack */

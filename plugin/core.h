@@ -1,9 +1,11 @@
 /* core.h: the part of the Diffuse GIMP plug-in that does not depend on how a
  * GIMP generation registers procedures or builds dialogs.
  *
- * A front end (gimp2.c for GIMP 2.10; a GIMP 3.0 one can follow) collects a
+ * A front end (gimp2.c for GIMP 2.10, gimp3.c for GIMP 3.0) collects a
  * CoreSettings from its arguments, its dialog or its remembered values, then
- * calls core_run(). The core reads the image through GEGL buffers in explicit
+ * calls core_run(). The core is compiled once per GIMP generation: the image
+ * and item handles (IDs in 2.10, objects in 3.0) and the few calls spelled
+ * differently are in compat.h. The core reads the image through GEGL buffers in explicit
  * babl formats, runs the engine (diffuse.h, the only engine header used here),
  * and inserts the results as new layers in one undo group, only after every
  * image exists, so that a failure, a cancel or a killed plug-in never leaves a
@@ -21,6 +23,7 @@
 
 #include <libgimp/gimp.h>
 
+#include "compat.h"
 #include "diffuse.h"
 
 G_BEGIN_DECLS
@@ -91,18 +94,20 @@ void core_settings_model_defaults(CoreSettings *s, const diffuse_model *m, const
 /* ---------------------------------------------------------------- images */
 
 /* Refuses indexed images and floating selections with a message. */
-gboolean core_image_check(gint32 image, GError **error);
+gboolean core_image_check(CoreImage image, GError **error);
 /* The image size rounded to the nearest multiples of 8, at most
  * CORE_DEFAULT_MAX_SIDE on its longer side (aspect kept). */
-void core_image_default_size(gint32 image, gint *width, gint *height);
+void core_image_default_size(CoreImage image, gint *width, gint *height);
 gint core_round8(gdouble v);
 
 /* ---------------------------------------------------------------- running */
 
-/* Generates and inserts the layers. `model` may be a model the front end has
- * already loaded for the same settings->model (borrowed), or NULL. On success
+/* Generates and inserts the layers above `drawable`. `model` may be a model
+ * the front end has already loaded for the same settings->model (borrowed),
+ * or NULL. txt2img also takes CORE_NO_DRAWABLE (GIMP 3.0, an image with no
+ * selected layer): the layers then go on top of the image. On success
  * settings->last_seed holds the seed of the first image. */
-gboolean core_run(gint32 image, gint32 drawable, CoreMode mode, CoreSettings *settings,
+gboolean core_run(CoreImage image, CoreDrawable drawable, CoreMode mode, CoreSettings *settings,
                   diffuse_model *model, GError **error);
 
 /* The parasite text of one result (Stable Diffusion tools' format). */

@@ -89,17 +89,17 @@ static gboolean region_alloc(PixelsRegion *r, GError **error)
 }
 
 /* The soft selection over the region; 1 everywhere without a selection. */
-static gboolean read_selection(gint32 image, PixelsRegion *r)
+static gboolean read_selection(CoreImage image, PixelsRegion *r)
 {
     gsize n = (gsize)r->width * r->height;
     GeglBuffer *buffer;
 
-    if (gimp_selection_is_empty(image)) {
+    if (compat_selection_is_empty(image)) {
         for (gsize i = 0; i < n; i++)
             r->mask[i] = 1.0f;
         return FALSE;
     }
-    buffer = gimp_drawable_get_buffer(gimp_image_get_selection(image));
+    buffer = compat_selection_buffer(image);
     gegl_buffer_get(buffer, GEGL_RECTANGLE(r->x, r->y, r->width, r->height), 1.0,
                     babl_format("Y float"), r->mask, GEGL_AUTO_ROWSTRIDE, GEGL_ABYSS_NONE);
     g_object_unref(buffer);
@@ -127,28 +127,28 @@ static void make_init(PixelsRegion *r)
     }
 }
 
-gboolean pixels_region_read(gint32 image, gint32 drawable, gint native, PixelsRegion *r,
+gboolean pixels_region_read(CoreImage image, CoreDrawable drawable, gint native, PixelsRegion *r,
                             GError **error)
 {
     gint dx, dy, ox, oy;
     GeglBuffer *buffer;
 
     memset(r, 0, sizeof *r);
-    if (!gimp_drawable_mask_intersect(drawable, &dx, &dy, &r->width, &r->height) || r->width < 1 ||
-        r->height < 1) {
+    if (!compat_drawable_mask_intersect(drawable, &dx, &dy, &r->width, &r->height) ||
+        r->width < 1 || r->height < 1) {
         g_set_error(error, CORE_ERROR, CORE_ERROR_EXECUTION,
                     "the selection does not touch the active layer");
         return FALSE;
     }
-    gimp_drawable_offsets(drawable, &ox, &oy);
+    compat_drawable_offsets(drawable, &ox, &oy);
     r->x = ox + dx;
     r->y = oy + dy;
     pixels_gen_size(r->width, r->height, native, &r->gen_width, &r->gen_height);
-    r->native_format = gimp_drawable_get_format(drawable);
+    r->native_format = compat_drawable_format(drawable);
     if (!region_alloc(r, error))
         return FALSE;
 
-    buffer = gimp_drawable_get_buffer(drawable);
+    buffer = compat_drawable_buffer(drawable);
     gegl_buffer_get(buffer, GEGL_RECTANGLE(dx, dy, r->width, r->height), 1.0,
                     babl_format("R'G'B'A float"), r->orig, GEGL_AUTO_ROWSTRIDE, GEGL_ABYSS_NONE);
     gegl_buffer_get(buffer, GEGL_RECTANGLE(dx, dy, r->width, r->height), 1.0, r->native_format,
@@ -175,9 +175,9 @@ void pixels_region_free(PixelsRegion *r)
 
 /* ---------------------------------------------------------------- writing */
 
-void pixels_write_image(gint32 layer, const diffuse_image *image)
+void pixels_write_image(CoreLayer layer, const diffuse_image *image)
 {
-    GeglBuffer *buffer = gimp_drawable_get_buffer(layer);
+    GeglBuffer *buffer = compat_drawable_buffer(compat_layer_drawable(layer));
 
     gegl_buffer_set(buffer, GEGL_RECTANGLE(0, 0, image->width, image->height), 0,
                     babl_format("R'G'B' float"), image->pixels, GEGL_AUTO_ROWSTRIDE);
@@ -219,11 +219,11 @@ static void to_layer_format(const PixelsRegion *r, const float *blended, const B
             memcpy(dst + i * bpp, tmp + i * bpp, bpp);
 }
 
-gboolean pixels_write_blended(gint32 layer, const PixelsRegion *r, const diffuse_image *image,
+gboolean pixels_write_blended(CoreLayer layer, const PixelsRegion *r, const diffuse_image *image,
                               GError **error)
 {
     gsize n = (gsize)r->width * r->height;
-    const Babl *format = gimp_drawable_get_format(layer);
+    const Babl *format = compat_drawable_format(compat_layer_drawable(layer));
     gint bpp = babl_format_get_bytes_per_pixel(format);
     float *gen = image->pixels;
     float *scaled = NULL, *blended = g_try_new(float, n * 4);
@@ -238,7 +238,7 @@ gboolean pixels_write_blended(gint32 layer, const PixelsRegion *r, const diffuse
                             3);
     }
     if (ok) {
-        GeglBuffer *buffer = gimp_drawable_get_buffer(layer);
+        GeglBuffer *buffer = compat_drawable_buffer(compat_layer_drawable(layer));
 
         blend(r, gen, blended);
         to_layer_format(r, blended, format, dst, tmp);

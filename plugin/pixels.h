@@ -10,6 +10,7 @@
 
 #include <libgimp/gimp.h>
 
+#include "compat.h"
 #include "diffuse.h"
 
 G_BEGIN_DECLS
@@ -34,18 +35,18 @@ void pixels_gen_size(gint width, gint height, gint native, gint *gen_width, gint
 gsize pixels_region_memory(gint width, gint height, gint gen_width, gint gen_height, gint count);
 /* Reads the drawable inside the selection bounds and the soft selection.
  * native is the model's training size (see pixels_gen_size). */
-gboolean pixels_region_read(gint32 image, gint32 drawable, gint native, PixelsRegion *region,
-                            GError **error);
+gboolean pixels_region_read(CoreImage image, CoreDrawable drawable, gint native,
+                            PixelsRegion *region, GError **error);
 void pixels_region_free(PixelsRegion *region);
 
 /* Writes a txt2img result into a new layer of the same size; GEGL converts
  * RGB to the layer's type (RGB or grey) and precision. */
-void pixels_write_image(gint32 layer, const diffuse_image *image);
+void pixels_write_image(CoreLayer layer, const diffuse_image *image);
 /* Writes an img2img result: the engine output scaled back to the region and
  * blended with the original by the soft mask, out = orig (1 - m) + gen m, so
  * that pixels outside the selection are the original bytes. */
-gboolean pixels_write_blended(gint32 layer, const PixelsRegion *region, const diffuse_image *image,
-                              GError **error);
+gboolean pixels_write_blended(CoreLayer layer, const PixelsRegion *region,
+                              const diffuse_image *image, GError **error);
 
 /* dst [dh, dw, c] = src [sh, sw, c] sampled bilinearly at pixel centres. */
 void pixels_resample(const float *src, gint sw, gint sh, float *dst, gint dw, gint dh, gint c);

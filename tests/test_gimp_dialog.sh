@@ -1,25 +1,30 @@
 #!/bin/sh
-# test_gimp_dialog.sh: the plug-in's GTK2 dialogs in the full GIMP 2.10 under
-# Xvfb. Script-Fu runs both procedures in RUN-INTERACTIVE mode with remembered
-# values set; tests/gimp/dialog-capture.sh captures each dialog to a PNG and
+# test_gimp_dialog.sh: the plug-in's dialogs in the full GIMP under Xvfb: the
+# GTK2 dialog in GIMP 2.10 by default, the GimpProcedureDialog in GIMP 3.0
+# with GIMP_GENERATION=3 (tests/gimp3/run.sh, in a Debian trixie chroot; what
+# differs is in tests/gimp/gen.sh). Script-Fu runs both procedures in
+# RUN-INTERACTIVE mode with remembered values set (2.10: the plug-in's own
+# data; 3.0: the procedure configs' last-values files); tests/gimp/dialog-capture.sh captures each dialog to a PNG and
 # closes it: Escape cancels Text to Image (the image must stay as it was),
 # alt+o presses OK in Image to Image (a layer must appear), and a
 # RUN-WITH-LAST-VALS call must then repeat it without a dialog. Everything is
-# bounded by timeouts. The PNGs are kept in $BUILD/artifacts/ (the README
-# shows a copy in docs/). Ends with "N passed, N failed".
-# Without gimp-2.10, xvfb-run, xdotool, ImageMagick, the plug-in or the test
-# model it fails under CI=true and skips otherwise.
+# bounded by timeouts. The PNGs are kept in $BUILD/artifacts/ as
+# dialog-gimp2-*.png (3.0: dialog-gimp3-*.png); the README shows copies in
+# docs/. Ends with "N passed, N failed".
+# Without gimp-2.10 (3.0), xvfb-run, xdotool, ImageMagick, the plug-in or the
+# test model it fails under CI=true and skips otherwise.
 
 BUILD=${BUILD:-build}
 SHARED=${DIFFUSE_SHARED:-../shared}
 MODEL=${DIFFUSE_TEST_MODEL:-$SHARED/reference/sd1-tiny/model-diffusers}
-GIMP_GUI=${GIMP_GUI:-gimp-2.10}
-PLUGIN=$BUILD/plug-ins/diffuse/diffuse
 TIMEOUT=${GIMP_DIALOG_TIMEOUT:-180}
 ROOT=$(pwd)
 LIB=$ROOT/tests/gimp/lib.scm
 ART=$ROOT/$BUILD/artifacts
 PROMPT="a red circle on a blue background"
+. "$ROOT/tests/gimp/gen.sh"
+GIMP_GUI=${GIMP_GUI:-$GIMP_GUI_DEFAULT}
+PNG=$ART/dialog-gimp$GIMP_GENERATION
 
 passed=0
 failed=0
@@ -40,7 +45,7 @@ command -v "$GIMP_GUI" >/dev/null 2>&1 || missing "$GIMP_GUI (apt-get install gi
 for tool in xvfb-run:xvfb xauth:xauth xdotool:xdotool import:imagemagick identify:imagemagick; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing "${tool%%:*} (apt-get install ${tool#*:})"
 done
-[ -x "$PLUGIN" ] || missing "$PLUGIN (apt-get install libgimp2.0-dev, then make)"
+[ -x "$PLUGIN" ] || missing "$PLUGIN (apt-get install $GIMP_DEV_PACKAGE, then make)"
 [ -e "$MODEL" ] || missing "the test model $MODEL"
 MODEL=$(cd "$(dirname "$MODEL")" && pwd)/$(basename "$MODEL") # absolute: GIMP runs elsewhere
 
@@ -48,46 +53,78 @@ tmp=$(mktemp -d "${TMPDIR:-/tmp}/diffuse-dialog.XXXXXX") || missing "a temporary
 trap '[ -n "${DIFFUSE_KEEP_TMP:-}" ] || rm -rf "$tmp"' EXIT
 trap 'exit 130' INT TERM
 home=$tmp/home
-profile=$home/.config/GIMP/2.10
-for d in brushes dynamics fonts gradients mypaint-brushes palettes patterns tool-presets \
-    plug-ins modules interpreters environ scripts templates themes icons tmp; do
-    mkdir -p "$profile/$d"
-done
-# shellcheck disable=SC2016 # ${gimp_dir} is gimprc's own variable, for GIMP to expand
-printf '(plug-in-path "${gimp_dir}/plug-ins:${gimp_plug_in_dir}/plug-ins:%s/%s/plug-ins")\n' \
-    "$ROOT" "$BUILD" >"$profile/gimprc"
+profile=$(make_profile "$home")
 mkdir -p "$ART" "$tmp/out"
 
-# The remembered values the dialogs open with (the plug-in's own format,
-# core_settings_serialize), set through the PDB as gimp_set_data would.
-settings="diffuse-settings=1\\nprompt=$PROMPT\\nnegative-prompt=blurry, text\\nseed=-1\\nlast-seed=1234\\nsteps=20\\nguidance=7.5\\nsampler=euler_a\\ncount=1\\nstrength=0.6\\nmodel=$MODEL\\n"
-
-script="(begin (load \"$LIB\") (case-begin \"$tmp/out\")
-  (let ((text \"$settings\"))
+# The remembered values the dialogs open with: random seed, last seed 1234.
+if [ "$GIMP_GENERATION" = 2 ]; then
+    # the plug-in's own format (core_settings_serialize), set through the
+    # PDB as gimp_set_data would
+    settings="diffuse-settings=1\\nprompt=$PROMPT\\nnegative-prompt=blurry, text\\nseed=-1\\nlast-seed=1234\\nsteps=20\\nguidance=7.5\\nsampler=euler_a\\ncount=1\\nstrength=0.6\\nmodel=$MODEL\\n"
+    remember="(let ((text \"$settings\"))
     (gimp-procedural-db-set-data \"plug-in-diffuse\" (string-length text)
-                                 (list->vector (map char->integer (string->list text)))))
+                                 (list->vector (map char->integer (string->list text)))))"
+else
+    # the last-values files GIMP 3.0 keeps for each procedure's config,
+    # named after the config's type: GimpProcedureConfigRun-<procedure> in
+    # 3.0.4, GimpProcedureConfig-<procedure> in its sources' other branches
+    mkdir -p "$profile/plug-in-settings"
+    for proc in txt2img img2img; do
+        last=$profile/plug-in-settings/GimpProcedureConfigRun-plug-in-diffuse-$proc.last
+        {
+            echo "# settings"
+            echo "(prompt \"$PROMPT\")"
+            echo "(negative-prompt \"blurry, text\")"
+            echo "(seed -1)"
+            echo "(steps 20)"
+            echo "(guidance 7.5)"
+            echo "(sampler \"euler_a\")"
+            [ $proc = img2img ] && echo "(strength 0.6)"
+            echo "(count 1)"
+            echo "(model \"$MODEL\")"
+            echo "(last-seed 1234)"
+            echo "(configured yes)"
+            echo "# end of settings"
+        } >"$last"
+        cp "$last" "$profile/plug-in-settings/GimpProcedureConfig-plug-in-diffuse-$proc.last"
+    done
+    remember=""
+fi
+# the arguments of the interactive calls: the dialogs show remembered values
+t2i() { # t2i RUN-MODE IMAGE
+    diffuse_call "$1" plug-in-diffuse-txt2img "$2" "(background $2)" prompt='""' \
+        negative-prompt='""' seed=-1 steps=20 guidance=7.5 sampler='"euler_a"' width=0 \
+        height=0 count=1 model='""'
+}
+i2i() { # i2i RUN-MODE IMAGE
+    diffuse_call "$1" plug-in-diffuse-img2img "$2" "(background $2)" prompt='""' \
+        negative-prompt='""' seed=-1 steps=20 guidance=7.5 sampler='"euler_a"' strength=0.5 \
+        count=1 model='""'
+}
+
+script="(begin (load \"$GENLIB\") (load \"$LIB\") (case-begin \"$tmp/out\")
+  $remember
   (let* ((big (new-image RGB 512 384)) (small (new-image RGB 64 64)))
-    (try \"txt2img-dialog\" (lambda () (plug-in-diffuse-txt2img RUN-INTERACTIVE big (background big)
-                                          \"\" \"\" -1 20 7.5 \"euler_a\" 0 0 1 \"\")))
-    (out \"txt2img-layers\" (car (gimp-image-get-layers big)))
+    (try \"txt2img-dialog\" (lambda () $(t2i RUN-INTERACTIVE big)))
+    (out \"txt2img-layers\" (length (layers big)))
     (gimp-image-select-ellipse small CHANNEL-OP-REPLACE 8 8 48 48)
-    (try \"img2img-dialog\" (lambda () (plug-in-diffuse-img2img RUN-INTERACTIVE small (background small)
-                                          \"\" \"\" -1 20 7.5 \"euler_a\" 0.5 1 \"\")))
-    (out \"img2img-layers\" (car (gimp-image-get-layers small)))
-    (try \"last-values\" (lambda () (plug-in-diffuse-img2img RUN-WITH-LAST-VALS small (background small)
-                                          \"\" \"\" -1 20 7.5 \"euler_a\" 0.5 1 \"\")))
-    (out \"last-values-layers\" (car (gimp-image-get-layers small)))
-    (out \"name\" (car (gimp-item-get-name (top-layer small))))))"
+    (try \"img2img-dialog\" (lambda () $(i2i RUN-INTERACTIVE small)))
+    (out \"img2img-layers\" (length (layers small)))
+    (try \"last-values\" (lambda () $(i2i RUN-WITH-LAST-VALS small)))
+    (out \"last-values-layers\" (length (layers small)))
+    (out \"name\" (car (gimp-item-get-name (top-layer small)))))
+  (case-end))"
 
 t0=$(date +%s)
-HOME=$home GIMP_GUI=$GIMP_GUI xvfb-run -a -s "-screen 0 1280x1024x24" \
+HOME=$home GIMP_GUI=$GIMP_GUI GIMP_GENERATION=$GIMP_GENERATION BATCH_OPTIONS=$BATCH_OPTIONS \
+    NO_AT_BRIDGE=1 xvfb-run -a -s "-screen 0 1280x1024x24" \
     sh tests/gimp/dialog-capture.sh "$tmp/log" "$TIMEOUT" "$script" \
-    "Diffuse: Text to Image|$ART/dialog-gimp2-txt2img.png|Escape" \
-    "Diffuse: Image to Image|$ART/dialog-gimp2-img2img.png|alt+o" 2>"$tmp/capture.log"
+    "Diffuse: Text to Image|$PNG-txt2img.png|Escape" \
+    "Diffuse: Image to Image|$PNG-img2img.png|alt+o" 2>"$tmp/capture.log"
 check $? "the dialogs were not captured and closed: $(cat "$tmp/capture.log") $(tail -c 600 "$tmp/log")"
 echo "dialog run: $(($(date +%s) - t0)) s"
 
-for png in "$ART/dialog-gimp2-txt2img.png" "$ART/dialog-gimp2-img2img.png"; do
+for png in "$PNG-txt2img.png" "$PNG-img2img.png"; do
     # a dialog-sized picture with the many colours of text and widgets
     info=$(identify -format '%w %h %k' "$png" 2>/dev/null)
     # shellcheck disable=SC2086 # "W H COLOURS": the words are wanted
@@ -109,5 +146,5 @@ grep -q "^name Diffuse: $PROMPT (seed [0-9]*)" "$out" 2>/dev/null
 check $? "the remembered prompt was not used: $(grep '^name' "$out" 2>/dev/null)"
 ! grep -q -i -e crashed -e Sanitizer "$tmp/log"
 check $? "a plug-in crashed: $(grep -i -e crashed -e Sanitizer "$tmp/log" | head -3)"
-echo "artifacts: $ART/dialog-gimp2-txt2img.png $ART/dialog-gimp2-img2img.png"
+echo "artifacts: $PNG-txt2img.png $PNG-img2img.png"
 finish

@@ -8,8 +8,15 @@
         exact pixels (alpha opaque) wherever MASK (the selection, one byte a
         pixel over the whole image) is 0, and differs from ORIG over most of
         the pixels where MASK is 255.
+    check.py pdb-args PLUGINRC PROCEDURE...
+        GIMP 3.0's record of the procedures' arguments (its pluginrc), one
+        line each: "arg PROCEDURE I NAME VALUE-TYPE TAIL", TAIL the range and
+        default of numbers, the default of strings, the default and the
+        choices of a choice ("" for an empty string); then "menu PROCEDURE
+        LABEL PATH", "types PROCEDURE TYPES" and "sensitivity PROCEDURE MASK".
 
-Prints one line saying what it found; exit status 0 when the check holds.
+Prints one line saying what it found (pdb-args: the lines above); exit status
+0 when the check holds.
 """
 import struct
 import sys
@@ -59,9 +66,84 @@ def img2img(orig, orig_ch, mask, image_w, result, result_ch, x, y, w, h, kind="u
             % (kept, kept_bad, inside, changed)), ok
 
 
+def sexp(text):
+    """Parses the S-expressions of a GIMP rc file into nested lists; strings
+    become ("str", value) so that they stay apart from symbols."""
+    stack, cur, i = [], [], 0
+    while i < len(text):
+        c = text[i]
+        if c == "(":
+            stack.append(cur)
+            cur = []
+        elif c == ")":
+            done, cur = cur, stack.pop()
+            cur.append(done)
+        elif c == '"':
+            j, out = i + 1, []
+            while text[j] != '"':
+                if text[j] == "\\":
+                    j += 1
+                out.append(text[j])
+                j += 1
+            cur.append(("str", "".join(out)))
+            i = j
+        elif c == "#" and (i == 0 or text[i - 1] == "\n"):  # a comment line
+            while i < len(text) and text[i] != "\n":
+                i += 1
+        elif not c.isspace():
+            j = i
+            while j < len(text) and not text[j].isspace() and text[j] not in '()"':
+                j += 1
+            cur.append(text[i:j])
+            i = j - 1
+        i += 1
+    return cur
+
+
+def word(x):
+    if isinstance(x, tuple):
+        return x[1] if x[1] else '""'
+    return x
+
+
+def pdb_args(pluginrc, procs):
+    lines = []
+
+    def walk(node):
+        if isinstance(node, list) and node:
+            if node[0] == "proc-def" and word(node[1]) in procs:
+                proc_def(node)
+            for child in node:
+                walk(child)
+
+    def proc_def(node):
+        name = word(node[1])
+        lists = [x for x in node if isinstance(x, list)]
+        atoms = [x for x in node[2:] if not isinstance(x, list)]
+        # type blurb help authors copyright date label label-type, then (menu
+        # and icon lists) image-types sensitivity n-args n-values
+        label, types, mask = word(atoms[6]), word(atoms[8]), word(atoms[9])
+        for x in lists:
+            if x[0] == "menu-path":
+                lines.append("menu %s %s %s" % (name, label, word(x[1])))
+        lines.append("types %s %s" % (name, types))
+        lines.append("sensitivity %s %s" % (name, mask))
+        args = [x for x in lists if x[0] == "proc-arg"]
+        for i, a in enumerate(args):
+            pspec, vtype, argname, tail = word(a[2]), word(a[3]), word(a[4]), a[8:]
+            if pspec == "GimpParamChoice":  # default, count, then nick id label help
+                tail = [tail[0]] + tail[2::4]
+            lines.append(" ".join(["arg", name, str(i), argname, vtype] + [word(t) for t in tail]))
+
+    walk(sexp(open(pluginrc, encoding="latin-1").read()))  # icons are bytes
+    return "\n".join(lines), bool(lines)
+
+
 def main(argv):
     if len(argv) >= 3 and argv[0] == "notblank":
         text, ok = notblank(argv[1], int(argv[2]), *argv[3:4])
+    elif len(argv) >= 3 and argv[0] == "pdb-args":
+        text, ok = pdb_args(argv[1], argv[2:])
     elif len(argv) >= 11 and argv[0] == "img2img":
         a = argv[1:]
         text, ok = img2img(a[0], int(a[1]), a[2], int(a[3]), a[4], int(a[5]), int(a[6]),

@@ -2,7 +2,9 @@
 # dialog-capture.sh: runs inside xvfb-run for tests/test_gimp_dialog.sh.
 #   dialog-capture.sh LOG TIMEOUT SCRIPT STEP...
 # Starts GIMP (the full GUI binary $GIMP_GUI: gimp-console cannot show
-# dialogs) with the batch command SCRIPT, then for each STEP "TITLE|PNG|KEY"
+# dialogs; $BATCH_OPTIONS before the -b, and for GIMP_GENERATION=3 --quit
+# rather than a quitting batch command, see tests/gimp/gen.sh) with the batch
+# command SCRIPT, then for each STEP "TITLE|PNG|KEY"
 # waits for a window named TITLE, captures it into PNG and sends KEY (Escape
 # cancels, alt+o presses OK). Waits for GIMP to quit; kills it after TIMEOUT
 # seconds so that a dialog that never shows or never closes cannot hang the
@@ -12,7 +14,14 @@ shift 3
 
 # timeout runs GIMP in a process group of its own and kills all of it (the
 # plug-ins too) when the time is up.
-timeout -k 5 "$timeout" "$GIMP_GUI" -d -f -s -b "$script" -b '(gimp-quit 1)' >"$log" 2>&1 </dev/null &
+if [ "${GIMP_GENERATION:-2}" = 2 ]; then
+    timeout -k 5 "$timeout" "$GIMP_GUI" -d -f -s -b "$script" -b '(gimp-quit 1)' \
+        >"$log" 2>&1 </dev/null &
+else
+    # shellcheck disable=SC2086 # BATCH_OPTIONS is a list of words
+    timeout -k 5 "$timeout" "$GIMP_GUI" -d -f -s ${BATCH_OPTIONS:-} -b "$script" --quit \
+        >"$log" 2>&1 </dev/null &
+fi
 gimp=$!
 deadline=$(($(date +%s) + timeout))
 status=0

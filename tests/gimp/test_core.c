@@ -1,7 +1,8 @@
 /* test_core.c: the plug-in core's parts that need no running GIMP: settings
  * (de)serialisation and validation, model path resolution and names, sizes,
- * resampling, layer names and the parameters text. Linked with the plug-in's
- * objects (not gimp2.c) and libgimp; run by tests/test_gimp.sh. Ends with
+ * resampling, layer names and the parameters text. Built once per GIMP
+ * generation, linked with that generation's core objects (not its front end,
+ * gimp2.c or gimp3.c) and libgimp; run by tests/test_gimp.sh. Ends with
  * "N passed, N failed". */
 #include <locale.h>
 #include <stdlib.h>

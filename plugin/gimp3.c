@@ -1,0 +1,608 @@
+/* gimp3.c: the GIMP 3.0 front end of Diffuse: a GimpPlugIn subclass that
+ * registers the two procedures with their arguments declared with range and
+ * default, a GimpProcedureDialog, and the run. Everything else is in core.c,
+ * shared with the GIMP 2.10 front end (gimp2.c).
+ *
+ * Procedures (the PDB contract in DESIGN.md; GIMP 3 image procedures, so the
+ * drawables array stands where 2.10 has one drawable):
+ *   plug-in-diffuse-txt2img (run-mode, image, drawables, prompt, negative-prompt,
+ *       seed, steps, guidance, sampler, width, height, count, model)
+ *   plug-in-diffuse-img2img (run-mode, image, drawables, prompt, negative-prompt,
+ *       seed, steps, guidance, sampler, strength, count, model)
+ * The results go above the first drawable; txt2img also runs with none (on
+ * top of the image), img2img needs exactly one. The procedure config keeps
+ * the last values (GIMP saves them after a successful interactive run), with
+ * auxiliary arguments that are not part of the PDB call: last-seed (the seed
+ * a random run used, shown in the dialog), random-seed (the dialog's
+ * Randomize box), sampler-choice (the dialog's sampler menu) and configured
+ * (FALSE until a first run, when the dialog takes steps, guidance and sampler
+ * from the model). Errors come back as
+ * the GError of the return values, a cancelled dialog as GIMP_PDB_CANCEL. */
+#include <string.h>
+
+#include <libgimp/gimp.h>
+#include <libgimp/gimpui.h>
+
+#include "core.h"
+
+#define PROC_TXT2IMG "plug-in-diffuse-txt2img"
+#define PROC_IMG2IMG "plug-in-diffuse-img2img"
+#define PLUG_IN_BINARY "diffuse"
+#define MENU_PATH "<Image>/Filters/Diffuse"
+
+typedef struct {
+    GimpPlugIn parent_instance;
+} Diffuse;
+
+typedef struct {
+    GimpPlugInClass parent_class;
+} DiffuseClass;
+
+#define DIFFUSE_TYPE (diffuse_get_type())
+GType diffuse_get_type(void) G_GNUC_CONST;
+
+static GList *diffuse_query_procedures(GimpPlugIn *plug_in);
+static GimpProcedure *diffuse_create_procedure(GimpPlugIn *plug_in, const gchar *name);
+static GimpValueArray *diffuse_run(GimpProcedure *procedure, GimpRunMode run_mode, GimpImage *image,
+                                   GimpDrawable **drawables, GimpProcedureConfig *config,
+                                   gpointer run_data);
+
+G_DEFINE_TYPE(Diffuse, diffuse, GIMP_TYPE_PLUG_IN)
+
+static void diffuse_class_init(DiffuseClass *klass)
+{
+    GimpPlugInClass *plug_in_class = GIMP_PLUG_IN_CLASS(klass);
+
+    plug_in_class->query_procedures = diffuse_query_procedures;
+    plug_in_class->create_procedure = diffuse_create_procedure;
+    plug_in_class->set_i18n = NULL; /* no translations yet */
+}
+
+static void diffuse_init(Diffuse *diffuse) {}
+
+/* ---------------------------------------------------------------- registration */
+
+static GList *diffuse_query_procedures(GimpPlugIn *plug_in)
+{
+    return g_list_append(g_list_append(NULL, g_strdup(PROC_TXT2IMG)), g_strdup(PROC_IMG2IMG));
+}
+
+/* The engine's samplers, by the names the PDB takes. */
+static GimpChoice *sampler_choice(void)
+{
+    GimpChoice *choice = gimp_choice_new();
+
+    for (gint i = 0; i < DIFFUSE_SAMPLER_COUNT; i++)
+        gimp_choice_add(choice, diffuse_sampler_name(i), i, diffuse_sampler_name(i), NULL);
+    return choice;
+}
+
+/* prompt, negative-prompt, seed, steps, guidance, sampler */
+static void add_head_arguments(GimpProcedure *p, const CoreSettings *d)
+{
+    gimp_procedure_add_string_argument(p, "prompt", "Prompt", "What to draw", d->prompt,
+                                       G_PARAM_READWRITE);
+    gimp_procedure_add_string_argument(p, "negative-prompt", "Negative prompt",
+                                       "What to keep out (\"\" = nothing)", d->negative_prompt,
+                                       G_PARAM_READWRITE);
+    gimp_procedure_add_int_argument(p, "seed", "S_eed",
+                                    "Random seed (-1 = random); image i uses seed + i", -1,
+                                    G_MAXINT32, d->seed, G_PARAM_READWRITE);
+    gimp_procedure_add_int_argument(p, "steps", "_Steps",
+                                    "Denoising steps: Turbo and LCM models need only 1 to 8", 1,
+                                    CORE_MAX_STEPS, d->steps, G_PARAM_READWRITE);
+    gimp_procedure_add_double_argument(p, "guidance", "_Guidance",
+                                       "How closely to follow the prompt (0..100); 1 or less "
+                                       "skips the negative prompt (Turbo and LCM models)",
+                                       0, 100, d->guidance, G_PARAM_READWRITE);
+    /* a string, not a GimpChoice: a name GIMP 3.0.4's Script-Fu cannot put
+     * into a choice it replaces by the default with a warning, and the run
+     * goes on; as a string it reaches the core, which refuses it by name */
+    gimp_procedure_add_string_argument(p, "sampler", "Sampler",
+                                       "euler, euler_a, ddim, dpmpp_2m, lcm or pndm", d->sampler,
+                                       G_PARAM_READWRITE);
+}
+
+/* count, model, and the auxiliary arguments the config keeps */
+static void add_tail_arguments(GimpProcedure *p, const CoreSettings *d)
+{
+    gimp_procedure_add_int_argument(p, "count", "Co_unt",
+                                    "Number of images, one layer each (1..100)", 1, CORE_MAX_COUNT,
+                                    d->count, G_PARAM_READWRITE);
+    gimp_procedure_add_string_argument(p, "model", "_Model",
+                                       "A .safetensors file or a diffusers folder (\"\" = the "
+                                       "default model)",
+                                       d->model, G_PARAM_READWRITE);
+    gimp_procedure_add_int_aux_argument(p, "last-seed", "Last seed",
+                                        "The seed the last random run used", 0, G_MAXINT32, 0,
+                                        G_PARAM_READWRITE);
+    gimp_procedure_add_boolean_aux_argument(
+        p, "random-seed", "Ra_ndomize",
+        "A new random seed for every run; the seed used is in the layer name", TRUE,
+        G_PARAM_READWRITE);
+    gimp_procedure_add_choice_aux_argument(p, "sampler-choice", "S_ampler",
+                                           "How the noise is taken away step by step",
+                                           sampler_choice(), d->sampler, G_PARAM_READWRITE);
+    gimp_procedure_add_boolean_aux_argument(p, "configured", "Configured",
+                                            "Set after the first run: the dialog then keeps the "
+                                            "steps, guidance and sampler instead of the model's",
+                                            FALSE, G_PARAM_READWRITE);
+}
+
+static GimpProcedure *diffuse_create_procedure(GimpPlugIn *plug_in, const gchar *name)
+{
+    CoreMode mode = strcmp(name, PROC_IMG2IMG) ? CORE_TXT2IMG : CORE_IMG2IMG;
+    CoreSettings *d; /* the defaults: the core's */
+    GimpProcedure *p;
+
+    if (strcmp(name, PROC_TXT2IMG) && strcmp(name, PROC_IMG2IMG))
+        return NULL;
+    d = g_new(CoreSettings, 1);
+    core_settings_default(d);
+    p = gimp_image_procedure_new(plug_in, name, GIMP_PDB_PROC_TYPE_PLUGIN, diffuse_run,
+                                 GINT_TO_POINTER(mode), NULL);
+    /* indexed images are accepted so that they get the core's clear refusal */
+    gimp_procedure_set_image_types(p, "RGB*, GRAY*, INDEXED*");
+    gimp_procedure_set_attribution(p, "Diffuse", "Diffuse", "2025");
+    if (mode == CORE_TXT2IMG) {
+        gimp_procedure_set_sensitivity_mask(p, GIMP_PROCEDURE_SENSITIVE_DRAWABLE |
+                                                   GIMP_PROCEDURE_SENSITIVE_DRAWABLES |
+                                                   GIMP_PROCEDURE_SENSITIVE_NO_DRAWABLES);
+        gimp_procedure_set_menu_label(p, "_Text to Image...");
+        gimp_procedure_add_menu_path(p, MENU_PATH);
+        gimp_procedure_set_documentation(
+            p, "Generate new layers from a text prompt",
+            "Runs Stable Diffusion inside the plug-in and inserts count new layers of width x "
+            "height above the first drawable (on top of the image without one), named "
+            "\"Diffuse: <prompt> (seed N)\", each with its settings in the parasite "
+            "\"diffuse-parameters\".",
+            name);
+        add_head_arguments(p, d);
+        gimp_procedure_add_int_argument(p, "width", "_Width",
+                                        "Width in pixels, a multiple of 8 (0 = the image's "
+                                        "width)",
+                                        0, CORE_MAX_SIDE, d->width, G_PARAM_READWRITE);
+        gimp_procedure_add_int_argument(p, "height", "He_ight",
+                                        "Height in pixels, a multiple of 8 (0 = the image's "
+                                        "height)",
+                                        0, CORE_MAX_SIDE, d->height, G_PARAM_READWRITE);
+    } else {
+        gimp_procedure_set_sensitivity_mask(p, GIMP_PROCEDURE_SENSITIVE_DRAWABLE);
+        gimp_procedure_set_menu_label(p, "_Image to Image...");
+        gimp_procedure_add_menu_path(p, MENU_PATH);
+        gimp_procedure_set_documentation(
+            p, "Repaint the selection from a text prompt",
+            "Runs Stable Diffusion on the drawable's pixels inside the selection bounds and "
+            "inserts the results as new layers at the selection's position, repainted where "
+            "the selection is (soft edges blend) and the original pixels elsewhere.",
+            name);
+        add_head_arguments(p, d);
+        gimp_procedure_add_double_argument(p, "strength", "S_trength",
+                                           "How much to change, (0, 1]: 0.3 keeps the drawing, "
+                                           "1 ignores it",
+                                           0, 1, d->strength, G_PARAM_READWRITE);
+    }
+    add_tail_arguments(p, d);
+    g_free(d);
+    return p;
+}
+
+/* ---------------------------------------------------------------- settings */
+
+/* Copies a string property into a settings field; a CALLING error when it
+ * does not fit. */
+static gboolean copy_prop(GimpProcedureConfig *config, const gchar *name, gchar *dst, gsize size,
+                          GError **error)
+{
+    gchar *value = NULL;
+    gboolean fits;
+
+    g_object_get(config, name, &value, NULL);
+    fits = strlen(value ? value : "") < size;
+    if (fits)
+        g_strlcpy(dst, value ? value : "", size);
+    else
+        g_set_error(error, CORE_ERROR, CORE_ERROR_CALLING, "%s: longer than %d bytes", name,
+                    (gint)size - 1);
+    g_free(value);
+    return fits;
+}
+
+static gboolean settings_from_config(CoreSettings *s, CoreMode mode, GimpProcedureConfig *config,
+                                     GError **error)
+{
+    g_object_get(config, "seed", &s->seed, "last-seed", &s->last_seed, "steps", &s->steps,
+                 "guidance", &s->guidance, "count", &s->count, NULL);
+    if (mode == CORE_TXT2IMG)
+        g_object_get(config, "width", &s->width, "height", &s->height, NULL);
+    else
+        g_object_get(config, "strength", &s->strength, NULL);
+    return copy_prop(config, "prompt", s->prompt, sizeof s->prompt, error) &&
+           copy_prop(config, "negative-prompt", s->negative_prompt, sizeof s->negative_prompt,
+                     error) &&
+           copy_prop(config, "sampler", s->sampler, sizeof s->sampler, error) &&
+           copy_prop(config, "model", s->model, sizeof s->model, error);
+}
+
+/* ---------------------------------------------------------------- dialog */
+
+typedef struct {
+    GimpProcedureConfig *config;
+    GtkWidget *dialog;
+    GtkWidget *model_info;
+    diffuse_model *model; /* loaded for model_path, to show its info and run it */
+    gchar *model_path;
+} Dialog;
+
+/* Keeps a size on multiples of 8, the engine's unit (0 stays: the image's). */
+static void round_to_8(GimpProcedureConfig *config, GParamSpec *pspec, gpointer data)
+{
+    gint v;
+
+    g_object_get(config, pspec->name, &v, NULL);
+    if (v != 0 && v != core_round8(v))
+        g_object_set(config, pspec->name, MIN(core_round8(v), CORE_MAX_SIDE), NULL);
+}
+
+/* (Re)loads the model named in the config for its info line; with
+ * apply_defaults, also sets steps, guidance and sampler to suit it. */
+static void update_model(Dialog *d, gboolean apply_defaults)
+{
+    gchar *path = NULL, *info;
+    GError *error = NULL;
+
+    g_object_get(d->config, "model", &path, NULL);
+    if (!path)
+        path = g_strdup("");
+    if (d->model_path && !strcmp(path, d->model_path)) {
+        g_free(path);
+        return;
+    }
+    if (d->model)
+        diffuse_model_free(d->model);
+    g_free(d->model_path);
+    d->model_path = path;
+    gtk_label_set_text(GTK_LABEL(d->model_info), "Loading the model...");
+    while (gtk_events_pending())
+        gtk_main_iteration();
+    d->model = core_model_load(path, &error);
+    info = d->model ? core_model_describe(d->model) : g_strdup(error->message);
+    gtk_label_set_text(GTK_LABEL(d->model_info), info);
+    g_free(info);
+    g_clear_error(&error);
+    if (d->model && apply_defaults) {
+        CoreSettings *tmp = g_new0(CoreSettings, 1);
+
+        core_settings_model_defaults(tmp, d->model, d->model_path);
+        g_object_set(d->config, "steps", tmp->steps, "guidance", tmp->guidance, "sampler-choice",
+                     tmp->sampler, NULL);
+        g_free(tmp);
+    }
+}
+
+static void model_entry_activate(GtkWidget *entry, Dialog *d)
+{
+    update_model(d, TRUE);
+}
+
+/* Leaving the entry (clicking OK, say) only refreshes the info line: steps
+ * and guidance the user has set are not replaced behind their back. */
+static gboolean model_entry_focus_out(GtkWidget *entry, GdkEvent *event, Dialog *d)
+{
+    update_model(d, FALSE);
+    return FALSE;
+}
+
+static void model_default_clicked(GtkWidget *button, Dialog *d)
+{
+    g_object_set(d->config, "model", "", NULL);
+    update_model(d, TRUE);
+}
+
+static void choose_model(Dialog *d, GtkFileChooserAction action)
+{
+    gboolean folder = action == GTK_FILE_CHOOSER_ACTION_SELECT_FOLDER;
+    GtkWidget *chooser = gtk_file_chooser_dialog_new(
+        folder ? "Choose a diffusers model folder" : "Choose a .safetensors model file",
+        GTK_WINDOW(d->dialog), action, "_Cancel", GTK_RESPONSE_CANCEL, "_Open", GTK_RESPONSE_ACCEPT,
+        NULL);
+    gchar *current = NULL;
+
+    if (!folder) {
+        GtkFileFilter *filter = gtk_file_filter_new();
+
+        gtk_file_filter_set_name(filter, "Safetensors checkpoints");
+        gtk_file_filter_add_pattern(filter, "*.safetensors");
+        gtk_file_chooser_add_filter(GTK_FILE_CHOOSER(chooser), filter);
+    }
+    g_object_get(d->config, "model", &current, NULL);
+    if (current && *current)
+        gtk_file_chooser_set_filename(GTK_FILE_CHOOSER(chooser), current);
+    g_free(current);
+    if (gtk_dialog_run(GTK_DIALOG(chooser)) == GTK_RESPONSE_ACCEPT) {
+        gchar *path = gtk_file_chooser_get_filename(GTK_FILE_CHOOSER(chooser));
+
+        g_object_set(d->config, "model", path ? path : "", NULL);
+        g_free(path);
+        update_model(d, TRUE);
+    }
+    gtk_widget_destroy(chooser);
+}
+
+static void model_file_clicked(GtkWidget *button, Dialog *d)
+{
+    choose_model(d, GTK_FILE_CHOOSER_ACTION_OPEN);
+}
+
+static void model_folder_clicked(GtkWidget *button, Dialog *d)
+{
+    choose_model(d, GTK_FILE_CHOOSER_ACTION_SELECT_FOLDER);
+}
+
+static void add_button(GtkWidget *box, const gchar *label, const gchar *tooltip, GCallback callback,
+                       Dialog *d)
+{
+    GtkWidget *button = gtk_button_new_with_mnemonic(label);
+
+    gimp_help_set_help_data(button, tooltip, NULL);
+    g_signal_connect(button, "clicked", callback, d);
+    gtk_box_pack_start(GTK_BOX(box), button, FALSE, FALSE, 0);
+    gtk_widget_show(button);
+}
+
+/* A framed, scrolled, word-wrapped text view for a string argument: the
+ * multi-line prompt of the 2.10 dialog. Returns the frame's id. */
+static const gchar *add_text(GimpProcedureDialog *dialog, const gchar *property, const gchar *title,
+                             gint height)
+{
+    gchar *label_id = g_strconcat(property, "-label", NULL);
+    gchar *scroll_id = g_strconcat(property, "-scroll", NULL);
+    gchar *frame_id = g_strconcat(property, "-frame", NULL);
+    GtkWidget *view = gimp_procedure_dialog_get_widget(dialog, property, GTK_TYPE_TEXT_VIEW);
+    GtkWidget *scroll;
+    const gchar *id = g_intern_string(frame_id);
+
+    gtk_text_view_set_wrap_mode(GTK_TEXT_VIEW(view), GTK_WRAP_WORD_CHAR);
+    gtk_text_view_set_accepts_tab(GTK_TEXT_VIEW(view), FALSE);
+    gimp_procedure_dialog_get_label(dialog, label_id, title, FALSE, FALSE);
+    scroll = gimp_procedure_dialog_fill_scrolled_window(dialog, scroll_id, property);
+    gtk_scrolled_window_set_policy(GTK_SCROLLED_WINDOW(scroll), GTK_POLICY_NEVER,
+                                   GTK_POLICY_AUTOMATIC);
+    gtk_scrolled_window_set_shadow_type(GTK_SCROLLED_WINDOW(scroll), GTK_SHADOW_IN);
+    gtk_widget_set_size_request(scroll, 420, height);
+    gtk_widget_set_vexpand(scroll, TRUE);
+    gimp_procedure_dialog_fill_frame(dialog, frame_id, label_id, FALSE, scroll_id);
+    g_free(label_id);
+    g_free(scroll_id);
+    g_free(frame_id);
+    return id;
+}
+
+/* A scale entry whose slider covers the usual values; the spin button still
+ * takes the argument's full range. */
+static void add_scale(GimpProcedureDialog *dialog, const gchar *property, gdouble lower,
+                      gdouble upper, gint digits)
+{
+    GtkWidget *w = gimp_procedure_dialog_get_widget(dialog, property, GIMP_TYPE_SCALE_ENTRY);
+
+    gimp_scale_entry_set_bounds(GIMP_SCALE_ENTRY(w), lower, upper, FALSE);
+    gimp_label_spin_set_digits(GIMP_LABEL_SPIN(w), digits);
+}
+
+static void new_seed_clicked(GtkWidget *button, Dialog *d)
+{
+    g_object_set(d->config, "seed", g_random_int_range(0, G_MAXINT32), NULL);
+}
+
+/* Seed: [spin] [New Seed] [Randomize], as GimpRandomSeed in 2.10; the spin
+ * and the button insensitive while randomizing. */
+static void add_seed_row(GimpProcedureDialog *dialog, Dialog *d)
+{
+    GtkWidget *box, *button = gtk_button_new_with_mnemonic("_New Seed");
+
+    gimp_procedure_dialog_get_widget(dialog, "seed", G_TYPE_NONE);
+    box = gimp_procedure_dialog_fill_box(dialog, "seed-row", "seed", "random-seed", NULL);
+    gtk_orientable_set_orientation(GTK_ORIENTABLE(box), GTK_ORIENTATION_HORIZONTAL);
+    gtk_box_set_spacing(GTK_BOX(box), 6);
+    gimp_help_set_help_data(button, "A new random seed, kept for the next runs", NULL);
+    g_signal_connect(button, "clicked", G_CALLBACK(new_seed_clicked), d);
+    gtk_box_pack_start(GTK_BOX(box), button, FALSE, FALSE, 0);
+    gtk_box_reorder_child(GTK_BOX(box), button, 1);
+    gtk_widget_show(button);
+    g_object_bind_property(d->config, "random-seed", button, "sensitive",
+                           G_BINDING_SYNC_CREATE | G_BINDING_INVERT_BOOLEAN);
+    gimp_procedure_dialog_set_sensitive(dialog, "seed", TRUE, G_OBJECT(d->config), "random-seed",
+                                        TRUE);
+}
+
+/* Model: [path entry] [Default] [File...] [Folder...], and the info line. */
+static void add_model_row(GimpProcedureDialog *dialog, Dialog *d)
+{
+    GtkWidget *entry_widget = gimp_procedure_dialog_get_widget(dialog, "model", G_TYPE_NONE);
+    GtkWidget *entry = gimp_label_entry_get_entry(GIMP_LABEL_ENTRY(entry_widget));
+    GtkWidget *row, *box;
+
+    gimp_help_set_help_data(entry,
+                            "A .safetensors file or a diffusers folder; empty for the "
+                            "default model",
+                            NULL);
+    gtk_editable_set_position(GTK_EDITABLE(entry), -1); /* the name, not the folders */
+    g_signal_connect(entry, "activate", G_CALLBACK(model_entry_activate), d);
+    g_signal_connect(entry, "focus-out-event", G_CALLBACK(model_entry_focus_out), d);
+    row = gimp_procedure_dialog_fill_box(dialog, "model-row", "model", NULL);
+    gtk_orientable_set_orientation(GTK_ORIENTABLE(row), GTK_ORIENTATION_HORIZONTAL);
+    gtk_box_set_spacing(GTK_BOX(row), 4);
+    gtk_widget_set_hexpand(entry_widget, TRUE);
+    add_button(row, "_Default", "Use the default model", G_CALLBACK(model_default_clicked), d);
+    add_button(row, "_File...", "Choose a .safetensors file", G_CALLBACK(model_file_clicked), d);
+    add_button(row, "Fo_lder...", "Choose a diffusers folder", G_CALLBACK(model_folder_clicked), d);
+
+    box = gimp_procedure_dialog_fill_box(dialog, "model-box", "model-row", NULL);
+    d->model_info = gtk_label_new("");
+    gtk_label_set_xalign(GTK_LABEL(d->model_info), 0.0);
+    gtk_label_set_ellipsize(GTK_LABEL(d->model_info), PANGO_ELLIPSIZE_END);
+    gimp_label_set_attributes(GTK_LABEL(d->model_info), PANGO_ATTR_STYLE, PANGO_STYLE_ITALIC, -1);
+    gtk_box_pack_start(GTK_BOX(box), d->model_info, FALSE, FALSE, 0);
+    gtk_widget_show(d->model_info);
+}
+
+/* Shows the dialog; TRUE on OK, the config then holding the values. *model
+ * receives the model the dialog loaded when it is the one chosen (the caller
+ * frees it). */
+static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config, CoreMode mode,
+                           diffuse_model **model)
+{
+    Dialog d = {.config = config};
+    GimpProcedureDialog *dialog;
+    const gchar *prompt, *negative;
+    gboolean configured, ok;
+    gchar *chosen = NULL;
+
+    gimp_ui_init(PLUG_IN_BINARY);
+    d.dialog = gimp_procedure_dialog_new(procedure, config,
+                                         mode == CORE_TXT2IMG ? "Diffuse: Text to Image"
+                                                              : "Diffuse: Image to Image");
+    dialog = GIMP_PROCEDURE_DIALOG(d.dialog);
+    prompt = add_text(dialog, "prompt", "Prompt", 72);
+    negative = add_text(dialog, "negative-prompt", "Negative prompt", 40);
+    add_seed_row(dialog, &d);
+    add_scale(dialog, "steps", 1, 100, 0);
+    add_scale(dialog, "guidance", 0, 20, 1);
+    if (mode == CORE_TXT2IMG) {
+        add_scale(dialog, "width", 8, 2048, 0);
+        add_scale(dialog, "height", 8, 2048, 0);
+        g_signal_connect(config, "notify::width", G_CALLBACK(round_to_8), NULL);
+        g_signal_connect(config, "notify::height", G_CALLBACK(round_to_8), NULL);
+    } else
+        add_scale(dialog, "strength", 0.01, 1, 2);
+    add_scale(dialog, "count", 1, 16, 0);
+    add_model_row(dialog, &d);
+    if (mode == CORE_TXT2IMG)
+        gimp_procedure_dialog_fill(dialog, prompt, negative, "seed-row", "steps", "guidance",
+                                   "sampler-choice", "width", "height", "count", "model-box", NULL);
+    else
+        gimp_procedure_dialog_fill(dialog, prompt, negative, "seed-row", "steps", "guidance",
+                                   "sampler-choice", "strength", "count", "model-box", NULL);
+    gtk_widget_show(d.dialog);
+    g_object_get(config, "configured", &configured, NULL);
+    update_model(&d, !configured); /* a first run takes the model's own steps and guidance */
+
+    ok = gimp_procedure_dialog_run(dialog);
+    g_signal_handlers_disconnect_by_func(config, G_CALLBACK(round_to_8), NULL);
+    if (ok)
+        update_model(&d, FALSE); /* the model the entry names now, for the run */
+    gtk_widget_destroy(d.dialog);
+    g_object_get(config, "model", &chosen, NULL);
+    if (ok && d.model && !g_strcmp0(d.model_path, chosen ? chosen : ""))
+        *model = d.model;
+    else if (d.model)
+        diffuse_model_free(d.model);
+    g_free(chosen);
+    g_free(d.model_path);
+    return ok;
+}
+
+/* The dialog shows the last seed used with Randomize ticked for a random
+ * seed (-1), as the 2.10 dialog does, and the sampler in a menu of the
+ * engine's samplers; OK turns them back into the arguments. */
+static void to_dialog(GimpProcedureConfig *config)
+{
+    gint seed, last;
+    gchar *sampler = NULL;
+
+    g_object_get(config, "seed", &seed, "last-seed", &last, "sampler", &sampler, NULL);
+    g_object_set(config, "random-seed", seed < 0, "seed", seed < 0 ? last : seed, NULL);
+    if (sampler && diffuse_sampler_parse(sampler) >= 0)
+        g_object_set(config, "sampler-choice", sampler, NULL);
+    g_free(sampler);
+}
+
+static void from_dialog(GimpProcedureConfig *config)
+{
+    gboolean random;
+    gchar *sampler = NULL;
+
+    g_object_get(config, "random-seed", &random, "sampler-choice", &sampler, NULL);
+    if (random)
+        g_object_set(config, "seed", -1, NULL);
+    g_object_set(config, "sampler", sampler, NULL);
+    g_free(sampler);
+}
+
+/* ---------------------------------------------------------------- run */
+
+/* Asks for the settings in the dialog; FALSE with error set when the image
+ * cannot be used or the user cancels. */
+static gboolean interact(GimpProcedure *procedure, GimpProcedureConfig *config, GimpImage *image,
+                         CoreMode mode, diffuse_model **model, GError **error)
+{
+    /* refuse an indexed image before showing a dialog it cannot use */
+    if (!core_image_check(image, error))
+        return FALSE;
+    if (mode == CORE_TXT2IMG) {
+        gint w, h;
+
+        core_image_default_size(image, &w, &h);
+        g_object_set(config, "width", w, "height", h, NULL);
+    }
+    to_dialog(config);
+    if (!dialog_run(procedure, config, mode, model)) {
+        g_set_error(error, CORE_ERROR, CORE_ERROR_CANCELLED, "cancelled");
+        return FALSE;
+    }
+    from_dialog(config);
+    return TRUE;
+}
+
+static GimpPDBStatusType status_of(const GError *error)
+{
+    if (!error)
+        return GIMP_PDB_SUCCESS;
+    return error->code == CORE_ERROR_CANCELLED ? GIMP_PDB_CANCEL
+           : error->code == CORE_ERROR_CALLING ? GIMP_PDB_CALLING_ERROR
+                                               : GIMP_PDB_EXECUTION_ERROR;
+}
+
+static GimpValueArray *diffuse_run(GimpProcedure *procedure, GimpRunMode run_mode, GimpImage *image,
+                                   GimpDrawable **drawables, GimpProcedureConfig *config,
+                                   gpointer run_data)
+{
+    CoreMode mode = GPOINTER_TO_INT(run_data);
+    gsize n = gimp_core_object_array_get_length((GObject **)drawables);
+    CoreSettings *s = g_new(CoreSettings, 1);
+    diffuse_model *model = NULL;
+    GError *error = NULL;
+    GimpPDBStatusType status;
+
+    gegl_init(NULL, NULL);
+    core_settings_default(s);
+    if (mode == CORE_IMG2IMG && n != 1)
+        g_set_error(&error, CORE_ERROR, CORE_ERROR_CALLING,
+                    "drawables: img2img works on one layer, %d are selected: select one", (gint)n);
+    else if ((run_mode != GIMP_RUN_INTERACTIVE ||
+              interact(procedure, config, image, mode, &model, &error)) &&
+             settings_from_config(s, mode, config, &error) &&
+             core_run(image, n ? drawables[0] : CORE_NO_DRAWABLE, mode, s, model, &error))
+        /* kept with the other last values, for the dialog to show */
+        g_object_set(config, "last-seed", s->last_seed, "configured", TRUE, NULL);
+    if (model)
+        diffuse_model_free(model);
+    g_free(s);
+    status = status_of(error);
+    if (status == GIMP_PDB_CANCEL)
+        g_clear_error(&error);
+    return gimp_procedure_new_return_values(procedure, status, error);
+}
+
+/* gimp_main() as GIMP_MAIN() would call it, after noting where the binary
+ * is: the default model is installed beside it. */
+int main(int argc, char *argv[])
+{
+    gchar *exe = g_file_read_link("/proc/self/exe", NULL);
+    gchar *dir = g_path_get_dirname(exe ? exe : argv[0]);
+
+    core_set_plugin_dir(dir);
+    g_free(dir);
+    g_free(exe);
+    return gimp_main(DIFFUSE_TYPE, argc, argv);
+}
