@@ -112,6 +112,12 @@ typedef struct diffuse_model_info {
     int context_dim;           /* cross-attention width */
     int text_width, text_layers, text_heads, vocab_size;
     int native_size;           /* the training resolution in pixels */
+    /* Settings the model's scheduler config asks for: distilled models say so
+     * there (LCMScheduler; SD-Turbo's trailing-spacing Euler a). -1 / -1 / -1
+     * when the folder says nothing (single files never do). */
+    int suggested_sampler;     /* a diffuse_sampler, or -1 */
+    int suggested_steps;
+    float suggested_guidance;
     int64_t params_unet, params_vae, params_text;
 } diffuse_model_info;
 

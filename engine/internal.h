@@ -445,6 +445,7 @@ struct diffuse_model {
     diffuse_vae *vae;
     const char *family;                 /* "sd1", "sd2" */
     int native_size;                    /* pixels */
+    char scheduler_class[64];           /* scheduler_config.json "_class_name", or "" */
     int threads;
 };
 

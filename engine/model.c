@@ -236,6 +236,9 @@ static void read_schedule(diffuse_model *m, const char *dir)
     snprintf(path, sizeof path, "%s/scheduler/scheduler_config.json", dir ? dir : "");
     cJSON *cfg = dir && file_exists(path) ? diffuse_json_load(path, NULL) : NULL;
     diffuse_schedule_from_json(&m->schedule, cfg);
+    const cJSON *cls = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, "_class_name") : NULL;
+    if (cJSON_IsString(cls))
+        snprintf(m->scheduler_class, sizeof m->scheduler_class, "%s", cls->valuestring);
     cJSON_Delete(cfg);
 }
 
@@ -365,6 +368,25 @@ void diffuse_model_free(diffuse_model *m)
     free(m);
 }
 
+/* Distilled models announce themselves in their scheduler config: LCM models
+ * ship LCMScheduler, SD-Turbo ships Euler a with trailing spacing; both run in
+ * a few steps without guidance. */
+static void suggest_settings(const diffuse_model *m, diffuse_model_info *info)
+{
+    info->suggested_sampler = info->suggested_steps = -1;
+    info->suggested_guidance = -1;
+    if (strcmp(m->scheduler_class, "LCMScheduler") == 0) {
+        info->suggested_sampler = DIFFUSE_SAMPLER_LCM;
+        info->suggested_steps = 4;
+        info->suggested_guidance = 1.0f;
+    } else if (strcmp(m->scheduler_class, "EulerAncestralDiscreteScheduler") == 0 &&
+               m->schedule.spacing == DIFFUSE_SPACING_TRAILING) {
+        info->suggested_sampler = DIFFUSE_SAMPLER_EULER_A;
+        info->suggested_steps = 1;
+        info->suggested_guidance = 0.0f;
+    }
+}
+
 void diffuse_model_get_info(const diffuse_model *m, diffuse_model_info *info)
 {
     static const char *dtypes[] = {"f32", "f16", "bf16", "i32", "other"};
@@ -383,6 +405,7 @@ void diffuse_model_get_info(const diffuse_model *m, diffuse_model_info *info)
     info->text_heads = m->clip_cfg.heads;
     info->vocab_size = m->clip_cfg.vocab_size;
     info->native_size = m->native_size;
+    suggest_settings(m, info);
     info->params_unet = diffuse_weights_count(m->weights, "unet.");
     info->params_vae = diffuse_weights_count(m->weights, "vae.");
     info->params_text = diffuse_weights_count(m->weights, "text.");

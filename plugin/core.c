@@ -256,14 +256,23 @@ gchar *core_model_display_name(const gchar *model)
     return base;
 }
 
-/* Distilled models (SD-Turbo, LCM) carry nothing in their tensors that says
- * so, and the engine's info cannot tell them apart; their names always do. */
+/* Distilled models (SD-Turbo, LCM) want few steps and no guidance. A diffusers
+ * folder says so in its scheduler config (the engine's suggested settings);
+ * single files carry nothing that says so, so their names are the hint. */
 void core_settings_model_defaults(CoreSettings *s, const diffuse_model *m, const gchar *model)
 {
     gchar *name = core_model_display_name(model);
     gchar *lower = g_ascii_strdown(name, -1);
+    diffuse_model_info info;
 
-    if (strstr(lower, "turbo")) {
+    if (m)
+        diffuse_model_get_info(m, &info);
+    if (m && info.suggested_sampler >= 0) {
+        s->steps = info.suggested_steps;
+        s->guidance = info.suggested_guidance;
+        g_strlcpy(s->sampler, diffuse_sampler_name((diffuse_sampler)info.suggested_sampler),
+                  sizeof s->sampler);
+    } else if (strstr(lower, "turbo")) {
         s->steps = 4;
         s->guidance = 1.0;
         g_strlcpy(s->sampler, "euler_a", sizeof s->sampler);

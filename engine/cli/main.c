@@ -382,6 +382,10 @@ static int cmd_info(int argc, char **argv)
     printf("parameters: unet %lld, vae %lld, text %lld, total %lld\n", (long long)in.params_unet,
            (long long)in.params_vae, (long long)in.params_text,
            (long long)(in.params_unet + in.params_vae + in.params_text));
+    if (in.suggested_sampler >= 0)
+        printf("suggested: %s, %d steps, guidance %g (from the scheduler config)\n",
+               diffuse_sampler_name((diffuse_sampler)in.suggested_sampler), in.suggested_steps,
+               in.suggested_guidance);
     diffuse_model_free(m);
     return 0;
 }
