@@ -1,0 +1,426 @@
+"""train.py: the default model's training recipe (seeded, resumable).
+
+Stage 1 ("vae"): a tiny AutoencoderKL (8x downsampling, 4 latent channels)
+on random crops of rendered scenes; L1 + a small KL term. Its latent scaling
+factor (1 / std of the latents) is measured at the end and stored.
+Stage 2 ("unet"): a CLIP-architecture text encoder and a UNet with
+cross-attention, trained together from scratch as latent diffusion with
+v-prediction on SD's scaled_linear schedule (1000 steps), the prompt dropped
+10% of the time (classifier-free guidance), EMA weights kept for export.
+
+Both stages checkpoint to OUT/{vae,unet}.pt every --ckpt-every seconds and at
+the end, and continue from there when run again (same command), so CPU time
+across sessions adds up and a GPU session can pick up a CPU run. Data are drawn
+from a generator seeded by (seed, step): a resumed run sees what an
+uninterrupted one would have.
+
+  CPU (here):  nice -n 19 python3 train.py --stage all --device cpu --minutes-vae 12 --minutes 60
+  GPU:         python3 train.py --stage all --device cuda --preset base --minutes-vae 3 --minutes 10
+  then:        python3 export.py --ckpt OUT --out ../default
+"""
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+import scenes
+from nets import AutoencoderKL, CLIPTextModel, UNet2DConditionModel
+from tokenizer import Tokenizer, learn_merges, build_vocab
+from scenes import GRAMMAR_WORDS
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# ---------------------------------------------------------------- configurations
+
+VAE_SMALL = {"block_out_channels": [16, 32, 64, 64], "layers_per_block": 1,
+             "norm_num_groups": 2, "latent_channels": 4}
+# GroupNorm removes each group's mean and scale: with one channel per group a
+# flat background would normalise to zero and its colour could not be decoded,
+# so the small VAEs use few, wide groups.
+VAE_TINY = {"block_out_channels": [8, 16, 32, 64], "layers_per_block": 1,
+            "norm_num_groups": 1, "latent_channels": 4}
+
+
+def unet_config(channels, layers, attn, heads, groups, context_dim, depth=1):
+    L = len(channels)
+    return {"block_out_channels": channels, "layers_per_block": layers,
+            "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn],
+            "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in attn[::-1]],
+            "attention_head_dim": heads, "norm_num_groups": groups, "norm_eps": 1e-5,
+            "cross_attention_dim": context_dim, "in_channels": 4, "out_channels": 4,
+            "transformer_layers_per_block": depth}
+
+
+def text_config(width, layers, heads, vocab_size):
+    return {"hidden_size": width, "num_hidden_layers": layers, "num_attention_heads": heads,
+            "intermediate_size": 4 * width, "max_position_embeddings": 77,
+            "vocab_size": vocab_size, "layer_norm_eps": 1e-5, "hidden_act": "quick_gelu"}
+
+
+def presets(vocab_size):
+    return {
+        # what 2 shared CPU cores can train in an hour
+        "small": {"vae": VAE_TINY,
+                  "unet": unet_config([32, 64, 64], 1, [False, True, True], [2, 2, 2], 16, 64),
+                  "text": text_config(64, 2, 2, vocab_size)},
+        # for a GPU session: 8.3M UNet parameters, 9.7M in all, 19.5 MB in fp16
+        "base": {"vae": VAE_SMALL,
+                 "unet": unet_config([64, 96, 128], 2, [False, True, True], [2, 3, 4], 32, 128),
+                 "text": text_config(128, 2, 4, vocab_size)},
+    }
+
+
+SIZE = 256            # native image size
+LATENT = SIZE // 8    # 32
+SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+            "beta_schedule": "scaled_linear", "prediction_type": "v_prediction"}
+
+
+def alphas_cumprod(device):
+    s = SCHEDULE
+    betas = torch.linspace(s["beta_start"] ** 0.5, s["beta_end"] ** 0.5,
+                           s["num_train_timesteps"], dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0).float().to(device)
+
+
+# ---------------------------------------------------------------- utilities
+
+
+def step_gen(seed, step, device):
+    """The data generator of one training step: a function of (seed, step) only."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step)
+
+
+def load_ckpt(path, map_location="cpu"):
+    """torch.load of our own checkpoints (they hold plain Python objects too;
+    torch >= 2.6 loads only tensors unless told)."""
+    return torch.load(path, map_location=map_location, weights_only=False)
+
+
+def save_atomic(obj, path):
+    torch.save(obj, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def log(out, stage, text):
+    line = time.strftime("%H:%M:%S ") + text
+    print(line, flush=True)
+    with open(os.path.join(out, f"log-{stage}.txt"), "a") as f:
+        f.write(line + "\n")
+
+
+def autocast(device):
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def ema_update(ema, model, decay):
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+
+
+def count_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+# ---------------------------------------------------------------- stage 1: VAE
+
+
+def crop_batch(imgs, centers, crop, gen):
+    """Random crop x crop windows, one per image, half of them around the first object."""
+    n, _, s, _ = imgs.shape
+    if crop >= s:
+        return imgs
+    dev = imgs.device
+    ys = torch.randint(0, s - crop + 1, (n,), generator=gen, device=dev)
+    xs = torch.randint(0, s - crop + 1, (n,), generator=gen, device=dev)
+    near = torch.rand(n, generator=gen, device=dev) < 0.5
+    jit = lambda: torch.randint(-crop // 3, crop // 3 + 1, (n,), generator=gen, device=dev)
+    cy = (centers[:, 0, 1] * s).long() - crop // 2 + jit()
+    cx = (centers[:, 0, 0] * s).long() - crop // 2 + jit()
+    ys = torch.where(near, cy.clamp(0, s - crop), ys)
+    xs = torch.where(near, cx.clamp(0, s - crop), xs)
+    return torch.stack([imgs[i, :, ys[i]:ys[i] + crop, xs[i]:xs[i] + crop] for i in range(n)])
+
+
+def train_vae(a, cfg, out):
+    dev = a.device
+    torch.manual_seed(a.seed)
+    vae = AutoencoderKL(cfg["vae"]).to(dev)
+    opt = torch.optim.AdamW(vae.parameters(), lr=a.vae_lr, weight_decay=0.0)
+    path = os.path.join(out, "vae.pt")
+    step, spent = 0, 0.0
+    if os.path.exists(path):
+        ck = load_ckpt(path, map_location=dev)
+        vae.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        step, spent = ck["step"], ck["seconds"]
+        if ck.get("done") and spent >= a.minutes_vae * 60 and step >= a.vae_steps:
+            log(out, "vae", f"VAE trained ({step} steps, {spent / 60:.1f} min); skipping")
+            return ck
+        log(out, "vae", f"resuming VAE at step {step} ({spent / 60:.1f} min spent)")
+    else:
+        log(out, "vae", f"VAE {count_params(vae) / 1e6:.3f}M parameters, config {cfg['vae']}")
+    t0, last_ck, budget = time.time(), time.time(), a.minutes_vae * 60
+    avg = None
+
+    def checkpoint(done=False, scale=None):
+        save_atomic({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step,
+                     "seconds": spent + time.time() - t0, "config": cfg["vae"], "done": done,
+                     "scaling_factor": scale}, path)
+
+    while spent + time.time() - t0 < budget and (a.vae_steps <= 0 or step < a.vae_steps):
+        gen = step_gen(a.seed, step, dev)
+        sc = scenes.sample_scenes(a.vae_batch, gen, heldout="any", device=dev)
+        x = crop_batch(scenes.render(sc, SIZE), sc.centers, a.vae_crop, gen) * 2 - 1
+        lr = a.vae_lr * min(1.0, (step + 1) / 100)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        with autocast(dev):
+            mean, logvar = vae.encode(x)
+            # the posterior sample plus a fixed noise floor: with a tiny KL term the
+            # encoder otherwise separates colours by ~0.01 in latent space, the
+            # decoder's GroupNorm amplifying that back, and the diffusion model
+            # then neither needs nor manages to get the background colour right
+            std = (0.5 * logvar).exp()
+            z = mean + torch.randn(mean.shape, generator=gen, device=dev) * \
+                torch.sqrt(std ** 2 + a.latent_noise ** 2)
+            rec = vae.decode(z)
+        rec = rec.float()
+        l1 = (rec - x).abs().mean()
+        kl = 0.5 * (mean.float() ** 2 + logvar.float().exp() - 1 - logvar.float()).mean()
+        loss = l1 + 0.1 * F.mse_loss(rec, x) + a.kl * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        avg = l1.item() if avg is None else 0.98 * avg + 0.02 * l1.item()
+        if step % 25 == 0:
+            log(out, "vae", f"step {step} l1 {avg:.4f} kl {kl.item():.3f} "
+                f"{(spent + time.time() - t0) / 60:.1f} min")
+        if time.time() - last_ck > a.ckpt_every:
+            checkpoint()
+            last_ck = time.time()
+    scale = measure_scale(vae, a, dev)
+    log(out, "vae", f"VAE done at step {step}: l1 {avg}, scaling_factor {scale:.5f}")
+    checkpoint(done=True, scale=scale)
+    return load_ckpt(path, map_location=dev)
+
+
+@torch.no_grad()
+def measure_scale(vae, a, dev):
+    """1 / std of the latent means of 64 full-size scenes."""
+    gen = torch.Generator(device=dev).manual_seed(a.seed + 7)
+    zs = []
+    for _ in range(4):
+        sc = scenes.sample_scenes(16, gen, heldout="any", device=dev)
+        with autocast(dev):
+            zs.append(vae.encode(scenes.render(sc, SIZE) * 2 - 1)[0].float())
+    return float(1.0 / torch.cat(zs).std())
+
+
+# ---------------------------------------------------------------- stage 2: text encoder + UNet
+
+
+class Latents:
+    """Scene latents for stage 2: drawn and encoded each step (GPU), or from a
+    cache of --cache scenes encoded once (CPU, where encoding costs as much as
+    a UNet step). Either way each item comes with its scene row for prompts."""
+
+    def __init__(self, a, vae, scale, out, dev, vae_step):
+        self.a, self.vae, self.scale, self.dev = a, vae, scale, dev
+        self.cache = None
+        if a.cache > 0:
+            path = os.path.join(out, f"latents-{a.cache}-seed{a.seed}-vae{vae_step}.pt")
+            if os.path.exists(path):
+                self.cache = load_ckpt(path, map_location=dev)
+            else:
+                self.cache = self.build(a.cache, out)
+                save_atomic(self.cache, path)
+
+    @torch.no_grad()
+    def encode(self, sc):
+        with autocast(self.dev):
+            return self.vae.encode(scenes.render(sc, SIZE) * 2 - 1)[0].float() * self.scale
+
+    def build(self, n, out):
+        gen = torch.Generator(device=self.dev).manual_seed(self.a.seed + 1)
+        sc = scenes.sample_scenes(n, gen, heldout="exclude", device=self.dev)
+        zs, t = [], time.time()
+        for i in range(0, n, 64):
+            part = scenes.Scenes(*(x[i:i + 64] for x in (sc.bg, sc.color, sc.shape, sc.count,
+                                                         sc.size, sc.pos, sc.centers)))
+            zs.append(self.encode(part).half())
+            if (i // 64) % 20 == 0:
+                log(out, "unet", f"latent cache {i + 64}/{n} ({time.time() - t:.0f} s)")
+        return {"z": torch.cat(zs), "scenes": sc}
+
+    def batch(self, gen, n):
+        """(latents [n, 4, 32, 32], Scenes)"""
+        if self.cache is None:
+            sc = scenes.sample_scenes(n, gen, heldout="exclude", device=self.dev)
+            return self.encode(sc), sc
+        c = self.cache
+        idx = torch.randint(0, len(c["z"]), (n,), generator=gen, device=self.dev)
+        s = c["scenes"]
+        sc = scenes.Scenes(*(x[idx] for x in (s.bg, s.color, s.shape, s.count, s.size, s.pos,
+                                               s.centers)))
+        return c["z"][idx].float(), sc
+
+
+def train_unet(a, cfg, out, vae_ck, tok):
+    dev = a.device
+    torch.manual_seed(a.seed + 2)
+    vae = AutoencoderKL(cfg["vae"]).to(dev)
+    vae.load_state_dict(vae_ck["model"])
+    vae.eval().requires_grad_(False)
+    scale = vae_ck["scaling_factor"]
+    text, unet = CLIPTextModel(cfg["text"]).to(dev), UNet2DConditionModel(cfg["unet"]).to(dev)
+    ema_text, ema_unet = CLIPTextModel(cfg["text"]).to(dev), UNet2DConditionModel(cfg["unet"]).to(dev)
+    ema_text.load_state_dict(text.state_dict())
+    ema_unet.load_state_dict(unet.state_dict())
+    params = list(text.parameters()) + list(unet.parameters())
+    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    path = os.path.join(out, "unet.pt")
+    step, spent, seen = 0, 0.0, 0
+    if os.path.exists(path):
+        ck = load_ckpt(path, map_location=dev)
+        for m, k in ((text, "text"), (unet, "unet"), (ema_text, "ema_text"), (ema_unet, "ema_unet")):
+            m.load_state_dict(ck[k])
+        opt.load_state_dict(ck["opt"])
+        step, spent, seen = ck["step"], ck["seconds"], ck["images"]
+        log(out, "unet", f"resuming at step {step} ({seen} images, {spent / 60:.1f} min spent)")
+    else:
+        log(out, "unet", f"UNet {count_params(unet) / 1e6:.3f}M, text {count_params(text) / 1e6:.3f}M "
+            f"parameters; configs {cfg['unet']} {cfg['text']}")
+    data = Latents(a, vae, scale, out, dev, vae_ck["step"])
+    ac = alphas_cumprod(dev)
+    empty = torch.tensor(tok.encode(""), device=dev)
+    t0, last_ck, budget = time.time(), time.time(), a.minutes * 60
+    avg = None
+
+    def checkpoint():
+        save_atomic({"text": text.state_dict(), "unet": unet.state_dict(),
+                     "ema_text": ema_text.state_dict(), "ema_unet": ema_unet.state_dict(),
+                     "opt": opt.state_dict(), "step": step, "images": seen,
+                     "seconds": spent + time.time() - t0, "config": cfg,
+                     "scaling_factor": scale, "args": vars(a)}, path)
+
+    while spent + time.time() - t0 < budget and (a.steps <= 0 or step < a.steps):
+        gen = step_gen(a.seed + 3, step, dev)
+        z0, sc = data.batch(gen, a.batch)
+        prng = random.Random(a.seed * 7919 + step)
+        rows = sc.to("cpu")  # one device-to-host copy, not one per attribute
+        ids = torch.tensor([tok.encode(scenes.prompt(rows.row(i), prng)) for i in range(len(sc))],
+                           device=dev)
+        drop = torch.rand(len(sc), generator=gen, device=dev) < a.uncond
+        ids = torch.where(drop[:, None], empty[None], ids)
+        t = torch.randint(0, 1000, (len(sc),), generator=gen, device=dev)
+        eps = torch.randn(z0.shape, generator=gen, device=dev)
+        ab = ac[t][:, None, None, None]
+        zt = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
+        v = ab.sqrt() * eps - (1 - ab).sqrt() * z0
+        lr = a.lr * min(1.0, (step + 1) / a.warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        with autocast(dev):
+            pred = unet(zt, t, text(ids))
+        loss = F.mse_loss(pred.float(), v)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        seen += len(sc)
+        decay = min(a.ema, (1 + step) / (10 + step))
+        ema_update(ema_text, text, decay)
+        ema_update(ema_unet, unet, decay)
+        avg = loss.item() if avg is None else 0.99 * avg + 0.01 * loss.item()
+        if step % 50 == 0:
+            el = spent + time.time() - t0
+            log(out, "unet", f"step {step} loss {avg:.4f} images {seen} "
+                f"{el / 60:.1f} min {seen / max(el, 1e-9):.1f} img/s")
+        if time.time() - last_ck > a.ckpt_every:
+            checkpoint()
+            last_ck = time.time()
+    checkpoint()
+    log(out, "unet", f"stopped at step {step}, {seen} images, "
+        f"{(spent + time.time() - t0) / 60:.1f} min in this stage")
+
+
+# ---------------------------------------------------------------- main
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--stage", choices=["vae", "unet", "all"], default="all")
+    ap.add_argument("--out", default=os.path.join(HERE, "runs", "default"),
+                    help="checkpoint folder (resumed from when it holds one)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--preset", default="small", choices=["small", "base"])
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+    ap.add_argument("--ckpt-every", type=float, default=120, help="seconds between checkpoints")
+    # stage 1
+    ap.add_argument("--minutes-vae", type=float, default=12, help="total VAE training time")
+    ap.add_argument("--vae-steps", type=int, default=0, help="stop after this many steps (0: time)")
+    ap.add_argument("--vae-batch", type=int, default=4)
+    ap.add_argument("--vae-crop", type=int, default=256,
+                    help="crop side; whole images (256) keep GroupNorm statistics as in use")
+    ap.add_argument("--vae-lr", type=float, default=1e-3)
+    ap.add_argument("--kl", type=float, default=1e-3)
+    ap.add_argument("--latent-noise", type=float, default=0.2,
+                    help="noise floor of the latents the decoder learns from")
+    # stage 2
+    ap.add_argument("--minutes", type=float, default=60, help="total UNet training time")
+    ap.add_argument("--steps", type=int, default=0, help="stop after this many steps (0: time)")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--uncond", type=float, default=0.1, help="prompt dropout for guidance")
+    ap.add_argument("--cache", type=int, default=-1,
+                    help="scenes in the latent cache (0: encode every batch; "
+                         "default 3000 on the CPU, 0 on a GPU)")
+    a = ap.parse_args()
+    if a.cache < 0:
+        a.cache = 0 if a.device.startswith("cuda") else 3000
+    torch.set_num_threads(a.threads)
+    if a.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    os.makedirs(a.out, exist_ok=True)
+    merges = learn_merges(GRAMMAR_WORDS)
+    tok = Tokenizer(build_vocab(merges), merges)
+    cfg = presets(len(tok.vocab))[a.preset]
+    meta = os.path.join(a.out, "run.json")
+    if os.path.exists(meta):
+        with open(meta) as f:
+            old = json.load(f)
+        if old["preset"] != a.preset or old["seed"] != a.seed:
+            sys.exit(f"{a.out} holds a run with preset {old['preset']} seed {old['seed']}")
+    else:
+        with open(meta, "w") as f:
+            json.dump({"preset": a.preset, "seed": a.seed, "config": cfg}, f, indent=1)
+    vae_ck = None
+    if a.stage in ("vae", "all"):
+        vae_ck = train_vae(a, cfg, a.out)
+    if a.stage in ("unet", "all"):
+        if vae_ck is None:
+            vae_ck = load_ckpt(os.path.join(a.out, "vae.pt"), map_location=a.device)
+        if not vae_ck.get("done"):
+            sys.exit("the VAE stage has not finished: run --stage vae first")
+        train_unet(a, cfg, a.out, vae_ck, tok)
+
+
+if __name__ == "__main__":
+    main()
