@@ -210,22 +210,33 @@ def train_vae(a, cfg, out):
         if time.time() - last_ck > a.ckpt_every:
             checkpoint()
             last_ck = time.time()
-    scale = measure_scale(vae, a, dev)
+    scale = measure_scale(vae, a, dev, out)
     log(out, "vae", f"VAE done at step {step}: l1 {avg}, scaling_factor {scale:.5f}")
     checkpoint(done=True, scale=scale)
     return load_ckpt(path, map_location=dev)
 
 
 @torch.no_grad()
-def measure_scale(vae, a, dev):
-    """1 / std of the latent means of 64 full-size scenes."""
+def measure_scale(vae, a, dev, out=None):
+    """1 / std of the latent means of 96 full-size scenes. Also logs the health
+    check of the latent space: the smallest distance between the mean (scaled)
+    latents of two background colours. Near 0 (the shipped CPU VAE: 0.006)
+    the diffusion model cannot tell those backgrounds apart: retrain the VAE."""
     gen = torch.Generator(device=dev).manual_seed(a.seed + 7)
-    zs = []
-    for _ in range(4):
+    zs, bgs = [], []
+    for _ in range(6):
         sc = scenes.sample_scenes(16, gen, heldout="any", device=dev)
         with autocast(dev):
             zs.append(vae.encode(scenes.render(sc, SIZE) * 2 - 1)[0].float())
-    return float(1.0 / torch.cat(zs).std())
+        bgs.append(sc.bg)
+    z, bg = torch.cat(zs), torch.cat(bgs)
+    scale = float(1.0 / z.std())
+    means = torch.stack([(z[bg == b] * scale).mean((0, 2, 3)) for b in range(8)])
+    d = torch.cdist(means, means) + torch.eye(8, device=dev) * 1e9
+    if out:
+        log(out, "vae", f"latent health: smallest distance between background colours "
+            f"{d.min().item():.3f} (want > 0.5), median {d.median().item():.3f}")
+    return scale
 
 
 # ---------------------------------------------------------------- stage 2: text encoder + UNet
