@@ -147,25 +147,6 @@ static void test_names(void)
 
 /* ------------------------------------------------------------------ 2. golden.json schedules */
 
-static char *read_text(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    if (buf)
-        buf[n] = 0;
-    fclose(f);
-    return buf;
-}
-
 static int kind_of_class(const char *cls)
 {
     static const char *classes[] = {"EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
@@ -300,8 +281,7 @@ static void test_golden_schedules(void)
 {
     char buf[4096];
     const char *path = test_shared("reference/sd1-tiny/golden.json", buf);
-    char *text = path ? read_text(path) : NULL;
-    cJSON *root = text ? cJSON_Parse(text) : NULL;
+    cJSON *root = path ? diffuse_json_load(path, NULL) : NULL;
     if (path)
         CHECK(root != NULL, "golden.json parses");
     const cJSON *runs = cJSON_GetObjectItemCaseSensitive(root, "runs"), *run;
@@ -327,7 +307,6 @@ static void test_golden_schedules(void)
     if (root)
         CHECK(n_runs >= 15, "golden.json has the %d runs expected (found %d)", 15, n_runs);
     cJSON_Delete(root);
-    free(text);
 }
 
 /* ------------------------------------------------------------------ 3. double reference */

@@ -414,9 +414,7 @@ int main(void)
         printf("FAIL mkdtemp\n");
         return 1;
     }
-    char *text = golden_path ? read_text(golden_path) : NULL;
-    cJSON *golden = text ? cJSON_Parse(text) : NULL;
-    free(text);
+    cJSON *golden = golden_path ? diffuse_json_load(golden_path, NULL) : NULL;
     CHECK(!golden_path || golden, "cannot parse %s", golden_path);
 
     diffuse_tokenizer *hf = load_ok(folder, "HF folder");
