@@ -112,9 +112,10 @@ typedef struct diffuse_model_info {
     int context_dim;           /* cross-attention width */
     int text_width, text_layers, text_heads, vocab_size;
     int native_size;           /* the training resolution in pixels */
-    /* Settings the model's scheduler config asks for: distilled models say so
-     * there (LCMScheduler; SD-Turbo's trailing-spacing Euler a). -1 / -1 / -1
-     * when the folder says nothing (single files never do). */
+    /* Settings the model asks for: model_index.json's "_diffuse_defaults"
+     * ({"sampler", "steps", "guidance"}), else what distilled models' scheduler
+     * configs imply (LCMScheduler; SD-Turbo's trailing-spacing Euler a). -1 /
+     * -1 / -1 when the folder says nothing (single files never do). */
     int suggested_sampler;     /* a diffuse_sampler, or -1 */
     int suggested_steps;
     float suggested_guidance;

@@ -446,6 +446,8 @@ struct diffuse_model {
     const char *family;                 /* "sd1", "sd2" */
     int native_size;                    /* pixels */
     char scheduler_class[64];           /* scheduler_config.json "_class_name", or "" */
+    int defaults_sampler, defaults_steps; /* model_index.json "_diffuse_defaults", or -1 */
+    float defaults_guidance;
     int threads;
 };
 

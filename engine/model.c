@@ -242,6 +242,31 @@ static void read_schedule(diffuse_model *m, const char *dir)
     cJSON_Delete(cfg);
 }
 
+/* A folder may state the settings it was made for in model_index.json, under
+ * a key diffusers ignores (it skips keys that start with "_"):
+ *   "_diffuse_defaults": {"sampler": "euler", "steps": 20, "guidance": 3.0}
+ * All three must be present and valid, or none is used. */
+static void read_defaults(diffuse_model *m, const char *dir)
+{
+    m->defaults_sampler = m->defaults_steps = -1;
+    m->defaults_guidance = -1;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/model_index.json", dir ? dir : "");
+    cJSON *idx = dir && file_exists(path) ? diffuse_json_load(path, NULL) : NULL;
+    const cJSON *d = idx ? cJSON_GetObjectItemCaseSensitive(idx, "_diffuse_defaults") : NULL;
+    const cJSON *sa = cJSON_GetObjectItemCaseSensitive(d, "sampler");
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(d, "steps");
+    const cJSON *g = cJSON_GetObjectItemCaseSensitive(d, "guidance");
+    if (cJSON_IsString(sa) && diffuse_sampler_parse(sa->valuestring) >= 0 && cJSON_IsNumber(st) &&
+        st->valueint >= 1 && st->valueint <= 1000 && cJSON_IsNumber(g) && g->valuedouble >= 0 &&
+        g->valuedouble <= 100) {
+        m->defaults_sampler = diffuse_sampler_parse(sa->valuestring);
+        m->defaults_steps = st->valueint;
+        m->defaults_guidance = (float)g->valuedouble;
+    }
+    cJSON_Delete(idx);
+}
+
 /* ------------------------------------------------------------------ tokenizer */
 
 /* Where the CLIP vocabulary is: the model's tokenizer/ folder, the caller's
@@ -298,6 +323,7 @@ static int model_configure(diffuse_model *m, const char *cfgdir, const diffuse_l
     if (rc)
         return -1;
     read_schedule(m, cfgdir);
+    read_defaults(m, cfgdir);
     if (!cfgdir && strcmp(m->family, "sd2") == 0)
         m->schedule.prediction = DIFFUSE_PREDICTION_V; /* SD 2.x 768 files are v-prediction */
     if (p->prediction != DIFFUSE_PREDICTION_AUTO)
@@ -368,14 +394,18 @@ void diffuse_model_free(diffuse_model *m)
     free(m);
 }
 
-/* Distilled models announce themselves in their scheduler config: LCM models
- * ship LCMScheduler, SD-Turbo ships Euler a with trailing spacing; both run in
- * a few steps without guidance. */
+/* The folder's own "_diffuse_defaults" first; else distilled models announce
+ * themselves in their scheduler config: LCM models ship LCMScheduler, SD-Turbo
+ * ships Euler a with trailing spacing; both run in a few steps without guidance. */
 static void suggest_settings(const diffuse_model *m, diffuse_model_info *info)
 {
     info->suggested_sampler = info->suggested_steps = -1;
     info->suggested_guidance = -1;
-    if (strcmp(m->scheduler_class, "LCMScheduler") == 0) {
+    if (m->defaults_sampler >= 0) {
+        info->suggested_sampler = m->defaults_sampler;
+        info->suggested_steps = m->defaults_steps;
+        info->suggested_guidance = m->defaults_guidance;
+    } else if (strcmp(m->scheduler_class, "LCMScheduler") == 0) {
         info->suggested_sampler = DIFFUSE_SAMPLER_LCM;
         info->suggested_steps = 4;
         info->suggested_guidance = 1.0f;

@@ -256,9 +256,11 @@ gchar *core_model_display_name(const gchar *model)
     return base;
 }
 
-/* Distilled models (SD-Turbo, LCM) want few steps and no guidance. A diffusers
- * folder says so in its scheduler config (the engine's suggested settings);
- * single files carry nothing that says so, so their names are the hint. */
+/* A model's own settings: a diffusers folder names them in model_index.json
+ * ("_diffuse_defaults", as the default model does) or, for distilled models
+ * (SD-Turbo, LCM: few steps, no guidance), in its scheduler config (the
+ * engine's suggested settings); single files carry nothing that says so, so
+ * their names are the hint. */
 void core_settings_model_defaults(CoreSettings *s, const diffuse_model *m, const gchar *model)
 {
     gchar *name = core_model_display_name(model);

@@ -279,6 +279,30 @@ if shared_path "$MODEL"; then
         expect_error "--init size differs from --width" "--init" "$BIN" generate --model "$MODEL" \
             --prompt x --width 128 --height 64 --init "$tmp/out.png" --output "$tmp/bad.png"
     fi
+    # a folder's own settings ("_diffuse_defaults" in model_index.json) apply where not given
+    own=$tmp/own-defaults
+    mkdir -p "$own"
+    for part in unet vae text_encoder tokenizer scheduler; do ln -s "$(cd "$MODEL" && pwd)/$part" "$own/$part"; done
+    printf '{"_class_name": "StableDiffusionPipeline", "_diffuse_defaults": {"sampler": "ddim", "steps": 3, "guidance": 2.5}}\n' >"$own/model_index.json"
+    expect_ok "info: the folder's own settings" "$BIN" info --model "$own" &&
+        { grep -q "suggested: ddim, 3 steps, guidance 2.5" "$tmp/out"; check $? "info does not print the folder's settings: $(cat "$tmp/out")"; }
+    expect_ok "generate: the folder's own settings" "$BIN" generate --model "$own" --prompt "$PROMPT" \
+        --seed 3 --width 64 --height 64 --output "$tmp/own.png" &&
+        expect_ok "generate: the same settings given" "$BIN" generate --model "$own" --prompt "$PROMPT" \
+            --seed 3 --width 64 --height 64 --sampler ddim --steps 3 --cfg 2.5 --output "$tmp/own-given.png" && {
+        cmp -s "$tmp/own.png" "$tmp/own-given.png"
+        check $? "the folder's settings were not used"
+    }
+    expect_ok "generate: given settings win" "$BIN" generate --model "$own" --prompt "$PROMPT" \
+        --seed 3 --width 64 --height 64 --steps 2 --output "$tmp/own-2.png" && {
+        grep -a -q "Steps: 2," "$tmp/own-2.png"
+        check $? "--steps 2 did not override the folder's 3 steps"
+    }
+    printf '{"_diffuse_defaults": {"sampler": "nope", "steps": 3, "guidance": 2}}\n' >"$own/model_index.json"
+    expect_ok "info: invalid folder settings ignored" "$BIN" info --model "$own" && {
+        ! grep -q "suggested:" "$tmp/out"
+        check $? "invalid _diffuse_defaults were used: $(cat "$tmp/out")"
+    }
     expect_error "unwritable --output" "/nonexistent/dir/out.png" "$BIN" generate --model "$MODEL" \
         --prompt "$PROMPT" --steps 1 --width 64 --height 64 --seed 1 --output /nonexistent/dir/out.png
 fi

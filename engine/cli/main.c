@@ -106,7 +106,7 @@ static int progress(void *user, int image, int count, int step, int steps)
 
 typedef struct gen_opts {
     const char *model, *output, *init, *mask, *vocab;
-    bool seed_given;
+    bool seed_given, steps_given, cfg_given, sampler_given;
     diffuse_request req;
     diffuse_load_params load;
 } gen_opts;
@@ -136,14 +136,17 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
         case 'S':
             if (!parse_int(optarg, 1, 1000, &v)) return bad_arg("--steps", optarg, "expected 1..1000");
             o->req.steps = (int)v;
+            o->steps_given = true;
             break;
         case 'c':
             if (!parse_float(optarg, &o->req.guidance)) return bad_arg("--cfg", optarg, "not a number");
+            o->cfg_given = true;
             break;
         case 'a':
             if (diffuse_sampler_parse(optarg) < 0)
                 return bad_arg("--sampler", optarg, "expected euler, euler_a, ddim, dpmpp_2m, lcm or pndm");
             o->req.sampler = (diffuse_sampler)diffuse_sampler_parse(optarg);
+            o->sampler_given = true;
             break;
         case 'k': o->req.karras = 1; break;
         case 'P':
@@ -275,6 +278,11 @@ static int cmd_generate(int argc, char **argv)
     }
     diffuse_model_info info;
     diffuse_model_get_info(model, &info);
+    if (info.suggested_sampler >= 0) { /* the model's own settings, where not given */
+        if (!o.steps_given) o.req.steps = info.suggested_steps;
+        if (!o.cfg_given) o.req.guidance = info.suggested_guidance;
+        if (!o.sampler_given) o.req.sampler = (diffuse_sampler)info.suggested_sampler;
+    }
     if (!o.req.width) o.req.width = info.native_size;
     if (!o.req.height) o.req.height = info.native_size;
     o.req.progress = progress;
@@ -383,7 +391,7 @@ static int cmd_info(int argc, char **argv)
            (long long)in.params_vae, (long long)in.params_text,
            (long long)(in.params_unet + in.params_vae + in.params_text));
     if (in.suggested_sampler >= 0)
-        printf("suggested: %s, %d steps, guidance %g (from the scheduler config)\n",
+        printf("suggested: %s, %d steps, guidance %g (from the model folder; generate uses them unless told)\n",
                diffuse_sampler_name((diffuse_sampler)in.suggested_sampler), in.suggested_steps,
                in.suggested_guidance);
     diffuse_model_free(m);
