@@ -203,9 +203,9 @@ clean:
 
 # ---------------------------------------------------------------- default model
 # models/train: the recipe of the bundled model (PyTorch + numpy, Debian's
-# python3-torch / python3-numpy). `make model` continues the CPU run in
-# models/train/runs/default and re-exports models/default (see
-# models/MODEL_CARD.md for the GPU command line); `make bench-adherence` tests
+# python3-torch / python3-numpy). `make model` runs (or resumes) the shipped
+# model's recipe, models/train/recipe.sh, in models/train/runs/default and
+# re-exports models/default (models/MODEL_CARD.md has the GPU command line); `make bench-adherence` tests
 # the judge on rendered ground truth, then measures the model through the C
 # engine on 200 held-out prompts.
 PYTHON ?= $(shell for p in python3 /usr/bin/python3; do $$p -c 'import numpy' 2>/dev/null && echo $$p && break; done)
@@ -217,7 +217,5 @@ bench-adherence: all
 	BUILD=$(BUILD) $(PYTHON) tests/bench/adherence.py --images $(ADHERENCE_IMAGES) \
 		--report $(BUILD)/adherence.json
 
-MODEL_MINUTES ?= 120
 model:
-	cd models/train && nice -n 19 $(PYTHON) train.py --stage all --device cpu \
-		--minutes $(MODEL_MINUTES) && $(PYTHON) export.py --ckpt runs/default --out ../default
+	nice -n 19 sh models/train/recipe.sh $(PYTHON)

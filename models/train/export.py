@@ -116,7 +116,7 @@ def write_json(path, obj):
         f.write("\n")
 
 
-def export(text, unet, vae, scale, cfg, out, info=None):
+def export(text, unet, vae, scale, cfg, out, info=None, defaults=None):
     if os.path.isdir(out):
         for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
             shutil.rmtree(os.path.join(out, part), ignore_errors=True)
@@ -132,7 +132,10 @@ def export(text, unet, vae, scale, cfg, out, info=None):
     write_json(os.path.join(out, "vae", "config.json"), vae_json(cfg["vae"], scale))
     write_json(os.path.join(out, "text_encoder", "config.json"), text_json(cfg["text"], vocab))
     write_json(os.path.join(out, "scheduler", "scheduler_config.json"), scheduler_json())
-    write_json(os.path.join(out, "model_index.json"), MODEL_INDEX)
+    index = dict(MODEL_INDEX)
+    if defaults:  # the settings the model was measured at; the engine suggests them
+        index["_diffuse_defaults"] = defaults
+    write_json(os.path.join(out, "model_index.json"), index)
     if info:
         write_json(os.path.join(out, "training.json"), info)
 
@@ -173,11 +176,18 @@ def main():
     ap.add_argument("--refset", action="store_true",
                     help="write a refcheck set: OUT/model-diffusers + OUT/golden.*")
     ap.add_argument("--no-ema", action="store_true", help="export the raw weights")
+    ap.add_argument("--defaults", default="euler,20,3",
+                    help="SAMPLER,STEPS,GUIDANCE written to model_index.json as the "
+                         "model's own settings (\"\" for none)")
     a = ap.parse_args()
+    defaults = None
+    if a.defaults:
+        sampler, steps, guidance = a.defaults.split(",")
+        defaults = {"sampler": sampler, "steps": int(steps), "guidance": float(guidance)}
     torch.set_num_threads(2)
     text, unet, vae, scale, cfg, info = load_models(a.ckpt, ema=not a.no_ema)
     target = os.path.join(a.out, "model-diffusers") if a.refset else a.out
-    export(text, unet, vae, scale, cfg, target, info)
+    export(text, unet, vae, scale, cfg, target, info, None if a.refset else defaults)
     if a.refset:
         write_refset(text, unet, vae, scale, a.out)
     size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(target) for f in fs)

@@ -132,16 +132,22 @@ class Scenes:
                 "count": int(self.count[i]), "size": int(self.size[i]), "pos": int(self.pos[i])}
 
 
-def _group_offsets(count, radius, gen):
+def _group_offsets(count, radius, gen, layout):
     """[n, 3, 2] object offsets from the group centre (fractions of the side):
-    one object at the centre, two side by side (horizontal, vertical or
-    diagonal), three on an equilateral triangle of random rotation."""
+    one object at the centre; "varied": two side by side (horizontal, vertical
+    or diagonal), three on an equilateral triangle of random rotation;
+    "canonical": two side by side horizontally, three on a triangle with one
+    object on top."""
     n, dev = len(count), count.device
     d = 2 * radius * max(SHAPE_EXTENT) + GAP                        # [n] centre spacing
     off = torch.zeros(n, 3, 2, device=dev)
+    # the random draws happen in both layouts, so a seed draws the same attributes
     angle = torch.randint(0, 4, (n,), generator=gen, device=dev).float() * (math.pi / 4)
-    two = torch.stack([torch.cos(angle), torch.sin(angle)], -1) * (d / 2)[:, None]
     theta = torch.rand(n, generator=gen, device=dev) * (2 * math.pi / 3)
+    if layout == "canonical":
+        angle = torch.zeros_like(angle)
+        theta = torch.full_like(theta, -math.pi / 2)
+    two = torch.stack([torch.cos(angle), torch.sin(angle)], -1) * (d / 2)[:, None]
     three = torch.stack([torch.stack([torch.cos(theta + k * 2 * math.pi / 3),
                                       torch.sin(theta + k * 2 * math.pi / 3)], -1)
                          for k in range(3)], 1) * (d / math.sqrt(3))[:, None, None]
@@ -152,9 +158,17 @@ def _group_offsets(count, radius, gen):
     return off
 
 
-def sample_scenes(n, gen, heldout="exclude", device="cpu"):
+# canonical layout: the group centre stays within this distance (fraction of
+# the side) of its cell's centre, where the image border allows
+JITTER = 0.03
+
+
+def sample_scenes(n, gen, heldout="exclude", device="cpu", layout="canonical"):
     """n random scenes. heldout: "exclude" (training), "only" (benchmark) or
-    "any". gen: a torch.Generator on `device` (seeded by the caller)."""
+    "any". gen: a torch.Generator on `device` (seeded by the caller).
+    layout: "canonical" (the default model's data: the arrangement of a group,
+    which no prompt can name, is fixed and its place jitters by JITTER) or
+    "varied" (groups rotated, placed anywhere inside their cell)."""
     dev = device
     ri = lambda hi: torch.randint(0, hi, (n,), generator=gen, device=dev)
     color, shape, pos, size = ri(8), ri(4), ri(9), ri(2)
@@ -172,7 +186,7 @@ def sample_scenes(n, gen, heldout="exclude", device="cpu"):
             pos[bad] = torch.randint(0, 9, (m,), generator=gen, device=dev)
     bg = (color + 1 + ri(7)) % 8  # any color but the objects'
     radius = torch.tensor([RADIUS[0], RADIUS[1]], device=dev)[size]
-    off = _group_offsets(count, radius, gen)
+    off = _group_offsets(count, radius, gen, layout)
     valid = torch.arange(3, device=dev)[None, :] < count[:, None]   # [n, 3]
     ext = (radius * max(SHAPE_EXTENT))[:, None]                     # [n, 1]
     big = torch.full_like(off[..., 0], 1e9)
@@ -183,6 +197,9 @@ def sample_scenes(n, gen, heldout="exclude", device="cpu"):
         hi_off = torch.where(valid, o + ext, -big).max(1).values
         lo = torch.maximum(cell.float() / 3 + CELL_INSET, MARGIN - lo_off)
         hi = torch.minimum((cell.float() + 1) / 3 - CELL_INSET, 1 - MARGIN - hi_off)
+        if layout == "canonical":
+            mid = torch.minimum(torch.maximum((cell.float() + 0.5) / 3, lo), hi)
+            lo, hi = torch.maximum(lo, mid - JITTER), torch.minimum(hi, mid + JITTER)
         u = torch.rand(n, generator=gen, device=dev)
         centre[:, axis] = torch.where(hi > lo, lo + u * (hi - lo), (lo + hi) / 2)
     centers = centre[:, None, :] + off

@@ -1,21 +1,24 @@
 """train.py: the default model's training recipe (seeded, resumable).
 
 Stage 1 ("vae"): a tiny AutoencoderKL (8x downsampling, 4 latent channels)
-on random crops of rendered scenes; L1 + a small KL term. Its latent scaling
-factor (1 / std of the latents) is measured at the end and stored.
+on random crops, then whole images, of rendered scenes: L1 weighted towards
+colour edges (where the shapes are) + 0.1 MSE + a tiny KL term + the anchor:
+latent channels 0-2 follow the image's colour averaged over each 8x8 cell, so
+colours lie far apart in latent space. Its latent scaling factor (1 / std of
+the latents) and a latent health check are measured at the end.
+Stage 1b ("decoder", optional): the decoder alone, encoder frozen.
 Stage 2 ("unet"): a CLIP-architecture text encoder and a UNet with
 cross-attention, trained together from scratch as latent diffusion with
-v-prediction on SD's scaled_linear schedule (1000 steps), the prompt dropped
-10% of the time (classifier-free guidance), EMA weights kept for export.
+v-prediction on SD's scaled_linear schedule (1000 steps), timesteps weighted
+towards high noise, the prompt dropped 10% of the time (classifier-free
+guidance), cosine learning-rate decay over --steps, EMA weights kept for export.
 
 Both stages checkpoint to OUT/{vae,unet}.pt every --ckpt-every seconds and at
 the end, and continue from there when run again (same command), so CPU time
 across sessions adds up and a GPU session can pick up a CPU run. Data are drawn
 from a generator seeded by (seed, step): a resumed run sees what an
-uninterrupted one would have.
+uninterrupted one would have. MODEL_CARD.md gives the shipped run's commands.
 
-  CPU (here):  nice -n 19 python3 train.py --stage all --device cpu --minutes-vae 12 --minutes 60
-  GPU:         python3 train.py --stage all --device cuda --preset base --minutes-vae 3 --minutes 10
   then:        python3 export.py --ckpt OUT --out ../default
 """
 import argparse
@@ -38,11 +41,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 # ---------------------------------------------------------------- configurations
 
-VAE_SMALL = {"block_out_channels": [16, 32, 64, 64], "layers_per_block": 1,
-             "norm_num_groups": 2, "latent_channels": 4}
 # GroupNorm removes each group's mean and scale: with one channel per group a
 # flat background would normalise to zero and its colour could not be decoded,
-# so the small VAEs use few, wide groups.
+# so the VAE normalises all channels as one group.
 VAE_TINY = {"block_out_channels": [8, 16, 32, 64], "layers_per_block": 1,
             "norm_num_groups": 1, "latent_channels": 4}
 
@@ -65,13 +66,21 @@ def text_config(width, layers, heads, vocab_size):
 
 def presets(vocab_size):
     return {
-        # what 2 shared CPU cores can train in an hour
+        # the first shipped model (2.5M parameters)
         "small": {"vae": VAE_TINY,
                   "unet": unet_config([32, 64, 64], 1, [False, True, True], [2, 2, 2], 16, 64),
                   "text": text_config(64, 2, 2, vocab_size)},
-        # for a GPU session: 8.3M UNet parameters, 9.7M in all, 19.5 MB in fp16
-        "base": {"vae": VAE_SMALL,
-                 "unet": unet_config([64, 96, 128], 2, [False, True, True], [2, 3, 4], 32, 128),
+        # the shipped model: 4 UNet levels (32x32 to 4x4 latents), cross-attention
+        # at 8x8 and 4x4 and in the mid block; ~36 images/s on 2 CPU cores
+        "cpu": {"vae": VAE_TINY,
+                "unet": unet_config([32, 64, 96, 128], 1, [False, False, True, True],
+                                    [2, 2, 2, 2], 16, 64),
+                "text": text_config(64, 2, 2, vocab_size)},
+        # for a GPU session: the same VAE (its checkpoint can be reused), cross-
+        # attention from 16x16 down, wider text encoder; 9.5M parameters, ~19 MB fp16
+        "base": {"vae": VAE_TINY,
+                 "unet": unet_config([64, 96, 128, 128], 1, [False, True, True, True],
+                                     [2, 2, 4, 4], 16, 128),
                  "text": text_config(128, 2, 4, vocab_size)},
     }
 
@@ -151,6 +160,27 @@ def crop_batch(imgs, centers, crop, gen):
     return torch.stack([imgs[i, :, ys[i]:ys[i] + crop, xs[i]:xs[i] + crop] for i in range(n)])
 
 
+def optimizer_step(opt, loss, params):
+    """One AdamW step on loss, gradients clipped to norm 1."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+
+
+def edge_weight(x, w):
+    """Per-pixel loss weight: 1, plus w within 2 pixels of a colour edge. Edges
+    are a few percent of a scene's pixels but all of its shape; unweighted, the
+    decoder learns to draw stars and triangles as blobs."""
+    if w <= 0:
+        return 1.0
+    g = (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().amax(1, keepdim=True)
+    h = (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().amax(1, keepdim=True)
+    e = F.pad(g, (0, 1, 0, 0)) + F.pad(h, (0, 0, 0, 1))
+    e = F.max_pool2d((e > 0.02).float(), 5, stride=1, padding=2)
+    return 1.0 + w * e
+
+
 def train_vae(a, cfg, out):
     dev = a.device
     torch.manual_seed(a.seed)
@@ -179,7 +209,7 @@ def train_vae(a, cfg, out):
 
     while spent + time.time() - t0 < budget and (a.vae_steps <= 0 or step < a.vae_steps):
         gen = step_gen(a.seed, step, dev)
-        sc = scenes.sample_scenes(a.vae_batch, gen, heldout="any", device=dev)
+        sc = scenes.sample_scenes(a.vae_batch, gen, heldout="any", device=dev, layout="varied")
         x = crop_batch(scenes.render(sc, SIZE), sc.centers, a.vae_crop, gen) * 2 - 1
         lr = a.vae_lr * min(1.0, (step + 1) / 100)
         for g in opt.param_groups:
@@ -195,17 +225,18 @@ def train_vae(a, cfg, out):
                 torch.sqrt(std ** 2 + a.latent_noise ** 2)
             rec = vae.decode(z)
         rec = rec.float()
-        l1 = (rec - x).abs().mean()
+        l1 = ((rec - x).abs() * edge_weight(x, a.edge)).mean()
         kl = 0.5 * (mean.float() ** 2 + logvar.float().exp() - 1 - logvar.float()).mean()
-        loss = l1 + 0.1 * F.mse_loss(rec, x) + a.kl * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
+        # the anchor: the first three latent channels follow the image's colour
+        # averaged over each 8x8 cell, so latents of different colours lie as far
+        # apart as the colours themselves (the fourth channel is free for shape)
+        anchor = F.mse_loss(mean[:, :3].float(), F.avg_pool2d(x, 8))
+        loss = l1 + 0.1 * F.mse_loss(rec, x) + a.kl * kl + a.anchor * anchor
+        optimizer_step(opt, loss, list(vae.parameters()))
         step += 1
         avg = l1.item() if avg is None else 0.98 * avg + 0.02 * l1.item()
         if step % 25 == 0:
-            log(out, "vae", f"step {step} l1 {avg:.4f} kl {kl.item():.3f} "
+            log(out, "vae", f"step {step} l1 {avg:.4f} kl {kl.item():.3f} anchor {anchor.item():.4f} "
                 f"{(spent + time.time() - t0) / 60:.1f} min")
         if time.time() - last_ck > a.ckpt_every:
             checkpoint()
@@ -214,6 +245,57 @@ def train_vae(a, cfg, out):
     log(out, "vae", f"VAE done at step {step}: l1 {avg}, scaling_factor {scale:.5f}")
     checkpoint(done=True, scale=scale)
     return load_ckpt(path, map_location=dev)
+
+
+def train_decoder(a, cfg, out):
+    """Stage 1b: the decoder alone (encoder, latent space and scaling factor
+    frozen), on the encoder's mean latents with a small noise (--dec-noise), so
+    it decodes shapes sharply; the UNet's latents stay valid. Resumable."""
+    dev = a.device
+    path = os.path.join(out, "vae.pt")
+    ck = load_ckpt(path, map_location=dev)
+    if not ck.get("done"):
+        sys.exit("the VAE stage has not finished: run --stage vae first")
+    vae = AutoencoderKL(cfg["vae"]).to(dev)
+    vae.load_state_dict(ck["model"])
+    dec_params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.AdamW(dec_params, lr=a.dec_lr, weight_decay=0.0)
+    step, spent = ck.get("decoder_step", 0), ck.get("decoder_seconds", 0.0)
+    if ck.get("decoder_opt"):
+        opt.load_state_dict(ck["decoder_opt"])
+    log(out, "vae", f"decoder fine-tuning from step {step} ({spent / 60:.1f} min spent)")
+    t0, last_ck, avg = time.time(), time.time(), None
+
+    def checkpoint():
+        ck.update({"model": vae.state_dict(), "decoder_opt": opt.state_dict(),
+                   "decoder_step": step, "decoder_seconds": spent + time.time() - t0})
+        save_atomic(ck, path)
+
+    while step < a.dec_steps:
+        gen = step_gen(a.seed + 5, step, dev)
+        sc = scenes.sample_scenes(a.vae_batch, gen, heldout="any", device=dev, layout="varied")
+        x = scenes.render(sc, SIZE) * 2 - 1
+        with torch.no_grad(), autocast(dev):
+            mean = vae.encode(x)[0].float()
+        z = mean + a.dec_noise * torch.randn(mean.shape, generator=gen, device=dev)
+        lr = a.dec_lr * 0.5 * (1 + math.cos(math.pi * step / a.dec_steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        with autocast(dev):
+            rec = vae.decode(z).float()
+        l1 = ((rec - x).abs() * edge_weight(x, a.edge)).mean()
+        loss = l1 + 0.1 * F.mse_loss(rec, x)
+        optimizer_step(opt, loss, dec_params)
+        step += 1
+        avg = l1.item() if avg is None else 0.98 * avg + 0.02 * l1.item()
+        if step % 25 == 0:
+            log(out, "vae", f"decoder step {step} l1 {avg:.4f} "
+                f"{(spent + time.time() - t0) / 60:.1f} min")
+        if time.time() - last_ck > a.ckpt_every:
+            checkpoint()
+            last_ck = time.time()
+    checkpoint()
+    log(out, "vae", f"decoder done at step {step}")
 
 
 @torch.no_grad()
@@ -335,21 +417,25 @@ def train_unet(a, cfg, out, vae_ck, tok):
                            device=dev)
         drop = torch.rand(len(sc), generator=gen, device=dev) < a.uncond
         ids = torch.where(drop[:, None], empty[None], ids)
-        t = torch.randint(0, 1000, (len(sc),), generator=gen, device=dev)
+        # timesteps: a quarter uniform, the rest weighted towards high noise
+        # (density ~ 1/sqrt(1 - t/1000)), where the prompt decides the layout
+        u = torch.rand(len(sc), generator=gen, device=dev)
+        skew = torch.rand(len(sc), generator=gen, device=dev) >= a.t_uniform
+        u = torch.where(skew, 1 - u * u, u)
+        t = (u * 1000).long().clamp(0, 999)
         eps = torch.randn(z0.shape, generator=gen, device=dev)
         ab = ac[t][:, None, None, None]
         zt = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
         v = ab.sqrt() * eps - (1 - ab).sqrt() * z0
         lr = a.lr * min(1.0, (step + 1) / a.warmup)
+        if a.steps > 0:  # cosine decay to a tenth over the planned steps
+            lr *= 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, step / a.steps)))
         for g in opt.param_groups:
             g["lr"] = lr
         with autocast(dev):
             pred = unet(zt, t, text(ids))
         loss = F.mse_loss(pred.float(), v)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimizer_step(opt, loss, params)
         step += 1
         seen += len(sc)
         decay = min(a.ema, (1 + step) / (10 + step))
@@ -373,11 +459,11 @@ def train_unet(a, cfg, out, vae_ck, tok):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--stage", choices=["vae", "unet", "all"], default="all")
+    ap.add_argument("--stage", choices=["vae", "decoder", "unet", "all"], default="all")
     ap.add_argument("--out", default=os.path.join(HERE, "runs", "default"),
                     help="checkpoint folder (resumed from when it holds one)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--preset", default="small", choices=["small", "base"])
+    ap.add_argument("--preset", default="cpu", choices=["small", "cpu", "base"])
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     ap.add_argument("--ckpt-every", type=float, default=120, help="seconds between checkpoints")
@@ -388,23 +474,33 @@ def main():
     ap.add_argument("--vae-crop", type=int, default=256,
                     help="crop side; whole images (256) keep GroupNorm statistics as in use")
     ap.add_argument("--vae-lr", type=float, default=1e-3)
-    ap.add_argument("--kl", type=float, default=1e-3)
-    ap.add_argument("--latent-noise", type=float, default=0.2,
+    ap.add_argument("--kl", type=float, default=1e-5)
+    ap.add_argument("--edge", type=float, default=10.0,
+                    help="extra L1 weight near colour edges (where the shapes are)")
+    ap.add_argument("--anchor", type=float, default=1.0,
+                    help="weight of the loss tying latent channels 0-2 to the 8x8-averaged colour")
+    ap.add_argument("--latent-noise", type=float, default=0.02,
                     help="noise floor of the latents the decoder learns from")
+    # stage 1b
+    ap.add_argument("--dec-steps", type=int, default=0, help="decoder fine-tuning steps")
+    ap.add_argument("--dec-lr", type=float, default=5e-4)
+    ap.add_argument("--dec-noise", type=float, default=0.05)
     # stage 2
     ap.add_argument("--minutes", type=float, default=60, help="total UNet training time")
     ap.add_argument("--steps", type=int, default=0, help="stop after this many steps (0: time)")
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=100)
-    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--ema", type=float, default=0.998)
     ap.add_argument("--uncond", type=float, default=0.1, help="prompt dropout for guidance")
+    ap.add_argument("--t-uniform", type=float, default=0.25,
+                    help="share of timesteps drawn uniformly (the rest favour high noise)")
     ap.add_argument("--cache", type=int, default=-1,
                     help="scenes in the latent cache (0: encode every batch; "
-                         "default 3000 on the CPU, 0 on a GPU)")
+                         "default 20000 on the CPU, 0 on a GPU)")
     a = ap.parse_args()
     if a.cache < 0:
-        a.cache = 0 if a.device.startswith("cuda") else 3000
+        a.cache = 0 if a.device.startswith("cuda") else 20000
     torch.set_num_threads(a.threads)
     if a.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -425,6 +521,8 @@ def main():
     vae_ck = None
     if a.stage in ("vae", "all"):
         vae_ck = train_vae(a, cfg, a.out)
+    if a.stage in ("decoder", "all") and a.dec_steps > 0:
+        train_decoder(a, cfg, a.out)
     if a.stage in ("unet", "all"):
         if vae_ck is None:
             vae_ck = load_ckpt(os.path.join(a.out, "vae.pt"), map_location=a.device)

@@ -12,8 +12,9 @@ fraction right per attribute, and writes a JSON report.
     python3 tests/bench/adherence.py [--images 200] [--model models/default]
     python3 tests/bench/adherence.py --self-test   # the judge on rendered ground truth
 
-Generation uses the engine's defaults (steps, sampler, guidance, native size)
-unless --steps/--cfg/--sampler are given. Images run in parallel jobs of
+Generation uses the model's own settings (model_index.json "_diffuse_defaults":
+steps, sampler, guidance) at its native size unless --steps/--cfg/--sampler
+are given. Images run in parallel jobs of
 --threads engine threads each.
 """
 import argparse
@@ -103,7 +104,7 @@ def run_bench(a):
     with ThreadPoolExecutor(max_workers=a.jobs) as ex:
         results = list(ex.map(one, range(len(cases))))
     s = summarise(results)
-    s.update({"model": a.model, "settings": extra or "engine defaults",
+    s.update({"model": a.model, "settings": extra or "the model's own",
               "seconds": round(time.time() - t0, 1), "cases": results})
     print_summary(f"held-out prompts, {a.model}", s)
     print(f"  {s['seconds']:.0f} s; images in {outdir}")
@@ -117,7 +118,8 @@ def run_bench(a):
 
 def self_test(a):
     """The judge on ground-truth scenes drawn by the training renderer, saved
-    and read back as PNG: held-out and random scenes, every attribute."""
+    and read back as PNG: held-out scenes in the default model's canonical
+    layout and random scenes in the varied one, every attribute."""
     sys.path.insert(0, os.path.join(ROOT, "models", "train"))
     import torch
     import scenes
@@ -126,7 +128,8 @@ def self_test(a):
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for part, held in ((0, "only"), (1, "any")):
-            sc = scenes.sample_scenes(a.images // 2, gen, heldout=held)
+            sc = scenes.sample_scenes(a.images // 2, gen, heldout=held,
+                                      layout="canonical" if part == 0 else "varied")
             imgs = scenes.render(sc, 256)
             for i in range(len(sc)):
                 path = os.path.join(tmp, f"{part}-{i}.png")

@@ -23,6 +23,7 @@ names, whether it is right. The judge is tested on rendered ground truth
 (adherence.py --self-test) and must score ~100% there.
 """
 import struct
+import sys
 import zlib
 
 import numpy as np
@@ -186,6 +187,8 @@ def analyse(img):
         return out
     areas = np.bincount(lab.ravel(), minlength=n + 1)[1:]
     keep = [i + 1 for i in range(n) if areas[i] >= max(40 * (h / 256) ** 2, 0.15 * areas.max())]
+    if not keep:  # only specks: no object
+        return out
     ys_all, xs_all = [], []
     for k in keep:
         ys, xs = np.nonzero(lab == k)
@@ -263,3 +266,27 @@ def parse_prompt(text):
         if spec["count"] is None and spec["shape"] is not None:
             spec["count"] = 1 if toks[0] == s else None
     return spec
+
+
+def main(argv):
+    """adherence_judge.py IMAGE.png PROMPT [ATTRIBUTE...]: what the image shows
+    and whether it is what the grammar prompt asks for (status 0), or not (1);
+    2 for bad use. With attributes (bg color shape count size pos), only those."""
+    if len(argv) < 3 or any(k not in ATTRIBUTES for k in argv[3:]):
+        print("usage: adherence_judge.py IMAGE.png PROMPT [" + "|".join(ATTRIBUTES) + " ...]",
+              file=sys.stderr)
+        return 2
+    spec = parse_prompt(argv[2])
+    if all(v is None for v in spec.values()):
+        print(f"not a prompt of the scene language: {argv[2]!r}", file=sys.stderr)
+        return 2
+    if argv[3:]:
+        spec = {k: (v if k in argv[3:] else None) for k, v in spec.items()}
+    a, right = judge(read_png(argv[1]), spec)
+    wrong = [k for k, ok in right.items() if not ok]
+    print(f"{describe(a)}{'; wrong: ' + ', '.join(wrong) if wrong else ''}")
+    return 1 if wrong else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
