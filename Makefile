@@ -7,6 +7,9 @@ ifeq ($(SANITIZE),1)
 BUILD   ?= build-san
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 OPT     := -O1
+# GEGL's own leaks at gegl_init in the GIMP plug-in tests (tests/lsan.supp)
+export LSAN_OPTIONS ?= suppressions=$(CURDIR)/tests/lsan.supp
+export ASAN_OPTIONS ?= fast_unwind_on_malloc=0:malloc_context_size=40
 else
 BUILD   ?= build
 SANFLAGS :=
