@@ -302,7 +302,7 @@ def train_decoder(a, cfg, out):
 def measure_scale(vae, a, dev, out=None):
     """1 / std of the latent means of 96 full-size scenes. Also logs the health
     check of the latent space: the smallest distance between the mean (scaled)
-    latents of two background colours. Near 0 (the shipped CPU VAE: 0.006)
+    latents of two background colours. Near 0 (the first model's VAE: 0.006)
     the diffusion model cannot tell those backgrounds apart: retrain the VAE."""
     gen = torch.Generator(device=dev).manual_seed(a.seed + 7)
     zs, bgs = [], []
