@@ -160,6 +160,28 @@ def crop_batch(imgs, centers, crop, gen):
     return torch.stack([imgs[i, :, ys[i]:ys[i] + crop, xs[i]:xs[i] + crop] for i in range(n)])
 
 
+class Progress:
+    """The bookkeeping of a stage's loop: seconds spent (over resumptions), a
+    running mean of the loss, and when the next checkpoint is due."""
+
+    def __init__(self, spent, every, decay=0.98):
+        self.t0 = self.last = time.time()
+        self.spent, self.every, self.decay, self.avg = spent, every, decay, None
+
+    def seconds(self):
+        return self.spent + time.time() - self.t0
+
+    def add(self, loss):
+        x = loss.item()
+        self.avg = x if self.avg is None else self.decay * self.avg + (1 - self.decay) * x
+
+    def checkpoint_due(self):
+        if time.time() - self.last <= self.every:
+            return False
+        self.last = time.time()
+        return True
+
+
 def optimizer_step(opt, loss, params):
     """One AdamW step on loss, gradients clipped to norm 1."""
     opt.zero_grad(set_to_none=True)
@@ -199,15 +221,14 @@ def train_vae(a, cfg, out):
         log(out, "vae", f"resuming VAE at step {step} ({spent / 60:.1f} min spent)")
     else:
         log(out, "vae", f"VAE {count_params(vae) / 1e6:.3f}M parameters, config {cfg['vae']}")
-    t0, last_ck, budget = time.time(), time.time(), a.minutes_vae * 60
-    avg = None
+    p, budget = Progress(spent, a.ckpt_every), a.minutes_vae * 60
 
     def checkpoint(done=False, scale=None):
         save_atomic({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step,
-                     "seconds": spent + time.time() - t0, "config": cfg["vae"], "done": done,
+                     "seconds": p.seconds(), "config": cfg["vae"], "done": done,
                      "scaling_factor": scale}, path)
 
-    while spent + time.time() - t0 < budget and (a.vae_steps <= 0 or step < a.vae_steps):
+    while p.seconds() < budget and (a.vae_steps <= 0 or step < a.vae_steps):
         gen = step_gen(a.seed, step, dev)
         sc = scenes.sample_scenes(a.vae_batch, gen, heldout="any", device=dev, layout="varied")
         x = crop_batch(scenes.render(sc, SIZE), sc.centers, a.vae_crop, gen) * 2 - 1
@@ -234,15 +255,14 @@ def train_vae(a, cfg, out):
         loss = l1 + 0.1 * F.mse_loss(rec, x) + a.kl * kl + a.anchor * anchor
         optimizer_step(opt, loss, list(vae.parameters()))
         step += 1
-        avg = l1.item() if avg is None else 0.98 * avg + 0.02 * l1.item()
+        p.add(l1)
         if step % 25 == 0:
-            log(out, "vae", f"step {step} l1 {avg:.4f} kl {kl.item():.3f} anchor {anchor.item():.4f} "
-                f"{(spent + time.time() - t0) / 60:.1f} min")
-        if time.time() - last_ck > a.ckpt_every:
+            log(out, "vae", f"step {step} l1 {p.avg:.4f} kl {kl.item():.3f} "
+                f"anchor {anchor.item():.4f} {p.seconds() / 60:.1f} min")
+        if p.checkpoint_due():
             checkpoint()
-            last_ck = time.time()
     scale = measure_scale(vae, a, dev, out)
-    log(out, "vae", f"VAE done at step {step}: l1 {avg}, scaling_factor {scale:.5f}")
+    log(out, "vae", f"VAE done at step {step}: l1 {p.avg}, scaling_factor {scale:.5f}")
     checkpoint(done=True, scale=scale)
     return load_ckpt(path, map_location=dev)
 
@@ -264,11 +284,11 @@ def train_decoder(a, cfg, out):
     if ck.get("decoder_opt"):
         opt.load_state_dict(ck["decoder_opt"])
     log(out, "vae", f"decoder fine-tuning from step {step} ({spent / 60:.1f} min spent)")
-    t0, last_ck, avg = time.time(), time.time(), None
+    p = Progress(spent, a.ckpt_every)
 
     def checkpoint():
         ck.update({"model": vae.state_dict(), "decoder_opt": opt.state_dict(),
-                   "decoder_step": step, "decoder_seconds": spent + time.time() - t0})
+                   "decoder_step": step, "decoder_seconds": p.seconds()})
         save_atomic(ck, path)
 
     while step < a.dec_steps:
@@ -287,13 +307,11 @@ def train_decoder(a, cfg, out):
         loss = l1 + 0.1 * F.mse_loss(rec, x)
         optimizer_step(opt, loss, dec_params)
         step += 1
-        avg = l1.item() if avg is None else 0.98 * avg + 0.02 * l1.item()
+        p.add(l1)
         if step % 25 == 0:
-            log(out, "vae", f"decoder step {step} l1 {avg:.4f} "
-                f"{(spent + time.time() - t0) / 60:.1f} min")
-        if time.time() - last_ck > a.ckpt_every:
+            log(out, "vae", f"decoder step {step} l1 {p.avg:.4f} {p.seconds() / 60:.1f} min")
+        if p.checkpoint_due():
             checkpoint()
-            last_ck = time.time()
     checkpoint()
     log(out, "vae", f"decoder done at step {step}")
 
@@ -398,17 +416,16 @@ def train_unet(a, cfg, out, vae_ck, tok):
     data = Latents(a, vae, scale, out, dev, vae_ck["step"])
     ac = alphas_cumprod(dev)
     empty = torch.tensor(tok.encode(""), device=dev)
-    t0, last_ck, budget = time.time(), time.time(), a.minutes * 60
-    avg = None
+    p, budget = Progress(spent, a.ckpt_every, decay=0.99), a.minutes * 60
 
     def checkpoint():
         save_atomic({"text": text.state_dict(), "unet": unet.state_dict(),
                      "ema_text": ema_text.state_dict(), "ema_unet": ema_unet.state_dict(),
                      "opt": opt.state_dict(), "step": step, "images": seen,
-                     "seconds": spent + time.time() - t0, "config": cfg,
+                     "seconds": p.seconds(), "config": cfg,
                      "scaling_factor": scale, "args": vars(a)}, path)
 
-    while spent + time.time() - t0 < budget and (a.steps <= 0 or step < a.steps):
+    while p.seconds() < budget and (a.steps <= 0 or step < a.steps):
         gen = step_gen(a.seed + 3, step, dev)
         z0, sc = data.batch(gen, a.batch)
         prng = random.Random(a.seed * 7919 + step)
@@ -441,17 +458,16 @@ def train_unet(a, cfg, out, vae_ck, tok):
         decay = min(a.ema, (1 + step) / (10 + step))
         ema_update(ema_text, text, decay)
         ema_update(ema_unet, unet, decay)
-        avg = loss.item() if avg is None else 0.99 * avg + 0.01 * loss.item()
+        p.add(loss)
         if step % 50 == 0:
-            el = spent + time.time() - t0
-            log(out, "unet", f"step {step} loss {avg:.4f} images {seen} "
+            el = p.seconds()
+            log(out, "unet", f"step {step} loss {p.avg:.4f} images {seen} "
                 f"{el / 60:.1f} min {seen / max(el, 1e-9):.1f} img/s")
-        if time.time() - last_ck > a.ckpt_every:
+        if p.checkpoint_due():
             checkpoint()
-            last_ck = time.time()
     checkpoint()
     log(out, "unet", f"stopped at step {step}, {seen} images, "
-        f"{(spent + time.time() - t0) / 60:.1f} min in this stage")
+        f"{p.seconds() / 60:.1f} min in this stage")
 
 
 # ---------------------------------------------------------------- main
