@@ -207,8 +207,9 @@ clean:
 # ---------------------------------------------------------------- default model
 # models/train: the recipe of the bundled model (PyTorch + numpy, Debian's
 # python3-torch / python3-numpy). `make model` runs (or resumes) the shipped
-# model's recipe, models/train/recipe.sh, in models/train/runs/default and
-# re-exports models/default (models/MODEL_CARD.md has the GPU command line); `make bench-adherence` tests
+# model's recipe, models/train/recipe.sh, in models/train/runs/base (its UNet
+# stage wants a GPU: models/train/gpu.sh, MODEL_CARD.md) and re-exports
+# models/default; `make bench-adherence` tests
 # the judge on rendered ground truth, then measures the model through the C
 # engine on 200 held-out prompts.
 PYTHON ?= $(shell for p in python3 /usr/bin/python3; do $$p -c 'import numpy' 2>/dev/null && echo $$p && break; done)

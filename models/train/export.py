@@ -106,7 +106,9 @@ def load_models(ckpt_dir, ema=True):
                 p.copy_(p.half().float())
         m.eval()
     info = {"unet_steps": u["step"], "images": u["images"], "unet_seconds": u["seconds"],
-            "vae_steps": v["step"], "vae_seconds": v["seconds"]}
+            "vae_steps": v["step"], "vae_seconds": v["seconds"],
+            "decoder_steps": v.get("decoder_step", 0),
+            "decoder_seconds": v.get("decoder_seconds", 0.0)}
     return text, unet, vae, u["scaling_factor"], cfg, info
 
 

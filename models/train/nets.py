@@ -75,6 +75,9 @@ def attention(q, k, v, heads, causal=False):
     q = q.view(n, t, heads, d).transpose(1, 2)
     k = k.view(n, s, heads, d).transpose(1, 2)
     v = v.view(n, s, heads, d).transpose(1, 2)
+    sdpa = getattr(F, "scaled_dot_product_attention", None)  # torch >= 2.0 (GPU runs)
+    if sdpa is not None and q.is_cuda:
+        return sdpa(q, k, v, is_causal=causal).transpose(1, 2).reshape(n, t, c)
     w = (q @ k.transpose(-1, -2)) * (d ** -0.5)
     if causal:
         w = w.masked_fill(torch.ones(t, s, dtype=torch.bool, device=q.device).triu(1),

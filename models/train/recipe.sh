@@ -2,24 +2,34 @@
 # recipe.sh: the shipped default model's training run, exactly (MODEL_CARD.md).
 # Every stage is seeded by (seed, step) and stops at a step count, so a re-run
 # gives the same weights up to floating-point summation order; each command
-# resumes from runs/default when it holds a checkpoint, so an interrupted run
-# continues where it stopped. On the 2 CPU cores of the development machine:
-# about 13 (VAE) + 5 (latent cache) + 78 (UNet) + 30 (decoder, 1 thread) minutes.
-# The last line exports the model to ../default (models/default).
+# resumes from $OUT when it holds a checkpoint, so an interrupted run continues
+# where it stopped (except the second UNet command: --restart-from-ema starts
+# it from the first one's EMA weights; rerun it only from the first's end).
+# Stages 1, 1b and 3 ran on the 2 CPU cores of the development machine (about
+# 13 + 30 + 58 minutes); stage 2 on one H200 GPU (11.4 minutes, through
+# gpu.sh, which planned the step counts below from its measured rate, --steps
+# -1; given explicitly here, the first 120 steps of each UNet command get the
+# cosine decay that gpu.sh applied only once it had planned). DEVICE=cpu runs
+# stage 2 on the CPU: about two days at ~15 images/s.
 #   sh recipe.sh [PYTHON]      (run from anywhere; PYTHON needs torch + numpy)
+# The last line exports the model to ../default (models/default).
 set -e
 cd "$(dirname "$0")"
 PY=${1:-python3}
-OUT=runs/default
+DEV=${DEVICE:-cuda}
+OUT=runs/base
+T="$PY train.py --preset base --out $OUT"
 # stage 1: the VAE, on 128x128 crops (half around an object), then on whole
 # 256x256 scenes (GroupNorm statistics as in use)
-$PY train.py --stage vae --out $OUT --vae-steps 2132 --minutes-vae 1e9 \
-    --vae-crop 128 --vae-batch 8 --vae-lr 2e-3
-$PY train.py --stage vae --out $OUT --vae-steps 3377 --minutes-vae 1e9 \
-    --vae-crop 256 --vae-batch 4 --vae-lr 7e-4
-# stage 2: text encoder + UNet on 12000 cached scene latents
-$PY train.py --stage unet --out $OUT --steps 2600 --minutes 1e9 --batch 64 \
-    --lr 1.5e-3 --warmup 200 --cache 12000
-# stage 1b: the decoder alone (the latent space the UNet learned stays as it is)
-$PY train.py --stage decoder --out $OUT --dec-steps 1500 --vae-batch 4
-$PY export.py --ckpt $OUT --out ../default --defaults euler,20,2
+$T --stage vae --vae-steps 2132 --minutes-vae 1e9 --vae-crop 128 --vae-batch 8 --vae-lr 2e-3
+$T --stage vae --vae-steps 3377 --minutes-vae 1e9 --vae-crop 256 --vae-batch 4 --vae-lr 7e-4
+# stage 1b: the decoder alone (encoder and latent space frozen from here on)
+$T --stage decoder --dec-steps 1500 --vae-batch 4
+# stage 2: text encoder + UNet, scenes drawn and encoded every step; 2.44M images
+U="$T --stage unet --device $DEV --minutes 1e9 --batch 1024 --ema 0.999 --threads 4"
+$U --steps 1755 --lr 1.5e-3 --warmup 300
+$U --steps 2384 --lr 8e-4 --warmup 100 --t-uniform 0.5 --restart-from-ema
+# stage 3: the decoder again, half of each batch the UNet's own one-step
+# predictions (so it draws the UNet's samples sharply), 35% small stars
+$T --stage decoder --dec-steps 3500 --vae-batch 8 --dec-unet 0.5 --dec-focus 0.35 --dec-lr 3e-4
+$PY export.py --ckpt $OUT --out ../default --defaults euler,20,1.5

@@ -122,9 +122,19 @@ class Scenes:
     def __len__(self):
         return len(self.bg)
 
-    def to(self, device):
-        return Scenes(*(t.to(device) for t in (self.bg, self.color, self.shape, self.count,
+    def to(self, device, non_blocking=False):
+        return Scenes(*(t.to(device, non_blocking=non_blocking) for t in (self.bg, self.color, self.shape, self.count,
                                                self.size, self.pos, self.centers)))
+
+    def select(self, idx):
+        """The scenes at idx (an index tensor, slice or mask)."""
+        return Scenes(*(t[idx] for t in (self.bg, self.color, self.shape, self.count,
+                                         self.size, self.pos, self.centers)))
+
+    def pin(self):
+        """A copy in page-locked memory (CPU), for asynchronous copies to a GPU."""
+        return Scenes(*(t.pin_memory() for t in (self.bg, self.color, self.shape, self.count,
+                                                 self.size, self.pos, self.centers)))
 
     def row(self, i):
         """Scene i as a dict of python values (for prompts and the judge)."""

@@ -25,8 +25,10 @@ import argparse
 import json
 import math
 import os
+import queue
 import random
 import sys
+import threading
 import time
 
 import torch
@@ -132,8 +134,9 @@ def autocast(device):
 
 def ema_update(ema, model, decay):
     with torch.no_grad():
-        for e, p in zip(ema.parameters(), model.parameters()):
-            e.mul_(decay).add_(p.detach(), alpha=1 - decay)
+        e, p = list(ema.parameters()), [q.detach() for q in model.parameters()]
+        torch._foreach_mul_(e, decay)
+        torch._foreach_add_(e, p, alpha=1 - decay)
 
 
 def count_params(m):
@@ -172,8 +175,12 @@ class Progress:
         return self.spent + time.time() - self.t0
 
     def add(self, loss):
-        x = loss.item()
+        """Kept on the loss's device: no host synchronisation per step."""
+        x = loss.detach().float()
         self.avg = x if self.avg is None else self.decay * self.avg + (1 - self.decay) * x
+
+    def mean(self):
+        return float(self.avg)
 
     def checkpoint_due(self):
         if time.time() - self.last <= self.every:
@@ -257,20 +264,66 @@ def train_vae(a, cfg, out):
         step += 1
         p.add(l1)
         if step % 25 == 0:
-            log(out, "vae", f"step {step} l1 {p.avg:.4f} kl {kl.item():.3f} "
+            log(out, "vae", f"step {step} l1 {p.mean():.4f} kl {kl.item():.3f} "
                 f"anchor {anchor.item():.4f} {p.seconds() / 60:.1f} min")
         if p.checkpoint_due():
             checkpoint()
     scale = measure_scale(vae, a, dev, out)
-    log(out, "vae", f"VAE done at step {step}: l1 {p.avg}, scaling_factor {scale:.5f}")
+    log(out, "vae", f"VAE done at step {step}: l1 {p.mean():.4f}, scaling_factor {scale:.5f}")
     checkpoint(done=True, scale=scale)
     return load_ckpt(path, map_location=dev)
 
 
-def train_decoder(a, cfg, out):
+class Denoiser:
+    """The trained text encoder + UNet (EMA weights of OUT/unet.pt) as a one-step
+    denoiser, for the decoder stage: x0_pred(z0, prompts, t) is the clean latent
+    the UNet predicts from z0 noised to t, with classifier-free guidance, i.e.
+    latents as blurred as the UNet's own samples, paired with the true image."""
+
+    def __init__(self, out, dev, tok):
+        ck = load_ckpt(os.path.join(out, "unet.pt"), map_location=dev)
+        cfg = ck["config"]
+        self.text = CLIPTextModel(cfg["text"]).to(dev).eval().requires_grad_(False)
+        self.unet = UNet2DConditionModel(cfg["unet"]).to(dev).eval().requires_grad_(False)
+        self.text.load_state_dict(ck["ema_text"])
+        self.unet.load_state_dict(ck["ema_unet"])
+        self.tok, self.dev, self.ac = tok, dev, alphas_cumprod(dev)
+        self.empty = torch.tensor(tok.encode(""), device=dev)
+
+    @torch.no_grad()
+    def x0_pred(self, z0, sc, t, gen, prng, guidance):
+        n = len(z0)
+        ids = prompt_ids(sc, self.tok, prng).to(self.dev)
+        ids = torch.cat([ids, self.empty[None].expand(n, -1)])
+        ab = self.ac[t][:, None, None, None]
+        zt = ab.sqrt() * z0 + (1 - ab).sqrt() * torch.randn(z0.shape, generator=gen,
+                                                            device=self.dev)
+        with autocast(self.dev):
+            v = self.unet(torch.cat([zt, zt]), torch.cat([t, t]), self.text(ids)).float()
+        v = v[n:] + guidance * (v[:n] - v[n:])
+        return ab.sqrt() * zt - (1 - ab).sqrt() * v
+
+
+def decoder_scenes(a, gen, dev):
+    """The decoder stage's scenes: --dec-focus of them small stars (the shape
+    the decoder draws worst: their points are a few pixels wide), the rest any.
+    Layout canonical, combinations held out of the UNet's data excluded, when
+    the denoiser feeds the decoder."""
+    layout, heldout = ("canonical", "exclude") if a.dec_unet > 0 else ("varied", "any")
+    sc = scenes.sample_scenes(8 * a.vae_batch, gen, heldout=heldout, device=dev, layout=layout)
+    k = round(a.dec_focus * a.vae_batch)
+    star = (sc.shape == 3) & (sc.size == 0)
+    order = torch.cat([torch.nonzero(star)[:k, 0], torch.nonzero(~star)[:, 0]])[:a.vae_batch]
+    return sc.select(order[torch.randperm(len(order), generator=gen, device=dev)])
+
+
+def train_decoder(a, cfg, out, tok):
     """Stage 1b: the decoder alone (encoder, latent space and scaling factor
     frozen), on the encoder's mean latents with a small noise (--dec-noise), so
-    it decodes shapes sharply; the UNet's latents stay valid. Resumable."""
+    it decodes shapes sharply; the UNet's latents stay valid. With --dec-unet P
+    a share P of the batch is the trained UNet's one-step prediction from the
+    noised latent instead (Denoiser), so the decoder learns to draw the UNet's
+    samples sharply. Resumable."""
     dev = a.device
     path = os.path.join(out, "vae.pt")
     ck = load_ckpt(path, map_location=dev)
@@ -288,17 +341,31 @@ def train_decoder(a, cfg, out):
 
     def checkpoint():
         ck.update({"model": vae.state_dict(), "decoder_opt": opt.state_dict(),
-                   "decoder_step": step, "decoder_seconds": p.seconds()})
+                   "decoder_step": step, "decoder_seconds": p.seconds(),
+                   "decoder_phase": phase})
         save_atomic(ck, path)
 
+    # a run asked for more steps than the last one starts a new phase: its own
+    # cosine schedule from here (resuming within a phase keeps the schedule)
+    phase = ck.get("decoder_phase", [0, a.dec_steps])
+    if a.dec_steps > phase[1]:
+        phase = [step, a.dec_steps]
+    den = Denoiser(out, dev, tok) if a.dec_unet > 0 else None
+    scale = ck["scaling_factor"]
     while step < a.dec_steps:
         gen = step_gen(a.seed + 5, step, dev)
-        sc = scenes.sample_scenes(a.vae_batch, gen, heldout="any", device=dev, layout="varied")
+        sc = decoder_scenes(a, gen, dev) if (den or a.dec_focus > 0) else \
+            scenes.sample_scenes(a.vae_batch, gen, heldout="any", device=dev, layout="varied")
         x = scenes.render(sc, SIZE) * 2 - 1
         with torch.no_grad(), autocast(dev):
             mean = vae.encode(x)[0].float()
         z = mean + a.dec_noise * torch.randn(mean.shape, generator=gen, device=dev)
-        lr = a.dec_lr * 0.5 * (1 + math.cos(math.pi * step / a.dec_steps))
+        if den is not None:  # the first share of the batch: the UNet's predictions
+            m = round(a.dec_unet * len(z))
+            t = torch.randint(a.dec_tmin, a.dec_tmax + 1, (m,), generator=gen, device=dev)
+            z[:m] = den.x0_pred(mean[:m] * scale, sc.select(slice(0, m)), t, gen,
+                                random.Random(a.seed * 31 + step), a.dec_guidance) / scale
+        lr = a.dec_lr * 0.5 * (1 + math.cos(math.pi * (step - phase[0]) / (phase[1] - phase[0])))
         for g in opt.param_groups:
             g["lr"] = lr
         with autocast(dev):
@@ -309,7 +376,7 @@ def train_decoder(a, cfg, out):
         step += 1
         p.add(l1)
         if step % 25 == 0:
-            log(out, "vae", f"decoder step {step} l1 {p.avg:.4f} {p.seconds() / 60:.1f} min")
+            log(out, "vae", f"decoder step {step} l1 {p.mean():.4f} {p.seconds() / 60:.1f} min")
         if p.checkpoint_due():
             checkpoint()
     checkpoint()
@@ -368,24 +435,73 @@ class Latents:
         sc = scenes.sample_scenes(n, gen, heldout="exclude", device=self.dev)
         zs, t = [], time.time()
         for i in range(0, n, 64):
-            part = scenes.Scenes(*(x[i:i + 64] for x in (sc.bg, sc.color, sc.shape, sc.count,
-                                                         sc.size, sc.pos, sc.centers)))
+            part = sc.select(slice(i, i + 64))
             zs.append(self.encode(part).half())
             if (i // 64) % 20 == 0:
                 log(out, "unet", f"latent cache {i + 64}/{n} ({time.time() - t:.0f} s)")
         return {"z": torch.cat(zs), "scenes": sc}
 
     def batch(self, gen, n):
-        """(latents [n, 4, 32, 32], Scenes)"""
-        if self.cache is None:
-            sc = scenes.sample_scenes(n, gen, heldout="exclude", device=self.dev)
-            return self.encode(sc), sc
+        """(latents [n, 4, 32, 32], Scenes) drawn from the cache"""
         c = self.cache
         idx = torch.randint(0, len(c["z"]), (n,), generator=gen, device=self.dev)
         s = c["scenes"]
-        sc = scenes.Scenes(*(x[idx] for x in (s.bg, s.color, s.shape, s.count, s.size, s.pos,
-                                               s.centers)))
+        sc = s.select(idx)
         return c["z"][idx].float(), sc
+
+
+class Prefetch:
+    """make(step) for step, step + 1, ... in a background thread, `depth`
+    ahead, so drawing scenes and writing prompts on the CPU overlaps the GPU's
+    work. Items come back in step order; an exception in make is re-raised."""
+
+    def __init__(self, make, step, depth=3):
+        self.q = queue.Queue(depth)
+        self.make = make
+        threading.Thread(target=self._run, args=(step,), daemon=True).start()
+
+    def _run(self, step):
+        while True:
+            try:
+                self.q.put((step, self.make(step), None))
+            except BaseException as e:  # noqa: B902 (handed to the consumer)
+                self.q.put((step, None, e))
+                return
+            step += 1
+
+    def get(self, step):
+        s, item, err = self.q.get()
+        if err is not None:
+            raise err
+        assert s == step, (s, step)
+        return item
+
+
+def prompt_ids(sc, tok, prng):
+    """[n, 77] token ids of one random training prompt per scene."""
+    rows = sc.to("cpu")  # one device-to-host copy, not one per attribute
+    return torch.tensor([tok.encode(scenes.prompt(rows.row(i), prng)) for i in range(len(sc))])
+
+
+def save_parts(obj, folder, part=15 << 20):
+    """obj saved as folder/unet.pt.partNN files of at most `part` bytes each
+    (`cat unet.pt.part* > unet.pt` joins them): how a GPU machine hands its
+    checkpoint back, where files over 16 MiB do not travel."""
+    import io
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getvalue()
+    os.makedirs(folder, exist_ok=True)
+    names = []
+    for i in range(0, len(data), part):
+        name = os.path.join(folder, f"unet.pt.part{i // part:02d}")
+        with open(name + ".tmp", "wb") as f:
+            f.write(data[i:i + part])
+        os.replace(name + ".tmp", name)
+        names.append(name)
+    for f in os.listdir(folder):
+        if f.startswith("unet.pt.part") and os.path.join(folder, f) not in names:
+            os.remove(os.path.join(folder, f))
 
 
 def train_unet(a, cfg, out, vae_ck, tok):
@@ -400,16 +516,27 @@ def train_unet(a, cfg, out, vae_ck, tok):
     ema_text.load_state_dict(text.state_dict())
     ema_unet.load_state_dict(unet.state_dict())
     params = list(text.parameters()) + list(unet.parameters())
-    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    adamw = dict(lr=a.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    try:  # one kernel for all parameters on a GPU
+        opt = torch.optim.AdamW(params, fused=True, **adamw) if dev.startswith("cuda") \
+            else torch.optim.AdamW(params, **adamw)
+    except (TypeError, RuntimeError):
+        opt = torch.optim.AdamW(params, **adamw)
     path = os.path.join(out, "unet.pt")
     step, spent, seen = 0, 0.0, 0
+    fresh = True  # Adam moments start at zero: warm the learning rate up from here
     if os.path.exists(path):
         ck = load_ckpt(path, map_location=dev)
+        if a.restart_from_ema:  # as if from a compact checkpoint holding EMA weights only
+            ck = {k: v for k, v in ck.items() if k not in ("text", "unet", "opt")}
+        fresh = "opt" not in ck
         for m, k in ((text, "text"), (unet, "unet"), (ema_text, "ema_text"), (ema_unet, "ema_unet")):
-            m.load_state_dict(ck[k])
-        opt.load_state_dict(ck["opt"])
+            m.load_state_dict(ck[k if k in ck else "ema_" + k])  # lean: EMA weights only
+        if "opt" in ck:
+            opt.load_state_dict(ck["opt"])
         step, spent, seen = ck["step"], ck["seconds"], ck["images"]
-        log(out, "unet", f"resuming at step {step} ({seen} images, {spent / 60:.1f} min spent)")
+        log(out, "unet", f"resuming at step {step} ({seen} images, {spent / 60:.1f} min spent)"
+            + ("" if "opt" in ck else "; compact checkpoint: fresh optimizer moments"))
     else:
         log(out, "unet", f"UNet {count_params(unet) / 1e6:.3f}M, text {count_params(text) / 1e6:.3f}M "
             f"parameters; configs {cfg['unet']} {cfg['text']}")
@@ -419,19 +546,46 @@ def train_unet(a, cfg, out, vae_ck, tok):
     p, budget = Progress(spent, a.ckpt_every, decay=0.99), a.minutes * 60
 
     def checkpoint():
+        info = {"step": step, "images": seen, "seconds": p.seconds(), "config": cfg,
+                "scaling_factor": scale, "args": vars(a)}
         save_atomic({"text": text.state_dict(), "unet": unet.state_dict(),
                      "ema_text": ema_text.state_dict(), "ema_unet": ema_unet.state_dict(),
-                     "opt": opt.state_dict(), "step": step, "images": seen,
-                     "seconds": p.seconds(), "config": cfg,
-                     "scaling_factor": scale, "args": vars(a)}, path)
+                     "opt": opt.state_dict(), **info}, path)
+        if a.parts:  # compact: EMA weights fp32, training weights bf16, no optimizer
+            half = lambda sd: {k: v.bfloat16() for k, v in sd.items()}
+            save_parts({"text": half(text.state_dict()), "unet": half(unet.state_dict()),
+                        "ema_text": ema_text.state_dict(), "ema_unet": ema_unet.state_dict(),
+                        **info}, a.parts)
 
+    def host_batch(s):
+        """Step s's scenes and prompt ids, drawn on the CPU (no cache)."""
+        sc = scenes.sample_scenes(a.batch, step_gen(a.seed + 3, s, "cpu"), heldout="exclude")
+        ids = prompt_ids(sc, tok, random.Random(a.seed * 7919 + s))
+        if dev.startswith("cuda"):
+            sc, ids = sc.pin(), ids.pin_memory()
+        return sc, ids
+
+    pre = Prefetch(host_batch, step) if data.cache is None else None
+    auto, step0 = a.steps < 0, step  # auto: plan the step count from the measured rate
+    if auto:
+        a.steps = 0
     while p.seconds() < budget and (a.steps <= 0 or step < a.steps):
+        if auto and step - step0 in (20, 120):
+            float(p.avg)  # waits for the GPU
+            if step - step0 == 20:
+                t20 = time.time()
+            else:
+                rate = 100 / (time.time() - t20)
+                a.steps = step + int(rate * (budget - p.seconds()) * 0.97)
+                log(out, "unet", f"{rate:.2f} steps/s: planned {a.steps} steps in all")
         gen = step_gen(a.seed + 3, step, dev)
-        z0, sc = data.batch(gen, a.batch)
-        prng = random.Random(a.seed * 7919 + step)
-        rows = sc.to("cpu")  # one device-to-host copy, not one per attribute
-        ids = torch.tensor([tok.encode(scenes.prompt(rows.row(i), prng)) for i in range(len(sc))],
-                           device=dev)
+        if pre is None:
+            z0, sc = data.batch(gen, a.batch)
+            ids = prompt_ids(sc, tok, random.Random(a.seed * 7919 + step)).to(dev)
+        else:
+            sc, ids = pre.get(step)
+            sc, ids = sc.to(dev, non_blocking=True), ids.to(dev, non_blocking=True)
+            z0 = data.encode(sc)
         drop = torch.rand(len(sc), generator=gen, device=dev) < a.uncond
         ids = torch.where(drop[:, None], empty[None], ids)
         # timesteps: a quarter uniform, the rest weighted towards high noise
@@ -444,7 +598,7 @@ def train_unet(a, cfg, out, vae_ck, tok):
         ab = ac[t][:, None, None, None]
         zt = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
         v = ab.sqrt() * eps - (1 - ab).sqrt() * z0
-        lr = a.lr * min(1.0, (step + 1) / a.warmup)
+        lr = a.lr * min(1.0, (step - (step0 if fresh else 0) + 1) / a.warmup)
         if a.steps > 0:  # cosine decay to a tenth over the planned steps
             lr *= 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, step / a.steps)))
         for g in opt.param_groups:
@@ -461,7 +615,7 @@ def train_unet(a, cfg, out, vae_ck, tok):
         p.add(loss)
         if step % 50 == 0:
             el = p.seconds()
-            log(out, "unet", f"step {step} loss {p.avg:.4f} images {seen} "
+            log(out, "unet", f"step {step} loss {p.mean():.4f} images {seen} "
                 f"{el / 60:.1f} min {seen / max(el, 1e-9):.1f} img/s")
         if p.checkpoint_due():
             checkpoint()
@@ -501,9 +655,19 @@ def main():
     ap.add_argument("--dec-steps", type=int, default=0, help="decoder fine-tuning steps")
     ap.add_argument("--dec-lr", type=float, default=5e-4)
     ap.add_argument("--dec-noise", type=float, default=0.05)
+    ap.add_argument("--dec-focus", type=float, default=0.0,
+                    help="share of each batch drawn as small stars")
+    ap.add_argument("--dec-unet", type=float, default=0.0,
+                    help="share of each batch decoded from the trained UNet's one-step "
+                         "prediction (needs OUT/unet.pt)")
+    ap.add_argument("--dec-tmin", type=int, default=50)
+    ap.add_argument("--dec-tmax", type=int, default=600)
+    ap.add_argument("--dec-guidance", type=float, default=2.0)
     # stage 2
     ap.add_argument("--minutes", type=float, default=60, help="total UNet training time")
-    ap.add_argument("--steps", type=int, default=0, help="stop after this many steps (0: time)")
+    ap.add_argument("--steps", type=int, default=0,
+                    help="stop after this many steps (0: time; -1: as many as fit --minutes, "
+                         "planned from the rate measured over the first 120 steps)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=100)
@@ -511,6 +675,12 @@ def main():
     ap.add_argument("--uncond", type=float, default=0.1, help="prompt dropout for guidance")
     ap.add_argument("--t-uniform", type=float, default=0.25,
                     help="share of timesteps drawn uniformly (the rest favour high noise)")
+    ap.add_argument("--restart-from-ema", action="store_true",
+                    help="resume from the EMA weights with fresh optimizer moments "
+                         "(what resuming from a compact checkpoint does)")
+    ap.add_argument("--parts", default="",
+                    help="also write a compact checkpoint (no optimizer state) as <=15 MB "
+                         "parts into this folder at every checkpoint")
     ap.add_argument("--cache", type=int, default=-1,
                     help="scenes in the latent cache (0: encode every batch; "
                          "default 20000 on the CPU, 0 on a GPU)")
@@ -521,6 +691,7 @@ def main():
     if a.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     os.makedirs(a.out, exist_ok=True)
     merges = learn_merges(GRAMMAR_WORDS)
     tok = Tokenizer(build_vocab(merges), merges)
@@ -538,7 +709,7 @@ def main():
     if a.stage in ("vae", "all"):
         vae_ck = train_vae(a, cfg, a.out)
     if a.stage in ("decoder", "all") and a.dec_steps > 0:
-        train_decoder(a, cfg, a.out)
+        train_decoder(a, cfg, a.out, tok)
     if a.stage in ("unet", "all"):
         if vae_ck is None:
             vae_ck = load_ckpt(os.path.join(a.out, "vae.pt"), map_location=a.device)
