@@ -3,10 +3,10 @@
 # Every stage is seeded by (seed, step) and stops at a step count, so a re-run
 # gives the same weights up to floating-point summation order; each command
 # resumes from $OUT when it holds a checkpoint, so an interrupted run continues
-# where it stopped (except the second UNet command: --restart-from-ema starts
-# it from the first one's EMA weights; rerun it only from the first's end).
-# Stages 1, 1b and 3 ran on the 2 CPU cores of the development machine (about
-# 13 + 30 + 58 minutes); stage 2 on one H200 GPU (11.4 minutes, through
+# where it stopped (except the second and third UNet commands, which start
+# fresh optimizer moments: rerun each only from the end of the one before).
+# Stages 1, 1b, 3 and 4 ran on the 2 CPU cores of the development machine
+# (about 13 + 31 + 31 + 40 minutes); stage 2 on one H200 GPU (11.4 minutes, through
 # gpu.sh, which planned the step counts below from its measured rate, --steps
 # -1; given explicitly here, the first 120 steps of each UNet command get the
 # cosine decay that gpu.sh applied only once it had planned). DEVICE=cpu runs
@@ -32,4 +32,12 @@ $U --steps 2384 --lr 8e-4 --warmup 100 --t-uniform 0.5 --restart-from-ema
 # stage 3: the decoder again, half of each batch the UNet's own one-step
 # predictions (so it draws the UNet's samples sharply), 35% small stars
 $T --stage decoder --dec-steps 3500 --vae-batch 8 --dec-unet 0.5 --dec-focus 0.35 --dec-lr 3e-4
+# stage 4: the UNet fine-tuned on the CPU on its weak spot: half of each batch
+# small squares and stars, timesteps uniform in [100, 700], constant lr 5e-5,
+# batch 16, from stage 2's weights with fresh AdamW moments (the shipped run
+# resumed from the compact checkpoint gpu.sh returns, whose training weights
+# are bf16: the only difference from this command)
+$T --stage unet --device cpu --cache 0 --steps 4225 --minutes 1e9 --batch 16 --lr 5e-5 \
+    --warmup 50 --schedule constant --focus 0.5 --t-range 100,700 --t-uniform 1.0 \
+    --ema 0.999 --fresh-optimizer
 $PY export.py --ckpt $OUT --out ../default --defaults euler,20,1.5

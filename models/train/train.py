@@ -304,17 +304,24 @@ class Denoiser:
         return ab.sqrt() * zt - (1 - ab).sqrt() * v
 
 
+def focused_scenes(n, share, shapes, gen, dev, **kw):
+    """n scenes (sample_scenes' keywords), a share of them small objects of the
+    given shapes (the hard cases: a small star's points are a few pixels
+    wide), the rest any, in random order."""
+    sc = scenes.sample_scenes(8 * n, gen, device=dev, **kw)
+    hard = (sc.size == 0) & torch.isin(sc.shape, torch.tensor(shapes, device=dev))
+    k = round(share * n)
+    order = torch.cat([torch.nonzero(hard)[:k, 0], torch.nonzero(~hard)[:, 0]])[:n]
+    return sc.select(order[torch.randperm(len(order), generator=gen, device=dev)])
+
+
 def decoder_scenes(a, gen, dev):
     """The decoder stage's scenes: --dec-focus of them small stars (the shape
-    the decoder draws worst: their points are a few pixels wide), the rest any.
-    Layout canonical, combinations held out of the UNet's data excluded, when
-    the denoiser feeds the decoder."""
+    the decoder draws worst), the rest any. Layout canonical, combinations held
+    out of the UNet's data excluded, when the denoiser feeds the decoder."""
     layout, heldout = ("canonical", "exclude") if a.dec_unet > 0 else ("varied", "any")
-    sc = scenes.sample_scenes(8 * a.vae_batch, gen, heldout=heldout, device=dev, layout=layout)
-    k = round(a.dec_focus * a.vae_batch)
-    star = (sc.shape == 3) & (sc.size == 0)
-    order = torch.cat([torch.nonzero(star)[:k, 0], torch.nonzero(~star)[:, 0]])[:a.vae_batch]
-    return sc.select(order[torch.randperm(len(order), generator=gen, device=dev)])
+    return focused_scenes(a.vae_batch, a.dec_focus, [3], gen, dev, heldout=heldout,
+                          layout=layout)
 
 
 def train_decoder(a, cfg, out, tok):
@@ -529,6 +536,8 @@ def train_unet(a, cfg, out, vae_ck, tok):
         ck = load_ckpt(path, map_location=dev)
         if a.restart_from_ema:  # as if from a compact checkpoint holding EMA weights only
             ck = {k: v for k, v in ck.items() if k not in ("text", "unet", "opt")}
+        elif a.fresh_optimizer:  # as if from a compact checkpoint (no optimizer state)
+            ck = {k: v for k, v in ck.items() if k != "opt"}
         fresh = "opt" not in ck
         for m, k in ((text, "text"), (unet, "unet"), (ema_text, "ema_text"), (ema_unet, "ema_unet")):
             m.load_state_dict(ck[k if k in ck else "ema_" + k])  # lean: EMA weights only
@@ -559,7 +568,9 @@ def train_unet(a, cfg, out, vae_ck, tok):
 
     def host_batch(s):
         """Step s's scenes and prompt ids, drawn on the CPU (no cache)."""
-        sc = scenes.sample_scenes(a.batch, step_gen(a.seed + 3, s, "cpu"), heldout="exclude")
+        g = step_gen(a.seed + 3, s, "cpu")
+        sc = focused_scenes(a.batch, a.focus, [1, 3], g, "cpu", heldout="exclude") \
+            if a.focus > 0 else scenes.sample_scenes(a.batch, g, heldout="exclude")
         ids = prompt_ids(sc, tok, random.Random(a.seed * 7919 + s))
         if dev.startswith("cuda"):
             sc, ids = sc.pin(), ids.pin_memory()
@@ -593,13 +604,14 @@ def train_unet(a, cfg, out, vae_ck, tok):
         u = torch.rand(len(sc), generator=gen, device=dev)
         skew = torch.rand(len(sc), generator=gen, device=dev) >= a.t_uniform
         u = torch.where(skew, 1 - u * u, u)
-        t = (u * 1000).long().clamp(0, 999)
+        lo, hi = a.t_range
+        t = (lo + u * (hi + 1 - lo)).long().clamp(lo, hi)
         eps = torch.randn(z0.shape, generator=gen, device=dev)
         ab = ac[t][:, None, None, None]
         zt = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
         v = ab.sqrt() * eps - (1 - ab).sqrt() * z0
         lr = a.lr * min(1.0, (step - (step0 if fresh else 0) + 1) / a.warmup)
-        if a.steps > 0:  # cosine decay to a tenth over the planned steps
+        if a.steps > 0 and a.schedule == "cosine":  # decay to a tenth over the planned steps
             lr *= 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, step / a.steps)))
         for g in opt.param_groups:
             g["lr"] = lr
@@ -675,6 +687,14 @@ def main():
     ap.add_argument("--uncond", type=float, default=0.1, help="prompt dropout for guidance")
     ap.add_argument("--t-uniform", type=float, default=0.25,
                     help="share of timesteps drawn uniformly (the rest favour high noise)")
+    ap.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
+                    help="learning rate after the warm-up")
+    ap.add_argument("--fresh-optimizer", action="store_true",
+                    help="resume the weights with fresh optimizer moments")
+    ap.add_argument("--focus", type=float, default=0.0,
+                    help="share of each batch drawn as small squares and stars (fine-tuning)")
+    ap.add_argument("--t-range", type=lambda v: tuple(int(x) for x in v.split(",")),
+                    default=(0, 999), help="LO,HI: timesteps drawn from this range only")
     ap.add_argument("--restart-from-ema", action="store_true",
                     help="resume from the EMA weights with fresh optimizer moments "
                          "(what resuming from a compact checkpoint does)")
