@@ -6,14 +6,17 @@ colour edges (where the shapes are) + 0.1 MSE + a tiny KL term + the anchor:
 latent channels 0-2 follow the image's colour averaged over each 8x8 cell, so
 colours lie far apart in latent space. Its latent scaling factor (1 / std of
 the latents) and a latent health check are measured at the end.
-Stage 1b ("decoder", optional): the decoder alone, encoder frozen.
+Stage 1b ("decoder", optional): the decoder alone, encoder frozen; run again
+after stage 2 with --dec-unet, on the UNet's own one-step predictions too.
 Stage 2 ("unet"): a CLIP-architecture text encoder and a UNet with
 cross-attention, trained together from scratch as latent diffusion with
 v-prediction on SD's scaled_linear schedule (1000 steps), timesteps weighted
 towards high noise, the prompt dropped 10% of the time (classifier-free
 guidance), cosine learning-rate decay over --steps, EMA weights kept for export.
+On a GPU (--device cuda) scenes are drawn and encoded every step (models/train/
+gpu.sh); --focus and --t-range fine-tune it on small squares and stars.
 
-Both stages checkpoint to OUT/{vae,unet}.pt every --ckpt-every seconds and at
+The stages checkpoint to OUT/{vae,unet}.pt every --ckpt-every seconds and at
 the end, and continue from there when run again (same command), so CPU time
 across sessions adds up and a GPU session can pick up a CPU run. Data are drawn
 from a generator seeded by (seed, step): a resumed run sees what an
