@@ -351,20 +351,14 @@ def train_decoder(a, cfg, out, tok):
 
     def checkpoint():
         ck.update({"model": vae.state_dict(), "decoder_opt": opt.state_dict(),
-                   "decoder_step": step, "decoder_seconds": p.seconds(),
-                   "decoder_phase": phase})
+                   "decoder_step": step, "decoder_seconds": p.seconds()})
         save_atomic(ck, path)
 
-    # a run asked for more steps than the last one starts a new phase: its own
-    # cosine schedule from here (resuming within a phase keeps the schedule)
-    phase = ck.get("decoder_phase", [0, a.dec_steps])
-    if a.dec_steps > phase[1]:
-        phase = [step, a.dec_steps]
     den = Denoiser(out, dev, tok) if a.dec_unet > 0 else None
     scale = ck["scaling_factor"]
     while step < a.dec_steps:
         gen = step_gen(a.seed + 5, step, dev)
-        sc = decoder_scenes(a, gen, dev) if (den or a.dec_focus > 0) else \
+        sc = decoder_scenes(a, gen, dev) if (den is not None or a.dec_focus > 0) else \
             scenes.sample_scenes(a.vae_batch, gen, heldout="any", device=dev, layout="varied")
         x = scenes.render(sc, SIZE) * 2 - 1
         with torch.no_grad(), autocast(dev):
@@ -375,7 +369,9 @@ def train_decoder(a, cfg, out, tok):
             t = torch.randint(a.dec_tmin, a.dec_tmax + 1, (m,), generator=gen, device=dev)
             z[:m] = den.x0_pred(mean[:m] * scale, sc.select(slice(0, m)), t, gen,
                                 random.Random(a.seed * 31 + step), a.dec_guidance) / scale
-        lr = a.dec_lr * 0.5 * (1 + math.cos(math.pi * (step - phase[0]) / (phase[1] - phase[0])))
+        # cosine over steps 0 to --dec-steps: a run that continues an earlier
+        # one (stage 3 after stage 1b) starts part-way down the curve
+        lr = a.dec_lr * 0.5 * (1 + math.cos(math.pi * step / a.dec_steps))
         for g in opt.param_groups:
             g["lr"] = lr
         with autocast(dev):
