@@ -19,6 +19,10 @@ PY=${1:-python3}
 DEV=${DEVICE:-cuda}
 OUT=runs/base
 T="$PY train.py --preset base --out $OUT"
+if [ "$DEV" = cuda ] && ! $PY -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
+    echo "recipe.sh: stage 2 needs a GPU (or DEVICE=cpu: about two days)" >&2
+    exit 1
+fi
 # stage 1: the VAE, on 128x128 crops (half around an object), then on whole
 # 256x256 scenes (GroupNorm statistics as in use)
 $T --stage vae --vae-steps 2132 --minutes-vae 1e9 --vae-crop 128 --vae-batch 8 --vae-lr 2e-3

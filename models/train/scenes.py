@@ -122,19 +122,21 @@ class Scenes:
     def __len__(self):
         return len(self.bg)
 
+    def map(self, f):
+        """The scenes with f applied to each of their tensors."""
+        return Scenes(*(f(t) for t in (self.bg, self.color, self.shape, self.count,
+                                       self.size, self.pos, self.centers)))
+
     def to(self, device, non_blocking=False):
-        return Scenes(*(t.to(device, non_blocking=non_blocking) for t in (self.bg, self.color, self.shape, self.count,
-                                               self.size, self.pos, self.centers)))
+        return self.map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def select(self, idx):
         """The scenes at idx (an index tensor, slice or mask)."""
-        return Scenes(*(t[idx] for t in (self.bg, self.color, self.shape, self.count,
-                                         self.size, self.pos, self.centers)))
+        return self.map(lambda t: t[idx])
 
     def pin(self):
         """A copy in page-locked memory (CPU), for asynchronous copies to a GPU."""
-        return Scenes(*(t.pin_memory() for t in (self.bg, self.color, self.shape, self.count,
-                                                 self.size, self.pos, self.centers)))
+        return self.map(lambda t: t.pin_memory())
 
     def row(self, i):
         """Scene i as a dict of python values (for prompts and the judge)."""

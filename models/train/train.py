@@ -25,6 +25,7 @@ uninterrupted one would have. MODEL_CARD.md gives the shipped run's commands.
   then:        python3 export.py --ckpt OUT --out ../default
 """
 import argparse
+import io
 import json
 import math
 import os
@@ -493,7 +494,6 @@ def save_parts(obj, folder, part=15 << 20):
     """obj saved as folder/unet.pt.partNN files of at most `part` bytes each
     (`cat unet.pt.part* > unet.pt` joins them): how a GPU machine hands its
     checkpoint back, where files over 16 MiB do not travel."""
-    import io
     buf = io.BytesIO()
     torch.save(obj, buf)
     data = buf.getvalue()
