@@ -80,9 +80,10 @@ valgrind: all $(TEST_BIN)
 install: all
 	install -D -m 755 $(BUILD)/diffuse $(DESTDIR)$(PREFIX)/bin/diffuse
 
-# The GIMP plug-in (plugin/): core.c and pixels.c, compiled once per GIMP
-# generation (compat.h holds what differs), and one front end per generation,
-# gimp2.c (2.10) and gimp3.c (3.0). pkg-config decides which are built: the
+# The GIMP plug-in (plugin/): core.c and pixels.c, and the dialogs' shared
+# model row dialog.c, compiled once per GIMP generation (compat.h and
+# compat_gtk.h hold what differs), and one front end per generation, gimp2.c
+# (2.10) and gimp3.c (3.0). pkg-config decides which are built: the
 # 2.10 one where it finds libgimp 2.0, into $(BUILD)/plug-ins/diffuse/, the 3.0
 # one where it finds libgimp 3.0, into $(BUILD)/plug-ins-3/diffuse/; both
 # when both. Elsewhere they are left out (tests/test_gimp*.sh then fail under
@@ -91,10 +92,11 @@ install: all
 # beside it in models/default. On Debian 12 (no GIMP 3.0) `make test-gimp3`
 # builds and tests the 3.0 one in a Debian trixie chroot (tests/gimp3/run.sh).
 PLUGIN_CORE := plugin/core.c plugin/pixels.c
+PLUGIN_UI   := plugin/dialog.c
 PLUGIN_HDRS := $(wildcard plugin/*.h) engine/diffuse.h
 GIMP_PKGS   := gimp-2.0 gimpui-2.0 gegl-0.4 babl
 HAVE_GIMP   := $(shell pkg-config --exists $(GIMP_PKGS) 2>/dev/null && echo yes)
-PLUGIN_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(PLUGIN_CORE) plugin/gimp2.c)
+PLUGIN_OBJ  := $(patsubst %.c,$(BUILD)/%.o,$(PLUGIN_CORE) $(PLUGIN_UI) plugin/gimp2.c)
 PLUGIN_DIR  := $(BUILD)/plug-ins/diffuse
 PLUGIN_BIN  := $(PLUGIN_DIR)/diffuse
 PLUGIN_TEST := $(BUILD)/tests/gimp/test_core
@@ -103,7 +105,7 @@ GIMP3_PKGS  := gimp-3.0 gimpui-3.0
 # -isystem: libgimp 3.0.4's own headers trip -Wextra (a const return type)
 GIMP3_CFLAGS = $(patsubst -I%,-isystem %,$(shell pkg-config --cflags $(GIMP3_PKGS)))
 HAVE_GIMP3  := $(shell pkg-config --exists $(GIMP3_PKGS) 2>/dev/null && echo yes)
-PLUGIN3_OBJ := $(patsubst plugin/%.c,$(BUILD)/plugin3/%.o,$(PLUGIN_CORE) plugin/gimp3.c)
+PLUGIN3_OBJ := $(patsubst plugin/%.c,$(BUILD)/plugin3/%.o,$(PLUGIN_CORE) $(PLUGIN_UI) plugin/gimp3.c)
 PLUGIN3_DIR := $(BUILD)/plug-ins-3/diffuse
 PLUGIN3_BIN := $(PLUGIN3_DIR)/diffuse
 PLUGIN3_TEST := $(BUILD)/tests/gimp3/test_core
@@ -154,7 +156,7 @@ $(BUILD)/tests/gimp/%.o: tests/gimp/%.c $(PLUGIN_HDRS) tests/test.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -DGLIB_DISABLE_DEPRECATION_WARNINGS $(shell pkg-config --cflags $(GIMP_PKGS)) -c $< -o $@
 
-$(PLUGIN_TEST): $(BUILD)/tests/gimp/test_core.o $(filter-out %/gimp2.o,$(PLUGIN_OBJ)) $(BUILD)/libdiffuse.a
+$(PLUGIN_TEST): $(BUILD)/tests/gimp/test_core.o $(filter-out %/gimp2.o %/dialog.o,$(PLUGIN_OBJ)) $(BUILD)/libdiffuse.a
 	$(CC) $(LDFLAGS) $^ $(shell pkg-config --libs $(GIMP_PKGS)) $(LDLIBS) -o $@
 
 install-plugin2: plugin2
@@ -181,7 +183,7 @@ $(BUILD)/tests/gimp3/%.o: tests/gimp/%.c $(PLUGIN_HDRS) tests/test.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(GIMP3_CFLAGS) -c $< -o $@
 
-$(PLUGIN3_TEST): $(BUILD)/tests/gimp3/test_core.o $(filter-out %/gimp3.o,$(PLUGIN3_OBJ)) $(BUILD)/libdiffuse.a
+$(PLUGIN3_TEST): $(BUILD)/tests/gimp3/test_core.o $(filter-out %/gimp3.o %/dialog.o,$(PLUGIN3_OBJ)) $(BUILD)/libdiffuse.a
 	$(CC) $(LDFLAGS) $^ $(shell pkg-config --libs $(GIMP3_PKGS)) $(LDLIBS) -o $@
 
 install-plugin3: plugin3

@@ -180,6 +180,16 @@ void core_set_plugin_dir(const gchar *dir)
     plugin_dir = g_strdup(dir);
 }
 
+void core_set_plugin_dir_of_binary(const gchar *argv0)
+{
+    gchar *exe = g_file_read_link("/proc/self/exe", NULL);
+    gchar *dir = g_path_get_dirname(exe ? exe : argv0);
+
+    core_set_plugin_dir(dir);
+    g_free(dir);
+    g_free(exe);
+}
+
 gchar *core_model_resolve(const gchar *model, GError **error)
 {
     const gchar *env = g_getenv("DIFFUSE_DEFAULT_MODEL");

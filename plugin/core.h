@@ -79,6 +79,9 @@ gboolean core_settings_validate(const CoreSettings *s, CoreMode mode, GError **e
 /* The folder holding the plug-in binary: "" models resolve to
  * <dir>/models/default there. Call once at start-up. */
 void core_set_plugin_dir(const gchar *dir);
+/* The same for the folder of the running binary (/proc/self/exe, else argv0),
+ * where the plug-in is installed with its default model. */
+void core_set_plugin_dir_of_binary(const gchar *argv0);
 /* The path to load for `model` ("" = the default model); NULL and an error
  * when no default model is installed. Free with g_free(). */
 gchar *core_model_resolve(const gchar *model, GError **error);

@@ -1,6 +1,6 @@
 /* gimp2.c: the GIMP 2.10 front end of Diffuse: registration (query), run
  * modes (run) and the GTK2 dialog. Everything else is in core.c, which a GIMP
- * 3.0 front end shares.
+ * 3.0 front end shares, and the dialog's model row in dialog.c.
  *
  * Procedures (the PDB contract in DESIGN.md):
  *   plug-in-diffuse-txt2img (run-mode, image, drawable, prompt, negative-prompt,
@@ -16,6 +16,7 @@
 #include <libgimp/gimpui.h>
 
 #include "core.h"
+#include "dialog.h"
 
 #define PROC_TXT2IMG "plug-in-diffuse-txt2img"
 #define PROC_IMG2IMG "plug-in-diffuse-img2img"
@@ -56,6 +57,15 @@ const GimpPlugInInfo PLUG_IN_INFO = {NULL, NULL, query, run};
             "default model)"                                                                       \
     }
 
+/* One procedure, in the Diffuse menu; the two differ only in what is passed. */
+static void install(const gchar *name, const gchar *blurb, const gchar *help, const gchar *label,
+                    const GimpParamDef *args, gint nargs)
+{
+    gimp_install_procedure(name, blurb, help, "Diffuse", "Diffuse", "2025", label,
+                           "RGB*, GRAY*, INDEXED*", GIMP_PLUGIN, nargs, 0, args, NULL);
+    gimp_plugin_menu_register(name, MENU_PATH);
+}
+
 static void query(void)
 {
     static const GimpParamDef txt2img_args[] = {
@@ -66,25 +76,16 @@ static void query(void)
     static const GimpParamDef img2img_args[] = {
         ARGS_HEAD, {GIMP_PDB_FLOAT, "strength", "How much to change, (0, 1]"}, ARGS_TAIL};
 
-    gimp_install_procedure(PROC_TXT2IMG, "Generate new layers from a text prompt",
-                           "Runs Stable Diffusion inside the plug-in and inserts count new "
-                           "layers of width x height above the drawable, named \"Diffuse: "
-                           "<prompt> (seed N)\", each with its settings in the parasite "
-                           "\"diffuse-parameters\".",
-                           "Diffuse", "Diffuse", "2025", "_Text to Image...",
-                           "RGB*, GRAY*, INDEXED*", GIMP_PLUGIN, G_N_ELEMENTS(txt2img_args), 0,
-                           txt2img_args, NULL);
-    gimp_plugin_menu_register(PROC_TXT2IMG, MENU_PATH);
-
-    gimp_install_procedure(PROC_IMG2IMG, "Repaint the selection from a text prompt",
-                           "Runs Stable Diffusion on the drawable's pixels inside the selection "
-                           "bounds and inserts the results as new layers at the selection's "
-                           "position, repainted where the selection is (soft edges blend) and "
-                           "the original pixels elsewhere.",
-                           "Diffuse", "Diffuse", "2025", "_Image to Image...",
-                           "RGB*, GRAY*, INDEXED*", GIMP_PLUGIN, G_N_ELEMENTS(img2img_args), 0,
-                           img2img_args, NULL);
-    gimp_plugin_menu_register(PROC_IMG2IMG, MENU_PATH);
+    install(PROC_TXT2IMG, "Generate new layers from a text prompt",
+            "Runs Stable Diffusion inside the plug-in and inserts count new layers of width x "
+            "height above the drawable, named \"Diffuse: <prompt> (seed N)\", each with its "
+            "settings in the parasite \"diffuse-parameters\".",
+            "_Text to Image...", txt2img_args, G_N_ELEMENTS(txt2img_args));
+    install(PROC_IMG2IMG, "Repaint the selection from a text prompt",
+            "Runs Stable Diffusion on the drawable's pixels inside the selection bounds and "
+            "inserts the results as new layers at the selection's position, repainted where "
+            "the selection is (soft edges blend) and the original pixels elsewhere.",
+            "_Image to Image...", img2img_args, G_N_ELEMENTS(img2img_args));
 }
 
 /* ---------------------------------------------------------------- arguments */
@@ -165,9 +166,7 @@ typedef struct {
     gboolean random_seed;
     GtkObject *steps, *guidance, *strength, *count, *width, *height;
     GtkWidget *sampler; /* GtkComboBoxText */
-    GtkWidget *model_entry, *model_info;
-    diffuse_model *model; /* loaded for model_path, to show its info and run it */
-    gchar *model_path;
+    DialogModel model;  /* the model row */
 } Dialog;
 
 static GtkTextBuffer *add_text_view(GtkWidget *box, const gchar *title, const gchar *text,
@@ -222,108 +221,14 @@ static void round_to_8(GtkAdjustment *adj)
         gtk_adjustment_set_value(adj, core_round8(v));
 }
 
-static void set_widgets_from_model_defaults(Dialog *d)
+/* The model's steps, guidance and sampler (DialogModelDefaults). */
+static void set_model_defaults(const CoreSettings *defaults, gpointer data)
 {
-    CoreSettings *tmp = g_new0(CoreSettings, 1);
+    Dialog *d = data;
 
-    core_settings_model_defaults(tmp, d->model, d->model_path);
-    gtk_adjustment_set_value(GTK_ADJUSTMENT(d->steps), tmp->steps);
-    gtk_adjustment_set_value(GTK_ADJUSTMENT(d->guidance), tmp->guidance);
-    gtk_combo_box_set_active(GTK_COMBO_BOX(d->sampler), diffuse_sampler_parse(tmp->sampler));
-    g_free(tmp);
-}
-
-/* (Re)loads the model named in the entry for its info line; with
- * apply_defaults, also sets steps, guidance and sampler to suit it. */
-static void update_model(Dialog *d, gboolean apply_defaults)
-{
-    const gchar *path = gtk_entry_get_text(GTK_ENTRY(d->model_entry));
-    GError *error = NULL;
-    gchar *info;
-
-    if (d->model_path && !strcmp(path, d->model_path))
-        return;
-    if (d->model)
-        diffuse_model_free(d->model);
-    g_free(d->model_path);
-    d->model_path = g_strdup(path);
-    gtk_label_set_text(GTK_LABEL(d->model_info), "Loading the model...");
-    while (gtk_events_pending())
-        gtk_main_iteration();
-    d->model = core_model_load(path, &error);
-    info = d->model ? core_model_describe(d->model) : g_strdup(error->message);
-    gtk_label_set_text(GTK_LABEL(d->model_info), info);
-    g_free(info);
-    g_clear_error(&error);
-    if (d->model && apply_defaults)
-        set_widgets_from_model_defaults(d);
-}
-
-static void model_entry_activate(GtkWidget *entry, Dialog *d)
-{
-    update_model(d, TRUE);
-}
-
-/* Leaving the entry (clicking OK, say) only refreshes the info line: steps
- * and guidance the user has set are not replaced behind their back. */
-static gboolean model_entry_focus_out(GtkWidget *entry, GdkEvent *event, Dialog *d)
-{
-    update_model(d, FALSE);
-    return FALSE;
-}
-
-static void model_default_clicked(GtkWidget *button, Dialog *d)
-{
-    gtk_entry_set_text(GTK_ENTRY(d->model_entry), "");
-    update_model(d, TRUE);
-}
-
-static void choose_model(Dialog *d, GtkFileChooserAction action)
-{
-    gboolean folder = action == GTK_FILE_CHOOSER_ACTION_SELECT_FOLDER;
-    GtkWidget *chooser = gtk_file_chooser_dialog_new(
-        folder ? "Choose a diffusers model folder" : "Choose a .safetensors model file",
-        GTK_WINDOW(d->dialog), action, "_Cancel", GTK_RESPONSE_CANCEL, "_Open", GTK_RESPONSE_ACCEPT,
-        NULL);
-
-    if (!folder) {
-        GtkFileFilter *filter = gtk_file_filter_new();
-
-        gtk_file_filter_set_name(filter, "Safetensors checkpoints");
-        gtk_file_filter_add_pattern(filter, "*.safetensors");
-        gtk_file_chooser_add_filter(GTK_FILE_CHOOSER(chooser), filter);
-    }
-    if (*gtk_entry_get_text(GTK_ENTRY(d->model_entry)))
-        gtk_file_chooser_set_filename(GTK_FILE_CHOOSER(chooser),
-                                      gtk_entry_get_text(GTK_ENTRY(d->model_entry)));
-    if (gtk_dialog_run(GTK_DIALOG(chooser)) == GTK_RESPONSE_ACCEPT) {
-        gchar *path = gtk_file_chooser_get_filename(GTK_FILE_CHOOSER(chooser));
-
-        gtk_entry_set_text(GTK_ENTRY(d->model_entry), path ? path : "");
-        g_free(path);
-        update_model(d, TRUE);
-    }
-    gtk_widget_destroy(chooser);
-}
-
-static void model_file_clicked(GtkWidget *button, Dialog *d)
-{
-    choose_model(d, GTK_FILE_CHOOSER_ACTION_OPEN);
-}
-
-static void model_folder_clicked(GtkWidget *button, Dialog *d)
-{
-    choose_model(d, GTK_FILE_CHOOSER_ACTION_SELECT_FOLDER);
-}
-
-static void add_button(GtkWidget *box, const gchar *label, const gchar *tooltip, GCallback callback,
-                       Dialog *d)
-{
-    GtkWidget *button = gtk_button_new_with_mnemonic(label);
-
-    gimp_help_set_help_data(button, tooltip, NULL);
-    g_signal_connect(button, "clicked", callback, d);
-    gtk_box_pack_start(GTK_BOX(box), button, FALSE, FALSE, 0);
+    gtk_adjustment_set_value(GTK_ADJUSTMENT(d->steps), defaults->steps);
+    gtk_adjustment_set_value(GTK_ADJUSTMENT(d->guidance), defaults->guidance);
+    gtk_combo_box_set_active(GTK_COMBO_BOX(d->sampler), diffuse_sampler_parse(defaults->sampler));
 }
 
 /* Model: [path entry] [Default] [File...] [Folder...], and the info line. */
@@ -331,28 +236,16 @@ static void add_model_row(Dialog *d, GtkWidget *table, gint row)
 {
     GtkWidget *hbox = gtk_hbox_new(FALSE, 4);
 
-    d->model_entry = gtk_entry_new();
-    gtk_entry_set_text(GTK_ENTRY(d->model_entry), d->s->model);
-    gtk_editable_set_position(GTK_EDITABLE(d->model_entry), -1); /* the name, not the folders */
-    gimp_help_set_help_data(d->model_entry,
-                            "A .safetensors file or a diffusers folder; "
-                            "empty for the default model",
-                            NULL);
-    g_signal_connect(d->model_entry, "activate", G_CALLBACK(model_entry_activate), d);
-    g_signal_connect(d->model_entry, "focus-out-event", G_CALLBACK(model_entry_focus_out), d);
-    gtk_box_pack_start(GTK_BOX(hbox), d->model_entry, TRUE, TRUE, 0);
-    add_button(hbox, "_Default", "Use the default model", G_CALLBACK(model_default_clicked), d);
-    add_button(hbox, "_File...", "Choose a .safetensors file", G_CALLBACK(model_file_clicked), d);
-    add_button(hbox, "Fo_lder...", "Choose a diffusers folder", G_CALLBACK(model_folder_clicked),
-               d);
+    d->model.dialog = d->dialog;
+    d->model.entry = gtk_entry_new();
+    d->model.apply_defaults = set_model_defaults;
+    d->model.data = d;
+    gtk_entry_set_text(GTK_ENTRY(d->model.entry), d->s->model);
+    gtk_box_pack_start(GTK_BOX(hbox), d->model.entry, TRUE, TRUE, 0);
+    dialog_model_add_buttons(&d->model, hbox);
     gimp_table_attach_aligned(GTK_TABLE(table), 0, row, "_Model:", 0.0, 0.5, hbox, 2, FALSE);
-
-    d->model_info = gtk_label_new("");
-    gtk_misc_set_alignment(GTK_MISC(d->model_info), 0.0, 0.5);
-    gtk_label_set_ellipsize(GTK_LABEL(d->model_info), PANGO_ELLIPSIZE_END);
-    gimp_label_set_attributes(GTK_LABEL(d->model_info), PANGO_ATTR_STYLE, PANGO_STYLE_ITALIC, -1);
-    gtk_table_attach(GTK_TABLE(table), d->model_info, 1, 3, row + 1, row + 2, GTK_EXPAND | GTK_FILL,
-                     GTK_FILL, 0, 0);
+    gtk_table_attach(GTK_TABLE(table), dialog_model_info_new(&d->model), 1, 3, row + 1, row + 2,
+                     GTK_EXPAND | GTK_FILL, GTK_FILL, 0, 0);
 }
 
 static GtkWidget *add_sampler_combo(Dialog *d, GtkWidget *table, gint row)
@@ -434,7 +327,7 @@ static void read_back(Dialog *d)
         s->height = core_round8(gtk_adjustment_get_value(GTK_ADJUSTMENT(d->height)));
     } else
         s->strength = gtk_adjustment_get_value(GTK_ADJUSTMENT(d->strength));
-    g_strlcpy(s->model, gtk_entry_get_text(GTK_ENTRY(d->model_entry)), sizeof s->model);
+    g_strlcpy(s->model, gtk_entry_get_text(GTK_ENTRY(d->model.entry)), sizeof s->model);
 }
 
 /* Shows the dialog; TRUE on OK with s filled in. *model receives the model
@@ -463,17 +356,13 @@ static gboolean dialog_run(CoreSettings *s, CoreMode mode, const gchar *proc, gb
     d.negative = add_text_view(vbox, "Negative prompt", s->negative_prompt, 40);
     gtk_box_pack_start(GTK_BOX(vbox), make_table(&d), FALSE, FALSE, 0);
     gtk_widget_show_all(d.dialog);
-    update_model(&d, first_time);
+    dialog_model_update(&d.model, first_time);
 
     ok = gimp_dialog_run(GIMP_DIALOG(d.dialog)) == GTK_RESPONSE_OK;
     if (ok)
         read_back(&d);
     gtk_widget_destroy(d.dialog);
-    if (ok && d.model && !strcmp(d.model_path, s->model))
-        *model = d.model;
-    else if (d.model)
-        diffuse_model_free(d.model);
-    g_free(d.model_path);
+    *model = dialog_model_take(&d.model, ok, s->model);
     return ok;
 }
 
@@ -570,11 +459,6 @@ static void run(const gchar *name, gint nparams, const GimpParam *param, gint *n
  * default model is installed beside it. */
 int main(int argc, char *argv[])
 {
-    gchar *exe = g_file_read_link("/proc/self/exe", NULL);
-    gchar *dir = g_path_get_dirname(exe ? exe : argv[0]);
-
-    core_set_plugin_dir(dir);
-    g_free(dir);
-    g_free(exe);
+    core_set_plugin_dir_of_binary(argv[0]);
     return gimp_main(&PLUG_IN_INFO, argc, argv);
 }

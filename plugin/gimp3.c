@@ -1,7 +1,8 @@
 /* gimp3.c: the GIMP 3.0 front end of Diffuse: a GimpPlugIn subclass that
  * registers the two procedures with their arguments declared with range and
  * default, a GimpProcedureDialog, and the run. Everything else is in core.c,
- * shared with the GIMP 2.10 front end (gimp2.c).
+ * shared with the GIMP 2.10 front end (gimp2.c), and the dialog's model row
+ * in dialog.c.
  *
  * Procedures (the PDB contract in DESIGN.md; GIMP 3 image procedures, so the
  * drawables array stands where 2.10 has one drawable):
@@ -24,6 +25,7 @@
 #include <libgimp/gimpui.h>
 
 #include "core.h"
+#include "dialog.h"
 
 #define PROC_TXT2IMG "plug-in-diffuse-txt2img"
 #define PROC_IMG2IMG "plug-in-diffuse-img2img"
@@ -229,9 +231,7 @@ static gboolean settings_from_config(CoreSettings *s, CoreMode mode, GimpProcedu
 typedef struct {
     GimpProcedureConfig *config;
     GtkWidget *dialog;
-    GtkWidget *model_info;
-    diffuse_model *model; /* loaded for model_path, to show its info and run it */
-    gchar *model_path;
+    DialogModel model; /* the model row, its entry bound to the config's "model" */
 } Dialog;
 
 /* Keeps a size on multiples of 8, the engine's unit (0 stays: the image's). */
@@ -244,110 +244,13 @@ static void round_to_8(GimpProcedureConfig *config, GParamSpec *pspec, gpointer 
         g_object_set(config, pspec->name, MIN(core_round8(v), CORE_MAX_SIDE), NULL);
 }
 
-/* (Re)loads the model named in the config for its info line; with
- * apply_defaults, also sets steps, guidance and sampler to suit it. */
-static void update_model(Dialog *d, gboolean apply_defaults)
+/* The model's steps, guidance and sampler (DialogModelDefaults). */
+static void set_model_defaults(const CoreSettings *defaults, gpointer data)
 {
-    gchar *path = NULL, *info;
-    GError *error = NULL;
+    Dialog *d = data;
 
-    g_object_get(d->config, "model", &path, NULL);
-    if (!path)
-        path = g_strdup("");
-    if (d->model_path && !strcmp(path, d->model_path)) {
-        g_free(path);
-        return;
-    }
-    if (d->model)
-        diffuse_model_free(d->model);
-    g_free(d->model_path);
-    d->model_path = path;
-    gtk_label_set_text(GTK_LABEL(d->model_info), "Loading the model...");
-    while (gtk_events_pending())
-        gtk_main_iteration();
-    d->model = core_model_load(path, &error);
-    info = d->model ? core_model_describe(d->model) : g_strdup(error->message);
-    gtk_label_set_text(GTK_LABEL(d->model_info), info);
-    g_free(info);
-    g_clear_error(&error);
-    if (d->model && apply_defaults) {
-        CoreSettings *tmp = g_new0(CoreSettings, 1);
-
-        core_settings_model_defaults(tmp, d->model, d->model_path);
-        g_object_set(d->config, "steps", tmp->steps, "guidance", tmp->guidance, "sampler-choice",
-                     tmp->sampler, NULL);
-        g_free(tmp);
-    }
-}
-
-static void model_entry_activate(GtkWidget *entry, Dialog *d)
-{
-    update_model(d, TRUE);
-}
-
-/* Leaving the entry (clicking OK, say) only refreshes the info line: steps
- * and guidance the user has set are not replaced behind their back. */
-static gboolean model_entry_focus_out(GtkWidget *entry, GdkEvent *event, Dialog *d)
-{
-    update_model(d, FALSE);
-    return FALSE;
-}
-
-static void model_default_clicked(GtkWidget *button, Dialog *d)
-{
-    g_object_set(d->config, "model", "", NULL);
-    update_model(d, TRUE);
-}
-
-static void choose_model(Dialog *d, GtkFileChooserAction action)
-{
-    gboolean folder = action == GTK_FILE_CHOOSER_ACTION_SELECT_FOLDER;
-    GtkWidget *chooser = gtk_file_chooser_dialog_new(
-        folder ? "Choose a diffusers model folder" : "Choose a .safetensors model file",
-        GTK_WINDOW(d->dialog), action, "_Cancel", GTK_RESPONSE_CANCEL, "_Open", GTK_RESPONSE_ACCEPT,
-        NULL);
-    gchar *current = NULL;
-
-    if (!folder) {
-        GtkFileFilter *filter = gtk_file_filter_new();
-
-        gtk_file_filter_set_name(filter, "Safetensors checkpoints");
-        gtk_file_filter_add_pattern(filter, "*.safetensors");
-        gtk_file_chooser_add_filter(GTK_FILE_CHOOSER(chooser), filter);
-    }
-    g_object_get(d->config, "model", &current, NULL);
-    if (current && *current)
-        gtk_file_chooser_set_filename(GTK_FILE_CHOOSER(chooser), current);
-    g_free(current);
-    if (gtk_dialog_run(GTK_DIALOG(chooser)) == GTK_RESPONSE_ACCEPT) {
-        gchar *path = gtk_file_chooser_get_filename(GTK_FILE_CHOOSER(chooser));
-
-        g_object_set(d->config, "model", path ? path : "", NULL);
-        g_free(path);
-        update_model(d, TRUE);
-    }
-    gtk_widget_destroy(chooser);
-}
-
-static void model_file_clicked(GtkWidget *button, Dialog *d)
-{
-    choose_model(d, GTK_FILE_CHOOSER_ACTION_OPEN);
-}
-
-static void model_folder_clicked(GtkWidget *button, Dialog *d)
-{
-    choose_model(d, GTK_FILE_CHOOSER_ACTION_SELECT_FOLDER);
-}
-
-static void add_button(GtkWidget *box, const gchar *label, const gchar *tooltip, GCallback callback,
-                       Dialog *d)
-{
-    GtkWidget *button = gtk_button_new_with_mnemonic(label);
-
-    gimp_help_set_help_data(button, tooltip, NULL);
-    g_signal_connect(button, "clicked", callback, d);
-    gtk_box_pack_start(GTK_BOX(box), button, FALSE, FALSE, 0);
-    gtk_widget_show(button);
+    g_object_set(d->config, "steps", defaults->steps, "guidance", defaults->guidance,
+                 "sampler-choice", defaults->sampler, NULL);
 }
 
 /* A framed, scrolled, word-wrapped text view for a string argument: the
@@ -419,31 +322,20 @@ static void add_seed_row(GimpProcedureDialog *dialog, Dialog *d)
 static void add_model_row(GimpProcedureDialog *dialog, Dialog *d)
 {
     GtkWidget *entry_widget = gimp_procedure_dialog_get_widget(dialog, "model", G_TYPE_NONE);
-    GtkWidget *entry = gimp_label_entry_get_entry(GIMP_LABEL_ENTRY(entry_widget));
     GtkWidget *row, *box;
 
-    gimp_help_set_help_data(entry,
-                            "A .safetensors file or a diffusers folder; empty for the "
-                            "default model",
-                            NULL);
-    gtk_editable_set_position(GTK_EDITABLE(entry), -1); /* the name, not the folders */
-    g_signal_connect(entry, "activate", G_CALLBACK(model_entry_activate), d);
-    g_signal_connect(entry, "focus-out-event", G_CALLBACK(model_entry_focus_out), d);
+    d->model.dialog = d->dialog;
+    d->model.entry = gimp_label_entry_get_entry(GIMP_LABEL_ENTRY(entry_widget));
+    d->model.apply_defaults = set_model_defaults;
+    d->model.data = d;
     row = gimp_procedure_dialog_fill_box(dialog, "model-row", "model", NULL);
     gtk_orientable_set_orientation(GTK_ORIENTABLE(row), GTK_ORIENTATION_HORIZONTAL);
     gtk_box_set_spacing(GTK_BOX(row), 4);
     gtk_widget_set_hexpand(entry_widget, TRUE);
-    add_button(row, "_Default", "Use the default model", G_CALLBACK(model_default_clicked), d);
-    add_button(row, "_File...", "Choose a .safetensors file", G_CALLBACK(model_file_clicked), d);
-    add_button(row, "Fo_lder...", "Choose a diffusers folder", G_CALLBACK(model_folder_clicked), d);
+    dialog_model_add_buttons(&d->model, row);
 
     box = gimp_procedure_dialog_fill_box(dialog, "model-box", "model-row", NULL);
-    d->model_info = gtk_label_new("");
-    gtk_label_set_xalign(GTK_LABEL(d->model_info), 0.0);
-    gtk_label_set_ellipsize(GTK_LABEL(d->model_info), PANGO_ELLIPSIZE_END);
-    gimp_label_set_attributes(GTK_LABEL(d->model_info), PANGO_ATTR_STYLE, PANGO_STYLE_ITALIC, -1);
-    gtk_box_pack_start(GTK_BOX(box), d->model_info, FALSE, FALSE, 0);
-    gtk_widget_show(d->model_info);
+    gtk_box_pack_start(GTK_BOX(box), dialog_model_info_new(&d->model), FALSE, FALSE, 0);
 }
 
 /* Shows the dialog; TRUE on OK, the config then holding the values. *model
@@ -485,20 +377,17 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
                                    "sampler-choice", "strength", "count", "model-box", NULL);
     gtk_widget_show(d.dialog);
     g_object_get(config, "configured", &configured, NULL);
-    update_model(&d, !configured); /* a first run takes the model's own steps and guidance */
+    /* a first run takes the model's own steps and guidance */
+    dialog_model_update(&d.model, !configured);
 
     ok = gimp_procedure_dialog_run(dialog);
     g_signal_handlers_disconnect_by_func(config, G_CALLBACK(round_to_8), NULL);
     if (ok)
-        update_model(&d, FALSE); /* the model the entry names now, for the run */
+        dialog_model_update(&d.model, FALSE); /* the model the entry names now, for the run */
     gtk_widget_destroy(d.dialog);
     g_object_get(config, "model", &chosen, NULL);
-    if (ok && d.model && !g_strcmp0(d.model_path, chosen ? chosen : ""))
-        *model = d.model;
-    else if (d.model)
-        diffuse_model_free(d.model);
+    *model = dialog_model_take(&d.model, ok, chosen ? chosen : "");
     g_free(chosen);
-    g_free(d.model_path);
     return ok;
 }
 
@@ -598,11 +487,6 @@ static GimpValueArray *diffuse_run(GimpProcedure *procedure, GimpRunMode run_mod
  * is: the default model is installed beside it. */
 int main(int argc, char *argv[])
 {
-    gchar *exe = g_file_read_link("/proc/self/exe", NULL);
-    gchar *dir = g_path_get_dirname(exe ? exe : argv[0]);
-
-    core_set_plugin_dir(dir);
-    g_free(dir);
-    g_free(exe);
+    core_set_plugin_dir_of_binary(argv[0]);
     return gimp_main(DIFFUSE_TYPE, argc, argv);
 }

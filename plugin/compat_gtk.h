@@ -1,0 +1,26 @@
+/* compat_gtk.h: the GTK calls whose form differs between GTK 2 (GIMP 2.10)
+ * and GTK 3 (GIMP 3.0), in one place, so that dialog.c is written once for
+ * both, as compat.h does for libgimp in core.c.
+ *
+ * GTK 3 deprecates GtkMisc's alignment for the label's own; GTK 2 has only
+ * GtkMisc's. GTK_MAJOR_VERSION comes from gtk/gtk.h, which gimpui.h includes. */
+#ifndef DIFFUSE_PLUGIN_COMPAT_GTK_H
+#define DIFFUSE_PLUGIN_COMPAT_GTK_H
+
+#include <libgimp/gimpui.h>
+
+G_BEGIN_DECLS
+
+/* Aligns a label's text horizontally (0 = left), centred vertically. */
+static inline void compat_label_set_xalign(GtkWidget *label, gfloat xalign)
+{
+#if GTK_MAJOR_VERSION >= 3
+    gtk_label_set_xalign(GTK_LABEL(label), xalign);
+#else
+    gtk_misc_set_alignment(GTK_MISC(label), xalign, 0.5);
+#endif
+}
+
+G_END_DECLS
+
+#endif

@@ -1,0 +1,152 @@
+/* dialog.c: the model row both front ends' dialogs share (see dialog.h):
+ * loading the model the entry names, its info line, the Default, File... and
+ * Folder... buttons, and handing the loaded model to the run. Compiled once
+ * per GIMP generation, the GTK calls that differ behind compat_gtk.h.
+ *
+ * The model is loaded while the dialog is open, so that the info line can
+ * say what it is (or why it cannot be used) and its defaults can fill in
+ * steps, guidance and sampler before the user runs it. */
+#include <string.h>
+
+#include <libgimp/gimp.h>
+#include <libgimp/gimpui.h>
+
+#include "compat_gtk.h"
+#include "core.h"
+#include "dialog.h"
+
+void dialog_model_update(DialogModel *m, gboolean apply_defaults)
+{
+    const gchar *path = gtk_entry_get_text(GTK_ENTRY(m->entry));
+    GError *error = NULL;
+    gchar *info;
+
+    if (m->path && !strcmp(path, m->path))
+        return;
+    if (m->model)
+        diffuse_model_free(m->model);
+    g_free(m->path);
+    m->path = g_strdup(path);
+    gtk_label_set_text(GTK_LABEL(m->info), "Loading the model...");
+    /* the entry may change while the label is drawn: load the copy */
+    while (gtk_events_pending())
+        gtk_main_iteration();
+    m->model = core_model_load(m->path, &error);
+    info = m->model ? core_model_describe(m->model) : g_strdup(error->message);
+    gtk_label_set_text(GTK_LABEL(m->info), info);
+    g_free(info);
+    g_clear_error(&error);
+    if (m->model && apply_defaults) {
+        CoreSettings *tmp = g_new0(CoreSettings, 1);
+
+        core_settings_model_defaults(tmp, m->model, m->path);
+        m->apply_defaults(tmp, m->data);
+        g_free(tmp);
+    }
+}
+
+static void model_entry_activate(GtkWidget *entry, DialogModel *m)
+{
+    dialog_model_update(m, TRUE);
+}
+
+/* Leaving the entry (clicking OK, say) only refreshes the info line: steps
+ * and guidance the user has set are not replaced behind their back. */
+static gboolean model_entry_focus_out(GtkWidget *entry, GdkEvent *event, DialogModel *m)
+{
+    dialog_model_update(m, FALSE);
+    return FALSE;
+}
+
+static void model_default_clicked(GtkWidget *button, DialogModel *m)
+{
+    gtk_entry_set_text(GTK_ENTRY(m->entry), "");
+    dialog_model_update(m, TRUE);
+}
+
+static void choose_model(DialogModel *m, GtkFileChooserAction action)
+{
+    gboolean folder = action == GTK_FILE_CHOOSER_ACTION_SELECT_FOLDER;
+    GtkWidget *chooser = gtk_file_chooser_dialog_new(
+        folder ? "Choose a diffusers model folder" : "Choose a .safetensors model file",
+        GTK_WINDOW(m->dialog), action, "_Cancel", GTK_RESPONSE_CANCEL, "_Open", GTK_RESPONSE_ACCEPT,
+        NULL);
+    const gchar *current = gtk_entry_get_text(GTK_ENTRY(m->entry));
+
+    if (!folder) {
+        GtkFileFilter *filter = gtk_file_filter_new();
+
+        gtk_file_filter_set_name(filter, "Safetensors checkpoints");
+        gtk_file_filter_add_pattern(filter, "*.safetensors");
+        gtk_file_chooser_add_filter(GTK_FILE_CHOOSER(chooser), filter);
+    }
+    if (*current)
+        gtk_file_chooser_set_filename(GTK_FILE_CHOOSER(chooser), current);
+    if (gtk_dialog_run(GTK_DIALOG(chooser)) == GTK_RESPONSE_ACCEPT) {
+        gchar *path = gtk_file_chooser_get_filename(GTK_FILE_CHOOSER(chooser));
+
+        gtk_entry_set_text(GTK_ENTRY(m->entry), path ? path : "");
+        g_free(path);
+        dialog_model_update(m, TRUE);
+    }
+    gtk_widget_destroy(chooser);
+}
+
+static void model_file_clicked(GtkWidget *button, DialogModel *m)
+{
+    choose_model(m, GTK_FILE_CHOOSER_ACTION_OPEN);
+}
+
+static void model_folder_clicked(GtkWidget *button, DialogModel *m)
+{
+    choose_model(m, GTK_FILE_CHOOSER_ACTION_SELECT_FOLDER);
+}
+
+static void add_button(GtkWidget *box, const gchar *label, const gchar *tooltip, GCallback callback,
+                       DialogModel *m)
+{
+    GtkWidget *button = gtk_button_new_with_mnemonic(label);
+
+    gimp_help_set_help_data(button, tooltip, NULL);
+    g_signal_connect(button, "clicked", callback, m);
+    gtk_box_pack_start(GTK_BOX(box), button, FALSE, FALSE, 0);
+    gtk_widget_show(button);
+}
+
+void dialog_model_add_buttons(DialogModel *m, GtkWidget *box)
+{
+    gimp_help_set_help_data(m->entry,
+                            "A .safetensors file or a diffusers folder; "
+                            "empty for the default model",
+                            NULL);
+    gtk_editable_set_position(GTK_EDITABLE(m->entry), -1); /* the name, not the folders */
+    g_signal_connect(m->entry, "activate", G_CALLBACK(model_entry_activate), m);
+    g_signal_connect(m->entry, "focus-out-event", G_CALLBACK(model_entry_focus_out), m);
+    add_button(box, "_Default", "Use the default model", G_CALLBACK(model_default_clicked), m);
+    add_button(box, "_File...", "Choose a .safetensors file", G_CALLBACK(model_file_clicked), m);
+    add_button(box, "Fo_lder...", "Choose a diffusers folder", G_CALLBACK(model_folder_clicked), m);
+}
+
+GtkWidget *dialog_model_info_new(DialogModel *m)
+{
+    m->info = gtk_label_new("");
+    compat_label_set_xalign(m->info, 0.0);
+    gtk_label_set_ellipsize(GTK_LABEL(m->info), PANGO_ELLIPSIZE_END);
+    gimp_label_set_attributes(GTK_LABEL(m->info), PANGO_ATTR_STYLE, PANGO_STYLE_ITALIC, -1);
+    gtk_widget_show(m->info);
+    return m->info;
+}
+
+diffuse_model *dialog_model_take(DialogModel *m, gboolean ok, const gchar *chosen)
+{
+    diffuse_model *model = NULL;
+
+    if (ok && m->model && !g_strcmp0(m->path, chosen))
+        model = m->model;
+    else if (m->model)
+        diffuse_model_free(m->model);
+    m->model = NULL;
+    g_free(m->path);
+    m->path = NULL;
+    return model;
+}

@@ -1,0 +1,60 @@
+/* dialog.h: the model row that the dialogs of both GIMP front ends share, a
+ * path entry with Default, File... and Folder... buttons and an info line
+ * under it, and the model loaded for the path, which the run takes when it is
+ * the one chosen, so that OK does not load it twice.
+ *
+ * The rest of the two dialogs differs: gimp2.c builds a GTK2 table by hand,
+ * gimp3.c has GimpProcedureDialog build the widgets from the procedure's
+ * arguments. Each front end makes the entry its own way (gimp3.c's is bound
+ * to the config's "model") and lays out the row; the behaviour is here.
+ * Compiled once per GIMP generation, as core.c is; the GTK calls that differ
+ * are in compat_gtk.h.
+ *
+ *     DialogModel m = {.dialog = dialog, .entry = gtk_entry_new(),
+ *                      .apply_defaults = set_steps_guidance_sampler, .data = d};
+ *     gtk_box_pack_start(GTK_BOX(hbox), m.entry, TRUE, TRUE, 0);
+ *     dialog_model_add_buttons(&m, hbox);
+ *     ... place dialog_model_info_new(&m) under it, show the dialog
+ *     dialog_model_update(&m, first_time);
+ *     ... run the dialog
+ *     *model = dialog_model_take(&m, ok, chosen_path);
+ */
+#ifndef DIFFUSE_PLUGIN_DIALOG_H
+#define DIFFUSE_PLUGIN_DIALOG_H
+
+#include <libgimp/gimpui.h>
+
+#include "core.h"
+
+G_BEGIN_DECLS
+
+/* Sets the dialog's steps, guidance and sampler to defaults, which suit the
+ * model just loaded; data is DialogModel.data. */
+typedef void (*DialogModelDefaults)(const CoreSettings *defaults, gpointer data);
+
+typedef struct {
+    GtkWidget *dialog;    /* the plug-in's dialog, the file choosers' parent */
+    GtkWidget *entry;     /* GtkEntry: the model's path ("" = the default model) */
+    GtkWidget *info;      /* the line under it: the model's info or why it failed */
+    diffuse_model *model; /* loaded for path, to show its info and run it */
+    gchar *path;
+    DialogModelDefaults apply_defaults;
+    gpointer data;
+} DialogModel;
+
+/* Ties m->entry to the model (its tooltip; Enter loads the model named,
+ * leaving it refreshes the info line) and packs the Default, File... and
+ * Folder... buttons into box, after what it holds. */
+void dialog_model_add_buttons(DialogModel *m, GtkWidget *box);
+/* The info line, empty, into m->info; the caller places it. */
+GtkWidget *dialog_model_info_new(DialogModel *m);
+/* (Re)loads the model named in the entry for its info line; with
+ * apply_defaults, also sets steps, guidance and sampler to suit it. */
+void dialog_model_update(DialogModel *m, gboolean apply_defaults);
+/* After the dialog: the model it loaded when ok and it is the one chosen (the
+ * caller frees it), else NULL, the model freed. Frees m's path. */
+diffuse_model *dialog_model_take(DialogModel *m, gboolean ok, const gchar *chosen);
+
+G_END_DECLS
+
+#endif
