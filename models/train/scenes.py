@@ -115,17 +115,23 @@ class Scenes:
     size: 0 small / 1 large; pos: POSITIONS index; centers: [n, 3, 2] object
     centres (x, y) as fractions of the side (rows >= count unused)."""
 
+    FIELDS = ("bg", "color", "shape", "count", "size", "pos", "centers")
+
     def __init__(self, bg, color, shape, count, size, pos, centers):
         self.bg, self.color, self.shape, self.count = bg, color, shape, count
         self.size, self.pos, self.centers = size, pos, centers
+
+    @staticmethod
+    def cat(parts):
+        """One batch of the scenes of several, in order."""
+        return Scenes(*(torch.cat([getattr(p, k) for p in parts]) for k in Scenes.FIELDS))
 
     def __len__(self):
         return len(self.bg)
 
     def map(self, f):
         """The scenes with f applied to each of their tensors."""
-        return Scenes(*(f(t) for t in (self.bg, self.color, self.shape, self.count,
-                                       self.size, self.pos, self.centers)))
+        return Scenes(*(f(getattr(self, k)) for k in Scenes.FIELDS))
 
     def to(self, device, non_blocking=False):
         return self.map(lambda t: t.to(device, non_blocking=non_blocking))

@@ -116,33 +116,60 @@ def run_bench(a):
     return s
 
 
+def blurred(imgs, sigma):
+    """imgs [n, 3, H, W] blurred by a Gaussian of sigma pixels (edges
+    replicated): a decoder's soft edges and blunt corners."""
+    import torch
+    import torch.nn.functional as F
+    r = int(3 * sigma + 0.5)
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1).float() / sigma) ** 2)
+    k = (k[:, None] * k[None, :]) / k.sum() ** 2
+    return F.conv2d(F.pad(imgs, (r, r, r, r), mode="replicate"),
+                    k[None, None].repeat(3, 1, 1, 1), groups=3)
+
+
 def self_test(a):
     """The judge on ground-truth scenes drawn by the training renderer, saved
     and read back as PNG: held-out scenes in the default model's canonical
-    layout and random scenes in the varied one, every attribute."""
+    layout, random scenes in the varied one, and random canonical scenes
+    blurred by 1.5 pixels (soft edges and blunt star points, as decoders
+    draw them), every attribute. With --keep DIR the images stay there, with
+    DIR/cases.tsv (file, prompt, blur): tests/fixtures/judge is such a set,
+    which tests/test_judge.sh judges in `make test` (no torch there)."""
     sys.path.insert(0, os.path.join(ROOT, "models", "train"))
     import torch
     import scenes
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(a.seed)
     results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for part, held in ((0, "only"), (1, "any")):
-            sc = scenes.sample_scenes(a.images // 2, gen, heldout=held,
-                                      layout="canonical" if part == 0 else "varied")
+    parts = (("only", "canonical", 0), ("any", "varied", 0), ("any", "canonical", 1.5))
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = a.keep or scratch
+        os.makedirs(tmp, exist_ok=True)
+        for part, (held, layout, sigma) in enumerate(parts):
+            sc = scenes.sample_scenes(a.images // len(parts), gen, heldout=held, layout=layout)
             imgs = scenes.render(sc, 256)
+            if sigma:
+                imgs = blurred(imgs, sigma)
             for i in range(len(sc)):
                 path = os.path.join(tmp, f"{part}-{i}.png")
                 scenes._save_png(path, imgs[i])
                 spec = sc.row(i)
                 analysis, right = J.judge(J.read_png(path), spec)
                 results.append({"spec": spec, "right": right, "saw": J.describe(analysis),
-                                "want": scenes.canonical_prompt(spec)})
+                                "want": scenes.canonical_prompt(spec), "blur": sigma,
+                                "file": os.path.basename(path)})
+        if a.keep:
+            with open(os.path.join(tmp, "cases.tsv"), "w") as f:
+                f.write("# file\tprompt\tblur (pixels): adherence.py --self-test "
+                        f"--images {a.images} --seed {a.seed} --keep\n")
+                f.writelines(f"{r['file']}\t{r['want']}\t{r['blur']}\n" for r in results)
     s = summarise(results)
     print_summary("judge on rendered ground truth", s)
     for r in results:
         if not all(r["right"].values()):
-            print(f"  wrong: {r['want']!r} -> {r['saw']} {r['right']}")
+            blur = f" (blurred {r['blur']} px)" if r["blur"] else ""
+            print(f"  wrong: {r['want']!r}{blur} -> {r['saw']} {r['right']}")
     # prompt parsing round trip
     bad = sum(J.parse_prompt(r["want"]) != {k: r["spec"][k] for k in J.ATTRIBUTES}
               for r in results)

@@ -11,9 +11,10 @@ attribute). No learned parts, no dependencies beyond numpy and zlib:
      (median of the farthest half, nearest palette entry); the object mask is
      then every pixel more than halfway from the background to that colour;
   3. connected components (4-neighbour) of the mask, specks dropped, give the
-     count; each component's fill of its bounding box and the share of its
-     pixels in the lower half of the box give the shape (triangles point up:
-     ~75% low; squares fill ~100%, circles ~79%, stars ~36%);
+     count; each one's shape: a star if it has dents (its area over its convex
+     hull's, the solidity, under 0.78: ideal stars 0.52, the others ~1), else
+     the one of circle, square and triangle whose ideal outline, centred on it
+     and scaled to its area, overlaps it most (intersection over union);
   4. size: the bounding box's larger side over the shape's extent factor, as
      a radius, against the midpoint between small and large;
   5. position: the centroid of all object pixels, in thirds of the image.
@@ -143,14 +144,82 @@ def _components(mask):
     return inv.reshape(h, w)
 
 
-def _shape_of(fill, low):
-    if low > 0.63:
-        return 2
-    if fill > 0.88:
-        return 1
-    if fill > 0.58:
-        return 0
-    return 3
+# Circle, square and triangle as models/train/scenes.py draws them, per unit
+# radius R: circle radius 1, square half-side 0.886, triangle circumradius 1.2
+# pointing up (y down); their areas. Stars are told by their dents instead
+# (_shape_of).
+SQUARE_HALF, TRIANGLE_R = 0.886, 1.2
+TRIANGLE = np.stack([np.cos(np.radians([-90.0, 30.0, 150.0])),
+                     np.sin(np.radians([-90.0, 30.0, 150.0]))], -1) * TRIANGLE_R
+AREA = [np.pi, (2 * SQUARE_HALF) ** 2, 0.75 * 3 ** 0.5 * TRIANGLE_R ** 2]
+SUPERSAMPLE = 4
+# Solidity below which a component is a star: an ideal star has 0.52, the
+# decoder's reconstructions of true stars a median 0.68, of true triangles
+# (pixel steps on slanted sides) at least 0.85, circles and squares 0.93 and
+# more (the shipped VAE on 120 scenes; MODEL_CARD.md).
+STAR_SOLIDITY = 0.78
+
+
+def _inside(shape, x, y):
+    """Whether the points (x, y), in units of the radius from the centre (y
+    down), lie inside the circle (0), square (1) or triangle (2)."""
+    if shape == 0:
+        return x * x + y * y <= 1.0
+    if shape == 1:
+        return np.maximum(np.abs(x), np.abs(y)) <= SQUARE_HALF
+    x, y = np.broadcast_arrays(x, y)
+    inside = np.zeros(x.shape, dtype=bool)
+    for (xi, yi), (xj, yj) in zip(TRIANGLE, np.roll(TRIANGLE, 1, axis=0)):  # even-odd crossings
+        cross = (yi > y) != (yj > y)
+        xc = xi + (y - yi) * (xj - xi) / np.where(yj == yi, 1e-12, yj - yi)
+        inside ^= cross & (x < xc)
+    return inside
+
+
+def _hull_area(ys, xs):
+    """Area of the convex hull of the pixels (ys, xs) as unit squares: the
+    hull of their corners (Andrew's monotone chain, then the shoelace)."""
+    pts = np.unique(np.concatenate([np.stack([xs + dx, ys + dy], 1)
+                                    for dx in (0, 1) for dy in (0, 1)]), axis=0)
+
+    def half(points):
+        out = []
+        for p in points:
+            while len(out) >= 2 and ((out[-1][0] - out[-2][0]) * (p[1] - out[-2][1])
+                                     - (out[-1][1] - out[-2][1]) * (p[0] - out[-2][0])) <= 0:
+                out.pop()
+            out.append(p)
+        return out[:-1]
+
+    hull = np.array(half(pts) + half(pts[::-1]), dtype=np.float64)
+    x, y = hull[:, 0], hull[:, 1]
+    return 0.5 * abs(float((x * np.roll(y, -1) - np.roll(x, -1) * y).sum()))
+
+
+def _shape_of(comp, y0, x0):
+    """The component's shape, and its solidity (area over the area of its
+    convex hull). A star is the one shape with dents: solidity 0.52 drawn
+    ideally, about 1 for the others; a decoder's blunt-pointed star still
+    has them. Between circle, square and triangle, the one whose ideal
+    outline, centred on the component's centroid and scaled to its area,
+    overlaps it most (intersection over union) wins. comp: the component's
+    mask in a window whose top left pixel is (y0, x0), with room around it."""
+    ys, xs = np.nonzero(comp)
+    solidity = len(ys) / _hull_area(ys, xs)
+    if solidity < STAR_SOLIDITY:
+        return 3, solidity
+    cy, cx = ys.mean() + 0.5 + y0, xs.mean() + 0.5 + x0
+    hh, ww = comp.shape
+    sub = (np.arange(SUPERSAMPLE) + 0.5) / SUPERSAMPLE
+    py = (y0 + np.arange(hh)[:, None] + sub[None, :]).reshape(-1)    # sample rows
+    px = (x0 + np.arange(ww)[:, None] + sub[None, :]).reshape(-1)
+    ious = []
+    for s in range(3):
+        r = (len(ys) / AREA[s]) ** 0.5
+        cover = _inside(s, (px[None, :] - cx) / r, (py[:, None] - cy) / r)
+        cover = cover.reshape(hh, SUPERSAMPLE, ww, SUPERSAMPLE).mean((1, 3)) > 0.5
+        ious.append((cover & comp).sum() / float((cover | comp).sum()))
+    return int(np.argmax(ious)), solidity
 
 
 def analyse(img):
@@ -165,7 +234,7 @@ def analyse(img):
     bg_rgb = np.median(flat[near == bg], axis=0)
     dist = np.sqrt(((flat - bg_rgb) ** 2).sum(-1))
     out = {"bg": bg, "color": None, "shape": None, "count": 0, "size": None, "pos": None,
-           "shapes": [], "radii": []}
+           "shapes": [], "radii": [], "solidity": []}
     # objects keep 5 pixels (of 256) from the edge: the border band is left out,
     # where decoders leave thin frames that would count as objects
     b = max(1, round(4 * h / 256))
@@ -195,10 +264,11 @@ def analyse(img):
         ys_all.append(ys)
         xs_all.append(xs)
         bh, bw = ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
-        fill = len(ys) / float(bh * bw)
-        low = float(((ys + 0.5) > (ys.min() + ys.max() + 1) / 2.0).mean())
-        s = _shape_of(fill, low)
+        pad = max(bh, bw) // 2 + 2
+        y0, x0 = max(0, ys.min() - pad), max(0, xs.min() - pad)
+        s, solidity = _shape_of(lab[y0:ys.max() + pad + 1, x0:xs.max() + pad + 1] == k, y0, x0)
         out["shapes"].append(s)
+        out["solidity"].append(round(solidity, 3))
         out["radii"].append(max(bh, bw) / EXTENT[s] / w)
     out["count"] = len(keep)
     out["shape"] = max(set(out["shapes"]), key=out["shapes"].count)
