@@ -11,7 +11,7 @@
 # JUDGE_CASES, at the model's own settings, tests/bench/adherence_judge.py must
 # find the attributes in EARNED (those the bench measures at >= 97%: today
 # background and object colour, count, size and position; add the shape when
-# a retrained model earns it: small stars and squares still come out round).
+# a retrained model earns it: small stars still come out with blunt points).
 # Run from the repository root; binary
 # ${BUILD:-build}/diffuse.
 # Ends with "N passed, N failed" (tests/run.sh).

@@ -3,13 +3,15 @@
 # Every stage is seeded by (seed, step) and stops at a step count, so a re-run
 # gives the same weights up to floating-point summation order; each command
 # resumes from $OUT when it holds a checkpoint, so an interrupted run continues
-# where it stopped (except the second and third UNet commands, which start
+# where it stopped (except the UNet commands after the first, which start
 # fresh optimizer moments: rerun each only from the end of the one before).
-# Stages 1, 1b, 3 and 4 ran on the 2 CPU cores of the development machine
-# (about 13 + 31 + 31 + 40 minutes); stage 2 on one H200 GPU (11.4 minutes, through
-# gpu.sh, which planned the step counts below from its measured rate, --steps
-# -1; given explicitly here, the first 120 steps of each UNet command get the
-# cosine decay that gpu.sh applied only once it had planned). DEVICE=cpu runs
+# Stages 1, 1b, 3, 4, 5 and 6 ran on the 2 CPU cores of the development
+# machine (about 13 + 31 + 31 + 40 + 73 + 29 minutes); stage 2 on one H200 GPU
+# (11.4 minutes, through gpu.sh, which planned the step counts below from its
+# measured rate, --steps -1; given explicitly here, the first 120 steps of each
+# UNet command get the cosine decay that gpu.sh applied only once it had
+# planned). Stage 6 ran as two commands, --steps 9025 then (without
+# --fresh-optimizer, resuming its moments) --steps 9925: the same run. DEVICE=cpu runs
 # stage 2 on the CPU: about two days at ~15 images/s.
 #   sh recipe.sh [PYTHON]      (run from anywhere; PYTHON needs torch + numpy)
 # The last line exports the model to ../default (models/default).
@@ -44,4 +46,15 @@ $T --stage decoder --dec-steps 3500 --vae-batch 8 --dec-unet 0.5 --dec-focus 0.3
 $T --stage unet --device cpu --cache 0 --steps 4225 --minutes 1e9 --batch 16 --lr 5e-5 \
     --warmup 50 --schedule constant --focus 0.5 --t-range 100,700 --t-uniform 1.0 \
     --ema 0.999 --fresh-optimizer
+# stage 5: the same on the CPU at low noise, the loss weighted towards the
+# latent pixels at colour edges (the outlines): 60% small squares and stars,
+# timesteps uniform in [0, 500], lr 8e-5 constant, fresh AdamW moments
+$T --stage unet --device cpu --cache 0 --steps 8125 --minutes 1e9 --batch 16 --lr 8e-5 \
+    --warmup 50 --schedule constant --focus 0.6 --t-range 0,500 --t-uniform 1.0 \
+    --edge-unet 6 --edge-unet-tmax 500 --ema 0.999 --fresh-optimizer
+# stage 6: all timesteps again (stage 5 alone lost what is decided at high
+# noise), 30% small squares and stars, the same edge weighting, EMA 0.995
+$T --stage unet --device cpu --cache 0 --steps 9925 --minutes 1e9 --batch 16 --lr 5e-5 \
+    --warmup 50 --schedule constant --focus 0.3 --t-uniform 0.5 \
+    --edge-unet 6 --edge-unet-tmax 500 --ema 0.995 --fresh-optimizer
 $PY export.py --ckpt $OUT --out ../default --defaults euler,20,1.5
