@@ -632,9 +632,7 @@ def train_unet(a, cfg, out, vae_ck, tok):
             g["lr"] = lr
         with autocast(dev):
             pred = unet(zt, t, text(ids))
-        if a.edge_unet > 0:
-            if pre is None:
-                sys.exit("--edge-unet needs the scenes' images: use --cache 0")
+        if a.edge_unet > 0:  # main() made sure the images are there (no cache)
             w = latent_edge_weight(x, a.edge_unet, t, a.edge_unet_tmax)
             loss = ((pred.float() - v) ** 2 * w).mean() / w.mean()
         else:
@@ -732,6 +730,9 @@ def main():
     a = ap.parse_args()
     if a.cache < 0:
         a.cache = 0 if a.device.startswith("cuda") else 20000
+    if a.edge_unet > 0 and a.cache > 0:
+        sys.exit("--edge-unet weighs the loss by the scenes' images, which a latent cache "
+                 "does not keep: add --cache 0")
     torch.set_num_threads(a.threads)
     if a.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
