@@ -6,13 +6,16 @@
 # where it stopped (except the UNet commands after the first, which start
 # fresh optimizer moments: rerun each only from the end of the one before).
 # Stages 1, 1b, 3, 4, 5 and 6 ran on the 2 CPU cores of the development
-# machine (about 13 + 31 + 31 + 40 + 73 + 29 minutes); stage 2 on one H200 GPU
-# (11.4 minutes, through gpu.sh, which planned the step counts below from its
-# measured rate, --steps -1; given explicitly here, the first 120 steps of each
-# UNet command get the cosine decay that gpu.sh applied only once it had
-# planned). Stage 6 ran as two commands, --steps 9025 then (without
-# --fresh-optimizer, resuming its moments) --steps 9925: the same run. DEVICE=cpu runs
-# stage 2 on the CPU: about two days at ~15 images/s.
+# machine (about 13 + 31 + 31 + 40 + 73 + 29 minutes); stages 2, 7, 8 and 9 on
+# one H200 GPU (11.4 + 5.8 + 2.0 + 2.6 minutes, through gpu.sh and
+# gpu-tune.sh, which planned the step counts below from their measured rate;
+# given explicitly here, the first 120 steps of each GPU command get the
+# cosine decay that was applied there only once the steps were planned).
+# Stage 6 ran as two commands, --steps 9025 then (without --fresh-optimizer,
+# resuming its moments) --steps 9925: the same run. The "cosine-run" and
+# "--dec-schedule run" commands (7-9) count their schedule from the step they
+# start at, so one interrupted and rerun is not the same run. DEVICE=cpu runs
+# the GPU stages on the CPU: about four days at ~15 images/s.
 #   sh recipe.sh [PYTHON]      (run from anywhere; PYTHON needs torch + numpy)
 # The last line exports the model to ../default (models/default).
 set -e
@@ -57,4 +60,21 @@ $T --stage unet --device cpu --cache 0 --steps 8125 --minutes 1e9 --batch 16 --l
 $T --stage unet --device cpu --cache 0 --steps 9925 --minutes 1e9 --batch 16 --lr 5e-5 \
     --warmup 50 --schedule constant --focus 0.3 --t-uniform 0.5 \
     --edge-unet 6 --edge-unet-tmax 500 --ema 0.995 --fresh-optimizer
+# stage 7: the UNet on the GPU at stage 6's mixture (30% small squares and
+# stars, half of the timesteps uniform, edge weighting below t = 500), batch
+# 1024, lr 3e-4 with 100 warm-up steps and a cosine to a tenth over this
+# command's steps, EMA 0.998, from stage 6's EMA weights with fresh AdamW
+# moments (on the device: a lean checkpoint, gpu-tune.sh); 1.19M images
+$T --stage unet --device $DEV --cache 0 --threads 4 --steps 11091 --minutes 1e9 --batch 1024 \
+    --lr 3e-4 --warmup 100 --schedule cosine-run --ema 0.998 --focus 0.3 --t-uniform 0.5 \
+    --edge-unet 6 --edge-unet-tmax 500 --restart-from-ema
+# stages 8 and 9: the decoder on the GPU, as stage 3 (half of each batch the
+# new UNet's one-step predictions, now with guidance 1.5, the model's
+# setting; 35% small stars) at batch 64: 1097 steps from fresh AdamW moments,
+# lr 2e-4, then 1530 more (a second device call, the moments resumed), lr
+# 1.5e-4, each with 50 warm-up steps and a cosine to 0 over its steps
+D="$T --stage decoder --device $DEV --threads 4 --vae-batch 64 --dec-unet 0.5 --dec-focus 0.35 \
+    --dec-guidance 1.5 --dec-schedule run --dec-warmup 50"
+$D --dec-steps 4597 --dec-lr 2e-4 --fresh-optimizer
+$D --dec-steps 6127 --dec-lr 1.5e-4
 $PY export.py --ckpt $OUT --out ../default --defaults euler,20,1.5

@@ -346,7 +346,7 @@ def train_decoder(a, cfg, out, tok):
     dec_params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     opt = torch.optim.AdamW(dec_params, lr=a.dec_lr, weight_decay=0.0)
     step, spent = ck.get("decoder_step", 0), ck.get("decoder_seconds", 0.0)
-    if ck.get("decoder_opt"):
+    if ck.get("decoder_opt") and not a.fresh_optimizer:
         opt.load_state_dict(ck["decoder_opt"])
     log(out, "vae", f"decoder fine-tuning from step {step} ({spent / 60:.1f} min spent)")
     p = Progress(spent, a.ckpt_every)
@@ -358,7 +358,19 @@ def train_decoder(a, cfg, out, tok):
 
     den = Denoiser(out, dev, tok) if a.dec_unet > 0 else None
     scale = ck["scaling_factor"]
-    while step < a.dec_steps:
+    step0, budget = step, a.dec_minutes * 60
+    if budget > 0:  # plan --dec-steps from the rate measured over 100 steps
+        a.dec_steps = 0
+    while (step < a.dec_steps) if budget <= 0 else \
+            (p.seconds() < budget and (a.dec_steps <= 0 or step < a.dec_steps)):
+        if budget > 0 and step - step0 in (20, 120):
+            float(p.avg)  # waits for the GPU
+            if step - step0 == 20:
+                t20 = time.time()
+            else:
+                rate = 100 / (time.time() - t20)
+                a.dec_steps = step + int(rate * (budget - p.seconds()) * 0.97)
+                log(out, "vae", f"decoder {rate:.2f} steps/s: planned {a.dec_steps} steps in all")
         gen = step_gen(a.seed + 5, step, dev)
         sc = decoder_scenes(a, gen, dev) if (den is not None or a.dec_focus > 0) else \
             scenes.sample_scenes(a.vae_batch, gen, heldout="any", device=dev, layout="varied")
@@ -372,8 +384,14 @@ def train_decoder(a, cfg, out, tok):
             z[:m] = den.x0_pred(mean[:m] * scale, sc.select(slice(0, m)), t, gen,
                                 random.Random(a.seed * 31 + step), a.dec_guidance) / scale
         # cosine over steps 0 to --dec-steps: a run that continues an earlier
-        # one (stage 3 after stage 1b) starts part-way down the curve
-        lr = a.dec_lr * 0.5 * (1 + math.cos(math.pi * step / a.dec_steps))
+        # one (stage 3 after stage 1b) starts part-way down the curve; or
+        # (--dec-schedule run) a warm-up and cosine over this command's steps
+        if a.dec_schedule == "run":
+            done = (step - step0) / (a.dec_steps - step0) if a.dec_steps > step0 else 0.0
+            lr = a.dec_lr * min(1.0, (step - step0 + 1) / a.dec_warmup) \
+                * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+        else:
+            lr = a.dec_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, a.dec_steps))))
         for g in opt.param_groups:
             g["lr"] = lr
         with autocast(dev):
@@ -626,8 +644,10 @@ def train_unet(a, cfg, out, vae_ck, tok):
         zt = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
         v = ab.sqrt() * eps - (1 - ab).sqrt() * z0
         lr = a.lr * min(1.0, (step - (step0 if fresh else 0) + 1) / a.warmup)
-        if a.steps > 0 and a.schedule == "cosine":  # decay to a tenth over the planned steps
-            lr *= 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, step / a.steps)))
+        if a.steps > 0 and a.schedule != "constant":  # decay to a tenth over the planned steps
+            done = step / a.steps if a.schedule == "cosine" else \
+                (step - step0) / max(1, a.steps - step0)  # cosine-run: this command's steps
+            lr *= 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, done)))
         for g in opt.param_groups:
             g["lr"] = lr
         with autocast(dev):
@@ -685,6 +705,13 @@ def main():
     # stage 1b
     ap.add_argument("--dec-steps", type=int, default=0, help="decoder fine-tuning steps")
     ap.add_argument("--dec-lr", type=float, default=5e-4)
+    ap.add_argument("--dec-minutes", type=float, default=0,
+                    help="total decoder time (over resumptions): plan --dec-steps from the "
+                         "rate measured over the first 120 steps to fill it (0: use --dec-steps)")
+    ap.add_argument("--dec-schedule", choices=["continue", "run"], default="continue",
+                    help="continue: cosine over steps 0 to --dec-steps; run: --dec-warmup "
+                         "steps, then cosine over this command's steps")
+    ap.add_argument("--dec-warmup", type=int, default=50)
     ap.add_argument("--dec-noise", type=float, default=0.05)
     ap.add_argument("--dec-focus", type=float, default=0.0,
                     help="share of each batch drawn as small stars")
@@ -706,10 +733,12 @@ def main():
     ap.add_argument("--uncond", type=float, default=0.1, help="prompt dropout for guidance")
     ap.add_argument("--t-uniform", type=float, default=0.25,
                     help="share of timesteps drawn uniformly (the rest favour high noise)")
-    ap.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
-                    help="learning rate after the warm-up")
+    ap.add_argument("--schedule", choices=["cosine", "cosine-run", "constant"], default="cosine",
+                    help="learning rate after the warm-up: cosine to a tenth over steps 0 to "
+                         "--steps, over this command's steps (cosine-run), or constant")
     ap.add_argument("--fresh-optimizer", action="store_true",
-                    help="resume the weights with fresh optimizer moments")
+                    help="resume the weights with fresh optimizer moments (UNet and "
+                         "decoder stages)")
     ap.add_argument("--focus", type=float, default=0.0,
                     help="share of each batch drawn as small squares and stars (fine-tuning)")
     ap.add_argument("--edge-unet", type=float, default=0.0,
@@ -754,7 +783,7 @@ def main():
     vae_ck = None
     if a.stage in ("vae", "all"):
         vae_ck = train_vae(a, cfg, a.out)
-    if a.stage in ("decoder", "all") and a.dec_steps > 0:
+    if a.stage in ("decoder", "all") and (a.dec_steps > 0 or a.dec_minutes > 0):
         train_decoder(a, cfg, a.out, tok)
     if a.stage in ("unet", "all"):
         if vae_ck is None:
