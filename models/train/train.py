@@ -56,7 +56,6 @@ VAE_TINY = {"block_out_channels": [8, 16, 32, 64], "layers_per_block": 1,
 
 
 def unet_config(channels, layers, attn, heads, groups, context_dim, depth=1):
-    L = len(channels)
     return {"block_out_channels": channels, "layers_per_block": layers,
             "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn],
             "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in attn[::-1]],
@@ -192,6 +191,29 @@ class Progress:
             return False
         self.last = time.time()
         return True
+
+
+class StepPlan:
+    """Plans a stage's step count to fill its time budget: the rate measured
+    over this command's steps 20-120 (waiting for the GPU at both ends), less
+    3%, for the time that is left."""
+
+    def __init__(self, step0, out, stage, label=""):
+        self.step0, self.out, self.stage, self.label, self.t20 = step0, out, stage, label, 0.0
+
+    def update(self, step, steps, p, budget):
+        """The step count to stop at: planned at step0 + 120, else steps."""
+        k = step - self.step0
+        if k not in (20, 120):
+            return steps
+        float(p.avg)  # waits for the GPU
+        if k == 20:
+            self.t20 = time.time()
+            return steps
+        rate = 100 / (time.time() - self.t20)
+        steps = step + int(rate * (budget - p.seconds()) * 0.97)
+        log(self.out, self.stage, f"{self.label}{rate:.2f} steps/s: planned {steps} steps in all")
+        return steps
 
 
 def optimizer_step(opt, loss, params):
@@ -359,18 +381,13 @@ def train_decoder(a, cfg, out, tok):
     den = Denoiser(out, dev, tok) if a.dec_unet > 0 else None
     scale = ck["scaling_factor"]
     step0, budget = step, a.dec_minutes * 60
-    if budget > 0:  # plan --dec-steps from the rate measured over 100 steps
+    plan = StepPlan(step, out, "vae", "decoder ") if budget > 0 else None
+    if plan:  # plan --dec-steps from the measured rate
         a.dec_steps = 0
     while (step < a.dec_steps) if budget <= 0 else \
             (p.seconds() < budget and (a.dec_steps <= 0 or step < a.dec_steps)):
-        if budget > 0 and step - step0 in (20, 120):
-            float(p.avg)  # waits for the GPU
-            if step - step0 == 20:
-                t20 = time.time()
-            else:
-                rate = 100 / (time.time() - t20)
-                a.dec_steps = step + int(rate * (budget - p.seconds()) * 0.97)
-                log(out, "vae", f"decoder {rate:.2f} steps/s: planned {a.dec_steps} steps in all")
+        if plan:
+            a.dec_steps = plan.update(step, a.dec_steps, p, budget)
         gen = step_gen(a.seed + 5, step, dev)
         sc = decoder_scenes(a, gen, dev) if (den is not None or a.dec_focus > 0) else \
             scenes.sample_scenes(a.vae_batch, gen, heldout="any", device=dev, layout="varied")
@@ -391,7 +408,7 @@ def train_decoder(a, cfg, out, tok):
             lr = a.dec_lr * min(1.0, (step - step0 + 1) / a.dec_warmup) \
                 * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
         else:
-            lr = a.dec_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, a.dec_steps))))
+            lr = a.dec_lr * 0.5 * (1 + math.cos(math.pi * step / a.dec_steps))
         for g in opt.param_groups:
             g["lr"] = lr
         with autocast(dev):
@@ -610,18 +627,13 @@ def train_unet(a, cfg, out, vae_ck, tok):
         return sc, ids
 
     pre = Prefetch(host_batch, step) if data.cache is None else None
-    auto, step0 = a.steps < 0, step  # auto: plan the step count from the measured rate
-    if auto:
+    step0 = step
+    plan = StepPlan(step, out, "unet") if a.steps < 0 else None
+    if plan:  # plan the step count from the measured rate
         a.steps = 0
     while p.seconds() < budget and (a.steps <= 0 or step < a.steps):
-        if auto and step - step0 in (20, 120):
-            float(p.avg)  # waits for the GPU
-            if step - step0 == 20:
-                t20 = time.time()
-            else:
-                rate = 100 / (time.time() - t20)
-                a.steps = step + int(rate * (budget - p.seconds()) * 0.97)
-                log(out, "unet", f"{rate:.2f} steps/s: planned {a.steps} steps in all")
+        if plan:
+            a.steps = plan.update(step, a.steps, p, budget)
         gen = step_gen(a.seed + 3, step, dev)
         if pre is None:
             z0, sc = data.batch(gen, a.batch)
@@ -762,6 +774,8 @@ def main():
     if a.edge_unet > 0 and a.cache > 0:
         sys.exit("--edge-unet weighs the loss by the scenes' images, which a latent cache "
                  "does not keep: add --cache 0")
+    if a.dec_minutes > 0 and a.dec_schedule != "run":
+        sys.exit("--dec-minutes plans this command's steps: its schedule is --dec-schedule run")
     torch.set_num_threads(a.threads)
     if a.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
