@@ -15,7 +15,7 @@
 # resuming its moments) --steps 9925: the same run. The "cosine-run" and
 # "--dec-schedule run" commands (7-9) count their schedule from the step they
 # start at, so one interrupted and rerun is not the same run. DEVICE=cpu runs
-# the GPU stages on the CPU: about four days at ~15 images/s.
+# the GPU stages on the CPU: about three days at ~15 images/s.
 #   sh recipe.sh [PYTHON]      (run from anywhere; PYTHON needs torch + numpy)
 # The last line exports the model to ../default (models/default).
 set -e
