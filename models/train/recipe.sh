@@ -25,7 +25,7 @@ DEV=${DEVICE:-cuda}
 OUT=runs/base
 T="$PY train.py --preset base --out $OUT"
 if [ "$DEV" = cuda ] && ! $PY -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then
-    echo "recipe.sh: stage 2 needs a GPU (or DEVICE=cpu: about two days)" >&2
+    echo "recipe.sh: stages 2, 7, 8 and 9 need a GPU (or DEVICE=cpu: about three days)" >&2
     exit 1
 fi
 # stage 1: the VAE, on 128x128 crops (half around an object), then on whole
