@@ -20,7 +20,8 @@ typedef struct clip_block {
 
 struct diffuse_clip {
     diffuse_clip_config cfg;
-    const float *token_embedding;     /* [vocab, width] */
+    diffuse_wmat token_embedding;     /* [vocab, width], rows widened as read */
+    size_t widen_max;                 /* floats of the largest block weight widened at use */
     const float *position_embedding;  /* [max_positions, width] */
     clip_block *blocks;               /* [layers] */
     diffuse_norm final_ln;            /* [width] */
@@ -61,9 +62,9 @@ int diffuse_clip_load(const diffuse_clip_config *cfg, diffuse_weights *w, diffus
     }
     c->cfg = *cfg;
     int rc = 0;
-    c->token_embedding = diffuse_weights_getf(w, err, (int64_t[]){cfg->vocab_size, cfg->width, -1},
-                                              "text.text_model.embeddings.token_embedding.weight");
-    if (!c->token_embedding ||
+    if (diffuse_weights_table(w, "text.text_model.embeddings.token_embedding.weight", 2,
+                              (int64_t[]){cfg->vocab_size, cfg->width}, &c->token_embedding,
+                              err) ||
         !(c->position_embedding =
               diffuse_weights_getf(w, err, (int64_t[]){cfg->max_positions, cfg->width, -1},
                                    "text.text_model.embeddings.position_embedding.weight")))
@@ -76,6 +77,7 @@ int diffuse_clip_load(const diffuse_clip_config *cfg, diffuse_weights *w, diffus
         diffuse_clip_free(c);
         return -1;
     }
+    c->widen_max = diffuse_weights_widen_max(w, "text.");
     *out = c;
     return 0;
 }
@@ -91,35 +93,42 @@ void diffuse_clip_free(diffuse_clip *c)
 size_t diffuse_clip_workspace(const diffuse_clip *c, int n)
 {
     const size_t t = DIFFUSE_MAX_TOKENS, d = c->cfg.width;
-    return n * t * (5 * d + c->cfg.intermediate) + diffuse_attention_scratch((int)t, (int)t) + 128;
+    return n * t * (5 * d + c->cfg.intermediate) + diffuse_attention_scratch((int)t, (int)t) + 128 +
+           diffuse_wmat_scratch(c->widen_max);
 }
 
 /* x [T, d] += out_proj(attention(q, k, v of ln1(x))), causal. */
-static void clip_attention(const diffuse_clip *c, const clip_block *b, float *x, float *h,
-                           float *q, float *k, float *v, float *scratch)
+static int clip_attention(const diffuse_clip *c, const clip_block *b, float *x, float *h,
+                          float *q, float *k, float *v, float *scratch, diffuse_arena *a)
 {
     const int t = DIFFUSE_MAX_TOKENS, d = c->cfg.width, heads = c->cfg.heads;
     diffuse_op_layer_norm(h, x, b->ln1.gamma, b->ln1.beta, t, d, c->cfg.eps);
-    diffuse_linear_forward(&b->q, q, h, t);
-    diffuse_linear_forward(&b->k, k, h, t);
-    diffuse_linear_forward(&b->v, v, h, t);
+    if (diffuse_linear_forward(&b->q, q, h, t, a) || diffuse_linear_forward(&b->k, k, h, t, a) ||
+        diffuse_linear_forward(&b->v, v, h, t, a))
+        return -1;
     diffuse_op_attention(h, q, d, k, v, d, t, t, heads, d / heads, true, scratch);
-    diffuse_linear_forward(&b->o, q, h, t);
+    if (diffuse_linear_forward(&b->o, q, h, t, a))
+        return -1;
     diffuse_op_add(x, q, (size_t)t * d);
+    return 0;
 }
 
 /* x [T, d] += fc2(act(fc1(ln2(x)))) */
-static void clip_mlp(const diffuse_clip *c, const clip_block *b, float *x, float *h, float *mid)
+static int clip_mlp(const diffuse_clip *c, const clip_block *b, float *x, float *h, float *mid,
+                    diffuse_arena *a)
 {
     const int t = DIFFUSE_MAX_TOKENS, d = c->cfg.width;
     diffuse_op_layer_norm(h, x, b->ln2.gamma, b->ln2.beta, t, d, c->cfg.eps);
-    diffuse_linear_forward(&b->fc1, mid, h, t);
+    if (diffuse_linear_forward(&b->fc1, mid, h, t, a))
+        return -1;
     if (c->cfg.gelu)
         diffuse_op_gelu(mid, (size_t)t * c->cfg.intermediate);
     else
         diffuse_op_quick_gelu(mid, (size_t)t * c->cfg.intermediate);
-    diffuse_linear_forward(&b->fc2, h, mid, t);
+    if (diffuse_linear_forward(&b->fc2, h, mid, t, a))
+        return -1;
     diffuse_op_add(x, h, (size_t)t * d);
+    return 0;
 }
 
 int diffuse_clip_forward(const diffuse_clip *c, float *out, const int32_t *ids, int n,
@@ -142,14 +151,17 @@ int diffuse_clip_forward(const diffuse_clip *c, float *out, const int32_t *ids, 
             if (id < 0 || id >= c->cfg.vocab_size)
                 return diffuse_fail(err, "token id %d outside the vocabulary of %d", id,
                                     c->cfg.vocab_size);
+            const diffuse_wmat *te = &c->token_embedding;
+            const size_t elsize = te->dtype == DIFFUSE_DTYPE_F32 ? 4 : 2;
+            diffuse_op_widen(x + (size_t)p * d, (const uint8_t *)te->data + (size_t)id * d * elsize,
+                             te->dtype, (size_t)d);
             for (int j = 0; j < d; j++)
-                x[(size_t)p * d + j] = c->token_embedding[(size_t)id * d + j] +
-                                       c->position_embedding[(size_t)p * d + j];
+                x[(size_t)p * d + j] += c->position_embedding[(size_t)p * d + j];
         }
-        for (int l = 0; l < c->cfg.layers; l++) {
-            clip_attention(c, &c->blocks[l], x, h, q, k, v, scratch);
-            clip_mlp(c, &c->blocks[l], x, h, mid);
-        }
+        for (int l = 0; l < c->cfg.layers; l++)
+            if (clip_attention(c, &c->blocks[l], x, h, q, k, v, scratch, a) ||
+                clip_mlp(c, &c->blocks[l], x, h, mid, a))
+                return diffuse_fail(err, "internal: text encoder work memory exhausted");
         diffuse_op_layer_norm(out + (size_t)i * t * d, x, c->final_ln.gamma, c->final_ln.beta, t,
                               d, c->cfg.eps);
     }

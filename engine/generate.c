@@ -98,6 +98,7 @@ diffuse_status diffuse_generate(diffuse_model *m, const diffuse_request *r, diff
 {
     char e[DIFFUSE_ERROR_SIZE] = "";
     diffuse_status st = check_request(m, r, e);
+    diffuse_pool_set_threads(m->threads);
     if (m->threads > 0)
         openblas_set_num_threads(m->threads);
     int done = 0;

@@ -105,6 +105,37 @@ int diffuse_weights_shape(const diffuse_weights *w, const char *name, int64_t sh
  * owned by `w`. Errors name the tensor and both shapes. */
 const float *diffuse_weights_get(diffuse_weights *w, const char *name, int ndim,
                                  const int64_t *shape, char *err);
+/* A weight matrix as the file stores it, for the big tensors (linear and conv
+ * weights, embeddings): used in place when it is aligned float32, else widened
+ * to float32 just before each use (diffuse_wmat_f32) into scratch the caller
+ * releases right after, so an fp16 model never exists as float32 as a whole. */
+typedef struct diffuse_wmat {
+    const void *data;             /* inside the mapping; NULL: no such layer */
+    diffuse_dtype dtype;          /* F32 (aligned, used in place), F16, BF16, or
+                                     F32 unaligned (widened like the others) */
+    bool in_place;
+    size_t numel;
+} diffuse_wmat;
+
+/* The matrix view of a weight, shape checked as diffuse_weights_get does.
+ * Records the largest widened size per component (text., unet., vae.) for
+ * diffuse_weights_widen_max. */
+int diffuse_weights_mat(diffuse_weights *w, const char *name, int ndim, const int64_t *shape,
+                        diffuse_wmat *out, char *err);
+int diffuse_weights_matf(diffuse_weights *w, diffuse_wmat *out, char *err, const int64_t *dims,
+                         const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* The same for a table read a row at a time (embeddings): never widened whole,
+ * so it does not count towards diffuse_weights_widen_max. */
+int diffuse_weights_table(diffuse_weights *w, const char *name, int ndim, const int64_t *shape,
+                          diffuse_wmat *out, char *err);
+/* Floats of the largest matrix under prefix that diffuse_wmat_f32 widens. */
+size_t diffuse_weights_widen_max(const diffuse_weights *w, const char *prefix);
+/* Bytes of the file mapping the weights under prefix occupy, and dropping
+ * those pages from this process once a phase is over (they stay in the page
+ * cache; a later use faults them back in). */
+size_t diffuse_weights_bytes(const diffuse_weights *w, const char *prefix);
+void diffuse_weights_release(const diffuse_weights *w, const char *prefix);
+
 /* printf-style name, shape given as a -1-terminated list: get(w, err, dims, fmt...) */
 const float *diffuse_weights_getf(diffuse_weights *w, char *err, const int64_t *dims,
                                   const char *fmt, ...) __attribute__((format(printf, 4, 5)));
@@ -118,7 +149,33 @@ void diffuse_weights_each(const diffuse_weights *w, const char *prefix,
                           void (*fn)(void *user, const char *name, int ndim, const int64_t *shape),
                           void *user);
 
+/* ------------------------------------------------------------------ threads */
+
+/* The engine's worker pool (pool.c) for every kernel but sgemm: fn(ctx, b, e)
+ * runs on contiguous parts of [0, n), at most one part per thread and none
+ * smaller than `grain` items. Parts must be independent: results never depend
+ * on the thread count. */
+void diffuse_parallel_for(size_t n, size_t grain, void (*fn)(void *ctx, size_t begin, size_t end),
+                          void *ctx);
+/* Threads the pool and OpenBLAS use; 0 = one per online CPU. */
+void diffuse_pool_set_threads(int threads);
+int diffuse_pool_threads(void);
+int diffuse_cpu_count(void);
+
 /* ------------------------------------------------------------------ kernels */
+
+/* The vector path kernels take: the best this CPU runs (the build targets
+ * plain x86-64; AVX2+FMA+F16C and AVX-512 code is compiled with target
+ * attributes and chosen at run time), capped by diffuse_cpu_cap so the tests
+ * can hold every path to the same results. */
+enum { DIFFUSE_CPU_BASE = 0, DIFFUSE_CPU_AVX2, DIFFUSE_CPU_AVX512 };
+int diffuse_cpu_path(void);
+void diffuse_cpu_cap(int max_path);
+
+/* dst[n] = float32 of src[n] stored as dtype (F16 and BF16 with F16C / AVX-512
+ * where the CPU has them; F32 copied), on the pool's threads. */
+void diffuse_op_widen(float *dst, const void *src, diffuse_dtype dtype, size_t n);
+void diffuse_op_widen_ref(float *dst, const void *src, diffuse_dtype dtype, size_t n);
 
 /* Each optimized kernel has a plain reference twin (suffix _ref) that the unit
  * tests compare it against. Kernels never allocate: callers pass scratch. */
@@ -191,9 +248,17 @@ static inline void diffuse_arena_reset(diffuse_arena *a, size_t mark) { a->used 
 
 /* ------------------------------------------------------------------ layers */
 
-/* Weights of common layers, pointing into the weight store (never owned). */
-typedef struct diffuse_linear { const float *w, *b; int in, out; } diffuse_linear;   /* w [out, in] */
-typedef struct diffuse_conv2d { const float *w, *b; int cin, cout, k; } diffuse_conv2d; /* w [cout, cin, k, k] */
+/* float32 view of m: the mapping itself, or m widened into scratch pushed on
+ * `a` (NULL when the arena is exhausted); the caller resets the arena after. */
+const float *diffuse_wmat_f32(const diffuse_wmat *m, diffuse_arena *a);
+/* Arena floats diffuse_wmat_f32 may push for a matrix of numel floats. */
+size_t diffuse_wmat_scratch(size_t numel);
+
+/* Weights of common layers, pointing into the weight store (never owned).
+ * Matrices stay as stored; biases and norm parameters (a thousandth of the
+ * weights) are float32, converted at load. */
+typedef struct diffuse_linear { diffuse_wmat w; const float *b; int in, out; } diffuse_linear;   /* w [out, in] */
+typedef struct diffuse_conv2d { diffuse_wmat w; const float *b; int cin, cout, k; } diffuse_conv2d; /* w [cout, cin, k, k] */
 typedef struct diffuse_norm { const float *gamma, *beta; int c; } diffuse_norm;
 
 /* ResNet block: norm1 -> SiLU -> conv1 (+ time embedding) -> norm2 -> SiLU ->
@@ -216,8 +281,10 @@ int diffuse_norm_load(diffuse_norm *n, diffuse_weights *w, const char *name, int
 int diffuse_resnet_load(diffuse_resnet *r, diffuse_weights *w, const char *name, int cin,
                         int cout, int temb_dim, int groups, float eps, char *err);
 
-/* y[n, out...] = linear(x); rows = n tokens. */
-void diffuse_linear_forward(const diffuse_linear *l, float *y, const float *x, int rows);
+/* y[n, out...] = linear(x); rows = n tokens. -1 when the arena is exhausted
+ * (the weight's widening scratch comes from it). */
+int diffuse_linear_forward(const diffuse_linear *l, float *y, const float *x, int rows,
+                           diffuse_arena *a);
 /* "same" convolution with stride 1 (pad k/2), or stride 2 with symmetric pad 1
  * (UNet downsampler); returns -1 on arena overflow. */
 int diffuse_conv2d_forward(const diffuse_conv2d *c, float *y, const float *x, int n, int h, int w,

@@ -12,7 +12,7 @@ int diffuse_linear_load(diffuse_linear *l, diffuse_weights *w, const char *name,
     l->in = in;
     l->out = out;
     l->b = NULL;
-    if (!(l->w = diffuse_weights_getf(w, err, (int64_t[]){out, in, -1}, "%s.weight", name)))
+    if (diffuse_weights_matf(w, &l->w, err, (int64_t[]){out, in, -1}, "%s.weight", name))
         return -1;
     if (bias && !(l->b = diffuse_weights_getf(w, err, (int64_t[]){out, -1}, "%s.bias", name)))
         return -1;
@@ -25,7 +25,7 @@ int diffuse_conv2d_load(diffuse_conv2d *c, diffuse_weights *w, const char *name,
     c->cin = cin;
     c->cout = cout;
     c->k = k;
-    if (!(c->w = diffuse_weights_getf(w, err, (int64_t[]){cout, cin, k, k, -1}, "%s.weight", name)))
+    if (diffuse_weights_matf(w, &c->w, err, (int64_t[]){cout, cin, k, k, -1}, "%s.weight", name))
         return -1;
     if (!(c->b = diffuse_weights_getf(w, err, (int64_t[]){cout, -1}, "%s.bias", name)))
         return -1;
@@ -66,9 +66,28 @@ int diffuse_resnet_load(diffuse_resnet *r, diffuse_weights *w, const char *name,
     return 0;
 }
 
-void diffuse_linear_forward(const diffuse_linear *l, float *y, const float *x, int rows)
+size_t diffuse_wmat_scratch(size_t numel) { return (numel + 15) & ~(size_t)15; }
+
+const float *diffuse_wmat_f32(const diffuse_wmat *m, diffuse_arena *a)
 {
-    diffuse_op_linear(y, x, l->w, l->b, rows, l->in, l->out);
+    if (m->in_place)
+        return m->data;
+    float *f = diffuse_arena_push(a, m->numel);
+    if (f)
+        diffuse_op_widen(f, m->data, m->dtype, m->numel);
+    return f;
+}
+
+int diffuse_linear_forward(const diffuse_linear *l, float *y, const float *x, int rows,
+                           diffuse_arena *a)
+{
+    size_t mark = diffuse_arena_mark(a);
+    const float *w = diffuse_wmat_f32(&l->w, a);
+    if (!w)
+        return -1;
+    diffuse_op_linear(y, x, w, l->b, rows, l->in, l->out);
+    diffuse_arena_reset(a, mark);
+    return 0;
 }
 
 int diffuse_conv2d_forward_pad(const diffuse_conv2d *c, float *y, const float *x, int n, int h,
@@ -78,10 +97,11 @@ int diffuse_conv2d_forward_pad(const diffuse_conv2d *c, float *y, const float *x
                       .pad_top = pad[0], .pad_left = pad[1], .pad_bottom = pad[2],
                       .pad_right = pad[3]};
     size_t mark = diffuse_arena_mark(a), need = diffuse_conv_scratch(&g);
+    const float *wf = diffuse_wmat_f32(&c->w, a);
     float *scratch = need ? diffuse_arena_push(a, need) : NULL;
-    if (need && !scratch)
+    if (!wf || (need && !scratch))
         return -1;
-    diffuse_op_conv2d(y, x, c->w, c->b, &g, n, scratch);
+    diffuse_op_conv2d(y, x, wf, c->b, &g, n, scratch);
     diffuse_arena_reset(a, mark);
     return 0;
 }
@@ -115,11 +135,12 @@ int diffuse_resnet_forward(const diffuse_resnet *r, float *y, const float *x,
                           true);
     if (diffuse_conv2d_forward(&r->conv1, u, t, n, h, w, 1, a))
         return -1;
-    if (temb_act && r->time_proj.w) {
+    if (temb_act && r->time_proj.w.data) {
         float *e = diffuse_arena_push(a, (size_t)n * r->cout); /* [n, cout] */
         if (!e)
             return -1;
-        diffuse_linear_forward(&r->time_proj, e, temb_act, n);
+        if (diffuse_linear_forward(&r->time_proj, e, temb_act, n, a))
+            return -1;
         for (int i = 0; i < n; i++)
             for (int c = 0; c < r->cout; c++) {
                 float *p = u + ((size_t)i * r->cout + c) * hw;
@@ -132,7 +153,7 @@ int diffuse_resnet_forward(const diffuse_resnet *r, float *y, const float *x,
     if (diffuse_conv2d_forward(&r->conv2, y, u, n, h, w, 1, a))
         return -1;
     const float *skip = x;
-    if (r->shortcut.w) {
+    if (r->shortcut.w.data) {
         if (diffuse_conv2d_forward(&r->shortcut, u, x, n, h, w, 1, a))
             return -1;
         skip = u;

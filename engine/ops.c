@@ -8,8 +8,112 @@
 #include <string.h>
 
 #include <cblas.h>
+#include <immintrin.h>
 
 #include "internal.h"
+
+/* ------------------------------------------------------------------ cpu paths */
+
+/* Which vector paths this CPU runs (the build targets plain x86-64; the fast
+ * paths are compiled with target attributes and chosen here at run time). */
+typedef enum { CPU_BASE = DIFFUSE_CPU_BASE, CPU_AVX2 = DIFFUSE_CPU_AVX2,
+               CPU_AVX512 = DIFFUSE_CPU_AVX512 } cpu_path;
+
+static int cpu_cap = CPU_AVX512;
+
+void diffuse_cpu_cap(int max_path) { cpu_cap = max_path; }
+
+int diffuse_cpu_path(void)
+{
+    static int path = -1;
+    if (path < 0) {
+        __builtin_cpu_init();
+        int p = CPU_BASE;
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+            __builtin_cpu_supports("f16c"))
+            p = CPU_AVX2;
+        if (p == CPU_AVX2 && __builtin_cpu_supports("avx512f"))
+            p = CPU_AVX512;
+        path = p;
+    }
+    return path < cpu_cap ? path : cpu_cap;
+}
+
+static cpu_path cpu(void) { return (cpu_path)diffuse_cpu_path(); }
+
+/* ------------------------------------------------------------------ widen */
+
+void diffuse_op_widen_ref(float *dst, const void *src, diffuse_dtype dtype, size_t n)
+{
+    const uint8_t *p = src;
+    for (size_t i = 0; i < n; i++) {
+        uint16_t h;
+        if (dtype == DIFFUSE_DTYPE_F32) {
+            memcpy(&dst[i], p + 4 * i, 4);
+            continue;
+        }
+        memcpy(&h, p + 2 * i, 2);
+        dst[i] = dtype == DIFFUSE_DTYPE_F16 ? diffuse_f16_to_f32(h) : diffuse_bf16_to_f32(h);
+    }
+}
+
+__attribute__((target("avx2,fma,f16c")))
+static void widen_avx2(float *d, const uint16_t *s, bool bf16, size_t n)
+{
+    size_t i = 0;
+    if (bf16)
+        for (; i + 8 <= n; i += 8) {
+            __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(s + i)));
+            _mm256_storeu_ps(d + i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
+        }
+    else
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))));
+    diffuse_op_widen_ref(d + i, s + i, bf16 ? DIFFUSE_DTYPE_BF16 : DIFFUSE_DTYPE_F16, n - i);
+}
+
+__attribute__((target("avx512f")))
+static void widen_avx512(float *d, const uint16_t *s, bool bf16, size_t n)
+{
+    size_t i = 0;
+    if (bf16)
+        for (; i + 16 <= n; i += 16) {
+            __m512i v = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(s + i)));
+            _mm512_storeu_ps(d + i, _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)));
+        }
+    else
+        for (; i + 16 <= n; i += 16)
+            _mm512_storeu_ps(d + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s + i))));
+    diffuse_op_widen_ref(d + i, s + i, bf16 ? DIFFUSE_DTYPE_BF16 : DIFFUSE_DTYPE_F16, n - i);
+}
+
+typedef struct widen_job {
+    float *dst;
+    const uint8_t *src;
+    diffuse_dtype dtype;
+} widen_job;
+
+static void widen_part(void *ctx, size_t b, size_t e)
+{
+    const widen_job *j = ctx;
+    if (j->dtype == DIFFUSE_DTYPE_F32) {
+        memcpy(j->dst + b, j->src + 4 * b, 4 * (e - b));
+        return;
+    }
+    const uint16_t *s = (const uint16_t *)(j->src + 2 * b); /* 2-aligned: safetensors offsets */
+    const bool bf16 = j->dtype == DIFFUSE_DTYPE_BF16;
+    switch (cpu()) {
+    case CPU_AVX512: widen_avx512(j->dst + b, s, bf16, e - b); break;
+    case CPU_AVX2: widen_avx2(j->dst + b, s, bf16, e - b); break;
+    default: diffuse_op_widen_ref(j->dst + b, s, j->dtype, e - b); break;
+    }
+}
+
+void diffuse_op_widen(float *dst, const void *src, diffuse_dtype dtype, size_t n)
+{
+    widen_job j = {dst, src, dtype};
+    diffuse_parallel_for(n, 1 << 16, widen_part, &j);
+}
 
 /* ------------------------------------------------------------------ linear */
 

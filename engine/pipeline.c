@@ -95,6 +95,7 @@ static int encode_prompts(diffuse_model *m, const diffuse_run *run, const pipe_d
                                  ids, 1, a, err))
             return -1;
     }
+    diffuse_weights_release(m->weights, "text.");
     return 0;
 }
 
@@ -110,6 +111,7 @@ static int encode_image(diffuse_model *m, const diffuse_run *run, const pipe_dim
     if (diffuse_vae_encode(m->vae, b->moments, b->pixels, run->height, run->width, a, NULL, err) ||
         noise->draw(noise->self, b->image_latents, d->latent_n, "vae", err))
         return -1;
+    diffuse_weights_release(m->weights, "vae.");
     const float scale = m->vae_cfg.scaling_factor;
     for (size_t i = 0; i < d->latent_n; i++) {
         float logvar = fminf(fmaxf(b->moments[d->latent_n + i], -30.0f), 20.0f);
@@ -211,6 +213,7 @@ static diffuse_status denoise(diffuse_model *m, const diffuse_run *run, const pi
             return DIFFUSE_ERR_CANCELLED;
         }
     }
+    diffuse_weights_release(m->weights, "unet.");
     return DIFFUSE_OK;
 }
 
@@ -222,6 +225,7 @@ static int decode_latents(diffuse_model *m, const diffuse_run *run, const pipe_d
         b->latents[i] /= m->vae_cfg.scaling_factor;
     if (diffuse_vae_decode(m->vae, b->pixels, b->latents, run->height, run->width, a, NULL, err))
         return -1;
+    diffuse_weights_release(m->weights, "vae.");
     const size_t hw = (size_t)run->width * run->height;
     for (size_t p = 0; p < hw; p++)
         for (int ch = 0; ch < 3; ch++) {

@@ -314,15 +314,10 @@ float diffuse_bf16_to_f32(uint16_t h)
 
 int diffuse_st_to_f32(const diffuse_st_tensor *t, float *dst, char *err)
 {
-    const uint8_t *p = t->data;
-    for (int64_t i = 0; i < t->numel; i++) {
-        uint16_t h;
-        switch (t->dtype) {
-        case DIFFUSE_DTYPE_F32: memcpy(&dst[i], p + 4 * i, 4); break;
-        case DIFFUSE_DTYPE_F16: memcpy(&h, p + 2 * i, 2); dst[i] = diffuse_f16_to_f32(h); break;
-        case DIFFUSE_DTYPE_BF16: memcpy(&h, p + 2 * i, 2); dst[i] = diffuse_bf16_to_f32(h); break;
-        default: return diffuse_fail(err, "tensor '%s': dtype %s is not a float type", t->name, t->dtype_name);
-        }
-    }
+    if (t->dtype != DIFFUSE_DTYPE_F32 && t->dtype != DIFFUSE_DTYPE_F16 &&
+        t->dtype != DIFFUSE_DTYPE_BF16)
+        return diffuse_fail(err, "tensor '%s': dtype %s is not a float type", t->name,
+                            t->dtype_name);
+    diffuse_op_widen(dst, t->data, t->dtype, (size_t)t->numel);
     return 0;
 }

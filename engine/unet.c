@@ -66,6 +66,7 @@ typedef struct unet_level {
 
 struct diffuse_unet {
     diffuse_unet_config cfg;             /* hyper-parameters, copied at load */
+    size_t widen_max;                    /* floats of the largest weight widened at use */
     int temb_dim;                        /* 4 * channels[0] */
     diffuse_linear time_1;               /* time_embedding.linear_1 [temb, c0] */
     diffuse_linear time_2;               /* time_embedding.linear_2 [temb, temb] */
@@ -255,6 +256,7 @@ int diffuse_unet_load(const diffuse_unet_config *cfg, diffuse_weights *w, diffus
         diffuse_unet_free(u);
         return -1;
     }
+    u->widen_max = diffuse_weights_widen_max(w, "unet.");
     *out = u;
     return 0;
 }
@@ -304,7 +306,7 @@ static size_t pingpong_floats(const diffuse_unet *u, int n, const int *hs, const
     for (int b = 0; b < L; b++) {
         const int l = L - 1 - b;
         pp = max_sz(pp, (size_t)n * u->up[b].cout * hs[l] * ws[l]);
-        if (u->up[b].sampler.w)
+        if (u->up[b].sampler.w.data)
             pp = max_sz(pp, (size_t)n * u->up[b].cout * hs[l - 1] * ws[l - 1]);
     }
     return pp;
@@ -354,7 +356,7 @@ size_t diffuse_unet_workspace(const diffuse_unet *u, int n, int h, int w, int to
             held += pad16((size_t)n * lv->cout * hs[l] * ws[l]);
             work = max_sz(work, layer_workspace(lv, i, n, hs[l], ws[l], tokens));
         }
-        if (lv->sampler.w) {
+        if (lv->sampler.w.data) {
             held += pad16((size_t)n * lv->cout * hs[l + 1] * ws[l + 1]);
             work = max_sz(work, conv3_scratch(lv->cout, hs[l + 1], ws[l + 1]));
         }
@@ -368,11 +370,12 @@ size_t diffuse_unet_workspace(const diffuse_unet *u, int n, int h, int w, int to
             size_t cat = pad16((size_t)n * lv->resnets[i].cin * hs[l] * ws[l]);
             work = max_sz(work, cat + layer_workspace(lv, i, n, hs[l], ws[l], tokens));
         }
-        if (lv->sampler.w)
+        if (lv->sampler.w.data)
             work = max_sz(work, pad16((size_t)n * lv->cout * hs[l - 1] * ws[l - 1]) +
                                     conv3_scratch(lv->cout, hs[l - 1], ws[l - 1]));
     }
-    return held + max_sz(work, conv3_scratch(cfg->channels[0], h, w)); /* conv_out */
+    work = max_sz(work, conv3_scratch(cfg->channels[0], h, w)); /* conv_out */
+    return held + work + diffuse_wmat_scratch(u->widen_max); /* one layer's weights at a time */
 }
 
 /* ------------------------------------------------------------------ transformer */
@@ -391,11 +394,12 @@ static int attention_forward(const unet_attention *at, float *out, const float *
     float *scratch = diffuse_arena_push(a, diffuse_attention_scratch(t, s)); /* [min(T, 256), S] */
     if (!q || !k || !v || !o || !scratch)
         return -1;
-    diffuse_linear_forward(&at->q, q, x, t);
-    diffuse_linear_forward(&at->k, k, ctx, s);
-    diffuse_linear_forward(&at->v, v, ctx, s);
+    if (diffuse_linear_forward(&at->q, q, x, t, a) || diffuse_linear_forward(&at->k, k, ctx, s, a) ||
+        diffuse_linear_forward(&at->v, v, ctx, s, a))
+        return -1;
     diffuse_op_attention(o, q, c, k, v, c, t, s, heads, c / heads, false, scratch);
-    diffuse_linear_forward(&at->out, out, o, t);
+    if (diffuse_linear_forward(&at->out, out, o, t, a))
+        return -1;
     diffuse_arena_reset(a, mark);
     return 0;
 }
@@ -410,14 +414,16 @@ static int feed_forward(const unet_basic_block *b, float *out, const float *x, i
     float *f = diffuse_arena_push(a, (size_t)t * 2 * c4); /* [T, 8C] */
     if (!f)
         return -1;
-    diffuse_linear_forward(&b->ff_in, f, x, t);
+    if (diffuse_linear_forward(&b->ff_in, f, x, t, a))
+        return -1;
     for (int r = 0; r < t; r++) {
         float *row = f + (size_t)r * 2 * c4, *dst = f + (size_t)r * c4;
         diffuse_op_gelu(row + c4, (size_t)c4);
         for (int j = 0; j < c4; j++) /* dst never passes the row being read */
             dst[j] = row[j] * row[c4 + j];
     }
-    diffuse_linear_forward(&b->ff_out, out, f, t); /* f now [T, 4C] */
+    if (diffuse_linear_forward(&b->ff_out, out, f, t, a)) /* f now [T, 4C] */
+        return -1;
     diffuse_arena_reset(a, mark);
     return 0;
 }
@@ -468,11 +474,13 @@ static int transformer_forward(const unet_transformer *tf, float *x, const float
         diffuse_op_group_norm(img, xi, tf->norm.gamma, tf->norm.beta, 1, c, hw, tf->groups,
                               UNET_TF_EPS, false);
         diffuse_op_transpose(nrm, img, 1, c, hw); /* [T, C] */
-        diffuse_linear_forward(&tf->proj_in, h, nrm, hw);
+        if (diffuse_linear_forward(&tf->proj_in, h, nrm, hw, a))
+            return -1;
         for (int d = 0; d < tf->depth; d++)
             if (basic_block_forward(&tf->blocks[d], h, nrm, ctx, hw, s, tf->heads, a))
                 return -1;
-        diffuse_linear_forward(&tf->proj_out, nrm, h, hw);
+        if (diffuse_linear_forward(&tf->proj_out, nrm, h, hw, a))
+            return -1;
         diffuse_op_transpose(img, nrm, 1, hw, c); /* [C, T] */
         diffuse_op_add(xi, img, tc);
     }
@@ -544,9 +552,11 @@ static int time_embedding(unet_run *r, const float *timestep)
     if (!temb || !r->temb_act || !sinus)
         return -1;
     timestep_embedding(&u->cfg, sinus, timestep, n, c0);
-    diffuse_linear_forward(&u->time_1, r->temb_act, sinus, n);
+    if (diffuse_linear_forward(&u->time_1, r->temb_act, sinus, n, r->a))
+        return -1;
     diffuse_op_silu(r->temb_act, (size_t)n * td);
-    diffuse_linear_forward(&u->time_2, temb, r->temb_act, n);
+    if (diffuse_linear_forward(&u->time_2, temb, r->temb_act, n, r->a))
+        return -1;
     emit(r, "time_embedding", temb, (size_t)n * td);
     memcpy(r->temb_act, temb, sizeof(float) * n * td);
     diffuse_op_silu(r->temb_act, (size_t)n * td);
@@ -572,7 +582,7 @@ static int down_block(unet_run *r, int l, float **x, int *h, int *w)
         push_skip(r, y, c, *h, *w);
         *x = y;
     }
-    if (lv->sampler.w) {
+    if (lv->sampler.w.data) {
         const int oh = half_size(*h), ow = half_size(*w);
         float *y = diffuse_arena_push(r->a, (size_t)n * c * oh * ow); /* [n, C, h/2, w/2] */
         if (!y || diffuse_conv2d_forward(&lv->sampler, y, *x, n, *h, *w, 2, r->a))
@@ -670,7 +680,7 @@ static int up_block(unet_run *r, int b, float *pp[2], int *cur, int *c, int *h, 
                                                 r->tokens, r->u->cfg.context_dim, r->a))
             return -1;
     }
-    if (lv->sampler.w && upsample(r, lv, pp, cur, h, w))
+    if (lv->sampler.w.data && upsample(r, lv, pp, cur, h, w))
         return -1;
     emit(r, r->stage, pp[*cur], (size_t)n * *c * *h * *w);
     return 0;

@@ -124,15 +124,22 @@ static void vae_band_sizes(const diffuse_conv2d *c, const vae_geom *g, int nb, i
     sz[2] = (size_t)c->cout * nb * ow;
 }
 
+/* Arena floats diffuse_wmat_f32 pushes for a layer's weight. */
+static size_t vae_weight_scratch(const diffuse_wmat *m)
+{
+    return m->in_place ? 0 : diffuse_wmat_scratch(m->numel);
+}
+
 static size_t vae_conv_scratch(const diffuse_conv2d *c, const vae_geom *g, bool acc)
 {
+    const size_t wsz = vae_weight_scratch(&c->w);
     if (vae_conv_direct(c, g, acc))
-        return 0;
+        return wsz;
     int oh, ow;
     size_t sz[3];
     vae_out_size(c, g, &oh, &ow);
     vae_band_sizes(c, g, vae_band_rows(c, g, oh, ow), ow, sz);
-    return vae_round16(sz[0]) + vae_round16(sz[1]) + vae_round16(sz[2]);
+    return wsz + vae_round16(sz[0]) + vae_round16(sz[1]) + vae_round16(sz[2]);
 }
 
 /* xb [cin, rows, W] = input rows r0..r0+rows-1 of the (virtually upsampled) x. */
@@ -164,14 +171,18 @@ static int vae_conv(const diffuse_conv2d *c, float *y, const float *x, const vae
 {
     int oh, ow;
     vae_out_size(c, g, &oh, &ow);
+    size_t sz[3], mark = diffuse_arena_mark(a);
+    const float *wf = diffuse_wmat_f32(&c->w, a); /* once for all bands */
+    if (!wf)
+        return -1;
     if (vae_conv_direct(c, g, acc)) {
         diffuse_conv d = {.cin = c->cin, .h = g->h, .w = g->w, .cout = c->cout, .k = 1,
                           .stride = 1};
-        diffuse_op_conv2d(y, x, c->w, c->b, &d, 1, NULL);
+        diffuse_op_conv2d(y, x, wf, c->b, &d, 1, NULL);
+        diffuse_arena_reset(a, mark);
         return 0;
     }
     const int nb = vae_band_rows(c, g, oh, ow), hv = g->up * g->h;
-    size_t sz[3], mark = diffuse_arena_mark(a);
     vae_band_sizes(c, g, nb, ow, sz);
     float *xb = diffuse_arena_push(a, sz[0]);   /* [cin, rows_in, W] */
     float *col = diffuse_arena_push(a, sz[1]);  /* [cin*k*k, nb*ow] */
@@ -186,7 +197,7 @@ static int vae_conv(const diffuse_conv2d *c, float *y, const float *x, const vae
         diffuse_conv d = {.cin = c->cin, .h = r1 - r0 + 1, .w = g->up * g->w, .cout = c->cout,
                           .k = c->k, .stride = g->stride, .pad_top = r0 - lo,
                           .pad_left = g->pad[1], .pad_bottom = hi - r1, .pad_right = g->pad[3]};
-        diffuse_op_conv2d(yb, xb, c->w, c->b, &d, 1, col);
+        diffuse_op_conv2d(yb, xb, wf, c->b, &d, 1, col);
         for (int co = 0; co < c->cout; co++) {
             float *dst = y + ((size_t)co * oh + o0) * ow;
             const float *src = yb + (size_t)co * n * ow;
@@ -225,7 +236,7 @@ static int vae_resnet(const diffuse_resnet *r, float *y, float *x, float *u, int
 {
     const int hw = h * w;
     vae_geom g1 = vae_same(h, w, 1), g3 = vae_same(h, w, 3);
-    if (r->shortcut.w) {
+    if (r->shortcut.w.data) {
         if (vae_conv(&r->shortcut, y, x, &g1, false, a))
             return -1;
     } else {
@@ -245,7 +256,7 @@ static size_t vae_resnet_scratch(const diffuse_resnet *r, int h, int w)
     vae_geom g1 = vae_same(h, w, 1), g3 = vae_same(h, w, 3);
     size_t s = vae_conv_scratch(&r->conv1, &g3, false);
     vae_max(&s, vae_conv_scratch(&r->conv2, &g3, true));
-    if (r->shortcut.w)
+    if (r->shortcut.w.data)
         vae_max(&s, vae_conv_scratch(&r->shortcut, &g1, false));
     return s;
 }
@@ -262,8 +273,12 @@ static int vae_resnet_step(const diffuse_resnet *r, vae_bufs *b, int h, int w, d
 /* Arena floats the attention pushes; its two token buffers are the caller's. */
 static size_t vae_attention_scratch(const vae_attention *at, int h, int w)
 {
-    size_t t = (size_t)h * w;
-    return 2 * vae_round16(t * at->c) + vae_round16(diffuse_attention_scratch((int)t, (int)t));
+    size_t t = (size_t)h * w, wsz = vae_weight_scratch(&at->q.w);
+    vae_max(&wsz, vae_weight_scratch(&at->k.w));
+    vae_max(&wsz, vae_weight_scratch(&at->v.w));
+    vae_max(&wsz, vae_weight_scratch(&at->out.w));
+    return 2 * vae_round16(t * at->c) + vae_round16(diffuse_attention_scratch((int)t, (int)t)) +
+           wsz;
 }
 
 /* x [C, T] += to_out(softmax(q k^T / sqrt(C)) v), q, k, v = to_q/k/v(GN(x)^T)
@@ -282,11 +297,12 @@ static int vae_attention_forward(const vae_attention *at, float *x, float *t0, f
     diffuse_op_group_norm(t0, x, at->norm.gamma, at->norm.beta, 1, c, t, at->groups, VAE_EPS,
                           false);                             /* [C, T] */
     diffuse_op_transpose(t1, t0, 1, c, t);                    /* tokens [T, C] */
-    diffuse_linear_forward(&at->q, t0, t1, t);                /* q [T, C] */
-    diffuse_linear_forward(&at->k, k, t1, t);
-    diffuse_linear_forward(&at->v, v, t1, t);
+    if (diffuse_linear_forward(&at->q, t0, t1, t, a) ||  /* q [T, C] */
+        diffuse_linear_forward(&at->k, k, t1, t, a) || diffuse_linear_forward(&at->v, v, t1, t, a))
+        return -1;
     diffuse_op_attention(t1, t0, c, k, v, c, t, t, 1, c, false, s); /* [T, C] */
-    diffuse_linear_forward(&at->out, t0, t1, t);              /* [T, C] */
+    if (diffuse_linear_forward(&at->out, t0, t1, t, a))      /* [T, C] */
+        return -1;
     for (int ch = 0; ch < c; ch++)
         for (int j = 0; j < t; j++)
             x[(size_t)ch * t + j] += t0[(size_t)j * c + ch];

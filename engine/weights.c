@@ -4,14 +4,17 @@
  * "vae.", "text."). A diffusers folder needs only the prefix (plus the old VAE
  * attention names); an original single-file ("LDM") checkpoint is translated
  * by the few rules below, one function per component. Tensors stay in the
- * file mapping; F16/BF16 (or unaligned) tensors are converted to float32 once,
- * when first asked for.
+ * file mapping: matrices are handed out as they are stored (diffuse_wmat),
+ * and only the small vectors asked for with diffuse_weights_get (biases, norm
+ * parameters) are converted to float32, once.
  */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -25,9 +28,13 @@ typedef struct weight_entry {
     float *converted;             /* owned float32 copy, or NULL */
 } weight_entry;
 
+/* Components with their own phase: widening maxima and page release. */
+static const char *const COMPONENTS[3] = {"text.", "unet.", "vae."};
+
 struct diffuse_weights {
     diffuse_st_file *files[4];
     int nfiles;
+    size_t widen_max[3];          /* per COMPONENTS entry, floats */
     weight_entry *entries;        /* sorted by name */
     int count, cap;
     const char *layout;
@@ -428,21 +435,15 @@ static bool shape_matches(const weight_entry *e, int ndim, const int64_t *shape)
     return true;
 }
 
+static weight_entry *checked_entry(diffuse_weights *w, const char *name, int ndim,
+                                   const int64_t *shape, char *err);
+
 const float *diffuse_weights_get(diffuse_weights *w, const char *name, int ndim,
                                  const int64_t *shape, char *err)
 {
-    weight_entry *e = find_entry(w, name);
-    if (!e) {
-        diffuse_fail(err, "missing weight '%s' (%s layout)", name, w->layout);
+    weight_entry *e = checked_entry(w, name, ndim, shape, err);
+    if (!e)
         return NULL;
-    }
-    if (!shape_matches(e, ndim, shape)) {
-        char want[128], have[128];
-        format_shape(want, sizeof want, ndim, shape);
-        format_shape(have, sizeof have, e->ndim, e->shape);
-        diffuse_fail(err, "weight '%s' has shape %s, expected %s", name, have, want);
-        return NULL;
-    }
     const size_t row = e->ndim ? (size_t)(e->numel / e->shape[0]) : 0;
     const uint8_t *data = e->t->data;
     if (e->t->dtype == DIFFUSE_DTYPE_F32 && ((uintptr_t)data & 3) == 0)
@@ -462,6 +463,105 @@ const float *diffuse_weights_get(diffuse_weights *w, const char *name, int ndim,
         return NULL;
     }
     return e->converted;
+}
+
+/* The entry of `name` with the expected shape, or NULL with a message. */
+static weight_entry *checked_entry(diffuse_weights *w, const char *name, int ndim,
+                                   const int64_t *shape, char *err)
+{
+    weight_entry *e = find_entry(w, name);
+    if (!e) {
+        diffuse_fail(err, "missing weight '%s' (%s layout)", name, w->layout);
+        return NULL;
+    }
+    if (!shape_matches(e, ndim, shape)) {
+        char want[128], have[128];
+        format_shape(want, sizeof want, ndim, shape);
+        format_shape(have, sizeof have, e->ndim, e->shape);
+        diffuse_fail(err, "weight '%s' has shape %s, expected %s", name, have, want);
+        return NULL;
+    }
+    return e;
+}
+
+static int mat_view(diffuse_weights *w, const char *name, int ndim, const int64_t *shape,
+                    diffuse_wmat *out, bool widened_whole, char *err)
+{
+    memset(out, 0, sizeof *out);
+    weight_entry *e = checked_entry(w, name, ndim, shape, err);
+    if (!e)
+        return -1;
+    const size_t elsize = e->t->nbytes / (size_t)(e->t->numel ? e->t->numel : 1);
+    const size_t row = e->ndim ? (size_t)(e->numel / e->shape[0]) : 0;
+    out->data = e->t->data + e->row0 * row * elsize;
+    out->dtype = e->t->dtype;
+    out->numel = (size_t)e->numel;
+    out->in_place = out->dtype == DIFFUSE_DTYPE_F32 && ((uintptr_t)out->data & 3) == 0;
+    if (out->dtype != DIFFUSE_DTYPE_F32 && out->dtype != DIFFUSE_DTYPE_F16 &&
+        out->dtype != DIFFUSE_DTYPE_BF16)
+        return diffuse_fail(err, "weight '%s' is %s, not a float type", name, e->t->dtype_name);
+    for (int c = 0; widened_whole && c < 3; c++)
+        if (!out->in_place && starts(name, COMPONENTS[c]) && out->numel > w->widen_max[c])
+            w->widen_max[c] = out->numel;
+    return 0;
+}
+
+int diffuse_weights_mat(diffuse_weights *w, const char *name, int ndim, const int64_t *shape,
+                        diffuse_wmat *out, char *err)
+{
+    return mat_view(w, name, ndim, shape, out, true, err);
+}
+
+int diffuse_weights_table(diffuse_weights *w, const char *name, int ndim, const int64_t *shape,
+                          diffuse_wmat *out, char *err)
+{
+    return mat_view(w, name, ndim, shape, out, false, err);
+}
+
+int diffuse_weights_matf(diffuse_weights *w, diffuse_wmat *out, char *err, const int64_t *dims,
+                         const char *fmt, ...)
+{
+    char name[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    int ndim = 0;
+    while (ndim < DIFFUSE_MAX_DIMS && dims[ndim] >= 0)
+        ndim++;
+    return diffuse_weights_mat(w, name, ndim, dims, out, err);
+}
+
+size_t diffuse_weights_widen_max(const diffuse_weights *w, const char *prefix)
+{
+    for (int c = 0; c < 3; c++)
+        if (strcmp(prefix, COMPONENTS[c]) == 0)
+            return w->widen_max[c];
+    return 0;
+}
+
+size_t diffuse_weights_bytes(const diffuse_weights *w, const char *prefix)
+{
+    size_t n = 0;
+    for (int i = 0; i < w->count; i++)
+        if (starts(w->entries[i].name, prefix) && w->entries[i].row0 == 0)
+            n += w->entries[i].t->nbytes; /* a split tensor counts once */
+    return n;
+}
+
+void diffuse_weights_release(const diffuse_weights *w, const char *prefix)
+{
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    for (int i = 0; i < w->count; i++) {
+        const weight_entry *e = &w->entries[i];
+        if (!starts(e->name, prefix) || e->row0 != 0)
+            continue;
+        /* whole pages inside the tensor only: its neighbours may still be in use */
+        uintptr_t b = ((uintptr_t)e->t->data + page - 1) & ~(page - 1);
+        uintptr_t end = ((uintptr_t)e->t->data + e->t->nbytes) & ~(page - 1);
+        if (end > b)
+            madvise((void *)b, end - b, MADV_DONTNEED);
+    }
 }
 
 const float *diffuse_weights_getf(diffuse_weights *w, char *err, const int64_t *dims,

@@ -532,8 +532,64 @@ static void test_arena(void)
     diffuse_arena_free(&a);
 }
 
+/* ------------------------------------------------------------------ widen */
+
+/* Every fp16 and bf16 bit pattern, widened by the vector paths (several
+ * threads, lengths that leave a scalar tail, odd start addresses) against the
+ * scalar twin: equal bits, NaN for NaN. */
+static void test_widen(void)
+{
+    const size_t n = 65536 + 13;
+    uint8_t *raw = malloc(2 * n + 2);
+    float *fast = malloc(sizeof(float) * n), *slow = malloc(sizeof(float) * n);
+    const int best = diffuse_cpu_path();
+    for (int path = DIFFUSE_CPU_BASE; path <= best; path++)
+    for (int dt = 0; dt < 2; dt++) {
+        const diffuse_dtype dtype = dt ? DIFFUSE_DTYPE_BF16 : DIFFUSE_DTYPE_F16;
+        diffuse_cpu_cap(path);
+        for (int shift = 0; shift < 2; shift++) { /* 2-byte and odd start */
+            uint8_t *p = raw + shift;
+            for (size_t i = 0; i < n; i++) {
+                uint16_t h = (uint16_t)(i * 40503u); /* a permutation of all 65536 */
+                memcpy(p + 2 * i, &h, 2);
+            }
+            const size_t lens[] = {0, 1, 7, 15, 17, 31, 1000, n};
+            for (size_t l = 0; l < sizeof lens / sizeof lens[0]; l++) {
+                size_t len = lens[l], bad = len;
+                memset(fast, 0xff, sizeof(float) * n);
+                diffuse_op_widen(fast, p, dtype, len);
+                diffuse_op_widen_ref(slow, p, dtype, len);
+                for (size_t i = 0; i < len && bad == len; i++) {
+                    uint32_t a, b;
+                    memcpy(&a, &fast[i], 4);
+                    memcpy(&b, &slow[i], 4);
+                    if (a != b && !(isnan(fast[i]) && isnan(slow[i])))
+                        bad = i;
+                }
+                CHECK(bad == len, "widen %s (path %d) len %zu start +%d: element %zu differs",
+                      dt ? "bf16" : "f16", path, len, shift, bad);
+                uint32_t after;
+                memcpy(&after, &fast[len < n ? len : n - 1], 4);
+                CHECK(len == n || after == 0xffffffffu, "widen wrote past %zu", len);
+            }
+        }
+    }
+    diffuse_cpu_cap(DIFFUSE_CPU_AVX512);
+    /* known values: 1, -2, 65504 (max), 2^-24 (smallest subnormal), +inf */
+    const uint16_t h[5] = {0x3c00, 0xc000, 0x7bff, 0x0001, 0x7c00};
+    const float want[5] = {1.0f, -2.0f, 65504.0f, 5.9604644775390625e-8f, INFINITY};
+    float got[5];
+    diffuse_op_widen(got, h, DIFFUSE_DTYPE_F16, 5);
+    for (int i = 0; i < 5; i++)
+        CHECK(got[i] == want[i], "f16 %04x -> %g, want %g", h[i], got[i], want[i]);
+    free(raw);
+    free(fast);
+    free(slow);
+}
+
 int main(void)
 {
+    test_widen();
     test_linear();
     test_conv2d();
     test_attention();

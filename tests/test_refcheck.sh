@@ -1,17 +1,31 @@
 #!/bin/sh
 # test_refcheck.sh: `diffuse refcheck` on every reference set in ../shared/reference
 # (both layouts, every case); its closing line counts into the suite's total.
+# Sets named in tests/refcheck_pending (not supported yet) run but do not count.
 bin=${BUILD:-build}/diffuse
 ref=${DIFFUSE_SHARED:-../shared}/reference
 if [ ! -d "$ref" ]; then
     if [ "${CI:-}" = true ]; then echo "FAIL missing $ref (CI=true)"; echo "0 passed, 1 failed"; exit 1; fi
     echo "SKIP missing $ref"; echo "0 passed, 0 failed"; exit 0
 fi
+pending=$(dirname "$0")/refcheck_pending
 p=0; f=0
 for dir in "$ref"/*/; do
     [ -f "$dir/golden.json" ] || continue
+    set=$(basename "$dir")
+    issue=$(awk -v s="$set" '$1 == s { print $2 }' "$pending")
     echo "refcheck $dir"
     out=$(${VALGRIND:-} "$bin" refcheck "$dir" 2>&1); rc=$?
+    if [ -n "$issue" ]; then
+        line=$(printf '%s\n' "$out" | tail -n 1)
+        case "$line" in
+        *" passed, 0 failed")
+            echo "FAIL $set passes whole: take it out of tests/refcheck_pending (issue $issue)"
+            f=$((f + 1)) ;;
+        *) echo "pending $set (issue $issue): $line, not counted" ;;
+        esac
+        continue
+    fi
     printf '%s\n' "$out" | grep -v ' ok$'
     line=$(printf '%s\n' "$out" | tail -n 1)
     case "$line" in
