@@ -61,6 +61,29 @@ test: all $(TEST_BIN) $(SD2_FIXTURE)
 
 bench: $(BUILD)/bench
 	$(BUILD)/bench
+	@echo "(real scale: make bench-sd15)"
+
+# Stable Diffusion 1.5 at real scale: a random-weight checkpoint with every
+# tensor name and shape of the real one (1.07 B parameters, fp16 single file,
+# 2.1 GB), made once into $(BENCH_CACHE); per phase at 512x512 and 768x768,
+# then again with OpenBLAS left to pick its own kernels (the environment's
+# OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE unset: what users get), then the default
+# model's whole process.
+BENCH_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/diffuse/bench
+BENCH_SD15  := $(BENCH_CACHE)/sd15-random-fp16.safetensors
+BENCH_VOCAB ?= ../shared/clip/bpe_simple_vocab_16e6.txt.gz
+.PHONY: bench-sd15
+bench-sd15: $(BUILD)/bench_real $(BUILD)/diffuse
+	@mkdir -p $(BENCH_CACHE)
+	@[ -f $(BENCH_SD15) ] || /usr/bin/python3 tests/bench/make_sd15.py $(BENCH_SD15)
+	$(BUILD)/bench_real $(BENCH_SD15) $(BENCH_VOCAB) 512 768
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(BUILD)/bench_real $(BENCH_SD15) $(BENCH_VOCAB) 512
+	@for i in 1 2 3; do /usr/bin/time -f "default model, 1 image, whole process: %e s, peak RSS %M KB" \
+	    $(BUILD)/diffuse generate --model models/default --prompt "a red circle on a blue background" \
+	    --seed $$i --output $(BUILD)/bench-default.png 2>&1 | tail -n 1; done
+
+$(BUILD)/bench_real: $(BUILD)/tests/bench/bench_real.o $(BUILD)/libdiffuse.a
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
 $(BUILD)/bench: $(BUILD)/tests/bench/bench.o $(BUILD)/libdiffuse.a
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@

@@ -147,7 +147,24 @@ typedef struct diffuse_request {
     const float *mask;
     diffuse_progress_fn progress;
     void *progress_user;
+    struct diffuse_stats *stats; /* NULL, or filled with where the time went */
 } diffuse_request;
+
+/* Where a diffuse_generate call's time went (seconds, summed over its images)
+ * and the memory it took; filled when req->stats is set, also on failure. */
+typedef struct diffuse_stats {
+    double text_s;            /* tokenizer and text encoder */
+    double vae_encode_s;      /* init image to latents (img2img) */
+    double unet_s;            /* every UNet pass */
+    double vae_decode_s;      /* latents to pixels */
+    int unet_passes;          /* UNet calls (with guidance one call runs a batch of 2) */
+    double unet_evals;        /* UNet evaluations of one image: passes x batch */
+    double unet_gflop;        /* dense-equivalent GFLOP of all passes: every convolution and
+                                 matrix product counted as plain multiply-adds, whatever
+                                 algorithm ran */
+    size_t predicted_peak;    /* bytes: the peak resident set the memory check predicted */
+    size_t peak_rss;          /* bytes: the process's peak resident set when the call ended */
+} diffuse_stats;
 
 diffuse_request diffuse_request_default(void);
 
@@ -162,8 +179,15 @@ diffuse_status diffuse_generate(diffuse_model *model, const diffuse_request *req
                                 diffuse_image *images, char *err, size_t err_size);
 void diffuse_image_free(diffuse_image *image);
 
-/* Bytes of working memory a request needs beyond the loaded weights. */
+/* Bytes a request adds to the process: its working memory and the weights of
+ * its largest phase (text encoder, UNet or VAE; each phase's pages are let go
+ * when it ends, so only one is resident at a time). The memory check before a
+ * run compares this with what the system has available; the process's peak is
+ * predicted as its resident set at the start plus this. */
 size_t diffuse_request_memory(const diffuse_model *model, const diffuse_request *req);
+/* This process's resident set now, and its peak so far, in bytes (0 when unknown). */
+size_t diffuse_rss_now(void);
+size_t diffuse_rss_peak(void);
 
 /* ---------------------------------------------------------------- tools */
 

@@ -6,8 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <cblas.h>
-
 #include "internal.h"
 
 #define MAX_SIDE 4096
@@ -81,7 +79,8 @@ static diffuse_run run_of(const diffuse_model *m, const diffuse_request *r)
                        .karras = r->karras, .schedule = m->schedule, .width = r->width,
                        .height = r->height, .init_image = r->init_image, .strength = r->strength,
                        .mask = r->mask, .progress = r->progress,
-                       .progress_user = r->progress_user, .image_count = r->count};
+                       .progress_user = r->progress_user, .image_count = r->count,
+                       .stats = r->stats};
     if (r->spacing != DIFFUSE_SPACING_DEFAULT)
         run.schedule.spacing = r->spacing;
     return run;
@@ -97,10 +96,13 @@ diffuse_status diffuse_generate(diffuse_model *m, const diffuse_request *r, diff
                                 char *err, size_t err_size)
 {
     char e[DIFFUSE_ERROR_SIZE] = "";
+    diffuse_pool_set_threads(m->threads); /* before sizing: attention scratch is per thread */
+    if (r->stats) {
+        memset(r->stats, 0, sizeof *r->stats);
+        diffuse_rss_peak_reset();
+        r->stats->predicted_peak = diffuse_rss_now() + diffuse_request_memory(m, r);
+    }
     diffuse_status st = check_request(m, r, e);
-    diffuse_pool_set_threads(m->threads);
-    if (m->threads > 0)
-        openblas_set_num_threads(m->threads);
     int done = 0;
     for (; st == DIFFUSE_OK && done < r->count; done++) {
         diffuse_image *img = &images[done];
@@ -122,6 +124,8 @@ diffuse_status diffuse_generate(diffuse_model *m, const diffuse_request *r, diff
         if (st != DIFFUSE_OK)
             diffuse_image_free(img);
     }
+    if (r->stats)
+        r->stats->peak_rss = diffuse_rss_peak();
     if (st != DIFFUSE_OK) {
         for (int i = 0; i < done && i < r->count; i++)
             diffuse_image_free(&images[i]);

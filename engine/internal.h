@@ -157,7 +157,8 @@ void diffuse_weights_each(const diffuse_weights *w, const char *prefix,
  * on the thread count. */
 void diffuse_parallel_for(size_t n, size_t grain, void (*fn)(void *ctx, size_t begin, size_t end),
                           void *ctx);
-/* Threads the pool and OpenBLAS use; 0 = one per online CPU. */
+/* Threads the engine uses; 0 = one per online CPU. OpenBLAS is kept to one
+ * thread: the pool's threads call it in parallel (diffuse_gemm). */
 void diffuse_pool_set_threads(int threads);
 int diffuse_pool_threads(void);
 int diffuse_cpu_count(void);
@@ -179,6 +180,11 @@ void diffuse_op_widen_ref(float *dst, const void *src, diffuse_dtype dtype, size
 
 /* Each optimized kernel has a plain reference twin (suffix _ref) that the unit
  * tests compare it against. Kernels never allocate: callers pass scratch. */
+
+/* C = alpha op(A) op(B) + beta C, row-major (cblas_sgemm's arguments), on
+ * the pool's threads; the result is the same at every thread count. */
+void diffuse_gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float *a, int lda,
+                  const float *b, int ldb, float beta, float *c, int ldc);
 
 /* y[n, out] = x[n, in] . W[out, in]^T + b[out] (b may be NULL). */
 void diffuse_op_linear(float *y, const float *x, const float *w, const float *b, int n, int in,
@@ -238,6 +244,7 @@ typedef struct diffuse_arena {
     float *base;
     size_t cap, used, peak;       /* in floats */
     bool overflow;
+    double flops;                 /* dense-equivalent flops of the layers run on it */
 } diffuse_arena;
 
 int diffuse_arena_init(diffuse_arena *a, size_t floats, char *err);
@@ -480,7 +487,13 @@ typedef struct diffuse_run {
      * (the reference checker restarts each step from the reference's state) */
     void (*on_step)(void *user, int step, float *latents, size_t n);
     void *on_step_user;
+    diffuse_stats *stats;              /* NULL, or times added up here */
 } diffuse_run;
+
+/* Monotonic seconds. */
+double diffuse_now(void);
+/* Starts the process's peak resident set afresh from now (Linux clear_refs). */
+void diffuse_rss_peak_reset(void);
 
 /* Runs the whole pipeline for one image into pixels_out [height, width, 3].
  * Returns DIFFUSE_OK, or an error status with a message in err. */

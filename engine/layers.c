@@ -86,6 +86,7 @@ int diffuse_linear_forward(const diffuse_linear *l, float *y, const float *x, in
     if (!w)
         return -1;
     diffuse_op_linear(y, x, w, l->b, rows, l->in, l->out);
+    a->flops += 2.0 * rows * l->in * l->out;
     diffuse_arena_reset(a, mark);
     return 0;
 }
@@ -102,6 +103,8 @@ int diffuse_conv2d_forward_pad(const diffuse_conv2d *c, float *y, const float *x
     if (!wf || (need && !scratch))
         return -1;
     diffuse_op_conv2d(y, x, wf, c->b, &g, n, scratch);
+    a->flops += 2.0 * n * c->cout * c->cin * c->k * c->k * diffuse_conv_out_h(&g) *
+                diffuse_conv_out_w(&g);
     diffuse_arena_reset(a, mark);
     return 0;
 }

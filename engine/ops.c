@@ -1,6 +1,7 @@
 /* ops.c: the numeric kernels every model part is built from.
  *
- * Matrix products go through cblas_sgemm (OpenBLAS threads them); the rest are
+ * Matrix products go through cblas_sgemm, single-threaded, split over the
+ * engine's pool (diffuse_gemm; attention by heads and query blocks); the rest are
  * flat loops over NCHW float32 buffers. Every optimized kernel has a plain
  * reference twin (suffix _ref) that tests/test_ops.c holds it to.
  */
@@ -115,6 +116,76 @@ void diffuse_op_widen(float *dst, const void *src, diffuse_dtype dtype, size_t n
     diffuse_parallel_for(n, 1 << 16, widen_part, &j);
 }
 
+/* ------------------------------------------------------------------ gemm */
+
+/* C[M, N] = alpha op(A) op(B) + beta C (row-major), on the engine's pool:
+ * OpenBLAS runs single-threaded inside each part (diffuse_pool_set_threads
+ * keeps it so), and the pool's threads take one part each. Large products
+ * are cut into as many parts as there are threads, along N when it is wide
+ * (each part packs all of A, which is cheap next to its share of B) or else
+ * along M. Every element still sums its K products in OpenBLAS's order, and
+ * parts stay far above OpenBLAS's small-matrix path (different code, other
+ * rounding), so the result does not depend on the cut: tests/test_ops.c
+ * holds it to the one-call result bit for bit at every thread count. */
+#define GEMM_SPLIT_MIN (1 << 23) /* multiply-adds per part, at least */
+
+typedef struct gemm_job {
+    bool ta, tb;
+    int m, n, k, parts;
+    bool along_n;
+    float alpha, beta;
+    const float *a, *b;
+    float *c;
+    int lda, ldb, ldc;
+} gemm_job;
+
+static void gemm_call(const gemm_job *j, int m0, int m1, int n0, int n1)
+{
+    const float *a = j->a + (size_t)m0 * (j->ta ? 1 : (size_t)j->lda);
+    const float *b = j->b + (size_t)n0 * (j->tb ? (size_t)j->ldb : 1);
+    cblas_sgemm(CblasRowMajor, j->ta ? CblasTrans : CblasNoTrans, j->tb ? CblasTrans : CblasNoTrans,
+                m1 - m0, n1 - n0, j->k, j->alpha, a, j->lda, b, j->ldb, j->beta,
+                j->c + (size_t)m0 * j->ldc + n0, j->ldc);
+}
+
+static void gemm_part(void *ctx, size_t p0, size_t p1)
+{
+    const gemm_job *j = ctx;
+    for (size_t p = p0; p < p1; p++) {
+        const int dim = j->along_n ? j->n : j->m, align = j->along_n ? 16 : 8;
+        int b = (int)((size_t)dim * p / (size_t)j->parts), e = (int)((size_t)dim * (p + 1) / (size_t)j->parts);
+        b = b / align * align;
+        e = p + 1 == (size_t)j->parts ? dim : e / align * align;
+        if (b >= e)
+            continue;
+        if (j->along_n)
+            gemm_call(j, 0, j->m, b, e);
+        else
+            gemm_call(j, b, e, 0, j->n);
+    }
+}
+
+void diffuse_gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float *a, int lda,
+                  const float *b, int ldb, float beta, float *c, int ldc)
+{
+    gemm_job j = {.ta = ta, .tb = tb, .m = m, .n = n, .k = k, .alpha = alpha, .beta = beta,
+                  .a = a, .b = b, .c = c, .lda = lda, .ldb = ldb, .ldc = ldc};
+    const double work = (double)m * n * k;
+    int parts = diffuse_pool_threads();
+    if (work < (double)GEMM_SPLIT_MIN * parts)
+        parts = (int)(work / GEMM_SPLIT_MIN);
+    j.along_n = n >= 64 * parts || n >= m;
+    const int dim = j.along_n ? n : m, align = j.along_n ? 16 : 8;
+    if (parts > dim / align)
+        parts = dim / align;
+    if (parts <= 1) {
+        gemm_call(&j, 0, m, 0, n);
+        return;
+    }
+    j.parts = parts;
+    diffuse_parallel_for((size_t)parts, 1, gemm_part, &j);
+}
+
 /* ------------------------------------------------------------------ linear */
 
 /* y[n, out] = x[n, in] . W[out, in]^T + b */
@@ -125,8 +196,7 @@ void diffuse_op_linear(float *y, const float *x, const float *w, const float *b,
         for (int i = 0; i < n; i++)
             memcpy(y + (size_t)i * out, b, sizeof(float) * out);
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x, in, w, in,
-                b ? 1.0f : 0.0f, y, out);
+    diffuse_gemm(false, true, n, out, in, 1.0f, x, in, w, in, b ? 1.0f : 0.0f, y, out);
 }
 
 void diffuse_op_linear_ref(float *y, const float *x, const float *w, const float *b, int n,
@@ -161,11 +231,24 @@ size_t diffuse_conv_scratch(const diffuse_conv *c)
     return (size_t)c->cin * c->k * c->k * diffuse_conv_out_h(c) * diffuse_conv_out_w(c);
 }
 
-/* col[(ci*k + ky)*k + kx, oy*ow + ox] = x[ci, oy*s + ky - pt, ox*s + kx - pl] (0 outside) */
-static void im2col(float *col, const float *x, const diffuse_conv *c, int oh, int ow)
+typedef struct im2col_job {
+    float *col;
+    const float *x;
+    const diffuse_conv *c;
+    int oh, ow;
+} im2col_job;
+
+/* col[(ci*k + ky)*k + kx, oy*ow + ox] = x[ci, oy*s + ky - pt, ox*s + kx - pl] (0 outside),
+ * for input channels [c0, c1) */
+static void im2col_part(void *ctx, size_t c0, size_t c1)
 {
+    const im2col_job *j = ctx;
+    float *col = j->col;
+    const float *x = j->x;
+    const diffuse_conv *c = j->c;
+    const int oh = j->oh, ow = j->ow;
     const int k = c->k, s = c->stride;
-    for (int ci = 0; ci < c->cin; ci++)
+    for (int ci = (int)c0; ci < (int)c1; ci++)
         for (int ky = 0; ky < k; ky++)
             for (int kx = 0; kx < k; kx++) {
                 float *dst = col + ((size_t)(ci * k + ky) * k + kx) * oh * ow;
@@ -177,12 +260,46 @@ static void im2col(float *col, const float *x, const diffuse_conv *c, int oh, in
                         memset(row, 0, sizeof(float) * ow);
                         continue;
                     }
+                    const float *in = src + (size_t)iy * c->w;
+                    if (s == 1) { /* zeros, a straight copy, zeros */
+                        int lo = c->pad_left - kx, hi = c->w + c->pad_left - kx; /* ox range inside */
+                        lo = lo < 0 ? 0 : lo > ow ? ow : lo;
+                        hi = hi < lo ? lo : hi > ow ? ow : hi;
+                        for (int ox = 0; ox < lo; ox++)
+                            row[ox] = 0.0f;
+                        memcpy(row + lo, in + lo + kx - c->pad_left, sizeof(float) * (hi - lo));
+                        for (int ox = hi; ox < ow; ox++)
+                            row[ox] = 0.0f;
+                        continue;
+                    }
                     for (int ox = 0; ox < ow; ox++) {
                         int ix = ox * s + kx - c->pad_left;
-                        row[ox] = (ix >= 0 && ix < c->w) ? src[(size_t)iy * c->w + ix] : 0.0f;
+                        row[ox] = (ix >= 0 && ix < c->w) ? in[ix] : 0.0f;
                     }
                 }
             }
+}
+
+static void im2col(float *col, const float *x, const diffuse_conv *c, int oh, int ow)
+{
+    im2col_job j = {col, x, c, oh, ow};
+    diffuse_parallel_for((size_t)c->cin, 1, im2col_part, &j);
+}
+
+typedef struct fill_job {
+    float *y;
+    const float *b;
+    size_t len;
+} fill_job;
+
+static void fill_rows_part(void *ctx, size_t b, size_t e)
+{
+    const fill_job *j = ctx;
+    for (size_t o = b; o < e; o++) {
+        float v = j->b ? j->b[o] : 0.0f, *p = j->y + o * j->len;
+        for (size_t q = 0; q < j->len; q++)
+            p[q] = v;
+    }
 }
 
 /* Per image: Y[cout, oh*ow] = W[cout, cin*k*k] . col[cin*k*k, oh*ow] + b */
@@ -199,13 +316,9 @@ void diffuse_op_conv2d(float *y, const float *x, const float *w, const float *b,
             im2col(scratch, xi, c, oh, ow);
             col = scratch;
         }
-        for (int o = 0; o < c->cout; o++) {
-            float bias = b ? b[o] : 0.0f;
-            for (int p = 0; p < hw; p++)
-                yi[(size_t)o * hw + p] = bias;
-        }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c->cout, hw, kk, 1.0f, w, kk, col,
-                    hw, 1.0f, yi, hw);
+        fill_job fj = {yi, b, (size_t)hw};
+        diffuse_parallel_for((size_t)c->cout, 1, fill_rows_part, &fj);
+        diffuse_gemm(false, false, c->cout, hw, kk, 1.0f, w, kk, col, hw, 1.0f, yi, hw);
     }
 }
 
@@ -238,13 +351,27 @@ static inline float silu(float v) { return v / (1.0f + expf(-v)); }
 
 /* y = (x - mean_g) / sqrt(var_g + eps) * gamma_c + beta_c, statistics per
  * (image, group) over C/groups channels x HW; biased variance as torch. */
-void diffuse_op_group_norm(float *y, const float *x, const float *gamma, const float *beta, int n,
-                           int c, int hw, int groups, float eps, bool act)
+typedef struct norm_job {
+    float *y;
+    const float *x, *gamma, *beta;
+    int c, hw, groups, dim;
+    float eps;
+    bool act;
+} norm_job;
+
+static void group_norm_part(void *ctx, size_t b, size_t e)
 {
+    const norm_job *j = ctx;
+    float *y = j->y;
+    const float *x = j->x, *gamma = j->gamma, *beta = j->beta;
+    const int c = j->c, hw = j->hw, groups = j->groups;
+    const float eps = j->eps;
+    const bool act = j->act;
     const int cg = c / groups;
     const size_t count = (size_t)cg * hw;
-    for (int i = 0; i < n; i++)
-        for (int g = 0; g < groups; g++) {
+    for (size_t ig = b; ig < e; ig++) {
+            const size_t i = ig / (size_t)groups;
+            const int g = (int)(ig % (size_t)groups);
             const float *xg = x + ((size_t)i * c + (size_t)g * cg) * hw;
             float *yg = y + ((size_t)i * c + (size_t)g * cg) * hw;
             double sum = 0, sq = 0;
@@ -265,10 +392,22 @@ void diffuse_op_group_norm(float *y, const float *x, const float *gamma, const f
         }
 }
 
-void diffuse_op_layer_norm(float *y, const float *x, const float *gamma, const float *beta,
-                           int rows, int dim, float eps)
+void diffuse_op_group_norm(float *y, const float *x, const float *gamma, const float *beta, int n,
+                           int c, int hw, int groups, float eps, bool act)
 {
-    for (int r = 0; r < rows; r++) {
+    norm_job j = {.y = y, .x = x, .gamma = gamma, .beta = beta, .c = c, .hw = hw,
+                  .groups = groups, .eps = eps, .act = act};
+    diffuse_parallel_for((size_t)n * groups, 1, group_norm_part, &j);
+}
+
+static void layer_norm_part(void *ctx, size_t r0, size_t r1)
+{
+    const norm_job *jb = ctx;
+    float *y = jb->y;
+    const float *x = jb->x, *gamma = jb->gamma, *beta = jb->beta;
+    const int dim = jb->dim;
+    const float eps = jb->eps;
+    for (int r = (int)r0; r < (int)r1; r++) {
         const float *xr = x + (size_t)r * dim;
         float *yr = y + (size_t)r * dim;
         double sum = 0, sq = 0;
@@ -283,31 +422,74 @@ void diffuse_op_layer_norm(float *y, const float *x, const float *gamma, const f
     }
 }
 
+void diffuse_op_layer_norm(float *y, const float *x, const float *gamma, const float *beta,
+                           int rows, int dim, float eps)
+{
+    norm_job j = {.y = y, .x = x, .gamma = gamma, .beta = beta, .dim = dim, .eps = eps};
+    diffuse_parallel_for((size_t)rows, (size_t)(16384 / (dim ? dim : 1)) + 1, layer_norm_part, &j);
+}
+
 /* ------------------------------------------------------------------ pointwise */
 
-void diffuse_op_silu(float *x, size_t n)
+/* Element-wise kernels run on the pool in parts of at least this many floats. */
+#define POINTWISE_GRAIN 16384
+
+typedef struct pointwise_job {
+    float *y;
+    const float *x;
+} pointwise_job;
+
+static void silu_part(void *ctx, size_t b, size_t e)
 {
-    for (size_t i = 0; i < n; i++)
+    float *x = ((pointwise_job *)ctx)->y;
+    for (size_t i = b; i < e; i++)
         x[i] = silu(x[i]);
 }
 
 /* gelu(x) = x/2 (1 + erf(x / sqrt 2)) */
+static void gelu_part(void *ctx, size_t b, size_t e)
+{
+    float *x = ((pointwise_job *)ctx)->y;
+    for (size_t i = b; i < e; i++)
+        x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float)M_SQRT1_2));
+}
+
+static void quick_gelu_part(void *ctx, size_t b, size_t e)
+{
+    float *x = ((pointwise_job *)ctx)->y;
+    for (size_t i = b; i < e; i++)
+        x[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
+}
+
+static void add_part(void *ctx, size_t b, size_t e)
+{
+    const pointwise_job *j = ctx;
+    for (size_t i = b; i < e; i++)
+        j->y[i] += j->x[i];
+}
+
+void diffuse_op_silu(float *x, size_t n)
+{
+    pointwise_job j = {x, NULL};
+    diffuse_parallel_for(n, POINTWISE_GRAIN, silu_part, &j);
+}
+
 void diffuse_op_gelu(float *x, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
-        x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float)M_SQRT1_2));
+    pointwise_job j = {x, NULL};
+    diffuse_parallel_for(n, POINTWISE_GRAIN, gelu_part, &j);
 }
 
 void diffuse_op_quick_gelu(float *x, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
-        x[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
+    pointwise_job j = {x, NULL};
+    diffuse_parallel_for(n, POINTWISE_GRAIN, quick_gelu_part, &j);
 }
 
 void diffuse_op_add(float *y, const float *x, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
-        y[i] += x[i];
+    pointwise_job j = {y, x};
+    diffuse_parallel_for(n, POINTWISE_GRAIN, add_part, &j);
 }
 
 void diffuse_op_upsample2x(float *y, const float *x, int n, int c, int h, int w)
@@ -321,14 +503,32 @@ void diffuse_op_upsample2x(float *y, const float *x, int n, int c, int h, int w)
     }
 }
 
+typedef struct transpose_job {
+    float *y;
+    const float *x;
+    int rows, cols;
+} transpose_job;
+
+/* Output rows (input columns) [c0, c1) of every item, in 32 x 32 tiles. */
+static void transpose_part(void *ctx, size_t c0, size_t c1)
+{
+    const transpose_job *j = ctx;
+    const int rows = j->rows, cols = j->cols;
+    for (int cb = (int)c0; cb < (int)c1; cb += 32)
+        for (int rb = 0; rb < rows; rb += 32) {
+            const int ce = cb + 32 < (int)c1 ? cb + 32 : (int)c1, re = rb + 32 < rows ? rb + 32 : rows;
+            for (int c = cb; c < ce; c++)
+                for (int r = rb; r < re; r++)
+                    j->y[(size_t)c * rows + r] = j->x[(size_t)r * cols + c];
+        }
+}
+
 void diffuse_op_transpose(float *y, const float *x, int n, int rows, int cols)
 {
     for (int i = 0; i < n; i++) {
-        const float *xi = x + (size_t)i * rows * cols;
-        float *yi = y + (size_t)i * rows * cols;
-        for (int r = 0; r < rows; r++)
-            for (int c = 0; c < cols; c++)
-                yi[(size_t)c * rows + r] = xi[(size_t)r * cols + c];
+        transpose_job j = {y + (size_t)i * rows * cols, x + (size_t)i * rows * cols, rows, cols};
+        diffuse_parallel_for((size_t)cols, (size_t)(POINTWISE_GRAIN / (rows ? rows : 1)) + 1,
+                             transpose_part, &j);
     }
 }
 
@@ -338,8 +538,8 @@ void diffuse_op_transpose(float *y, const float *x, int n, int rows, int cols)
 
 size_t diffuse_attention_scratch(int tq, int tk)
 {
-    int qb = tq < ATTN_Q_BLOCK ? tq : ATTN_Q_BLOCK;
-    return (size_t)qb * tk;
+    int qb = tq < ATTN_Q_BLOCK ? tq : ATTN_Q_BLOCK; /* one score block per thread */
+    return (size_t)diffuse_pool_threads() * qb * tk;
 }
 
 /* exp(x) for x <= 0 (softmax after subtracting the row max): x = n ln2 + f
@@ -427,24 +627,54 @@ static void softmax_rows(float *s, int rows, int cols, int q0, bool causal)
     }
 }
 
+
+
+typedef struct attention_job {
+    float *out, *scratch;
+    const float *q, *k, *v;
+    int q_stride, kv_stride, tq, tk, heads, dh, blocks, parts;
+    bool causal;
+} attention_job;
+
+/* Part p of the (head, query block) tasks, with scratch slot p. */
+static void attention_part(void *ctx, size_t p0, size_t p1)
+{
+    const attention_job *j = ctx;
+    const float scale = 1.0f / sqrtf((float)j->dh);
+    const int ld_out = j->heads * j->dh, dh = j->dh, tk = j->tk, tasks = j->heads * j->blocks;
+    for (size_t p = p0; p < p1; p++) {
+        float *s = j->scratch + p * (size_t)(j->tq < ATTN_Q_BLOCK ? j->tq : ATTN_Q_BLOCK) * tk;
+        for (int t = (int)((size_t)tasks * p / j->parts); t < (int)((size_t)tasks * (p + 1) / j->parts); t++) {
+            const int h = t / j->blocks, q0 = (t % j->blocks) * ATTN_Q_BLOCK;
+            const int qb = j->tq - q0 < ATTN_Q_BLOCK ? j->tq - q0 : ATTN_Q_BLOCK;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, qb, tk, dh, scale,
+                        j->q + (size_t)q0 * j->q_stride + h * dh, j->q_stride, j->k + h * dh,
+                        j->kv_stride, 0.0f, s, tk);
+            softmax_rows(s, qb, tk, q0, j->causal);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, qb, dh, tk, 1.0f, s, tk,
+                        j->v + h * dh, j->kv_stride, 0.0f, j->out + (size_t)q0 * ld_out + h * dh,
+                        ld_out);
+        }
+    }
+}
+
 /* Per head h and query block: S = scale Q_h K_h^T [qb, tk]; P = softmax(S);
- * O_h = P V_h. Heads are column slices, so nothing is copied. */
+ * O_h = P V_h. Heads are column slices, so nothing is copied. The (head,
+ * block) tasks are shared out among the pool's threads, each with its own
+ * score block; every task computes the same way whoever runs it. */
 void diffuse_op_attention(float *out, const float *q, int q_stride, const float *k,
                           const float *v, int kv_stride, int tq, int tk, int heads, int dh,
                           bool causal, float *scratch)
 {
-    const float scale = 1.0f / sqrtf((float)dh);
-    const int ld_out = heads * dh;
-    for (int h = 0; h < heads; h++)
-        for (int q0 = 0; q0 < tq; q0 += ATTN_Q_BLOCK) {
-            int qb = tq - q0 < ATTN_Q_BLOCK ? tq - q0 : ATTN_Q_BLOCK;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, qb, tk, dh, scale,
-                        q + (size_t)q0 * q_stride + h * dh, q_stride, k + h * dh, kv_stride, 0.0f,
-                        scratch, tk);
-            softmax_rows(scratch, qb, tk, q0, causal);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, qb, dh, tk, 1.0f, scratch, tk,
-                        v + h * dh, kv_stride, 0.0f, out + (size_t)q0 * ld_out + h * dh, ld_out);
-        }
+    attention_job j = {.out = out, .scratch = scratch, .q = q, .k = k, .v = v,
+                       .q_stride = q_stride, .kv_stride = kv_stride, .tq = tq, .tk = tk,
+                       .heads = heads, .dh = dh, .causal = causal,
+                       .blocks = (tq + ATTN_Q_BLOCK - 1) / ATTN_Q_BLOCK};
+    const int tasks = heads * j.blocks, threads = diffuse_pool_threads();
+    j.parts = tasks < threads ? tasks : threads;
+    if ((double)tq * tk * dh * heads < (double)GEMM_SPLIT_MIN)
+        j.parts = 1; /* not worth waking the pool */
+    diffuse_parallel_for((size_t)j.parts, 1, attention_part, &j);
 }
 
 void diffuse_op_attention_ref(float *out, const float *q, int q_stride, const float *k,

@@ -83,6 +83,15 @@ static int buffers_init(pipe_buffers *b, const pipe_dims *d, const diffuse_run *
 /* ------------------------------------------------------------------ stages */
 
 /* context = text_encoder(tokens) for [negative, prompt] (or [prompt]). */
+/* Adds the seconds since *t0 to *field (when the run keeps stats); *t0 = now. */
+static void lap(const diffuse_run *run, double *t0, double *field)
+{
+    double t = diffuse_now();
+    if (run->stats)
+        *field += t - *t0;
+    *t0 = t;
+}
+
 static int encode_prompts(diffuse_model *m, const diffuse_run *run, const pipe_dims *d,
                           pipe_buffers *b, diffuse_arena *a, char *err)
 {
@@ -192,14 +201,22 @@ static diffuse_status denoise(diffuse_model *m, const diffuse_run *run, const pi
                               diffuse_noise *noise, char *err)
 {
     const int count = diffuse_sampler_count(s);
+    diffuse_stats *stats = run->stats;
     for (int i = 0; i < count; i++) {
         for (int k = 0; k < d->nb; k++) {
             diffuse_sampler_scale_input(s, i, b->latents, b->model_in + k * d->latent_n);
             b->timesteps[k] = diffuse_sampler_timestep(s, i);
         }
+        const double t0 = diffuse_now(), f0 = a->flops;
         if (diffuse_unet_forward(m->unet, b->model_out, b->model_in, b->timesteps, b->context,
                                  d->nb, d->h, d->w, DIFFUSE_MAX_TOKENS, a, NULL, err))
             return DIFFUSE_ERR_MEMORY;
+        if (stats) {
+            stats->unet_s += diffuse_now() - t0;
+            stats->unet_passes++;
+            stats->unet_evals += d->nb;
+            stats->unet_gflop += (a->flops - f0) * 1e-9;
+        }
         apply_guidance(d, b->model_out, run->guidance);
         if (diffuse_sampler_step(s, i, b->model_out, b->latents, noise, err))
             return DIFFUSE_ERR_FORMAT;
@@ -253,12 +270,18 @@ diffuse_status diffuse_pipeline_run(diffuse_model *m, const diffuse_run *run, di
                                d.latent_n, &s, err))
         goto done;
     st = DIFFUSE_ERR_MEMORY;
-    if (encode_prompts(m, run, &d, &b, &a, err) ||
-        prepare_latents(m, run, &d, &b, s, &a, noise, err))
+    double t0 = diffuse_now(), unused = 0;
+    if (encode_prompts(m, run, &d, &b, &a, err))
         goto done;
+    lap(run, &t0, run->stats ? &run->stats->text_s : &unused);
+    if (prepare_latents(m, run, &d, &b, s, &a, noise, err))
+        goto done;
+    lap(run, &t0, run->stats ? &run->stats->vae_encode_s : &unused);
     st = denoise(m, run, &d, &b, s, &a, noise, err);
+    t0 = diffuse_now();
     if (st == DIFFUSE_OK && decode_latents(m, run, &d, &b, &a, pixels_out, err))
         st = DIFFUSE_ERR_MEMORY;
+    lap(run, &t0, run->stats ? &run->stats->vae_decode_s : &unused);
 done:
     diffuse_sampler_free(s);
     diffuse_arena_free(&a);
@@ -269,5 +292,8 @@ done:
 size_t diffuse_pipeline_memory(const diffuse_model *m, const diffuse_run *run)
 {
     const pipe_dims d = dims_of(m, run);
-    return sizeof(float) * (buffers_floats(&d, run) + arena_floats(m, &d, run));
+    /* one phase's weights are resident at a time (each is released when it ends) */
+    size_t wt = diffuse_weights_bytes(m->weights, "text."), wu = diffuse_weights_bytes(m->weights, "unet.");
+    size_t wv = diffuse_weights_bytes(m->weights, "vae."), w = wt > wu ? wt : wu;
+    return sizeof(float) * (buffers_floats(&d, run) + arena_floats(m, &d, run)) + (w > wv ? w : wv);
 }

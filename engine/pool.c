@@ -18,6 +18,8 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <cblas.h>
+
 #include "internal.h"
 
 #define POOL_MAX 64
@@ -81,6 +83,7 @@ int diffuse_cpu_count(void)
 
 void diffuse_pool_set_threads(int threads)
 {
+    openblas_set_num_threads(1);
     if (threads <= 0)
         threads = diffuse_cpu_count();
     if (threads > POOL_MAX)
@@ -93,8 +96,10 @@ void diffuse_pool_set_threads(int threads)
 int diffuse_pool_threads(void)
 {
     pthread_mutex_lock(&pool.lock);
-    if (!pool.threads)
+    if (!pool.threads) {
         pool.threads = diffuse_cpu_count();
+        openblas_set_num_threads(1);
+    }
     int t = pool.threads;
     pthread_mutex_unlock(&pool.lock);
     return t;

@@ -4,6 +4,8 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <time.h>
 
 #include "internal.h"
 
@@ -144,4 +146,41 @@ struct cJSON *diffuse_json_load(const char *path, char *err)
     if (!root)
         diffuse_fail(err, "%s: malformed JSON", path);
     return root;
+}
+
+/* ------------------------------------------------------------------ clocks, memory */
+
+double diffuse_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* A "Name:  N kB" line of /proc/self/status, in bytes; 0 when absent. */
+static size_t proc_status_kb(const char *key)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    unsigned long long kb = 0;
+    const size_t len = strlen(key);
+    while (f && fgets(line, sizeof line, f))
+        if (strncmp(line, key, len) == 0 && sscanf(line + len, " %llu", &kb) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return (size_t)kb * 1024;
+}
+
+size_t diffuse_rss_now(void) { return proc_status_kb("VmRSS:"); }
+
+size_t diffuse_rss_peak(void) { return proc_status_kb("VmHWM:"); }
+
+void diffuse_rss_peak_reset(void)
+{
+    FILE *f = fopen("/proc/self/clear_refs", "w"); /* "5": peak RSS := RSS now */
+    if (f) {
+        fputs("5", f);
+        fclose(f);
+    }
 }

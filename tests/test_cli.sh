@@ -223,6 +223,18 @@ if shared_path "$VOCAB"; then
     fi
 fi
 
+# Same seed, same image, whatever the thread count, on the bundled model (256x256:
+# its products are large enough to be cut across threads).
+if [ -d models/default ]; then
+    for t in 1 2 3; do
+        expect_ok "default model, $t threads" "$BIN" generate --model models/default \
+            --prompt "two small yellow stars at the top on a black background" --steps 3 \
+            --seed 5 --threads $t --output "$tmp/default-t$t.png"
+    done
+    cmp -s "$tmp/default-t1.png" "$tmp/default-t2.png" && cmp -s "$tmp/default-t1.png" "$tmp/default-t3.png"
+    check $? "the default model's image depends on --threads"
+fi
+
 if shared_path "$MODEL"; then
     if expect_ok "info" "$BIN" info --model "$MODEL"; then
         grep -q '^family: sd1$' "$tmp/out"
@@ -240,6 +252,10 @@ if shared_path "$MODEL"; then
     gen "txt2img again" "$tmp/again.png" && {
         cmp -s "$tmp/out.png" "$tmp/again.png"
         check $? "the same seed gave different files"
+    }
+    gen "txt2img 3 threads" "$tmp/t3.png" --threads 3 && {
+        cmp -s "$tmp/out.png" "$tmp/t3.png"
+        check $? "--threads 3 gave a different file"
     }
     gen "txt2img seed 2" "$tmp/seed2.png" --seed 2 && {
         ! cmp -s "$tmp/out.png" "$tmp/seed2.png"

@@ -4,6 +4,8 @@
  * written out here in double precision, and the seeded generator in util.c. */
 #include <stdint.h>
 
+#include <cblas.h>
+
 #include "../engine/internal.h"
 #include "test.h"
 
@@ -587,8 +589,55 @@ static void test_widen(void)
     free(slow);
 }
 
+/* ------------------------------------------------------------------ threads */
+
+/* diffuse_gemm and the attention at 1 to 4 threads: bit for bit the result of
+ * one single-threaded call (cut along N, along M, transposed operands), and
+ * the pool's parallel_for covering every index once. */
+static void test_threads(void)
+{
+    static const int shapes[][5] = {/* m, n, k, ta, tb */
+                                    {97, 1003, 301, 0, 0}, {600, 40, 700, 0, 1},
+                                    {33, 517, 999, 1, 0}, {5, 4099, 800, 0, 1}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        const int m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
+        const bool ta = shapes[s][3], tb = shapes[s][4];
+        float *a = random_buf((size_t)m * k, 1), *b = random_buf((size_t)k * n, 1);
+        float *want = random_buf((size_t)m * n, 1), *got = malloc(sizeof(float) * m * n);
+        float *c0 = malloc(sizeof(float) * m * n);
+        memcpy(c0, want, sizeof(float) * m * n);
+        diffuse_pool_set_threads(1);
+        cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+                    m, n, k, 0.5f, a, ta ? m : k, b, tb ? k : n, 0.25f, want, n);
+        for (int t = 1; t <= 4; t++) {
+            diffuse_pool_set_threads(t);
+            memcpy(got, c0, sizeof(float) * m * n);
+            diffuse_gemm(ta, tb, m, n, k, 0.5f, a, ta ? m : k, b, tb ? k : n, 0.25f, got, n);
+            CHECK(memcmp(got, want, sizeof(float) * m * n) == 0,
+                  "gemm %dx%dx%d (ta %d tb %d) at %d threads differs from one call", m, n, k, ta,
+                  tb, t);
+        }
+        free(a); free(b); free(want); free(got); free(c0);
+    }
+    /* attention: 5 heads x 3 query blocks, results equal at every thread count */
+    const int tq = 700, tk = 333, heads = 5, dh = 24, c = heads * dh;
+    float *q = random_buf((size_t)tq * c, 1), *kv = random_buf((size_t)tk * c, 1);
+    float *one = malloc(sizeof(float) * tq * c), *many = malloc(sizeof(float) * tq * c);
+    diffuse_pool_set_threads(4);
+    float *scratch = malloc(sizeof(float) * diffuse_attention_scratch(tq, tk));
+    for (int t = 1; t <= 4; t++) {
+        diffuse_pool_set_threads(t);
+        diffuse_op_attention(t == 1 ? one : many, q, c, kv, kv, c, tq, tk, heads, dh, false, scratch);
+        CHECK(t == 1 || memcmp(one, many, sizeof(float) * tq * c) == 0,
+              "attention at %d threads differs from 1 thread", t);
+    }
+    free(q); free(kv); free(one); free(many); free(scratch);
+    diffuse_pool_set_threads(0);
+}
+
 int main(void)
 {
+    test_threads();
     test_widen();
     test_linear();
     test_conv2d();

@@ -26,7 +26,8 @@ static int usage(void)
             "                        [--steps N] [--cfg F] [--sampler euler|euler_a|ddim|dpmpp_2m|lcm|pndm]\n"
             "                        [--karras] [--spacing leading|linspace|trailing] [--width W] [--height H]\n"
             "                        [--count N] [--init IMAGE.png --strength F] [--mask MASK.png]\n"
-            "                        [--threads N] [--vocab PATH] [--prediction epsilon|v] --output OUT.png\n"
+            "                        [--threads N] [--vocab PATH] [--prediction epsilon|v] [--verbose]\n"
+            "                        --output OUT.png\n"
             "       diffuse refcheck REFERENCE_DIR\n"
             "       diffuse tokenize [--vocab PATH] TEXT\n"
             "       diffuse info --model PATH [--vocab PATH]\n");
@@ -104,9 +105,32 @@ static int progress(void *user, int image, int count, int step, int steps)
 
 /* ------------------------------------------------------------------ generate */
 
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* --verbose: the phases of the run and its memory, on stderr. */
+static void print_stats(const diffuse_stats *s, double load_s)
+{
+    fprintf(stderr, "load          %8.2f s\n", load_s);
+    fprintf(stderr, "text encoder  %8.2f s\n", s->text_s);
+    if (s->vae_encode_s > 0)
+        fprintf(stderr, "vae encode    %8.2f s\n", s->vae_encode_s);
+    if (s->unet_passes)
+        fprintf(stderr, "unet          %8.2f s  %d passes, %.0f evals, %.2f s per eval, "
+                "%.1f GFLOP/s dense-equivalent\n", s->unet_s, s->unet_passes, s->unet_evals,
+                s->unet_s / s->unet_evals, s->unet_gflop / s->unet_s);
+    fprintf(stderr, "vae decode    %8.2f s\n", s->vae_decode_s);
+    fprintf(stderr, "peak RSS      %8.0f MiB  (predicted %.0f MiB)\n", s->peak_rss / 1048576.0,
+                s->predicted_peak / 1048576.0);
+}
+
 typedef struct gen_opts {
     const char *model, *output, *init, *mask, *vocab;
-    bool seed_given, steps_given, cfg_given, sampler_given;
+    bool seed_given, steps_given, cfg_given, sampler_given, verbose;
     diffuse_request req;
     diffuse_load_params load;
 } gen_opts;
@@ -120,12 +144,13 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
         {"width", 1, 0, 'W'},   {"height", 1, 0, 'H'},   {"count", 1, 0, 'C'},
         {"init", 1, 0, 'i'},    {"strength", 1, 0, 't'}, {"mask", 1, 0, 'M'},
         {"threads", 1, 0, 'T'}, {"output", 1, 0, 'o'},   {"vocab", 1, 0, 'v'},
-        {"prediction", 1, 0, 'r'}, {0, 0, 0, 0}};
+        {"prediction", 1, 0, 'r'}, {"verbose", 0, 0, 'V'}, {0, 0, 0, 0}};
     int c;
     long v;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
         case 'm': o->model = optarg; break;
+        case 'V': o->verbose = true; break;
         case 'p': o->req.prompt = optarg; break;
         case 'n': o->req.negative_prompt = optarg; break;
         case 's':
@@ -272,10 +297,12 @@ static int cmd_generate(int argc, char **argv)
     if (!o.seed_given)
         o.req.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     const char *path = resolve_model(o.model, buf, sizeof buf);
+    double t0 = now_s();
     if (!(model = diffuse_model_load(path, &o.load, err, sizeof err))) {
         rc = bad_arg("--model", o.model, err);
         goto done;
     }
+    const double load_s = now_s() - t0;
     diffuse_model_info info;
     diffuse_model_get_info(model, &info);
     if (info.suggested_sampler >= 0) { /* the model's own settings, where not given */
@@ -286,8 +313,14 @@ static int cmd_generate(int argc, char **argv)
     if (!o.req.width) o.req.width = info.native_size;
     if (!o.req.height) o.req.height = info.native_size;
     o.req.progress = progress;
+    diffuse_stats stats;
+    if (o.verbose)
+        o.req.stats = &stats;
     images = calloc((size_t)o.req.count, sizeof *images);
-    if (diffuse_generate(model, &o.req, images, err, sizeof err) != DIFFUSE_OK) {
+    diffuse_status st = diffuse_generate(model, &o.req, images, err, sizeof err);
+    if (o.verbose)
+        print_stats(&stats, load_s);
+    if (st != DIFFUSE_OK) {
         fprintf(stderr, "diffuse: %s\n", err);
         rc = 1;
         goto done;

@@ -1,0 +1,218 @@
+/* bench_real.c: `make bench-sd15`. Stable Diffusion at real scale, on a
+ * random-weight checkpoint with every tensor name and shape of SD 1.5
+ * (tests/bench/make_sd15.py writes it once into a cache folder):
+ *
+ *     bench_real MODEL.safetensors VOCAB [SIZE...]
+ *
+ * First this machine's sgemm peak (OpenBLAS, 1536^3, best of 5), then per
+ * size: model load, the text encoder (one prompt), one batch-1 UNet pass
+ * (seconds, dense-equivalent GFLOP/s and its ratio to the peak), VAE encode and
+ * decode, each the median of `reps` runs with the peak resident set of the
+ * phase; last, one whole generate call (1 step, guidance 7) with its own peak
+ * and the peak the memory check predicted. Dense-equivalent: every
+ * convolution and matrix product counted as plain multiply-adds, whatever
+ * algorithm ran (the engine counts them as it runs). BENCH_REPS sets the
+ * runs per figure (3); BENCH_UNET_ONLY stops after the UNet (for profiling). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "../../engine/internal.h"
+
+static float *random_floats(size_t n, uint64_t seed)
+{
+    float *x = malloc(sizeof(float) * n);
+    diffuse_rng rng;
+    diffuse_rng_seed(&rng, seed);
+    diffuse_rng_normal(&rng, x, n);
+    return x;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static double sgemm_peak(void)
+{
+    const int n = 1536;
+    float *a = random_floats((size_t)n * n, 1), *b = random_floats((size_t)n * n, 2);
+    float *c = malloc(sizeof(float) * n * n);
+    double best = 1e30;
+    for (int r = 0; r < 5; r++) {
+        double t0 = diffuse_now();
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f,
+                    c, n);
+        double dt = diffuse_now() - t0;
+        best = dt < best ? dt : best;
+    }
+    free(a);
+    free(b);
+    free(c);
+    return 2.0 * n * n * n / best / 1e9;
+}
+
+#define MIB(b) ((double)(b) / 1048576.0)
+
+/* One phase: median seconds of reps runs, its flops, and the resident peak. */
+typedef struct phase {
+    double s, gflop;
+    size_t peak;
+} phase;
+
+static void print_phase(const char *name, const phase *p, double peak_gflops)
+{
+    printf("  %-14s %8.2f s", name, p->s);
+    if (p->gflop > 0)
+        printf("  %7.1f GFLOP/s  %5.3f of sgemm peak", p->gflop / p->s,
+               p->gflop / p->s / peak_gflops);
+    else
+        printf("  %38s", "");
+    printf("  peak RSS %6.0f MiB\n", MIB(p->peak));
+}
+
+static int bench_size(diffuse_model *m, int size, int reps, double peak)
+{
+    char err[DIFFUSE_ERROR_SIZE];
+    const int f = 1 << (m->vae_cfg.levels - 1), h = size / f, w = size / f;
+    const int lc = m->vae_cfg.latent_channels, ctx = m->clip_cfg.width;
+    diffuse_run run = {.width = size, .height = size, .guidance = 1.0f, .steps = 1,
+                       .schedule = m->schedule};
+    diffuse_arena a = {0};
+    const size_t need = diffuse_pipeline_memory(m, &run) / sizeof(float);
+    float *latent = random_floats((size_t)lc * h * w, 3), *out = malloc(sizeof(float) * lc * h * w);
+    float *image = malloc(sizeof(float) * 3 * size * size), *moments = malloc(sizeof(float) * 2 * lc * h * w);
+    float *context = malloc(sizeof(float) * DIFFUSE_MAX_TOKENS * ctx);
+    int rc = -1;
+    if (diffuse_arena_init(&a, need, err)) {
+        printf("  %dx%d: %s\n", size, size, err);
+        goto done;
+    }
+    printf("%dx%d (latent %dx%d), median of %d:\n", size, size, w, h, reps);
+    double t[16];
+    phase p;
+    /* text encoder */
+    int32_t ids[DIFFUSE_MAX_TOKENS];
+    diffuse_weights_release(m->weights, "");
+    diffuse_rss_peak_reset();
+    for (int r = 0; r < reps; r++) {
+        double t0 = diffuse_now();
+        if (diffuse_tokenizer_encode(m->tokenizer, "a photograph of an astronaut riding a horse",
+                                     m->clip_cfg.pad_id, ids, err) ||
+            diffuse_clip_forward(m->clip, context, ids, 1, &a, err))
+            goto fail;
+        t[r] = diffuse_now() - t0;
+    }
+    p = (phase){median(t, reps), 0, diffuse_rss_peak()};
+    print_phase("text encoder", &p, peak);
+    diffuse_weights_release(m->weights, "text.");
+    /* UNet: one batch-1 pass */
+    diffuse_rss_peak_reset();
+    float timestep = 500.0f;
+    for (int r = 0; r < reps; r++) {
+        double t0 = diffuse_now(), f0 = a.flops;
+        if (diffuse_unet_forward(m->unet, out, latent, &timestep, context, 1, h, w,
+                                 DIFFUSE_MAX_TOKENS, &a, NULL, err))
+            goto fail;
+        t[r] = diffuse_now() - t0;
+        p.gflop = (a.flops - f0) * 1e-9;
+    }
+    p.s = median(t, reps);
+    p.peak = diffuse_rss_peak();
+    print_phase("unet pass", &p, peak);
+    diffuse_weights_release(m->weights, "unet.");
+    if (getenv("BENCH_UNET_ONLY")) { /* for profiling the UNet alone */
+        rc = 0;
+        goto done;
+    }
+    /* VAE */
+    for (int dir = 0; dir < 2; dir++) {
+        diffuse_rss_peak_reset();
+        for (int r = 0; r < reps; r++) {
+            double t0 = diffuse_now(), f0 = a.flops;
+            if (dir ? diffuse_vae_decode(m->vae, image, latent, size, size, &a, NULL, err)
+                    : diffuse_vae_encode(m->vae, moments, image, size, size, &a, NULL, err))
+                goto fail;
+            t[r] = diffuse_now() - t0;
+            p.gflop = (a.flops - f0) * 1e-9;
+        }
+        p.s = median(t, reps);
+        p.peak = diffuse_rss_peak();
+        print_phase(dir ? "vae decode" : "vae encode", &p, peak);
+        diffuse_weights_release(m->weights, "vae.");
+    }
+    diffuse_arena_free(&a);
+    /* the whole pipeline once, through the public entry point */
+    diffuse_request req = diffuse_request_default();
+    diffuse_stats st;
+    diffuse_image img;
+    req.prompt = "a photograph of an astronaut riding a horse";
+    req.width = req.height = size;
+    req.steps = 1;
+    req.guidance = 7.0f;
+    req.seed = 1;
+    req.stats = &st;
+    if (diffuse_generate(m, &req, &img, err, sizeof err) != DIFFUSE_OK)
+        goto fail;
+    diffuse_image_free(&img);
+    printf("  generate, 1 step, guidance 7: text %.2f s, unet %.2f s (batch 2), decode %.2f s; "
+           "peak RSS %.0f MiB, predicted %.0f MiB (%+.1f%%)\n", st.text_s, st.unet_s,
+           st.vae_decode_s, MIB(st.peak_rss), MIB(st.predicted_peak),
+           100.0 * ((double)st.predicted_peak / (double)st.peak_rss - 1.0));
+    rc = 0;
+    goto done;
+fail:
+    printf("  failed: %s\n", err);
+done:
+    diffuse_arena_free(&a);
+    free(latent);
+    free(out);
+    free(image);
+    free(moments);
+    free(context);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: bench_real MODEL.safetensors VOCAB [SIZE...]\n");
+        return 2;
+    }
+    const char *reps_env = getenv("BENCH_REPS");
+    const int reps = reps_env && atoi(reps_env) > 0 && atoi(reps_env) <= 16 ? atoi(reps_env) : 3;
+    openblas_set_num_threads(diffuse_cpu_count()); /* OpenBLAS's own threads for the peak */
+    const int blas_threads = openblas_get_num_threads();
+    double peak = sgemm_peak();
+    diffuse_pool_set_threads(0); /* the engine's pool from here on */
+    printf("sgemm peak (1536^3, %d OpenBLAS threads, best of 5): %.1f GFLOP/s; %d engine threads; "
+           "vector path %s\n", blas_threads, peak, diffuse_pool_threads(),
+           (const char *[]){"base", "avx2", "avx512"}[diffuse_cpu_path()]);
+    char err[DIFFUSE_ERROR_SIZE];
+    diffuse_load_params lp = diffuse_load_params_default();
+    lp.vocab_path = argv[2];
+    double t0 = diffuse_now();
+    diffuse_model *m = diffuse_model_load(argv[1], &lp, err, sizeof err);
+    if (!m) {
+        fprintf(stderr, "bench_real: %s\n", err);
+        return 1;
+    }
+    printf("load %s: %.2f s, resident after load %.0f MiB\n", argv[1], diffuse_now() - t0,
+           MIB(diffuse_rss_now()));
+    int rc = 0;
+    for (int i = 3; i < argc; i++)
+        rc |= bench_size(m, atoi(argv[i]), reps, peak);
+    if (argc == 3)
+        rc |= bench_size(m, 512, reps, peak);
+    diffuse_model_free(m);
+    return rc ? 1 : 0;
+}
