@@ -34,7 +34,7 @@ TINY       := ../shared/reference/sd1-tiny/model-diffusers
 .PHONY: all engine test valgrind bench install format clean
 all: $(BUILD)/libdiffuse.a $(BUILD)/diffuse
 
-$(BUILD)/%.o: %.c $(wildcard engine/*.h) $(wildcard engine/cli/*.h) $(wildcard tests/*.h)
+$(BUILD)/%.o: %.c $(wildcard engine/*.h) $(wildcard engine/cli/*.h) $(wildcard tests/*.h) $(wildcard tests/bench/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 

@@ -499,7 +499,8 @@ void diffuse_rss_peak_reset(void);
  * Returns DIFFUSE_OK, or an error status with a message in err. */
 diffuse_status diffuse_pipeline_run(diffuse_model *m, const diffuse_run *run, diffuse_noise *noise,
                                     float *pixels_out, char *err);
-/* Bytes a run needs besides the weights. */
+/* Bytes a run adds to the process at its peak: its buffers, the arena and the
+ * weights of the phase where the two together peak. */
 size_t diffuse_pipeline_memory(const diffuse_model *m, const diffuse_run *run);
 
 /* ------------------------------------------------------------------ model */

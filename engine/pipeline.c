@@ -289,11 +289,29 @@ done:
     return st;
 }
 
+static size_t max_of(size_t a, size_t b) { return a > b ? a : b; }
+
+/* The run's resident peak beyond what the process holds at its start, phase by
+ * phase: one phase's weights are mapped at a time (each is released when it
+ * ends), while the arena's pages, once touched, stay resident: after a phase
+ * it holds the most any phase so far has used. */
 size_t diffuse_pipeline_memory(const diffuse_model *m, const diffuse_run *run)
 {
     const pipe_dims d = dims_of(m, run);
-    /* one phase's weights are resident at a time (each is released when it ends) */
-    size_t wt = diffuse_weights_bytes(m->weights, "text."), wu = diffuse_weights_bytes(m->weights, "unet.");
-    size_t wv = diffuse_weights_bytes(m->weights, "vae."), w = wt > wu ? wt : wu;
-    return sizeof(float) * (buffers_floats(&d, run) + arena_floats(m, &d, run)) + (w > wv ? w : wv);
+    const size_t wt = diffuse_weights_bytes(m->weights, "text.");
+    const size_t wu = diffuse_weights_bytes(m->weights, "unet.");
+    const size_t wv = diffuse_weights_bytes(m->weights, "vae.");
+    const size_t ac = sizeof(float) * diffuse_clip_workspace(m->clip, 1);
+    const size_t au = sizeof(float) * diffuse_unet_workspace(m->unet, d.nb, d.h, d.w, DIFFUSE_MAX_TOKENS);
+    const size_t av = sizeof(float) * diffuse_vae_workspace(m->vae, run->height, run->width);
+    size_t touched = ac, peak = wt + ac;
+    if (run->init_image) {
+        touched = max_of(touched, av);
+        peak = max_of(peak, wv + touched);
+    }
+    touched = max_of(touched, au);
+    peak = max_of(peak, wu + touched);
+    touched = max_of(touched, av);
+    peak = max_of(peak, wv + touched);
+    return sizeof(float) * buffers_floats(&d, run) + peak;
 }

@@ -518,17 +518,24 @@ int diffuse_weights_table(diffuse_weights *w, const char *name, int ndim, const 
     return mat_view(w, name, ndim, shape, out, false, err);
 }
 
+/* The name a printf-style lookup asks for, and the rank of its -1-terminated dims. */
+static int format_lookup(char *name, size_t size, const int64_t *dims, const char *fmt, va_list ap)
+{
+    vsnprintf(name, size, fmt, ap);
+    int ndim = 0;
+    while (ndim < DIFFUSE_MAX_DIMS && dims[ndim] >= 0)
+        ndim++;
+    return ndim;
+}
+
 int diffuse_weights_matf(diffuse_weights *w, diffuse_wmat *out, char *err, const int64_t *dims,
                          const char *fmt, ...)
 {
     char name[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(name, sizeof name, fmt, ap);
+    int ndim = format_lookup(name, sizeof name, dims, fmt, ap);
     va_end(ap);
-    int ndim = 0;
-    while (ndim < DIFFUSE_MAX_DIMS && dims[ndim] >= 0)
-        ndim++;
     return diffuse_weights_mat(w, name, ndim, dims, out, err);
 }
 
@@ -570,11 +577,8 @@ const float *diffuse_weights_getf(diffuse_weights *w, char *err, const int64_t *
     char name[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(name, sizeof name, fmt, ap);
+    int ndim = format_lookup(name, sizeof name, dims, fmt, ap);
     va_end(ap);
-    int ndim = 0;
-    while (ndim < DIFFUSE_MAX_DIMS && dims[ndim] >= 0)
-        ndim++;
     return diffuse_weights_get(w, name, ndim, dims, err);
 }
 

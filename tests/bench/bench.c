@@ -10,7 +10,7 @@
 
 #include <cblas.h>
 
-#include "../../engine/internal.h"
+#include "bench.h"
 
 static double now(void)
 {
@@ -19,14 +19,6 @@ static double now(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static float *random_floats(size_t n, uint64_t seed)
-{
-    float *x = malloc(sizeof(float) * n);
-    diffuse_rng rng;
-    diffuse_rng_seed(&rng, seed);
-    diffuse_rng_normal(&rng, x, n);
-    return x;
-}
 
 /* Best of `reps` runs of fn, in seconds. */
 #define BEST_OF(reps, best, body)                                                          \

@@ -19,16 +19,8 @@
 
 #include <cblas.h>
 
-#include "../../engine/internal.h"
+#include "bench.h"
 
-static float *random_floats(size_t n, uint64_t seed)
-{
-    float *x = malloc(sizeof(float) * n);
-    diffuse_rng rng;
-    diffuse_rng_seed(&rng, seed);
-    diffuse_rng_normal(&rng, x, n);
-    return x;
-}
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -85,10 +77,12 @@ static int bench_size(diffuse_model *m, int size, int reps, double peak)
     char err[DIFFUSE_ERROR_SIZE];
     const int f = 1 << (m->vae_cfg.levels - 1), h = size / f, w = size / f;
     const int lc = m->vae_cfg.latent_channels, ctx = m->clip_cfg.width;
-    diffuse_run run = {.width = size, .height = size, .guidance = 1.0f, .steps = 1,
-                       .schedule = m->schedule};
     diffuse_arena a = {0};
-    const size_t need = diffuse_pipeline_memory(m, &run) / sizeof(float);
+    size_t need = diffuse_clip_workspace(m->clip, 1), nu = diffuse_unet_workspace(m->unet, 1, h, w,
+                                                                             DIFFUSE_MAX_TOKENS);
+    const size_t nv = diffuse_vae_workspace(m->vae, size, size);
+    need = need > nu ? need : nu;
+    need = need > nv ? need : nv;
     float *latent = random_floats((size_t)lc * h * w, 3), *out = malloc(sizeof(float) * lc * h * w);
     float *image = malloc(sizeof(float) * 3 * size * size), *moments = malloc(sizeof(float) * 2 * lc * h * w);
     float *context = malloc(sizeof(float) * DIFFUSE_MAX_TOKENS * ctx);
@@ -188,6 +182,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: bench_real MODEL.safetensors VOCAB [SIZE...]\n");
         return 2;
     }
+    setvbuf(stdout, NULL, _IOLBF, 0); /* lines as they come, also into a file */
     const char *reps_env = getenv("BENCH_REPS");
     const int reps = reps_env && atoi(reps_env) > 0 && atoi(reps_env) <= 16 ? atoi(reps_env) : 3;
     openblas_set_num_threads(diffuse_cpu_count()); /* OpenBLAS's own threads for the peak */

@@ -22,11 +22,8 @@ CTX = 768           # CLIP ViT-L/14 width = the UNet's cross-attention width
 TEMB = 1280         # 4 x 320
 
 
-def unet(t):
-    p = "model.diffusion_model."
-    mult = [1, 2, 4, 4]
-    ch = [320 * m for m in mult]
-
+def layer_helpers(t, p):
+    """conv(name, cout, cin, k) and norm(name, c) adding shapes under prefix p."""
     def conv(name, cout, cin, k):
         t[p + name + ".weight"] = [cout, cin, k, k]
         t[p + name + ".bias"] = [cout]
@@ -34,6 +31,14 @@ def unet(t):
     def norm(name, c):
         t[p + name + ".weight"] = [c]
         t[p + name + ".bias"] = [c]
+    return conv, norm
+
+
+def unet(t):
+    p = "model.diffusion_model."
+    mult = [1, 2, 4, 4]
+    ch = [320 * m for m in mult]
+    conv, norm = layer_helpers(t, p)
 
     def lin(name, out, inp, bias=True):
         t[p + name + ".weight"] = [out, inp]
@@ -100,16 +105,8 @@ def unet(t):
 
 
 def vae(t):
-    p = "first_stage_model."
     ch = [128, 256, 512, 512]
-
-    def conv(name, cout, cin, k):
-        t[p + name + ".weight"] = [cout, cin, k, k]
-        t[p + name + ".bias"] = [cout]
-
-    def norm(name, c):
-        t[p + name + ".weight"] = [c]
-        t[p + name + ".bias"] = [c]
+    conv, norm = layer_helpers(t, "first_stage_model.")
 
     def block(name, cin, cout):
         norm(name + ".norm1", cin)
