@@ -200,6 +200,8 @@ typedef struct diffuse_conv {
 
 int diffuse_conv_out_h(const diffuse_conv *c);
 int diffuse_conv_out_w(const diffuse_conv *c);
+/* Dense-equivalent flops of a convolution over n images (2 per multiply-add). */
+double diffuse_conv_flops(const diffuse_conv *c, int n);
 /* Floats of scratch diffuse_op_conv2d needs (im2col of one image). */
 size_t diffuse_conv_scratch(const diffuse_conv *c);
 /* y[N, cout, oh, ow] = conv(x[N, cin, h, w], W) + b. */
@@ -229,6 +231,8 @@ void diffuse_op_transpose(float *y, const float *x, int n, int rows, int cols);
  * (floats), out: [tq, heads*dh]. causal masks keys after the query position.
  * scratch: diffuse_attention_scratch(tq, tk) floats. */
 size_t diffuse_attention_scratch(int tq, int tk);
+/* Dense-equivalent flops of Q K^T and P V over all heads (width = heads * dh). */
+double diffuse_attention_flops(int tq, int tk, int width);
 void diffuse_op_attention(float *out, const float *q, int q_stride, const float *k,
                           const float *v, int kv_stride, int tq, int tk, int heads, int dh,
                           bool causal, float *scratch);

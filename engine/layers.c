@@ -103,8 +103,7 @@ int diffuse_conv2d_forward_pad(const diffuse_conv2d *c, float *y, const float *x
     if (!wf || (need && !scratch))
         return -1;
     diffuse_op_conv2d(y, x, wf, c->b, &g, n, scratch);
-    a->flops += 2.0 * n * c->cout * c->cin * c->k * c->k * diffuse_conv_out_h(&g) *
-                diffuse_conv_out_w(&g);
+    a->flops += diffuse_conv_flops(&g, n);
     diffuse_arena_reset(a, mark);
     return 0;
 }

@@ -223,6 +223,11 @@ int diffuse_conv_out_w(const diffuse_conv *c)
     return (c->w + c->pad_left + c->pad_right - c->k) / c->stride + 1;
 }
 
+double diffuse_conv_flops(const diffuse_conv *c, int n)
+{
+    return 2.0 * n * c->cout * c->cin * c->k * c->k * diffuse_conv_out_h(c) * diffuse_conv_out_w(c);
+}
+
 size_t diffuse_conv_scratch(const diffuse_conv *c)
 {
     if (c->k == 1 && c->stride == 1 && !c->pad_top && !c->pad_left && !c->pad_bottom &&
@@ -535,6 +540,8 @@ void diffuse_op_transpose(float *y, const float *x, int n, int rows, int cols)
 /* ------------------------------------------------------------------ attention */
 
 #define ATTN_Q_BLOCK 256
+
+double diffuse_attention_flops(int tq, int tk, int width) { return 4.0 * tq * tk * width; }
 
 size_t diffuse_attention_scratch(int tq, int tk)
 {

@@ -276,7 +276,7 @@ diffuse_status diffuse_pipeline_run(diffuse_model *m, const diffuse_run *run, di
     lap(run, &t0, run->stats ? &run->stats->text_s : &unused);
     if (prepare_latents(m, run, &d, &b, s, &a, noise, err))
         goto done;
-    lap(run, &t0, run->stats ? &run->stats->vae_encode_s : &unused);
+    lap(run, &t0, run->stats && run->init_image ? &run->stats->vae_encode_s : &unused);
     st = denoise(m, run, &d, &b, s, &a, noise, err);
     t0 = diffuse_now();
     if (st == DIFFUSE_OK && decode_latents(m, run, &d, &b, &a, pixels_out, err))

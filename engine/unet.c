@@ -398,7 +398,7 @@ static int attention_forward(const unet_attention *at, float *out, const float *
         diffuse_linear_forward(&at->v, v, ctx, s, a))
         return -1;
     diffuse_op_attention(o, q, c, k, v, c, t, s, heads, c / heads, false, scratch);
-    a->flops += 4.0 * t * s * c; /* Q K^T and P V */
+    a->flops += diffuse_attention_flops(t, s, c);
     if (diffuse_linear_forward(&at->out, out, o, t, a))
         return -1;
     diffuse_arena_reset(a, mark);

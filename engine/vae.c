@@ -179,7 +179,7 @@ static int vae_conv(const diffuse_conv2d *c, float *y, const float *x, const vae
         diffuse_conv d = {.cin = c->cin, .h = g->h, .w = g->w, .cout = c->cout, .k = 1,
                           .stride = 1};
         diffuse_op_conv2d(y, x, wf, c->b, &d, 1, NULL);
-        a->flops += 2.0 * c->cout * c->cin * oh * ow;
+        a->flops += diffuse_conv_flops(&d, 1);
         diffuse_arena_reset(a, mark);
         return 0;
     }
@@ -199,7 +199,7 @@ static int vae_conv(const diffuse_conv2d *c, float *y, const float *x, const vae
                           .k = c->k, .stride = g->stride, .pad_top = r0 - lo,
                           .pad_left = g->pad[1], .pad_bottom = hi - r1, .pad_right = g->pad[3]};
         diffuse_op_conv2d(yb, xb, wf, c->b, &d, 1, col);
-        a->flops += 2.0 * c->cout * c->cin * c->k * c->k * n * ow;
+        a->flops += diffuse_conv_flops(&d, 1);
         for (int co = 0; co < c->cout; co++) {
             float *dst = y + ((size_t)co * oh + o0) * ow;
             const float *src = yb + (size_t)co * n * ow;
@@ -303,7 +303,7 @@ static int vae_attention_forward(const vae_attention *at, float *x, float *t0, f
         diffuse_linear_forward(&at->k, k, t1, t, a) || diffuse_linear_forward(&at->v, v, t1, t, a))
         return -1;
     diffuse_op_attention(t1, t0, c, k, v, c, t, t, 1, c, false, s); /* [T, C] */
-    a->flops += 4.0 * t * t * c;
+    a->flops += diffuse_attention_flops(t, t, c);
     if (diffuse_linear_forward(&at->out, t0, t1, t, a))      /* [T, C] */
         return -1;
     for (int ch = 0; ch < c; ch++)
