@@ -13,6 +13,13 @@
 
 #include "internal.h"
 
+/* Kernels other than matrix products run on the pool in parts of at least
+ * this many floats written: below it, waking a thread costs more than it saves. */
+#define POINTWISE_GRAIN 16384
+
+/* Items of `per` floats each that make one part of at least POINTWISE_GRAIN. */
+static size_t grain_of(size_t per) { return POINTWISE_GRAIN / (per ? per : 1) + 1; }
+
 /* ------------------------------------------------------------------ cpu paths */
 
 /* Which vector paths this CPU runs (the build targets plain x86-64; the fast
@@ -288,7 +295,7 @@ static void im2col_part(void *ctx, size_t c0, size_t c1)
 static void im2col(float *col, const float *x, const diffuse_conv *c, int oh, int ow)
 {
     im2col_job j = {col, x, c, oh, ow};
-    diffuse_parallel_for((size_t)c->cin, 1, im2col_part, &j);
+    diffuse_parallel_for((size_t)c->cin, grain_of((size_t)c->k * c->k * oh * ow), im2col_part, &j);
 }
 
 typedef struct fill_job {
@@ -322,7 +329,7 @@ void diffuse_op_conv2d(float *y, const float *x, const float *w, const float *b,
             col = scratch;
         }
         fill_job fj = {yi, b, (size_t)hw};
-        diffuse_parallel_for((size_t)c->cout, 1, fill_rows_part, &fj);
+        diffuse_parallel_for((size_t)c->cout, grain_of((size_t)hw), fill_rows_part, &fj);
         diffuse_gemm(false, false, c->cout, hw, kk, 1.0f, w, kk, col, hw, 1.0f, yi, hw);
     }
 }
@@ -402,7 +409,8 @@ void diffuse_op_group_norm(float *y, const float *x, const float *gamma, const f
 {
     norm_job j = {.y = y, .x = x, .gamma = gamma, .beta = beta, .c = c, .hw = hw,
                   .groups = groups, .eps = eps, .act = act};
-    diffuse_parallel_for((size_t)n * groups, 1, group_norm_part, &j);
+    diffuse_parallel_for((size_t)n * groups, grain_of((size_t)(c / groups) * hw), group_norm_part,
+                         &j);
 }
 
 static void layer_norm_part(void *ctx, size_t r0, size_t r1)
@@ -431,13 +439,11 @@ void diffuse_op_layer_norm(float *y, const float *x, const float *gamma, const f
                            int rows, int dim, float eps)
 {
     norm_job j = {.y = y, .x = x, .gamma = gamma, .beta = beta, .dim = dim, .eps = eps};
-    diffuse_parallel_for((size_t)rows, (size_t)(16384 / (dim ? dim : 1)) + 1, layer_norm_part, &j);
+    diffuse_parallel_for((size_t)rows, grain_of((size_t)dim), layer_norm_part, &j);
 }
 
 /* ------------------------------------------------------------------ pointwise */
 
-/* Element-wise kernels run on the pool in parts of at least this many floats. */
-#define POINTWISE_GRAIN 16384
 
 typedef struct pointwise_job {
     float *y;
@@ -532,8 +538,7 @@ void diffuse_op_transpose(float *y, const float *x, int n, int rows, int cols)
 {
     for (int i = 0; i < n; i++) {
         transpose_job j = {y + (size_t)i * rows * cols, x + (size_t)i * rows * cols, rows, cols};
-        diffuse_parallel_for((size_t)cols, (size_t)(POINTWISE_GRAIN / (rows ? rows : 1)) + 1,
-                             transpose_part, &j);
+        diffuse_parallel_for((size_t)cols, grain_of((size_t)rows), transpose_part, &j);
     }
 }
 

@@ -11,6 +11,7 @@
  * bumping a generation counter and waits for the last one to finish. Calls are
  * not reentrant: a kernel running inside the pool runs its own inner loops
  * serially (diffuse_parallel_for from a worker runs the whole range inline).
+ * A child made by fork() starts with an empty pool.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -75,6 +76,35 @@ static void *worker(void *arg)
     return NULL;
 }
 
+/* fork(): the child has only the forking thread, so it starts with no
+ * workers (they are started again on first need); the pool's locks are held
+ * across the fork so the child gets them in a known state. */
+static void fork_prepare(void)
+{
+    pthread_mutex_lock(&pool.call);
+    pthread_mutex_lock(&pool.lock);
+}
+
+static void fork_parent(void)
+{
+    pthread_mutex_unlock(&pool.lock);
+    pthread_mutex_unlock(&pool.call);
+}
+
+static void fork_child(void)
+{
+    pthread_mutex_init(&pool.call, NULL);
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+    pthread_cond_init(&pool.done, NULL);
+    pool.started = 0;
+    pool.pending = 0;
+}
+
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+static void register_fork(void) { pthread_atfork(fork_prepare, fork_parent, fork_child); }
+
 int diffuse_cpu_count(void)
 {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -117,6 +147,7 @@ void diffuse_parallel_for(size_t n, size_t grain, void (*fn)(void *ctx, size_t b
         fn(ctx, 0, n);
         return;
     }
+    pthread_once(&fork_once, register_fork);
     pthread_mutex_lock(&pool.call);
     pthread_mutex_lock(&pool.lock);
     while (pool.started < parts - 1) { /* workers are started on first need, kept for good */

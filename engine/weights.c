@@ -6,7 +6,8 @@
  * by the few rules below, one function per component. Tensors stay in the
  * file mapping: matrices are handed out as they are stored (diffuse_wmat),
  * and only the small vectors asked for with diffuse_weights_get (biases, norm
- * parameters) are converted to float32, once.
+ * parameters), and the matrices of small components, are converted to float32,
+ * once.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -28,6 +29,11 @@ typedef struct weight_entry {
     float *converted;             /* owned float32 copy, or NULL */
 } weight_entry;
 
+/* A component whose weights take at most this much as float32 (the bundled
+ * 9.5M-parameter model: 38 MB) has its matrices widened once at load: the
+ * memory is small, and widening them at every pass costs more than it saves. */
+#define KEEP_WIDENED_BYTES ((size_t)64 << 20)
+
 /* Components with their own phase: widening maxima and page release. */
 static const char *const COMPONENTS[3] = {"text.", "unet.", "vae."};
 
@@ -35,6 +41,7 @@ struct diffuse_weights {
     diffuse_st_file *files[4];
     int nfiles;
     size_t widen_max[3];          /* per COMPONENTS entry, floats */
+    bool keep_widened[3];         /* the component is small: widen its matrices once */
     weight_entry *entries;        /* sorted by name */
     int count, cap;
     const char *layout;
@@ -374,6 +381,9 @@ int diffuse_weights_open(const char *path, diffuse_weights **out, char *err)
     }
     if (rc == 0)
         rc = finish_table(w, err);
+    for (int c = 0; rc == 0 && c < 3; c++) /* widening per use pays off for big models only */
+        w->keep_widened[c] = (size_t)diffuse_weights_count(w, COMPONENTS[c]) * sizeof(float) <=
+                             KEEP_WIDENED_BYTES;
     if (rc == 0 && w->count == 0)
         rc = diffuse_fail(err, "%s: holds no Stable Diffusion weights", path);
     if (rc) {
@@ -500,9 +510,19 @@ static int mat_view(diffuse_weights *w, const char *name, int ndim, const int64_
     if (out->dtype != DIFFUSE_DTYPE_F32 && out->dtype != DIFFUSE_DTYPE_F16 &&
         out->dtype != DIFFUSE_DTYPE_BF16)
         return diffuse_fail(err, "weight '%s' is %s, not a float type", name, e->t->dtype_name);
-    for (int c = 0; widened_whole && c < 3; c++)
-        if (!out->in_place && starts(name, COMPONENTS[c]) && out->numel > w->widen_max[c])
+    for (int c = 0; widened_whole && !out->in_place && c < 3; c++) {
+        if (!starts(name, COMPONENTS[c]))
+            continue;
+        if (w->keep_widened[c]) { /* converted once, owned by w, used in place from then on */
+            const float *f = diffuse_weights_get(w, name, ndim, shape, err);
+            if (!f)
+                return -1;
+            *out = (diffuse_wmat){.data = f, .dtype = DIFFUSE_DTYPE_F32, .in_place = true,
+                                  .numel = out->numel};
+        } else if (out->numel > w->widen_max[c]) {
             w->widen_max[c] = out->numel;
+        }
+    }
     return 0;
 }
 

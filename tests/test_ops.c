@@ -5,6 +5,8 @@
 #include <stdint.h>
 
 #include <cblas.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "../engine/internal.h"
 #include "test.h"
@@ -591,6 +593,12 @@ static void test_widen(void)
 
 /* ------------------------------------------------------------------ threads */
 
+static void count_part(void *ctx, size_t b, size_t e)
+{
+    for (size_t i = b; i < e; i++)
+        ((size_t *)ctx)[i]++;
+}
+
 /* diffuse_gemm and the attention at 1 to 4 threads: bit for bit the result of
  * one single-threaded call (cut along N, along M, transposed operands), and
  * the pool's parallel_for covering every index once. */
@@ -632,6 +640,24 @@ static void test_threads(void)
               "attention at %d threads differs from 1 thread", t);
     }
     free(q); free(kv); free(one); free(many); free(scratch);
+    /* a forked child (after the workers started) gets a pool of its own */
+    diffuse_pool_set_threads(2);
+    size_t counts[64] = {0};
+    diffuse_parallel_for(64, 1, count_part, counts);
+    pid_t pid = fork();
+    if (pid == 0) {
+        alarm(20); /* a child stuck waiting for its parent's workers dies */
+        size_t mine[64] = {0};
+        diffuse_parallel_for(64, 1, count_part, mine);
+        for (int i = 0; i < 64; i++)
+            if (mine[i] != 1)
+                _exit(2);
+        _exit(0);
+    }
+    int status = -1;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "parallel_for in a forked child: status %d", status);
     diffuse_pool_set_threads(0);
 }
 
