@@ -4,7 +4,10 @@
  * (LayerNorm -> causal self-attention -> residual; LayerNorm -> MLP with
  * quick_gelu (OpenAI CLIP) or gelu (OpenCLIP) -> residual), final LayerNorm.
  * SD 2.x's OpenCLIP runs one block fewer than the checkpoint holds (the
- * "penultimate layer"); the caller sets that in cfg->layers.
+ * "penultimate layer"); the caller sets that in cfg->layers. SDXL reads the
+ * penultimate state of both its encoders without the final LayerNorm, and the
+ * second one's pooled output through text_projection (cfg->hidden_layer,
+ * hidden_norm, projection).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +28,7 @@ struct diffuse_clip {
     const float *position_embedding;  /* [max_positions, width] */
     clip_block *blocks;               /* [layers] */
     diffuse_norm final_ln;            /* [width] */
+    diffuse_linear projection;        /* text_projection [projection, width]; w NULL: none */
 };
 
 static int clip_block_load(clip_block *b, diffuse_weights *w, int i, const diffuse_clip_config *c,
@@ -32,7 +36,7 @@ static int clip_block_load(clip_block *b, diffuse_weights *w, int i, const diffu
 {
     char n[160];
     const int d = c->width;
-#define SUB(s) (snprintf(n, sizeof n, "text.text_model.encoder.layers.%d.%s", i, s), n)
+#define SUB(s) (snprintf(n, sizeof n, "%stext_model.encoder.layers.%d.%s", c->prefix, i, s), n)
     if (diffuse_norm_load(&b->ln1, w, SUB("layer_norm1"), d, err) ||
         diffuse_norm_load(&b->ln2, w, SUB("layer_norm2"), d, err) ||
         diffuse_linear_load(&b->q, w, SUB("self_attn.q_proj"), d, d, true, err) ||
@@ -51,33 +55,40 @@ int diffuse_clip_load(const diffuse_clip_config *cfg, diffuse_weights *w, diffus
 {
     *out = NULL;
     if (cfg->width <= 0 || cfg->heads <= 0 || cfg->width % cfg->heads || cfg->layers <= 0 ||
-        cfg->max_positions != DIFFUSE_MAX_TOKENS)
+        cfg->max_positions != DIFFUSE_MAX_TOKENS || cfg->hidden_layer < 1 ||
+        cfg->hidden_layer > cfg->layers || cfg->projection < 0)
         return diffuse_fail(err, "text encoder: unsupported shape (width %d, heads %d, layers %d, "
-                            "positions %d)", cfg->width, cfg->heads, cfg->layers,
-                            cfg->max_positions);
+                            "positions %d, hidden state of layer %d)", cfg->width, cfg->heads,
+                            cfg->layers, cfg->max_positions, cfg->hidden_layer);
     diffuse_clip *c = calloc(1, sizeof *c);
     if (!c || !(c->blocks = calloc((size_t)cfg->layers, sizeof *c->blocks))) {
         free(c);
         return diffuse_fail(err, "out of memory");
     }
     c->cfg = *cfg;
+    const char *p = cfg->prefix;
+    char n[160];
     int rc = 0;
-    if (diffuse_weights_table(w, "text.text_model.embeddings.token_embedding.weight", 2,
-                              (int64_t[]){cfg->vocab_size, cfg->width}, &c->token_embedding,
-                              err) ||
+    snprintf(n, sizeof n, "%stext_model.embeddings.token_embedding.weight", p);
+    if (diffuse_weights_table(w, n, 2, (int64_t[]){cfg->vocab_size, cfg->width},
+                              &c->token_embedding, err) ||
         !(c->position_embedding =
               diffuse_weights_getf(w, err, (int64_t[]){cfg->max_positions, cfg->width, -1},
-                                   "text.text_model.embeddings.position_embedding.weight")))
+                                   "%stext_model.embeddings.position_embedding.weight", p)))
         rc = -1;
     for (int i = 0; rc == 0 && i < cfg->layers; i++)
         rc = clip_block_load(&c->blocks[i], w, i, cfg, err);
+    snprintf(n, sizeof n, "%stext_model.final_layer_norm", p);
     if (rc == 0)
-        rc = diffuse_norm_load(&c->final_ln, w, "text.text_model.final_layer_norm", cfg->width, err);
+        rc = diffuse_norm_load(&c->final_ln, w, n, cfg->width, err);
+    snprintf(n, sizeof n, "%stext_projection", p);
+    if (rc == 0 && cfg->projection)
+        rc = diffuse_linear_load(&c->projection, w, n, cfg->width, cfg->projection, false, err);
     if (rc) {
         diffuse_clip_free(c);
         return -1;
     }
-    c->widen_max = diffuse_weights_widen_max(w, "text.");
+    c->widen_max = diffuse_weights_widen_max(w, p);
     *out = c;
     return 0;
 }
@@ -131,10 +142,48 @@ static int clip_mlp(const diffuse_clip *c, const clip_block *b, float *x, float 
     return 0;
 }
 
-int diffuse_clip_forward(const diffuse_clip *c, float *out, const int32_t *ids, int n,
-                         diffuse_arena *a, char *err)
+/* x [T, d] = token + position embeddings of one prompt's ids. */
+static int clip_embed(const diffuse_clip *c, float *x, const int32_t *ids, char *err)
 {
     const int t = DIFFUSE_MAX_TOKENS, d = c->cfg.width;
+    const diffuse_wmat *te = &c->token_embedding;
+    const size_t elsize = te->dtype == DIFFUSE_DTYPE_F32 ? 4 : 2;
+    for (int p = 0; p < t; p++) {
+        if (ids[p] < 0 || ids[p] >= c->cfg.vocab_size)
+            return diffuse_fail(err, "token id %d outside the vocabulary of %d", ids[p],
+                                c->cfg.vocab_size);
+        diffuse_op_widen(x + (size_t)p * d, (const uint8_t *)te->data + (size_t)ids[p] * d * elsize,
+                         te->dtype, (size_t)d);
+        for (int j = 0; j < d; j++)
+            x[(size_t)p * d + j] += c->position_embedding[(size_t)p * d + j];
+    }
+    return 0;
+}
+
+/* rows [T] of `stride` floats at dst = x [T, d], through final_layer_norm or not. */
+static void clip_store(const diffuse_clip *c, float *dst, int stride, const float *x, bool norm,
+                       float *tmp)
+{
+    const int t = DIFFUSE_MAX_TOKENS, d = c->cfg.width;
+    if (norm) {
+        diffuse_op_layer_norm(tmp, x, c->final_ln.gamma, c->final_ln.beta, t, d, c->cfg.eps);
+        x = tmp;
+    }
+    for (int p = 0; p < t; p++)
+        memcpy(dst + (size_t)p * stride, x + (size_t)p * d, sizeof(float) * d);
+}
+
+/* The one pass behind every output: the state after `hidden_layer` blocks
+ * into hidden (rows `stride` apart) when hidden is set, and the pooled output
+ * when pooled is set (which runs every block). */
+static int clip_run(const diffuse_clip *c, const int32_t *ids, int n, int hidden_layer,
+                    bool hidden_norm, float *hidden, int stride, float *pooled, diffuse_arena *a,
+                    char *err)
+{
+    const int t = DIFFUSE_MAX_TOKENS, d = c->cfg.width;
+    if (pooled && !c->projection.w.data)
+        return diffuse_fail(err, "internal: this text encoder has no text_projection");
+    const int layers = pooled ? c->cfg.layers : hidden_layer;
     size_t mark = diffuse_arena_mark(a);
     float *x = diffuse_arena_push(a, (size_t)t * d);                      /* [T, d] */
     float *h = diffuse_arena_push(a, (size_t)t * d);                      /* [T, d] */
@@ -146,25 +195,50 @@ int diffuse_clip_forward(const diffuse_clip *c, float *out, const int32_t *ids, 
     if (!scratch)
         return diffuse_fail(err, "internal: text encoder work memory exhausted");
     for (int i = 0; i < n; i++) {
-        for (int p = 0; p < t; p++) {
-            int32_t id = ids[(size_t)i * t + p];
-            if (id < 0 || id >= c->cfg.vocab_size)
-                return diffuse_fail(err, "token id %d outside the vocabulary of %d", id,
-                                    c->cfg.vocab_size);
-            const diffuse_wmat *te = &c->token_embedding;
-            const size_t elsize = te->dtype == DIFFUSE_DTYPE_F32 ? 4 : 2;
-            diffuse_op_widen(x + (size_t)p * d, (const uint8_t *)te->data + (size_t)id * d * elsize,
-                             te->dtype, (size_t)d);
-            for (int j = 0; j < d; j++)
-                x[(size_t)p * d + j] += c->position_embedding[(size_t)p * d + j];
-        }
-        for (int l = 0; l < c->cfg.layers; l++)
-            if (clip_attention(c, &c->blocks[l], x, h, q, k, v, scratch, a) ||
-                clip_mlp(c, &c->blocks[l], x, h, mid, a))
+        const int32_t *row = ids + (size_t)i * t;
+        if (clip_embed(c, x, row, err))
+            return -1;
+        for (int l = 0; l <= layers; l++) {
+            if (hidden && l == hidden_layer)
+                clip_store(c, hidden + (size_t)i * t * stride, stride, x, hidden_norm, h);
+            if (l < layers && (clip_attention(c, &c->blocks[l], x, h, q, k, v, scratch, a) ||
+                               clip_mlp(c, &c->blocks[l], x, h, mid, a)))
                 return diffuse_fail(err, "internal: text encoder work memory exhausted");
-        diffuse_op_layer_norm(out + (size_t)i * t * d, x, c->final_ln.gamma, c->final_ln.beta, t,
-                              d, c->cfg.eps);
+        }
+        if (pooled) { /* transformers: the first place of the end token (0 when none) */
+            int e = 0;
+            while (e < t && row[e] != c->cfg.eos_id)
+                e++;
+            e = e < t ? e : 0;
+            diffuse_op_layer_norm(h, x + (size_t)e * d, c->final_ln.gamma, c->final_ln.beta, 1,
+                                  d, c->cfg.eps);
+            if (diffuse_linear_forward(&c->projection, pooled + (size_t)i * c->cfg.projection, h,
+                                       1, a))
+                return diffuse_fail(err, "internal: text encoder work memory exhausted");
+        }
     }
     diffuse_arena_reset(a, mark);
     return 0;
+}
+
+int diffuse_clip_forward(const diffuse_clip *c, float *out, const int32_t *ids, int n,
+                         diffuse_arena *a, char *err)
+{
+    return clip_run(c, ids, n, c->cfg.layers, true, out, c->cfg.width, NULL, a, err);
+}
+
+int diffuse_clip_hidden(const diffuse_clip *c, const int32_t *ids, int n, int layers, bool norm,
+                        float *out, diffuse_arena *a, char *err)
+{
+    if (layers < 0 || layers > c->cfg.layers)
+        return diffuse_fail(err, "text encoder: no hidden state after %d blocks (it runs %d)",
+                            layers, c->cfg.layers);
+    return clip_run(c, ids, n, layers, norm, out, c->cfg.width, NULL, a, err);
+}
+
+int diffuse_clip_encode(const diffuse_clip *c, const int32_t *ids, int n, float *hidden,
+                        int stride, float *pooled, diffuse_arena *a, char *err)
+{
+    return clip_run(c, ids, n, c->cfg.hidden_layer, c->cfg.hidden_norm, hidden, stride, pooled,
+                    a, err);
 }

@@ -101,7 +101,9 @@ diffuse_model *diffuse_model_load(const char *path, const diffuse_load_params *p
 void diffuse_model_free(diffuse_model *model);
 
 typedef struct diffuse_model_info {
-    const char *family;        /* "sd1", "sd2" */
+    const char *family;        /* "sd1", "sd2", "sdxl" */
+    const char *family_name;   /* for people: "SD 1.x", "SD 2.x", "SD-Turbo", "SDXL", "SDXL-Turbo"
+                                  (Turbo when the folder's scheduler is trailing Euler a) */
     const char *layout;        /* "diffusers" or "ldm" */
     const char *dtype;         /* storage type of the UNet weights: "f32", "f16", "bf16" */
     diffuse_prediction prediction;
@@ -111,6 +113,8 @@ typedef struct diffuse_model_info {
     int unet_levels;
     int context_dim;           /* cross-attention width */
     int text_width, text_layers, text_heads, vocab_size;
+    int text2_width, text2_layers, text2_heads; /* SDXL's second encoder; 0 otherwise */
+    int pooled_dim;            /* its projection: the pooled text width (SDXL), else 0 */
     int native_size;           /* the training resolution in pixels */
     /* Settings the model asks for: model_index.json's "_diffuse_defaults"
      * ({"sampler", "steps", "guidance"}), else what distilled models' scheduler
@@ -119,7 +123,7 @@ typedef struct diffuse_model_info {
     int suggested_sampler;     /* a diffuse_sampler, or -1 */
     int suggested_steps;
     float suggested_guidance;
-    int64_t params_unet, params_vae, params_text;
+    int64_t params_unet, params_vae, params_text; /* text: both encoders */
 } diffuse_model_info;
 
 void diffuse_model_get_info(const diffuse_model *model, diffuse_model_info *info);
@@ -129,9 +133,22 @@ void diffuse_model_get_info(const diffuse_model *model, diffuse_model_info *info
 /* Called once per denoising step; return non-zero to cancel the run. */
 typedef int (*diffuse_progress_fn)(void *user, int image, int count, int step, int steps);
 
+/* SDXL's size conditioning, diffusers' original_size, crops_coords_top_left and
+ * target_size (A1111's names too); 0 = the image's own size, no crop. Other
+ * families have no such input and ignore it. */
+typedef struct diffuse_size_cond {
+    int original_width, original_height;
+    int crop_left, crop_top;
+    int target_width, target_height;
+} diffuse_size_cond;
+
 typedef struct diffuse_request {
     const char *prompt;
-    const char *negative_prompt; /* NULL or "" = empty */
+    /* NULL: none given. "" is an empty negative prompt, encoded. The two differ
+     * for SDXL (force_zeros_for_empty_prompt): without a negative prompt the
+     * unconditional branch is zeros, as diffusers does; SD 1.x/2.x encode "". */
+    const char *negative_prompt;
+    diffuse_size_cond size_cond;
     uint64_t seed;               /* image i uses seed + i */
     int steps;
     float guidance;              /* <= 1 skips the unconditional pass */

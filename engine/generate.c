@@ -13,7 +13,7 @@
 
 diffuse_request diffuse_request_default(void)
 {
-    return (diffuse_request){.prompt = "", .negative_prompt = "", .seed = 0, .steps = 20,
+    return (diffuse_request){.prompt = "", .negative_prompt = NULL, .seed = 0, .steps = 20,
                              .guidance = 7.5f, .sampler = DIFFUSE_SAMPLER_EULER_A,
                              .width = 512, .height = 512, .count = 1, .strength = 0.75f};
 }
@@ -75,7 +75,7 @@ static diffuse_status check_request(const diffuse_model *m, const diffuse_reques
 static diffuse_run run_of(const diffuse_model *m, const diffuse_request *r)
 {
     diffuse_run run = {.prompt = r->prompt, .negative_prompt = r->negative_prompt,
-                       .steps = r->steps, .guidance = r->guidance, .sampler = r->sampler,
+                       .size_cond = r->size_cond, .steps = r->steps, .guidance = r->guidance, .sampler = r->sampler,
                        .karras = r->karras, .schedule = m->schedule, .width = r->width,
                        .height = r->height, .init_image = r->init_image, .strength = r->strength,
                        .mask = r->mask, .progress = r->progress,

@@ -144,6 +144,9 @@ const char *diffuse_weights_layout(const diffuse_weights *w);
 diffuse_dtype diffuse_weights_dtype(const diffuse_weights *w);
 /* Parameter count of all weights under a prefix ("unet.", ...). */
 int64_t diffuse_weights_count(const diffuse_weights *w, const char *prefix);
+/* Highest i + 1 over the weights named <prefix><i>.* (0 when none): blocks
+ * counted this way make a gap an error at load, not a smaller model. */
+int diffuse_weights_max_index(const diffuse_weights *w, const char *prefix);
 /* For each canonical name under prefix: callback (used by config inference). */
 void diffuse_weights_each(const diffuse_weights *w, const char *prefix,
                           void (*fn)(void *user, const char *name, int ndim, const int64_t *shape),
@@ -330,7 +333,9 @@ typedef struct diffuse_unet_config {
     bool cross_attn[DIFFUSE_MAX_LEVELS]; /* down level l has transformers (up level mirrors) */
     int layers_per_block;                /* 2 */
     int heads[DIFFUSE_MAX_LEVELS];       /* attention heads per level (mid uses the last) */
-    int transformer_depth;               /* 1 */
+    int depth[DIFFUSE_MAX_LEVELS];       /* transformer_layers_per_block of down level l (the
+                                            load counts each transformer's blocks itself) */
+    int mid_depth;                       /* the mid block's: 1, SDXL 10 */
     int context_dim;                     /* cross_attention_dim */
     bool linear_proj;                    /* use_linear_projection (SD 2.x) */
     bool upcast_attention;               /* attention in float32 (always true here) */
@@ -338,7 +343,21 @@ typedef struct diffuse_unet_config {
     float eps;                           /* norm_eps 1e-5 */
     bool flip_sin_to_cos;                /* true */
     int freq_shift;                      /* 0 */
+    /* SDXL's addition_embed_type "text_time": add_embedding takes the pooled
+     * text embedding and a sinusoid of add_time_dim per size/crop id */
+    int add_in;                          /* add_embedding.linear_1 inputs; 0: none */
+    int add_time_dim;                    /* addition_time_embed_dim: 256 */
 } diffuse_unet_config;
+
+#define DIFFUSE_TIME_IDS 6 /* original h, w, crop top, left, target h, w */
+
+/* What the UNet is conditioned on besides the timestep. */
+typedef struct diffuse_unet_cond {
+    const float *context;       /* [n, tokens, context_dim] */
+    int tokens;
+    const float *text_embeds;   /* [n, add_in - 6 add_time_dim]: pooled text (SDXL), else NULL */
+    const float *time_ids;      /* [n, DIFFUSE_TIME_IDS] (SDXL), else NULL */
+} diffuse_unet_cond;
 
 typedef struct diffuse_unet diffuse_unet;
 
@@ -347,14 +366,16 @@ int diffuse_unet_load(const diffuse_unet_config *cfg, diffuse_weights *w, diffus
 void diffuse_unet_free(diffuse_unet *u);
 /* Arena floats one forward needs for batch n, latent h x w, context tokens t. */
 size_t diffuse_unet_workspace(const diffuse_unet *u, int n, int h, int w, int tokens);
-/* out [n, out_ch, h, w] = unet(x [n, in_ch, h, w], timestep[n], context [n, tokens,
- * context_dim]). trace may be NULL. Allocates nothing: all scratch from `a`. */
+/* out [n, out_ch, h, w] = unet(x [n, in_ch, h, w], timestep[n], cond). trace
+ * may be NULL. Allocates nothing: all scratch from `a`. */
 int diffuse_unet_forward(const diffuse_unet *u, float *out, const float *x, const float *timestep,
-                         const float *context, int n, int h, int w, int tokens, diffuse_arena *a,
+                         const diffuse_unet_cond *cond, int n, int h, int w, diffuse_arena *a,
                          const diffuse_trace *trace, char *err);
 
-/* CLIP / OpenCLIP text transformer (transformers' CLIPTextModel). */
+/* CLIP / OpenCLIP text transformer (transformers' CLIPTextModel, and
+ * CLIPTextModelWithProjection for SDXL's second encoder). */
 typedef struct diffuse_clip_config {
+    char prefix[8];       /* component of its weights: "text." or "text2." (SDXL) */
     int vocab_size;       /* 49408 */
     int width;            /* hidden_size: 768 (SD 1.x), 1024 (SD 2.x) */
     int layers;           /* blocks to run: SD 2.x runs all but the last of OpenCLIP's 24 */
@@ -364,6 +385,13 @@ typedef struct diffuse_clip_config {
     bool gelu;            /* exact gelu (OpenCLIP) instead of quick_gelu (OpenAI CLIP) */
     float eps;            /* layer_norm_eps, 1e-5 */
     int32_t pad_id;       /* 49407 for SD 1.x, 0 for SD 2.x */
+    int32_t eos_id;       /* 49407: the pooled output is taken at its first place */
+    /* What the UNet reads (diffuse_clip_encode): the state after hidden_layer
+     * blocks, through final_layer_norm (SD 1.x, 2.x: hidden_layer = layers) or
+     * as it is (SDXL: the penultimate state, hidden_layer = layers - 1). */
+    int hidden_layer;
+    bool hidden_norm;
+    int projection;       /* text_projection outputs (the pooled width); 0: none */
 } diffuse_clip_config;
 
 typedef struct diffuse_clip diffuse_clip;
@@ -372,9 +400,20 @@ int diffuse_clip_load(const diffuse_clip_config *cfg, diffuse_weights *w, diffus
                       char *err);
 void diffuse_clip_free(diffuse_clip *c);
 size_t diffuse_clip_workspace(const diffuse_clip *c, int n);
-/* out [n, 77, width] = final_layer_norm(blocks(embed(ids [n, 77]))), causal mask. */
+/* out [n, 77, width] = final_layer_norm(blocks(embed(ids [n, 77]))) over all
+ * cfg.layers blocks, causal mask (transformers' last_hidden_state). */
 int diffuse_clip_forward(const diffuse_clip *c, float *out, const int32_t *ids, int n,
                          diffuse_arena *a, char *err);
+/* What the UNet is given: hidden [n, 77] rows of width floats, `stride` floats
+ * apart (two encoders write side by side into one context), the state the
+ * config names; pooled [n, projection] (NULL: not wanted) = text_projection of
+ * the final-normed state after all blocks at the first end token. */
+int diffuse_clip_encode(const diffuse_clip *c, const int32_t *ids, int n, float *hidden,
+                        int stride, float *pooled, diffuse_arena *a, char *err);
+/* The state after `layers` blocks ([n, 77, width]), normed or not: for tests
+ * and the reference checker (hidden_states[layers] in transformers). */
+int diffuse_clip_hidden(const diffuse_clip *c, const int32_t *ids, int n, int layers, bool norm,
+                        float *out, diffuse_arena *a, char *err);
 
 /* AutoencoderKL hyper-parameters. */
 typedef struct diffuse_vae_config {
@@ -414,7 +453,9 @@ typedef struct diffuse_tokenizer diffuse_tokenizer;
 int diffuse_tokenizer_load(const char *path, diffuse_tokenizer **out, char *err);
 void diffuse_tokenizer_free(diffuse_tokenizer *tok);
 /* <start> tokens... <end> then pad_id, truncated to 77 (the last kept id is
- * <end>). */
+ * <end>). A pad_id other than <end> is "!" (id 0, the OpenCLIP tokenizers of
+ * SD 2.x and SDXL): transformers treats it as an added token, so every "!" in
+ * the text becomes id 0 too, as diffusers feeds those encoders. */
 int diffuse_tokenizer_encode(const diffuse_tokenizer *tok, const char *text, int32_t pad_id,
                              int32_t ids[DIFFUSE_MAX_TOKENS], char *err);
 int32_t diffuse_tokenizer_bos(const diffuse_tokenizer *tok); /* 49406 */
@@ -469,12 +510,37 @@ void diffuse_sampler_add_noise(const diffuse_sampler_state *s, int i, const floa
 int diffuse_sampler_step(diffuse_sampler_state *s, int i, const float *model_out, float *latents,
                          diffuse_noise *noise, char *err);
 
+/* ------------------------------------------------------------------ conditioning */
+
+/* What the model's family feeds the UNet (conditioning.c): the context width
+ * (cross_attention_dim) and the pooled text width (SDXL; 0 otherwise). */
+int diffuse_cond_context_dim(const diffuse_model *m);
+int diffuse_cond_pooled_dim(const diffuse_model *m);
+/* Arena floats one prompt's encoding takes; the text encoders' mapped bytes,
+ * and letting their pages go once the prompts are encoded. */
+size_t diffuse_cond_workspace(const diffuse_model *m);
+size_t diffuse_cond_weight_bytes(const diffuse_model *m);
+void diffuse_cond_release(const diffuse_model *m);
+/* Whether the unconditional branch is zeros instead of an encoded prompt:
+ * negative_prompt NULL (none given at all) with force_zeros_for_empty_prompt. */
+bool diffuse_cond_zeros(const diffuse_model *m, const char *negative_prompt);
+/* context [77, context_dim] and pooled [pooled_dim] (NULL when 0) for one
+ * text; text NULL gives the zero conditioning. */
+int diffuse_cond_encode(diffuse_model *m, const char *text, float *context, float *pooled,
+                        diffuse_arena *a, char *err);
+/* SDXL's add_time_ids for an image of width x height: original (h, w), crop
+ * (top, left), target (h, w), zeros in s meaning the image's own size. */
+void diffuse_cond_time_ids(const diffuse_size_cond *s, int width, int height,
+                           float ids[DIFFUSE_TIME_IDS]);
+
 /* ------------------------------------------------------------------ pipeline */
 
 /* One image's run, as the public request and the reference checker both
  * describe it. Pixels are [height, width, 3] / [height, width] in [0, 1]. */
 typedef struct diffuse_run {
-    const char *prompt, *negative_prompt;
+    const char *prompt;
+    const char *negative_prompt;       /* NULL: none given (see diffuse_cond_zeros) */
+    diffuse_size_cond size_cond;       /* SDXL */
     int steps;
     float guidance;
     diffuse_sampler sampler;
@@ -492,6 +558,9 @@ typedef struct diffuse_run {
     void (*on_step)(void *user, int step, float *latents, size_t n);
     void *on_step_user;
     diffuse_stats *stats;              /* NULL, or times added up here */
+    /* observer of what the UNet is conditioned on, or NULL: "context",
+     * "text_embeds" and "time_ids" (SDXL), [nb, ...], negative first */
+    const diffuse_trace *trace;
 } diffuse_run;
 
 /* Monotonic seconds. */
@@ -522,13 +591,18 @@ struct diffuse_model {
     diffuse_weights *weights;
     diffuse_tokenizer *tokenizer;
     diffuse_clip_config clip_cfg;
+    diffuse_clip_config clip2_cfg;      /* SDXL's second encoder (OpenCLIP bigG) */
     diffuse_unet_config unet_cfg;
     diffuse_vae_config vae_cfg;
     diffuse_schedule_config schedule;   /* from scheduler_config.json, or the family's */
     diffuse_clip *clip;
+    diffuse_clip *clip2;                /* NULL but for SDXL */
     diffuse_unet *unet;
     diffuse_vae *vae;
-    const char *family;                 /* "sd1", "sd2" */
+    const char *family;                 /* "sd1", "sd2", "sdxl" */
+    bool force_zeros;                   /* model_index.json force_zeros_for_empty_prompt
+                                           (SDXL: true): no negative prompt at all means a
+                                           zero unconditional context and pooled embedding */
     int native_size;                    /* pixels */
     char scheduler_class[64];           /* scheduler_config.json "_class_name", or "" */
     int defaults_sampler, defaults_steps; /* model_index.json "_diffuse_defaults", or -1 */

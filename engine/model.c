@@ -45,26 +45,11 @@ static int count_of(const diffuse_weights *w, const char *fmt)
     }
 }
 
-typedef struct index_scan {
-    const char *prefix;
-    int n;
-} index_scan;
-
-static void scan_index(void *user, const char *name, int ndim, const int64_t *shape)
-{
-    index_scan *s = user;
-    int i;
-    if (sscanf(name + strlen(s->prefix), "%d.", &i) == 1 && i >= 0 && i + 1 > s->n)
-        s->n = i + 1;
-}
-
 /* Highest i + 1 over weights named <prefix><i>.*: blocks counted this way make a
  * missing tensor in the middle an error at load, not a silently smaller model. */
 static int max_index(const diffuse_weights *w, const char *prefix)
 {
-    index_scan s = {prefix, 0};
-    diffuse_weights_each(w, prefix, scan_index, &s);
-    return s.n;
+    return diffuse_weights_max_index(w, prefix);
 }
 
 /* An int or the l-th element of a list, from a config object; fallback when absent. */
@@ -111,12 +96,22 @@ static int infer_unet(diffuse_model *m, const cJSON *cfg, char *err)
     snprintf(name, sizeof name, "%s.proj_in.weight", attn);
     u->linear_proj = diffuse_weights_shape(w, name, proj) == 2;
     snprintf(name, sizeof name, "%s.transformer_blocks.", attn);
-    u->transformer_depth = max_index(w, name);
-    if (u->context_dim < 1 || u->transformer_depth < 1)
+    u->mid_depth = max_index(w, name);
+    if (u->context_dim < 1 || u->mid_depth < 1)
         return diffuse_fail(err, "%s: the UNet has no cross-attention mid block", m->path);
-    bool sd2 = u->linear_proj || u->context_dim == 1024;
     for (int l = 0; l < u->levels; l++) {
-        int fallback = sd2 ? (u->channels[l] >= 64 ? u->channels[l] / 64 : 1) : 8;
+        snprintf(name, sizeof name, "unet.down_blocks.%d.attentions.0.transformer_blocks.", l);
+        u->depth[l] = max_index(w, name);
+    }
+    /* SDXL: the added embedding of pooled text and size ids; its split into the
+     * two is settled once the text encoders are known (configure_sdxl) */
+    u->add_in = (int)dim_of(w, 1, "unet.add_embedding.linear_1.weight");
+    u->add_in = u->add_in > 0 ? u->add_in : 0;
+    u->add_time_dim = json_int_at(cfg, "addition_time_embed_dim", 0, 0);
+    bool sdxl = u->add_in > 0;
+    bool sd2 = !sdxl && (u->linear_proj || u->context_dim == 1024);
+    for (int l = 0; l < u->levels; l++) {
+        int fallback = sd2 || sdxl ? (u->channels[l] >= 64 ? u->channels[l] / 64 : 1) : 8;
         int heads = json_int_at(cfg, "num_attention_heads", l, -1);
         u->heads[l] = heads > 0 ? heads : json_int_at(cfg, "attention_head_dim", l, fallback);
     }
@@ -126,7 +121,7 @@ static int infer_unet(diffuse_model *m, const cJSON *cfg, char *err)
     u->flip_sin_to_cos = true;
     u->freq_shift = json_int_at(cfg, "freq_shift", 0, 0);
     u->upcast_attention = true;
-    m->family = sd2 ? "sd2" : "sd1";
+    m->family = sdxl ? "sdxl" : sd2 ? "sd2" : "sd1";
     return 0;
 }
 
@@ -150,7 +145,8 @@ static int infer_vae(diffuse_model *m, const cJSON *cfg, char *err)
     v->mid_attention = diffuse_weights_count(w, "vae.encoder.mid_block.attentions.") > 0 ||
                        diffuse_weights_count(w, "vae.decoder.mid_block.attentions.") > 0;
     const cJSON *sf = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, "scaling_factor") : NULL;
-    v->scaling_factor = cJSON_IsNumber(sf) ? (float)sf->valuedouble : 0.18215f;
+    const bool sdxl = strcmp(m->family, "sdxl") == 0; /* infer_unet ran first */
+    v->scaling_factor = cJSON_IsNumber(sf) ? (float)sf->valuedouble : sdxl ? 0.13025f : 0.18215f;
     if (v->in_channels != 3 || v->out_channels != 3 || v->latent_channels < 1)
         return diffuse_fail(err, "%s: the VAE is not an RGB autoencoder", m->path);
     return 0;
@@ -158,21 +154,30 @@ static int infer_vae(diffuse_model *m, const cJSON *cfg, char *err)
 
 /* ------------------------------------------------------------------ text */
 
-static int infer_clip(diffuse_model *m, const cJSON *cfg, char *err)
+/* Text encoder under prefix ("text." or SDXL's "text2.") into *c. */
+static int infer_clip(diffuse_model *m, const cJSON *cfg, const char *prefix,
+                      diffuse_clip_config *c, char *err)
 {
-    diffuse_clip_config *c = &m->clip_cfg;
     const diffuse_weights *w = m->weights;
-    c->vocab_size = (int)dim_of(w, 0, "text.text_model.embeddings.token_embedding.weight");
-    c->width = (int)dim_of(w, 1, "text.text_model.embeddings.token_embedding.weight");
-    c->max_positions = (int)dim_of(w, 0, "text.text_model.embeddings.position_embedding.weight");
-    c->intermediate = (int)dim_of(w, 0, "text.text_model.encoder.layers.0.mlp.fc1.weight");
+    const bool sdxl = strcmp(m->family, "sdxl") == 0, second = strcmp(prefix, "text2.") == 0;
+    char name[128];
+    memset(c, 0, sizeof *c);
+    snprintf(c->prefix, sizeof c->prefix, "%s", prefix);
+    c->vocab_size = (int)dim_of(w, 0, "%stext_model.embeddings.token_embedding.weight", prefix);
+    c->width = (int)dim_of(w, 1, "%stext_model.embeddings.token_embedding.weight", prefix);
+    c->max_positions = (int)dim_of(w, 0, "%stext_model.embeddings.position_embedding.weight", prefix);
+    c->intermediate = (int)dim_of(w, 0, "%stext_model.encoder.layers.0.mlp.fc1.weight", prefix);
     /* highest block index + 1: a missing tensor is an error, not fewer blocks */
-    int stored = max_index(w, "text.text_model.encoder.layers.");
+    snprintf(name, sizeof name, "%stext_model.encoder.layers.", prefix);
+    int stored = max_index(w, name);
     if (c->width < 1 || stored < 1 || c->intermediate < 1)
-        return diffuse_fail(err, "%s: no text encoder found (text_model.embeddings missing)", m->path);
-    bool openclip = diffuse_weights_openclip(w);
-    /* OpenCLIP checkpoints hold the last block, which SD 2.x skips */
-    c->layers = json_int_at(cfg, "num_hidden_layers", 0, openclip ? stored - 1 : stored);
+        return diffuse_fail(err, "%s: no %stext encoder found (%stext_model.embeddings missing)",
+                            m->path, second ? "second " : "", prefix);
+    /* OpenCLIP: SD 2.x's single file, SDXL's second encoder */
+    bool openclip = second || (!sdxl && diffuse_weights_openclip(w));
+    /* SD 2.x's OpenCLIP checkpoints hold the last block, which it skips; SDXL
+     * runs every block (the pooled output needs the last) */
+    c->layers = json_int_at(cfg, "num_hidden_layers", 0, openclip && !sdxl ? stored - 1 : stored);
     c->heads = json_int_at(cfg, "num_attention_heads", 0, c->width >= 64 ? c->width / 64 : 1);
     const cJSON *act = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, "hidden_act") : NULL;
     c->gelu = cJSON_IsString(act) ? strcmp(act->valuestring, "gelu") == 0 : openclip;
@@ -181,11 +186,37 @@ static int infer_clip(diffuse_model *m, const cJSON *cfg, char *err)
     if (c->layers < 1 || c->layers > stored)
         return diffuse_fail(err, "%s: text encoder config asks for %d layers, file holds %d",
                             m->path, c->layers, stored);
+    /* SDXL reads the penultimate state of both encoders as it is, and the
+     * second one's projected end-token state */
+    c->hidden_layer = sdxl ? c->layers - 1 : c->layers;
+    c->hidden_norm = !sdxl;
+    if (sdxl && c->hidden_layer < 1)
+        return diffuse_fail(err, "%s: an SDXL text encoder needs 2 blocks or more", m->path);
+    if (second && (c->projection = (int)dim_of(w, 0, "text2.text_projection.weight")) < 1)
+        return diffuse_fail(err, "%s: the second text encoder has no text_projection", m->path);
     return 0;
 }
 
-/* The tokenizer folder's pad token: "!" (id 0, SD 2.x) or <|endoftext|>. */
-static void read_pad_token(diffuse_model *m, const char *tokdir)
+/* SDXL's added embedding: add_in = pooled width + 6 x addition_time_embed_dim.
+ * A refiner's (5 ids: sizes, crop and an aesthetic score) is refused here. */
+static int configure_sdxl(diffuse_model *m, char *err)
+{
+    diffuse_unet_config *u = &m->unet_cfg;
+    const int pooled = m->clip2_cfg.projection, rest = u->add_in - pooled;
+    if (u->add_time_dim <= 0 && rest > 0 && rest % DIFFUSE_TIME_IDS == 0)
+        u->add_time_dim = rest / DIFFUSE_TIME_IDS;
+    if (u->add_time_dim > 0 && rest == 5 * u->add_time_dim)
+        return diffuse_fail(err, "%s: an SDXL refiner (conditioned on an aesthetic score): not "
+                            "supported; load an SDXL base, Turbo or fine-tuned model", m->path);
+    if (u->add_time_dim <= 0 || rest != DIFFUSE_TIME_IDS * u->add_time_dim)
+        return diffuse_fail(err, "%s: the UNet's added embedding takes %d inputs, which is not "
+                            "the pooled text (%d) and 6 size ids", m->path, u->add_in, pooled);
+    return 0;
+}
+
+/* The tokenizer folder's pad token: "!" (id 0, SD 2.x, SDXL's tokenizer_2) or
+ * <|endoftext|>, into *pad_id (left as it is when the folder does not say). */
+static void read_pad_token(diffuse_model *m, const char *tokdir, int32_t *pad_id)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer_config.json", tokdir);
@@ -194,8 +225,7 @@ static void read_pad_token(diffuse_model *m, const char *tokdir)
     if (cJSON_IsObject(pad))
         pad = cJSON_GetObjectItemCaseSensitive(pad, "content");
     if (cJSON_IsString(pad))
-        m->clip_cfg.pad_id = strcmp(pad->valuestring, "!") == 0 ? 0
-                                                                 : diffuse_tokenizer_eos(m->tokenizer);
+        *pad_id = strcmp(pad->valuestring, "!") == 0 ? 0 : diffuse_tokenizer_eos(m->tokenizer);
     cJSON_Delete(cfg);
 }
 
@@ -264,6 +294,11 @@ static void read_defaults(diffuse_model *m, const char *dir)
         m->defaults_steps = st->valueint;
         m->defaults_guidance = (float)g->valuedouble;
     }
+    /* diffusers' StableDiffusionXLPipeline defaults it to true; SD 1.x/2.x
+     * pipelines have no such setting (no negative prompt encodes "") */
+    const cJSON *fz = idx ? cJSON_GetObjectItemCaseSensitive(idx, "force_zeros_for_empty_prompt")
+                          : NULL;
+    m->force_zeros = strcmp(m->family, "sdxl") == 0 && (cJSON_IsBool(fz) ? cJSON_IsTrue(fz) : true);
     cJSON_Delete(idx);
 }
 
@@ -309,17 +344,31 @@ static int model_configure(diffuse_model *m, const char *cfgdir, const diffuse_l
 {
     cJSON *ucfg = load_part_config(cfgdir, "unet"), *vcfg = load_part_config(cfgdir, "vae");
     cJSON *tcfg = load_part_config(cfgdir, "text_encoder");
+    cJSON *t2cfg = load_part_config(cfgdir, "text_encoder_2");
     int rc = infer_unet(m, ucfg, err);
     if (rc == 0) rc = infer_vae(m, vcfg, err);
-    if (rc == 0) rc = infer_clip(m, tcfg, err);
+    const bool sdxl = rc == 0 && strcmp(m->family, "sdxl") == 0;
+    if (rc == 0 && sdxl) /* the second encoder first: it tells a refiner apart */
+        rc = infer_clip(m, t2cfg, "text2.", &m->clip2_cfg, err) || configure_sdxl(m, err);
+    if (rc == 0) rc = infer_clip(m, tcfg, "text.", &m->clip_cfg, err);
+    if (rc == 0 && sdxl && m->clip_cfg.hidden_layer != m->clip_cfg.layers - 1)
+        rc = diffuse_fail(err, "internal: SDXL encoder 1 setup");
+    if (rc == 0 && !sdxl && diffuse_weights_count(m->weights, "text2.") > 0)
+        rc = diffuse_fail(err, "%s: a second text encoder, but the UNet takes no pooled text "
+                          "embedding: not a model this engine knows", m->path);
+    if (rc == 0 && sdxl && m->clip_cfg.width + m->clip2_cfg.width != m->unet_cfg.context_dim)
+        rc = diffuse_fail(err, "%s: text encoders of width %d and %d do not make the UNet's "
+                          "context of %d", m->path, m->clip_cfg.width, m->clip2_cfg.width,
+                          m->unet_cfg.context_dim);
     if (rc == 0) { /* m->family is set only when infer_unet succeeded */
         m->native_size = json_int_at(vcfg, "sample_size", 0, 0);
         if (m->native_size <= 0)
-            m->native_size = strcmp(m->family, "sd2") == 0 ? 768 : 512;
+            m->native_size = sdxl ? 1024 : strcmp(m->family, "sd2") == 0 ? 768 : 512;
     }
     cJSON_Delete(ucfg);
     cJSON_Delete(vcfg);
     cJSON_Delete(tcfg);
+    cJSON_Delete(t2cfg);
     if (rc)
         return -1;
     read_schedule(m, cfgdir);
@@ -337,15 +386,24 @@ static int model_build(diffuse_model *m, const char *dir, const diffuse_load_par
     if (find_vocab(m, dir, p->vocab_path, vocab, sizeof vocab, err) ||
         diffuse_tokenizer_load(vocab, &m->tokenizer, err))
         return -1;
-    /* pad with <|endoftext|> (SD 1.x) or "!" = id 0 (SD 2.x's OpenCLIP) unless
-     * the tokenizer folder says otherwise */
-    m->clip_cfg.pad_id = strcmp(m->family, "sd2") == 0 ? 0 : diffuse_tokenizer_eos(m->tokenizer);
+    /* pad with <|endoftext|> (SD 1.x, SDXL's first encoder) or "!" = id 0
+     * (the OpenCLIP encoders of SD 2.x and SDXL) unless the tokenizer folder
+     * says otherwise */
+    const int32_t eos = diffuse_tokenizer_eos(m->tokenizer);
+    const bool sdxl = strcmp(m->family, "sdxl") == 0;
+    m->clip_cfg.pad_id = strcmp(m->family, "sd2") == 0 ? 0 : eos;
+    m->clip_cfg.eos_id = m->clip2_cfg.eos_id = eos;
+    m->clip2_cfg.pad_id = 0;
     if (dir) {
         char tokdir[4096];
         snprintf(tokdir, sizeof tokdir, "%s/tokenizer", dir);
-        read_pad_token(m, tokdir);
+        read_pad_token(m, tokdir, &m->clip_cfg.pad_id);
+        snprintf(tokdir, sizeof tokdir, "%s/tokenizer_2", dir);
+        if (sdxl)
+            read_pad_token(m, tokdir, &m->clip2_cfg.pad_id);
     }
     if (diffuse_clip_load(&m->clip_cfg, m->weights, &m->clip, err) ||
+        (sdxl && diffuse_clip_load(&m->clip2_cfg, m->weights, &m->clip2, err)) ||
         diffuse_unet_load(&m->unet_cfg, m->weights, &m->unet, err) ||
         diffuse_vae_load(&m->vae_cfg, m->weights, &m->vae, err))
         return -1;
@@ -388,6 +446,7 @@ void diffuse_model_free(diffuse_model *m)
     diffuse_vae_free(m->vae);
     diffuse_unet_free(m->unet);
     diffuse_clip_free(m->clip);
+    diffuse_clip_free(m->clip2);
     diffuse_tokenizer_free(m->tokenizer);
     diffuse_weights_free(m->weights);
     free(m->path);
@@ -436,7 +495,21 @@ void diffuse_model_get_info(const diffuse_model *m, diffuse_model_info *info)
     info->vocab_size = m->clip_cfg.vocab_size;
     info->native_size = m->native_size;
     suggest_settings(m, info);
+    /* Turbo models are their family distilled: told apart by the trailing-
+     * spacing Euler a scheduler they ship */
+    const bool turbo = strcmp(m->scheduler_class, "EulerAncestralDiscreteScheduler") == 0 &&
+                       m->schedule.spacing == DIFFUSE_SPACING_TRAILING;
+    const bool sdxl = strcmp(m->family, "sdxl") == 0, sd2 = strcmp(m->family, "sd2") == 0;
+    info->family_name = sdxl ? (turbo ? "SDXL-Turbo" : "SDXL")
+                        : sd2 ? (turbo ? "SD-Turbo" : "SD 2.x") : "SD 1.x";
+    if (m->clip2) {
+        info->text2_width = m->clip2_cfg.width;
+        info->text2_layers = m->clip2_cfg.layers;
+        info->text2_heads = m->clip2_cfg.heads;
+        info->pooled_dim = m->clip2_cfg.projection;
+    }
     info->params_unet = diffuse_weights_count(m->weights, "unet.");
     info->params_vae = diffuse_weights_count(m->weights, "vae.");
-    info->params_text = diffuse_weights_count(m->weights, "text.");
+    info->params_text = diffuse_weights_count(m->weights, "text.") +
+                        diffuse_weights_count(m->weights, "text2.");
 }

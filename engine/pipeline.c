@@ -1,5 +1,5 @@
 /* pipeline.c: text to image, image to image and masked image to image, as
- * diffusers' StableDiffusion{,Img2Img,Inpaint}Pipeline compute them:
+ * diffusers' StableDiffusion{,XL}{,Img2Img,Inpaint}Pipeline compute them:
  * encode the prompts, start from noise (or the noised image latents), denoise
  * with classifier-free guidance, decode. All memory is taken before the
  * denoising loop starts; the loop allocates nothing.
@@ -14,6 +14,8 @@
 typedef struct pipe_buffers {
     float *block;
     float *context;       /* [nb, 77, context_dim]: negative first, then prompt */
+    float *pooled;        /* [nb, pooled_dim] (SDXL) */
+    float *time_ids;      /* [nb, 6] (SDXL) */
     float *latents;       /* [1, C, h, w] */
     float *noise;         /* [1, C, h, w] start noise, kept for inpaint re-noising */
     float *image_latents; /* [1, C, h, w] encoded init image (scaled) */
@@ -30,6 +32,7 @@ typedef struct pipe_dims {
     int c, h, w;          /* latent */
     size_t latent_n;      /* c * h * w */
     int ctx;              /* context width */
+    int pooled;           /* pooled text width, 0 but for SDXL */
 } pipe_dims;
 
 static pipe_dims dims_of(const diffuse_model *m, const diffuse_run *run)
@@ -41,20 +44,22 @@ static pipe_dims dims_of(const diffuse_model *m, const diffuse_run *run)
     d.h = run->height / f;
     d.w = run->width / f;
     d.latent_n = (size_t)d.c * d.h * d.w;
-    d.ctx = m->clip_cfg.width;
+    d.ctx = diffuse_cond_context_dim(m);
+    d.pooled = diffuse_cond_pooled_dim(m);
     return d;
 }
 
 static size_t buffers_floats(const pipe_dims *d, const diffuse_run *run)
 {
     size_t px = (size_t)3 * run->width * run->height;
-    return (size_t)d->nb * DIFFUSE_MAX_TOKENS * d->ctx + 3 * d->latent_n +
-           (size_t)d->h * d->w + 2 * d->nb * d->latent_n + px + 2 * d->latent_n + 16 * 12;
+    return (size_t)d->nb * DIFFUSE_MAX_TOKENS * d->ctx + (size_t)d->nb * d->pooled +
+           (size_t)d->nb * DIFFUSE_TIME_IDS + 3 * d->latent_n + (size_t)d->h * d->w +
+           2 * d->nb * d->latent_n + px + 2 * d->latent_n + 16 * 14;
 }
 
 static size_t arena_floats(const diffuse_model *m, const pipe_dims *d, const diffuse_run *run)
 {
-    size_t a = diffuse_clip_workspace(m->clip, 1);
+    size_t a = diffuse_cond_workspace(m);
     size_t u = diffuse_unet_workspace(m->unet, d->nb, d->h, d->w, DIFFUSE_MAX_TOKENS);
     size_t v = diffuse_vae_workspace(m->vae, run->height, run->width);
     return (a > u ? a : u) > v ? (a > u ? a : u) : v;
@@ -68,6 +73,8 @@ static int buffers_init(pipe_buffers *b, const pipe_dims *d, const diffuse_run *
     float *p = b->block;
 #define TAKE(field, n) (b->field = p, p += ((n) + 15) & ~(size_t)15)
     TAKE(context, (size_t)d->nb * DIFFUSE_MAX_TOKENS * d->ctx);
+    TAKE(pooled, (size_t)d->nb * d->pooled);
+    TAKE(time_ids, (size_t)d->nb * DIFFUSE_TIME_IDS);
     TAKE(latents, d->latent_n);
     TAKE(noise, d->latent_n);
     TAKE(image_latents, d->latent_n);
@@ -82,7 +89,6 @@ static int buffers_init(pipe_buffers *b, const pipe_dims *d, const diffuse_run *
 
 /* ------------------------------------------------------------------ stages */
 
-/* context = text_encoder(tokens) for [negative, prompt] (or [prompt]). */
 /* Adds the seconds since *t0 to *field (when the run keeps stats); *t0 = now. */
 static void lap(const diffuse_run *run, double *t0, double *field)
 {
@@ -92,19 +98,33 @@ static void lap(const diffuse_run *run, double *t0, double *field)
     *t0 = t;
 }
 
+/* context (and SDXL's pooled text and size ids) for [negative, prompt], or
+ * [prompt] without guidance. No negative prompt at all is "" for SD 1.x/2.x,
+ * zeros for SDXL (force_zeros_for_empty_prompt). */
 static int encode_prompts(diffuse_model *m, const diffuse_run *run, const pipe_dims *d,
                           pipe_buffers *b, diffuse_arena *a, char *err)
 {
-    const char *texts[2] = {run->negative_prompt ? run->negative_prompt : "", run->prompt};
+    const char *negative = run->negative_prompt ? run->negative_prompt
+                           : diffuse_cond_zeros(m, NULL) ? NULL : "";
+    const char *texts[2] = {negative, run->prompt};
     for (int i = 0; i < d->nb; i++) {
-        int32_t ids[DIFFUSE_MAX_TOKENS];
         const char *text = d->nb == 2 ? texts[i] : run->prompt;
-        if (diffuse_tokenizer_encode(m->tokenizer, text, m->clip_cfg.pad_id, ids, err) ||
-            diffuse_clip_forward(m->clip, b->context + (size_t)i * DIFFUSE_MAX_TOKENS * d->ctx,
-                                 ids, 1, a, err))
+        if (diffuse_cond_encode(m, text, b->context + (size_t)i * DIFFUSE_MAX_TOKENS * d->ctx,
+                                d->pooled ? b->pooled + (size_t)i * d->pooled : NULL, a, err))
             return -1;
+        diffuse_cond_time_ids(&run->size_cond, run->width, run->height,
+                              b->time_ids + (size_t)i * DIFFUSE_TIME_IDS);
     }
-    diffuse_weights_release(m->weights, "text.");
+    diffuse_cond_release(m);
+    if (run->trace && run->trace->fn) {
+        run->trace->fn(run->trace->user, "context", b->context,
+                       (size_t)d->nb * DIFFUSE_MAX_TOKENS * d->ctx);
+        if (d->pooled) {
+            run->trace->fn(run->trace->user, "text_embeds", b->pooled, (size_t)d->nb * d->pooled);
+            run->trace->fn(run->trace->user, "time_ids", b->time_ids,
+                           (size_t)d->nb * DIFFUSE_TIME_IDS);
+        }
+    }
     return 0;
 }
 
@@ -208,8 +228,11 @@ static diffuse_status denoise(diffuse_model *m, const diffuse_run *run, const pi
             b->timesteps[k] = diffuse_sampler_timestep(s, i);
         }
         const double t0 = diffuse_now(), f0 = a->flops;
-        if (diffuse_unet_forward(m->unet, b->model_out, b->model_in, b->timesteps, b->context,
-                                 d->nb, d->h, d->w, DIFFUSE_MAX_TOKENS, a, NULL, err))
+        const diffuse_unet_cond cond = {.context = b->context, .tokens = DIFFUSE_MAX_TOKENS,
+                                        .text_embeds = d->pooled ? b->pooled : NULL,
+                                        .time_ids = d->pooled ? b->time_ids : NULL};
+        if (diffuse_unet_forward(m->unet, b->model_out, b->model_in, b->timesteps, &cond, d->nb,
+                                 d->h, d->w, a, NULL, err))
             return DIFFUSE_ERR_MEMORY;
         if (stats) {
             stats->unet_s += diffuse_now() - t0;
@@ -298,10 +321,10 @@ static size_t max_of(size_t a, size_t b) { return a > b ? a : b; }
 size_t diffuse_pipeline_memory(const diffuse_model *m, const diffuse_run *run)
 {
     const pipe_dims d = dims_of(m, run);
-    const size_t wt = diffuse_weights_bytes(m->weights, "text.");
+    const size_t wt = diffuse_cond_weight_bytes(m);
     const size_t wu = diffuse_weights_bytes(m->weights, "unet.");
     const size_t wv = diffuse_weights_bytes(m->weights, "vae.");
-    const size_t ac = sizeof(float) * diffuse_clip_workspace(m->clip, 1);
+    const size_t ac = sizeof(float) * diffuse_cond_workspace(m);
     const size_t au = sizeof(float) * diffuse_unet_workspace(m->unet, d.nb, d.h, d.w, DIFFUSE_MAX_TOKENS);
     const size_t av = sizeof(float) * diffuse_vae_workspace(m->vae, run->height, run->width);
     size_t touched = ac, peak = wt + ac;

@@ -101,17 +101,17 @@ static void compare(refcheck *r, const char *case_name, const char *golden_name,
 
 /* ------------------------------------------------------------------ tokenizer, text */
 
-static void check_tokens(refcheck *r)
+/* "tokens" (the first tokenizer) or "tokens_2" (SDXL's second, pad "!"). */
+static void check_tokens(refcheck *r, const char *key, const char *case_prefix, int32_t pad_id)
 {
-    const cJSON *tokens = cJSON_GetObjectItemCaseSensitive(r->json, "tokens"), *item;
+    const cJSON *tokens = cJSON_GetObjectItemCaseSensitive(r->json, key), *item;
     int i = 0;
     cJSON_ArrayForEach(item, tokens)
     {
         char name[64], err[DIFFUSE_ERROR_SIZE];
         int32_t ids[DIFFUSE_MAX_TOKENS];
-        snprintf(name, sizeof name, "tokenizer.%d", i++);
-        if (diffuse_tokenizer_encode(r->model->tokenizer, item->string, r->model->clip_cfg.pad_id,
-                                     ids, err)) {
+        snprintf(name, sizeof name, "%s.%d", case_prefix, i++);
+        if (diffuse_tokenizer_encode(r->model->tokenizer, item->string, pad_id, ids, err)) {
             report_error(r, name, err);
             continue;
         }
@@ -124,30 +124,93 @@ static void check_tokens(refcheck *r)
     }
 }
 
-static void check_text(refcheck *r, diffuse_arena *a)
+/* Golden token ids [n, 77] as int32; NULL when absent. */
+static int32_t *golden_ids(refcheck *r, const char *name, int *n)
 {
-    int64_t n_ids = 0;
-    float *ids_f = golden_get(r, "text.input_ids", &n_ids);
-    char err[DIFFUSE_ERROR_SIZE];
-    int n = (int)(n_ids / DIFFUSE_MAX_TOKENS);
-    if (!ids_f || n < 1) {
-        report_error(r, "text_encoder", "no text.input_ids");
-        free(ids_f);
+    int64_t count = 0;
+    float *f = golden_get(r, name, &count);
+    int32_t *ids = f && count >= DIFFUSE_MAX_TOKENS ? malloc(sizeof(int32_t) * (size_t)count) : NULL;
+    for (int64_t i = 0; ids && i < count; i++)
+        ids[i] = (int32_t)f[i];
+    *n = (int)(count / DIFFUSE_MAX_TOKENS);
+    free(f);
+    return ids;
+}
+
+/* One encoder on the golden ids under `prefix` ("text", "text2"): its last
+ * state, its penultimate one where recorded, the pooled output (SDXL's
+ * text_embeds) where it has a projection. */
+static void check_encoder(refcheck *r, const diffuse_clip *c, const char *prefix, diffuse_arena *a)
+{
+    char key[64], name[64], err[DIFFUSE_ERROR_SIZE];
+    int n = 0;
+    snprintf(key, sizeof key, "%s.input_ids", prefix);
+    int32_t *ids = golden_ids(r, key, &n);
+    snprintf(name, sizeof name, "%s_encoder", strcmp(prefix, "text") ? "text2" : "text");
+    if (!ids || n < 1) {
+        report_error(r, name, "no input ids recorded");
+        free(ids);
         return;
     }
-    int32_t *ids = malloc(sizeof(int32_t) * (size_t)n_ids);
-    size_t out_n = (size_t)n * DIFFUSE_MAX_TOKENS * r->model->clip_cfg.width;
+    const diffuse_clip_config *cfg = c == r->model->clip ? &r->model->clip_cfg : &r->model->clip2_cfg;
+    const size_t out_n = (size_t)n * DIFFUSE_MAX_TOKENS * cfg->width;
     float *out = malloc(sizeof(float) * out_n);
-    for (int64_t i = 0; i < n_ids; i++)
-        ids[i] = (int32_t)ids_f[i];
+    float *pooled = malloc(sizeof(float) * (size_t)n * (cfg->projection + 1));
     diffuse_arena_reset(a, 0);
-    if (diffuse_clip_forward(r->model->clip, out, ids, n, a, err))
-        report_error(r, "text_encoder", err);
+    snprintf(key, sizeof key, "%s.last_hidden_state", prefix);
+    if (diffuse_clip_forward(c, out, ids, n, a, err))
+        report_error(r, name, err);
     else
-        compare(r, "text_encoder", "text.last_hidden_state", out, out_n, TOL_MODULE);
+        compare(r, name, key, out, out_n, TOL_MODULE);
+    snprintf(key, sizeof key, "%s.penultimate", prefix);
+    if (diffuse_st_find(r->golden, key)) {
+        if (diffuse_clip_hidden(c, ids, n, cfg->layers - 1, false, out, a, err))
+            report_error(r, key, err);
+        else
+            compare(r, key, key, out, out_n, TOL_MODULE);
+    }
+    snprintf(key, sizeof key, "%s.text_embeds", prefix);
+    if (cfg->projection && diffuse_st_find(r->golden, key)) {
+        if (diffuse_clip_encode(c, ids, n, NULL, 0, pooled, a, err))
+            report_error(r, key, err);
+        else
+            compare(r, key, key, pooled, (size_t)n * cfg->projection, TOL_MODULE);
+    }
     free(ids);
-    free(ids_f);
     free(out);
+    free(pooled);
+}
+
+/* SDXL: both encoders' penultimate states side by side, the UNet's context. */
+static void check_context(refcheck *r, diffuse_arena *a)
+{
+    diffuse_model *m = r->model;
+    char err[DIFFUSE_ERROR_SIZE];
+    int n1 = 0, n2 = 0;
+    int32_t *ids1 = golden_ids(r, "text.input_ids", &n1), *ids2 = golden_ids(r, "text2.input_ids", &n2);
+    const int ctx = diffuse_cond_context_dim(m);
+    float *out = malloc(sizeof(float) * (size_t)(n1 > 0 ? n1 : 1) * DIFFUSE_MAX_TOKENS * ctx);
+    diffuse_arena_reset(a, 0);
+    if (!ids1 || !ids2 || n1 != n2)
+        report_error(r, "text.context", "no text.input_ids / text2.input_ids of one batch");
+    else if (diffuse_clip_encode(m->clip, ids1, n1, out, ctx, NULL, a, err) ||
+             diffuse_clip_encode(m->clip2, ids2, n1, out + m->clip_cfg.width, ctx, NULL, a, err))
+        report_error(r, "text.context", err);
+    else
+        compare(r, "text.context", "text.context", out, (size_t)n1 * DIFFUSE_MAX_TOKENS * ctx,
+                TOL_MODULE);
+    free(ids1);
+    free(ids2);
+    free(out);
+}
+
+static void check_text(refcheck *r, diffuse_arena *a)
+{
+    check_encoder(r, r->model->clip, "text", a);
+    if (r->model->clip2) {
+        check_encoder(r, r->model->clip2, "text2", a);
+        check_context(r, a);
+    }
 }
 
 /* ------------------------------------------------------------------ unet, vae */
@@ -172,11 +235,18 @@ static void check_unet_at(refcheck *r, int t, diffuse_arena *a)
     char prefix[64], name[96], err[DIFFUSE_ERROR_SIZE];
     snprintf(prefix, sizeof prefix, "unet.t%d.", t);
     snprintf(name, sizeof name, "unet.t%d.out", t);
-    float *x = golden_get(r, "unet.sample", NULL), *ctx = golden_get(r, "text.last_hidden_state", NULL);
+    /* the context the UNet was run on: unet.context where recorded (SDXL) */
+    const bool own = diffuse_st_find(r->golden, "unet.context") != NULL;
+    float *x = golden_get(r, "unet.sample", NULL);
+    float *ctx = golden_get(r, own ? "unet.context" : "text.last_hidden_state", NULL);
+    float *embeds = golden_get(r, "unet.text_embeds", NULL);
+    float *time_ids = golden_get(r, "unet.time_ids", NULL);
     if (!s || s->ndim != 4 || !x || !ctx) {
         report_error(r, name, "no unet.sample / text.last_hidden_state");
         free(x);
         free(ctx);
+        free(embeds);
+        free(time_ids);
         return;
     }
     const int n = (int)s->shape[0], h = (int)s->shape[2], w = (int)s->shape[3];
@@ -188,8 +258,9 @@ static void check_unet_at(refcheck *r, int t, diffuse_arena *a)
     trace_ctx tc = {r, prefix};
     diffuse_trace trace = {trace_compare, &tc};
     diffuse_arena_reset(a, 0);
-    if (n > 16 || diffuse_unet_forward(r->model->unet, out, x, ts, ctx, n, h, w,
-                                       DIFFUSE_MAX_TOKENS, a, &trace, err))
+    const diffuse_unet_cond cond = {.context = ctx, .tokens = DIFFUSE_MAX_TOKENS,
+                                    .text_embeds = embeds, .time_ids = time_ids};
+    if (n > 16 || diffuse_unet_forward(r->model->unet, out, x, ts, &cond, n, h, w, a, &trace, err))
         report_error(r, name, n > 16 ? "batch over 16" : err);
     else
         compare(r, name, name, out, (size_t)n * r->model->unet_cfg.out_channels * h * w,
@@ -197,6 +268,8 @@ static void check_unet_at(refcheck *r, int t, diffuse_arena *a)
     free(out);
     free(x);
     free(ctx);
+    free(embeds);
+    free(time_ids);
 }
 
 static void check_unet(refcheck *r, diffuse_arena *a)
@@ -369,7 +442,19 @@ static int run_of_spec(refcheck *r, const char *name, const cJSON *spec, diffuse
         return diffuse_fail(err, "run %s: unknown scheduler or missing settings", name);
     memset(run, 0, sizeof *run);
     run->prompt = prompt->valuestring;
-    run->negative_prompt = cJSON_IsString(neg) ? neg->valuestring : "";
+    run->negative_prompt = cJSON_IsString(neg) ? neg->valuestring : NULL; /* null: none given */
+    const cJSON *orig = cJSON_GetObjectItemCaseSensitive(spec, "original_size");
+    const cJSON *crop = cJSON_GetObjectItemCaseSensitive(spec, "crops_coords_top_left");
+    const cJSON *target = cJSON_GetObjectItemCaseSensitive(spec, "target_size");
+#define PAIR(j, a, b)                                                                            \
+    if (cJSON_GetArraySize(j) == 2) {                                                            \
+        a = cJSON_GetArrayItem(j, 0)->valueint;                                                  \
+        b = cJSON_GetArrayItem(j, 1)->valueint;                                                  \
+    }
+    PAIR(orig, run->size_cond.original_height, run->size_cond.original_width)
+    PAIR(crop, run->size_cond.crop_top, run->size_cond.crop_left)
+    PAIR(target, run->size_cond.target_height, run->size_cond.target_width)
+#undef PAIR
     run->steps = steps->valueint;
     run->guidance = (float)g->valuedouble;
     run->sampler = (diffuse_sampler)sampler;
@@ -450,10 +535,16 @@ static void check_run(refcheck *r, const char *name, const cJSON *spec)
     const size_t npix = (size_t)3 * run.width * run.height;
     pixels = malloc(sizeof(float) * npix);
     step_ctx forced = {.r = r, .run = name, .force = true};
+    char prefix[160]; /* the run's conditioning, where recorded: <run>.context, ... */
+    snprintf(prefix, sizeof prefix, "%s.", name);
+    trace_ctx tc = {r, prefix};
+    diffuse_trace trace = {trace_compare, &tc};
+    run.trace = &trace;
     if (replay_run(r, name, spec, &run, &forced, pixels, err)) {
         report_error(r, case_name, err);
         goto done;
     }
+    run.trace = NULL;
     report_case(r, case_name, forced.worst_abs, forced.worst_rel, step_tolerance(run.guidance));
     snprintf(case_name, sizeof case_name, "%s.image", name);
     compare(r, case_name, key, pixels, npix, TOL_PIPELINE);
@@ -476,6 +567,8 @@ static size_t arena_size(refcheck *r)
     const diffuse_st_tensor *s = diffuse_st_find(r->golden, "unet.sample");
     const diffuse_st_tensor *img = diffuse_st_find(r->golden, "vae.image");
     size_t u = 0, v = 0, c = diffuse_clip_workspace(r->model->clip, 4);
+    if (r->model->clip2 && diffuse_clip_workspace(r->model->clip2, 4) > c)
+        c = diffuse_clip_workspace(r->model->clip2, 4);
     if (s && s->ndim == 4)
         u = diffuse_unet_workspace(r->model->unet, (int)s->shape[0], (int)s->shape[2],
                                    (int)s->shape[3], DIFFUSE_MAX_TOKENS);
@@ -500,7 +593,9 @@ static void check_layout(refcheck *r, const char *path, const char *layout)
     }
     diffuse_arena a;
     if (diffuse_arena_init(&a, arena_size(r), err) == 0) {
-        check_tokens(r);
+        check_tokens(r, "tokens", "tokenizer", r->model->clip_cfg.pad_id);
+        if (r->model->clip2)
+            check_tokens(r, "tokens_2", "tokenizer_2", r->model->clip2_cfg.pad_id);
         check_text(r, &a);
         check_unet(r, &a);
         check_vae(r, &a);

@@ -844,21 +844,26 @@ static int tok_encode_segment(const diffuse_tokenizer *tok, const char *text, si
     return rc;
 }
 
-/* The first "<|startoftext|>" or "<|endoftext|>" written in s, matched as
- * transformers matches added tokens: on the raw text, case-sensitively.
- * Returns its start (the terminating NUL when none) and its id and length. */
-static const char *tok_next_special(const diffuse_tokenizer *tok, const char *s, int32_t *id,
+/* The first "<|startoftext|>" or "<|endoftext|>" written in s, or the pad
+ * token's text when it is a special token of its own (pad_text, "!" in the
+ * OpenCLIP tokenizers of SD 2.x and SDXL, else NULL), matched as transformers
+ * matches added tokens: on the raw text, case-sensitively. Returns its start
+ * (the terminating NUL when none) and its id and length. */
+static const char *tok_next_special(const diffuse_tokenizer *tok, const char *s,
+                                    const char *pad_text, int32_t pad_id, int32_t *id,
                                     size_t *len)
 {
-    const char *bos = strstr(s, TOK_BOS), *eos = strstr(s, TOK_EOS);
-    if (bos && (!eos || bos < eos)) {
-        *id = tok->bos;
-        *len = strlen(TOK_BOS);
-        return bos;
-    }
-    *id = tok->eos;
-    *len = eos ? strlen(TOK_EOS) : 0;
-    return eos ? eos : s + strlen(s);
+    const char *found[3] = {strstr(s, TOK_BOS), strstr(s, TOK_EOS),
+                            pad_text ? strstr(s, pad_text) : NULL};
+    const int32_t ids[3] = {tok->bos, tok->eos, pad_id};
+    const size_t lens[3] = {strlen(TOK_BOS), strlen(TOK_EOS), pad_text ? strlen(pad_text) : 0};
+    int best = -1;
+    for (int i = 0; i < 3; i++)
+        if (found[i] && (best < 0 || found[i] < found[best]))
+            best = i;
+    *id = best >= 0 ? ids[best] : tok->eos;
+    *len = best >= 0 ? lens[best] : 0;
+    return best >= 0 ? found[best] : s + strlen(s);
 }
 
 /* Byte offset of the first invalid UTF-8 sequence, or -1. */
@@ -889,9 +894,12 @@ int diffuse_tokenizer_encode(const diffuse_tokenizer *tok, const char *text, int
     int32_t content[TOK_CONTENT], special;
     int count = 0, rc = 0;
     tok_bpe w = {0};
+    /* a pad token other than <|endoftext|> is "!" (id 0): transformers treats
+     * it as an added token, so every "!" in the text becomes that id */
+    const char *pad_text = pad_id != tok->eos && pad_id == tok_vocab_get(tok, "!", 1) ? "!" : NULL;
     for (const char *s = text; rc == 0 && *s && count < TOK_CONTENT;) {
         size_t special_len;
-        const char *next = tok_next_special(tok, s, &special, &special_len);
+        const char *next = tok_next_special(tok, s, pad_text, pad_id, &special, &special_len);
         rc = tok_encode_segment(tok, s, (size_t)(next - s), &w, content, &count, err);
         if (rc == 0 && special_len && count < TOK_CONTENT)
             content[count++] = special;

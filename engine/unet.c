@@ -1,7 +1,9 @@
-/* unet.c: the denoising network of Stable Diffusion 1.x and 2.x, diffusers'
- * UNet2DConditionModel: sinusoidal timestep embedding, a down path of ResNet
- * blocks and cross-attention transformers, a mid block, and an up path that
- * consumes the down path's skip connections in reverse.
+/* unet.c: the denoising network of Stable Diffusion 1.x, 2.x and XL,
+ * diffusers' UNet2DConditionModel: sinusoidal timestep embedding (plus SDXL's
+ * added embedding of the pooled text and the size and crop ids), a down path
+ * of ResNet blocks and cross-attention transformers (as many blocks deep as
+ * the weights hold, per level), a mid block, and an up path that consumes the
+ * down path's skip connections in reverse.
  *
  * Weights are resolved once at load into the structs below (pointers into the
  * weight store). The forward pass allocates nothing: every buffer comes from
@@ -70,6 +72,8 @@ struct diffuse_unet {
     int temb_dim;                        /* 4 * channels[0] */
     diffuse_linear time_1;               /* time_embedding.linear_1 [temb, c0] */
     diffuse_linear time_2;               /* time_embedding.linear_2 [temb, temb] */
+    diffuse_linear add_1, add_2;         /* add_embedding.linear_{1,2} [temb, add_in], [temb,
+                                            temb]; w NULL without "text_time" */
     diffuse_conv2d conv_in;              /* [c0, in_channels, 3, 3] */
     unet_level down[DIFFUSE_MAX_LEVELS]; /* [levels] down_blocks */
     diffuse_resnet mid_res[2];           /* mid_block.resnets.{0,1} */
@@ -125,13 +129,16 @@ static int load_transformer(unet_transformer *t, diffuse_weights *w, const char 
     t->c = c;
     t->heads = heads;
     t->groups = cfg->groups;
-    t->depth = cfg->transformer_depth;
-    if (!(t->blocks = calloc((size_t)t->depth, sizeof *t->blocks)))
-        return diffuse_fail(err, "out of memory loading %s", name);
     if (diffuse_norm_load(&t->norm, w, SUB("norm"), c, err) ||
         diffuse_linear_load(&t->proj_in, w, SUB("proj_in"), c, c, true, err) ||
         diffuse_linear_load(&t->proj_out, w, SUB("proj_out"), c, c, true, err))
         return -1;
+    snprintf(n, sizeof n, "%s.transformer_blocks.", name);
+    t->depth = diffuse_weights_max_index(w, n); /* a gap is a missing weight below */
+    if (t->depth < 1 || t->depth > 64)
+        return diffuse_fail(err, "%s: %d transformer blocks (1 to 64 supported)", name, t->depth);
+    if (!(t->blocks = calloc((size_t)t->depth, sizeof *t->blocks)))
+        return diffuse_fail(err, "out of memory loading %s", name);
     for (int i = 0; i < t->depth; i++) {
         snprintf(n, sizeof n, "%s.transformer_blocks.%d", name, i);
         if (load_basic_block(&t->blocks[i], w, n, c, cfg->context_dim, err))
@@ -207,9 +214,12 @@ static int check_config(const diffuse_unet_config *cfg, char *err)
         return diffuse_fail(err, "UNet config: layers_per_block %d (1 to %d supported)",
                             cfg->layers_per_block, UNET_MAX_LAYERS - 1);
     if (cfg->in_channels < 1 || cfg->out_channels < 1 || cfg->context_dim < 1 ||
-        cfg->transformer_depth < 1 || cfg->transformer_depth > 64 || cfg->groups < 1 ||
-        !(cfg->eps > 0))
-        return diffuse_fail(err, "UNet config: invalid channels, context, depth, groups or eps");
+        cfg->groups < 1 || !(cfg->eps > 0))
+        return diffuse_fail(err, "UNet config: invalid channels, context, groups or eps");
+    if (cfg->add_in &&
+        (cfg->add_time_dim < 1 || cfg->add_in <= DIFFUSE_TIME_IDS * cfg->add_time_dim))
+        return diffuse_fail(err, "UNet config: added embedding of %d inputs cannot hold %d time "
+                            "ids of %d", cfg->add_in, DIFFUSE_TIME_IDS, cfg->add_time_dim);
     for (int l = 0; l < cfg->levels; l++) {
         int c = cfg->channels[l], h = cfg->heads[l];
         if (c < 1 || c > 1 << 16 || c % cfg->groups)
@@ -238,7 +248,12 @@ int diffuse_unet_load(const diffuse_unet_config *cfg, diffuse_weights *w, diffus
                                  err) ||
              diffuse_linear_load(&u->time_2, w, "unet.time_embedding.linear_2", temb, temb, true,
                                  err) ||
-             diffuse_conv2d_load(&u->conv_in, w, "unet.conv_in", cfg->in_channels, c0, 3, err);
+             diffuse_conv2d_load(&u->conv_in, w, "unet.conv_in", cfg->in_channels, c0, 3, err) ||
+             (cfg->add_in &&
+              (diffuse_linear_load(&u->add_1, w, "unet.add_embedding.linear_1", cfg->add_in, temb,
+                                   true, err) ||
+               diffuse_linear_load(&u->add_2, w, "unet.add_embedding.linear_2", temb, temb, true,
+                                   err)));
     for (int l = 0; !rc && l < L; l++)
         rc = load_down(u, l, w, temb, err);
     rc = rc ||
@@ -312,6 +327,19 @@ static size_t pingpong_floats(const diffuse_unet *u, int n, const int *hs, const
     return pp;
 }
 
+/* Arena the time embedding takes beyond its two held [n, temb] buffers: the
+ * sinusoid, and for "text_time" the added embedding's input and output. */
+static size_t time_workspace(const diffuse_unet *u, int n)
+{
+    const diffuse_unet_config *cfg = &u->cfg;
+    size_t ws = pad16((size_t)n * cfg->channels[0]);
+    if (cfg->add_in)
+        ws = max_sz(ws, pad16((size_t)n * cfg->add_in) +
+                            pad16((size_t)n * DIFFUSE_TIME_IDS * cfg->add_time_dim) +
+                            2 * pad16((size_t)n * u->temb_dim));
+    return ws;
+}
+
 /* im2col scratch of a 3x3 conv with cin inputs and an oh x ow output. */
 static size_t conv3_scratch(int cin, int oh, int ow) { return pad16((size_t)cin * 9 * oh * ow); }
 
@@ -348,7 +376,7 @@ size_t diffuse_unet_workspace(const diffuse_unet *u, int n, int h, int w, int to
     int hs[DIFFUSE_MAX_LEVELS], ws[DIFFUSE_MAX_LEVELS];
     level_sizes(h, w, L, hs, ws);
     size_t held = 2 * pad16((size_t)n * u->temb_dim) + 2 * pad16(pingpong_floats(u, n, hs, ws));
-    size_t work = max_sz(pad16((size_t)n * cfg->channels[0]), conv3_scratch(cfg->in_channels, h, w));
+    size_t work = max_sz(time_workspace(u, n), conv3_scratch(cfg->in_channels, h, w));
     held += pad16((size_t)n * cfg->channels[0] * h * w); /* conv_in */
     for (int l = 0; l < L; l++) {
         const unet_level *lv = &u->down[l];
@@ -496,6 +524,7 @@ typedef struct unet_run {
     const diffuse_unet *u;
     int n, tokens;                  /* batch, context tokens */
     const float *context;           /* [n, tokens, context_dim] */
+    const diffuse_unet_cond *cond;
     float *temb_act;                /* [n, temb] time embedding after SiLU */
     diffuse_arena *a;
     const diffuse_trace *trace;
@@ -521,14 +550,15 @@ static void push_skip(unet_run *r, float *x, int c, int h, int w)
 
 /* emb [n, dim] = [cos | sin](t * exp(-ln(10000) i / (half - shift))) with
  * flip_sin_to_cos (else [sin | cos]); float32 throughout as diffusers'
- * get_timestep_embedding, a zero column when dim is odd. */
+ * get_timestep_embedding, a zero column when dim is odd. Rows are `stride`
+ * floats apart (dim for a plain [n, dim] table). */
 static void timestep_embedding(const diffuse_unet_config *cfg, float *emb, const float *timestep,
-                               int n, int dim)
+                               int n, int dim, int stride)
 {
     const int half = dim / 2;
     const float lnmax = (float)-log(10000.0);
     for (int b = 0; b < n; b++) {
-        float *e = emb + (size_t)b * dim;
+        float *e = emb + (size_t)b * stride;
         for (int i = 0; i < half; i++) {
             float freq = expf(lnmax * (float)i / (float)(half - cfg->freq_shift));
             float arg = timestep[b] * freq;
@@ -540,8 +570,43 @@ static void timestep_embedding(const diffuse_unet_config *cfg, float *emb, const
     }
 }
 
-/* temb_act [n, temb] = silu(linear_2(silu(linear_1(sinusoid(t))))); the
- * trace sees linear_2's output before the SiLU the resnets apply. */
+/* SDXL: temb [n, temb] += add_embedding([text_embeds | sinusoid(time_ids)]),
+ * add_embedding = linear_2(silu(linear_1(.))), each of the six ids embedded
+ * in add_time_dim values as the timestep is. */
+static int added_embedding(unet_run *r, float *temb)
+{
+    const diffuse_unet *u = r->u;
+    const diffuse_unet_config *cfg = &u->cfg;
+    const int n = r->n, td = u->temb_dim, tdim = cfg->add_time_dim;
+    const int pooled = cfg->add_in - DIFFUSE_TIME_IDS * tdim;
+    size_t mark = diffuse_arena_mark(r->a);
+    float *in = diffuse_arena_push(r->a, (size_t)n * cfg->add_in);                  /* [n, add_in] */
+    float *ids = diffuse_arena_push(r->a, (size_t)n * DIFFUSE_TIME_IDS * tdim);      /* [6n, tdim] */
+    float *mid = diffuse_arena_push(r->a, (size_t)n * td);                          /* [n, temb] */
+    float *aug = diffuse_arena_push(r->a, (size_t)n * td);                          /* [n, temb] */
+    if (!aug)
+        return -1;
+    timestep_embedding(cfg, ids, r->cond->time_ids, n * DIFFUSE_TIME_IDS, tdim, tdim);
+    emit(r, "add_time_proj", ids, (size_t)n * DIFFUSE_TIME_IDS * tdim);
+    for (int b = 0; b < n; b++) {
+        memcpy(in + (size_t)b * cfg->add_in, r->cond->text_embeds + (size_t)b * pooled,
+               sizeof(float) * pooled);
+        memcpy(in + (size_t)b * cfg->add_in + pooled, ids + (size_t)b * DIFFUSE_TIME_IDS * tdim,
+               sizeof(float) * DIFFUSE_TIME_IDS * tdim);
+    }
+    if (diffuse_linear_forward(&u->add_1, mid, in, n, r->a))
+        return -1;
+    diffuse_op_silu(mid, (size_t)n * td);
+    if (diffuse_linear_forward(&u->add_2, aug, mid, n, r->a))
+        return -1;
+    emit(r, "add_embedding", aug, (size_t)n * td);
+    diffuse_op_add(temb, aug, (size_t)n * td);
+    diffuse_arena_reset(r->a, mark);
+    return 0;
+}
+
+/* temb_act [n, temb] = silu(linear_2(silu(linear_1(sinusoid(t)))) [+ added]);
+ * the trace sees linear_2's output before the SiLU the resnets apply. */
 static int time_embedding(unet_run *r, const float *timestep)
 {
     const diffuse_unet *u = r->u;
@@ -552,13 +617,16 @@ static int time_embedding(unet_run *r, const float *timestep)
     float *sinus = diffuse_arena_push(r->a, (size_t)n * c0);  /* [n, c0] */
     if (!temb || !r->temb_act || !sinus)
         return -1;
-    timestep_embedding(&u->cfg, sinus, timestep, n, c0);
+    timestep_embedding(&u->cfg, sinus, timestep, n, c0, c0);
     if (diffuse_linear_forward(&u->time_1, r->temb_act, sinus, n, r->a))
         return -1;
     diffuse_op_silu(r->temb_act, (size_t)n * td);
     if (diffuse_linear_forward(&u->time_2, temb, r->temb_act, n, r->a))
         return -1;
     emit(r, "time_embedding", temb, (size_t)n * td);
+    diffuse_arena_reset(r->a, mark);
+    if (u->cfg.add_in && added_embedding(r, temb))
+        return -1;
     memcpy(r->temb_act, temb, sizeof(float) * n * td);
     diffuse_op_silu(r->temb_act, (size_t)n * td);
     diffuse_arena_reset(r->a, mark);
@@ -733,17 +801,22 @@ static int run_all(unet_run *r, float *out, const float *x, const float *timeste
 }
 
 int diffuse_unet_forward(const diffuse_unet *u, float *out, const float *x, const float *timestep,
-                         const float *context, int n, int h, int w, int tokens, diffuse_arena *a,
+                         const diffuse_unet_cond *cond, int n, int h, int w, diffuse_arena *a,
                          const diffuse_trace *trace, char *err)
 {
+    const int tokens = cond->tokens;
     if (n < 1 || h < 1 || w < 1 || tokens < 1 || h > 1 << 14 || w > 1 << 14)
         return diffuse_fail(err, "UNet: invalid input size n=%d %dx%d, %d context tokens", n, h,
                             w, tokens);
+    if (u->cfg.add_in && (!cond->text_embeds || !cond->time_ids))
+        return diffuse_fail(err, "UNet: this model is conditioned on a pooled text embedding "
+                            "and size ids (SDXL), and none were given");
     for (int i = 0; i < n; i++)
         if (!isfinite(timestep[i]))
             return diffuse_fail(err, "UNet: timestep %d is not finite", i);
     const size_t mark = diffuse_arena_mark(a);
-    unet_run r = {.u = u, .n = n, .tokens = tokens, .context = context, .a = a, .trace = trace};
+    unet_run r = {.u = u, .n = n, .tokens = tokens, .context = cond->context, .cond = cond,
+                  .a = a, .trace = trace};
     int rc = run_all(&r, out, x, timestep, h, w);
     diffuse_arena_reset(a, mark);
     if (rc)

@@ -26,6 +26,8 @@ typedef struct weight_entry {
     int ndim;
     int64_t shape[DIFFUSE_MAX_DIMS];
     int64_t numel;
+    bool transposed;              /* a 2-D tensor stored as [in, out]: shape gives
+                                     [out, in], converted (transposed) on first use */
     float *converted;             /* owned float32 copy, or NULL */
 } weight_entry;
 
@@ -34,14 +36,16 @@ typedef struct weight_entry {
  * memory is small, and widening them at every pass costs more than it saves. */
 #define KEEP_WIDENED_BYTES ((size_t)64 << 20)
 
-/* Components with their own phase: widening maxima and page release. */
-static const char *const COMPONENTS[3] = {"text.", "unet.", "vae."};
+/* Components with their own phase: widening maxima and page release. "text2."
+ * is SDXL's second text encoder (OpenCLIP ViT-bigG with its projection). */
+#define NCOMPONENTS 4
+static const char *const COMPONENTS[NCOMPONENTS] = {"text.", "text2.", "unet.", "vae."};
 
 struct diffuse_weights {
     diffuse_st_file *files[4];
     int nfiles;
-    size_t widen_max[3];          /* per COMPONENTS entry, floats */
-    bool keep_widened[3];         /* the component is small: widen its matrices once */
+    size_t widen_max[NCOMPONENTS]; /* per COMPONENTS entry, floats */
+    bool keep_widened[NCOMPONENTS]; /* the component is small: widen its matrices once */
     weight_entry *entries;        /* sorted by name */
     int count, cap;
     const char *layout;
@@ -144,6 +148,10 @@ static bool map_ldm_unet(const char *k, int per, char *out, size_t size)
         snprintf(out, size, "unet.time_embedding.linear_1.%s", k + 13);
     else if (starts(k, "time_embed.2."))
         snprintf(out, size, "unet.time_embedding.linear_2.%s", k + 13);
+    else if (starts(k, "label_emb.0.0.")) /* SDXL's added "text_time" embedding */
+        snprintf(out, size, "unet.add_embedding.linear_1.%s", k + 14);
+    else if (starts(k, "label_emb.0.2."))
+        snprintf(out, size, "unet.add_embedding.linear_2.%s", k + 14);
     else if (starts(k, "input_blocks.0.0."))
         snprintf(out, size, "unet.conv_in.%s", k + 17);
     else if (starts(k, "out.0."))
@@ -207,18 +215,25 @@ static bool map_ldm_vae(const char *k, int levels, char *out, size_t size)
     return true;
 }
 
-/* cond_stage_model.model.* (OpenCLIP, SD 2.x) -> text.text_model.*. Sets *split
- * for the fused in_proj tensors that become q/k/v. */
-static bool map_openclip(const char *k, char *out, size_t size, bool *split)
+/* An OpenCLIP text encoder (cond_stage_model.model.* of SD 2.x, under "text.";
+ * conditioner.embedders.1.model.* of SDXL, under "text2.") -> <comp>text_model.*.
+ * Sets *split for the fused in_proj tensors that become q/k/v, *transposed for
+ * text_projection, which OpenCLIP stores as [width, projection]. */
+static bool map_openclip(const char *k, const char *comp, char *out, size_t size, bool *split,
+                         bool *transposed)
 {
     int i, len = 0;
-    *split = false;
+    *split = *transposed = false;
     if (strcmp(k, "token_embedding.weight") == 0)
-        snprintf(out, size, "text.text_model.embeddings.token_embedding.weight");
+        snprintf(out, size, "%stext_model.embeddings.token_embedding.weight", comp);
     else if (strcmp(k, "positional_embedding") == 0)
-        snprintf(out, size, "text.text_model.embeddings.position_embedding.weight");
+        snprintf(out, size, "%stext_model.embeddings.position_embedding.weight", comp);
     else if (starts(k, "ln_final."))
-        snprintf(out, size, "text.text_model.final_layer_norm.%s", k + 9);
+        snprintf(out, size, "%stext_model.final_layer_norm.%s", comp, k + 9);
+    else if (strcmp(k, "text_projection") == 0 && strcmp(comp, "text2.") == 0) {
+        snprintf(out, size, "%stext_projection.weight", comp);
+        *transposed = true;
+    }
     else if (sscanf(k, "transformer.resblocks.%d.%n", &i, &len) == 1 && len) {
         const char *r = k + len;
         char rest[256];
@@ -233,7 +248,7 @@ static bool map_openclip(const char *k, char *out, size_t size, bool *split)
                      replace(rest, sizeof rest, "mlp.c_proj.", "mlp.fc2."))) {
             return false;
         }
-        snprintf(out, size, "text.text_model.encoder.layers.%d.%s", i, rest);
+        snprintf(out, size, "%stext_model.encoder.layers.%d.%s", comp, i, rest);
     } else {
         return false;
     }
@@ -287,7 +302,8 @@ static int load_ldm(diffuse_weights *w, const diffuse_st_file *f, char *err)
         const diffuse_st_tensor *t = &f->tensors[i];
         const char *k = t->name;
         char name[512];
-        bool ok = false, split = false;
+        bool ok = false, split = false, transposed = false;
+        int e = -1, len = 0;
         if (starts(k, "model.diffusion_model."))
             ok = map_ldm_unet(k + 22, per, name, sizeof name);
         else if (starts(k, "first_stage_model."))
@@ -296,14 +312,31 @@ static int load_ldm(diffuse_weights *w, const diffuse_st_file *f, char *err)
             k += 29;
             snprintf(name, sizeof name, "text.%s%s", starts(k, "text_model.") ? "" : "text_model.", k);
             ok = true;
-        } else if (starts(k, "cond_stage_model.model."))
-            ok = map_openclip(k + 23, name, sizeof name, &split);
+        } else if (starts(k, "cond_stage_model.model.")) {
+            ok = map_openclip(k + 23, "text.", name, sizeof name, &split, &transposed);
+            w->openclip = w->openclip || ok;
+        } else if (sscanf(k, "conditioner.embedders.%d.%n", &e, &len) == 1 && len) {
+            /* SDXL: a transformers CLIP (ViT-L) and an OpenCLIP (ViT-bigG) */
+            if (starts(k + len, "transformer.")) {
+                k += len + 12;
+                snprintf(name, sizeof name, "text.%s%s", starts(k, "text_model.") ? "" : "text_model.", k);
+                ok = true;
+            } else if (starts(k + len, "model.")) {
+                ok = map_openclip(k + len + 6, "text2.", name, sizeof name, &split, &transposed);
+            }
+        }
         if (!ok || t->dtype == DIFFUSE_DTYPE_OTHER)
-            continue; /* EMA copies, schedule buffers, position_ids... */
-        if (starts(t->name, "cond_stage_model.model."))
-            w->openclip = true;
+            continue; /* EMA copies, schedule buffers, position_ids, logit_scale... */
+        if (transposed && t->ndim != 2)
+            return diffuse_fail(err, "tensor '%s' is not a matrix", t->name);
         if (split ? add_split(w, name, t, err) : add_entry(w, name, t, 0, -1, err))
             return -1;
+        if (transposed) {
+            weight_entry *te = &w->entries[w->count - 1];
+            te->transposed = true;
+            te->shape[0] = t->shape[1];
+            te->shape[1] = t->shape[0];
+        }
     }
     w->layout = "ldm";
     return 0;
@@ -343,14 +376,20 @@ static bool find_part_file(const char *dir, const char *sub, char *path, size_t 
 
 static int load_diffusers(diffuse_weights *w, const char *dir, char *err)
 {
-    static const char *subs[3] = {"unet", "vae", "text_encoder"};
-    static const char *prefixes[3] = {"unet.", "vae.", "text."};
-    for (int p = 0; p < 3; p++) {
-        char path[4096];
-        if (!find_part_file(dir, subs[p], path, sizeof path))
+    /* text_encoder_2 is SDXL's; an SDXL refiner has it alone (refused with a
+     * clear message by the model loader, which sees what the folder holds) */
+    static const char *subs[4] = {"unet", "vae", "text_encoder", "text_encoder_2"};
+    static const char *prefixes[4] = {"unet.", "vae.", "text.", "text2."};
+    char path[4096];
+    const bool has_text2 = find_part_file(dir, subs[3], path, sizeof path);
+    for (int p = 0; p < 4; p++) {
+        if (!find_part_file(dir, subs[p], path, sizeof path)) {
+            if (p == 3 || (p == 2 && has_text2))
+                continue;
             return diffuse_fail(err, "%s: no %s/diffusion_pytorch_model.safetensors or "
                                 "%s/model.safetensors: not a diffusers model folder",
                                 dir, subs[p], subs[p]);
+        }
         if (diffuse_st_open(path, &w->files[w->nfiles], err))
             return -1;
         if (load_diffusers_part(w, w->files[w->nfiles++], prefixes[p], err))
@@ -381,7 +420,7 @@ int diffuse_weights_open(const char *path, diffuse_weights **out, char *err)
     }
     if (rc == 0)
         rc = finish_table(w, err);
-    for (int c = 0; rc == 0 && c < 3; c++) /* widening per use pays off for big models only */
+    for (int c = 0; rc == 0 && c < NCOMPONENTS; c++) /* widening per use pays off for big models only */
         w->keep_widened[c] = (size_t)diffuse_weights_count(w, COMPONENTS[c]) * sizeof(float) <=
                              KEEP_WIDENED_BYTES;
     if (rc == 0 && w->count == 0)
@@ -448,6 +487,21 @@ static bool shape_matches(const weight_entry *e, int ndim, const int64_t *shape)
 static weight_entry *checked_entry(diffuse_weights *w, const char *name, int ndim,
                                    const int64_t *shape, char *err);
 
+/* m[rows, cols] -> m[cols, rows]; false when out of memory. */
+static bool transpose_in_place(float *m, int64_t rows, int64_t cols)
+{
+    const size_t n = (size_t)(rows * cols);
+    float *t = malloc(sizeof(float) * (n ? n : 1));
+    if (!t)
+        return false;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++)
+            t[c * rows + r] = m[r * cols + c];
+    memcpy(m, t, sizeof(float) * n);
+    free(t);
+    return true;
+}
+
 const float *diffuse_weights_get(diffuse_weights *w, const char *name, int ndim,
                                  const int64_t *shape, char *err)
 {
@@ -456,7 +510,7 @@ const float *diffuse_weights_get(diffuse_weights *w, const char *name, int ndim,
         return NULL;
     const size_t row = e->ndim ? (size_t)(e->numel / e->shape[0]) : 0;
     const uint8_t *data = e->t->data;
-    if (e->t->dtype == DIFFUSE_DTYPE_F32 && ((uintptr_t)data & 3) == 0)
+    if (e->t->dtype == DIFFUSE_DTYPE_F32 && ((uintptr_t)data & 3) == 0 && !e->transposed)
         return (const float *)data + e->row0 * row;
     if (e->converted)
         return e->converted;
@@ -470,6 +524,12 @@ const float *diffuse_weights_get(diffuse_weights *w, const char *name, int ndim,
     if (diffuse_st_to_f32(&view, e->converted, err)) {
         free(e->converted);
         e->converted = NULL;
+        return NULL;
+    }
+    if (e->transposed && !transpose_in_place(e->converted, e->shape[1], e->shape[0])) {
+        free(e->converted);
+        e->converted = NULL;
+        diffuse_fail(err, "out of memory converting '%s'", name);
         return NULL;
     }
     return e->converted;
@@ -510,7 +570,15 @@ static int mat_view(diffuse_weights *w, const char *name, int ndim, const int64_
     if (out->dtype != DIFFUSE_DTYPE_F32 && out->dtype != DIFFUSE_DTYPE_F16 &&
         out->dtype != DIFFUSE_DTYPE_BF16)
         return diffuse_fail(err, "weight '%s' is %s, not a float type", name, e->t->dtype_name);
-    for (int c = 0; widened_whole && !out->in_place && c < 3; c++) {
+    if (e->transposed) { /* a small projection: converted and transposed once */
+        const float *f = diffuse_weights_get(w, name, ndim, shape, err);
+        if (!f)
+            return -1;
+        *out = (diffuse_wmat){.data = f, .dtype = DIFFUSE_DTYPE_F32, .in_place = true,
+                              .numel = out->numel};
+        return 0;
+    }
+    for (int c = 0; widened_whole && !out->in_place && c < NCOMPONENTS; c++) {
         if (!starts(name, COMPONENTS[c]))
             continue;
         if (w->keep_widened[c]) { /* converted once, owned by w, used in place from then on */
@@ -561,7 +629,7 @@ int diffuse_weights_matf(diffuse_weights *w, diffuse_wmat *out, char *err, const
 
 size_t diffuse_weights_widen_max(const diffuse_weights *w, const char *prefix)
 {
-    for (int c = 0; c < 3; c++)
+    for (int c = 0; c < NCOMPONENTS; c++)
         if (strcmp(prefix, COMPONENTS[c]) == 0)
             return w->widen_max[c];
     return 0;
@@ -624,6 +692,19 @@ int64_t diffuse_weights_count(const diffuse_weights *w, const char *prefix)
     for (int i = 0; i < w->count; i++)
         if (starts(w->entries[i].name, prefix))
             n += w->entries[i].numel;
+    return n;
+}
+
+int diffuse_weights_max_index(const diffuse_weights *w, const char *prefix)
+{
+    int n = 0;
+    const size_t len = strlen(prefix);
+    for (int i = 0; i < w->count; i++) {
+        int k;
+        if (starts(w->entries[i].name, prefix) &&
+            sscanf(w->entries[i].name + len, "%d.", &k) == 1 && k >= 0 && k + 1 > n)
+            n = k + 1;
+    }
     return n;
 }
 

@@ -27,9 +27,10 @@ static void check_layout(const char *path, diffuse_st_file *g)
     char err[DIFFUSE_ERROR_SIZE];
     diffuse_weights *w = NULL;
     diffuse_clip *c = NULL;
-    diffuse_clip_config cfg = {.vocab_size = 49408, .width = 32, .layers = 3, .heads = 4,
-                               .intermediate = 128, .max_positions = 77, .gelu = false,
-                               .eps = 1e-5f, .pad_id = 49407};
+    diffuse_clip_config cfg = {.prefix = "text.", .vocab_size = 49408, .width = 32, .layers = 3,
+                               .heads = 4, .intermediate = 128, .max_positions = 77,
+                               .gelu = false, .eps = 1e-5f, .pad_id = 49407, .eos_id = 49407,
+                               .hidden_layer = 3, .hidden_norm = true};
     CHECK(diffuse_weights_open(path, &w, err) == 0, "%s: %s", path, err);
     if (!w)
         return;

@@ -23,7 +23,7 @@ static diffuse_unet_config tiny_config(void)
         .cross_attn = {true, true, true, false}, /* CrossAttnDownBlock2D x3, DownBlock2D */
         .layers_per_block = 2,
         .heads = {8, 8, 8, 8},                   /* attention_head_dim 8 (legacy: heads) */
-        .transformer_depth = 1, .context_dim = 32,
+        .depth = {1, 1, 1, 0}, .mid_depth = 1, .context_dim = 32,
         .linear_proj = false, .upcast_attention = false,
         .groups = 32, .eps = 1e-5f, .flip_sin_to_cos = true, .freq_shift = 0,
     };
@@ -107,7 +107,8 @@ static void check_layout(const char *path, const diffuse_st_file *gold)
                 tc.err[k] = -1;
             diffuse_trace tr = {on_trace, &tc};
             float tt[2] = {(float)ts[i], (float)ts[i]};
-            int rc = diffuse_unet_forward(u, out, x, tt, ctx, 2, 8, 8, 77, &a, &tr, err);
+            const diffuse_unet_cond cond = {.context = ctx, .tokens = 77};
+            int rc = diffuse_unet_forward(u, out, x, tt, &cond, 2, 8, 8, &a, &tr, err);
             CHECK(rc == 0, "%s forward t=%d: %s", layout, ts[i], err);
             char key[64];
             snprintf(key, sizeof key, "unet.t%d.out", ts[i]);
@@ -177,7 +178,8 @@ static int run_random(const diffuse_unet *u, diffuse_arena *a, float *out, int n
     float *ctx = malloc(sizeof(float) * n * tokens * 32);
     fill(x, (size_t)n * 4 * h * w, &rx);
     fill(ctx, (size_t)n * tokens * 32, &rc_);
-    int rc = diffuse_unet_forward(u, out, x, t, ctx, n, h, w, tokens, a, NULL, err);
+    const diffuse_unet_cond cond = {.context = ctx, .tokens = tokens};
+    int rc = diffuse_unet_forward(u, out, x, t, &cond, n, h, w, a, NULL, err);
     free(x);
     free(ctx);
     return rc;

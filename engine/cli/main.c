@@ -27,6 +27,7 @@ static int usage(void)
             "                        [--karras] [--spacing leading|linspace|trailing] [--width W] [--height H]\n"
             "                        [--count N] [--init IMAGE.png --strength F] [--mask MASK.png]\n"
             "                        [--threads N] [--vocab PATH] [--prediction epsilon|v] [--verbose]\n"
+            "                        [--original-size WxH] [--crop-offset X,Y] [--target-size WxH]\n"
             "                        --output OUT.png\n"
             "       diffuse refcheck REFERENCE_DIR\n"
             "       diffuse tokenize [--vocab PATH] TEXT\n"
@@ -48,6 +49,22 @@ static bool parse_int(const char *s, long lo, long hi, long *out)
     if (errno || end == s || *end || v < lo || v > hi)
         return false;
     *out = v;
+    return true;
+}
+
+/* "AxB" (sep 'x') or "A,B" (sep ','), both in lo..hi. */
+static bool parse_pair(const char *s, char sep, long lo, long hi, int *a, int *b)
+{
+    char first[32];
+    const char *mid = strchr(s, sep);
+    long x, y;
+    if (!mid || (size_t)(mid - s) >= sizeof first)
+        return false;
+    snprintf(first, sizeof first, "%.*s", (int)(mid - s), s);
+    if (!parse_int(first, lo, hi, &x) || !parse_int(mid + 1, lo, hi, &y))
+        return false;
+    *a = (int)x;
+    *b = (int)y;
     return true;
 }
 
@@ -144,7 +161,10 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
         {"width", 1, 0, 'W'},   {"height", 1, 0, 'H'},   {"count", 1, 0, 'C'},
         {"init", 1, 0, 'i'},    {"strength", 1, 0, 't'}, {"mask", 1, 0, 'M'},
         {"threads", 1, 0, 'T'}, {"output", 1, 0, 'o'},   {"vocab", 1, 0, 'v'},
-        {"prediction", 1, 0, 'r'}, {"verbose", 0, 0, 'V'}, {0, 0, 0, 0}};
+        {"prediction", 1, 0, 'r'}, {"verbose", 0, 0, 'V'},
+        {"original-size", 1, 0, 'O'}, {"crop-offset", 1, 0, 'X'}, {"target-size", 1, 0, 'G'},
+        {0, 0, 0, 0}};
+    diffuse_size_cond *sc = &o->req.size_cond;
     int c;
     long v;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -204,6 +224,18 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
             if (strcmp(optarg, "epsilon") && strcmp(optarg, "v"))
                 return bad_arg("--prediction", optarg, "expected epsilon or v");
             o->load.prediction = optarg[0] == 'v' ? DIFFUSE_PREDICTION_V : DIFFUSE_PREDICTION_EPSILON;
+            break;
+        case 'O':
+            if (!parse_pair(optarg, 'x', 1, 16384, &sc->original_width, &sc->original_height))
+                return bad_arg("--original-size", optarg, "expected WxH, each 1..16384");
+            break;
+        case 'X':
+            if (!parse_pair(optarg, ',', 0, 16384, &sc->crop_left, &sc->crop_top))
+                return bad_arg("--crop-offset", optarg, "expected X,Y, each 0..16384");
+            break;
+        case 'G':
+            if (!parse_pair(optarg, 'x', 1, 16384, &sc->target_width, &sc->target_height))
+                return bad_arg("--target-size", optarg, "expected WxH, each 1..16384");
             break;
         default: return usage();
         }
@@ -412,14 +444,17 @@ static int cmd_info(int argc, char **argv)
     }
     diffuse_model_info in;
     diffuse_model_get_info(m, &in);
-    printf("family: %s\nlayout: %s\ndtype: %s\nprediction: %s\n", in.family, in.layout, in.dtype,
-           in.prediction == DIFFUSE_PREDICTION_V ? "v_prediction" : "epsilon");
+    printf("family: %s\nname: %s\nlayout: %s\ndtype: %s\nprediction: %s\n", in.family,
+           in.family_name, in.layout, in.dtype, in.prediction == DIFFUSE_PREDICTION_V ? "v_prediction" : "epsilon");
     printf("native size: %dx%d\nlatent: %d channels, 1/%d scale\nunet channels:", in.native_size,
            in.native_size, in.latent_channels, in.vae_scale);
     for (int l = 0; l < in.unet_levels; l++)
         printf(" %d", in.unet_channels[l]);
     printf("\ncontext dim: %d\ntext encoder: width %d, %d layers, %d heads, vocabulary %d\n",
            in.context_dim, in.text_width, in.text_layers, in.text_heads, in.vocab_size);
+    if (in.text2_width)
+        printf("text encoder 2: width %d, %d layers, %d heads, pooled %d\n", in.text2_width,
+               in.text2_layers, in.text2_heads, in.pooled_dim);
     printf("parameters: unet %lld, vae %lld, text %lld, total %lld\n", (long long)in.params_unet,
            (long long)in.params_vae, (long long)in.params_text,
            (long long)(in.params_unet + in.params_vae + in.params_text));

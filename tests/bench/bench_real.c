@@ -76,16 +76,19 @@ static int bench_size(diffuse_model *m, int size, int reps, double peak)
 {
     char err[DIFFUSE_ERROR_SIZE];
     const int f = 1 << (m->vae_cfg.levels - 1), h = size / f, w = size / f;
-    const int lc = m->vae_cfg.latent_channels, ctx = m->clip_cfg.width;
+    const int lc = m->vae_cfg.latent_channels, ctx = diffuse_cond_context_dim(m);
+    const int pd = diffuse_cond_pooled_dim(m);
     diffuse_arena a = {0};
-    size_t need = diffuse_clip_workspace(m->clip, 1), nu = diffuse_unet_workspace(m->unet, 1, h, w,
-                                                                             DIFFUSE_MAX_TOKENS);
+    size_t need = diffuse_cond_workspace(m), nu = diffuse_unet_workspace(m->unet, 1, h, w,
+                                                                         DIFFUSE_MAX_TOKENS);
     const size_t nv = diffuse_vae_workspace(m->vae, size, size);
     need = need > nu ? need : nu;
     need = need > nv ? need : nv;
     float *latent = random_floats((size_t)lc * h * w, 3), *out = malloc(sizeof(float) * lc * h * w);
     float *image = malloc(sizeof(float) * 3 * size * size), *moments = malloc(sizeof(float) * 2 * lc * h * w);
     float *context = malloc(sizeof(float) * DIFFUSE_MAX_TOKENS * ctx);
+    float *pooled = malloc(sizeof(float) * (pd + 1)), time_ids[DIFFUSE_TIME_IDS];
+    diffuse_cond_time_ids(&(diffuse_size_cond){0}, size, size, time_ids);
     int rc = -1;
     if (diffuse_arena_init(&a, need, err)) {
         printf("  %dx%d: %s\n", size, size, err);
@@ -95,27 +98,27 @@ static int bench_size(diffuse_model *m, int size, int reps, double peak)
     double t[16];
     phase p;
     /* text encoder */
-    int32_t ids[DIFFUSE_MAX_TOKENS];
     diffuse_weights_release(m->weights, "");
     diffuse_rss_peak_reset();
     for (int r = 0; r < reps; r++) {
         double t0 = diffuse_now();
-        if (diffuse_tokenizer_encode(m->tokenizer, "a photograph of an astronaut riding a horse",
-                                     m->clip_cfg.pad_id, ids, err) ||
-            diffuse_clip_forward(m->clip, context, ids, 1, &a, err))
+        if (diffuse_cond_encode(m, "a photograph of an astronaut riding a horse", context,
+                                pd ? pooled : NULL, &a, err))
             goto fail;
         t[r] = diffuse_now() - t0;
     }
     p = (phase){median(t, reps), 0, diffuse_rss_peak()};
     print_phase("text encoder", &p, peak);
-    diffuse_weights_release(m->weights, "text.");
+    diffuse_cond_release(m);
     /* UNet: one batch-1 pass */
+    const diffuse_unet_cond cond = {.context = context, .tokens = DIFFUSE_MAX_TOKENS,
+                                    .text_embeds = pd ? pooled : NULL,
+                                    .time_ids = pd ? time_ids : NULL};
     diffuse_rss_peak_reset();
     float timestep = 500.0f;
     for (int r = 0; r < reps; r++) {
         double t0 = diffuse_now(), f0 = a.flops;
-        if (diffuse_unet_forward(m->unet, out, latent, &timestep, context, 1, h, w,
-                                 DIFFUSE_MAX_TOKENS, &a, NULL, err))
+        if (diffuse_unet_forward(m->unet, out, latent, &timestep, &cond, 1, h, w, &a, NULL, err))
             goto fail;
         t[r] = diffuse_now() - t0;
         p.gflop = (a.flops - f0) * 1e-9;
@@ -173,6 +176,7 @@ done:
     free(image);
     free(moments);
     free(context);
+    free(pooled);
     return rc;
 }
 

@@ -13,6 +13,7 @@ safetensors library writes files: u64 header length, JSON header padded to a
 multiple of 8, data contiguous in name order. Needs python3-numpy.
 """
 import json
+import os
 import struct
 import sys
 
@@ -149,8 +150,7 @@ def vae(t):
     conv("decoder.conv_out", 3, cin, 3)
 
 
-def clip(t):
-    p = "cond_stage_model.transformer.text_model."
+def clip(t, p="cond_stage_model.transformer.text_model."):
     t[p + "embeddings.token_embedding.weight"] = [49408, CTX]
     t[p + "embeddings.position_embedding.weight"] = [77, CTX]
     for i in range(12):
@@ -184,7 +184,7 @@ def values(name, shape, rng, dtype):
         return np.linspace(1e-4, 1.0, n, dtype=np.float32)
     leaf = name.rsplit(".", 1)[-1]
     is_norm = any(s in name for s in ("norm", "in_layers.0", "out_layers.0", "out.0.", "ln_"))
-    if len(shape) == 1:
+    if len(shape) <= 1:
         v = np.ones(n, np.float32) if (is_norm and leaf == "weight") else np.zeros(n, np.float32)
     else:
         fan_in = int(np.prod(shape[1:]))
@@ -195,20 +195,10 @@ def values(name, shape, rng, dtype):
     return v
 
 
-def main():
-    if len(sys.argv) < 2:
-        sys.exit(__doc__)
-    out = sys.argv[1]
-    dtype = sys.argv[3] if len(sys.argv) > 3 and sys.argv[2] == "--dtype" else "f16"
-    st_dtype, np_dtype = {"f16": ("F16", np.float16), "f32": ("F32", np.float32),
-                          "bf16": ("BF16", None)}[dtype]
-    shapes = {}
-    unet(shapes)
-    vae(shapes)
-    clip(shapes)
-    shapes["cond_stage_model.transformer.text_model.embeddings.position_ids"] = [1, 77]
-    for s in SCHEDULE:
-        shapes[s] = [1000]
+def write_checkpoint(out, shapes, dtype, what):
+    """Writes shapes {name: shape} with values() as a safetensors file, through
+    a temporary name; F32 schedule buffers, I64 position_ids, the rest dtype."""
+    st_dtype = {"f16": "F16", "f32": "F32", "bf16": "BF16"}[dtype]
 
     def kind(name):
         if name.endswith("position_ids"):
@@ -223,7 +213,7 @@ def main():
         nbytes = int(np.prod(shapes[name])) * size
         header[name] = {"dtype": dt, "shape": shapes[name], "data_offsets": [off, off + nbytes]}
         off += nbytes
-    header["__metadata__"] = {"format": "pt", "diffuse": "random SD 1.5 layout for benchmarks"}
+    header["__metadata__"] = {"format": "pt", "diffuse": what}
     hj = json.dumps(header, separators=(",", ":")).encode()
     hj += b" " * (-len(hj) % 8)
     rng = np.random.default_rng(1)
@@ -242,9 +232,23 @@ def main():
             if dt != "I64" and name not in SCHEDULE:
                 params += v.size
             f.write(v.tobytes())
-    import os
     os.replace(tmp, out)
     print("%s: %d tensors, %.3f B parameters, %s" % (out, len(shapes), params / 1e9, dtype))
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    out = sys.argv[1]
+    dtype = sys.argv[3] if len(sys.argv) > 3 and sys.argv[2] == "--dtype" else "f16"
+    shapes = {}
+    unet(shapes)
+    vae(shapes)
+    clip(shapes)
+    shapes["cond_stage_model.transformer.text_model.embeddings.position_ids"] = [1, 77]
+    for s in SCHEDULE:
+        shapes[s] = [1000]
+    write_checkpoint(out, shapes, dtype, "random SD 1.5 layout for benchmarks")
 
 
 if __name__ == "__main__":
