@@ -10,6 +10,7 @@
 
 #define MAX_SIDE 4096
 #define MAX_COUNT 100
+#define MAX_COND_SIZE 16384 /* SDXL size conditioning numbers */
 
 diffuse_request diffuse_request_default(void)
 {
@@ -62,6 +63,15 @@ static diffuse_status check_request(const diffuse_model *m, const diffuse_reques
     if (r->init_image && !(r->strength > 0 && r->strength <= 1))
         return diffuse_fail(err, "strength: %g is outside (0, 1]", r->strength),
                DIFFUSE_ERR_ARGUMENT;
+    const diffuse_size_cond *sc = &r->size_cond;
+    const int sizes[6] = {sc->original_width, sc->original_height, sc->crop_left, sc->crop_top,
+                          sc->target_width, sc->target_height};
+    static const char *const size_names[6] = {"original size", "original size", "crop offset",
+                                               "crop offset", "target size", "target size"};
+    for (int i = 0; i < 6; i++)
+        if (sizes[i] < 0 || sizes[i] > MAX_COND_SIZE)
+            return diffuse_fail(err, "%s: %d is outside 0..%d", size_names[i], sizes[i],
+                                MAX_COND_SIZE), DIFFUSE_ERR_ARGUMENT;
     if (r->mask && !r->init_image)
         return diffuse_fail(err, "mask: needs an init image"), DIFFUSE_ERR_ARGUMENT;
     size_t need = diffuse_request_memory(m, r), have = memory_available();

@@ -361,7 +361,12 @@ static int model_configure(diffuse_model *m, const char *cfgdir, const diffuse_l
                           "context of %d", m->path, m->clip_cfg.width, m->clip2_cfg.width,
                           m->unet_cfg.context_dim);
     if (rc == 0) { /* m->family is set only when infer_unet succeeded */
-        m->native_size = json_int_at(vcfg, "sample_size", 0, 0);
+        /* what diffusers' pipelines default to: the UNet's sample_size in
+         * pixels (SDXL-Turbo's 64 -> 512, where its VAE config says 1024) */
+        const int latent = json_int_at(ucfg, "sample_size", 0, 0);
+        m->native_size = latent > 0 && latent <= 1024 ? latent << (m->vae_cfg.levels - 1) : 0;
+        if (m->native_size <= 0)
+            m->native_size = json_int_at(vcfg, "sample_size", 0, 0);
         if (m->native_size <= 0)
             m->native_size = sdxl ? 1024 : strcmp(m->family, "sd2") == 0 ? 768 : 512;
     }

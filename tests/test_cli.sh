@@ -323,4 +323,79 @@ if shared_path "$MODEL"; then
         --prompt "$PROMPT" --steps 1 --width 64 --height 64 --seed 1 --output /nonexistent/dir/out.png
 fi
 
+# SDXL (sdxl-tiny): two text encoders, size conditioning, no negative prompt
+# (zeros) against an empty one (encoded), Turbo settings, a refiner refused
+XL=$SHARED/reference/sdxl-tiny/model-diffusers
+if [ -d "$XL" ]; then
+    expect_ok "info sdxl" "$BIN" info --model "$XL" && {
+        grep -q "^family: sdxl$" "$tmp/out" && grep -q "^name: SDXL$" "$tmp/out" &&
+            grep -q "native size: 128x128" "$tmp/out" && grep -q "text encoder 2: width 40" "$tmp/out"
+        check $? "info sdxl: $(cat "$tmp/out")"
+    }
+    xl() { # xl NAME OUT [generate args...]
+        n=$1 o=$2
+        shift 2
+        expect_ok "$n" "$BIN" generate --model "$XL" --prompt "$PROMPT" --steps 2 --cfg 5 --seed 4 \
+            --sampler euler --output "$tmp/$o" "$@"
+    }
+    xl "sdxl generate" xl.png --negative blurry && expect_png "sdxl generate" "$tmp/xl.png" 128 128
+    xl "sdxl generate again" xl2.png --negative blurry && {
+        cmp -s "$tmp/xl.png" "$tmp/xl2.png"
+        check $? "sdxl: same seed, different bytes"
+    }
+    xl "sdxl size conditioning" xl-size.png --negative blurry --original-size 160x96 \
+        --crop-offset 16,8 --target-size 144x112 && {
+        ! cmp -s "$tmp/xl.png" "$tmp/xl-size.png"
+        check $? "sdxl: --original-size/--crop-offset/--target-size changed nothing"
+    }
+    xl "sdxl default size ids given" xl-size0.png --negative blurry --original-size 128x128 \
+        --crop-offset 0,0 --target-size 128x128 && {
+        cmp -s "$tmp/xl.png" "$tmp/xl-size0.png"
+        check $? "sdxl: the default size ids given explicitly changed the image"
+    }
+    xl "sdxl no negative prompt" xl-negnone.png && xl "sdxl empty negative prompt" xl-negempty.png --negative "" && {
+        ! cmp -s "$tmp/xl-negnone.png" "$tmp/xl-negempty.png"
+        check $? "sdxl: no negative prompt (zeros) and --negative '' (encoded) gave the same image"
+    }
+    expect_error "--original-size malformed" "--original-size" "$BIN" generate --model "$XL" \
+        --prompt x --original-size 128 --output "$tmp/bad.png"
+    expect_error "--crop-offset negative" "--crop-offset" "$BIN" generate --model "$XL" \
+        --prompt x --crop-offset -1,2 --output "$tmp/bad.png"
+    expect_error "--target-size too big" "target size" "$BIN" generate --model "$XL" \
+        --prompt x --target-size 99999x128 --steps 1 --output "$tmp/bad.png"
+    # SDXL-Turbo: the folder's trailing-spacing Euler a scheduler says so
+    turbo=$tmp/sdxl-turbo
+    mkdir -p "$turbo/scheduler"
+    for part in unet vae text_encoder text_encoder_2 tokenizer tokenizer_2 model_index.json; do
+        ln -s "$(cd "$XL" && pwd)/$part" "$turbo/$part"
+    done
+    printf '{"_class_name": "EulerAncestralDiscreteScheduler", "timestep_spacing": "trailing", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "steps_offset": 1}\n' \
+        >"$turbo/scheduler/scheduler_config.json"
+    expect_ok "info sdxl-turbo" "$BIN" info --model "$turbo" && {
+        grep -q "^name: SDXL-Turbo$" "$tmp/out" && grep -q "suggested: euler_a, 1 steps, guidance 0" "$tmp/out"
+        check $? "info sdxl-turbo: $(cat "$tmp/out")"
+    }
+    expect_ok "generate sdxl-turbo" "$BIN" generate --model "$turbo" --prompt "$PROMPT" --seed 2 \
+        --output "$tmp/turbo.png" && {
+        grep -a -q "Steps: 1, Sampler: euler_a, CFG scale: 0," "$tmp/turbo.png"
+        check $? "sdxl-turbo did not run its own settings"
+    }
+    if command -v python3 >/dev/null 2>&1; then
+        python3 tests/fixtures/make_sdxl_refiner.py "$XL" "$tmp/refiner" &&
+            expect_error "sdxl refiner refused by name" "SDXL refiner" "$BIN" info --model "$tmp/refiner"
+    fi
+elif [ "${CI:-}" = true ]; then
+    fail "missing $XL (CI=true)"
+fi
+# SD 1.x has no "no negative prompt" of its own: none and "" are the same run
+if [ -d "$MODEL" ]; then
+    for neg in none empty; do
+        set -- --model "$MODEL" --prompt "$PROMPT" --steps 2 --seed 5 --width 64 --height 64 --output "$tmp/sd1-$neg.png"
+        [ "$neg" = empty ] && set -- "$@" --negative ""
+        expect_ok "sd1 negative $neg" "$BIN" generate "$@"
+    done
+    cmp -s "$tmp/sd1-none.png" "$tmp/sd1-empty.png"
+    check $? "sd1: no negative prompt and an empty one differ"
+fi
+
 finish

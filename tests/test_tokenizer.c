@@ -153,6 +153,28 @@ static void check_known(const diffuse_tokenizer *tok)
     check_encode(tok, "a <|ENDOFTEXT|>", upper, 9, EOT);
     static const int32_t empty[] = {49406, 49407};
     check_encode(tok, " \t\n ", empty, 2, EOT);
+    /* pad "!" (id 0, the OpenCLIP tokenizers of SD 2.x and SDXL): every "!" is
+     * that added token, split out before BPE (sdxl-tiny's tokens_2) */
+    static const int32_t bang_eot[] = {49406, 3306, 748, 1002, 256, 49407};
+    check_encode(tok, "hello!! world !", bang_eot, 6, EOT);
+    static const int32_t bang_0[] = {49406, 3306, 0, 0, 1002, 0, 49407};
+    check_encode(tok, "hello!! world !", bang_0, 7, 0);
+}
+
+/* The second tokenizer's ids, sdxl-tiny's "tokens_2": pad "!" = 0. */
+static void check_golden_pad0(const diffuse_tokenizer *tok, const cJSON *golden)
+{
+    const cJSON *item;
+    int count = 0;
+    cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(golden, "tokens_2")) {
+        char err[DIFFUSE_ERROR_SIZE] = "";
+        int32_t ids[DIFFUSE_MAX_TOKENS];
+        int rc = diffuse_tokenizer_encode(tok, item->string, 0, ids, err);
+        CHECK(rc == 0 && same_ids(ids, item, DIFFUSE_MAX_TOKENS, "tokens_2", item->string),
+              "pad 0: \"%.60s\" differs from transformers' tokenizer_2 (%s)", item->string, err);
+        count++;
+    }
+    CHECK(count >= 8, "sdxl-tiny golden.json has only %d tokens_2 prompts", count);
 }
 
 /* A 60,000-letter word: BPE stays fast and the truncation keeps <end>. */
@@ -405,7 +427,10 @@ static void check_text_errors(const diffuse_tokenizer *tok, const char *folder)
 
 int main(void)
 {
-    char buf1[4096], buf2[4096], buf3[4096];
+    char buf1[4096], buf2[4096], buf3[4096], buf4[4096];
+    const char *xl_path = test_shared("reference/sdxl-tiny/golden.json", buf4);
+    cJSON *xl = xl_path ? diffuse_json_load(xl_path, NULL) : NULL;
+    CHECK(!xl_path || xl, "cannot parse %s", xl_path);
     const char *golden_path = test_shared("reference/sd1-tiny/golden.json", buf1);
     const char *folder = test_shared("reference/sd1-tiny/model-diffusers/tokenizer", buf2);
     const char *gz = test_shared("clip/bpe_simple_vocab_16e6.txt.gz", buf3);
@@ -432,6 +457,10 @@ int main(void)
     }
     if (golden && any)
         check_threads(any, golden);
+    if (xl && hf)
+        check_golden_pad0(hf, xl);
+    if (xl && openai)
+        check_golden_pad0(openai, xl);
     if (folder)
         check_paths(folder, tmp);
     check_load_errors(tmp);
@@ -442,6 +471,7 @@ int main(void)
     diffuse_tokenizer_free(hf);
     diffuse_tokenizer_free(openai);
     cJSON_Delete(golden);
+    cJSON_Delete(xl);
     rmdir(tmp);
     TEST_END();
 }

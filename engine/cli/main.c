@@ -226,16 +226,17 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
             o->load.prediction = optarg[0] == 'v' ? DIFFUSE_PREDICTION_V : DIFFUSE_PREDICTION_EPSILON;
             break;
         case 'O':
-            if (!parse_pair(optarg, 'x', 1, 16384, &sc->original_width, &sc->original_height))
-                return bad_arg("--original-size", optarg, "expected WxH, each 1..16384");
+            /* ranges: the engine's check names them */
+            if (!parse_pair(optarg, 'x', 0, INT_MAX, &sc->original_width, &sc->original_height))
+                return bad_arg("--original-size", optarg, "expected WxH");
             break;
         case 'X':
-            if (!parse_pair(optarg, ',', 0, 16384, &sc->crop_left, &sc->crop_top))
-                return bad_arg("--crop-offset", optarg, "expected X,Y, each 0..16384");
+            if (!parse_pair(optarg, ',', 0, INT_MAX, &sc->crop_left, &sc->crop_top))
+                return bad_arg("--crop-offset", optarg, "expected X,Y (pixels, not negative)");
             break;
         case 'G':
-            if (!parse_pair(optarg, 'x', 1, 16384, &sc->target_width, &sc->target_height))
-                return bad_arg("--target-size", optarg, "expected WxH, each 1..16384");
+            if (!parse_pair(optarg, 'x', 0, INT_MAX, &sc->target_width, &sc->target_height))
+                return bad_arg("--target-size", optarg, "expected WxH");
             break;
         default: return usage();
         }
