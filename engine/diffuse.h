@@ -136,6 +136,7 @@ typedef int (*diffuse_progress_fn)(void *user, int image, int count, int step, i
 /* SDXL's size conditioning, diffusers' original_size, crops_coords_top_left and
  * target_size (A1111's names too); 0 = the image's own size, no crop. Other
  * families have no such input and ignore it. */
+#define DIFFUSE_MAX_SIZE_COND 16384 /* largest number each of them takes */
 typedef struct diffuse_size_cond {
     int original_width, original_height;
     int crop_left, crop_top;

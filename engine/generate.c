@@ -10,7 +10,6 @@
 
 #define MAX_SIDE 4096
 #define MAX_COUNT 100
-#define MAX_COND_SIZE 16384 /* SDXL size conditioning numbers */
 
 diffuse_request diffuse_request_default(void)
 {
@@ -69,9 +68,9 @@ static diffuse_status check_request(const diffuse_model *m, const diffuse_reques
     static const char *const size_names[6] = {"original size", "original size", "crop offset",
                                                "crop offset", "target size", "target size"};
     for (int i = 0; i < 6; i++)
-        if (sizes[i] < 0 || sizes[i] > MAX_COND_SIZE)
+        if (sizes[i] < 0 || sizes[i] > DIFFUSE_MAX_SIZE_COND)
             return diffuse_fail(err, "%s: %d is outside 0..%d", size_names[i], sizes[i],
-                                MAX_COND_SIZE), DIFFUSE_ERR_ARGUMENT;
+                                DIFFUSE_MAX_SIZE_COND), DIFFUSE_ERR_ARGUMENT;
     if (r->mask && !r->init_image)
         return diffuse_fail(err, "mask: needs an init image"), DIFFUSE_ERR_ARGUMENT;
     size_t need = diffuse_request_memory(m, r), have = memory_available();

@@ -130,11 +130,16 @@ int diffuse_weights_table(diffuse_weights *w, const char *name, int ndim, const 
                           diffuse_wmat *out, char *err);
 /* Floats of the largest matrix under prefix that diffuse_wmat_f32 widens. */
 size_t diffuse_weights_widen_max(const diffuse_weights *w, const char *prefix);
-/* Bytes of the file mapping the weights under prefix occupy, and dropping
- * those pages from this process once a phase is over (they stay in the page
- * cache; a later use faults them back in). */
+/* Bytes of the file mapping the weights under prefix keep resident through
+ * their phase (streamed matrices, widened and let go one at a time, count as
+ * the largest of them), and dropping those pages from this process once a
+ * phase is over (they stay in the page cache; a later use faults them back
+ * in). */
 size_t diffuse_weights_bytes(const diffuse_weights *w, const char *prefix);
 void diffuse_weights_release(const diffuse_weights *w, const char *prefix);
+/* Drops the whole pages inside [data, data + bytes) of a mapping from this
+ * process (madvise DONTNEED; the page cache keeps them). */
+void diffuse_map_release(const void *data, size_t bytes);
 
 /* printf-style name, shape given as a -1-terminated list: get(w, err, dims, fmt...) */
 const float *diffuse_weights_getf(diffuse_weights *w, char *err, const int64_t *dims,
@@ -263,7 +268,10 @@ static inline void diffuse_arena_reset(diffuse_arena *a, size_t mark) { a->used 
 /* ------------------------------------------------------------------ layers */
 
 /* float32 view of m: the mapping itself, or m widened into scratch pushed on
- * `a` (NULL when the arena is exhausted); the caller resets the arena after. */
+ * `a` (NULL when the arena is exhausted); the caller resets the arena after.
+ * A widened matrix's pages are let go as soon as it is read: a model's
+ * weights are never resident all at once, only the page cache holds them
+ * (an SDXL UNet is 5.1 GB in fp16), and the next pass faults them back in. */
 const float *diffuse_wmat_f32(const diffuse_wmat *m, diffuse_arena *a);
 /* Arena floats diffuse_wmat_f32 may push for a matrix of numel floats. */
 size_t diffuse_wmat_scratch(size_t numel);

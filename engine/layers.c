@@ -73,8 +73,10 @@ const float *diffuse_wmat_f32(const diffuse_wmat *m, diffuse_arena *a)
     if (m->in_place)
         return m->data;
     float *f = diffuse_arena_push(a, m->numel);
-    if (f)
+    if (f) {
         diffuse_op_widen(f, m->data, m->dtype, m->numel);
+        diffuse_map_release(m->data, m->numel * (m->dtype == DIFFUSE_DTYPE_F32 ? 4 : 2));
+    }
     return f;
 }
 

@@ -26,6 +26,8 @@ typedef struct weight_entry {
     int ndim;
     int64_t shape[DIFFUSE_MAX_DIMS];
     int64_t numel;
+    bool streamed;                /* a matrix widened at each use, its pages let go
+                                     right after (diffuse_wmat_f32) */
     bool transposed;              /* a 2-D tensor stored as [in, out]: shape gives
                                      [out, in], converted (transposed) on first use */
     float *converted;             /* owned float32 copy, or NULL */
@@ -587,8 +589,10 @@ static int mat_view(diffuse_weights *w, const char *name, int ndim, const int64_
                 return -1;
             *out = (diffuse_wmat){.data = f, .dtype = DIFFUSE_DTYPE_F32, .in_place = true,
                                   .numel = out->numel};
-        } else if (out->numel > w->widen_max[c]) {
-            w->widen_max[c] = out->numel;
+        } else {
+            e->streamed = true;
+            if (out->numel > w->widen_max[c])
+                w->widen_max[c] = out->numel;
         }
     }
     return 0;
@@ -637,25 +641,37 @@ size_t diffuse_weights_widen_max(const diffuse_weights *w, const char *prefix)
 
 size_t diffuse_weights_bytes(const diffuse_weights *w, const char *prefix)
 {
-    size_t n = 0;
-    for (int i = 0; i < w->count; i++)
-        if (starts(w->entries[i].name, prefix) && w->entries[i].row0 == 0)
-            n += w->entries[i].t->nbytes; /* a split tensor counts once */
-    return n;
+    size_t n = 0, streamed = 0;
+    for (int i = 0; i < w->count; i++) {
+        const weight_entry *e = &w->entries[i];
+        if (!starts(e->name, prefix))
+            continue;
+        /* a streamed matrix is mapped only while it is widened: the largest
+         * one counts; a split tensor counts once */
+        const size_t bytes = e->row0 == 0 && !e->streamed ? e->t->nbytes : 0;
+        const size_t once = e->streamed ? (size_t)e->numel * (e->t->nbytes / (size_t)e->t->numel) : 0;
+        n += bytes;
+        streamed = once > streamed ? once : streamed;
+    }
+    return n + streamed;
+}
+
+void diffuse_map_release(const void *data, size_t bytes)
+{
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    /* whole pages inside the range only: its neighbours may still be in use */
+    uintptr_t b = ((uintptr_t)data + page - 1) & ~(page - 1);
+    uintptr_t end = ((uintptr_t)data + bytes) & ~(page - 1);
+    if (end > b)
+        madvise((void *)b, end - b, MADV_DONTNEED);
 }
 
 void diffuse_weights_release(const diffuse_weights *w, const char *prefix)
 {
-    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
     for (int i = 0; i < w->count; i++) {
         const weight_entry *e = &w->entries[i];
-        if (!starts(e->name, prefix) || e->row0 != 0)
-            continue;
-        /* whole pages inside the tensor only: its neighbours may still be in use */
-        uintptr_t b = ((uintptr_t)e->t->data + page - 1) & ~(page - 1);
-        uintptr_t end = ((uintptr_t)e->t->data + e->t->nbytes) & ~(page - 1);
-        if (end > b)
-            madvise((void *)b, end - b, MADV_DONTNEED);
+        if (starts(e->name, prefix) && e->row0 == 0)
+            diffuse_map_release(e->t->data, e->t->nbytes);
     }
 }
 

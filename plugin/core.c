@@ -29,6 +29,25 @@ G_DEFINE_QUARK(diffuse - plugin - error - quark, core_error)
 
 /* ---------------------------------------------------------------- settings */
 
+const CoreArg core_size_cond_args[CORE_SIZE_COND_ARGS] = {
+    {"original-width", "Original width", "SDXL size conditioning: the width the picture should "
+     "look as if it was taken at (0 = the generated width)"},
+    {"original-height", "Original height", "SDXL size conditioning: the original height (0 = "
+     "the generated height)"},
+    {"crop-left", "Crop left", "SDXL crop conditioning: pixels cropped off the left (0 = a "
+     "centred, uncropped picture)"},
+    {"crop-top", "Crop top", "SDXL crop conditioning: pixels cropped off the top"},
+    {"target-width", "Target width", "SDXL size conditioning: the target width (0 = the "
+     "generated width)"},
+    {"target-height", "Target height", "SDXL size conditioning: the target height (0 = the "
+     "generated height)"},
+};
+
+const CoreArg core_empty_negative_arg = {
+    "empty-negative", "Encode an empty negative prompt",
+    "With an SDXL model, an empty negative prompt means none (a zero unconditional branch, as "
+    "diffusers does) unless this is set: then \"\" is encoded as a prompt"};
+
 void core_settings_default(CoreSettings *s)
 {
     memset(s, 0, sizeof *s);
@@ -79,6 +98,9 @@ gchar *core_settings_serialize(const CoreSettings *s)
     g_string_append_printf(out, "width=%d\nheight=%d\ncount=%d\n", s->width, s->height, s->count);
     put_double(out, "strength", s->strength);
     put_string(out, "model", s->model);
+    for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
+        g_string_append_printf(out, "%s=%d\n", core_size_cond_args[i].name, s->size_cond[i]);
+    g_string_append_printf(out, "%s=%d\n", core_empty_negative_arg.name, s->empty_negative ? 1 : 0);
     return g_string_free(out, FALSE);
 }
 
@@ -122,6 +144,11 @@ static void set_key(CoreSettings *s, const gchar *key, const gchar *value)
         s->guidance = g_ascii_strtod(value, NULL);
     else if (!strcmp(key, "strength"))
         s->strength = g_ascii_strtod(value, NULL);
+    else if (!strcmp(key, core_empty_negative_arg.name))
+        s->empty_negative = atoi(value) != 0;
+    for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
+        if (!strcmp(key, core_size_cond_args[i].name))
+            s->size_cond[i] = atoi(value);
 }
 
 void core_settings_deserialize(CoreSettings *s, const gchar *text)
@@ -169,6 +196,10 @@ gboolean core_settings_validate(const CoreSettings *s, CoreMode mode, GError **e
                              s->width, s->height, CORE_MAX_SIDE);
     if (mode == CORE_IMG2IMG && !(s->strength > 0 && s->strength <= 1))
         return CALLING_ERROR("strength: %g is outside (0, 1]", s->strength);
+    for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
+        if (s->size_cond[i] < 0 || s->size_cond[i] > CORE_MAX_COND)
+            return CALLING_ERROR("%s: %d is outside 0..%d", core_size_cond_args[i].name,
+                                 s->size_cond[i], CORE_MAX_COND);
     return TRUE;
 }
 
@@ -353,6 +384,17 @@ gchar *core_parameters_text(const CoreSettings *s, CoreMode mode, guint64 seed, 
     if (mode == CORE_IMG2IMG)
         g_string_append_printf(text, ", Denoising strength: %s",
                                g_ascii_formatd(strength, sizeof strength, "%g", s->strength));
+    /* SDXL's conditioning, only where it differs from the defaults */
+    if (s->size_cond[0] || s->size_cond[1])
+        g_string_append_printf(text, ", Original size: %dx%d",
+                               s->size_cond[0] ? s->size_cond[0] : width,
+                               s->size_cond[1] ? s->size_cond[1] : height);
+    if (s->size_cond[2] || s->size_cond[3])
+        g_string_append_printf(text, ", Crop offset: %d,%d", s->size_cond[2], s->size_cond[3]);
+    if (s->size_cond[4] || s->size_cond[5])
+        g_string_append_printf(text, ", Target size: %dx%d",
+                               s->size_cond[4] ? s->size_cond[4] : width,
+                               s->size_cond[5] ? s->size_cond[5] : height);
     g_free(model);
     return g_string_free(text, FALSE);
 }
@@ -459,7 +501,13 @@ static gboolean prepare(Job *job, GError **error)
 
     *r = diffuse_request_default();
     r->prompt = job->s.prompt;
-    r->negative_prompt = job->s.negative_prompt;
+    /* "" means none given unless the settings say it is a prompt (SDXL) */
+    r->negative_prompt = job->s.negative_prompt[0] || job->s.empty_negative ? job->s.negative_prompt
+                                                                             : NULL;
+    r->size_cond = (diffuse_size_cond){
+        .original_width = job->s.size_cond[0], .original_height = job->s.size_cond[1],
+        .crop_left = job->s.size_cond[2], .crop_top = job->s.size_cond[3],
+        .target_width = job->s.size_cond[4], .target_height = job->s.size_cond[5]};
     r->seed = (guint64)job->s.seed;
     r->steps = job->s.steps;
     r->guidance = job->s.guidance;

@@ -37,6 +37,22 @@ G_BEGIN_DECLS
 
 typedef enum { CORE_TXT2IMG, CORE_IMG2IMG } CoreMode;
 
+/* SDXL's size conditioning, in the order of the procedures' arguments (after
+ * model) and of CoreSettings.size_cond: diffusers' original_size, crop
+ * coordinates and target_size, 0 = the generated image's own size / no crop.
+ * Other families ignore them. The names are the PDB's and the remembered
+ * settings' keys. */
+#define CORE_SIZE_COND_ARGS 6
+#define CORE_MAX_COND DIFFUSE_MAX_SIZE_COND
+typedef struct {
+    const gchar *name, *label, *blurb;
+} CoreArg;
+extern const CoreArg core_size_cond_args[CORE_SIZE_COND_ARGS];
+/* The boolean argument after them: an empty negative prompt is encoded as a
+ * prompt ("") instead of meaning none, which SDXL models (diffusers'
+ * force_zeros_for_empty_prompt) answer with zeros. SD 1.x/2.x: the same. */
+extern const CoreArg core_empty_negative_arg;
+
 /* What a run needs to know. Fixed-size strings keep the struct flat for the
  * dialog; core_settings_serialize() is what gets remembered between runs. */
 typedef struct {
@@ -51,6 +67,8 @@ typedef struct {
     gint32 count;               /* images (layers) per run */
     gdouble strength;           /* img2img: how much of the schedule to run, (0, 1] */
     gchar model[CORE_PATH_MAX]; /* a .safetensors file or a diffusers folder; "" = default */
+    gint32 size_cond[CORE_SIZE_COND_ARGS]; /* SDXL: see core_size_cond_args */
+    gboolean empty_negative;    /* "" is a negative prompt, not none: core_empty_negative_arg */
 } CoreSettings;
 
 /* Error codes in CORE_ERROR; front ends map them to PDB statuses. */

@@ -7,6 +7,11 @@
  *       seed, steps, guidance, sampler, width, height, count, model)
  *   plug-in-diffuse-img2img (run-mode, image, drawable, prompt, negative-prompt,
  *       seed, steps, guidance, sampler, strength, count, model)
+ *   plug-in-diffuse-txt2img-ext, plug-in-diffuse-img2img-ext: the same, then
+ *       original-width, original-height, crop-left, crop-top, target-width,
+ *       target-height (SDXL size conditioning) and empty-negative (core.h);
+ *       GIMP 2.10 calls take every argument, so the additions are procedures
+ *       of their own and the first two keep their signature.
  * Errors come back as the status plus a second return value holding the
  * message, GIMP 2.10's convention, so that Script-Fu and the error console
  * show it. */
@@ -20,6 +25,8 @@
 
 #define PROC_TXT2IMG "plug-in-diffuse-txt2img"
 #define PROC_IMG2IMG "plug-in-diffuse-img2img"
+#define EXT "-ext" /* the extended forms: PROC_TXT2IMG EXT, PROC_IMG2IMG EXT */
+#define N_EXT (CORE_SIZE_COND_ARGS + 1)
 #define PLUG_IN_BINARY "diffuse"
 #define PLUG_IN_ROLE "gimp-diffuse"
 #define MENU_PATH "<Image>/Filters/Diffuse"
@@ -57,13 +64,32 @@ const GimpPlugInInfo PLUG_IN_INFO = {NULL, NULL, query, run};
             "default model)"                                                                       \
     }
 
-/* One procedure, in the Diffuse menu; the two differ only in what is passed. */
+/* One procedure in the Diffuse menu, the two differing only in what is
+ * passed, and its extended form (no menu entry): the arguments, then the
+ * seven of core.h. */
 static void install(const gchar *name, const gchar *blurb, const gchar *help, const gchar *label,
                     const GimpParamDef *args, gint nargs)
 {
+    GimpParamDef *ext = g_new(GimpParamDef, nargs + N_EXT);
+    gchar *ext_name = g_strconcat(name, EXT, NULL);
+    gchar *ext_help = g_strconcat(help, " The -ext form takes SDXL's size conditioning and "
+                                  "whether an empty negative prompt is a prompt.", NULL);
+
     gimp_install_procedure(name, blurb, help, "Diffuse", "Diffuse", "2025", label,
                            "RGB*, GRAY*, INDEXED*", GIMP_PLUGIN, nargs, 0, args, NULL);
     gimp_plugin_menu_register(name, MENU_PATH);
+    memcpy(ext, args, sizeof *ext * nargs);
+    for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
+        ext[nargs + i] = (GimpParamDef){GIMP_PDB_INT32, (gchar *)core_size_cond_args[i].name,
+                                        (gchar *)core_size_cond_args[i].blurb};
+    ext[nargs + CORE_SIZE_COND_ARGS] =
+        (GimpParamDef){GIMP_PDB_INT32, (gchar *)core_empty_negative_arg.name,
+                       (gchar *)core_empty_negative_arg.blurb};
+    gimp_install_procedure(ext_name, blurb, ext_help, "Diffuse", "Diffuse", "2025", NULL,
+                           "RGB*, GRAY*, INDEXED*", GIMP_PLUGIN, nargs + N_EXT, 0, ext, NULL);
+    g_free(ext_help);
+    g_free(ext_name);
+    g_free(ext);
 }
 
 static void query(void)
@@ -106,10 +132,10 @@ static gboolean copy_arg(gchar *dst, gsize size, const gchar *value, const gchar
     return TRUE;
 }
 
-static gboolean settings_from_args(CoreSettings *s, CoreMode mode, gint nparams, const GimpParam *p,
-                                   GError **error)
+static gboolean settings_from_args(CoreSettings *s, CoreMode mode, gboolean ext, gint nparams,
+                                   const GimpParam *p, GError **error)
 {
-    gint want = mode == CORE_TXT2IMG ? 13 : 12;
+    gint base = mode == CORE_TXT2IMG ? 13 : 12, want = base + (ext ? N_EXT : 0);
     gint tail = mode == CORE_TXT2IMG ? 11 : 10; /* index of count */
 
     if (nparams != want) {
@@ -126,6 +152,10 @@ static gboolean settings_from_args(CoreSettings *s, CoreMode mode, gint nparams,
     } else
         s->strength = p[9].data.d_float;
     s->count = p[tail].data.d_int32;
+    for (gint i = 0; ext && i < CORE_SIZE_COND_ARGS; i++)
+        s->size_cond[i] = p[base + i].data.d_int32;
+    if (ext)
+        s->empty_negative = p[base + CORE_SIZE_COND_ARGS].data.d_int32 != 0;
     return copy_arg(s->prompt, sizeof s->prompt, p[3].data.d_string, "prompt", error) &&
            copy_arg(s->negative_prompt, sizeof s->negative_prompt, p[4].data.d_string,
                     "negative-prompt", error) &&
@@ -165,6 +195,8 @@ typedef struct {
     guint32 seed; /* gimp_random_seed_new() writes these two */
     gboolean random_seed;
     GtkObject *steps, *guidance, *strength, *count, *width, *height;
+    GtkObject *size_cond[CORE_SIZE_COND_ARGS];
+    GtkWidget *empty_negative;
     GtkWidget *sampler; /* GtkComboBoxText */
     DialogModel model;  /* the model row */
 } Dialog;
@@ -310,6 +342,30 @@ static GtkWidget *make_table(Dialog *d)
     return table;
 }
 
+/* SDXL: the size conditioning and the empty negative prompt, folded away. */
+static GtkWidget *make_sdxl(Dialog *d)
+{
+    GtkWidget *expander = gtk_expander_new_with_mnemonic("SD_XL conditioning");
+    GtkWidget *table = gtk_table_new(CORE_SIZE_COND_ARGS + 1, 3, FALSE);
+
+    gtk_table_set_col_spacings(GTK_TABLE(table), 6);
+    gtk_table_set_row_spacings(GTK_TABLE(table), 4);
+    for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++) {
+        gchar *label = g_strconcat(core_size_cond_args[i].label, ":", NULL);
+
+        d->size_cond[i] = add_scale(table, i, label, d->s->size_cond[i], 0, 2048, 8, 0,
+                                    CORE_MAX_COND, core_size_cond_args[i].blurb);
+        g_free(label);
+    }
+    d->empty_negative = gtk_check_button_new_with_label(core_empty_negative_arg.label);
+    gtk_toggle_button_set_active(GTK_TOGGLE_BUTTON(d->empty_negative), d->s->empty_negative);
+    gimp_help_set_help_data(d->empty_negative, core_empty_negative_arg.blurb, NULL);
+    gtk_table_attach(GTK_TABLE(table), d->empty_negative, 0, 3, CORE_SIZE_COND_ARGS,
+                     CORE_SIZE_COND_ARGS + 1, GTK_FILL, GTK_FILL, 0, 0);
+    gtk_container_add(GTK_CONTAINER(expander), table);
+    return expander;
+}
+
 static void read_back(Dialog *d)
 {
     CoreSettings *s = d->s;
@@ -328,6 +384,9 @@ static void read_back(Dialog *d)
     } else
         s->strength = gtk_adjustment_get_value(GTK_ADJUSTMENT(d->strength));
     g_strlcpy(s->model, gtk_entry_get_text(GTK_ENTRY(d->model.entry)), sizeof s->model);
+    for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
+        s->size_cond[i] = gtk_adjustment_get_value(GTK_ADJUSTMENT(d->size_cond[i]));
+    s->empty_negative = gtk_toggle_button_get_active(GTK_TOGGLE_BUTTON(d->empty_negative));
 }
 
 /* Shows the dialog; TRUE on OK with s filled in. *model receives the model
@@ -355,6 +414,7 @@ static gboolean dialog_run(CoreSettings *s, CoreMode mode, const gchar *proc, gb
     d.prompt = add_text_view(vbox, "Prompt", s->prompt, 72);
     d.negative = add_text_view(vbox, "Negative prompt", s->negative_prompt, 40);
     gtk_box_pack_start(GTK_BOX(vbox), make_table(&d), FALSE, FALSE, 0);
+    gtk_box_pack_start(GTK_BOX(vbox), make_sdxl(&d), FALSE, FALSE, 0);
     gtk_widget_show_all(d.dialog);
     dialog_model_update(&d.model, first_time);
 
@@ -391,7 +451,7 @@ static gboolean get_settings(CoreSettings *s, CoreMode mode, const gchar *proc, 
         return TRUE;
 
     case GIMP_RUN_NONINTERACTIVE:
-        return settings_from_args(s, mode, nparams, param, error);
+        return settings_from_args(s, mode, g_str_has_suffix(proc, EXT), nparams, param, error);
 
     case GIMP_RUN_WITH_LAST_VALS:
         load_last_values(s);
@@ -425,7 +485,7 @@ static void run(const gchar *name, gint nparams, const GimpParam *param, gint *n
                 GimpParam **return_vals)
 {
     static GimpParam values[2];
-    CoreMode mode = strcmp(name, PROC_IMG2IMG) ? CORE_TXT2IMG : CORE_IMG2IMG;
+    CoreMode mode = g_str_has_prefix(name, PROC_IMG2IMG) ? CORE_IMG2IMG : CORE_TXT2IMG;
     GimpRunMode run_mode = nparams > 0 ? param[0].data.d_int32 : GIMP_RUN_NONINTERACTIVE;
     CoreSettings *s = g_new(CoreSettings, 1);
     diffuse_model *model = NULL;

@@ -10,6 +10,11 @@
  *       seed, steps, guidance, sampler, width, height, count, model)
  *   plug-in-diffuse-img2img (run-mode, image, drawables, prompt, negative-prompt,
  *       seed, steps, guidance, sampler, strength, count, model)
+ * each followed by original-width, original-height, crop-left, crop-top,
+ * target-width, target-height (SDXL size conditioning) and empty-negative
+ * (core.h), with defaults: GIMP 3 calls name their arguments, so calls
+ * without them keep working. plug-in-diffuse-txt2img-ext and -img2img-ext are
+ * the same procedures under the names GIMP 2.10 gives its extended forms.
  * The results go above the first drawable; txt2img also runs with none (on
  * top of the image), img2img needs exactly one. The procedure config keeps
  * the last values (GIMP saves them after a successful interactive run), with
@@ -29,6 +34,7 @@
 
 #define PROC_TXT2IMG "plug-in-diffuse-txt2img"
 #define PROC_IMG2IMG "plug-in-diffuse-img2img"
+#define EXT "-ext"
 #define PLUG_IN_BINARY "diffuse"
 #define MENU_PATH "<Image>/Filters/Diffuse"
 
@@ -66,7 +72,12 @@ static void diffuse_init(Diffuse *diffuse) {}
 
 static GList *diffuse_query_procedures(GimpPlugIn *plug_in)
 {
-    return g_list_append(g_list_append(NULL, g_strdup(PROC_TXT2IMG)), g_strdup(PROC_IMG2IMG));
+    GList *names = NULL;
+
+    names = g_list_append(names, g_strdup(PROC_TXT2IMG));
+    names = g_list_append(names, g_strdup(PROC_IMG2IMG));
+    names = g_list_append(names, g_strconcat(PROC_TXT2IMG, EXT, NULL));
+    return g_list_append(names, g_strconcat(PROC_IMG2IMG, EXT, NULL));
 }
 
 /* The engine's samplers, by the names the PDB takes. */
@@ -115,6 +126,14 @@ static void add_tail_arguments(GimpProcedure *p, const CoreSettings *d)
                                        "A .safetensors file or a diffusers folder (\"\" = the "
                                        "default model)",
                                        d->model, G_PARAM_READWRITE);
+    for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
+        gimp_procedure_add_int_argument(p, core_size_cond_args[i].name,
+                                        core_size_cond_args[i].label, core_size_cond_args[i].blurb,
+                                        0, CORE_MAX_COND, d->size_cond[i], G_PARAM_READWRITE);
+    gimp_procedure_add_boolean_argument(p, core_empty_negative_arg.name,
+                                        core_empty_negative_arg.label,
+                                        core_empty_negative_arg.blurb, d->empty_negative,
+                                        G_PARAM_READWRITE);
     gimp_procedure_add_int_aux_argument(p, "last-seed", "Last seed",
                                         "The seed the last random run used", 0, G_MAXINT32, 0,
                                         G_PARAM_READWRITE);
@@ -133,11 +152,13 @@ static void add_tail_arguments(GimpProcedure *p, const CoreSettings *d)
 
 static GimpProcedure *diffuse_create_procedure(GimpPlugIn *plug_in, const gchar *name)
 {
-    CoreMode mode = strcmp(name, PROC_IMG2IMG) ? CORE_TXT2IMG : CORE_IMG2IMG;
+    CoreMode mode = g_str_has_prefix(name, PROC_IMG2IMG) ? CORE_IMG2IMG : CORE_TXT2IMG;
+    const gboolean ext = g_str_has_suffix(name, EXT);
     CoreSettings *d; /* the defaults: the core's */
     GimpProcedure *p;
 
-    if (strcmp(name, PROC_TXT2IMG) && strcmp(name, PROC_IMG2IMG))
+    if (strcmp(name, PROC_TXT2IMG) && strcmp(name, PROC_IMG2IMG) &&
+        strcmp(name, PROC_TXT2IMG EXT) && strcmp(name, PROC_IMG2IMG EXT))
         return NULL;
     d = g_new(CoreSettings, 1);
     core_settings_default(d);
@@ -150,8 +171,10 @@ static GimpProcedure *diffuse_create_procedure(GimpPlugIn *plug_in, const gchar 
         gimp_procedure_set_sensitivity_mask(p, GIMP_PROCEDURE_SENSITIVE_DRAWABLE |
                                                    GIMP_PROCEDURE_SENSITIVE_DRAWABLES |
                                                    GIMP_PROCEDURE_SENSITIVE_NO_DRAWABLES);
-        gimp_procedure_set_menu_label(p, "_Text to Image...");
-        gimp_procedure_add_menu_path(p, MENU_PATH);
+        if (!ext) {
+            gimp_procedure_set_menu_label(p, "_Text to Image...");
+            gimp_procedure_add_menu_path(p, MENU_PATH);
+        }
         gimp_procedure_set_documentation(
             p, "Generate new layers from a text prompt",
             "Runs Stable Diffusion inside the plug-in and inserts count new layers of width x "
@@ -170,8 +193,10 @@ static GimpProcedure *diffuse_create_procedure(GimpPlugIn *plug_in, const gchar 
                                         0, CORE_MAX_SIDE, d->height, G_PARAM_READWRITE);
     } else {
         gimp_procedure_set_sensitivity_mask(p, GIMP_PROCEDURE_SENSITIVE_DRAWABLE);
-        gimp_procedure_set_menu_label(p, "_Image to Image...");
-        gimp_procedure_add_menu_path(p, MENU_PATH);
+        if (!ext) {
+            gimp_procedure_set_menu_label(p, "_Image to Image...");
+            gimp_procedure_add_menu_path(p, MENU_PATH);
+        }
         gimp_procedure_set_documentation(
             p, "Repaint the selection from a text prompt",
             "Runs Stable Diffusion on the drawable's pixels inside the selection bounds and "
@@ -219,6 +244,9 @@ static gboolean settings_from_config(CoreSettings *s, CoreMode mode, GimpProcedu
         g_object_get(config, "width", &s->width, "height", &s->height, NULL);
     else
         g_object_get(config, "strength", &s->strength, NULL);
+    for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
+        g_object_get(config, core_size_cond_args[i].name, &s->size_cond[i], NULL);
+    g_object_get(config, core_empty_negative_arg.name, &s->empty_negative, NULL);
     return copy_prop(config, "prompt", s->prompt, sizeof s->prompt, error) &&
            copy_prop(config, "negative-prompt", s->negative_prompt, sizeof s->negative_prompt,
                      error) &&
@@ -338,6 +366,20 @@ static void add_model_row(GimpProcedureDialog *dialog, Dialog *d)
     gtk_box_pack_start(GTK_BOX(box), dialog_model_info_new(&d->model), FALSE, FALSE, 0);
 }
 
+/* SDXL's conditioning in an expander, folded: returns its id. */
+static const gchar *add_sdxl(GimpProcedureDialog *dialog)
+{
+    for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
+        add_scale(dialog, core_size_cond_args[i].name, 0, 2048, 0);
+    gimp_procedure_dialog_fill_box(dialog, "sdxl-box", core_size_cond_args[0].name,
+                                   core_size_cond_args[1].name, core_size_cond_args[2].name,
+                                   core_size_cond_args[3].name, core_size_cond_args[4].name,
+                                   core_size_cond_args[5].name, core_empty_negative_arg.name, NULL);
+    gimp_procedure_dialog_get_label(dialog, "sdxl-title", "SD_XL conditioning", FALSE, TRUE);
+    gimp_procedure_dialog_fill_expander(dialog, "sdxl-expander", "sdxl-title", FALSE, "sdxl-box");
+    return "sdxl-expander";
+}
+
 /* Shows the dialog; TRUE on OK, the config then holding the values. *model
  * receives the model the dialog loaded when it is the one chosen (the caller
  * frees it). */
@@ -371,10 +413,12 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
     add_model_row(dialog, &d);
     if (mode == CORE_TXT2IMG)
         gimp_procedure_dialog_fill(dialog, prompt, negative, "seed-row", "steps", "guidance",
-                                   "sampler-choice", "width", "height", "count", "model-box", NULL);
+                                   "sampler-choice", "width", "height", "count", "model-box",
+                                   add_sdxl(dialog), NULL);
     else
         gimp_procedure_dialog_fill(dialog, prompt, negative, "seed-row", "steps", "guidance",
-                                   "sampler-choice", "strength", "count", "model-box", NULL);
+                                   "sampler-choice", "strength", "count", "model-box",
+                                   add_sdxl(dialog), NULL);
     gtk_widget_show(d.dialog);
     g_object_get(config, "configured", &configured, NULL);
     /* a first run takes the model's own steps and guidance */

@@ -226,11 +226,15 @@ if [ "$GIMP_GENERATION" = 2 ]; then
             (let ((a (gimp-procedural-db-proc-arg proc i)))
               (out "arg" proc i (car a) (cadr a))
               (loop (+ i 1)))))))
-  '("plug-in-diffuse-txt2img" "plug-in-diffuse-img2img"))
+  '("plug-in-diffuse-txt2img" "plug-in-diffuse-img2img" "plug-in-diffuse-txt2img-ext"
+    "plug-in-diffuse-img2img-ext"))
 EOF
     # the PDB contract: names, order and types (0 INT32, 3 FLOAT, 4 STRING, 13 IMAGE, 16 DRAWABLE)
     T2I="0 run-mode|13 image|16 drawable|4 prompt|4 negative-prompt|0 seed|0 steps|3 guidance|4 sampler|0 width|0 height|0 count|4 model"
     I2I="0 run-mode|13 image|16 drawable|4 prompt|4 negative-prompt|0 seed|0 steps|3 guidance|4 sampler|3 strength|0 count|4 model"
+    # the extended forms: the same, then SDXL's conditioning (GIMP 2.10 calls
+    # give every argument, so the old procedures keep their signature)
+    EXT="0 original-width|0 original-height|0 crop-left|0 crop-top|0 target-width|0 target-height|0 empty-negative"
 else
     gimp_case startup "start-up: GIMP registers the plug-in" <<EOF
 (out "started")
@@ -238,11 +242,14 @@ EOF
     # GIMP 3.0's Script-Fu cannot read a procedure's argument specs; GIMP's
     # own record of them (pluginrc) has names, order, types, ranges, defaults
     $CHECK pdb-args "$profile/pluginrc" plug-in-diffuse-txt2img plug-in-diffuse-img2img \
-        >>"$dir/out.txt"
+        plug-in-diffuse-txt2img-ext plug-in-diffuse-img2img-ext >>"$dir/out.txt"
     SAMPLERS="gchararray euler_a"
     HEAD='run-mode GimpRunMode 1|image GimpImage 0|drawables GimpCoreObjectArray GimpDrawable|prompt gchararray ""|negative-prompt gchararray ""|seed gint -1 2147483647 -1|steps gint 1 1000 20|guidance gdouble 0 100 7.5'
-    T2I="$HEAD|sampler $SAMPLERS|width gint 0 4096 0|height gint 0 4096 0|count gint 1 100 1|model gchararray \"\""
-    I2I="$HEAD|sampler $SAMPLERS|strength gdouble 0 1 0.75|count gint 1 100 1|model gchararray \"\""
+    # SDXL's conditioning after model: named arguments, so calls without them work
+    XLARGS='original-width gint 0 16384 0|original-height gint 0 16384 0|crop-left gint 0 16384 0|crop-top gint 0 16384 0|target-width gint 0 16384 0|target-height gint 0 16384 0|empty-negative gboolean FALSE'
+    T2I="$HEAD|sampler $SAMPLERS|width gint 0 4096 0|height gint 0 4096 0|count gint 1 100 1|model gchararray \"\"|$XLARGS"
+    I2I="$HEAD|sampler $SAMPLERS|strength gdouble 0 1 0.75|count gint 1 100 1|model gchararray \"\"|$XLARGS"
+    EXT=""
     expect "sensitivity plug-in-diffuse-txt2img 13" "txt2img is not for one, several or no drawables"
     expect "sensitivity plug-in-diffuse-img2img 1" "img2img is not for exactly one drawable"
 fi
@@ -258,6 +265,8 @@ expect_args() { # expect_args PROC "ARG|ARG|...": argument i of PROC is the i-th
 }
 expect_args plug-in-diffuse-txt2img "$T2I"
 expect_args plug-in-diffuse-img2img "$I2I"
+expect_args plug-in-diffuse-txt2img-ext "$T2I${EXT:+|$EXT}"
+expect_args plug-in-diffuse-img2img-ext "$I2I${EXT:+|$EXT}"
 for label in '"_Text to Image..."' '"_Image to Image..."' '(menu-path "<Image>/Filters/Diffuse")' \
     '"RGB*, GRAY*, INDEXED*"'; do
     grep -qF -e "$label" "$profile/pluginrc"
@@ -579,6 +588,45 @@ EOF
     [ "$(layer_name after 0)" = "Diffuse: $PROMPT (seed 4)" ]
     check $? "$case_title: the new layer is not on top: $(grep '^layer after' "$dir/out.txt" | cut -d' ' -f3,9- | tr '\n' '|')"
     case_end
+fi
+
+# ------------------------------------------------------------------ 14. SDXL
+
+# an SDXL model (the sdxl-tiny reference) through the old call and through the
+# extended form with size conditioning and an encoded empty negative prompt
+XL=$SHARED/reference/sdxl-tiny/model-diffusers
+if [ -d "$XL" ]; then
+    XL=$(cd "$XL" && pwd)
+    xl_call() { # xl_call PROC [NAME=VALUE...]: 128x128, seed 3, 2 steps, euler, guidance 5
+        proc=$1
+        shift
+        diffuse_call RUN-NONINTERACTIVE "$proc" img '(background img)' prompt="\"$PROMPT\"" \
+            negative-prompt='""' seed=3 steps=2 guidance=5.0 sampler='"euler"' width=128 \
+            height=128 count=1 model="\"$XL\"" "$@"
+    }
+    gimp_case sdxl "14 SDXL model: the plain call, then -ext with size conditioning" <<EOF
+(let* ((img (new-image RGB 128 128)))
+  (try "plain" (lambda () $(xl_call plug-in-diffuse-txt2img)))
+  (try "ext" (lambda () $(xl_call plug-in-diffuse-txt2img-ext original-width=160 original-height=96 \
+                           crop-left=16 crop-top=8 target-width=144 target-height=112 empty-negative=TRUE)))
+  (signature img "after"))
+EOF
+    expect "status plain ok" "the plain call with an SDXL model failed: $(grep '^message plain' "$dir/out.txt")"
+    expect "status ext ok" "the -ext call failed: $(grep '^message ext' "$dir/out.txt")"
+    expect "count after 3" "the two SDXL calls did not make two layers"
+    # each call's layer goes above the active layer, the background
+    parameters "$dir/after-0-parameters.txt" "$PROMPT
+Negative prompt: 
+Steps: 2, Sampler: euler, CFG scale: 5, Seed: 3, Size: 128x128, Model: model-diffusers"
+    parameters "$dir/after-1-parameters.txt" "$PROMPT
+Negative prompt: 
+Steps: 2, Sampler: euler, CFG scale: 5, Seed: 3, Size: 128x128, Model: model-diffusers, Original size: 160x96, Crop offset: 16,8, Target size: 144x112"
+    pixels "the SDXL layer" "$dir/after-0.raw" 4
+    ! cmp -s "$dir/after-0.raw" "$dir/after-1.raw"
+    check $? "$case_title: size conditioning and the empty negative prompt changed nothing"
+    case_end
+elif [ "${CI:-}" = true ]; then
+    fail "missing $XL (CI=true)"
 fi
 
 finish

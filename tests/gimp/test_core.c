@@ -31,6 +31,9 @@ static void test_settings_round_trip(void)
     a.count = 3;
     a.strength = 0.35;
     g_strlcpy(a.model, "/models/with space/v1-5.safetensors", sizeof a.model);
+    for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
+        a.size_cond[i] = 100 + 8 * i;
+    a.empty_negative = TRUE;
     text = core_settings_serialize(&a);
     CHECK(strchr(text, '\r') == NULL, "a carriage return was not escaped");
     core_settings_default(&b);
@@ -85,6 +88,11 @@ static void test_validate(void)
     s = good, s.width = 63; /* img2img has no size argument */
     CHECK(core_settings_validate(&s, CORE_IMG2IMG, NULL), "img2img checked the width");
     s = good, memcpy(s.prompt, "\xff\xfe", 3), expect_invalid(&s, CORE_TXT2IMG, "UTF-8");
+    for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++) { /* named by their PDB names */
+        s = good, s.size_cond[i] = -1, expect_invalid(&s, CORE_TXT2IMG, core_size_cond_args[i].name);
+        s = good, s.size_cond[i] = CORE_MAX_COND + 1;
+        expect_invalid(&s, CORE_IMG2IMG, core_size_cond_args[i].name);
+    }
 }
 
 static void test_models(void)
@@ -212,6 +220,12 @@ static void test_texts(void)
     CHECK(g_str_has_suffix(text, "Seed: 18446744073709551615, Size: 8x8, Model: model-diffusers, "
                                  "Denoising strength: 0.6"),
           "img2img parameters: %s", text);
+    g_free(text);
+    s.size_cond[0] = 1024, s.size_cond[3] = 32; /* SDXL: what differs from the defaults */
+    text = core_parameters_text(&s, CORE_TXT2IMG, 5, 64, 48);
+    CHECK(g_str_has_suffix(text, "Model: model-diffusers, Original size: 1024x48, "
+                                 "Crop offset: 0,32"),
+          "SDXL parameters: %s", text);
     g_free(text);
     setlocale(LC_NUMERIC, "C");
 
