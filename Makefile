@@ -82,6 +82,22 @@ bench-sd15: $(BUILD)/bench_real $(BUILD)/diffuse
 	    $(BUILD)/diffuse generate --model models/default --prompt "a red circle on a blue background" \
 	    --seed $$i --output $(BUILD)/bench-default.png 2>&1 | tail -n 1; done
 
+# SDXL base 1.0 at real scale, the same way: a random-weight checkpoint with
+# every tensor name and shape of sd_xl_base_1.0 (3.47 B parameters, fp16
+# single file, 6.9 GB, tests/bench/make_sdxl.py), per phase at 1024x1024 and
+# 512x512, then two whole runs with their peak RSS: 1024x1024 with guidance 5
+# and a Turbo-size one (512x512, 1 step, no guidance).
+BENCH_SDXL := $(BENCH_CACHE)/sdxl-random-fp16.safetensors
+.PHONY: bench-sdxl
+bench-sdxl: $(BUILD)/bench_real $(BUILD)/diffuse
+	@mkdir -p $(BENCH_CACHE)
+	@[ -f $(BENCH_SDXL) ] || /usr/bin/python3 tests/bench/make_sdxl.py $(BENCH_SDXL)
+	BENCH_REPS=$${BENCH_REPS:-1} $(BUILD)/bench_real $(BENCH_SDXL) $(BENCH_VOCAB) 1024 512
+	/usr/bin/time -f "SDXL 512x512, 1 step, no guidance, whole process: %e s, peak RSS %M KB" \
+	    $(BUILD)/diffuse generate --model $(BENCH_SDXL) --vocab $(BENCH_VOCAB) --prompt "an astronaut" \
+	    --width 512 --height 512 --steps 1 --cfg 0 --sampler euler_a --seed 1 --verbose \
+	    --output $(BUILD)/bench-sdxl-512.png
+
 $(BUILD)/bench_real: $(BUILD)/tests/bench/bench_real.o $(BUILD)/libdiffuse.a
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 

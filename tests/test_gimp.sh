@@ -246,7 +246,7 @@ EOF
     SAMPLERS="gchararray euler_a"
     HEAD='run-mode GimpRunMode 1|image GimpImage 0|drawables GimpCoreObjectArray GimpDrawable|prompt gchararray ""|negative-prompt gchararray ""|seed gint -1 2147483647 -1|steps gint 1 1000 20|guidance gdouble 0 100 7.5'
     # SDXL's conditioning after model: named arguments, so calls without them work
-    XLARGS='original-width gint 0 16384 0|original-height gint 0 16384 0|crop-left gint 0 16384 0|crop-top gint 0 16384 0|target-width gint 0 16384 0|target-height gint 0 16384 0|empty-negative gboolean FALSE'
+    XLARGS='original-width gint 0 16384 0|original-height gint 0 16384 0|crop-left gint 0 16384 0|crop-top gint 0 16384 0|target-width gint 0 16384 0|target-height gint 0 16384 0|empty-negative gboolean 0'
     T2I="$HEAD|sampler $SAMPLERS|width gint 0 4096 0|height gint 0 4096 0|count gint 1 100 1|model gchararray \"\"|$XLARGS"
     I2I="$HEAD|sampler $SAMPLERS|strength gdouble 0 1 0.75|count gint 1 100 1|model gchararray \"\"|$XLARGS"
     EXT=""

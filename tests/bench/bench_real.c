@@ -1,6 +1,7 @@
-/* bench_real.c: `make bench-sd15`. Stable Diffusion at real scale, on a
- * random-weight checkpoint with every tensor name and shape of SD 1.5
- * (tests/bench/make_sd15.py writes it once into a cache folder):
+/* bench_real.c: `make bench-sd15` and `make bench-sdxl`. Stable Diffusion at
+ * real scale, on a random-weight checkpoint with every tensor name and shape of
+ * SD 1.5 or SDXL base (tests/bench/make_sd15.py, make_sdxl.py write them once
+ * into a cache folder):
  *
  *     bench_real MODEL.safetensors VOCAB [SIZE...]
  *
