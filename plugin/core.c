@@ -275,7 +275,7 @@ gchar *core_model_describe(const diffuse_model *m)
 
     diffuse_model_get_info(m, &info);
     params = count_text(info.params_unet + info.params_vae + info.params_text);
-    text = g_strdup_printf("%s, %dx%d native, %s parameters, %s", info.family, info.native_size,
+    text = g_strdup_printf("%s, %dx%d native, %s parameters, %s", info.family_name, info.native_size,
                            info.native_size, params, info.dtype);
     g_free(params);
     return text;

@@ -36,6 +36,12 @@ void dialog_model_update(DialogModel *m, gboolean apply_defaults)
     gtk_label_set_text(GTK_LABEL(m->info), info);
     g_free(info);
     g_clear_error(&error);
+    if (m->model && m->apply_size) {
+        diffuse_model_info mi;
+
+        diffuse_model_get_info(m->model, &mi);
+        m->apply_size(mi.native_size, m->data);
+    }
     if (m->model && apply_defaults) {
         CoreSettings *tmp = g_new0(CoreSettings, 1);
 

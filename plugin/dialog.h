@@ -31,6 +31,9 @@ G_BEGIN_DECLS
 /* Sets the dialog's steps, guidance and sampler to defaults, which suit the
  * model just loaded; data is DialogModel.data. */
 typedef void (*DialogModelDefaults)(const CoreSettings *defaults, gpointer data);
+/* Sets the dialog's width and height (Text to Image) to the native size of
+ * the model just loaded: the dialog starts from it and follows the model. */
+typedef void (*DialogModelSize)(gint native_size, gpointer data);
 
 typedef struct {
     GtkWidget *dialog;    /* the plug-in's dialog, the file choosers' parent */
@@ -39,6 +42,7 @@ typedef struct {
     diffuse_model *model; /* loaded for path, to show its info and run it */
     gchar *path;
     DialogModelDefaults apply_defaults;
+    DialogModelSize apply_size; /* NULL: the dialog has no size (Image to Image) */
     gpointer data;
 } DialogModel;
 
@@ -48,8 +52,9 @@ typedef struct {
 void dialog_model_add_buttons(DialogModel *m, GtkWidget *box);
 /* The info line, empty, into m->info; the caller places it. */
 GtkWidget *dialog_model_info_new(DialogModel *m);
-/* (Re)loads the model named in the entry for its info line; with
- * apply_defaults, also sets steps, guidance and sampler to suit it. */
+/* (Re)loads the model named in the entry for its info line, and sets the
+ * size to its native one (apply_size); with apply_defaults, also sets steps,
+ * guidance and sampler to suit it. */
 void dialog_model_update(DialogModel *m, gboolean apply_defaults);
 /* After the dialog: the model it loaded when ok and it is the one chosen (the
  * caller frees it), else NULL, the model freed. Frees m's path. */

@@ -263,6 +263,15 @@ static void set_model_defaults(const CoreSettings *defaults, gpointer data)
     gtk_combo_box_set_active(GTK_COMBO_BOX(d->sampler), diffuse_sampler_parse(defaults->sampler));
 }
 
+/* The model's native size (DialogModelSize), Text to Image only. */
+static void set_model_size(gint native, gpointer data)
+{
+    Dialog *d = data;
+
+    gtk_adjustment_set_value(GTK_ADJUSTMENT(d->width), core_round8(MIN(native, CORE_MAX_SIDE)));
+    gtk_adjustment_set_value(GTK_ADJUSTMENT(d->height), core_round8(MIN(native, CORE_MAX_SIDE)));
+}
+
 /* Model: [path entry] [Default] [File...] [Folder...], and the info line. */
 static void add_model_row(Dialog *d, GtkWidget *table, gint row)
 {
@@ -271,6 +280,7 @@ static void add_model_row(Dialog *d, GtkWidget *table, gint row)
     d->model.dialog = d->dialog;
     d->model.entry = gtk_entry_new();
     d->model.apply_defaults = set_model_defaults;
+    d->model.apply_size = d->mode == CORE_TXT2IMG ? set_model_size : NULL;
     d->model.data = d;
     gtk_entry_set_text(GTK_ENTRY(d->model.entry), d->s->model);
     gtk_box_pack_start(GTK_BOX(hbox), d->model.entry, TRUE, TRUE, 0);
@@ -327,9 +337,9 @@ static GtkWidget *make_table(Dialog *d)
     d->sampler = add_sampler_combo(d, table, row++);
     if (d->mode == CORE_TXT2IMG) {
         d->width = add_scale(table, row++, "_Width:", s->width, 8, 2048, 8, 0, CORE_MAX_SIDE,
-                             "Multiples of 8; the image's size by default");
+                             "Multiples of 8; the model's native size by default (models draw best at it)");
         d->height = add_scale(table, row++, "He_ight:", s->height, 8, 2048, 8, 0, CORE_MAX_SIDE,
-                              "Multiples of 8; the image's size by default");
+                              "Multiples of 8; the model's native size by default (models draw best at it)");
         g_signal_connect(d->width, "value-changed", G_CALLBACK(round_to_8), NULL);
         g_signal_connect(d->height, "value-changed", G_CALLBACK(round_to_8), NULL);
     } else

@@ -258,6 +258,7 @@ static gboolean settings_from_config(CoreSettings *s, CoreMode mode, GimpProcedu
 
 typedef struct {
     GimpProcedureConfig *config;
+    CoreMode mode;
     GtkWidget *dialog;
     DialogModel model; /* the model row, its entry bound to the config's "model" */
 } Dialog;
@@ -279,6 +280,15 @@ static void set_model_defaults(const CoreSettings *defaults, gpointer data)
 
     g_object_set(d->config, "steps", defaults->steps, "guidance", defaults->guidance,
                  "sampler-choice", defaults->sampler, NULL);
+}
+
+/* The model's native size (DialogModelSize), Text to Image only. */
+static void set_model_size(gint native, gpointer data)
+{
+    Dialog *d = data;
+    gint n = core_round8(MIN(native, CORE_MAX_SIDE));
+
+    g_object_set(d->config, "width", n, "height", n, NULL);
 }
 
 /* A framed, scrolled, word-wrapped text view for a string argument: the
@@ -355,6 +365,7 @@ static void add_model_row(GimpProcedureDialog *dialog, Dialog *d)
     d->model.dialog = d->dialog;
     d->model.entry = gimp_label_entry_get_entry(GIMP_LABEL_ENTRY(entry_widget));
     d->model.apply_defaults = set_model_defaults;
+    d->model.apply_size = d->mode == CORE_TXT2IMG ? set_model_size : NULL;
     d->model.data = d;
     row = gimp_procedure_dialog_fill_box(dialog, "model-row", "model", NULL);
     gtk_orientable_set_orientation(GTK_ORIENTABLE(row), GTK_ORIENTATION_HORIZONTAL);
@@ -386,7 +397,7 @@ static const gchar *add_sdxl(GimpProcedureDialog *dialog)
 static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config, CoreMode mode,
                            diffuse_model **model)
 {
-    Dialog d = {.config = config};
+    Dialog d = {.config = config, .mode = mode};
     GimpProcedureDialog *dialog;
     const gchar *prompt, *negative;
     gboolean configured, ok;

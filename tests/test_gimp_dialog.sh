@@ -112,7 +112,9 @@ script="(begin (load \"$GENLIB\") (load \"$LIB\") (case-begin \"$tmp/out\")
     (out \"img2img-layers\" (length (layers small)))
     (try \"last-values\" (lambda () $(i2i RUN-WITH-LAST-VALS small)))
     (out \"last-values-layers\" (length (layers small)))
-    (out \"name\" (car (gimp-item-get-name (top-layer small)))))
+    (out \"name\" (car (gimp-item-get-name (top-layer small))))
+    (try \"txt2img-ok\" (lambda () $(t2i RUN-INTERACTIVE big)))
+    (out \"native\" (drawable-width (top-layer big)) (drawable-height (top-layer big))))
   (case-end))"
 
 t0=$(date +%s)
@@ -120,7 +122,8 @@ HOME=$home GIMP_GUI=$GIMP_GUI GIMP_GENERATION=$GIMP_GENERATION BATCH_OPTIONS=$BA
     NO_AT_BRIDGE=1 xvfb-run -a -s "-screen 0 1280x1024x24" \
     sh tests/gimp/dialog-capture.sh "$tmp/log" "$TIMEOUT" "$script" \
     "Diffuse: Text to Image|$PNG-txt2img.png|Escape" \
-    "Diffuse: Image to Image|$PNG-img2img.png|alt+o" 2>"$tmp/capture.log"
+    "Diffuse: Image to Image|$PNG-img2img.png|alt+o" \
+    "Diffuse: Text to Image|$tmp/txt2img-ok.png|alt+o" 2>"$tmp/capture.log"
 check $? "the dialogs were not captured and closed: $(cat "$tmp/capture.log") $(tail -c 600 "$tmp/log")"
 echo "dialog run: $(($(date +%s) - t0)) s"
 
@@ -142,6 +145,9 @@ expect "status img2img-dialog ok" "OK in the img2img dialog did not run"
 expect "img2img-layers 2" "OK in the img2img dialog made no layer"
 expect "status last-values ok" "RUN-WITH-LAST-VALS failed"
 expect "last-values-layers 3" "RUN-WITH-LAST-VALS made no layer"
+# the dialog starts from the model's native size (sd1-tiny: 64), not the 512x384 image's
+expect "status txt2img-ok ok" "OK in the txt2img dialog did not run"
+expect "native 64 64" "the txt2img dialog did not start from the model's native size"
 grep -q "^name Diffuse: $PROMPT (seed [0-9]*)" "$out" 2>/dev/null
 check $? "the remembered prompt was not used: $(grep '^name' "$out" 2>/dev/null)"
 ! grep -q -i -e crashed -e Sanitizer "$tmp/log"
