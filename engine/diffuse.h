@@ -88,6 +88,13 @@ typedef struct diffuse_load_params {
     const char *config_dir;
     diffuse_prediction prediction; /* override for files that do not say */
     int threads;                   /* 0 = all cores */
+    /* The tiny autoencoder (TAESD) for fast decoding (diffuse_request.fast_decode)
+     * and encoding: a diffusers AutoencoderTiny folder, or madebyollin's
+     * taesd_decoder.safetensors / taesd_encoder.safetensors (either; the other
+     * is found beside it). NULL = one beside the model, if any: a "taesd" folder
+     * inside a model folder or beside a model file, or taesd_decoder.safetensors
+     * beside it. A path given that cannot be loaded fails the model load. */
+    const char *taesd_path;
 } diffuse_load_params;
 
 diffuse_load_params diffuse_load_params_default(void);
@@ -121,6 +128,8 @@ typedef struct diffuse_model_info {
      * configs imply (LCMScheduler; SD-Turbo's trailing-spacing Euler a). -1 /
      * -1 / -1 when the folder says nothing (single files never do). */
     int suggested_sampler;     /* a diffuse_sampler, or -1 */
+    int has_fast_decoder;      /* a TAESD decoder is loaded (fast_decode works) */
+    int has_fast_encoder;      /* ... and its encoder (fast_encode works) */
     int suggested_steps;
     float suggested_guidance;
     int64_t params_unet, params_vae, params_text; /* text: both encoders */
@@ -161,6 +170,10 @@ typedef struct diffuse_request {
     /* img2img: [height, width, 3] RGB in [0, 1]; NULL for txt2img. Borrowed. */
     const float *init_image;
     float strength;              /* 0..1: how much of the schedule to run */
+    /* TAESD instead of the VAE (the model's taesd_path): the final image in a
+     * fraction of the time, with less detail; the init image (img2img) encoded
+     * by its encoder, which gives latents without a posterior draw. */
+    int fast_decode, fast_encode;
     /* masked img2img: [height, width] in [0, 1], 1 = repaint; needs init_image. */
     const float *mask;
     diffuse_progress_fn progress;

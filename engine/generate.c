@@ -71,6 +71,17 @@ static diffuse_status check_request(const diffuse_model *m, const diffuse_reques
         if (sizes[i] < 0 || sizes[i] > DIFFUSE_MAX_SIZE_COND)
             return diffuse_fail(err, "%s: %d is outside 0..%d", size_names[i], sizes[i],
                                 DIFFUSE_MAX_SIZE_COND), DIFFUSE_ERR_ARGUMENT;
+    if ((r->fast_decode && !diffuse_taesd_has(m->taesd, true)) ||
+        (r->fast_encode && !diffuse_taesd_has(m->taesd, false)))
+        return diffuse_fail(err, "%s: this model has no tiny autoencoder (TAESD) %s: give one "
+                            "when loading it (--decoder PATH), or put a taesd folder or "
+                            "taesd_decoder.safetensors beside it",
+                            r->fast_decode ? "fast decode" : "fast encode",
+                            r->fast_decode ? "decoder" : "encoder"), DIFFUSE_ERR_ARGUMENT;
+    if (r->fast_decode && diffuse_taesd_latent_channels(m->taesd) != m->vae_cfg.latent_channels)
+        return diffuse_fail(err, "fast decode: the TAESD takes %d latent channels, the model "
+                            "makes %d", diffuse_taesd_latent_channels(m->taesd),
+                            m->vae_cfg.latent_channels), DIFFUSE_ERR_ARGUMENT;
     if (r->mask && !r->init_image)
         return diffuse_fail(err, "mask: needs an init image"), DIFFUSE_ERR_ARGUMENT;
     size_t need = diffuse_request_memory(m, r), have = memory_available();
@@ -87,7 +98,8 @@ static diffuse_run run_of(const diffuse_model *m, const diffuse_request *r)
                        .size_cond = r->size_cond, .steps = r->steps, .guidance = r->guidance, .sampler = r->sampler,
                        .karras = r->karras, .schedule = m->schedule, .width = r->width,
                        .height = r->height, .init_image = r->init_image, .strength = r->strength,
-                       .mask = r->mask, .progress = r->progress,
+                       .mask = r->mask, .fast_decode = r->fast_decode != 0,
+                       .fast_encode = r->fast_encode != 0, .progress = r->progress,
                        .progress_user = r->progress_user, .image_count = r->count,
                        .stats = r->stats};
     if (r->spacing != DIFFUSE_SPACING_DEFAULT)

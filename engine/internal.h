@@ -96,6 +96,9 @@ typedef struct diffuse_weights diffuse_weights;
 /* Opens a diffusers folder (unet/, vae/, text_encoder/) or a single file. */
 int diffuse_weights_open(const char *path, diffuse_weights **out, char *err);
 void diffuse_weights_free(diffuse_weights *w);
+/* A TAESD (diffuse_taesd_load's path forms) under "taesd.encoder.layers.N" and
+ * "taesd.decoder.layers.N" (diffusers' indices, whatever the file's). */
+int diffuse_weights_open_taesd(const char *path, diffuse_weights **out, char *err);
 bool diffuse_weights_has(const diffuse_weights *w, const char *name);
 /* Shape of a weight, or -1 in ndim when missing. */
 int diffuse_weights_shape(const diffuse_weights *w, const char *name, int64_t shape[DIFFUSE_MAX_DIMS]);
@@ -452,6 +455,45 @@ int diffuse_vae_encode(const diffuse_vae *v, float *moments, const float *image,
 int diffuse_vae_decode(const diffuse_vae *v, float *image, const float *latent, int height,
                        int width, diffuse_arena *a, const diffuse_trace *trace, char *err);
 
+/* The VAE's banded convolution, for any image-sized network (TAESD): y [cout,
+ * oh, ow] = conv(x [cin, h, w] read through a nearest up-x upsample, up 1 or
+ * 2), stride 1 or 2, symmetric pad k/2, += into y when acc; im2col one band of
+ * output rows at a time. -1 when the arena is exhausted. */
+int diffuse_conv_banded(const diffuse_conv2d *c, float *y, const float *x, int h, int w, int up,
+                        int stride, bool acc, diffuse_arena *a);
+size_t diffuse_conv_banded_scratch(const diffuse_conv2d *c, int h, int w, int up, int stride);
+
+/* ------------------------------------------------------------------ TAESD */
+
+/* The tiny autoencoder (madebyollin's TAESD; diffusers' AutoencoderTiny):
+ * every conv 3x3 pad 1, ReLU blocks relu(c3(relu(c2(relu(c1 x)))) + x).
+ * Encoder: image in [-1, 1] -> latents in the UNet's scale (no posterior);
+ * decoder: latents -> image in [0, 1] (tanh(x/3)*3 first). */
+typedef struct diffuse_taesd diffuse_taesd;
+
+/* path: a diffusers AutoencoderTiny folder (config.json + weights) or its
+ * weights file, or madebyollin's taesd_encoder.safetensors /
+ * taesd_decoder.safetensors (either file, or a folder holding them: both
+ * halves are found beside each other). A missing half is allowed (NULL
+ * encoder or decoder: the call that needs it fails). */
+int diffuse_taesd_load(const char *path, diffuse_taesd **out, char *err);
+void diffuse_taesd_free(diffuse_taesd *t);
+bool diffuse_taesd_has(const diffuse_taesd *t, bool decoder);
+int diffuse_taesd_latent_channels(const diffuse_taesd *t);
+/* "diffusers" or "original". */
+const char *diffuse_taesd_layout(const diffuse_taesd *t);
+/* The canonical weights ("taesd.encoder.layers.N...", diffusers' indices). */
+const diffuse_weights *diffuse_taesd_weights(const diffuse_taesd *t);
+size_t diffuse_taesd_workspace(const diffuse_taesd *t, int height, int width);
+/* latents [C, H/8, W/8] = encoder((image [3, H, W] + 1) / 2). Trace names:
+ * "encoder.layers.N" (diffusers' N). */
+int diffuse_taesd_encode(const diffuse_taesd *t, float *latents, const float *image, int height,
+                         int width, diffuse_arena *a, const diffuse_trace *trace, char *err);
+/* image [3, H, W] in [0, 1] (unclamped) = decoder(latents [C, H/8, W/8]).
+ * Trace: "decode.clamped" (tanh(x/3)*3), "decoder.layers.N". */
+int diffuse_taesd_decode(const diffuse_taesd *t, float *image, const float *latents, int height,
+                         int width, diffuse_arena *a, const diffuse_trace *trace, char *err);
+
 /* ------------------------------------------------------------------ tokenizer */
 
 typedef struct diffuse_tokenizer diffuse_tokenizer;
@@ -558,6 +600,7 @@ typedef struct diffuse_run {
     const float *init_image;           /* NULL: txt2img */
     float strength;
     const float *mask;                 /* NULL: no mask */
+    bool fast_decode, fast_encode;     /* TAESD for the final image / the init image */
     diffuse_progress_fn progress;
     void *progress_user;
     int image_index, image_count;      /* for progress */
@@ -607,6 +650,7 @@ struct diffuse_model {
     diffuse_clip *clip2;                /* NULL but for SDXL */
     diffuse_unet *unet;
     diffuse_vae *vae;
+    diffuse_taesd *taesd;               /* NULL: none given or found */
     const char *family;                 /* "sd1", "sd2", "sdxl" */
     bool force_zeros;                   /* model_index.json force_zeros_for_empty_prompt
                                            (SDXL: true): no negative prompt at all means a

@@ -415,6 +415,33 @@ static int model_build(diffuse_model *m, const char *dir, const diffuse_load_par
     return 0;
 }
 
+/* The TAESD given, else one found beside the model (quietly none when what
+ * is found does not load: the model works without it). */
+static int load_taesd(diffuse_model *m, const char *dir, const char *given, char *err)
+{
+    if (given)
+        return diffuse_taesd_load(given, &m->taesd, err);
+    char base[4096], cand[3][4096];
+    snprintf(base, sizeof base, "%s", m->path);
+    char *slash = strrchr(base, '/');
+    if (slash)
+        *slash = '\0';
+    else
+        snprintf(base, sizeof base, ".");
+    int n = 0;
+    if (dir)
+        snprintf(cand[n++], sizeof cand[0], "%s/taesd", dir);
+    snprintf(cand[n++], sizeof cand[0], "%s/taesd", base);
+    snprintf(cand[n++], sizeof cand[0], "%s/taesd_decoder.safetensors", base);
+    for (int i = 0; i < n && !m->taesd; i++)
+        if (file_exists(cand[i]) && diffuse_taesd_load(cand[i], &m->taesd, NULL) == 0 &&
+            diffuse_taesd_latent_channels(m->taesd) != m->vae_cfg.latent_channels) {
+            diffuse_taesd_free(m->taesd); /* made for other latents */
+            m->taesd = NULL;
+        }
+    return 0;
+}
+
 diffuse_model *diffuse_model_load(const char *path, const diffuse_load_params *params, char *err,
                                   size_t err_size)
 {
@@ -433,6 +460,8 @@ diffuse_model *diffuse_model_load(const char *path, const diffuse_load_params *p
     if (rc == 0)
         rc = model_build(m, dir, &p, e);
     if (rc == 0)
+        rc = load_taesd(m, dir, p.taesd_path, e);
+    if (rc == 0)
         m->threads = p.threads;
     if (rc) {
         if (err && err_size) /* every message names the model */
@@ -449,6 +478,7 @@ void diffuse_model_free(diffuse_model *m)
     if (!m)
         return;
     diffuse_vae_free(m->vae);
+    diffuse_taesd_free(m->taesd);
     diffuse_unet_free(m->unet);
     diffuse_clip_free(m->clip);
     diffuse_clip_free(m->clip2);
@@ -513,6 +543,8 @@ void diffuse_model_get_info(const diffuse_model *m, diffuse_model_info *info)
         info->text2_heads = m->clip2_cfg.heads;
         info->pooled_dim = m->clip2_cfg.projection;
     }
+    info->has_fast_decoder = diffuse_taesd_has(m->taesd, true);
+    info->has_fast_encoder = diffuse_taesd_has(m->taesd, false);
     info->params_unet = diffuse_weights_count(m->weights, "unet.");
     info->params_vae = diffuse_weights_count(m->weights, "vae.");
     info->params_text = diffuse_weights_count(m->weights, "text.") +

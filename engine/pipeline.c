@@ -62,6 +62,10 @@ static size_t arena_floats(const diffuse_model *m, const pipe_dims *d, const dif
     size_t a = diffuse_cond_workspace(m);
     size_t u = diffuse_unet_workspace(m->unet, d->nb, d->h, d->w, DIFFUSE_MAX_TOKENS);
     size_t v = diffuse_vae_workspace(m->vae, run->height, run->width);
+    if (m->taesd && (run->fast_decode || run->fast_encode)) {
+        size_t t = diffuse_taesd_workspace(m->taesd, run->height, run->width);
+        v = t > v ? t : v;
+    }
     return (a > u ? a : u) > v ? (a > u ? a : u) : v;
 }
 
@@ -129,7 +133,8 @@ static int encode_prompts(diffuse_model *m, const diffuse_run *run, const pipe_d
 }
 
 /* image_latents = scaling * (mean + std * eps), eps from the "vae" draw:
- * the posterior sample diffusers' retrieve_latents takes. */
+ * the posterior sample diffusers' retrieve_latents takes. With TAESD: its
+ * encoder's output as it is (no posterior, no draw; scaling factor 1). */
 static int encode_image(diffuse_model *m, const diffuse_run *run, const pipe_dims *d,
                         pipe_buffers *b, diffuse_arena *a, diffuse_noise *noise, char *err)
 {
@@ -137,6 +142,9 @@ static int encode_image(diffuse_model *m, const diffuse_run *run, const pipe_dim
     for (size_t p = 0; p < hw; p++) /* [H, W, 3] in [0, 1] -> [3, H, W] in [-1, 1] */
         for (int ch = 0; ch < 3; ch++)
             b->pixels[ch * hw + p] = 2.0f * run->init_image[p * 3 + ch] - 1.0f;
+    if (run->fast_encode)
+        return diffuse_taesd_encode(m->taesd, b->image_latents, b->pixels, run->height,
+                                    run->width, a, NULL, err);
     if (diffuse_vae_encode(m->vae, b->moments, b->pixels, run->height, run->width, a, NULL, err) ||
         noise->draw(noise->self, b->image_latents, d->latent_n, "vae", err))
         return -1;
@@ -173,8 +181,9 @@ static int prepare_latents(diffuse_model *m, const diffuse_run *run, const pipe_
     if (run->mask) {
         resize_mask(run, d, b->mask_latent);
         /* the inpaint pipeline also encodes the masked image: one more VAE draw
-         * whose latents a 4-channel UNet never reads; take it to stay in step */
-        if (noise->draw(noise->self, b->latents, d->latent_n, "vae", err))
+         * whose latents a 4-channel UNet never reads; take it to stay in step
+         * (TAESD's encoder draws nothing) */
+        if (!run->fast_encode && noise->draw(noise->self, b->latents, d->latent_n, "vae", err))
             return -1;
     }
     bool pure_noise = !run->init_image || (run->mask && run->strength >= 1.0f);
@@ -257,19 +266,27 @@ static diffuse_status denoise(diffuse_model *m, const diffuse_run *run, const pi
     return DIFFUSE_OK;
 }
 
-/* pixels_out [H, W, 3] = clamp(decode(latents / scaling) / 2 + 0.5, 0, 1) */
+/* pixels_out [H, W, 3] = clamp(decode(latents / scaling) / 2 + 0.5, 0, 1);
+ * with TAESD clamp(decoder(latents), 0, 1): it works in [0, 1] and on the
+ * latents as the UNet makes them (diffusers' AutoencoderTiny: scaling 1). */
 static int decode_latents(diffuse_model *m, const diffuse_run *run, const pipe_dims *d,
                           pipe_buffers *b, diffuse_arena *a, float *pixels_out, char *err)
 {
-    for (size_t i = 0; i < d->latent_n; i++)
+    const bool fast = run->fast_decode;
+    for (size_t i = 0; !fast && i < d->latent_n; i++)
         b->latents[i] /= m->vae_cfg.scaling_factor;
-    if (diffuse_vae_decode(m->vae, b->pixels, b->latents, run->height, run->width, a, NULL, err))
+    if (fast ? diffuse_taesd_decode(m->taesd, b->pixels, b->latents, run->height, run->width, a,
+                                    NULL, err)
+             : diffuse_vae_decode(m->vae, b->pixels, b->latents, run->height, run->width, a,
+                                  NULL, err))
         return -1;
-    diffuse_weights_release(m->weights, "vae.");
+    if (!fast)
+        diffuse_weights_release(m->weights, "vae.");
     const size_t hw = (size_t)run->width * run->height;
+    const float scale = fast ? 1.0f : 0.5f, shift = fast ? 0.0f : 0.5f;
     for (size_t p = 0; p < hw; p++)
         for (int ch = 0; ch < 3; ch++) {
-            float v = b->pixels[ch * hw + p] / 2.0f + 0.5f;
+            float v = b->pixels[ch * hw + p] * scale + shift;
             pixels_out[p * 3 + ch] = v < 0 ? 0 : v > 1 ? 1 : v;
         }
     return 0;
@@ -327,14 +344,17 @@ size_t diffuse_pipeline_memory(const diffuse_model *m, const diffuse_run *run)
     const size_t ac = sizeof(float) * diffuse_cond_workspace(m);
     const size_t au = sizeof(float) * diffuse_unet_workspace(m->unet, d.nb, d.h, d.w, DIFFUSE_MAX_TOKENS);
     const size_t av = sizeof(float) * diffuse_vae_workspace(m->vae, run->height, run->width);
+    /* TAESD's weights are float32 in memory since load: only its work counts */
+    const size_t at = m->taesd ? sizeof(float) * diffuse_taesd_workspace(m->taesd, run->height,
+                                                                         run->width) : 0;
     size_t touched = ac, peak = wt + ac;
     if (run->init_image) {
-        touched = max_of(touched, av);
-        peak = max_of(peak, wv + touched);
+        touched = max_of(touched, run->fast_encode ? at : av);
+        peak = max_of(peak, (run->fast_encode ? 0 : wv) + touched);
     }
     touched = max_of(touched, au);
     peak = max_of(peak, wu + touched);
-    touched = max_of(touched, av);
-    peak = max_of(peak, wv + touched);
+    touched = max_of(touched, run->fast_decode ? at : av);
+    peak = max_of(peak, (run->fast_decode ? 0 : wv) + touched);
     return sizeof(float) * buffers_floats(&d, run) + peak;
 }

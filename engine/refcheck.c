@@ -610,6 +610,148 @@ static void check_layout(refcheck *r, const char *path, const char *layout)
     r->model = NULL;
 }
 
+/* ------------------------------------------------------------------ TAESD sets */
+
+typedef struct taesd_cmp {
+    diffuse_weights *a, *b;
+    double worst;
+    int missing, count;
+} taesd_cmp;
+
+static void cmp_one(void *user, const char *name, int ndim, const int64_t *shape)
+{
+    taesd_cmp *c = user;
+    int64_t other[DIFFUSE_MAX_DIMS];
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++)
+        n *= shape[i];
+    c->count++;
+    const float *x = diffuse_weights_get(c->a, name, ndim, shape, NULL);
+    const float *y = diffuse_weights_shape(c->b, name, other) == ndim
+                         ? diffuse_weights_get(c->b, name, ndim, shape, NULL) : NULL;
+    if (!x || !y) {
+        c->missing++;
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        double d = fabs((double)x[i] - y[i]);
+        c->worst = d > c->worst || isnan(d) ? d : c->worst;
+    }
+}
+
+/* Both layouts hold the same weights: every canonical tensor of one, equal in
+ * the other (0 = bit-identical after widening), and as many tensors. */
+static void check_taesd_layouts(refcheck *r, diffuse_taesd *a, diffuse_taesd *b)
+{
+    taesd_cmp c = {(diffuse_weights *)diffuse_taesd_weights(a),
+                   (diffuse_weights *)diffuse_taesd_weights(b), 0, 0, 0};
+    diffuse_weights_each(c.a, "taesd.", cmp_one, &c);
+    r->layout = "both";
+    if (c.missing || !c.count ||
+        diffuse_weights_count(c.a, "taesd.") != diffuse_weights_count(c.b, "taesd."))
+        report_error(r, "taesd.layouts", c.count ? "the layouts hold different tensors"
+                                                 : "no TAESD tensors");
+    else
+        report_case(r, "taesd.layouts", c.worst, c.worst, 0);
+}
+
+/* One layout: encoder and decoder with their intermediates, then every run's
+ * image decoded from its last recorded latents. */
+static void check_taesd_model(refcheck *r, const diffuse_taesd *t, const char *layout)
+{
+    char err[DIFFUSE_ERROR_SIZE];
+    const diffuse_st_tensor *img = diffuse_st_find(r->golden, "taesd.image");
+    const diffuse_st_tensor *lat = diffuse_st_find(r->golden, "taesd.latent");
+    r->layout = layout;
+    if (!img || img->ndim != 4 || !lat || lat->ndim != 4) {
+        report_error(r, "taesd", "no taesd.image / taesd.latent");
+        return;
+    }
+    const int h = (int)img->shape[2], w = (int)img->shape[3];
+    diffuse_arena a;
+    if (diffuse_arena_init(&a, diffuse_taesd_workspace(t, h, w), err)) {
+        report_error(r, "taesd", err);
+        return;
+    }
+    float *x = golden_get(r, "taesd.image", NULL), *z = golden_get(r, "taesd.latent", NULL);
+    float *latents = malloc(sizeof(float) * (size_t)lat->numel);
+    float *out = malloc(sizeof(float) * (size_t)img->numel);
+    trace_ctx tc = {r, "taesd."};
+    diffuse_trace trace = {trace_compare, &tc};
+    if (diffuse_taesd_encode(t, latents, x, h, w, &a, &trace, err))
+        report_error(r, "taesd.encode.latents", err);
+    else
+        compare(r, "taesd.encode.latents", "taesd.encode.latents", latents, (size_t)lat->numel,
+                TOL_MODULE);
+    if (diffuse_taesd_decode(t, out, z, h, w, &a, &trace, err)) {
+        report_error(r, "taesd.decode.out", err);
+    } else { /* diffusers' decode(): 2 decoder(z) - 1 */
+        for (int64_t i = 0; i < img->numel; i++)
+            out[i] = 2.0f * out[i] - 1.0f;
+        compare(r, "taesd.decode.out", "taesd.decode.out", out, (size_t)img->numel, TOL_MODULE);
+    }
+    const cJSON *spec;
+    cJSON_ArrayForEach(spec, cJSON_GetObjectItemCaseSensitive(r->json, "runs"))
+    {
+        char key[160], name[160];
+        int last = cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(spec, "timesteps")) - 1;
+        snprintf(key, sizeof key, "%s.step%d.latents", spec->string, last);
+        snprintf(name, sizeof name, "%s.image", spec->string);
+        const diffuse_st_tensor *ref = diffuse_st_find(r->golden, name);
+        float *l = golden_get(r, key, NULL);
+        if (!l || !ref || ref->ndim != 4 || ref->shape[1] != h || ref->shape[2] != w) {
+            report_error(r, name, "no last step's latents or no [1, H, W, 3] image");
+        } else if (diffuse_taesd_decode(t, out, l, h, w, &a, NULL, err)) {
+            report_error(r, name, err);
+        } else { /* the pipeline's image: clamp(decoder(latents), 0, 1), HWC */
+            const size_t hw = (size_t)h * w;
+            float *hwc = malloc(sizeof(float) * 3 * hw);
+            for (size_t p = 0; p < hw; p++)
+                for (int c = 0; c < 3; c++)
+                    hwc[p * 3 + c] = fminf(fmaxf(out[c * hw + p], 0.0f), 1.0f);
+            compare(r, name, name, hwc, 3 * hw, TOL_PIPELINE);
+            free(hwc);
+        }
+        free(l);
+    }
+    free(x);
+    free(z);
+    free(latents);
+    free(out);
+    diffuse_arena_free(&a);
+}
+
+/* A TAESD set (golden.json "kind": "taesd"): the diffusers folder and
+ * madebyollin's two files. Its whole SD + TAESD run is not replayed: the SD
+ * model that made it is a single file whose GroupNorm group count (8) no
+ * tensor records, so no engine (diffusers neither) can load it without a
+ * config; the run's decode is checked from its recorded latents instead. */
+static void check_taesd(refcheck *r)
+{
+    char path[4096], err[DIFFUSE_ERROR_SIZE];
+    diffuse_taesd *t[2] = {NULL, NULL};
+    static const char *const layouts[2] = {"diffusers", "original"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(path, sizeof path, i ? "%s/taesd_decoder.safetensors" : "%s/model-diffusers",
+                 r->dir);
+        r->layout = layouts[i];
+        if (diffuse_taesd_load(path, &t[i], err)) {
+            report_error(r, "load", err);
+            continue;
+        }
+        if (strcmp(diffuse_taesd_layout(t[i]), layouts[i]) ||
+            !diffuse_taesd_has(t[i], false) || !diffuse_taesd_has(t[i], true))
+            report_error(r, "load", "layout not recognised by its keys, or a half missing");
+        else
+            report_case(r, "load", 0, 0, 0);
+        check_taesd_model(r, t[i], layouts[i]);
+    }
+    if (t[0] && t[1])
+        check_taesd_layouts(r, t[0], t[1]);
+    diffuse_taesd_free(t[0]);
+    diffuse_taesd_free(t[1]);
+}
+
 /* Every single-file checkpoint in the directory (not golden.safetensors). */
 static void check_single_files(refcheck *r)
 {
@@ -640,7 +782,10 @@ diffuse_status diffuse_refcheck(const char *dir, void (*report)(void *user, cons
     snprintf(path, sizeof path, "%s/golden.json", dir);
     if (rc == 0 && !(r.json = diffuse_json_load(path, e)))
         rc = -1;
-    if (rc == 0) {
+    const cJSON *kind = r.json ? cJSON_GetObjectItemCaseSensitive(r.json, "kind") : NULL;
+    if (rc == 0 && cJSON_IsString(kind) && strcmp(kind->valuestring, "taesd") == 0) {
+        check_taesd(&r);
+    } else if (rc == 0) {
         snprintf(path, sizeof path, "%s/model-diffusers", dir);
         check_layout(&r, path, "diffusers");
         check_single_files(&r);

@@ -213,6 +213,21 @@ static int vae_conv(const diffuse_conv2d *c, float *y, const float *x, const vae
     return 0;
 }
 
+int diffuse_conv_banded(const diffuse_conv2d *c, float *y, const float *x, int h, int w, int up,
+                        int stride, bool acc, diffuse_arena *a)
+{
+    const int p = c->k / 2;
+    vae_geom g = {.h = h, .w = w, .up = up, .stride = stride, .pad = {p, p, p, p}};
+    return vae_conv(c, y, x, &g, acc, a);
+}
+
+size_t diffuse_conv_banded_scratch(const diffuse_conv2d *c, int h, int w, int up, int stride)
+{
+    const int p = c->k / 2;
+    vae_geom g = {.h = h, .w = w, .up = up, .stride = stride, .pad = {p, p, p, p}};
+    return vae_conv_scratch(c, &g, false);
+}
+
 /* ------------------------------------------------------------------ blocks */
 
 /* The three activation buffers a forward pass rotates through. */

@@ -40,8 +40,8 @@ typedef struct weight_entry {
 
 /* Components with their own phase: widening maxima and page release. "text2."
  * is SDXL's second text encoder (OpenCLIP ViT-bigG with its projection). */
-#define NCOMPONENTS 4
-static const char *const COMPONENTS[NCOMPONENTS] = {"text.", "text2.", "unet.", "vae."};
+#define NCOMPONENTS 5
+static const char *const COMPONENTS[NCOMPONENTS] = {"text.", "text2.", "unet.", "vae.", "taesd."};
 
 struct diffuse_weights {
     diffuse_st_file *files[4];
@@ -398,6 +398,120 @@ static int load_diffusers(diffuse_weights *w, const char *dir, char *err)
             return -1;
     }
     w->layout = "diffusers";
+    return 0;
+}
+
+/* ------------------------------------------------------------------ TAESD */
+
+/* madebyollin's files: nn.Sequential indices, "{i}.weight" for a conv,
+ * "{i}.conv.{0,2,4}.*" for a block. The encoder's index is diffusers'; the
+ * decoder's is one more (its index 0 is the tanh clamp). */
+static int add_taesd_original(diffuse_weights *w, const diffuse_st_file *f, bool decoder,
+                              char *err)
+{
+    for (int i = 0; i < f->count; i++) {
+        const diffuse_st_tensor *t = &f->tensors[i];
+        int idx, len = 0;
+        char name[512];
+        if (t->dtype == DIFFUSE_DTYPE_OTHER)
+            continue;
+        if (sscanf(t->name, "%d.%n", &idx, &len) != 1 || !len || (decoder && idx < 1))
+            return diffuse_fail(err, "%s: tensor '%s' is not a TAESD layer", f->path, t->name);
+        snprintf(name, sizeof name, "taesd.%s.layers.%d.%s", decoder ? "decoder" : "encoder",
+                 decoder ? idx - 1 : idx, t->name + len);
+        if (add_entry(w, name, t, 0, -1, err))
+            return -1;
+    }
+    return 0;
+}
+
+/* Which half an original file holds: the encoder's first conv is index 0,
+ * the decoder has none at 0 (the clamp). -1: neither. */
+static int taesd_half(const diffuse_st_file *f)
+{
+    if (diffuse_st_find(f, "0.weight"))
+        return 0;
+    return diffuse_st_find(f, "1.weight") ? 1 : -1;
+}
+
+/* The other half's file beside path: ..._encoder.safetensors <-> _decoder. */
+static bool taesd_sibling(const char *path, bool decoder, char *out, size_t size)
+{
+    const char *from = decoder ? "_decoder." : "_encoder.", *to = decoder ? "_encoder." : "_decoder.";
+    const char *slash = strrchr(path, '/'), *p = strstr(slash ? slash : path, from);
+    struct stat st;
+    if (!p)
+        return false;
+    snprintf(out, size, "%.*s%s%s", (int)(p - path), path, to, p + strlen(from));
+    return stat(out, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static int open_taesd_file(diffuse_weights *w, const char *path, bool sibling, char *err)
+{
+    diffuse_st_file *f;
+    if (w->nfiles >= 4 || diffuse_st_open(path, &f, err))
+        return -1;
+    w->files[w->nfiles++] = f;
+    bool diffusers = false;
+    for (int i = 0; i < f->count; i++)
+        diffusers = diffusers || starts(f->tensors[i].name, "encoder.layers.") ||
+                    starts(f->tensors[i].name, "decoder.layers.");
+    if (diffusers) {
+        w->layout = "diffusers";
+        return load_diffusers_part(w, f, "taesd.", err);
+    }
+    const int half = taesd_half(f);
+    if (half < 0)
+        return diffuse_fail(err, "%s: not a TAESD file (no encoder or decoder layers)", path);
+    w->layout = "original";
+    if (add_taesd_original(w, f, half == 1, err))
+        return -1;
+    char other[4096];
+    if (sibling && taesd_sibling(path, half == 1, other, sizeof other))
+        return open_taesd_file(w, other, false, err);
+    return 0;
+}
+
+int diffuse_weights_open_taesd(const char *path, diffuse_weights **out, char *err)
+{
+    struct stat st;
+    *out = NULL;
+    if (stat(path, &st) != 0)
+        return diffuse_fail(err, "%s: no such file or folder", path);
+    diffuse_weights *w = calloc(1, sizeof *w);
+    if (!w)
+        return diffuse_fail(err, "out of memory");
+    int rc = 0;
+    char file[4096];
+    if (S_ISDIR(st.st_mode)) {
+        static const char *names[] = {"diffusion_pytorch_model.safetensors",
+                                      "diffusion_pytorch_model.fp16.safetensors",
+                                      "taesd_decoder.safetensors", "taesd_encoder.safetensors",
+                                      "taesdxl_decoder.safetensors", "taesdxl_encoder.safetensors"};
+        size_t i = 0;
+        for (; i < sizeof names / sizeof names[0]; i++) {
+            struct stat fs;
+            snprintf(file, sizeof file, "%s/%s", path, names[i]);
+            if (stat(file, &fs) == 0 && S_ISREG(fs.st_mode))
+                break;
+        }
+        rc = i < sizeof names / sizeof names[0]
+                 ? open_taesd_file(w, file, true, err)
+                 : diffuse_fail(err, "%s: no TAESD here (diffusion_pytorch_model.safetensors, or "
+                                "taesd_encoder/taesd_decoder.safetensors)", path);
+    } else {
+        rc = open_taesd_file(w, path, true, err);
+    }
+    if (rc == 0)
+        rc = finish_table(w, err);
+    for (int c = 0; rc == 0 && c < NCOMPONENTS; c++)
+        w->keep_widened[c] = (size_t)diffuse_weights_count(w, COMPONENTS[c]) * sizeof(float) <=
+                             KEEP_WIDENED_BYTES;
+    if (rc) {
+        diffuse_weights_free(w);
+        return -1;
+    }
+    *out = w;
     return 0;
 }
 

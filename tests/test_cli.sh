@@ -387,6 +387,30 @@ if [ -d "$XL" ]; then
 elif [ "${CI:-}" = true ]; then
     fail "missing $XL (CI=true)"
 fi
+# TAESD (the reference set's real-size random weights): --decoder and --encoder
+TAESD=$SHARED/reference/taesd
+if [ -d "$TAESD" ] && [ -d "$MODEL" ]; then
+    expect_ok "info --decoder" "$BIN" info --model "$MODEL" --decoder "$TAESD/taesd_decoder.safetensors" && {
+        grep -q "fast autoencoder: TAESD (encoder and decoder)" "$tmp/out"
+        check $? "info does not name the TAESD: $(cat "$tmp/out")"
+    }
+    set -- --model "$MODEL" --prompt "$PROMPT" --steps 2 --seed 6 --width 64 --height 64
+    expect_ok "generate --decoder PATH" "$BIN" generate "$@" --decoder "$TAESD/model-diffusers" \
+        --output "$tmp/taesd.png" && expect_png "--decoder" "$tmp/taesd.png" 64 64
+    expect_ok "generate, VAE" "$BIN" generate "$@" --output "$tmp/vae.png" && {
+        ! cmp -s "$tmp/taesd.png" "$tmp/vae.png"
+        check $? "--decoder made the VAE's image"
+    }
+    expect_ok "img2img --encoder PATH" "$BIN" generate "$@" --init "$tmp/vae.png" --strength 0.5 \
+        --encoder "$TAESD/taesd_encoder.safetensors" --decoder vae --output "$tmp/taesd-i2i.png" &&
+        expect_png "--encoder" "$tmp/taesd-i2i.png" 64 64
+    expect_error "--decoder taesd without one" "TAESD" "$BIN" generate "$@" --decoder taesd \
+        --output "$tmp/bad.png"
+    expect_error "--decoder not a TAESD" "not a TAESD" "$BIN" generate "$@" \
+        --decoder tests/fixtures/ok_valid.safetensors --output "$tmp/bad.png"
+elif [ "${CI:-}" = true ]; then
+    fail "missing $TAESD (CI=true)"
+fi
 # SD 1.x has no "no negative prompt" of its own: none and "" are the same run
 if [ -d "$MODEL" ]; then
     for neg in none empty; do

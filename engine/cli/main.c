@@ -28,6 +28,7 @@ static int usage(void)
             "                        [--count N] [--init IMAGE.png --strength F] [--mask MASK.png]\n"
             "                        [--threads N] [--vocab PATH] [--prediction epsilon|v] [--verbose]\n"
             "                        [--original-size WxH] [--crop-offset X,Y] [--target-size WxH]\n"
+            "                        [--decoder vae|taesd|PATH] [--encoder vae|taesd|PATH]\n"
             "                        --output OUT.png\n"
             "       diffuse refcheck REFERENCE_DIR\n"
             "       diffuse tokenize [--vocab PATH] TEXT\n"
@@ -163,6 +164,7 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
         {"threads", 1, 0, 'T'}, {"output", 1, 0, 'o'},   {"vocab", 1, 0, 'v'},
         {"prediction", 1, 0, 'r'}, {"verbose", 0, 0, 'V'},
         {"original-size", 1, 0, 'O'}, {"crop-offset", 1, 0, 'X'}, {"target-size", 1, 0, 'G'},
+        {"decoder", 1, 0, 'D'}, {"encoder", 1, 0, 'E'},
         {0, 0, 0, 0}};
     diffuse_size_cond *sc = &o->req.size_cond;
     int c;
@@ -238,6 +240,15 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
             if (!parse_pair(optarg, 'x', 0, INT_MAX, &sc->target_width, &sc->target_height))
                 return bad_arg("--target-size", optarg, "expected WxH");
             break;
+        case 'D': case 'E': { /* vae, taesd (the one beside the model) or a TAESD's path */
+            int *fast = c == 'D' ? &o->req.fast_decode : &o->req.fast_encode;
+            *fast = strcmp(optarg, "vae") != 0;
+            /* a TAESD folder or either of its two files: the other half is
+             * found beside it, so the decoder's path serves both */
+            if (*fast && strcmp(optarg, "taesd") != 0 && (c == 'D' || !o->load.taesd_path))
+                o->load.taesd_path = optarg;
+            break;
+        }
         default: return usage();
         }
     }
@@ -433,6 +444,8 @@ static int cmd_info(int argc, char **argv)
             model_arg = argv[++i];
         else if (strcmp(argv[i], "--vocab") == 0 && i + 1 < argc)
             p.vocab_path = argv[++i];
+        else if (strcmp(argv[i], "--decoder") == 0 && i + 1 < argc)
+            p.taesd_path = argv[++i];
         else
             return bad_arg("argument", argv[i], "unexpected");
     }
@@ -453,6 +466,9 @@ static int cmd_info(int argc, char **argv)
         printf(" %d", in.unet_channels[l]);
     printf("\ncontext dim: %d\ntext encoder: width %d, %d layers, %d heads, vocabulary %d\n",
            in.context_dim, in.text_width, in.text_layers, in.text_heads, in.vocab_size);
+    if (in.has_fast_decoder || in.has_fast_encoder)
+        printf("fast autoencoder: TAESD (%s%s)\n", in.has_fast_encoder ? "encoder" : "",
+               in.has_fast_decoder ? (in.has_fast_encoder ? " and decoder" : "decoder") : "");
     if (in.text2_width)
         printf("text encoder 2: width %d, %d layers, %d heads, pooled %d\n", in.text2_width,
                in.text2_layers, in.text2_heads, in.pooled_dim);

@@ -1,0 +1,388 @@
+/* taesd.c: the tiny autoencoder (madebyollin's TAESD, diffusers'
+ * AutoencoderTiny), a fast stand-in for the VAE: about a million weights per
+ * half instead of 84 million, 64 channels, no normalisation, no attention.
+ *
+ *   encoder: (image + 1) / 2 -> conv 3->64, Block, then per level
+ *            [conv stride 2 (no bias), Block x n], conv 64->latent
+ *   decoder: tanh(x / 3) * 3 -> conv latent->64, ReLU, then per level
+ *            [Block x n, nearest 2x, conv (no bias)], Block, conv 64->3
+ *   Block:   relu(c3(relu(c2(relu(c1(x))))) + x)
+ *
+ * The layer list is read off the weights (diffusers' indices: a conv, a block
+ * of three convs, or a gap: the decoder's ReLU after its first conv, an
+ * upsample anywhere else), so the block counts of the config need not be
+ * known. Convolutions run in bands (diffuse_conv_banded); the upsample is
+ * folded into the next convolution's band copy; three activation buffers of
+ * the largest size rotate.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define TAESD_MAX_LAYERS 64
+
+typedef enum { TAESD_CONV, TAESD_BLOCK, TAESD_RELU, TAESD_UP } taesd_kind;
+
+typedef struct taesd_layer {
+    taesd_kind kind;
+    diffuse_conv2d conv[3];   /* CONV: conv[0]; BLOCK: the three */
+    int stride;               /* CONV: 1 or 2 */
+} taesd_layer;
+
+typedef struct taesd_half {
+    taesd_layer layers[TAESD_MAX_LAYERS];
+    int count;                /* 0: this half is missing */
+    int in, out, width;       /* channels in, out, and of the inner activations */
+} taesd_half;
+
+struct diffuse_taesd {
+    diffuse_weights *w;
+    taesd_half enc, dec;
+};
+
+/* ------------------------------------------------------------------ loading */
+
+static int load_conv(diffuse_conv2d *c, diffuse_weights *w, const char *name, char *err)
+{
+    char n[256];
+    int64_t shape[DIFFUSE_MAX_DIMS];
+    snprintf(n, sizeof n, "%s.weight", name);
+    if (diffuse_weights_shape(w, n, shape) != 4 || shape[2] != 3 || shape[3] != 3 ||
+        shape[0] < 1 || shape[1] < 1 || shape[0] > 4096 || shape[1] > 4096)
+        return diffuse_fail(err, "TAESD: %s is not a 3x3 convolution", n);
+    c->cout = (int)shape[0];
+    c->cin = (int)shape[1];
+    c->k = 3;
+    c->b = NULL;
+    if (diffuse_weights_matf(w, &c->w, err, (int64_t[]){c->cout, c->cin, 3, 3, -1}, "%s", n))
+        return -1;
+    snprintf(n, sizeof n, "%s.bias", name);
+    if (diffuse_weights_has(w, n) &&
+        !(c->b = diffuse_weights_getf(w, err, (int64_t[]){c->cout, -1}, "%s", n)))
+        return -1;
+    return 0;
+}
+
+/* Reads one half's layers; channels must chain. */
+static int load_half(taesd_half *h, diffuse_weights *w, bool decoder, char *err)
+{
+    const char *side = decoder ? "decoder" : "encoder";
+    char prefix[64], name[128], probe[160];
+    snprintf(prefix, sizeof prefix, "taesd.%s.layers.", side);
+    h->count = diffuse_weights_max_index(w, prefix);
+    if (h->count == 0)
+        return 0;
+    if (h->count > TAESD_MAX_LAYERS)
+        return diffuse_fail(err, "TAESD %s: %d layers (at most %d)", side, h->count,
+                            TAESD_MAX_LAYERS);
+    int ch = -1, last_conv = -1;
+    for (int i = 0; i < h->count; i++) {
+        taesd_layer *l = &h->layers[i];
+        snprintf(name, sizeof name, "%s%d", prefix, i);
+        snprintf(probe, sizeof probe, "%s.weight", name);
+        if (diffuse_weights_has(w, probe)) {
+            l->kind = TAESD_CONV;
+            if (load_conv(&l->conv[0], w, name, err))
+                return -1;
+            last_conv = i;
+        } else {
+            snprintf(probe, sizeof probe, "%s.conv.0.weight", name);
+            if (diffuse_weights_has(w, probe)) {
+                l->kind = TAESD_BLOCK;
+                for (int k = 0; k < 3; k++) {
+                    snprintf(probe, sizeof probe, "%s.conv.%d", name, 2 * k);
+                    if (load_conv(&l->conv[k], w, probe, err))
+                        return -1;
+                }
+                if (l->conv[0].cin != l->conv[2].cout || l->conv[0].cout != l->conv[1].cin ||
+                    l->conv[1].cout != l->conv[2].cin)
+                    return diffuse_fail(err, "TAESD %s layer %d: a block must keep its channels "
+                                        "(its skip is the identity)", side, i);
+            } else {
+                /* no weights: the decoder's activation after its first conv, else an upsample */
+                l->kind = decoder && i == 1 ? TAESD_RELU : TAESD_UP;
+                if (!decoder)
+                    return diffuse_fail(err, "TAESD encoder: layer %d has no weights", i);
+                continue;
+            }
+        }
+        const int cin = l->conv[0].cin;
+        if (ch >= 0 && cin != ch)
+            return diffuse_fail(err, "TAESD %s layer %d takes %d channels, gets %d", side, i, cin,
+                                ch);
+        if (ch < 0)
+            h->in = cin;
+        ch = l->kind == TAESD_CONV ? l->conv[0].cout : l->conv[2].cout;
+        h->width = ch > h->width ? ch : h->width;
+        h->width = cin > h->width ? cin : h->width;
+    }
+    if (last_conv != h->count - 1)
+        return diffuse_fail(err, "TAESD %s: the last layer is not a convolution", side);
+    h->out = ch;
+    /* the encoder's inner convs halve the size (diffusers: stride 2, no bias) */
+    for (int i = 1; !decoder && i < h->count - 1; i++)
+        if (h->layers[i].kind == TAESD_CONV)
+            h->layers[i].stride = 2;
+    for (int i = 0; i < h->count; i++)
+        if (h->layers[i].kind == TAESD_CONV && !h->layers[i].stride)
+            h->layers[i].stride = 1;
+    return 0;
+}
+
+int diffuse_taesd_load(const char *path, diffuse_taesd **out, char *err)
+{
+    *out = NULL;
+    diffuse_taesd *t = calloc(1, sizeof *t);
+    if (!t)
+        return diffuse_fail(err, "out of memory");
+    int rc = diffuse_weights_open_taesd(path, &t->w, err);
+    if (rc == 0)
+        rc = load_half(&t->enc, t->w, false, err) || load_half(&t->dec, t->w, true, err);
+    if (rc == 0 && !t->enc.count && !t->dec.count)
+        rc = diffuse_fail(err, "%s: holds no TAESD layers", path);
+    if (rc == 0 && t->enc.count && (t->enc.in != 3 || t->enc.out < 1))
+        rc = diffuse_fail(err, "%s: the TAESD encoder takes %d channels, not RGB", path, t->enc.in);
+    if (rc == 0 && t->dec.count && t->dec.out != 3)
+        rc = diffuse_fail(err, "%s: the TAESD decoder makes %d channels, not RGB", path,
+                          t->dec.out);
+    if (rc == 0 && t->enc.count && t->dec.count && t->enc.out != t->dec.in)
+        rc = diffuse_fail(err, "%s: TAESD encoder (%d latent channels) and decoder (%d) differ",
+                          path, t->enc.out, t->dec.in);
+    if (rc) {
+        diffuse_taesd_free(t);
+        return -1;
+    }
+    *out = t;
+    return 0;
+}
+
+void diffuse_taesd_free(diffuse_taesd *t)
+{
+    if (!t)
+        return;
+    diffuse_weights_free(t->w);
+    free(t);
+}
+
+bool diffuse_taesd_has(const diffuse_taesd *t, bool decoder)
+{
+    return t && (decoder ? t->dec.count : t->enc.count) > 0;
+}
+
+int diffuse_taesd_latent_channels(const diffuse_taesd *t)
+{
+    return t->dec.count ? t->dec.in : t->enc.out;
+}
+
+const char *diffuse_taesd_layout(const diffuse_taesd *t) { return diffuse_weights_layout(t->w); }
+
+const diffuse_weights *diffuse_taesd_weights(const diffuse_taesd *t) { return t->w; }
+
+/* ------------------------------------------------------------------ sizes */
+
+static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
+
+/* Walks a half's layers from an input of h x w: the largest activation
+ * (floats) and the largest convolution scratch. */
+static void half_sizes(const taesd_half *hf, int h, int w, size_t *act, size_t *scratch)
+{
+    int up = 1;
+    *act = round16((size_t)hf->in * h * w);
+    *scratch = 0;
+    for (int i = 0; i < hf->count; i++) {
+        const taesd_layer *l = &hf->layers[i];
+        if (l->kind == TAESD_UP) {
+            up *= 2;
+            continue;
+        }
+        if (l->kind == TAESD_RELU)
+            continue;
+        const int n = l->kind == TAESD_BLOCK ? 3 : 1;
+        for (int k = 0; k < n; k++) {
+            const diffuse_conv2d *c = &l->conv[k];
+            const int stride = l->kind == TAESD_CONV ? l->stride : 1;
+            size_t s = diffuse_conv_banded_scratch(c, h, w, up, stride);
+            *scratch = s > *scratch ? s : *scratch;
+            if (k == 0) { /* the size after this conv */
+                h = (up * h - 1) / stride + 1;
+                w = (up * w - 1) / stride + 1;
+                up = 1;
+            }
+            size_t a = round16((size_t)c->cout * h * w);
+            *act = a > *act ? a : *act;
+        }
+    }
+}
+
+size_t diffuse_taesd_workspace(const diffuse_taesd *t, int height, int width)
+{
+    size_t need = 0, act, scratch;
+    if (t->enc.count) {
+        half_sizes(&t->enc, height, width, &act, &scratch);
+        need = 3 * act + scratch;
+    }
+    if (t->dec.count) {
+        half_sizes(&t->dec, height / 8 > 0 ? height / 8 : 1, width / 8 > 0 ? width / 8 : 1, &act,
+                   &scratch);
+        need = 3 * act + scratch > need ? 3 * act + scratch : need;
+    }
+    return need + 64;
+}
+
+/* ------------------------------------------------------------------ forward */
+
+static void relu_part(void *ctx, size_t b, size_t e)
+{
+    float *x = ctx;
+    for (size_t i = b; i < e; i++)
+        x[i] = x[i] > 0.0f ? x[i] : 0.0f;
+}
+
+static void relu(float *x, size_t n) { diffuse_parallel_for(n, 1 << 14, relu_part, x); }
+
+typedef struct taesd_run {
+    float *buf[3];            /* buf[0] holds the live activation */
+    int c, h, w, up;          /* its channels and stored size; up: a pending nearest 2x */
+    diffuse_arena *a;
+    const diffuse_trace *trace;
+    const char *side;
+} taesd_run;
+
+static void rotate(taesd_run *r, int to) /* buf[to] becomes the live one */
+{
+    float *t = r->buf[0];
+    r->buf[0] = r->buf[to];
+    r->buf[to] = t;
+}
+
+/* dst [cout, h', w'] = conv(live activation, through the pending upsample). */
+static int run_conv(taesd_run *r, const diffuse_conv2d *c, float *dst, const float *src,
+                    int stride, bool first)
+{
+    if (diffuse_conv_banded(c, dst, src, r->h, r->w, first ? r->up : 1, stride, false, r->a))
+        return -1;
+    if (first) {
+        r->h = (r->up * r->h - 1) / stride + 1;
+        r->w = (r->up * r->w - 1) / stride + 1;
+        r->up = 1;
+    }
+    return 0;
+}
+
+static int run_half(taesd_run *r, const taesd_half *hf)
+{
+    for (int i = 0; i < hf->count; i++) {
+        const taesd_layer *l = &hf->layers[i];
+        switch (l->kind) {
+        case TAESD_UP:
+            r->up *= 2; /* folded into the next convolution */
+            break;
+        case TAESD_RELU:
+            relu(r->buf[0], (size_t)r->c * r->h * r->w);
+            break;
+        case TAESD_CONV:
+            if (run_conv(r, &l->conv[0], r->buf[1], r->buf[0], l->stride, true))
+                return -1;
+            r->c = l->conv[0].cout;
+            rotate(r, 1);
+            break;
+        case TAESD_BLOCK: { /* buf[0] = relu(c3(relu(c2(relu(c1 x)))) + x), x kept in buf[2] */
+            const size_t n = (size_t)l->conv[2].cout * r->h * r->w;
+            if (r->up > 1) /* a block after an upsample: a plain copy first (not in TAESD) */
+                return -1;
+            if (run_conv(r, &l->conv[0], r->buf[1], r->buf[0], 1, false))
+                return -1;
+            relu(r->buf[1], (size_t)l->conv[0].cout * r->h * r->w);
+            if (run_conv(r, &l->conv[1], r->buf[2], r->buf[1], 1, false))
+                return -1;
+            relu(r->buf[2], (size_t)l->conv[1].cout * r->h * r->w);
+            if (run_conv(r, &l->conv[2], r->buf[1], r->buf[2], 1, false))
+                return -1;
+            diffuse_op_add(r->buf[1], r->buf[0], n);
+            relu(r->buf[1], n);
+            rotate(r, 1);
+            break;
+        }
+        }
+        if (r->trace && r->trace->fn && l->kind != TAESD_UP) {
+            char name[64];
+            snprintf(name, sizeof name, "%s.layers.%d", r->side, i);
+            r->trace->fn(r->trace->user, name, r->buf[0], (size_t)r->c * r->h * r->w);
+        }
+    }
+    return 0;
+}
+
+/* Sets up the three buffers; the caller puts the input into buf[0]. */
+static int run_init(taesd_run *r, const taesd_half *hf, int c, int h, int w, diffuse_arena *a)
+{
+    size_t act, scratch;
+    half_sizes(hf, h, w, &act, &scratch);
+    r->a = a;
+    r->c = c;
+    r->h = h;
+    r->w = w;
+    r->up = 1;
+    for (int k = 0; k < 3; k++)
+        if (!(r->buf[k] = diffuse_arena_push(a, act)))
+            return -1;
+    return 0;
+}
+
+int diffuse_taesd_encode(const diffuse_taesd *t, float *latents, const float *image, int height,
+                         int width, diffuse_arena *a, const diffuse_trace *trace, char *err)
+{
+    if (!t->enc.count)
+        return diffuse_fail(err, "this TAESD has no encoder (taesd_encoder.safetensors)");
+    if (height < 8 || width < 8 || height % 8 || width % 8)
+        return diffuse_fail(err, "TAESD: %dx%d is not a multiple of 8", width, height);
+    const size_t mark = diffuse_arena_mark(a), px = (size_t)3 * height * width;
+    taesd_run r = {.trace = trace, .side = "encoder"};
+    int rc = run_init(&r, &t->enc, 3, height, width, a);
+    if (rc == 0) {
+        for (size_t i = 0; i < px; i++)
+            r.buf[0][i] = (image[i] + 1.0f) * 0.5f;
+        rc = run_half(&r, &t->enc);
+    }
+    if (rc == 0 && (r.h != height / 8 || r.w != width / 8))
+        rc = diffuse_fail(err, "TAESD: the encoder made %dx%d latents from %dx%d, not 1/8", r.w,
+                          r.h, width, height);
+    else if (rc == 0)
+        memcpy(latents, r.buf[0], sizeof(float) * r.c * r.h * r.w);
+    else
+        diffuse_fail(err, "internal: TAESD work memory exhausted (%dx%d)", width, height);
+    diffuse_arena_reset(a, mark);
+    return rc ? -1 : 0;
+}
+
+int diffuse_taesd_decode(const diffuse_taesd *t, float *image, const float *latents, int height,
+                         int width, diffuse_arena *a, const diffuse_trace *trace, char *err)
+{
+    if (!t->dec.count)
+        return diffuse_fail(err, "this TAESD has no decoder (taesd_decoder.safetensors)");
+    if (height < 8 || width < 8 || height % 8 || width % 8)
+        return diffuse_fail(err, "TAESD: %dx%d is not a multiple of 8", width, height);
+    const int lh = height / 8, lw = width / 8, lc = t->dec.in;
+    const size_t mark = diffuse_arena_mark(a), n = (size_t)lc * lh * lw;
+    taesd_run r = {.trace = trace, .side = "decoder"};
+    int rc = run_init(&r, &t->dec, lc, lh, lw, a);
+    if (rc == 0) {
+        for (size_t i = 0; i < n; i++)
+            r.buf[0][i] = tanhf(latents[i] / 3.0f) * 3.0f;
+        if (trace && trace->fn)
+            trace->fn(trace->user, "decode.clamped", r.buf[0], n);
+        rc = run_half(&r, &t->dec);
+    }
+    if (rc == 0 && (r.c != 3 || r.h != height || r.w != width))
+        rc = diffuse_fail(err, "TAESD: the decoder made %dx%dx%d from %dx%d latents, not "
+                          "3x%dx%d", r.c, r.h, r.w, lh, lw, height, width);
+    else if (rc == 0)
+        memcpy(image, r.buf[0], sizeof(float) * 3 * height * width);
+    else
+        diffuse_fail(err, "internal: TAESD work memory exhausted (%dx%d)", width, height);
+    diffuse_arena_reset(a, mark);
+    return rc ? -1 : 0;
+}
