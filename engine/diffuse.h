@@ -141,6 +141,12 @@ void diffuse_model_get_info(const diffuse_model *model, diffuse_model_info *info
 
 /* Called once per denoising step; return non-zero to cancel the run. */
 typedef int (*diffuse_progress_fn)(void *user, int image, int count, int step, int steps);
+/* Called after every preview_every-th step (and the last) with a small picture
+ * of the run so far: rgb [height, width, 3] in [0, 1] at the latent size (1/8
+ * of the image), the latents through a linear latent-to-RGB map fitted once to
+ * the model's own VAE. Return non-zero to cancel the run. */
+typedef int (*diffuse_preview_fn)(void *user, int image, int step, int steps, const float *rgb,
+                                  int width, int height);
 
 /* SDXL's size conditioning, diffusers' original_size, crops_coords_top_left and
  * target_size (A1111's names too); 0 = the image's own size, no crop. Other
@@ -178,6 +184,9 @@ typedef struct diffuse_request {
     const float *mask;
     diffuse_progress_fn progress;
     void *progress_user;
+    int preview_every;           /* 0: no previews */
+    diffuse_preview_fn preview;
+    void *preview_user;
     struct diffuse_stats *stats; /* NULL, or filled with where the time went */
 } diffuse_request;
 

@@ -82,6 +82,10 @@ static diffuse_status check_request(const diffuse_model *m, const diffuse_reques
         return diffuse_fail(err, "fast decode: the TAESD takes %d latent channels, the model "
                             "makes %d", diffuse_taesd_latent_channels(m->taesd),
                             m->vae_cfg.latent_channels), DIFFUSE_ERR_ARGUMENT;
+    if (r->preview_every < 0 || (r->preview_every > 0 && !r->preview))
+        return diffuse_fail(err, "preview: every %d steps%s", r->preview_every,
+                            r->preview_every > 0 ? " without a preview callback" : " is not a "
+                            "cadence"), DIFFUSE_ERR_ARGUMENT;
     if (r->mask && !r->init_image)
         return diffuse_fail(err, "mask: needs an init image"), DIFFUSE_ERR_ARGUMENT;
     size_t need = diffuse_request_memory(m, r), have = memory_available();
@@ -100,6 +104,8 @@ static diffuse_run run_of(const diffuse_model *m, const diffuse_request *r)
                        .height = r->height, .init_image = r->init_image, .strength = r->strength,
                        .mask = r->mask, .fast_decode = r->fast_decode != 0,
                        .fast_encode = r->fast_encode != 0, .progress = r->progress,
+                       .preview_every = r->preview ? r->preview_every : 0,
+                       .preview = r->preview, .preview_user = r->preview_user,
                        .progress_user = r->progress_user, .image_count = r->count,
                        .stats = r->stats};
     if (r->spacing != DIFFUSE_SPACING_DEFAULT)

@@ -603,6 +603,9 @@ typedef struct diffuse_run {
     bool fast_decode, fast_encode;     /* TAESD for the final image / the init image */
     diffuse_progress_fn progress;
     void *progress_user;
+    int preview_every;                 /* 0: none */
+    diffuse_preview_fn preview;
+    void *preview_user;
     int image_index, image_count;      /* for progress */
     /* observer of the latents after each step, or NULL; it may overwrite them
      * (the reference checker restarts each step from the reference's state) */
@@ -618,6 +621,16 @@ typedef struct diffuse_run {
 double diffuse_now(void);
 /* Starts the process's peak resident set afresh from now (Linux clear_refs). */
 void diffuse_rss_peak_reset(void);
+
+/* The latent-to-RGB map for previews: fitted once per model by least
+ * squares to the model's own VAE decoder, on the latents of a few small flat
+ * and graded images (each latent cell against the mean colour of its pixels);
+ * `a` must hold diffuse_preview_fit_workspace floats. */
+#define DIFFUSE_PREVIEW_FIT_SIZE 64
+size_t diffuse_preview_fit_workspace(const diffuse_model *m);
+int diffuse_preview_fit(diffuse_model *m, diffuse_arena *a, char *err);
+/* rgb [h*w, 3] of latents [C, h, w] through the fitted map, clamped to [0, 1]. */
+void diffuse_preview_rgb(const diffuse_model *m, const float *latents, int h, int w, float *rgb);
 
 /* Runs the whole pipeline for one image into pixels_out [height, width, 3].
  * Returns DIFFUSE_OK, or an error status with a message in err. */
@@ -651,6 +664,9 @@ struct diffuse_model {
     diffuse_unet *unet;
     diffuse_vae *vae;
     diffuse_taesd *taesd;               /* NULL: none given or found */
+    /* previews: rgb = P^T [latent, 1] (P [latent+1, 3]), fitted to the VAE at
+     * the first run that asks (diffuse_preview_fit) */
+    float *preview_map;
     const char *family;                 /* "sd1", "sd2", "sdxl" */
     bool force_zeros;                   /* model_index.json force_zeros_for_empty_prompt
                                            (SDXL: true): no negative prompt at all means a

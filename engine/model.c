@@ -479,6 +479,7 @@ void diffuse_model_free(diffuse_model *m)
         return;
     diffuse_vae_free(m->vae);
     diffuse_taesd_free(m->taesd);
+    free(m->preview_map);
     diffuse_unet_free(m->unet);
     diffuse_clip_free(m->clip);
     diffuse_clip_free(m->clip2);

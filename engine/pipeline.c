@@ -24,6 +24,7 @@ typedef struct pipe_buffers {
     float *model_out;     /* [nb, C, h, w] */
     float *pixels;        /* [3, H, W] VAE input / output */
     float *moments;       /* [1, 2C, h, w] */
+    float *preview;       /* [h, w, 3] */
     float timesteps[2];
 } pipe_buffers;
 
@@ -54,7 +55,7 @@ static size_t buffers_floats(const pipe_dims *d, const diffuse_run *run)
     size_t px = (size_t)3 * run->width * run->height;
     return (size_t)d->nb * DIFFUSE_MAX_TOKENS * d->ctx + (size_t)d->nb * d->pooled +
            (size_t)d->nb * DIFFUSE_TIME_IDS + 3 * d->latent_n + (size_t)d->h * d->w +
-           2 * d->nb * d->latent_n + px + 2 * d->latent_n + 16 * 14;
+           2 * d->nb * d->latent_n + px + 2 * d->latent_n + (size_t)3 * d->h * d->w + 16 * 15;
 }
 
 static size_t arena_floats(const diffuse_model *m, const pipe_dims *d, const diffuse_run *run)
@@ -65,6 +66,10 @@ static size_t arena_floats(const diffuse_model *m, const pipe_dims *d, const dif
     if (m->taesd && (run->fast_decode || run->fast_encode)) {
         size_t t = diffuse_taesd_workspace(m->taesd, run->height, run->width);
         v = t > v ? t : v;
+    }
+    if (run->preview_every > 0 && !m->preview_map) {
+        size_t p = diffuse_preview_fit_workspace(m);
+        v = p > v ? p : v;
     }
     return (a > u ? a : u) > v ? (a > u ? a : u) : v;
 }
@@ -87,6 +92,7 @@ static int buffers_init(pipe_buffers *b, const pipe_dims *d, const diffuse_run *
     TAKE(model_out, d->nb * d->latent_n);
     TAKE(pixels, (size_t)3 * run->width * run->height);
     TAKE(moments, 2 * d->latent_n);
+    TAKE(preview, (size_t)3 * d->h * d->w);
 #undef TAKE
     return 0;
 }
@@ -256,6 +262,14 @@ static diffuse_status denoise(diffuse_model *m, const diffuse_run *run, const pi
             blend_mask(d, b, s, i, count);
         if (run->on_step)
             run->on_step(run->on_step_user, i, b->latents, d->latent_n);
+        if (run->preview_every > 0 && ((i + 1) % run->preview_every == 0 || i + 1 == count)) {
+            diffuse_preview_rgb(m, b->latents, d->h, d->w, b->preview);
+            if (run->preview(run->preview_user, run->image_index, i + 1, count, b->preview, d->w,
+                             d->h)) {
+                diffuse_fail(err, "cancelled");
+                return DIFFUSE_ERR_CANCELLED;
+            }
+        }
         if (run->progress && run->progress(run->progress_user, run->image_index,
                                            run->image_count, i + 1, count)) {
             diffuse_fail(err, "cancelled");
@@ -316,6 +330,8 @@ diffuse_status diffuse_pipeline_run(diffuse_model *m, const diffuse_run *run, di
     lap(run, &t0, run->stats ? &run->stats->text_s : &unused);
     if (prepare_latents(m, run, &d, &b, s, &a, noise, err))
         goto done;
+    if (run->preview_every > 0 && diffuse_preview_fit(m, &a, err)) /* once per model */
+        goto done;
     lap(run, &t0, run->stats && run->init_image ? &run->stats->vae_encode_s : &unused);
     st = denoise(m, run, &d, &b, s, &a, noise, err);
     t0 = diffuse_now();
@@ -348,6 +364,10 @@ size_t diffuse_pipeline_memory(const diffuse_model *m, const diffuse_run *run)
     const size_t at = m->taesd ? sizeof(float) * diffuse_taesd_workspace(m->taesd, run->height,
                                                                          run->width) : 0;
     size_t touched = ac, peak = wt + ac;
+    if (run->preview_every > 0 && !m->preview_map) { /* the preview fit encodes with the VAE */
+        touched = max_of(touched, sizeof(float) * diffuse_preview_fit_workspace(m));
+        peak = max_of(peak, wv + touched);
+    }
     if (run->init_image) {
         touched = max_of(touched, run->fast_encode ? at : av);
         peak = max_of(peak, (run->fast_encode ? 0 : wv) + touched);

@@ -411,6 +411,16 @@ if [ -d "$TAESD" ] && [ -d "$MODEL" ]; then
 elif [ "${CI:-}" = true ]; then
     fail "missing $TAESD (CI=true)"
 fi
+# --preview: a PNG at 1/8 of the size, replaced as the run goes
+if [ -d models/default ]; then
+    expect_ok "--preview" "$BIN" generate --model default --prompt "$PROMPT" --steps 3 --seed 2 \
+        --preview "$tmp/preview.png" --preview-every 2 --output "$tmp/with-preview.png" &&
+        expect_png "--preview" "$tmp/preview.png" 32 32
+    ! ls "$tmp"/preview.png.part-* >/dev/null 2>&1
+    check $? "a preview's temporary file was left behind"
+    expect_error "--preview-every alone" "--preview-every" "$BIN" generate --model default \
+        --prompt x --preview-every 2 --output "$tmp/bad.png"
+fi
 # SD 1.x has no "no negative prompt" of its own: none and "" are the same run
 if [ -d "$MODEL" ]; then
     for neg in none empty; do

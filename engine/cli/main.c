@@ -29,6 +29,7 @@ static int usage(void)
             "                        [--threads N] [--vocab PATH] [--prediction epsilon|v] [--verbose]\n"
             "                        [--original-size WxH] [--crop-offset X,Y] [--target-size WxH]\n"
             "                        [--decoder vae|taesd|PATH] [--encoder vae|taesd|PATH]\n"
+            "                        [--preview PATH.png [--preview-every N]]\n"
             "                        --output OUT.png\n"
             "       diffuse refcheck REFERENCE_DIR\n"
             "       diffuse tokenize [--vocab PATH] TEXT\n"
@@ -121,6 +122,16 @@ static int progress(void *user, int image, int count, int step, int steps)
     return 0;
 }
 
+/* --preview PATH: each preview replaces the PNG (written whole, then renamed). */
+static int write_preview(void *user, int image, int step, int steps, const float *rgb, int w,
+                         int h)
+{
+    char err[DIFFUSE_ERROR_SIZE];
+    if (png_write_rgb(user, rgb, w, h, NULL, NULL, err, sizeof err))
+        fprintf(stderr, "\ndiffuse: preview: %s\n", err);
+    return 0;
+}
+
 /* ------------------------------------------------------------------ generate */
 
 static double now_s(void)
@@ -165,6 +176,7 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
         {"prediction", 1, 0, 'r'}, {"verbose", 0, 0, 'V'},
         {"original-size", 1, 0, 'O'}, {"crop-offset", 1, 0, 'X'}, {"target-size", 1, 0, 'G'},
         {"decoder", 1, 0, 'D'}, {"encoder", 1, 0, 'E'},
+        {"preview", 1, 0, 'w'}, {"preview-every", 1, 0, 'e'},
         {0, 0, 0, 0}};
     diffuse_size_cond *sc = &o->req.size_cond;
     int c;
@@ -249,10 +261,22 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
                 o->load.taesd_path = optarg;
             break;
         }
+        case 'w':
+            o->req.preview = write_preview;
+            o->req.preview_user = optarg;
+            if (!o->req.preview_every)
+                o->req.preview_every = 1;
+            break;
+        case 'e':
+            if (!parse_int(optarg, 1, 1000, &v)) return bad_arg("--preview-every", optarg, "expected 1..1000");
+            o->req.preview_every = (int)v;
+            break;
         default: return usage();
         }
     }
     if (optind < argc) return bad_arg("argument", argv[optind], "unexpected");
+    if (o->req.preview_every && !o->req.preview)
+        return bad_arg("--preview-every", "", "needs --preview PATH.png");
     if (!o->model) return bad_arg("--model", "", "missing");
     if (!o->req.prompt) return bad_arg("--prompt", "", "missing");
     if (!o->output) return bad_arg("--output", "", "missing");

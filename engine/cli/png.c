@@ -2,6 +2,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <string.h>
 
 #include <png.h>
@@ -36,10 +37,14 @@ float *png_read(const char *path, int channels, int *w, int *h, char *err, size_
     return out;
 }
 
+/* Written under a temporary name beside path, then renamed over it: a reader
+ * (or a crash) never sees half a file. */
 int png_write_rgb(const char *path, const float *rgb, int w, int h, const char *text_key,
                   const char *text, char *err, size_t err_size)
 {
-    FILE *f = fopen(path, "wb");
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.part-%ld", path, (long)getpid());
+    FILE *f = fopen(tmp, "wb");
     png_structp png = f ? png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL) : NULL;
     png_infop info = png ? png_create_info_struct(png) : NULL;
     unsigned char *row = malloc((size_t)w * 3);
@@ -47,8 +52,10 @@ int png_write_rgb(const char *path, const float *rgb, int w, int h, const char *
         snprintf(err, err_size, "%s: cannot write PNG", path);
         if (png)
             png_destroy_write_struct(&png, info ? &info : NULL);
-        if (f)
+        if (f) {
             fclose(f);
+            unlink(tmp);
+        }
         free(row);
         return -1;
     }
@@ -64,15 +71,16 @@ int png_write_rgb(const char *path, const float *rgb, int w, int h, const char *
     for (int y = 0; y < h; y++) {
         for (int x = 0; x < w * 3; x++) {
             float v = rgb[(size_t)y * w * 3 + x];
-            row[x] = (unsigned char)lrintf((v < 0 ? 0 : v > 1 ? 1 : v) * 255.0f);
+            row[x] = (unsigned char)lrintf((v > 0 ? (v < 1 ? v : 1) : 0) * 255.0f); /* NaN: 0 */
         }
         png_write_row(png, row);
     }
     png_write_end(png, info);
     png_destroy_write_struct(&png, &info);
     free(row);
-    if (fclose(f) != 0) {
+    if (fclose(f) != 0 || rename(tmp, path) != 0) {
         snprintf(err, err_size, "%s: cannot write PNG", path);
+        unlink(tmp);
         return -1;
     }
     return 0;
