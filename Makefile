@@ -19,6 +19,13 @@ CFLAGS  ?= $(OPT) -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-format-truncation -Wno-psabi -fPIC $(SANFLAGS) \
 	   -Iengine $(shell pkg-config --cflags $(PKGS))
 LDLIBS  := $(shell pkg-config --libs $(PKGS)) -lm -lpthread
+# oneDNN for the large 3x3 convolutions (engine/conv_dnnl.c) when libdnnl-dev
+# is installed; without it the engine keeps its own im2col path everywhere.
+HAVE_DNNL := $(if $(wildcard /usr/include/oneapi/dnnl/dnnl.h),yes)
+ifeq ($(HAVE_DNNL),yes)
+CFLAGS  += -DDIFFUSE_DNNL
+LDLIBS  += -ldnnl -lgomp
+endif
 LDFLAGS += $(SANFLAGS)
 
 ENGINE_SRC := $(wildcard engine/*.c)

@@ -29,7 +29,7 @@ echo "== installing build dependencies (apt)"
 $SUDO apt-get update -qq
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     build-essential pkg-config ca-certificates curl \
-    libopenblas-dev libcjson-dev libutf8proc-dev libpng-dev zlib1g-dev \
+    libopenblas-dev libdnnl-dev libcjson-dev libutf8proc-dev libpng-dev zlib1g-dev \
     python3 python3-numpy  # for `make test`: the image checks of tests/
 
 echo "== building"

@@ -213,8 +213,21 @@ int diffuse_conv_out_h(const diffuse_conv *c);
 int diffuse_conv_out_w(const diffuse_conv *c);
 /* Dense-equivalent flops of a convolution over n images (2 per multiply-add). */
 double diffuse_conv_flops(const diffuse_conv *c, int n);
-/* Floats of scratch diffuse_op_conv2d needs (im2col of one image). */
-size_t diffuse_conv_scratch(const diffuse_conv *c);
+/* Floats of scratch diffuse_op_conv2d needs for n images: im2col of one
+ * image, or what oneDNN's path takes (conv_dnnl.c: the input, weights and
+ * output in its blocked layouts), whichever is more. */
+size_t diffuse_conv_scratch(const diffuse_conv *c, int n);
+/* oneDNN's 3x3 convolutions (conv_dnnl.c), where they win: false (nothing
+ * done) when not used for this shape. The backend: 0 im2col only, 1 oneDNN
+ * wherever it can, 2 by size (the default; DIFFUSE_CONV=im2col|dnnl sets it). */
+bool diffuse_dnnl_available(void);
+/* Whether a k x k convolution with this stride goes to oneDNN when it is big
+ * enough (for sizing bands before the exact shape is known). */
+bool diffuse_dnnl_preferred(int k, int stride);
+size_t diffuse_dnnl_conv_scratch(const diffuse_conv *c, int n);
+bool diffuse_dnnl_conv(float *y, const float *x, const float *w, const float *b,
+                       const diffuse_conv *c, int n, float *scratch);
+void diffuse_conv_set_backend(int backend);
 /* y[N, cout, oh, ow] = conv(x[N, cin, h, w], W) + b. */
 void diffuse_op_conv2d(float *y, const float *x, const float *w, const float *b,
                        const diffuse_conv *c, int n, float *scratch);

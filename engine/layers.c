@@ -99,7 +99,7 @@ int diffuse_conv2d_forward_pad(const diffuse_conv2d *c, float *y, const float *x
     diffuse_conv g = {.cin = c->cin, .h = h, .w = w, .cout = c->cout, .k = c->k, .stride = stride,
                       .pad_top = pad[0], .pad_left = pad[1], .pad_bottom = pad[2],
                       .pad_right = pad[3]};
-    size_t mark = diffuse_arena_mark(a), need = diffuse_conv_scratch(&g);
+    size_t mark = diffuse_arena_mark(a), need = diffuse_conv_scratch(&g, n);
     const float *wf = diffuse_wmat_f32(&c->w, a);
     float *scratch = need ? diffuse_arena_push(a, need) : NULL;
     if (!wf || (need && !scratch))
@@ -120,9 +120,13 @@ int diffuse_conv2d_forward(const diffuse_conv2d *c, float *y, const float *x, in
 size_t diffuse_resnet_workspace(const diffuse_resnet *r, int n, int h, int w)
 {
     size_t cmax = r->cin > r->cout ? r->cin : r->cout;
-    /* two activations + im2col of one image (+ alignment slack) */
-    return 2 * ((size_t)n * cmax * h * w + 16) + (size_t)cmax * 9 * h * w + 64 +
-           (size_t)n * r->cout;
+    diffuse_conv c1 = {.cin = r->cin, .h = h, .w = w, .cout = r->cout, .k = 3, .stride = 1,
+                       .pad_top = 1, .pad_left = 1, .pad_bottom = 1, .pad_right = 1};
+    diffuse_conv c2 = c1;
+    c2.cin = r->cout;
+    size_t s1 = diffuse_conv_scratch(&c1, n), s2 = diffuse_conv_scratch(&c2, n);
+    /* two activations + the larger conv's scratch (+ alignment slack) */
+    return 2 * ((size_t)n * cmax * h * w + 16) + (s1 > s2 ? s1 : s2) + 64 + (size_t)n * r->cout;
 }
 
 /* y = shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(temb)))) */

@@ -235,12 +235,19 @@ double diffuse_conv_flops(const diffuse_conv *c, int n)
     return 2.0 * n * c->cout * c->cin * c->k * c->k * diffuse_conv_out_h(c) * diffuse_conv_out_w(c);
 }
 
-size_t diffuse_conv_scratch(const diffuse_conv *c)
+/* im2col of one image; 0 for a plain 1x1 convolution (the input is the matrix) */
+static size_t im2col_floats(const diffuse_conv *c)
 {
     if (c->k == 1 && c->stride == 1 && !c->pad_top && !c->pad_left && !c->pad_bottom &&
         !c->pad_right)
         return 0;
     return (size_t)c->cin * c->k * c->k * diffuse_conv_out_h(c) * diffuse_conv_out_w(c);
+}
+
+size_t diffuse_conv_scratch(const diffuse_conv *c, int n)
+{
+    size_t col = im2col_floats(c), dnnl = diffuse_dnnl_conv_scratch(c, n);
+    return col > dnnl ? col : dnnl;
 }
 
 typedef struct im2col_job {
@@ -320,11 +327,13 @@ void diffuse_op_conv2d(float *y, const float *x, const float *w, const float *b,
 {
     const int oh = diffuse_conv_out_h(c), ow = diffuse_conv_out_w(c);
     const int kk = c->cin * c->k * c->k, hw = oh * ow;
+    if (diffuse_dnnl_conv(y, x, w, b, c, n, scratch))
+        return;
     for (int i = 0; i < n; i++) {
         const float *xi = x + (size_t)i * c->cin * c->h * c->w;
         float *yi = y + (size_t)i * c->cout * hw;
         const float *col = xi;
-        if (diffuse_conv_scratch(c)) {
+        if (im2col_floats(c)) {
             im2col(scratch, xi, c, oh, ow);
             col = scratch;
         }

@@ -341,7 +341,13 @@ static size_t time_workspace(const diffuse_unet *u, int n)
 }
 
 /* im2col scratch of a 3x3 conv with cin inputs and an oh x ow output. */
-static size_t conv3_scratch(int cin, int oh, int ow) { return pad16((size_t)cin * 9 * oh * ow); }
+/* Scratch of a 3x3 convolution (pad 1) over n images of h x w with stride s. */
+static size_t conv3_scratch(int n, int cin, int cout, int h, int w, int s)
+{
+    diffuse_conv c = {.cin = cin, .h = h, .w = w, .cout = cout, .k = 3, .stride = s,
+                      .pad_top = 1, .pad_left = 1, .pad_bottom = 1, .pad_right = 1};
+    return pad16(diffuse_conv_scratch(&c, n));
+}
 
 /* Arena one transformer_forward takes: four [T, C] buffers held through the
  * blocks (tokens, normalized tokens, image-layout copy, a block's branch
@@ -376,7 +382,8 @@ size_t diffuse_unet_workspace(const diffuse_unet *u, int n, int h, int w, int to
     int hs[DIFFUSE_MAX_LEVELS], ws[DIFFUSE_MAX_LEVELS];
     level_sizes(h, w, L, hs, ws);
     size_t held = 2 * pad16((size_t)n * u->temb_dim) + 2 * pad16(pingpong_floats(u, n, hs, ws));
-    size_t work = max_sz(time_workspace(u, n), conv3_scratch(cfg->in_channels, h, w));
+    size_t work = max_sz(time_workspace(u, n),
+                         conv3_scratch(n, cfg->in_channels, cfg->channels[0], h, w, 1));
     held += pad16((size_t)n * cfg->channels[0] * h * w); /* conv_in */
     for (int l = 0; l < L; l++) {
         const unet_level *lv = &u->down[l];
@@ -386,7 +393,7 @@ size_t diffuse_unet_workspace(const diffuse_unet *u, int n, int h, int w, int to
         }
         if (lv->sampler.w.data) {
             held += pad16((size_t)n * lv->cout * hs[l + 1] * ws[l + 1]);
-            work = max_sz(work, conv3_scratch(lv->cout, hs[l + 1], ws[l + 1]));
+            work = max_sz(work, conv3_scratch(n, lv->cout, lv->cout, hs[l], ws[l], 2));
         }
     }
     work = max_sz(work, diffuse_resnet_workspace(&u->mid_res[0], n, hs[L - 1], ws[L - 1]));
@@ -400,9 +407,9 @@ size_t diffuse_unet_workspace(const diffuse_unet *u, int n, int h, int w, int to
         }
         if (lv->sampler.w.data)
             work = max_sz(work, pad16((size_t)n * lv->cout * hs[l - 1] * ws[l - 1]) +
-                                    conv3_scratch(lv->cout, hs[l - 1], ws[l - 1]));
+                                    conv3_scratch(n, lv->cout, lv->cout, hs[l - 1], ws[l - 1], 1));
     }
-    work = max_sz(work, conv3_scratch(cfg->channels[0], h, w)); /* conv_out */
+    work = max_sz(work, conv3_scratch(n, cfg->channels[0], cfg->out_channels, h, w, 1)); /* conv_out */
     return held + work + diffuse_wmat_scratch(u->widen_max); /* one layer's weights at a time */
 }
 

@@ -101,12 +101,17 @@ static bool vae_conv_direct(const diffuse_conv2d *c, const vae_geom *g, bool acc
            !g->pad[2] && !g->pad[3];
 }
 
-/* Output rows per band: the im2col, input copy and output copy of one band fit
- * VAE_BAND_FLOATS, and there are at least VAE_MIN_BANDS bands when oh allows. */
+/* Output rows per band: the conv's scratch (im2col, or oneDNN's blocked
+ * copies of the band's input and output, a ninth as much), input copy and
+ * output copy of one band fit VAE_BAND_FLOATS, and there are at least
+ * VAE_MIN_BANDS bands when oh allows. */
 static int vae_band_rows(const diffuse_conv2d *c, const vae_geom *g, int oh, int ow)
 {
-    size_t per_row = (size_t)c->cin * c->k * c->k * ow + (size_t)c->cout * ow +
-                     (size_t)c->cin * g->stride * g->up * g->w;
+    const size_t in_row = (size_t)c->cin * g->stride * g->up * g->w;
+    const size_t scratch_row = diffuse_dnnl_preferred(c->k, g->stride)
+                                   ? in_row + (size_t)c->cout * ow
+                                   : (size_t)c->cin * c->k * c->k * ow;
+    size_t per_row = scratch_row + (size_t)c->cout * ow + in_row;
     size_t rows = VAE_BAND_FLOATS / per_row;
     size_t cap = ((size_t)oh + VAE_MIN_BANDS - 1) / VAE_MIN_BANDS;
     if (rows > cap)
@@ -114,13 +119,36 @@ static int vae_band_rows(const diffuse_conv2d *c, const vae_geom *g, int oh, int
     return rows < 1 ? 1 : (int)rows;
 }
 
-/* Floats of the band buffers: input rows [cin, rows_in, W], im2col
- * [cin*k*k, nb*ow], output rows [cout, nb*ow]. */
-static void vae_band_sizes(const diffuse_conv2d *c, const vae_geom *g, int nb, int ow,
+/* The convolution of the band of n output rows from o0: the input rows it
+ * reads (pads at the image edge become the band's own), *r0 the first. */
+static diffuse_conv vae_band_conv(const diffuse_conv2d *c, const vae_geom *g, int o0, int n,
+                                  int *r0)
+{
+    const int hv = g->up * g->h;
+    int lo = o0 * g->stride - g->pad[0], hi = (o0 + n - 1) * g->stride - g->pad[0] + c->k - 1;
+    int first = lo > 0 ? lo : 0, last = hi < hv - 1 ? hi : hv - 1; /* rows read, inclusive */
+    *r0 = first;
+    return (diffuse_conv){.cin = c->cin, .h = last - first + 1, .w = g->up * g->w,
+                          .cout = c->cout, .k = c->k, .stride = g->stride,
+                          .pad_top = first - lo, .pad_left = g->pad[1], .pad_bottom = hi - last,
+                          .pad_right = g->pad[3]};
+}
+
+/* Floats of the band buffers: input rows [cin, rows_in, W], the conv's
+ * scratch (im2col [cin*k*k, nb*ow], or oneDNN's, for the first, an inner and
+ * the last band), output rows [cout, nb*ow]. */
+static void vae_band_sizes(const diffuse_conv2d *c, const vae_geom *g, int nb, int oh, int ow,
                            size_t sz[3])
 {
     sz[0] = (size_t)c->cin * ((size_t)(nb - 1) * g->stride + c->k) * g->up * g->w;
     sz[1] = (size_t)c->cin * c->k * c->k * nb * ow;
+    const int starts[3] = {0, nb < oh ? nb : 0, (oh - 1) / nb * nb};
+    for (int i = 0; i < 3; i++) {
+        int r0, n = oh - starts[i] < nb ? oh - starts[i] : nb;
+        diffuse_conv d = vae_band_conv(c, g, starts[i], n, &r0);
+        size_t s = diffuse_conv_scratch(&d, 1);
+        sz[1] = s > sz[1] ? s : sz[1];
+    }
     sz[2] = (size_t)c->cout * nb * ow;
 }
 
@@ -138,7 +166,7 @@ static size_t vae_conv_scratch(const diffuse_conv2d *c, const vae_geom *g, bool 
     int oh, ow;
     size_t sz[3];
     vae_out_size(c, g, &oh, &ow);
-    vae_band_sizes(c, g, vae_band_rows(c, g, oh, ow), ow, sz);
+    vae_band_sizes(c, g, vae_band_rows(c, g, oh, ow), oh, ow, sz);
     return wsz + vae_round16(sz[0]) + vae_round16(sz[1]) + vae_round16(sz[2]);
 }
 
@@ -183,21 +211,17 @@ static int vae_conv(const diffuse_conv2d *c, float *y, const float *x, const vae
         diffuse_arena_reset(a, mark);
         return 0;
     }
-    const int nb = vae_band_rows(c, g, oh, ow), hv = g->up * g->h;
-    vae_band_sizes(c, g, nb, ow, sz);
+    const int nb = vae_band_rows(c, g, oh, ow);
+    vae_band_sizes(c, g, nb, oh, ow, sz);
     float *xb = diffuse_arena_push(a, sz[0]);   /* [cin, rows_in, W] */
     float *col = diffuse_arena_push(a, sz[1]);  /* [cin*k*k, nb*ow] */
     float *yb = diffuse_arena_push(a, sz[2]);   /* [cout, nb*ow] */
     if (!xb || !col || !yb)
         return -1;
     for (int o0 = 0; o0 < oh; o0 += nb) {
-        int n = oh - o0 < nb ? oh - o0 : nb;
-        int lo = o0 * g->stride - g->pad[0], hi = (o0 + n - 1) * g->stride - g->pad[0] + c->k - 1;
-        int r0 = lo > 0 ? lo : 0, r1 = hi < hv - 1 ? hi : hv - 1; /* rows read, inclusive */
-        vae_copy_rows(xb, x, c, g, r0, r1 - r0 + 1);
-        diffuse_conv d = {.cin = c->cin, .h = r1 - r0 + 1, .w = g->up * g->w, .cout = c->cout,
-                          .k = c->k, .stride = g->stride, .pad_top = r0 - lo,
-                          .pad_left = g->pad[1], .pad_bottom = hi - r1, .pad_right = g->pad[3]};
+        int n = oh - o0 < nb ? oh - o0 : nb, r0;
+        diffuse_conv d = vae_band_conv(c, g, o0, n, &r0);
+        vae_copy_rows(xb, x, c, g, r0, d.h);
         diffuse_op_conv2d(yb, xb, wf, c->b, &d, 1, col);
         a->flops += diffuse_conv_flops(&d, 1);
         for (int co = 0; co < c->cout; co++) {

@@ -133,7 +133,7 @@ static void conv_case(int cin, int cout, int h, int w, int k, int stride, int pt
     const int want_oh = (h + pt + pb - k) / stride + 1, want_ow = (w + pl + pr - k) / stride + 1;
     CHECK(oh == want_oh && ow == want_ow, "conv out size %dx%d, want %dx%d", oh, ow, want_oh,
           want_ow);
-    const size_t ny = (size_t)n * cout * oh * ow, ns = diffuse_conv_scratch(&c);
+    const size_t ny = (size_t)n * cout * oh * ow, ns = diffuse_conv_scratch(&c, n);
     float *x = random_buf((size_t)n * cin * h * w, 1), *wt = random_buf((size_t)cout * cin * k * k, 0.5f);
     float *b = bias ? random_buf((size_t)cout, 1) : NULL;
     float *y = filled(ny, NAN), *yr = filled(ny, NAN);
@@ -184,11 +184,50 @@ static void test_conv2d(void)
     float x[16], wt[9] = {0, 0, 0, 0, 1, 0, 0, 0, 0}, y[4];
     for (int i = 0; i < 16; i++)
         x[i] = (float)i;
-    float *scratch = filled(diffuse_conv_scratch(&c), 0);
+    float *scratch = filled(diffuse_conv_scratch(&c, 1), 0);
     diffuse_op_conv2d(y, x, wt, NULL, &c, 1, scratch);
     CHECK(diffuse_conv_out_h(&c) == 2 && y[0] == 5 && y[1] == 7 && y[2] == 13 && y[3] == 15,
           "VAE pad picks (%g %g %g %g), want (5 7 13 15)", y[0], y[1], y[2], y[3]);
     free(scratch);
+}
+
+/* The oneDNN path (conv_dnnl.c) on the same cases, forced, plus shapes whose
+ * channels are not a multiple of the vector block; the same bits at 1 and 2
+ * threads; and it really runs where the build has it. */
+static void test_conv2d_dnnl(void)
+{
+    diffuse_conv_set_backend(1);
+    test_conv2d();
+    /*        cin cout  h   w  k  s  top left bottom right  n  bias */
+    conv_case(20, 36, 13, 17, 3, 1, 1, 1, 1, 1, 2, true);
+    conv_case(36, 20, 13, 17, 3, 2, 1, 1, 1, 1, 1, false);
+    conv_case(24, 40, 19, 9, 3, 2, 0, 0, 1, 1, 2, true);
+    conv_case(64, 64, 23, 29, 3, 1, 1, 1, 1, 1, 1, true);
+    conv_case(4, 32, 15, 15, 3, 1, 1, 1, 1, 1, 2, true);
+    diffuse_conv c = {.cin = 48, .h = 37, .w = 45, .cout = 40, .k = 3, .stride = 1, .pad_top = 1,
+                      .pad_left = 1, .pad_bottom = 1, .pad_right = 1};
+    const size_t nx = (size_t)2 * 48 * 37 * 45, ny = (size_t)2 * 40 * 37 * 45;
+    float *x = random_buf(nx, 1), *wt = random_buf((size_t)40 * 48 * 9, 0.5f), *b = random_buf(40, 1);
+    float *y1 = filled(ny, NAN), *y2 = filled(ny, NAN);
+    float *scratch = filled(diffuse_conv_scratch(&c, 2), NAN);
+    diffuse_pool_set_threads(1);
+    bool ran = diffuse_dnnl_conv(y1, x, wt, b, &c, 2, scratch);
+    diffuse_pool_set_threads(2);
+    diffuse_op_conv2d(y2, x, wt, b, &c, 2, scratch);
+    diffuse_pool_set_threads(0);
+#ifdef DIFFUSE_DNNL
+    CHECK(ran || !diffuse_dnnl_available(), "oneDNN is built in and the CPU has AVX2, yet it did not run");
+#endif
+    if (ran)
+        CHECK(memcmp(y1, y2, sizeof(float) * ny) == 0, "oneDNN conv differs between 1 and 2 threads");
+    printf("oneDNN convolutions: %s\n", ran ? "used" : "not in this build or CPU");
+    free(x);
+    free(wt);
+    free(b);
+    free(y1);
+    free(y2);
+    free(scratch);
+    diffuse_conv_set_backend(2);
 }
 
 /* ------------------------------------------------------------------ attention */
@@ -667,6 +706,7 @@ int main(void)
     test_widen();
     test_linear();
     test_conv2d();
+    test_conv2d_dnnl();
     test_attention();
     test_group_norm();
     test_layer_norm();

@@ -11,7 +11,7 @@ set -eu
 dir=${1:-${DIFFUSE_GIMP3_CHROOT:-/var/cache/diffuse/trixie-gimp3}}
 # GIMP 3.0 and the build dependencies; python3 for the tests' pixel checks;
 # an X server, a key sender and a screen grabber for the dialog test
-packages="gimp libgimp-3.0-dev build-essential pkg-config libopenblas-dev libcjson-dev \
+packages="gimp libgimp-3.0-dev build-essential pkg-config libopenblas-dev libdnnl-dev libcjson-dev \
 libutf8proc-dev libpng-dev zlib1g-dev file python3 xvfb xauth xdotool imagemagick"
 
 apt_install() {

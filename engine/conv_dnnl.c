@@ -1,0 +1,265 @@
+/* conv_dnnl.c: 3x3 convolutions through oneDNN (Debian's libdnnl), where it
+ * beats the engine's own im2col + sgemm. Measured on this project's 2-core
+ * machines (README, "Convolutions"): oneDNN's blocked direct convolution
+ * (brgconv) runs the shapes Stable Diffusion has at 1.1-2.2x the im2col path,
+ * reorders to and from its blocked layout included. The engine's tensors stay
+ * NCHW: each call reorders the input, the weights and the output, all into
+ * scratch from the caller's arena (nothing of oneDNN's own grows with the
+ * image), and primitives are made once per shape and kept.
+ *
+ * Used for 3x3 convolutions of at least DNNL_MIN_MACS multiply-adds; smaller
+ * ones (the tiny reference models) keep the im2col path. DIFFUSE_CONV=im2col
+ * or =dnnl in the environment forces one path (tests, measurements). Results
+ * are the same at every thread count (tests/test_ops.c). Builds without
+ * libdnnl-dev keep the im2col path everywhere. Works with oneDNN 2.x
+ * (Debian 12) and 3.x (Debian 13), whose C APIs differ in how descriptors
+ * are made. */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define DNNL_MIN_MACS (1u << 24)
+
+/* auto (-1 until read), 0 im2col, 1 dnnl where possible */
+static int conv_mode = -1;
+
+static int mode(void)
+{
+    if (conv_mode < 0) {
+        const char *e = getenv("DIFFUSE_CONV");
+        conv_mode = e && strcmp(e, "im2col") == 0 ? 0 : e && strcmp(e, "dnnl") == 0 ? 1 : 2;
+    }
+    return conv_mode;
+}
+
+void diffuse_conv_set_backend(int backend) { conv_mode = backend; }
+
+#ifndef DIFFUSE_DNNL
+
+bool diffuse_dnnl_available(void) { return false; }
+bool diffuse_dnnl_preferred(int k, int stride) { return false; }
+size_t diffuse_dnnl_conv_scratch(const diffuse_conv *c, int n) { return 0; }
+bool diffuse_dnnl_conv(float *y, const float *x, const float *w, const float *b,
+                       const diffuse_conv *c, int n, float *scratch)
+{
+    return false;
+}
+
+#else
+
+#include <dnnl.h>
+#include <omp.h>
+
+#if DNNL_VERSION_MAJOR >= 3
+typedef dnnl_memory_desc_t md_t; /* a handle */
+typedef const_dnnl_memory_desc_t cmd_t;
+#define MD(m) (m)
+static md_t md_new(int nd, const dnnl_dims_t d, dnnl_format_tag_t tag)
+{
+    md_t m = NULL;
+    if (dnnl_memory_desc_create_with_tag(&m, nd, d, dnnl_f32, tag) != dnnl_success)
+        return NULL;
+    return m;
+}
+static void md_free(md_t m) { dnnl_memory_desc_destroy(m); }
+#else
+typedef dnnl_memory_desc_t md_t; /* a struct */
+typedef const dnnl_memory_desc_t *cmd_t;
+#define MD(m) (&(m))
+static md_t md_new(int nd, const dnnl_dims_t d, dnnl_format_tag_t tag)
+{
+    md_t m;
+    memset(&m, 0, sizeof m);
+    dnnl_memory_desc_init_by_tag(&m, nd, d, dnnl_f32, tag);
+    return m;
+}
+static void md_free(md_t m) { (void)m; }
+#endif
+
+typedef struct conv_key { /* ints only: no padding bytes for memcmp to trip on */
+    int n, cin, h, w, cout, k, stride, pad[4], bias;
+} conv_key;
+
+typedef struct conv_prim {
+    conv_key key;
+    bool ok;                     /* false: oneDNN refused the shape; im2col it is */
+    dnnl_primitive_t conv, rsrc, rwei, rdst;
+    md_t src_plain, wei_plain, dst_plain, bias_md;
+    cmd_t src_md, wei_md, dst_md, pad_md;  /* the primitive's own (blocked) layouts */
+    size_t src_b, wei_b, dst_b, pad_b;     /* bytes of each, 64-aligned in scratch */
+    dnnl_primitive_desc_t pd;
+} conv_prim;
+
+#define MAX_PRIMS 512
+static conv_prim prims[MAX_PRIMS];
+static int nprims;
+static pthread_mutex_t prim_lock = PTHREAD_MUTEX_INITIALIZER;
+static dnnl_engine_t engine;
+static dnnl_stream_t stream;
+
+static size_t align64(size_t b) { return (b + 63) & ~(size_t)63; }
+
+static bool reorder(dnnl_primitive_t *out, cmd_t from, cmd_t to)
+{
+    dnnl_primitive_desc_t pd;
+    if (dnnl_reorder_primitive_desc_create(&pd, from, engine, to, engine, NULL) != dnnl_success)
+        return false;
+    bool ok = dnnl_primitive_create(out, pd) == dnnl_success;
+    dnnl_primitive_desc_destroy(pd);
+    return ok;
+}
+
+/* Makes the primitive and its reorders for one shape; p->ok says whether it
+ * worked. Called with prim_lock held. */
+static void prim_make(conv_prim *p, const conv_key *k)
+{
+    memset(p, 0, sizeof *p);
+    p->key = *k;
+    const int oh = (k->h + k->pad[0] + k->pad[2] - k->k) / k->stride + 1;
+    const int ow = (k->w + k->pad[1] + k->pad[3] - k->k) / k->stride + 1;
+    dnnl_dims_t sd = {k->n, k->cin, k->h, k->w}, wd = {k->cout, k->cin, k->k, k->k},
+                bd = {k->cout}, dd = {k->n, k->cout, oh, ow};
+    dnnl_dims_t st = {k->stride, k->stride}, pl = {k->pad[0], k->pad[1]},
+                pr = {k->pad[2], k->pad[3]};
+    md_t src_any = md_new(4, sd, dnnl_format_tag_any), wei_any = md_new(4, wd, dnnl_format_tag_any);
+    md_t dst_any = md_new(4, dd, dnnl_format_tag_any);
+    p->src_plain = md_new(4, sd, dnnl_nchw);
+    p->wei_plain = md_new(4, wd, dnnl_oihw);
+    p->dst_plain = md_new(4, dd, dnnl_nchw);
+    p->bias_md = md_new(1, bd, dnnl_x);
+    dnnl_primitive_attr_t attr = NULL;
+    if (dnnl_primitive_attr_create(&attr) != dnnl_success ||
+        dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user) != dnnl_success)
+        goto done;
+#if DNNL_VERSION_MAJOR >= 3
+    if (dnnl_convolution_forward_primitive_desc_create(
+            &p->pd, engine, dnnl_forward_inference, dnnl_convolution_direct, src_any, wei_any,
+            k->bias ? p->bias_md : NULL, dst_any, st, NULL, pl, pr, attr) != dnnl_success)
+        goto done;
+#else
+    dnnl_convolution_desc_t cd;
+    if (dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, dnnl_convolution_direct,
+                                           &src_any, &wei_any, k->bias ? &p->bias_md : NULL,
+                                           &dst_any, st, pl, pr) != dnnl_success ||
+        dnnl_primitive_desc_create(&p->pd, &cd, attr, engine, NULL) != dnnl_success)
+        goto done;
+#endif
+    p->src_md = dnnl_primitive_desc_query_md(p->pd, dnnl_query_src_md, 0);
+    p->wei_md = dnnl_primitive_desc_query_md(p->pd, dnnl_query_weights_md, 0);
+    p->dst_md = dnnl_primitive_desc_query_md(p->pd, dnnl_query_dst_md, 0);
+    p->pad_md = dnnl_primitive_desc_query_md(p->pd, dnnl_query_scratchpad_md, 0);
+    p->src_b = align64(dnnl_memory_desc_get_size(p->src_md));
+    p->wei_b = align64(dnnl_memory_desc_get_size(p->wei_md));
+    p->dst_b = align64(dnnl_memory_desc_get_size(p->dst_md));
+    p->pad_b = p->pad_md ? align64(dnnl_memory_desc_get_size(p->pad_md)) : 0;
+    p->ok = dnnl_primitive_create(&p->conv, p->pd) == dnnl_success &&
+            reorder(&p->rsrc, MD(p->src_plain), p->src_md) &&
+            reorder(&p->rwei, MD(p->wei_plain), p->wei_md) &&
+            reorder(&p->rdst, p->dst_md, MD(p->dst_plain));
+done:
+    if (attr)
+        dnnl_primitive_attr_destroy(attr);
+    md_free(src_any);
+    md_free(wei_any);
+    md_free(dst_any);
+}
+
+static bool wanted(const diffuse_conv *c, int n)
+{
+    const int m = mode();
+    if (m == 0 || c->k != 3 || (c->stride != 1 && c->stride != 2) || diffuse_cpu_path() < DIFFUSE_CPU_AVX2)
+        return false;
+    const double macs = (double)n * c->cout * c->cin * 9 * diffuse_conv_out_h(c) * diffuse_conv_out_w(c);
+    return m == 1 || macs >= DNNL_MIN_MACS;
+}
+
+/* The primitive for this shape, made on first use; NULL when oneDNN cannot
+ * run it (or is not wanted for it). */
+static conv_prim *prim_for(const diffuse_conv *c, int n, bool bias)
+{
+    if (!wanted(c, n))
+        return NULL;
+    conv_key k = {.n = n, .cin = c->cin, .h = c->h, .w = c->w, .cout = c->cout, .k = c->k,
+                  .stride = c->stride, .pad = {c->pad_top, c->pad_left, c->pad_bottom, c->pad_right},
+                  .bias = bias ? 1 : 0};
+    conv_prim *p = NULL;
+    pthread_mutex_lock(&prim_lock);
+    if (!engine && (dnnl_engine_create(&engine, dnnl_cpu, 0) != dnnl_success ||
+                    dnnl_stream_create(&stream, engine, dnnl_stream_default_flags) != dnnl_success))
+        engine = NULL;
+    for (int i = 0; engine && i < nprims && !p; i++)
+        if (memcmp(&prims[i].key, &k, sizeof k) == 0)
+            p = &prims[i];
+    if (engine && !p && nprims < MAX_PRIMS) {
+        p = &prims[nprims++];
+        prim_make(p, &k);
+    }
+    pthread_mutex_unlock(&prim_lock);
+    return p && p->ok ? p : NULL;
+}
+
+bool diffuse_dnnl_available(void) { return diffuse_cpu_path() >= DIFFUSE_CPU_AVX2; }
+
+bool diffuse_dnnl_preferred(int k, int stride)
+{
+    return mode() != 0 && diffuse_dnnl_available() && k == 3 && (stride == 1 || stride == 2);
+}
+
+size_t diffuse_dnnl_conv_scratch(const diffuse_conv *c, int n)
+{
+    /* the bias does not change the layouts: ask for the biased form */
+    conv_prim *p = prim_for(c, n, true);
+    return p ? (p->src_b + p->wei_b + p->dst_b + p->pad_b + 64) / sizeof(float) : 0;
+}
+
+static bool run(dnnl_primitive_t prim, int nargs, const dnnl_exec_arg_t *args)
+{
+    return dnnl_primitive_execute(prim, stream, nargs, args) == dnnl_success;
+}
+
+bool diffuse_dnnl_conv(float *y, const float *x, const float *w, const float *b,
+                       const diffuse_conv *c, int n, float *scratch)
+{
+    conv_prim *p = prim_for(c, n, b != NULL);
+    if (!p || !scratch)
+        return false;
+    uint8_t *s = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    dnnl_memory_t mx = NULL, mw = NULL, my = NULL, bx = NULL, bw = NULL, by = NULL, mb = NULL,
+                  mp = NULL;
+    bool ok = dnnl_memory_create(&mx, MD(p->src_plain), engine, (void *)x) == dnnl_success &&
+              dnnl_memory_create(&mw, MD(p->wei_plain), engine, (void *)w) == dnnl_success &&
+              dnnl_memory_create(&my, MD(p->dst_plain), engine, y) == dnnl_success &&
+              dnnl_memory_create(&bx, p->src_md, engine, s) == dnnl_success &&
+              dnnl_memory_create(&bw, p->wei_md, engine, s + p->src_b) == dnnl_success &&
+              dnnl_memory_create(&by, p->dst_md, engine, s + p->src_b + p->wei_b) == dnnl_success &&
+              (!b || dnnl_memory_create(&mb, MD(p->bias_md), engine, (void *)b) == dnnl_success) &&
+              (!p->pad_b || dnnl_memory_create(&mp, p->pad_md, engine,
+                                               s + p->src_b + p->wei_b + p->dst_b) == dnnl_success);
+    omp_set_num_threads(diffuse_pool_threads());
+    /* blocked layouts pad the channels up to the block: the reorders leave
+     * the padding as it is, and the arena holds whatever ran before */
+    if (ok && (c->cin % 16 || c->cout % 16))
+        memset(s, 0, p->src_b + p->wei_b);
+    if (ok) {
+        dnnl_exec_arg_t in[] = {{DNNL_ARG_FROM, mx}, {DNNL_ARG_TO, bx}};
+        dnnl_exec_arg_t wt[] = {{DNNL_ARG_FROM, mw}, {DNNL_ARG_TO, bw}};
+        dnnl_exec_arg_t out[] = {{DNNL_ARG_FROM, by}, {DNNL_ARG_TO, my}};
+        dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, bx}, {DNNL_ARG_WEIGHTS, bw}, {DNNL_ARG_DST, by}};
+        int nargs = 3;
+        if (mb)
+            args[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, mb};
+        if (mp)
+            args[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, mp};
+        ok = run(p->rsrc, 2, in) && run(p->rwei, 2, wt) && run(p->conv, nargs, args) &&
+             run(p->rdst, 2, out) && dnnl_stream_wait(stream) == dnnl_success;
+    }
+    dnnl_memory_t all[] = {mx, mw, my, bx, bw, by, mb, mp};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (all[i])
+            dnnl_memory_destroy(all[i]);
+    return ok;
+}
+
+#endif
