@@ -36,7 +36,8 @@ TEST_SRC   := $(wildcard tests/test_*.c)
 TEST_BIN   := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 TEST_SH    := $(wildcard tests/test_*.sh)
 PREFIX     ?= $(HOME)/.local
-TINY       := ../shared/reference/sd1-tiny/model-diffusers
+REF        := ../shared/reference
+TINY       := $(REF)/sd1-tiny/model-diffusers
 
 .PHONY: all engine test valgrind bench install format clean
 all: $(BUILD)/libdiffuse.a $(BUILD)/diffuse
@@ -115,13 +116,22 @@ $(BUILD)/bench: $(BUILD)/tests/bench/bench.o $(BUILD)/libdiffuse.a
 # img2img), under valgrind (memcheck, leaks). The full refcheck takes over an
 # hour under valgrind on two cores; it runs under ASan+UBSan (SANITIZE=1).
 VG := valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite
+# oneDNN's JIT code runs tens of times slower under valgrind than the rest:
+# the unit tests run on the engine's own convolutions there (DIFFUSE_CONV=
+# im2col; ASan covers oneDNN's path), one CLI run below forces oneDNN.
 valgrind: all $(TEST_BIN)
-	@OPENBLAS_NUM_THREADS=1 VALGRIND="$(VG)" BUILD=$(BUILD) tests/run.sh $(TEST_BIN)
+	@DIFFUSE_CONV=im2col OPENBLAS_NUM_THREADS=1 VALGRIND="$(VG)" BUILD=$(BUILD) tests/run.sh $(TEST_BIN)
 	OPENBLAS_NUM_THREADS=1 $(VG) $(BUILD)/diffuse generate --model $(TINY) --prompt "a red circle" \
 	    --negative blurry --steps 3 --width 64 --height 64 --seed 1 --sampler dpmpp_2m --output $(BUILD)/vg.png
 	OPENBLAS_NUM_THREADS=1 $(VG) $(BUILD)/diffuse generate --model $(TINY) --prompt "a red circle" \
 	    --steps 3 --init $(BUILD)/vg.png --mask $(BUILD)/vg.png --strength 0.6 --sampler euler_a \
 	    --seed 2 --output $(BUILD)/vg2.png
+	DIFFUSE_CONV=dnnl OPENBLAS_NUM_THREADS=1 $(VG) $(BUILD)/diffuse generate --model $(REF)/sdxl-tiny/model-diffusers \
+	    --prompt "a red circle" --steps 2 --cfg 5 --sampler euler --seed 1 --original-size 96x160 \
+	    --output $(BUILD)/vg3.png
+	OPENBLAS_NUM_THREADS=1 $(VG) $(BUILD)/diffuse generate --model $(TINY) --prompt "a red circle" \
+	    --steps 2 --width 64 --height 64 --seed 1 --decoder $(REF)/taesd/model-diffusers \
+	    --preview $(BUILD)/vg-preview.png --output $(BUILD)/vg4.png
 
 install: all
 	install -D -m 755 $(BUILD)/diffuse $(DESTDIR)$(PREFIX)/bin/diffuse

@@ -134,6 +134,7 @@ void diffuse_op_widen(float *dst, const void *src, diffuse_dtype dtype, size_t n
  * parts stay far above OpenBLAS's small-matrix path (different code, other
  * rounding), so the result does not depend on the cut: tests/test_ops.c
  * holds it to the one-call result bit for bit at every thread count. */
+#define GEMM_MAX_PARTS 16 /* threads a product can use */
 #define GEMM_SPLIT_MIN (1 << 23) /* multiply-adds per part, at least */
 
 typedef struct gemm_job {
@@ -177,14 +178,18 @@ void diffuse_gemm(bool ta, bool tb, int m, int n, int k, float alpha, const floa
 {
     gemm_job j = {.ta = ta, .tb = tb, .m = m, .n = n, .k = k, .alpha = alpha, .beta = beta,
                   .a = a, .b = b, .c = c, .lda = lda, .ldb = ldb, .ldc = ldc};
+    /* The cut depends on the shape alone, never on the thread count: OpenBLAS
+     * may sum a narrower product in another order (its AVX2 kernels do), so
+     * the same parts must run whatever the threads. A power of two of them,
+     * at least GEMM_SPLIT_MIN multiply-adds each, spread over the threads. */
     const double work = (double)m * n * k;
-    int parts = diffuse_pool_threads();
-    if (work < (double)GEMM_SPLIT_MIN * parts)
-        parts = (int)(work / GEMM_SPLIT_MIN);
+    int parts = 1;
+    while (parts < GEMM_MAX_PARTS && work >= (double)GEMM_SPLIT_MIN * 2 * parts)
+        parts *= 2;
     j.along_n = n >= 64 * parts || n >= m;
     const int dim = j.along_n ? n : m, align = j.along_n ? 16 : 8;
-    if (parts > dim / align)
-        parts = dim / align;
+    while (parts > 1 && parts > dim / align)
+        parts /= 2;
     if (parts <= 1) {
         gemm_call(&j, 0, m, 0, n);
         return;

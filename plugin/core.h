@@ -52,6 +52,9 @@ extern const CoreArg core_size_cond_args[CORE_SIZE_COND_ARGS];
  * prompt ("") instead of meaning none, which SDXL models (diffusers'
  * force_zeros_for_empty_prompt) answer with zeros. SD 1.x/2.x: the same. */
 extern const CoreArg core_empty_negative_arg;
+/* The last: decode with the model's tiny autoencoder (TAESD, found beside the
+ * model) instead of its VAE: much faster, less detail. */
+extern const CoreArg core_fast_decoder_arg;
 
 /* What a run needs to know. Fixed-size strings keep the struct flat for the
  * dialog; core_settings_serialize() is what gets remembered between runs. */
@@ -69,6 +72,7 @@ typedef struct {
     gchar model[CORE_PATH_MAX]; /* a .safetensors file or a diffusers folder; "" = default */
     gint32 size_cond[CORE_SIZE_COND_ARGS]; /* SDXL: see core_size_cond_args */
     gboolean empty_negative;    /* "" is a negative prompt, not none: core_empty_negative_arg */
+    gboolean fast_decoder;      /* TAESD for the final image: core_fast_decoder_arg */
 } CoreSettings;
 
 /* Error codes in CORE_ERROR; front ends map them to PDB statuses. */

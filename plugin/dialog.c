@@ -36,6 +36,8 @@ void dialog_model_update(DialogModel *m, gboolean apply_defaults)
     gtk_label_set_text(GTK_LABEL(m->info), info);
     g_free(info);
     g_clear_error(&error);
+    if (m->offers)
+        m->offers(m->model, m->data);
     if (m->model && m->apply_size) {
         diffuse_model_info mi;
 

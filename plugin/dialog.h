@@ -34,6 +34,9 @@ typedef void (*DialogModelDefaults)(const CoreSettings *defaults, gpointer data)
 /* Sets the dialog's width and height (Text to Image) to the native size of
  * the model just loaded: the dialog starts from it and follows the model. */
 typedef void (*DialogModelSize)(gint native_size, gpointer data);
+/* Tells the dialog what the model just loaded offers (a fast decoder, ...);
+ * model NULL when none loaded. */
+typedef void (*DialogModelOffers)(const diffuse_model *model, gpointer data);
 
 typedef struct {
     GtkWidget *dialog;    /* the plug-in's dialog, the file choosers' parent */
@@ -43,6 +46,7 @@ typedef struct {
     gchar *path;
     DialogModelDefaults apply_defaults;
     DialogModelSize apply_size; /* NULL: the dialog has no size (Image to Image) */
+    DialogModelOffers offers;   /* NULL: nothing depends on it */
     gpointer data;
 } DialogModel;
 

@@ -26,7 +26,7 @@
 #define PROC_TXT2IMG "plug-in-diffuse-txt2img"
 #define PROC_IMG2IMG "plug-in-diffuse-img2img"
 #define EXT "-ext" /* the extended forms: PROC_TXT2IMG EXT, PROC_IMG2IMG EXT */
-#define N_EXT (CORE_SIZE_COND_ARGS + 1)
+#define N_EXT (CORE_SIZE_COND_ARGS + 2)
 #define PLUG_IN_BINARY "diffuse"
 #define PLUG_IN_ROLE "gimp-diffuse"
 #define MENU_PATH "<Image>/Filters/Diffuse"
@@ -72,8 +72,9 @@ static void install(const gchar *name, const gchar *blurb, const gchar *help, co
 {
     GimpParamDef *ext = g_new(GimpParamDef, nargs + N_EXT);
     gchar *ext_name = g_strconcat(name, EXT, NULL);
-    gchar *ext_help = g_strconcat(help, " The -ext form takes SDXL's size conditioning and "
-                                  "whether an empty negative prompt is a prompt.", NULL);
+    gchar *ext_help = g_strconcat(help, " The -ext form takes SDXL's size conditioning, "
+                                  "whether an empty negative prompt is a prompt, and the fast "
+                                  "decoder.", NULL);
 
     gimp_install_procedure(name, blurb, help, "Diffuse", "Diffuse", "2025", label,
                            "RGB*, GRAY*, INDEXED*", GIMP_PLUGIN, nargs, 0, args, NULL);
@@ -85,6 +86,9 @@ static void install(const gchar *name, const gchar *blurb, const gchar *help, co
     ext[nargs + CORE_SIZE_COND_ARGS] =
         (GimpParamDef){GIMP_PDB_INT32, (gchar *)core_empty_negative_arg.name,
                        (gchar *)core_empty_negative_arg.blurb};
+    ext[nargs + CORE_SIZE_COND_ARGS + 1] =
+        (GimpParamDef){GIMP_PDB_INT32, (gchar *)core_fast_decoder_arg.name,
+                       (gchar *)core_fast_decoder_arg.blurb};
     gimp_install_procedure(ext_name, blurb, ext_help, "Diffuse", "Diffuse", "2025", NULL,
                            "RGB*, GRAY*, INDEXED*", GIMP_PLUGIN, nargs + N_EXT, 0, ext, NULL);
     g_free(ext_help);
@@ -154,8 +158,10 @@ static gboolean settings_from_args(CoreSettings *s, CoreMode mode, gboolean ext,
     s->count = p[tail].data.d_int32;
     for (gint i = 0; ext && i < CORE_SIZE_COND_ARGS; i++)
         s->size_cond[i] = p[base + i].data.d_int32;
-    if (ext)
+    if (ext) {
         s->empty_negative = p[base + CORE_SIZE_COND_ARGS].data.d_int32 != 0;
+        s->fast_decoder = p[base + CORE_SIZE_COND_ARGS + 1].data.d_int32 != 0;
+    }
     return copy_arg(s->prompt, sizeof s->prompt, p[3].data.d_string, "prompt", error) &&
            copy_arg(s->negative_prompt, sizeof s->negative_prompt, p[4].data.d_string,
                     "negative-prompt", error) &&
@@ -196,7 +202,7 @@ typedef struct {
     gboolean random_seed;
     GtkObject *steps, *guidance, *strength, *count, *width, *height;
     GtkObject *size_cond[CORE_SIZE_COND_ARGS];
-    GtkWidget *empty_negative;
+    GtkWidget *empty_negative, *fast_decoder;
     GtkWidget *sampler; /* GtkComboBoxText */
     DialogModel model;  /* the model row */
 } Dialog;
@@ -272,6 +278,17 @@ static void set_model_size(gint native, gpointer data)
     gtk_adjustment_set_value(GTK_ADJUSTMENT(d->height), core_round8(MIN(native, CORE_MAX_SIDE)));
 }
 
+/* The fast decoder check box is for models that have one (DialogModelOffers). */
+static void set_model_offers(const diffuse_model *model, gpointer data)
+{
+    Dialog *d = data;
+    diffuse_model_info info;
+
+    if (model)
+        diffuse_model_get_info(model, &info);
+    gtk_widget_set_sensitive(d->fast_decoder, model && info.has_fast_decoder);
+}
+
 /* Model: [path entry] [Default] [File...] [Folder...], and the info line. */
 static void add_model_row(Dialog *d, GtkWidget *table, gint row)
 {
@@ -281,6 +298,7 @@ static void add_model_row(Dialog *d, GtkWidget *table, gint row)
     d->model.entry = gtk_entry_new();
     d->model.apply_defaults = set_model_defaults;
     d->model.apply_size = d->mode == CORE_TXT2IMG ? set_model_size : NULL;
+    d->model.offers = set_model_offers;
     d->model.data = d;
     gtk_entry_set_text(GTK_ENTRY(d->model.entry), d->s->model);
     gtk_box_pack_start(GTK_BOX(hbox), d->model.entry, TRUE, TRUE, 0);
@@ -348,6 +366,12 @@ static GtkWidget *make_table(Dialog *d)
                                 "1 ignores it");
     d->count = add_scale(table, row++, "Co_unt:", s->count, 1, 16, 1, 0, CORE_MAX_COUNT,
                          "Images to make, one new layer each");
+    d->fast_decoder = gtk_check_button_new_with_mnemonic(core_fast_decoder_arg.label);
+    gtk_toggle_button_set_active(GTK_TOGGLE_BUTTON(d->fast_decoder), s->fast_decoder);
+    gimp_help_set_help_data(d->fast_decoder, core_fast_decoder_arg.blurb, NULL);
+    gtk_table_attach(GTK_TABLE(table), d->fast_decoder, 1, 3, row, row + 1, GTK_FILL, GTK_FILL, 0,
+                     0);
+    row++;
     add_model_row(d, table, row);
     return table;
 }
@@ -397,6 +421,9 @@ static void read_back(Dialog *d)
     for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
         s->size_cond[i] = gtk_adjustment_get_value(GTK_ADJUSTMENT(d->size_cond[i]));
     s->empty_negative = gtk_toggle_button_get_active(GTK_TOGGLE_BUTTON(d->empty_negative));
+    /* insensitive: the model has none, so it is not asked for */
+    s->fast_decoder = gtk_widget_is_sensitive(d->fast_decoder) &&
+                      gtk_toggle_button_get_active(GTK_TOGGLE_BUTTON(d->fast_decoder));
 }
 
 /* Shows the dialog; TRUE on OK with s filled in. *model receives the model

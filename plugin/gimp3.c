@@ -11,8 +11,8 @@
  *   plug-in-diffuse-img2img (run-mode, image, drawables, prompt, negative-prompt,
  *       seed, steps, guidance, sampler, strength, count, model)
  * each followed by original-width, original-height, crop-left, crop-top,
- * target-width, target-height (SDXL size conditioning) and empty-negative
- * (core.h), with defaults: GIMP 3 calls name their arguments, so calls
+ * target-width, target-height (SDXL size conditioning), empty-negative and
+ * fast-decoder (core.h), with defaults: GIMP 3 calls name their arguments, so calls
  * without them keep working. plug-in-diffuse-txt2img-ext and -img2img-ext are
  * the same procedures under the names GIMP 2.10 gives its extended forms.
  * The results go above the first drawable; txt2img also runs with none (on
@@ -134,6 +134,9 @@ static void add_tail_arguments(GimpProcedure *p, const CoreSettings *d)
                                         core_empty_negative_arg.label,
                                         core_empty_negative_arg.blurb, d->empty_negative,
                                         G_PARAM_READWRITE);
+    gimp_procedure_add_boolean_argument(p, core_fast_decoder_arg.name, core_fast_decoder_arg.label,
+                                        core_fast_decoder_arg.blurb, d->fast_decoder,
+                                        G_PARAM_READWRITE);
     gimp_procedure_add_int_aux_argument(p, "last-seed", "Last seed",
                                         "The seed the last random run used", 0, G_MAXINT32, 0,
                                         G_PARAM_READWRITE);
@@ -246,7 +249,8 @@ static gboolean settings_from_config(CoreSettings *s, CoreMode mode, GimpProcedu
         g_object_get(config, "strength", &s->strength, NULL);
     for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
         g_object_get(config, core_size_cond_args[i].name, &s->size_cond[i], NULL);
-    g_object_get(config, core_empty_negative_arg.name, &s->empty_negative, NULL);
+    g_object_get(config, core_empty_negative_arg.name, &s->empty_negative,
+                 core_fast_decoder_arg.name, &s->fast_decoder, NULL);
     return copy_prop(config, "prompt", s->prompt, sizeof s->prompt, error) &&
            copy_prop(config, "negative-prompt", s->negative_prompt, sizeof s->negative_prompt,
                      error) &&
@@ -260,6 +264,7 @@ typedef struct {
     GimpProcedureConfig *config;
     CoreMode mode;
     GtkWidget *dialog;
+    GtkWidget *fast_decoder; /* its check box, sensitive when the model has one */
     DialogModel model; /* the model row, its entry bound to the config's "model" */
 } Dialog;
 
@@ -280,6 +285,19 @@ static void set_model_defaults(const CoreSettings *defaults, gpointer data)
 
     g_object_set(d->config, "steps", defaults->steps, "guidance", defaults->guidance,
                  "sampler-choice", defaults->sampler, NULL);
+}
+
+/* The fast decoder check box is for models that have one (DialogModelOffers). */
+static void set_model_offers(const diffuse_model *model, gpointer data)
+{
+    Dialog *d = data;
+    diffuse_model_info info;
+
+    if (model)
+        diffuse_model_get_info(model, &info);
+    gtk_widget_set_sensitive(d->fast_decoder, model && info.has_fast_decoder);
+    if (!(model && info.has_fast_decoder))
+        g_object_set(d->config, core_fast_decoder_arg.name, FALSE, NULL);
 }
 
 /* The model's native size (DialogModelSize), Text to Image only. */
@@ -366,6 +384,7 @@ static void add_model_row(GimpProcedureDialog *dialog, Dialog *d)
     d->model.entry = gimp_label_entry_get_entry(GIMP_LABEL_ENTRY(entry_widget));
     d->model.apply_defaults = set_model_defaults;
     d->model.apply_size = d->mode == CORE_TXT2IMG ? set_model_size : NULL;
+    d->model.offers = set_model_offers;
     d->model.data = d;
     row = gimp_procedure_dialog_fill_box(dialog, "model-row", "model", NULL);
     gtk_orientable_set_orientation(GTK_ORIENTABLE(row), GTK_ORIENTATION_HORIZONTAL);
@@ -421,15 +440,17 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
     } else
         add_scale(dialog, "strength", 0.01, 1, 2);
     add_scale(dialog, "count", 1, 16, 0);
+    d.fast_decoder = gimp_procedure_dialog_get_widget(dialog, core_fast_decoder_arg.name,
+                                                      G_TYPE_NONE);
     add_model_row(dialog, &d);
     if (mode == CORE_TXT2IMG)
         gimp_procedure_dialog_fill(dialog, prompt, negative, "seed-row", "steps", "guidance",
-                                   "sampler-choice", "width", "height", "count", "model-box",
-                                   add_sdxl(dialog), NULL);
+                                   "sampler-choice", "width", "height", "count",
+                                   core_fast_decoder_arg.name, "model-box", add_sdxl(dialog), NULL);
     else
         gimp_procedure_dialog_fill(dialog, prompt, negative, "seed-row", "steps", "guidance",
-                                   "sampler-choice", "strength", "count", "model-box",
-                                   add_sdxl(dialog), NULL);
+                                   "sampler-choice", "strength", "count",
+                                   core_fast_decoder_arg.name, "model-box", add_sdxl(dialog), NULL);
     gtk_widget_show(d.dialog);
     g_object_get(config, "configured", &configured, NULL);
     /* a first run takes the model's own steps and guidance */

@@ -234,7 +234,7 @@ EOF
     I2I="0 run-mode|13 image|16 drawable|4 prompt|4 negative-prompt|0 seed|0 steps|3 guidance|4 sampler|3 strength|0 count|4 model"
     # the extended forms: the same, then SDXL's conditioning (GIMP 2.10 calls
     # give every argument, so the old procedures keep their signature)
-    EXT="0 original-width|0 original-height|0 crop-left|0 crop-top|0 target-width|0 target-height|0 empty-negative"
+    EXT="0 original-width|0 original-height|0 crop-left|0 crop-top|0 target-width|0 target-height|0 empty-negative|0 fast-decoder"
 else
     gimp_case startup "start-up: GIMP registers the plug-in" <<EOF
 (out "started")
@@ -246,7 +246,7 @@ EOF
     SAMPLERS="gchararray euler_a"
     HEAD='run-mode GimpRunMode 1|image GimpImage 0|drawables GimpCoreObjectArray GimpDrawable|prompt gchararray ""|negative-prompt gchararray ""|seed gint -1 2147483647 -1|steps gint 1 1000 20|guidance gdouble 0 100 7.5'
     # SDXL's conditioning after model: named arguments, so calls without them work
-    XLARGS='original-width gint 0 16384 0|original-height gint 0 16384 0|crop-left gint 0 16384 0|crop-top gint 0 16384 0|target-width gint 0 16384 0|target-height gint 0 16384 0|empty-negative gboolean 0'
+    XLARGS='original-width gint 0 16384 0|original-height gint 0 16384 0|crop-left gint 0 16384 0|crop-top gint 0 16384 0|target-width gint 0 16384 0|target-height gint 0 16384 0|empty-negative gboolean 0|fast-decoder gboolean 0'
     T2I="$HEAD|sampler $SAMPLERS|width gint 0 4096 0|height gint 0 4096 0|count gint 1 100 1|model gchararray \"\"|$XLARGS"
     I2I="$HEAD|sampler $SAMPLERS|strength gdouble 0 1 0.75|count gint 1 100 1|model gchararray \"\"|$XLARGS"
     EXT=""
@@ -608,7 +608,8 @@ if [ -d "$XL" ]; then
 (let* ((img (new-image RGB 128 128)))
   (try "plain" (lambda () $(xl_call plug-in-diffuse-txt2img)))
   (try "ext" (lambda () $(xl_call plug-in-diffuse-txt2img-ext original-width=160 original-height=96 \
-                           crop-left=16 crop-top=8 target-width=144 target-height=112 empty-negative=TRUE)))
+                           crop-left=16 crop-top=8 target-width=144 target-height=112 empty-negative=TRUE \
+                           fast-decoder=FALSE)))
   (signature img "after"))
 EOF
     expect "status plain ok" "the plain call with an SDXL model failed: $(grep '^message plain' "$dir/out.txt")"
@@ -627,6 +628,48 @@ Steps: 2, Sampler: euler, CFG scale: 5, Seed: 3, Size: 128x128, Model: model-dif
     case_end
 elif [ "${CI:-}" = true ]; then
     fail "missing $XL (CI=true)"
+fi
+
+# ------------------------------------------------------------------ 15. fast decoder
+
+# a model folder with a TAESD beside its parts (sd1-tiny + the taesd set):
+# -ext with fast-decoder makes another picture than the VAE, and without a
+# TAESD the same call is an error, the image unchanged
+TAESD=$SHARED/reference/taesd/model-diffusers
+if [ -d "$TAESD" ]; then
+    fast=$tmp/with-taesd
+    mkdir -p "$fast"
+    for part in unet vae text_encoder tokenizer scheduler model_index.json; do
+        ln -s "$MODEL/$part" "$fast/$part"
+    done
+    ln -s "$(cd "$TAESD" && pwd)" "$fast/taesd"
+    fd_call() { # fd_call MODEL FAST
+        diffuse_call RUN-NONINTERACTIVE plug-in-diffuse-txt2img-ext img '(background img)' \
+            prompt="\"$PROMPT\"" negative-prompt='""' seed=3 steps=2 guidance=7.5 \
+            sampler='"euler"' width=64 height=64 count=1 model="\"$1\"" original-width=0 \
+            original-height=0 crop-left=0 crop-top=0 target-width=0 target-height=0 \
+            empty-negative=FALSE fast-decoder="$2"
+    }
+    gimp_case fast "15 fast decoder (TAESD beside the model) through -ext" <<EOF
+(let* ((img (new-image RGB 64 64)))
+  (try "vae" (lambda () $(fd_call "$fast" FALSE)))
+  (try "taesd" (lambda () $(fd_call "$fast" TRUE)))
+  (signature img "middle")
+  (try "none" (lambda () $(fd_call "$MODEL" TRUE)))
+  (signature img "after"))
+EOF
+    expect "status vae ok" "the VAE call failed: $(grep '^message vae' "$dir/out.txt")"
+    expect "status taesd ok" "the fast decoder call failed: $(grep '^message taesd' "$dir/out.txt")"
+    expect "count middle 3" "the two calls did not make two layers"
+    ! cmp -s "$dir/middle-0.raw" "$dir/middle-1.raw"
+    check $? "$case_title: the fast decoder made the VAE's picture"
+    pixels "the TAESD layer" "$dir/middle-0.raw" 4
+    expect "status none error" "a fast decoder without a TAESD did not fail"
+    expect_log "no tiny autoencoder (TAESD)"
+    expect "count after 3" "the refused call added a layer"
+    case_end
+elif [ "${CI:-}" = true ]; then
+    fail "missing $TAESD (CI=true)"
 fi
 
 finish
