@@ -472,18 +472,51 @@ static int open_taesd_file(diffuse_weights *w, const char *path, bool sibling, c
     return 0;
 }
 
-int diffuse_weights_open_taesd(const char *path, diffuse_weights **out, char *err)
+/* The table sorted and checked, small components marked for widening once;
+ * *out = w on success, w freed on failure (rc != 0 on entry: already failed). */
+static int weights_done(diffuse_weights *w, int rc, const char *path, diffuse_weights **out,
+                        char *err)
+{
+    if (rc == 0)
+        rc = finish_table(w, err);
+    for (int c = 0; rc == 0 && c < NCOMPONENTS; c++) /* widening per use pays off for big ones */
+        w->keep_widened[c] = (size_t)diffuse_weights_count(w, COMPONENTS[c]) * sizeof(float) <=
+                             KEEP_WIDENED_BYTES;
+    if (rc == 0 && w->count == 0)
+        rc = diffuse_fail(err, "%s: holds no Stable Diffusion weights", path);
+    if (rc) {
+        diffuse_weights_free(w);
+        return -1;
+    }
+    *out = w;
+    return 0;
+}
+
+/* An empty store for path, which must exist; *dir: whether it is a folder. */
+static diffuse_weights *weights_new(const char *path, bool *dir, char *err)
 {
     struct stat st;
-    *out = NULL;
-    if (stat(path, &st) != 0)
-        return diffuse_fail(err, "%s: no such file or folder", path);
+    if (stat(path, &st) != 0) {
+        diffuse_fail(err, "%s: no such file or folder", path);
+        return NULL;
+    }
+    *dir = S_ISDIR(st.st_mode);
     diffuse_weights *w = calloc(1, sizeof *w);
     if (!w)
-        return diffuse_fail(err, "out of memory");
+        diffuse_fail(err, "out of memory");
+    return w;
+}
+
+int diffuse_weights_open_taesd(const char *path, diffuse_weights **out, char *err)
+{
+    bool dir;
+    *out = NULL;
+    diffuse_weights *w = weights_new(path, &dir, err);
+    if (!w)
+        return -1;
     int rc = 0;
     char file[4096];
-    if (S_ISDIR(st.st_mode)) {
+    if (dir) {
         static const char *names[] = {"diffusion_pytorch_model.safetensors",
                                       "diffusion_pytorch_model.fp16.safetensors",
                                       "taesd_decoder.safetensors", "taesd_encoder.safetensors",
@@ -502,30 +535,18 @@ int diffuse_weights_open_taesd(const char *path, diffuse_weights **out, char *er
     } else {
         rc = open_taesd_file(w, path, true, err);
     }
-    if (rc == 0)
-        rc = finish_table(w, err);
-    for (int c = 0; rc == 0 && c < NCOMPONENTS; c++)
-        w->keep_widened[c] = (size_t)diffuse_weights_count(w, COMPONENTS[c]) * sizeof(float) <=
-                             KEEP_WIDENED_BYTES;
-    if (rc) {
-        diffuse_weights_free(w);
-        return -1;
-    }
-    *out = w;
-    return 0;
+    return weights_done(w, rc, path, out, err);
 }
 
 int diffuse_weights_open(const char *path, diffuse_weights **out, char *err)
 {
-    struct stat st;
+    bool dir;
     *out = NULL;
-    if (stat(path, &st) != 0)
-        return diffuse_fail(err, "%s: no such file or folder", path);
-    diffuse_weights *w = calloc(1, sizeof *w);
+    diffuse_weights *w = weights_new(path, &dir, err);
     if (!w)
-        return diffuse_fail(err, "out of memory");
+        return -1;
     int rc;
-    if (S_ISDIR(st.st_mode)) {
+    if (dir) {
         rc = load_diffusers(w, path, err);
     } else {
         rc = diffuse_st_open(path, &w->files[0], err);
@@ -534,19 +555,7 @@ int diffuse_weights_open(const char *path, diffuse_weights **out, char *err)
             rc = load_ldm(w, w->files[0], err);
         }
     }
-    if (rc == 0)
-        rc = finish_table(w, err);
-    for (int c = 0; rc == 0 && c < NCOMPONENTS; c++) /* widening per use pays off for big models only */
-        w->keep_widened[c] = (size_t)diffuse_weights_count(w, COMPONENTS[c]) * sizeof(float) <=
-                             KEEP_WIDENED_BYTES;
-    if (rc == 0 && w->count == 0)
-        rc = diffuse_fail(err, "%s: holds no Stable Diffusion weights", path);
-    if (rc) {
-        diffuse_weights_free(w);
-        return -1;
-    }
-    *out = w;
-    return 0;
+    return weights_done(w, rc, path, out, err);
 }
 
 void diffuse_weights_free(diffuse_weights *w)

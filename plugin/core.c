@@ -276,6 +276,16 @@ static gchar *count_text(gint64 n)
     return g_strdup_printf("%.0fK", n / 1e3);
 }
 
+gboolean core_model_has_fast_decoder(const diffuse_model *m)
+{
+    diffuse_model_info info;
+
+    if (!m)
+        return FALSE;
+    diffuse_model_get_info(m, &info);
+    return info.has_fast_decoder != 0;
+}
+
 gchar *core_model_describe(const diffuse_model *m)
 {
     diffuse_model_info info;

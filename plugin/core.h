@@ -108,6 +108,8 @@ void core_set_plugin_dir_of_binary(const gchar *argv0);
  * when no default model is installed. Free with g_free(). */
 gchar *core_model_resolve(const gchar *model, GError **error);
 diffuse_model *core_model_load(const gchar *model, GError **error);
+/* Whether the model (may be NULL) has a tiny autoencoder for fast_decoder. */
+gboolean core_model_has_fast_decoder(const diffuse_model *m);
 /* "SD 1.x, 512x512 native, 1.07G parameters, f16"; free with g_free(). */
 gchar *core_model_describe(const diffuse_model *m);
 /* "default" or the file or folder name without .safetensors; g_free(). */

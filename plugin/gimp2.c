@@ -282,11 +282,9 @@ static void set_model_size(gint native, gpointer data)
 static void set_model_offers(const diffuse_model *model, gpointer data)
 {
     Dialog *d = data;
-    diffuse_model_info info;
+    const gboolean has = core_model_has_fast_decoder(model);
 
-    if (model)
-        diffuse_model_get_info(model, &info);
-    gtk_widget_set_sensitive(d->fast_decoder, model && info.has_fast_decoder);
+    gtk_widget_set_sensitive(d->fast_decoder, has);
 }
 
 /* Model: [path entry] [Default] [File...] [Folder...], and the info line. */

@@ -291,12 +291,10 @@ static void set_model_defaults(const CoreSettings *defaults, gpointer data)
 static void set_model_offers(const diffuse_model *model, gpointer data)
 {
     Dialog *d = data;
-    diffuse_model_info info;
+    const gboolean has = core_model_has_fast_decoder(model);
 
-    if (model)
-        diffuse_model_get_info(model, &info);
-    gtk_widget_set_sensitive(d->fast_decoder, model && info.has_fast_decoder);
-    if (!(model && info.has_fast_decoder))
+    gtk_widget_set_sensitive(d->fast_decoder, has);
+    if (!has)
         g_object_set(d->config, core_fast_decoder_arg.name, FALSE, NULL);
 }
 

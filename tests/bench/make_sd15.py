@@ -35,10 +35,10 @@ def layer_helpers(t, p):
     return conv, norm
 
 
-def unet(t):
-    p = "model.diffusion_model."
-    mult = [1, 2, 4, 4]
-    ch = [320 * m for m in mult]
+def unet_helpers(t, p, ctx=CTX, temb=TEMB):
+    """conv, norm, lin, res and spatial adding UNet shapes under prefix p, in
+    the original layout; spatial(name, c, depth, linear) is a transformer with
+    depth blocks and 1x1-conv (SD 1.x) or linear (SD 2.x, SDXL) projections."""
     conv, norm = layer_helpers(t, p)
 
     def lin(name, out, inp, bias=True):
@@ -49,60 +49,84 @@ def unet(t):
     def res(name, cin, cout):
         norm(name + ".in_layers.0", cin)
         conv(name + ".in_layers.2", cout, cin, 3)
-        lin(name + ".emb_layers.1", cout, TEMB)
+        lin(name + ".emb_layers.1", cout, temb)
         norm(name + ".out_layers.0", cout)
         conv(name + ".out_layers.3", cout, cout, 3)
         if cin != cout:
             conv(name + ".skip_connection", cout, cin, 1)
 
-    def spatial(name, c):
+    def spatial(name, c, depth=1, linear=False):
+        proj = (lambda n: lin(n, c, c)) if linear else (lambda n: conv(n, c, c, 1))
         norm(name + ".norm", c)
-        conv(name + ".proj_in", c, c, 1)
-        b = name + ".transformer_blocks.0."
-        for a, kv in (("attn1", c), ("attn2", CTX)):
-            lin(b + a + ".to_q", c, c, False)
-            lin(b + a + ".to_k", c, kv, False)
-            lin(b + a + ".to_v", c, kv, False)
-            lin(b + a + ".to_out.0", c, c)
-        lin(b + "ff.net.0.proj", 8 * c, c)
-        lin(b + "ff.net.2", c, 4 * c)
-        for i in (1, 2, 3):
-            norm(b + "norm%d" % i, c)
-        conv(name + ".proj_out", c, c, 1)
+        proj(name + ".proj_in")
+        for i in range(depth):
+            b = name + ".transformer_blocks.%d." % i
+            for a, kv in (("attn1", c), ("attn2", ctx)):
+                lin(b + a + ".to_q", c, c, False)
+                lin(b + a + ".to_k", c, kv, False)
+                lin(b + a + ".to_v", c, kv, False)
+                lin(b + a + ".to_out.0", c, c)
+            lin(b + "ff.net.0.proj", 8 * c, c)
+            lin(b + "ff.net.2", c, 4 * c)
+            for k in (1, 2, 3):
+                norm(b + "norm%d" % k, c)
+        proj(name + ".proj_out")
+    return conv, norm, lin, res, spatial
 
-    lin("time_embed.0", TEMB, ch[0])
-    lin("time_embed.2", TEMB, TEMB)
+
+def unet_layout(t, ch, depth, mid_depth, ctx=CTX, linear=False, added=0):
+    """A UNet in the original layout: levels of block_out_channels ch, each with
+    depth[l] transformer blocks after its resnets (0: none), a mid block of
+    mid_depth, 2 resnets a level down and 3 up; added > 0: SDXL's label_emb
+    with that many inputs."""
+    p = "model.diffusion_model."
+    temb = 4 * ch[0]
+    conv, norm, lin, res, transformer = unet_helpers(t, p, ctx, temb)
+    levels = len(ch)
+
+    def spatial(name, c, n):
+        transformer(name, c, n, linear)
+
+    lin("time_embed.0", temb, ch[0])
+    lin("time_embed.2", temb, temb)
+    if added:
+        lin("label_emb.0.0", temb, added)
+        lin("label_emb.0.2", temb, temb)
     conv("input_blocks.0.0", ch[0], 4, 3)
     skips, cin, idx = [ch[0]], ch[0], 1
-    for lvl in range(4):
+    for lvl in range(levels):
         for _ in range(2):
             res("input_blocks.%d.0" % idx, cin, ch[lvl])
-            if lvl < 3:
-                spatial("input_blocks.%d.1" % idx, ch[lvl])
+            if depth[lvl]:
+                spatial("input_blocks.%d.1" % idx, ch[lvl], depth[lvl])
             cin = ch[lvl]
             skips.append(cin)
             idx += 1
-        if lvl < 3:
+        if lvl < levels - 1:
             conv("input_blocks.%d.0.op" % idx, cin, cin, 3)
             skips.append(cin)
             idx += 1
     res("middle_block.0", cin, cin)
-    spatial("middle_block.1", cin)
+    spatial("middle_block.1", cin, mid_depth)
     res("middle_block.2", cin, cin)
     idx = 0
-    for lvl in (3, 2, 1, 0):
+    for lvl in reversed(range(levels)):
         for j in range(3):
             res("output_blocks.%d.0" % idx, cin + skips.pop(), ch[lvl])
             cin = ch[lvl]
             sub = 1
-            if lvl < 3:
-                spatial("output_blocks.%d.1" % idx, cin)
+            if depth[lvl]:
+                spatial("output_blocks.%d.1" % idx, cin, depth[lvl])
                 sub = 2
             if j == 2 and lvl > 0:
                 conv("output_blocks.%d.%d.conv" % (idx, sub), cin, cin, 3)
             idx += 1
     norm("out.0", ch[0])
     conv("out.2", 4, ch[0], 3)
+
+
+def unet(t):
+    unet_layout(t, [320, 640, 1280, 1280], [1, 1, 1, 0], 1)
 
 
 def vae(t):
@@ -236,11 +260,15 @@ def write_checkpoint(out, shapes, dtype, what):
     print("%s: %d tensors, %.3f B parameters, %s" % (out, len(shapes), params / 1e9, dtype))
 
 
-def main():
+def arguments(doc):
+    """OUT [--dtype f16|bf16|f32] from the command line (f16 by default)."""
     if len(sys.argv) < 2:
-        sys.exit(__doc__)
-    out = sys.argv[1]
-    dtype = sys.argv[3] if len(sys.argv) > 3 and sys.argv[2] == "--dtype" else "f16"
+        sys.exit(doc)
+    return sys.argv[1], sys.argv[3] if len(sys.argv) > 3 and sys.argv[2] == "--dtype" else "f16"
+
+
+def main():
+    out, dtype = arguments(__doc__)
     shapes = {}
     unet(shapes)
     vae(shapes)
