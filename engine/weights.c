@@ -772,7 +772,8 @@ size_t diffuse_weights_bytes(const diffuse_weights *w, const char *prefix)
         /* a streamed matrix is mapped only while it is widened: the largest
          * one counts; a split tensor counts once */
         const size_t bytes = e->row0 == 0 && !e->streamed ? e->t->nbytes : 0;
-        const size_t once = e->streamed ? (size_t)e->numel * (e->t->nbytes / (size_t)e->t->numel) : 0;
+        const size_t once = e->streamed && e->t->numel
+                                ? (size_t)e->numel * (e->t->nbytes / (size_t)e->t->numel) : 0;
         n += bytes;
         streamed = once > streamed ? once : streamed;
     }
