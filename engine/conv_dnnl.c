@@ -79,7 +79,7 @@ static void md_free(md_t m) { (void)m; }
 #endif
 
 typedef struct conv_key { /* ints only: no padding bytes for memcmp to trip on */
-    int n, cin, h, w, cout, k, stride, pad[4], bias;
+    int n, cin, h, w, cout, k, stride, pad[4];
 } conv_key;
 
 typedef struct conv_prim {
@@ -87,6 +87,8 @@ typedef struct conv_prim {
     bool ok;                     /* false: oneDNN refused the shape; im2col it is */
     dnnl_primitive_t conv, rsrc, rwei, rdst;
     md_t src_plain, wei_plain, dst_plain, bias_md;
+    float *zeros;                /* [cout]: the bias of a convolution without one, so that
+                                    one primitive (and one scratch size) serves both */
     cmd_t src_md, wei_md, dst_md, pad_md;  /* the primitive's own (blocked) layouts */
     size_t src_b, wei_b, dst_b, pad_b;     /* bytes of each, 64-aligned in scratch */
     dnnl_primitive_desc_t pd;
@@ -96,6 +98,7 @@ typedef struct conv_prim {
 static conv_prim prims[MAX_PRIMS];
 static int nprims;
 static pthread_mutex_t prim_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t exec_lock = PTHREAD_MUTEX_INITIALIZER;
 static dnnl_engine_t engine;
 static dnnl_stream_t stream;
 
@@ -129,6 +132,8 @@ static void prim_make(conv_prim *p, const conv_key *k)
     p->wei_plain = md_new(4, wd, dnnl_oihw);
     p->dst_plain = md_new(4, dd, dnnl_nchw);
     p->bias_md = md_new(1, bd, dnnl_x);
+    if (!(p->zeros = calloc((size_t)k->cout, sizeof(float))))
+        goto done_noattr;
     dnnl_primitive_attr_t attr = NULL;
     if (dnnl_primitive_attr_create(&attr) != dnnl_success ||
         dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user) != dnnl_success)
@@ -136,13 +141,13 @@ static void prim_make(conv_prim *p, const conv_key *k)
 #if DNNL_VERSION_MAJOR >= 3
     if (dnnl_convolution_forward_primitive_desc_create(
             &p->pd, engine, dnnl_forward_inference, dnnl_convolution_direct, src_any, wei_any,
-            k->bias ? p->bias_md : NULL, dst_any, st, NULL, pl, pr, attr) != dnnl_success)
+            p->bias_md, dst_any, st, NULL, pl, pr, attr) != dnnl_success)
         goto done;
 #else
     dnnl_convolution_desc_t cd;
     if (dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, dnnl_convolution_direct,
-                                           &src_any, &wei_any, k->bias ? &p->bias_md : NULL,
-                                           &dst_any, st, pl, pr) != dnnl_success ||
+                                           &src_any, &wei_any, &p->bias_md, &dst_any, st, pl,
+                                           pr) != dnnl_success ||
         dnnl_primitive_desc_create(&p->pd, &cd, attr, engine, NULL) != dnnl_success)
         goto done;
 #endif
@@ -161,6 +166,7 @@ static void prim_make(conv_prim *p, const conv_key *k)
 done:
     if (attr)
         dnnl_primitive_attr_destroy(attr);
+done_noattr:
     md_free(src_any);
     md_free(wei_any);
     md_free(dst_any);
@@ -177,13 +183,12 @@ static bool wanted(const diffuse_conv *c, int n)
 
 /* The primitive for this shape, made on first use; NULL when oneDNN cannot
  * run it (or is not wanted for it). */
-static conv_prim *prim_for(const diffuse_conv *c, int n, bool bias)
+static conv_prim *prim_for(const diffuse_conv *c, int n)
 {
     if (!wanted(c, n))
         return NULL;
     conv_key k = {.n = n, .cin = c->cin, .h = c->h, .w = c->w, .cout = c->cout, .k = c->k,
-                  .stride = c->stride, .pad = {c->pad_top, c->pad_left, c->pad_bottom, c->pad_right},
-                  .bias = bias ? 1 : 0};
+                  .stride = c->stride, .pad = {c->pad_top, c->pad_left, c->pad_bottom, c->pad_right}};
     conv_prim *p = NULL;
     pthread_mutex_lock(&prim_lock);
     if (!engine && (dnnl_engine_create(&engine, dnnl_cpu, 0) != dnnl_success ||
@@ -209,8 +214,7 @@ bool diffuse_dnnl_preferred(int k, int stride)
 
 size_t diffuse_dnnl_conv_scratch(const diffuse_conv *c, int n)
 {
-    /* the bias does not change the layouts: ask for the biased form */
-    conv_prim *p = prim_for(c, n, true);
+    conv_prim *p = prim_for(c, n);
     return p ? (p->src_b + p->wei_b + p->dst_b + p->pad_b + 64) / sizeof(float) : 0;
 }
 
@@ -222,9 +226,11 @@ static bool run(dnnl_primitive_t prim, int nargs, const dnnl_exec_arg_t *args)
 bool diffuse_dnnl_conv(float *y, const float *x, const float *w, const float *b,
                        const diffuse_conv *c, int n, float *scratch)
 {
-    conv_prim *p = prim_for(c, n, b != NULL);
+    conv_prim *p = prim_for(c, n);
     if (!p || !scratch)
         return false;
+    if (!b)
+        b = p->zeros;
     uint8_t *s = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
     dnnl_memory_t mx = NULL, mw = NULL, my = NULL, bx = NULL, bw = NULL, by = NULL, mb = NULL,
                   mp = NULL;
@@ -237,6 +243,8 @@ bool diffuse_dnnl_conv(float *y, const float *x, const float *w, const float *b,
               (!b || dnnl_memory_create(&mb, MD(p->bias_md), engine, (void *)b) == dnnl_success) &&
               (!p->pad_b || dnnl_memory_create(&mp, p->pad_md, engine,
                                                s + p->src_b + p->wei_b + p->dst_b) == dnnl_success);
+    /* one stream for the process: runs in several threads take turns */
+    pthread_mutex_lock(&exec_lock);
     omp_set_num_threads(diffuse_pool_threads());
     /* blocked layouts pad the channels up to the block: the reorders leave
      * the padding as it is, and the arena holds whatever ran before */
@@ -255,6 +263,7 @@ bool diffuse_dnnl_conv(float *y, const float *x, const float *w, const float *b,
         ok = run(p->rsrc, 2, in) && run(p->rwei, 2, wt) && run(p->conv, nargs, args) &&
              run(p->rdst, 2, out) && dnnl_stream_wait(stream) == dnnl_success;
     }
+    pthread_mutex_unlock(&exec_lock);
     dnnl_memory_t all[] = {mx, mw, my, bx, bw, by, mb, mp};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (all[i])

@@ -78,10 +78,12 @@ static diffuse_status check_request(const diffuse_model *m, const diffuse_reques
                             "taesd_decoder.safetensors beside it",
                             r->fast_decode ? "fast decode" : "fast encode",
                             r->fast_decode ? "decoder" : "encoder"), DIFFUSE_ERR_ARGUMENT;
-    if (r->fast_decode && diffuse_taesd_latent_channels(m->taesd) != m->vae_cfg.latent_channels)
-        return diffuse_fail(err, "fast decode: the TAESD takes %d latent channels, the model "
-                            "makes %d", diffuse_taesd_latent_channels(m->taesd),
-                            m->vae_cfg.latent_channels), DIFFUSE_ERR_ARGUMENT;
+    if ((r->fast_decode || r->fast_encode) &&
+        (diffuse_taesd_latent_channels(m->taesd) != m->vae_cfg.latent_channels || f != 8))
+        return diffuse_fail(err, "%s: the TAESD works on %d latent channels at 1/8, the model's "
+                            "latents are %d channels at 1/%d", r->fast_decode ? "fast decode"
+                            : "fast encode", diffuse_taesd_latent_channels(m->taesd),
+                            m->vae_cfg.latent_channels, f), DIFFUSE_ERR_ARGUMENT;
     if (r->preview_every < 0 || (r->preview_every > 0 && !r->preview))
         return diffuse_fail(err, "preview: every %d steps%s", r->preview_every,
                             r->preview_every > 0 ? " without a preview callback" : " is not a "

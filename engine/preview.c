@@ -94,8 +94,10 @@ int diffuse_preview_fit(diffuse_model *m, diffuse_arena *a, char *err)
     float *img = diffuse_arena_push(a, (size_t)3 * s * s);            /* [3, s, s] */
     float *moments = diffuse_arena_push(a, (size_t)2 * c * ls * ls);  /* [2c, ls, ls] */
     double ata[81] = {0}, aty[3][9] = {{0}};
-    if (!moments)
+    if (!img || !moments) {
+        diffuse_arena_reset(a, mark);
         return diffuse_fail(err, "internal: preview fit work memory exhausted");
+    }
     for (int k = 0; k < FIT_IMAGES; k++) {
         for (int y = 0; y < s; y++)
             for (int x = 0; x < s; x++) {
