@@ -64,7 +64,7 @@ $(BUILD)/fixtures/sd2-tiny-ldm.safetensors: tests/fixtures/make_sd2_ldm.py $(wil
 	@mkdir -p $(dir $@)
 	python3 tests/fixtures/make_sd2_ldm.py $(SD2_SRC) $@
 
-test: all $(TEST_BIN) $(SD2_FIXTURE)
+test: all $(TEST_BIN) $(SD2_FIXTURE) $(BUILD)/bench $(BUILD)/bench_real
 	@BUILD=$(BUILD) tests/run.sh $(TEST_BIN) $(TEST_SH)
 
 bench: $(BUILD)/bench

@@ -58,7 +58,7 @@ static void bench_kernels(double peak)
     float *y = malloc(sizeof(float) * c * hw), *q = random_floats((size_t)hw * c, 5);
     diffuse_conv g = {.cin = c, .h = 64, .w = 64, .cout = c, .k = 3, .stride = 1,
                       .pad_top = 1, .pad_left = 1, .pad_bottom = 1, .pad_right = 1};
-    float *scratch = malloc(sizeof(float) * diffuse_conv_scratch(&g));
+    float *scratch = malloc(sizeof(float) * diffuse_conv_scratch(&g, 1));
     double s;
     BEST_OF(3, s, diffuse_op_conv2d(y, x, w, NULL, &g, 1, scratch));
     report("conv 3x3 320->320 at 64x64", 2.0 * c * c * 9 * hw, s, peak);
