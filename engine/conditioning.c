@@ -42,27 +42,110 @@ bool diffuse_cond_zeros(const diffuse_model *m, const char *negative_prompt)
     return !negative_prompt && m->force_zeros;
 }
 
-int diffuse_cond_encode(diffuse_model *m, const char *text, float *context, float *pooled,
-                        diffuse_arena *a, char *err)
+static int cond_chunks(const diffuse_model *m, const char *text, int32_t pad,
+                       diffuse_prompt_chunks *c, char *err)
+{
+    return diffuse_prompt_chunk(m->tokenizer, text, pad, c, err);
+}
+
+/* Grows c to `count` chunks with A1111's empty chunk (<start>, <end>, then
+ * the pad id; weights 1): SDXL's two encoders must see as many. */static void cond_grow(diffuse_prompt_chunks *c, int count, int32_t bos, int32_t eos,
+                      int32_t pad)
+{
+    const int t = DIFFUSE_MAX_TOKENS;
+    for (; c->count < count; c->count++) {
+        int32_t *ids = c->ids + (size_t)c->count * t;
+        float *w = c->weights + (size_t)c->count * t;
+        for (int i = 0; i < t; i++) {
+            ids[i] = i == 0 ? bos : i == 1 || pad == eos ? eos : pad;
+            w[i] = 1.0f;
+        }
+    }
+}
+
+int diffuse_cond_tokens(const diffuse_model *m, const char *text, int *tokens, char *err)
+{
+    diffuse_prompt_chunks c;
+    *tokens = DIFFUSE_MAX_TOKENS;
+    if (!text)
+        return 0;
+    if (cond_chunks(m, text, m->clip_cfg.pad_id, &c, err))
+        return -1;
+    int count = c.count;
+    diffuse_prompt_chunks_free(&c);
+    if (m->clip2) { /* "!" is a token of its own there: the counts can differ */
+        if (cond_chunks(m, text, m->clip2_cfg.pad_id, &c, err))
+            return -1;
+        count = c.count > count ? c.count : count;
+        diffuse_prompt_chunks_free(&c);
+    }
+    *tokens = count * DIFFUSE_MAX_TOKENS;
+    return 0;
+}
+
+/* One encoder's states for every chunk into context (columns from `col`),
+ * weighted by A1111's emphasis; pooled (SDXL) from the first chunk. Clip skip
+ * N (SD 1.x, as A1111 defines it): the state N - 1 blocks before the last,
+ * through the final LayerNorm. */
+static int cond_encoder(diffuse_model *m, const diffuse_clip *clip, int width, int col,
+                        const diffuse_prompt_chunks *c, int clip_skip, float *context,
+                        float *pooled, diffuse_arena *a, char *err)
+{
+    const int t = DIFFUSE_MAX_TOKENS, ctx = diffuse_cond_context_dim(m);
+    float *out = context + col;
+    if (clip_skip > 1 && diffuse_cond_clip_skips(m)) {
+        if (diffuse_clip_hidden(clip, c->ids, c->count, m->clip_cfg.layers + 1 - clip_skip,
+                                true, out, a, err))
+            return -1;
+    } else if (diffuse_clip_encode(clip, c->ids, 1, out, ctx, pooled, a, err) ||
+               (c->count > 1 && diffuse_clip_encode(clip, c->ids + t, c->count - 1,
+                                                    out + (size_t)t * ctx, ctx, NULL, a, err))) {
+        return -1;
+    }
+    for (int k = 0; c->weighted && k < c->count; k++)
+        diffuse_prompt_emphasis(out + (size_t)k * t * ctx, ctx, width, c->weights + (size_t)k * t);
+    return 0;
+}
+
+bool diffuse_cond_clip_skips(const diffuse_model *m)
+{
+    /* SD 1.x: one encoder whose context is its final-normed last state. A1111
+     * ignores clip skip for SD 2.x (the penultimate state already) and SDXL */
+    return !strcmp(m->family, "sd1") && !m->clip2 && m->clip_cfg.hidden_norm &&
+           m->clip_cfg.hidden_layer == m->clip_cfg.layers &&
+           m->clip_cfg.width == diffuse_cond_context_dim(m);
+}
+
+int diffuse_cond_encode(diffuse_model *m, const char *text, int clip_skip, float *context,
+                        float *pooled, diffuse_arena *a, char *err)
 {
     const int ctx = diffuse_cond_context_dim(m), pd = diffuse_cond_pooled_dim(m);
-    int32_t ids[DIFFUSE_MAX_TOKENS];
     if (!text) { /* force_zeros_for_empty_prompt: no negative prompt at all */
         memset(context, 0, sizeof(float) * DIFFUSE_MAX_TOKENS * ctx);
         if (pooled)
             memset(pooled, 0, sizeof(float) * pd);
         return 0;
     }
-    if (diffuse_tokenizer_encode(m->tokenizer, text, m->clip_cfg.pad_id, ids, err) ||
-        diffuse_clip_encode(m->clip, ids, 1, context, ctx, NULL, a, err))
-        return -1;
-    if (!m->clip2)
-        return 0;
-    /* the second tokenizer differs only in its pad token ("!", id 0) */
-    if (diffuse_tokenizer_encode(m->tokenizer, text, m->clip2_cfg.pad_id, ids, err) ||
-        diffuse_clip_encode(m->clip2, ids, 1, context + m->clip_cfg.width, ctx, pooled, a, err))
-        return -1;
-    return 0;
+    diffuse_prompt_chunks c1 = {0}, c2 = {0};
+    int rc = cond_chunks(m, text, m->clip_cfg.pad_id, &c1, err);
+    if (rc == 0 && m->clip2)
+        rc = cond_chunks(m, text, m->clip2_cfg.pad_id, &c2, err);
+    if (rc == 0 && m->clip2) { /* both encoders see as many chunks */
+        const int32_t bos = diffuse_tokenizer_bos(m->tokenizer), eos = diffuse_tokenizer_eos(m->tokenizer);
+        int n = c1.count > c2.count ? c1.count : c2.count;
+        cond_grow(&c1, n, bos, eos, m->clip_cfg.pad_id);
+        cond_grow(&c2, n, bos, eos, m->clip2_cfg.pad_id);
+    }
+    if (rc == 0)
+        rc = cond_encoder(m, m->clip, m->clip_cfg.width, 0, &c1, clip_skip, context,
+                          m->clip2 ? NULL : pooled, a, err);
+    /* the second encoder (SDXL) fills the columns after the first's */
+    if (rc == 0 && m->clip2)
+        rc = cond_encoder(m, m->clip2, m->clip2_cfg.width, m->clip_cfg.width, &c2, 0, context,
+                          pooled, a, err);
+    diffuse_prompt_chunks_free(&c1);
+    diffuse_prompt_chunks_free(&c2);
+    return rc;
 }
 
 void diffuse_cond_time_ids(const diffuse_size_cond *s, int width, int height,

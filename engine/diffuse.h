@@ -33,7 +33,10 @@ extern "C" {
 #endif
 
 #define DIFFUSE_ERROR_SIZE 512
-#define DIFFUSE_MAX_TOKENS 77
+#define DIFFUSE_MAX_TOKENS 77          /* one chunk: <start>, 75 prompt tokens, <end> */
+#define DIFFUSE_MAX_PROMPT_CHUNKS 32   /* longer prompts are refused: 32 x 75 tokens */
+#define DIFFUSE_MAX_PROMPT_BYTES 65536 /* bytes of one prompt, weights syntax included */
+#define DIFFUSE_MAX_CLIP_SKIP 12       /* "Clip skip" takes 1 (none) .. 12 */
 
 typedef enum {
     DIFFUSE_OK = 0,
@@ -73,8 +76,35 @@ typedef enum {
  * "ddim", "dpmpp_2m", "lcm", "pndm"). Parse returns -1 for an unknown name. */
 const char *diffuse_sampler_name(diffuse_sampler sampler);
 int diffuse_sampler_parse(const char *name);
+/* The names AUTOMATIC1111 shows and writes ("Euler", "Euler a", "DDIM",
+ * "DPM++ 2M", "LCM", "PLMS"); from_label also takes the names above. */
+const char *diffuse_sampler_label(diffuse_sampler sampler);
+int diffuse_sampler_from_label(const char *label);
 const char *diffuse_spacing_name(diffuse_spacing spacing);
 int diffuse_spacing_parse(const char *name);
+
+/* Which generator turns a seed into noise: another tool's, so that its seeds
+ * give its pictures here, or the engine's own. "philox" (the default) is
+ * AUTOMATIC1111's "NV": the numbers of torch's CUDA generator, which A1111
+ * uses by default ("GPU"), computed on the CPU; "torch-cpu" is torch.randn on
+ * the CPU (diffusers and ComfyUI on CPU, A1111's "CPU"); "diffuse" is the
+ * engine's own xoshiro256** (Diffuse before version 2 used it). Each image has
+ * its own generator seeded with its seed: its first draw is the starting noise,
+ * then one draw per ancestral step, as A1111 orders them. */
+typedef enum {
+    DIFFUSE_RNG_DIFFUSE = 0,
+    DIFFUSE_RNG_PHILOX,
+    DIFFUSE_RNG_TORCH_CPU,
+    DIFFUSE_RNG_KINDS,
+} diffuse_rng_kind;
+
+/* "diffuse", "philox", "torch-cpu"; NULL for a value out of range. */
+const char *diffuse_rng_kind_name(diffuse_rng_kind k);
+/* The "RNG: " value of A1111's parameters text: "NV", "CPU"; "diffuse" for ours. */
+const char *diffuse_rng_kind_a1111(diffuse_rng_kind k);
+/* Our names and A1111's ("NV", "CPU", "GPU": torch's CUDA generator, which
+ * philox reproduces): 0, or -1 for an unknown name. */
+int diffuse_rng_kind_parse(const char *name, diffuse_rng_kind *out);
 
 /* ---------------------------------------------------------------- loading */
 
@@ -165,7 +195,13 @@ typedef struct diffuse_request {
      * unconditional branch is zeros, as diffusers does; SD 1.x/2.x encode "". */
     const char *negative_prompt;
     diffuse_size_cond size_cond;
+    /* A1111's "Clip skip": 0 or 1 uses the text encoder's last layer, N > 1
+     * the output N - 1 layers before it, through the final LayerNorm (up to
+     * DIFFUSE_MAX_CLIP_SKIP). As in A1111 it changes SD 1.x models only: SD 2.x
+     * already reads its penultimate layer, SDXL has its own. */
+    int clip_skip;
     uint64_t seed;               /* image i uses seed + i */
+    diffuse_rng_kind rng;        /* the generator; diffuse_request_default: philox */
     int steps;
     float guidance;              /* <= 1 skips the unconditional pass */
     diffuse_sampler sampler;
@@ -228,6 +264,43 @@ size_t diffuse_request_memory(const diffuse_model *model, const diffuse_request 
 /* This process's resident set now, and its peak so far, in bytes (0 when unknown). */
 size_t diffuse_rss_now(void);
 size_t diffuse_rss_peak(void);
+
+/* ---------------------------------------------------------------- parameters text */
+
+/* One image's settings as Stable Diffusion tools store them in a PNG's
+ * "parameters" text (AUTOMATIC1111's format: the prompt, "Negative prompt: ..."
+ * and a last line of "Key: value" pairs). The one home of that format: the CLI
+ * and the plug-in write it, `diffuse generate --from` reads it back. */
+typedef struct diffuse_parameters {
+    const char *prompt;
+    const char *negative_prompt; /* NULL: none (an empty one reads back as none) */
+    int steps;                   /* 0: not given */
+    int sampler;                 /* diffuse_sampler; -1: not given */
+    int karras;                  /* 1 / 0; -1: not given */
+    float guidance;              /* < 0: not given */
+    int has_seed;
+    uint64_t seed;
+    int width, height;           /* 0: not given */
+    const char *model;           /* NULL: not given */
+    float strength;              /* "Denoising strength"; 0: none (txt2img) */
+    int clip_skip;               /* 0: not given; written when > 1 */
+    int rng;                     /* the generator ("RNG"); -1: not given */
+    diffuse_size_cond size_cond; /* SDXL's; zeros: the image's own size */
+    /* read: the pairs Diffuse does not use (other tools' keys, or values it
+     * has no setting for, such as a sampler it lacks), "Key: value, ...", as
+     * written; NULL when none. Ignored when writing. */
+    const char *extra;
+} diffuse_parameters;
+
+/* The text for p (steps, sampler, guidance, seed and size always; the rest
+ * where given). Returns a malloc'd string, NULL when out of memory. */
+char *diffuse_parameters_text(const diffuse_parameters *p);
+/* Reads a parameters text into *p (strings owned by p: free with
+ * diffuse_parameters_free). Text it cannot use is kept in p->extra, never an
+ * error; fails only without memory. */
+diffuse_status diffuse_parameters_parse(const char *text, diffuse_parameters *p, char *err,
+                                        size_t err_size);
+void diffuse_parameters_free(diffuse_parameters *p);
 
 /* ---------------------------------------------------------------- tools */
 

@@ -15,13 +15,15 @@ diffuse_request diffuse_request_default(void)
 {
     return (diffuse_request){.prompt = "", .negative_prompt = NULL, .seed = 0, .steps = 20,
                              .guidance = 7.5f, .sampler = DIFFUSE_SAMPLER_EULER_A,
-                             .width = 512, .height = 512, .count = 1, .strength = 0.75f};
+                             .width = 512, .height = 512, .count = 1, .strength = 0.75f,
+                             .rng = DIFFUSE_RNG_PHILOX};
 }
 
-/* Seeded Gaussian draws for real runs (the refcheck replays recorded ones). */
+/* Seeded Gaussian draws for real runs (the refcheck replays recorded ones):
+ * each call is one randn of the generator's tool. */
 static int rng_draw(void *self, float *out, size_t n, const char *site, char *err)
 {
-    diffuse_rng_normal(self, out, n);
+    diffuse_generator_normal(self, out, n);
     return 0;
 }
 
@@ -88,6 +90,21 @@ static diffuse_status check_request(const diffuse_model *m, const diffuse_reques
         return diffuse_fail(err, "preview: every %d steps%s", r->preview_every,
                             r->preview_every > 0 ? " without a preview callback" : " is not a "
                             "cadence"), DIFFUSE_ERR_ARGUMENT;
+    if (r->clip_skip < 0 || r->clip_skip > DIFFUSE_MAX_CLIP_SKIP ||
+        (r->clip_skip > 1 && diffuse_cond_clip_skips(m) && r->clip_skip > m->clip_cfg.layers))
+        return diffuse_fail(err, "clip skip: %d is outside 1..%d", r->clip_skip,
+                            diffuse_cond_clip_skips(m) && m->clip_cfg.layers < DIFFUSE_MAX_CLIP_SKIP
+                            ? m->clip_cfg.layers : DIFFUSE_MAX_CLIP_SKIP), DIFFUSE_ERR_ARGUMENT;
+    int tokens;
+    if (diffuse_cond_tokens(m, r->prompt, &tokens, err))
+        return DIFFUSE_ERR_ARGUMENT;
+    if (r->negative_prompt && diffuse_cond_tokens(m, r->negative_prompt, &tokens, err)) {
+        char why[DIFFUSE_ERROR_SIZE];
+        snprintf(why, sizeof why, "%s", err);
+        return diffuse_fail(err, "negative %s", why), DIFFUSE_ERR_ARGUMENT;
+    }
+    if ((unsigned)r->rng >= DIFFUSE_RNG_KINDS)
+        return diffuse_fail(err, "rng: unknown generator %d", (int)r->rng), DIFFUSE_ERR_ARGUMENT;
     if (r->mask && !r->init_image)
         return diffuse_fail(err, "mask: needs an init image"), DIFFUSE_ERR_ARGUMENT;
     size_t need = diffuse_request_memory(m, r), have = memory_available();
@@ -101,7 +118,7 @@ static diffuse_status check_request(const diffuse_model *m, const diffuse_reques
 static diffuse_run run_of(const diffuse_model *m, const diffuse_request *r)
 {
     diffuse_run run = {.prompt = r->prompt, .negative_prompt = r->negative_prompt,
-                       .size_cond = r->size_cond, .steps = r->steps, .guidance = r->guidance, .sampler = r->sampler,
+                       .size_cond = r->size_cond, .clip_skip = r->clip_skip, .steps = r->steps, .guidance = r->guidance, .sampler = r->sampler,
                        .karras = r->karras, .schedule = m->schedule, .width = r->width,
                        .height = r->height, .init_image = r->init_image, .strength = r->strength,
                        .mask = r->mask, .fast_decode = r->fast_decode != 0,
@@ -144,8 +161,8 @@ diffuse_status diffuse_generate(diffuse_model *m, const diffuse_request *r, diff
             diffuse_fail(e, "out of memory");
             break;
         }
-        diffuse_rng rng;
-        diffuse_rng_seed(&rng, img->seed);
+        diffuse_generator rng;
+        diffuse_generator_seed(&rng, r->rng, img->seed);
         diffuse_noise noise = {rng_draw, &rng};
         diffuse_run run = run_of(m, r);
         run.image_index = done;

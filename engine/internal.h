@@ -23,7 +23,8 @@ int diffuse_fail(char *err, const char *fmt, ...) __attribute__((format(printf, 
 
 /* ------------------------------------------------------------------ random */
 
-/* xoshiro256** seeded through splitmix64; normals by Box-Muller in double. */
+/* rng.c. The engine's own generator: xoshiro256** seeded through splitmix64;
+ * normals by Box-Muller in double. */
 typedef struct diffuse_rng {
     uint64_t s[4];
     double spare;   /* second Box-Muller value */
@@ -34,6 +35,39 @@ void diffuse_rng_seed(diffuse_rng *rng, uint64_t seed);
 uint64_t diffuse_rng_next(diffuse_rng *rng);
 double diffuse_rng_uniform(diffuse_rng *rng); /* (0, 1) */
 void diffuse_rng_normal(diffuse_rng *rng, float *out, size_t n);
+
+/* torch's CPUGeneratorImpl: mt19937 and the cached second normal of its
+ * double Box-Muller (kept across randn calls, as torch keeps it). */
+typedef struct diffuse_torch_cpu {
+    uint32_t state[624];
+    int next; /* index of the next state word; 624: twist first */
+    int has_cached_normal;
+    double cached_normal;
+} diffuse_torch_cpu;
+
+/* A1111's rng_philox.Generator: the seed is the Philox key; offset counts the
+ * randn calls made so far. */
+typedef struct diffuse_philox {
+    uint64_t seed;
+    uint64_t offset;
+} diffuse_philox;
+
+typedef struct diffuse_generator {
+    diffuse_rng_kind kind;
+    union {
+        diffuse_rng diffuse;
+        diffuse_torch_cpu torch_cpu;
+        diffuse_philox philox;
+    } u; /* the member `kind` names */
+} diffuse_generator;
+
+/* Seeds g as `kind` (an unknown kind seeds the diffuse generator). */
+void diffuse_generator_seed(diffuse_generator *g, diffuse_rng_kind kind, uint64_t seed);
+/* One randn call of n values: torch.randn(n, generator=g) for torch-cpu,
+ * Generator.randn((n,)) for philox; successive calls continue the stream. */
+void diffuse_generator_normal(diffuse_generator *g, float *out, size_t n);
+/* Philox4x32-10 of one counter under one key (Random123's word order). */
+void diffuse_philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
 
 /* Where the pipeline's Gaussian draws come from: a seeded generator for real
  * runs, recorded tensors when the reference checker replays diffusers. `site`
@@ -521,8 +555,45 @@ void diffuse_tokenizer_free(diffuse_tokenizer *tok);
  * the text becomes id 0 too, as diffusers feeds those encoders. */
 int diffuse_tokenizer_encode(const diffuse_tokenizer *tok, const char *text, int32_t pad_id,
                              int32_t ids[DIFFUSE_MAX_TOKENS], char *err);
+/* Every id of text, without <start>/<end> and without truncation (same rules
+ * as above); *ids is the caller's to free. */
+int diffuse_tokenizer_ids(const diffuse_tokenizer *tok, const char *text, int32_t pad_id,
+                          int32_t **ids, size_t *n, char *err);
+/* The id of a vocabulary entry (e.g. ",</w>"), -1 when there is none. */
+int32_t diffuse_tokenizer_id(const diffuse_tokenizer *tok, const char *token);
 int32_t diffuse_tokenizer_bos(const diffuse_tokenizer *tok); /* 49406 */
 int32_t diffuse_tokenizer_eos(const diffuse_tokenizer *tok); /* 49407 */
+
+/* ------------------------------------------------------------------ prompt */
+
+/* A piece of prompt text and its weight (prompt.c); DIFFUSE_PROMPT_BREAK with
+ * text "BREAK" marks a chunk break. */
+#define DIFFUSE_PROMPT_BREAK (-1.0)
+typedef struct diffuse_prompt_part {
+    char *text;
+    double weight;
+} diffuse_prompt_part;
+
+/* A1111's parse_prompt_attention: *parts (>= 1, free with
+ * diffuse_prompt_parts_free) in order, equal neighbours joined. */
+int diffuse_prompt_parse(const char *text, diffuse_prompt_part **parts, int *n, char *err);
+void diffuse_prompt_parts_free(diffuse_prompt_part *parts, int n);
+
+/* A prompt as the text encoder reads it: count chunks of 77 ids. */
+typedef struct diffuse_prompt_chunks {
+    int count;                       /* 1 .. DIFFUSE_MAX_PROMPT_CHUNKS */
+    int32_t *ids;                    /* [count, 77] <start> ... <end> pad */
+    float *weights;                  /* [count, 77] per-token weight, 1 on start/end/pad */
+    bool weighted;                   /* some weight is not 1 */
+} diffuse_prompt_chunks;
+
+int diffuse_prompt_chunk(const diffuse_tokenizer *tok, const char *text, int32_t pad_id,
+                         diffuse_prompt_chunks *out, char *err);
+void diffuse_prompt_chunks_free(diffuse_prompt_chunks *c);
+/* A1111's "Original" emphasis on one chunk's encoder output z [77, width]
+ * (rows `stride` floats apart): z *= weights per token, then z *= mean(z
+ * before) / mean(z after). */
+void diffuse_prompt_emphasis(float *z, int stride, int width, const float *weights);
 
 /* ------------------------------------------------------------------ sampler */
 
@@ -587,10 +658,16 @@ void diffuse_cond_release(const diffuse_model *m);
 /* Whether the unconditional branch is zeros instead of an encoded prompt:
  * negative_prompt NULL (none given at all) with force_zeros_for_empty_prompt. */
 bool diffuse_cond_zeros(const diffuse_model *m, const char *negative_prompt);
-/* context [77, context_dim] and pooled [pooled_dim] (NULL when 0) for one
- * text; text NULL gives the zero conditioning. */
-int diffuse_cond_encode(diffuse_model *m, const char *text, float *context, float *pooled,
-                        diffuse_arena *a, char *err);
+/* Context rows text takes: 77 per chunk of A1111's prompt language (NULL,
+ * the zero conditioning: 77). Fails on a prompt that cannot be read. */
+int diffuse_cond_tokens(const diffuse_model *m, const char *text, int *tokens, char *err);
+/* Whether clip skip changes this model's context (SD 1.x's single encoder). */
+bool diffuse_cond_clip_skips(const diffuse_model *m);
+/* context [tokens, context_dim] (diffuse_cond_tokens) and pooled [pooled_dim]
+ * (NULL when 0) for one text, with A1111's weights; text NULL gives the zero
+ * conditioning. clip_skip: 0 or 1 none, N > 1 as A1111 (SD 1.x only). */
+int diffuse_cond_encode(diffuse_model *m, const char *text, int clip_skip, float *context,
+                        float *pooled, diffuse_arena *a, char *err);
 /* SDXL's add_time_ids for an image of width x height: original (h, w), crop
  * (top, left), target (h, w), zeros in s meaning the image's own size. */
 void diffuse_cond_time_ids(const diffuse_size_cond *s, int width, int height,
@@ -604,6 +681,7 @@ typedef struct diffuse_run {
     const char *prompt;
     const char *negative_prompt;       /* NULL: none given (see diffuse_cond_zeros) */
     diffuse_size_cond size_cond;       /* SDXL */
+    int clip_skip;                     /* 0 or 1: none (diffuse_request) */
     int steps;
     float guidance;
     diffuse_sampler sampler;

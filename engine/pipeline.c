@@ -13,7 +13,7 @@
 /* Everything one run holds besides the arena, carved from one allocation. */
 typedef struct pipe_buffers {
     float *block;
-    float *context;       /* [nb, 77, context_dim]: negative first, then prompt */
+    float *context;       /* [tokens[0] + tokens[1], context_dim]: negative first */
     float *pooled;        /* [nb, pooled_dim] (SDXL) */
     float *time_ids;      /* [nb, 6] (SDXL) */
     float *latents;       /* [1, C, h, w] */
@@ -34,9 +34,20 @@ typedef struct pipe_dims {
     size_t latent_n;      /* c * h * w */
     int ctx;              /* context width */
     int pooled;           /* pooled text width, 0 but for SDXL */
+    int tokens[2];        /* context rows of each UNet input: 77 per prompt chunk */
+    int context_rows;     /* tokens[0] + ... tokens[nb - 1] */
+    bool batched;         /* one UNet pass for the batch (the same tokens) */
 } pipe_dims;
 
-static pipe_dims dims_of(const diffuse_model *m, const diffuse_run *run)
+/* The negative prompt as encoded: NULL for the zero conditioning. */
+static const char *negative_text(const diffuse_model *m, const diffuse_run *run)
+{
+    return run->negative_prompt ? run->negative_prompt : diffuse_cond_zeros(m, NULL) ? NULL : "";
+}
+
+/* A prompt and its negative can differ in chunks: then, as A1111 does by
+ * default, the two UNet inputs run one at a time, each with its own context. */
+static int dims_of(const diffuse_model *m, const diffuse_run *run, pipe_dims *out, char *err)
 {
     pipe_dims d;
     const int f = 1 << (m->vae_cfg.levels - 1);
@@ -47,13 +58,32 @@ static pipe_dims dims_of(const diffuse_model *m, const diffuse_run *run)
     d.latent_n = (size_t)d.c * d.h * d.w;
     d.ctx = diffuse_cond_context_dim(m);
     d.pooled = diffuse_cond_pooled_dim(m);
-    return d;
+    const char *texts[2] = {negative_text(m, run), run->prompt};
+    d.context_rows = 0;
+    for (int i = 0; i < d.nb; i++) {
+        if (diffuse_cond_tokens(m, d.nb == 2 ? texts[i] : run->prompt, &d.tokens[i], err))
+            return -1;
+        d.context_rows += d.tokens[i];
+    }
+    d.batched = d.nb == 1 || d.tokens[0] == d.tokens[1];
+    *out = d;
+    return 0;
+}
+
+static int max_tokens(const pipe_dims *d)
+{
+    return d->nb == 2 && d->tokens[1] > d->tokens[0] ? d->tokens[1] : d->tokens[0];
+}
+
+static size_t unet_workspace(const diffuse_model *m, const pipe_dims *d)
+{
+    return diffuse_unet_workspace(m->unet, d->batched ? d->nb : 1, d->h, d->w, max_tokens(d));
 }
 
 static size_t buffers_floats(const pipe_dims *d, const diffuse_run *run)
 {
     size_t px = (size_t)3 * run->width * run->height;
-    return (size_t)d->nb * DIFFUSE_MAX_TOKENS * d->ctx + (size_t)d->nb * d->pooled +
+    return (size_t)d->context_rows * d->ctx + (size_t)d->nb * d->pooled +
            (size_t)d->nb * DIFFUSE_TIME_IDS + 3 * d->latent_n + (size_t)d->h * d->w +
            2 * d->nb * d->latent_n + px + 2 * d->latent_n + (size_t)3 * d->h * d->w + 16 * 15;
 }
@@ -61,7 +91,7 @@ static size_t buffers_floats(const pipe_dims *d, const diffuse_run *run)
 static size_t arena_floats(const diffuse_model *m, const pipe_dims *d, const diffuse_run *run)
 {
     size_t a = diffuse_cond_workspace(m);
-    size_t u = diffuse_unet_workspace(m->unet, d->nb, d->h, d->w, DIFFUSE_MAX_TOKENS);
+    size_t u = unet_workspace(m, d);
     size_t v = diffuse_vae_workspace(m->vae, run->height, run->width);
     if (m->taesd && (run->fast_decode || run->fast_encode)) {
         size_t t = diffuse_taesd_workspace(m->taesd, run->height, run->width);
@@ -81,7 +111,7 @@ static int buffers_init(pipe_buffers *b, const pipe_dims *d, const diffuse_run *
         return diffuse_fail(err, "out of memory for %dx%d", run->width, run->height);
     float *p = b->block;
 #define TAKE(field, n) (b->field = p, p += ((n) + 15) & ~(size_t)15)
-    TAKE(context, (size_t)d->nb * DIFFUSE_MAX_TOKENS * d->ctx);
+    TAKE(context, (size_t)d->context_rows * d->ctx);
     TAKE(pooled, (size_t)d->nb * d->pooled);
     TAKE(time_ids, (size_t)d->nb * DIFFUSE_TIME_IDS);
     TAKE(latents, d->latent_n);
@@ -114,21 +144,20 @@ static void lap(const diffuse_run *run, double *t0, double *field)
 static int encode_prompts(diffuse_model *m, const diffuse_run *run, const pipe_dims *d,
                           pipe_buffers *b, diffuse_arena *a, char *err)
 {
-    const char *negative = run->negative_prompt ? run->negative_prompt
-                           : diffuse_cond_zeros(m, NULL) ? NULL : "";
-    const char *texts[2] = {negative, run->prompt};
+    const char *texts[2] = {negative_text(m, run), run->prompt};
+    float *context = b->context;
     for (int i = 0; i < d->nb; i++) {
         const char *text = d->nb == 2 ? texts[i] : run->prompt;
-        if (diffuse_cond_encode(m, text, b->context + (size_t)i * DIFFUSE_MAX_TOKENS * d->ctx,
+        if (diffuse_cond_encode(m, text, run->clip_skip, context,
                                 d->pooled ? b->pooled + (size_t)i * d->pooled : NULL, a, err))
             return -1;
+        context += (size_t)d->tokens[i] * d->ctx;
         diffuse_cond_time_ids(&run->size_cond, run->width, run->height,
                               b->time_ids + (size_t)i * DIFFUSE_TIME_IDS);
     }
     diffuse_cond_release(m);
     if (run->trace && run->trace->fn) {
-        run->trace->fn(run->trace->user, "context", b->context,
-                       (size_t)d->nb * DIFFUSE_MAX_TOKENS * d->ctx);
+        run->trace->fn(run->trace->user, "context", b->context, (size_t)d->context_rows * d->ctx);
         if (d->pooled) {
             run->trace->fn(run->trace->user, "text_embeds", b->pooled, (size_t)d->nb * d->pooled);
             run->trace->fn(run->trace->user, "time_ids", b->time_ids,
@@ -231,6 +260,27 @@ static void blend_mask(const pipe_dims *d, pipe_buffers *b, diffuse_sampler_stat
         }
 }
 
+/* model_out = UNet(model_in) for the batch: one pass, or one per input when
+ * their contexts differ in length. */
+static int unet_passes(diffuse_model *m, const pipe_dims *d, pipe_buffers *b, diffuse_arena *a,
+                       char *err)
+{
+    const int passes = d->batched ? 1 : d->nb, n = d->batched ? d->nb : 1;
+    size_t row = 0;
+    for (int k = 0; k < passes; k++) {
+        const diffuse_unet_cond cond = {
+            .context = b->context + row * d->ctx, .tokens = d->tokens[k],
+            .text_embeds = d->pooled ? b->pooled + (size_t)k * d->pooled : NULL,
+            .time_ids = d->pooled ? b->time_ids + (size_t)k * DIFFUSE_TIME_IDS : NULL};
+        if (diffuse_unet_forward(m->unet, b->model_out + k * d->latent_n,
+                                 b->model_in + k * d->latent_n, b->timesteps + k, &cond, n, d->h,
+                                 d->w, a, NULL, err))
+            return -1;
+        row += d->tokens[k];
+    }
+    return 0;
+}
+
 static diffuse_status denoise(diffuse_model *m, const diffuse_run *run, const pipe_dims *d,
                               pipe_buffers *b, diffuse_sampler_state *s, diffuse_arena *a,
                               diffuse_noise *noise, char *err)
@@ -243,11 +293,7 @@ static diffuse_status denoise(diffuse_model *m, const diffuse_run *run, const pi
             b->timesteps[k] = diffuse_sampler_timestep(s, i);
         }
         const double t0 = diffuse_now(), f0 = a->flops;
-        const diffuse_unet_cond cond = {.context = b->context, .tokens = DIFFUSE_MAX_TOKENS,
-                                        .text_embeds = d->pooled ? b->pooled : NULL,
-                                        .time_ids = d->pooled ? b->time_ids : NULL};
-        if (diffuse_unet_forward(m->unet, b->model_out, b->model_in, b->timesteps, &cond, d->nb,
-                                 d->h, d->w, a, NULL, err))
+        if (unet_passes(m, d, b, a, err))
             return DIFFUSE_ERR_MEMORY;
         if (stats) {
             stats->unet_s += diffuse_now() - t0;
@@ -309,7 +355,9 @@ static int decode_latents(diffuse_model *m, const diffuse_run *run, const pipe_d
 diffuse_status diffuse_pipeline_run(diffuse_model *m, const diffuse_run *run, diffuse_noise *noise,
                                     float *pixels_out, char *err)
 {
-    const pipe_dims d = dims_of(m, run);
+    pipe_dims d;
+    if (dims_of(m, run, &d, err))
+        return DIFFUSE_ERR_ARGUMENT;
     pipe_buffers b;
     diffuse_arena a = {0};
     diffuse_sampler_state *s = NULL;
@@ -353,12 +401,14 @@ static size_t max_of(size_t a, size_t b) { return a > b ? a : b; }
  * it holds the most any phase so far has used. */
 size_t diffuse_pipeline_memory(const diffuse_model *m, const diffuse_run *run)
 {
-    const pipe_dims d = dims_of(m, run);
+    pipe_dims d;
+    if (dims_of(m, run, &d, NULL)) /* an unreadable prompt: refused before this counts */
+        return 0;
     const size_t wt = diffuse_cond_weight_bytes(m);
     const size_t wu = diffuse_weights_bytes(m->weights, "unet.");
     const size_t wv = diffuse_weights_bytes(m->weights, "vae.");
     const size_t ac = sizeof(float) * diffuse_cond_workspace(m);
-    const size_t au = sizeof(float) * diffuse_unet_workspace(m->unet, d.nb, d.h, d.w, DIFFUSE_MAX_TOKENS);
+    const size_t au = sizeof(float) * unet_workspace(m, &d);
     const size_t av = sizeof(float) * diffuse_vae_workspace(m->vae, run->height, run->width);
     /* TAESD's weights are float32 in memory since load: only its work counts */
     const size_t at = m->taesd ? sizeof(float) * diffuse_taesd_workspace(m->taesd, run->height,

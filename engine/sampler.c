@@ -48,6 +48,10 @@
 static const char *const sampler_names[DIFFUSE_SAMPLER_COUNT] = {
     "euler", "euler_a", "ddim", "dpmpp_2m", "lcm", "pndm",
 };
+/* what AUTOMATIC1111 calls them, in its parameters text and menus */
+static const char *const sampler_labels[DIFFUSE_SAMPLER_COUNT] = {
+    "Euler", "Euler a", "DDIM", "DPM++ 2M", "LCM", "PLMS",
+};
 
 static const char *const spacing_names[] = {"default", "leading", "linspace", "trailing"};
 #define SPACING_COUNT ((int)(sizeof spacing_names / sizeof spacing_names[0]))
@@ -65,6 +69,21 @@ int diffuse_sampler_parse(const char *name)
         if (strcmp(name, sampler_names[i]) == 0)
             return i;
     return -1;
+}
+
+const char *diffuse_sampler_label(diffuse_sampler sampler)
+{
+    if ((int)sampler < 0 || sampler >= DIFFUSE_SAMPLER_COUNT)
+        return "unknown";
+    return sampler_labels[sampler];
+}
+
+int diffuse_sampler_from_label(const char *label)
+{
+    for (int i = 0; label && i < DIFFUSE_SAMPLER_COUNT; i++)
+        if (strcmp(label, sampler_labels[i]) == 0)
+            return i;
+    return diffuse_sampler_parse(label);
 }
 
 const char *diffuse_spacing_name(diffuse_spacing spacing)

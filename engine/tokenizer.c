@@ -806,9 +806,31 @@ static void tok_bpe_run(const diffuse_tokenizer *tok, tok_bpe *w, size_t m)
     }
 }
 
-/* Appends the ids of one pre-tokenized piece, up to TOK_CONTENT in all. */
+/* Token ids as they are made: at most `limit`, the rest dropped. */
+typedef struct tok_ids {
+    int32_t *v;
+    size_t n, cap, limit;
+} tok_ids;
+
+static int tok_ids_push(tok_ids *out, int32_t id, char *err)
+{
+    if (out->n >= out->limit)
+        return 0;
+    if (out->n == out->cap) {
+        size_t cap = out->cap ? 2 * out->cap : 64;
+        int32_t *v = realloc(out->v, cap * sizeof *v);
+        if (!v)
+            return diffuse_fail(err, "out of memory");
+        out->v = v;
+        out->cap = cap;
+    }
+    out->v[out->n++] = id;
+    return 0;
+}
+
+/* Appends the ids of one pre-tokenized piece. */
 static int tok_encode_piece(const diffuse_tokenizer *tok, const int32_t *cp, size_t len,
-                            tok_bpe *w, int32_t *out, int *count, char *err)
+                            tok_bpe *w, tok_ids *out, char *err)
 {
     if (tok_bpe_reserve(w, 4 * len, err))
         return -1;
@@ -816,14 +838,15 @@ static int tok_encode_piece(const diffuse_tokenizer *tok, const int32_t *cp, siz
     for (size_t i = 0; i < len; i++)
         m += (size_t)utf8proc_encode_char(cp[i], w->bytes + m);
     tok_bpe_run(tok, w, m);
-    for (int32_t p = 0; p >= 0 && *count < TOK_CONTENT; p = w->next[p])
-        out[(*count)++] = w->sym[p];
+    for (int32_t p = 0; p >= 0 && out->n < out->limit; p = w->next[p])
+        if (tok_ids_push(out, w->sym[p], err))
+            return -1;
     return 0;
 }
 
 /* Normalises, splits and encodes len bytes of text holding no special token. */
 static int tok_encode_segment(const diffuse_tokenizer *tok, const char *text, size_t len,
-                              tok_bpe *w, int32_t *out, int *count, char *err)
+                              tok_bpe *w, tok_ids *out, char *err)
 {
     int32_t *cp = NULL;
     size_t n = 0;
@@ -832,12 +855,12 @@ static int tok_encode_segment(const diffuse_tokenizer *tok, const char *text, si
         return 0;
     if (tok_normalize(text, len, &cp, &n, err))
         return -1;
-    for (size_t i = 0; rc == 0 && i < n && *count < TOK_CONTENT;) {
+    for (size_t i = 0; rc == 0 && i < n && out->n < out->limit;) {
         size_t piece = tok_match(cp, i, n);
         if (piece == 0)
             i++;
         else
-            rc = tok_encode_piece(tok, cp + i, piece, w, out, count, err);
+            rc = tok_encode_piece(tok, cp + i, piece, w, out, err);
         i += piece;
     }
     free(cp);
@@ -880,40 +903,70 @@ static long tok_bad_utf8(const char *text, size_t len)
     return -1;
 }
 
-int diffuse_tokenizer_encode(const diffuse_tokenizer *tok, const char *text, int32_t pad_id,
-                             int32_t ids[DIFFUSE_MAX_TOKENS], char *err)
+/* The ids of text without <start>/<end>, at most out->limit of them. */
+static int tok_encode_text(const diffuse_tokenizer *tok, const char *text, int32_t pad_id,
+                           tok_ids *out, char *err)
 {
-    if (!tok || !text || !ids)
-        return diffuse_fail(err, "diffuse_tokenizer_encode: tok, text and ids are required");
     size_t len = strlen(text);
     long bad = len > TOK_MAX_TEXT ? -1 : tok_bad_utf8(text, len);
     if (len > TOK_MAX_TEXT)
         return diffuse_fail(err, "prompt is longer than %d bytes", TOK_MAX_TEXT);
     if (bad >= 0)
         return diffuse_fail(err, "prompt is not valid UTF-8 at byte %ld", bad);
-    int32_t content[TOK_CONTENT], special;
-    int count = 0, rc = 0;
+    int32_t special;
+    int rc = 0;
     tok_bpe w = {0};
     /* a pad token other than <|endoftext|> is "!" (id 0): transformers treats
      * it as an added token, so every "!" in the text becomes that id */
     const char *pad_text = pad_id != tok->eos && pad_id == tok_vocab_get(tok, "!", 1) ? "!" : NULL;
-    for (const char *s = text; rc == 0 && *s && count < TOK_CONTENT;) {
+    for (const char *s = text; rc == 0 && *s && out->n < out->limit;) {
         size_t special_len;
         const char *next = tok_next_special(tok, s, pad_text, pad_id, &special, &special_len);
-        rc = tok_encode_segment(tok, s, (size_t)(next - s), &w, content, &count, err);
-        if (rc == 0 && special_len && count < TOK_CONTENT)
-            content[count++] = special;
+        rc = tok_encode_segment(tok, s, (size_t)(next - s), &w, out, err);
+        if (rc == 0 && special_len)
+            rc = tok_ids_push(out, special, err);
         s = next + special_len;
     }
     tok_bpe_free(&w);
-    if (rc)
+    return rc;
+}
+
+int diffuse_tokenizer_encode(const diffuse_tokenizer *tok, const char *text, int32_t pad_id,
+                             int32_t ids[DIFFUSE_MAX_TOKENS], char *err)
+{
+    if (!tok || !text || !ids)
+        return diffuse_fail(err, "diffuse_tokenizer_encode: tok, text and ids are required");
+    int32_t content[TOK_CONTENT];
+    tok_ids out = {.v = content, .cap = TOK_CONTENT, .limit = TOK_CONTENT};
+    if (tok_encode_text(tok, text, pad_id, &out, err))
         return -1;
+    const int count = (int)out.n;
     ids[0] = tok->bos;
     memcpy(ids + 1, content, (size_t)count * sizeof *ids);
     ids[count + 1] = tok->eos;
     for (int i = count + 2; i < DIFFUSE_MAX_TOKENS; i++)
         ids[i] = pad_id;
     return 0;
+}
+
+int diffuse_tokenizer_ids(const diffuse_tokenizer *tok, const char *text, int32_t pad_id,
+                          int32_t **ids, size_t *n, char *err)
+{
+    tok_ids out = {.limit = SIZE_MAX};
+    *ids = NULL;
+    *n = 0;
+    if (tok_encode_text(tok, text, pad_id, &out, err)) {
+        free(out.v);
+        return -1;
+    }
+    *ids = out.v;
+    *n = out.n;
+    return 0;
+}
+
+int32_t diffuse_tokenizer_id(const diffuse_tokenizer *tok, const char *token)
+{
+    return tok_vocab_get(tok, token, strlen(token));
 }
 
 diffuse_status diffuse_tokenize(const char *vocab_path, const char *text,

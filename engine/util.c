@@ -1,6 +1,5 @@
-/* util.c: error messages, the seeded random generator and the work arena:
- * the small pieces every other module of the engine leans on. */
-#include <math.h>
+/* util.c: error messages and the work arena: the small pieces every other
+ * module of the engine leans on (the seeded generators are in rng.c). */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,64 +17,6 @@ int diffuse_fail(char *err, const char *fmt, ...)
         va_end(ap);
     }
     return -1;
-}
-
-/* ------------------------------------------------------------------ random */
-
-static uint64_t splitmix64(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-void diffuse_rng_seed(diffuse_rng *rng, uint64_t seed)
-{
-    for (int i = 0; i < 4; i++)
-        rng->s[i] = splitmix64(&seed);
-    rng->has_spare = 0;
-    rng->spare = 0;
-}
-
-static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-/* xoshiro256** (Blackman & Vigna 2018). */
-uint64_t diffuse_rng_next(diffuse_rng *rng)
-{
-    uint64_t *s = rng->s;
-    uint64_t result = rotl(s[1] * 5, 7) * 9;
-    uint64_t t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return result;
-}
-
-double diffuse_rng_uniform(diffuse_rng *rng)
-{
-    /* 53 random bits, shifted off zero so log() is finite */
-    return ((double)(diffuse_rng_next(rng) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-}
-
-/* Box-Muller: two uniforms give two independent N(0, 1) values. */
-void diffuse_rng_normal(diffuse_rng *rng, float *out, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        if (rng->has_spare) {
-            rng->has_spare = 0;
-            out[i] = (float)rng->spare;
-            continue;
-        }
-        double u1 = diffuse_rng_uniform(rng), u2 = diffuse_rng_uniform(rng);
-        double r = sqrt(-2.0 * log(u1));
-        out[i] = (float)(r * cos(2.0 * M_PI * u2));
-        rng->spare = r * sin(2.0 * M_PI * u2);
-        rng->has_spare = 1;
-    }
 }
 
 /* ------------------------------------------------------------------ arena */

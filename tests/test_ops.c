@@ -1,7 +1,7 @@
 /* test_ops.c: every optimized kernel in ops.c against its plain _ref twin on
  * random data of awkward sizes (odd, not multiples of 4, crossing the attention
  * query block), the pointwise and normalisation kernels against the formulas
- * written out here in double precision, and the seeded generator in util.c. */
+ * written out here in double precision, and the seeded generator in rng.c. */
 #include <stdint.h>
 
 #include <cblas.h>

@@ -1,5 +1,6 @@
 /* png.c: PNG in and out for the command-line tool, on libpng's simplified API. */
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -62,9 +63,13 @@ int png_write_rgb(const char *path, const float *rgb, int w, int h, const char *
     png_init_io(png, f);
     png_set_IHDR(png, info, (png_uint_32)w, (png_uint_32)h, 8, PNG_COLOR_TYPE_RGB,
                  PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
-    if (text_key && text) {
-        png_text t = {.compression = PNG_TEXT_COMPRESSION_NONE, .key = (char *)text_key,
-                      .text = (char *)text};
+    if (text_key && text) { /* tEXt is Latin-1: other text goes in iTXt, as UTF-8 */
+        bool ascii = true;
+        for (const char *c = text; *c && ascii; c++)
+            ascii = (unsigned char)*c < 0x80;
+        png_text t = {.compression = ascii ? PNG_TEXT_COMPRESSION_NONE : PNG_ITXT_COMPRESSION_NONE,
+                      .key = (char *)text_key, .text = (char *)text, .lang = (char *)"",
+                      .lang_key = (char *)""};
         png_set_text(png, info, &t, 1);
     }
     png_write_info(png, info);
@@ -84,4 +89,34 @@ int png_write_rgb(const char *path, const float *rgb, int w, int h, const char *
         return -1;
     }
     return 0;
+}
+
+/* The text chunks come before the image data in the files Stable Diffusion
+ * tools write: only those are read (no pixels are decoded). */
+char *png_read_text(const char *path, const char *key, char *err, size_t err_size)
+{
+    FILE *f = fopen(path, "rb");
+    png_structp png = f ? png_create_read_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL) : NULL;
+    png_infop info = png ? png_create_info_struct(png) : NULL;
+    char *out = NULL;
+    if (!f || !png || !info || setjmp(png_jmpbuf(png))) {
+        snprintf(err, err_size, "%s: cannot read PNG%s", path, f ? "" : ": no such file");
+        goto done;
+    }
+    png_init_io(png, f);
+    png_read_info(png, info);
+    png_textp texts;
+    int n = 0;
+    png_get_text(png, info, &texts, &n);
+    for (int i = 0; i < n && !out; i++)
+        if (!strcmp(texts[i].key, key) && !(out = strdup(texts[i].text)))
+            snprintf(err, err_size, "out of memory");
+    if (!out && n >= 0)
+        snprintf(err, err_size, "%s: no \"%s\" text in this PNG", path, key);
+done:
+    if (png)
+        png_destroy_read_struct(&png, info ? &info : NULL, NULL);
+    if (f)
+        fclose(f);
+    return out;
 }

@@ -11,5 +11,8 @@ float *png_read(const char *path, int channels, int *w, int *h, char *err, size_
 /* Writes [h, w, 3] floats in [0, 1] as 8-bit RGB. Returns 0 or -1 with err. */
 int png_write_rgb(const char *path, const float *rgb, int w, int h, const char *text_key,
                   const char *text, char *err, size_t err_size);
+/* The text stored under key (a tEXt, zTXt or iTXt chunk before the image
+ * data), malloc'd; NULL with a message in err when there is none. */
+char *png_read_text(const char *path, const char *key, char *err, size_t err_size);
 
 #endif

@@ -103,7 +103,7 @@ static int bench_size(diffuse_model *m, int size, int reps, double peak)
     diffuse_rss_peak_reset();
     for (int r = 0; r < reps; r++) {
         double t0 = diffuse_now();
-        if (diffuse_cond_encode(m, "a photograph of an astronaut riding a horse", context,
+        if (diffuse_cond_encode(m, "a photograph of an astronaut riding a horse", 0, context,
                                 pd ? pooled : NULL, &a, err))
             goto fail;
         t[r] = diffuse_now() - t0;
