@@ -107,17 +107,19 @@ char *diffuse_parameters_text(const diffuse_parameters *p)
     if (p->clip_skip > 1)
         put(&b, ", Clip skip: %d", p->clip_skip);
     const diffuse_size_cond *s = &p->size_cond; /* SDXL's, where not the defaults */
-    if (s->original_width || s->original_height)
-        put(&b, ", Original size: %dx%d", s->original_width ? s->original_width : p->width,
-            s->original_height ? s->original_height : p->height);
+    const int ow = s->original_width ? s->original_width : p->width,
+              oh = s->original_height ? s->original_height : p->height,
+              tw = s->target_width ? s->target_width : p->width,
+              th = s->target_height ? s->target_height : p->height;
+    if (ow != p->width || oh != p->height)
+        put(&b, ", Original size: %dx%d", ow, oh);
     if (s->crop_left || s->crop_top) {
         char crop[32];
         snprintf(crop, sizeof crop, "%d,%d", s->crop_left, s->crop_top);
         put_value(&b, "Crop offset", crop);
     }
-    if (s->target_width || s->target_height)
-        put(&b, ", Target size: %dx%d", s->target_width ? s->target_width : p->width,
-            s->target_height ? s->target_height : p->height);
+    if (tw != p->width || th != p->height)
+        put(&b, ", Target size: %dx%d", tw, th);
     if (p->rng >= 0)
         put(&b, ", RNG: %s", diffuse_rng_kind_a1111((diffuse_rng_kind)p->rng));
     if (b.failed) {

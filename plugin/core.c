@@ -388,33 +388,19 @@ void core_image_default_size(CoreImage image, gint *width, gint *height)
 gchar *core_parameters_text(const CoreSettings *s, CoreMode mode, guint64 seed, gint width,
                             gint height)
 {
-    gchar cfg[G_ASCII_DTOSTR_BUF_SIZE], strength[G_ASCII_DTOSTR_BUF_SIZE];
     gchar *model = core_model_display_name(s->model);
-    GString *text = g_string_new(NULL);
-
-    g_ascii_formatd(cfg, sizeof cfg, "%g", s->guidance);
-    g_string_append_printf(text,
-                           "%s\nNegative prompt: %s\nSteps: %d, Sampler: %s, "
-                           "CFG scale: %s, Seed: %" G_GUINT64_FORMAT ", Size: %dx%d, "
-                           "Model: %s",
-                           s->prompt, s->negative_prompt, s->steps, s->sampler, cfg, seed, width,
-                           height, model);
-    if (mode == CORE_IMG2IMG)
-        g_string_append_printf(text, ", Denoising strength: %s",
-                               g_ascii_formatd(strength, sizeof strength, "%g", s->strength));
-    /* SDXL's conditioning, only where it differs from the defaults */
-    if (s->size_cond[0] || s->size_cond[1])
-        g_string_append_printf(text, ", Original size: %dx%d",
-                               s->size_cond[0] ? s->size_cond[0] : width,
-                               s->size_cond[1] ? s->size_cond[1] : height);
-    if (s->size_cond[2] || s->size_cond[3])
-        g_string_append_printf(text, ", Crop offset: %d,%d", s->size_cond[2], s->size_cond[3]);
-    if (s->size_cond[4] || s->size_cond[5])
-        g_string_append_printf(text, ", Target size: %dx%d",
-                               s->size_cond[4] ? s->size_cond[4] : width,
-                               s->size_cond[5] ? s->size_cond[5] : height);
+    diffuse_parameters p = {
+        .prompt = s->prompt, .negative_prompt = s->negative_prompt, .steps = s->steps,
+        .sampler = diffuse_sampler_parse(s->sampler), .karras = 0, .guidance = (float)s->guidance,
+        .has_seed = 1, .seed = seed, .width = width, .height = height, .model = model,
+        .strength = mode == CORE_IMG2IMG ? (float)s->strength : 0, .rng = DIFFUSE_RNG_PHILOX,
+        .size_cond = {s->size_cond[0], s->size_cond[1], s->size_cond[2], s->size_cond[3],
+                      s->size_cond[4], s->size_cond[5]}};
+    char *text = diffuse_parameters_text(&p); /* the engine keeps the format */
+    gchar *out = g_strdup(text ? text : "");
+    free(text);
     g_free(model);
-    return g_string_free(text, FALSE);
+    return out;
 }
 
 gchar *core_layer_name(const gchar *prompt, guint64 seed)

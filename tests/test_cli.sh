@@ -377,7 +377,7 @@ if [ -d "$XL" ]; then
     }
     expect_ok "generate sdxl-turbo" "$BIN" generate --model "$turbo" --prompt "$PROMPT" --seed 2 \
         --output "$tmp/turbo.png" && {
-        grep -a -q "Steps: 1, Sampler: euler_a, CFG scale: 0," "$tmp/turbo.png"
+        grep -a -q "Steps: 1, Sampler: Euler a, CFG scale: 0," "$tmp/turbo.png"
         check $? "sdxl-turbo did not run its own settings"
     }
     if command -v python3 >/dev/null 2>&1; then
@@ -430,6 +430,72 @@ if [ -d "$MODEL" ]; then
     done
     cmp -s "$tmp/sd1-none.png" "$tmp/sd1-empty.png"
     check $? "sd1: no negative prompt and an empty one differ"
+fi
+
+# A1111's habits: prompt weights and BREAK, clip skip, generators, --from
+if [ -d "$MODEL" ]; then
+    set -- --model "$MODEL" --steps 2 --width 64 --height 64 --seed 7
+    expect_ok "weights, BREAK, clip skip, rng" "$BIN" generate "$@" \
+        --prompt "a (red:1.3) circle BREAK on a [blue] background" --negative "ugly" --clip-skip 2 \
+        --sampler euler_a --karras --rng torch-cpu --output "$tmp/a1111.png" && {
+        grep -a -q "Steps: 2, Sampler: Euler a, Schedule type: Karras, CFG scale: 7.5, Seed: 7, Size: 64x64, Model: $MODEL, Clip skip: 2, RNG: CPU" "$tmp/a1111.png"
+        check $? "parameters text in A1111's keys: $(grep -a -o 'Steps:[^\x00]*' "$tmp/a1111.png" | head -1)"
+    }
+    # --from: the same settings make the same bytes; flags override them
+    expect_ok "--from" "$BIN" generate --model "$MODEL" --from "$tmp/a1111.png" --output "$tmp/from.png" &&
+        cmp -s "$tmp/a1111.png" "$tmp/from.png"
+    check $? "--from did not rerun the same image"
+    expect_ok "--from --seed" "$BIN" generate --model "$MODEL" --from "$tmp/a1111.png" --seed 8 \
+        --output "$tmp/from8.png" && {
+        ! cmp -s "$tmp/a1111.png" "$tmp/from8.png" && grep -a -q "Seed: 8, Size: 64x64" "$tmp/from8.png"
+        check $? "--seed did not override --from"
+    }
+    # --from alone finds the model the PNG names (a path here)
+    expect_ok "--from without --model" "$BIN" generate --from "$tmp/a1111.png" --output "$tmp/from-m.png" &&
+        cmp -s "$tmp/a1111.png" "$tmp/from-m.png"
+    check $? "--from without --model differs"
+    # each generator gives its own noise, the same seed twice the same
+    for rng in philox torch-cpu diffuse; do
+        expect_ok "--rng $rng" "$BIN" generate "$@" --prompt "$PROMPT" --rng $rng --output "$tmp/rng-$rng.png"
+    done
+    ! cmp -s "$tmp/rng-philox.png" "$tmp/rng-torch-cpu.png" && ! cmp -s "$tmp/rng-philox.png" "$tmp/rng-diffuse.png"
+    check $? "the generators gave the same image"
+    expect_ok "default rng" "$BIN" generate "$@" --prompt "$PROMPT" --output "$tmp/rng-default.png" &&
+        cmp -s "$tmp/rng-philox.png" "$tmp/rng-default.png"
+    check $? "the default generator is not philox"
+    # another tool's text: unknown keys are reported, the rest used
+    python3 - "$tmp/rng-philox.png" "$tmp/other.png" <<'PYEOF'
+import struct, sys, zlib
+d = open(sys.argv[1], "rb").read()
+text = ("a red circle, on a (blue:1.1) background\nNegative prompt: green\n"
+        "Steps: 2, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 5, Seed: 3, Size: 64x64, "
+        "Model hash: 6ce0161689, Model: x, Lora hashes: \"film: 12ab\", Version: v1.10.1").encode()
+chunk = b"parameters\0" + text
+out, p = d[:33], 33  # signature + IHDR
+while p < len(d):  # drop our own text chunk, add A1111's
+    n, = struct.unpack(">I", d[p:p + 4])
+    if d[p + 4:p + 8] != b"tEXt":
+        out += d[p:p + 12 + n]
+    p += 12 + n
+tx = struct.pack(">I", len(chunk)) + b"tEXt" + chunk + struct.pack(">I", zlib.crc32(b"tEXt" + chunk) & 0xffffffff)
+open(sys.argv[2], "wb").write(out[:33] + tx + out[33:])
+PYEOF
+    expect_ok "--from an A1111 image" "$BIN" generate --model "$MODEL" --from "$tmp/other.png" \
+        --output "$tmp/from-other.png" && {
+        grep -q "not used: Model hash: 6ce0161689, Lora hashes: \"film: 12ab\", Version: v1.10.1" "$tmp/err" &&
+            grep -a -q "Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 5, Seed: 3, Size: 64x64, Model: $MODEL, RNG: NV" "$tmp/from-other.png"
+        check $? "--from an A1111 image: $(cat "$tmp/err")"
+    }
+    expect_error "--from a missing file" "no such file" "$BIN" generate "$@" --from "$tmp/none.png" --output "$tmp/bad.png"
+    expect_error "--from not a PNG" "cannot read PNG" "$BIN" generate "$@" --from "$FIXTURES/ok_valid.safetensors" --output "$tmp/bad.png"
+    make_mask "$tmp/plain.png" 16 16
+    expect_error "--from a PNG without text" "no \"parameters\" text" "$BIN" generate "$@" --from "$tmp/plain.png" --output "$tmp/bad.png"
+    expect_error "--clip-skip 0" "--clip-skip" "$BIN" generate "$@" --prompt x --clip-skip 0 --output "$tmp/bad.png"
+    expect_error "--clip-skip 13" "--clip-skip" "$BIN" generate "$@" --prompt x --clip-skip 13 --output "$tmp/bad.png"
+    expect_error "--rng unknown" "--rng" "$BIN" generate "$@" --prompt x --rng mt --output "$tmp/bad.png"
+    expect_error "a bad weight" "not a weight" "$BIN" generate "$@" --prompt "(a:1.2.3)" --output "$tmp/bad.png"
+    [ ! -e "$tmp/bad.png" ]
+    check $? "a refused run wrote its output"
 fi
 
 finish

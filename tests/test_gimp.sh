@@ -193,7 +193,7 @@ txt2img() { # txt2img IMG DRAWABLE SEED W H COUNT [MODEL]
 img2img() { # img2img IMG DRAWABLE SEED STRENGTH COUNT [MODEL]
     i2i "$1" "$2" "\"$PROMPT\"" '""' "$3" 4 7.5 '"euler_a"' "$4" "$5" "\"${6-$MODEL}\""
 }
-PARAMS_TAIL="Steps: 4, Sampler: euler_a, CFG scale: 7.5"
+PARAMS_TAIL="Steps: 4, Sampler: Euler a, CFG scale: 7.5"
 
 # ------------------------------------------------------------------ core unit test
 
@@ -293,7 +293,7 @@ for i in 0 1; do
     check $? "$case_title: layer $i is not RGBA (type $(layer_field after $i 8))"
     parameters "$dir/after-$i-parameters.txt" "$PROMPT
 Negative prompt: $NEGATIVE
-$PARAMS_TAIL, Seed: $seed, Size: 64x64, Model: $MODEL_NAME"
+$PARAMS_TAIL, Seed: $seed, Size: 64x64, Model: $MODEL_NAME, RNG: NV"
     pixels "layer $i" "$dir/after-$i.raw" 4
 done
 [ "$(layer_name after 2)" = background ]
@@ -324,7 +324,7 @@ got=$(tr -d '\000' <"$dir/after-0-parameters.txt")
 case $got in
 "$PROMPT
 Negative prompt: 
-$PARAMS_TAIL, Seed: 3, Size: "*"x"*", Model: $MODEL_NAME, Denoising strength: 0.6") pass ;;
+$PARAMS_TAIL, Seed: 3, Size: "*"x"*", Model: $MODEL_NAME, Denoising strength: 0.6, RNG: NV") pass ;;
 *) fail "$case_title: parasite '$got'" ;;
 esac
 cmp -s "$dir/orig.raw" "$dir/orig-after.raw"
@@ -618,10 +618,10 @@ EOF
     # each call's layer goes above the active layer, the background
     parameters "$dir/after-0-parameters.txt" "$PROMPT
 Negative prompt: 
-Steps: 2, Sampler: euler, CFG scale: 5, Seed: 3, Size: 128x128, Model: model-diffusers"
+Steps: 2, Sampler: Euler, CFG scale: 5, Seed: 3, Size: 128x128, Model: model-diffusers, RNG: NV"
     parameters "$dir/after-1-parameters.txt" "$PROMPT
 Negative prompt: 
-Steps: 2, Sampler: euler, CFG scale: 5, Seed: 3, Size: 128x128, Model: model-diffusers, Original size: 160x96, Crop offset: 16,8, Target size: 144x112"
+Steps: 2, Sampler: Euler, CFG scale: 5, Seed: 3, Size: 128x128, Model: model-diffusers, Original size: 160x96, Crop offset: \"16,8\", Target size: 144x112, RNG: NV"
     pixels "the SDXL layer" "$dir/after-0.raw" 4
     ! cmp -s "$dir/after-0.raw" "$dir/after-1.raw"
     check $? "$case_title: size conditioning and the empty negative prompt changed nothing"

@@ -30,6 +30,7 @@ static int usage(void)
             "                        [--original-size WxH] [--crop-offset X,Y] [--target-size WxH]\n"
             "                        [--decoder vae|taesd|PATH] [--encoder vae|taesd|PATH]\n"
             "                        [--preview PATH.png [--preview-every N]]\n"
+            "                        [--clip-skip N] [--rng philox|torch-cpu|diffuse] [--from IMAGE.png]\n"
             "                        --output OUT.png\n"
             "       diffuse refcheck REFERENCE_DIR\n"
             "       diffuse tokenize [--vocab PATH] TEXT\n"
@@ -158,11 +159,50 @@ static void print_stats(const diffuse_stats *s, double load_s)
 }
 
 typedef struct gen_opts {
-    const char *model, *output, *init, *mask, *vocab;
-    bool seed_given, steps_given, cfg_given, sampler_given, verbose;
+    const char *model, *output, *init, *mask, *vocab, *from;
+    bool given[256];              /* by option code: what the command line set */
+    bool seed_given, verbose;
     diffuse_request req;
     diffuse_load_params load;
+    diffuse_parameters from_params; /* --from's settings, owned */
 } gen_opts;
+
+/* --from: the PNG's parameters text fills what the command line left unset. */
+static int from_png(gen_opts *o)
+{
+    char err[DIFFUSE_ERROR_SIZE];
+    char *text = png_read_text(o->from, "parameters", err, sizeof err);
+    if (!text)
+        return bad_arg("--from", o->from, err);
+    diffuse_parameters *p = &o->from_params;
+    diffuse_status st = diffuse_parameters_parse(text, p, err, sizeof err);
+    free(text);
+    if (st != DIFFUSE_OK)
+        return bad_arg("--from", o->from, err);
+    diffuse_request *r = &o->req;
+    const bool *g = o->given;
+    if (!g['p']) r->prompt = p->prompt;
+    if (!g['n']) r->negative_prompt = p->negative_prompt;
+    if (!g['s'] && p->has_seed) r->seed = p->seed, o->seed_given = true;
+    if (!g['S'] && p->steps) r->steps = p->steps, o->given['S'] = true;
+    if (!g['c'] && p->guidance >= 0) r->guidance = p->guidance, o->given['c'] = true;
+    if (!g['a'] && p->sampler >= 0) r->sampler = (diffuse_sampler)p->sampler, o->given['a'] = true;
+    if (!g['k'] && p->karras >= 0) r->karras = p->karras;
+    if (!g['W'] && p->width) r->width = p->width;
+    if (!g['H'] && p->height) r->height = p->height;
+    if (!g['t'] && p->strength > 0) r->strength = p->strength;
+    if (!g['K'] && p->clip_skip) r->clip_skip = p->clip_skip;
+    if (!g['g'] && p->rng >= 0) r->rng = (diffuse_rng_kind)p->rng;
+    diffuse_size_cond *sc = &r->size_cond, *fc = &p->size_cond;
+    if (!g['O']) sc->original_width = fc->original_width, sc->original_height = fc->original_height;
+    if (!g['X']) sc->crop_left = fc->crop_left, sc->crop_top = fc->crop_top;
+    if (!g['G']) sc->target_width = fc->target_width, sc->target_height = fc->target_height;
+    if (!o->model && p->model) /* a name as the PNG gives it: a path, or "default" */
+        o->model = p->model;
+    if (p->extra)
+        fprintf(stderr, "diffuse: --from %s: not used: %s\n", o->from, p->extra);
+    return 0;
+}
 
 static int parse_generate(int argc, char **argv, gen_opts *o)
 {
@@ -177,11 +217,13 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
         {"original-size", 1, 0, 'O'}, {"crop-offset", 1, 0, 'X'}, {"target-size", 1, 0, 'G'},
         {"decoder", 1, 0, 'D'}, {"encoder", 1, 0, 'E'},
         {"preview", 1, 0, 'w'}, {"preview-every", 1, 0, 'e'},
+        {"clip-skip", 1, 0, 'K'}, {"rng", 1, 0, 'g'}, {"from", 1, 0, 'f'},
         {0, 0, 0, 0}};
     diffuse_size_cond *sc = &o->req.size_cond;
     int c;
     long v;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        o->given[c & 255] = true;
         switch (c) {
         case 'm': o->model = optarg; break;
         case 'V': o->verbose = true; break;
@@ -195,17 +237,14 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
         case 'S':
             if (!parse_int(optarg, 1, 1000, &v)) return bad_arg("--steps", optarg, "expected 1..1000");
             o->req.steps = (int)v;
-            o->steps_given = true;
             break;
         case 'c':
             if (!parse_float(optarg, &o->req.guidance)) return bad_arg("--cfg", optarg, "not a number");
-            o->cfg_given = true;
             break;
         case 'a':
-            if (diffuse_sampler_parse(optarg) < 0)
+            if (diffuse_sampler_from_label(optarg) < 0)
                 return bad_arg("--sampler", optarg, "expected euler, euler_a, ddim, dpmpp_2m, lcm or pndm");
-            o->req.sampler = (diffuse_sampler)diffuse_sampler_parse(optarg);
-            o->sampler_given = true;
+            o->req.sampler = (diffuse_sampler)diffuse_sampler_from_label(optarg);
             break;
         case 'k': o->req.karras = 1; break;
         case 'P':
@@ -271,12 +310,24 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
             if (!parse_int(optarg, 1, 1000, &v)) return bad_arg("--preview-every", optarg, "expected 1..1000");
             o->req.preview_every = (int)v;
             break;
+        case 'K':
+            if (!parse_int(optarg, 1, DIFFUSE_MAX_CLIP_SKIP, &v))
+                return bad_arg("--clip-skip", optarg, "expected 1..12 (1: the last layer)");
+            o->req.clip_skip = (int)v;
+            break;
+        case 'g':
+            if (diffuse_rng_kind_parse(optarg, &o->req.rng))
+                return bad_arg("--rng", optarg, "expected philox, torch-cpu or diffuse");
+            break;
+        case 'f': o->from = optarg; break;
         default: return usage();
         }
     }
     if (optind < argc) return bad_arg("argument", argv[optind], "unexpected");
     if (o->req.preview_every && !o->req.preview)
         return bad_arg("--preview-every", "", "needs --preview PATH.png");
+    if (o->from && from_png(o))
+        return 2;
     if (!o->model) return bad_arg("--model", "", "missing");
     if (!o->req.prompt) return bad_arg("--prompt", "", "missing");
     if (!o->output) return bad_arg("--output", "", "missing");
@@ -326,20 +377,21 @@ static int write_outputs(const gen_opts *o, const diffuse_image *images, const c
 {
     const diffuse_request *r = &o->req;
     for (int i = 0; i < r->count; i++) {
-        char path[4096], err[DIFFUSE_ERROR_SIZE], text[8192];
-        snprintf(text, sizeof text,
-                 "%s\nNegative prompt: %s\nSteps: %d, Sampler: %s%s, CFG scale: %g, Seed: %llu, "
-                 "Size: %dx%d, Model: %s%s", r->prompt, r->negative_prompt ? r->negative_prompt : "",
-                 r->steps, diffuse_sampler_name(r->sampler), r->karras ? " Karras" : "", r->guidance,
-                 (unsigned long long)images[i].seed, r->width, r->height, model,
-                 r->init_image ? "" : "");
-        if (r->init_image) {
-            size_t n = strlen(text);
-            snprintf(text + n, sizeof text - n, ", Denoising strength: %g", r->strength);
-        }
+        char path[4096], err[DIFFUSE_ERROR_SIZE];
+        diffuse_parameters p = {
+            .prompt = r->prompt, .negative_prompt = r->negative_prompt, .steps = r->steps,
+            .sampler = (int)r->sampler, .karras = r->karras, .guidance = r->guidance,
+            .has_seed = 1, .seed = images[i].seed, .width = r->width, .height = r->height,
+            .model = model, .strength = r->init_image ? r->strength : 0,
+            .clip_skip = r->clip_skip, .rng = (int)r->rng, .size_cond = r->size_cond};
+        char *text = diffuse_parameters_text(&p);
         output_name(path, sizeof path, o->output, i, r->count);
-        if (png_write_rgb(path, images[i].pixels, images[i].width, images[i].height, "parameters",
-                          text, err, sizeof err)) {
+        if (!text)
+            snprintf(err, sizeof err, "out of memory");
+        int failed = !text || png_write_rgb(path, images[i].pixels, images[i].width,
+                                            images[i].height, "parameters", text, err, sizeof err);
+        free(text);
+        if (failed) {
             fprintf(stderr, "diffuse: %s\n", err);
             return 1;
         }
@@ -354,8 +406,10 @@ static int cmd_generate(int argc, char **argv)
     o.req.width = o.req.height = 0;
     o.req.prompt = NULL; /* the default is "", so --prompt could never be missing */
     int rc = parse_generate(argc, argv, &o);
-    if (rc)
+    if (rc) {
+        diffuse_parameters_free(&o.from_params);
         return rc;
+    }
     float *init = NULL, *mask = NULL;
     char buf[4096], err[DIFFUSE_ERROR_SIZE];
     diffuse_image *images = NULL;
@@ -374,9 +428,9 @@ static int cmd_generate(int argc, char **argv)
     diffuse_model_info info;
     diffuse_model_get_info(model, &info);
     if (info.suggested_sampler >= 0) { /* the model's own settings, where not given */
-        if (!o.steps_given) o.req.steps = info.suggested_steps;
-        if (!o.cfg_given) o.req.guidance = info.suggested_guidance;
-        if (!o.sampler_given) o.req.sampler = (diffuse_sampler)info.suggested_sampler;
+        if (!o.given['S']) o.req.steps = info.suggested_steps;
+        if (!o.given['c']) o.req.guidance = info.suggested_guidance;
+        if (!o.given['a']) o.req.sampler = (diffuse_sampler)info.suggested_sampler;
     }
     if (!o.req.width) o.req.width = info.native_size;
     if (!o.req.height) o.req.height = info.native_size;
@@ -398,6 +452,7 @@ static int cmd_generate(int argc, char **argv)
         diffuse_image_free(&images[i]);
 done:
     free(images);
+    diffuse_parameters_free(&o.from_params);
     diffuse_model_free(model);
     free(init);
     free(mask);

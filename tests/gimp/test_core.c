@@ -211,20 +211,20 @@ static void test_texts(void)
     g_strlcpy(s.model, "/m/model-diffusers", sizeof s.model);
     setlocale(LC_NUMERIC, "de_DE.UTF-8"); /* where printf would write 7,5 (if installed) */
     text = core_parameters_text(&s, CORE_TXT2IMG, 5, 64, 48);
-    CHECK(!strcmp(text, "a red circle\nNegative prompt: blurry\nSteps: 4, Sampler: euler_a, "
-                        "CFG scale: 7.5, Seed: 5, Size: 64x48, Model: model-diffusers"),
+    CHECK(!strcmp(text, "a red circle\nNegative prompt: blurry\nSteps: 4, Sampler: Euler a, "
+                        "CFG scale: 7.5, Seed: 5, Size: 64x48, Model: model-diffusers, RNG: NV"),
           "txt2img parameters: %s", text);
     g_free(text);
     s.strength = 0.6;
     text = core_parameters_text(&s, CORE_IMG2IMG, 18446744073709551615ull, 8, 8);
     CHECK(g_str_has_suffix(text, "Seed: 18446744073709551615, Size: 8x8, Model: model-diffusers, "
-                                 "Denoising strength: 0.6"),
+                                 "Denoising strength: 0.6, RNG: NV"),
           "img2img parameters: %s", text);
     g_free(text);
     s.size_cond[0] = 1024, s.size_cond[3] = 32; /* SDXL: what differs from the defaults */
     text = core_parameters_text(&s, CORE_TXT2IMG, 5, 64, 48);
     CHECK(g_str_has_suffix(text, "Model: model-diffusers, Original size: 1024x48, "
-                                 "Crop offset: 0,32"),
+                                 "Crop offset: \"0,32\", RNG: NV"),
           "SDXL parameters: %s", text);
     g_free(text);
     setlocale(LC_NUMERIC, "C");
