@@ -64,7 +64,16 @@ $(BUILD)/fixtures/sd2-tiny-ldm.safetensors: tests/fixtures/make_sd2_ldm.py $(wil
 	@mkdir -p $(dir $@)
 	python3 tests/fixtures/make_sd2_ldm.py $(SD2_SRC) $@
 
-test: all $(TEST_BIN) $(SD2_FIXTURE) $(BUILD)/bench $(BUILD)/bench_real
+# LoRA files in every format tests/test_lora.c reads, for the reference models.
+REF         := ../shared/reference
+LORA_FIXTURE := $(if $(wildcard $(REF)/sdxl-tiny/model-diffusers),$(BUILD)/fixtures/loras/map.json)
+$(BUILD)/fixtures/loras/map.json: tests/fixtures/make_loras.py
+	@mkdir -p $(dir $@)
+	python3 tests/fixtures/make_loras.py $(REF)/sd1-tiny/model-diffusers \
+	    $(REF)/sd1-tiny/model-ldm-fp16.safetensors $(REF)/sdxl-tiny/model-diffusers \
+	    $(REF)/sdxl-tiny/model-ldm-fp16.safetensors $(dir $@)
+
+test: all $(TEST_BIN) $(SD2_FIXTURE) $(LORA_FIXTURE) $(BUILD)/bench $(BUILD)/bench_real
 	@BUILD=$(BUILD) tests/run.sh $(TEST_BIN) $(TEST_SH)
 
 bench: $(BUILD)/bench
@@ -119,7 +128,7 @@ VG := valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=
 # oneDNN's JIT code runs tens of times slower under valgrind than the rest:
 # the unit tests run on the engine's own convolutions there (DIFFUSE_CONV=
 # im2col; ASan covers oneDNN's path), one CLI run below forces oneDNN.
-valgrind: all $(TEST_BIN)
+valgrind: all $(TEST_BIN) $(LORA_FIXTURE)
 	@DIFFUSE_CONV=im2col OPENBLAS_NUM_THREADS=1 VALGRIND="$(VG)" BUILD=$(BUILD) tests/run.sh $(TEST_BIN)
 	OPENBLAS_NUM_THREADS=1 $(VG) $(BUILD)/diffuse generate --model $(TINY) --prompt "a red circle" \
 	    --negative blurry --steps 3 --width 64 --height 64 --seed 1 --sampler dpmpp_2m --output $(BUILD)/vg.png

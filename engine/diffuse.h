@@ -188,6 +188,15 @@ typedef struct diffuse_size_cond {
     int target_width, target_height;
 } diffuse_size_cond;
 
+/* A LoRA file and how strongly it applies (1: as trained, 0: not at all):
+ * weight to the text encoders, unet_weight to the UNet (A1111's
+ * <lora:NAME:TE:UNET>; usually the same). */
+#define DIFFUSE_MAX_LORAS 16           /* LoRA files one request takes besides its tags */
+typedef struct diffuse_lora {
+    const char *path;            /* .safetensors, kohya/A1111 or diffusers/PEFT names */
+    float weight, unet_weight;
+} diffuse_lora;
+
 typedef struct diffuse_request {
     const char *prompt;
     /* NULL: none given. "" is an empty negative prompt, encoded. The two differ
@@ -224,6 +233,18 @@ typedef struct diffuse_request {
     diffuse_preview_fn preview;
     void *preview_user;
     struct diffuse_stats *stats; /* NULL, or filled with where the time went */
+    /* LoRAs for this request, besides the <lora:NAME:W> tags of the prompt
+     * (found as NAME.safetensors in lora_dir; the tags are taken out of the
+     * text the encoder reads). NULL lora_dir: $DIFFUSE_LORA_DIR, else
+     * $XDG_DATA_HOME/diffuse/loras or ~/.local/share/diffuse/loras. */
+    const diffuse_lora *loras;
+    int lora_count;
+    const char *lora_dir;
+    /* What the user should know about a run that still goes ahead (a LoRA
+     * that matches only some of the model, an unsupported prompt tag); NULL:
+     * not told. */
+    void (*notice)(void *user, const char *message);
+    void *notice_user;
 } diffuse_request;
 
 /* Where a diffuse_generate call's time went (seconds, summed over its images)
@@ -290,6 +311,9 @@ typedef struct diffuse_parameters {
      * has no setting for, such as a sampler it lacks), "Key: value, ...", as
      * written; NULL when none. Ignored when writing. */
     const char *extra;
+    /* LoRA files given besides the prompt's tags, "PATH:WEIGHT, ..." (key
+     * "LoRA"); NULL: none */
+    const char *loras;
 } diffuse_parameters;
 
 /* The text for p (steps, sampler, guidance, seed and size always; the rest

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <errno.h>
 
 #include "internal.h"
 
@@ -41,7 +43,182 @@ static size_t memory_available(void)
     return (size_t)kb * 1024;
 }
 
-static diffuse_status check_request(const diffuse_model *m, const diffuse_request *r, char *err)
+/* ------------------------------------------------------------------ LoRAs */
+
+/* What a request's LoRAs come to: its own list plus the prompt's <lora:...>
+ * tags, applied to the model until closed, and the prompt without its tags. */
+typedef struct request_loras {
+    char *prompt;                 /* the text the encoder reads */
+    diffuse_lora *list;
+    char **paths;                 /* the tags' files, owned */
+    int n;
+    diffuse_lora_set *set;
+} request_loras;
+
+/* $DIFFUSE_LORA_DIR, $XDG_DATA_HOME/diffuse/loras or ~/.local/share/diffuse/loras. */
+static void default_lora_dir(char *buf, size_t size)
+{
+    const char *env = getenv("DIFFUSE_LORA_DIR"), *xdg = getenv("XDG_DATA_HOME"),
+               *home = getenv("HOME");
+    if (env && *env)
+        snprintf(buf, size, "%s", env);
+    else if (xdg && *xdg)
+        snprintf(buf, size, "%s/diffuse/loras", xdg);
+    else
+        snprintf(buf, size, "%s/.local/share/diffuse/loras", home ? home : "");
+}
+
+static bool parse_weight(const char *s, float *out)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || *end || !isfinite(v) || fabs(v) > 100)
+        return false;
+    *out = (float)v;
+    return true;
+}
+
+/* <lora:NAME>, <lora:NAME:W> or <lora:NAME:TE:UNET> -> file and weights. */
+static diffuse_status tag_lora(const diffuse_prompt_tag *t, const char *dir, diffuse_lora *l,
+                               char **path, char *err)
+{
+    char *args = strdup(t->args), *w1 = NULL, *w2 = NULL;
+    if (!args)
+        return diffuse_fail(err, "out of memory"), DIFFUSE_ERR_MEMORY;
+    if ((w1 = strchr(args, ':')) && (*w1++ = 0, (w2 = strchr(w1, ':'))))
+        *w2++ = 0;
+    l->weight = l->unet_weight = 1.0f;
+    diffuse_status st = DIFFUSE_OK;
+    if ((w1 && !parse_weight(w1, &l->weight)) || (w2 && !parse_weight(w2, &l->unet_weight)))
+        st = DIFFUSE_ERR_ARGUMENT;
+    else if (!w2)
+        l->unet_weight = l->weight;
+    const size_t n = strlen(args);
+    const bool ext = n > 12 && !strcmp(args + n - 12, ".safetensors");
+    *path = NULL;
+    if (st == DIFFUSE_OK && *args && (*path = malloc(strlen(dir) + n + 16)))
+        sprintf(*path, "%s%s%s%s", args[0] == '/' ? "" : dir, args[0] == '/' ? "" : "/", args,
+                ext ? "" : ".safetensors");
+    if (st != DIFFUSE_OK || !*args)
+        diffuse_fail(err, "prompt: %s: expected <lora:NAME>, <lora:NAME:WEIGHT> or "
+                     "<lora:NAME:TEXT_WEIGHT:UNET_WEIGHT> (weights between -100 and 100)",
+                     t->text), st = DIFFUSE_ERR_ARGUMENT;
+    else if (!*path)
+        diffuse_fail(err, "out of memory"), st = DIFFUSE_ERR_MEMORY;
+    else if (access(*path, R_OK) != 0)
+        diffuse_fail(err, "prompt: %s: cannot read %s: %s", t->text, *path, strerror(errno)),
+            st = DIFFUSE_ERR_IO;
+    free(args);
+    return st;
+}
+
+static void loras_close(request_loras *l)
+{
+    diffuse_lora_set_close(l->set);
+    for (int i = 0; l->paths && i < l->n; i++)
+        free(l->paths[i]);
+    free(l->paths);
+    free(l->list);
+    free(l->prompt);
+    memset(l, 0, sizeof *l);
+}
+
+static diffuse_status loras_from_tags(const diffuse_request *r, diffuse_prompt_tag *tags, int n,
+                                      request_loras *l, char *err)
+{
+    char dir[4096];
+    if (r->lora_dir)
+        snprintf(dir, sizeof dir, "%s", r->lora_dir);
+    else
+        default_lora_dir(dir, sizeof dir);
+    for (int i = 0; i < n; i++) {
+        if (strcmp(tags[i].kind, "lora") && strcmp(tags[i].kind, "lyco")) {
+            char msg[DIFFUSE_ERROR_SIZE];
+            snprintf(msg, sizeof msg, "prompt: %s is left out: of A1111's extra networks "
+                     "Diffuse applies LoRA only", tags[i].text);
+            if (r->notice)
+                r->notice(r->notice_user, msg);
+            continue;
+        }
+        diffuse_status st = tag_lora(&tags[i], dir, &l->list[l->n], &l->paths[l->n], err);
+        if (st != DIFFUSE_OK)
+            return st;
+        l->list[l->n].path = l->paths[l->n];
+        l->n++;
+    }
+    return DIFFUSE_OK;
+}
+
+/* The request's LoRAs, the tags taken out of its prompt (not applied yet);
+ * notices only when `tell`. */
+static diffuse_status loras_resolve(const diffuse_request *r, bool tell, request_loras *l,
+                                    char *err)
+{
+    diffuse_prompt_tag *tags = NULL;
+    int ntags = 0;
+    memset(l, 0, sizeof *l);
+    if (r->lora_count < 0 || r->lora_count > DIFFUSE_MAX_LORAS || (r->lora_count && !r->loras))
+        return diffuse_fail(err, "loras: %d given (at most %d, with a list)", r->lora_count,
+                            DIFFUSE_MAX_LORAS), DIFFUSE_ERR_ARGUMENT;
+    if (!r->prompt)
+        return DIFFUSE_OK;
+    if (diffuse_prompt_tags(r->prompt, &l->prompt, &tags, &ntags, err))
+        return DIFFUSE_ERR_MEMORY;
+    const int cap = r->lora_count + ntags;
+    l->list = calloc((size_t)(cap ? cap : 1), sizeof *l->list);
+    l->paths = calloc((size_t)(cap ? cap : 1), sizeof *l->paths);
+    diffuse_status st = l->list && l->paths ? DIFFUSE_OK : DIFFUSE_ERR_MEMORY;
+    if (st != DIFFUSE_OK)
+        diffuse_fail(err, "out of memory");
+    for (int i = 0; st == DIFFUSE_OK && i < r->lora_count; i++)
+        l->list[l->n++] = r->loras[i];
+    diffuse_request quiet = *r;
+    quiet.notice = tell ? r->notice : NULL;
+    if (st == DIFFUSE_OK)
+        st = loras_from_tags(&quiet, tags, ntags, l, err);
+    diffuse_prompt_tags_free(tags, ntags);
+    if (st != DIFFUSE_OK)
+        loras_close(l);
+    return st;
+}
+
+static void max_matrix(void *user, const char *name, int64_t rows, int64_t numel)
+{
+    size_t *max = user;
+    if ((size_t)numel > *max)
+        *max = (size_t)numel;
+}
+
+/* What the LoRAs add to a run, from their files alone: the factors' bytes, and
+ * arena floats for the largest matrix widened with the largest pair of factors
+ * (at least what the applied set needs). */
+static void loras_memory(const diffuse_model *m, const request_loras *l, size_t *scratch,
+                         size_t *bytes)
+{
+    size_t largest = 0, pair = 0;
+    *scratch = *bytes = 0;
+    for (int i = 0; i < l->n; i++) {
+        diffuse_st_file *f;
+        if (diffuse_st_open(l->list[i].path, &f, NULL))
+            continue; /* reported when applied */
+        for (int t = 0; t < f->count; t++) {
+            const diffuse_st_tensor *x = &f->tensors[t];
+            *bytes += x->nbytes;
+            pair = 2 * (size_t)x->numel > pair ? 2 * (size_t)x->numel : pair;
+        }
+        diffuse_st_close(f);
+    }
+    if (l->n) {
+        diffuse_weights_each_matrix(m->weights, max_matrix, &largest);
+        *scratch = largest + pair + 64;
+    }
+}
+
+static size_t request_memory(const diffuse_model *m, const diffuse_request *r,
+                             const request_loras *l);
+
+static diffuse_status check_request(const diffuse_model *m, const diffuse_request *r,
+                                    const request_loras *l, char *err)
 {
     const int f = 1 << (m->vae_cfg.levels - 1);
     if (!r->prompt)
@@ -96,7 +273,7 @@ static diffuse_status check_request(const diffuse_model *m, const diffuse_reques
                             diffuse_cond_clip_skips(m) && m->clip_cfg.layers < DIFFUSE_MAX_CLIP_SKIP
                             ? m->clip_cfg.layers : DIFFUSE_MAX_CLIP_SKIP), DIFFUSE_ERR_ARGUMENT;
     int tokens;
-    if (diffuse_cond_tokens(m, r->prompt, &tokens, err))
+    if (diffuse_cond_tokens(m, l->prompt, &tokens, err))
         return DIFFUSE_ERR_ARGUMENT;
     if (r->negative_prompt && diffuse_cond_tokens(m, r->negative_prompt, &tokens, err)) {
         char why[DIFFUSE_ERROR_SIZE];
@@ -107,7 +284,7 @@ static diffuse_status check_request(const diffuse_model *m, const diffuse_reques
         return diffuse_fail(err, "rng: unknown generator %d", (int)r->rng), DIFFUSE_ERR_ARGUMENT;
     if (r->mask && !r->init_image)
         return diffuse_fail(err, "mask: needs an init image"), DIFFUSE_ERR_ARGUMENT;
-    size_t need = diffuse_request_memory(m, r), have = memory_available();
+    size_t need = request_memory(m, r, l), have = memory_available();
     if (have && need > have)
         return diffuse_fail(err, "size: %dx%d needs %zu MiB of working memory, only %zu MiB are "
                             "available", r->width, r->height, need >> 20, have >> 20),
@@ -115,7 +292,8 @@ static diffuse_status check_request(const diffuse_model *m, const diffuse_reques
     return DIFFUSE_OK;
 }
 
-static diffuse_run run_of(const diffuse_model *m, const diffuse_request *r)
+static diffuse_run run_of(const diffuse_model *m, const diffuse_request *r,
+                          const request_loras *l)
 {
     diffuse_run run = {.prompt = r->prompt, .negative_prompt = r->negative_prompt,
                        .size_cond = r->size_cond, .clip_skip = r->clip_skip, .steps = r->steps, .guidance = r->guidance, .sampler = r->sampler,
@@ -129,13 +307,26 @@ static diffuse_run run_of(const diffuse_model *m, const diffuse_request *r)
                        .stats = r->stats};
     if (r->spacing != DIFFUSE_SPACING_DEFAULT)
         run.schedule.spacing = r->spacing;
+    run.prompt = l->prompt;
+    loras_memory(m, l, &run.lora_scratch, &run.lora_bytes);
     return run;
+}
+
+static size_t request_memory(const diffuse_model *m, const diffuse_request *r,
+                             const request_loras *l)
+{
+    diffuse_run run = run_of(m, r, l);
+    return diffuse_pipeline_memory(m, &run) + (size_t)r->width * r->height * 3 * sizeof(float);
 }
 
 size_t diffuse_request_memory(const diffuse_model *m, const diffuse_request *r)
 {
-    diffuse_run run = run_of(m, r);
-    return diffuse_pipeline_memory(m, &run) + (size_t)r->width * r->height * 3 * sizeof(float);
+    request_loras l;
+    if (loras_resolve(r, false, &l, NULL) != DIFFUSE_OK)
+        return 0; /* refused before anything is allocated */
+    size_t need = request_memory(m, r, &l);
+    loras_close(&l);
+    return need;
 }
 
 diffuse_status diffuse_generate(diffuse_model *m, const diffuse_request *r, diffuse_image *images,
@@ -148,7 +339,12 @@ diffuse_status diffuse_generate(diffuse_model *m, const diffuse_request *r, diff
         diffuse_rss_peak_reset();
         r->stats->predicted_peak = diffuse_rss_now() + diffuse_request_memory(m, r);
     }
-    diffuse_status st = check_request(m, r, e);
+    request_loras loras = {0};
+    diffuse_status st = r->prompt ? loras_resolve(r, true, &loras, e)
+                                  : (diffuse_fail(e, "prompt: missing"), DIFFUSE_ERR_ARGUMENT);
+    if (st == DIFFUSE_OK && (st = check_request(m, r, &loras, e)) == DIFFUSE_OK && loras.n &&
+        diffuse_lora_set_open(m, loras.list, loras.n, r->notice, r->notice_user, &loras.set, e))
+        st = DIFFUSE_ERR_ARGUMENT;
     int done = 0;
     for (; st == DIFFUSE_OK && done < r->count; done++) {
         diffuse_image *img = &images[done];
@@ -164,7 +360,7 @@ diffuse_status diffuse_generate(diffuse_model *m, const diffuse_request *r, diff
         diffuse_generator rng;
         diffuse_generator_seed(&rng, r->rng, img->seed);
         diffuse_noise noise = {rng_draw, &rng};
-        diffuse_run run = run_of(m, r);
+        diffuse_run run = run_of(m, r, &loras);
         run.image_index = done;
         st = diffuse_pipeline_run(m, &run, &noise, img->pixels, e);
         if (st != DIFFUSE_OK)
@@ -172,6 +368,7 @@ diffuse_status diffuse_generate(diffuse_model *m, const diffuse_request *r, diff
     }
     if (r->stats)
         r->stats->peak_rss = diffuse_rss_peak();
+    loras_close(&loras);
     if (st != DIFFUSE_OK) {
         for (int i = 0; i < done && i < r->count; i++)
             diffuse_image_free(&images[i]);

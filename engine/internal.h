@@ -146,12 +146,26 @@ const float *diffuse_weights_get(diffuse_weights *w, const char *name, int ndim,
  * weights, embeddings): used in place when it is aligned float32, else widened
  * to float32 just before each use (diffuse_wmat_f32) into scratch the caller
  * releases right after, so an fp16 model never exists as float32 as a whole. */
+/* A LoRA's change to one weight matrix W [out, in] (lora.c):
+ * W += scale * up [out, rank] . down [rank, in], both read from the LoRA
+ * file's mapping as stored. */
+typedef struct diffuse_lora_delta {
+    const void *down, *up;
+    diffuse_dtype down_dtype, up_dtype;
+    int rank, out;
+    int64_t in;                   /* columns of W: in_channels x k x k for a convolution */
+    float scale;                  /* weight x alpha / rank */
+    struct diffuse_lora_delta *next;
+} diffuse_lora_delta;
+
 typedef struct diffuse_wmat {
     const void *data;             /* inside the mapping; NULL: no such layer */
     diffuse_dtype dtype;          /* F32 (aligned, used in place), F16, BF16, or
                                      F32 unaligned (widened like the others) */
     bool in_place;
     size_t numel;
+    diffuse_lora_delta *const *lora; /* the weight's LoRA deltas (a list, usually empty):
+                                        added when the matrix is widened for use */
 } diffuse_wmat;
 
 /* The matrix view of a weight, shape checked as diffuse_weights_get does.
@@ -174,6 +188,19 @@ size_t diffuse_weights_widen_max(const diffuse_weights *w, const char *prefix);
  * in). */
 size_t diffuse_weights_bytes(const diffuse_weights *w, const char *prefix);
 void diffuse_weights_release(const diffuse_weights *w, const char *prefix);
+/* LoRA targets (lora.c): every weight handed out as a matrix, with its rows
+ * (out) and numel; a delta pushed on a matrix's list (-1: no such matrix);
+ * every list emptied. The original checkpoint's name of a canonical UNet
+ * weight (`per` = layers per block + 1), and the reverse. */
+void diffuse_weights_each_matrix(const diffuse_weights *w,
+                                 void (*fn)(void *user, const char *name, int64_t rows,
+                                            int64_t numel),
+                                 void *user);
+int diffuse_weights_lora_push(diffuse_weights *w, const char *name, diffuse_lora_delta *d);
+void diffuse_weights_lora_clear(diffuse_weights *w);
+bool diffuse_weights_ldm_unet_name(const diffuse_weights *w, const char *canonical, int per,
+                                   char *out, size_t size);
+bool diffuse_weights_unet_from_ldm(const char *ldm, int per, char *out, size_t size);
 /* Drops the whole pages inside [data, data + bytes) of a mapping from this
  * process (madvise DONTNEED; the page cache keeps them). */
 void diffuse_map_release(const void *data, size_t bytes);
@@ -595,6 +622,36 @@ void diffuse_prompt_chunks_free(diffuse_prompt_chunks *c);
  * before) / mean(z after). */
 void diffuse_prompt_emphasis(float *z, int stride, int width, const float *weights);
 
+/* A1111's extra-network tags, <kind:args> (kind: letters, digits, '_'):
+ * *stripped is text without them (what the text encoder reads), *tags the
+ * tags in order; both malloc'd (diffuse_prompt_tags_free). */
+typedef struct diffuse_prompt_tag {
+    char *kind;                      /* "lora", "lyco", "hypernet", ... */
+    char *args;                      /* "NAME:0.8" */
+    char *text;                      /* the tag as written */
+} diffuse_prompt_tag;
+int diffuse_prompt_tags(const char *text, char **stripped, diffuse_prompt_tag **tags, int *n,
+                        char *err);
+void diffuse_prompt_tags_free(diffuse_prompt_tag *tags, int n);
+
+/* ------------------------------------------------------------------ lora */
+
+/* The LoRA files of one request applied to a model (lora.c): their factors
+ * pushed onto the matrices they change, until closed. A file that matches no
+ * module of the model, or does not fit one it names, fails; one that matches
+ * only some says so through notice. */
+typedef struct diffuse_lora_set diffuse_lora_set;
+int diffuse_lora_set_open(diffuse_model *m, const diffuse_lora *loras, int n,
+                          void (*notice)(void *, const char *), void *user,
+                          diffuse_lora_set **out, char *err);
+void diffuse_lora_set_close(diffuse_lora_set *s);
+/* Arena floats diffuse_wmat_f32 may need on top of a phase's own for the
+ * set's largest changed matrix, and the bytes of its factors. */
+size_t diffuse_lora_set_scratch(const diffuse_lora_set *s);
+size_t diffuse_lora_set_bytes(const diffuse_lora_set *s);
+/* w [out, in] += scale * up . down for one delta; -1 when the arena is short. */
+int diffuse_lora_add(const diffuse_lora_delta *d, float *w, diffuse_arena *a);
+
 /* ------------------------------------------------------------------ sampler */
 
 typedef enum { DIFFUSE_BETAS_SCALED_LINEAR = 0, DIFFUSE_BETAS_LINEAR } diffuse_beta_schedule;
@@ -682,6 +739,8 @@ typedef struct diffuse_run {
     const char *negative_prompt;       /* NULL: none given (see diffuse_cond_zeros) */
     diffuse_size_cond size_cond;       /* SDXL */
     int clip_skip;                     /* 0 or 1: none (diffuse_request) */
+    size_t lora_scratch;               /* arena floats the applied LoRAs add */
+    size_t lora_bytes;                 /* bytes of their factors, mapped */
     int steps;
     float guidance;
     diffuse_sampler sampler;

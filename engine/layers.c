@@ -70,13 +70,21 @@ size_t diffuse_wmat_scratch(size_t numel) { return (numel + 15) & ~(size_t)15; }
 
 const float *diffuse_wmat_f32(const diffuse_wmat *m, diffuse_arena *a)
 {
-    if (m->in_place)
+    const diffuse_lora_delta *d = m->lora ? *m->lora : NULL;
+    if (m->in_place && !d)
         return m->data;
     float *f = diffuse_arena_push(a, m->numel);
-    if (f) {
+    if (!f)
+        return NULL;
+    if (m->in_place) { /* a LoRA changes a copy, never the model */
+        memcpy(f, m->data, sizeof(float) * m->numel);
+    } else {
         diffuse_op_widen(f, m->data, m->dtype, m->numel);
         diffuse_map_release(m->data, m->numel * (m->dtype == DIFFUSE_DTYPE_F32 ? 4 : 2));
     }
+    for (; d; d = d->next)
+        if (diffuse_lora_add(d, f, a))
+            return NULL;
     return f;
 }
 

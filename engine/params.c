@@ -122,6 +122,8 @@ char *diffuse_parameters_text(const diffuse_parameters *p)
         put(&b, ", Target size: %dx%d", tw, th);
     if (p->rng >= 0)
         put(&b, ", RNG: %s", diffuse_rng_kind_a1111((diffuse_rng_kind)p->rng));
+    if (p->loras && *p->loras)
+        put_value(&b, "LoRA", p->loras);
     if (b.failed) {
         free(b.s);
         return NULL;
@@ -329,6 +331,8 @@ static bool read_param(diffuse_parameters *p, const char *key, const char *v, pa
         return read_pair(v, ',', &s->crop_left, &s->crop_top);
     if (!strcmp(key, "Target size"))
         return read_pair(v, 'x', &s->target_width, &s->target_height);
+    if (!strcmp(key, "LoRA"))
+        return (p->loras = strdup(v)) != NULL;
     if (!strcmp(key, "Version"))
         st->version = true;
     return false;
@@ -454,5 +458,6 @@ void diffuse_parameters_free(diffuse_parameters *p)
     free((char *)p->negative_prompt);
     free((char *)p->model);
     free((char *)p->extra);
+    free((char *)p->loras);
     memset(p, 0, sizeof *p);
 }

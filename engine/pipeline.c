@@ -101,7 +101,7 @@ static size_t arena_floats(const diffuse_model *m, const pipe_dims *d, const dif
         size_t p = diffuse_preview_fit_workspace(m);
         v = p > v ? p : v;
     }
-    return (a > u ? a : u) > v ? (a > u ? a : u) : v;
+    return ((a > u ? a : u) > v ? (a > u ? a : u) : v) + run->lora_scratch;
 }
 
 static int buffers_init(pipe_buffers *b, const pipe_dims *d, const diffuse_run *run, char *err)
@@ -407,8 +407,11 @@ size_t diffuse_pipeline_memory(const diffuse_model *m, const diffuse_run *run)
     const size_t wt = diffuse_cond_weight_bytes(m);
     const size_t wu = diffuse_weights_bytes(m->weights, "unet.");
     const size_t wv = diffuse_weights_bytes(m->weights, "vae.");
-    const size_t ac = sizeof(float) * diffuse_cond_workspace(m);
-    const size_t au = sizeof(float) * unet_workspace(m, &d);
+    /* a LoRA's factors stay mapped through the run; the matrices it changes
+     * are widened into scratch on top of each phase's own */
+    const size_t lora = sizeof(float) * run->lora_scratch;
+    const size_t ac = sizeof(float) * diffuse_cond_workspace(m) + lora;
+    const size_t au = sizeof(float) * unet_workspace(m, &d) + lora;
     const size_t av = sizeof(float) * diffuse_vae_workspace(m->vae, run->height, run->width);
     /* TAESD's weights are float32 in memory since load: only its work counts */
     const size_t at = m->taesd ? sizeof(float) * diffuse_taesd_workspace(m->taesd, run->height,
@@ -426,5 +429,5 @@ size_t diffuse_pipeline_memory(const diffuse_model *m, const diffuse_run *run)
     peak = max_of(peak, wu + touched);
     touched = max_of(touched, run->fast_decode ? at : av);
     peak = max_of(peak, (run->fast_decode ? 0 : wv) + touched);
-    return sizeof(float) * buffers_floats(&d, run) + peak;
+    return sizeof(float) * buffers_floats(&d, run) + peak + run->lora_bytes;
 }

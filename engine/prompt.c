@@ -395,3 +395,68 @@ void diffuse_prompt_emphasis(float *z, int stride, int width, const float *weigh
         for (int j = 0; j < width; j++)
             z[(size_t)p * stride + j] *= k;
 }
+
+/* ------------------------------------------------------------------ extra networks */
+
+/* A1111's extra networks, <(\w+):([^>]+)>: out of the text, into tags. */
+int diffuse_prompt_tags(const char *text, char **stripped, diffuse_prompt_tag **tags, int *n,
+                        char *err)
+{
+    const size_t len = strlen(text);
+    char *out = malloc(len + 1);
+    diffuse_prompt_tag *list = NULL;
+    int count = 0, cap = 0;
+    size_t o = 0;
+    *stripped = NULL;
+    *tags = NULL;
+    *n = 0;
+    if (!out)
+        return diffuse_fail(err, "out of memory");
+    for (size_t i = 0; i < len;) {
+        size_t k = i + 1;
+        while (k < len && (isalnum((unsigned char)text[k]) || text[k] == '_'))
+            k++;
+        const char *close = k > i + 1 && k < len && text[k] == ':' && k + 1 < len &&
+                                    text[k + 1] != '>' ? strchr(text + k + 1, '>') : NULL;
+        if (text[i] != '<' || !close) {
+            out[o++] = text[i++];
+            continue;
+        }
+        if (count == cap) {
+            cap = cap ? 2 * cap : 4;
+            diffuse_prompt_tag *l = realloc(list, (size_t)cap * sizeof *l);
+            if (!l) {
+                free(out);
+                diffuse_prompt_tags_free(list, count);
+                return diffuse_fail(err, "out of memory");
+            }
+            list = l;
+        }
+        diffuse_prompt_tag *t = &list[count];
+        t->kind = strndup(text + i + 1, k - i - 1);
+        t->args = strndup(text + k + 1, (size_t)(close - text - k - 1));
+        t->text = strndup(text + i, (size_t)(close - text + 1 - i));
+        count++;
+        if (!t->kind || !t->args || !t->text) {
+            free(out);
+            diffuse_prompt_tags_free(list, count);
+            return diffuse_fail(err, "out of memory");
+        }
+        i = (size_t)(close - text) + 1;
+    }
+    out[o] = 0;
+    *stripped = out;
+    *tags = list;
+    *n = count;
+    return 0;
+}
+
+void diffuse_prompt_tags_free(diffuse_prompt_tag *tags, int n)
+{
+    for (int i = 0; tags && i < n; i++) {
+        free(tags[i].kind);
+        free(tags[i].args);
+        free(tags[i].text);
+    }
+    free(tags);
+}

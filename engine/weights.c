@@ -31,6 +31,8 @@ typedef struct weight_entry {
     bool transposed;              /* a 2-D tensor stored as [in, out]: shape gives
                                      [out, in], converted (transposed) on first use */
     float *converted;             /* owned float32 copy, or NULL */
+    bool viewed;                  /* handed out as a matrix (diffuse_wmat) */
+    diffuse_lora_delta *lora;     /* LoRA deltas added at each use (borrowed), or NULL */
 } weight_entry;
 
 /* A component whose weights take at most this much as float32 (the bundled
@@ -183,6 +185,57 @@ static bool map_ldm_unet(const char *k, int per, char *out, size_t size)
         return false;
     }
     rename_ldm_resnet(out, size);
+    return true;
+}
+
+/* The inverse of map_ldm_unet for one canonical UNet name (without "unet."):
+ * the original checkpoint's name, which LoRA files for such checkpoints use.
+ * up_attn(b): whether up level b has attentions (its upsampler then sits at
+ * index 2, else 1). */
+static bool unet_name_to_ldm(const char *k, int per, bool (*up_attn)(const void *, int),
+                             const void *ctx, char *out, size_t size)
+{
+    int b, j, len = 0;
+    char rest[384];
+    if (starts(k, "time_embedding.linear_1.") || starts(k, "time_embedding.linear_2."))
+        snprintf(out, size, "time_embed.%d.%s", k[22] == '1' ? 0 : 2, k + 24);
+    else if (starts(k, "add_embedding.linear_1.") || starts(k, "add_embedding.linear_2."))
+        snprintf(out, size, "label_emb.0.%d.%s", k[21] == '1' ? 0 : 2, k + 23);
+    else if (starts(k, "conv_in."))
+        snprintf(out, size, "input_blocks.0.0.%s", k + 8);
+    else if (starts(k, "conv_norm_out."))
+        snprintf(out, size, "out.0.%s", k + 14);
+    else if (starts(k, "conv_out."))
+        snprintf(out, size, "out.2.%s", k + 9);
+    else if (sscanf(k, "down_blocks.%d.downsamplers.0.conv.%n", &b, &len) == 1 && len)
+        snprintf(out, size, "input_blocks.%d.0.op.%s", b * per + per, k + len);
+    else if (sscanf(k, "down_blocks.%d.resnets.%d.%n", &b, &j, &len) == 2 && len)
+        snprintf(out, size, "input_blocks.%d.0.%s", b * per + j + 1, k + len);
+    else if (sscanf(k, "down_blocks.%d.attentions.%d.%n", &b, &j, &len) == 2 && len)
+        snprintf(out, size, "input_blocks.%d.1.%s", b * per + j + 1, k + len);
+    else if (sscanf(k, "mid_block.resnets.%d.%n", &j, &len) == 1 && len)
+        snprintf(out, size, "middle_block.%d.%s", j ? 2 : 0, k + len);
+    else if (starts(k, "mid_block.attentions.0."))
+        snprintf(out, size, "middle_block.1.%s", k + 23);
+    else if (sscanf(k, "up_blocks.%d.upsamplers.0.%n", &b, &len) == 1 && len)
+        snprintf(out, size, "output_blocks.%d.%d.%s", b * per + per - 1, up_attn(ctx, b) ? 2 : 1,
+                 k + len);
+    else if (sscanf(k, "up_blocks.%d.resnets.%d.%n", &b, &j, &len) == 2 && len)
+        snprintf(out, size, "output_blocks.%d.0.%s", b * per + j, k + len);
+    else if (sscanf(k, "up_blocks.%d.attentions.%d.%n", &b, &j, &len) == 2 && len)
+        snprintf(out, size, "output_blocks.%d.1.%s", b * per + j, k + len);
+    else
+        return false;
+    if (!strstr(k, "resnets.")) /* transformer blocks have norm1/norm2 of their own */
+        return true;
+    snprintf(rest, sizeof rest, "%s", out);
+    (void)(replace(rest, sizeof rest, ".norm1.", ".in_layers.0.") ||
+           replace(rest, sizeof rest, ".conv1.", ".in_layers.2.") ||
+           replace(rest, sizeof rest, ".time_emb_proj.", ".emb_layers.1.") ||
+           replace(rest, sizeof rest, ".norm2.", ".out_layers.0.") ||
+           replace(rest, sizeof rest, ".conv2.", ".out_layers.3.") ||
+           replace(rest, sizeof rest, ".conv_shortcut.", ".skip_connection."));
+    snprintf(out, size, "%s", rest);
     return true;
 }
 
@@ -700,9 +753,13 @@ static int mat_view(diffuse_weights *w, const char *name, int ndim, const int64_
         if (!f)
             return -1;
         *out = (diffuse_wmat){.data = f, .dtype = DIFFUSE_DTYPE_F32, .in_place = true,
-                              .numel = out->numel};
+                              .numel = out->numel, .lora = &e->lora};
+        e->viewed = true;
         return 0;
     }
+    /* matrices take LoRA deltas; tables (embeddings, read a row at a time) do not */
+    e->viewed = e->viewed || widened_whole;
+    out->lora = widened_whole ? &e->lora : NULL;
     for (int c = 0; widened_whole && !out->in_place && c < NCOMPONENTS; c++) {
         if (!starts(name, COMPONENTS[c]))
             continue;
@@ -711,7 +768,7 @@ static int mat_view(diffuse_weights *w, const char *name, int ndim, const int64_
             if (!f)
                 return -1;
             *out = (diffuse_wmat){.data = f, .dtype = DIFFUSE_DTYPE_F32, .in_place = true,
-                                  .numel = out->numel};
+                                  .numel = out->numel, .lora = out->lora};
         } else {
             e->streamed = true;
             if (out->numel > w->widen_max[c])
@@ -855,4 +912,51 @@ void diffuse_weights_each(const diffuse_weights *w, const char *prefix,
     for (int i = 0; i < w->count; i++)
         if (starts(w->entries[i].name, prefix))
             fn(user, w->entries[i].name, w->entries[i].ndim, w->entries[i].shape);
+}
+
+/* ------------------------------------------------------------------ LoRA */
+
+static bool has_up_attention(const void *ctx, int b)
+{
+    char name[96];
+    snprintf(name, sizeof name, "unet.up_blocks.%d.attentions.0.proj_in.weight", b);
+    return find_entry(ctx, name) != NULL;
+}
+
+bool diffuse_weights_ldm_unet_name(const diffuse_weights *w, const char *canonical, int per,
+                                   char *out, size_t size)
+{
+    return starts(canonical, "unet.") &&
+           unet_name_to_ldm(canonical + 5, per, has_up_attention, w, out, size);
+}
+
+bool diffuse_weights_unet_from_ldm(const char *ldm, int per, char *out, size_t size)
+{
+    return map_ldm_unet(ldm, per, out, size);
+}
+
+void diffuse_weights_each_matrix(const diffuse_weights *w,
+                                 void (*fn)(void *user, const char *name, int64_t rows,
+                                            int64_t numel),
+                                 void *user)
+{
+    for (int i = 0; i < w->count; i++)
+        if (w->entries[i].viewed)
+            fn(user, w->entries[i].name, w->entries[i].shape[0], w->entries[i].numel);
+}
+
+int diffuse_weights_lora_push(diffuse_weights *w, const char *name, diffuse_lora_delta *d)
+{
+    weight_entry *e = find_entry(w, name);
+    if (!e || !e->viewed)
+        return -1;
+    d->next = e->lora;
+    e->lora = d;
+    return 0;
+}
+
+void diffuse_weights_lora_clear(diffuse_weights *w)
+{
+    for (int i = 0; i < w->count; i++)
+        w->entries[i].lora = NULL;
 }

@@ -496,6 +496,35 @@ PYEOF
     expect_error "a bad weight" "not a weight" "$BIN" generate "$@" --prompt "(a:1.2.3)" --output "$tmp/bad.png"
     [ ! -e "$tmp/bad.png" ]
     check $? "a refused run wrote its output"
+    # LoRA: --lora FILE:WEIGHT, a prompt tag, --from keeps --lora's files
+    LORAS=${BUILD:-build}/fixtures/loras
+    if [ -f "$LORAS/sd1-kohya.safetensors" ]; then
+        expect_ok "--lora" "$BIN" generate "$@" --prompt "$PROMPT" --lora "$LORAS/sd1-kohya.safetensors:0.5" \
+            --output "$tmp/lora.png" && {
+            ! cmp -s "$tmp/lora.png" "$tmp/rng-philox.png" &&
+                grep -a -q "RNG: NV, LoRA: \"$LORAS/sd1-kohya.safetensors:0.5\"" "$tmp/lora.png"
+            check $? "--lora changed nothing or was not recorded"
+        }
+        expect_ok "a <lora:> tag" "$BIN" generate "$@" --prompt "$PROMPT <lora:sd1-kohya:0.5>" \
+            --lora-dir "$LORAS" --output "$tmp/lora-tag.png" &&
+            [ "$(png_size "$tmp/lora-tag.png")" = "64 64" ]
+        check $? "a prompt tag run failed"
+        expect_ok "--from with --lora" "$BIN" generate --model "$MODEL" --from "$tmp/lora.png" \
+            --output "$tmp/lora-from.png" && cmp -s "$tmp/lora.png" "$tmp/lora-from.png"
+        check $? "--from did not rerun the LoRA"
+        expect_ok "a partial LoRA" "$BIN" generate "$@" --prompt "$PROMPT" \
+            --lora "$LORAS/sd1-partial.safetensors" --output "$tmp/lora-p.png" &&
+            grep -q "match nothing in this model" "$tmp/err"
+        check $? "a partial LoRA said nothing: $(cat "$tmp/err")"
+        expect_error "a LoRA for nothing here" "none of its modules" "$BIN" generate "$@" --prompt x \
+            --lora "$LORAS/sd1-nomatch.safetensors" --output "$tmp/bad.png"
+        expect_error "--lora with a bad weight" "--lora" "$BIN" generate "$@" --prompt x \
+            --lora "film.safetensors:abc" --output "$tmp/bad.png"
+        expect_error "a missing tag file" "cannot read" "$BIN" generate "$@" --prompt "x <lora:nothere:1>" \
+            --lora-dir "$LORAS" --output "$tmp/bad.png"
+    elif [ "${CI:-}" = true ]; then
+        fail "missing $LORAS (make builds it)"
+    fi
 fi
 
 finish

@@ -25,11 +25,13 @@ static void test_round_trip(void)
                             .has_seed = 1, .seed = 18446744073709551615ull, .width = 640,
                             .height = 384, .model = "my: model, v2", .strength = 0.6f,
                             .clip_skip = 2, .rng = DIFFUSE_RNG_TORCH_CPU,
+                            .loras = "/l/film.safetensors:0.8, /l/b:1",
                             .size_cond = {1024, 768, 16, 8, 0, 0}};
     char *text = diffuse_parameters_text(&p);
     CHECK(text && strstr(text, "Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5") &&
               strstr(text, "Model: \"my: model, v2\"") && strstr(text, "Clip skip: 2") &&
-              strstr(text, "RNG: CPU") && strstr(text, "Original size: 1024x768"),
+              strstr(text, "RNG: CPU") && strstr(text, "Original size: 1024x768") &&
+              strstr(text, "LoRA: \"/l/film.safetensors:0.8, /l/b:1\""),
           "written: %s", text);
     diffuse_parameters q = parse(text);
     CHECK(eq(q.prompt, p.prompt) && eq(q.negative_prompt, p.negative_prompt) &&
@@ -38,7 +40,7 @@ static void test_round_trip(void)
               q.width == p.width && q.height == p.height && eq(q.model, p.model) &&
               q.strength == p.strength && q.clip_skip == 2 && q.rng == DIFFUSE_RNG_TORCH_CPU &&
               !memcmp(&q.size_cond, &(diffuse_size_cond){1024, 768, 16, 8, 0, 0},
-                      sizeof q.size_cond) && !q.extra,
+                      sizeof q.size_cond) && !q.extra && eq(q.loras, p.loras),
           "read back what was written (extra: %s)", q.extra ? q.extra : "none");
     diffuse_parameters_free(&q);
     free(text);
@@ -58,6 +60,7 @@ static void test_round_trip(void)
     p.strength = 0;
     p.clip_skip = 0;
     p.rng = -1;
+    p.loras = NULL;
     p.size_cond = (diffuse_size_cond){0};
     text = diffuse_parameters_text(&p);
     CHECK(text && !strstr(text, "Schedule") && !strstr(text, "Model") &&

@@ -31,6 +31,7 @@ static int usage(void)
             "                        [--decoder vae|taesd|PATH] [--encoder vae|taesd|PATH]\n"
             "                        [--preview PATH.png [--preview-every N]]\n"
             "                        [--clip-skip N] [--rng philox|torch-cpu|diffuse] [--from IMAGE.png]\n"
+            "                        [--lora FILE[:WEIGHT]]... [--lora-dir DIR]\n"
             "                        --output OUT.png\n"
             "       diffuse refcheck REFERENCE_DIR\n"
             "       diffuse tokenize [--vocab PATH] TEXT\n"
@@ -115,6 +116,11 @@ static const char *resolve_model(const char *name, char *buf, size_t size)
     return buf;
 }
 
+static void notice(void *user, const char *message)
+{
+    fprintf(stderr, "diffuse: %s\n", message);
+}
+
 static int progress(void *user, int image, int count, int step, int steps)
 {
     fprintf(stderr, "\rimage %d/%d  step %d/%d", image + 1, count, step, steps);
@@ -165,7 +171,29 @@ typedef struct gen_opts {
     diffuse_request req;
     diffuse_load_params load;
     diffuse_parameters from_params; /* --from's settings, owned */
+    diffuse_lora loras[DIFFUSE_MAX_LORAS]; /* --lora FILE[:WEIGHT], in order */
+    int nloras;
 } gen_opts;
+
+/* FILE or FILE:WEIGHT (the last colon, when a number follows it). */
+static int add_lora(gen_opts *o, const char *arg)
+{
+    if (o->nloras == DIFFUSE_MAX_LORAS || !*arg)
+        return -1;
+    diffuse_lora *l = &o->loras[o->nloras];
+    const char *colon = strrchr(arg, ':');
+    float w = 1.0f;
+    static char paths[DIFFUSE_MAX_LORAS][4096];
+    if (colon && parse_float(colon + 1, &w) && w >= -100 && w <= 100)
+        snprintf(paths[o->nloras], sizeof paths[0], "%.*s", (int)(colon - arg), arg);
+    else if (colon && colon[1] && !strchr(colon, '/'))
+        return -1; /* "film:abc": a weight that is not one */
+    else
+        snprintf(paths[o->nloras], sizeof paths[0], "%s", arg), w = 1.0f;
+    *l = (diffuse_lora){.path = paths[o->nloras], .weight = w, .unet_weight = w};
+    o->nloras++;
+    return 0;
+}
 
 /* --from: the PNG's parameters text fills what the command line left unset. */
 static int from_png(gen_opts *o)
@@ -193,6 +221,13 @@ static int from_png(gen_opts *o)
     if (!g['t'] && p->strength > 0) r->strength = p->strength;
     if (!g['K'] && p->clip_skip) r->clip_skip = p->clip_skip;
     if (!g['g'] && p->rng >= 0) r->rng = (diffuse_rng_kind)p->rng;
+    if (!g['L'] && p->loras) { /* "PATH:W, PATH:W" */
+        char *list = strdup(p->loras), *save = NULL;
+        for (char *t = list ? strtok_r(list, ",", &save) : NULL; t; t = strtok_r(NULL, ",", &save))
+            if (add_lora(o, t + strspn(t, " ")))
+                fprintf(stderr, "diffuse: --from %s: LoRA '%s' left out\n", o->from, t);
+        free(list);
+    }
     diffuse_size_cond *sc = &r->size_cond, *fc = &p->size_cond;
     if (!g['O']) sc->original_width = fc->original_width, sc->original_height = fc->original_height;
     if (!g['X']) sc->crop_left = fc->crop_left, sc->crop_top = fc->crop_top;
@@ -218,6 +253,7 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
         {"decoder", 1, 0, 'D'}, {"encoder", 1, 0, 'E'},
         {"preview", 1, 0, 'w'}, {"preview-every", 1, 0, 'e'},
         {"clip-skip", 1, 0, 'K'}, {"rng", 1, 0, 'g'}, {"from", 1, 0, 'f'},
+        {"lora", 1, 0, 'L'}, {"lora-dir", 1, 0, 'l'},
         {0, 0, 0, 0}};
     diffuse_size_cond *sc = &o->req.size_cond;
     int c;
@@ -320,6 +356,12 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
                 return bad_arg("--rng", optarg, "expected philox, torch-cpu or diffuse");
             break;
         case 'f': o->from = optarg; break;
+        case 'L':
+            if (add_lora(o, optarg))
+                return bad_arg("--lora", optarg, o->nloras == DIFFUSE_MAX_LORAS
+                               ? "too many (at most 16)" : "expected FILE or FILE:WEIGHT");
+            break;
+        case 'l': o->req.lora_dir = optarg; break;
         default: return usage();
         }
     }
@@ -376,6 +418,13 @@ static int load_inputs(gen_opts *o, float **init, float **mask)
 static int write_outputs(const gen_opts *o, const diffuse_image *images, const char *model)
 {
     const diffuse_request *r = &o->req;
+    char loras_buf[DIFFUSE_MAX_LORAS * 4128] = "", *loras = NULL;
+    for (int i = 0; i < o->nloras; i++) { /* --lora's files: "PATH:W, PATH:W" */
+        size_t n = strlen(loras_buf);
+        snprintf(loras_buf + n, sizeof loras_buf - n, "%s%s:%g", i ? ", " : "",
+                 o->loras[i].path, o->loras[i].weight);
+        loras = loras_buf;
+    }
     for (int i = 0; i < r->count; i++) {
         char path[4096], err[DIFFUSE_ERROR_SIZE];
         diffuse_parameters p = {
@@ -383,7 +432,8 @@ static int write_outputs(const gen_opts *o, const diffuse_image *images, const c
             .sampler = (int)r->sampler, .karras = r->karras, .guidance = r->guidance,
             .has_seed = 1, .seed = images[i].seed, .width = r->width, .height = r->height,
             .model = model, .strength = r->init_image ? r->strength : 0,
-            .clip_skip = r->clip_skip, .rng = (int)r->rng, .size_cond = r->size_cond};
+            .clip_skip = r->clip_skip, .rng = (int)r->rng, .size_cond = r->size_cond,
+            .loras = loras};
         char *text = diffuse_parameters_text(&p);
         output_name(path, sizeof path, o->output, i, r->count);
         if (!text)
@@ -435,6 +485,9 @@ static int cmd_generate(int argc, char **argv)
     if (!o.req.width) o.req.width = info.native_size;
     if (!o.req.height) o.req.height = info.native_size;
     o.req.progress = progress;
+    o.req.loras = o.loras;
+    o.req.lora_count = o.nloras;
+    o.req.notice = notice;
     diffuse_stats stats;
     if (o.verbose)
         o.req.stats = &stats;
