@@ -65,7 +65,6 @@ $(BUILD)/fixtures/sd2-tiny-ldm.safetensors: tests/fixtures/make_sd2_ldm.py $(wil
 	python3 tests/fixtures/make_sd2_ldm.py $(SD2_SRC) $@
 
 # LoRA files in every format tests/test_lora.c reads, for the reference models.
-REF         := ../shared/reference
 LORA_FIXTURE := $(if $(wildcard $(REF)/sdxl-tiny/model-diffusers),$(BUILD)/fixtures/loras/map.json)
 $(BUILD)/fixtures/loras/map.json: tests/fixtures/make_loras.py
 	@mkdir -p $(dir $@)
@@ -89,6 +88,29 @@ bench: $(BUILD)/bench
 BENCH_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/diffuse/bench
 BENCH_SD15  := $(BENCH_CACHE)/sd15-random-fp16.safetensors
 BENCH_VOCAB ?= ../shared/clip/bpe_simple_vocab_16e6.txt.gz
+# libFuzzer harnesses (tests/fuzz/fuzz_*.c; clang, ASan + UBSan): each parser fed
+# any bytes. make fuzz runs each for FUZZ_SECONDS from its seed corpus
+# (tests/fuzz/corpus/NAME/), keeping what it finds in $(BUILD)/fuzz/corpus-NAME;
+# CI runs a few seconds each so a harness that stops building is noticed.
+FUZZ_SECONDS ?= 60
+FUZZ_CC      ?= clang
+FUZZ_SRC     := engine/prompt.c engine/params.c engine/util.c engine/rng.c engine/sampler.c \
+                engine/tokenizer.c
+FUZZ_BIN     := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(FUZZ_SRC) $(wildcard engine/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
+	    -Iengine $(shell pkg-config --cflags libcjson libutf8proc) $< $(FUZZ_SRC) \
+	    $(shell pkg-config --libs libcjson libutf8proc zlib) -lm -o $@
+.PHONY: fuzz
+fuzz: $(FUZZ_BIN)
+	@for h in $(FUZZ_BIN); do n=$$(basename $$h); mkdir -p $(BUILD)/fuzz/corpus-$$n; \
+	    echo "== $$n ($(FUZZ_SECONDS) s)"; \
+	    $$h -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -print_final_stats=1 \
+	        $(BUILD)/fuzz/corpus-$$n tests/fuzz/corpus/$$n 2>$(BUILD)/fuzz/$$n.log || \
+	        { tail -n 40 $(BUILD)/fuzz/$$n.log; exit 1; }; \
+	    grep -E '^stat::number_of_executed_units' $(BUILD)/fuzz/$$n.log; done
+
 .PHONY: bench-sd15
 bench-sd15: $(BUILD)/bench_real $(BUILD)/diffuse
 	@mkdir -p $(BENCH_CACHE)

@@ -64,7 +64,7 @@ static void put(text_buf *b, const char *fmt, ...)
 /* A1111's quote(): as it is, or a JSON string when it holds , : or a newline. */
 static void put_value(text_buf *b, const char *key, const char *value)
 {
-    if (!strpbrk(value, ",:\n")) {
+    if (!strpbrk(value, ",:\n") && value[0] != '"') { /* a leading quote would read as JSON */
         put(b, ", %s: %s", key, value);
         return;
     }
@@ -212,12 +212,20 @@ static char *unquote(const char *v, size_t n)
     return dup_span(v, n);
 }
 
+/* Python's int() and float() take spaces around the number, as A1111 reads it. */
+static bool only_space(const char *s)
+{
+    while (isspace((unsigned char)*s))
+        s++;
+    return !*s;
+}
+
 static bool read_long(const char *v, long long lo, long long hi, long long *out)
 {
     char *end;
     errno = 0;
     long long x = strtoll(v, &end, 10);
-    if (end == v || *end || errno || x < lo || x > hi)
+    if (end == v || !only_space(end) || errno || x < lo || x > hi)
         return false;
     *out = x;
     return true;
@@ -256,7 +264,7 @@ static bool read_float(const char *v, float *out)
     char *end;
     errno = 0;
     double x = strtod(buf, &end);
-    if (end == buf || *end || errno || !isfinite(x))
+    if (end == buf || !only_space(end) || errno || !isfinite(x))
         return false;
     *out = (float)x;
     return true;
@@ -307,15 +315,15 @@ static bool read_param(diffuse_parameters *p, const char *key, const char *v, pa
         char *end;
         errno = 0;
         unsigned long long s = strtoull(v, &end, 10);
-        if (end == v || *end || errno || v[0] == '-')
+        if (end == v || !only_space(end) || errno || strchr(v, '-'))
             return false;
         p->seed = s;
         return p->has_seed = 1, true;
     }
     if (!strcmp(key, "Size"))
         return read_pair(v, 'x', &p->width, &p->height);
-    if (!strcmp(key, "Model"))
-        return (p->model = strdup(v)) != NULL;
+    if (!strcmp(key, "Model")) /* a key given twice: the last one counts */
+        return free((char *)p->model), (p->model = strdup(v)) != NULL;
     if (!strcmp(key, "Denoising strength") && read_float(v, &f) && f > 0 && f <= 1)
         return p->strength = f, true;
     if (!strcmp(key, "Clip skip") && read_long(v, 1, DIFFUSE_MAX_CLIP_SKIP, &x))
@@ -332,7 +340,7 @@ static bool read_param(diffuse_parameters *p, const char *key, const char *v, pa
     if (!strcmp(key, "Target size"))
         return read_pair(v, 'x', &s->target_width, &s->target_height);
     if (!strcmp(key, "LoRA"))
-        return (p->loras = strdup(v)) != NULL;
+        return free((char *)p->loras), (p->loras = strdup(v)) != NULL;
     if (!strcmp(key, "Version"))
         st->version = true;
     return false;
