@@ -153,6 +153,8 @@ typedef struct diffuse_model_info {
     int text2_width, text2_layers, text2_heads; /* SDXL's second encoder; 0 otherwise */
     int pooled_dim;            /* its projection: the pooled text width (SDXL), else 0 */
     int native_size;           /* the training resolution in pixels */
+    int inpainting;            /* an inpainting UNet (9 input channels: latents, mask, masked
+                                  image): img2img on a selection feeds it the mask */
     /* Settings the model asks for: model_index.json's "_diffuse_defaults"
      * ({"sampler", "steps", "guidance"}), else what distilled models' scheduler
      * configs imply (LCMScheduler; SD-Turbo's trailing-spacing Euler a). -1 /

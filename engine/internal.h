@@ -792,6 +792,10 @@ size_t diffuse_pipeline_memory(const diffuse_model *m, const diffuse_run *run);
 
 /* ------------------------------------------------------------------ model */
 
+/* Whether the UNet is an inpainting one: 2C + 1 input channels (latents, the
+ * mask, the masked image's latents). */
+bool diffuse_model_inpaints(const diffuse_model *m);
+
 struct cJSON;
 /* Parses a JSON file (bounded to 16 MiB); NULL with a message on failure. */
 struct cJSON *diffuse_json_load(const char *path, char *err);

@@ -407,6 +407,14 @@ static int model_build(diffuse_model *m, const char *dir, const diffuse_load_par
         if (sdxl)
             read_pad_token(m, tokdir, &m->clip2_cfg.pad_id);
     }
+    const int lc = m->vae_cfg.latent_channels, uin = m->unet_cfg.in_channels;
+    if (uin != lc && uin != 2 * lc + 1)
+        return diffuse_fail(err, "%s: a UNet that takes %d input channels (%d latent channels, "
+                            "or %d for an inpainting model, are what Diffuse runs; 8 is "
+                            "InstructPix2Pix's)", m->path, uin, lc, 2 * lc + 1);
+    if (m->unet_cfg.out_channels != lc)
+        return diffuse_fail(err, "%s: the UNet gives %d channels, the VAE takes %d", m->path,
+                            m->unet_cfg.out_channels, lc);
     if (diffuse_clip_load(&m->clip_cfg, m->weights, &m->clip, err) ||
         (sdxl && diffuse_clip_load(&m->clip2_cfg, m->weights, &m->clip2, err)) ||
         diffuse_unet_load(&m->unet_cfg, m->weights, &m->unet, err) ||
@@ -512,6 +520,11 @@ static void suggest_settings(const diffuse_model *m, diffuse_model_info *info)
     }
 }
 
+bool diffuse_model_inpaints(const diffuse_model *m)
+{
+    return m->unet_cfg.in_channels == 2 * m->vae_cfg.latent_channels + 1;
+}
+
 void diffuse_model_get_info(const diffuse_model *m, diffuse_model_info *info)
 {
     static const char *dtypes[] = {"f32", "f16", "bf16", "i32", "other"};
@@ -530,6 +543,7 @@ void diffuse_model_get_info(const diffuse_model *m, diffuse_model_info *info)
     info->text_heads = m->clip_cfg.heads;
     info->vocab_size = m->clip_cfg.vocab_size;
     info->native_size = m->native_size;
+    info->inpainting = diffuse_model_inpaints(m);
     suggest_settings(m, info);
     /* Turbo models are their family distilled: told apart by the trailing-
      * spacing Euler a scheduler they ship */

@@ -20,7 +20,8 @@ typedef struct pipe_buffers {
     float *noise;         /* [1, C, h, w] start noise, kept for inpaint re-noising */
     float *image_latents; /* [1, C, h, w] encoded init image (scaled) */
     float *mask_latent;   /* [h, w] 1 = repaint */
-    float *model_in;      /* [nb, C, h, w] */
+    float *masked_latents; /* [1, C, h, w] inpainting UNet: the image with the repaint area blanked */
+    float *model_in;      /* [nb, uc, h, w] */
     float *model_out;     /* [nb, C, h, w] */
     float *pixels;        /* [3, H, W] VAE input / output */
     float *moments;       /* [1, 2C, h, w] */
@@ -32,6 +33,9 @@ typedef struct pipe_dims {
     int nb;               /* UNet batch: 2 with guidance, else 1 */
     int c, h, w;          /* latent */
     size_t latent_n;      /* c * h * w */
+    int uc;               /* UNet input channels: c, or 2c + 1 for an inpainting UNet */
+    bool inpaint;         /* the UNet also reads a mask and the masked image's latents */
+    size_t in_n;          /* uc * h * w */
     int ctx;              /* context width */
     int pooled;           /* pooled text width, 0 but for SDXL */
     int tokens[2];        /* context rows of each UNet input: 77 per prompt chunk */
@@ -56,6 +60,9 @@ static int dims_of(const diffuse_model *m, const diffuse_run *run, pipe_dims *ou
     d.h = run->height / f;
     d.w = run->width / f;
     d.latent_n = (size_t)d.c * d.h * d.w;
+    d.uc = m->unet_cfg.in_channels;
+    d.inpaint = diffuse_model_inpaints(m);
+    d.in_n = (size_t)d.uc * d.h * d.w;
     d.ctx = diffuse_cond_context_dim(m);
     d.pooled = diffuse_cond_pooled_dim(m);
     const char *texts[2] = {negative_text(m, run), run->prompt};
@@ -85,7 +92,8 @@ static size_t buffers_floats(const pipe_dims *d, const diffuse_run *run)
     size_t px = (size_t)3 * run->width * run->height;
     return (size_t)d->context_rows * d->ctx + (size_t)d->nb * d->pooled +
            (size_t)d->nb * DIFFUSE_TIME_IDS + 3 * d->latent_n + (size_t)d->h * d->w +
-           2 * d->nb * d->latent_n + px + 2 * d->latent_n + (size_t)3 * d->h * d->w + 16 * 15;
+           d->nb * d->in_n + d->nb * d->latent_n + px + 2 * d->latent_n +
+           (size_t)3 * d->h * d->w + d->latent_n + 16 * 16;
 }
 
 static size_t arena_floats(const diffuse_model *m, const pipe_dims *d, const diffuse_run *run)
@@ -118,7 +126,8 @@ static int buffers_init(pipe_buffers *b, const pipe_dims *d, const diffuse_run *
     TAKE(noise, d->latent_n);
     TAKE(image_latents, d->latent_n);
     TAKE(mask_latent, (size_t)d->h * d->w);
-    TAKE(model_in, d->nb * d->latent_n);
+    TAKE(masked_latents, d->latent_n);
+    TAKE(model_in, d->nb * d->in_n);
     TAKE(model_out, d->nb * d->latent_n);
     TAKE(pixels, (size_t)3 * run->width * run->height);
     TAKE(moments, 2 * d->latent_n);
@@ -167,9 +176,31 @@ static int encode_prompts(diffuse_model *m, const diffuse_run *run, const pipe_d
     return 0;
 }
 
-/* image_latents = scaling * (mean + std * eps), eps from the "vae" draw:
- * the posterior sample diffusers' retrieve_latents takes. With TAESD: its
- * encoder's output as it is (no posterior, no draw; scaling factor 1). */
+/* out = scaling * (mean + std * eps) of b->pixels [3, H, W] in [-1, 1], eps
+ * from a "vae" draw: the posterior sample diffusers' retrieve_latents takes.
+ * With TAESD: its encoder's output as it is (no posterior, no draw; scaling
+ * factor 1). */
+static int encode_pixels(diffuse_model *m, const diffuse_run *run, const pipe_dims *d,
+                         pipe_buffers *b, diffuse_arena *a, diffuse_noise *noise, float *out,
+                         char *err)
+{
+    if (run->fast_encode)
+        return diffuse_taesd_encode(m->taesd, out, b->pixels, run->height, run->width, a, NULL,
+                                    err);
+    if (diffuse_vae_encode(m->vae, b->moments, b->pixels, run->height, run->width, a, NULL, err) ||
+        noise->draw(noise->self, out, d->latent_n, "vae", err))
+        return -1;
+    diffuse_weights_release(m->weights, "vae.");
+    const float scale = m->vae_cfg.scaling_factor;
+    for (size_t i = 0; i < d->latent_n; i++) {
+        float logvar = fminf(fmaxf(b->moments[d->latent_n + i], -30.0f), 20.0f);
+        float std = expf(0.5f * logvar);
+        out[i] = scale * (b->moments[i] + std * out[i]);
+    }
+    return 0;
+}
+
+/* image_latents from the init image. */
 static int encode_image(diffuse_model *m, const diffuse_run *run, const pipe_dims *d,
                         pipe_buffers *b, diffuse_arena *a, diffuse_noise *noise, char *err)
 {
@@ -177,20 +208,7 @@ static int encode_image(diffuse_model *m, const diffuse_run *run, const pipe_dim
     for (size_t p = 0; p < hw; p++) /* [H, W, 3] in [0, 1] -> [3, H, W] in [-1, 1] */
         for (int ch = 0; ch < 3; ch++)
             b->pixels[ch * hw + p] = 2.0f * run->init_image[p * 3 + ch] - 1.0f;
-    if (run->fast_encode)
-        return diffuse_taesd_encode(m->taesd, b->image_latents, b->pixels, run->height,
-                                    run->width, a, NULL, err);
-    if (diffuse_vae_encode(m->vae, b->moments, b->pixels, run->height, run->width, a, NULL, err) ||
-        noise->draw(noise->self, b->image_latents, d->latent_n, "vae", err))
-        return -1;
-    diffuse_weights_release(m->weights, "vae.");
-    const float scale = m->vae_cfg.scaling_factor;
-    for (size_t i = 0; i < d->latent_n; i++) {
-        float logvar = fminf(fmaxf(b->moments[d->latent_n + i], -30.0f), 20.0f);
-        float std = expf(0.5f * logvar);
-        b->image_latents[i] = scale * (b->moments[i] + std * b->image_latents[i]);
-    }
-    return 0;
+    return encode_pixels(m, run, d, b, a, noise, b->image_latents, err);
 }
 
 /* Binarised mask (>= 0.5 repaints), resized to the latent grid by nearest
@@ -205,10 +223,63 @@ static void resize_mask(const diffuse_run *run, const pipe_dims *d, float *out)
         }
 }
 
+/* An inpainting UNet's extra inputs, as diffusers' StableDiffusionInpaintPipeline
+ * makes them: the mask binarised at full size (>= 0.5 repaints: a feather only
+ * moves the contour), the image with that area blanked, (2 image - 1)(1 - m),
+ * through the VAE (a "vae" draw), and the mask at latent size by its top-left
+ * pixel per cell. Without a mask (txt2img, or img2img on such a model) the
+ * whole image is repainted, as A1111 does: mask 1, a blank (mid-grey) image. */
+static int inpaint_inputs(diffuse_model *m, const diffuse_run *run, const pipe_dims *d,
+                          pipe_buffers *b, diffuse_arena *a, diffuse_noise *noise, char *err)
+{
+    const size_t hw = (size_t)run->width * run->height, lhw = (size_t)d->h * d->w;
+    const bool keep = run->init_image && run->mask;
+    for (size_t p = 0; p < hw; p++) {
+        const float m_p = keep && run->mask[p] < 0.5f ? 0.0f : 1.0f;
+        for (int ch = 0; ch < 3; ch++)
+            b->pixels[ch * hw + p] = m_p ? 0.0f : 2.0f * run->init_image[p * 3 + ch] - 1.0f;
+    }
+    if (keep)
+        resize_mask(run, d, b->mask_latent);
+    else
+        for (size_t i = 0; i < lhw; i++)
+            b->mask_latent[i] = 1.0f;
+    if (encode_pixels(m, run, d, b, a, noise, b->masked_latents, err))
+        return -1;
+    if (run->trace && run->trace->fn) {
+        run->trace->fn(run->trace->user, "mask_latent", b->mask_latent, lhw);
+        run->trace->fn(run->trace->user, "masked_image_latents", b->masked_latents, d->latent_n);
+    }
+    return 0;
+}
+
+/* The draws come in diffusers' order: [init image posterior (img2img below
+ * strength 1 only), start noise, masked image posterior, step noise...]. */
+static int prepare_inpaint(diffuse_model *m, const diffuse_run *run, const pipe_dims *d,
+                           pipe_buffers *b, diffuse_sampler_state *s, diffuse_arena *a,
+                           diffuse_noise *noise, char *err)
+{
+    const bool from_image = run->init_image && run->strength < 1.0f;
+    if ((from_image && encode_image(m, run, d, b, a, noise, err)) ||
+        noise->draw(noise->self, b->noise, d->latent_n, "start", err) ||
+        inpaint_inputs(m, run, d, b, a, noise, err))
+        return -1;
+    if (from_image) {
+        diffuse_sampler_add_noise(s, 0, b->image_latents, b->noise, b->latents);
+    } else {
+        const float sigma = diffuse_sampler_init_sigma(s);
+        for (size_t i = 0; i < d->latent_n; i++)
+            b->latents[i] = b->noise[i] * sigma;
+    }
+    return 0;
+}
+
 static int prepare_latents(diffuse_model *m, const diffuse_run *run, const pipe_dims *d,
                            pipe_buffers *b, diffuse_sampler_state *s, diffuse_arena *a,
                            diffuse_noise *noise, char *err)
 {
+    if (d->inpaint)
+        return prepare_inpaint(m, run, d, b, s, a, noise, err);
     if (run->init_image && encode_image(m, run, d, b, a, noise, err))
         return -1;
     if (noise->draw(noise->self, b->noise, d->latent_n, "start", err))
@@ -230,6 +301,14 @@ static int prepare_latents(diffuse_model *m, const diffuse_run *run, const pipe_
         diffuse_sampler_add_noise(s, 0, b->image_latents, b->noise, b->latents);
     }
     return 0;
+}
+
+/* in [uc, h, w]: channels c.. of one UNet input, after the scaled latents */
+static void inpaint_channels(const pipe_dims *d, const pipe_buffers *b, float *in)
+{
+    const size_t hw = (size_t)d->h * d->w;
+    memcpy(in + d->latent_n, b->mask_latent, sizeof(float) * hw);
+    memcpy(in + d->latent_n + hw, b->masked_latents, sizeof(float) * d->latent_n);
 }
 
 /* model_out[0] = uncond + g (cond - uncond) */
@@ -273,7 +352,7 @@ static int unet_passes(diffuse_model *m, const pipe_dims *d, pipe_buffers *b, di
             .text_embeds = d->pooled ? b->pooled + (size_t)k * d->pooled : NULL,
             .time_ids = d->pooled ? b->time_ids + (size_t)k * DIFFUSE_TIME_IDS : NULL};
         if (diffuse_unet_forward(m->unet, b->model_out + k * d->latent_n,
-                                 b->model_in + k * d->latent_n, b->timesteps + k, &cond, n, d->h,
+                                 b->model_in + k * d->in_n, b->timesteps + k, &cond, n, d->h,
                                  d->w, a, NULL, err))
             return -1;
         row += d->tokens[k];
@@ -289,7 +368,9 @@ static diffuse_status denoise(diffuse_model *m, const diffuse_run *run, const pi
     diffuse_stats *stats = run->stats;
     for (int i = 0; i < count; i++) {
         for (int k = 0; k < d->nb; k++) {
-            diffuse_sampler_scale_input(s, i, b->latents, b->model_in + k * d->latent_n);
+            diffuse_sampler_scale_input(s, i, b->latents, b->model_in + k * d->in_n);
+            if (d->inpaint) /* [latents, mask, masked image latents] on the channel axis */
+                inpaint_channels(d, b, b->model_in + k * d->in_n);
             b->timesteps[k] = diffuse_sampler_timestep(s, i);
         }
         const double t0 = diffuse_now(), f0 = a->flops;
@@ -304,7 +385,9 @@ static diffuse_status denoise(diffuse_model *m, const diffuse_run *run, const pi
         apply_guidance(d, b->model_out, run->guidance);
         if (diffuse_sampler_step(s, i, b->model_out, b->latents, noise, err))
             return DIFFUSE_ERR_FORMAT;
-        if (run->mask)
+        if (run->trace && run->trace->fn && i == 0 && d->inpaint)
+            run->trace->fn(run->trace->user, "unet_input0", b->model_in, d->nb * d->in_n);
+        if (run->mask && !d->inpaint) /* an inpainting UNet never mixes the image back */
             blend_mask(d, b, s, i, count);
         if (run->on_step)
             run->on_step(run->on_step_user, i, b->latents, d->latent_n);
@@ -421,7 +504,7 @@ size_t diffuse_pipeline_memory(const diffuse_model *m, const diffuse_run *run)
         touched = max_of(touched, sizeof(float) * diffuse_preview_fit_workspace(m));
         peak = max_of(peak, wv + touched);
     }
-    if (run->init_image) {
+    if (run->init_image || d.inpaint) { /* an inpainting UNet encodes its masked image */
         touched = max_of(touched, run->fast_encode ? at : av);
         peak = max_of(peak, (run->fast_encode ? 0 : wv) + touched);
     }

@@ -526,5 +526,26 @@ PYEOF
         fail "missing $LORAS (make builds it)"
     fi
 fi
+# An inpainting checkpoint (9-channel UNet): found by its tensors, used with a mask
+INP=$SHARED/reference/sd1-inpaint-tiny
+if [ -d "$INP" ]; then
+    for m in "$INP/model-diffusers"; do # (the single file: refcheck, both layouts)
+        expect_ok "info inpainting" "$BIN" info --model "$m" --vocab "$VOCAB" &&
+            grep -q "^inpainting: yes" "$tmp/out"
+        check $? "info does not say $m inpaints: $(cat "$tmp/out")"
+    done
+    set -- --model "$INP/model-diffusers" --prompt "$PROMPT" --steps 3 --seed 4
+    expect_ok "inpaint model txt2img" "$BIN" generate "$@" --width 64 --height 64 --output "$tmp/inp-t2i.png" &&
+        expect_png "inpaint model txt2img" "$tmp/inp-t2i.png" 64 64
+    make_mask "$tmp/inp-mask.png" 64 64
+    expect_ok "inpaint model, masked" "$BIN" generate "$@" --init "$tmp/inp-t2i.png" --strength 1 \
+        --mask "$tmp/inp-mask.png" --output "$tmp/inp-mask-out.png" &&
+        expect_png "inpaint model, masked" "$tmp/inp-mask-out.png" 64 64
+    expect_ok "inpaint model, img2img" "$BIN" generate "$@" --init "$tmp/inp-t2i.png" --strength 0.5 \
+        --output "$tmp/inp-i2i.png" && ! cmp -s "$tmp/inp-i2i.png" "$tmp/inp-mask-out.png"
+    check $? "inpaint model: img2img without a mask gave the masked run's image"
+elif [ "${CI:-}" = true ]; then
+    fail "missing $INP (CI=true)"
+fi
 
 finish

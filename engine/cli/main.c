@@ -592,8 +592,11 @@ static int cmd_info(int argc, char **argv)
     diffuse_model_get_info(m, &in);
     printf("family: %s\nname: %s\nlayout: %s\ndtype: %s\nprediction: %s\n", in.family,
            in.family_name, in.layout, in.dtype, in.prediction == DIFFUSE_PREDICTION_V ? "v_prediction" : "epsilon");
-    printf("native size: %dx%d\nlatent: %d channels, 1/%d scale\nunet channels:", in.native_size,
+    printf("native size: %dx%d\nlatent: %d channels, 1/%d scale\n", in.native_size,
            in.native_size, in.latent_channels, in.vae_scale);
+    if (in.inpainting)
+        printf("inpainting: yes (the UNet also reads a mask and the masked image)\n");
+    printf("unet channels:");
     for (int l = 0; l < in.unet_levels; l++)
         printf(" %d", in.unet_channels[l]);
     printf("\ncontext dim: %d\ntext encoder: width %d, %d layers, %d heads, vocabulary %d\n",
