@@ -45,6 +45,8 @@ typedef enum {
     DIFFUSE_ERR_FORMAT,     /* a file is malformed or not a model we know */
     DIFFUSE_ERR_MEMORY,     /* not enough memory, checked before starting */
     DIFFUSE_ERR_CANCELLED,  /* the progress callback asked to stop */
+    DIFFUSE_ERR_NONFINITE,  /* a phase's numbers went NaN or infinite (broken weights or
+                               settings): stopped, no image made; the message names the phase */
 } diffuse_status;
 
 typedef enum {

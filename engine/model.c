@@ -149,6 +149,9 @@ static int infer_vae(diffuse_model *m, const cJSON *cfg, char *err)
     v->scaling_factor = cJSON_IsNumber(sf) ? (float)sf->valuedouble : sdxl ? 0.13025f : 0.18215f;
     if (v->in_channels != 3 || v->out_channels != 3 || v->latent_channels < 1)
         return diffuse_fail(err, "%s: the VAE is not an RGB autoencoder", m->path);
+    if (!(v->scaling_factor > 1e-6f && v->scaling_factor < 1e6f)) /* NaN fails too */
+        return diffuse_fail(err, "%s: vae/config.json: scaling_factor %g is not a usable scale "
+                            "(a positive number such as 0.18215)", m->path, v->scaling_factor);
     return 0;
 }
 

@@ -5,6 +5,7 @@
  * denoising loop starts; the loop allocates nothing.
  */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -137,6 +138,24 @@ static int buffers_init(pipe_buffers *b, const pipe_dims *d, const diffuse_run *
 }
 
 /* ------------------------------------------------------------------ stages */
+
+/* Whether x [n] holds only finite numbers: checked after every phase and step
+ * (a fraction of a percent of a step's time), so that no image with NaN or
+ * infinite pixels is ever made. */
+static bool finite_all(const float *x, size_t n)
+{
+    float acc = 0.0f;
+    for (size_t i = 0; i < n; i++)
+        acc += x[i] * 0.0f; /* NaN or +-inf make NaN; finite values 0 */
+    return acc == 0.0f;
+}
+
+static diffuse_status nonfinite(char *err, const char *what)
+{
+    diffuse_fail(err, "%s: the numbers went NaN or infinite (the model's weights or its "
+                 "configuration hold values that cannot work); no image was made", what);
+    return DIFFUSE_ERR_NONFINITE;
+}
 
 /* Adds the seconds since *t0 to *field (when the run keeps stats); *t0 = now. */
 static void lap(const diffuse_run *run, double *t0, double *field)
@@ -385,6 +404,11 @@ static diffuse_status denoise(diffuse_model *m, const diffuse_run *run, const pi
         apply_guidance(d, b->model_out, run->guidance);
         if (diffuse_sampler_step(s, i, b->model_out, b->latents, noise, err))
             return DIFFUSE_ERR_FORMAT;
+        if (!finite_all(b->latents, d->latent_n)) {
+            char what[64];
+            snprintf(what, sizeof what, "denoising step %d of %d", i + 1, count);
+            return nonfinite(err, what);
+        }
         if (run->trace && run->trace->fn && i == 0 && d->inpaint)
             run->trace->fn(run->trace->user, "unet_input0", b->model_in, d->nb * d->in_n);
         if (run->mask && !d->inpaint) /* an inpainting UNet never mixes the image back */
@@ -458,9 +482,19 @@ diffuse_status diffuse_pipeline_run(diffuse_model *m, const diffuse_run *run, di
     double t0 = diffuse_now(), unused = 0;
     if (encode_prompts(m, run, &d, &b, &a, err))
         goto done;
+    if (!finite_all(b.context, (size_t)d.context_rows * d.ctx) ||
+        (d.pooled && !finite_all(b.pooled, (size_t)d.nb * d.pooled))) {
+        st = nonfinite(err, "text encoder");
+        goto done;
+    }
     lap(run, &t0, run->stats ? &run->stats->text_s : &unused);
     if (prepare_latents(m, run, &d, &b, s, &a, noise, err))
         goto done;
+    if (!finite_all(b.latents, d.latent_n) ||
+        (d.inpaint && !finite_all(b.masked_latents, d.latent_n))) {
+        st = nonfinite(err, run->init_image || d.inpaint ? "image encoder (VAE)" : "start noise");
+        goto done;
+    }
     if (run->preview_every > 0 && diffuse_preview_fit(m, &a, err)) /* once per model */
         goto done;
     lap(run, &t0, run->stats && run->init_image ? &run->stats->vae_encode_s : &unused);
@@ -468,6 +502,8 @@ diffuse_status diffuse_pipeline_run(diffuse_model *m, const diffuse_run *run, di
     t0 = diffuse_now();
     if (st == DIFFUSE_OK && decode_latents(m, run, &d, &b, &a, pixels_out, err))
         st = DIFFUSE_ERR_MEMORY;
+    if (st == DIFFUSE_OK && !finite_all(b.pixels, (size_t)3 * run->width * run->height))
+        st = nonfinite(err, run->fast_decode ? "image decoder (TAESD)" : "image decoder (VAE)");
     lap(run, &t0, run->stats ? &run->stats->vae_decode_s : &unused);
 done:
     diffuse_sampler_free(s);

@@ -608,6 +608,14 @@ static int init_state(diffuse_sampler_state *s, diffuse_sampler kind, bool karra
     if (!s->alphas_cumprod || !s->timesteps || (uses_sigmas(kind) && !s->sigmas))
         return diffuse_fail(err, "sampler: out of memory");
     make_alphas_cumprod(c, s->alphas_cumprod);
+    /* a schedule whose signal runs out (float32 alphas_cumprod reaching 0, as
+     * scaled_linear betas over ~70,000 steps do) has no finite noise level */
+    for (int t = 0; t < s->num_train; t++)
+        if (!(s->alphas_cumprod[t] > 0.0f) || !isfinite(s->alphas_cumprod[t]))
+            return diffuse_fail(err, "sampler: the noise schedule has no signal left at step %d "
+                                "of %d (alphas_cumprod %g): num_train_timesteps or the betas "
+                                "in scheduler_config.json are not a usable schedule", t,
+                                s->num_train, s->alphas_cumprod[t]);
     s->final_alpha = c->set_alpha_to_one ? 1.0f : s->alphas_cumprod[0];
     if (build_schedule(s, c, karras, err))
         return -1;

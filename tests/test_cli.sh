@@ -526,6 +526,41 @@ PYEOF
         fail "missing $LORAS (make builds it)"
     fi
 fi
+# Broken numbers never make an image: NaN weights, a schedule with no signal,
+# a VAE scale of 0 (each a copy of the reference model with one thing changed)
+if [ -d "$MODEL" ]; then
+    broken() { # broken NAME: a copy of the model folder to change, in $tmp/NAME
+        rm -rf "$tmp/$1" && mkdir -p "$tmp/$1" && cp -r "$MODEL"/* "$tmp/$1"/
+    }
+    broken nan && python3 - "$tmp/nan/unet/diffusion_pytorch_model.safetensors" <<'PYEOF'
+import json, struct, sys
+p = sys.argv[1]
+d = bytearray(open(p, "rb").read())
+n, = struct.unpack("<Q", d[:8])
+h = json.loads(d[8:8 + n])
+t = h["conv_out.weight"]
+assert t["dtype"] == "F32"
+struct.pack_into("<f", d, 8 + n + t["data_offsets"][0], float("nan"))
+open(p, "wb").write(d)
+PYEOF
+    expect_error "NaN in the UNet's weights" "NaN or infinite" "$BIN" generate --model "$tmp/nan" \
+        --prompt x --steps 2 --width 64 --height 64 --output "$tmp/nan.png"
+    grep -q "denoising step 1 of 2" "$tmp/err"
+    check $? "the NaN error does not name the phase: $(cat "$tmp/err")"
+    broken sched && sed -i 's/"num_train_timesteps": *[0-9]*/"num_train_timesteps": 100000/' \
+        "$tmp/sched/scheduler/scheduler_config.json"
+    expect_error "a schedule without signal" "no signal left" "$BIN" generate --model "$tmp/sched" \
+        --prompt x --steps 2 --width 64 --height 64 --output "$tmp/nan.png"
+    broken scale && python3 - "$tmp/scale/vae/config.json" <<'PYEOF'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["scaling_factor"] = 0
+json.dump(c, open(sys.argv[1], "w"))
+PYEOF
+    expect_error "a VAE scale of 0" "scaling_factor" "$BIN" info --model "$tmp/scale"
+    [ ! -e "$tmp/nan.png" ]
+    check $? "a broken model wrote an image"
+fi
 # An inpainting checkpoint (9-channel UNet): found by its tensors, used with a mask
 INP=$SHARED/reference/sd1-inpaint-tiny
 if [ -d "$INP" ]; then
