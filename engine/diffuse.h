@@ -37,6 +37,7 @@ extern "C" {
 #define DIFFUSE_MAX_PROMPT_CHUNKS 32   /* longer prompts are refused: 32 x 75 tokens */
 #define DIFFUSE_MAX_PROMPT_BYTES 65536 /* bytes of one prompt, weights syntax included */
 #define DIFFUSE_MAX_CLIP_SKIP 12       /* "Clip skip" takes 1 (none) .. 12 */
+#define DIFFUSE_MAX_SIDE 4096          /* the largest width or height a request takes */
 
 typedef enum {
     DIFFUSE_OK = 0,

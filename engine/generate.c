@@ -10,7 +10,6 @@
 
 #include "internal.h"
 
-#define MAX_SIDE 4096
 #define MAX_COUNT 100
 
 diffuse_request diffuse_request_default(void)
@@ -223,11 +222,11 @@ static diffuse_status check_request(const diffuse_model *m, const diffuse_reques
     const int f = 1 << (m->vae_cfg.levels - 1);
     if (!r->prompt)
         return diffuse_fail(err, "prompt: missing"), DIFFUSE_ERR_ARGUMENT;
-    if (r->width < f || r->height < f || r->width % f || r->height % f || r->width > MAX_SIDE ||
-        r->height > MAX_SIDE)
+    if (r->width < f || r->height < f || r->width % f || r->height % f || r->width > DIFFUSE_MAX_SIDE ||
+        r->height > DIFFUSE_MAX_SIDE)
         return diffuse_fail(err, "size: %dx%d is not possible: width and height must be "
                             "multiples of %d between %d and %d", r->width, r->height, f, f,
-                            MAX_SIDE), DIFFUSE_ERR_ARGUMENT;
+                            DIFFUSE_MAX_SIDE), DIFFUSE_ERR_ARGUMENT;
     if (r->steps < 1 || r->steps > DIFFUSE_MAX_STEPS)
         return diffuse_fail(err, "steps: %d is outside 1..%d", r->steps, DIFFUSE_MAX_STEPS),
                DIFFUSE_ERR_ARGUMENT;

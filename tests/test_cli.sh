@@ -560,6 +560,21 @@ PYEOF
     expect_error "a VAE scale of 0" "scaling_factor" "$BIN" info --model "$tmp/scale"
     [ ! -e "$tmp/nan.png" ]
     check $? "a broken model wrote an image"
+    # a PNG that declares 20000x20000 is refused from its header, before decoding
+    python3 - "$tmp/huge.png" <<'PYEOF'
+import struct, sys, zlib
+def chunk(kind, body):
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xffffffff)
+ihdr = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+data = zlib.compress(b"\0" * 100)
+open(sys.argv[1], "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+PYEOF
+    expect_error "a PNG declaring 20000x20000" "larger than 4096" "$BIN" generate --model "$MODEL" \
+        --prompt x --init "$tmp/huge.png" --output "$tmp/nan.png"
+    expect_error "an output folder that is missing" "No such file or directory" "$BIN" generate \
+        --model "$MODEL" --prompt x --output "$tmp/none/out.png"
+    expect_error "an output that is a folder" "is a folder" "$BIN" generate --model "$MODEL" \
+        --prompt x --output "$tmp"
 fi
 # An inpainting checkpoint (9-channel UNet): found by its tensors, used with a mask
 INP=$SHARED/reference/sd1-inpaint-tiny

@@ -19,6 +19,9 @@
 #include "../diffuse.h"
 #include "png.h"
 
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
 static int usage(void)
 {
     fprintf(stderr,
@@ -289,8 +292,9 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
             o->req.spacing = (diffuse_spacing)diffuse_spacing_parse(optarg);
             break;
         case 'W': case 'H':
-            if (!parse_int(optarg, 8, 8192, &v) || v % 8)
-                return bad_arg(c == 'W' ? "--width" : "--height", optarg, "expected a multiple of 8");
+            if (!parse_int(optarg, 8, DIFFUSE_MAX_SIDE, &v) || v % 8)
+                return bad_arg(c == 'W' ? "--width" : "--height", optarg,
+                               "expected a multiple of 8 from 8 to " STR(DIFFUSE_MAX_SIDE));
             *(c == 'W' ? &o->req.width : &o->req.height) = (int)v;
             break;
         case 'C':
@@ -377,6 +381,28 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
     return 0;
 }
 
+/* The output's folder must exist and take files: said before any work, with
+ * the system's reason. */
+static int check_output(const char *out)
+{
+    char dir[4096];
+    struct stat st;
+    snprintf(dir, sizeof dir, "%s", out);
+    char *slash = strrchr(dir, '/');
+    if (slash)
+        slash == dir ? (void)(dir[1] = 0) : (void)(*slash = 0);
+    else
+        snprintf(dir, sizeof dir, ".");
+    if (stat(out, &st) == 0 && S_ISDIR(st.st_mode))
+        return bad_arg("--output", out, "is a folder; give a file name such as OUT.png");
+    if (stat(dir, &st) != 0 || access(dir, W_OK) != 0) {
+        char why[300];
+        snprintf(why, sizeof why, "cannot write into %s: %s", dir, strerror(errno));
+        return bad_arg("--output", out, why);
+    }
+    return 0;
+}
+
 /* OUT.png -> OUT-3.png for image 3 of several. */
 static void output_name(char *buf, size_t size, const char *out, int index, int count)
 {
@@ -396,7 +422,7 @@ static int load_inputs(gen_opts *o, float **init, float **mask)
     int w, h, mw, mh;
     if (!o->init)
         return 0;
-    if (!(*init = png_read(o->init, 3, &w, &h, err, sizeof err)))
+    if (!(*init = png_read(o->init, 3, DIFFUSE_MAX_SIDE, &w, &h, err, sizeof err)))
         return bad_arg("--init", o->init, err);
     if (o->req.width && o->req.height && (w != o->req.width || h != o->req.height))
         return bad_arg("--init", o->init, "image size differs from --width/--height");
@@ -406,7 +432,7 @@ static int load_inputs(gen_opts *o, float **init, float **mask)
     o->req.height = h;
     o->req.init_image = *init;
     if (o->mask) {
-        if (!(*mask = png_read(o->mask, 1, &mw, &mh, err, sizeof err)))
+        if (!(*mask = png_read(o->mask, 1, DIFFUSE_MAX_SIDE, &mw, &mh, err, sizeof err)))
             return bad_arg("--mask", o->mask, err);
         if (mw != w || mh != h)
             return bad_arg("--mask", o->mask, "mask size differs from the init image");
@@ -464,7 +490,7 @@ static int cmd_generate(int argc, char **argv)
     char buf[4096], err[DIFFUSE_ERROR_SIZE];
     diffuse_image *images = NULL;
     diffuse_model *model = NULL;
-    if ((rc = load_inputs(&o, &init, &mask)))
+    if ((rc = check_output(o.output)) || (rc = load_inputs(&o, &init, &mask)))
         goto done;
     if (!o.seed_given)
         o.req.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);

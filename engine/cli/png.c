@@ -10,13 +10,21 @@
 
 #include "png.h"
 
-float *png_read(const char *path, int channels, int *w, int *h, char *err, size_t err_size)
+float *png_read(const char *path, int channels, int max_side, int *w, int *h, char *err,
+               size_t err_size)
 {
     png_image img;
     memset(&img, 0, sizeof img);
     img.version = PNG_IMAGE_VERSION;
     if (!png_image_begin_read_from_file(&img, path)) {
         snprintf(err, err_size, "%s: cannot read PNG: %s", path, img.message);
+        return NULL;
+    }
+    if (img.width > (png_uint_32)max_side || img.height > (png_uint_32)max_side) {
+        /* checked from the header, before anything is decoded or allocated */
+        snprintf(err, err_size, "%s: the image is %ux%u, larger than %d pixels on a side", path,
+                 (unsigned)img.width, (unsigned)img.height, max_side);
+        png_image_free(&img);
         return NULL;
     }
     img.format = channels == 1 ? PNG_FORMAT_GRAY : PNG_FORMAT_RGB;
