@@ -61,13 +61,24 @@ static int json_int_at(const cJSON *cfg, const char *key, int l, int fallback)
     return cJSON_IsNumber(v) ? v->valueint : fallback;
 }
 
-static cJSON *load_part_config(const char *dir, const char *part)
+/* A JSON file the folder may have: *out NULL when it has none; one that is
+ * there but cannot be read or parsed fails, naming the file and the place. */
+static int optional_json(const char *path, cJSON **out, char *err)
 {
-    if (!dir)
-        return NULL;
+    *out = NULL;
+    if (!file_exists(path))
+        return 0;
+    return (*out = diffuse_json_load(path, err)) ? 0 : -1;
+}
+
+static int load_part_config(const char *dir, const char *part, cJSON **out, char *err)
+{
     char path[4096];
+    *out = NULL;
+    if (!dir)
+        return 0;
     snprintf(path, sizeof path, "%s/%s/config.json", dir, part);
-    return file_exists(path) ? diffuse_json_load(path, NULL) : NULL;
+    return optional_json(path, out, err);
 }
 
 /* ------------------------------------------------------------------ unet */
@@ -219,17 +230,20 @@ static int configure_sdxl(diffuse_model *m, char *err)
 
 /* The tokenizer folder's pad token: "!" (id 0, SD 2.x, SDXL's tokenizer_2) or
  * <|endoftext|>, into *pad_id (left as it is when the folder does not say). */
-static void read_pad_token(diffuse_model *m, const char *tokdir, int32_t *pad_id)
+static int read_pad_token(diffuse_model *m, const char *tokdir, int32_t *pad_id, char *err)
 {
     char path[4096];
+    cJSON *cfg;
     snprintf(path, sizeof path, "%s/tokenizer_config.json", tokdir);
-    cJSON *cfg = file_exists(path) ? diffuse_json_load(path, NULL) : NULL;
+    if (optional_json(path, &cfg, err))
+        return -1;
     const cJSON *pad = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, "pad_token") : NULL;
     if (cJSON_IsObject(pad))
         pad = cJSON_GetObjectItemCaseSensitive(pad, "content");
     if (cJSON_IsString(pad))
         *pad_id = strcmp(pad->valuestring, "!") == 0 ? 0 : diffuse_tokenizer_eos(m->tokenizer);
     cJSON_Delete(cfg);
+    return 0;
 }
 
 /* ------------------------------------------------------------------ schedule */
@@ -262,30 +276,35 @@ void diffuse_schedule_from_json(diffuse_schedule_config *s, const struct cJSON *
 #undef STR
 }
 
-static void read_schedule(diffuse_model *m, const char *dir)
+static int read_schedule(diffuse_model *m, const char *dir, char *err)
 {
     m->schedule = diffuse_schedule_config_default();
     char path[4096];
+    cJSON *cfg = NULL;
     snprintf(path, sizeof path, "%s/scheduler/scheduler_config.json", dir ? dir : "");
-    cJSON *cfg = dir && file_exists(path) ? diffuse_json_load(path, NULL) : NULL;
+    if (dir && optional_json(path, &cfg, err))
+        return -1;
     diffuse_schedule_from_json(&m->schedule, cfg);
     const cJSON *cls = cfg ? cJSON_GetObjectItemCaseSensitive(cfg, "_class_name") : NULL;
     if (cJSON_IsString(cls))
         snprintf(m->scheduler_class, sizeof m->scheduler_class, "%s", cls->valuestring);
     cJSON_Delete(cfg);
+    return 0;
 }
 
 /* A folder may state the settings it was made for in model_index.json, under
  * a key diffusers ignores (it skips keys that start with "_"):
  *   "_diffuse_defaults": {"sampler": "euler", "steps": 20, "guidance": 3.0}
  * All three must be present and valid, or none is used. */
-static void read_defaults(diffuse_model *m, const char *dir)
+static int read_defaults(diffuse_model *m, const char *dir, char *err)
 {
     m->defaults_sampler = m->defaults_steps = -1;
     m->defaults_guidance = -1;
     char path[4096];
+    cJSON *idx = NULL;
     snprintf(path, sizeof path, "%s/model_index.json", dir ? dir : "");
-    cJSON *idx = dir && file_exists(path) ? diffuse_json_load(path, NULL) : NULL;
+    if (dir && optional_json(path, &idx, err))
+        return -1;
     const cJSON *d = idx ? cJSON_GetObjectItemCaseSensitive(idx, "_diffuse_defaults") : NULL;
     const cJSON *sa = cJSON_GetObjectItemCaseSensitive(d, "sampler");
     const cJSON *st = cJSON_GetObjectItemCaseSensitive(d, "steps");
@@ -303,6 +322,7 @@ static void read_defaults(diffuse_model *m, const char *dir)
                           : NULL;
     m->force_zeros = strcmp(m->family, "sdxl") == 0 && (cJSON_IsBool(fz) ? cJSON_IsTrue(fz) : true);
     cJSON_Delete(idx);
+    return 0;
 }
 
 /* ------------------------------------------------------------------ tokenizer */
@@ -345,10 +365,12 @@ diffuse_load_params diffuse_load_params_default(void)
 static int model_configure(diffuse_model *m, const char *cfgdir, const diffuse_load_params *p,
                            char *err)
 {
-    cJSON *ucfg = load_part_config(cfgdir, "unet"), *vcfg = load_part_config(cfgdir, "vae");
-    cJSON *tcfg = load_part_config(cfgdir, "text_encoder");
-    cJSON *t2cfg = load_part_config(cfgdir, "text_encoder_2");
-    int rc = infer_unet(m, ucfg, err);
+    cJSON *ucfg = NULL, *vcfg = NULL, *tcfg = NULL, *t2cfg = NULL;
+    int rc = load_part_config(cfgdir, "unet", &ucfg, err) ||
+             load_part_config(cfgdir, "vae", &vcfg, err) ||
+             load_part_config(cfgdir, "text_encoder", &tcfg, err) ||
+             load_part_config(cfgdir, "text_encoder_2", &t2cfg, err) ? -1 : 0;
+    if (rc == 0) rc = infer_unet(m, ucfg, err);
     if (rc == 0) rc = infer_vae(m, vcfg, err);
     const bool sdxl = rc == 0 && strcmp(m->family, "sdxl") == 0;
     if (rc == 0 && sdxl) /* the second encoder first: it tells a refiner apart */
@@ -379,8 +401,8 @@ static int model_configure(diffuse_model *m, const char *cfgdir, const diffuse_l
     cJSON_Delete(t2cfg);
     if (rc)
         return -1;
-    read_schedule(m, cfgdir);
-    read_defaults(m, cfgdir);
+    if (read_schedule(m, cfgdir, err) || read_defaults(m, cfgdir, err))
+        return -1;
     if (!cfgdir && strcmp(m->family, "sd2") == 0)
         m->schedule.prediction = DIFFUSE_PREDICTION_V; /* SD 2.x 768 files are v-prediction */
     if (p->prediction != DIFFUSE_PREDICTION_AUTO)
@@ -405,10 +427,11 @@ static int model_build(diffuse_model *m, const char *dir, const diffuse_load_par
     if (dir) {
         char tokdir[4096];
         snprintf(tokdir, sizeof tokdir, "%s/tokenizer", dir);
-        read_pad_token(m, tokdir, &m->clip_cfg.pad_id);
+        if (read_pad_token(m, tokdir, &m->clip_cfg.pad_id, err))
+            return -1;
         snprintf(tokdir, sizeof tokdir, "%s/tokenizer_2", dir);
-        if (sdxl)
-            read_pad_token(m, tokdir, &m->clip2_cfg.pad_id);
+        if (sdxl && read_pad_token(m, tokdir, &m->clip2_cfg.pad_id, err))
+            return -1;
     }
     const int lc = m->vae_cfg.latent_channels, uin = m->unet_cfg.in_channels;
     if (uin != lc && uin != 2 * lc + 1)

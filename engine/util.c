@@ -82,10 +82,15 @@ struct cJSON *diffuse_json_load(const char *path, char *err)
     }
     fclose(f);
     buf[size] = 0;
-    cJSON *root = cJSON_ParseWithLength(buf, (size_t)size);
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(buf, (size_t)size, &end, 0);
+    if (!root) { /* where it stopped making sense, as line:column */
+        int line = 1, col = 1;
+        for (const char *c = buf; end && c < end && c < buf + size; c++)
+            *c == '\n' ? (line++, col = 1) : col++;
+        diffuse_fail(err, "%s: not valid JSON (line %d, column %d)", path, line, col);
+    }
     free(buf);
-    if (!root)
-        diffuse_fail(err, "%s: malformed JSON", path);
     return root;
 }
 

@@ -558,6 +558,12 @@ c["scaling_factor"] = 0
 json.dump(c, open(sys.argv[1], "w"))
 PYEOF
     expect_error "a VAE scale of 0" "scaling_factor" "$BIN" info --model "$tmp/scale"
+    # a config file that is there but cut short is an error naming it and where
+    for f in scheduler/scheduler_config.json model_index.json unet/config.json \
+        tokenizer/tokenizer_config.json; do
+        broken cut && head -c 40 "$MODEL/$f" >"$tmp/cut/$f"
+        expect_error "truncated $f" "$f: not valid JSON (line" "$BIN" info --model "$tmp/cut"
+    done
     [ ! -e "$tmp/nan.png" ]
     check $? "a broken model wrote an image"
     # a PNG that declares 20000x20000 is refused from its header, before decoding
