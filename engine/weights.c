@@ -722,6 +722,12 @@ static weight_entry *checked_entry(diffuse_weights *w, const char *name, int ndi
         diffuse_fail(err, "missing weight '%s' (%s layout)", name, w->layout);
         return NULL;
     }
+    if (e->numel == 0) { /* a zero dimension: nothing a layer can use */
+        char have[128];
+        format_shape(have, sizeof have, e->ndim, e->shape);
+        diffuse_fail(err, "weight '%s' is empty (shape %s)", name, have);
+        return NULL;
+    }
     if (!shape_matches(e, ndim, shape)) {
         char want[128], have[128];
         format_shape(want, sizeof want, ndim, shape);

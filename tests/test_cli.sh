@@ -558,6 +558,28 @@ c["scaling_factor"] = 0
 json.dump(c, open(sys.argv[1], "w"))
 PYEOF
     expect_error "a VAE scale of 0" "scaling_factor" "$BIN" info --model "$tmp/scale"
+    # a weight with a zero dimension (token_embedding [0, 32]) is named, not divided by
+    broken empty && python3 - "$tmp/empty/text_encoder/model.safetensors" <<'PYEOF'
+import json, struct, sys
+p = sys.argv[1]
+d = open(p, "rb").read()
+n, = struct.unpack("<Q", d[:8])
+h = json.loads(d[8:8 + n])
+h.pop("__metadata__", None)
+data, out, blobs, off = d[8 + n:], {}, [], 0
+for k in sorted(h, key=lambda k: h[k]["data_offsets"][0]):
+    v = h[k]
+    b, shape = data[v["data_offsets"][0]:v["data_offsets"][1]], v["shape"]
+    if k.endswith("token_embedding.weight"):
+        b, shape = b"", [0, shape[1]]
+    out[k] = {"dtype": v["dtype"], "shape": shape, "data_offsets": [off, off + len(b)]}
+    blobs.append(b)
+    off += len(b)
+t = json.dumps(out).encode()
+t += b" " * (-len(t) % 8)
+open(p, "wb").write(struct.pack("<Q", len(t)) + t + b"".join(blobs))
+PYEOF
+    expect_error "a zero-size weight" "token_embedding.weight' is empty" "$BIN" info --model "$tmp/empty"
     # a config file that is there but cut short is an error naming it and where
     for f in scheduler/scheduler_config.json model_index.json unet/config.json \
         tokenizer/tokenizer_config.json; do
