@@ -5,7 +5,7 @@
  * objects (NULL = none), and renames a few getters. The core holds its
  * handles as CoreImage, CoreDrawable and CoreLayer and calls only the
  * compat_*() wrappers below for what differs; everything that is spelled the
- * same in both (progress, parasites, GEGL buffers, babl) it calls directly.
+ * same in both (progress, making parasites, GEGL buffers, babl) it calls directly.
  * GIMP_MAJOR_VERSION comes from libgimpbase/gimpversion.h, which gimp.h
  * includes; the Makefile compiles the core once per generation. */
 #ifndef DIFFUSE_PLUGIN_COMPAT_H
@@ -122,6 +122,32 @@ static inline gboolean compat_image_insert_layer(CoreImage image, CoreLayer laye
 {
     return gimp_image_insert_layer(image, layer, parent, position);
 }
+static inline GimpParasite *compat_item_get_parasite(CoreDrawable drawable, const gchar *name)
+{
+    return gimp_item_get_parasite(GIMP_ITEM(drawable), name);
+}
+/* A parasite's bytes up to the first NUL, as a new string. */
+static inline gchar *compat_parasite_text(const GimpParasite *parasite)
+{
+    guint32 size = 0;
+    gconstpointer data = gimp_parasite_get_data(parasite, &size);
+
+    return data ? g_strndup(data, size) : g_strdup("");
+}
+/* The local file the image was imported from, else its own file (loaded,
+ * saved or exported: a file-load call leaves the first unset); NULL when none. */
+static inline gchar *compat_image_file_path(CoreImage image)
+{
+    GFile *file = gimp_image_get_imported_file(image);
+    gchar *path;
+
+    if (!file)
+        file = gimp_image_get_file(image);
+    path = file ? g_file_get_path(file) : NULL;
+    if (file)
+        g_object_unref(file);
+    return path;
+}
 
 #else /* GIMP 2.10 */
 
@@ -220,6 +246,27 @@ static inline gboolean compat_image_insert_layer(CoreImage image, CoreLayer laye
 {
     return gimp_image_insert_layer(image, layer, parent, position);
 }
+static inline GimpParasite *compat_item_get_parasite(CoreDrawable drawable, const gchar *name)
+{
+    return gimp_item_get_parasite(drawable, name);
+}
+/* A parasite's bytes up to the first NUL, as a new string. */
+static inline gchar *compat_parasite_text(const GimpParasite *parasite)
+{
+    gconstpointer data = gimp_parasite_data(parasite);
+
+    return data ? g_strndup(data, gimp_parasite_data_size(parasite)) : g_strdup("");
+}
+/* The local file the image was imported from, else its own file (loaded,
+ * saved or exported: a file-load call leaves the first unset); NULL when none. */
+static inline gchar *compat_image_file_path(CoreImage image)
+{
+    gchar *uri = gimp_image_get_imported_uri(image);
+    gchar *path = uri ? g_filename_from_uri(uri, NULL, NULL) : NULL;
+
+    g_free(uri);
+    return path ? path : gimp_image_get_filename(image);
+}
 
 #endif
 
@@ -239,6 +286,10 @@ static inline void compat_undo_group_end(CoreImage image)
 static inline void compat_layer_set_offsets(CoreLayer layer, gint x, gint y)
 {
     gimp_layer_set_offsets(layer, x, y);
+}
+static inline GimpParasite *compat_image_get_parasite(CoreImage image, const gchar *name)
+{
+    return gimp_image_get_parasite(image, name);
 }
 
 G_END_DECLS

@@ -2,8 +2,9 @@
  * and GTK 3 (GIMP 3.0), in one place, so that dialog.c is written once for
  * both, as compat.h does for libgimp in core.c.
  *
- * GTK 3 deprecates GtkMisc's alignment for the label's own; GTK 2 has only
- * GtkMisc's. GTK_MAJOR_VERSION comes from gtk/gtk.h, which gimpui.h includes. */
+ * GTK 3 deprecates GtkMisc's alignment for the label's own, and GtkHBox and
+ * GtkVBox for GtkBox with an orientation; GTK 2 has only the former. GTK_MAJOR_VERSION comes from
+ * gtk/gtk.h, which gimpui.h includes. */
 #ifndef DIFFUSE_PLUGIN_COMPAT_GTK_H
 #define DIFFUSE_PLUGIN_COMPAT_GTK_H
 
@@ -18,6 +19,17 @@ static inline void compat_label_set_xalign(GtkWidget *label, gfloat xalign)
     gtk_label_set_xalign(GTK_LABEL(label), xalign);
 #else
     gtk_misc_set_alignment(GTK_MISC(label), xalign, 0.5);
+#endif
+}
+
+/* A box, its children spaced apart by spacing pixels. */
+static inline GtkWidget *compat_box_new(GtkOrientation orientation, gint spacing)
+{
+#if GTK_MAJOR_VERSION >= 3
+    return gtk_box_new(orientation, spacing);
+#else
+    return orientation == GTK_ORIENTATION_HORIZONTAL ? gtk_hbox_new(FALSE, spacing)
+                                                     : gtk_vbox_new(FALSE, spacing);
 #endif
 }
 

@@ -1,6 +1,8 @@
 /* core.c: settings, model resolution and the run itself for the Diffuse GIMP
- * plug-in, shared by every GIMP front end (see core.h); compiled once per
- * GIMP generation, the calls that differ between them behind compat.h.
+ * plug-in, shared by every GIMP front end (see core.h), and the settings read
+ * back from a parameters text (a layer's, an image comment's or a PNG's) for
+ * the dialogs; compiled once per GIMP generation, the calls that differ
+ * between them behind compat.h.
  *
  * A run has four stages, and only the last touches the image:
  *   1. check the image and the settings (indexed images, floating selections
@@ -13,9 +15,11 @@
  * inserted before stage 4, a kill at any earlier point leaves the image as it
  * was. */
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
+#include <glib/gstdio.h>
 #include <libgimp/gimp.h>
 
 #include "core.h"
@@ -53,6 +57,15 @@ const CoreArg core_fast_decoder_arg = {
     "Decode the image with the tiny autoencoder found beside the model (a taesd folder or "
     "taesd_decoder.safetensors): many times faster than the model's VAE, with less detail"};
 
+const CoreArg core_lora_arg = {
+    "lora", "LoRA",
+    "A LoRA .safetensors file (kohya/A1111 or diffusers names) to apply to the model, empty for "
+    "none; prompt tags <lora:NAME:WEIGHT> apply more"};
+
+const CoreArg core_lora_weight_arg = {
+    "lora-weight", "LoRA weight",
+    "How strongly the LoRA applies: 1 as trained, 0 not at all, below 0 the opposite"};
+
 void core_settings_default(CoreSettings *s)
 {
     memset(s, 0, sizeof *s);
@@ -62,6 +75,7 @@ void core_settings_default(CoreSettings *s)
     g_strlcpy(s->sampler, "euler_a", sizeof s->sampler);
     s->count = 1;
     s->strength = 0.75;
+    s->lora_weight = 1.0;
 }
 
 /* key=value with backslash, newline and carriage return escaped, so that a
@@ -107,6 +121,8 @@ gchar *core_settings_serialize(const CoreSettings *s)
         g_string_append_printf(out, "%s=%d\n", core_size_cond_args[i].name, s->size_cond[i]);
     g_string_append_printf(out, "%s=%d\n", core_empty_negative_arg.name, s->empty_negative ? 1 : 0);
     g_string_append_printf(out, "%s=%d\n", core_fast_decoder_arg.name, s->fast_decoder ? 1 : 0);
+    put_string(out, core_lora_arg.name, s->lora);
+    put_double(out, core_lora_weight_arg.name, s->lora_weight);
     return g_string_free(out, FALSE);
 }
 
@@ -134,6 +150,10 @@ static void set_key(CoreSettings *s, const gchar *key, const gchar *value)
         unescape_into(s->sampler, sizeof s->sampler, value);
     else if (!strcmp(key, "model"))
         unescape_into(s->model, sizeof s->model, value);
+    else if (!strcmp(key, core_lora_arg.name))
+        unescape_into(s->lora, sizeof s->lora, value);
+    else if (!strcmp(key, core_lora_weight_arg.name))
+        s->lora_weight = g_ascii_strtod(value, NULL);
     else if (!strcmp(key, "seed"))
         s->seed = atoi(value);
     else if (!strcmp(key, "last-seed"))
@@ -208,7 +228,22 @@ gboolean core_settings_validate(const CoreSettings *s, CoreMode mode, GError **e
         if (s->size_cond[i] < 0 || s->size_cond[i] > CORE_MAX_COND)
             return CALLING_ERROR("%s: %d is outside 0..%d", core_size_cond_args[i].name,
                                  s->size_cond[i], CORE_MAX_COND);
+    if (!isfinite(s->lora_weight) || fabs(s->lora_weight) > CORE_MAX_LORA_WEIGHT)
+        return CALLING_ERROR("%s: %g is outside %g..%g", core_lora_weight_arg.name, s->lora_weight,
+                             -CORE_MAX_LORA_WEIGHT, CORE_MAX_LORA_WEIGHT);
+    if (s->lora[0] && !g_file_test(s->lora, G_FILE_TEST_IS_REGULAR))
+        return CALLING_ERROR("%s: there is no file %s: choose a LoRA .safetensors file, or none",
+                             core_lora_arg.name, s->lora);
     return TRUE;
+}
+
+gchar *core_lora_folder(void)
+{
+    const gchar *env = g_getenv("DIFFUSE_LORA_DIR");
+
+    if (env && *env)
+        return g_strdup(env);
+    return g_build_filename(g_get_user_data_dir(), "diffuse", "loras", NULL);
 }
 
 /* ---------------------------------------------------------------- models */
@@ -389,16 +424,24 @@ gchar *core_parameters_text(const CoreSettings *s, CoreMode mode, guint64 seed, 
                             gint height)
 {
     gchar *model = core_model_display_name(s->model);
+    gchar weight[G_ASCII_DTOSTR_BUF_SIZE];
+    /* "PATH:WEIGHT", as the CLI's --lora records it */
+    gchar *lora =
+        s->lora[0] ? g_strconcat(s->lora, ":",
+                                 g_ascii_formatd(weight, sizeof weight, "%g", s->lora_weight), NULL)
+                   : NULL;
     diffuse_parameters p = {
         .prompt = s->prompt, .negative_prompt = s->negative_prompt, .steps = s->steps,
         .sampler = diffuse_sampler_parse(s->sampler), .karras = 0, .guidance = (float)s->guidance,
         .has_seed = 1, .seed = seed, .width = width, .height = height, .model = model,
         .strength = mode == CORE_IMG2IMG ? (float)s->strength : 0, .rng = DIFFUSE_RNG_PHILOX,
         .size_cond = {s->size_cond[0], s->size_cond[1], s->size_cond[2], s->size_cond[3],
-                      s->size_cond[4], s->size_cond[5]}};
+                      s->size_cond[4], s->size_cond[5]},
+        .loras = lora};
     char *text = diffuse_parameters_text(&p); /* the engine keeps the format */
     gchar *out = g_strdup(text ? text : "");
     free(text);
+    g_free(lora);
     g_free(model);
     return out;
 }
@@ -426,6 +469,279 @@ gchar *core_layer_name(const gchar *prompt, guint64 seed)
     return name;
 }
 
+/* ---------------------------------------------------------------- reading settings back */
+
+/* Whether the engine found a line of settings (A1111's: three or more "Key:
+ * value" pairs, Steps and Seed among them) and not only a prompt: a comment
+ * of other keys ("Title: ..., Author: ...") is not taken for one. */
+static gboolean has_settings(const diffuse_parameters *p)
+{
+    return p->steps || p->sampler >= 0 || p->karras >= 0 || p->guidance >= 0 || p->has_seed ||
+           p->width || p->height || p->model || p->strength > 0 || p->clip_skip || p->rng >= 0 ||
+           p->loras;
+}
+
+/* Appends one "Key: value" to the list of what was not used. */
+static void not_used(GString *list, const gchar *format, ...) G_GNUC_PRINTF(2, 3);
+static void not_used(GString *list, const gchar *format, ...)
+{
+    va_list args;
+
+    if (list->len)
+        g_string_append(list, ", ");
+    va_start(args, format);
+    g_string_append_vprintf(list, format, args);
+    va_end(args);
+}
+
+/* Copies text (NULL = "") into a settings field, cut at a character
+ * boundary; FALSE when it had to be cut. */
+static gboolean take_text(gchar *dst, gsize size, const gchar *text)
+{
+    const gchar *end;
+
+    g_strlcpy(dst, text ? text : "", size);
+    if (!g_utf8_validate(dst, -1, &end))
+        dst[end - dst] = '\0';
+    return !text || strlen(text) < size;
+}
+
+/* A float of the text as the double its "%g" says: 6.1, not 6.0999999. */
+static gdouble decimal(float v)
+{
+    gchar buf[G_ASCII_DTOSTR_BUF_SIZE];
+
+    return g_ascii_strtod(g_ascii_formatd(buf, sizeof buf, "%g", v), NULL);
+}
+
+/* Steps, guidance, sampler and seed, where the text gives them. */
+static void take_sampling(CoreSettings *s, const diffuse_parameters *p, GString *unused)
+{
+    gchar buf[G_ASCII_DTOSTR_BUF_SIZE];
+
+    if (p->steps >= 1 && p->steps <= CORE_MAX_STEPS)
+        s->steps = p->steps;
+    else if (p->steps)
+        not_used(unused, "Steps: %d", p->steps);
+    if (p->guidance >= 0 && p->guidance <= 100)
+        s->guidance = decimal(p->guidance);
+    else if (p->guidance > 100)
+        not_used(unused, "CFG scale: %s", g_ascii_formatd(buf, sizeof buf, "%g", p->guidance));
+    if (p->sampler >= 0 && p->sampler < DIFFUSE_SAMPLER_COUNT)
+        g_strlcpy(s->sampler, diffuse_sampler_name((diffuse_sampler)p->sampler), sizeof s->sampler);
+    if (p->karras > 0) /* the plug-in has no Karras schedule */
+        not_used(unused, "Schedule type: Karras");
+    if (p->has_seed && p->seed <= G_MAXINT32)
+        s->seed = (gint32)p->seed;
+    else if (p->has_seed)
+        not_used(unused, "Seed: %" G_GUINT64_FORMAT " (the plug-in's seeds go up to %d)", p->seed,
+                 G_MAXINT32);
+    if (p->clip_skip > 1)
+        not_used(unused, "Clip skip: %d", p->clip_skip);
+    if (p->rng >= 0 && p->rng != DIFFUSE_RNG_PHILOX)
+        not_used(unused, "RNG: %s", diffuse_rng_kind_a1111((diffuse_rng_kind)p->rng));
+}
+
+/* Size (Text to Image), strength (Image to Image), SDXL's conditioning, and
+ * the model's name, which says which model to choose. */
+static void take_image(CoreSettings *s, CoreMode mode, const diffuse_parameters *p, GString *unused)
+{
+    gchar buf[G_ASCII_DTOSTR_BUF_SIZE];
+    gchar *model = core_model_display_name(s->model);
+    const diffuse_size_cond *c = &p->size_cond;
+
+    if (mode == CORE_TXT2IMG && p->width && p->height && size_ok(p->width) && size_ok(p->height)) {
+        s->width = p->width;
+        s->height = p->height;
+    } else if (p->width || p->height)
+        not_used(unused, "Size: %dx%d%s", p->width, p->height,
+                 mode == CORE_IMG2IMG ? " (Image to Image keeps the selection's size)" : "");
+    if (p->strength > 0 && mode == CORE_IMG2IMG)
+        s->strength = decimal(p->strength);
+    else if (p->strength > 0)
+        not_used(unused, "Denoising strength: %s (for Image to Image)",
+                 g_ascii_formatd(buf, sizeof buf, "%g", p->strength));
+    /* a size the text gives as the image's own is the default, 0 */
+    s->size_cond[0] = c->original_width == p->width ? 0 : c->original_width;
+    s->size_cond[1] = c->original_height == p->height ? 0 : c->original_height;
+    s->size_cond[2] = c->crop_left, s->size_cond[3] = c->crop_top;
+    s->size_cond[4] = c->target_width == p->width ? 0 : c->target_width;
+    s->size_cond[5] = c->target_height == p->height ? 0 : c->target_height;
+    if (p->model && strcmp(p->model, model))
+        not_used(unused, "Model: %s (choose it in the Model row)", p->model);
+    g_free(model);
+}
+
+/* "PATH:WEIGHT, ...": the first that fits the settings (none when the text
+ * names none), the rest reported. Each is split at its last colon when a
+ * number follows it, as the CLI's --lora does; without one it applies fully. */
+static void take_loras(CoreSettings *s, const gchar *loras, GString *unused)
+{
+    gchar **items = g_strsplit(loras ? loras : "", ",", -1);
+    gboolean taken = FALSE;
+
+    s->lora[0] = '\0';
+    s->lora_weight = 1.0;
+    for (gchar **item = items; *item; item++) {
+        gchar *path = g_strstrip(*item), *written = g_strdup(path);
+        gchar *colon = strrchr(path, ':'), *end = NULL;
+        gdouble weight = colon ? g_ascii_strtod(colon + 1, &end) : 1.0;
+
+        if (colon && end > colon + 1 && !*end && isfinite(weight))
+            *colon = '\0';
+        else
+            weight = 1.0;
+        if (!taken && *path && strlen(path) < sizeof s->lora &&
+            fabs(weight) <= CORE_MAX_LORA_WEIGHT) {
+            g_strlcpy(s->lora, path, sizeof s->lora);
+            s->lora_weight = weight;
+            taken = TRUE;
+        } else if (*written)
+            not_used(unused, "LoRA: %s", written);
+        g_free(written);
+    }
+    g_strfreev(items);
+}
+
+gboolean core_settings_from_parameters(CoreSettings *s, CoreMode mode, const gchar *text,
+                                       gchar **unused)
+{
+    /* odd bytes become U+FFFD first, so every field is text GTK can show */
+    gchar *valid = g_utf8_make_valid(text ? text : "", -1);
+    diffuse_parameters p;
+    GString *list;
+    gboolean ok = diffuse_parameters_parse(valid, &p, NULL, 0) == DIFFUSE_OK;
+
+    g_free(valid);
+    if (unused)
+        *unused = NULL;
+    if (!ok || !has_settings(&p)) {
+        if (ok)
+            diffuse_parameters_free(&p);
+        return FALSE;
+    }
+    list = g_string_new(p.extra); /* other tools' keys, as written */
+    if (!take_text(s->prompt, sizeof s->prompt, p.prompt))
+        not_used(list, "Prompt: the end, after %d bytes", CORE_TEXT_MAX - 1);
+    if (!take_text(s->negative_prompt, sizeof s->negative_prompt, p.negative_prompt))
+        not_used(list, "Negative prompt: the end, after %d bytes", CORE_TEXT_MAX - 1);
+    take_sampling(s, &p, list);
+    take_image(s, mode, &p, list);
+    take_loras(s, p.loras, list);
+    diffuse_parameters_free(&p);
+    if (unused && list->len)
+        *unused = g_utf8_make_valid(list->str, -1);
+    g_string_free(list, TRUE);
+    return TRUE;
+}
+
+/* text (taken, may be NULL) when it holds settings, else NULL. */
+static gchar *if_settings(gchar *text)
+{
+    CoreSettings *probe = g_new(CoreSettings, 1);
+
+    core_settings_default(probe);
+    if (text && !core_settings_from_parameters(probe, CORE_TXT2IMG, text, NULL))
+        g_clear_pointer(&text, g_free);
+    g_free(probe);
+    return text;
+}
+
+/* A parasite's text, the parasite freed; NULL for none. */
+static gchar *parasite_text(GimpParasite *parasite)
+{
+    gchar *text = parasite ? compat_parasite_text(parasite) : NULL;
+
+    if (parasite)
+        gimp_parasite_free(parasite);
+    return text;
+}
+
+/* The "parameters" text of the PNG the image was opened from; NULL for none. */
+static gchar *imported_png_text(CoreImage image)
+{
+    gchar *path = compat_image_file_path(image);
+    gchar *text = path ? core_png_parameters(path) : NULL;
+
+    g_free(path);
+    return text;
+}
+
+gchar *core_parameters_find(CoreImage image, CoreDrawable drawable, CoreParametersSource *source)
+{
+    gchar *text = NULL;
+
+    *source = CORE_FROM_LAYER;
+    if (drawable != CORE_NO_DRAWABLE)
+        text = if_settings(parasite_text(compat_item_get_parasite(drawable, PARASITE_NAME)));
+    if (!text) {
+        *source = CORE_FROM_COMMENT;
+        text = if_settings(parasite_text(compat_image_get_parasite(image, "gimp-comment")));
+    }
+    if (!text) {
+        *source = CORE_FROM_FILE;
+        text = if_settings(imported_png_text(image));
+    }
+    return text;
+}
+
+#define PNG_TEXT_MAX (1 << 20) /* bytes of a text chunk read; longer ones are passed over */
+
+static guint32 read_be32(const guchar *b)
+{
+    return (guint32)b[0] << 24 | (guint32)b[1] << 16 | (guint32)b[2] << 8 | b[3];
+}
+
+/* A tEXt (Latin-1) or uncompressed iTXt (UTF-8) chunk's text when its keyword
+ * is "parameters"; NULL otherwise. */
+static gchar *chunk_parameters(const guchar *type, const gchar *data, gsize size)
+{
+    static const gchar key[] = "parameters"; /* with its NUL, the separator */
+    const gchar *text, *end = data + size;
+
+    if (size < sizeof key || memcmp(data, key, sizeof key))
+        return NULL;
+    text = data + sizeof key;
+    if (!memcmp(type, "tEXt", 4))
+        return g_convert(text, end - text, "UTF-8", "ISO-8859-1", NULL, NULL, NULL);
+    /* iTXt: compression flag and method, language tag, translated keyword, text */
+    if (end - text < 2 || text[0] != 0)
+        return NULL;
+    text += 2;
+    for (gint field = 0; field < 2 && text; field++) {
+        const gchar *nul = memchr(text, 0, end - text);
+
+        text = nul ? nul + 1 : NULL;
+    }
+    return text ? g_utf8_make_valid(text, end - text) : NULL;
+}
+
+gchar *core_png_parameters(const gchar *path)
+{
+    static const guchar signature[8] = {137, 'P', 'N', 'G', '\r', '\n', 26, '\n'};
+    FILE *f = g_fopen(path, "rb");
+    guchar head[8]; /* a chunk's length and type */
+    gchar *text = NULL;
+
+    if (!f)
+        return NULL;
+    if (fread(head, 1, 8, f) == 8 && !memcmp(head, signature, 8))
+        while (!text && fread(head, 1, 8, f) == 8 && memcmp(head + 4, "IEND", 4)) {
+            guint32 size = read_be32(head);
+            gboolean wanted = (!memcmp(head + 4, "tEXt", 4) || !memcmp(head + 4, "iTXt", 4)) &&
+                              size <= PNG_TEXT_MAX;
+            gchar *data = wanted ? g_malloc(size) : NULL;
+
+            if (wanted && fread(data, 1, size, f) == size)
+                text = chunk_parameters(head + 4, data, size);
+            g_free(data);
+            if (fseek(f, wanted ? 4 : (long)size + 4, SEEK_CUR)) /* the data and CRC */
+                break;
+        }
+    fclose(f);
+    return text;
+}
+
 /* ---------------------------------------------------------------- the run */
 
 /* What one run carries from stage to stage. */
@@ -438,9 +754,22 @@ typedef struct {
     diffuse_model *owned_model;
     PixelsRegion region; /* img2img source */
     diffuse_request req;
+    diffuse_lora lora;     /* s.lora, when named */
+    GString *notices;      /* what the engine told while the run went ahead */
     diffuse_image *images; /* [s.count], filled by the engine */
     gboolean generated;
 } Job;
+
+/* The engine's notices (a LoRA that matches only part of the model, a prompt
+ * tag it leaves out) are kept and shown in one message when the run is over:
+ * libgimp is talked to from the plug-in's own thread only, and diffuse.h does
+ * not say which thread tells them. */
+static void on_notice(void *user, const char *message)
+{
+    Job *job = user;
+
+    g_string_append_printf(job->notices, "%s%s", job->notices->len ? "\n" : "", message);
+}
 
 static int on_progress(void *user, int image, int count, int step, int steps)
 {
@@ -521,6 +850,15 @@ static gboolean prepare(Job *job, GError **error)
     r->width = job->s.width;
     r->height = job->s.height;
     r->progress = on_progress;
+    r->notice = on_notice;
+    r->notice_user = job;
+    if (job->s.lora[0]) {
+        const float w = (float)job->s.lora_weight;
+
+        job->lora = (diffuse_lora){.path = job->s.lora, .weight = w, .unet_weight = w};
+        r->loras = &job->lora;
+        r->lora_count = 1;
+    }
     if (job->mode == CORE_IMG2IMG) {
         diffuse_model_info info;
 
@@ -667,8 +1005,12 @@ gboolean core_run(CoreImage image, CoreDrawable drawable, CoreMode mode, CoreSet
     job->drawable = drawable;
     job->mode = mode;
     job->model = model;
+    job->notices = g_string_new(NULL);
     ok = start(job, settings, error) && prepare(job, error) && generate(job, error) &&
          insert_results(job, error);
+    if (job->notices->len) /* told, not lost, whatever became of the run */
+        gimp_message(job->notices->str);
+    g_string_free(job->notices, TRUE);
     if (ok) {
         gimp_progress_update(1.0);
         settings->last_seed = job->s.seed;

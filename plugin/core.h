@@ -52,9 +52,16 @@ extern const CoreArg core_size_cond_args[CORE_SIZE_COND_ARGS];
  * prompt ("") instead of meaning none, which SDXL models (diffusers'
  * force_zeros_for_empty_prompt) answer with zeros. SD 1.x/2.x: the same. */
 extern const CoreArg core_empty_negative_arg;
-/* The last: decode with the model's tiny autoencoder (TAESD, found beside the
+/* Then: decode with the model's tiny autoencoder (TAESD, found beside the
  * model) instead of its VAE: much faster, less detail. */
 extern const CoreArg core_fast_decoder_arg;
+/* A LoRA file applied to the model for the run ("" = none) and its weight (1 =
+ * as trained, 0 = not at all, negative = the opposite): GIMP 3.0's last named
+ * arguments and the dialogs' LoRA row. GIMP 2.10's procedures keep their
+ * arguments; its scripts name LoRAs in the prompt, <lora:NAME:WEIGHT>. */
+#define CORE_MAX_LORA_WEIGHT 10.0 /* weights from -10 to 10 */
+extern const CoreArg core_lora_arg;
+extern const CoreArg core_lora_weight_arg;
 
 /* What a run needs to know. Fixed-size strings keep the struct flat for the
  * dialog; core_settings_serialize() is what gets remembered between runs. */
@@ -71,8 +78,10 @@ typedef struct {
     gdouble strength;           /* img2img: how much of the schedule to run, (0, 1] */
     gchar model[CORE_PATH_MAX]; /* a .safetensors file or a diffusers folder; "" = default */
     gint32 size_cond[CORE_SIZE_COND_ARGS]; /* SDXL: see core_size_cond_args */
-    gboolean empty_negative;    /* "" is a negative prompt, not none: core_empty_negative_arg */
-    gboolean fast_decoder;      /* TAESD for the final image: core_fast_decoder_arg */
+    gboolean empty_negative;   /* "" is a negative prompt, not none: core_empty_negative_arg */
+    gboolean fast_decoder;     /* TAESD for the final image: core_fast_decoder_arg */
+    gchar lora[CORE_PATH_MAX]; /* a LoRA .safetensors file; "" = none: core_lora_arg */
+    gdouble lora_weight;       /* its weight, 1 by default: core_lora_weight_arg */
 } CoreSettings;
 
 /* Error codes in CORE_ERROR; front ends map them to PDB statuses. */
@@ -93,8 +102,13 @@ gchar *core_settings_serialize(const CoreSettings *s);
 /* Reads what serialize wrote; unknown keys are skipped, missing ones keep
  * their current value (so older remembered values still load). */
 void core_settings_deserialize(CoreSettings *s, const gchar *text);
-/* Checks ranges before anything runs; CORE_ERROR_CALLING names the argument. */
+/* Checks ranges (and that a LoRA file is there) before anything runs;
+ * CORE_ERROR_CALLING names the argument. */
 gboolean core_settings_validate(const CoreSettings *s, CoreMode mode, GError **error);
+/* The folder where the prompt's <lora:NAME:WEIGHT> tags find NAME.safetensors,
+ * the engine's default: $DIFFUSE_LORA_DIR, else $XDG_DATA_HOME/diffuse/loras
+ * (~/.local/share/diffuse/loras). Free with g_free(). */
+gchar *core_lora_folder(void);
 
 /* ---------------------------------------------------------------- models */
 
@@ -140,6 +154,34 @@ gboolean core_run(CoreImage image, CoreDrawable drawable, CoreMode mode, CoreSet
 /* The parasite text of one result (Stable Diffusion tools' format). */
 gchar *core_parameters_text(const CoreSettings *s, CoreMode mode, guint64 seed, gint width,
                             gint height);
+
+/* ---------------------------------------------------------------- reading settings back */
+
+/* Takes into s what a parameters text (core_parameters_text()'s, or another
+ * Stable Diffusion tool's, read by the engine) says: prompt, negative prompt,
+ * seed, steps, guidance, sampler, size (Text to Image), strength (Image to
+ * Image), SDXL's conditioning and the first LoRA; the rest of s stays as it
+ * was. FALSE, s untouched, when the text holds no line of settings (an
+ * ordinary image comment). *unused (may be NULL) receives what the text says
+ * and s cannot take, as "Key: value, ..." (other tools' keys, a sampler
+ * Diffuse lacks, values out of range, a second LoRA), or NULL; g_free() it.
+ * Any text is safe to pass. */
+gboolean core_settings_from_parameters(CoreSettings *s, CoreMode mode, const gchar *text,
+                                       gchar **unused);
+/* Where a dialog can take settings from, first found first: */
+typedef enum {
+    CORE_FROM_LAYER,   /* the drawable's "diffuse-parameters" parasite: a layer Diffuse made */
+    CORE_FROM_COMMENT, /* the image's "gimp-comment": a PNG's "Comment" text, or typed in */
+    CORE_FROM_FILE     /* the "parameters" text of the PNG the image was opened from: GIMP
+                        * keeps only "Comment", Stable Diffusion tools write "parameters" */
+} CoreParametersSource;
+/* The first of them that holds settings, NULL when none does; *source says
+ * which it was. drawable may be CORE_NO_DRAWABLE. Free with g_free(). */
+gchar *core_parameters_find(CoreImage image, CoreDrawable drawable, CoreParametersSource *source);
+/* The "parameters" text of a PNG file, as UTF-8, from an uncompressed tEXt or
+ * iTXt chunk (as AUTOMATIC1111 and Diffuse write it); NULL when the file has
+ * none, cannot be read or is no PNG. */
+gchar *core_png_parameters(const gchar *path);
 
 /* "Diffuse: <prompt> (seed N)", the prompt on one line, cut after
  * CORE_LAYER_NAME_CHARS characters with "...". Free with g_free(). */

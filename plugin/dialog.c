@@ -1,7 +1,8 @@
-/* dialog.c: the model row both front ends' dialogs share (see dialog.h):
- * loading the model the entry names, its info line, the Default, File... and
- * Folder... buttons, and handing the loaded model to the run. Compiled once
- * per GIMP generation, the GTK calls that differ behind compat_gtk.h.
+/* dialog.c: what both front ends' dialogs share (see dialog.h): the model
+ * row (loading the model the entry names, its info line, the Default, File...
+ * and Folder... buttons, and handing the loaded model to the run), the LoRA
+ * row's buttons, and the Copy Settings button. Compiled once per GIMP
+ * generation, the GTK calls that differ behind compat_gtk.h.
  *
  * The model is loaded while the dialog is open, so that the info line can
  * say what it is (or why it cannot be used) and its defaults can fill in
@@ -157,4 +158,146 @@ diffuse_model *dialog_model_take(DialogModel *m, gboolean ok, const gchar *chose
     g_free(m->path);
     m->path = NULL;
     return model;
+}
+
+/* ---------------------------------------------------------------- LoRA row */
+
+static void lora_changed(GtkWidget *entry, DialogLora *l)
+{
+    for (guint i = 0; i < G_N_ELEMENTS(l->weight); i++)
+        if (l->weight[i])
+            gtk_widget_set_sensitive(l->weight[i], *gtk_entry_get_text(GTK_ENTRY(entry)) != '\0');
+}
+
+/* A .safetensors file, starting from the one named or the LoRA folder. */
+static void lora_file_clicked(GtkWidget *button, DialogLora *l)
+{
+    GtkWidget *chooser = gtk_file_chooser_dialog_new(
+        "Choose a LoRA .safetensors file", GTK_WINDOW(l->dialog), GTK_FILE_CHOOSER_ACTION_OPEN,
+        "_Cancel", GTK_RESPONSE_CANCEL, "_Open", GTK_RESPONSE_ACCEPT, NULL);
+    GtkFileFilter *filter = gtk_file_filter_new();
+    const gchar *current = gtk_entry_get_text(GTK_ENTRY(l->entry));
+    gchar *folder = core_lora_folder();
+
+    gtk_file_filter_set_name(filter, "LoRA files (.safetensors)");
+    gtk_file_filter_add_pattern(filter, "*.safetensors");
+    gtk_file_chooser_add_filter(GTK_FILE_CHOOSER(chooser), filter);
+    if (*current)
+        gtk_file_chooser_set_filename(GTK_FILE_CHOOSER(chooser), current);
+    else if (g_file_test(folder, G_FILE_TEST_IS_DIR))
+        gtk_file_chooser_set_current_folder(GTK_FILE_CHOOSER(chooser), folder);
+    if (gtk_dialog_run(GTK_DIALOG(chooser)) == GTK_RESPONSE_ACCEPT) {
+        gchar *path = gtk_file_chooser_get_filename(GTK_FILE_CHOOSER(chooser));
+
+        gtk_entry_set_text(GTK_ENTRY(l->entry), path ? path : "");
+        g_free(path);
+    }
+    gtk_widget_destroy(chooser);
+    g_free(folder);
+}
+
+static void lora_none_clicked(GtkWidget *button, DialogLora *l)
+{
+    gtk_entry_set_text(GTK_ENTRY(l->entry), "");
+}
+
+void dialog_lora_add_buttons(DialogLora *l, GtkWidget *box)
+{
+    gchar *folder = core_lora_folder();
+    gchar *tip = g_strdup_printf("A LoRA .safetensors file to apply to the model; empty for none. "
+                                 "Prompt tags <lora:NAME:WEIGHT> apply NAME.safetensors from %s",
+                                 folder);
+    GtkWidget *file = gtk_button_new_with_label("File...");
+    GtkWidget *none = gtk_button_new_with_label("None");
+
+    gimp_help_set_help_data(l->entry, tip, NULL);
+    gtk_editable_set_position(GTK_EDITABLE(l->entry), -1); /* the name, not the folders */
+    g_signal_connect(l->entry, "changed", G_CALLBACK(lora_changed), l);
+    lora_changed(l->entry, l);
+    gimp_help_set_help_data(file, "Choose a LoRA file", NULL);
+    g_signal_connect(file, "clicked", G_CALLBACK(lora_file_clicked), l);
+    gimp_help_set_help_data(none, "Apply no LoRA file", NULL);
+    g_signal_connect(none, "clicked", G_CALLBACK(lora_none_clicked), l);
+    gtk_box_pack_start(GTK_BOX(box), file, FALSE, FALSE, 0);
+    gtk_box_pack_start(GTK_BOX(box), none, FALSE, FALSE, 0);
+    gtk_widget_show(file);
+    gtk_widget_show(none);
+    g_free(tip);
+    g_free(folder);
+}
+
+/* ---------------------------------------------------------------- copy settings */
+
+/* The button's label and tooltip, and the report's name, for each source. */
+static const struct {
+    const gchar *label, *tooltip, *where;
+} copy_sources[] = {
+    [CORE_FROM_LAYER] = {"Co_py Settings from Layer",
+                         "Fill in the prompt, seed, steps and the other settings that made the "
+                         "active layer",
+                         "the layer"},
+    [CORE_FROM_COMMENT] = {"Co_py Settings from Image Comment",
+                           "Fill in the prompt, seed, steps and the other settings written in "
+                           "the image's comment",
+                           "the image's comment"},
+    [CORE_FROM_FILE] = {"Co_py Settings from PNG File",
+                        "Fill in the prompt, seed, steps and the other settings that a Stable "
+                        "Diffusion tool wrote into the PNG file this image was opened from",
+                        "the PNG file"},
+};
+
+static void copy_clicked(GtkWidget *button, DialogCopy *c)
+{
+    const gchar *where = copy_sources[c->source].where;
+    CoreSettings *s = g_new(CoreSettings, 1);
+    gchar *unused = NULL, *report;
+
+    c->read(s, c->data);
+    if (core_settings_from_parameters(s, c->mode, c->text, &unused)) {
+        c->apply(s, c->data);
+        report = unused ? g_strdup_printf("Settings copied from %s. Not used: %s.", where, unused)
+                        : g_strdup_printf("Settings copied from %s.", where);
+    } else /* found as settings, so not seen here; said all the same */
+        report = g_strdup_printf("No settings Diffuse can read in %s.", where);
+    gtk_label_set_text(GTK_LABEL(c->report), report);
+    gtk_widget_show(c->report);
+    g_free(report);
+    g_free(unused);
+    g_free(s);
+}
+
+GtkWidget *dialog_copy_new(DialogCopy *c, CoreImage image, CoreDrawable drawable)
+{
+    GtkWidget *box = compat_box_new(GTK_ORIENTATION_VERTICAL, 4);
+    GtkWidget *row = compat_box_new(GTK_ORIENTATION_HORIZONTAL, 0);
+
+    c->text = core_parameters_find(image, drawable, &c->source);
+    if (!c->text)
+        c->source = CORE_FROM_LAYER;
+    c->button = gtk_button_new_with_mnemonic(copy_sources[c->source].label);
+    gimp_help_set_help_data(c->button,
+                            c->text ? copy_sources[c->source].tooltip
+                                    : "No settings to copy: the active layer was not made by "
+                                      "Diffuse, and neither the image's comment nor the PNG "
+                                      "file it was opened from holds any",
+                            NULL);
+    gtk_widget_set_sensitive(c->button, c->text != NULL);
+    g_signal_connect(c->button, "clicked", G_CALLBACK(copy_clicked), c);
+    /* under the button, shown once there is something to report */
+    c->report = gtk_label_new("");
+    compat_label_set_xalign(c->report, 0.0);
+    gtk_label_set_line_wrap(GTK_LABEL(c->report), TRUE);
+    gimp_label_set_attributes(GTK_LABEL(c->report), PANGO_ATTR_STYLE, PANGO_STYLE_ITALIC, -1);
+    gtk_widget_set_no_show_all(c->report, TRUE);
+    gtk_box_pack_start(GTK_BOX(row), c->button, FALSE, FALSE, 0);
+    gtk_box_pack_start(GTK_BOX(box), row, FALSE, FALSE, 0);
+    gtk_box_pack_start(GTK_BOX(box), c->report, FALSE, FALSE, 0);
+    gtk_widget_show_all(box);
+    return box;
+}
+
+void dialog_copy_free(DialogCopy *c)
+{
+    g_free(c->text);
+    c->text = NULL;
 }

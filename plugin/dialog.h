@@ -1,7 +1,11 @@
-/* dialog.h: the model row that the dialogs of both GIMP front ends share, a
+/* dialog.h: what the dialogs of both GIMP front ends share: the model row, a
  * path entry with Default, File... and Folder... buttons and an info line
  * under it, and the model loaded for the path, which the run takes when it is
- * the one chosen, so that OK does not load it twice.
+ * the one chosen, so that OK does not load it twice; the LoRA row, a path
+ * entry with File... and None buttons beside the weight; and the Copy
+ * Settings button, which fills the dialog from the settings recorded on the
+ * active layer, in the image's comment or in the PNG file it was opened from
+ * (core_parameters_find()).
  *
  * The rest of the two dialogs differs: gimp2.c builds a GTK2 table by hand,
  * gimp3.c has GimpProcedureDialog build the widgets from the procedure's
@@ -63,6 +67,42 @@ void dialog_model_update(DialogModel *m, gboolean apply_defaults);
 /* After the dialog: the model it loaded when ok and it is the one chosen (the
  * caller frees it), else NULL, the model freed. Frees m's path. */
 diffuse_model *dialog_model_take(DialogModel *m, gboolean ok, const gchar *chosen);
+
+/* ---------------------------------------------------------------- LoRA row */
+
+typedef struct {
+    GtkWidget *dialog;    /* the file chooser's parent */
+    GtkWidget *entry;     /* GtkEntry: the LoRA file ("" = none) */
+    GtkWidget *weight[3]; /* the weight's widgets (unused ones NULL): sensitive while a
+                           * file is named */
+} DialogLora;
+
+/* Ties l->entry to the weight and packs the File... and None buttons into
+ * box, after what it holds. */
+void dialog_lora_add_buttons(DialogLora *l, GtkWidget *box);
+
+/* ---------------------------------------------------------------- copy settings */
+
+/* The dialog's values into s (a random seed as -1), and s into the dialog's
+ * widgets (a seed of -1 leaving Randomize as it is); data is DialogCopy.data. */
+typedef void (*DialogCopyRead)(CoreSettings *s, gpointer data);
+typedef void (*DialogCopyApply)(const CoreSettings *s, gpointer data);
+
+typedef struct {
+    CoreMode mode;
+    DialogCopyRead read;
+    DialogCopyApply apply;
+    gpointer data;
+    gchar *text; /* the settings found (core_parameters_find), NULL: none */
+    CoreParametersSource source;
+    GtkWidget *button; /* Copy Settings from Layer, sensitive when there is a text */
+    GtkWidget *report; /* the line under it: what was taken and what not */
+} DialogCopy;
+
+/* Looks for the settings and returns a new box with the button and the
+ * report line, for the caller to place. */
+GtkWidget *dialog_copy_new(DialogCopy *c, CoreImage image, CoreDrawable drawable);
+void dialog_copy_free(DialogCopy *c);
 
 G_END_DECLS
 

@@ -1,6 +1,7 @@
 /* gimp2.c: the GIMP 2.10 front end of Diffuse: registration (query), run
  * modes (run) and the GTK2 dialog. Everything else is in core.c, which a GIMP
- * 3.0 front end shares, and the dialog's model row in dialog.c.
+ * 3.0 front end shares, and the dialog's model and LoRA rows and Copy Settings
+ * button in dialog.c.
  *
  * Procedures (the PDB contract in DESIGN.md):
  *   plug-in-diffuse-txt2img (run-mode, image, drawable, prompt, negative-prompt,
@@ -9,9 +10,13 @@
  *       seed, steps, guidance, sampler, strength, count, model)
  *   plug-in-diffuse-txt2img-ext, plug-in-diffuse-img2img-ext: the same, then
  *       original-width, original-height, crop-left, crop-top, target-width,
- *       target-height (SDXL size conditioning) and empty-negative (core.h);
+ *       target-height (SDXL size conditioning), empty-negative and
+ *       fast-decoder (core.h);
  *       GIMP 2.10 calls take every argument, so the additions are procedures
  *       of their own and the first two keep their signature.
+ * A LoRA file comes from the dialog's LoRA row (and so RUN-WITH-LAST-VALS);
+ * the procedures' arguments stay as they are, and scripts name LoRAs in the
+ * prompt, <lora:NAME:WEIGHT> (NAME.safetensors in the LoRA folder, or a path).
  * Errors come back as the status plus a second return value holding the
  * message, GIMP 2.10's convention, so that Script-Fu and the error console
  * show it. */
@@ -200,11 +205,14 @@ typedef struct {
     GtkTextBuffer *prompt, *negative;
     guint32 seed; /* gimp_random_seed_new() writes these two */
     gboolean random_seed;
-    GtkObject *steps, *guidance, *strength, *count, *width, *height;
+    GtkWidget *seed_box; /* GimpRandomSeed */
+    GtkObject *steps, *guidance, *strength, *count, *width, *height, *lora_weight;
     GtkObject *size_cond[CORE_SIZE_COND_ARGS];
     GtkWidget *empty_negative, *fast_decoder;
     GtkWidget *sampler; /* GtkComboBoxText */
     DialogModel model;  /* the model row */
+    DialogLora lora;    /* the LoRA row */
+    DialogCopy copy;    /* Copy Settings from Layer */
 } Dialog;
 
 static GtkTextBuffer *add_text_view(GtkWidget *box, const gchar *title, const gchar *text,
@@ -333,12 +341,34 @@ static void add_seed_row(Dialog *d, GtkWidget *table, gint row)
                             "A new random seed for every run; the seed used is in the layer name",
                             NULL);
     gimp_table_attach_aligned(GTK_TABLE(table), 0, row, "S_eed:", 0.0, 0.5, seed, 2, FALSE);
+    d->seed_box = seed;
+}
+
+/* LoRA: [path entry] [File...] [None], and its weight under it. */
+static void add_lora_rows(Dialog *d, GtkWidget *table, gint row)
+{
+    GtkWidget *hbox = gtk_hbox_new(FALSE, 4);
+    gchar *label = g_strconcat(core_lora_weight_arg.label, ":", NULL);
+
+    d->lora_weight = add_scale(table, row + 1, label, d->s->lora_weight, -2, 2, 0.05, 2,
+                               CORE_MAX_LORA_WEIGHT, core_lora_weight_arg.blurb);
+    d->lora.dialog = d->dialog;
+    d->lora.entry = gtk_entry_new();
+    /* the scale entry's widgets: label, scale and spin button */
+    d->lora.weight[0] = GIMP_SCALE_ENTRY_LABEL(d->lora_weight);
+    d->lora.weight[1] = GIMP_SCALE_ENTRY_SCALE(d->lora_weight);
+    d->lora.weight[2] = GIMP_SCALE_ENTRY_SPINBUTTON(d->lora_weight);
+    gtk_entry_set_text(GTK_ENTRY(d->lora.entry), d->s->lora);
+    gtk_box_pack_start(GTK_BOX(hbox), d->lora.entry, TRUE, TRUE, 0);
+    dialog_lora_add_buttons(&d->lora, hbox);
+    gimp_table_attach_aligned(GTK_TABLE(table), 0, row, "LoRA:", 0.0, 0.5, hbox, 2, FALSE);
+    g_free(label);
 }
 
 /* The settings table; returns it for the caller to pack. */
 static GtkWidget *make_table(Dialog *d)
 {
-    GtkWidget *table = gtk_table_new(10, 3, FALSE);
+    GtkWidget *table = gtk_table_new(13, 3, FALSE);
     CoreSettings *s = d->s;
     gint row = 0;
 
@@ -371,6 +401,7 @@ static GtkWidget *make_table(Dialog *d)
                      0);
     row++;
     add_model_row(d, table, row);
+    add_lora_rows(d, table, row + 2);
     return table;
 }
 
@@ -398,9 +429,10 @@ static GtkWidget *make_sdxl(Dialog *d)
     return expander;
 }
 
-static void read_back(Dialog *d)
+/* The dialog's values into s (DialogCopyRead, and OK into d->s). */
+static void read_settings(CoreSettings *s, gpointer data)
 {
-    CoreSettings *s = d->s;
+    Dialog *d = data;
 
     take_text(s->prompt, sizeof s->prompt, d->prompt);
     take_text(s->negative_prompt, sizeof s->negative_prompt, d->negative);
@@ -422,12 +454,42 @@ static void read_back(Dialog *d)
     /* insensitive: the model has none, so it is not asked for */
     s->fast_decoder = gtk_widget_is_sensitive(d->fast_decoder) &&
                       gtk_toggle_button_get_active(GTK_TOGGLE_BUTTON(d->fast_decoder));
+    g_strlcpy(s->lora, gtk_entry_get_text(GTK_ENTRY(d->lora.entry)), sizeof s->lora);
+    s->lora_weight = gtk_adjustment_get_value(GTK_ADJUSTMENT(d->lora_weight));
+}
+
+/* s into the dialog's widgets (DialogCopyApply); the model stays. */
+static void apply_settings(const CoreSettings *s, gpointer data)
+{
+    Dialog *d = data;
+
+    gtk_text_buffer_set_text(d->prompt, s->prompt, -1);
+    gtk_text_buffer_set_text(d->negative, s->negative_prompt, -1);
+    if (s->seed >= 0) {
+        gtk_toggle_button_set_active(GTK_TOGGLE_BUTTON(GIMP_RANDOM_SEED_TOGGLE(d->seed_box)),
+                                     FALSE);
+        gtk_adjustment_set_value(GTK_ADJUSTMENT(GIMP_RANDOM_SEED_SPINBUTTON_ADJ(d->seed_box)),
+                                 s->seed);
+    }
+    gtk_adjustment_set_value(GTK_ADJUSTMENT(d->steps), s->steps);
+    gtk_adjustment_set_value(GTK_ADJUSTMENT(d->guidance), s->guidance);
+    gtk_combo_box_set_active(GTK_COMBO_BOX(d->sampler), MAX(0, diffuse_sampler_parse(s->sampler)));
+    if (d->mode == CORE_TXT2IMG) {
+        gtk_adjustment_set_value(GTK_ADJUSTMENT(d->width), s->width);
+        gtk_adjustment_set_value(GTK_ADJUSTMENT(d->height), s->height);
+    } else
+        gtk_adjustment_set_value(GTK_ADJUSTMENT(d->strength), s->strength);
+    for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
+        gtk_adjustment_set_value(GTK_ADJUSTMENT(d->size_cond[i]), s->size_cond[i]);
+    gtk_entry_set_text(GTK_ENTRY(d->lora.entry), s->lora);
+    gtk_adjustment_set_value(GTK_ADJUSTMENT(d->lora_weight), s->lora_weight);
 }
 
 /* Shows the dialog; TRUE on OK with s filled in. *model receives the model
- * the dialog loaded when it is the one chosen (the caller frees it). */
+ * the dialog loaded when it is the one chosen (the caller frees it). image
+ * and drawable: where Copy Settings looks. */
 static gboolean dialog_run(CoreSettings *s, CoreMode mode, const gchar *proc, gboolean first_time,
-                           diffuse_model **model)
+                           gint32 image, gint32 drawable, diffuse_model **model)
 {
     Dialog d = {.s = s, .mode = mode};
     GtkWidget *vbox;
@@ -446,6 +508,8 @@ static gboolean dialog_run(CoreSettings *s, CoreMode mode, const gchar *proc, gb
     gtk_container_set_border_width(GTK_CONTAINER(vbox), 12);
     gtk_box_pack_start(GTK_BOX(gtk_dialog_get_content_area(GTK_DIALOG(d.dialog))), vbox, TRUE, TRUE,
                        0);
+    d.copy = (DialogCopy){.mode = mode, .read = read_settings, .apply = apply_settings, .data = &d};
+    gtk_box_pack_start(GTK_BOX(vbox), dialog_copy_new(&d.copy, image, drawable), FALSE, FALSE, 0);
     d.prompt = add_text_view(vbox, "Prompt", s->prompt, 72);
     d.negative = add_text_view(vbox, "Negative prompt", s->negative_prompt, 40);
     gtk_box_pack_start(GTK_BOX(vbox), make_table(&d), FALSE, FALSE, 0);
@@ -455,8 +519,9 @@ static gboolean dialog_run(CoreSettings *s, CoreMode mode, const gchar *proc, gb
 
     ok = gimp_dialog_run(GIMP_DIALOG(d.dialog)) == GTK_RESPONSE_OK;
     if (ok)
-        read_back(&d);
+        read_settings(s, &d);
     gtk_widget_destroy(d.dialog);
+    dialog_copy_free(&d.copy);
     *model = dialog_model_take(&d.model, ok, s->model);
     return ok;
 }
@@ -478,7 +543,7 @@ static gboolean get_settings(CoreSettings *s, CoreMode mode, const gchar *proc, 
         /* refuse an indexed image before showing a dialog it cannot use */
         if (!core_image_check(image, error))
             return FALSE;
-        if (!dialog_run(s, mode, proc, first, model)) {
+        if (!dialog_run(s, mode, proc, first, image, param[2].data.d_drawable, model)) {
             g_set_error(error, CORE_ERROR, CORE_ERROR_CANCELLED, "cancelled");
             return FALSE;
         }

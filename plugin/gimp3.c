@@ -1,8 +1,8 @@
 /* gimp3.c: the GIMP 3.0 front end of Diffuse: a GimpPlugIn subclass that
  * registers the two procedures with their arguments declared with range and
  * default, a GimpProcedureDialog, and the run. Everything else is in core.c,
- * shared with the GIMP 2.10 front end (gimp2.c), and the dialog's model row
- * in dialog.c.
+ * shared with the GIMP 2.10 front end (gimp2.c), and the dialog's model and
+ * LoRA rows and Copy Settings button in dialog.c.
  *
  * Procedures (the PDB contract in DESIGN.md; GIMP 3 image procedures, so the
  * drawables array stands where 2.10 has one drawable):
@@ -11,10 +11,11 @@
  *   plug-in-diffuse-img2img (run-mode, image, drawables, prompt, negative-prompt,
  *       seed, steps, guidance, sampler, strength, count, model)
  * each followed by original-width, original-height, crop-left, crop-top,
- * target-width, target-height (SDXL size conditioning), empty-negative and
- * fast-decoder (core.h), with defaults: GIMP 3 calls name their arguments, so calls
- * without them keep working. plug-in-diffuse-txt2img-ext and -img2img-ext are
- * the same procedures under the names GIMP 2.10 gives its extended forms.
+ * target-width, target-height (SDXL size conditioning), empty-negative,
+ * fast-decoder, lora and lora-weight (core.h), with defaults: GIMP 3 calls
+ * name their arguments, so calls without them keep working.
+ * plug-in-diffuse-txt2img-ext and -img2img-ext are the same procedures under
+ * the names GIMP 2.10 gives its extended forms.
  * The results go above the first drawable; txt2img also runs with none (on
  * top of the image), img2img needs exactly one. The procedure config keeps
  * the last values (GIMP saves them after a successful interactive run), with
@@ -137,6 +138,12 @@ static void add_tail_arguments(GimpProcedure *p, const CoreSettings *d)
     gimp_procedure_add_boolean_argument(p, core_fast_decoder_arg.name, core_fast_decoder_arg.label,
                                         core_fast_decoder_arg.blurb, d->fast_decoder,
                                         G_PARAM_READWRITE);
+    /* a path, as model is: Script-Fu passes a string, "" = none */
+    gimp_procedure_add_string_argument(p, core_lora_arg.name, core_lora_arg.label,
+                                       core_lora_arg.blurb, d->lora, G_PARAM_READWRITE);
+    gimp_procedure_add_double_argument(p, core_lora_weight_arg.name, core_lora_weight_arg.label,
+                                       core_lora_weight_arg.blurb, -CORE_MAX_LORA_WEIGHT,
+                                       CORE_MAX_LORA_WEIGHT, d->lora_weight, G_PARAM_READWRITE);
     gimp_procedure_add_int_aux_argument(p, "last-seed", "Last seed",
                                         "The seed the last random run used", 0, G_MAXINT32, 0,
                                         G_PARAM_READWRITE);
@@ -250,12 +257,14 @@ static gboolean settings_from_config(CoreSettings *s, CoreMode mode, GimpProcedu
     for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
         g_object_get(config, core_size_cond_args[i].name, &s->size_cond[i], NULL);
     g_object_get(config, core_empty_negative_arg.name, &s->empty_negative,
-                 core_fast_decoder_arg.name, &s->fast_decoder, NULL);
+                 core_fast_decoder_arg.name, &s->fast_decoder, core_lora_weight_arg.name,
+                 &s->lora_weight, NULL);
     return copy_prop(config, "prompt", s->prompt, sizeof s->prompt, error) &&
            copy_prop(config, "negative-prompt", s->negative_prompt, sizeof s->negative_prompt,
                      error) &&
            copy_prop(config, "sampler", s->sampler, sizeof s->sampler, error) &&
-           copy_prop(config, "model", s->model, sizeof s->model, error);
+           copy_prop(config, "model", s->model, sizeof s->model, error) &&
+           copy_prop(config, core_lora_arg.name, s->lora, sizeof s->lora, error);
 }
 
 /* ---------------------------------------------------------------- dialog */
@@ -265,7 +274,9 @@ typedef struct {
     CoreMode mode;
     GtkWidget *dialog;
     GtkWidget *fast_decoder; /* its check box, sensitive when the model has one */
-    DialogModel model; /* the model row, its entry bound to the config's "model" */
+    DialogModel model;       /* the model row, its entry bound to the config's "model" */
+    DialogLora lora;         /* the LoRA row, its entry bound to the config's "lora" */
+    DialogCopy copy;         /* Copy Settings from Layer */
 } Dialog;
 
 /* Keeps a size on multiples of 8, the engine's unit (0 stays: the image's). */
@@ -394,6 +405,78 @@ static void add_model_row(GimpProcedureDialog *dialog, Dialog *d)
     gtk_box_pack_start(GTK_BOX(box), dialog_model_info_new(&d->model), FALSE, FALSE, 0);
 }
 
+/* LoRA: [path entry] [File...] [None], and its weight under it. */
+static void add_lora_row(GimpProcedureDialog *dialog, Dialog *d)
+{
+    GtkWidget *entry_widget =
+        gimp_procedure_dialog_get_widget(dialog, core_lora_arg.name, G_TYPE_NONE);
+    GtkWidget *row;
+
+    add_scale(dialog, core_lora_weight_arg.name, -2, 2, 2);
+    d->lora.dialog = d->dialog;
+    d->lora.entry = gimp_label_entry_get_entry(GIMP_LABEL_ENTRY(entry_widget));
+    d->lora.weight[0] =
+        gimp_procedure_dialog_get_widget(dialog, core_lora_weight_arg.name, G_TYPE_NONE);
+    row = gimp_procedure_dialog_fill_box(dialog, "lora-row", core_lora_arg.name, NULL);
+    gtk_orientable_set_orientation(GTK_ORIENTABLE(row), GTK_ORIENTATION_HORIZONTAL);
+    gtk_box_set_spacing(GTK_BOX(row), 4);
+    gtk_widget_set_hexpand(entry_widget, TRUE);
+    dialog_lora_add_buttons(&d->lora, row);
+}
+
+/* The config into s (DialogCopyRead): the arguments as OK would make them. */
+static void read_settings(CoreSettings *s, gpointer data)
+{
+    Dialog *d = data;
+    gboolean random;
+    gchar *sampler = NULL;
+
+    core_settings_default(s);
+    settings_from_config(s, d->mode, d->config, NULL);
+    g_object_get(d->config, "random-seed", &random, "sampler-choice", &sampler, NULL);
+    if (random)
+        s->seed = -1;
+    if (sampler)
+        g_strlcpy(s->sampler, sampler, sizeof s->sampler);
+    g_free(sampler);
+}
+
+/* s into the config, and so the widgets (DialogCopyApply); the model stays. */
+static void apply_settings(const CoreSettings *s, gpointer data)
+{
+    Dialog *d = data;
+
+    g_object_set(d->config, "prompt", s->prompt, "negative-prompt", s->negative_prompt, "steps",
+                 s->steps, "guidance", s->guidance, "sampler-choice", s->sampler,
+                 core_lora_arg.name, s->lora, core_lora_weight_arg.name, s->lora_weight, NULL);
+    if (s->seed >= 0)
+        g_object_set(d->config, "seed", s->seed, "random-seed", FALSE, NULL);
+    if (d->mode == CORE_TXT2IMG)
+        g_object_set(d->config, "width", s->width, "height", s->height, NULL);
+    else
+        g_object_set(d->config, "strength", s->strength, NULL);
+    for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
+        g_object_set(d->config, core_size_cond_args[i].name, s->size_cond[i], NULL);
+}
+
+/* Copy Settings from Layer and its report line, above the widget whose id is
+ * below (the prompt), in a box: returns its id. */
+static const gchar *add_copy_row(GimpProcedureDialog *dialog, Dialog *d, GimpImage *image,
+                                 GimpDrawable *drawable, const gchar *below)
+{
+    /* a box needs one widget to start from: no list means every argument */
+    GtkWidget *box = gimp_procedure_dialog_fill_box(dialog, "copy-box", below, NULL);
+    GtkWidget *row;
+
+    d->copy =
+        (DialogCopy){.mode = d->mode, .read = read_settings, .apply = apply_settings, .data = d};
+    row = dialog_copy_new(&d->copy, image, drawable);
+    gtk_box_pack_start(GTK_BOX(box), row, FALSE, FALSE, 0);
+    gtk_box_reorder_child(GTK_BOX(box), row, 0);
+    gtk_box_set_spacing(GTK_BOX(box), 6);
+    return "copy-box";
+}
+
 /* SDXL's conditioning in an expander, folded: returns its id. */
 static const gchar *add_sdxl(GimpProcedureDialog *dialog)
 {
@@ -412,7 +495,7 @@ static const gchar *add_sdxl(GimpProcedureDialog *dialog)
  * receives the model the dialog loaded when it is the one chosen (the caller
  * frees it). */
 static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config, CoreMode mode,
-                           diffuse_model **model)
+                           GimpImage *image, GimpDrawable *drawable, diffuse_model **model)
 {
     Dialog d = {.config = config, .mode = mode};
     GimpProcedureDialog *dialog;
@@ -425,7 +508,7 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
                                          mode == CORE_TXT2IMG ? "Diffuse: Text to Image"
                                                               : "Diffuse: Image to Image");
     dialog = GIMP_PROCEDURE_DIALOG(d.dialog);
-    prompt = add_text(dialog, "prompt", "Prompt", 72);
+    prompt = add_copy_row(dialog, &d, image, drawable, add_text(dialog, "prompt", "Prompt", 72));
     negative = add_text(dialog, "negative-prompt", "Negative prompt", 40);
     add_seed_row(dialog, &d);
     add_scale(dialog, "steps", 1, 100, 0);
@@ -441,14 +524,17 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
     d.fast_decoder = gimp_procedure_dialog_get_widget(dialog, core_fast_decoder_arg.name,
                                                       G_TYPE_NONE);
     add_model_row(dialog, &d);
+    add_lora_row(dialog, &d);
     if (mode == CORE_TXT2IMG)
         gimp_procedure_dialog_fill(dialog, prompt, negative, "seed-row", "steps", "guidance",
                                    "sampler-choice", "width", "height", "count",
-                                   core_fast_decoder_arg.name, "model-box", add_sdxl(dialog), NULL);
+                                   core_fast_decoder_arg.name, "model-box", "lora-row",
+                                   core_lora_weight_arg.name, add_sdxl(dialog), NULL);
     else
         gimp_procedure_dialog_fill(dialog, prompt, negative, "seed-row", "steps", "guidance",
                                    "sampler-choice", "strength", "count",
-                                   core_fast_decoder_arg.name, "model-box", add_sdxl(dialog), NULL);
+                                   core_fast_decoder_arg.name, "model-box", "lora-row",
+                                   core_lora_weight_arg.name, add_sdxl(dialog), NULL);
     gtk_widget_show(d.dialog);
     g_object_get(config, "configured", &configured, NULL);
     /* a first run takes the model's own steps and guidance */
@@ -459,6 +545,7 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
     if (ok)
         dialog_model_update(&d.model, FALSE); /* the model the entry names now, for the run */
     gtk_widget_destroy(d.dialog);
+    dialog_copy_free(&d.copy);
     g_object_get(config, "model", &chosen, NULL);
     *model = dialog_model_take(&d.model, ok, chosen ? chosen : "");
     g_free(chosen);
@@ -497,7 +584,8 @@ static void from_dialog(GimpProcedureConfig *config)
 /* Asks for the settings in the dialog; FALSE with error set when the image
  * cannot be used or the user cancels. */
 static gboolean interact(GimpProcedure *procedure, GimpProcedureConfig *config, GimpImage *image,
-                         CoreMode mode, diffuse_model **model, GError **error)
+                         GimpDrawable *drawable, CoreMode mode, diffuse_model **model,
+                         GError **error)
 {
     /* refuse an indexed image before showing a dialog it cannot use */
     if (!core_image_check(image, error))
@@ -509,7 +597,7 @@ static gboolean interact(GimpProcedure *procedure, GimpProcedureConfig *config, 
         g_object_set(config, "width", w, "height", h, NULL);
     }
     to_dialog(config);
-    if (!dialog_run(procedure, config, mode, model)) {
+    if (!dialog_run(procedure, config, mode, image, drawable, model)) {
         g_set_error(error, CORE_ERROR, CORE_ERROR_CANCELLED, "cancelled");
         return FALSE;
     }
@@ -543,7 +631,8 @@ static GimpValueArray *diffuse_run(GimpProcedure *procedure, GimpRunMode run_mod
         g_set_error(&error, CORE_ERROR, CORE_ERROR_CALLING,
                     "drawables: img2img works on one layer, %d are selected: select one", (gint)n);
     else if ((run_mode != GIMP_RUN_INTERACTIVE ||
-              interact(procedure, config, image, mode, &model, &error)) &&
+              interact(procedure, config, image, n ? drawables[0] : CORE_NO_DRAWABLE, mode, &model,
+                       &error)) &&
              settings_from_config(s, mode, config, &error) &&
              core_run(image, n ? drawables[0] : CORE_NO_DRAWABLE, mode, s, model, &error))
         /* kept with the other last values, for the dialog to show */

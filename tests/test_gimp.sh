@@ -11,8 +11,9 @@
 # registration (the PDB contract), txt2img, img2img on a feathered selection,
 # bad model, bad sizes and arguments, same seed twice, grayscale, indexed, the
 # default model, a float image, a layer in a group, a memory refusal, a
-# plug-in killed mid-run as GIMP's cancel does, and (3.0) the drawables
-# array with none and two drawables; every failure must leave the
+# plug-in killed mid-run as GIMP's cancel does, (3.0) the drawables array
+# with none and two drawables, an SDXL model, the fast decoder, and a LoRA
+# (a prompt tag; 3.0: the lora argument too); every failure must leave the
 # image as it was (dirty flag, layers, every layer's bytes). Each case line
 # gives its wall time, GIMP's start (about 2-3 s) included.
 # Ends with "N passed, N failed".
@@ -247,6 +248,8 @@ EOF
     HEAD='run-mode GimpRunMode 1|image GimpImage 0|drawables GimpCoreObjectArray GimpDrawable|prompt gchararray ""|negative-prompt gchararray ""|seed gint -1 2147483647 -1|steps gint 1 1000 20|guidance gdouble 0 100 7.5'
     # SDXL's conditioning after model: named arguments, so calls without them work
     XLARGS='original-width gint 0 16384 0|original-height gint 0 16384 0|crop-left gint 0 16384 0|crop-top gint 0 16384 0|target-width gint 0 16384 0|target-height gint 0 16384 0|empty-negative gboolean 0|fast-decoder gboolean 0'
+    # then the LoRA: a path ("" = none) and its weight
+    XLARGS="$XLARGS|lora gchararray \"\"|lora-weight gdouble -10 10 1"
     T2I="$HEAD|sampler $SAMPLERS|width gint 0 4096 0|height gint 0 4096 0|count gint 1 100 1|model gchararray \"\"|$XLARGS"
     I2I="$HEAD|sampler $SAMPLERS|strength gdouble 0 1 0.75|count gint 1 100 1|model gchararray \"\"|$XLARGS"
     EXT=""
@@ -670,6 +673,70 @@ EOF
     case_end
 elif [ "${CI:-}" = true ]; then
     fail "missing $TAESD (CI=true)"
+fi
+
+# ------------------------------------------------------------------ 16. LoRA
+
+# The sd1-kohya LoRA (made by make for the test model, tests/fixtures/
+# make_loras.py) through a prompt tag found in the LoRA folder
+# ($DIFFUSE_LORA_DIR), and in 3.0 through the lora and lora-weight arguments:
+# each changes the picture and the layer's parasite records it, the tag in the
+# prompt, the argument as "LoRA: PATH:WEIGHT"; both give the same picture. A
+# LoRA that matches only part of the model is told (a message), not refused;
+# a tag naming no file is an error, no layer made.
+LORAS=$BUILD/fixtures/loras
+if [ -f "$LORAS/sd1-kohya.safetensors" ]; then
+    LORAS=$(cd "$LORAS" && pwd)
+    lora_call() { # lora_call PROMPT [NAME=VALUE...]: 64x64, seed 11, 4 steps, euler_a
+        lora_prompt=$1
+        shift
+        diffuse_call RUN-NONINTERACTIVE plug-in-diffuse-txt2img img '(background img)' \
+            prompt="\"$lora_prompt\"" negative-prompt='""' seed=11 steps=4 guidance=7.5 \
+            sampler='"euler_a"' width=64 height=64 count=1 model="\"$MODEL\"" "$@"
+    }
+    named=""
+    if [ "$GIMP_GENERATION" = 3 ]; then
+        named="(try \"named\" (lambda () $(lora_call "$PROMPT" lora="\"$LORAS/sd1-kohya.safetensors\"" \
+            lora-weight=0.8)))"
+    fi
+    CASE_ENV=DIFFUSE_LORA_DIR=$LORAS gimp_case lora "16 LoRA: a prompt tag${named:+ and the lora argument}" <<EOF
+(let* ((img (new-image RGB 64 64)))
+  (try "plain" (lambda () $(lora_call "$PROMPT")))
+  (try "tag" (lambda () $(lora_call "$PROMPT <lora:sd1-kohya:0.8>")))
+  $named
+  (try "partial" (lambda () $(lora_call "$PROMPT <lora:sd1-partial:1>")))
+  (signature img "middle")
+  (try "missing" (lambda () $(lora_call "$PROMPT <lora:nothere:1>")))
+  (out "count after" (length (layers img))))
+EOF
+    # each call's layer goes right above the background, the first ending on
+    # top: plain 0, tag 1, (3.0) named 2, then partial
+    n=3
+    [ -n "$named" ] && n=4
+    for t in plain tag ${named:+named} partial; do
+        expect "status $t ok" "the $t call failed: $(grep "^message $t" "$dir/out.txt")"
+    done
+    expect "count middle $((n + 1))" "the calls did not make $n layers"
+    parameters "$dir/middle-1-parameters.txt" "$PROMPT <lora:sd1-kohya:0.8>
+Negative prompt: 
+$PARAMS_TAIL, Seed: 11, Size: 64x64, Model: $MODEL_NAME, RNG: NV"
+    ! cmp -s "$dir/middle-1.raw" "$dir/middle-0.raw"
+    check $? "$case_title: the prompt tag's LoRA changed nothing"
+    if [ -n "$named" ]; then
+        parameters "$dir/middle-2-parameters.txt" "$PROMPT
+Negative prompt: 
+$PARAMS_TAIL, Seed: 11, Size: 64x64, Model: $MODEL_NAME, RNG: NV, LoRA: \"$LORAS/sd1-kohya.safetensors:0.8\""
+        cmp -s "$dir/middle-2.raw" "$dir/middle-1.raw"
+        check $? "$case_title: the lora argument and the tag at the same weight differ"
+    fi
+    pixels "the LoRA layer" "$dir/middle-1.raw" 4
+    expect_log "modules match nothing in this model and are left out"
+    expect "status missing error" "a tag naming no file did not fail"
+    expect_log "cannot read $LORAS/nothere.safetensors"
+    expect "count after $((n + 1))" "the failed call made a layer"
+    case_end
+elif [ "${CI:-}" = true ]; then
+    fail "missing $LORAS/sd1-kohya.safetensors (CI=true; make builds it)"
 fi
 
 finish

@@ -7,10 +7,17 @@
 # data; 3.0: the procedure configs' last-values files); tests/gimp/dialog-capture.sh captures each dialog to a PNG and
 # closes it: Escape cancels Text to Image (the image must stay as it was),
 # alt+o presses OK in Image to Image (a layer must appear), and a
-# RUN-WITH-LAST-VALS call must then repeat it without a dialog. Everything is
-# bounded by timeouts. The PNGs are kept in $BUILD/artifacts/ as
-# dialog-gimp2-*.png (3.0: dialog-gimp3-*.png); the README shows copies in
-# docs/. Ends with "N passed, N failed".
+# RUN-WITH-LAST-VALS call must then repeat it without a dialog. Last, Image
+# to Image on a layer that holds another run's settings (its
+# diffuse-parameters parasite, with a key Diffuse has no use for and a LoRA):
+# alt+p presses Copy Settings from Layer, alt+o OK, and the new layer must
+# have been made with those settings; then the same with Text to Image on a
+# PNG the CLI made, its "parameters" text read from the file (3.0: from the
+# image's comment, since its gimp-file-load leaves the image without the file
+# it loaded, which File > Open keeps). Everything is bounded by timeouts. The
+# PNGs are kept in $BUILD/artifacts/ as dialog-gimp2-*.png (3.0:
+# dialog-gimp3-*.png; -copy.png shows Copy Settings' report); the README shows
+# copies in docs/. Ends with "N passed, N failed".
 # Without gimp-2.10 (3.0), xvfb-run, xdotool, ImageMagick, the plug-in or the
 # test model it fails under CI=true and skips otherwise.
 
@@ -90,6 +97,23 @@ else
     done
     remember=""
 fi
+# The settings on the layer Copy Settings reads, as another run recorded them,
+# in a Scheme string (where \\n is a newline); with the LoRA fixture when make
+# has built it (tests/fixtures/make_loras.py).
+LORA=$(cd "$BUILD/fixtures/loras" 2>/dev/null && pwd)/sd1-kohya.safetensors
+[ -f "$LORA" ] || LORA=""
+COPIED="a green square on a white background\\nNegative prompt: dark\\nSteps: 3, Sampler: Euler, CFG scale: 6, Seed: 77, Size: 64x64, Model: $(basename "$MODEL" .safetensors), Denoising strength: 0.4, Hires upscale: 2, RNG: NV${LORA:+, LoRA: $LORA:0.5}"
+
+# A PNG as Stable Diffusion tools write them (its "parameters" text), opened
+# in GIMP: Copy Settings reads the file (3.0: the same text in the comment)
+"$BUILD/diffuse" generate --model "$MODEL" --prompt "a yellow star on a black background" \
+    --negative grey --seed 88 --steps 2 --cfg 5 --sampler ddim --width 64 --height 64 \
+    ${LORA:+--lora "$LORA:0.7"} --output "$tmp/sd.png" >"$tmp/cli.log" 2>&1
+check $? "the CLI did not make the PNG to copy settings from: $(tail -c 400 "$tmp/cli.log")"
+comment=""
+[ "$GIMP_GENERATION" = 3 ] && comment="(gimp-image-attach-parasite png (list \"gimp-comment\" 1
+    \"a yellow star on a black background\\nNegative prompt: grey\\nSteps: 2, Sampler: DDIM, CFG scale: 5, Seed: 88, Size: 64x64, RNG: NV${LORA:+, LoRA: $LORA:0.7}\"))"
+
 # the arguments of the interactive calls: the dialogs show remembered values
 t2i() { # t2i RUN-MODE IMAGE
     diffuse_call "$1" plug-in-diffuse-txt2img "$2" "(background $2)" prompt='""' \
@@ -115,6 +139,18 @@ script="(begin (load \"$GENLIB\") (load \"$LIB\") (case-begin \"$tmp/out\")
     (out \"name\" (car (gimp-item-get-name (top-layer small))))
     (try \"txt2img-ok\" (lambda () $(t2i RUN-INTERACTIVE big)))
     (out \"native\" (drawable-width (top-layer big)) (drawable-height (top-layer big))))
+  (let* ((copy (new-image RGB 64 64)))
+    (gimp-item-attach-parasite (background copy) (list \"diffuse-parameters\" 1 \"$COPIED\"))
+    (try \"copy\" (lambda () $(i2i RUN-INTERACTIVE copy)))
+    (out \"copy-layers\" (length (layers copy)))
+    (out \"copy-name\" (car (gimp-item-get-name (top-layer copy))))
+    (out-text \"copy-parameters\"
+              (caddr (car (gimp-item-get-parasite (top-layer copy) \"diffuse-parameters\")))))
+  (let* ((png (load-image \"$tmp/sd.png\")))
+    $comment
+    (try \"png\" (lambda () $(t2i RUN-INTERACTIVE png)))
+    (out-text \"png-parameters\"
+              (caddr (car (gimp-item-get-parasite (top-layer png) \"diffuse-parameters\")))))
   (case-end))"
 
 t0=$(date +%s)
@@ -123,11 +159,15 @@ HOME=$home GIMP_GUI=$GIMP_GUI GIMP_GENERATION=$GIMP_GENERATION BATCH_OPTIONS=$BA
     sh tests/gimp/dialog-capture.sh "$tmp/log" "$TIMEOUT" "$script" \
     "Diffuse: Text to Image|$PNG-txt2img.png|Escape" \
     "Diffuse: Image to Image|$PNG-img2img.png|alt+o" \
-    "Diffuse: Text to Image|$tmp/txt2img-ok.png|alt+o" 2>"$tmp/capture.log"
+    "Diffuse: Text to Image|$tmp/txt2img-ok.png|alt+o" \
+    "Diffuse: Image to Image|$tmp/copy-before.png|alt+p" \
+    "Diffuse: Image to Image|$PNG-copy.png|alt+o" \
+    "Diffuse: Text to Image|$tmp/png-before.png|alt+p" \
+    "Diffuse: Text to Image|$tmp/png-after.png|alt+o" 2>"$tmp/capture.log"
 check $? "the dialogs were not captured and closed: $(cat "$tmp/capture.log") $(tail -c 600 "$tmp/log")"
 echo "dialog run: $(($(date +%s) - t0)) s"
 
-for png in "$PNG-txt2img.png" "$PNG-img2img.png"; do
+for png in "$PNG-txt2img.png" "$PNG-img2img.png" "$PNG-copy.png"; do
     # a dialog-sized picture with the many colours of text and widgets
     info=$(identify -format '%w %h %k' "$png" 2>/dev/null)
     # shellcheck disable=SC2086 # "W H COLOURS": the words are wanted
@@ -150,7 +190,26 @@ expect "status txt2img-ok ok" "OK in the txt2img dialog did not run"
 expect "native 64 64" "the txt2img dialog did not start from the model's native size"
 grep -q "^name Diffuse: $PROMPT (seed [0-9]*)" "$out" 2>/dev/null
 check $? "the remembered prompt was not used: $(grep '^name' "$out" 2>/dev/null)"
+# Copy Settings from Layer: the layer's prompt, seed, steps, sampler, guidance,
+# strength and LoRA made the new layer; Hires upscale was left out
+expect "status copy ok" "OK after Copy Settings from Layer did not run"
+expect "copy-layers 2" "OK after Copy Settings from Layer made no layer"
+expect "copy-name Diffuse: a green square on a white background (seed 77)" \
+    "the copied prompt and seed were not used"
+copied=$(tr -d '\000' <"$tmp/out/copy-parameters.txt" 2>/dev/null)
+case $copied in
+"a green square on a white background
+Negative prompt: dark
+Steps: 3, Sampler: Euler, CFG scale: 6, Seed: 77, Size: "*", Denoising strength: 0.4, RNG: NV${LORA:+, LoRA: \"$LORA:0.5\"}") pass ;;
+*) fail "the copied settings did not make the layer: its parasite is '$copied'" ;;
+esac
+expect "status png ok" "OK after Copy Settings from PNG File did not run"
+copied=$(tr -d '\000' <"$tmp/out/png-parameters.txt" 2>/dev/null)
+[ "$copied" = "a yellow star on a black background
+Negative prompt: grey
+Steps: 2, Sampler: DDIM, CFG scale: 5, Seed: 88, Size: 64x64, Model: $(basename "$MODEL" .safetensors), RNG: NV${LORA:+, LoRA: \"$LORA:0.7\"}" ]
+check $? "the PNG's settings did not make the layer: its parasite is '$copied'"
 ! grep -q -i -e crashed -e Sanitizer "$tmp/log"
 check $? "a plug-in crashed: $(grep -i -e crashed -e Sanitizer "$tmp/log" | head -3)"
-echo "artifacts: $PNG-txt2img.png $PNG-img2img.png"
+echo "artifacts: $PNG-txt2img.png $PNG-img2img.png $PNG-copy.png"
 finish

@@ -14,6 +14,7 @@
 (define (drawable-offsets d) (gimp-drawable-offsets d))
 (define (image-base-type img) (car (gimp-image-base-type img)))
 (define (channel? d) (= (car (gimp-item-is-channel d)) TRUE))
+(define (load-image path) (car (gimp-file-load RUN-NONINTERACTIVE path path)))
 
 ; A deterministic, non-constant, opaque picture on the drawable.
 (define (fill-pattern img drawable) (plug-in-plasma RUN-NONINTERACTIVE img drawable 7 1.0))

@@ -17,6 +17,7 @@
 (define (drawable-offsets d) (gimp-drawable-get-offsets d))
 (define (image-base-type img) (car (gimp-image-get-base-type img)))
 (define (channel? d) (= (car (gimp-item-id-is-channel d)) TRUE))
+(define (load-image path) (car (gimp-file-load RUN-NONINTERACTIVE path)))
 
 ; A deterministic, non-constant, opaque picture on the drawable: GIMP 3.0 has
 ; no plug-in-plasma, so a conical gradient between two colours.

@@ -1,6 +1,7 @@
 /* test_core.c: the plug-in core's parts that need no running GIMP: settings
  * (de)serialisation and validation, model path resolution and names, sizes,
- * resampling, layer names and the parameters text. Built once per GIMP
+ * resampling, layer names, the parameters text and the settings read back
+ * from one (the dialogs' Copy Settings). Built once per GIMP
  * generation, linked with that generation's core objects (not its front end,
  * gimp2.c or gimp3.c) and libgimp; run by tests/test_gimp.sh. Ends with
  * "N passed, N failed". */
@@ -8,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#include <glib/gstdio.h>
 
 #include "../../plugin/core.h"
 #include "../../plugin/pixels.h"
@@ -34,6 +37,8 @@ static void test_settings_round_trip(void)
     for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
         a.size_cond[i] = 100 + 8 * i;
     a.empty_negative = TRUE;
+    g_strlcpy(a.lora, "/loras/film grain.safetensors", sizeof a.lora);
+    a.lora_weight = -0.35;
     text = core_settings_serialize(&a);
     CHECK(strchr(text, '\r') == NULL, "a carriage return was not escaped");
     core_settings_default(&b);
@@ -46,6 +51,8 @@ static void test_settings_round_trip(void)
     core_settings_deserialize(&b, "future-key=1\nsteps=9\nbroken line\n");
     CHECK(b.steps == 9 && b.count == 1 && b.seed == -1, "partial settings: steps %d count %d",
           b.steps, b.count);
+    CHECK(b.lora[0] == '\0' && b.lora_weight == 1.0,
+          "remembered values from before LoRA: '%s' at %g", b.lora, b.lora_weight);
 }
 
 /* validate must fail with CORE_ERROR_CALLING and a message holding word */
@@ -93,6 +100,15 @@ static void test_validate(void)
         s = good, s.size_cond[i] = CORE_MAX_COND + 1;
         expect_invalid(&s, CORE_IMG2IMG, core_size_cond_args[i].name);
     }
+    s = good, s.lora_weight = 10.5;
+    expect_invalid(&s, CORE_TXT2IMG, "lora-weight: 10.5 is outside");
+    s = good, s.lora_weight = NAN, expect_invalid(&s, CORE_IMG2IMG, "lora-weight");
+    s = good, g_strlcpy(s.lora, "/nonexistent/x.safetensors", sizeof s.lora);
+    expect_invalid(&s, CORE_TXT2IMG, "lora: there is no file /nonexistent/x.safetensors");
+    s = good, g_strlcpy(s.lora, "/tmp", sizeof s.lora); /* a folder is not a LoRA */
+    expect_invalid(&s, CORE_TXT2IMG, "lora: there is no file /tmp");
+    s = good, s.lora_weight = -10;
+    CHECK(core_settings_validate(&s, CORE_TXT2IMG, NULL), "a weight of -10 without a LoRA refused");
 }
 
 static void test_models(void)
@@ -227,6 +243,14 @@ static void test_texts(void)
                                  "Crop offset: \"0,32\", RNG: NV"),
           "SDXL parameters: %s", text);
     g_free(text);
+    s.size_cond[0] = s.size_cond[3] = 0;
+    g_strlcpy(s.lora, "/loras/grain.safetensors", sizeof s.lora);
+    s.lora_weight = 0.75; /* "0,75" in that locale */
+    text = core_parameters_text(&s, CORE_TXT2IMG, 5, 64, 48);
+    CHECK(g_str_has_suffix(text, "Model: model-diffusers, RNG: NV, "
+                                 "LoRA: \"/loras/grain.safetensors:0.75\""),
+          "LoRA parameters: %s", text);
+    g_free(text);
     setlocale(LC_NUMERIC, "C");
 
     name = core_layer_name("  a red\ncircle\t ", 7);
@@ -241,6 +265,213 @@ static void test_texts(void)
     g_free(name);
 }
 
+/* from_parameters(text, mode): s after taking text into defaults (prompt
+ * "before", model "/m/model-diffusers", seed random), ok and unused ("" for
+ * NULL) in the globals below. */
+static CoreSettings read_s;
+static gboolean read_ok;
+static gchar *read_unused;
+
+static void from_parameters(const gchar *text, CoreMode mode)
+{
+    core_settings_default(&read_s);
+    g_strlcpy(read_s.prompt, "before", sizeof read_s.prompt);
+    g_strlcpy(read_s.model, "/m/model-diffusers", sizeof read_s.model);
+    g_free(read_unused);
+    read_ok = core_settings_from_parameters(&read_s, mode, text, &read_unused);
+    if (!read_unused)
+        read_unused = g_strdup("");
+}
+
+/* our own text, written and read: the same settings */
+static void test_read_own(void)
+{
+    CoreSettings s;
+    gchar *text;
+
+    core_settings_default(&s);
+    g_strlcpy(s.prompt, "a red circle, <lora:grain:0.5>\nsecond line", sizeof s.prompt);
+    g_strlcpy(s.negative_prompt, "blurry", sizeof s.negative_prompt);
+    s.steps = 7, s.guidance = 6.1, s.seed = 99, s.width = 96, s.height = 64;
+    g_strlcpy(s.sampler, "dpmpp_2m", sizeof s.sampler);
+    g_strlcpy(s.model, "/m/model-diffusers", sizeof s.model);
+    g_strlcpy(s.lora, "/loras/a b.safetensors", sizeof s.lora);
+    s.lora_weight = -0.5;
+    s.size_cond[0] = 1024, s.size_cond[3] = 16;
+    text = core_parameters_text(&s, CORE_TXT2IMG, 99, 96, 64);
+    from_parameters(text, CORE_TXT2IMG);
+    read_s.last_seed = s.last_seed;
+    CHECK(read_ok && memcmp(&read_s, &s, sizeof s) == 0 && !*read_unused,
+          "own text not read back whole (unused '%s'): %s", read_unused, text);
+    g_free(text);
+    s.strength = 0.35; /* Image to Image: the strength, not the size */
+    text = core_parameters_text(&s, CORE_IMG2IMG, 99, 96, 64);
+    from_parameters(text, CORE_IMG2IMG);
+    CHECK(read_ok && read_s.strength == 0.35 && read_s.width == 0 &&
+              !strcmp(read_unused, "Size: 96x64 (Image to Image keeps the selection's size)"),
+          "img2img text: strength %g, width %d, unused '%s'", read_s.strength, read_s.width,
+          read_unused);
+    g_free(text);
+}
+
+/* AUTOMATIC1111's, with keys Diffuse has no use for, reported as written */
+static void test_read_a1111(void)
+{
+    from_parameters("masterpiece, a cat\nNegative prompt: lowres, bad hands\nSteps: 30, "
+                    "Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 3456789, "
+                    "Size: 512x768, Model hash: 6ce0161689, Model: v1-5-pruned, Denoising "
+                    "strength: 0.4, Clip skip: 2, Hires upscale: 2, Version: v1.9.4",
+                    CORE_TXT2IMG);
+    CHECK(read_ok && !strcmp(read_s.prompt, "masterpiece, a cat") &&
+              !strcmp(read_s.negative_prompt, "lowres, bad hands") && read_s.steps == 30 &&
+              read_s.guidance == 7 && read_s.seed == 3456789 && read_s.width == 512 &&
+              read_s.height == 768 && !strcmp(read_s.sampler, "dpmpp_2m") && !read_s.lora[0],
+          "A1111 text: '%s' / '%s', %d steps, guidance %g, seed %d, %dx%d, %s", read_s.prompt,
+          read_s.negative_prompt, read_s.steps, read_s.guidance, read_s.seed, read_s.width,
+          read_s.height, read_s.sampler);
+    CHECK(!strcmp(read_unused, "Model hash: 6ce0161689, Hires upscale: 2, Version: v1.9.4, "
+                               "Schedule type: Karras, Clip skip: 2, Denoising strength: 0.4 (for "
+                               "Image to Image), Model: v1-5-pruned (choose it in the Model row)"),
+          "A1111 text, not used: '%s'", read_unused);
+    /* a sampler Diffuse lacks and numbers out of the plug-in's ranges */
+    from_parameters("x\nSteps: 5000, Sampler: Heun, CFG scale: 150, Seed: 4294967296, Size: "
+                    "100x50, RNG: CPU",
+                    CORE_TXT2IMG);
+    CHECK(read_ok && read_s.steps == 20 && read_s.guidance == 7.5 && read_s.seed == -1 &&
+              read_s.width == 0 && !strcmp(read_s.sampler, "euler_a") &&
+              !strcmp(read_s.prompt, "x"),
+          "out of range: %d steps, guidance %g, seed %d, width %d, %s", read_s.steps,
+          read_s.guidance, read_s.seed, read_s.width, read_s.sampler);
+    CHECK(strstr(read_unused, "Sampler: Heun") && strstr(read_unused, "CFG scale: 150") &&
+              strstr(read_unused, "Seed: 4294967296") && strstr(read_unused, "Size: 100x50") &&
+              strstr(read_unused, "RNG: CPU") && strstr(read_unused, "Steps: 5000"),
+          "out of range, not used: '%s'", read_unused);
+}
+
+/* LoRAs: the first taken, the rest reported; no weight is 1 */
+static void test_read_loras(void)
+{
+    from_parameters("x\nSteps: 4, Sampler: Euler, CFG scale: 5, Seed: 1, Size: 64x64, LoRA: "
+                    "\"/l/one.safetensors:0.8, /l/two.safetensors:0.5\"",
+                    CORE_TXT2IMG);
+    CHECK(read_ok && !strcmp(read_s.lora, "/l/one.safetensors") && read_s.lora_weight == 0.8 &&
+              !strcmp(read_unused, "LoRA: /l/two.safetensors:0.5"),
+          "two LoRAs: '%s' at %g, unused '%s'", read_s.lora, read_s.lora_weight, read_unused);
+    from_parameters("x\nSteps: 4, Seed: 1, Size: 64x64, LoRA: \"C:\\\\l\\\\x.safetensors\"",
+                    CORE_TXT2IMG);
+    CHECK(read_ok && !strcmp(read_s.lora, "C:\\l\\x.safetensors") && read_s.lora_weight == 1,
+          "a LoRA without weight: '%s' at %g", read_s.lora, read_s.lora_weight);
+    from_parameters("x\nSteps: 4, Seed: 1, Size: 64x64, LoRA: /l/big.safetensors:50", CORE_TXT2IMG);
+    CHECK(read_ok && !read_s.lora[0] && !strcmp(read_unused, "LoRA: /l/big.safetensors:50"),
+          "a weight out of range: '%s', unused '%s'", read_s.lora, read_unused);
+}
+
+/* texts that are no settings leave everything as it was; odd ones do no harm */
+static void test_read_odd(void)
+{
+    CoreSettings s, was;
+    const gchar *not_settings[] = {"Created with GIMP",
+                                   "",
+                                   "\n\n  \n",
+                                   "Negative prompt: x",
+                                   "Title: t, Author: a, Date: d",
+                                   "a: b\nc\nSteps: x, Sampler: , CFG scale: nan"};
+    for (gsize i = 0; i < G_N_ELEMENTS(not_settings); i++) {
+        from_parameters(not_settings[i], CORE_TXT2IMG);
+        CHECK(!read_ok && !strcmp(read_s.prompt, "before") && !*read_unused,
+              "'%s' taken for settings", not_settings[i]);
+    }
+    core_settings_default(&was);
+    s = was;
+    CHECK(!core_settings_from_parameters(&s, CORE_TXT2IMG, NULL, NULL) &&
+              !memcmp(&s, &was, sizeof s),
+          "NULL taken for settings");
+
+    /* odd text: bytes that are not UTF-8, a prompt longer than the field */
+    from_parameters("caf\xe9 \xff\nSteps: 4, Seed: 2, Size: 64x64, Odd\xfe key: 1", CORE_TXT2IMG);
+    CHECK(read_ok && g_utf8_validate(read_s.prompt, -1, NULL) &&
+              g_str_has_prefix(read_s.prompt, "caf") && g_utf8_validate(read_unused, -1, NULL) &&
+              read_s.seed == 2,
+          "bytes that are not UTF-8: '%s', unused '%s'", read_s.prompt, read_unused);
+    GString *long_text = g_string_new(NULL);
+    for (gint i = 0; i < 600; i++)
+        g_string_append(long_text, "cat ");
+    g_string_append(long_text, "\nSteps: 4, Seed: 2, Size: 64x64");
+    from_parameters(long_text->str, CORE_TXT2IMG);
+    CHECK(read_ok && strlen(read_s.prompt) == CORE_TEXT_MAX - 1 &&
+              strstr(read_unused, "Prompt: the end, after 2047 bytes"),
+          "a long prompt: %zu bytes, unused '%s'", strlen(read_s.prompt), read_unused);
+    g_string_free(long_text, TRUE);
+    g_clear_pointer(&read_unused, g_free);
+}
+
+/* A PNG file of the given chunks after the signature, each's length field
+ * `length` (-1: its data's), its CRC 0 (the reader does not check them);
+ * returns its path (g_free). */
+typedef struct {
+    const char *type, *data;
+    gsize size;  /* bytes of data */
+    gint length; /* -1: size */
+} Chunk;
+#define CHUNK(type, literal) ((Chunk){type, literal, sizeof literal - 1, -1})
+
+static gchar *write_png(const gchar *dir, const gchar *name, const Chunk *chunks, gint n)
+{
+    gchar *path = g_build_filename(dir, name, NULL);
+    FILE *f = fopen(path, "wb");
+
+    fwrite("\x89PNG\r\n\x1a\n", 1, 8, f);
+    for (gint i = 0; i < n; i++) {
+        guint32 len = chunks[i].length < 0 ? chunks[i].size : (guint32)chunks[i].length;
+        guchar be[4] = {len >> 24, len >> 16, len >> 8, len};
+
+        fwrite(be, 1, 4, f);
+        fwrite(chunks[i].type, 1, 4, f);
+        fwrite(chunks[i].data, 1, chunks[i].size, f);
+        fwrite("\0\0\0\0", 1, 4, f);
+    }
+    fclose(f);
+    return path;
+}
+
+static void test_png(void)
+{
+    gchar *dir = g_dir_make_tmp("diffuse-png-XXXXXX", NULL);
+    gchar *path, *text;
+    /* tEXt is Latin-1 (\xe9 = é); Comment is passed over; the text may follow the image data */
+    const Chunk latin[] = {CHUNK("IHDR", "0123456789abc"),
+                           CHUNK("tEXt", "Comment\0Created with GIMP"), CHUNK("IDAT", "pixels"),
+                           CHUNK("tEXt", "parameters\0caf\xe9\nSteps: 4"), CHUNK("IEND", "")};
+    /* iTXt: keyword, compression flag and method, language, translated keyword, UTF-8 */
+    const Chunk utf8[] = {CHUNK("iTXt", "parameters\0\0\0en\0Parameter\0gr\xc3\xbcn")};
+    const Chunk zipped[] = {CHUNK("iTXt", "parameters\0\1\0\0\0x\x9c")};
+    const Chunk cut[] = {{"tEXt", "parameters\0abc", 14, 4000}}; /* longer than the file */
+
+    path = write_png(dir, "latin.png", latin, G_N_ELEMENTS(latin));
+    text = core_png_parameters(path);
+    CHECK(text && !strcmp(text, "caf\xc3\xa9\nSteps: 4"), "tEXt after IDAT: '%s'", text);
+    g_free(text), g_unlink(path), g_free(path);
+    path = write_png(dir, "utf8.png", utf8, 1);
+    text = core_png_parameters(path);
+    CHECK(text && !strcmp(text, "gr\xc3\xbcn"), "iTXt: '%s'", text);
+    g_free(text), g_unlink(path), g_free(path);
+    path = write_png(dir, "zipped.png", zipped, 1);
+    text = core_png_parameters(path);
+    CHECK(!text, "compressed iTXt: '%s'", text);
+    g_free(text), g_unlink(path), g_free(path);
+    path = write_png(dir, "cut.png", cut, 1);
+    text = core_png_parameters(path);
+    CHECK(!text, "a cut chunk: '%s'", text);
+    g_free(text), g_unlink(path), g_free(path);
+    path = g_build_filename(dir, "none.png", NULL);
+    CHECK(!core_png_parameters(path), "a missing file gave a text");
+    g_file_set_contents(path, "GIF89a parameters", -1, NULL);
+    CHECK(!core_png_parameters(path), "a file that is no PNG gave a text");
+    g_unlink(path), g_free(path);
+    g_rmdir(dir);
+    g_free(dir);
+}
+
 int main(void)
 {
     test_settings_round_trip();
@@ -249,5 +480,10 @@ int main(void)
     test_sizes();
     test_resample();
     test_texts();
+    test_read_own();
+    test_read_a1111();
+    test_read_loras();
+    test_read_odd();
+    test_png();
     TEST_END();
 }

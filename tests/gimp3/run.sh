@@ -7,7 +7,8 @@
 #      their own paths, with /proc, /dev and a /dev/shm of its own; a trap
 #      unmounts them all whatever happens, and a lock keeps two runs apart;
 #   3. the engine and the 3.0 plug-in are built there with the chroot's
-#      compiler into build-gimp3/ (never mixed with the host's build/);
+#      compiler into build-gimp3/ (never mixed with the host's build/), and
+#      the LoRA fixtures with its python3;
 #   4. tests/test_gimp.sh (the same end-to-end cases as GIMP 2.10's) and
 #      tests/test_gimp_dialog.sh (the dialog screenshots) run there with
 #      GIMP_GENERATION=3; the Text to Image dialog is copied to
@@ -107,8 +108,11 @@ echo "== building the engine and the GIMP 3.0 plug-in in $CHROOT ($BUILD3/)"
 tb=$(date +%s)
 mkdir -p "$ROOT/$BUILD3"
 log=$ROOT/$BUILD3/build.log
-in_chroot "make -j$(nproc) BUILD=$BUILD3 plugin3 $BUILD3/diffuse $BUILD3/tests/test_ops" >"$log" 2>&1 ||
-    die "the build failed: $(tail -n 20 "$log")"
+# the LoRA files the LoRA cases read, made from the reference models
+loras=""
+[ -d "$shared/reference/sdxl-tiny/model-diffusers" ] && loras=$BUILD3/fixtures/loras/map.json
+in_chroot "make -j$(nproc) BUILD=$BUILD3 plugin3 $BUILD3/diffuse $BUILD3/tests/test_ops $loras" \
+    >"$log" 2>&1 || die "the build failed: $(tail -n 20 "$log")"
 echo "built in $(($(date +%s) - tb)) s ($BUILD3/build.log)"
 
 # ---------------------------------------------------------------- tests
