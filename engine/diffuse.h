@@ -247,7 +247,8 @@ typedef struct diffuse_request {
     const char *lora_dir;
     /* What the user should know about a run that still goes ahead (a LoRA
      * that matches only some of the model, an unsupported prompt tag); NULL:
-     * not told. */
+     * not told. Called on the thread that called diffuse_generate, before the
+     * first image starts. */
     void (*notice)(void *user, const char *message);
     void *notice_user;
 } diffuse_request;
