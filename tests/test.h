@@ -53,6 +53,26 @@ static inline const char *test_shared(const char *rel, char *buf)
     return NULL;
 }
 
+/* A whole file as a NUL-terminated string (malloc'd), or NULL. */
+static inline char *test_read_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *s = n >= 0 ? (char *)malloc((size_t)n + 1) : NULL;
+    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) {
+        free(s);
+        s = NULL;
+    }
+    if (s)
+        s[n] = 0;
+    fclose(f);
+    return s;
+}
+
 /* max |a-b| / max |b| */
 static inline double test_rel_err(const float *a, const float *b, size_t n, double *max_abs)
 {

@@ -16,25 +16,6 @@
 
 static char dir[4096];
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) {
-        free(s);
-        s = NULL;
-    }
-    if (s)
-        s[n] = 0;
-    fclose(f);
-    return s;
-}
-
 static float *tensor_f32(const diffuse_st_file *f, const char *name, int64_t *numel)
 {
     const diffuse_st_tensor *t = diffuse_st_find(f, name);
@@ -262,7 +243,7 @@ int main(void)
     snprintf(dir, sizeof dir, "%s/fixtures/loras", getenv("BUILD") ? getenv("BUILD") : "build");
     char map_path[4200];
     snprintf(map_path, sizeof map_path, "%s/map.json", dir);
-    char *text = sd1 && xl ? slurp(map_path) : NULL;
+    char *text = sd1 && xl ? test_read_file(map_path) : NULL;
     if (sd1 && xl)
         CHECK(text != NULL, "%s: run make (tests/fixtures/make_loras.py)", map_path);
     cJSON *maps = text ? cJSON_Parse(text) : NULL;

@@ -68,25 +68,11 @@ static char *kat_token(kat_reader *r)
     return t;
 }
 
+/* The fixture with its comment lines blanked, so that only tokens remain. */
 static char *read_fixture(const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = n >= 0 ? malloc((size_t)n + 1) : NULL;
-    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) {
-        free(s);
-        s = NULL;
-    }
-    fclose(f);
-    if (!s)
-        return NULL;
-    s[n] = 0;
-    /* blank out comment lines so that only tokens remain */
-    for (char *line = s; *line;) {
+    char *s = test_read_file(path);
+    for (char *line = s; line && *line;) {
         char *end = strchr(line, '\n');
         if (*line == '#')
             memset(line, ' ', end ? (size_t)(end - line) : strlen(line));

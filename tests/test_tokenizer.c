@@ -25,25 +25,6 @@ static double now_ms(void)
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
-static char *read_text(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) {
-        free(s);
-        s = NULL;
-    }
-    if (s)
-        s[n] = 0;
-    fclose(f);
-    return s;
-}
-
 static void write_text(const char *path, const char *text)
 {
     FILE *f = fopen(path, "wb");
@@ -256,7 +237,7 @@ static void check_paths(const char *folder, const char *tmp)
         diffuse_tokenizer_free(tok);
     }
     snprintf(path, sizeof path, "%s/merges.txt", folder);
-    char *merges = read_text(path);
+    char *merges = test_read_file(path);
     snprintf(path, sizeof path, "%s/merges.txt", tmp);
     write_text(path, merges ? merges : "");
     free(merges);
