@@ -107,6 +107,10 @@ static diffuse_status tag_lora(const diffuse_prompt_tag *t, const char *dir, dif
     else if (access(*path, R_OK) != 0)
         diffuse_fail(err, "prompt: %s: cannot read %s: %s", t->text, *path, strerror(errno)),
             st = DIFFUSE_ERR_IO;
+    if (st != DIFFUSE_OK) {
+        free(*path);
+        *path = NULL;
+    }
     free(args);
     return st;
 }
