@@ -202,6 +202,12 @@ typedef struct diffuse_lora {
     float weight, unet_weight;
 } diffuse_lora;
 
+typedef enum {
+    DIFFUSE_MASKED_ORIGINAL = 0,
+    DIFFUSE_MASKED_LATENT_NOISE,
+    DIFFUSE_MASKED_KINDS,
+} diffuse_masked_content;
+
 typedef struct diffuse_request {
     const char *prompt;
     /* NULL: none given. "" is an empty negative prompt, encoded. The two differ
@@ -232,6 +238,11 @@ typedef struct diffuse_request {
     int fast_decode, fast_encode;
     /* masked img2img: [height, width] in [0, 1], 1 = repaint; needs init_image. */
     const float *mask;
+    /* What the repaint area starts from with a plain (4-channel) model, as
+     * A1111's "Masked content": the image (original) or the start noise in
+     * place of its latents there (latent noise), which lets a strength near 1
+     * paint something new. Inpainting checkpoints read the mask themselves. */
+    diffuse_masked_content masked_content;
     diffuse_progress_fn progress;
     void *progress_user;
     int preview_every;           /* 0: no previews */
@@ -320,6 +331,8 @@ typedef struct diffuse_parameters {
     /* LoRA files given besides the prompt's tags, "PATH:WEIGHT, ..." (key
      * "LoRA"); NULL: none */
     const char *loras;
+    int masked_content;          /* "Masked content" (A1111's words: "original", "latent
+                                    noise"); -1: not given; written only for latent noise */
 } diffuse_parameters;
 
 /* The text for p (steps, sampler, guidance, seed and size always; the rest

@@ -285,6 +285,9 @@ static diffuse_status check_request(const diffuse_model *m, const diffuse_reques
     }
     if ((unsigned)r->rng >= DIFFUSE_RNG_KINDS)
         return diffuse_fail(err, "rng: unknown generator %d", (int)r->rng), DIFFUSE_ERR_ARGUMENT;
+    if ((unsigned)r->masked_content >= DIFFUSE_MASKED_KINDS)
+        return diffuse_fail(err, "masked content: unknown kind %d", (int)r->masked_content),
+               DIFFUSE_ERR_ARGUMENT;
     if (r->mask && !r->init_image)
         return diffuse_fail(err, "mask: needs an init image"), DIFFUSE_ERR_ARGUMENT;
     size_t need = request_memory(m, r, l), have = memory_available();
@@ -302,7 +305,7 @@ static diffuse_run run_of(const diffuse_model *m, const diffuse_request *r,
                        .size_cond = r->size_cond, .clip_skip = r->clip_skip, .steps = r->steps, .guidance = r->guidance, .sampler = r->sampler,
                        .karras = r->karras, .schedule = m->schedule, .width = r->width,
                        .height = r->height, .init_image = r->init_image, .strength = r->strength,
-                       .mask = r->mask, .fast_decode = r->fast_decode != 0,
+                       .mask = r->mask, .masked_content = r->masked_content, .fast_decode = r->fast_decode != 0,
                        .fast_encode = r->fast_encode != 0, .progress = r->progress,
                        .preview_every = r->preview ? r->preview_every : 0,
                        .preview = r->preview, .preview_user = r->preview_user,

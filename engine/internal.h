@@ -750,6 +750,7 @@ typedef struct diffuse_run {
     const float *init_image;           /* NULL: txt2img */
     float strength;
     const float *mask;                 /* NULL: no mask */
+    diffuse_masked_content masked_content; /* plain models' repaint area: image or noise */
     bool fast_decode, fast_encode;     /* TAESD for the final image / the init image */
     diffuse_progress_fn progress;
     void *progress_user;

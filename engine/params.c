@@ -124,6 +124,8 @@ char *diffuse_parameters_text(const diffuse_parameters *p)
         put(&b, ", RNG: %s", diffuse_rng_kind_a1111((diffuse_rng_kind)p->rng));
     if (p->loras && *p->loras)
         put_value(&b, "LoRA", p->loras);
+    if (p->masked_content == DIFFUSE_MASKED_LATENT_NOISE)
+        put(&b, ", Masked content: latent noise");
     if (b.failed) {
         free(b.s);
         return NULL;
@@ -339,6 +341,9 @@ static bool read_param(diffuse_parameters *p, const char *key, const char *v, pa
         return read_pair(v, ',', &s->crop_left, &s->crop_top);
     if (!strcmp(key, "Target size"))
         return read_pair(v, 'x', &s->target_width, &s->target_height);
+    if (!strcmp(key, "Masked content") && (!strcmp(v, "original") || !strcmp(v, "latent noise")))
+        return p->masked_content = v[0] == 'l' ? DIFFUSE_MASKED_LATENT_NOISE
+                                               : DIFFUSE_MASKED_ORIGINAL, true;
     if (!strcmp(key, "LoRA"))
         return free((char *)p->loras), (p->loras = strdup(v)) != NULL;
     if (!strcmp(key, "Version"))
@@ -446,7 +451,8 @@ static int parse_lines(diffuse_parameters *p, const char *text)
 diffuse_status diffuse_parameters_parse(const char *text, diffuse_parameters *p, char *err,
                                         size_t err_size)
 {
-    *p = (diffuse_parameters){.sampler = -1, .karras = -1, .guidance = -1, .rng = -1};
+    *p = (diffuse_parameters){.sampler = -1, .karras = -1, .guidance = -1, .rng = -1,
+                              .masked_content = -1};
     if (!text || parse_lines(p, text) || (!p->prompt && !(p->prompt = strdup("")))) {
         diffuse_parameters_free(p);
         if (err && err_size)

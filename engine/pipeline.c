@@ -305,6 +305,11 @@ static int prepare_latents(diffuse_model *m, const diffuse_run *run, const pipe_
         return -1;
     if (run->mask) {
         resize_mask(run, d, b->mask_latent);
+        if (run->masked_content == DIFFUSE_MASKED_LATENT_NOISE) /* A1111's "latent noise" */
+            for (int c = 0; c < d->c; c++)
+                for (size_t p = 0, hw = (size_t)d->h * d->w; p < hw; p++)
+                    if (b->mask_latent[p] > 0.5f)
+                        b->image_latents[c * hw + p] = b->noise[c * hw + p];
         /* the inpaint pipeline also encodes the masked image: one more VAE draw
          * whose latents a 4-channel UNet never reads; take it to stay in step
          * (TAESD's encoder draws nothing) */

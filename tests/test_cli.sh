@@ -604,6 +604,26 @@ PYEOF
     expect_error "an output that is a folder" "is a folder" "$BIN" generate --model "$MODEL" \
         --prompt x --output "$tmp"
 fi
+# Masked content (A1111): the repaint area starts from the image or from noise
+if [ -d "$MODEL" ] && [ -f "$tmp/a1111.png" ]; then
+    make_mask "$tmp/mc-mask.png" 64 64
+    set -- --model "$MODEL" --prompt "$PROMPT" --steps 3 --seed 2 --init "$tmp/a1111.png" \
+        --mask "$tmp/mc-mask.png" --strength 0.8
+    expect_ok "masked content original" "$BIN" generate "$@" --output "$tmp/mc-orig.png"
+    expect_ok "masked content latent noise" "$BIN" generate "$@" --masked-content latent-noise \
+        --output "$tmp/mc-noise.png" && {
+        ! cmp -s "$tmp/mc-orig.png" "$tmp/mc-noise.png" &&
+            grep -a -q "Masked content: latent noise" "$tmp/mc-noise.png" &&
+            ! grep -a -q "Masked content" "$tmp/mc-orig.png"
+        check $? "latent noise changed nothing or was not recorded"
+    }
+    expect_ok "--from keeps the masked content" "$BIN" generate --from "$tmp/mc-noise.png" \
+        --init "$tmp/a1111.png" --mask "$tmp/mc-mask.png" --output "$tmp/mc-from.png" &&
+        cmp -s "$tmp/mc-noise.png" "$tmp/mc-from.png"
+    check $? "--from did not rerun latent noise"
+    expect_error "--masked-content fill" "--masked-content" "$BIN" generate "$@" \
+        --masked-content fill --output "$tmp/bad.png"
+fi
 # An inpainting checkpoint (9-channel UNet): found by its tensors, used with a mask
 INP=$SHARED/reference/sd1-inpaint-tiny
 if [ -d "$INP" ]; then

@@ -26,6 +26,7 @@ static void test_round_trip(void)
                             .height = 384, .model = "my: model, v2", .strength = 0.6f,
                             .clip_skip = 2, .rng = DIFFUSE_RNG_TORCH_CPU,
                             .loras = "/l/film.safetensors:0.8, /l/b:1",
+                            .masked_content = DIFFUSE_MASKED_LATENT_NOISE,
                             .size_cond = {1024, 768, 16, 8, 0, 0}};
     char *text = diffuse_parameters_text(&p);
     CHECK(text && strstr(text, "Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5") &&
@@ -40,7 +41,8 @@ static void test_round_trip(void)
               q.width == p.width && q.height == p.height && eq(q.model, p.model) &&
               q.strength == p.strength && q.clip_skip == 2 && q.rng == DIFFUSE_RNG_TORCH_CPU &&
               !memcmp(&q.size_cond, &(diffuse_size_cond){1024, 768, 16, 8, 0, 0},
-                      sizeof q.size_cond) && !q.extra && eq(q.loras, p.loras),
+                      sizeof q.size_cond) && !q.extra && eq(q.loras, p.loras) &&
+              q.masked_content == DIFFUSE_MASKED_LATENT_NOISE,
           "read back what was written (extra: %s)", q.extra ? q.extra : "none");
     diffuse_parameters_free(&q);
     free(text);
@@ -61,6 +63,7 @@ static void test_round_trip(void)
     p.clip_skip = 0;
     p.rng = -1;
     p.loras = NULL;
+    p.masked_content = DIFFUSE_MASKED_ORIGINAL;
     p.size_cond = (diffuse_size_cond){0};
     text = diffuse_parameters_text(&p);
     CHECK(text && !strstr(text, "Schedule") && !strstr(text, "Model") &&
@@ -68,7 +71,8 @@ static void test_round_trip(void)
               !strstr(text, "size"),
           "only what is given: %s", text);
     q = parse(text);
-    CHECK(!q.negative_prompt && q.karras == -1 && q.rng == -1, "an empty negative reads as none");
+    CHECK(!q.negative_prompt && q.karras == -1 && q.rng == -1 && q.masked_content == -1,
+          "an empty negative reads as none; original masked content is not written");
     diffuse_parameters_free(&q);
     free(text);
 }

@@ -35,6 +35,7 @@ static int usage(void)
             "                        [--preview PATH.png [--preview-every N]]\n"
             "                        [--clip-skip N] [--rng philox|torch-cpu|diffuse] [--from IMAGE.png]\n"
             "                        [--lora FILE[:WEIGHT]]... [--lora-dir DIR]\n"
+            "                        [--masked-content original|latent-noise]\n"
             "                        --output OUT.png\n"
             "       diffuse refcheck REFERENCE_DIR\n"
             "       diffuse tokenize [--vocab PATH] TEXT\n"
@@ -224,6 +225,8 @@ static int from_png(gen_opts *o)
     if (!g['t'] && p->strength > 0) r->strength = p->strength;
     if (!g['K'] && p->clip_skip) r->clip_skip = p->clip_skip;
     if (!g['g'] && p->rng >= 0) r->rng = (diffuse_rng_kind)p->rng;
+    if (!g['x'] && p->masked_content >= 0)
+        r->masked_content = (diffuse_masked_content)p->masked_content;
     if (!g['L'] && p->loras) { /* "PATH:W, PATH:W" */
         char *list = strdup(p->loras), *save = NULL;
         for (char *t = list ? strtok_r(list, ",", &save) : NULL; t; t = strtok_r(NULL, ",", &save))
@@ -256,7 +259,7 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
         {"decoder", 1, 0, 'D'}, {"encoder", 1, 0, 'E'},
         {"preview", 1, 0, 'w'}, {"preview-every", 1, 0, 'e'},
         {"clip-skip", 1, 0, 'K'}, {"rng", 1, 0, 'g'}, {"from", 1, 0, 'f'},
-        {"lora", 1, 0, 'L'}, {"lora-dir", 1, 0, 'l'},
+        {"lora", 1, 0, 'L'}, {"lora-dir", 1, 0, 'l'}, {"masked-content", 1, 0, 'x'},
         {0, 0, 0, 0}};
     diffuse_size_cond *sc = &o->req.size_cond;
     int c;
@@ -366,6 +369,12 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
                                ? "too many (at most 16)" : "expected FILE or FILE:WEIGHT");
             break;
         case 'l': o->req.lora_dir = optarg; break;
+        case 'x':
+            if (strcmp(optarg, "original") && strcmp(optarg, "latent-noise"))
+                return bad_arg("--masked-content", optarg, "expected original or latent-noise");
+            o->req.masked_content = optarg[0] == 'l' ? DIFFUSE_MASKED_LATENT_NOISE
+                                                     : DIFFUSE_MASKED_ORIGINAL;
+            break;
         default: return usage();
         }
     }
@@ -459,7 +468,7 @@ static int write_outputs(const gen_opts *o, const diffuse_image *images, const c
             .has_seed = 1, .seed = images[i].seed, .width = r->width, .height = r->height,
             .model = model, .strength = r->init_image ? r->strength : 0,
             .clip_skip = r->clip_skip, .rng = (int)r->rng, .size_cond = r->size_cond,
-            .loras = loras};
+            .loras = loras, .masked_content = r->mask ? (int)r->masked_content : -1};
         char *text = diffuse_parameters_text(&p);
         output_name(path, sizeof path, o->output, i, r->count);
         if (!text)
