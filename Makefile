@@ -19,6 +19,10 @@ CFLAGS  ?= $(OPT) -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-format-truncation -Wno-psabi -fPIC $(SANFLAGS) \
 	   -Iengine $(shell pkg-config --cflags $(PKGS))
 LDLIBS  := $(shell pkg-config --libs $(PKGS)) -lm -lpthread
+# clang (make CC=clang BUILD=build-clang) knows neither of gcc's two -Wno- flags above
+ifneq ($(shell $(CC) --version 2>/dev/null | grep -c clang),0)
+CFLAGS  += -Wno-unknown-warning-option
+endif
 # oneDNN for the large 3x3 convolutions (engine/conv_dnnl.c) when libdnnl-dev
 # is installed; without it the engine keeps its own im2col path everywhere.
 HAVE_DNNL := $(if $(wildcard /usr/include/oneapi/dnnl/dnnl.h),yes)

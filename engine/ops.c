@@ -5,6 +5,7 @@
  * flat loops over NCHW float32 buffers. Every optimized kernel has a plain
  * reference twin (suffix _ref) that tests/test_ops.c holds it to.
  */
+#include <cpuid.h>
 #include <math.h>
 #include <string.h>
 
@@ -31,6 +32,14 @@ static int cpu_cap = CPU_AVX512;
 
 void diffuse_cpu_cap(int max_path) { cpu_cap = max_path; }
 
+/* F16C from CPUID leaf 1 (ECX bit 29): clang's __builtin_cpu_supports does
+ * not know the name. */
+static bool has_f16c(void)
+{
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
+}
+
 int diffuse_cpu_path(void)
 {
     static int path = -1;
@@ -38,7 +47,7 @@ int diffuse_cpu_path(void)
         __builtin_cpu_init();
         int p = CPU_BASE;
         if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-            __builtin_cpu_supports("f16c"))
+            has_f16c())
             p = CPU_AVX2;
         if (p == CPU_AVX2 && __builtin_cpu_supports("avx512f"))
             p = CPU_AVX512;
@@ -592,24 +601,28 @@ static inline float exp_nonpositive(float x)
     return p * scale.f;
 }
 
-static inline __attribute__((always_inline)) v8f exp_nonpositive8(v8f x)
+/* The 8-wide helpers work through pointers: a vector passed or returned by
+ * value changes the calling convention in the baseline clone of a
+ * target_clones function, which clang refuses. */
+static inline __attribute__((always_inline)) void exp_nonpositive8(v8f *v)
 {
-    v8f n, f, p, lo = {-87, -87, -87, -87, -87, -87, -87, -87};
+    v8f x = *v, n, f, p, lo = {-87, -87, -87, -87, -87, -87, -87, -87};
     v8i below = x < lo;
     x = (v8f)((below & (v8i)lo) | (~below & (v8i)x));
     EXP_NONPOSITIVE_BODY(x, n, f, p)
     v8i bits = (__builtin_convertvector(n, v8i) + 127) << 23;
-    return p * (v8f)bits;
+    *v = p * (v8f)bits;
 }
 
-static inline __attribute__((always_inline)) v8f load8(const float *p)
+static inline __attribute__((always_inline)) void load8(v8f *v, const float *p)
 {
-    v8f v;
-    memcpy(&v, p, sizeof v);
-    return v;
+    memcpy(v, p, sizeof *v);
 }
 
-static inline __attribute__((always_inline)) void store8(float *p, v8f v) { memcpy(p, &v, sizeof v); }
+static inline __attribute__((always_inline)) void store8(float *p, const v8f *v)
+{
+    memcpy(p, v, sizeof *v);
+}
 
 /* Row-wise softmax of s [rows, cols] in place; with causal, row r (query q0 + r)
  * keeps columns 0..q0+r and zeroes the rest. Built twice, for AVX2 and for
@@ -623,9 +636,10 @@ static void softmax_rows(float *s, int rows, int cols, int q0, bool causal)
         int j = 0;
         float m = -INFINITY;
         if (valid >= 8) {
-            v8f m8 = load8(row);
+            v8f m8, x;
+            load8(&m8, row);
             for (j = 8; j + 8 <= valid; j += 8) {
-                v8f x = load8(row + j);
+                load8(&x, row + j);
                 v8i gt = x > m8;
                 m8 = (v8f)((gt & (v8i)x) | (~gt & (v8i)m8));
             }
@@ -636,8 +650,11 @@ static void softmax_rows(float *s, int rows, int cols, int q0, bool causal)
             m = row[j] > m ? row[j] : m;
         v8f sum8 = {0}, mv = {m, m, m, m, m, m, m, m};
         for (j = 0; j + 8 <= valid; j += 8) {
-            v8f e = exp_nonpositive8(load8(row + j) - mv);
-            store8(row + j, e);
+            v8f e;
+            load8(&e, row + j);
+            e -= mv;
+            exp_nonpositive8(&e);
+            store8(row + j, &e);
             sum8 += e;
         }
         double sum = 0;
