@@ -38,6 +38,7 @@ extern "C" {
 #define DIFFUSE_MAX_PROMPT_BYTES 65536 /* bytes of one prompt, weights syntax included */
 #define DIFFUSE_MAX_CLIP_SKIP 12       /* "Clip skip" takes 1 (none) .. 12 */
 #define DIFFUSE_MAX_SIDE 4096          /* the largest width or height a request takes */
+#define DIFFUSE_MAX_GUIDANCE 100       /* guidance (CFG scale) takes 0 .. 100 */
 
 typedef enum {
     DIFFUSE_OK = 0,

@@ -234,8 +234,9 @@ static diffuse_status check_request(const diffuse_model *m, const diffuse_reques
     if (r->steps < 1 || r->steps > DIFFUSE_MAX_STEPS)
         return diffuse_fail(err, "steps: %d is outside 1..%d", r->steps, DIFFUSE_MAX_STEPS),
                DIFFUSE_ERR_ARGUMENT;
-    if (!isfinite(r->guidance) || r->guidance < 0 || r->guidance > 100)
-        return diffuse_fail(err, "guidance: %g is outside 0..100", r->guidance), DIFFUSE_ERR_ARGUMENT;
+    if (!isfinite(r->guidance) || r->guidance < 0 || r->guidance > DIFFUSE_MAX_GUIDANCE)
+        return diffuse_fail(err, "guidance: %g is outside 0..%d", r->guidance,
+                            DIFFUSE_MAX_GUIDANCE), DIFFUSE_ERR_ARGUMENT;
     if (r->count < 1 || r->count > MAX_COUNT)
         return diffuse_fail(err, "count: %d is outside 1..%d", r->count, MAX_COUNT),
                DIFFUSE_ERR_ARGUMENT;

@@ -623,6 +623,9 @@ if [ -d "$MODEL" ] && [ -f "$tmp/a1111.png" ]; then
     check $? "--from did not rerun latent noise"
     expect_error "--masked-content fill" "--masked-content" "$BIN" generate "$@" \
         --masked-content fill --output "$tmp/bad.png"
+    expect_error "--cfg 1e40 is out of range, not 'not a number'" "out of range: expected 0..100" \
+        "$BIN" generate "$@" --cfg 1e40 --output "$tmp/bad.png"
+    expect_error "--cfg abc" "not a number" "$BIN" generate "$@" --cfg abc --output "$tmp/bad.png"
 fi
 # An inpainting checkpoint (9-channel UNet): found by its tensors, used with a mask
 INP=$SHARED/reference/sd1-inpaint-tiny

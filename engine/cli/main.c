@@ -87,6 +87,24 @@ static bool parse_float(const char *s, float *out)
     return true;
 }
 
+/* A number in lo..hi (false otherwise; number_problem says which way). */
+static bool parse_number(const char *s, float lo, float hi, float *out)
+{
+    float v;
+    return parse_float(s, &v) && v >= lo && v <= hi && (*out = v, true);
+}
+
+static const char *number_problem(const char *s, float lo, float hi)
+{
+    static char why[96];
+    char *end;
+    strtod(s, &end);
+    if (end == s || *end)
+        return "not a number";
+    snprintf(why, sizeof why, "out of range: expected %g..%g", lo, hi);
+    return why;
+}
+
 static bool exists(const char *path)
 {
     struct stat st;
@@ -281,7 +299,8 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
             o->req.steps = (int)v;
             break;
         case 'c':
-            if (!parse_float(optarg, &o->req.guidance)) return bad_arg("--cfg", optarg, "not a number");
+            if (!parse_number(optarg, 0, DIFFUSE_MAX_GUIDANCE, &o->req.guidance))
+                return bad_arg("--cfg", optarg, number_problem(optarg, 0, DIFFUSE_MAX_GUIDANCE));
             break;
         case 'a':
             if (diffuse_sampler_from_label(optarg) < 0)
