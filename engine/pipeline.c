@@ -511,6 +511,10 @@ diffuse_status diffuse_pipeline_run(diffuse_model *m, const diffuse_run *run, di
         st = nonfinite(err, run->fast_decode ? "image decoder (TAESD)" : "image decoder (VAE)");
     lap(run, &t0, run->stats ? &run->stats->vae_decode_s : &unused);
 done:
+    if (st == DIFFUSE_OK && a.overflow) { /* a sizing bug: the tests must never see it */
+        diffuse_fail(err, "internal: the run's work memory was sized too small");
+        st = DIFFUSE_ERR_MEMORY;
+    }
     diffuse_sampler_free(s);
     diffuse_arena_free(&a);
     free(b.block);
