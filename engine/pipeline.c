@@ -26,7 +26,7 @@ typedef struct pipe_buffers {
     float *model_out;     /* [nb, C, h, w] */
     float *pixels;        /* [3, H, W] VAE input / output */
     float *moments;       /* [1, 2C, h, w] */
-    float *preview;       /* [h, w, 3] */
+    float *preview;       /* [h, w, 3], or [H, W, 3] through TAESD */
     float timesteps[2];
 } pipe_buffers;
 
@@ -42,6 +42,8 @@ typedef struct pipe_dims {
     int tokens[2];        /* context rows of each UNet input: 77 per prompt chunk */
     int context_rows;     /* tokens[0] + ... tokens[nb - 1] */
     bool batched;         /* one UNet pass for the batch (the same tokens) */
+    bool taesd_preview;   /* previews through the model's TAESD decoder, at full size */
+    size_t preview_n;     /* floats of one preview */
 } pipe_dims;
 
 /* The negative prompt as encoded: NULL for the zero conditioning. */
@@ -74,6 +76,9 @@ static int dims_of(const diffuse_model *m, const diffuse_run *run, pipe_dims *ou
         d.context_rows += d.tokens[i];
     }
     d.batched = d.nb == 1 || d.tokens[0] == d.tokens[1];
+    d.taesd_preview = run->preview_every > 0 && diffuse_taesd_has(m->taesd, true) &&
+                      diffuse_taesd_latent_channels(m->taesd) == d.c && f == 8;
+    d.preview_n = d.taesd_preview ? (size_t)3 * run->width * run->height : (size_t)3 * d.h * d.w;
     *out = d;
     return 0;
 }
@@ -93,8 +98,8 @@ static size_t buffers_floats(const pipe_dims *d, const diffuse_run *run)
     size_t px = (size_t)3 * run->width * run->height;
     return (size_t)d->context_rows * d->ctx + (size_t)d->nb * d->pooled +
            (size_t)d->nb * DIFFUSE_TIME_IDS + 3 * d->latent_n + (size_t)d->h * d->w +
-           d->nb * d->in_n + d->nb * d->latent_n + px + 2 * d->latent_n +
-           (size_t)3 * d->h * d->w + d->latent_n + 16 * 16;
+           d->nb * d->in_n + d->nb * d->latent_n + px + 2 * d->latent_n + d->preview_n +
+           d->latent_n + 16 * 16;
 }
 
 static size_t arena_floats(const diffuse_model *m, const pipe_dims *d, const diffuse_run *run)
@@ -102,11 +107,11 @@ static size_t arena_floats(const diffuse_model *m, const pipe_dims *d, const dif
     size_t a = diffuse_cond_workspace(m);
     size_t u = unet_workspace(m, d);
     size_t v = diffuse_vae_workspace(m->vae, run->height, run->width);
-    if (m->taesd && (run->fast_decode || run->fast_encode)) {
+    if (m->taesd && (run->fast_decode || run->fast_encode || d->taesd_preview)) {
         size_t t = diffuse_taesd_workspace(m->taesd, run->height, run->width);
         v = t > v ? t : v;
     }
-    if (run->preview_every > 0 && !m->preview_map) {
+    if (run->preview_every > 0 && !d->taesd_preview && !m->preview_map) {
         size_t p = diffuse_preview_fit_workspace(m);
         v = p > v ? p : v;
     }
@@ -132,7 +137,7 @@ static int buffers_init(pipe_buffers *b, const pipe_dims *d, const diffuse_run *
     TAKE(model_out, d->nb * d->latent_n);
     TAKE(pixels, (size_t)3 * run->width * run->height);
     TAKE(moments, 2 * d->latent_n);
-    TAKE(preview, (size_t)3 * d->h * d->w);
+    TAKE(preview, d->preview_n);
 #undef TAKE
     return 0;
 }
@@ -363,6 +368,35 @@ static void blend_mask(const pipe_dims *d, pipe_buffers *b, diffuse_sampler_stat
         }
 }
 
+/* The picture of the run so far, handed to the preview callback: the latents
+ * through the model's TAESD decoder (at the image's size), else through the
+ * fitted linear map (at the latent size). b->pixels is free during the loop. */
+static diffuse_status preview(diffuse_model *m, const diffuse_run *run, const pipe_dims *d,
+                              pipe_buffers *b, diffuse_arena *a, int step, int count, char *err)
+{
+    int w = d->w, h = d->h;
+    if (d->taesd_preview) {
+        if (diffuse_taesd_decode(m->taesd, b->pixels, b->latents, run->height, run->width, a,
+                                 NULL, err))
+            return DIFFUSE_ERR_MEMORY;
+        w = run->width;
+        h = run->height;
+        const size_t hw = (size_t)w * h;
+        for (size_t p = 0; p < hw; p++) /* [3, H, W] -> [H, W, 3], clamped */
+            for (int ch = 0; ch < 3; ch++) {
+                const float v = b->pixels[ch * hw + p];
+                b->preview[p * 3 + ch] = v > 0 ? (v < 1 ? v : 1) : 0;
+            }
+    } else {
+        diffuse_preview_rgb(m, b->latents, d->h, d->w, b->preview);
+    }
+    if (run->preview(run->preview_user, run->image_index, step, count, b->preview, w, h)) {
+        diffuse_fail(err, "cancelled");
+        return DIFFUSE_ERR_CANCELLED;
+    }
+    return DIFFUSE_OK;
+}
+
 /* model_out = UNet(model_in) for the batch: one pass, or one per input when
  * their contexts differ in length. */
 static int unet_passes(diffuse_model *m, const pipe_dims *d, pipe_buffers *b, diffuse_arena *a,
@@ -421,12 +455,9 @@ static diffuse_status denoise(diffuse_model *m, const diffuse_run *run, const pi
         if (run->on_step)
             run->on_step(run->on_step_user, i, b->latents, d->latent_n);
         if (run->preview_every > 0 && ((i + 1) % run->preview_every == 0 || i + 1 == count)) {
-            diffuse_preview_rgb(m, b->latents, d->h, d->w, b->preview);
-            if (run->preview(run->preview_user, run->image_index, i + 1, count, b->preview, d->w,
-                             d->h)) {
-                diffuse_fail(err, "cancelled");
-                return DIFFUSE_ERR_CANCELLED;
-            }
+            diffuse_status ps = preview(m, run, d, b, a, i + 1, count, err);
+            if (ps != DIFFUSE_OK)
+                return ps;
         }
         if (run->progress && run->progress(run->progress_user, run->image_index,
                                            run->image_count, i + 1, count)) {
@@ -500,8 +531,8 @@ diffuse_status diffuse_pipeline_run(diffuse_model *m, const diffuse_run *run, di
         st = nonfinite(err, run->init_image || d.inpaint ? "image encoder (VAE)" : "start noise");
         goto done;
     }
-    if (run->preview_every > 0 && diffuse_preview_fit(m, &a, err)) /* once per model */
-        goto done;
+    if (run->preview_every > 0 && !d.taesd_preview && diffuse_preview_fit(m, &a, err))
+        goto done; /* once per model */
     lap(run, &t0, run->stats && run->init_image ? &run->stats->vae_encode_s : &unused);
     st = denoise(m, run, &d, &b, s, &a, noise, err);
     t0 = diffuse_now();
@@ -545,7 +576,9 @@ size_t diffuse_pipeline_memory(const diffuse_model *m, const diffuse_run *run)
     const size_t at = m->taesd ? sizeof(float) * diffuse_taesd_workspace(m->taesd, run->height,
                                                                          run->width) : 0;
     size_t touched = ac, peak = wt + ac;
-    if (run->preview_every > 0 && !m->preview_map) { /* the preview fit encodes with the VAE */
+    if (d.taesd_preview) /* previews decode with TAESD, beside the UNet's work */
+        touched = max_of(touched, at);
+    else if (run->preview_every > 0 && !m->preview_map) { /* the fit encodes with the VAE */
         touched = max_of(touched, sizeof(float) * diffuse_preview_fit_workspace(m));
         peak = max_of(peak, wv + touched);
     }

@@ -404,6 +404,24 @@ if [ -d "$TAESD" ] && [ -d "$MODEL" ]; then
     expect_ok "img2img --encoder PATH" "$BIN" generate "$@" --init "$tmp/vae.png" --strength 0.5 \
         --encoder "$TAESD/taesd_encoder.safetensors" --decoder vae --output "$tmp/taesd-i2i.png" &&
         expect_png "--encoder" "$tmp/taesd-i2i.png" 64 64
+    # with a TAESD, previews are its pictures at full size: the last one is the final image
+    expect_ok "--preview through TAESD" "$BIN" generate "$@" --decoder "$TAESD/model-diffusers" \
+        --preview "$tmp/taesd-preview.png" --output "$tmp/taesd-p.png" &&
+        expect_png "TAESD preview" "$tmp/taesd-preview.png" 64 64 && {
+        python3 - "$tmp/taesd-preview.png" "$tmp/taesd-p.png" <<'PYEOF'
+import struct, sys, zlib
+def pixels(path):
+    d, p, idat = open(path, "rb").read(), 8, b""
+    while p < len(d):
+        n, = struct.unpack(">I", d[p:p + 4])
+        if d[p + 4:p + 8] == b"IDAT":
+            idat += d[p + 8:p + 8 + n]
+        p += 12 + n
+    return zlib.decompress(idat)
+sys.exit(pixels(sys.argv[1]) != pixels(sys.argv[2]))
+PYEOF
+        check $? "the last TAESD preview is not the TAESD-decoded image"
+    }
     expect_error "--decoder taesd without one" "TAESD" "$BIN" generate "$@" --decoder taesd \
         --output "$tmp/bad.png"
     expect_error "--decoder not a TAESD" "not a TAESD" "$BIN" generate "$@" \
