@@ -180,8 +180,8 @@ typedef int (*diffuse_progress_fn)(void *user, int image, int count, int step, i
 /* Called after every preview_every-th step (and the last) with a picture of
  * the run so far: rgb [height, width, 3] in [0, 1]. With a TAESD decoder loaded
  * (diffuse_load_params.taesd_path, or one beside the model) it is the latents
- * through TAESD at the image's size (about a tenth of a UNet evaluation at
- * 512x512 here); else the latents through a linear latent-to-RGB map fitted
+ * through TAESD at the image's size (0.65 s at 512x512 on a 2-core AVX-512 Xeon, a seventh of
+ * a UNet evaluation there); else the latents through a linear latent-to-RGB map fitted
  * once to the model's own VAE, at the latent size (1/8 of the image). Return
  * non-zero to cancel the run. */
 typedef int (*diffuse_preview_fn)(void *user, int image, int step, int steps, const float *rgb,
