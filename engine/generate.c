@@ -185,35 +185,21 @@ static diffuse_status loras_resolve(const diffuse_request *r, bool tell, request
     return st;
 }
 
-static void max_matrix(void *user, const char *name, int64_t rows, int64_t numel)
+/* What the LoRAs add to a run, from their files alone: the factors' bytes,
+ * mapped through the run, and arena floats for the largest module's matrix
+ * widened with its factors beside it (what the applied set needs, or more). */
+static void loras_memory(const request_loras *l, size_t *scratch, size_t *bytes)
 {
-    size_t *max = user;
-    if ((size_t)numel > *max)
-        *max = (size_t)numel;
-}
-
-/* What the LoRAs add to a run, from their files alone: the factors' bytes, and
- * arena floats for the largest matrix widened with the largest pair of factors
- * (at least what the applied set needs). */
-static void loras_memory(const diffuse_model *m, const request_loras *l, size_t *scratch,
-                         size_t *bytes)
-{
-    size_t largest = 0, pair = 0;
     *scratch = *bytes = 0;
     for (int i = 0; i < l->n; i++) {
         diffuse_st_file *f;
         if (diffuse_st_open(l->list[i].path, &f, NULL))
             continue; /* reported when applied */
-        for (int t = 0; t < f->count; t++) {
-            const diffuse_st_tensor *x = &f->tensors[t];
-            *bytes += x->nbytes;
-            pair = 2 * (size_t)x->numel > pair ? 2 * (size_t)x->numel : pair;
-        }
+        for (int t = 0; t < f->count; t++)
+            *bytes += f->tensors[t].nbytes;
+        size_t need = diffuse_lora_file_scratch(f);
+        *scratch = need > *scratch ? need : *scratch;
         diffuse_st_close(f);
-    }
-    if (l->n) {
-        diffuse_weights_each_matrix(m->weights, max_matrix, &largest);
-        *scratch = largest + pair + 64;
     }
 }
 
@@ -315,7 +301,7 @@ static diffuse_run run_of(const diffuse_model *m, const diffuse_request *r,
     if (r->spacing != DIFFUSE_SPACING_DEFAULT)
         run.schedule.spacing = r->spacing;
     run.prompt = l->prompt;
-    loras_memory(m, l, &run.lora_scratch, &run.lora_bytes);
+    loras_memory(l, &run.lora_scratch, &run.lora_bytes);
     return run;
 }
 

@@ -649,6 +649,9 @@ void diffuse_lora_set_close(diffuse_lora_set *s);
  * set's largest changed matrix, and the bytes of its factors. */
 size_t diffuse_lora_set_scratch(const diffuse_lora_set *s);
 size_t diffuse_lora_set_bytes(const diffuse_lora_set *s);
+/* Arena floats a LoRA file's largest module needs when its matrix is widened
+ * (the matrix and both factors), from the file alone. */
+size_t diffuse_lora_file_scratch(const diffuse_st_file *f);
 /* w [out, in] += scale * up . down for one delta; -1 when the arena is short. */
 int diffuse_lora_add(const diffuse_lora_delta *d, float *w, diffuse_arena *a);
 

@@ -316,6 +316,23 @@ static int report_file(const file_report *r, const diffuse_lora *l,
     return 0;
 }
 
+size_t diffuse_lora_file_scratch(const diffuse_st_file *f)
+{
+    size_t most = 0;
+    lora_module mod;
+    for (int i = 0; i < f->count; i++) {
+        if (!module_of(f, f->tensors[i].name, &mod) || !mod.up || mod.down->ndim < 1 ||
+            mod.down->shape[0] < 1)
+            continue;
+        /* the matrix W [out, in] widened, with its factors beside it */
+        const size_t rank = (size_t)mod.down->shape[0], in = (size_t)mod.down->numel / rank;
+        const size_t out = (size_t)mod.up->numel / rank;
+        const size_t need = out * in + rank * in + out * rank + 48;
+        most = need > most ? need : most;
+    }
+    return most;
+}
+
 /* Modules in a file: an upper bound on its deltas. */
 static int count_modules(const diffuse_st_file *f)
 {
