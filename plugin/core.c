@@ -66,6 +66,16 @@ const CoreArg core_lora_weight_arg = {
     "lora-weight", "LoRA weight",
     "How strongly the LoRA applies: 1 as trained, 0 not at all, below 0 the opposite"};
 
+const CoreArg core_area_arg = {
+    "inpaint-area", "Inpaint a_rea",
+    "Image to Image: whole-layer generates the selection's bounds at about their own size; "
+    "selected-area (A1111's \"Only masked\") grows them by the padding, scales that crop to "
+    "the model's native size, generates there and scales the result back"};
+
+const CoreArg core_padding_arg = {
+    "padding", "Padding",
+    "Selected area: pixels of context around the selection's bounds (clipped to the layer)"};
+
 void core_settings_default(CoreSettings *s)
 {
     memset(s, 0, sizeof *s);
@@ -76,6 +86,8 @@ void core_settings_default(CoreSettings *s)
     s->count = 1;
     s->strength = 0.75;
     s->lora_weight = 1.0;
+    s->area = CORE_AREA_WHOLE;
+    s->padding = CORE_DEFAULT_PADDING;
 }
 
 /* key=value with backslash, newline and carriage return escaped, so that a
@@ -123,6 +135,8 @@ gchar *core_settings_serialize(const CoreSettings *s)
     g_string_append_printf(out, "%s=%d\n", core_fast_decoder_arg.name, s->fast_decoder ? 1 : 0);
     put_string(out, core_lora_arg.name, s->lora);
     put_double(out, core_lora_weight_arg.name, s->lora_weight);
+    g_string_append_printf(out, "%s=%d\n%s=%d\n", core_area_arg.name, s->area,
+                           core_padding_arg.name, s->padding);
     return g_string_free(out, FALSE);
 }
 
@@ -174,6 +188,10 @@ static void set_key(CoreSettings *s, const gchar *key, const gchar *value)
         s->empty_negative = atoi(value) != 0;
     else if (!strcmp(key, core_fast_decoder_arg.name))
         s->fast_decoder = atoi(value) != 0;
+    else if (!strcmp(key, core_area_arg.name))
+        s->area = atoi(value);
+    else if (!strcmp(key, core_padding_arg.name))
+        s->padding = atoi(value);
     for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
         if (!strcmp(key, core_size_cond_args[i].name))
             s->size_cond[i] = atoi(value);
@@ -224,6 +242,12 @@ gboolean core_settings_validate(const CoreSettings *s, CoreMode mode, GError **e
                              s->width, s->height, CORE_MAX_SIDE);
     if (mode == CORE_IMG2IMG && !(s->strength > 0 && s->strength <= 1))
         return CALLING_ERROR("strength: %g is outside (0, 1]", s->strength);
+    if (s->area != CORE_AREA_WHOLE && s->area != CORE_AREA_SELECTED)
+        return CALLING_ERROR("%s: %d is neither whole-layer (0) nor selected-area (1)",
+                             core_area_arg.name, s->area);
+    if (s->padding < 0 || s->padding > CORE_MAX_PADDING)
+        return CALLING_ERROR("%s: %d is outside 0..%d", core_padding_arg.name, s->padding,
+                             CORE_MAX_PADDING);
     for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
         if (s->size_cond[i] < 0 || s->size_cond[i] > CORE_MAX_COND)
             return CALLING_ERROR("%s: %d is outside 0..%d", core_size_cond_args[i].name,
@@ -406,6 +430,40 @@ gboolean core_image_check(CoreImage image, GError **error)
 gint core_round8(gdouble v)
 {
     return MAX(8, (gint)floor(v / 8 + 0.5) * 8);
+}
+
+CoreArea core_area_default(gint width, gint height, gint native)
+{
+    gint longer = MAX(width, height);
+
+    return longer * 2 < native || longer > native * 2 ? CORE_AREA_SELECTED : CORE_AREA_WHOLE;
+}
+
+CoreArea core_area_suggest(CoreImage image, CoreDrawable drawable, gint native)
+{
+    gint x, y, w, h;
+
+    if (drawable == CORE_NO_DRAWABLE || compat_selection_is_empty(image) ||
+        !compat_drawable_mask_intersect(drawable, &x, &y, &w, &h))
+        return CORE_AREA_WHOLE;
+    return core_area_default(w, h, native);
+}
+
+void core_area_crop(gint x, gint y, gint w, gint h, gint padding, gint bounds_w, gint bounds_h,
+                    gint *cx, gint *cy, gint *cw, gint *ch)
+{
+    *cx = MAX(x - padding, 0);
+    *cy = MAX(y - padding, 0);
+    *cw = MIN(x + w + padding, bounds_w) - *cx;
+    *ch = MIN(y + h + padding, bounds_h) - *cy;
+}
+
+void core_area_gen_size(gint width, gint height, gint native, gint *gen_width, gint *gen_height)
+{
+    gdouble scale = (gdouble)MAX(native, 8) / MAX(MAX(width, height), 1);
+
+    *gen_width = CLAMP(core_round8(width * scale), 8, CORE_MAX_SIDE);
+    *gen_height = CLAMP(core_round8(height * scale), 8, CORE_MAX_SIDE);
 }
 
 void core_image_default_size(CoreImage image, gint *width, gint *height)
@@ -814,7 +872,8 @@ static gboolean check_memory(Job *job, GError **error)
 
     if (job->mode == CORE_IMG2IMG)
         need += pixels_region_memory(job->region.width, job->region.height, r->width, r->height,
-                                     r->count);
+                                     r->count,
+                                     (gsize)job->region.crop_width * job->region.crop_height);
     else
         need += (gsize)r->count * r->width * r->height * 3 * sizeof(float);
     if (have && need > have) {
@@ -863,7 +922,8 @@ static gboolean prepare(Job *job, GError **error)
         diffuse_model_info info;
 
         diffuse_model_get_info(job->model, &info);
-        if (!pixels_region_read(job->image, job->drawable, info.native_size, &job->region, error))
+        if (!pixels_region_read(job->image, job->drawable, info.native_size, job->s.area,
+                                job->s.padding, &job->region, error))
             return FALSE;
         r->width = job->region.gen_width;
         r->height = job->region.gen_height;

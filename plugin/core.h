@@ -63,6 +63,18 @@ extern const CoreArg core_fast_decoder_arg;
 extern const CoreArg core_lora_arg;
 extern const CoreArg core_lora_weight_arg;
 
+/* Image to Image's inpaint area, as A1111's "Inpaint area": the selection's
+ * bounds at about their own size (today's behaviour, "whole-layer"), or the
+ * bounds grown by a padding and scaled so their longer side is the model's
+ * native size ("selected-area", A1111's "Only masked"). GIMP 3.0's named
+ * arguments inpaint-area (a choice, default whole-layer) and padding; the
+ * dialogs of both GIMPs. */
+typedef enum { CORE_AREA_WHOLE, CORE_AREA_SELECTED } CoreArea;
+#define CORE_DEFAULT_PADDING 32
+#define CORE_MAX_PADDING 1024
+extern const CoreArg core_area_arg;
+extern const CoreArg core_padding_arg;
+
 /* What a run needs to know. Fixed-size strings keep the struct flat for the
  * dialog; core_settings_serialize() is what gets remembered between runs. */
 typedef struct {
@@ -82,6 +94,8 @@ typedef struct {
     gboolean fast_decoder;     /* TAESD for the final image: core_fast_decoder_arg */
     gchar lora[CORE_PATH_MAX]; /* a LoRA .safetensors file; "" = none: core_lora_arg */
     gdouble lora_weight;       /* its weight, 1 by default: core_lora_weight_arg */
+    gint32 area;               /* img2img: a CoreArea, core_area_arg */
+    gint32 padding;            /* img2img, selected area: pixels around the selection */
 } CoreSettings;
 
 /* Error codes in CORE_ERROR; front ends map them to PDB statuses. */
@@ -140,6 +154,21 @@ gboolean core_image_check(CoreImage image, GError **error);
  * CORE_DEFAULT_MAX_SIDE on its longer side (aspect kept). */
 void core_image_default_size(CoreImage image, gint *width, gint *height);
 gint core_round8(gdouble v);
+
+/* The area a selection of w x h pixels suits: CORE_AREA_SELECTED when its
+ * longer side is under half or over twice the native size, else
+ * CORE_AREA_WHOLE. The dialogs start from it. */
+CoreArea core_area_default(gint width, gint height, gint native);
+/* core_area_default() of the selection's bounds on the drawable;
+ * CORE_AREA_WHOLE without a selection. */
+CoreArea core_area_suggest(CoreImage image, CoreDrawable drawable, gint native);
+/* The crop of CORE_AREA_SELECTED: the selection bounds (x, y, w, h) grown by
+ * padding on each side, clipped to a bounds_w x bounds_h drawable. */
+void core_area_crop(gint x, gint y, gint w, gint h, gint padding, gint bounds_w, gint bounds_h,
+                    gint *cx, gint *cy, gint *cw, gint *ch);
+/* The generation size of a w x h crop: its longer side scaled to native,
+ * aspect kept, both sides multiples of 8 from 8 to CORE_MAX_SIDE. */
+void core_area_gen_size(gint width, gint height, gint native, gint *gen_width, gint *gen_height);
 
 /* ---------------------------------------------------------------- running */
 

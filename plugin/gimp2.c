@@ -17,6 +17,8 @@
  * A LoRA file comes from the dialog's LoRA row (and so RUN-WITH-LAST-VALS);
  * the procedures' arguments stay as they are, and scripts name LoRAs in the
  * prompt, <lora:NAME:WEIGHT> (NAME.safetensors in the LoRA folder, or a path).
+ * So do Image to Image's inpaint area and padding (core.h, CoreArea): the
+ * dialog's menu, the remembered settings, whole layer for PDB calls.
  * Errors come back as the status plus a second return value holding the
  * message, GIMP 2.10's convention, so that Script-Fu and the error console
  * show it. */
@@ -210,7 +212,10 @@ typedef struct {
     GtkObject *size_cond[CORE_SIZE_COND_ARGS];
     GtkWidget *empty_negative, *fast_decoder;
     GtkWidget *sampler; /* GtkComboBoxText */
-    DialogModel model;  /* the model row */
+    GtkWidget *area;    /* Image to Image: GtkComboBoxText of the CoreArea values */
+    GtkObject *padding;
+    gint32 image, drawable; /* Image to Image: the selection the area suits */
+    DialogModel model;      /* the model row */
     DialogLora lora;    /* the LoRA row */
     DialogCopy copy;    /* Copy Settings from Layer */
 } Dialog;
@@ -286,6 +291,16 @@ static void set_model_size(gint native, gpointer data)
     gtk_adjustment_set_value(GTK_ADJUSTMENT(d->height), core_round8(MIN(native, CORE_MAX_SIDE)));
 }
 
+/* Image to Image: the area that suits the selection at the native size of the
+ * model just loaded (DialogModelSize). */
+static void set_model_area(gint native, gpointer data)
+{
+    Dialog *d = data;
+
+    gtk_combo_box_set_active(GTK_COMBO_BOX(d->area),
+                             core_area_suggest(d->image, d->drawable, native));
+}
+
 /* The fast decoder check box is for models that have one (DialogModelOffers). */
 static void set_model_offers(const diffuse_model *model, gpointer data)
 {
@@ -303,7 +318,7 @@ static void add_model_row(Dialog *d, GtkWidget *table, gint row)
     d->model.dialog = d->dialog;
     d->model.entry = gtk_entry_new();
     d->model.apply_defaults = set_model_defaults;
-    d->model.apply_size = d->mode == CORE_TXT2IMG ? set_model_size : NULL;
+    d->model.apply_size = d->mode == CORE_TXT2IMG ? set_model_size : set_model_area;
     d->model.offers = set_model_offers;
     d->model.data = d;
     gtk_entry_set_text(GTK_ENTRY(d->model.entry), d->s->model);
@@ -323,6 +338,26 @@ static GtkWidget *add_sampler_combo(Dialog *d, GtkWidget *table, gint row)
     gtk_combo_box_set_active(GTK_COMBO_BOX(combo), MAX(0, diffuse_sampler_parse(d->s->sampler)));
     gimp_table_attach_aligned(GTK_TABLE(table), 0, row, "S_ampler:", 0.0, 0.5, combo, 2, FALSE);
     return combo;
+}
+
+/* Image to Image: Inpaint area [Whole layer|Selected area] and its padding;
+ * returns the next row. */
+static gint add_area_rows(Dialog *d, GtkWidget *table, gint row)
+{
+    gchar *label = g_strconcat(core_area_arg.label, ":", NULL);
+
+    d->area = gtk_combo_box_text_new();
+    gtk_combo_box_text_append_text(GTK_COMBO_BOX_TEXT(d->area), "Whole layer");
+    gtk_combo_box_text_append_text(GTK_COMBO_BOX_TEXT(d->area), "Selected area");
+    gtk_combo_box_set_active(GTK_COMBO_BOX(d->area), d->s->area == CORE_AREA_SELECTED);
+    gimp_help_set_help_data(d->area, core_area_arg.blurb, NULL);
+    gimp_table_attach_aligned(GTK_TABLE(table), 0, row++, label, 0.0, 0.5, d->area, 2, FALSE);
+    g_free(label);
+    label = g_strconcat(core_padding_arg.label, ":", NULL);
+    d->padding = add_scale(table, row++, label, d->s->padding, 0, 256, 1, 0, CORE_MAX_PADDING,
+                           core_padding_arg.blurb);
+    g_free(label);
+    return row;
 }
 
 static void add_seed_row(Dialog *d, GtkWidget *table, gint row)
@@ -368,7 +403,7 @@ static void add_lora_rows(Dialog *d, GtkWidget *table, gint row)
 /* The settings table; returns it for the caller to pack. */
 static GtkWidget *make_table(Dialog *d)
 {
-    GtkWidget *table = gtk_table_new(13, 3, FALSE);
+    GtkWidget *table = gtk_table_new(15, 3, FALSE);
     CoreSettings *s = d->s;
     gint row = 0;
 
@@ -388,10 +423,12 @@ static GtkWidget *make_table(Dialog *d)
                               "Multiples of 8; the model's native size by default (models draw best at it)");
         g_signal_connect(d->width, "value-changed", G_CALLBACK(round_to_8), NULL);
         g_signal_connect(d->height, "value-changed", G_CALLBACK(round_to_8), NULL);
-    } else
+    } else {
         d->strength = add_scale(table, row++, "S_trength:", s->strength, 0.01, 1, 0.05, 2, 1,
                                 "How much of the selection to repaint: 0.3 keeps the drawing, "
                                 "1 ignores it");
+        row = add_area_rows(d, table, row);
+    }
     d->count = add_scale(table, row++, "Co_unt:", s->count, 1, 16, 1, 0, CORE_MAX_COUNT,
                          "Images to make, one new layer each");
     d->fast_decoder = gtk_check_button_new_with_mnemonic(core_fast_decoder_arg.label);
@@ -445,8 +482,12 @@ static void read_settings(CoreSettings *s, gpointer data)
     if (d->mode == CORE_TXT2IMG) {
         s->width = core_round8(gtk_adjustment_get_value(GTK_ADJUSTMENT(d->width)));
         s->height = core_round8(gtk_adjustment_get_value(GTK_ADJUSTMENT(d->height)));
-    } else
+    } else {
         s->strength = gtk_adjustment_get_value(GTK_ADJUSTMENT(d->strength));
+        s->area = gtk_combo_box_get_active(GTK_COMBO_BOX(d->area)) == 1 ? CORE_AREA_SELECTED
+                                                                        : CORE_AREA_WHOLE;
+        s->padding = gtk_adjustment_get_value(GTK_ADJUSTMENT(d->padding));
+    }
     g_strlcpy(s->model, gtk_entry_get_text(GTK_ENTRY(d->model.entry)), sizeof s->model);
     for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
         s->size_cond[i] = gtk_adjustment_get_value(GTK_ADJUSTMENT(d->size_cond[i]));
@@ -491,7 +532,7 @@ static void apply_settings(const CoreSettings *s, gpointer data)
 static gboolean dialog_run(CoreSettings *s, CoreMode mode, const gchar *proc, gboolean first_time,
                            gint32 image, gint32 drawable, diffuse_model **model)
 {
-    Dialog d = {.s = s, .mode = mode};
+    Dialog d = {.s = s, .mode = mode, .image = image, .drawable = drawable};
     GtkWidget *vbox;
     gboolean ok;
 

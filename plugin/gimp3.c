@@ -12,8 +12,10 @@
  *       seed, steps, guidance, sampler, strength, count, model)
  * each followed by original-width, original-height, crop-left, crop-top,
  * target-width, target-height (SDXL size conditioning), empty-negative,
- * fast-decoder, lora and lora-weight (core.h), with defaults: GIMP 3 calls
- * name their arguments, so calls without them keep working.
+ * fast-decoder, lora and lora-weight (core.h), and for img2img last
+ * inpaint-area (a choice, "whole-layer" by default, or "selected-area") and
+ * padding (core.h, CoreArea), with defaults: GIMP 3 calls name their
+ * arguments, so calls without them keep working.
  * plug-in-diffuse-txt2img-ext and -img2img-ext are the same procedures under
  * the names GIMP 2.10 gives its extended forms.
  * The results go above the first drawable; txt2img also runs with none (on
@@ -89,6 +91,14 @@ static GimpChoice *sampler_choice(void)
     for (gint i = 0; i < DIFFUSE_SAMPLER_COUNT; i++)
         gimp_choice_add(choice, diffuse_sampler_name(i), i, diffuse_sampler_name(i), NULL);
     return choice;
+}
+
+/* Image to Image's areas (core_area_arg), by the names the PDB takes. */
+static GimpChoice *area_choice(void)
+{
+    return gimp_choice_new_with_values("whole-layer", CORE_AREA_WHOLE, "Whole layer", NULL,
+                                       "selected-area", CORE_AREA_SELECTED, "Selected area", NULL,
+                                       NULL);
 }
 
 /* prompt, negative-prompt, seed, steps, guidance, sampler */
@@ -220,6 +230,14 @@ static GimpProcedure *diffuse_create_procedure(GimpPlugIn *plug_in, const gchar 
                                            0, 1, d->strength, G_PARAM_READWRITE);
     }
     add_tail_arguments(p, d);
+    if (mode == CORE_IMG2IMG) { /* last, so that no argument moves */
+        gimp_procedure_add_choice_argument(p, core_area_arg.name, core_area_arg.label,
+                                           core_area_arg.blurb, area_choice(), "whole-layer",
+                                           G_PARAM_READWRITE);
+        gimp_procedure_add_int_argument(p, core_padding_arg.name, core_padding_arg.label,
+                                        core_padding_arg.blurb, 0, CORE_MAX_PADDING, d->padding,
+                                        G_PARAM_READWRITE);
+    }
     g_free(d);
     return p;
 }
@@ -252,8 +270,10 @@ static gboolean settings_from_config(CoreSettings *s, CoreMode mode, GimpProcedu
                  "guidance", &s->guidance, "count", &s->count, NULL);
     if (mode == CORE_TXT2IMG)
         g_object_get(config, "width", &s->width, "height", &s->height, NULL);
-    else
-        g_object_get(config, "strength", &s->strength, NULL);
+    else {
+        g_object_get(config, "strength", &s->strength, core_padding_arg.name, &s->padding, NULL);
+        s->area = gimp_procedure_config_get_choice_id(config, core_area_arg.name);
+    }
     for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
         g_object_get(config, core_size_cond_args[i].name, &s->size_cond[i], NULL);
     g_object_get(config, core_empty_negative_arg.name, &s->empty_negative,
@@ -273,6 +293,8 @@ typedef struct {
     GimpProcedureConfig *config;
     CoreMode mode;
     GtkWidget *dialog;
+    GimpImage *image;        /* Image to Image: the selection the area suits */
+    GimpDrawable *drawable;
     GtkWidget *fast_decoder; /* its check box, sensitive when the model has one */
     DialogModel model;       /* the model row, its entry bound to the config's "model" */
     DialogLora lora;         /* the LoRA row, its entry bound to the config's "lora" */
@@ -287,6 +309,17 @@ static void round_to_8(GimpProcedureConfig *config, GParamSpec *pspec, gpointer 
     g_object_get(config, pspec->name, &v, NULL);
     if (v != 0 && v != core_round8(v))
         g_object_set(config, pspec->name, MIN(core_round8(v), CORE_MAX_SIDE), NULL);
+}
+
+/* Image to Image: the area that suits the selection at the native size of the
+ * model just loaded (DialogModelSize). */
+static void set_model_area(gint native_size, gpointer data)
+{
+    Dialog *d = data;
+    CoreArea area = core_area_suggest(d->image, d->drawable, native_size);
+
+    g_object_set(d->config, core_area_arg.name,
+                 area == CORE_AREA_SELECTED ? "selected-area" : "whole-layer", NULL);
 }
 
 /* The model's steps, guidance and sampler (DialogModelDefaults). */
@@ -392,7 +425,7 @@ static void add_model_row(GimpProcedureDialog *dialog, Dialog *d)
     d->model.dialog = d->dialog;
     d->model.entry = gimp_label_entry_get_entry(GIMP_LABEL_ENTRY(entry_widget));
     d->model.apply_defaults = set_model_defaults;
-    d->model.apply_size = d->mode == CORE_TXT2IMG ? set_model_size : NULL;
+    d->model.apply_size = d->mode == CORE_TXT2IMG ? set_model_size : set_model_area;
     d->model.offers = set_model_offers;
     d->model.data = d;
     row = gimp_procedure_dialog_fill_box(dialog, "model-row", "model", NULL);
@@ -497,7 +530,7 @@ static const gchar *add_sdxl(GimpProcedureDialog *dialog)
 static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config, CoreMode mode,
                            GimpImage *image, GimpDrawable *drawable, diffuse_model **model)
 {
-    Dialog d = {.config = config, .mode = mode};
+    Dialog d = {.config = config, .mode = mode, .image = image, .drawable = drawable};
     GimpProcedureDialog *dialog;
     const gchar *prompt, *negative;
     gboolean configured, ok;
@@ -518,8 +551,10 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
         add_scale(dialog, "height", 8, 2048, 0);
         g_signal_connect(config, "notify::width", G_CALLBACK(round_to_8), NULL);
         g_signal_connect(config, "notify::height", G_CALLBACK(round_to_8), NULL);
-    } else
+    } else {
         add_scale(dialog, "strength", 0.01, 1, 2);
+        add_scale(dialog, core_padding_arg.name, 0, 256, 0);
+    }
     add_scale(dialog, "count", 1, 16, 0);
     d.fast_decoder = gimp_procedure_dialog_get_widget(dialog, core_fast_decoder_arg.name,
                                                       G_TYPE_NONE);
@@ -532,9 +567,10 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
                                    core_lora_weight_arg.name, add_sdxl(dialog), NULL);
     else
         gimp_procedure_dialog_fill(dialog, prompt, negative, "seed-row", "steps", "guidance",
-                                   "sampler-choice", "strength", "count",
-                                   core_fast_decoder_arg.name, "model-box", "lora-row",
-                                   core_lora_weight_arg.name, add_sdxl(dialog), NULL);
+                                   "sampler-choice", "strength", core_area_arg.name,
+                                   core_padding_arg.name, "count", core_fast_decoder_arg.name,
+                                   "model-box", "lora-row", core_lora_weight_arg.name,
+                                   add_sdxl(dialog), NULL);
     gtk_widget_show(d.dialog);
     g_object_get(config, "configured", &configured, NULL);
     /* a first run takes the model's own steps and guidance */

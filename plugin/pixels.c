@@ -4,7 +4,10 @@
  * is what the engine's [0, 1] RGB means; the selection is read as linear
  * "Y float" because GIMP stores masks linearly; the original pixels are also
  * kept in the drawable's own format so that pixels outside the selection are
- * written back byte for byte, whatever the image's precision. */
+ * written back byte for byte, whatever the image's precision. The selected
+ * area (core.h, CoreArea) is scaled to and from the model's size by GEGL
+ * (gegl:scale-size, LoHalo/NoHalo) in premultiplied linear light; the whole
+ * layer keeps its bilinear resampling of a few pixels, as before. */
 #include <math.h>
 #include <string.h>
 
@@ -25,7 +28,8 @@ void pixels_gen_size(gint width, gint height, gint native, gint *gen_width, gint
     *gen_height = CLAMP(core_round8(height * scale), 8, CORE_MAX_SIDE);
 }
 
-gsize pixels_region_memory(gint width, gint height, gint gen_width, gint gen_height, gint count)
+gsize pixels_region_memory(gint width, gint height, gint gen_width, gint gen_height, gint count,
+                           gsize crop_pixels)
 {
     gsize region = (gsize)width * height;
     gsize gen = (gsize)gen_width * gen_height;
@@ -35,7 +39,37 @@ gsize pixels_region_memory(gint width, gint height, gint gen_width, gint gen_hei
      * native output */
     return gen * 4 * sizeof(float) + region * (5 * sizeof(float) + 16) +
            (gsize)count * gen * 3 * sizeof(float) + region * (3 + 4) * sizeof(float) +
-           region * 2 * 16;
+           region * 2 * 16 +
+           /* selected area: the crop read, flattened and in GEGL's buffer, its
+            * mask twice, and the engine image in a GEGL buffer to scale back */
+           crop_pixels * 16 * sizeof(float) + gen * 4 * sizeof(float);
+}
+
+/* ---------------------------------------------------------------- GEGL scaling */
+
+/* dst = the roi (in the scaled image's coordinates) of src [sh, sw] scaled to
+ * dw x dh by gegl:scale-size, both in format. The pixels are resampled in
+ * work, a linear premultiplied format ("RaGaBaA float", "YaA float"): the
+ * abyss around the source is transparent, and un-premultiplying on the way
+ * out keeps the edges' colours. LoHalo shrinks, NoHalo enlarges, as GIMP's
+ * own scaling recommends. */
+static void scale_gegl(const void *src, gint sw, gint sh, const Babl *format, const Babl *work,
+                       gint dw, gint dh, const GeglRectangle *roi, void *dst)
+{
+    GeglBuffer *buffer = gegl_buffer_new(GEGL_RECTANGLE(0, 0, sw, sh), work);
+    GeglNode *graph = gegl_node_new();
+    GeglNode *source, *scale;
+    GeglSamplerType sampler =
+        (gint64)dw * dh < (gint64)sw * sh ? GEGL_SAMPLER_LOHALO : GEGL_SAMPLER_NOHALO;
+
+    gegl_buffer_set(buffer, GEGL_RECTANGLE(0, 0, sw, sh), 0, format, src, GEGL_AUTO_ROWSTRIDE);
+    source = gegl_node_new_child(graph, "operation", "gegl:buffer-source", "buffer", buffer, NULL);
+    scale = gegl_node_new_child(graph, "operation", "gegl:scale-size", "x", (gdouble)dw, "y",
+                                (gdouble)dh, "sampler", sampler, NULL);
+    gegl_node_link(source, scale);
+    gegl_node_blit(scale, 1.0, roi, format, dst, GEGL_AUTO_ROWSTRIDE, GEGL_BLIT_DEFAULT);
+    g_object_unref(graph);
+    g_object_unref(buffer);
 }
 
 /* ---------------------------------------------------------------- resampling */
@@ -106,6 +140,18 @@ static gboolean read_selection(CoreImage image, PixelsRegion *r)
     return TRUE;
 }
 
+/* Opaque over white: rgb a + (1 - a), for n "R'G'B'A float" pixels into
+ * "R'G'B' float". */
+static void flatten(const float *rgba, gsize n, float *rgb)
+{
+    for (gsize i = 0; i < n; i++) {
+        float a = CLAMP(rgba[i * 4 + 3], 0.0f, 1.0f);
+
+        for (gint k = 0; k < 3; k++)
+            rgb[i * 3 + k] = CLAMP(rgba[i * 4 + k] * a + (1 - a), 0.0f, 1.0f);
+    }
+}
+
 /* The engine input: the original flattened over white (transparent parts of
  * a layer have no colour to start from), scaled to the engine size. */
 static void make_init(PixelsRegion *r)
@@ -115,20 +161,69 @@ static void make_init(PixelsRegion *r)
 
     if (r->gen_width != r->width || r->gen_height != r->height)
         flat = g_new(float, n * 3);
-    for (gsize i = 0; i < n; i++) {
-        float a = CLAMP(r->orig[i * 4 + 3], 0.0f, 1.0f);
-
-        for (gint k = 0; k < 3; k++)
-            flat[i * 3 + k] = CLAMP(r->orig[i * 4 + k] * a + (1 - a), 0.0f, 1.0f);
-    }
+    flatten(r->orig, n, flat);
     if (flat != r->init) {
         pixels_resample(flat, r->width, r->height, r->init, r->gen_width, r->gen_height, 3);
         g_free(flat);
     }
 }
 
-gboolean pixels_region_read(CoreImage image, CoreDrawable drawable, gint native, PixelsRegion *r,
-                            GError **error)
+/* The selected area's engine input and mask: the padded crop of the drawable
+ * and of the selection, scaled to the generation size with GEGL. */
+static gboolean read_area(CoreImage image, GeglBuffer *buffer, PixelsRegion *r, gint ox, gint oy,
+                          GError **error)
+{
+    gsize n = (gsize)r->crop_width * r->crop_height;
+    float *rgba = g_try_new(float, n * 4), *rgb = g_try_new(float, n * 3);
+    float *mask = g_try_new(float, n);
+    const GeglRectangle gen = {0, 0, r->gen_width, r->gen_height};
+    GeglBuffer *selection;
+
+    if (!rgba || !rgb || !mask) {
+        g_free(rgba);
+        g_free(rgb);
+        g_free(mask);
+        g_set_error(error, CORE_ERROR, CORE_ERROR_EXECUTION,
+                    "not enough memory to read a %dx%d area", r->crop_width, r->crop_height);
+        return FALSE;
+    }
+    gegl_buffer_get(buffer, GEGL_RECTANGLE(r->crop_x, r->crop_y, r->crop_width, r->crop_height),
+                    1.0, babl_format("R'G'B'A float"), rgba, GEGL_AUTO_ROWSTRIDE, GEGL_ABYSS_NONE);
+    flatten(rgba, n, rgb);
+    scale_gegl(rgb, r->crop_width, r->crop_height, babl_format("R'G'B' float"),
+               babl_format("RaGaBaA float"), r->gen_width, r->gen_height, &gen, r->init);
+    selection = compat_selection_buffer(image);
+    gegl_buffer_get(selection,
+                    GEGL_RECTANGLE(ox + r->crop_x, oy + r->crop_y, r->crop_width, r->crop_height),
+                    1.0, babl_format("Y float"), mask, GEGL_AUTO_ROWSTRIDE, GEGL_ABYSS_NONE);
+    g_object_unref(selection);
+    scale_gegl(mask, r->crop_width, r->crop_height, babl_format("Y float"),
+               babl_format("YaA float"), r->gen_width, r->gen_height, &gen, r->gen_mask);
+    g_free(rgba);
+    g_free(rgb);
+    g_free(mask);
+    return TRUE;
+}
+
+/* The selected area's crop and generation size; FALSE without a selection
+ * (the whole layer is the area then). */
+static gboolean place_area(CoreImage image, GeglBuffer *buffer, gint dx, gint dy, gint native,
+                           gint padding, PixelsRegion *r)
+{
+    if (compat_selection_is_empty(image))
+        return FALSE;
+    r->area = TRUE;
+    core_area_crop(dx, dy, r->width, r->height, padding, gegl_buffer_get_width(buffer),
+                   gegl_buffer_get_height(buffer), &r->crop_x, &r->crop_y, &r->crop_width,
+                   &r->crop_height);
+    r->crop_dx = dx - r->crop_x;
+    r->crop_dy = dy - r->crop_y;
+    core_area_gen_size(r->crop_width, r->crop_height, native, &r->gen_width, &r->gen_height);
+    return TRUE;
+}
+
+gboolean pixels_region_read(CoreImage image, CoreDrawable drawable, gint native, CoreArea area,
+                            gint padding, PixelsRegion *r, GError **error)
 {
     gint dx, dy, ox, oy;
     GeglBuffer *buffer;
@@ -143,23 +238,26 @@ gboolean pixels_region_read(CoreImage image, CoreDrawable drawable, gint native,
     compat_drawable_offsets(drawable, &ox, &oy);
     r->x = ox + dx;
     r->y = oy + dy;
-    pixels_gen_size(r->width, r->height, native, &r->gen_width, &r->gen_height);
-    r->native_format = compat_drawable_format(drawable);
-    if (!region_alloc(r, error))
-        return FALSE;
-
     buffer = compat_drawable_buffer(drawable);
+    if (area != CORE_AREA_SELECTED || !place_area(image, buffer, dx, dy, native, padding, r))
+        pixels_gen_size(r->width, r->height, native, &r->gen_width, &r->gen_height);
+    r->native_format = compat_drawable_format(drawable);
+    if (!region_alloc(r, error) || (r->area && !read_area(image, buffer, r, ox, oy, error))) {
+        g_object_unref(buffer);
+        return FALSE;
+    }
     gegl_buffer_get(buffer, GEGL_RECTANGLE(dx, dy, r->width, r->height), 1.0,
                     babl_format("R'G'B'A float"), r->orig, GEGL_AUTO_ROWSTRIDE, GEGL_ABYSS_NONE);
     gegl_buffer_get(buffer, GEGL_RECTANGLE(dx, dy, r->width, r->height), 1.0, r->native_format,
                     r->orig_native, GEGL_AUTO_ROWSTRIDE, GEGL_ABYSS_NONE);
     g_object_unref(buffer);
 
-    if (read_selection(image, r))
-        pixels_resample(r->mask, r->width, r->height, r->gen_mask, r->gen_width, r->gen_height, 1);
-    else
+    if (!read_selection(image, r))
         g_clear_pointer(&r->gen_mask, g_free); /* plain img2img: repaint everything */
-    make_init(r);
+    else if (!r->area)
+        pixels_resample(r->mask, r->width, r->height, r->gen_mask, r->gen_width, r->gen_height, 1);
+    if (!r->area)
+        make_init(r);
     return TRUE;
 }
 
@@ -230,10 +328,14 @@ gboolean pixels_write_blended(CoreLayer layer, const PixelsRegion *r, const diff
     guint8 *dst = g_try_malloc(n * bpp), *tmp = g_try_malloc(n * bpp);
     gboolean ok = blended && dst && tmp;
 
-    if (ok && (image->width != r->width || image->height != r->height)) {
+    if (ok && (r->area || image->width != r->width || image->height != r->height)) {
         gen = scaled = g_try_new(float, n * 3);
         ok = scaled != NULL;
-        if (ok)
+        if (ok && r->area) /* the crop's size, the region's part of it */
+            scale_gegl(image->pixels, image->width, image->height, babl_format("R'G'B' float"),
+                       babl_format("RaGaBaA float"), r->crop_width, r->crop_height,
+                       GEGL_RECTANGLE(r->crop_dx, r->crop_dy, r->width, r->height), scaled);
+        else if (ok)
             pixels_resample(image->pixels, image->width, image->height, scaled, r->width, r->height,
                             3);
     }

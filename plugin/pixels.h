@@ -25,18 +25,29 @@ typedef struct {
     float *mask;                /* [height, width] soft selection, 1 = repaint */
     guint8 *orig_native;        /* [height, width] original pixels in native_format */
     const Babl *native_format;  /* the drawable's own format */
+    gboolean area;              /* selected area: the engine sees the crop, scaled by GEGL */
+    gint crop_x, crop_y;        /* selected area: the padded crop in drawable coordinates */
+    gint crop_width, crop_height;
+    gint crop_dx, crop_dy; /* where the region lies in the crop */
 } PixelsRegion;
 
 /* The engine size for a w x h region: scaled up to the model's native size
  * when smaller (small selections get the model's full detail), down to
  * CORE_DEFAULT_MAX_SIDE when larger, then rounded to multiples of 8. */
 void pixels_gen_size(gint width, gint height, gint native, gint *gen_width, gint *gen_height);
-/* Bytes pixels_region_read() and the compositing need for count results. */
-gsize pixels_region_memory(gint width, gint height, gint gen_width, gint gen_height, gint count);
+/* Bytes pixels_region_read() and the compositing need for count results
+ * (the crop's pixels: 0 for the whole-layer area). */
+gsize pixels_region_memory(gint width, gint height, gint gen_width, gint gen_height, gint count,
+                           gsize crop_pixels);
 /* Reads the drawable inside the selection bounds and the soft selection.
- * native is the model's training size (see pixels_gen_size). */
-gboolean pixels_region_read(CoreImage image, CoreDrawable drawable, gint native,
-                            PixelsRegion *region, GError **error);
+ * native is the model's training size (see pixels_gen_size). With area
+ * CORE_AREA_SELECTED and a selection, the engine's input is instead the
+ * bounds grown by padding (core_area_crop()) scaled with GEGL to
+ * core_area_gen_size(); the region (the layer) stays the selection bounds,
+ * since the padding lies outside the selection, where the layer keeps the
+ * original pixels anyway. */
+gboolean pixels_region_read(CoreImage image, CoreDrawable drawable, gint native, CoreArea area,
+                            gint padding, PixelsRegion *region, GError **error);
 void pixels_region_free(PixelsRegion *region);
 
 /* Writes a txt2img result into a new layer of the same size; GEGL converts

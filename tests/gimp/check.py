@@ -8,6 +8,11 @@
         exact pixels (alpha opaque) wherever MASK (the selection, one byte a
         pixel over the whole image) is 0, and differs from ORIG over most of
         the pixels where MASK is 255.
+    check.py seam ORIG ORIG_CH MASK IMAGE_W RESULT RESULT_CH X Y W H
+        The feather blends: over the pixels where MASK is between 0 and 255,
+        RESULT differs from ORIG by more than nothing, and less in the
+        feather's outer half (MASK < 128) than in its inner half or where
+        MASK is 255 (mean absolute differences, 0..255).
     check.py pdb-args PLUGINRC PROCEDURE...
         GIMP 3.0's record of the procedures' arguments (its pluginrc), one
         line each: "arg PROCEDURE I NAME VALUE-TYPE TAIL", TAIL the range and
@@ -64,6 +69,29 @@ def img2img(orig, orig_ch, mask, image_w, result, result_ch, x, y, w, h, kind="u
     ok = kept > 0 and kept_bad == 0 and inside > 0 and changed >= 0.5 * inside
     return ("outside the selection %d pixels, %d differ; inside %d, %d changed"
             % (kept, kept_bad, inside, changed)), ok
+
+
+def seam(orig, orig_ch, mask, image_w, result, result_ch, x, y, w, h):
+    o, _ = load(orig, "u8")
+    r, _ = load(result, "u8")
+    m = open(mask, "rb").read()
+    sums = {"outer": [0, 0], "inner": [0, 0], "full": [0, 0]}
+    for j in range(h):
+        for i in range(w):
+            src = (y + j) * image_w + (x + i)
+            if m[src] == 0:
+                continue
+            part = "full" if m[src] == 255 else "inner" if m[src] >= 128 else "outer"
+            op = o[src * orig_ch:src * orig_ch + orig_ch]
+            rp = r[(j * w + i) * result_ch:(j * w + i) * result_ch + orig_ch]
+            sums[part][0] += sum(abs(a - b) for a, b in zip(rp, op)) / orig_ch
+            sums[part][1] += 1
+    d = {k: v[0] / v[1] if v[1] else 0 for k, v in sums.items()}
+    ok = (all(v[1] for v in sums.values()) and 0 < d["outer"] < d["inner"]
+          and d["outer"] < d["full"])
+    return ("mean |result - original|: feather outer %.2f (%d px), inner %.2f (%d px), "
+            "selection %.2f (%d px)" % (d["outer"], sums["outer"][1], d["inner"],
+                                         sums["inner"][1], d["full"], sums["full"][1])), ok
 
 
 def sexp(text):
@@ -148,6 +176,10 @@ def main(argv):
         a = argv[1:]
         text, ok = img2img(a[0], int(a[1]), a[2], int(a[3]), a[4], int(a[5]), int(a[6]),
                            int(a[7]), int(a[8]), int(a[9]), *a[10:11])
+    elif len(argv) >= 11 and argv[0] == "seam":
+        a = argv[1:]
+        text, ok = seam(a[0], int(a[1]), a[2], int(a[3]), a[4], int(a[5]), int(a[6]), int(a[7]),
+                        int(a[8]), int(a[9]))
     else:
         print(__doc__)
         return 2

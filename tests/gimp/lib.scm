@@ -77,6 +77,25 @@
   (let ((b (gimp-selection-bounds img)))
     (out "bounds" (cadr b) (caddr b) (cadddr b) (car (cddddr b)))))
 
+; A small feathered ellipse W x H at X, Y for the inpaint-area cases on a
+; large image; its mask and bounds as select-feathered-ellipse's.
+(define (select-small-ellipse img x y w h)
+  (gimp-image-select-ellipse img CHANNEL-OP-REPLACE x y w h)
+  (gimp-selection-feather img 8)
+  (let ((channel (car (gimp-selection-save img))))
+    (raw img channel "mask")
+    (gimp-image-remove-channel img channel))
+  (let ((b (gimp-selection-bounds img)))
+    (out "bounds" (cadr b) (caddr b) (cadddr b) (car (cddddr b)))))
+
+; The plug-in's remembered settings (GIMP 2.10: gimp_set_data under
+; "plug-in-diffuse", core_settings_serialize's "key=value" lines), which a
+; RUN-WITH-LAST-VALS call runs with: how a 2.10 script reaches settings its
+; PDB arguments lack (inpaint-area, padding).
+(define (set-last-values text)
+  (gimp-procedural-db-set-data "plug-in-diffuse" (string-length text)
+                               (list->vector (map char->integer (string->list text)))))
+
 ; "layer TAG I W H OX OY TYPE NAME" for every layer, pixels in TAG-I.raw and
 ; the parameters parasite (if any) in TAG-I-parameters.txt.
 (define (describe-layers img tag)

@@ -39,6 +39,8 @@ static void test_settings_round_trip(void)
     a.empty_negative = TRUE;
     g_strlcpy(a.lora, "/loras/film grain.safetensors", sizeof a.lora);
     a.lora_weight = -0.35;
+    a.area = CORE_AREA_SELECTED;
+    a.padding = 48;
     text = core_settings_serialize(&a);
     CHECK(strchr(text, '\r') == NULL, "a carriage return was not escaped");
     core_settings_default(&b);
@@ -189,6 +191,58 @@ static void test_sizes(void)
         CHECK(w == gen[i][3] && h == gen[i][4], "gen size of %dx%d (native %d): %dx%d, want %dx%d",
               gen[i][0], gen[i][1], gen[i][2], w, h, gen[i][3], gen[i][4]);
     }
+}
+
+/* Image to Image's selected area: which area a selection suits, the padded
+ * crop clipped to the layer, and the generation size at the native size. */
+static void test_area(void)
+{
+    CoreSettings s;
+
+    /* w, h, native -> area */
+    const int area[][4] = {{200, 150, 512, CORE_AREA_SELECTED}, {255, 100, 512, CORE_AREA_SELECTED},
+                           {256, 100, 512, CORE_AREA_WHOLE},    {1024, 700, 512, CORE_AREA_WHOLE},
+                           {1025, 10, 512, CORE_AREA_SELECTED}, {16, 16, 64, CORE_AREA_SELECTED}};
+    for (size_t i = 0; i < G_N_ELEMENTS(area); i++)
+        CHECK((int)core_area_default(area[i][0], area[i][1], area[i][2]) == area[i][3],
+              "area of %dx%d (native %d)", area[i][0], area[i][1], area[i][2]);
+
+    /* x, y, w, h, padding, layer w, h -> crop x, y, w, h */
+    const int crop[][11] = {{100, 80, 30, 20, 32, 1024, 768, 68, 48, 94, 84},
+                            {10, 5, 30, 20, 32, 1024, 768, 0, 0, 72, 57},
+                            {1000, 750, 24, 18, 32, 1024, 768, 968, 718, 56, 50},
+                            {0, 0, 1024, 768, 32, 1024, 768, 0, 0, 1024, 768},
+                            {40, 40, 8, 8, 0, 64, 64, 40, 40, 8, 8}};
+    for (size_t i = 0; i < G_N_ELEMENTS(crop); i++) {
+        const int *c = crop[i];
+        int x, y, w, h;
+        core_area_crop(c[0], c[1], c[2], c[3], c[4], c[5], c[6], &x, &y, &w, &h);
+        CHECK(x == c[7] && y == c[8] && w == c[9] && h == c[10],
+              "crop of %dx%d at %d,%d padding %d: %dx%d at %d,%d", c[2], c[3], c[0], c[1], c[4], w,
+              h, x, y);
+    }
+
+    /* crop w, h, native -> engine w, h: longer side = native, aspect kept */
+    const int gen[][5] = {
+        {94, 84, 64, 64, 56},    {364, 264, 512, 512, 368}, {3000, 2000, 512, 512, 344},
+        {4000, 10, 512, 512, 8}, {3, 2, 8, 8, 8},           {100, 100, 1024, 1024, 1024}};
+    for (size_t i = 0; i < G_N_ELEMENTS(gen); i++) {
+        int w, h;
+        core_area_gen_size(gen[i][0], gen[i][1], gen[i][2], &w, &h);
+        CHECK(w == gen[i][3] && h == gen[i][4],
+              "area gen size of %dx%d (native %d): %dx%d, want %dx%d", gen[i][0], gen[i][1],
+              gen[i][2], w, h, gen[i][3], gen[i][4]);
+    }
+
+    core_settings_default(&s);
+    CHECK(s.area == CORE_AREA_WHOLE && s.padding == 32, "area defaults %d %d", s.area, s.padding);
+    s.area = 2;
+    CHECK(!core_settings_validate(&s, CORE_IMG2IMG, NULL), "area 2 accepted");
+    s.area = CORE_AREA_SELECTED;
+    s.padding = -1;
+    CHECK(!core_settings_validate(&s, CORE_IMG2IMG, NULL), "padding -1 accepted");
+    s.padding = CORE_MAX_PADDING;
+    CHECK(core_settings_validate(&s, CORE_IMG2IMG, NULL), "padding %d refused", s.padding);
 }
 
 static void test_resample(void)
@@ -478,6 +532,7 @@ int main(void)
     test_validate();
     test_models();
     test_sizes();
+    test_area();
     test_resample();
     test_texts();
     test_read_own();
