@@ -621,6 +621,19 @@ PYEOF
         --model "$MODEL" --prompt x --output "$tmp/none/out.png"
     expect_error "an output that is a folder" "is a folder" "$BIN" generate --model "$MODEL" \
         --prompt x --output "$tmp"
+    mkfifo "$tmp/fifo"
+    expect_error "an output that is a pipe" "not a regular file" "$BIN" generate --model "$MODEL" \
+        --prompt x --output "$tmp/fifo"
+    [ -p "$tmp/fifo" ]
+    check $? "the pipe was replaced"
+    expect_error "an output that is a device" "not a regular file" "$BIN" generate --model "$MODEL" \
+        --prompt x --output /dev/full
+    [ -c /dev/full ] && ! ls /dev/full.part-* >/dev/null 2>&1
+    check $? "/dev/full was touched"
+    expect_error "a preview that is a device" "--preview '/dev/null': is not a regular file" "$BIN" \
+        generate --model "$MODEL" --prompt x --preview /dev/null --output "$tmp/nan.png"
+    [ -c /dev/null ]
+    check $? "/dev/null was replaced"
 fi
 # Masked content (A1111): the repaint area starts from the image or from noise
 if [ -d "$MODEL" ] && [ -f "$tmp/a1111.png" ]; then

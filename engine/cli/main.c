@@ -411,7 +411,7 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
 
 /* The output's folder must exist and take files: said before any work, with
  * the system's reason. */
-static int check_output(const char *out)
+static int check_output(const char *arg, const char *out)
 {
     char dir[4096];
     struct stat st;
@@ -422,11 +422,16 @@ static int check_output(const char *out)
     else
         snprintf(dir, sizeof dir, ".");
     if (stat(out, &st) == 0 && S_ISDIR(st.st_mode))
-        return bad_arg("--output", out, "is a folder; give a file name such as OUT.png");
+        return bad_arg(arg, out, "is a folder; give a file name such as OUT.png");
+    /* the image is written beside it and renamed over it: never over a device
+     * (/dev/null, /dev/full), a pipe or a socket */
+    if (stat(out, &st) == 0 && !S_ISREG(st.st_mode))
+        return bad_arg(arg, out, "is not a regular file (a device or a pipe); give a "
+                       "file name such as OUT.png");
     if (stat(dir, &st) != 0 || access(dir, W_OK) != 0) {
         char why[300];
         snprintf(why, sizeof why, "cannot write into %s: %s", dir, strerror(errno));
-        return bad_arg("--output", out, why);
+        return bad_arg(arg, out, why);
     }
     return 0;
 }
@@ -518,7 +523,9 @@ static int cmd_generate(int argc, char **argv)
     char buf[4096], err[DIFFUSE_ERROR_SIZE];
     diffuse_image *images = NULL;
     diffuse_model *model = NULL;
-    if ((rc = check_output(o.output)) || (rc = load_inputs(&o, &init, &mask)))
+    if ((rc = check_output("--output", o.output)) ||
+        (o.req.preview && (rc = check_output("--preview", o.req.preview_user))) ||
+        (rc = load_inputs(&o, &init, &mask)))
         goto done;
     if (!o.seed_given)
         o.req.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
