@@ -303,6 +303,11 @@ void diffuse_image_free(diffuse_image *image);
  * run compares this with what the system has available; the process's peak is
  * predicted as its resident set at the start plus this. */
 size_t diffuse_request_memory(const diffuse_model *model, const diffuse_request *req);
+/* Memory this machine can give a run, in bytes: /proc/meminfo's MemAvailable,
+ * capped by $DIFFUSE_MEMORY_LIMIT_MB where set (for machines shared with other
+ * work); 0 when unknown. diffuse_generate refuses a request whose
+ * diffuse_request_memory exceeds it; front ends ask the same. */
+size_t diffuse_memory_available(void);
 /* This process's resident set now, and its peak so far, in bytes (0 when unknown). */
 size_t diffuse_rss_now(void);
 size_t diffuse_rss_peak(void);

@@ -28,8 +28,7 @@ static int rng_draw(void *self, float *out, size_t n, const char *site, char *er
     return 0;
 }
 
-/* MemAvailable from /proc/meminfo in bytes; 0 when unknown. */
-static size_t memory_available(void)
+size_t diffuse_memory_available(void)
 {
     FILE *f = fopen("/proc/meminfo", "r");
     char line[256];
@@ -39,7 +38,13 @@ static size_t memory_available(void)
             break;
     if (f)
         fclose(f);
-    return (size_t)kb * 1024;
+    size_t have = (size_t)kb * 1024;
+    const char *limit = getenv("DIFFUSE_MEMORY_LIMIT_MB"); /* the user's own cap */
+    if (limit && *limit) {
+        size_t cap = (size_t)strtoull(limit, NULL, 10) << 20;
+        have = have && have < cap ? have : cap;
+    }
+    return have;
 }
 
 /* ------------------------------------------------------------------ LoRAs */
@@ -277,7 +282,7 @@ static diffuse_status check_request(const diffuse_model *m, const diffuse_reques
                DIFFUSE_ERR_ARGUMENT;
     if (r->mask && !r->init_image)
         return diffuse_fail(err, "mask: needs an init image"), DIFFUSE_ERR_ARGUMENT;
-    size_t need = request_memory(m, r, l), have = memory_available();
+    size_t need = request_memory(m, r, l), have = diffuse_memory_available();
     if (have && need > have)
         return diffuse_fail(err, "size: %dx%d needs %zu MiB of working memory, only %zu MiB are "
                             "available", r->width, r->height, need >> 20, have >> 20),

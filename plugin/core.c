@@ -840,35 +840,11 @@ static int on_progress(void *user, int image, int count, int step, int steps)
     return 0; /* GIMP cancels by killing the plug-in, see the file comment */
 }
 
-/* MemAvailable from /proc/meminfo in bytes, capped by DIFFUSE_MEMORY_LIMIT_MB
- * where set; 0 when unknown. */
-static gsize memory_available(void)
-{
-    FILE *f = fopen("/proc/meminfo", "r");
-    gchar line[256];
-    unsigned long long kb = 0;
-    const gchar *limit = g_getenv("DIFFUSE_MEMORY_LIMIT_MB");
-    gsize have;
-
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1)
-            break;
-    if (f)
-        fclose(f);
-    have = (gsize)kb * 1024;
-    /* a cap of the user's own, for machines shared with other work */
-    if (limit && *limit) {
-        gsize cap = (gsize)g_ascii_strtoull(limit, NULL, 10) << 20;
-        have = have ? MIN(have, cap) : cap;
-    }
-    return have;
-}
-
 static gboolean check_memory(Job *job, GError **error)
 {
     const diffuse_request *r = &job->req;
     gsize need = diffuse_request_memory(job->model, r);
-    gsize have = memory_available();
+    gsize have = diffuse_memory_available(); /* the engine's, with its cap */
 
     if (job->mode == CORE_IMG2IMG)
         need += pixels_region_memory(job->region.width, job->region.height, r->width, r->height,

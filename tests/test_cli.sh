@@ -621,6 +621,8 @@ PYEOF
         --model "$MODEL" --prompt x --output "$tmp/none/out.png"
     expect_error "an output that is a folder" "is a folder" "$BIN" generate --model "$MODEL" \
         --prompt x --output "$tmp"
+    DIFFUSE_MEMORY_LIMIT_MB=1 expect_error "a memory cap of 1 MiB" "MiB of working memory" "$BIN" \
+        generate --model "$MODEL" --prompt x --width 64 --height 64 --output "$tmp/nan.png"
     mkfifo "$tmp/fifo"
     expect_error "an output that is a pipe" "not a regular file" "$BIN" generate --model "$MODEL" \
         --prompt x --output "$tmp/fifo"
