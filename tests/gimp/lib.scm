@@ -69,16 +69,10 @@
 ; The feathered ellipse the img2img cases repaint; its mask goes to mask.raw
 ; (through a saved channel, removed again).
 (define (select-feathered-ellipse img)
-  (gimp-image-select-ellipse img CHANNEL-OP-REPLACE 16 12 32 36)
-  (gimp-selection-feather img 8)
-  (let ((channel (car (gimp-selection-save img))))
-    (raw img channel "mask")
-    (gimp-image-remove-channel img channel))
-  (let ((b (gimp-selection-bounds img)))
-    (out "bounds" (cadr b) (caddr b) (cadddr b) (car (cddddr b)))))
+  (select-small-ellipse img 16 12 32 36))
 
-; A small feathered ellipse W x H at X, Y for the inpaint-area cases on a
-; large image; its mask and bounds as select-feathered-ellipse's.
+; A feathered ellipse W x H at X, Y (the inpaint-area cases use a small one on
+; a large image); its mask and bounds written out.
 (define (select-small-ellipse img x y w h)
   (gimp-image-select-ellipse img CHANNEL-OP-REPLACE x y w h)
   (gimp-selection-feather img 8)
