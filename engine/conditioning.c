@@ -42,12 +42,6 @@ bool diffuse_cond_zeros(const diffuse_model *m, const char *negative_prompt)
     return !negative_prompt && m->force_zeros;
 }
 
-static int cond_chunks(const diffuse_model *m, const char *text, int32_t pad,
-                       diffuse_prompt_chunks *c, char *err)
-{
-    return diffuse_prompt_chunk(m->tokenizer, text, pad, c, err);
-}
-
 /* Grows c to `count` chunks with A1111's empty chunk (<start>, <end>, then
  * the pad id; weights 1): SDXL's two encoders must see as many. */static void cond_grow(diffuse_prompt_chunks *c, int count, int32_t bos, int32_t eos,
                       int32_t pad)
@@ -69,12 +63,12 @@ int diffuse_cond_tokens(const diffuse_model *m, const char *text, int *tokens, c
     *tokens = DIFFUSE_MAX_TOKENS;
     if (!text)
         return 0;
-    if (cond_chunks(m, text, m->clip_cfg.pad_id, &c, err))
+    if (diffuse_prompt_chunk(m->tokenizer, text, m->clip_cfg.pad_id, &c, err))
         return -1;
     int count = c.count;
     diffuse_prompt_chunks_free(&c);
     if (m->clip2) { /* "!" is a token of its own there: the counts can differ */
-        if (cond_chunks(m, text, m->clip2_cfg.pad_id, &c, err))
+        if (diffuse_prompt_chunk(m->tokenizer, text, m->clip2_cfg.pad_id, &c, err))
             return -1;
         count = c.count > count ? c.count : count;
         diffuse_prompt_chunks_free(&c);
@@ -127,9 +121,9 @@ int diffuse_cond_encode(diffuse_model *m, const char *text, int clip_skip, float
         return 0;
     }
     diffuse_prompt_chunks c1 = {0}, c2 = {0};
-    int rc = cond_chunks(m, text, m->clip_cfg.pad_id, &c1, err);
+    int rc = diffuse_prompt_chunk(m->tokenizer, text, m->clip_cfg.pad_id, &c1, err);
     if (rc == 0 && m->clip2)
-        rc = cond_chunks(m, text, m->clip2_cfg.pad_id, &c2, err);
+        rc = diffuse_prompt_chunk(m->tokenizer, text, m->clip2_cfg.pad_id, &c2, err);
     if (rc == 0 && m->clip2) { /* both encoders see as many chunks */
         const int32_t bos = diffuse_tokenizer_bos(m->tokenizer), eos = diffuse_tokenizer_eos(m->tokenizer);
         int n = c1.count > c2.count ? c1.count : c2.count;
