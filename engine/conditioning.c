@@ -43,7 +43,8 @@ bool diffuse_cond_zeros(const diffuse_model *m, const char *negative_prompt)
 }
 
 /* Grows c to `count` chunks with A1111's empty chunk (<start>, <end>, then
- * the pad id; weights 1): SDXL's two encoders must see as many. */static void cond_grow(diffuse_prompt_chunks *c, int count, int32_t bos, int32_t eos,
+ * the pad id; weights 1): SDXL's two encoders must see as many. */
+static void cond_grow(diffuse_prompt_chunks *c, int count, int32_t bos, int32_t eos,
                       int32_t pad)
 {
     const int t = DIFFUSE_MAX_TOKENS;
