@@ -104,7 +104,8 @@ void diffuse_clip_free(diffuse_clip *c)
 size_t diffuse_clip_workspace(const diffuse_clip *c, int n)
 {
     const size_t t = DIFFUSE_MAX_TOKENS, d = c->cfg.width;
-    return n * t * (5 * d + c->cfg.intermediate) + diffuse_attention_scratch((int)t, (int)t) + 128 +
+    return n * t * (5 * d + c->cfg.intermediate) +
+           diffuse_attention_scratch((int)t, (int)t, (int)d / c->cfg.heads) + 128 +
            diffuse_wmat_scratch(c->widen_max);
 }
 
@@ -191,7 +192,7 @@ static int clip_run(const diffuse_clip *c, const int32_t *ids, int n, int hidden
     float *k = diffuse_arena_push(a, (size_t)t * d);                      /* [T, d] */
     float *v = diffuse_arena_push(a, (size_t)t * d);                      /* [T, d] */
     float *mid = diffuse_arena_push(a, (size_t)t * c->cfg.intermediate); /* [T, 4d] */
-    float *scratch = diffuse_arena_push(a, diffuse_attention_scratch(t, t));
+    float *scratch = diffuse_arena_push(a, diffuse_attention_scratch(t, t, d / c->cfg.heads));
     if (!scratch)
         return diffuse_fail(err, "internal: text encoder work memory exhausted");
     for (int i = 0; i < n; i++) {

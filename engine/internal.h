@@ -310,12 +310,13 @@ void diffuse_op_upsample2x(float *y, const float *x, int n, int c, int h, int w)
 /* [N, C, HW] <-> [N, HW, C] */
 void diffuse_op_transpose(float *y, const float *x, int n, int rows, int cols);
 
-/* Multi-head attention, softmax(Q K^T * scale) V, one head and one block of
- * query rows at a time so no more than [q_block, tk] scores exist at once.
+/* Multi-head attention, softmax(Q K^T / sqrt(dh)) V (attention.c), as flash
+ * attention: one head and one block of query rows at a time, keys a block at
+ * a time, so the work space does not grow with the sequence length.
  * q: [tq, heads*dh], k, v: [tk, heads*dh] with row strides q_stride/kv_stride
  * (floats), out: [tq, heads*dh]. causal masks keys after the query position.
- * scratch: diffuse_attention_scratch(tq, tk) floats. */
-size_t diffuse_attention_scratch(int tq, int tk);
+ * scratch: diffuse_attention_scratch(tq, tk, dh) floats. */
+size_t diffuse_attention_scratch(int tq, int tk, int dh);
 /* Dense-equivalent flops of Q K^T and P V over all heads (width = heads * dh). */
 double diffuse_attention_flops(int tq, int tk, int width);
 void diffuse_op_attention(float *out, const float *q, int q_stride, const float *k,

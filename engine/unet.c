@@ -355,9 +355,9 @@ static size_t conv3_scratch(int n, int cin, int cout, int h, int w, int s)
 static size_t transformer_workspace(const unet_transformer *t, int hw, int tokens)
 {
     const size_t tc = pad16((size_t)hw * t->c);
-    size_t self = 2 * tc + 2 * tc + pad16(diffuse_attention_scratch(hw, hw));
+    size_t self = 2 * tc + 2 * tc + pad16(diffuse_attention_scratch(hw, hw, t->c / t->heads));
     size_t cross = 2 * tc + 2 * pad16((size_t)tokens * t->c) +
-                   pad16(diffuse_attention_scratch(hw, tokens));
+                   pad16(diffuse_attention_scratch(hw, tokens, t->c / t->heads));
     size_t ff = pad16((size_t)hw * 8 * t->c);
     return 4 * tc + max_sz(max_sz(self, cross), ff);
 }
@@ -426,7 +426,7 @@ static int attention_forward(const unet_attention *at, float *out, const float *
     float *k = diffuse_arena_push(a, (size_t)s * c);                    /* [S, C] */
     float *v = diffuse_arena_push(a, (size_t)s * c);                    /* [S, C] */
     float *o = diffuse_arena_push(a, (size_t)t * c);                    /* [T, C] */
-    float *scratch = diffuse_arena_push(a, diffuse_attention_scratch(t, s)); /* [min(T, 256), S] */
+    float *scratch = diffuse_arena_push(a, diffuse_attention_scratch(t, s, c / heads));
     if (!q || !k || !v || !o || !scratch)
         return -1;
     if (diffuse_linear_forward(&at->q, q, x, t, a) || diffuse_linear_forward(&at->k, k, ctx, s, a) ||

@@ -318,7 +318,7 @@ static size_t vae_attention_scratch(const vae_attention *at, int h, int w)
     vae_max(&wsz, vae_weight_scratch(&at->k.w));
     vae_max(&wsz, vae_weight_scratch(&at->v.w));
     vae_max(&wsz, vae_weight_scratch(&at->out.w));
-    return 2 * vae_round16(t * at->c) + vae_round16(diffuse_attention_scratch((int)t, (int)t)) +
+    return 2 * vae_round16(t * at->c) + vae_round16(diffuse_attention_scratch((int)t, (int)t, at->c)) +
            wsz;
 }
 
@@ -332,7 +332,7 @@ static int vae_attention_forward(const vae_attention *at, float *x, float *t0, f
     size_t mark = diffuse_arena_mark(a), n = (size_t)t * c;
     float *k = diffuse_arena_push(a, n);     /* [T, C] */
     float *v = diffuse_arena_push(a, n);     /* [T, C] */
-    float *s = diffuse_arena_push(a, diffuse_attention_scratch(t, t)); /* [min(T, qb), T] */
+    float *s = diffuse_arena_push(a, diffuse_attention_scratch(t, t, c));
     if (!k || !v || !s)
         return -1;
     diffuse_op_group_norm(t0, x, at->norm.gamma, at->norm.beta, 1, c, t, at->groups, VAE_EPS,

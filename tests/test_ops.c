@@ -239,14 +239,18 @@ static void attention_case(int tq, int tk, int heads, int dh, bool causal, int e
     const int width = heads * dh, stride = 3 * width + extra;
     const int rows = tq > tk ? tq : tk;
     float *qkv = random_buf((size_t)rows * stride, 2);
+    if (extra < 0) /* peaked: large scores whose row maximum moves from key block to key block */
+        for (int r = 0; r < rows; r++)
+            for (int i = 0; i < width; i++)
+                qkv[(size_t)r * stride + i] *= 4.0f + 0.05f * r;
     const float *q = qkv, *k = qkv + width, *v = qkv + 2 * width;
-    const size_t n = (size_t)tq * width, ns = diffuse_attention_scratch(tq, tk);
+    const size_t n = (size_t)tq * width, ns = diffuse_attention_scratch(tq, tk, dh);
     float *out = filled(n, NAN), *ref = filled(n, NAN), *scratch = filled(ns, NAN);
     diffuse_op_attention(out, q, stride, k, v, stride, tq, tk, heads, dh, causal, scratch);
     diffuse_op_attention_ref(ref, q, stride, k, v, stride, tq, tk, heads, dh, causal);
     double abs_err, rel = test_rel_err(out, ref, n, &abs_err);
-    CHECK(rel <= TOL, "attention tq=%d tk=%d heads=%d dh=%d causal=%d: rel err %g (abs %g)", tq,
-          tk, heads, dh, causal, rel, abs_err);
+    CHECK(rel <= TOL, "attention (path %d) tq=%d tk=%d heads=%d dh=%d causal=%d: rel err %g (abs %g)",
+          diffuse_cpu_path(), tq, tk, heads, dh, causal, rel, abs_err);
     /* separate q and k/v buffers with different strides */
     float *q2 = random_buf((size_t)tq * (width + 1), 1), *kv = random_buf((size_t)tk * 2 * width, 1);
     diffuse_op_attention(out, q2, width + 1, kv, kv + width, 2 * width, tq, tk, heads, dh, causal,
@@ -254,8 +258,8 @@ static void attention_case(int tq, int tk, int heads, int dh, bool causal, int e
     diffuse_op_attention_ref(ref, q2, width + 1, kv, kv + width, 2 * width, tq, tk, heads, dh,
                              causal);
     rel = test_rel_err(out, ref, n, &abs_err);
-    CHECK(rel <= TOL, "attention (separate q, kv) tq=%d tk=%d heads=%d causal=%d: rel err %g", tq,
-          tk, heads, causal, rel);
+    CHECK(rel <= TOL, "attention (path %d, separate q, kv) tq=%d tk=%d heads=%d causal=%d: rel err %g",
+          diffuse_cpu_path(), tq, tk, heads, causal, rel);
     free(q2);
     free(kv);
     free(qkv);
@@ -287,7 +291,7 @@ static void test_attention_definition(void)
     for (int d = 0; d < dh; d++)
         ok = ok && fabs(out[w + d] - (p0 * v[d] + p1 * v[w + d])) < 1e-6;
     CHECK(ok, "attention_ref disagrees with softmax(q k^T / sqrt(d)) v");
-    float *scratch = filled(diffuse_attention_scratch(t, 1), NAN);
+    float *scratch = filled(diffuse_attention_scratch(t, 1, dh), NAN);
     diffuse_op_attention(out, q, w, k, v, w, t, 1, heads, dh, false, scratch);
     ok = true;
     for (int i = 0; i < t; i++)
@@ -301,19 +305,35 @@ static void test_attention_definition(void)
     free(out);
 }
 
+/* Every case on every vector path this CPU has. Key blocks are 256 keys for
+ * heads of up to 64, 96 for 160, 64 for 512; query blocks 256 rows. */
 static void test_attention(void)
 {
-    attention_case(7, 5, 1, 8, false, 0);
-    attention_case(5, 7, 3, 5, false, 1);
-    attention_case(77, 77, 3, 8, true, 0);     /* CLIP self-attention */
-    attention_case(64, 77, 3, 7, false, 3);    /* UNet cross-attention */
-    attention_case(300, 77, 1, 8, false, 0);   /* crosses the 256-query block */
-    attention_case(300, 77, 3, 5, false, 2);
-    attention_case(300, 300, 3, 4, true, 1);   /* causal mask across blocks */
-    attention_case(513, 9, 2, 3, false, 0);    /* three blocks, last partial */
-    attention_case(257, 257, 1, 16, true, 0);
-    attention_case(1, 1, 1, 1, false, 0);
-    test_attention_definition();
+    const int best = diffuse_cpu_path();
+    for (int path = DIFFUSE_CPU_BASE; path <= best; path++) {
+        diffuse_cpu_cap(path);
+        attention_case(7, 5, 1, 8, false, 0);
+        attention_case(5, 7, 3, 5, false, 1);
+        attention_case(77, 77, 3, 8, true, 0);     /* CLIP self-attention */
+        attention_case(64, 77, 3, 7, false, 3);    /* UNet cross-attention */
+        attention_case(300, 77, 1, 8, false, 0);   /* crosses the 256-query block */
+        attention_case(300, 77, 3, 5, false, 2);
+        attention_case(300, 300, 3, 4, true, 1);   /* causal mask across blocks */
+        attention_case(513, 9, 2, 3, false, 0);    /* three blocks, last partial */
+        attention_case(257, 257, 1, 16, true, 0);
+        attention_case(1, 1, 1, 1, false, 0);
+        attention_case(261, 600, 2, 40, false, 0); /* SD 1.x heads, three key blocks */
+        attention_case(600, 600, 1, 40, true, 0);  /* causal across key and query blocks */
+        attention_case(130, 333, 1, 40, false, -1); /* peaked: the online rescaling */
+        attention_case(90, 250, 2, 160, false, 5); /* 10 vectors a row: column slabs of 3 */
+        attention_case(70, 200, 1, 512, false, 0); /* the VAE's one head */
+        attention_case(33, 97, 3, 17, true, 0);
+        test_attention_definition();
+    }
+    diffuse_cpu_cap(DIFFUSE_CPU_AVX512);
+    /* the work space does not grow with the keys */
+    CHECK(diffuse_attention_scratch(4096, 4096, 40) == diffuse_attention_scratch(4096, 1 << 20, 40),
+          "attention scratch grows with the sequence length");
 }
 
 /* ------------------------------------------------------------------ norms */
@@ -681,7 +701,7 @@ static void test_threads(void)
     float *q = random_buf((size_t)tq * c, 1), *kv = random_buf((size_t)tk * c, 1);
     float *one = malloc(sizeof(float) * tq * c), *many = malloc(sizeof(float) * tq * c);
     diffuse_pool_set_threads(4);
-    float *scratch = malloc(sizeof(float) * diffuse_attention_scratch(tq, tk));
+    float *scratch = malloc(sizeof(float) * diffuse_attention_scratch(tq, tk, dh));
     for (int t = 1; t <= 4; t++) {
         diffuse_pool_set_threads(t);
         diffuse_op_attention(t == 1 ? one : many, q, c, kv, kv, c, tq, tk, heads, dh, false, scratch);

@@ -64,7 +64,7 @@ static void bench_kernels(double peak)
     report("conv 3x3 320->320 at 64x64", 2.0 * c * c * 9 * hw, s, peak);
     BEST_OF(3, s, diffuse_op_linear(y, q, w, NULL, hw, c, c));
     report("linear 4096x320 . 320x320", 2.0 * hw * c * c, s, peak);
-    float *att_scratch = malloc(sizeof(float) * diffuse_attention_scratch(hw, hw));
+    float *att_scratch = malloc(sizeof(float) * diffuse_attention_scratch(hw, hw, dh));
     BEST_OF(2, s, diffuse_op_attention(y, q, c, q, q, c, hw, hw, heads, dh, false, att_scratch));
     report("self-attention 4096 tokens, 8 heads x 40", 4.0 * hw * hw * c, s, peak);
     BEST_OF(3, s, diffuse_op_attention(y, q, c, q, q, c, hw, t, heads, dh, false, att_scratch));
