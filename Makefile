@@ -187,7 +187,7 @@ install: all
 # beside it in models/default. On Debian 12 (no GIMP 3.0) `make test-gimp3`
 # builds and tests the 3.0 one in a Debian trixie chroot (tests/gimp3/run.sh).
 PLUGIN_CORE := plugin/core.c plugin/pixels.c
-PLUGIN_UI   := plugin/dialog.c
+PLUGIN_UI   := plugin/dialog.c plugin/progress.c
 PLUGIN_HDRS := $(wildcard plugin/*.h) engine/diffuse.h
 GIMP_PKGS   := gimp-2.0 gimpui-2.0 gegl-0.4 babl
 HAVE_GIMP   := $(shell pkg-config --exists $(GIMP_PKGS) 2>/dev/null && echo yes)
@@ -251,7 +251,7 @@ $(BUILD)/tests/gimp/%.o: tests/gimp/%.c $(PLUGIN_HDRS) tests/test.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -DGLIB_DISABLE_DEPRECATION_WARNINGS $(shell pkg-config --cflags $(GIMP_PKGS)) -c $< -o $@
 
-$(PLUGIN_TEST): $(BUILD)/tests/gimp/test_core.o $(filter-out %/gimp2.o %/dialog.o,$(PLUGIN_OBJ)) $(BUILD)/libdiffuse.a
+$(PLUGIN_TEST): $(BUILD)/tests/gimp/test_core.o $(filter-out %/gimp2.o %/dialog.o %/progress.o,$(PLUGIN_OBJ)) $(BUILD)/libdiffuse.a
 	$(CC) $(LDFLAGS) $^ $(shell pkg-config --libs $(GIMP_PKGS)) $(LDLIBS) -o $@
 
 install-plugin2: plugin2
@@ -278,7 +278,7 @@ $(BUILD)/tests/gimp3/%.o: tests/gimp/%.c $(PLUGIN_HDRS) tests/test.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(GIMP3_CFLAGS) -c $< -o $@
 
-$(PLUGIN3_TEST): $(BUILD)/tests/gimp3/test_core.o $(filter-out %/gimp3.o %/dialog.o,$(PLUGIN3_OBJ)) $(BUILD)/libdiffuse.a
+$(PLUGIN3_TEST): $(BUILD)/tests/gimp3/test_core.o $(filter-out %/gimp3.o %/dialog.o %/progress.o,$(PLUGIN3_OBJ)) $(BUILD)/libdiffuse.a
 	$(CC) $(LDFLAGS) $^ $(shell pkg-config --libs $(GIMP3_PKGS)) $(LDLIBS) -o $@
 
 install-plugin3: plugin3

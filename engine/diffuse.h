@@ -342,6 +342,12 @@ typedef struct diffuse_parameters {
     const char *loras;
     int masked_content;          /* "Masked content" (A1111's words: "original", "latent
                                     noise"); -1: not given; written only for latent noise */
+    /* "Inpaint area", A1111's words: 1 "Only masked" (the selection's bounds
+     * grown by "Masked area padding" pixels, generated at the model's size),
+     * 0 "Whole picture"; -1: not given. Written only for Only masked, with
+     * its padding (read: -1 when not given). */
+    int inpaint_area;
+    int padding;
 } diffuse_parameters;
 
 /* The text for p (steps, sampler, guidance, seed and size always; the rest

@@ -5,7 +5,8 @@
  *   <prompt, one or more lines>
  *   Negative prompt: <one or more lines>
  *   Steps: 20, Sampler: Euler a, Schedule type: Karras, CFG scale: 7, Seed: 1,
- *   Size: 512x512, Model: name, Denoising strength: 0.75, Clip skip: 2, RNG: NV
+ *   Size: 512x512, Model: name, Denoising strength: 0.75, Clip skip: 2, RNG: NV,
+ *   Inpaint area: Only masked, Masked area padding: 32
  *
  * The last line is "key: value" pairs; a value holding ',', ':' or a newline
  * is a JSON string. A1111 finds that line by its pairs (three or more), and so
@@ -126,6 +127,8 @@ char *diffuse_parameters_text(const diffuse_parameters *p)
         put_value(&b, "LoRA", p->loras);
     if (p->masked_content == DIFFUSE_MASKED_LATENT_NOISE)
         put(&b, ", Masked content: latent noise");
+    if (p->inpaint_area == 1) /* A1111 writes both, only for Only masked */
+        put(&b, ", Inpaint area: Only masked, Masked area padding: %d", p->padding);
     if (b.failed) {
         free(b.s);
         return NULL;
@@ -344,6 +347,10 @@ static bool read_param(diffuse_parameters *p, const char *key, const char *v, pa
     if (!strcmp(key, "Masked content") && (!strcmp(v, "original") || !strcmp(v, "latent noise")))
         return p->masked_content = v[0] == 'l' ? DIFFUSE_MASKED_LATENT_NOISE
                                                : DIFFUSE_MASKED_ORIGINAL, true;
+    if (!strcmp(key, "Inpaint area") && (!strcmp(v, "Only masked") || !strcmp(v, "Whole picture")))
+        return p->inpaint_area = v[0] == 'O', true;
+    if (!strcmp(key, "Masked area padding") && read_long(v, 0, DIFFUSE_MAX_SIDE, &x))
+        return p->padding = (int)x, true;
     if (!strcmp(key, "LoRA"))
         return free((char *)p->loras), (p->loras = strdup(v)) != NULL;
     if (!strcmp(key, "Version"))
@@ -452,7 +459,7 @@ diffuse_status diffuse_parameters_parse(const char *text, diffuse_parameters *p,
                                         size_t err_size)
 {
     *p = (diffuse_parameters){.sampler = -1, .karras = -1, .guidance = -1, .rng = -1,
-                              .masked_content = -1};
+                              .masked_content = -1, .inpaint_area = -1, .padding = -1};
     if (!text || parse_lines(p, text) || (!p->prompt && !(p->prompt = strdup("")))) {
         diffuse_parameters_free(p);
         if (err && err_size)

@@ -33,6 +33,17 @@ static inline GtkWidget *compat_box_new(GtkOrientation orientation, gint spacing
 #endif
 }
 
+/* gimp_ui_init(), which 2.10 asks whether to preview with the GIMP's own
+ * colormap (never wanted: FALSE). Calling it again does nothing. */
+static inline void compat_ui_init(const gchar *prog_name)
+{
+#if GTK_MAJOR_VERSION >= 3
+    gimp_ui_init(prog_name);
+#else
+    gimp_ui_init(prog_name, FALSE);
+#endif
+}
+
 G_END_DECLS
 
 #endif

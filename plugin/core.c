@@ -9,7 +9,8 @@
  *      and bad arguments are refused with a message before any work);
  *   2. read the source pixels (img2img) and check the memory the request needs
  *      against MemAvailable, so the plug-in refuses instead of being killed;
- *   3. run the engine, reporting each denoising step to GIMP's progress;
+ *   3. run the engine, reporting each denoising step to GIMP's progress and
+ *      to the front end's CoreWatch (the progress window: previews, Cancel);
  *   4. make every result layer, then insert them all in one undo group.
  * GIMP kills the plug-in when the user cancels its progress; since nothing is
  * inserted before stage 4, a kill at any earlier point leaves the image as it
@@ -76,6 +77,12 @@ const CoreArg core_padding_arg = {
     "padding", "Padding",
     "Selected area: pixels of context around the selection's bounds (clipped to the layer)"};
 
+const CoreArg core_masked_arg = {
+    "masked-content", "_Masked content",
+    "Image to Image with a plain model: what the selection starts from, original (the image) "
+    "or latent-noise (noise, so that a strength near 1 paints something new); inpainting "
+    "models read the selection themselves"};
+
 void core_settings_default(CoreSettings *s)
 {
     memset(s, 0, sizeof *s);
@@ -88,6 +95,7 @@ void core_settings_default(CoreSettings *s)
     s->lora_weight = 1.0;
     s->area = CORE_AREA_WHOLE;
     s->padding = CORE_DEFAULT_PADDING;
+    s->masked_content = DIFFUSE_MASKED_ORIGINAL;
 }
 
 /* key=value with backslash, newline and carriage return escaped, so that a
@@ -137,6 +145,7 @@ gchar *core_settings_serialize(const CoreSettings *s)
     put_double(out, core_lora_weight_arg.name, s->lora_weight);
     g_string_append_printf(out, "%s=%d\n%s=%d\n", core_area_arg.name, s->area,
                            core_padding_arg.name, s->padding);
+    g_string_append_printf(out, "%s=%d\n", core_masked_arg.name, s->masked_content);
     return g_string_free(out, FALSE);
 }
 
@@ -192,6 +201,8 @@ static void set_key(CoreSettings *s, const gchar *key, const gchar *value)
         s->area = atoi(value);
     else if (!strcmp(key, core_padding_arg.name))
         s->padding = atoi(value);
+    else if (!strcmp(key, core_masked_arg.name))
+        s->masked_content = atoi(value);
     for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
         if (!strcmp(key, core_size_cond_args[i].name))
             s->size_cond[i] = atoi(value);
@@ -248,6 +259,9 @@ gboolean core_settings_validate(const CoreSettings *s, CoreMode mode, GError **e
     if (s->padding < 0 || s->padding > CORE_MAX_PADDING)
         return CALLING_ERROR("%s: %d is outside 0..%d", core_padding_arg.name, s->padding,
                              CORE_MAX_PADDING);
+    if (s->masked_content < 0 || s->masked_content >= DIFFUSE_MASKED_KINDS)
+        return CALLING_ERROR("%s: %d is neither original (0) nor latent-noise (1)",
+                             core_masked_arg.name, s->masked_content);
     for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
         if (s->size_cond[i] < 0 || s->size_cond[i] > CORE_MAX_COND)
             return CALLING_ERROR("%s: %d is outside 0..%d", core_size_cond_args[i].name,
@@ -271,6 +285,11 @@ gchar *core_lora_folder(void)
 }
 
 /* ---------------------------------------------------------------- models */
+
+void core_process_init(void)
+{
+    g_setenv("BABL_LUT", "0", FALSE);
+}
 
 void core_set_plugin_dir(const gchar *dir)
 {
@@ -488,14 +507,17 @@ gchar *core_parameters_text(const CoreSettings *s, CoreMode mode, guint64 seed, 
         s->lora[0] ? g_strconcat(s->lora, ":",
                                  g_ascii_formatd(weight, sizeof weight, "%g", s->lora_weight), NULL)
                    : NULL;
+    const gboolean i2i = mode == CORE_IMG2IMG;
     diffuse_parameters p = {
         .prompt = s->prompt, .negative_prompt = s->negative_prompt, .steps = s->steps,
         .sampler = diffuse_sampler_parse(s->sampler), .karras = 0, .guidance = (float)s->guidance,
         .has_seed = 1, .seed = seed, .width = width, .height = height, .model = model,
-        .strength = mode == CORE_IMG2IMG ? (float)s->strength : 0, .rng = DIFFUSE_RNG_PHILOX,
+        .strength = i2i ? (float)s->strength : 0, .rng = DIFFUSE_RNG_PHILOX,
         .size_cond = {s->size_cond[0], s->size_cond[1], s->size_cond[2], s->size_cond[3],
                       s->size_cond[4], s->size_cond[5]},
-        .loras = lora};
+        .loras = lora, .masked_content = i2i ? s->masked_content : -1,
+        /* Image to Image's Selected area is A1111's "Only masked" */
+        .inpaint_area = i2i && s->area == CORE_AREA_SELECTED, .padding = s->padding};
     char *text = diffuse_parameters_text(&p); /* the engine keeps the format */
     gchar *out = g_strdup(text ? text : "");
     free(text);
@@ -630,6 +652,27 @@ static void take_image(CoreSettings *s, CoreMode mode, const diffuse_parameters 
     g_free(model);
 }
 
+/* Image to Image's masked content, inpaint area and padding, where given. */
+static void take_inpaint(CoreSettings *s, CoreMode mode, const diffuse_parameters *p,
+                         GString *unused)
+{
+    const gboolean i2i = mode == CORE_IMG2IMG;
+
+    if (p->masked_content >= 0 && i2i)
+        s->masked_content = p->masked_content;
+    else if (p->masked_content == DIFFUSE_MASKED_LATENT_NOISE)
+        not_used(unused, "Masked content: latent noise (for Image to Image)");
+    if (p->inpaint_area >= 0 && i2i)
+        s->area = p->inpaint_area ? CORE_AREA_SELECTED : CORE_AREA_WHOLE;
+    else if (p->inpaint_area > 0)
+        not_used(unused, "Inpaint area: Only masked (for Image to Image)");
+    if (p->padding >= 0 && p->padding <= CORE_MAX_PADDING && i2i)
+        s->padding = p->padding;
+    else if (p->padding >= 0)
+        not_used(unused, "Masked area padding: %d%s", p->padding,
+                 i2i ? "" : " (for Image to Image)");
+}
+
 /* "PATH:WEIGHT, ...": the first that fits the settings (none when the text
  * names none), the rest reported. Each is split at its last colon when a
  * number follows it, as the CLI's --lora does; without one it applies fully. */
@@ -685,6 +728,7 @@ gboolean core_settings_from_parameters(CoreSettings *s, CoreMode mode, const gch
         not_used(list, "Negative prompt: the end, after %d bytes", CORE_TEXT_MAX - 1);
     take_sampling(s, &p, list);
     take_image(s, mode, &p, list);
+    take_inpaint(s, mode, &p, list);
     take_loras(s, p.loras, list);
     diffuse_parameters_free(&p);
     if (unused && list->len)
@@ -816,6 +860,9 @@ typedef struct {
     GString *notices;      /* what the engine told while the run went ahead */
     diffuse_image *images; /* [s.count], filled by the engine */
     gboolean generated;
+    const CoreWatch *watch; /* NULL, or the front end's window */
+    gsize rss_start;       /* bytes resident when stage 2 began */
+    gsize need;            /* bytes the request adds: the memory check's estimate */
 } Job;
 
 /* The engine's notices (a LoRA that matches only part of the model, a prompt
@@ -831,13 +878,25 @@ static void on_notice(void *user, const char *message)
 
 static int on_progress(void *user, int image, int count, int step, int steps)
 {
+    const Job *job = user;
     gchar text[128];
 
     g_snprintf(text, sizeof text, "Diffuse: step %d/%d (image %d/%d)", step, steps, image + 1,
                count);
     gimp_progress_set_text(text);
     gimp_progress_update(((gdouble)image * steps + step) / ((gdouble)count * steps));
-    return 0; /* GIMP cancels by killing the plug-in, see the file comment */
+    /* GIMP's own progress cancels by killing the plug-in (the file comment);
+     * the front end's window asks to stop */
+    return job->watch && job->watch->step &&
+           !job->watch->step(job->watch->user, image, count, step, steps);
+}
+
+static int on_preview(void *user, int image, int step, int steps, const float *rgb, int width,
+                      int height)
+{
+    const CoreWatch *watch = ((const Job *)user)->watch;
+
+    return !watch->preview(watch->user, image, step, steps, rgb, width, height);
 }
 
 static gboolean check_memory(Job *job, GError **error)
@@ -849,9 +908,13 @@ static gboolean check_memory(Job *job, GError **error)
     if (job->mode == CORE_IMG2IMG)
         need += pixels_region_memory(job->region.width, job->region.height, r->width, r->height,
                                      r->count,
-                                     (gsize)job->region.crop_width * job->region.crop_height);
+                                     (gsize)job->region.crop_width * job->region.crop_height) +
+                pixels_babl_memory(job->region.native_format,
+                                   MAX((gsize)job->region.width * job->region.height,
+                                       (gsize)job->region.crop_width * job->region.crop_height));
     else
         need += (gsize)r->count * r->width * r->height * 3 * sizeof(float);
+    job->need = need;
     if (have && need > have) {
         g_set_error(error, CORE_ERROR, CORE_ERROR_EXECUTION,
                     "%dx%d needs %" G_GSIZE_FORMAT " MiB of memory, only %" G_GSIZE_FORMAT
@@ -867,6 +930,7 @@ static gboolean prepare(Job *job, GError **error)
 {
     diffuse_request *r = &job->req;
 
+    job->rss_start = diffuse_rss_now();
     *r = diffuse_request_default();
     r->prompt = job->s.prompt;
     /* "" means none given unless the settings say it is a prompt (SDXL) */
@@ -885,6 +949,12 @@ static gboolean prepare(Job *job, GError **error)
     r->width = job->s.width;
     r->height = job->s.height;
     r->progress = on_progress;
+    r->progress_user = job;
+    if (job->watch && job->watch->preview) { /* before the memory check: previews cost some */
+        r->preview = on_preview;
+        r->preview_user = job;
+        r->preview_every = MAX(1, job->s.steps / CORE_PREVIEWS);
+    }
     r->notice = on_notice;
     r->notice_user = job;
     if (job->s.lora[0]) {
@@ -905,6 +975,7 @@ static gboolean prepare(Job *job, GError **error)
         r->height = job->region.gen_height;
         r->init_image = job->region.init;
         r->mask = job->region.gen_mask;
+        r->masked_content = (diffuse_masked_content)job->s.masked_content;
         r->strength = job->s.strength;
     }
     return check_memory(job, error);
@@ -1031,8 +1102,18 @@ static gboolean start(Job *job, const CoreSettings *settings, GError **error)
     return job->model != NULL;
 }
 
+/* With $DIFFUSE_VERBOSE set, one line on stderr: the peak the memory check
+ * predicted (the resident set when stage 2 began plus its estimate) and the
+ * plug-in's real peak resident set (VmHWM) so far. */
+static void report_memory(const Job *job)
+{
+    g_printerr("diffuse: memory: predicted peak %" G_GSIZE_FORMAT " bytes (%" G_GSIZE_FORMAT
+               " resident + %" G_GSIZE_FORMAT " estimated), peak %" G_GSIZE_FORMAT " bytes\n",
+               job->rss_start + job->need, job->rss_start, job->need, diffuse_rss_peak());
+}
+
 gboolean core_run(CoreImage image, CoreDrawable drawable, CoreMode mode, CoreSettings *settings,
-                  diffuse_model *model, GError **error)
+                  diffuse_model *model, const CoreWatch *watch, GError **error)
 {
     Job *job = g_new0(Job, 1); /* ~8 KiB of settings: not on the stack */
     gboolean ok;
@@ -1041,11 +1122,14 @@ gboolean core_run(CoreImage image, CoreDrawable drawable, CoreMode mode, CoreSet
     job->drawable = drawable;
     job->mode = mode;
     job->model = model;
+    job->watch = watch;
     job->notices = g_string_new(NULL);
     ok = start(job, settings, error) && prepare(job, error) && generate(job, error) &&
          insert_results(job, error);
     if (job->notices->len) /* told, not lost, whatever became of the run */
         gimp_message(job->notices->str);
+    if (job->need && g_getenv("DIFFUSE_VERBOSE")) /* as the CLI's --verbose: for tests */
+        report_memory(job);
     g_string_free(job->notices, TRUE);
     if (ok) {
         gimp_progress_update(1.0);

@@ -74,6 +74,12 @@ typedef enum { CORE_AREA_WHOLE, CORE_AREA_SELECTED } CoreArea;
 #define CORE_MAX_PADDING 1024
 extern const CoreArg core_area_arg;
 extern const CoreArg core_padding_arg;
+/* Image to Image with a plain (4-channel) model: what the selection starts
+ * from, A1111's "Masked content": the image ("original", the default) or the
+ * start noise ("latent noise", which lets a strength near 1 paint something
+ * new); a diffuse_masked_content. GIMP 3.0's named argument masked-content (a
+ * choice after padding); the dialogs of both GIMPs. */
+extern const CoreArg core_masked_arg;
 
 /* What a run needs to know. Fixed-size strings keep the struct flat for the
  * dialog; core_settings_serialize() is what gets remembered between runs. */
@@ -96,6 +102,7 @@ typedef struct {
     gdouble lora_weight;       /* its weight, 1 by default: core_lora_weight_arg */
     gint32 area;               /* img2img: a CoreArea, core_area_arg */
     gint32 padding;            /* img2img, selected area: pixels around the selection */
+    gint32 masked_content;     /* img2img: a diffuse_masked_content, core_masked_arg */
 } CoreSettings;
 
 /* Error codes in CORE_ERROR; front ends map them to PDB statuses. */
@@ -126,6 +133,12 @@ gchar *core_lora_folder(void);
 
 /* ---------------------------------------------------------------- models */
 
+/* Called first in main(), before GEGL starts: turns off babl's 8-bit
+ * conversion tables (BABL_LUT=0, unless the environment says otherwise).
+ * babl builds one of 16M entries (64-256 MiB) per format pair that converts
+ * enough pixels, after a 256 MiB timing probe: some 350 MiB for a moment,
+ * most of a run's peak, to speed up conversions the plug-in makes once. */
+void core_process_init(void);
 /* The folder holding the plug-in binary: "" models resolve to
  * <dir>/models/default there. Call once at start-up. */
 void core_set_plugin_dir(const gchar *dir);
@@ -172,13 +185,29 @@ void core_area_gen_size(gint width, gint height, gint native, gint *gen_width, g
 
 /* ---------------------------------------------------------------- running */
 
+/* What a front end shows while a run goes, besides GIMP's progress bar (the
+ * progress window, progress.h). Called on the plug-in's thread between
+ * denoising steps, which is when a window can answer its events; a FALSE
+ * return stops the run, which fails with CORE_ERROR_CANCELLED. */
+typedef struct {
+    /* after each step of image (0 .. count-1) */
+    gboolean (*step)(gpointer user, gint image, gint count, gint step, gint steps);
+    /* about CORE_PREVIEWS times an image: the run so far, rgb [height, width, 3]
+     * in [0, 1], sRGB-encoded (diffuse_preview_fn); NULL: no previews asked */
+    gboolean (*preview)(gpointer user, gint image, gint step, gint steps, const gfloat *rgb,
+                        gint width, gint height);
+    gpointer user;
+} CoreWatch;
+#define CORE_PREVIEWS 10 /* previews per image; each costs a small fraction of a step */
+
 /* Generates and inserts the layers above `drawable`. `model` may be a model
  * the front end has already loaded for the same settings->model (borrowed),
  * or NULL. txt2img also takes CORE_NO_DRAWABLE (GIMP 3.0, an image with no
- * selected layer): the layers then go on top of the image. On success
- * settings->last_seed holds the seed of the first image. */
+ * selected layer): the layers then go on top of the image. watch: NULL, or
+ * what to tell while it runs (borrowed). On success settings->last_seed holds
+ * the seed of the first image. */
 gboolean core_run(CoreImage image, CoreDrawable drawable, CoreMode mode, CoreSettings *settings,
-                  diffuse_model *model, GError **error);
+                  diffuse_model *model, const CoreWatch *watch, GError **error);
 
 /* The parasite text of one result (Stable Diffusion tools' format). */
 gchar *core_parameters_text(const CoreSettings *s, CoreMode mode, guint64 seed, gint width,

@@ -17,8 +17,9 @@
  * A LoRA file comes from the dialog's LoRA row (and so RUN-WITH-LAST-VALS);
  * the procedures' arguments stay as they are, and scripts name LoRAs in the
  * prompt, <lora:NAME:WEIGHT> (NAME.safetensors in the LoRA folder, or a path).
- * So do Image to Image's inpaint area and padding (core.h, CoreArea): the
- * dialog's menu, the remembered settings, whole layer for PDB calls.
+ * So do Image to Image's inpaint area and padding (core.h, CoreArea) and its
+ * masked content (core_masked_arg): the dialog's menus, the remembered
+ * settings; whole layer and original for PDB calls.
  * Errors come back as the status plus a second return value holding the
  * message, GIMP 2.10's convention, so that Script-Fu and the error console
  * show it. */
@@ -29,6 +30,7 @@
 
 #include "core.h"
 #include "dialog.h"
+#include "progress.h"
 
 #define PROC_TXT2IMG "plug-in-diffuse-txt2img"
 #define PROC_IMG2IMG "plug-in-diffuse-img2img"
@@ -214,6 +216,7 @@ typedef struct {
     GtkWidget *sampler; /* GtkComboBoxText */
     GtkWidget *area;    /* Image to Image: GtkComboBoxText of the CoreArea values */
     GtkObject *padding;
+    GtkWidget *masked;  /* Image to Image: GtkComboBoxText of diffuse_masked_content */
     gint32 image, drawable; /* Image to Image: the selection the area suits */
     DialogModel model;      /* the model row */
     DialogLora lora;    /* the LoRA row */
@@ -340,8 +343,8 @@ static GtkWidget *add_sampler_combo(Dialog *d, GtkWidget *table, gint row)
     return combo;
 }
 
-/* Image to Image: Inpaint area [Whole layer|Selected area] and its padding;
- * returns the next row. */
+/* Image to Image: Inpaint area [Whole layer|Selected area], its padding and
+ * Masked content [Original|Latent noise]; returns the next row. */
 static gint add_area_rows(Dialog *d, GtkWidget *table, gint row)
 {
     gchar *label = g_strconcat(core_area_arg.label, ":", NULL);
@@ -356,6 +359,14 @@ static gint add_area_rows(Dialog *d, GtkWidget *table, gint row)
     label = g_strconcat(core_padding_arg.label, ":", NULL);
     d->padding = add_scale(table, row++, label, d->s->padding, 0, 256, 1, 0, CORE_MAX_PADDING,
                            core_padding_arg.blurb);
+    g_free(label);
+    label = g_strconcat(core_masked_arg.label, ":", NULL);
+    d->masked = gtk_combo_box_text_new(); /* in diffuse_masked_content's order */
+    gtk_combo_box_text_append_text(GTK_COMBO_BOX_TEXT(d->masked), "Original");
+    gtk_combo_box_text_append_text(GTK_COMBO_BOX_TEXT(d->masked), "Latent noise");
+    gtk_combo_box_set_active(GTK_COMBO_BOX(d->masked), d->s->masked_content);
+    gimp_help_set_help_data(d->masked, core_masked_arg.blurb, NULL);
+    gimp_table_attach_aligned(GTK_TABLE(table), 0, row++, label, 0.0, 0.5, d->masked, 2, FALSE);
     g_free(label);
     return row;
 }
@@ -403,7 +414,7 @@ static void add_lora_rows(Dialog *d, GtkWidget *table, gint row)
 /* The settings table; returns it for the caller to pack. */
 static GtkWidget *make_table(Dialog *d)
 {
-    GtkWidget *table = gtk_table_new(15, 3, FALSE);
+    GtkWidget *table = gtk_table_new(16, 3, FALSE);
     CoreSettings *s = d->s;
     gint row = 0;
 
@@ -487,6 +498,9 @@ static void read_settings(CoreSettings *s, gpointer data)
         s->area = gtk_combo_box_get_active(GTK_COMBO_BOX(d->area)) == 1 ? CORE_AREA_SELECTED
                                                                         : CORE_AREA_WHOLE;
         s->padding = gtk_adjustment_get_value(GTK_ADJUSTMENT(d->padding));
+        s->masked_content = gtk_combo_box_get_active(GTK_COMBO_BOX(d->masked)) == 1
+                                ? DIFFUSE_MASKED_LATENT_NOISE
+                                : DIFFUSE_MASKED_ORIGINAL;
     }
     g_strlcpy(s->model, gtk_entry_get_text(GTK_ENTRY(d->model.entry)), sizeof s->model);
     for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
@@ -518,8 +532,12 @@ static void apply_settings(const CoreSettings *s, gpointer data)
     if (d->mode == CORE_TXT2IMG) {
         gtk_adjustment_set_value(GTK_ADJUSTMENT(d->width), s->width);
         gtk_adjustment_set_value(GTK_ADJUSTMENT(d->height), s->height);
-    } else
+    } else {
         gtk_adjustment_set_value(GTK_ADJUSTMENT(d->strength), s->strength);
+        gtk_combo_box_set_active(GTK_COMBO_BOX(d->area), s->area == CORE_AREA_SELECTED);
+        gtk_adjustment_set_value(GTK_ADJUSTMENT(d->padding), s->padding);
+        gtk_combo_box_set_active(GTK_COMBO_BOX(d->masked), s->masked_content);
+    }
     for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
         gtk_adjustment_set_value(GTK_ADJUSTMENT(d->size_cond[i]), s->size_cond[i]);
     gtk_entry_set_text(GTK_ENTRY(d->lora.entry), s->lora);
@@ -641,11 +659,17 @@ static void run(const gchar *name, gint nparams, const GimpParam *param, gint *n
     core_settings_default(s);
     if (nparams < 3)
         g_set_error(&error, CORE_ERROR, CORE_ERROR_CALLING, "expected at least 3 arguments");
-    else if (get_settings(s, mode, name, nparams, param, &model, &error) &&
-             core_run(param[1].data.d_image, param[2].data.d_drawable, mode, s, model, &error)) {
-        if (run_mode == GIMP_RUN_INTERACTIVE)
+    else if (get_settings(s, mode, name, nparams, param, &model, &error)) {
+        /* the picture forming, the step and Cancel: interactive runs only */
+        ProgressWindow *window = progress_window_new(run_mode == GIMP_RUN_INTERACTIVE,
+                                                     PLUG_IN_BINARY, "Diffuse: Generating");
+        gboolean ok = core_run(param[1].data.d_image, param[2].data.d_drawable, mode, s, model,
+                               progress_window_watch(window), &error);
+
+        progress_window_free(window);
+        if (ok && run_mode == GIMP_RUN_INTERACTIVE)
             save_last_values(s); /* now with the seed a random run used */
-        if (run_mode != GIMP_RUN_NONINTERACTIVE)
+        if (ok && run_mode != GIMP_RUN_NONINTERACTIVE)
             gimp_displays_flush();
     }
     if (error)
@@ -660,6 +684,7 @@ static void run(const gchar *name, gint nparams, const GimpParam *param, gint *n
  * default model is installed beside it. */
 int main(int argc, char *argv[])
 {
+    core_process_init();
     core_set_plugin_dir_of_binary(argv[0]);
     return gimp_main(&PLUG_IN_INFO, argc, argv);
 }

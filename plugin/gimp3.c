@@ -13,9 +13,10 @@
  * each followed by original-width, original-height, crop-left, crop-top,
  * target-width, target-height (SDXL size conditioning), empty-negative,
  * fast-decoder, lora and lora-weight (core.h), and for img2img last
- * inpaint-area (a choice, "whole-layer" by default, or "selected-area") and
- * padding (core.h, CoreArea), with defaults: GIMP 3 calls name their
- * arguments, so calls without them keep working.
+ * inpaint-area (a choice, "whole-layer" by default, or "selected-area"),
+ * padding (core.h, CoreArea) and masked-content (a choice, "original" by
+ * default, or "latent-noise": core_masked_arg), with defaults: GIMP 3 calls
+ * name their arguments, so calls without them keep working.
  * plug-in-diffuse-txt2img-ext and -img2img-ext are the same procedures under
  * the names GIMP 2.10 gives its extended forms.
  * The results go above the first drawable; txt2img also runs with none (on
@@ -34,6 +35,7 @@
 
 #include "core.h"
 #include "dialog.h"
+#include "progress.h"
 
 #define PROC_TXT2IMG "plug-in-diffuse-txt2img"
 #define PROC_IMG2IMG "plug-in-diffuse-img2img"
@@ -99,6 +101,15 @@ static GimpChoice *area_choice(void)
     return gimp_choice_new_with_values("whole-layer", CORE_AREA_WHOLE, "Whole layer", NULL,
                                        "selected-area", CORE_AREA_SELECTED, "Selected area", NULL,
                                        NULL);
+}
+
+/* Image to Image's masked content (core_masked_arg), by the names the PDB
+ * takes: A1111's, hyphenated. */
+static GimpChoice *masked_choice(void)
+{
+    return gimp_choice_new_with_values("original", DIFFUSE_MASKED_ORIGINAL, "Original", NULL,
+                                       "latent-noise", DIFFUSE_MASKED_LATENT_NOISE, "Latent noise",
+                                       NULL, NULL);
 }
 
 /* prompt, negative-prompt, seed, steps, guidance, sampler */
@@ -237,6 +248,9 @@ static GimpProcedure *diffuse_create_procedure(GimpPlugIn *plug_in, const gchar 
         gimp_procedure_add_int_argument(p, core_padding_arg.name, core_padding_arg.label,
                                         core_padding_arg.blurb, 0, CORE_MAX_PADDING, d->padding,
                                         G_PARAM_READWRITE);
+        gimp_procedure_add_choice_argument(p, core_masked_arg.name, core_masked_arg.label,
+                                           core_masked_arg.blurb, masked_choice(), "original",
+                                           G_PARAM_READWRITE);
     }
     g_free(d);
     return p;
@@ -273,6 +287,7 @@ static gboolean settings_from_config(CoreSettings *s, CoreMode mode, GimpProcedu
     else {
         g_object_get(config, "strength", &s->strength, core_padding_arg.name, &s->padding, NULL);
         s->area = gimp_procedure_config_get_choice_id(config, core_area_arg.name);
+        s->masked_content = gimp_procedure_config_get_choice_id(config, core_masked_arg.name);
     }
     for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
         g_object_get(config, core_size_cond_args[i].name, &s->size_cond[i], NULL);
@@ -487,7 +502,12 @@ static void apply_settings(const CoreSettings *s, gpointer data)
     if (d->mode == CORE_TXT2IMG)
         g_object_set(d->config, "width", s->width, "height", s->height, NULL);
     else
-        g_object_set(d->config, "strength", s->strength, NULL);
+        g_object_set(d->config, "strength", s->strength, core_area_arg.name,
+                     s->area == CORE_AREA_SELECTED ? "selected-area" : "whole-layer",
+                     core_padding_arg.name, s->padding, core_masked_arg.name,
+                     s->masked_content == DIFFUSE_MASKED_LATENT_NOISE ? "latent-noise"
+                                                                      : "original",
+                     NULL);
     for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
         g_object_set(d->config, core_size_cond_args[i].name, s->size_cond[i], NULL);
 }
@@ -568,7 +588,8 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
     else
         gimp_procedure_dialog_fill(dialog, prompt, negative, "seed-row", "steps", "guidance",
                                    "sampler-choice", "strength", core_area_arg.name,
-                                   core_padding_arg.name, "count", core_fast_decoder_arg.name,
+                                   core_padding_arg.name, core_masked_arg.name, "count",
+                                   core_fast_decoder_arg.name,
                                    "model-box", "lora-row", core_lora_weight_arg.name,
                                    add_sdxl(dialog), NULL);
     gtk_widget_show(d.dialog);
@@ -669,10 +690,17 @@ static GimpValueArray *diffuse_run(GimpProcedure *procedure, GimpRunMode run_mod
     else if ((run_mode != GIMP_RUN_INTERACTIVE ||
               interact(procedure, config, image, n ? drawables[0] : CORE_NO_DRAWABLE, mode, &model,
                        &error)) &&
-             settings_from_config(s, mode, config, &error) &&
-             core_run(image, n ? drawables[0] : CORE_NO_DRAWABLE, mode, s, model, &error))
-        /* kept with the other last values, for the dialog to show */
-        g_object_set(config, "last-seed", s->last_seed, "configured", TRUE, NULL);
+             settings_from_config(s, mode, config, &error)) {
+        /* the picture forming, the step and Cancel: interactive runs only */
+        ProgressWindow *window = progress_window_new(run_mode == GIMP_RUN_INTERACTIVE,
+                                                     PLUG_IN_BINARY, "Diffuse: Generating");
+
+        if (core_run(image, n ? drawables[0] : CORE_NO_DRAWABLE, mode, s, model,
+                     progress_window_watch(window), &error))
+            /* kept with the other last values, for the dialog to show */
+            g_object_set(config, "last-seed", s->last_seed, "configured", TRUE, NULL);
+        progress_window_free(window);
+    }
     if (model)
         diffuse_model_free(model);
     g_free(s);
@@ -686,6 +714,7 @@ static GimpValueArray *diffuse_run(GimpProcedure *procedure, GimpRunMode run_mod
  * is: the default model is installed beside it. */
 int main(int argc, char *argv[])
 {
+    core_process_init();
     core_set_plugin_dir_of_binary(argv[0]);
     return gimp_main(DIFFUSE_TYPE, argc, argv);
 }

@@ -45,6 +45,20 @@ gsize pixels_region_memory(gint width, gint height, gint gen_width, gint gen_hei
            crop_pixels * 16 * sizeof(float) + gen * 4 * sizeof(float);
 }
 
+gsize pixels_babl_memory(const Babl *format, gsize pixels)
+{
+    gint major, minor, micro;
+    const gchar *lut = g_getenv("BABL_LUT");
+
+    babl_get_version(&major, &minor, &micro);
+    if ((major > 0 || minor > 1 || micro >= 114) && lut && !strcmp(lut, "0"))
+        return 0; /* turned off */
+    if (babl_format_get_bytes_per_pixel(format) / babl_format_get_n_components(format) > 2 ||
+        pixels < 128 * 256)
+        return 0;
+    return (gsize)256 * 256 * 256 * 16 + (gsize)2 * 48 * 1024 * 1024;
+}
+
 /* ---------------------------------------------------------------- GEGL scaling */
 
 /* dst = the roi (in the scaled image's coordinates) of src [sh, sw] scaled to

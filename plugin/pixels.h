@@ -35,6 +35,15 @@ typedef struct {
  * when smaller (small selections get the model's full detail), down to
  * CORE_DEFAULT_MAX_SIDE when larger, then rounded to multiples of 8. */
 void pixels_gen_size(gint width, gint height, gint native, gint *gen_width, gint *gen_height);
+/* Bytes babl takes for a moment when a drawable of this format and its
+ * selection have `pixels` converted (read, and composed back): babl (before
+ * 0.1.114, where BABL_LUT=0 turns it off, as core_process_init() does) speeds
+ * up each conversion from a format of 1 to 4 bytes a pixel that has
+ * converted 32768 pixels with a table of up to 16M entries, and times its
+ * first one with a 256 MiB table and two 48 MiB buffers. Images of 8 and 16
+ * bits a channel have such formats (their selection masks at least); 0 for
+ * 32-bit ones and other babl versions. */
+gsize pixels_babl_memory(const Babl *format, gsize pixels);
 /* Bytes pixels_region_read() and the compositing need for count results
  * (the crop's pixels: 0 for the whole-layer area). */
 gsize pixels_region_memory(gint width, gint height, gint gen_width, gint gen_height, gint count,

@@ -91,7 +91,8 @@ gimp_start() {
     if [ "$GIMP_GENERATION" = 2 ]; then set -- -b '(gimp-quit 0)'; else set -- --quit; fi
     # timeout: a process group of its own, all of it (plug-ins too) killed when late
     # shellcheck disable=SC2086 # CASE_ENV and BATCH_OPTIONS are lists of words
-    HOME=$home env DIFFUSE_DEFAULT_MODEL= $CASE_ENV timeout -k 10 "$CASE_TIMEOUT" "$GIMP" -i -d -f \
+    # shellcheck disable=SC2086 # CASE_WRAP too (xvfb-run for a case that needs a display)
+    HOME=$home $CASE_WRAP env DIFFUSE_DEFAULT_MODEL= $CASE_ENV timeout -k 10 "$CASE_TIMEOUT" "$GIMP" -i -d -f \
         $BATCH_OPTIONS -b "(begin (load \"$GENLIB\") (load \"$LIB\") (case-begin \"$dir\")
                    (catch (out \"aborted\") (load \"$dir/body.scm\")) (case-end))" \
         "$@" >"$dir/log" 2>&1 </dev/null &
@@ -254,6 +255,8 @@ EOF
     I2I="$HEAD|sampler $SAMPLERS|strength gdouble 0 1 0.75|count gint 1 100 1|model gchararray \"\"|$XLARGS"
     # Image to Image's inpaint area (a choice) and padding, last
     I2I="$I2I|inpaint-area gchararray whole-layer whole-layer selected-area|padding gint 0 1024 32"
+    # and what the selection starts from, A1111's masked content
+    I2I="$I2I|masked-content gchararray original original latent-noise"
     EXT=""
     expect "sensitivity plug-in-diffuse-txt2img 13" "txt2img is not for one, several or no drawables"
     expect "sensitivity plug-in-diffuse-img2img 1" "img2img is not for exactly one drawable"
@@ -346,18 +349,22 @@ case_end
 # place, outside the selection the original bytes, the feather a blend; whole
 # layer generates the bounds at about their size (the PDB's default, as
 # before), selected area the bounds grown by 32 pixels, scaled so that their
-# longer side is the model's native size (64). GIMP 3.0 names the area in
-# the call; 2.10's arguments lack it, so its script sets the remembered
-# settings and runs with them (lib.scm, set-last-values).
+# longer side is the model's native size (64), from latent noise (masked
+# content). The parasite says so as A1111 does ("Inpaint area: Only masked",
+# its padding, "Masked content"); the whole layer's leaves out A1111's
+# defaults. GIMP 3.0 names the area in the call; 2.10's arguments lack it, so
+# its script sets the remembered settings and runs with them (lib.scm,
+# set-last-values).
 SETTINGS="prompt=$PROMPT\nnegative-prompt=\nseed=3\nsteps=4\nguidance=7.5\nsampler=euler_a\nstrength=0.6\ncount=1\nmodel=$MODEL\n"
 img2img_selected() { # img2img_selected IMG DRAWABLE
     if [ "$GIMP_GENERATION" = 2 ]; then
-        echo "(set-last-values \"${SETTINGS}inpaint-area=1\npadding=32\n\")"
+        echo "(set-last-values \"${SETTINGS}inpaint-area=1\npadding=32\nmasked-content=1\n\")"
         echo "(plug-in-diffuse-img2img RUN-WITH-LAST-VALS $1 $2 \"\" \"\" 0 1 1.0 \"\" 0.5 1 \"\")"
     else
         diffuse_call RUN-NONINTERACTIVE plug-in-diffuse-img2img "$1" "$2" prompt="\"$PROMPT\"" \
             negative-prompt='""' seed=3 steps=4 guidance=7.5 sampler='"euler_a"' strength=0.6 \
-            count=1 model="\"$MODEL\"" inpaint-area='"selected-area"' padding=32
+            count=1 model="\"$MODEL\"" inpaint-area='"selected-area"' padding=32 \
+            masked-content='"latent-noise"'
     fi
 }
 r8() { echo $((($1 + 4) / 8 * 8)); } # core_round8 of a positive integer
@@ -389,6 +396,12 @@ EOF
     fi
     [ "$size" = "$want" ]
     check $? "$case_title: generated at '$size', want $want"
+    tail=$(tr -d '\000' <"$dir/after-0-parameters.txt" | sed -n 's/.*Denoising strength: 0.6, RNG: NV//p')
+    if [ "$1" = whole ]; then want=""; else
+        want=", Masked content: latent noise, Inpaint area: Only masked, Masked area padding: 32"
+    fi
+    [ "$tail" = "$want" ]
+    check $? "$case_title: the parasite ends '$tail', want '$want'"
     cmp -s "$dir/orig.raw" "$dir/orig-after.raw"
     check $? "$case_title: the source layer changed"
     r=$($CHECK img2img "$dir/orig.raw" 3 "$dir/mask.raw" 1024 "$dir/after-0.raw" 4 "$x" "$y" "$w" "$h")
@@ -597,6 +610,33 @@ expect_log "MiB of memory, only 1 MiB are available"
 unchanged
 case_end
 
+# ------------------------------------------------------------------ 11b. memory peak
+
+# The memory check's prediction holds: a Selected area run on a large
+# selection of a 1536x1024 image (the plug-in's own share, the pixels read,
+# scaled and blended at full resolution, is most of it with the test model)
+# reports, with DIFFUSE_VERBOSE, the peak it predicted (the resident set when
+# it began plus the estimate it checked against the memory available) and
+# the process's real peak resident set (VmHWM); the real peak must not pass
+# the prediction.
+CASE_ENV=DIFFUSE_VERBOSE=1 gimp_case memory-peak \
+    "11b memory: the plug-in's peak within the request's estimate (Selected area, 1536x1024)" <<EOF
+(let* ((img (new-image RGB 1536 1024)))
+  (select-small-ellipse img 100 80 1300 860)
+  (try "img2img" (lambda () $(img2img_selected img '(background img)')))
+  (signature img "after"))
+EOF
+expect "status img2img ok" "the run failed: $(grep '^message' "$dir/out.txt")"
+expect "count after 2" "no layer made"
+line=$(grep '^diffuse: memory: ' "$dir/log" | tail -n 1)
+# shellcheck disable=SC2086 # the words of the line are wanted
+set -- $line
+predicted=${5:-0} start=${7#(} need=${10:-0} peak=${13:-0}
+[ -n "$line" ] && [ "$peak" -gt 0 ] && [ "$peak" -le "$predicted" ]
+check $? "$case_title: peak $peak bytes over the predicted $predicted: '$line'"
+echo "   peak $((peak >> 20)) MiB, predicted $((predicted >> 20)) MiB ($((start >> 20)) MiB resident + $((need >> 20)) MiB estimated)"
+case_end
+
 # ------------------------------------------------------------------ 12. killed
 
 # GIMP cancels a plug-in's progress by killing it: kill ours (SIGKILL, found
@@ -625,6 +665,42 @@ check $killed "$case_title: found no running plug-in to kill"
 expect "status txt2img error" "the killed run did not fail"
 unchanged
 case_end
+
+# ------------------------------------------------------------------ 12b, 12c. progress window
+
+# Interactive runs show the picture forming in a progress window with Cancel
+# (plugin/progress.c); $DIFFUSE_PROGRESS_WINDOW shows it in these batch runs
+# too, under Xvfb. It never touches the image: with the window the layers are
+# those of a run without it (case 1, same seed), and Cancel, pressed when the
+# first preview has been shown ("cancel"), stops the run with the image as it
+# was: no layer, no change, not even a dirty flag an undo step would set.
+if command -v xvfb-run >/dev/null 2>&1; then
+    CASE_WRAP="xvfb-run -a" CASE_ENV=DIFFUSE_PROGRESS_WINDOW=show gimp_case window \
+        "12b progress window shown (batch, Xvfb): the same layers as without it" <<EOF
+(let* ((img (new-image RGB 64 64)))
+  (try "txt2img" (lambda () $(txt2img img '(background img)' 5 64 64 1)))
+  (signature img "after"))
+EOF
+    expect "status txt2img ok" "the run with the window failed: $(grep '^message' "$dir/out.txt")"
+    expect "count after 2" "layer count is not 1 + 1"
+    cmp -s "$dir/after-0.raw" "$tmp/txt2img/after-0.raw"
+    check $? "$case_title: the layer differs from the same run without the window (case 1)"
+    case_end
+    CASE_WRAP="xvfb-run -a" CASE_ENV=DIFFUSE_PROGRESS_WINDOW=cancel gimp_case window-cancel \
+        "12c progress window: Cancel after the first preview leaves the image as it was" <<EOF
+(let* ((img (new-image RGB 64 64)))
+  (signature img "before")
+  (try "txt2img" (lambda () $(txt2img img '(background img)' 5 64 64 2)))
+  (out "undo-enabled" (car (gimp-image-undo-is-enabled img)))
+  (signature img "after"))
+EOF
+    # (Script-Fu 2.10 takes the CANCEL status for a success, 3.0 raises it)
+    expect "undo-enabled 1" "the image's undo is not enabled after the run"
+    unchanged
+    case_end
+elif [ "${CI:-}" = true ]; then
+    fail "missing xvfb-run for the progress window cases (CI=true; apt-get install xvfb)"
+fi
 
 # ------------------------------------------------------------------ 13. drawables (3.0)
 

@@ -27,12 +27,15 @@ static void test_round_trip(void)
                             .clip_skip = 2, .rng = DIFFUSE_RNG_TORCH_CPU,
                             .loras = "/l/film.safetensors:0.8, /l/b:1",
                             .masked_content = DIFFUSE_MASKED_LATENT_NOISE,
+                            .inpaint_area = 1, .padding = 48,
                             .size_cond = {1024, 768, 16, 8, 0, 0}};
     char *text = diffuse_parameters_text(&p);
     CHECK(text && strstr(text, "Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5") &&
               strstr(text, "Model: \"my: model, v2\"") && strstr(text, "Clip skip: 2") &&
               strstr(text, "RNG: CPU") && strstr(text, "Original size: 1024x768") &&
-              strstr(text, "LoRA: \"/l/film.safetensors:0.8, /l/b:1\""),
+              strstr(text, "LoRA: \"/l/film.safetensors:0.8, /l/b:1\"") &&
+              strstr(text, "Masked content: latent noise, Inpaint area: Only masked, Masked area "
+                           "padding: 48"),
           "written: %s", text);
     diffuse_parameters q = parse(text);
     CHECK(eq(q.prompt, p.prompt) && eq(q.negative_prompt, p.negative_prompt) &&
@@ -42,7 +45,8 @@ static void test_round_trip(void)
               q.strength == p.strength && q.clip_skip == 2 && q.rng == DIFFUSE_RNG_TORCH_CPU &&
               !memcmp(&q.size_cond, &(diffuse_size_cond){1024, 768, 16, 8, 0, 0},
                       sizeof q.size_cond) && !q.extra && eq(q.loras, p.loras) &&
-              q.masked_content == DIFFUSE_MASKED_LATENT_NOISE,
+              q.masked_content == DIFFUSE_MASKED_LATENT_NOISE && q.inpaint_area == 1 &&
+              q.padding == 48,
           "read back what was written (extra: %s)", q.extra ? q.extra : "none");
     diffuse_parameters_free(&q);
     free(text);
@@ -64,15 +68,18 @@ static void test_round_trip(void)
     p.rng = -1;
     p.loras = NULL;
     p.masked_content = DIFFUSE_MASKED_ORIGINAL;
+    p.inpaint_area = 0;
     p.size_cond = (diffuse_size_cond){0};
     text = diffuse_parameters_text(&p);
     CHECK(text && !strstr(text, "Schedule") && !strstr(text, "Model") &&
               !strstr(text, "Denoising") && !strstr(text, "Clip") && !strstr(text, "RNG") &&
-              !strstr(text, "size"),
+              !strstr(text, "size") && !strstr(text, "Inpaint") && !strstr(text, "padding"),
           "only what is given: %s", text);
     q = parse(text);
-    CHECK(!q.negative_prompt && q.karras == -1 && q.rng == -1 && q.masked_content == -1,
-          "an empty negative reads as none; original masked content is not written");
+    CHECK(!q.negative_prompt && q.karras == -1 && q.rng == -1 && q.masked_content == -1 &&
+              q.inpaint_area == -1 && q.padding == -1,
+          "an empty negative reads as none; original masked content and the whole picture are "
+          "not written");
     diffuse_parameters_free(&q);
     free(text);
 }
@@ -97,6 +104,17 @@ static void test_a1111(void)
     CHECK(eq(p.extra, "Model hash: 6ce0161689, VAE hash: 735e4c3a44, Lora hashes: "
                       "\"film: 1234abcd\", Version: v1.10.1"),
           "unknown keys kept as written: %s", p.extra);
+    diffuse_parameters_free(&p);
+
+    /* A1111's inpainting keys (processing.py: Only masked writes its padding) */
+    p = parse("x\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512, Denoising "
+              "strength: 0.75, Mask blur: 4, Inpaint area: Only masked, Masked area padding: 32");
+    CHECK(p.inpaint_area == 1 && p.padding == 32 && eq(p.extra, "Mask blur: 4"),
+          "A1111's Only masked: area %d, padding %d, extra %s", p.inpaint_area, p.padding, p.extra);
+    diffuse_parameters_free(&p);
+    p = parse("x\nSteps: 20, Seed: 1, Inpaint area: Whole picture, Masked area padding: -3");
+    CHECK(p.inpaint_area == 0 && p.padding == -1 && eq(p.extra, "Masked area padding: -3"),
+          "Whole picture; a negative padding kept, not used: %s", p.extra);
     diffuse_parameters_free(&p);
 
     p = parse("x\nSteps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 1, Size: 512x512, "

@@ -258,6 +258,8 @@ static int from_png(gen_opts *o)
     if (!g['G']) sc->target_width = fc->target_width, sc->target_height = fc->target_height;
     if (!o->model && p->model) /* a name as the PNG gives it: a path, or "default" */
         o->model = p->model;
+    if (p->inpaint_area == 1) /* the plug-in's "Selected area"; the CLI repaints the whole image */
+        fprintf(stderr, "diffuse: --from %s: not used: Inpaint area: Only masked\n", o->from);
     if (p->extra)
         fprintf(stderr, "diffuse: --from %s: not used: %s\n", o->from, p->extra);
     return 0;

@@ -41,6 +41,7 @@ static void test_settings_round_trip(void)
     a.lora_weight = -0.35;
     a.area = CORE_AREA_SELECTED;
     a.padding = 48;
+    a.masked_content = DIFFUSE_MASKED_LATENT_NOISE;
     text = core_settings_serialize(&a);
     CHECK(strchr(text, '\r') == NULL, "a carriage return was not escaped");
     core_settings_default(&b);
@@ -243,6 +244,12 @@ static void test_area(void)
     CHECK(!core_settings_validate(&s, CORE_IMG2IMG, NULL), "padding -1 accepted");
     s.padding = CORE_MAX_PADDING;
     CHECK(core_settings_validate(&s, CORE_IMG2IMG, NULL), "padding %d refused", s.padding);
+    CHECK(s.masked_content == DIFFUSE_MASKED_ORIGINAL, "masked content default %d",
+          s.masked_content);
+    s.masked_content = DIFFUSE_MASKED_KINDS;
+    expect_invalid(&s, CORE_IMG2IMG, core_masked_arg.name);
+    s.masked_content = -1;
+    expect_invalid(&s, CORE_IMG2IMG, core_masked_arg.name);
 }
 
 static void test_resample(void)
@@ -365,6 +372,29 @@ static void test_read_own(void)
               !strcmp(read_unused, "Size: 96x64 (Image to Image keeps the selection's size)"),
           "img2img text: strength %g, width %d, unused '%s'", read_s.strength, read_s.width,
           read_unused);
+    g_free(text);
+    /* Selected area and latent noise: A1111's Only masked, its padding and masked content */
+    s.area = CORE_AREA_SELECTED, s.padding = 48, s.masked_content = DIFFUSE_MASKED_LATENT_NOISE;
+    text = core_parameters_text(&s, CORE_IMG2IMG, 99, 64, 48);
+    CHECK(g_str_has_suffix(text, ", Masked content: latent noise, Inpaint area: Only masked, "
+                                 "Masked area padding: 48"),
+          "img2img text of the selected area: %s", text);
+    from_parameters(text, CORE_IMG2IMG);
+    CHECK(read_ok && read_s.area == CORE_AREA_SELECTED && read_s.padding == 48 &&
+              read_s.masked_content == DIFFUSE_MASKED_LATENT_NOISE,
+          "selected area read back: area %d, padding %d, masked content %d", read_s.area,
+          read_s.padding, read_s.masked_content);
+    from_parameters(text, CORE_TXT2IMG); /* Text to Image has none of them */
+    CHECK(read_ok && read_s.area == CORE_AREA_WHOLE && read_s.masked_content == 0 &&
+              strstr(read_unused, "Masked content: latent noise (for Image to Image)") &&
+              strstr(read_unused, "Inpaint area: Only masked (for Image to Image)") &&
+              strstr(read_unused, "Masked area padding: 48 (for Image to Image)"),
+          "txt2img reading an img2img text: unused '%s'", read_unused);
+    g_free(text);
+    s.area = CORE_AREA_WHOLE, s.masked_content = DIFFUSE_MASKED_ORIGINAL;
+    text = core_parameters_text(&s, CORE_IMG2IMG, 99, 64, 48);
+    CHECK(!strstr(text, "Inpaint") && !strstr(text, "Masked"),
+          "whole layer, original: A1111's defaults are not written: %s", text);
     g_free(text);
 }
 
