@@ -22,14 +22,18 @@
 
 #define DNNL_MIN_MACS (1u << 24)
 
-/* auto (-1 until read), 0 im2col, 1 dnnl where possible */
+/* -1 until read; DIFFUSE_CONV_* (internal.h) */
 static int conv_mode = -1;
 
 static int mode(void)
 {
     if (conv_mode < 0) {
         const char *e = getenv("DIFFUSE_CONV");
-        conv_mode = e && strcmp(e, "im2col") == 0 ? 0 : e && strcmp(e, "dnnl") == 0 ? 1 : 2;
+        conv_mode = !e                            ? DIFFUSE_CONV_AUTO
+                    : strcmp(e, "im2col") == 0    ? DIFFUSE_CONV_IM2COL
+                    : strcmp(e, "dnnl") == 0      ? DIFFUSE_CONV_DIRECT
+                    : strcmp(e, "winograd") == 0 ? DIFFUSE_CONV_WINOGRAD
+                                                  : DIFFUSE_CONV_AUTO;
     }
     return conv_mode;
 }
@@ -40,6 +44,7 @@ void diffuse_conv_set_backend(int backend) { conv_mode = backend; }
 
 bool diffuse_dnnl_available(void) { return false; }
 bool diffuse_dnnl_preferred(int k, int stride) { return false; }
+bool diffuse_dnnl_winograd(const diffuse_conv *c, int n) { return false; }
 size_t diffuse_dnnl_conv_scratch(const diffuse_conv *c, int n) { return 0; }
 bool diffuse_dnnl_conv(float *y, const float *x, const float *w, const float *b,
                        const diffuse_conv *c, int n, float *scratch)
@@ -80,6 +85,7 @@ static void md_free(md_t m) { (void)m; }
 
 typedef struct conv_key { /* ints only: no padding bytes for memcmp to trip on */
     int n, cin, h, w, cout, k, stride, pad[4];
+    int winograd; /* 1: oneDNN's Winograd algorithm, 0: its direct one */
 } conv_key;
 
 typedef struct conv_prim {
@@ -134,18 +140,19 @@ static void prim_make(conv_prim *p, const conv_key *k)
     p->bias_md = md_new(1, bd, dnnl_x);
     if (!(p->zeros = calloc((size_t)k->cout, sizeof(float))))
         goto done_noattr;
+    const dnnl_alg_kind_t alg = k->winograd ? dnnl_convolution_winograd : dnnl_convolution_direct;
     dnnl_primitive_attr_t attr = NULL;
     if (dnnl_primitive_attr_create(&attr) != dnnl_success ||
         dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user) != dnnl_success)
         goto done;
 #if DNNL_VERSION_MAJOR >= 3
     if (dnnl_convolution_forward_primitive_desc_create(
-            &p->pd, engine, dnnl_forward_inference, dnnl_convolution_direct, src_any, wei_any,
+            &p->pd, engine, dnnl_forward_inference, alg, src_any, wei_any,
             p->bias_md, dst_any, st, NULL, pl, pr, attr) != dnnl_success)
         goto done;
 #else
     dnnl_convolution_desc_t cd;
-    if (dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, dnnl_convolution_direct,
+    if (dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, alg,
                                            &src_any, &wei_any, &p->bias_md, &dst_any, st, pl,
                                            pr) != dnnl_success ||
         dnnl_primitive_desc_create(&p->pd, &cd, attr, engine, NULL) != dnnl_success)
@@ -172,13 +179,48 @@ done_noattr:
     md_free(dst_any);
 }
 
+/* The primitive with this key, made when it is not there yet; NULL when the
+ * table is full. Called with prim_lock held. */
+static conv_prim *prim_find(const conv_key *k)
+{
+    for (int i = 0; i < nprims; i++)
+        if (memcmp(&prims[i].key, k, sizeof *k) == 0)
+            return &prims[i];
+    if (nprims == MAX_PRIMS)
+        return NULL;
+    prim_make(&prims[nprims], k);
+    return &prims[nprims++];
+}
+
 static bool wanted(const diffuse_conv *c, int n)
 {
     const int m = mode();
-    if (m == 0 || c->k != 3 || (c->stride != 1 && c->stride != 2) || diffuse_cpu_path() < DIFFUSE_CPU_AVX2)
+    if (m == DIFFUSE_CONV_IM2COL || c->k != 3 || (c->stride != 1 && c->stride != 2) ||
+        diffuse_cpu_path() < DIFFUSE_CPU_AVX2)
         return false;
     const double macs = (double)n * c->cout * c->cin * 9 * diffuse_conv_out_h(c) * diffuse_conv_out_w(c);
-    return m == 1 || macs >= DNNL_MIN_MACS;
+    return m != DIFFUSE_CONV_AUTO || macs >= DNNL_MIN_MACS;
+}
+
+/* Whether this shape runs oneDNN's Winograd (F(4x4, 3x3): 4x fewer
+ * multiplies, more rounding, an input and output transform per 4x4 tile and
+ * a weight transform per call) rather than its direct convolution. Measured
+ * on the shapes of SD 1.x, SDXL, their VAE and TAESD (README,
+ * "Convolutions"): it wins from WINO_MIN_PIXELS output pixels over the batch
+ * up (1.2-1.9x), loses below (0.1-0.8x at 32x32 and under, where the weight
+ * transform and too few tiles dominate) and on layers with few channels. */
+#define WINO_MIN_PIXELS 8192
+#define WINO_MIN_CHANNELS 32
+
+static bool winograd(const diffuse_conv *c, int n)
+{
+    const int m = mode();
+    if (c->stride != 1 || m == DIFFUSE_CONV_DIRECT)
+        return false;
+    if (m == DIFFUSE_CONV_WINOGRAD)
+        return true;
+    return c->cin >= WINO_MIN_CHANNELS && c->cout >= WINO_MIN_CHANNELS &&
+           (double)n * diffuse_conv_out_h(c) * diffuse_conv_out_w(c) >= WINO_MIN_PIXELS;
 }
 
 /* The primitive for this shape, made on first use; NULL when oneDNN cannot
@@ -188,18 +230,16 @@ static conv_prim *prim_for(const diffuse_conv *c, int n)
     if (!wanted(c, n))
         return NULL;
     conv_key k = {.n = n, .cin = c->cin, .h = c->h, .w = c->w, .cout = c->cout, .k = c->k,
-                  .stride = c->stride, .pad = {c->pad_top, c->pad_left, c->pad_bottom, c->pad_right}};
-    conv_prim *p = NULL;
+                  .stride = c->stride, .pad = {c->pad_top, c->pad_left, c->pad_bottom, c->pad_right},
+                  .winograd = winograd(c, n)};
     pthread_mutex_lock(&prim_lock);
     if (!engine && (dnnl_engine_create(&engine, dnnl_cpu, 0) != dnnl_success ||
                     dnnl_stream_create(&stream, engine, dnnl_stream_default_flags) != dnnl_success))
         engine = NULL;
-    for (int i = 0; engine && i < nprims && !p; i++)
-        if (memcmp(&prims[i].key, &k, sizeof k) == 0)
-            p = &prims[i];
-    if (engine && !p && nprims < MAX_PRIMS) {
-        p = &prims[nprims++];
-        prim_make(p, &k);
+    conv_prim *p = engine ? prim_find(&k) : NULL;
+    if (p && !p->ok && k.winograd) { /* oneDNN has no Winograd for this CPU or shape */
+        k.winograd = 0;
+        p = prim_find(&k);
     }
     pthread_mutex_unlock(&prim_lock);
     return p && p->ok ? p : NULL;
@@ -210,6 +250,12 @@ bool diffuse_dnnl_available(void) { return diffuse_cpu_path() >= DIFFUSE_CPU_AVX
 bool diffuse_dnnl_preferred(int k, int stride)
 {
     return mode() != 0 && diffuse_dnnl_available() && k == 3 && (stride == 1 || stride == 2);
+}
+
+bool diffuse_dnnl_winograd(const diffuse_conv *c, int n)
+{
+    conv_prim *p = prim_for(c, n);
+    return p && p->key.winograd;
 }
 
 size_t diffuse_dnnl_conv_scratch(const diffuse_conv *c, int n)

@@ -279,13 +279,21 @@ double diffuse_conv_flops(const diffuse_conv *c, int n);
  * output in its blocked layouts), whichever is more. */
 size_t diffuse_conv_scratch(const diffuse_conv *c, int n);
 /* oneDNN's 3x3 convolutions (conv_dnnl.c), where they win: false (nothing
- * done) when not used for this shape. The backend: 0 im2col only, 1 oneDNN
- * wherever it can, 2 by size (the default; DIFFUSE_CONV=im2col|dnnl sets it). */
+ * done) when not used for this shape. The backend (DIFFUSE_CONV=im2col|dnnl|
+ * winograd in the environment sets it): */
+enum {
+    DIFFUSE_CONV_IM2COL,   /* the engine's im2col + sgemm only */
+    DIFFUSE_CONV_DIRECT,   /* oneDNN's direct convolution wherever it can */
+    DIFFUSE_CONV_AUTO,     /* the default: oneDNN from a size up, Winograd where it wins */
+    DIFFUSE_CONV_WINOGRAD, /* oneDNN's Winograd wherever it can (stride 1), else direct */
+};
 bool diffuse_dnnl_available(void);
 /* Whether a k x k convolution with this stride goes to oneDNN when it is big
  * enough (for sizing bands before the exact shape is known). */
 bool diffuse_dnnl_preferred(int k, int stride);
 size_t diffuse_dnnl_conv_scratch(const diffuse_conv *c, int n);
+/* Whether this shape runs oneDNN's Winograd algorithm. */
+bool diffuse_dnnl_winograd(const diffuse_conv *c, int n);
 bool diffuse_dnnl_conv(float *y, const float *x, const float *w, const float *b,
                        const diffuse_conv *c, int n, float *scratch);
 void diffuse_conv_set_backend(int backend);

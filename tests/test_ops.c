@@ -194,9 +194,42 @@ static void test_conv2d(void)
 /* The oneDNN path (conv_dnnl.c) on the same cases, forced, plus shapes whose
  * channels are not a multiple of the vector block; the same bits at 1 and 2
  * threads; and it really runs where the build has it. */
-static void test_conv2d_dnnl(void)
+/* oneDNN's Winograd where the engine picks it: which shapes, and how close
+ * it stays to the direct computation (Winograd's transforms add rounding). */
+static void test_conv2d_winograd(void)
 {
-    diffuse_conv_set_backend(1);
+    diffuse_conv_set_backend(DIFFUSE_CONV_WINOGRAD);
+    /*        cin cout  h   w  k  s  top left bottom right  n  bias */
+    conv_case(64, 64, 37, 41, 3, 1, 1, 1, 1, 1, 1, true);
+    conv_case(48, 80, 23, 17, 3, 1, 1, 1, 1, 1, 2, false);
+    conv_case(320, 320, 12, 9, 3, 1, 1, 1, 1, 1, 2, true);
+    diffuse_conv c = {.cin = 64, .h = 37, .w = 41, .cout = 64, .k = 3, .stride = 1, .pad_top = 1,
+                      .pad_left = 1, .pad_bottom = 1, .pad_right = 1};
+    const bool forced = diffuse_dnnl_winograd(&c, 1);
+    diffuse_conv_set_backend(DIFFUSE_CONV_AUTO);
+    /* by the rule: big images with enough channels; never small ones, strides or thin layers */
+    diffuse_conv big = c, small = c, thin = c, strided = c;
+    big.h = big.w = 128;
+    small.h = small.w = 32;
+    thin.cout = 3;
+    thin.h = thin.w = 128;
+    strided.stride = 2;
+    strided.h = strided.w = 128;
+    const bool wino_big = diffuse_dnnl_winograd(&big, 1);
+    CHECK(!diffuse_dnnl_winograd(&small, 2) && !diffuse_dnnl_winograd(&thin, 1) &&
+              !diffuse_dnnl_winograd(&strided, 1),
+          "Winograd picked for a shape it loses on");
+#ifdef DIFFUSE_DNNL
+    if (diffuse_cpu_path() >= DIFFUSE_CPU_AVX512)
+        CHECK(forced && wino_big, "oneDNN's Winograd did not run on an AVX-512 CPU (forced %d, by rule %d)",
+              forced, wino_big);
+#endif
+    printf("oneDNN Winograd: %s\n", forced ? "used" : "not in this build or CPU");
+}
+
+static void test_conv2d_dnnl(int backend)
+{
+    diffuse_conv_set_backend(backend);
     test_conv2d();
     /*        cin cout  h   w  k  s  top left bottom right  n  bias */
     conv_case(20, 36, 13, 17, 3, 1, 1, 1, 1, 1, 2, true);
@@ -220,14 +253,14 @@ static void test_conv2d_dnnl(void)
 #endif
     if (ran)
         CHECK(memcmp(y1, y2, sizeof(float) * ny) == 0, "oneDNN conv differs between 1 and 2 threads");
-    printf("oneDNN convolutions: %s\n", ran ? "used" : "not in this build or CPU");
+    printf("oneDNN convolutions (backend %d): %s\n", backend, ran ? "used" : "not in this build or CPU");
     free(x);
     free(wt);
     free(b);
     free(y1);
     free(y2);
     free(scratch);
-    diffuse_conv_set_backend(2);
+    diffuse_conv_set_backend(DIFFUSE_CONV_AUTO);
 }
 
 /* ------------------------------------------------------------------ attention */
@@ -736,7 +769,9 @@ int main(void)
     test_widen();
     test_linear();
     test_conv2d();
-    test_conv2d_dnnl();
+    test_conv2d_dnnl(DIFFUSE_CONV_DIRECT);
+    test_conv2d_dnnl(DIFFUSE_CONV_WINOGRAD);
+    test_conv2d_winograd();
     test_attention();
     test_group_norm();
     test_layer_norm();
