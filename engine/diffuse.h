@@ -308,6 +308,18 @@ size_t diffuse_request_memory(const diffuse_model *model, const diffuse_request 
  * work); 0 when unknown. diffuse_generate refuses a request whose
  * diffuse_request_memory exceeds it; front ends ask the same. */
 size_t diffuse_memory_available(void);
+/* Where a front end finds the default model when the user names none:
+ * $DIFFUSE_DEFAULT_MODEL where set (used whether or not it exists: loading
+ * names it), else the first of `beside` that exists (the copies the calling
+ * program was installed with, NULL-terminated; may be NULL), else the user's
+ * $XDG_DATA_HOME/diffuse/models/default (~/.local/share/... without it).
+ * Writes the path found; when there is none, DIFFUSE_ERR_IO and a message
+ * naming where it looked. */
+diffuse_status diffuse_default_model_path(const char *const *beside, char *path, size_t size,
+                                          char *err, size_t err_size);
+/* The folder <lora:NAME> tags are looked up in when a request names none:
+ * $DIFFUSE_LORA_DIR, else $XDG_DATA_HOME/diffuse/loras (~/.local/share/...). */
+void diffuse_default_lora_dir(char *path, size_t size);
 /* This process's resident set now, and its peak so far, in bytes (0 when unknown). */
 size_t diffuse_rss_now(void);
 size_t diffuse_rss_peak(void);

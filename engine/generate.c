@@ -59,19 +59,6 @@ typedef struct request_loras {
     diffuse_lora_set *set;
 } request_loras;
 
-/* $DIFFUSE_LORA_DIR, $XDG_DATA_HOME/diffuse/loras or ~/.local/share/diffuse/loras. */
-static void default_lora_dir(char *buf, size_t size)
-{
-    const char *env = getenv("DIFFUSE_LORA_DIR"), *xdg = getenv("XDG_DATA_HOME"),
-               *home = getenv("HOME");
-    if (env && *env)
-        snprintf(buf, size, "%s", env);
-    else if (xdg && *xdg)
-        snprintf(buf, size, "%s/diffuse/loras", xdg);
-    else
-        snprintf(buf, size, "%s/.local/share/diffuse/loras", home ? home : "");
-}
-
 static bool parse_weight(const char *s, float *out)
 {
     char *end;
@@ -138,7 +125,7 @@ static diffuse_status loras_from_tags(const diffuse_request *r, diffuse_prompt_t
     if (r->lora_dir)
         snprintf(dir, sizeof dir, "%s", r->lora_dir);
     else
-        default_lora_dir(dir, sizeof dir);
+        diffuse_default_lora_dir(dir, sizeof dir);
     for (int i = 0; i < n; i++) {
         if (strcmp(tags[i].kind, "lora") && strcmp(tags[i].kind, "lyco")) {
             char msg[DIFFUSE_ERROR_SIZE];

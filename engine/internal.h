@@ -20,6 +20,10 @@
 
 /* Formats a message into err (may be NULL) and returns -1. */
 int diffuse_fail(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* paths.c: whether a file or folder is there; `what` in the user's data
+ * folder ($XDG_DATA_HOME/diffuse, else ~/.local/share/diffuse). */
+bool diffuse_path_exists(const char *path);
+void diffuse_data_path(char *out, size_t size, const char *what);
 
 /* ------------------------------------------------------------------ random */
 

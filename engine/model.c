@@ -12,11 +12,7 @@
 
 #include "internal.h"
 
-static bool file_exists(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0;
-}
+static bool file_exists(const char *path) { return diffuse_path_exists(path); }
 
 /* Dimension d of a weight, or -1 when missing. */
 static int64_t dim_of(const diffuse_weights *w, int d, const char *fmt, ...)
@@ -332,7 +328,7 @@ static int read_defaults(diffuse_model *m, const char *dir, char *err)
 static int find_vocab(const diffuse_model *m, const char *dir, const char *given, char *out,
                       size_t size, char *err)
 {
-    const char *home = getenv("HOME"), *env = getenv("DIFFUSE_VOCAB");
+    const char *env = getenv("DIFFUSE_VOCAB");
     char beside[4096], cand[6][4096];
     snprintf(beside, sizeof beside, "%s", m->path);
     char *slash = strrchr(beside, '/');
@@ -343,7 +339,7 @@ static int find_vocab(const diffuse_model *m, const char *dir, const char *given
     if (given) snprintf(cand[n++], 4096, "%s", given);
     if (env) snprintf(cand[n++], 4096, "%s", env);
     snprintf(cand[n++], 4096, "%s", beside);
-    if (home) snprintf(cand[n++], 4096, "%s/.local/share/diffuse/bpe_simple_vocab_16e6.txt.gz", home);
+    diffuse_data_path(cand[n++], 4096, "bpe_simple_vocab_16e6.txt.gz");
     snprintf(cand[n++], 4096, "/usr/local/share/diffuse/bpe_simple_vocab_16e6.txt.gz");
     for (int i = 0; i < n; i++)
         if (file_exists(cand[i])) {

@@ -277,11 +277,10 @@ gboolean core_settings_validate(const CoreSettings *s, CoreMode mode, GError **e
 
 gchar *core_lora_folder(void)
 {
-    const gchar *env = g_getenv("DIFFUSE_LORA_DIR");
+    gchar path[4096];
 
-    if (env && *env)
-        return g_strdup(env);
-    return g_build_filename(g_get_user_data_dir(), "diffuse", "loras", NULL);
+    diffuse_default_lora_dir(path, sizeof path);
+    return g_strdup(path);
 }
 
 /* ---------------------------------------------------------------- models */
@@ -309,21 +308,21 @@ void core_set_plugin_dir_of_binary(const gchar *argv0)
 
 gchar *core_model_resolve(const gchar *model, GError **error)
 {
-    const gchar *env = g_getenv("DIFFUSE_DEFAULT_MODEL");
+    gchar *own = plugin_dir ? g_build_filename(plugin_dir, "models", "default", NULL) : NULL;
+    const char *beside[] = {own, NULL};
+    gchar path[4096], err[DIFFUSE_ERROR_SIZE];
+    diffuse_status st;
 
-    if (model && *model)
+    if (model && *model) {
+        g_free(own);
         return g_strdup(model);
-    if (plugin_dir) {
-        gchar *path = g_build_filename(plugin_dir, "models", "default", NULL);
-
-        if (g_file_test(path, G_FILE_TEST_EXISTS))
-            return path;
-        g_free(path);
     }
-    if (env && *env)
-        return g_strdup(env);
-    g_set_error(error, CORE_ERROR, CORE_ERROR_EXECUTION,
-                "no default model installed; choose a model file or folder");
+    /* the copy installed beside the plug-in, found in the engine's order */
+    st = diffuse_default_model_path(beside, path, sizeof path, err, sizeof err);
+    g_free(own);
+    if (st == DIFFUSE_OK)
+        return g_strdup(path);
+    g_set_error_literal(error, CORE_ERROR, CORE_ERROR_EXECUTION, err);
     return NULL;
 }
 

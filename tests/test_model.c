@@ -1,6 +1,8 @@
 /* test_model.c: what model loading reads off a diffusers folder besides the
  * tensors: the scheduler config's settings for distilled models. */
 #include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "../engine/diffuse.h"
@@ -56,9 +58,63 @@ static void check_suggestion(const char *src, const char *json, int sampler, int
     CHECK(system(cmd) == 0, "cleanup");
 }
 
+/* diffuse_default_model_path's order: $DIFFUSE_DEFAULT_MODEL, the program's
+ * own copies in its order, the user's data folder; an I/O error naming every
+ * place when there is none. And the LoRA folder's. */
+static void test_default_paths(void)
+{
+    char dir[] = "/tmp/diffuse-paths-XXXXXX", a[256], b[256], user[256], path[4096], err[1024];
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    snprintf(a, sizeof a, "%s/a", dir);
+    snprintf(b, sizeof b, "%s/b", dir);
+    snprintf(user, sizeof user, "%s/diffuse/models/default", dir);
+    const char *beside[] = {a, b, NULL};
+    unsetenv("DIFFUSE_DEFAULT_MODEL");
+    setenv("XDG_DATA_HOME", dir, 1);
+    diffuse_status st = diffuse_default_model_path(beside, path, sizeof path, err, sizeof err);
+    CHECK(st == DIFFUSE_ERR_IO && strstr(err, a) && strstr(err, b) && strstr(err, user) &&
+              strstr(err, "DIFFUSE_DEFAULT_MODEL"),
+          "no default model: status %d, %s", st, err);
+    CHECK(mkdir(b, 0755) == 0 && mkdir(user, 0755) != 0, "mkdir"); /* user's needs its parents */
+    st = diffuse_default_model_path(beside, path, sizeof path, err, sizeof err);
+    CHECK(st == DIFFUSE_OK && strcmp(path, b) == 0, "the second copy: %s", path);
+    CHECK(mkdir(a, 0755) == 0, "mkdir");
+    st = diffuse_default_model_path(beside, path, sizeof path, err, sizeof err);
+    CHECK(st == DIFFUSE_OK && strcmp(path, a) == 0, "the first copy comes first: %s", path);
+    char parent[256];
+    snprintf(parent, sizeof parent, "%s/diffuse", dir);
+    snprintf(path, sizeof path, "%s/diffuse/models", dir);
+    CHECK(mkdir(parent, 0755) == 0 && mkdir(path, 0755) == 0 && mkdir(user, 0755) == 0, "mkdir");
+    st = diffuse_default_model_path(NULL, path, sizeof path, err, sizeof err);
+    CHECK(st == DIFFUSE_OK && strcmp(path, user) == 0, "the user's copy: %s", path);
+    setenv("DIFFUSE_DEFAULT_MODEL", "/env/model", 1);
+    st = diffuse_default_model_path(beside, path, sizeof path, err, sizeof err);
+    CHECK(st == DIFFUSE_OK && strcmp(path, "/env/model") == 0, "the variable comes first: %s",
+          path);
+    unsetenv("DIFFUSE_DEFAULT_MODEL");
+    unsetenv("DIFFUSE_LORA_DIR");
+    diffuse_default_lora_dir(path, sizeof path);
+    snprintf(a, sizeof a, "%s/diffuse/loras", dir);
+    CHECK(strcmp(path, a) == 0, "LoRA folder %s, want %s", path, a);
+    setenv("DIFFUSE_LORA_DIR", "/my/loras", 1);
+    diffuse_default_lora_dir(path, sizeof path);
+    CHECK(strcmp(path, "/my/loras") == 0, "DIFFUSE_LORA_DIR not used: %s", path);
+    unsetenv("DIFFUSE_LORA_DIR");
+    unsetenv("XDG_DATA_HOME");
+    const char *home = getenv("HOME");
+    diffuse_default_lora_dir(path, sizeof path);
+    snprintf(a, sizeof a, "%s/.local/share/diffuse/loras", home ? home : "");
+    CHECK(strcmp(path, a) == 0, "LoRA folder without XDG_DATA_HOME: %s", path);
+    snprintf(path, sizeof path, "%s/diffuse/models", dir);
+    rmdir(user), rmdir(path), rmdir(parent), rmdir(a), rmdir(b);
+    snprintf(a, sizeof a, "%s/a", dir);
+    rmdir(a), rmdir(dir);
+}
+
 int main(void)
 {
     char buf[4096];
+    test_default_paths();
     const char *src = test_shared("reference/sd1-tiny/model-diffusers", buf);
     if (src) {
         check_suggestion(src, "{\"_class_name\": \"LCMScheduler\", \"beta_schedule\": "

@@ -105,37 +105,29 @@ static const char *number_problem(const char *s, float lo, float hi)
     return why;
 }
 
-static bool exists(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0;
-}
-
-/* "default": the bundled model, from DIFFUSE_DEFAULT_MODEL, beside the binary
- * (../models/default, ../share/diffuse/models/default), or the user's copy. */
-static const char *resolve_model(const char *name, char *buf, size_t size)
+/* "default": the bundled model as diffuse_default_model_path finds it, this
+ * binary's own copies being ../models/default (a build tree) and
+ * ../share/diffuse/models/default (an installed one). NULL, with err set,
+ * when there is none. */
+static const char *resolve_model(const char *name, char *buf, size_t size, char *err,
+                                 size_t err_size)
 {
     if (strcmp(name, "default") != 0)
         return name;
-    const char *env = getenv("DIFFUSE_DEFAULT_MODEL"), *home = getenv("HOME");
-    if (env)
-        return env;
-    char exe[PATH_MAX];
+    char exe[PATH_MAX], own[2][PATH_MAX + 64];
+    const char *beside[3] = {NULL, NULL, NULL};
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (n > 0) {
         exe[n] = 0;
         char *slash = strrchr(exe, '/');
         if (slash)
             *slash = 0;
-        const char *rel[] = {"../models/default", "../share/diffuse/models/default"};
-        for (int i = 0; i < 2; i++) {
-            snprintf(buf, size, "%s/%s", exe, rel[i]);
-            if (exists(buf))
-                return buf;
-        }
+        snprintf(own[0], sizeof own[0], "%s/../models/default", exe);
+        snprintf(own[1], sizeof own[1], "%s/../share/diffuse/models/default", exe);
+        beside[0] = own[0];
+        beside[1] = own[1];
     }
-    snprintf(buf, size, "%s/.local/share/diffuse/models/default", home ? home : "");
-    return buf;
+    return diffuse_default_model_path(beside, buf, size, err, err_size) == DIFFUSE_OK ? buf : NULL;
 }
 
 static void notice(void *user, const char *message)
@@ -531,9 +523,9 @@ static int cmd_generate(int argc, char **argv)
         goto done;
     if (!o.seed_given)
         o.req.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-    const char *path = resolve_model(o.model, buf, sizeof buf);
+    const char *path = resolve_model(o.model, buf, sizeof buf, err, sizeof err);
     double t0 = now_s();
-    if (!(model = diffuse_model_load(path, &o.load, err, sizeof err))) {
+    if (!path || !(model = diffuse_model_load(path, &o.load, err, sizeof err))) {
         rc = bad_arg("--model", o.model, err);
         goto done;
     }
@@ -646,7 +638,8 @@ static int cmd_info(int argc, char **argv)
     }
     if (!model_arg)
         return bad_arg("--model", "", "missing");
-    diffuse_model *m = diffuse_model_load(resolve_model(model_arg, buf, sizeof buf), &p, err, sizeof err);
+    const char *path = resolve_model(model_arg, buf, sizeof buf, err, sizeof err);
+    diffuse_model *m = path ? diffuse_model_load(path, &p, err, sizeof err) : NULL;
     if (!m) {
         fprintf(stderr, "diffuse: --model '%s': %s\n", model_arg, err);
         return 1;
