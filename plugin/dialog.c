@@ -131,9 +131,9 @@ void dialog_model_add_buttons(DialogModel *m, GtkWidget *box)
     gtk_editable_set_position(GTK_EDITABLE(m->entry), -1); /* the name, not the folders */
     g_signal_connect(m->entry, "activate", G_CALLBACK(model_entry_activate), m);
     g_signal_connect(m->entry, "focus-out-event", G_CALLBACK(model_entry_focus_out), m);
-    add_button(box, "_Default", "Use the default model", G_CALLBACK(model_default_clicked), m);
-    add_button(box, "_File...", "Choose a .safetensors file", G_CALLBACK(model_file_clicked), m);
-    add_button(box, "Fo_lder...", "Choose a diffusers folder", G_CALLBACK(model_folder_clicked), m);
+    add_button(box, "Default", "Use the default model", G_CALLBACK(model_default_clicked), m);
+    add_button(box, "File...", "Choose a .safetensors file", G_CALLBACK(model_file_clicked), m);
+    add_button(box, "Folder...", "Choose a diffusers folder", G_CALLBACK(model_folder_clicked), m);
 }
 
 GtkWidget *dialog_model_info_new(DialogModel *m)
@@ -232,15 +232,15 @@ void dialog_lora_add_buttons(DialogLora *l, GtkWidget *box)
 static const struct {
     const gchar *label, *tooltip, *where;
 } copy_sources[] = {
-    [CORE_FROM_LAYER] = {"Co_py Settings from Layer",
+    [CORE_FROM_LAYER] = {"Cop_y Settings from Layer",
                          "Fill in the prompt, seed, steps and the other settings that made the "
                          "active layer",
                          "the layer"},
-    [CORE_FROM_COMMENT] = {"Co_py Settings from Image Comment",
+    [CORE_FROM_COMMENT] = {"Cop_y Settings from Image Comment",
                            "Fill in the prompt, seed, steps and the other settings written in "
                            "the image's comment",
                            "the image's comment"},
-    [CORE_FROM_FILE] = {"Co_py Settings from PNG File",
+    [CORE_FROM_FILE] = {"Cop_y Settings from PNG File",
                         "Fill in the prompt, seed, steps and the other settings that a Stable "
                         "Diffusion tool wrote into the PNG file this image was opened from",
                         "the PNG file"},

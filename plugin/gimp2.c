@@ -235,6 +235,9 @@ static GtkTextBuffer *add_text_view(GtkWidget *box, const gchar *title, const gc
     gtk_text_buffer_set_text(gtk_text_view_get_buffer(GTK_TEXT_VIEW(view)), text, -1);
     gtk_container_add(GTK_CONTAINER(scroll), view);
     gtk_container_add(GTK_CONTAINER(frame), scroll);
+    /* the title's mnemonic focuses the text */
+    gtk_label_set_text_with_mnemonic(GTK_LABEL(gtk_frame_get_label_widget(GTK_FRAME(frame))), title);
+    gtk_label_set_mnemonic_widget(GTK_LABEL(gtk_frame_get_label_widget(GTK_FRAME(frame))), view);
     gtk_box_pack_start(GTK_BOX(box), frame, TRUE, TRUE, 0);
     return gtk_text_view_get_buffer(GTK_TEXT_VIEW(view));
 }
@@ -417,7 +420,7 @@ static GtkWidget *make_table(Dialog *d)
                             "prompt (Turbo and LCM models)");
     d->sampler = add_sampler_combo(d, table, row++);
     if (d->mode == CORE_TXT2IMG) {
-        d->width = add_scale(table, row++, "_Width:", s->width, 8, 2048, 8, 0, CORE_MAX_SIDE,
+        d->width = add_scale(table, row++, "Wi_dth:", s->width, 8, 2048, 8, 0, CORE_MAX_SIDE,
                              "Multiples of 8; the model's native size by default (models draw best at it)");
         d->height = add_scale(table, row++, "He_ight:", s->height, 8, 2048, 8, 0, CORE_MAX_SIDE,
                               "Multiples of 8; the model's native size by default (models draw best at it)");
@@ -457,7 +460,7 @@ static GtkWidget *make_sdxl(Dialog *d)
                                     CORE_MAX_COND, core_size_cond_args[i].blurb);
         g_free(label);
     }
-    d->empty_negative = gtk_check_button_new_with_label(core_empty_negative_arg.label);
+    d->empty_negative = gtk_check_button_new_with_mnemonic(core_empty_negative_arg.label);
     gtk_toggle_button_set_active(GTK_TOGGLE_BUTTON(d->empty_negative), d->s->empty_negative);
     gimp_help_set_help_data(d->empty_negative, core_empty_negative_arg.blurb, NULL);
     gtk_table_attach(GTK_TABLE(table), d->empty_negative, 0, 3, CORE_SIZE_COND_ARGS,
@@ -551,8 +554,8 @@ static gboolean dialog_run(CoreSettings *s, CoreMode mode, const gchar *proc, gb
                        0);
     d.copy = (DialogCopy){.mode = mode, .read = read_settings, .apply = apply_settings, .data = &d};
     gtk_box_pack_start(GTK_BOX(vbox), dialog_copy_new(&d.copy, image, drawable), FALSE, FALSE, 0);
-    d.prompt = add_text_view(vbox, "Prompt", s->prompt, 72);
-    d.negative = add_text_view(vbox, "Negative prompt", s->negative_prompt, 40);
+    d.prompt = add_text_view(vbox, "_Prompt", s->prompt, 72);
+    d.negative = add_text_view(vbox, "Negati_ve prompt", s->negative_prompt, 40);
     gtk_box_pack_start(GTK_BOX(vbox), make_table(&d), FALSE, FALSE, 0);
     gtk_box_pack_start(GTK_BOX(vbox), make_sdxl(&d), FALSE, FALSE, 0);
     gtk_widget_show_all(d.dialog);

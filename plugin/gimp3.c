@@ -112,10 +112,10 @@ static void add_head_arguments(GimpProcedure *p, const CoreSettings *d)
     gimp_procedure_add_int_argument(p, "seed", "S_eed",
                                     "Random seed (-1 = random); image i uses seed + i", -1,
                                     G_MAXINT32, d->seed, G_PARAM_READWRITE);
-    gimp_procedure_add_int_argument(p, "steps", "_Steps",
+    gimp_procedure_add_int_argument(p, "steps", "S_teps",
                                     "Denoising steps: Turbo and LCM models need only 1 to 8", 1,
                                     CORE_MAX_STEPS, d->steps, G_PARAM_READWRITE);
-    gimp_procedure_add_double_argument(p, "guidance", "_Guidance",
+    gimp_procedure_add_double_argument(p, "guidance", "Guida_nce",
                                        "How closely to follow the prompt (0..100); 1 or less "
                                        "skips the negative prompt (Turbo and LCM models)",
                                        0, 100, d->guidance, G_PARAM_READWRITE);
@@ -133,7 +133,7 @@ static void add_tail_arguments(GimpProcedure *p, const CoreSettings *d)
     gimp_procedure_add_int_argument(p, "count", "Co_unt",
                                     "Number of images, one layer each (1..100)", 1, CORE_MAX_COUNT,
                                     d->count, G_PARAM_READWRITE);
-    gimp_procedure_add_string_argument(p, "model", "_Model",
+    gimp_procedure_add_string_argument(p, "model", "Mo_del",
                                        "A .safetensors file or a diffusers folder (\"\" = the "
                                        "default model)",
                                        d->model, G_PARAM_READWRITE);
@@ -158,10 +158,10 @@ static void add_tail_arguments(GimpProcedure *p, const CoreSettings *d)
                                         "The seed the last random run used", 0, G_MAXINT32, 0,
                                         G_PARAM_READWRITE);
     gimp_procedure_add_boolean_aux_argument(
-        p, "random-seed", "Ra_ndomize",
+        p, "random-seed", "Randomi_ze",
         "A new random seed for every run; the seed used is in the layer name", TRUE,
         G_PARAM_READWRITE);
-    gimp_procedure_add_choice_aux_argument(p, "sampler-choice", "S_ampler",
+    gimp_procedure_add_choice_aux_argument(p, "sampler-choice", "Sa_mpler",
                                            "How the noise is taken away step by step",
                                            sampler_choice(), d->sampler, G_PARAM_READWRITE);
     gimp_procedure_add_boolean_aux_argument(p, "configured", "Configured",
@@ -203,11 +203,11 @@ static GimpProcedure *diffuse_create_procedure(GimpPlugIn *plug_in, const gchar 
             "\"diffuse-parameters\".",
             name);
         add_head_arguments(p, d);
-        gimp_procedure_add_int_argument(p, "width", "_Width",
+        gimp_procedure_add_int_argument(p, "width", "W_idth",
                                         "Width in pixels, a multiple of 8 (0 = the image's "
                                         "width)",
                                         0, CORE_MAX_SIDE, d->width, G_PARAM_READWRITE);
-        gimp_procedure_add_int_argument(p, "height", "He_ight",
+        gimp_procedure_add_int_argument(p, "height", "Hei_ght",
                                         "Height in pixels, a multiple of 8 (0 = the image's "
                                         "height)",
                                         0, CORE_MAX_SIDE, d->height, G_PARAM_READWRITE);
@@ -224,7 +224,7 @@ static GimpProcedure *diffuse_create_procedure(GimpPlugIn *plug_in, const gchar 
             "the selection is (soft edges blend) and the original pixels elsewhere.",
             name);
         add_head_arguments(p, d);
-        gimp_procedure_add_double_argument(p, "strength", "S_trength",
+        gimp_procedure_add_double_argument(p, "strength", "Stren_gth",
                                            "How much to change, (0, 1]: 0.3 keeps the drawing, "
                                            "1 ignores it",
                                            0, 1, d->strength, G_PARAM_READWRITE);
@@ -351,30 +351,51 @@ static void set_model_size(gint native, gpointer data)
     g_object_set(d->config, "width", n, "height", n, NULL);
 }
 
-/* A framed, scrolled, word-wrapped text view for a string argument: the
- * multi-line prompt of the 2.10 dialog. Returns the frame's id. */
-static const gchar *add_text(GimpProcedureDialog *dialog, const gchar *property, const gchar *title,
-                             gint height)
+/* A framed, scrolled, word-wrapped text view for a string argument, the
+ * multi-line prompt of the 2.10 dialog, its title's mnemonic focusing it.
+ * The view is made here, not by gimp_procedure_dialog_get_widget(): GIMP
+ * checks a field's mnemonic as it makes the widget, before a text view can
+ * have its title. Returns the frame's id. */
+static const gchar *add_text(GimpProcedureDialog *dialog, GimpProcedureConfig *config,
+                             const gchar *property, const gchar *title, gint height)
 {
     gchar *label_id = g_strconcat(property, "-label", NULL);
-    gchar *scroll_id = g_strconcat(property, "-scroll", NULL);
+    gchar *start_id = g_strconcat(property, "-start", NULL);
+    gchar *box_id = g_strconcat(property, "-box", NULL);
     gchar *frame_id = g_strconcat(property, "-frame", NULL);
-    GtkWidget *view = gimp_procedure_dialog_get_widget(dialog, property, GTK_TYPE_TEXT_VIEW);
-    GtkWidget *scroll;
+    GtkTextBuffer *buffer = gimp_prop_text_buffer_new(G_OBJECT(config), property, -1);
+    GtkWidget *view = gtk_text_view_new_with_buffer(buffer);
+    GtkWidget *scroll = gtk_scrolled_window_new(NULL, NULL);
+    GtkWidget *label, *start, *box;
     const gchar *id = g_intern_string(frame_id);
 
+    g_object_unref(buffer);
     gtk_text_view_set_wrap_mode(GTK_TEXT_VIEW(view), GTK_WRAP_WORD_CHAR);
     gtk_text_view_set_accepts_tab(GTK_TEXT_VIEW(view), FALSE);
-    gimp_procedure_dialog_get_label(dialog, label_id, title, FALSE, FALSE);
-    scroll = gimp_procedure_dialog_fill_scrolled_window(dialog, scroll_id, property);
+    gtk_text_view_set_left_margin(GTK_TEXT_VIEW(view), 3);
+    gtk_text_view_set_right_margin(GTK_TEXT_VIEW(view), 3);
+    gimp_help_set_help_data(
+        view, g_param_spec_get_blurb(g_object_class_find_property(G_OBJECT_GET_CLASS(config),
+                                                                  property)),
+        NULL);
+    label = gimp_procedure_dialog_get_label(dialog, label_id, title, FALSE, TRUE);
+    gtk_label_set_mnemonic_widget(GTK_LABEL(label), view);
+    gtk_container_add(GTK_CONTAINER(scroll), view);
     gtk_scrolled_window_set_policy(GTK_SCROLLED_WINDOW(scroll), GTK_POLICY_NEVER,
                                    GTK_POLICY_AUTOMATIC);
     gtk_scrolled_window_set_shadow_type(GTK_SCROLLED_WINDOW(scroll), GTK_SHADOW_IN);
     gtk_widget_set_size_request(scroll, 420, height);
     gtk_widget_set_vexpand(scroll, TRUE);
-    gimp_procedure_dialog_fill_frame(dialog, frame_id, label_id, FALSE, scroll_id);
+    gtk_widget_show_all(scroll);
+    /* a box needs one widget of the dialog's to start from: an empty label */
+    start = gimp_procedure_dialog_get_label(dialog, start_id, "", FALSE, FALSE);
+    box = gimp_procedure_dialog_fill_box(dialog, box_id, start_id, NULL);
+    gtk_widget_hide(start);
+    gtk_box_pack_start(GTK_BOX(box), scroll, TRUE, TRUE, 0);
+    gimp_procedure_dialog_fill_frame(dialog, frame_id, label_id, FALSE, box_id);
     g_free(label_id);
-    g_free(scroll_id);
+    g_free(start_id);
+    g_free(box_id);
     g_free(frame_id);
     return id;
 }
@@ -399,7 +420,7 @@ static void new_seed_clicked(GtkWidget *button, Dialog *d)
  * and the button insensitive while randomizing. */
 static void add_seed_row(GimpProcedureDialog *dialog, Dialog *d)
 {
-    GtkWidget *box, *button = gtk_button_new_with_mnemonic("_New Seed");
+    GtkWidget *box, *button = gtk_button_new_with_label("New Seed");
 
     gimp_procedure_dialog_get_widget(dialog, "seed", G_TYPE_NONE);
     box = gimp_procedure_dialog_fill_box(dialog, "seed-row", "seed", "random-seed", NULL);
@@ -541,8 +562,8 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
                                          mode == CORE_TXT2IMG ? "Diffuse: Text to Image"
                                                               : "Diffuse: Image to Image");
     dialog = GIMP_PROCEDURE_DIALOG(d.dialog);
-    prompt = add_copy_row(dialog, &d, image, drawable, add_text(dialog, "prompt", "Prompt", 72));
-    negative = add_text(dialog, "negative-prompt", "Negative prompt", 40);
+    prompt = add_copy_row(dialog, &d, image, drawable, add_text(dialog, config, "prompt", "_Prompt", 72));
+    negative = add_text(dialog, config, "negative-prompt", "Negati_ve prompt", 40);
     add_seed_row(dialog, &d);
     add_scale(dialog, "steps", 1, 100, 0);
     add_scale(dialog, "guidance", 0, 20, 1);

@@ -10,7 +10,7 @@
 # RUN-WITH-LAST-VALS call must then repeat it without a dialog. Last, Image
 # to Image on a layer that holds another run's settings (its
 # diffuse-parameters parasite, with a key Diffuse has no use for and a LoRA):
-# alt+p presses Copy Settings from Layer, alt+o OK, and the new layer must
+# alt+y presses Copy Settings from Layer, alt+o OK, and the new layer must
 # have been made with those settings; then the same with Text to Image on a
 # PNG the CLI made, its "parameters" text read from the file (3.0: from the
 # image's comment, since its gimp-file-load leaves the image without the file
@@ -160,9 +160,9 @@ HOME=$home GIMP_GUI=$GIMP_GUI GIMP_GENERATION=$GIMP_GENERATION BATCH_OPTIONS=$BA
     "Diffuse: Text to Image|$PNG-txt2img.png|Escape" \
     "Diffuse: Image to Image|$PNG-img2img.png|alt+o" \
     "Diffuse: Text to Image|$tmp/txt2img-ok.png|alt+o" \
-    "Diffuse: Image to Image|$tmp/copy-before.png|alt+p" \
+    "Diffuse: Image to Image|$tmp/copy-before.png|alt+y" \
     "Diffuse: Image to Image|$PNG-copy.png|alt+o" \
-    "Diffuse: Text to Image|$tmp/png-before.png|alt+p" \
+    "Diffuse: Text to Image|$tmp/png-before.png|alt+y" \
     "Diffuse: Text to Image|$tmp/png-after.png|alt+o" 2>"$tmp/capture.log"
 check $? "the dialogs were not captured and closed: $(cat "$tmp/capture.log") $(tail -c 600 "$tmp/log")"
 echo "dialog run: $(($(date +%s) - t0)) s"
@@ -209,6 +209,12 @@ copied=$(tr -d '\000' <"$tmp/out/png-parameters.txt" 2>/dev/null)
 Negative prompt: grey
 Steps: 2, Sampler: DDIM, CFG scale: 5, Seed: 88, Size: 64x64, Model: $(basename "$MODEL" .safetensors), RNG: NV${LORA:+, LoRA: \"$LORA:0.7\"}" ]
 check $? "the PNG's settings did not make the layer: its parasite is '$copied'"
+if [ "$GIMP_GENERATION" = 3 ]; then
+    # GIMP 3.0 checks the fields' mnemonics as a dialog opens: one missing, or
+    # taken twice (by two fields, or a field and a dialog button), is printed
+    ! grep -i mnemonic "$tmp/log"
+    check $? "the dialogs' mnemonics are missing or taken twice (GIMP's stderr above)"
+fi
 ! grep -q -i -e crashed -e Sanitizer "$tmp/log"
 check $? "a plug-in crashed: $(grep -i -e crashed -e Sanitizer "$tmp/log" | head -3)"
 echo "artifacts: $PNG-txt2img.png $PNG-img2img.png $PNG-copy.png"
