@@ -427,9 +427,14 @@ gboolean core_image_check(CoreImage image, GError **error)
     return TRUE;
 }
 
+gint core_round_to(gdouble v, gint unit)
+{
+    return MAX(unit, (gint)floor(v / unit + 0.5) * unit);
+}
+
 gint core_round8(gdouble v)
 {
-    return MAX(8, (gint)floor(v / 8 + 0.5) * 8);
+    return core_round_to(v, CORE_SIZE_UNIT);
 }
 
 CoreArea core_area_default(gint width, gint height, gint native)

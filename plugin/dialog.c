@@ -16,6 +16,26 @@
 #include "core.h"
 #include "dialog.h"
 
+/* What the model loaded (m->model, may be NULL) sets in the dialog. */
+static void model_apply(DialogModel *m, gboolean apply_defaults)
+{
+    if (m->offers)
+        m->offers(m->model, m->data);
+    if (m->model && m->apply_size) {
+        diffuse_model_info mi;
+
+        diffuse_model_get_info(m->model, &mi);
+        m->apply_size(mi.native_size, mi.vae_scale, m->data);
+    }
+    if (m->model && apply_defaults) {
+        CoreSettings *tmp = g_new0(CoreSettings, 1);
+
+        core_settings_model_defaults(tmp, m->model, m->path);
+        m->apply_defaults(tmp, m->data);
+        g_free(tmp);
+    }
+}
+
 void dialog_model_update(DialogModel *m, gboolean apply_defaults)
 {
     const gchar *path = gtk_entry_get_text(GTK_ENTRY(m->entry));
@@ -37,21 +57,15 @@ void dialog_model_update(DialogModel *m, gboolean apply_defaults)
     gtk_label_set_text(GTK_LABEL(m->info), info);
     g_free(info);
     g_clear_error(&error);
-    if (m->offers)
-        m->offers(m->model, m->data);
-    if (m->model && m->apply_size) {
-        diffuse_model_info mi;
+    model_apply(m, apply_defaults);
+}
 
-        diffuse_model_get_info(m->model, &mi);
-        m->apply_size(mi.native_size, m->data);
-    }
-    if (m->model && apply_defaults) {
-        CoreSettings *tmp = g_new0(CoreSettings, 1);
-
-        core_settings_model_defaults(tmp, m->model, m->path);
-        m->apply_defaults(tmp, m->data);
-        g_free(tmp);
-    }
+void dialog_model_reapply(DialogModel *m)
+{
+    if (m->path && !strcmp(gtk_entry_get_text(GTK_ENTRY(m->entry)), m->path))
+        model_apply(m, TRUE);
+    else
+        dialog_model_update(m, TRUE);
 }
 
 static void model_entry_activate(GtkWidget *entry, DialogModel *m)

@@ -214,6 +214,7 @@ typedef struct {
     GtkWidget *sampler; /* GtkComboBoxText */
     GtkWidget *area;    /* Image to Image: GtkComboBoxText of the CoreArea values */
     GtkObject *padding;
+    gint unit; /* Text to Image: sizes are multiples of it, the model's (core.h) */
     gint32 image, drawable; /* Image to Image: the selection the area suits */
     DialogModel model;      /* the model row */
     DialogLora lora;    /* the LoRA row */
@@ -266,13 +267,13 @@ static GtkObject *add_scale(GtkWidget *table, gint row, const gchar *label, gdou
                                 NULL);
 }
 
-/* Keeps a size adjustment on multiples of 8, the engine's unit. */
-static void round_to_8(GtkAdjustment *adj)
+/* Keeps a size adjustment on multiples of the model's unit. */
+static void round_to_unit(GtkAdjustment *adj, Dialog *d)
 {
     gdouble v = gtk_adjustment_get_value(adj);
 
-    if (v != core_round8(v))
-        gtk_adjustment_set_value(adj, core_round8(v));
+    if (v != core_round_to(v, d->unit))
+        gtk_adjustment_set_value(adj, MIN(core_round_to(v, d->unit), CORE_MAX_SIDE));
 }
 
 /* The model's steps, guidance and sampler (DialogModelDefaults). */
@@ -285,18 +286,23 @@ static void set_model_defaults(const CoreSettings *defaults, gpointer data)
     gtk_combo_box_set_active(GTK_COMBO_BOX(d->sampler), diffuse_sampler_parse(defaults->sampler));
 }
 
-/* The model's native size (DialogModelSize), Text to Image only. */
-static void set_model_size(gint native, gpointer data)
+/* The model's native size and unit (DialogModelSize), Text to Image only:
+ * the sizes step in the unit. */
+static void set_model_size(gint native, gint unit, gpointer data)
 {
     Dialog *d = data;
+    gint n = core_round_to(MIN(native, CORE_MAX_SIDE), unit);
 
-    gtk_adjustment_set_value(GTK_ADJUSTMENT(d->width), core_round8(MIN(native, CORE_MAX_SIDE)));
-    gtk_adjustment_set_value(GTK_ADJUSTMENT(d->height), core_round8(MIN(native, CORE_MAX_SIDE)));
+    d->unit = unit;
+    gtk_adjustment_set_step_increment(GTK_ADJUSTMENT(d->width), unit);
+    gtk_adjustment_set_step_increment(GTK_ADJUSTMENT(d->height), unit);
+    gtk_adjustment_set_value(GTK_ADJUSTMENT(d->width), n);
+    gtk_adjustment_set_value(GTK_ADJUSTMENT(d->height), n);
 }
 
 /* Image to Image: the area that suits the selection at the native size of the
  * model just loaded (DialogModelSize). */
-static void set_model_area(gint native, gpointer data)
+static void set_model_area(gint native, gint unit, gpointer data)
 {
     Dialog *d = data;
 
@@ -424,8 +430,8 @@ static GtkWidget *make_table(Dialog *d)
                              "Multiples of 8; the model's native size by default (models draw best at it)");
         d->height = add_scale(table, row++, "He_ight:", s->height, 8, 2048, 8, 0, CORE_MAX_SIDE,
                               "Multiples of 8; the model's native size by default (models draw best at it)");
-        g_signal_connect(d->width, "value-changed", G_CALLBACK(round_to_8), NULL);
-        g_signal_connect(d->height, "value-changed", G_CALLBACK(round_to_8), NULL);
+        g_signal_connect(d->width, "value-changed", G_CALLBACK(round_to_unit), d);
+        g_signal_connect(d->height, "value-changed", G_CALLBACK(round_to_unit), d);
     } else {
         d->strength = add_scale(table, row++, "S_trength:", s->strength, 0.01, 1, 0.05, 2, 1,
                                 "How much of the selection to repaint: 0.3 keeps the drawing, "
@@ -483,8 +489,8 @@ static void read_settings(CoreSettings *s, gpointer data)
               sizeof s->sampler);
     s->count = gtk_adjustment_get_value(GTK_ADJUSTMENT(d->count));
     if (d->mode == CORE_TXT2IMG) {
-        s->width = core_round8(gtk_adjustment_get_value(GTK_ADJUSTMENT(d->width)));
-        s->height = core_round8(gtk_adjustment_get_value(GTK_ADJUSTMENT(d->height)));
+        s->width = core_round_to(gtk_adjustment_get_value(GTK_ADJUSTMENT(d->width)), d->unit);
+        s->height = core_round_to(gtk_adjustment_get_value(GTK_ADJUSTMENT(d->height)), d->unit);
     } else {
         s->strength = gtk_adjustment_get_value(GTK_ADJUSTMENT(d->strength));
         s->area = gtk_combo_box_get_active(GTK_COMBO_BOX(d->area)) == 1 ? CORE_AREA_SELECTED
@@ -535,7 +541,7 @@ static void apply_settings(const CoreSettings *s, gpointer data)
 static gboolean dialog_run(CoreSettings *s, CoreMode mode, const gchar *proc, gboolean first_time,
                            gint32 image, gint32 drawable, diffuse_model **model)
 {
-    Dialog d = {.s = s, .mode = mode, .image = image, .drawable = drawable};
+    Dialog d = {.s = s, .mode = mode, .unit = CORE_SIZE_UNIT, .image = image, .drawable = drawable};
     GtkWidget *vbox;
     gboolean ok;
 

@@ -299,21 +299,79 @@ typedef struct {
     DialogModel model;       /* the model row, its entry bound to the config's "model" */
     DialogLora lora;         /* the LoRA row, its entry bound to the config's "lora" */
     DialogCopy copy;         /* Copy Settings from Layer */
+    GtkWidget *size[2];      /* Text to Image: the width and height fields */
+    gint unit;               /* Text to Image: sizes are multiples of it, the model's (core.h) */
+    gint image_size[2];      /* Text to Image: the size it opens with until a model loads */
+    gint last_seed;          /* the seed shown while Randomize is ticked */
+    guint round_idle, reset_idle; /* the pending round_sizes and after_reset, or 0 */
 } Dialog;
 
-/* Keeps a size on multiples of 8, the engine's unit (0 stays: the image's). */
-static void round_to_8(GimpProcedureConfig *config, GParamSpec *pspec, gpointer data)
-{
-    gint v;
+static void to_dialog(GimpProcedureConfig *config);
 
-    g_object_get(config, pspec->name, &v, NULL);
-    if (v != 0 && v != core_round8(v))
-        g_object_set(config, pspec->name, MIN(core_round8(v), CORE_MAX_SIDE), NULL);
+static const gchar *const size_names[2] = {"width", "height"};
+
+/* Puts a size set from elsewhere than its field (Load Saved Settings) on the
+ * unit, once the change is over, so that the field shows what will run (a
+ * size typed snaps in the field itself); 0 stays, the image's size. */
+static gboolean round_sizes(gpointer data)
+{
+    Dialog *d = data;
+
+    d->round_idle = 0;
+    for (gint i = 0; i < 2; i++) {
+        gint v;
+
+        g_object_get(d->config, size_names[i], &v, NULL);
+        if (v != 0 && v != core_round_to(v, d->unit))
+            g_object_set(d->config, size_names[i],
+                         MIN(core_round_to(v, d->unit), CORE_MAX_SIDE / d->unit * d->unit), NULL);
+    }
+    return G_SOURCE_REMOVE;
+}
+
+static void size_changed(GimpProcedureConfig *config, GParamSpec *pspec, Dialog *d)
+{
+    if (!d->round_idle)
+        d->round_idle = g_idle_add(round_sizes, d);
+}
+
+/* After the config's values were reset to a fresh profile's (configured
+ * FALSE: Reset to Factory Defaults, or to the initial values of a first
+ * run): what the dialog opens with on a fresh profile, that is the model's
+ * own steps, guidance, sampler and native size, and the last seed shown.
+ * The model stays the one chosen: factory defaults are that model's. */
+static gboolean after_reset(gpointer data)
+{
+    Dialog *d = data;
+    gboolean configured;
+    gchar *model = NULL;
+
+    d->reset_idle = 0;
+    g_object_get(d->config, "configured", &configured, "model", &model, NULL);
+    if (!configured) {
+        if (!(model && *model) && d->model.path)
+            g_object_set(d->config, "model", d->model.path, NULL);
+        g_object_set(d->config, "last-seed", d->last_seed, NULL);
+        if (d->mode == CORE_TXT2IMG)
+            g_object_set(d->config, "width", d->image_size[0], "height", d->image_size[1], NULL);
+        to_dialog(d->config);
+        dialog_model_reapply(&d->model);
+    }
+    g_free(model);
+    return G_SOURCE_REMOVE;
+}
+
+/* GIMP's Reset sets every value at once, configured too: after_reset once
+ * they are all set and shown. */
+static void configured_changed(GimpProcedureConfig *config, GParamSpec *pspec, Dialog *d)
+{
+    if (!d->reset_idle)
+        d->reset_idle = g_idle_add(after_reset, d);
 }
 
 /* Image to Image: the area that suits the selection at the native size of the
  * model just loaded (DialogModelSize). */
-static void set_model_area(gint native_size, gpointer data)
+static void set_model_area(gint native_size, gint unit, gpointer data)
 {
     Dialog *d = data;
     CoreArea area = core_area_suggest(d->image, d->drawable, native_size);
@@ -342,12 +400,29 @@ static void set_model_offers(const diffuse_model *model, gpointer data)
         g_object_set(d->config, core_fast_decoder_arg.name, FALSE, NULL);
 }
 
-/* The model's native size (DialogModelSize), Text to Image only. */
-static void set_model_size(gint native, gpointer data)
+/* The model's native size and unit (DialogModelSize), Text to Image only:
+ * the size fields step in the unit and snap a size typed to it, from one
+ * unit up, and say so. */
+static void set_model_size(gint native, gint unit, gpointer data)
 {
     Dialog *d = data;
-    gint n = core_round8(MIN(native, CORE_MAX_SIDE));
+    gint n = core_round_to(MIN(native, CORE_MAX_SIDE), unit);
 
+    d->unit = unit;
+    for (gint i = 0; i < 2; i++) {
+        GtkWidget *spin = gimp_label_spin_get_spin_button(GIMP_LABEL_SPIN(d->size[i]));
+        gchar *tip = g_strdup_printf("%s of the new layers in pixels, a multiple of %d, the "
+                                     "model's unit (a size typed goes to the nearest); the "
+                                     "model's native size, %d, by default: models draw best at it",
+                                     i ? "Height" : "Width", unit, native);
+
+        g_object_set(d->size[i], "lower", (gdouble)unit, "upper",
+                     (gdouble)(CORE_MAX_SIDE / unit * unit), NULL);
+        gimp_label_spin_set_increments(GIMP_LABEL_SPIN(d->size[i]), unit, unit * 8);
+        gtk_spin_button_set_snap_to_ticks(GTK_SPIN_BUTTON(spin), TRUE);
+        gimp_help_set_help_data(d->size[i], tip, NULL);
+        g_free(tip);
+    }
     g_object_set(d->config, "width", n, "height", n, NULL);
 }
 
@@ -422,7 +497,12 @@ static void add_seed_row(GimpProcedureDialog *dialog, Dialog *d)
 {
     GtkWidget *box, *button = gtk_button_new_with_label("New Seed");
 
-    gimp_procedure_dialog_get_widget(dialog, "seed", G_TYPE_NONE);
+    /* the argument's blurb tells scripts about -1; here Randomize is it */
+    gimp_help_set_help_data(gimp_procedure_dialog_get_widget(dialog, "seed", G_TYPE_NONE),
+                            "The seed of the first image (image i uses seed + i); while Randomize "
+                            "is ticked, the seed the last run used: untick it to make that image "
+                            "again",
+                            NULL);
     box = gimp_procedure_dialog_fill_box(dialog, "seed-row", "seed", "random-seed", NULL);
     gtk_orientable_set_orientation(GTK_ORIENTABLE(box), GTK_ORIENTATION_HORIZONTAL);
     gtk_box_set_spacing(GTK_BOX(box), 6);
@@ -551,13 +631,17 @@ static const gchar *add_sdxl(GimpProcedureDialog *dialog)
 static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config, CoreMode mode,
                            GimpImage *image, GimpDrawable *drawable, diffuse_model **model)
 {
-    Dialog d = {.config = config, .mode = mode, .image = image, .drawable = drawable};
+    Dialog d = {.config = config, .mode = mode, .image = image, .drawable = drawable,
+                .unit = CORE_SIZE_UNIT};
     GimpProcedureDialog *dialog;
     const gchar *prompt, *negative;
     gboolean configured, ok;
     gchar *chosen = NULL;
 
     gimp_ui_init(PLUG_IN_BINARY);
+    g_object_get(config, "last-seed", &d.last_seed, NULL);
+    if (mode == CORE_TXT2IMG)
+        g_object_get(config, "width", &d.image_size[0], "height", &d.image_size[1], NULL);
     d.dialog = gimp_procedure_dialog_new(procedure, config,
                                          mode == CORE_TXT2IMG ? "Diffuse: Text to Image"
                                                               : "Diffuse: Image to Image");
@@ -568,10 +652,12 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
     add_scale(dialog, "steps", 1, 100, 0);
     add_scale(dialog, "guidance", 0, 20, 1);
     if (mode == CORE_TXT2IMG) {
-        add_scale(dialog, "width", 8, 2048, 0);
-        add_scale(dialog, "height", 8, 2048, 0);
-        g_signal_connect(config, "notify::width", G_CALLBACK(round_to_8), NULL);
-        g_signal_connect(config, "notify::height", G_CALLBACK(round_to_8), NULL);
+        for (gint i = 0; i < 2; i++) {
+            add_scale(dialog, size_names[i], CORE_SIZE_UNIT, 2048, 0);
+            d.size[i] = gimp_procedure_dialog_get_widget(dialog, size_names[i], G_TYPE_NONE);
+            g_signal_connect(config, i ? "notify::height" : "notify::width",
+                             G_CALLBACK(size_changed), &d);
+        }
     } else {
         add_scale(dialog, "strength", 0.01, 1, 2);
         add_scale(dialog, core_padding_arg.name, 0, 256, 0);
@@ -596,9 +682,14 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
     g_object_get(config, "configured", &configured, NULL);
     /* a first run takes the model's own steps and guidance */
     dialog_model_update(&d.model, !configured);
+    g_signal_connect(config, "notify::configured", G_CALLBACK(configured_changed), &d);
 
     ok = gimp_procedure_dialog_run(dialog);
-    g_signal_handlers_disconnect_by_func(config, G_CALLBACK(round_to_8), NULL);
+    g_signal_handlers_disconnect_by_data(config, &d);
+    if (d.round_idle)
+        g_source_remove(d.round_idle);
+    if (d.reset_idle)
+        g_source_remove(d.reset_idle);
     if (ok)
         dialog_model_update(&d.model, FALSE); /* the model the entry names now, for the run */
     gtk_widget_destroy(d.dialog);
@@ -636,6 +727,51 @@ static void from_dialog(GimpProcedureConfig *config)
     g_free(sampler);
 }
 
+/* ---------------------------------------------------------------- values not run */
+
+/* GIMP keeps a dialog's values after a successful run only. Those of a run
+ * that failed after OK (a model that cannot load, say) wait in a global
+ * parasite, one per procedure, for its dialog to open with them next time:
+ * the painter's edits are not lost. What a successful run used stays what
+ * RUN-WITH-LAST-VALS repeats. */
+static gchar *unsaved_name(GimpProcedure *procedure)
+{
+    return g_strconcat("diffuse-unsaved-", gimp_procedure_get_name(procedure), NULL);
+}
+
+static void unsaved_keep(GimpProcedure *procedure, GimpProcedureConfig *config)
+{
+    gchar *name = unsaved_name(procedure);
+    gchar *text;
+    GimpParasite *parasite;
+
+    /* the values are the painter's: the dialog keeps them, not the model's */
+    g_object_set(config, "configured", TRUE, NULL);
+    text = gimp_config_serialize_to_string(GIMP_CONFIG(config), NULL);
+    parasite = gimp_parasite_new(name, GIMP_PARASITE_PERSISTENT, strlen(text) + 1, text);
+    gimp_attach_parasite(parasite);
+    gimp_parasite_free(parasite);
+    g_free(text);
+    g_free(name);
+}
+
+/* The values unsaved_keep() kept into config, if any; they are then gone. */
+static void unsaved_take(GimpProcedure *procedure, GimpProcedureConfig *config)
+{
+    gchar *name = unsaved_name(procedure);
+    GimpParasite *parasite = gimp_get_parasite(name);
+    guint32 size = 0;
+    const gchar *text = parasite ? gimp_parasite_get_data(parasite, &size) : NULL;
+
+    if (text && size > 0 && text[size - 1] == '\0')
+        gimp_config_deserialize_string(GIMP_CONFIG(config), text, size - 1, NULL, NULL);
+    if (parasite) {
+        gimp_detach_parasite(name);
+        gimp_parasite_free(parasite);
+    }
+    g_free(name);
+}
+
 /* ---------------------------------------------------------------- run */
 
 /* Asks for the settings in the dialog; FALSE with error set when the image
@@ -647,6 +783,7 @@ static gboolean interact(GimpProcedure *procedure, GimpProcedureConfig *config, 
     /* refuse an indexed image before showing a dialog it cannot use */
     if (!core_image_check(image, error))
         return FALSE;
+    unsaved_take(procedure, config);
     if (mode == CORE_TXT2IMG) {
         gint w, h;
 
@@ -680,6 +817,7 @@ static GimpValueArray *diffuse_run(GimpProcedure *procedure, GimpRunMode run_mod
     CoreSettings *s = g_new(CoreSettings, 1);
     diffuse_model *model = NULL;
     GError *error = NULL;
+    gboolean asked = FALSE; /* the dialog said OK */
     GimpPDBStatusType status;
 
     gegl_init(NULL, NULL);
@@ -687,13 +825,16 @@ static GimpValueArray *diffuse_run(GimpProcedure *procedure, GimpRunMode run_mod
     if (mode == CORE_IMG2IMG && n != 1)
         g_set_error(&error, CORE_ERROR, CORE_ERROR_CALLING,
                     "drawables: img2img works on one layer, %d are selected: select one", (gint)n);
-    else if ((run_mode != GIMP_RUN_INTERACTIVE ||
-              interact(procedure, config, image, n ? drawables[0] : CORE_NO_DRAWABLE, mode, &model,
-                       &error)) &&
-             settings_from_config(s, mode, config, &error) &&
-             core_run(image, n ? drawables[0] : CORE_NO_DRAWABLE, mode, s, model, &error))
+    else if (run_mode == GIMP_RUN_INTERACTIVE)
+        asked = interact(procedure, config, image, n ? drawables[0] : CORE_NO_DRAWABLE, mode,
+                         &model, &error);
+    if ((asked || (run_mode != GIMP_RUN_INTERACTIVE && !error)) &&
+        settings_from_config(s, mode, config, &error) &&
+        core_run(image, n ? drawables[0] : CORE_NO_DRAWABLE, mode, s, model, &error))
         /* kept with the other last values, for the dialog to show */
         g_object_set(config, "last-seed", s->last_seed, "configured", TRUE, NULL);
+    if (asked && error)
+        unsaved_keep(procedure, config);
     if (model)
         diffuse_model_free(model);
     g_free(s);
