@@ -50,7 +50,7 @@ const CoreArg core_size_cond_args[CORE_SIZE_COND_ARGS] = {
 const CoreArg core_empty_negative_arg = {
     "empty-negative", "Encode a _blank negative prompt",
     "With an SDXL model, an empty negative prompt means none (a zero unconditional branch, as "
-    "diffusers does) unless this is set: then \"\" is encoded as a prompt"};
+    "diffusers does) unless this is set: then the empty text is encoded as a prompt"};
 
 const CoreArg core_fast_decoder_arg = {
     "fast-decoder", "_Fast decoder (TAESD)",

@@ -7,6 +7,7 @@
  * The model is loaded while the dialog is open, so that the info line can
  * say what it is (or why it cannot be used) and its defaults can fill in
  * steps, guidance and sampler before the user runs it. */
+#include <stdio.h>
 #include <string.h>
 
 #include <libgimp/gimp.h>
@@ -66,6 +67,30 @@ void dialog_model_reapply(DialogModel *m)
         model_apply(m, TRUE);
     else
         dialog_model_update(m, TRUE);
+}
+
+static void dump_tooltips(GtkWidget *widget, gpointer data)
+{
+    gchar *tip = gtk_widget_get_visible(widget) ? gtk_widget_get_tooltip_text(widget) : NULL;
+
+    if (tip) {
+        g_strdelimit(tip, "\t\n", ' ');
+        fprintf(data, "%s\t%s\n", G_OBJECT_TYPE_NAME(widget), tip);
+        g_free(tip);
+    }
+    if (GTK_IS_CONTAINER(widget))
+        gtk_container_forall(GTK_CONTAINER(widget), dump_tooltips, data);
+}
+
+void dialog_dump_tooltips(GtkWidget *dialog)
+{
+    const gchar *path = g_getenv("DIFFUSE_DIALOG_DUMP");
+    FILE *f = path && *path ? fopen(path, "a") : NULL;
+
+    if (f) {
+        dump_tooltips(dialog, f);
+        fclose(f);
+    }
 }
 
 static void model_entry_activate(GtkWidget *entry, DialogModel *m)

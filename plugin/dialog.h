@@ -74,6 +74,11 @@ void dialog_model_reapply(DialogModel *m);
  * caller frees it), else NULL, the model freed. Frees m's path. */
 diffuse_model *dialog_model_take(DialogModel *m, gboolean ok, const gchar *chosen);
 
+/* With DIFFUSE_DIALOG_DUMP naming a file, appends to it the tooltip of every
+ * widget the dialog shows, one a line ("TYPE<tab>TOOLTIP"): what a painter
+ * reads there, for the dialog tests. */
+void dialog_dump_tooltips(GtkWidget *dialog);
+
 /* ---------------------------------------------------------------- LoRA row */
 
 typedef struct {

@@ -214,7 +214,7 @@ typedef struct {
     GtkWidget *sampler; /* GtkComboBoxText */
     GtkWidget *area;    /* Image to Image: GtkComboBoxText of the CoreArea values */
     GtkObject *padding;
-    gint unit; /* Text to Image: sizes are multiples of it, the model's (core.h) */
+    gint unit;              /* Text to Image: sizes are multiples of it, the model's (core.h) */
     gint32 image, drawable; /* Image to Image: the selection the area suits */
     DialogModel model;      /* the model row */
     DialogLora lora;    /* the LoRA row */
@@ -227,6 +227,7 @@ static GtkTextBuffer *add_text_view(GtkWidget *box, const gchar *title, const gc
     GtkWidget *frame = gimp_frame_new(title);
     GtkWidget *scroll = gtk_scrolled_window_new(NULL, NULL);
     GtkWidget *view = gtk_text_view_new();
+    GtkWidget *label;
 
     gtk_scrolled_window_set_policy(GTK_SCROLLED_WINDOW(scroll), GTK_POLICY_NEVER,
                                    GTK_POLICY_AUTOMATIC);
@@ -237,8 +238,9 @@ static GtkTextBuffer *add_text_view(GtkWidget *box, const gchar *title, const gc
     gtk_container_add(GTK_CONTAINER(scroll), view);
     gtk_container_add(GTK_CONTAINER(frame), scroll);
     /* the title's mnemonic focuses the text */
-    gtk_label_set_text_with_mnemonic(GTK_LABEL(gtk_frame_get_label_widget(GTK_FRAME(frame))), title);
-    gtk_label_set_mnemonic_widget(GTK_LABEL(gtk_frame_get_label_widget(GTK_FRAME(frame))), view);
+    label = gtk_frame_get_label_widget(GTK_FRAME(frame));
+    gtk_label_set_text_with_mnemonic(GTK_LABEL(label), title);
+    gtk_label_set_mnemonic_widget(GTK_LABEL(label), view);
     gtk_box_pack_start(GTK_BOX(box), frame, TRUE, TRUE, 0);
     return gtk_text_view_get_buffer(GTK_TEXT_VIEW(view));
 }
@@ -568,6 +570,7 @@ static gboolean dialog_run(CoreSettings *s, CoreMode mode, const gchar *proc, gb
     dialog_model_update(&d.model, first_time);
 
     ok = gimp_dialog_run(GIMP_DIALOG(d.dialog)) == GTK_RESPONSE_OK;
+    dialog_dump_tooltips(d.dialog);
     if (ok)
         read_settings(s, &d);
     gtk_widget_destroy(d.dialog);

@@ -432,7 +432,8 @@ static void set_model_size(gint native, gint unit, gpointer data)
  * checks a field's mnemonic as it makes the widget, before a text view can
  * have its title. Returns the frame's id. */
 static const gchar *add_text(GimpProcedureDialog *dialog, GimpProcedureConfig *config,
-                             const gchar *property, const gchar *title, gint height)
+                             const gchar *property, const gchar *title, const gchar *tooltip,
+                             gint height)
 {
     gchar *label_id = g_strconcat(property, "-label", NULL);
     gchar *start_id = g_strconcat(property, "-start", NULL);
@@ -449,10 +450,7 @@ static const gchar *add_text(GimpProcedureDialog *dialog, GimpProcedureConfig *c
     gtk_text_view_set_accepts_tab(GTK_TEXT_VIEW(view), FALSE);
     gtk_text_view_set_left_margin(GTK_TEXT_VIEW(view), 3);
     gtk_text_view_set_right_margin(GTK_TEXT_VIEW(view), 3);
-    gimp_help_set_help_data(
-        view, g_param_spec_get_blurb(g_object_class_find_property(G_OBJECT_GET_CLASS(config),
-                                                                  property)),
-        NULL);
+    gimp_help_set_help_data(view, tooltip, NULL);
     label = gimp_procedure_dialog_get_label(dialog, label_id, title, FALSE, TRUE);
     gtk_label_set_mnemonic_widget(GTK_LABEL(label), view);
     gtk_container_add(GTK_CONTAINER(scroll), view);
@@ -525,6 +523,8 @@ static void add_model_row(GimpProcedureDialog *dialog, Dialog *d)
 
     d->model.dialog = d->dialog;
     d->model.entry = gimp_label_entry_get_entry(GIMP_LABEL_ENTRY(entry_widget));
+    /* the argument's blurb tells scripts about ""; the entry has its own */
+    gimp_help_set_help_data(entry_widget, NULL, NULL);
     d->model.apply_defaults = set_model_defaults;
     d->model.apply_size = d->mode == CORE_TXT2IMG ? set_model_size : set_model_area;
     d->model.offers = set_model_offers;
@@ -631,7 +631,10 @@ static const gchar *add_sdxl(GimpProcedureDialog *dialog)
 static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config, CoreMode mode,
                            GimpImage *image, GimpDrawable *drawable, diffuse_model **model)
 {
-    Dialog d = {.config = config, .mode = mode, .image = image, .drawable = drawable,
+    Dialog d = {.config = config,
+                .mode = mode,
+                .image = image,
+                .drawable = drawable,
                 .unit = CORE_SIZE_UNIT};
     GimpProcedureDialog *dialog;
     const gchar *prompt, *negative;
@@ -646,8 +649,10 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
                                          mode == CORE_TXT2IMG ? "Diffuse: Text to Image"
                                                               : "Diffuse: Image to Image");
     dialog = GIMP_PROCEDURE_DIALOG(d.dialog);
-    prompt = add_copy_row(dialog, &d, image, drawable, add_text(dialog, config, "prompt", "_Prompt", 72));
-    negative = add_text(dialog, config, "negative-prompt", "Negati_ve prompt", 40);
+    prompt = add_copy_row(dialog, &d, image, drawable,
+                          add_text(dialog, config, "prompt", "_Prompt", "What to draw", 72));
+    negative = add_text(dialog, config, "negative-prompt", "Negati_ve prompt",
+                        "What to keep out; empty for nothing", 40);
     add_seed_row(dialog, &d);
     add_scale(dialog, "steps", 1, 100, 0);
     add_scale(dialog, "guidance", 0, 20, 1);
@@ -685,6 +690,7 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
     g_signal_connect(config, "notify::configured", G_CALLBACK(configured_changed), &d);
 
     ok = gimp_procedure_dialog_run(dialog);
+    dialog_dump_tooltips(d.dialog);
     g_signal_handlers_disconnect_by_data(config, &d);
     if (d.round_idle)
         g_source_remove(d.round_idle);

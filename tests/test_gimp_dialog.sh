@@ -234,6 +234,9 @@ echo "artifacts: $PNG-txt2img.png $PNG-img2img.png $PNG-copy.png"
 #   factory  Reset > Reset to Factory Defaults, Randomize unticked, OK: the
 #            model's own settings and native size, as fresh, and the seed
 #            shown is the last one used (reshow's), not -1.
+# Every tooltip the dialogs showed (DIFFUSE_DIALOG_DUMP) must be about the
+# dialog: not the PDB's -1 for a random seed (the dialog has Randomize), ""
+# for an empty text or 0 for the image's size.
 # (GIMP 3.0; the 2.10 dialog has no Reset.)
 if [ "$GIMP_GENERATION" = 3 ]; then
     model2=$tmp/own-settings
@@ -269,7 +272,7 @@ json.dump(index, open(sys.argv[2], "w"))' "$MODEL/model_index.json" "$model2/mod
     (result \"factory\"))"
     t0=$(date +%s)
     T="Diffuse: Text to Image"
-    HOME=$home2 GIMP_GUI=$GIMP_GUI GIMP_GENERATION=$GIMP_GENERATION BATCH_OPTIONS=$BATCH_OPTIONS \
+    HOME=$home2 DIFFUSE_DIALOG_DUMP=$tmp/tooltips.txt GIMP_GUI=$GIMP_GUI GIMP_GENERATION=$GIMP_GENERATION BATCH_OPTIONS=$BATCH_OPTIONS \
         NO_AT_BRIDGE=1 xvfb-run -a -s "-screen 0 1280x1024x24" \
         sh tests/gimp/dialog-capture.sh "$tmp/log2" "$TIMEOUT" \
         "(begin (load \"$GENLIB\") (load \"$LIB\") (case-begin \"$tmp/out2\") $session (case-end))" \
@@ -307,6 +310,10 @@ json.dump(index, open(sys.argv[2], "w"))' "$MODEL/model_index.json" "$model2/mod
     check $? "Reset to Factory Defaults is not what a fresh profile opens with: '$(settings factory)', fresh '$(settings fresh)'"
     [ -n "$(seed_of reshow)" ] && [ "$(seed_of factory)" = "$(seed_of reshow)" ]
     check $? "after Reset to Factory Defaults the Seed did not show the last seed used ($(seed_of reshow)): the run used '$(seed_of factory)'"
+    [ "$(grep -c . "$tmp/tooltips.txt" 2>/dev/null)" -ge 20 ]
+    check $? "the dialogs' tooltips were not written to $tmp/tooltips.txt"
+    ! grep -e '-1' -e '""' -e "0 = the image" "$tmp/tooltips.txt"
+    check $? "the tooltips above speak of the PDB's arguments, not of the dialog they are in"
     ! grep -i -e mnemonic -e '^(diffuse:.*critical' -e crashed "$tmp/log2"
     check $? "GIMP's stderr above has warnings from the session's dialogs"
 fi
