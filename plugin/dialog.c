@@ -61,12 +61,12 @@ void dialog_model_update(DialogModel *m, gboolean apply_defaults)
     model_apply(m, apply_defaults);
 }
 
-void dialog_model_reapply(DialogModel *m)
+void dialog_model_reapply(DialogModel *m, gboolean apply_defaults)
 {
     if (m->path && !strcmp(gtk_entry_get_text(GTK_ENTRY(m->entry)), m->path))
-        model_apply(m, TRUE);
+        model_apply(m, apply_defaults);
     else
-        dialog_model_update(m, TRUE);
+        dialog_model_update(m, apply_defaults);
 }
 
 static void dump_tooltips(GtkWidget *widget, gpointer data)

@@ -66,10 +66,10 @@ GtkWidget *dialog_model_info_new(DialogModel *m);
  * size to its native one (apply_size); with apply_defaults, also sets steps,
  * guidance and sampler to suit it. */
 void dialog_model_update(DialogModel *m, gboolean apply_defaults);
-/* Sets what dialog_model_update() sets from the model it loaded, steps,
- * guidance and sampler included, again (after a reset of the dialog's values);
- * loads the model first when the entry names another. */
-void dialog_model_reapply(DialogModel *m);
+/* Sets again what dialog_model_update() sets from the model it loaded, after
+ * the dialog's values were reset; loads the model first when the entry names
+ * another. */
+void dialog_model_reapply(DialogModel *m, gboolean apply_defaults);
 /* After the dialog: the model it loaded when ok and it is the one chosen (the
  * caller frees it), else NULL, the model freed. Frees m's path. */
 diffuse_model *dialog_model_take(DialogModel *m, gboolean ok, const gchar *chosen);

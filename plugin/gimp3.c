@@ -23,10 +23,12 @@
  * the last values (GIMP saves them after a successful interactive run), with
  * auxiliary arguments that are not part of the PDB call: last-seed (the seed
  * a random run used, shown in the dialog), random-seed (the dialog's
- * Randomize box), sampler-choice (the dialog's sampler menu) and configured
+ * Randomize box), sampler-choice (the dialog's sampler menu), configured
  * (FALSE until a first run, when the dialog takes steps, guidance and sampler
- * from the model). Errors come back as
- * the GError of the return values, a cancelled dialog as GIMP_PDB_CANCEL. */
+ * from the model) and opened (counts the dialog's openings, so that it sees
+ * GIMP's Reset). A run that fails after the dialog's OK keeps its values for
+ * the next opening (unsaved_keep). Errors come back as the GError of the
+ * return values, a cancelled dialog as GIMP_PDB_CANCEL. */
 #include <string.h>
 
 #include <libgimp/gimp.h>
@@ -168,6 +170,11 @@ static void add_tail_arguments(GimpProcedure *p, const CoreSettings *d)
                                             "Set after the first run: the dialog then keeps the "
                                             "steps, guidance and sampler instead of the model's",
                                             FALSE, G_PARAM_READWRITE);
+    gimp_procedure_add_int_aux_argument(p, "opened", "Opened",
+                                        "Counts the dialog's openings, after GIMP took its "
+                                        "initial values: a Reset sets it back, which tells the "
+                                        "dialog to set the model's size again",
+                                        0, G_MAXINT32, 0, G_PARAM_READWRITE);
 }
 
 static GimpProcedure *diffuse_create_procedure(GimpPlugIn *plug_in, const gchar *name)
@@ -335,11 +342,13 @@ static void size_changed(GimpProcedureConfig *config, GParamSpec *pspec, Dialog 
         d->round_idle = g_idle_add(round_sizes, d);
 }
 
-/* After the config's values were reset to a fresh profile's (configured
- * FALSE: Reset to Factory Defaults, or to the initial values of a first
- * run): what the dialog opens with on a fresh profile, that is the model's
- * own steps, guidance, sampler and native size, and the last seed shown.
- * The model stays the one chosen: factory defaults are that model's. */
+/* After GIMP set the config's values (Reset, Load Saved Settings): what the
+ * dialog opens with for them, the native size (Image to Image: the area) of
+ * the model they name. Values reset to a fresh profile's (configured FALSE:
+ * Reset to Factory Defaults, or to the initial values of a first run) get
+ * what the dialog opens with on a fresh profile: the model's own steps,
+ * guidance, sampler and native size, and the last seed shown. The model
+ * stays the one chosen: factory defaults are that model's. */
 static gboolean after_reset(gpointer data)
 {
     Dialog *d = data;
@@ -355,15 +364,16 @@ static gboolean after_reset(gpointer data)
         if (d->mode == CORE_TXT2IMG)
             g_object_set(d->config, "width", d->image_size[0], "height", d->image_size[1], NULL);
         to_dialog(d->config);
-        dialog_model_reapply(&d->model);
     }
+    dialog_model_reapply(&d->model, !configured);
     g_free(model);
     return G_SOURCE_REMOVE;
 }
 
-/* GIMP's Reset sets every value at once, configured too: after_reset once
- * they are all set and shown. */
-static void configured_changed(GimpProcedureConfig *config, GParamSpec *pspec, Dialog *d)
+/* GIMP's Reset and Load Saved Settings set the values at once, "opened" among
+ * them (a Reset to Initial Values only those that differ, and "opened"
+ * always does): after_reset once they are all set and shown. */
+static void values_reset(GimpProcedureConfig *config, GParamSpec *pspec, Dialog *d)
 {
     if (!d->reset_idle)
         d->reset_idle = g_idle_add(after_reset, d);
@@ -639,6 +649,7 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
     GimpProcedureDialog *dialog;
     const gchar *prompt, *negative;
     gboolean configured, ok;
+    gint opened;
     gchar *chosen = NULL;
 
     gimp_ui_init(PLUG_IN_BINARY);
@@ -687,7 +698,9 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
     g_object_get(config, "configured", &configured, NULL);
     /* a first run takes the model's own steps and guidance */
     dialog_model_update(&d.model, !configured);
-    g_signal_connect(config, "notify::configured", G_CALLBACK(configured_changed), &d);
+    g_object_get(config, "opened", &opened, NULL);
+    g_object_set(config, "opened", opened == G_MAXINT32 ? 1 : opened + 1, NULL);
+    g_signal_connect(config, "notify::opened", G_CALLBACK(values_reset), &d);
 
     ok = gimp_procedure_dialog_run(dialog);
     dialog_dump_tooltips(d.dialog);

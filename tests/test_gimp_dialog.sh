@@ -233,7 +233,10 @@ echo "artifacts: $PNG-txt2img.png $PNG-img2img.png $PNG-copy.png"
 #            step up (312), OK;
 #   factory  Reset > Reset to Factory Defaults, Randomize unticked, OK: the
 #            model's own settings and native size, as fresh, and the seed
-#            shown is the last one used (reshow's), not -1.
+#            shown is the last one used (reshow's), not -1;
+#   initial  Steps 9 typed, then Reset > Reset to Initial Values, OK: what the
+#            dialog opened with, the native size included (GIMP took its
+#            initial values before the model's size was set).
 # Every tooltip the dialogs showed (DIFFUSE_DIALOG_DUMP) must be about the
 # dialog: not the PDB's -1 for a random seed (the dialog has Randomize), ""
 # for an empty text or 0 for the image's size.
@@ -269,7 +272,9 @@ json.dump(index, open(sys.argv[2], "w"))' "$MODEL/model_index.json" "$model2/mod
     (try \"reshow\" (lambda () $(t2i RUN-INTERACTIVE img)))
     (result \"reshow\")
     (try \"factory\" (lambda () $(t2i RUN-INTERACTIVE img)))
-    (result \"factory\"))"
+    (result \"factory\")
+    (try \"initial\" (lambda () $(t2i RUN-INTERACTIVE img)))
+    (result \"initial\"))"
     t0=$(date +%s)
     T="Diffuse: Text to Image"
     HOME=$home2 DIFFUSE_DIALOG_DUMP=$tmp/tooltips.txt GIMP_GUI=$GIMP_GUI GIMP_GENERATION=$GIMP_GENERATION BATCH_OPTIONS=$BATCH_OPTIONS \
@@ -282,10 +287,14 @@ json.dump(index, open(sys.argv[2], "w"))' "$MODEL/model_index.json" "$model2/mod
         "$T|$tmp/reshow-snapped.png|alt+i Up Tab alt+o" \
         "$T|$tmp/factory.png|alt+r wait" \
         "$T|$tmp/factory-popover.png|Down Return wait" \
-        "$T|$tmp/factory-reset.png|alt+z alt+o" 2>"$tmp/capture2.log"
+        "$T|$tmp/factory-reset.png|alt+z alt+o" \
+        "$T|$tmp/initial.png|alt+t ctrl+a =9 Tab alt+r wait" \
+        "$T|$tmp/initial-popover.png|Return wait" \
+        "$T|$tmp/initial-reset.png|alt+o" 2>"$tmp/capture2.log"
     check $? "the session's dialogs were not captured and closed: $(cat "$tmp/capture2.log") $(tail -c 600 "$tmp/log2")"
     echo "painter's session: $(($(date +%s) - t0)) s"
-    cp "$tmp"/fresh.png "$tmp"/failed.png "$tmp"/reshow*.png "$tmp"/factory*.png "$ART/" 2>/dev/null
+    cp "$tmp"/fresh.png "$tmp"/failed.png "$tmp"/reshow*.png "$tmp"/factory*.png \
+        "$tmp"/initial*.png "$ART/" 2>/dev/null
     out2=$tmp/out2/out.txt
     want() { grep -qxF -e "$1" "$out2" 2>/dev/null; check $? "$2 (want '$1'; got: $(tr '\n' '|' <"$out2" 2>/dev/null))"; }
     # "Steps: ..., Size: ..." of a layer's parameters, its seed left out
@@ -310,6 +319,9 @@ json.dump(index, open(sys.argv[2], "w"))' "$MODEL/model_index.json" "$model2/mod
     check $? "Reset to Factory Defaults is not what a fresh profile opens with: '$(settings factory)', fresh '$(settings fresh)'"
     [ -n "$(seed_of reshow)" ] && [ "$(seed_of factory)" = "$(seed_of reshow)" ]
     check $? "after Reset to Factory Defaults the Seed did not show the last seed used ($(seed_of reshow)): the run used '$(seed_of factory)'"
+    want "status initial ok" "OK after Reset to Initial Values did not run"
+    [ -n "$(settings fresh)" ] && [ "$(settings initial)" = "$(settings fresh)" ]
+    check $? "Reset to Initial Values is not what the dialog opened with: '$(settings initial)', opened with '$(settings fresh)'"
     [ "$(grep -c . "$tmp/tooltips.txt" 2>/dev/null)" -ge 20 ]
     check $? "the dialogs' tooltips were not written to $tmp/tooltips.txt"
     ! grep -e '-1' -e '""' -e "0 = the image" "$tmp/tooltips.txt"
