@@ -35,23 +35,23 @@ G_DEFINE_QUARK(diffuse - plugin - error - quark, core_error)
 /* ---------------------------------------------------------------- settings */
 
 const CoreArg core_size_cond_args[CORE_SIZE_COND_ARGS] = {
-    {"original-width", "Original width", "SDXL size conditioning: the width the picture should "
+    {"original-width", "_1 Original width", "SDXL size conditioning: the width the picture should "
      "look as if it was taken at (0 = the generated width)"},
-    {"original-height", "Original height", "SDXL size conditioning: the original height (0 = "
+    {"original-height", "_2 Original height", "SDXL size conditioning: the original height (0 = "
      "the generated height)"},
-    {"crop-left", "Crop left", "SDXL crop conditioning: pixels cropped off the left (0 = a "
+    {"crop-left", "_3 Crop left", "SDXL crop conditioning: pixels cropped off the left (0 = a "
      "centred, uncropped picture)"},
-    {"crop-top", "Crop top", "SDXL crop conditioning: pixels cropped off the top"},
-    {"target-width", "Target width", "SDXL size conditioning: the target width (0 = the "
+    {"crop-top", "_4 Crop top", "SDXL crop conditioning: pixels cropped off the top"},
+    {"target-width", "_5 Target width", "SDXL size conditioning: the target width (0 = the "
      "generated width)"},
-    {"target-height", "Target height", "SDXL size conditioning: the target height (0 = the "
+    {"target-height", "_6 Target height", "SDXL size conditioning: the target height (0 = the "
      "generated height)"},
 };
 
 const CoreArg core_empty_negative_arg = {
-    "empty-negative", "Encode an empty negative prompt",
+    "empty-negative", "Encode a _blank negative prompt",
     "With an SDXL model, an empty negative prompt means none (a zero unconditional branch, as "
-    "diffusers does) unless this is set: then \"\" is encoded as a prompt"};
+    "diffusers does) unless this is set: then the empty text is encoded as a prompt"};
 
 const CoreArg core_fast_decoder_arg = {
     "fast-decoder", "_Fast decoder (TAESD)",
@@ -59,22 +59,22 @@ const CoreArg core_fast_decoder_arg = {
     "taesd_decoder.safetensors): many times faster than the model's VAE, with less detail"};
 
 const CoreArg core_lora_arg = {
-    "lora", "LoRA",
+    "lora", "LoR_A",
     "A LoRA .safetensors file (kohya/A1111 or diffusers names) to apply to the model, empty for "
     "none; prompt tags <lora:NAME:WEIGHT> apply more"};
 
 const CoreArg core_lora_weight_arg = {
-    "lora-weight", "LoRA weight",
+    "lora-weight", "LoRA _weight",
     "How strongly the LoRA applies: 1 as trained, 0 not at all, below 0 the opposite"};
 
 const CoreArg core_area_arg = {
-    "inpaint-area", "Inpaint a_rea",
+    "inpaint-area", "_Inpaint area",
     "Image to Image: whole-layer generates the selection's bounds at about their own size; "
     "selected-area (A1111's \"Only masked\") grows them by the padding, scales that crop to "
     "the model's native size, generates there and scales the result back"};
 
 const CoreArg core_padding_arg = {
-    "padding", "Padding",
+    "padding", "Mas_k padding",
     "Selected area: pixels of context around the selection's bounds (clipped to the layer)"};
 
 const CoreArg core_masked_arg = {
@@ -445,9 +445,14 @@ gboolean core_image_check(CoreImage image, GError **error)
     return TRUE;
 }
 
+gint core_round_to(gdouble v, gint unit)
+{
+    return MAX(unit, (gint)floor(v / unit + 0.5) * unit);
+}
+
 gint core_round8(gdouble v)
 {
-    return MAX(8, (gint)floor(v / 8 + 0.5) * 8);
+    return core_round_to(v, CORE_SIZE_UNIT);
 }
 
 CoreArea core_area_default(gint width, gint height, gint native)

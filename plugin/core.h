@@ -166,7 +166,14 @@ gboolean core_image_check(CoreImage image, GError **error);
 /* The image size rounded to the nearest multiples of 8, at most
  * CORE_DEFAULT_MAX_SIDE on its longer side (aspect kept). */
 void core_image_default_size(CoreImage image, gint *width, gint *height);
-gint core_round8(gdouble v);
+/* Width and height are multiples of a model's unit, diffuse_model_info's
+ * vae_scale (pixels per latent cell), which the engine checks requests
+ * against; CORE_SIZE_UNIT is it for every model Diffuse loads, what the
+ * PDB's sizes and a dialog without a model go by. */
+#define CORE_SIZE_UNIT 8
+/* v to the nearest multiple of unit, at least unit. */
+gint core_round_to(gdouble v, gint unit);
+gint core_round8(gdouble v); /* core_round_to(v, CORE_SIZE_UNIT) */
 
 /* The area a selection of w x h pixels suits: CORE_AREA_SELECTED when its
  * longer side is under half or over twice the native size, else

@@ -7,6 +7,7 @@
  * The model is loaded while the dialog is open, so that the info line can
  * say what it is (or why it cannot be used) and its defaults can fill in
  * steps, guidance and sampler before the user runs it. */
+#include <stdio.h>
 #include <string.h>
 
 #include <libgimp/gimp.h>
@@ -15,6 +16,26 @@
 #include "compat_gtk.h"
 #include "core.h"
 #include "dialog.h"
+
+/* What the model loaded (m->model, may be NULL) sets in the dialog. */
+static void model_apply(DialogModel *m, gboolean apply_defaults)
+{
+    if (m->offers)
+        m->offers(m->model, m->data);
+    if (m->model && m->apply_size) {
+        diffuse_model_info mi;
+
+        diffuse_model_get_info(m->model, &mi);
+        m->apply_size(mi.native_size, mi.vae_scale, m->data);
+    }
+    if (m->model && apply_defaults) {
+        CoreSettings *tmp = g_new0(CoreSettings, 1);
+
+        core_settings_model_defaults(tmp, m->model, m->path);
+        m->apply_defaults(tmp, m->data);
+        g_free(tmp);
+    }
+}
 
 void dialog_model_update(DialogModel *m, gboolean apply_defaults)
 {
@@ -37,20 +58,38 @@ void dialog_model_update(DialogModel *m, gboolean apply_defaults)
     gtk_label_set_text(GTK_LABEL(m->info), info);
     g_free(info);
     g_clear_error(&error);
-    if (m->offers)
-        m->offers(m->model, m->data);
-    if (m->model && m->apply_size) {
-        diffuse_model_info mi;
+    model_apply(m, apply_defaults);
+}
 
-        diffuse_model_get_info(m->model, &mi);
-        m->apply_size(mi.native_size, m->data);
+void dialog_model_reapply(DialogModel *m, gboolean apply_defaults)
+{
+    if (m->path && !strcmp(gtk_entry_get_text(GTK_ENTRY(m->entry)), m->path))
+        model_apply(m, apply_defaults);
+    else
+        dialog_model_update(m, apply_defaults);
+}
+
+static void dump_tooltips(GtkWidget *widget, gpointer data)
+{
+    gchar *tip = gtk_widget_get_visible(widget) ? gtk_widget_get_tooltip_text(widget) : NULL;
+
+    if (tip) {
+        g_strdelimit(tip, "\t\n", ' ');
+        fprintf(data, "%s\t%s\n", G_OBJECT_TYPE_NAME(widget), tip);
+        g_free(tip);
     }
-    if (m->model && apply_defaults) {
-        CoreSettings *tmp = g_new0(CoreSettings, 1);
+    if (GTK_IS_CONTAINER(widget))
+        gtk_container_forall(GTK_CONTAINER(widget), dump_tooltips, data);
+}
 
-        core_settings_model_defaults(tmp, m->model, m->path);
-        m->apply_defaults(tmp, m->data);
-        g_free(tmp);
+void dialog_dump_tooltips(GtkWidget *dialog)
+{
+    const gchar *path = g_getenv("DIFFUSE_DIALOG_DUMP");
+    FILE *f = path && *path ? fopen(path, "a") : NULL;
+
+    if (f) {
+        dump_tooltips(dialog, f);
+        fclose(f);
     }
 }
 
@@ -131,9 +170,9 @@ void dialog_model_add_buttons(DialogModel *m, GtkWidget *box)
     gtk_editable_set_position(GTK_EDITABLE(m->entry), -1); /* the name, not the folders */
     g_signal_connect(m->entry, "activate", G_CALLBACK(model_entry_activate), m);
     g_signal_connect(m->entry, "focus-out-event", G_CALLBACK(model_entry_focus_out), m);
-    add_button(box, "_Default", "Use the default model", G_CALLBACK(model_default_clicked), m);
-    add_button(box, "_File...", "Choose a .safetensors file", G_CALLBACK(model_file_clicked), m);
-    add_button(box, "Fo_lder...", "Choose a diffusers folder", G_CALLBACK(model_folder_clicked), m);
+    add_button(box, "Default", "Use the default model", G_CALLBACK(model_default_clicked), m);
+    add_button(box, "File...", "Choose a .safetensors file", G_CALLBACK(model_file_clicked), m);
+    add_button(box, "Folder...", "Choose a diffusers folder", G_CALLBACK(model_folder_clicked), m);
 }
 
 GtkWidget *dialog_model_info_new(DialogModel *m)
@@ -232,15 +271,15 @@ void dialog_lora_add_buttons(DialogLora *l, GtkWidget *box)
 static const struct {
     const gchar *label, *tooltip, *where;
 } copy_sources[] = {
-    [CORE_FROM_LAYER] = {"Co_py Settings from Layer",
+    [CORE_FROM_LAYER] = {"Cop_y Settings from Layer",
                          "Fill in the prompt, seed, steps and the other settings that made the "
                          "active layer",
                          "the layer"},
-    [CORE_FROM_COMMENT] = {"Co_py Settings from Image Comment",
+    [CORE_FROM_COMMENT] = {"Cop_y Settings from Image Comment",
                            "Fill in the prompt, seed, steps and the other settings written in "
                            "the image's comment",
                            "the image's comment"},
-    [CORE_FROM_FILE] = {"Co_py Settings from PNG File",
+    [CORE_FROM_FILE] = {"Cop_y Settings from PNG File",
                         "Fill in the prompt, seed, steps and the other settings that a Stable "
                         "Diffusion tool wrote into the PNG file this image was opened from",
                         "the PNG file"},

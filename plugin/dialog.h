@@ -36,8 +36,10 @@ G_BEGIN_DECLS
  * model just loaded; data is DialogModel.data. */
 typedef void (*DialogModelDefaults)(const CoreSettings *defaults, gpointer data);
 /* Sets the dialog's width and height (Text to Image) to the native size of
- * the model just loaded: the dialog starts from it and follows the model. */
-typedef void (*DialogModelSize)(gint native_size, gpointer data);
+ * the model just loaded: the dialog starts from it and follows the model.
+ * unit: the multiple of pixels its sizes must be (diffuse_model_info's
+ * vae_scale, which the engine checks requests against). */
+typedef void (*DialogModelSize)(gint native_size, gint unit, gpointer data);
 /* Tells the dialog what the model just loaded offers (a fast decoder, ...);
  * model NULL when none loaded. */
 typedef void (*DialogModelOffers)(const diffuse_model *model, gpointer data);
@@ -64,9 +66,18 @@ GtkWidget *dialog_model_info_new(DialogModel *m);
  * size to its native one (apply_size); with apply_defaults, also sets steps,
  * guidance and sampler to suit it. */
 void dialog_model_update(DialogModel *m, gboolean apply_defaults);
+/* Sets again what dialog_model_update() sets from the model it loaded, after
+ * the dialog's values were reset; loads the model first when the entry names
+ * another. */
+void dialog_model_reapply(DialogModel *m, gboolean apply_defaults);
 /* After the dialog: the model it loaded when ok and it is the one chosen (the
  * caller frees it), else NULL, the model freed. Frees m's path. */
 diffuse_model *dialog_model_take(DialogModel *m, gboolean ok, const gchar *chosen);
+
+/* With DIFFUSE_DIALOG_DUMP naming a file, appends to it the tooltip of every
+ * widget the dialog shows, one a line ("TYPE<tab>TOOLTIP"): what a painter
+ * reads there, for the dialog tests. */
+void dialog_dump_tooltips(GtkWidget *dialog);
 
 /* ---------------------------------------------------------------- LoRA row */
 

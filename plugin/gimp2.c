@@ -217,6 +217,7 @@ typedef struct {
     GtkWidget *area;    /* Image to Image: GtkComboBoxText of the CoreArea values */
     GtkObject *padding;
     GtkWidget *masked;  /* Image to Image: GtkComboBoxText of diffuse_masked_content */
+    gint unit;              /* Text to Image: sizes are multiples of it, the model's (core.h) */
     gint32 image, drawable; /* Image to Image: the selection the area suits */
     DialogModel model;      /* the model row */
     DialogLora lora;    /* the LoRA row */
@@ -229,6 +230,7 @@ static GtkTextBuffer *add_text_view(GtkWidget *box, const gchar *title, const gc
     GtkWidget *frame = gimp_frame_new(title);
     GtkWidget *scroll = gtk_scrolled_window_new(NULL, NULL);
     GtkWidget *view = gtk_text_view_new();
+    GtkWidget *label;
 
     gtk_scrolled_window_set_policy(GTK_SCROLLED_WINDOW(scroll), GTK_POLICY_NEVER,
                                    GTK_POLICY_AUTOMATIC);
@@ -238,6 +240,10 @@ static GtkTextBuffer *add_text_view(GtkWidget *box, const gchar *title, const gc
     gtk_text_buffer_set_text(gtk_text_view_get_buffer(GTK_TEXT_VIEW(view)), text, -1);
     gtk_container_add(GTK_CONTAINER(scroll), view);
     gtk_container_add(GTK_CONTAINER(frame), scroll);
+    /* the title's mnemonic focuses the text */
+    label = gtk_frame_get_label_widget(GTK_FRAME(frame));
+    gtk_label_set_text_with_mnemonic(GTK_LABEL(label), title);
+    gtk_label_set_mnemonic_widget(GTK_LABEL(label), view);
     gtk_box_pack_start(GTK_BOX(box), frame, TRUE, TRUE, 0);
     return gtk_text_view_get_buffer(GTK_TEXT_VIEW(view));
 }
@@ -266,13 +272,13 @@ static GtkObject *add_scale(GtkWidget *table, gint row, const gchar *label, gdou
                                 NULL);
 }
 
-/* Keeps a size adjustment on multiples of 8, the engine's unit. */
-static void round_to_8(GtkAdjustment *adj)
+/* Keeps a size adjustment on multiples of the model's unit. */
+static void round_to_unit(GtkAdjustment *adj, Dialog *d)
 {
     gdouble v = gtk_adjustment_get_value(adj);
 
-    if (v != core_round8(v))
-        gtk_adjustment_set_value(adj, core_round8(v));
+    if (v != core_round_to(v, d->unit))
+        gtk_adjustment_set_value(adj, MIN(core_round_to(v, d->unit), CORE_MAX_SIDE));
 }
 
 /* The model's steps, guidance and sampler (DialogModelDefaults). */
@@ -285,18 +291,23 @@ static void set_model_defaults(const CoreSettings *defaults, gpointer data)
     gtk_combo_box_set_active(GTK_COMBO_BOX(d->sampler), diffuse_sampler_parse(defaults->sampler));
 }
 
-/* The model's native size (DialogModelSize), Text to Image only. */
-static void set_model_size(gint native, gpointer data)
+/* The model's native size and unit (DialogModelSize), Text to Image only:
+ * the sizes step in the unit. */
+static void set_model_size(gint native, gint unit, gpointer data)
 {
     Dialog *d = data;
+    gint n = core_round_to(MIN(native, CORE_MAX_SIDE), unit);
 
-    gtk_adjustment_set_value(GTK_ADJUSTMENT(d->width), core_round8(MIN(native, CORE_MAX_SIDE)));
-    gtk_adjustment_set_value(GTK_ADJUSTMENT(d->height), core_round8(MIN(native, CORE_MAX_SIDE)));
+    d->unit = unit;
+    gtk_adjustment_set_step_increment(GTK_ADJUSTMENT(d->width), unit);
+    gtk_adjustment_set_step_increment(GTK_ADJUSTMENT(d->height), unit);
+    gtk_adjustment_set_value(GTK_ADJUSTMENT(d->width), n);
+    gtk_adjustment_set_value(GTK_ADJUSTMENT(d->height), n);
 }
 
 /* Image to Image: the area that suits the selection at the native size of the
  * model just loaded (DialogModelSize). */
-static void set_model_area(gint native, gpointer data)
+static void set_model_area(gint native, gint unit, gpointer data)
 {
     Dialog *d = data;
 
@@ -428,12 +439,12 @@ static GtkWidget *make_table(Dialog *d)
                             "prompt (Turbo and LCM models)");
     d->sampler = add_sampler_combo(d, table, row++);
     if (d->mode == CORE_TXT2IMG) {
-        d->width = add_scale(table, row++, "_Width:", s->width, 8, 2048, 8, 0, CORE_MAX_SIDE,
+        d->width = add_scale(table, row++, "Wi_dth:", s->width, 8, 2048, 8, 0, CORE_MAX_SIDE,
                              "Multiples of 8; the model's native size by default (models draw best at it)");
         d->height = add_scale(table, row++, "He_ight:", s->height, 8, 2048, 8, 0, CORE_MAX_SIDE,
                               "Multiples of 8; the model's native size by default (models draw best at it)");
-        g_signal_connect(d->width, "value-changed", G_CALLBACK(round_to_8), NULL);
-        g_signal_connect(d->height, "value-changed", G_CALLBACK(round_to_8), NULL);
+        g_signal_connect(d->width, "value-changed", G_CALLBACK(round_to_unit), d);
+        g_signal_connect(d->height, "value-changed", G_CALLBACK(round_to_unit), d);
     } else {
         d->strength = add_scale(table, row++, "S_trength:", s->strength, 0.01, 1, 0.05, 2, 1,
                                 "How much of the selection to repaint: 0.3 keeps the drawing, "
@@ -468,7 +479,7 @@ static GtkWidget *make_sdxl(Dialog *d)
                                     CORE_MAX_COND, core_size_cond_args[i].blurb);
         g_free(label);
     }
-    d->empty_negative = gtk_check_button_new_with_label(core_empty_negative_arg.label);
+    d->empty_negative = gtk_check_button_new_with_mnemonic(core_empty_negative_arg.label);
     gtk_toggle_button_set_active(GTK_TOGGLE_BUTTON(d->empty_negative), d->s->empty_negative);
     gimp_help_set_help_data(d->empty_negative, core_empty_negative_arg.blurb, NULL);
     gtk_table_attach(GTK_TABLE(table), d->empty_negative, 0, 3, CORE_SIZE_COND_ARGS,
@@ -491,8 +502,8 @@ static void read_settings(CoreSettings *s, gpointer data)
               sizeof s->sampler);
     s->count = gtk_adjustment_get_value(GTK_ADJUSTMENT(d->count));
     if (d->mode == CORE_TXT2IMG) {
-        s->width = core_round8(gtk_adjustment_get_value(GTK_ADJUSTMENT(d->width)));
-        s->height = core_round8(gtk_adjustment_get_value(GTK_ADJUSTMENT(d->height)));
+        s->width = core_round_to(gtk_adjustment_get_value(GTK_ADJUSTMENT(d->width)), d->unit);
+        s->height = core_round_to(gtk_adjustment_get_value(GTK_ADJUSTMENT(d->height)), d->unit);
     } else {
         s->strength = gtk_adjustment_get_value(GTK_ADJUSTMENT(d->strength));
         s->area = gtk_combo_box_get_active(GTK_COMBO_BOX(d->area)) == 1 ? CORE_AREA_SELECTED
@@ -550,7 +561,7 @@ static void apply_settings(const CoreSettings *s, gpointer data)
 static gboolean dialog_run(CoreSettings *s, CoreMode mode, const gchar *proc, gboolean first_time,
                            gint32 image, gint32 drawable, diffuse_model **model)
 {
-    Dialog d = {.s = s, .mode = mode, .image = image, .drawable = drawable};
+    Dialog d = {.s = s, .mode = mode, .unit = CORE_SIZE_UNIT, .image = image, .drawable = drawable};
     GtkWidget *vbox;
     gboolean ok;
 
@@ -569,14 +580,15 @@ static gboolean dialog_run(CoreSettings *s, CoreMode mode, const gchar *proc, gb
                        0);
     d.copy = (DialogCopy){.mode = mode, .read = read_settings, .apply = apply_settings, .data = &d};
     gtk_box_pack_start(GTK_BOX(vbox), dialog_copy_new(&d.copy, image, drawable), FALSE, FALSE, 0);
-    d.prompt = add_text_view(vbox, "Prompt", s->prompt, 72);
-    d.negative = add_text_view(vbox, "Negative prompt", s->negative_prompt, 40);
+    d.prompt = add_text_view(vbox, "_Prompt", s->prompt, 72);
+    d.negative = add_text_view(vbox, "Negati_ve prompt", s->negative_prompt, 40);
     gtk_box_pack_start(GTK_BOX(vbox), make_table(&d), FALSE, FALSE, 0);
     gtk_box_pack_start(GTK_BOX(vbox), make_sdxl(&d), FALSE, FALSE, 0);
     gtk_widget_show_all(d.dialog);
     dialog_model_update(&d.model, first_time);
 
     ok = gimp_dialog_run(GIMP_DIALOG(d.dialog)) == GTK_RESPONSE_OK;
+    dialog_dump_tooltips(d.dialog);
     if (ok)
         read_settings(s, &d);
     gtk_widget_destroy(d.dialog);

@@ -24,10 +24,12 @@
  * the last values (GIMP saves them after a successful interactive run), with
  * auxiliary arguments that are not part of the PDB call: last-seed (the seed
  * a random run used, shown in the dialog), random-seed (the dialog's
- * Randomize box), sampler-choice (the dialog's sampler menu) and configured
+ * Randomize box), sampler-choice (the dialog's sampler menu), configured
  * (FALSE until a first run, when the dialog takes steps, guidance and sampler
- * from the model). Errors come back as
- * the GError of the return values, a cancelled dialog as GIMP_PDB_CANCEL. */
+ * from the model) and opened (counts the dialog's openings, so that it sees
+ * GIMP's Reset). A run that fails after the dialog's OK keeps its values for
+ * the next opening (unsaved_keep). Errors come back as the GError of the
+ * return values, a cancelled dialog as GIMP_PDB_CANCEL. */
 #include <string.h>
 
 #include <libgimp/gimp.h>
@@ -123,10 +125,10 @@ static void add_head_arguments(GimpProcedure *p, const CoreSettings *d)
     gimp_procedure_add_int_argument(p, "seed", "S_eed",
                                     "Random seed (-1 = random); image i uses seed + i", -1,
                                     G_MAXINT32, d->seed, G_PARAM_READWRITE);
-    gimp_procedure_add_int_argument(p, "steps", "_Steps",
+    gimp_procedure_add_int_argument(p, "steps", "S_teps",
                                     "Denoising steps: Turbo and LCM models need only 1 to 8", 1,
                                     CORE_MAX_STEPS, d->steps, G_PARAM_READWRITE);
-    gimp_procedure_add_double_argument(p, "guidance", "_Guidance",
+    gimp_procedure_add_double_argument(p, "guidance", "Guida_nce",
                                        "How closely to follow the prompt (0..100); 1 or less "
                                        "skips the negative prompt (Turbo and LCM models)",
                                        0, 100, d->guidance, G_PARAM_READWRITE);
@@ -144,7 +146,7 @@ static void add_tail_arguments(GimpProcedure *p, const CoreSettings *d)
     gimp_procedure_add_int_argument(p, "count", "Co_unt",
                                     "Number of images, one layer each (1..100)", 1, CORE_MAX_COUNT,
                                     d->count, G_PARAM_READWRITE);
-    gimp_procedure_add_string_argument(p, "model", "_Model",
+    gimp_procedure_add_string_argument(p, "model", "Mo_del",
                                        "A .safetensors file or a diffusers folder (\"\" = the "
                                        "default model)",
                                        d->model, G_PARAM_READWRITE);
@@ -169,16 +171,21 @@ static void add_tail_arguments(GimpProcedure *p, const CoreSettings *d)
                                         "The seed the last random run used", 0, G_MAXINT32, 0,
                                         G_PARAM_READWRITE);
     gimp_procedure_add_boolean_aux_argument(
-        p, "random-seed", "Ra_ndomize",
+        p, "random-seed", "Randomi_ze",
         "A new random seed for every run; the seed used is in the layer name", TRUE,
         G_PARAM_READWRITE);
-    gimp_procedure_add_choice_aux_argument(p, "sampler-choice", "S_ampler",
+    gimp_procedure_add_choice_aux_argument(p, "sampler-choice", "Sa_mpler",
                                            "How the noise is taken away step by step",
                                            sampler_choice(), d->sampler, G_PARAM_READWRITE);
     gimp_procedure_add_boolean_aux_argument(p, "configured", "Configured",
                                             "Set after the first run: the dialog then keeps the "
                                             "steps, guidance and sampler instead of the model's",
                                             FALSE, G_PARAM_READWRITE);
+    gimp_procedure_add_int_aux_argument(p, "opened", "Opened",
+                                        "Counts the dialog's openings, after GIMP took its "
+                                        "initial values: a Reset sets it back, which tells the "
+                                        "dialog to set the model's size again",
+                                        0, G_MAXINT32, 0, G_PARAM_READWRITE);
 }
 
 static GimpProcedure *diffuse_create_procedure(GimpPlugIn *plug_in, const gchar *name)
@@ -214,11 +221,11 @@ static GimpProcedure *diffuse_create_procedure(GimpPlugIn *plug_in, const gchar 
             "\"diffuse-parameters\".",
             name);
         add_head_arguments(p, d);
-        gimp_procedure_add_int_argument(p, "width", "_Width",
+        gimp_procedure_add_int_argument(p, "width", "W_idth",
                                         "Width in pixels, a multiple of 8 (0 = the image's "
                                         "width)",
                                         0, CORE_MAX_SIDE, d->width, G_PARAM_READWRITE);
-        gimp_procedure_add_int_argument(p, "height", "He_ight",
+        gimp_procedure_add_int_argument(p, "height", "Hei_ght",
                                         "Height in pixels, a multiple of 8 (0 = the image's "
                                         "height)",
                                         0, CORE_MAX_SIDE, d->height, G_PARAM_READWRITE);
@@ -235,7 +242,7 @@ static GimpProcedure *diffuse_create_procedure(GimpPlugIn *plug_in, const gchar 
             "the selection is (soft edges blend) and the original pixels elsewhere.",
             name);
         add_head_arguments(p, d);
-        gimp_procedure_add_double_argument(p, "strength", "S_trength",
+        gimp_procedure_add_double_argument(p, "strength", "Stren_gth",
                                            "How much to change, (0, 1]: 0.3 keeps the drawing, "
                                            "1 ignores it",
                                            0, 1, d->strength, G_PARAM_READWRITE);
@@ -314,21 +321,82 @@ typedef struct {
     DialogModel model;       /* the model row, its entry bound to the config's "model" */
     DialogLora lora;         /* the LoRA row, its entry bound to the config's "lora" */
     DialogCopy copy;         /* Copy Settings from Layer */
+    GtkWidget *size[2];      /* Text to Image: the width and height fields */
+    gint unit;               /* Text to Image: sizes are multiples of it, the model's (core.h) */
+    gint image_size[2];      /* Text to Image: the size it opens with until a model loads */
+    gint last_seed;          /* the seed shown while Randomize is ticked */
+    guint round_idle, reset_idle; /* the pending round_sizes and after_reset, or 0 */
 } Dialog;
 
-/* Keeps a size on multiples of 8, the engine's unit (0 stays: the image's). */
-static void round_to_8(GimpProcedureConfig *config, GParamSpec *pspec, gpointer data)
-{
-    gint v;
+static void to_dialog(GimpProcedureConfig *config);
 
-    g_object_get(config, pspec->name, &v, NULL);
-    if (v != 0 && v != core_round8(v))
-        g_object_set(config, pspec->name, MIN(core_round8(v), CORE_MAX_SIDE), NULL);
+static const gchar *const size_names[2] = {"width", "height"};
+
+/* Puts a size set from elsewhere than its field (Load Saved Settings) on the
+ * unit, once the change is over, so that the field shows what will run (a
+ * size typed snaps in the field itself); 0 stays, the image's size. */
+static gboolean round_sizes(gpointer data)
+{
+    Dialog *d = data;
+
+    d->round_idle = 0;
+    for (gint i = 0; i < 2; i++) {
+        gint v;
+
+        g_object_get(d->config, size_names[i], &v, NULL);
+        if (v != 0 && v != core_round_to(v, d->unit))
+            g_object_set(d->config, size_names[i],
+                         MIN(core_round_to(v, d->unit), CORE_MAX_SIDE / d->unit * d->unit), NULL);
+    }
+    return G_SOURCE_REMOVE;
+}
+
+static void size_changed(GimpProcedureConfig *config, GParamSpec *pspec, Dialog *d)
+{
+    if (!d->round_idle)
+        d->round_idle = g_idle_add(round_sizes, d);
+}
+
+/* After GIMP set the config's values (Reset, Load Saved Settings): what the
+ * dialog opens with for them, the native size (Image to Image: the area) of
+ * the model they name. Values reset to a fresh profile's (configured FALSE:
+ * Reset to Factory Defaults, or to the initial values of a first run) get
+ * what the dialog opens with on a fresh profile: the model's own steps,
+ * guidance, sampler and native size, and the last seed shown. The model
+ * stays the one chosen: factory defaults are that model's. */
+static gboolean after_reset(gpointer data)
+{
+    Dialog *d = data;
+    gboolean configured;
+    gchar *model = NULL;
+
+    d->reset_idle = 0;
+    g_object_get(d->config, "configured", &configured, "model", &model, NULL);
+    if (!configured) {
+        if (!(model && *model) && d->model.path)
+            g_object_set(d->config, "model", d->model.path, NULL);
+        g_object_set(d->config, "last-seed", d->last_seed, NULL);
+        if (d->mode == CORE_TXT2IMG)
+            g_object_set(d->config, "width", d->image_size[0], "height", d->image_size[1], NULL);
+        to_dialog(d->config);
+    }
+    dialog_model_reapply(&d->model, !configured);
+    g_free(model);
+    return G_SOURCE_REMOVE;
+}
+
+/* GIMP's Reset and Load Saved Settings set the values at once, "opened" among
+ * them (a Reset to Initial Values only those that differ, and "opened"
+ * always does): after_reset once they are all set and shown. */
+static void values_reset(GimpProcedureConfig *config, GParamSpec *pspec, Dialog *d)
+{
+    if (!d->reset_idle)
+        d->reset_idle = g_idle_add(after_reset, d);
 }
 
 /* Image to Image: the area that suits the selection at the native size of the
  * model just loaded (DialogModelSize). */
-static void set_model_area(gint native_size, gpointer data)
+static void set_model_area(gint native_size, gint unit, gpointer data)
 {
     Dialog *d = data;
     CoreArea area = core_area_suggest(d->image, d->drawable, native_size);
@@ -357,39 +425,75 @@ static void set_model_offers(const diffuse_model *model, gpointer data)
         g_object_set(d->config, core_fast_decoder_arg.name, FALSE, NULL);
 }
 
-/* The model's native size (DialogModelSize), Text to Image only. */
-static void set_model_size(gint native, gpointer data)
+/* The model's native size and unit (DialogModelSize), Text to Image only:
+ * the size fields step in the unit and snap a size typed to it, from one
+ * unit up, and say so. */
+static void set_model_size(gint native, gint unit, gpointer data)
 {
     Dialog *d = data;
-    gint n = core_round8(MIN(native, CORE_MAX_SIDE));
+    gint n = core_round_to(MIN(native, CORE_MAX_SIDE), unit);
 
+    d->unit = unit;
+    for (gint i = 0; i < 2; i++) {
+        GtkWidget *spin = gimp_label_spin_get_spin_button(GIMP_LABEL_SPIN(d->size[i]));
+        gchar *tip = g_strdup_printf("%s of the new layers in pixels, a multiple of %d, the "
+                                     "model's unit (a size typed goes to the nearest); the "
+                                     "model's native size, %d, by default: models draw best at it",
+                                     i ? "Height" : "Width", unit, native);
+
+        g_object_set(d->size[i], "lower", (gdouble)unit, "upper",
+                     (gdouble)(CORE_MAX_SIDE / unit * unit), NULL);
+        gimp_label_spin_set_increments(GIMP_LABEL_SPIN(d->size[i]), unit, unit * 8);
+        gtk_spin_button_set_snap_to_ticks(GTK_SPIN_BUTTON(spin), TRUE);
+        gimp_help_set_help_data(d->size[i], tip, NULL);
+        g_free(tip);
+    }
     g_object_set(d->config, "width", n, "height", n, NULL);
 }
 
-/* A framed, scrolled, word-wrapped text view for a string argument: the
- * multi-line prompt of the 2.10 dialog. Returns the frame's id. */
-static const gchar *add_text(GimpProcedureDialog *dialog, const gchar *property, const gchar *title,
+/* A framed, scrolled, word-wrapped text view for a string argument, the
+ * multi-line prompt of the 2.10 dialog, its title's mnemonic focusing it.
+ * The view is made here, not by gimp_procedure_dialog_get_widget(): GIMP
+ * checks a field's mnemonic as it makes the widget, before a text view can
+ * have its title. Returns the frame's id. */
+static const gchar *add_text(GimpProcedureDialog *dialog, GimpProcedureConfig *config,
+                             const gchar *property, const gchar *title, const gchar *tooltip,
                              gint height)
 {
     gchar *label_id = g_strconcat(property, "-label", NULL);
-    gchar *scroll_id = g_strconcat(property, "-scroll", NULL);
+    gchar *start_id = g_strconcat(property, "-start", NULL);
+    gchar *box_id = g_strconcat(property, "-box", NULL);
     gchar *frame_id = g_strconcat(property, "-frame", NULL);
-    GtkWidget *view = gimp_procedure_dialog_get_widget(dialog, property, GTK_TYPE_TEXT_VIEW);
-    GtkWidget *scroll;
+    GtkTextBuffer *buffer = gimp_prop_text_buffer_new(G_OBJECT(config), property, -1);
+    GtkWidget *view = gtk_text_view_new_with_buffer(buffer);
+    GtkWidget *scroll = gtk_scrolled_window_new(NULL, NULL);
+    GtkWidget *label, *start, *box;
     const gchar *id = g_intern_string(frame_id);
 
+    g_object_unref(buffer);
     gtk_text_view_set_wrap_mode(GTK_TEXT_VIEW(view), GTK_WRAP_WORD_CHAR);
     gtk_text_view_set_accepts_tab(GTK_TEXT_VIEW(view), FALSE);
-    gimp_procedure_dialog_get_label(dialog, label_id, title, FALSE, FALSE);
-    scroll = gimp_procedure_dialog_fill_scrolled_window(dialog, scroll_id, property);
+    gtk_text_view_set_left_margin(GTK_TEXT_VIEW(view), 3);
+    gtk_text_view_set_right_margin(GTK_TEXT_VIEW(view), 3);
+    gimp_help_set_help_data(view, tooltip, NULL);
+    label = gimp_procedure_dialog_get_label(dialog, label_id, title, FALSE, TRUE);
+    gtk_label_set_mnemonic_widget(GTK_LABEL(label), view);
+    gtk_container_add(GTK_CONTAINER(scroll), view);
     gtk_scrolled_window_set_policy(GTK_SCROLLED_WINDOW(scroll), GTK_POLICY_NEVER,
                                    GTK_POLICY_AUTOMATIC);
     gtk_scrolled_window_set_shadow_type(GTK_SCROLLED_WINDOW(scroll), GTK_SHADOW_IN);
     gtk_widget_set_size_request(scroll, 420, height);
     gtk_widget_set_vexpand(scroll, TRUE);
-    gimp_procedure_dialog_fill_frame(dialog, frame_id, label_id, FALSE, scroll_id);
+    gtk_widget_show_all(scroll);
+    /* a box needs one widget of the dialog's to start from: an empty label */
+    start = gimp_procedure_dialog_get_label(dialog, start_id, "", FALSE, FALSE);
+    box = gimp_procedure_dialog_fill_box(dialog, box_id, start_id, NULL);
+    gtk_widget_hide(start);
+    gtk_box_pack_start(GTK_BOX(box), scroll, TRUE, TRUE, 0);
+    gimp_procedure_dialog_fill_frame(dialog, frame_id, label_id, FALSE, box_id);
     g_free(label_id);
-    g_free(scroll_id);
+    g_free(start_id);
+    g_free(box_id);
     g_free(frame_id);
     return id;
 }
@@ -414,9 +518,14 @@ static void new_seed_clicked(GtkWidget *button, Dialog *d)
  * and the button insensitive while randomizing. */
 static void add_seed_row(GimpProcedureDialog *dialog, Dialog *d)
 {
-    GtkWidget *box, *button = gtk_button_new_with_mnemonic("_New Seed");
+    GtkWidget *box, *button = gtk_button_new_with_label("New Seed");
 
-    gimp_procedure_dialog_get_widget(dialog, "seed", G_TYPE_NONE);
+    /* the argument's blurb tells scripts about -1; here Randomize is it */
+    gimp_help_set_help_data(gimp_procedure_dialog_get_widget(dialog, "seed", G_TYPE_NONE),
+                            "The seed of the first image (image i uses seed + i); while Randomize "
+                            "is ticked, the seed the last run used: untick it to make that image "
+                            "again",
+                            NULL);
     box = gimp_procedure_dialog_fill_box(dialog, "seed-row", "seed", "random-seed", NULL);
     gtk_orientable_set_orientation(GTK_ORIENTABLE(box), GTK_ORIENTATION_HORIZONTAL);
     gtk_box_set_spacing(GTK_BOX(box), 6);
@@ -439,6 +548,8 @@ static void add_model_row(GimpProcedureDialog *dialog, Dialog *d)
 
     d->model.dialog = d->dialog;
     d->model.entry = gimp_label_entry_get_entry(GIMP_LABEL_ENTRY(entry_widget));
+    /* the argument's blurb tells scripts about ""; the entry has its own */
+    gimp_help_set_help_data(entry_widget, NULL, NULL);
     d->model.apply_defaults = set_model_defaults;
     d->model.apply_size = d->mode == CORE_TXT2IMG ? set_model_size : set_model_area;
     d->model.offers = set_model_offers;
@@ -550,27 +661,39 @@ static const gchar *add_sdxl(GimpProcedureDialog *dialog)
 static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config, CoreMode mode,
                            GimpImage *image, GimpDrawable *drawable, diffuse_model **model)
 {
-    Dialog d = {.config = config, .mode = mode, .image = image, .drawable = drawable};
+    Dialog d = {.config = config,
+                .mode = mode,
+                .image = image,
+                .drawable = drawable,
+                .unit = CORE_SIZE_UNIT};
     GimpProcedureDialog *dialog;
     const gchar *prompt, *negative;
     gboolean configured, ok;
+    gint opened;
     gchar *chosen = NULL;
 
     gimp_ui_init(PLUG_IN_BINARY);
+    g_object_get(config, "last-seed", &d.last_seed, NULL);
+    if (mode == CORE_TXT2IMG)
+        g_object_get(config, "width", &d.image_size[0], "height", &d.image_size[1], NULL);
     d.dialog = gimp_procedure_dialog_new(procedure, config,
                                          mode == CORE_TXT2IMG ? "Diffuse: Text to Image"
                                                               : "Diffuse: Image to Image");
     dialog = GIMP_PROCEDURE_DIALOG(d.dialog);
-    prompt = add_copy_row(dialog, &d, image, drawable, add_text(dialog, "prompt", "Prompt", 72));
-    negative = add_text(dialog, "negative-prompt", "Negative prompt", 40);
+    prompt = add_copy_row(dialog, &d, image, drawable,
+                          add_text(dialog, config, "prompt", "_Prompt", "What to draw", 72));
+    negative = add_text(dialog, config, "negative-prompt", "Negati_ve prompt",
+                        "What to keep out; empty for nothing", 40);
     add_seed_row(dialog, &d);
     add_scale(dialog, "steps", 1, 100, 0);
     add_scale(dialog, "guidance", 0, 20, 1);
     if (mode == CORE_TXT2IMG) {
-        add_scale(dialog, "width", 8, 2048, 0);
-        add_scale(dialog, "height", 8, 2048, 0);
-        g_signal_connect(config, "notify::width", G_CALLBACK(round_to_8), NULL);
-        g_signal_connect(config, "notify::height", G_CALLBACK(round_to_8), NULL);
+        for (gint i = 0; i < 2; i++) {
+            add_scale(dialog, size_names[i], CORE_SIZE_UNIT, 2048, 0);
+            d.size[i] = gimp_procedure_dialog_get_widget(dialog, size_names[i], G_TYPE_NONE);
+            g_signal_connect(config, i ? "notify::height" : "notify::width",
+                             G_CALLBACK(size_changed), &d);
+        }
     } else {
         add_scale(dialog, "strength", 0.01, 1, 2);
         add_scale(dialog, core_padding_arg.name, 0, 256, 0);
@@ -596,9 +719,17 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
     g_object_get(config, "configured", &configured, NULL);
     /* a first run takes the model's own steps and guidance */
     dialog_model_update(&d.model, !configured);
+    g_object_get(config, "opened", &opened, NULL);
+    g_object_set(config, "opened", opened == G_MAXINT32 ? 1 : opened + 1, NULL);
+    g_signal_connect(config, "notify::opened", G_CALLBACK(values_reset), &d);
 
     ok = gimp_procedure_dialog_run(dialog);
-    g_signal_handlers_disconnect_by_func(config, G_CALLBACK(round_to_8), NULL);
+    dialog_dump_tooltips(d.dialog);
+    g_signal_handlers_disconnect_by_data(config, &d);
+    if (d.round_idle)
+        g_source_remove(d.round_idle);
+    if (d.reset_idle)
+        g_source_remove(d.reset_idle);
     if (ok)
         dialog_model_update(&d.model, FALSE); /* the model the entry names now, for the run */
     gtk_widget_destroy(d.dialog);
@@ -636,6 +767,51 @@ static void from_dialog(GimpProcedureConfig *config)
     g_free(sampler);
 }
 
+/* ---------------------------------------------------------------- values not run */
+
+/* GIMP keeps a dialog's values after a successful run only. Those of a run
+ * that failed after OK (a model that cannot load, say) wait in a global
+ * parasite, one per procedure, for its dialog to open with them next time:
+ * the painter's edits are not lost. What a successful run used stays what
+ * RUN-WITH-LAST-VALS repeats. */
+static gchar *unsaved_name(GimpProcedure *procedure)
+{
+    return g_strconcat("diffuse-unsaved-", gimp_procedure_get_name(procedure), NULL);
+}
+
+static void unsaved_keep(GimpProcedure *procedure, GimpProcedureConfig *config)
+{
+    gchar *name = unsaved_name(procedure);
+    gchar *text;
+    GimpParasite *parasite;
+
+    /* the values are the painter's: the dialog keeps them, not the model's */
+    g_object_set(config, "configured", TRUE, NULL);
+    text = gimp_config_serialize_to_string(GIMP_CONFIG(config), NULL);
+    parasite = gimp_parasite_new(name, GIMP_PARASITE_PERSISTENT, strlen(text) + 1, text);
+    gimp_attach_parasite(parasite);
+    gimp_parasite_free(parasite);
+    g_free(text);
+    g_free(name);
+}
+
+/* The values unsaved_keep() kept into config, if any; they are then gone. */
+static void unsaved_take(GimpProcedure *procedure, GimpProcedureConfig *config)
+{
+    gchar *name = unsaved_name(procedure);
+    GimpParasite *parasite = gimp_get_parasite(name);
+    guint32 size = 0;
+    const gchar *text = parasite ? gimp_parasite_get_data(parasite, &size) : NULL;
+
+    if (text && size > 0 && text[size - 1] == '\0')
+        gimp_config_deserialize_string(GIMP_CONFIG(config), text, size - 1, NULL, NULL);
+    if (parasite) {
+        gimp_detach_parasite(name);
+        gimp_parasite_free(parasite);
+    }
+    g_free(name);
+}
+
 /* ---------------------------------------------------------------- run */
 
 /* Asks for the settings in the dialog; FALSE with error set when the image
@@ -647,6 +823,7 @@ static gboolean interact(GimpProcedure *procedure, GimpProcedureConfig *config, 
     /* refuse an indexed image before showing a dialog it cannot use */
     if (!core_image_check(image, error))
         return FALSE;
+    unsaved_take(procedure, config);
     if (mode == CORE_TXT2IMG) {
         gint w, h;
 
@@ -680,6 +857,7 @@ static GimpValueArray *diffuse_run(GimpProcedure *procedure, GimpRunMode run_mod
     CoreSettings *s = g_new(CoreSettings, 1);
     diffuse_model *model = NULL;
     GError *error = NULL;
+    gboolean asked = FALSE; /* the dialog said OK */
     GimpPDBStatusType status;
 
     gegl_init(NULL, NULL);
@@ -687,10 +865,11 @@ static GimpValueArray *diffuse_run(GimpProcedure *procedure, GimpRunMode run_mod
     if (mode == CORE_IMG2IMG && n != 1)
         g_set_error(&error, CORE_ERROR, CORE_ERROR_CALLING,
                     "drawables: img2img works on one layer, %d are selected: select one", (gint)n);
-    else if ((run_mode != GIMP_RUN_INTERACTIVE ||
-              interact(procedure, config, image, n ? drawables[0] : CORE_NO_DRAWABLE, mode, &model,
-                       &error)) &&
-             settings_from_config(s, mode, config, &error)) {
+    else if (run_mode == GIMP_RUN_INTERACTIVE)
+        asked = interact(procedure, config, image, n ? drawables[0] : CORE_NO_DRAWABLE, mode,
+                         &model, &error);
+    if ((asked || (run_mode != GIMP_RUN_INTERACTIVE && !error)) &&
+        settings_from_config(s, mode, config, &error)) {
         /* the picture forming, the step and Cancel: interactive runs only */
         ProgressWindow *window = progress_window_new(run_mode == GIMP_RUN_INTERACTIVE,
                                                      PLUG_IN_BINARY, "Diffuse: Generating");
@@ -701,6 +880,8 @@ static GimpValueArray *diffuse_run(GimpProcedure *procedure, GimpRunMode run_mod
             g_object_set(config, "last-seed", s->last_seed, "configured", TRUE, NULL);
         progress_window_free(window);
     }
+    if (asked && error)
+        unsaved_keep(procedure, config);
     if (model)
         diffuse_model_free(model);
     g_free(s);

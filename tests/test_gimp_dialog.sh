@@ -10,7 +10,7 @@
 # RUN-WITH-LAST-VALS call must then repeat it without a dialog. Last, Image
 # to Image on a layer that holds another run's settings (its
 # diffuse-parameters parasite, with a key Diffuse has no use for and a LoRA):
-# alt+p presses Copy Settings from Layer, alt+o OK, and the new layer must
+# alt+y presses Copy Settings from Layer, alt+o OK, and the new layer must
 # have been made with those settings; then the same with Text to Image on a
 # PNG the CLI made, its "parameters" text read from the file (3.0: from the
 # image's comment, since its gimp-file-load leaves the image without the file
@@ -160,9 +160,9 @@ HOME=$home GIMP_GUI=$GIMP_GUI GIMP_GENERATION=$GIMP_GENERATION BATCH_OPTIONS=$BA
     "Diffuse: Text to Image|$PNG-txt2img.png|Escape" \
     "Diffuse: Image to Image|$PNG-img2img.png|alt+o" \
     "Diffuse: Text to Image|$tmp/txt2img-ok.png|alt+o" \
-    "Diffuse: Image to Image|$tmp/copy-before.png|alt+p" \
+    "Diffuse: Image to Image|$tmp/copy-before.png|alt+y" \
     "Diffuse: Image to Image|$PNG-copy.png|alt+o" \
-    "Diffuse: Text to Image|$tmp/png-before.png|alt+p" \
+    "Diffuse: Text to Image|$tmp/png-before.png|alt+y" \
     "Diffuse: Text to Image|$tmp/png-after.png|alt+o" 2>"$tmp/capture.log"
 check $? "the dialogs were not captured and closed: $(cat "$tmp/capture.log") $(tail -c 600 "$tmp/log")"
 echo "dialog run: $(($(date +%s) - t0)) s"
@@ -209,7 +209,124 @@ copied=$(tr -d '\000' <"$tmp/out/png-parameters.txt" 2>/dev/null)
 Negative prompt: grey
 Steps: 2, Sampler: DDIM, CFG scale: 5, Seed: 88, Size: 64x64, Model: $(basename "$MODEL" .safetensors), RNG: NV${LORA:+, LoRA: \"$LORA:0.7\"}" ]
 check $? "the PNG's settings did not make the layer: its parasite is '$copied'"
+if [ "$GIMP_GENERATION" = 3 ]; then
+    # GIMP 3.0 checks the fields' mnemonics as a dialog opens: one missing, or
+    # taken twice (by two fields, or a field and a dialog button), is printed
+    ! grep -i mnemonic "$tmp/log"
+    check $? "the dialogs' mnemonics are missing or taken twice (GIMP's stderr above)"
+fi
 ! grep -q -i -e crashed -e Sanitizer "$tmp/log"
 check $? "a plug-in crashed: $(grep -i -e crashed -e Sanitizer "$tmp/log" | head -3)"
 echo "artifacts: $PNG-txt2img.png $PNG-img2img.png $PNG-copy.png"
+
+# ------------------------------------------------------------------ a painter's session
+# A second GIMP with a fresh profile whose only remembered value is the model:
+# a copy of the test model whose folder asks for its own settings (steps 3,
+# guidance 1.5, euler), so that they differ from the core's defaults. Text to
+# Image four times:
+#   fresh    OK at once: the values the dialog opens with on a fresh profile;
+#   failed   Steps 7 typed, the model changed to one that does not exist, OK:
+#            the run fails after OK;
+#   reshow   the dialog again: it must show the Steps typed and the model
+#            typed (the edits kept); the model set back, Width 300 typed
+#            (it must snap to 304, the model's unit, in the field) and one
+#            step up (312), OK;
+#   factory  Reset > Reset to Factory Defaults, Randomize unticked, OK: the
+#            model's own settings and native size, as fresh, and the seed
+#            shown is the last one used (reshow's), not -1;
+#   initial  Steps 9 typed, then Reset > Reset to Initial Values, OK: what the
+#            dialog opened with, the native size included (GIMP took its
+#            initial values before the model's size was set).
+# Every tooltip the dialogs showed (DIFFUSE_DIALOG_DUMP) must be about the
+# dialog: not the PDB's -1 for a random seed (the dialog has Randomize), ""
+# for an empty text or 0 for the image's size.
+# (GIMP 3.0; the 2.10 dialog has no Reset.)
+if [ "$GIMP_GENERATION" = 3 ]; then
+    model2=$tmp/own-settings
+    mkdir -p "$model2"
+    for part in "$MODEL"/*; do
+        [ "$(basename "$part")" = model_index.json ] || ln -s "$part" "$model2/"
+    done
+    python3 -c 'import json, sys
+index = json.load(open(sys.argv[1]))
+index["_diffuse_defaults"] = {"sampler": "euler", "steps": 3, "guidance": 1.5}
+json.dump(index, open(sys.argv[2], "w"))' "$MODEL/model_index.json" "$model2/model_index.json"
+    home2=$tmp/home2
+    profile2=$(make_profile "$home2")
+    mkdir -p "$profile2/plug-in-settings" "$tmp/out2"
+    for f in GimpProcedureConfigRun GimpProcedureConfig; do
+        printf '# settings\n(model "%s")\n# end of settings\n' "$model2" \
+            >"$profile2/plug-in-settings/$f-plug-in-diffuse-txt2img.last"
+    done
+    session="(let* ((img (new-image RGB 512 384)))
+    (define (result tag) ; the newest layer: above the background, the drawable passed
+      (let ((l (cadr (reverse (layers img)))))
+        (out tag (length (layers img)) (drawable-width l) (drawable-height l)
+             (car (gimp-item-get-name l)))
+        (out-text (string-append tag \"-parameters\")
+                  (caddr (car (gimp-item-get-parasite l \"diffuse-parameters\"))))))
+    (try \"fresh\" (lambda () $(t2i RUN-INTERACTIVE img)))
+    (result \"fresh\")
+    (try \"failed\" (lambda () $(t2i RUN-INTERACTIVE img)))
+    (out \"failed-layers\" (length (layers img)))
+    (try \"reshow\" (lambda () $(t2i RUN-INTERACTIVE img)))
+    (result \"reshow\")
+    (try \"factory\" (lambda () $(t2i RUN-INTERACTIVE img)))
+    (result \"factory\")
+    (try \"initial\" (lambda () $(t2i RUN-INTERACTIVE img)))
+    (result \"initial\"))"
+    t0=$(date +%s)
+    T="Diffuse: Text to Image"
+    HOME=$home2 DIFFUSE_DIALOG_DUMP=$tmp/tooltips.txt GIMP_GUI=$GIMP_GUI GIMP_GENERATION=$GIMP_GENERATION BATCH_OPTIONS=$BATCH_OPTIONS \
+        NO_AT_BRIDGE=1 xvfb-run -a -s "-screen 0 1280x1024x24" \
+        sh tests/gimp/dialog-capture.sh "$tmp/log2" "$TIMEOUT" \
+        "(begin (load \"$GENLIB\") (load \"$LIB\") (case-begin \"$tmp/out2\") $session (case-end))" \
+        "$T|$tmp/fresh.png|alt+o" \
+        "$T|$tmp/failed.png|alt+t ctrl+a =7 Tab alt+d ctrl+a =$tmp/no-such-model Tab wait alt+o" \
+        "$T|$tmp/reshow.png|alt+d ctrl+a =$model2 Tab wait alt+i ctrl+a =300 Tab wait" \
+        "$T|$tmp/reshow-snapped.png|alt+i Up Tab alt+o" \
+        "$T|$tmp/factory.png|alt+r wait" \
+        "$T|$tmp/factory-popover.png|Down Return wait" \
+        "$T|$tmp/factory-reset.png|alt+z alt+o" \
+        "$T|$tmp/initial.png|alt+t ctrl+a =9 Tab alt+r wait" \
+        "$T|$tmp/initial-popover.png|Return wait" \
+        "$T|$tmp/initial-reset.png|alt+o" 2>"$tmp/capture2.log"
+    check $? "the session's dialogs were not captured and closed: $(cat "$tmp/capture2.log") $(tail -c 600 "$tmp/log2")"
+    echo "painter's session: $(($(date +%s) - t0)) s"
+    cp "$tmp"/fresh.png "$tmp"/failed.png "$tmp"/reshow*.png "$tmp"/factory*.png \
+        "$tmp"/initial*.png "$ART/" 2>/dev/null
+    out2=$tmp/out2/out.txt
+    want() { grep -qxF -e "$1" "$out2" 2>/dev/null; check $? "$2 (want '$1'; got: $(tr '\n' '|' <"$out2" 2>/dev/null))"; }
+    # "Steps: ..., Size: ..." of a layer's parameters, its seed left out
+    settings() { tr -d '\000' <"$tmp/out2/$1-parameters.txt" 2>/dev/null | sed -n 's/, Seed: [0-9]*//p'; }
+    seed_of() { sed -n "s/^$1 .*(seed \([0-9]*\)).*/\1/p" "$out2"; }
+    want "status fresh ok" "OK in a fresh profile's dialog did not run"
+    case $(settings fresh) in
+    "Steps: 3, Sampler: Euler, CFG scale: 1.5, Size: 64x64, "*) pass ;;
+    *) fail "a fresh profile's dialog did not open with the model's settings: '$(settings fresh)'" ;;
+    esac
+    want "status failed error" "a model that does not exist did not fail the run"
+    want "failed-layers 2" "the failed run changed the image"
+    want "status reshow ok" "OK in the dialog after a failed run did not run"
+    case $(settings reshow) in
+    "Steps: 7, "*) pass ;;
+    *) fail "the dialog after a failed run lost the Steps typed before it: '$(settings reshow)'" ;;
+    esac
+    grep -q "^reshow 3 312 64 " "$out2"
+    check $? "Width 300 typed did not snap to 304 in the field (one step up: 312): $(grep '^reshow' "$out2")"
+    want "status factory ok" "OK after Reset to Factory Defaults did not run"
+    [ -n "$(settings fresh)" ] && [ "$(settings factory)" = "$(settings fresh)" ]
+    check $? "Reset to Factory Defaults is not what a fresh profile opens with: '$(settings factory)', fresh '$(settings fresh)'"
+    [ -n "$(seed_of reshow)" ] && [ "$(seed_of factory)" = "$(seed_of reshow)" ]
+    check $? "after Reset to Factory Defaults the Seed did not show the last seed used ($(seed_of reshow)): the run used '$(seed_of factory)'"
+    want "status initial ok" "OK after Reset to Initial Values did not run"
+    [ -n "$(settings fresh)" ] && [ "$(settings initial)" = "$(settings fresh)" ]
+    check $? "Reset to Initial Values is not what the dialog opened with: '$(settings initial)', opened with '$(settings fresh)'"
+    [ "$(grep -c . "$tmp/tooltips.txt" 2>/dev/null)" -ge 20 ]
+    check $? "the dialogs' tooltips were not written to $tmp/tooltips.txt"
+    ! grep -e '-1' -e '""' -e "0 = the image" "$tmp/tooltips.txt"
+    check $? "the tooltips above speak of the PDB's arguments, not of the dialog they are in"
+    ! grep -i -e mnemonic -e '^(diffuse:.*critical' -e crashed "$tmp/log2"
+    check $? "GIMP's stderr above has warnings from the session's dialogs"
+fi
 finish

@@ -4,9 +4,10 @@
 # Starts GIMP (the full GUI binary $GIMP_GUI: gimp-console cannot show
 # dialogs; $BATCH_OPTIONS before the -b, and for GIMP_GENERATION=3 --quit
 # rather than a quitting batch command, see tests/gimp/gen.sh) with the batch
-# command SCRIPT, then for each STEP "TITLE|PNG|KEY"
-# waits for a window named TITLE, captures it into PNG and sends KEY (Escape
-# cancels, alt+o presses OK). Waits for GIMP to quit; kills it after TIMEOUT
+# command SCRIPT, then for each STEP "TITLE|PNG|KEYS"
+# waits for a window named TITLE, captures it into PNG and sends KEYS, words
+# apart: a key (Escape cancels, alt+o presses OK), =TEXT types TEXT, wait
+# waits a second. Waits for GIMP to quit; kills it after TIMEOUT
 # seconds so that a dialog that never shows or never closes cannot hang the
 # tests. Exit status 0 when every window was seen and GIMP quit by itself.
 log=$1 timeout=$2 script=$3
@@ -55,7 +56,14 @@ for step in "$@"; do
     sleep 2
     import -window "$id" "$png" >&2 || status=1
     xdotool windowfocus --sync "$id" >&2
-    xdotool key --clearmodifiers "$key" >&2
+    for word in $key; do
+        case $word in
+        =*) xdotool type --delay 20 "${word#=}" >&2 ;;
+        wait) sleep 1 ;;
+        *) xdotool key --clearmodifiers "$word" >&2 ;;
+        esac
+        sleep 0.3
+    done
 done
 
 wait "$gimp"
