@@ -76,32 +76,33 @@ def differences(a, b, where):
     return [] if a == b else [f"{where}: {a!r} != {b!r}"]
 
 
+def files(folder):
+    """The files under folder, relative to it; checkpoint parts as one name."""
+    names = {os.path.relpath(p, folder) for p in glob.glob(os.path.join(folder, "**", "*"),
+                                                           recursive=True) if os.path.isfile(p)}
+    return sorted({n.split(".part")[0] for n in names})
+
+
+def contents(path):
+    """A file's contents to compare: log lines without clock times and
+    durations, the text of a JSON file, a checkpoint (its parts joined)."""
+    if path.endswith(".txt"):
+        return [CLOCK.sub("", line) for line in open(path)]
+    if path.endswith(".json"):
+        return open(path).read()
+    if not os.path.exists(path):  # parts: unet.pt.part00, ...
+        path = io.BytesIO(b"".join(open(p, "rb").read()
+                                   for p in sorted(glob.glob(path + ".part*"))))
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
 def compare(ref, new):
     """Every difference between the files the two runs wrote."""
-    names = sorted(os.path.relpath(p, ref) for p in glob.glob(os.path.join(ref, "**", "*"),
-                                                             recursive=True) if os.path.isfile(p))
-    found = sorted(os.path.relpath(p, new) for p in glob.glob(os.path.join(new, "**", "*"),
-                                                              recursive=True) if os.path.isfile(p))
-    if names != found:
-        return [f"files: {names} != {found}"]
-    diffs = []
-    parts = [n for n in names if ".part" in n]
-    for name in [n for n in names if ".part" not in n] + sorted({n.split(".part")[0] for n in parts}):
-        a, b = (os.path.join(d, name) for d in (ref, new))
-        if name.endswith(".txt"):
-            strip = lambda p: [CLOCK.sub("", line) for line in open(p)]
-            diffs += [f"{name}: log differs"] if strip(a) != strip(b) else []
-            continue
-        if name.endswith("unet.pt") and "parts" in name:  # the compact parts, joined
-            a, b = (b"".join(open(p, "rb").read() for p in sorted(glob.glob(x + ".part*")))
-                    for x in (a, b))
-            a, b = io.BytesIO(a), io.BytesIO(b)
-        if name.endswith(".json"):
-            diffs += [f"{name} differs"] if open(a).read() != open(b).read() else []
-            continue
-        load = lambda f: torch.load(f, map_location="cpu", weights_only=False)
-        diffs += differences(load(a), load(b), name)
-    return diffs
+    names = files(ref)
+    if names != files(new):
+        return [f"files: {names} != {files(new)}"]
+    return [d for name in names for d in differences(contents(os.path.join(ref, name)),
+                                                     contents(os.path.join(new, name)), name)]
 
 
 def main():
@@ -126,7 +127,7 @@ def main():
         print(f"{label}: train.py of {a.ref if label == 'ref' else 'the working tree'}")
         train(code, runs[label])
     diffs = compare(runs["ref"], runs["new"])
-    for d in diffs:
+    for d in diffs[:20]:
         print("differs: " + d)
     if not a.keep:
         shutil.rmtree(tmp)
