@@ -151,6 +151,15 @@ $(BUILD)/bench_real: $(BUILD)/tests/bench/bench_real.o $(BUILD)/libdiffuse.a
 $(BUILD)/bench: $(BUILD)/tests/bench/bench.o $(BUILD)/libdiffuse.a
 	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
 
+# The tokenizer's load time (both vocabulary layouts) and encode time, short
+# to hostile-length input: the measurements behind its tables (tokenizer.c).
+.PHONY: bench-tokenizer
+bench-tokenizer: $(BUILD)/bench_tokenizer
+	$(BUILD)/bench_tokenizer $(TINY)/tokenizer $(BENCH_VOCAB)
+
+$(BUILD)/bench_tokenizer: $(BUILD)/tests/bench/bench_tokenizer.o $(BUILD)/libdiffuse.a
+	$(CC) $(LDFLAGS) $^ $(LDLIBS) -o $@
+
 # Every test binary, and the whole pipeline through the CLI (txt2img, masked
 # img2img), under valgrind (memcheck, leaks). The full refcheck takes over an
 # hour under valgrind on two cores; it runs under ASan+UBSan (SANITIZE=1).

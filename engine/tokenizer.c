@@ -28,6 +28,22 @@
  * merges are a second table (left id, right id) -> (rank, merged id), so BPE
  * works on integers only. Nothing is cached after loading: encode() only reads
  * the tokenizer, so any number of threads may encode with one tokenizer.
+ *
+ * Why our own hash tables and heap, measured (`make bench-tokenizer`, best of
+ * 15 loads / 200 encodes, 2 shared cores, -O3) against the simpler form that
+ * passes the same tests: sorted arrays + binary search for vocabulary and
+ * merges, and the plain BPE loop (scan all adjacent pairs for the lowest rank,
+ * join it, repeat):
+ *   load, vocab.json + merges.txt (49,408 + 48,894)  16-17 ms   simpler 54-57 ms
+ *   load, bpe_simple_vocab_16e6.txt.gz               15-16 ms   simpler 62-87 ms
+ *   encode, 20-token prompt                          5.1 us     simpler 6.7 us
+ *   encode, 328-token prompt                         76 us      simpler 105 us
+ *   encode, one 1,000-letter word                    0.11 ms    simpler 14-26 ms
+ *   encode, one 100,000-letter word                  20-27 ms   simpler 16-21 s
+ * Every run loads the tokenizer, where sorting 49k strings costs 3-4x the
+ * hashing; and a pasted word without spaces (a URL, a base64 string: prompts
+ * are up to TOK_MAX_TEXT bytes) is quadratic in the plain loop, seconds of a
+ * frozen dialog, against n log n with the heap.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -55,6 +71,7 @@ static const char TOK_BOS[] = "<|startoftext|>";
 static const char TOK_EOS[] = "<|endoftext|>";
 static const char TOK_EOW[] = "</w>";
 
+/* (Hash tables rather than sorted arrays: see the measurements above.) */
 typedef struct tok_slot {
     uint32_t off;          /* string offset in the blob */
     uint32_t len;          /* bytes; UINT32_MAX marks an empty slot */
@@ -675,7 +692,8 @@ static size_t tok_match(const int32_t *cp, size_t i, size_t n)
 
 /* ------------------------------------------------------------------ BPE */
 
-/* Work space for pieces of up to cap bytes (one symbol per byte); grown, never
+/* (A heap rather than the plain quadratic loop: see the measurements at the
+ * top.) Work space for pieces of up to cap bytes (one symbol per byte); grown, never
  * shrunk, within one encode call. */
 typedef struct tok_bpe {
     uint8_t *bytes;       /* [cap] the piece's UTF-8 */

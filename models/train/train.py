@@ -24,8 +24,13 @@ from a generator seeded by (seed, step): a resumed run sees what an
 uninterrupted one would have. MODEL_CARD.md gives the shipped run's commands.
 
   then:        python3 export.py --ckpt OUT --out ../default
+
+The options come in one dataclass per stage (RunOptions, VaeOptions,
+DecoderOptions, UnetOptions: Options). python3 same_run.py checks that a change
+to this file trains exactly what it trained before.
 """
 import argparse
+import dataclasses
 import io
 import json
 import math
@@ -102,6 +107,204 @@ def alphas_cumprod(device):
     betas = torch.linspace(s["beta_start"] ** 0.5, s["beta_end"] ** 0.5,
                            s["num_train_timesteps"], dtype=torch.float64) ** 2
     return torch.cumprod(1 - betas, 0).float().to(device)
+
+
+# ---------------------------------------------------------------- options
+# The command line, one dataclass per stage as recipe.sh runs them: each
+# declares its options (argparse, in the order --help lists them) and holds
+# their values in fields named as the options (dashes as underscores).
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """What every stage shares."""
+    stage: str             # vae, decoder, unet or all
+    out: str               # checkpoint folder, resumed from when it holds one
+    device: str            # torch device: cpu, cuda
+    preset: str            # model sizes, a key of presets()
+    seed: int              # every generator and the initial weights derive from it
+    threads: int           # CPU threads for torch
+    ckpt_every: float      # seconds between checkpoints
+    fresh_optimizer: bool  # resume weights with fresh AdamW moments (UNet, decoder);
+    #                        listed by --help among stage 2's options
+
+    @staticmethod
+    def add_arguments(ap):
+        ap.add_argument("--stage", choices=["vae", "decoder", "unet", "all"], default="all")
+        ap.add_argument("--out", default=os.path.join(HERE, "runs", "default"),
+                        help="checkpoint folder (resumed from when it holds one)")
+        ap.add_argument("--device", default="cpu")
+        ap.add_argument("--preset", default="cpu", choices=["small", "cpu", "base"])
+        ap.add_argument("--seed", type=int, default=1)
+        ap.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
+        ap.add_argument("--ckpt-every", type=float, default=120,
+                        help="seconds between checkpoints")
+
+
+@dataclasses.dataclass
+class VaeOptions:
+    """Stage 1: the VAE (its batch size and edge weight serve stage 1b too)."""
+    minutes_vae: float     # total training time over resumptions
+    vae_steps: int         # stop at this step (0: time only)
+    vae_batch: int         # images per step
+    vae_crop: int          # crop side in pixels (256: whole images)
+    vae_lr: float          # AdamW learning rate after 100 warm-up steps
+    kl: float              # weight of the KL term
+    edge: float            # extra L1 weight near colour edges
+    anchor: float          # weight of latent channels 0-2 following the 8x8 colour
+    latent_noise: float    # noise floor of the latents the decoder learns from
+
+    @staticmethod
+    def add_arguments(ap):
+        ap.add_argument("--minutes-vae", type=float, default=12, help="total VAE training time")
+        ap.add_argument("--vae-steps", type=int, default=0,
+                        help="stop after this many steps (0: time)")
+        ap.add_argument("--vae-batch", type=int, default=4)
+        ap.add_argument("--vae-crop", type=int, default=256,
+                        help="crop side; whole images (256) keep GroupNorm statistics as in use")
+        ap.add_argument("--vae-lr", type=float, default=1e-3)
+        ap.add_argument("--kl", type=float, default=1e-5)
+        ap.add_argument("--edge", type=float, default=10.0,
+                        help="extra L1 weight near colour edges (where the shapes are)")
+        ap.add_argument("--anchor", type=float, default=1.0,
+                        help="weight of the loss tying latent channels 0-2 to the 8x8-averaged "
+                             "colour")
+        ap.add_argument("--latent-noise", type=float, default=0.02,
+                        help="noise floor of the latents the decoder learns from")
+
+
+@dataclasses.dataclass
+class DecoderOptions:
+    """Stage 1b: the decoder alone."""
+    dec_steps: int         # stop at this step (counted over resumptions)
+    dec_lr: float          # peak learning rate
+    dec_minutes: float     # total time: plan dec_steps from the measured rate (0: no)
+    dec_schedule: str      # continue: cosine over steps 0 to dec_steps; run: this command's
+    dec_warmup: int        # warm-up steps of dec_schedule run
+    dec_noise: float       # noise added to the encoder's mean latents
+    dec_focus: float       # share of each batch drawn as small stars
+    dec_unet: float        # share decoded from the UNet's one-step prediction
+    dec_tmin: int          # timesteps of those predictions: dec_tmin to dec_tmax
+    dec_tmax: int
+    dec_guidance: float    # their classifier-free guidance
+
+    @staticmethod
+    def add_arguments(ap):
+        ap.add_argument("--dec-steps", type=int, default=0, help="decoder fine-tuning steps")
+        ap.add_argument("--dec-lr", type=float, default=5e-4)
+        ap.add_argument("--dec-minutes", type=float, default=0,
+                        help="total decoder time (over resumptions): plan --dec-steps from the "
+                             "rate measured over the first 120 steps to fill it (0: use "
+                             "--dec-steps)")
+        ap.add_argument("--dec-schedule", choices=["continue", "run"], default="continue",
+                        help="continue: cosine over steps 0 to --dec-steps; run: --dec-warmup "
+                             "steps, then cosine over this command's steps")
+        ap.add_argument("--dec-warmup", type=int, default=50)
+        ap.add_argument("--dec-noise", type=float, default=0.05)
+        ap.add_argument("--dec-focus", type=float, default=0.0,
+                        help="share of each batch drawn as small stars")
+        ap.add_argument("--dec-unet", type=float, default=0.0,
+                        help="share of each batch decoded from the trained UNet's one-step "
+                             "prediction (needs OUT/unet.pt)")
+        ap.add_argument("--dec-tmin", type=int, default=50)
+        ap.add_argument("--dec-tmax", type=int, default=600)
+        ap.add_argument("--dec-guidance", type=float, default=2.0)
+
+
+@dataclasses.dataclass
+class UnetOptions:
+    """Stage 2: the text encoder and the UNet."""
+    minutes: float         # total training time over resumptions
+    steps: int             # stop at this step (0: time only; -1: planned to fill minutes)
+    batch: int             # scenes per step
+    lr: float              # AdamW learning rate after the warm-up
+    warmup: int            # warm-up steps from fresh optimizer moments
+    ema: float             # decay of the exported EMA weights
+    uncond: float          # prompt dropout, for classifier-free guidance
+    t_uniform: float       # share of timesteps uniform (the rest favour high noise)
+    schedule: str          # cosine, cosine-run or constant (learning rate after warm-up)
+    focus: float           # share of each batch drawn as small squares and stars
+    edge_unet: float       # extra loss weight on latent pixels at colour edges
+    edge_unet_tmax: int    # ... below this timestep
+    t_range: tuple         # (lo, hi): timesteps drawn from this range only
+    restart_from_ema: bool  # resume from the EMA weights, fresh optimizer moments
+    parts: str             # folder for a compact checkpoint in <= 15 MB parts ("": none)
+    cache: int             # scenes in the latent cache (0: encode every batch)
+
+    @staticmethod
+    def add_arguments(ap):
+        ap.add_argument("--minutes", type=float, default=60, help="total UNet training time")
+        ap.add_argument("--steps", type=int, default=0,
+                        help="stop after this many steps (0: time; -1: as many as fit "
+                             "--minutes, planned from the rate measured over the first 120 "
+                             "steps)")
+        ap.add_argument("--batch", type=int, default=64)
+        ap.add_argument("--lr", type=float, default=1e-3)
+        ap.add_argument("--warmup", type=int, default=100)
+        ap.add_argument("--ema", type=float, default=0.998)
+        ap.add_argument("--uncond", type=float, default=0.1, help="prompt dropout for guidance")
+        ap.add_argument("--t-uniform", type=float, default=0.25,
+                        help="share of timesteps drawn uniformly (the rest favour high noise)")
+        ap.add_argument("--schedule", choices=["cosine", "cosine-run", "constant"],
+                        default="cosine",
+                        help="learning rate after the warm-up: cosine to a tenth over steps 0 "
+                             "to --steps, over this command's steps (cosine-run), or constant")
+        ap.add_argument("--fresh-optimizer", action="store_true",
+                        help="resume the weights with fresh optimizer moments (UNet and "
+                             "decoder stages)")
+        ap.add_argument("--focus", type=float, default=0.0,
+                        help="share of each batch drawn as small squares and stars "
+                             "(fine-tuning)")
+        ap.add_argument("--edge-unet", type=float, default=0.0,
+                        help="extra UNet loss weight on latent pixels at colour edges "
+                             "(below --edge-unet-tmax; needs --cache 0)")
+        ap.add_argument("--edge-unet-tmax", type=int, default=500)
+        ap.add_argument("--t-range", type=lambda v: tuple(int(x) for x in v.split(",")),
+                        default=(0, 999), help="LO,HI: timesteps drawn from this range only")
+        ap.add_argument("--restart-from-ema", action="store_true",
+                        help="resume from the EMA weights with fresh optimizer moments "
+                             "(what resuming from a compact checkpoint does)")
+        ap.add_argument("--parts", default="",
+                        help="also write a compact checkpoint (no optimizer state) as <=15 MB "
+                             "parts into this folder at every checkpoint")
+        ap.add_argument("--cache", type=int, default=-1,
+                        help="scenes in the latent cache (0: encode every batch; "
+                             "default 20000 on the CPU, 0 on a GPU)")
+
+
+@dataclasses.dataclass
+class Options:
+    """train.py's command line, by stage."""
+    run: RunOptions
+    vae: VaeOptions
+    dec: DecoderOptions
+    unet: UnetOptions
+
+    def flat(self):
+        """Every option by name, as unet.pt records them ("args")."""
+        return {k: v for part in (self.run, self.vae, self.dec, self.unet)
+                for k, v in dataclasses.asdict(part).items()}
+
+
+def parse_options(argv=None):
+    """The command line as Options, checked, --cache's default resolved."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    kinds = (RunOptions, VaeOptions, DecoderOptions, UnetOptions)
+    for kind in kinds:
+        kind.add_arguments(ap)
+    ns = vars(ap.parse_args(argv))
+    o = Options(*(kind(**{f.name: ns[f.name] for f in dataclasses.fields(kind)})
+                  for kind in kinds))
+    assert o.flat().keys() == ns.keys(), "an option without a field, or a field without one"
+    u = o.unet
+    if u.cache < 0:
+        u.cache = 0 if o.run.device.startswith("cuda") else 20000
+    if u.edge_unet > 0 and u.cache > 0:
+        sys.exit("--edge-unet weighs the loss by the scenes' images, which a latent cache "
+                 "does not keep: add --cache 0")
+    if o.dec.dec_minutes > 0 and o.dec.dec_schedule != "run":
+        sys.exit("--dec-minutes plans this command's steps: its schedule is --dec-schedule run")
+    return o
 
 
 # ---------------------------------------------------------------- utilities
@@ -237,11 +440,35 @@ def edge_weight(x, w):
     return 1.0 + w * e
 
 
-def train_vae(a, cfg, out):
-    dev = a.device
-    torch.manual_seed(a.seed)
+def vae_loss(vae, x, gen, v, dev):
+    """Stage 1's loss on images x: (l1, kl, anchor, total)."""
+    with autocast(dev):
+        mean, logvar = vae.encode(x)
+        # the posterior sample plus a fixed noise floor: with a tiny KL term the
+        # encoder otherwise separates colours by ~0.01 in latent space, the
+        # decoder's GroupNorm amplifying that back, and the diffusion model
+        # then neither needs nor manages to get the background colour right
+        std = (0.5 * logvar).exp()
+        z = mean + torch.randn(mean.shape, generator=gen, device=dev) * \
+            torch.sqrt(std ** 2 + v.latent_noise ** 2)
+        rec = vae.decode(z)
+    rec = rec.float()
+    l1 = ((rec - x).abs() * edge_weight(x, v.edge)).mean()
+    kl = 0.5 * (mean.float() ** 2 + logvar.float().exp() - 1 - logvar.float()).mean()
+    # the anchor: the first three latent channels follow the image's colour
+    # averaged over each 8x8 cell, so latents of different colours lie as far
+    # apart as the colours themselves (the fourth channel is free for shape)
+    anchor = F.mse_loss(mean[:, :3].float(), F.avg_pool2d(x, 8))
+    return l1, kl, anchor, l1 + 0.1 * F.mse_loss(rec, x) + v.kl * kl + v.anchor * anchor
+
+
+def train_vae(o, cfg):
+    """Stage 1; returns the finished checkpoint (OUT/vae.pt)."""
+    run, v = o.run, o.vae
+    dev, out = run.device, run.out
+    torch.manual_seed(run.seed)
     vae = AutoencoderKL(cfg["vae"]).to(dev)
-    opt = torch.optim.AdamW(vae.parameters(), lr=a.vae_lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(vae.parameters(), lr=v.vae_lr, weight_decay=0.0)
     path = os.path.join(out, "vae.pt")
     step, spent = 0, 0.0
     if os.path.exists(path):
@@ -249,44 +476,26 @@ def train_vae(a, cfg, out):
         vae.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         step, spent = ck["step"], ck["seconds"]
-        if ck.get("done") and spent >= a.minutes_vae * 60 and step >= a.vae_steps:
+        if ck.get("done") and spent >= v.minutes_vae * 60 and step >= v.vae_steps:
             log(out, "vae", f"VAE trained ({step} steps, {spent / 60:.1f} min); skipping")
             return ck
         log(out, "vae", f"resuming VAE at step {step} ({spent / 60:.1f} min spent)")
     else:
         log(out, "vae", f"VAE {count_params(vae) / 1e6:.3f}M parameters, config {cfg['vae']}")
-    p, budget = Progress(spent, a.ckpt_every), a.minutes_vae * 60
+    p, budget = Progress(spent, run.ckpt_every), v.minutes_vae * 60
 
     def checkpoint(done=False, scale=None):
         save_atomic({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step,
                      "seconds": p.seconds(), "config": cfg["vae"], "done": done,
                      "scaling_factor": scale}, path)
 
-    while p.seconds() < budget and (a.vae_steps <= 0 or step < a.vae_steps):
-        gen = step_gen(a.seed, step, dev)
-        sc = scenes.sample_scenes(a.vae_batch, gen, heldout="any", device=dev, layout="varied")
-        x = crop_batch(scenes.render(sc, SIZE), sc.centers, a.vae_crop, gen) * 2 - 1
-        lr = a.vae_lr * min(1.0, (step + 1) / 100)
+    while p.seconds() < budget and (v.vae_steps <= 0 or step < v.vae_steps):
+        gen = step_gen(run.seed, step, dev)
+        sc = scenes.sample_scenes(v.vae_batch, gen, heldout="any", device=dev, layout="varied")
+        x = crop_batch(scenes.render(sc, SIZE), sc.centers, v.vae_crop, gen) * 2 - 1
         for g in opt.param_groups:
-            g["lr"] = lr
-        with autocast(dev):
-            mean, logvar = vae.encode(x)
-            # the posterior sample plus a fixed noise floor: with a tiny KL term the
-            # encoder otherwise separates colours by ~0.01 in latent space, the
-            # decoder's GroupNorm amplifying that back, and the diffusion model
-            # then neither needs nor manages to get the background colour right
-            std = (0.5 * logvar).exp()
-            z = mean + torch.randn(mean.shape, generator=gen, device=dev) * \
-                torch.sqrt(std ** 2 + a.latent_noise ** 2)
-            rec = vae.decode(z)
-        rec = rec.float()
-        l1 = ((rec - x).abs() * edge_weight(x, a.edge)).mean()
-        kl = 0.5 * (mean.float() ** 2 + logvar.float().exp() - 1 - logvar.float()).mean()
-        # the anchor: the first three latent channels follow the image's colour
-        # averaged over each 8x8 cell, so latents of different colours lie as far
-        # apart as the colours themselves (the fourth channel is free for shape)
-        anchor = F.mse_loss(mean[:, :3].float(), F.avg_pool2d(x, 8))
-        loss = l1 + 0.1 * F.mse_loss(rec, x) + a.kl * kl + a.anchor * anchor
+            g["lr"] = v.vae_lr * min(1.0, (step + 1) / 100)
+        l1, kl, anchor, loss = vae_loss(vae, x, gen, v, dev)
         optimizer_step(opt, loss, list(vae.parameters()))
         step += 1
         p.add(l1)
@@ -295,7 +504,7 @@ def train_vae(a, cfg, out):
                 f"anchor {anchor.item():.4f} {p.seconds() / 60:.1f} min")
         if p.checkpoint_due():
             checkpoint()
-    scale = measure_scale(vae, a, dev, out)
+    scale = measure_scale(vae, run.seed, dev, out)
     log(out, "vae", f"VAE done at step {step}: l1 {p.mean():.4f}, scaling_factor {scale:.5f}")
     checkpoint(done=True, scale=scale)
     return load_ckpt(path, map_location=dev)
@@ -342,23 +551,54 @@ def focused_scenes(n, share, shapes, gen, dev, **kw):
     return sc.select(order[torch.randperm(len(order), generator=gen, device=dev)])
 
 
-def decoder_scenes(a, gen, dev):
+def decoder_scenes(d, batch, gen, dev):
     """The decoder stage's scenes: --dec-focus of them small stars (the shape
     the decoder draws worst), the rest any. Layout canonical, combinations held
     out of the UNet's data excluded, when the denoiser feeds the decoder."""
-    layout, heldout = ("canonical", "exclude") if a.dec_unet > 0 else ("varied", "any")
-    return focused_scenes(a.vae_batch, a.dec_focus, [3], gen, dev, heldout=heldout,
-                          layout=layout)
+    layout, heldout = ("canonical", "exclude") if d.dec_unet > 0 else ("varied", "any")
+    return focused_scenes(batch, d.dec_focus, [3], gen, dev, heldout=heldout, layout=layout)
 
 
-def train_decoder(a, cfg, out, tok):
+def decoder_batch(o, vae, den, scale, step, gen, dev):
+    """Step's images x and the latents z the decoder learns to draw them from:
+    the encoder's mean plus --dec-noise, the first --dec-unet share of them the
+    UNet's one-step prediction instead (den, a Denoiser, or None)."""
+    d = o.dec
+    sc = decoder_scenes(d, o.vae.vae_batch, gen, dev) if (den is not None or d.dec_focus > 0) \
+        else scenes.sample_scenes(o.vae.vae_batch, gen, heldout="any", device=dev,
+                                  layout="varied")
+    x = scenes.render(sc, SIZE) * 2 - 1
+    with torch.no_grad(), autocast(dev):
+        mean = vae.encode(x)[0].float()
+    z = mean + d.dec_noise * torch.randn(mean.shape, generator=gen, device=dev)
+    if den is not None:  # the first share of the batch: the UNet's predictions
+        m = round(d.dec_unet * len(z))
+        t = torch.randint(d.dec_tmin, d.dec_tmax + 1, (m,), generator=gen, device=dev)
+        z[:m] = den.x0_pred(mean[:m] * scale, sc.select(slice(0, m)), t, gen,
+                            random.Random(o.run.seed * 31 + step), d.dec_guidance) / scale
+    return x, z
+
+
+def decoder_lr(d, step, step0, steps):
+    """Cosine over steps 0 to `steps`: a run that continues an earlier one
+    (stage 3 after stage 1b) starts part-way down the curve; or (--dec-schedule
+    run) a warm-up and cosine over this command's steps, step0 to `steps`."""
+    if d.dec_schedule == "run":
+        done = (step - step0) / (steps - step0) if steps > step0 else 0.0
+        return d.dec_lr * min(1.0, (step - step0 + 1) / d.dec_warmup) \
+            * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+    return d.dec_lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+
+
+def train_decoder(o, cfg, tok):
     """Stage 1b: the decoder alone (encoder, latent space and scaling factor
     frozen), on the encoder's mean latents with a small noise (--dec-noise), so
     it decodes shapes sharply; the UNet's latents stay valid. With --dec-unet P
     a share P of the batch is the trained UNet's one-step prediction from the
     noised latent instead (Denoiser), so the decoder learns to draw the UNet's
     samples sharply. Resumable."""
-    dev = a.device
+    run, d = o.run, o.dec
+    dev, out = run.device, run.out
     path = os.path.join(out, "vae.pt")
     ck = load_ckpt(path, map_location=dev)
     if not ck.get("done"):
@@ -366,56 +606,36 @@ def train_decoder(a, cfg, out, tok):
     vae = AutoencoderKL(cfg["vae"]).to(dev)
     vae.load_state_dict(ck["model"])
     dec_params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
-    opt = torch.optim.AdamW(dec_params, lr=a.dec_lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(dec_params, lr=d.dec_lr, weight_decay=0.0)
     step, spent = ck.get("decoder_step", 0), ck.get("decoder_seconds", 0.0)
-    if ck.get("decoder_opt") and not a.fresh_optimizer:
+    if ck.get("decoder_opt") and not run.fresh_optimizer:
         opt.load_state_dict(ck["decoder_opt"])
     log(out, "vae", f"decoder fine-tuning from step {step} ({spent / 60:.1f} min spent)")
-    p = Progress(spent, a.ckpt_every)
+    p = Progress(spent, run.ckpt_every)
 
     def checkpoint():
         ck.update({"model": vae.state_dict(), "decoder_opt": opt.state_dict(),
                    "decoder_step": step, "decoder_seconds": p.seconds()})
         save_atomic(ck, path)
 
-    den = Denoiser(out, dev, tok) if a.dec_unet > 0 else None
+    den = Denoiser(out, dev, tok) if d.dec_unet > 0 else None
     scale = ck["scaling_factor"]
-    step0, budget = step, a.dec_minutes * 60
+    step0, budget, steps = step, d.dec_minutes * 60, d.dec_steps
     plan = StepPlan(step, out, "vae", "decoder ") if budget > 0 else None
-    if plan:  # plan --dec-steps from the measured rate
-        a.dec_steps = 0
-    while (step < a.dec_steps) if budget <= 0 else \
-            (p.seconds() < budget and (a.dec_steps <= 0 or step < a.dec_steps)):
+    if plan:  # plan the step count from the measured rate
+        steps = 0
+    while (step < steps) if budget <= 0 else \
+            (p.seconds() < budget and (steps <= 0 or step < steps)):
         if plan:
-            a.dec_steps = plan.update(step, a.dec_steps, p, budget)
-        gen = step_gen(a.seed + 5, step, dev)
-        sc = decoder_scenes(a, gen, dev) if (den is not None or a.dec_focus > 0) else \
-            scenes.sample_scenes(a.vae_batch, gen, heldout="any", device=dev, layout="varied")
-        x = scenes.render(sc, SIZE) * 2 - 1
-        with torch.no_grad(), autocast(dev):
-            mean = vae.encode(x)[0].float()
-        z = mean + a.dec_noise * torch.randn(mean.shape, generator=gen, device=dev)
-        if den is not None:  # the first share of the batch: the UNet's predictions
-            m = round(a.dec_unet * len(z))
-            t = torch.randint(a.dec_tmin, a.dec_tmax + 1, (m,), generator=gen, device=dev)
-            z[:m] = den.x0_pred(mean[:m] * scale, sc.select(slice(0, m)), t, gen,
-                                random.Random(a.seed * 31 + step), a.dec_guidance) / scale
-        # cosine over steps 0 to --dec-steps: a run that continues an earlier
-        # one (stage 3 after stage 1b) starts part-way down the curve; or
-        # (--dec-schedule run) a warm-up and cosine over this command's steps
-        if a.dec_schedule == "run":
-            done = (step - step0) / (a.dec_steps - step0) if a.dec_steps > step0 else 0.0
-            lr = a.dec_lr * min(1.0, (step - step0 + 1) / a.dec_warmup) \
-                * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
-        else:
-            lr = a.dec_lr * 0.5 * (1 + math.cos(math.pi * step / a.dec_steps))
+            steps = plan.update(step, steps, p, budget)
+        gen = step_gen(run.seed + 5, step, dev)
+        x, z = decoder_batch(o, vae, den, scale, step, gen, dev)
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = decoder_lr(d, step, step0, steps)
         with autocast(dev):
             rec = vae.decode(z).float()
-        l1 = ((rec - x).abs() * edge_weight(x, a.edge)).mean()
-        loss = l1 + 0.1 * F.mse_loss(rec, x)
-        optimizer_step(opt, loss, dec_params)
+        l1 = ((rec - x).abs() * edge_weight(x, o.vae.edge)).mean()
+        optimizer_step(opt, l1 + 0.1 * F.mse_loss(rec, x), dec_params)
         step += 1
         p.add(l1)
         if step % 25 == 0:
@@ -423,16 +643,17 @@ def train_decoder(a, cfg, out, tok):
         if p.checkpoint_due():
             checkpoint()
     checkpoint()
+    d.dec_steps = steps  # as run (planned): what unet.pt records of a --stage all run
     log(out, "vae", f"decoder done at step {step}")
 
 
 @torch.no_grad()
-def measure_scale(vae, a, dev, out=None):
+def measure_scale(vae, seed, dev, out=None):
     """1 / std of the latent means of 96 full-size scenes. Also logs the health
     check of the latent space: the smallest distance between the mean (scaled)
     latents of two background colours. Near 0 (the first model's VAE: 0.006)
     the diffusion model cannot tell those backgrounds apart: retrain the VAE."""
-    gen = torch.Generator(device=dev).manual_seed(a.seed + 7)
+    gen = torch.Generator(device=dev).manual_seed(seed + 7)
     zs, bgs = [], []
     for _ in range(6):
         sc = scenes.sample_scenes(16, gen, heldout="any", device=dev)
@@ -457,15 +678,15 @@ class Latents:
     cache of --cache scenes encoded once (CPU, where encoding costs as much as
     a UNet step). Either way each item comes with its scene row for prompts."""
 
-    def __init__(self, a, vae, scale, out, dev, vae_step):
-        self.a, self.vae, self.scale, self.dev = a, vae, scale, dev
+    def __init__(self, cache, seed, vae, scale, out, dev, vae_step):
+        self.seed, self.vae, self.scale, self.dev = seed, vae, scale, dev
         self.cache = None
-        if a.cache > 0:
-            path = os.path.join(out, f"latents-{a.cache}-seed{a.seed}-vae{vae_step}.pt")
+        if cache > 0:
+            path = os.path.join(out, f"latents-{cache}-seed{seed}-vae{vae_step}.pt")
             if os.path.exists(path):
                 self.cache = load_ckpt(path, map_location=dev)
             else:
-                self.cache = self.build(a.cache, out)
+                self.cache = self.build(cache, out)
                 save_atomic(self.cache, path)
 
     @torch.no_grad()
@@ -476,7 +697,7 @@ class Latents:
         return (z, x) if with_images else z
 
     def build(self, n, out):
-        gen = torch.Generator(device=self.dev).manual_seed(self.a.seed + 1)
+        gen = torch.Generator(device=self.dev).manual_seed(self.seed + 1)
         sc = scenes.sample_scenes(n, gen, heldout="exclude", device=self.dev)
         zs, t = [], time.time()
         for i in range(0, n, 64):
@@ -561,129 +782,197 @@ def latent_edge_weight(x, w, t, t_max):
     return 1.0 + w * e * (t < t_max).float()[:, None, None, None]
 
 
-def train_unet(a, cfg, out, vae_ck, tok):
-    dev = a.device
-    torch.manual_seed(a.seed + 2)
-    vae = AutoencoderKL(cfg["vae"]).to(dev)
-    vae.load_state_dict(vae_ck["model"])
-    vae.eval().requires_grad_(False)
-    scale = vae_ck["scaling_factor"]
+@dataclasses.dataclass
+class UnetRun:
+    """Stage 2's models, optimizer and how far the run has come."""
+    text: CLIPTextModel
+    unet: UNet2DConditionModel
+    ema_text: CLIPTextModel        # the exported weights: EMA of text and unet
+    ema_unet: UNet2DConditionModel
+    opt: torch.optim.Optimizer     # AdamW over params
+    params: list                   # text's, then unet's parameters
+    step: int = 0                  # steps done, over resumptions
+    seen: int = 0                  # images seen
+    spent: float = 0.0             # seconds spent before this command
+    fresh: bool = True             # Adam moments start at zero: warm the lr up from here
+
+
+def unet_models(cfg, dev, lr):
+    """Stage 2's models as initialised (the EMA copies equal), and AdamW."""
     text, unet = CLIPTextModel(cfg["text"]).to(dev), UNet2DConditionModel(cfg["unet"]).to(dev)
-    ema_text, ema_unet = CLIPTextModel(cfg["text"]).to(dev), UNet2DConditionModel(cfg["unet"]).to(dev)
+    ema_text = CLIPTextModel(cfg["text"]).to(dev)
+    ema_unet = UNet2DConditionModel(cfg["unet"]).to(dev)
     ema_text.load_state_dict(text.state_dict())
     ema_unet.load_state_dict(unet.state_dict())
     params = list(text.parameters()) + list(unet.parameters())
-    adamw = dict(lr=a.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    adamw = dict(lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
     try:  # one kernel for all parameters on a GPU
         opt = torch.optim.AdamW(params, fused=True, **adamw) if dev.startswith("cuda") \
             else torch.optim.AdamW(params, **adamw)
     except (TypeError, RuntimeError):
         opt = torch.optim.AdamW(params, **adamw)
+    return UnetRun(text, unet, ema_text, ema_unet, opt, params)
+
+
+def resume_unet(r, path, o, cfg):
+    """r continued from the checkpoint at path, if there is one."""
+    dev, out, u = o.run.device, o.run.out, o.unet
+    if not os.path.exists(path):
+        log(out, "unet", f"UNet {count_params(r.unet) / 1e6:.3f}M, text "
+            f"{count_params(r.text) / 1e6:.3f}M parameters; configs {cfg['unet']} {cfg['text']}")
+        return
+    ck = load_ckpt(path, map_location=dev)
+    if u.restart_from_ema:  # as if from a compact checkpoint holding EMA weights only
+        ck = {k: v for k, v in ck.items() if k not in ("text", "unet", "opt")}
+    elif o.run.fresh_optimizer:  # as if from a compact checkpoint (no optimizer state)
+        ck = {k: v for k, v in ck.items() if k != "opt"}
+    r.fresh = "opt" not in ck
+    for k in ("text", "unet", "ema_text", "ema_unet"):
+        getattr(r, k).load_state_dict(ck[k if k in ck else "ema_" + k])  # lean: EMA only
+    if "opt" in ck:
+        r.opt.load_state_dict(ck["opt"])
+    r.step, r.spent, r.seen = ck["step"], ck["seconds"], ck["images"]
+    log(out, "unet", f"resuming at step {r.step} ({r.seen} images, {r.spent / 60:.1f} min "
+        "spent)" + ("" if "opt" in ck else "; compact checkpoint: fresh optimizer moments"))
+
+
+def save_unet(r, path, info, parts):
+    """OUT/unet.pt, and with --parts the compact checkpoint: EMA weights fp32,
+    training weights bf16, no optimizer."""
+    save_atomic({"text": r.text.state_dict(), "unet": r.unet.state_dict(),
+                 "ema_text": r.ema_text.state_dict(), "ema_unet": r.ema_unet.state_dict(),
+                 "opt": r.opt.state_dict(), **info}, path)
+    if parts:
+        half = lambda sd: {k: v.bfloat16() for k, v in sd.items()}
+        save_parts({"text": half(r.text.state_dict()), "unet": half(r.unet.state_dict()),
+                    "ema_text": r.ema_text.state_dict(), "ema_unet": r.ema_unet.state_dict(),
+                    **info}, parts)
+
+
+def host_batch(o, tok, s):
+    """Step s's scenes and prompt ids, drawn on the CPU (no cache)."""
+    u, seed = o.unet, o.run.seed
+    g = step_gen(seed + 3, s, "cpu")
+    sc = focused_scenes(u.batch, u.focus, [1, 3], g, "cpu", heldout="exclude") \
+        if u.focus > 0 else scenes.sample_scenes(u.batch, g, heldout="exclude")
+    ids = prompt_ids(sc, tok, random.Random(seed * 7919 + s))
+    if o.run.device.startswith("cuda"):
+        sc, ids = sc.pin(), ids.pin_memory()
+    return sc, ids
+
+
+def unet_batch(o, data, pre, tok, step, gen):
+    """Step's clean latents z0 [n, 4, 32, 32], images x [n, 3, 256, 256]
+    (None from the latent cache) and prompt ids [n, 77]."""
+    dev = o.run.device
+    if pre is None:
+        z0, sc = data.batch(gen, o.unet.batch)
+        return z0, None, prompt_ids(sc, tok, random.Random(o.run.seed * 7919 + step)).to(dev)
+    sc, ids = pre.get(step)
+    sc, ids = sc.to(dev, non_blocking=True), ids.to(dev, non_blocking=True)
+    z0, x = data.encode(sc, with_images=True)
+    return z0, x, ids
+
+
+def timesteps(u, n, gen, dev):
+    """n timesteps in --t-range: a share --t-uniform uniform, the rest weighted
+    towards high noise (density ~ 1/sqrt(1 - t/1000)), where the prompt
+    decides the layout."""
+    x = torch.rand(n, generator=gen, device=dev)
+    skew = torch.rand(n, generator=gen, device=dev) >= u.t_uniform
+    x = torch.where(skew, 1 - x * x, x)
+    lo, hi = u.t_range
+    return (lo + x * (hi + 1 - lo)).long().clamp(lo, hi)
+
+
+def unet_lr(u, r, step0, steps):
+    """The warm-up from fresh moments, then (unless --schedule constant) a
+    cosine to a tenth over steps 0 to `steps` or (cosine-run) step0 to steps."""
+    lr = u.lr * min(1.0, (r.step - (step0 if r.fresh else 0) + 1) / u.warmup)
+    if steps > 0 and u.schedule != "constant":
+        done = r.step / steps if u.schedule == "cosine" else \
+            (r.step - step0) / max(1, steps - step0)
+        lr *= 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, done)))
+    return lr
+
+
+def unet_loss(r, u, z0, x, ids, t, gen, ac, dev):
+    """v-prediction loss of the UNet on z0 noised to t (ac: alphas_cumprod);
+    with --edge-unet weighted towards the latent pixels at colour edges of x."""
+    eps = torch.randn(z0.shape, generator=gen, device=dev)
+    ab = ac[t][:, None, None, None]
+    zt = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
+    v = ab.sqrt() * eps - (1 - ab).sqrt() * z0
+    with autocast(dev):
+        pred = r.unet(zt, t, r.text(ids))
+    if u.edge_unet > 0:  # parse_options made sure the images are there (no cache)
+        w = latent_edge_weight(x, u.edge_unet, t, u.edge_unet_tmax)
+        return ((pred.float() - v) ** 2 * w).mean() / w.mean()
+    return F.mse_loss(pred.float(), v)
+
+
+def unet_step(r, o, batch, gen, empty, ac, lr):
+    """One training step on batch (z0, x, ids), prompts dropped to empty at
+    --uncond, at learning rate lr; returns the loss."""
+    u, dev = o.unet, o.run.device
+    z0, x, ids = batch
+    drop = torch.rand(len(ids), generator=gen, device=dev) < u.uncond
+    ids = torch.where(drop[:, None], empty[None], ids)
+    t = timesteps(u, len(ids), gen, dev)
+    for g in r.opt.param_groups:
+        g["lr"] = lr
+    loss = unet_loss(r, u, z0, x, ids, t, gen, ac, dev)
+    optimizer_step(r.opt, loss, r.params)
+    r.step += 1
+    r.seen += len(ids)
+    decay = min(u.ema, (1 + r.step) / (10 + r.step))
+    ema_update(r.ema_text, r.text, decay)
+    ema_update(r.ema_unet, r.unet, decay)
+    return loss
+
+
+def train_unet(o, cfg, vae_ck, tok):
+    """Stage 2: the text encoder and the UNet, on latents of the frozen VAE."""
+    run, u = o.run, o.unet
+    dev, out = run.device, run.out
+    torch.manual_seed(run.seed + 2)
+    vae = AutoencoderKL(cfg["vae"]).to(dev)
+    vae.load_state_dict(vae_ck["model"])
+    vae.eval().requires_grad_(False)
+    scale = vae_ck["scaling_factor"]
+    r = unet_models(cfg, dev, u.lr)
     path = os.path.join(out, "unet.pt")
-    step, spent, seen = 0, 0.0, 0
-    fresh = True  # Adam moments start at zero: warm the learning rate up from here
-    if os.path.exists(path):
-        ck = load_ckpt(path, map_location=dev)
-        if a.restart_from_ema:  # as if from a compact checkpoint holding EMA weights only
-            ck = {k: v for k, v in ck.items() if k not in ("text", "unet", "opt")}
-        elif a.fresh_optimizer:  # as if from a compact checkpoint (no optimizer state)
-            ck = {k: v for k, v in ck.items() if k != "opt"}
-        fresh = "opt" not in ck
-        for m, k in ((text, "text"), (unet, "unet"), (ema_text, "ema_text"), (ema_unet, "ema_unet")):
-            m.load_state_dict(ck[k if k in ck else "ema_" + k])  # lean: EMA weights only
-        if "opt" in ck:
-            opt.load_state_dict(ck["opt"])
-        step, spent, seen = ck["step"], ck["seconds"], ck["images"]
-        log(out, "unet", f"resuming at step {step} ({seen} images, {spent / 60:.1f} min spent)"
-            + ("" if "opt" in ck else "; compact checkpoint: fresh optimizer moments"))
-    else:
-        log(out, "unet", f"UNet {count_params(unet) / 1e6:.3f}M, text {count_params(text) / 1e6:.3f}M "
-            f"parameters; configs {cfg['unet']} {cfg['text']}")
-    data = Latents(a, vae, scale, out, dev, vae_ck["step"])
+    resume_unet(r, path, o, cfg)
+    data = Latents(u.cache, run.seed, vae, scale, out, dev, vae_ck["step"])
     ac = alphas_cumprod(dev)
     empty = torch.tensor(tok.encode(""), device=dev)
-    p, budget = Progress(spent, a.ckpt_every, decay=0.99), a.minutes * 60
+    p, budget = Progress(r.spent, run.ckpt_every, decay=0.99), u.minutes * 60
+    pre = Prefetch(lambda s: host_batch(o, tok, s), r.step) if data.cache is None else None
+    step0, steps = r.step, u.steps
+    plan = StepPlan(r.step, out, "unet") if steps < 0 else None
+    if plan:  # plan the step count from the measured rate
+        steps = 0
 
     def checkpoint():
-        info = {"step": step, "images": seen, "seconds": p.seconds(), "config": cfg,
-                "scaling_factor": scale, "args": vars(a)}
-        save_atomic({"text": text.state_dict(), "unet": unet.state_dict(),
-                     "ema_text": ema_text.state_dict(), "ema_unet": ema_unet.state_dict(),
-                     "opt": opt.state_dict(), **info}, path)
-        if a.parts:  # compact: EMA weights fp32, training weights bf16, no optimizer
-            half = lambda sd: {k: v.bfloat16() for k, v in sd.items()}
-            save_parts({"text": half(text.state_dict()), "unet": half(unet.state_dict()),
-                        "ema_text": ema_text.state_dict(), "ema_unet": ema_unet.state_dict(),
-                        **info}, a.parts)
+        save_unet(r, path, {"step": r.step, "images": r.seen, "seconds": p.seconds(),
+                            "config": cfg, "scaling_factor": scale,
+                            "args": {**o.flat(), "steps": steps}}, u.parts)
 
-    def host_batch(s):
-        """Step s's scenes and prompt ids, drawn on the CPU (no cache)."""
-        g = step_gen(a.seed + 3, s, "cpu")
-        sc = focused_scenes(a.batch, a.focus, [1, 3], g, "cpu", heldout="exclude") \
-            if a.focus > 0 else scenes.sample_scenes(a.batch, g, heldout="exclude")
-        ids = prompt_ids(sc, tok, random.Random(a.seed * 7919 + s))
-        if dev.startswith("cuda"):
-            sc, ids = sc.pin(), ids.pin_memory()
-        return sc, ids
-
-    pre = Prefetch(host_batch, step) if data.cache is None else None
-    step0 = step
-    plan = StepPlan(step, out, "unet") if a.steps < 0 else None
-    if plan:  # plan the step count from the measured rate
-        a.steps = 0
-    while p.seconds() < budget and (a.steps <= 0 or step < a.steps):
+    while p.seconds() < budget and (steps <= 0 or r.step < steps):
         if plan:
-            a.steps = plan.update(step, a.steps, p, budget)
-        gen = step_gen(a.seed + 3, step, dev)
-        if pre is None:
-            z0, sc = data.batch(gen, a.batch)
-            ids = prompt_ids(sc, tok, random.Random(a.seed * 7919 + step)).to(dev)
-        else:
-            sc, ids = pre.get(step)
-            sc, ids = sc.to(dev, non_blocking=True), ids.to(dev, non_blocking=True)
-            z0, x = data.encode(sc, with_images=True)
-        drop = torch.rand(len(sc), generator=gen, device=dev) < a.uncond
-        ids = torch.where(drop[:, None], empty[None], ids)
-        # timesteps: a quarter uniform, the rest weighted towards high noise
-        # (density ~ 1/sqrt(1 - t/1000)), where the prompt decides the layout
-        u = torch.rand(len(sc), generator=gen, device=dev)
-        skew = torch.rand(len(sc), generator=gen, device=dev) >= a.t_uniform
-        u = torch.where(skew, 1 - u * u, u)
-        lo, hi = a.t_range
-        t = (lo + u * (hi + 1 - lo)).long().clamp(lo, hi)
-        eps = torch.randn(z0.shape, generator=gen, device=dev)
-        ab = ac[t][:, None, None, None]
-        zt = ab.sqrt() * z0 + (1 - ab).sqrt() * eps
-        v = ab.sqrt() * eps - (1 - ab).sqrt() * z0
-        lr = a.lr * min(1.0, (step - (step0 if fresh else 0) + 1) / a.warmup)
-        if a.steps > 0 and a.schedule != "constant":  # decay to a tenth over the planned steps
-            done = step / a.steps if a.schedule == "cosine" else \
-                (step - step0) / max(1, a.steps - step0)  # cosine-run: this command's steps
-            lr *= 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, done)))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        with autocast(dev):
-            pred = unet(zt, t, text(ids))
-        if a.edge_unet > 0:  # main() made sure the images are there (no cache)
-            w = latent_edge_weight(x, a.edge_unet, t, a.edge_unet_tmax)
-            loss = ((pred.float() - v) ** 2 * w).mean() / w.mean()
-        else:
-            loss = F.mse_loss(pred.float(), v)
-        optimizer_step(opt, loss, params)
-        step += 1
-        seen += len(sc)
-        decay = min(a.ema, (1 + step) / (10 + step))
-        ema_update(ema_text, text, decay)
-        ema_update(ema_unet, unet, decay)
-        p.add(loss)
-        if step % 50 == 0:
+            steps = plan.update(r.step, steps, p, budget)
+        gen = step_gen(run.seed + 3, r.step, dev)
+        batch = unet_batch(o, data, pre, tok, r.step, gen)
+        lr = unet_lr(u, r, step0, steps)
+        p.add(unet_step(r, o, batch, gen, empty, ac, lr))
+        if r.step % 50 == 0:
             el = p.seconds()
-            log(out, "unet", f"step {step} loss {p.mean():.4f} images {seen} "
-                f"{el / 60:.1f} min {seen / max(el, 1e-9):.1f} img/s")
+            log(out, "unet", f"step {r.step} loss {p.mean():.4f} images {r.seen} "
+                f"{el / 60:.1f} min {r.seen / max(el, 1e-9):.1f} img/s")
         if p.checkpoint_due():
             checkpoint()
     checkpoint()
-    log(out, "unet", f"stopped at step {step}, {seen} images, "
+    log(out, "unet", f"stopped at step {r.step}, {r.seen} images, "
         f"{p.seconds() / 60:.1f} min in this stage")
 
 
@@ -691,120 +980,37 @@ def train_unet(a, cfg, out, vae_ck, tok):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--stage", choices=["vae", "decoder", "unet", "all"], default="all")
-    ap.add_argument("--out", default=os.path.join(HERE, "runs", "default"),
-                    help="checkpoint folder (resumed from when it holds one)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--preset", default="cpu", choices=["small", "cpu", "base"])
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
-    ap.add_argument("--ckpt-every", type=float, default=120, help="seconds between checkpoints")
-    # stage 1
-    ap.add_argument("--minutes-vae", type=float, default=12, help="total VAE training time")
-    ap.add_argument("--vae-steps", type=int, default=0, help="stop after this many steps (0: time)")
-    ap.add_argument("--vae-batch", type=int, default=4)
-    ap.add_argument("--vae-crop", type=int, default=256,
-                    help="crop side; whole images (256) keep GroupNorm statistics as in use")
-    ap.add_argument("--vae-lr", type=float, default=1e-3)
-    ap.add_argument("--kl", type=float, default=1e-5)
-    ap.add_argument("--edge", type=float, default=10.0,
-                    help="extra L1 weight near colour edges (where the shapes are)")
-    ap.add_argument("--anchor", type=float, default=1.0,
-                    help="weight of the loss tying latent channels 0-2 to the 8x8-averaged colour")
-    ap.add_argument("--latent-noise", type=float, default=0.02,
-                    help="noise floor of the latents the decoder learns from")
-    # stage 1b
-    ap.add_argument("--dec-steps", type=int, default=0, help="decoder fine-tuning steps")
-    ap.add_argument("--dec-lr", type=float, default=5e-4)
-    ap.add_argument("--dec-minutes", type=float, default=0,
-                    help="total decoder time (over resumptions): plan --dec-steps from the "
-                         "rate measured over the first 120 steps to fill it (0: use --dec-steps)")
-    ap.add_argument("--dec-schedule", choices=["continue", "run"], default="continue",
-                    help="continue: cosine over steps 0 to --dec-steps; run: --dec-warmup "
-                         "steps, then cosine over this command's steps")
-    ap.add_argument("--dec-warmup", type=int, default=50)
-    ap.add_argument("--dec-noise", type=float, default=0.05)
-    ap.add_argument("--dec-focus", type=float, default=0.0,
-                    help="share of each batch drawn as small stars")
-    ap.add_argument("--dec-unet", type=float, default=0.0,
-                    help="share of each batch decoded from the trained UNet's one-step "
-                         "prediction (needs OUT/unet.pt)")
-    ap.add_argument("--dec-tmin", type=int, default=50)
-    ap.add_argument("--dec-tmax", type=int, default=600)
-    ap.add_argument("--dec-guidance", type=float, default=2.0)
-    # stage 2
-    ap.add_argument("--minutes", type=float, default=60, help="total UNet training time")
-    ap.add_argument("--steps", type=int, default=0,
-                    help="stop after this many steps (0: time; -1: as many as fit --minutes, "
-                         "planned from the rate measured over the first 120 steps)")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--warmup", type=int, default=100)
-    ap.add_argument("--ema", type=float, default=0.998)
-    ap.add_argument("--uncond", type=float, default=0.1, help="prompt dropout for guidance")
-    ap.add_argument("--t-uniform", type=float, default=0.25,
-                    help="share of timesteps drawn uniformly (the rest favour high noise)")
-    ap.add_argument("--schedule", choices=["cosine", "cosine-run", "constant"], default="cosine",
-                    help="learning rate after the warm-up: cosine to a tenth over steps 0 to "
-                         "--steps, over this command's steps (cosine-run), or constant")
-    ap.add_argument("--fresh-optimizer", action="store_true",
-                    help="resume the weights with fresh optimizer moments (UNet and "
-                         "decoder stages)")
-    ap.add_argument("--focus", type=float, default=0.0,
-                    help="share of each batch drawn as small squares and stars (fine-tuning)")
-    ap.add_argument("--edge-unet", type=float, default=0.0,
-                    help="extra UNet loss weight on latent pixels at colour edges "
-                         "(below --edge-unet-tmax; needs --cache 0)")
-    ap.add_argument("--edge-unet-tmax", type=int, default=500)
-    ap.add_argument("--t-range", type=lambda v: tuple(int(x) for x in v.split(",")),
-                    default=(0, 999), help="LO,HI: timesteps drawn from this range only")
-    ap.add_argument("--restart-from-ema", action="store_true",
-                    help="resume from the EMA weights with fresh optimizer moments "
-                         "(what resuming from a compact checkpoint does)")
-    ap.add_argument("--parts", default="",
-                    help="also write a compact checkpoint (no optimizer state) as <=15 MB "
-                         "parts into this folder at every checkpoint")
-    ap.add_argument("--cache", type=int, default=-1,
-                    help="scenes in the latent cache (0: encode every batch; "
-                         "default 20000 on the CPU, 0 on a GPU)")
-    a = ap.parse_args()
-    if a.cache < 0:
-        a.cache = 0 if a.device.startswith("cuda") else 20000
-    if a.edge_unet > 0 and a.cache > 0:
-        sys.exit("--edge-unet weighs the loss by the scenes' images, which a latent cache "
-                 "does not keep: add --cache 0")
-    if a.dec_minutes > 0 and a.dec_schedule != "run":
-        sys.exit("--dec-minutes plans this command's steps: its schedule is --dec-schedule run")
-    torch.set_num_threads(a.threads)
-    if a.device.startswith("cuda"):
+    o = parse_options()
+    run = o.run
+    torch.set_num_threads(run.threads)
+    if run.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    os.makedirs(a.out, exist_ok=True)
+    os.makedirs(run.out, exist_ok=True)
     merges = learn_merges(GRAMMAR_WORDS)
     tok = Tokenizer(build_vocab(merges), merges)
-    cfg = presets(len(tok.vocab))[a.preset]
-    meta = os.path.join(a.out, "run.json")
+    cfg = presets(len(tok.vocab))[run.preset]
+    meta = os.path.join(run.out, "run.json")
     if os.path.exists(meta):
         with open(meta) as f:
             old = json.load(f)
-        if old["preset"] != a.preset or old["seed"] != a.seed:
-            sys.exit(f"{a.out} holds a run with preset {old['preset']} seed {old['seed']}")
+        if old["preset"] != run.preset or old["seed"] != run.seed:
+            sys.exit(f"{run.out} holds a run with preset {old['preset']} seed {old['seed']}")
     else:
         with open(meta, "w") as f:
-            json.dump({"preset": a.preset, "seed": a.seed, "config": cfg}, f, indent=1)
+            json.dump({"preset": run.preset, "seed": run.seed, "config": cfg}, f, indent=1)
     vae_ck = None
-    if a.stage in ("vae", "all"):
-        vae_ck = train_vae(a, cfg, a.out)
-    if a.stage in ("decoder", "all") and (a.dec_steps > 0 or a.dec_minutes > 0):
-        train_decoder(a, cfg, a.out, tok)
-    if a.stage in ("unet", "all"):
+    if run.stage in ("vae", "all"):
+        vae_ck = train_vae(o, cfg)
+    if run.stage in ("decoder", "all") and (o.dec.dec_steps > 0 or o.dec.dec_minutes > 0):
+        train_decoder(o, cfg, tok)
+    if run.stage in ("unet", "all"):
         if vae_ck is None:
-            vae_ck = load_ckpt(os.path.join(a.out, "vae.pt"), map_location=a.device)
+            vae_ck = load_ckpt(os.path.join(run.out, "vae.pt"), map_location=run.device)
         if not vae_ck.get("done"):
             sys.exit("the VAE stage has not finished: run --stage vae first")
-        train_unet(a, cfg, a.out, vae_ck, tok)
+        train_unet(o, cfg, vae_ck, tok)
 
 
 if __name__ == "__main__":
