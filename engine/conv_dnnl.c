@@ -45,6 +45,7 @@ void diffuse_conv_set_backend(int backend) { conv_mode = backend; }
 bool diffuse_dnnl_available(void) { return false; }
 bool diffuse_dnnl_preferred(int k, int stride) { return false; }
 bool diffuse_dnnl_winograd(const diffuse_conv *c, int n) { return false; }
+int diffuse_dnnl_major(void) { return 0; }
 size_t diffuse_dnnl_conv_scratch(const diffuse_conv *c, int n) { return 0; }
 bool diffuse_dnnl_conv(float *y, const float *x, const float *w, const float *b,
                        const diffuse_conv *c, int n, float *scratch)
@@ -251,6 +252,8 @@ bool diffuse_dnnl_preferred(int k, int stride)
 {
     return mode() != 0 && diffuse_dnnl_available() && k == 3 && (stride == 1 || stride == 2);
 }
+
+int diffuse_dnnl_major(void) { return DNNL_VERSION_MAJOR; }
 
 bool diffuse_dnnl_winograd(const diffuse_conv *c, int n)
 {

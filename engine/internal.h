@@ -296,8 +296,11 @@ bool diffuse_dnnl_available(void);
  * enough (for sizing bands before the exact shape is known). */
 bool diffuse_dnnl_preferred(int k, int stride);
 size_t diffuse_dnnl_conv_scratch(const diffuse_conv *c, int n);
-/* Whether this shape runs oneDNN's Winograd algorithm. */
+/* Whether this shape runs oneDNN's Winograd algorithm (oneDNN 2.x has it for
+ * AVX-512 CPUs; 3.x dropped it on x86, and those builds run direct). */
 bool diffuse_dnnl_winograd(const diffuse_conv *c, int n);
+/* The oneDNN major version built in, 0 without it. */
+int diffuse_dnnl_major(void);
 bool diffuse_dnnl_conv(float *y, const float *x, const float *w, const float *b,
                        const diffuse_conv *c, int n, float *scratch);
 void diffuse_conv_set_backend(int backend);

@@ -78,7 +78,7 @@ const CoreArg core_padding_arg = {
     "Selected area: pixels of context around the selection's bounds (clipped to the layer)"};
 
 const CoreArg core_masked_arg = {
-    "masked-content", "_Masked content",
+    "masked-content", "_7 Masked content",
     "Image to Image with a plain model: what the selection starts from, original (the image) "
     "or latent-noise (noise, so that a strength near 1 paints something new); inpainting "
     "models read the selection themselves"};
