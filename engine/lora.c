@@ -21,6 +21,7 @@
  * Module names are matched against every weight matrix of the model, under
  * each naming. LyCORIS' LoHa/LoKr and DoRA change W otherwise: refused.
  */
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -229,9 +230,13 @@ static int module_delta(diffuse_lora_set *s, const lora_module *mod, const lora_
     if (!float_tensor(d) || !float_tensor(u) || d->ndim < 2 || u->ndim < 2)
         return diffuse_fail(err, "LoRA %s: %s: the factors are not float matrices", file,
                             mod->key);
+    /* products checked: an empty factor passes the file's checks with any rank */
     const int64_t rank = d->shape[0], in = d->numel / (rank ? rank : 1);
-    if (rank < 1 || u->shape[0] != t->rows || u->numel != t->rows * rank ||
-        rank * in != d->numel || t->rows * in != t->numel)
+    int64_t up_numel, down_numel, w_numel;
+    if (rank < 1 || rank > INT_MAX || u->shape[0] != t->rows ||
+        __builtin_mul_overflow(t->rows, rank, &up_numel) || u->numel != up_numel ||
+        __builtin_mul_overflow(rank, in, &down_numel) || down_numel != d->numel ||
+        __builtin_mul_overflow(t->rows, in, &w_numel) || w_numel != t->numel)
         return diffuse_fail(err, "LoRA %s: %s does not fit the model's %s (up %lld x %lld, "
                             "down %lld x %lld; the weight is %lld x %lld): a LoRA for another "
                             "model?", file, mod->key, t->canonical, (long long)u->shape[0],
@@ -247,7 +252,7 @@ static int module_delta(diffuse_lora_set *s, const lora_module *mod, const lora_
                                   .scale = weight * alpha_of(mod->alpha, (float)rank) / (float)rank};
     if (diffuse_weights_lora_push(s->weights, t->canonical, delta))
         return diffuse_fail(err, "internal: %s takes no LoRA", t->canonical);
-    size_t need = (size_t)t->numel + (size_t)(rank * in) + (size_t)(t->rows * rank) + 48;
+    size_t need = (size_t)t->numel + (size_t)down_numel + (size_t)up_numel + 48;
     s->scratch = need > s->scratch ? need : s->scratch;
     s->bytes += d->nbytes + u->nbytes;
     return 0;
@@ -327,7 +332,10 @@ size_t diffuse_lora_file_scratch(const diffuse_st_file *f)
         /* the matrix W [out, in] widened, with its factors beside it */
         const size_t rank = (size_t)mod.down->shape[0], in = (size_t)mod.down->numel / rank;
         const size_t out = (size_t)mod.up->numel / rank;
-        const size_t need = out * in + rank * in + out * rank + 48;
+        size_t w;
+        if (__builtin_mul_overflow(out, in, &w))
+            continue; /* no model has such a matrix: module_delta refuses it, naming it */
+        const size_t need = w + (size_t)mod.down->numel + (size_t)mod.up->numel + 48;
         most = need > most ? need : most;
     }
     return most;

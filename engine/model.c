@@ -216,13 +216,14 @@ static int infer_clip(diffuse_model *m, const cJSON *cfg, const char *prefix,
 static int configure_sdxl(diffuse_model *m, char *err)
 {
     diffuse_unet_config *u = &m->unet_cfg;
+    /* in 64 bits: addition_time_embed_dim comes from unet/config.json */
     const int pooled = m->clip2_cfg.projection, rest = u->add_in - pooled;
     if (u->add_time_dim <= 0 && rest > 0 && rest % DIFFUSE_TIME_IDS == 0)
         u->add_time_dim = rest / DIFFUSE_TIME_IDS;
-    if (u->add_time_dim > 0 && rest == 5 * u->add_time_dim)
+    if (u->add_time_dim > 0 && rest == 5 * (int64_t)u->add_time_dim)
         return diffuse_fail(err, "%s: an SDXL refiner (conditioned on an aesthetic score): not "
                             "supported; load an SDXL base, Turbo or fine-tuned model", m->path);
-    if (u->add_time_dim <= 0 || rest != DIFFUSE_TIME_IDS * u->add_time_dim)
+    if (u->add_time_dim <= 0 || rest != DIFFUSE_TIME_IDS * (int64_t)u->add_time_dim)
         return diffuse_fail(err, "%s: the UNet's added embedding takes %d inputs, which is not "
                             "the pooled text (%d) and 6 size ids", m->path, u->add_in, pooled);
     return 0;

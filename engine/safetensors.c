@@ -78,7 +78,12 @@ static int st_parse_shape(diffuse_st_tensor *t, const cJSON *shape, int elsize, 
     if (ndim > DIFFUSE_MAX_DIMS)
         return diffuse_fail(err, "tensor '%s': %d dimensions (at most %d)", t->name, ndim,
                             DIFFUSE_MAX_DIMS);
-    uint64_t numel = 1, bytes;
+    /* span: the product with zero dimensions counted as 1, so that the limit
+     * does not hang on the order of the dimensions ([0, 2^40, 2^40] is as
+     * absurd as [2^40, 2^40, 0]) and every partial product of a shape that
+     * passes fits in int64 */
+    uint64_t span = 1, bytes;
+    bool empty = false;
     const cJSON *d;
     int i = 0;
     cJSON_ArrayForEach(d, shape)
@@ -86,12 +91,13 @@ static int st_parse_shape(diffuse_st_tensor *t, const cJSON *shape, int elsize, 
         uint64_t v;
         if (!json_uint(d, &v))
             return diffuse_fail(err, "tensor '%s': dimension %d is not a size", t->name, i);
-        if (v && numel > UINT64_MAX / v)
+        if (__builtin_mul_overflow(span, v ? v : 1, &span) || span > (uint64_t)INT64_MAX / 8)
             return diffuse_fail(err, "tensor '%s': shape overflows", t->name);
-        numel *= v;
+        empty = empty || v == 0;
         t->shape[i++] = (int64_t)v;
     }
-    if (numel > (uint64_t)INT64_MAX / 8 || __builtin_mul_overflow(numel, (uint64_t)elsize, &bytes))
+    const uint64_t numel = empty ? 0 : span;
+    if (__builtin_mul_overflow(numel, (uint64_t)elsize, &bytes))
         return diffuse_fail(err, "tensor '%s': shape overflows", t->name);
     t->ndim = ndim;
     t->numel = (int64_t)numel;

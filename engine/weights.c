@@ -58,8 +58,30 @@ struct diffuse_weights {
 
 /* ------------------------------------------------------------------ table */
 
-static int add_entry(diffuse_weights *w, const char *name, const diffuse_st_tensor *t,
-                     int64_t row0, int64_t rows, char *err)
+/* The largest dimension a weight may have: far above any model's (CLIP's
+ * 49,408-token vocabulary, SDXL's 10,240-wide feed-forward), and small enough
+ * that the int arithmetic on sizes read off the weights (2 c + 1 latent
+ * channels, the sum of two text widths) cannot overflow. An empty tensor
+ * passes the file's own checks with any dimensions beside its 0. */
+#define WEIGHT_MAX_DIM ((int64_t)1 << 24)
+
+/* Its element count in *numel, each product checked; an absurd dimension
+ * fails naming the file and the tensor. */
+static int entry_numel(const diffuse_st_file *f, const diffuse_st_tensor *t, const int64_t *shape,
+                       int64_t *numel, char *err)
+{
+    *numel = 1;
+    for (int i = 0; i < t->ndim; i++)
+        if (shape[i] < 0 || shape[i] > WEIGHT_MAX_DIM ||
+            __builtin_mul_overflow(*numel, shape[i], numel))
+            return diffuse_fail(err, "%s: tensor '%s': dimension %d is %lld (at most %lld)",
+                                f->path, t->name, i, (long long)shape[i],
+                                (long long)WEIGHT_MAX_DIM);
+    return 0;
+}
+
+static int add_entry(diffuse_weights *w, const char *name, const diffuse_st_file *f,
+                     const diffuse_st_tensor *t, int64_t row0, int64_t rows, char *err)
 {
     if (w->count == w->cap) {
         int cap = w->cap ? w->cap * 2 : 256;
@@ -79,9 +101,10 @@ static int add_entry(diffuse_weights *w, const char *name, const diffuse_st_tens
     memcpy(e->shape, t->shape, sizeof e->shape);
     if (rows >= 0)
         e->shape[0] = rows;
-    e->numel = 1;
-    for (int i = 0; i < e->ndim; i++)
-        e->numel *= e->shape[i];
+    if (entry_numel(f, t, e->shape, &e->numel, err)) {
+        free(e->name);
+        return -1;
+    }
     w->count++;
     return 0;
 }
@@ -312,8 +335,8 @@ static bool map_openclip(const char *k, const char *comp, char *out, size_t size
 
 /* ------------------------------------------------------------------ layouts */
 
-static int add_split(diffuse_weights *w, const char *pattern, const diffuse_st_tensor *t,
-                     char *err)
+static int add_split(diffuse_weights *w, const char *pattern, const diffuse_st_file *f,
+                     const diffuse_st_tensor *t, char *err)
 {
     static const char *qkv[3] = {"q", "k", "v"};
     if (t->ndim < 1 || t->shape[0] % 3)
@@ -321,7 +344,7 @@ static int add_split(diffuse_weights *w, const char *pattern, const diffuse_st_t
     for (int p = 0; p < 3; p++) {
         char name[512];
         snprintf(name, sizeof name, pattern, qkv[p]);
-        if (add_entry(w, name, t, p * t->shape[0] / 3, t->shape[0] / 3, err))
+        if (add_entry(w, name, f, t, p * t->shape[0] / 3, t->shape[0] / 3, err))
             return -1;
     }
     return 0;
@@ -384,7 +407,7 @@ static int load_ldm(diffuse_weights *w, const diffuse_st_file *f, char *err)
             continue; /* EMA copies, schedule buffers, position_ids, logit_scale... */
         if (transposed && t->ndim != 2)
             return diffuse_fail(err, "tensor '%s' is not a matrix", t->name);
-        if (split ? add_split(w, name, t, err) : add_entry(w, name, t, 0, -1, err))
+        if (split ? add_split(w, name, f, t, err) : add_entry(w, name, f, t, 0, -1, err))
             return -1;
         if (transposed) {
             weight_entry *te = &w->entries[w->count - 1];
@@ -408,7 +431,7 @@ static int load_diffusers_part(diffuse_weights *w, const diffuse_st_file *f, con
         snprintf(name, sizeof name, "%s%s", prefix, t->name);
         if (strcmp(prefix, "vae.") == 0)
             rename_vae_attention(name, sizeof name);
-        if (add_entry(w, name, t, 0, -1, err))
+        if (add_entry(w, name, f, t, 0, -1, err))
             return -1;
     }
     return 0;
@@ -472,7 +495,7 @@ static int add_taesd_original(diffuse_weights *w, const diffuse_st_file *f, bool
             return diffuse_fail(err, "%s: tensor '%s' is not a TAESD layer", f->path, t->name);
         snprintf(name, sizeof name, "taesd.%s.layers.%d.%s", decoder ? "decoder" : "encoder",
                  decoder ? idx - 1 : idx, t->name + len);
-        if (add_entry(w, name, t, 0, -1, err))
+        if (add_entry(w, name, f, t, 0, -1, err))
             return -1;
     }
     return 0;

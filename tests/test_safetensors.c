@@ -100,6 +100,7 @@ static const bad_case bad_cases[] = {
     {"bad_shape_too_many_dims.safetensors", "dimensions"},
     {"bad_shape_overflow.safetensors", "overflows"},
     {"bad_shape_overflow_bytes.safetensors", "overflows"},
+    {"bad_shape_overflow_empty.safetensors", "overflows"},
     {"bad_wrong_dtype_size.safetensors", "need 16"},
     {"bad_truncated_data.safetensors", "outside the file"},
     {"bad_offsets_reversed.safetensors", "outside the file"},
