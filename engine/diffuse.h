@@ -139,6 +139,11 @@ typedef struct diffuse_model diffuse_model;
  * Returns NULL with a message in err on failure. The caller frees the model. */
 diffuse_model *diffuse_model_load(const char *path, const diffuse_load_params *params,
                                   char *err, size_t err_size);
+/* The same, with the kind of a failure: DIFFUSE_ERR_IO (a file or folder that
+ * cannot be read, the vocabulary not found), DIFFUSE_ERR_FORMAT (malformed, or not a
+ * model Diffuse runs), DIFFUSE_ERR_MEMORY. *out: the model, or NULL. */
+diffuse_status diffuse_model_open(const char *path, const diffuse_load_params *params,
+                                  diffuse_model **out, char *err, size_t err_size);
 void diffuse_model_free(diffuse_model *model);
 
 typedef struct diffuse_model_info {

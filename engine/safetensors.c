@@ -206,42 +206,43 @@ static int st_parse_header(diffuse_st_file *f, const char *json, size_t len, cha
     return rc;
 }
 
-static int st_map(diffuse_st_file *f, char *err)
+static diffuse_status st_map(diffuse_st_file *f, char *err)
 {
     int fd = open(f->path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return diffuse_fail(err, "%s: %s", f->path, strerror(errno));
+        return diffuse_fail(err, "%s: %s", f->path, strerror(errno)), DIFFUSE_ERR_IO;
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         close(fd);
-        return diffuse_fail(err, "%s: not a regular file", f->path);
+        return diffuse_fail(err, "%s: not a regular file", f->path), DIFFUSE_ERR_IO;
     }
     if (st.st_size < 8) {
         close(fd);
         return diffuse_fail(err, "%s: truncated (%lld bytes, no header)", f->path,
-                            (long long)st.st_size);
+                            (long long)st.st_size), DIFFUSE_ERR_FORMAT;
     }
     f->map_size = (size_t)st.st_size;
     f->map = mmap(NULL, f->map_size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (f->map == MAP_FAILED) {
         f->map = NULL;
-        return diffuse_fail(err, "%s: cannot map: %s", f->path, strerror(errno));
+        return diffuse_fail(err, "%s: cannot map: %s", f->path, strerror(errno)), DIFFUSE_ERR_IO;
     }
-    return 0;
+    return DIFFUSE_OK;
 }
 
-int diffuse_st_open(const char *path, diffuse_st_file **out, char *err)
+diffuse_status diffuse_st_open(const char *path, diffuse_st_file **out, char *err)
 {
     *out = NULL;
     diffuse_st_file *f = calloc(1, sizeof *f);
     if (!f || !(f->path = strdup(path))) {
         free(f);
-        return diffuse_fail(err, "out of memory");
+        return diffuse_fail(err, "out of memory"), DIFFUSE_ERR_MEMORY;
     }
-    if (st_map(f, err)) {
+    diffuse_status st = st_map(f, err);
+    if (st != DIFFUSE_OK) {
         diffuse_st_close(f);
-        return -1;
+        return st;
     }
     uint64_t len = 0;
     for (int i = 7; i >= 0; i--)
@@ -262,10 +263,10 @@ int diffuse_st_open(const char *path, diffuse_st_file **out, char *err)
     }
     if (rc) {
         diffuse_st_close(f);
-        return -1;
+        return DIFFUSE_ERR_FORMAT;
     }
     *out = f;
-    return 0;
+    return DIFFUSE_OK;
 }
 
 void diffuse_st_close(diffuse_st_file *f)

@@ -9,6 +9,7 @@
  * parameters), and the matrices of small components, are converted to float32,
  * once.
  */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -452,7 +453,7 @@ static bool find_part_file(const char *dir, const char *sub, char *path, size_t 
     return false;
 }
 
-static int load_diffusers(diffuse_weights *w, const char *dir, char *err)
+static diffuse_status load_diffusers(diffuse_weights *w, const char *dir, char *err)
 {
     /* text_encoder_2 is SDXL's; an SDXL refiner has it alone (refused with a
      * clear message by the model loader, which sees what the folder holds) */
@@ -466,15 +467,16 @@ static int load_diffusers(diffuse_weights *w, const char *dir, char *err)
                 continue;
             return diffuse_fail(err, "%s: no %s/diffusion_pytorch_model.safetensors or "
                                 "%s/model.safetensors: not a diffusers model folder",
-                                dir, subs[p], subs[p]);
+                                dir, subs[p], subs[p]), DIFFUSE_ERR_FORMAT;
         }
-        if (diffuse_st_open(path, &w->files[w->nfiles], err))
-            return -1;
+        diffuse_status st = diffuse_st_open(path, &w->files[w->nfiles], err);
+        if (st != DIFFUSE_OK)
+            return st;
         if (load_diffusers_part(w, w->files[w->nfiles++], prefixes[p], err))
-            return -1;
+            return DIFFUSE_ERR_FORMAT;
     }
     w->layout = "diffusers";
-    return 0;
+    return DIFFUSE_OK;
 }
 
 /* ------------------------------------------------------------------ TAESD */
@@ -522,11 +524,15 @@ static bool taesd_sibling(const char *path, bool decoder, char *out, size_t size
     return stat(out, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-static int open_taesd_file(diffuse_weights *w, const char *path, bool sibling, char *err)
+static diffuse_status open_taesd_file(diffuse_weights *w, const char *path, bool sibling,
+                                      char *err)
 {
     diffuse_st_file *f;
-    if (w->nfiles >= 4 || diffuse_st_open(path, &f, err))
-        return -1;
+    if (w->nfiles >= 4)
+        return diffuse_fail(err, "%s: too many TAESD files", path), DIFFUSE_ERR_FORMAT;
+    diffuse_status st = diffuse_st_open(path, &f, err);
+    if (st != DIFFUSE_OK)
+        return st;
     w->files[w->nfiles++] = f;
     bool diffusers = false;
     for (int i = 0; i < f->count; i++)
@@ -534,63 +540,62 @@ static int open_taesd_file(diffuse_weights *w, const char *path, bool sibling, c
                     starts(f->tensors[i].name, "decoder.layers.");
     if (diffusers) {
         w->layout = "diffusers";
-        return load_diffusers_part(w, f, "taesd.", err);
+        return load_diffusers_part(w, f, "taesd.", err) ? DIFFUSE_ERR_FORMAT : DIFFUSE_OK;
     }
     const int half = taesd_half(f);
     if (half < 0)
-        return diffuse_fail(err, "%s: not a TAESD file (no encoder or decoder layers)", path);
+        return diffuse_fail(err, "%s: not a TAESD file (no encoder or decoder layers)", path),
+               DIFFUSE_ERR_FORMAT;
     w->layout = "original";
     if (add_taesd_original(w, f, half == 1, err))
-        return -1;
+        return DIFFUSE_ERR_FORMAT;
     char other[4096];
     if (sibling && taesd_sibling(path, half == 1, other, sizeof other))
         return open_taesd_file(w, other, false, err);
-    return 0;
+    return DIFFUSE_OK;
 }
 
 /* The table sorted and checked, small components marked for widening once;
  * *out = w on success, w freed on failure (rc != 0 on entry: already failed). */
-static int weights_done(diffuse_weights *w, int rc, const char *path, diffuse_weights **out,
-                        char *err)
+static diffuse_status weights_done(diffuse_weights *w, diffuse_status st, const char *path,
+                                   diffuse_weights **out, char *err)
 {
-    if (rc == 0)
-        rc = finish_table(w, err);
-    for (int c = 0; rc == 0 && c < NCOMPONENTS; c++) /* widening per use pays off for big ones */
+    if (st == DIFFUSE_OK && finish_table(w, err))
+        st = DIFFUSE_ERR_FORMAT;
+    for (int c = 0; st == DIFFUSE_OK && c < NCOMPONENTS; c++) /* widening per use pays off for big ones */
         w->keep_widened[c] = (size_t)diffuse_weights_count(w, COMPONENTS[c]) * sizeof(float) <=
                              KEEP_WIDENED_BYTES;
-    if (rc == 0 && w->count == 0)
-        rc = diffuse_fail(err, "%s: holds no Stable Diffusion weights", path);
-    if (rc) {
+    if (st == DIFFUSE_OK && w->count == 0)
+        st = (diffuse_fail(err, "%s: holds no Stable Diffusion weights", path), DIFFUSE_ERR_FORMAT);
+    if (st != DIFFUSE_OK) {
         diffuse_weights_free(w);
-        return -1;
+        return st;
     }
     *out = w;
-    return 0;
+    return DIFFUSE_OK;
 }
 
-/* An empty store for path, which must exist; *dir: whether it is a folder. */
-static diffuse_weights *weights_new(const char *path, bool *dir, char *err)
+/* An empty store in *w for path, which must exist; *dir: whether it is a folder. */
+static diffuse_status weights_new(const char *path, bool *dir, diffuse_weights **w, char *err)
 {
     struct stat st;
-    if (stat(path, &st) != 0) {
-        diffuse_fail(err, "%s: no such file or folder", path);
-        return NULL;
-    }
+    *w = NULL;
+    if (stat(path, &st) != 0)
+        return diffuse_fail(err, "%s: %s", path, strerror(errno)), DIFFUSE_ERR_IO;
     *dir = S_ISDIR(st.st_mode);
-    diffuse_weights *w = calloc(1, sizeof *w);
-    if (!w)
-        diffuse_fail(err, "out of memory");
-    return w;
+    if (!(*w = calloc(1, sizeof **w)))
+        return diffuse_fail(err, "out of memory"), DIFFUSE_ERR_MEMORY;
+    return DIFFUSE_OK;
 }
 
-int diffuse_weights_open_taesd(const char *path, diffuse_weights **out, char *err)
+diffuse_status diffuse_weights_open_taesd(const char *path, diffuse_weights **out, char *err)
 {
     bool dir;
+    diffuse_weights *w;
     *out = NULL;
-    diffuse_weights *w = weights_new(path, &dir, err);
-    if (!w)
-        return -1;
-    int rc = 0;
+    diffuse_status st = weights_new(path, &dir, &w, err);
+    if (st != DIFFUSE_OK)
+        return st;
     char file[4096];
     if (dir) {
         static const char *names[] = {"diffusion_pytorch_model.safetensors",
@@ -604,34 +609,35 @@ int diffuse_weights_open_taesd(const char *path, diffuse_weights **out, char *er
             if (stat(file, &fs) == 0 && S_ISREG(fs.st_mode))
                 break;
         }
-        rc = i < sizeof names / sizeof names[0]
+        st = i < sizeof names / sizeof names[0]
                  ? open_taesd_file(w, file, true, err)
-                 : diffuse_fail(err, "%s: no TAESD here (diffusion_pytorch_model.safetensors, or "
-                                "taesd_encoder/taesd_decoder.safetensors)", path);
+                 : (diffuse_fail(err, "%s: no TAESD here (diffusion_pytorch_model.safetensors, or "
+                                 "taesd_encoder/taesd_decoder.safetensors)", path),
+                    DIFFUSE_ERR_FORMAT);
     } else {
-        rc = open_taesd_file(w, path, true, err);
+        st = open_taesd_file(w, path, true, err);
     }
-    return weights_done(w, rc, path, out, err);
+    return weights_done(w, st, path, out, err);
 }
 
-int diffuse_weights_open(const char *path, diffuse_weights **out, char *err)
+diffuse_status diffuse_weights_open(const char *path, diffuse_weights **out, char *err)
 {
     bool dir;
+    diffuse_weights *w;
     *out = NULL;
-    diffuse_weights *w = weights_new(path, &dir, err);
-    if (!w)
-        return -1;
-    int rc;
+    diffuse_status st = weights_new(path, &dir, &w, err);
+    if (st != DIFFUSE_OK)
+        return st;
     if (dir) {
-        rc = load_diffusers(w, path, err);
+        st = load_diffusers(w, path, err);
     } else {
-        rc = diffuse_st_open(path, &w->files[0], err);
-        if (rc == 0) {
+        st = diffuse_st_open(path, &w->files[0], err);
+        if (st == DIFFUSE_OK) {
             w->nfiles = 1;
-            rc = load_ldm(w, w->files[0], err);
+            st = load_ldm(w, w->files[0], err) ? DIFFUSE_ERR_FORMAT : DIFFUSE_OK;
         }
     }
-    return weights_done(w, rc, path, out, err);
+    return weights_done(w, st, path, out, err);
 }
 
 void diffuse_weights_free(diffuse_weights *w)

@@ -55,7 +55,7 @@ static diffuse_tokenizer *load_ok(const char *path, const char *what)
     char err[DIFFUSE_ERROR_SIZE] = "";
     diffuse_tokenizer *tok = NULL;
     double t0 = now_ms();
-    int rc = path ? diffuse_tokenizer_load(path, &tok, err) : -1;
+    int rc = path ? (int)diffuse_tokenizer_load(path, &tok, err) : -1;
     if (!path)
         return NULL;
     printf("load %s: %.1f ms\n", what, now_ms() - t0);
@@ -255,14 +255,20 @@ static void check_paths(const char *folder, const char *tmp)
 
 /* ------------------------------------------------------------------ failures */
 
-/* Loads path, which must fail with a message containing `want`. */
-static void expect_fail(const char *path, const char *want)
+/* Loads path, which must fail as `kind` with a message containing `want`. */
+static void expect_fail_as(const char *path, diffuse_status kind, const char *want)
 {
     char err[DIFFUSE_ERROR_SIZE] = "";
     diffuse_tokenizer *tok = (diffuse_tokenizer *)&err; /* must come back NULL */
-    int rc = diffuse_tokenizer_load(path, &tok, err);
-    CHECK(rc == -1 && tok == NULL && strstr(err, want), "load %s: rc %d, \"%s\", want \"%s\"",
-          path, rc, err, want);
+    diffuse_status st = diffuse_tokenizer_load(path, &tok, err);
+    CHECK(st == kind && tok == NULL && strstr(err, want),
+          "load %s: status %d (want %d), \"%s\", want \"%s\"", path, st, kind, err, want);
+}
+
+/* ... a malformed vocabulary: DIFFUSE_ERR_FORMAT. */
+static void expect_fail(const char *path, const char *want)
+{
+    expect_fail_as(path, DIFFUSE_ERR_FORMAT, want);
 }
 
 /* A folder holding a vocab.json and a merges.txt with the given contents. */
@@ -306,11 +312,11 @@ static char *tiny_vocab(void)
 static void check_load_errors(const char *tmp)
 {
     char path[4096];
-    expect_fail("/nonexistent/tokenizer", "cannot open");
-    expect_fail(tmp, "no vocab.json");                /* empty folder */
+    expect_fail_as("/nonexistent/tokenizer", DIFFUSE_ERR_IO, "cannot open");
+    expect_fail_as(tmp, DIFFUSE_ERR_IO, "no vocab.json"); /* empty folder */
     snprintf(path, sizeof path, "%s/vocab.json", tmp);
     write_text(path, "{\"a\": 0}");
-    expect_fail(tmp, "no merges");                    /* vocab.json alone */
+    expect_fail_as(tmp, DIFFUSE_ERR_IO, "no merges");                    /* vocab.json alone */
     unlink(path);
     expect_fail_hf(tmp, "{\"a\": 0, ", "#version: 0.2\n", "not valid JSON");
     expect_fail_hf(tmp, "[1, 2]", "#version: 0.2\n", "expected an object");

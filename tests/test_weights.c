@@ -70,7 +70,7 @@ static void test_absurd_dimensions(void)
         diffuse_weights *w = NULL;
         strcpy(err, "(no message)");
         CHECK(write_header_only(path, json), "cannot write %s", path);
-        CHECK(diffuse_weights_open(path, &w, err) == -1 && !w, "%s %s opened", cases[i].tensor,
+        CHECK(diffuse_weights_open(path, &w, err) == DIFFUSE_ERR_FORMAT && !w, "%s %s opened", cases[i].tensor,
               cases[i].shape);
         CHECK(strstr(err, path) && strstr(err, cases[i].tensor) && strstr(err, cases[i].dim),
               "%s %s: message names neither the file, the tensor nor the dimension: %s",
@@ -139,9 +139,9 @@ int main(void)
         diffuse_weights_free(wd);
         diffuse_weights_free(wl);
     }
-    CHECK(diffuse_weights_open("/nonexistent/model", &(diffuse_weights *){NULL}, err) == -1 &&
+    CHECK(diffuse_weights_open("/nonexistent/model", &(diffuse_weights *){NULL}, err) == DIFFUSE_ERR_IO &&
           strstr(err, "/nonexistent/model"), "missing path: %s", err);
-    CHECK(diffuse_weights_open("/tmp", &(diffuse_weights *){NULL}, err) == -1 &&
+    CHECK(diffuse_weights_open("/tmp", &(diffuse_weights *){NULL}, err) == DIFFUSE_ERR_FORMAT &&
           strstr(err, "not a diffusers model folder"), "not a model folder: %s", err);
     test_absurd_dimensions();
     TEST_END();

@@ -4,6 +4,10 @@
  *   diffuse tokenize [--vocab PATH] TEXT
  *   diffuse info --model PATH
  * Errors go to stderr with a non-zero exit status; a bad argument is named.
+ * The status says the kind of failure (exit_status): 2 a bad argument, 3 a
+ * file that cannot be read or written, 4 a malformed file or a model Diffuse
+ * does not run, 5 not enough memory, 6 cancelled, 7 numbers gone NaN or
+ * infinite; 1 anything else.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -41,6 +45,12 @@ static int usage(void)
             "       diffuse tokenize [--vocab PATH] TEXT\n"
             "       diffuse info --model PATH [--vocab PATH]\n");
     return 2;
+}
+
+/* The engine's kinds of failure in the order of diffuse_status: ARGUMENT 2 ... NONFINITE 7. */
+static int exit_status(diffuse_status st)
+{
+    return st == DIFFUSE_OK ? 0 : (int)st + 1;
 }
 
 static int bad_arg(const char *name, const char *value, const char *why)
@@ -502,7 +512,7 @@ static int write_outputs(const gen_opts *o, const diffuse_image *images, const c
         free(text);
         if (failed) {
             fprintf(stderr, "diffuse: %s\n", err);
-            return 1;
+            return exit_status(text ? DIFFUSE_ERR_IO : DIFFUSE_ERR_MEMORY);
         }
         fprintf(stderr, "wrote %s (seed %llu)\n", path, (unsigned long long)images[i].seed);
     }
@@ -531,8 +541,10 @@ static int cmd_generate(int argc, char **argv)
         o.req.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     const char *path = resolve_model(o.model, buf, sizeof buf);
     double t0 = now_s();
-    if (!(model = diffuse_model_load(path, &o.load, err, sizeof err))) {
-        rc = bad_arg("--model", o.model, err);
+    diffuse_status st = diffuse_model_open(path, &o.load, &model, err, sizeof err);
+    if (st != DIFFUSE_OK) {
+        bad_arg("--model", o.model, err);
+        rc = exit_status(st);
         goto done;
     }
     const double load_s = now_s() - t0;
@@ -553,12 +565,12 @@ static int cmd_generate(int argc, char **argv)
     if (o.verbose)
         o.req.stats = &stats;
     images = calloc((size_t)o.req.count, sizeof *images);
-    diffuse_status st = diffuse_generate(model, &o.req, images, err, sizeof err);
+    st = diffuse_generate(model, &o.req, images, err, sizeof err);
     if (o.verbose)
         print_stats(&stats, load_s);
     if (st != DIFFUSE_OK) {
         fprintf(stderr, "diffuse: %s\n", err);
-        rc = 1;
+        rc = exit_status(st);
         goto done;
     }
     rc = write_outputs(&o, images, o.model);
@@ -619,9 +631,12 @@ static int cmd_tokenize(int argc, char **argv)
     if (!text)
         return bad_arg("TEXT", "", "missing");
     int32_t ids[DIFFUSE_MAX_TOKENS];
-    if (diffuse_tokenize(vocab ? vocab : default_vocab(buf, sizeof buf), text, ids, err,
-                         sizeof err) != DIFFUSE_OK)
-        return bad_arg("--vocab", vocab ? vocab : buf, err);
+    diffuse_status st = diffuse_tokenize(vocab ? vocab : default_vocab(buf, sizeof buf), text, ids,
+                                         err, sizeof err);
+    if (st != DIFFUSE_OK) {
+        bad_arg("--vocab", vocab ? vocab : buf, err);
+        return exit_status(st);
+    }
     for (int i = 0; i < DIFFUSE_MAX_TOKENS; i++)
         printf("%d%c", ids[i], i + 1 < DIFFUSE_MAX_TOKENS ? ' ' : '\n');
     return 0;
@@ -644,10 +659,12 @@ static int cmd_info(int argc, char **argv)
     }
     if (!model_arg)
         return bad_arg("--model", "", "missing");
-    diffuse_model *m = diffuse_model_load(resolve_model(model_arg, buf, sizeof buf), &p, err, sizeof err);
-    if (!m) {
+    diffuse_model *m;
+    diffuse_status st = diffuse_model_open(resolve_model(model_arg, buf, sizeof buf), &p, &m, err,
+                                           sizeof err);
+    if (st != DIFFUSE_OK) {
         fprintf(stderr, "diffuse: --model '%s': %s\n", model_arg, err);
-        return 1;
+        return exit_status(st);
     }
     diffuse_model_info in;
     diffuse_model_get_info(m, &in);
