@@ -59,6 +59,13 @@ static int bad_arg(const char *name, const char *value, const char *why)
     return 2;
 }
 
+/* A file argument that failed as `kind`: named like any argument, its status the kind's. */
+static int bad_file(const char *name, const char *path, const char *why, diffuse_status kind)
+{
+    bad_arg(name, path, why);
+    return exit_status(kind);
+}
+
 static bool parse_int(const char *s, long lo, long hi, long *out)
 {
     char *end;
@@ -232,8 +239,9 @@ static int from_png(gen_opts *o)
 {
     char err[DIFFUSE_ERROR_SIZE];
     char *text = png_read_text(o->from, "parameters", err, sizeof err);
-    if (!text)
-        return bad_arg("--from", o->from, err);
+    if (!text) /* no such file, or no PNG, or none of that text */
+        return bad_file("--from", o->from, err, access(o->from, R_OK) ? DIFFUSE_ERR_IO
+                                                                      : DIFFUSE_ERR_ARGUMENT);
     diffuse_parameters *p = &o->from_params;
     diffuse_status st = diffuse_parameters_parse(text, p, err, sizeof err);
     free(text);
@@ -410,8 +418,9 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
     if (optind < argc) return bad_arg("argument", argv[optind], "unexpected");
     if (o->req.preview_every && !o->req.preview)
         return bad_arg("--preview-every", "", "needs --preview PATH.png");
-    if (o->from && from_png(o))
-        return 2;
+    int rc;
+    if (o->from && (rc = from_png(o)))
+        return rc;
     if (!o->model) return bad_arg("--model", "", "missing");
     if (!o->req.prompt) return bad_arg("--prompt", "", "missing");
     if (!o->output) return bad_arg("--output", "", "missing");
@@ -441,7 +450,7 @@ static int check_output(const char *arg, const char *out)
     if (stat(dir, &st) != 0 || access(dir, W_OK) != 0) {
         char why[300];
         snprintf(why, sizeof why, "cannot write into %s: %s", dir, strerror(errno));
-        return bad_arg(arg, out, why);
+        return bad_file(arg, out, why, DIFFUSE_ERR_IO);
     }
     return 0;
 }
@@ -463,10 +472,11 @@ static int load_inputs(gen_opts *o, float **init, float **mask)
 {
     char err[DIFFUSE_ERROR_SIZE];
     int w, h, mw, mh;
+    diffuse_status why;
     if (!o->init)
         return 0;
-    if (!(*init = png_read(o->init, 3, DIFFUSE_MAX_SIDE, &w, &h, err, sizeof err)))
-        return bad_arg("--init", o->init, err);
+    if (!(*init = png_read(o->init, 3, DIFFUSE_MAX_SIDE, &w, &h, &why, err, sizeof err)))
+        return bad_file("--init", o->init, err, why);
     if (o->req.width && o->req.height && (w != o->req.width || h != o->req.height))
         return bad_arg("--init", o->init, "image size differs from --width/--height");
     if (w % 8 || h % 8)
@@ -475,8 +485,8 @@ static int load_inputs(gen_opts *o, float **init, float **mask)
     o->req.height = h;
     o->req.init_image = *init;
     if (o->mask) {
-        if (!(*mask = png_read(o->mask, 1, DIFFUSE_MAX_SIDE, &mw, &mh, err, sizeof err)))
-            return bad_arg("--mask", o->mask, err);
+        if (!(*mask = png_read(o->mask, 1, DIFFUSE_MAX_SIDE, &mw, &mh, &why, err, sizeof err)))
+            return bad_file("--mask", o->mask, err, why);
         if (mw != w || mh != h)
             return bad_arg("--mask", o->mask, "mask size differs from the init image");
         o->req.mask = *mask;

@@ -1,4 +1,5 @@
 /* png.c: PNG in and out for the command-line tool, on libpng's simplified API. */
+#include <errno.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -10,21 +11,31 @@
 
 #include "png.h"
 
-float *png_read(const char *path, int channels, int max_side, int *w, int *h, char *err,
-               size_t err_size)
+float *png_read(const char *path, int channels, int max_side, int *w, int *h, diffuse_status *why,
+               char *err, size_t err_size)
 {
     png_image img;
     memset(&img, 0, sizeof img);
     img.version = PNG_IMAGE_VERSION;
-    if (!png_image_begin_read_from_file(&img, path)) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, err_size, "%s: %s", path, strerror(errno));
+        *why = DIFFUSE_ERR_IO;
+        return NULL;
+    }
+    *why = DIFFUSE_ERR_FORMAT;
+    if (!png_image_begin_read_from_stdio(&img, f)) {
         snprintf(err, err_size, "%s: cannot read PNG: %s", path, img.message);
+        fclose(f);
         return NULL;
     }
     if (img.width > (png_uint_32)max_side || img.height > (png_uint_32)max_side) {
         /* checked from the header, before anything is decoded or allocated */
         snprintf(err, err_size, "%s: the image is %ux%u, larger than %d pixels on a side", path,
                  (unsigned)img.width, (unsigned)img.height, max_side);
+        *why = DIFFUSE_ERR_ARGUMENT;
         png_image_free(&img);
+        fclose(f);
         return NULL;
     }
     img.format = channels == 1 ? PNG_FORMAT_GRAY : PNG_FORMAT_RGB;
@@ -33,11 +44,14 @@ float *png_read(const char *path, int channels, int max_side, int *w, int *h, ch
     float *out = malloc(sizeof(float) * (n ? n : 1));
     if (!buf || !out || !png_image_finish_read(&img, NULL, buf, 0, NULL)) {
         snprintf(err, err_size, "%s: cannot decode PNG: %s", path, buf && out ? img.message : "out of memory");
+        *why = buf && out ? DIFFUSE_ERR_FORMAT : DIFFUSE_ERR_MEMORY;
         png_image_free(&img);
+        fclose(f);
         free(buf);
         free(out);
         return NULL;
     }
+    fclose(f);
     for (size_t i = 0; i < n; i++)
         out[i] = buf[i] / 255.0f;
     *w = (int)img.width;
