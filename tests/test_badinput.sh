@@ -75,16 +75,21 @@ t += b" " * (-len(t) % 8)
 open(p, "wb").write(struct.pack("<Q", len(t)) + t + b"".join(blobs))
 PYEOF
 }
-# png FILE W H: an RGB PNG of that size; with a 4th argument, only its header
+# png FILE W H [header|bigtext|garbage]: an RGB PNG of that size; only its header;
+# a text chunk first that declares 2,000,000,000 bytes (libpng allocated them);
+# or image data that is not zlib's
 png() {
     python3 - "$@" <<'PYEOF'
 import struct, sys, zlib
 p, w, h = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+how = sys.argv[4] if len(sys.argv) > 4 else ""
 def chunk(kind, body):
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xffffffff)
-rows = b"" if len(sys.argv) > 4 else b"".join(b"\0" + b"\x80" * (3 * w) for _ in range(h))
+rows = b"" if how == "header" else b"".join(b"\0" + b"\x80" * (3 * w) for _ in range(h))
+text = struct.pack(">I", 2000000000) + b"iTXtparameters\0\0\0\0\0x" if how == "bigtext" else b""
+data = b"\x78\x9c" + b"\xff" * 64 if how == "garbage" else zlib.compress(rows)
 open(p, "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) +
-                    chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+                    text + chunk(b"IDAT", data) + chunk(b"IEND", b""))
 PYEOF
 }
 
@@ -103,6 +108,8 @@ png "$tmp/in/ok.png" 64 64
 png "$tmp/in/odd.png" 60 64
 png "$tmp/in/small.png" 32 32
 png "$tmp/in/huge.png" 20000 20000 header
+png "$tmp/in/bigtext.png" 64 64 bigtext
+png "$tmp/in/garbage.png" 64 64 garbage
 head -c 100 "$tmp/in/ok.png" >"$tmp/in/cut.png"
 echo "not a png" >"$tmp/in/text.png"
 echo "not safetensors" >"$tmp/in/lora.safetensors"
@@ -149,14 +156,19 @@ cases() {
 2|not a regular file|$G --output /dev/full
 2|unexpected|info --model $M --frobnicate
 3|No such file|$G --init $tmp/in/missing.png $O
-3|no such file|$G --from $tmp/in/missing.png $O
+3|No such file|$G --from $tmp/in/missing.png $O
 3|No such file|info --model $tmp/missing
 3|No such file|$G --output $tmp/missing/o.png
 3|missing.safetensors|$G --lora $tmp/in/missing.safetensors $O
 3|cannot read|generate --model $M --prompt x~<lora:missing:1> --lora-dir $LORAS --steps 1 --width 64 --height 64 $O
 3|cannot open|tokenize --vocab $tmp/in/missing x
 4|cannot read PNG|$G --init $tmp/in/text.png $O
-4|cannot decode PNG|$G --init $tmp/in/cut.png $O
+4|iTXt chunk declares 2000000000 bytes|$G --init $tmp/in/bigtext.png $O
+4|iTXt chunk declares 2000000000 bytes|$G --from $tmp/in/bigtext.png $O
+4|cannot read PNG|$G --from $tmp/in/text.png $O
+2|no "parameters" text|$G --from $tmp/in/ok.png $O
+4|IDAT chunk declares 192 bytes|$G --init $tmp/in/cut.png $O
+4|cannot decode PNG|$G --init $tmp/in/garbage.png $O
 4|JSON|info --model $FIX/bad_header_not_json.safetensors
 4|outside the file|info --model $FIX/bad_truncated_data.safetensors
 4|no Stable Diffusion weights|info --model $FIX/ok_no_model.safetensors

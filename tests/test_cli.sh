@@ -504,7 +504,7 @@ PYEOF
             grep -a -q "Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 5, Seed: 3, Size: 64x64, Model: $MODEL, RNG: NV" "$tmp/from-other.png"
         check $? "--from an A1111 image: $(cat "$tmp/err")"
     }
-    expect_error "--from a missing file" "no such file" "$BIN" generate "$@" --from "$tmp/none.png" --output "$tmp/bad.png"
+    expect_error "--from a missing file" "No such file" "$BIN" generate "$@" --from "$tmp/none.png" --output "$tmp/bad.png"
     expect_error "--from not a PNG" "cannot read PNG" "$BIN" generate "$@" --from "$FIXTURES/ok_valid.safetensors" --output "$tmp/bad.png"
     make_mask "$tmp/plain.png" 16 16
     expect_error "--from a PNG without text" "no \"parameters\" text" "$BIN" generate "$@" --from "$tmp/plain.png" --output "$tmp/bad.png"

@@ -238,10 +238,10 @@ static int add_lora(gen_opts *o, const char *arg)
 static int from_png(gen_opts *o)
 {
     char err[DIFFUSE_ERROR_SIZE];
-    char *text = png_read_text(o->from, "parameters", err, sizeof err);
-    if (!text) /* no such file, or no PNG, or none of that text */
-        return bad_file("--from", o->from, err, access(o->from, R_OK) ? DIFFUSE_ERR_IO
-                                                                      : DIFFUSE_ERR_ARGUMENT);
+    diffuse_status why;
+    char *text = png_read_text(o->from, "parameters", &why, err, sizeof err);
+    if (!text)
+        return bad_file("--from", o->from, err, why);
     diffuse_parameters *p = &o->from_params;
     diffuse_status st = diffuse_parameters_parse(text, p, err, sizeof err);
     free(text);

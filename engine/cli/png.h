@@ -18,7 +18,9 @@ float *png_read(const char *path, int channels, int max_side, int *w, int *h, di
 int png_write_rgb(const char *path, const float *rgb, int w, int h, const char *text_key,
                   const char *text, char *err, size_t err_size);
 /* The text stored under key (a tEXt, zTXt or iTXt chunk before the image
- * data), malloc'd; NULL with a message in err when there is none. */
-char *png_read_text(const char *path, const char *key, char *err, size_t err_size);
+ * data), malloc'd; NULL with a message in err and the kind in *why, as
+ * png_read's, when there is none (DIFFUSE_ERR_ARGUMENT: a PNG without it). */
+char *png_read_text(const char *path, const char *key, diffuse_status *why, char *err,
+                    size_t err_size);
 
 #endif
