@@ -285,30 +285,6 @@ static void expect_fail_hf(const char *tmp, const char *vocab, const char *merge
     unlink(m);
 }
 
-/* A valid vocabulary with only the 512 byte symbols and the two specials. */
-static char *tiny_vocab(void)
-{
-    size_t cap = 65536, len = 0;
-    char *s = malloc(cap);
-    int id = 0;
-    len += (size_t)snprintf(s + len, cap - len, "{");
-    for (int end = 0; end < 2; end++)
-        for (int b = 0; b < 256; b++) {
-            int cp = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174 ? b : -1;
-            if (cp < 0) {
-                int extra = 0;
-                for (int c = 0; c < b; c++)
-                    extra += !((c >= 33 && c <= 126) || (c >= 161 && c <= 172) || c >= 174);
-                cp = 256 + extra;
-            }
-            len += (size_t)snprintf(s + len, cap - len, "\"\\u%04x%s\": %d, ", cp,
-                                    end ? "</w>" : "", id++);
-        }
-    snprintf(s + len, cap - len, "\"a</w>\": 0, \"<|startoftext|>\": %d, \"<|endoftext|>\": %d}",
-             id, id + 1);
-    return s;
-}
-
 static void check_load_errors(const char *tmp)
 {
     char path[4096];
@@ -339,7 +315,7 @@ static void check_tiny_vocab(const char *tmp)
     char v[4096], m[4096], err[DIFFUSE_ERROR_SIZE] = "";
     snprintf(v, sizeof v, "%s/vocab.json", tmp);
     snprintf(m, sizeof m, "%s/merges.txt", tmp);
-    char *vocab = tiny_vocab();
+    char *vocab = test_tiny_vocab("\"a</w>\": 0, ");
     write_text(v, vocab);
     write_text(m, "#version: 0.2\n");
     free(vocab);
