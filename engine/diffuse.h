@@ -297,7 +297,12 @@ typedef struct diffuse_image {
     float *pixels; /* [height, width, 3] RGB in [0, 1]; owned, free with diffuse_image_free */
 } diffuse_image;
 
-/* Fills images[0 .. req->count-1]. On failure nothing is left allocated. */
+/* Fills images[0 .. req->count-1]. On failure nothing is left allocated, and
+ * the status says why: DIFFUSE_ERR_ARGUMENT (a bad request, the message names
+ * the field; a LoRA made for another model), _IO (a LoRA file that cannot be
+ * read), _FORMAT (a LoRA file that is none, or of a kind Diffuse does not
+ * apply), _MEMORY (more than the machine has, checked before starting),
+ * _CANCELLED, _NONFINITE. */
 diffuse_status diffuse_generate(diffuse_model *model, const diffuse_request *req,
                                 diffuse_image *images, char *err, size_t err_size);
 void diffuse_image_free(diffuse_image *image);

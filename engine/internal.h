@@ -788,7 +788,7 @@ void diffuse_rss_peak_reset(void);
  * `a` must hold diffuse_preview_fit_workspace floats. */
 #define DIFFUSE_PREVIEW_FIT_SIZE 64
 size_t diffuse_preview_fit_workspace(const diffuse_model *m);
-int diffuse_preview_fit(diffuse_model *m, diffuse_arena *a, char *err);
+diffuse_status diffuse_preview_fit(diffuse_model *m, diffuse_arena *a, char *err);
 /* rgb [h*w, 3] of latents [C, h, w] through the fitted map, clamped to [0, 1]. */
 void diffuse_preview_rgb(const diffuse_model *m, const float *latents, int h, int w, float *rgb);
 

@@ -94,6 +94,8 @@ PYEOF
 }
 
 broken nan && retensor "$tmp/nan/unet/diffusion_pytorch_model.safetensors" conv_out.weight nan
+broken nanvae && retensor "$tmp/nanvae/vae/diffusion_pytorch_model.safetensors" decoder.conv_out.weight nan
+broken nanenc && retensor "$tmp/nanenc/vae/diffusion_pytorch_model.safetensors" encoder.conv_out.weight nan
 broken empty && retensor "$tmp/empty/text_encoder/model.safetensors" \
     text_model.embeddings.token_embedding.weight "[0, 32]"
 broken absurd && retensor "$tmp/absurd/vae/diffusion_pytorch_model.safetensors" \
@@ -184,6 +186,9 @@ cases() {
 4|not a TAESD|$G --decoder $FIX/ok_valid.safetensors $O
 5|MiB|$G --width 4096 --height 4096 $O
 7|NaN or infinite|generate --model $tmp/nan --prompt x --steps 2 --width 64 --height 64 $O
+7|image encoder (VAE)|generate --model $tmp/nanenc --prompt x --steps 2 --init $tmp/in/ok.png $O
+7|image decoder (VAE)|generate --model $tmp/nanvae --prompt x --steps 2 --width 64 --height 64 $O
+7|fit is singular|generate --model $tmp/nanenc --prompt x --steps 2 --width 64 --height 64 --preview $out/p.png $O
 EOF
 }
 
