@@ -4,7 +4,10 @@
  * checkpoint (zeros, contiguous), so that the fuzzer spends its time on names
  * and shapes, not on the file format (fuzz_safetensors has that). The file is
  * opened as weights, as a TAESD and as a model: each opens or is refused with
- * a message, never a crash, overflow or leak. */
+ * a message, never a crash, overflow or leak. An input whose first line is
+ * "diffusers" is a diffusers folder instead: lines "unet/NAME ...",
+ * "vae/NAME ...", "text_encoder/NAME ..." and "text_encoder_2/NAME ..." go
+ * into those parts' files. */
 #include <cJSON.h>
 
 #include "../../engine/internal.h"
@@ -12,18 +15,25 @@
 
 #define MAX_DATA ((uint64_t)16 << 20) /* zeros behind the header, at most */
 
-/* The checkpoint the lines describe into path; false when it is not one. */
-static bool make_file(const char *text, char *path)
+/* The checkpoint the lines describe (those that start with part, that cut
+ * off, when part is not NULL) into path; false when it is not one or, for a
+ * part, has no tensor. */
+static bool make_file(const char *text, const char *part, const char *path)
 {
     cJSON *root = cJSON_CreateObject();
     char *copy = strdup(text), *save = NULL;
     uint64_t offset = 0;
     bool ok = root && copy;
+    int count = 0;
     for (char *line = strtok_r(copy, "\n", &save); ok && line; line = strtok_r(NULL, "\n", &save)) {
         char name[512], dtype[16];
         int used = 0;
+        if (part && strncmp(line, part, strlen(part)) != 0)
+            continue;
+        line += part ? strlen(part) : 0;
         if (sscanf(line, "%511s %15s%n", name, dtype, &used) != 2)
             continue;
+        count++;
         const int size = !strcmp(dtype, "F32") || !strcmp(dtype, "I32") ? 4
                          : !strcmp(dtype, "I64") ? 8 : !strcmp(dtype, "U8") ? 1 : 2;
         cJSON *shape = cJSON_CreateArray();
@@ -44,7 +54,7 @@ static bool make_file(const char *text, char *path)
         cJSON_AddItemToObject(root, name, t);
         offset += ok ? bytes : 0;
     }
-    char *header = ok ? cJSON_PrintUnformatted(root) : NULL;
+    char *header = ok && (count || !part) ? cJSON_PrintUnformatted(root) : NULL;
     FILE *f = header ? fopen(path, "wb") : NULL;
     if (f) {
         uint64_t len = strlen(header);
@@ -74,15 +84,36 @@ static void use_weight(void *user, const char *name, int ndim, const int64_t *sh
         diffuse_weights_get(user, name, ndim, shape, err);
 }
 
+/* The folder the "diffusers" input describes, in path (made afresh). */
+static void make_folder(const char *text, char *path)
+{
+    static const char *const parts[] = {"unet", "vae", "text_encoder", "text_encoder_2"};
+    char file[4200], prefix[32];
+    snprintf(path, 4096, "%s/model", fuzz_dir());
+    mkdir(path, 0700);
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+        snprintf(file, sizeof file, "%s/%s", path, parts[i]);
+        mkdir(file, 0700);
+        snprintf(file, sizeof file, "%s/%s/diffusion_pytorch_model.safetensors", path, parts[i]);
+        snprintf(prefix, sizeof prefix, "%s/", parts[i]);
+        if (!make_file(text, prefix, file))
+            unlink(file); /* a part it lacks */
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char *text = malloc(size + 1), path[4096], err[DIFFUSE_ERROR_SIZE];
     memcpy(text, data, size);
     text[size] = 0;
-    snprintf(path, sizeof path, "%s/model.safetensors", fuzz_dir());
-    if (!make_file(text, path)) {
-        free(text);
-        return 0;
+    if (strncmp(text, "diffusers\n", 10) == 0) {
+        make_folder(text, path);
+    } else {
+        snprintf(path, sizeof path, "%s/model.safetensors", fuzz_dir());
+        if (!make_file(text, NULL, path)) {
+            free(text);
+            return 0;
+        }
     }
     diffuse_weights *w;
     err[0] = 0;

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Seeds for tests/fuzz/fuzz_weights from the reference checkpoints: one line
-per tensor, "NAME DTYPE D0 D1 ...", the CLIP token embeddings cut to 1,024 rows
+"""Seeds for tests/fuzz/fuzz_weights from the reference checkpoints (single
+files, and the SD 1.x diffusers folder): one line per tensor,
+"NAME DTYPE D0 D1 ...", the CLIP token embeddings cut to 1,024 rows
 (the harness's tiny vocabulary has 514 ids) so that each model stays small.
 Python 3 standard library only; run from the repository root:
     python3 tests/fuzz/make_seeds.py ../shared/reference [build/fixtures]
@@ -25,6 +26,18 @@ def lines(path):
     return "".join(out)
 
 
+def folder_lines(folder):
+    """A diffusers folder as fuzz_weights reads one: "diffusers", then PART/NAME lines."""
+    out = ["diffusers\n"]
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        for fname in ("diffusion_pytorch_model.safetensors", "model.safetensors"):
+            path = os.path.join(folder, part, fname)
+            if os.path.exists(path):
+                out += [part + "/" + line for line in lines(path).splitlines(True)]
+                break
+    return "".join(out)
+
+
 def main():
     ref = sys.argv[1]
     fixtures = sys.argv[2] if len(sys.argv) > 2 else "build/fixtures"
@@ -40,6 +53,9 @@ def main():
         with open(os.path.join(out, name), "w") as f:
             f.write(lines(path))
         print("wrote", os.path.join(out, name))
+    with open(os.path.join(out, "sd1-diffusers"), "w") as f:
+        f.write(folder_lines(os.path.join(ref, "sd1-tiny/model-diffusers")))
+    print("wrote", os.path.join(out, "sd1-diffusers"))
 
 
 if __name__ == "__main__":
