@@ -96,29 +96,6 @@ bench: $(BUILD)/bench
 BENCH_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/diffuse/bench
 BENCH_SD15  := $(BENCH_CACHE)/sd15-random-fp16.safetensors
 BENCH_VOCAB ?= ../shared/clip/bpe_simple_vocab_16e6.txt.gz
-# libFuzzer harnesses (tests/fuzz/fuzz_*.c; clang, ASan + UBSan): each parser fed
-# any bytes. make fuzz runs each for FUZZ_SECONDS from its seed corpus
-# (tests/fuzz/corpus/NAME/), keeping what it finds in $(BUILD)/fuzz/corpus-NAME;
-# CI runs a few seconds each so a harness that stops building is noticed.
-FUZZ_SECONDS ?= 60
-FUZZ_CC      ?= clang
-FUZZ_SRC     := engine/prompt.c engine/params.c engine/util.c engine/rng.c engine/sampler.c \
-                engine/tokenizer.c
-FUZZ_BIN     := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
-$(BUILD)/fuzz/%: tests/fuzz/%.c $(FUZZ_SRC) $(wildcard engine/*.h)
-	@mkdir -p $(dir $@)
-	$(FUZZ_CC) -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
-	    -Iengine $(shell pkg-config --cflags libcjson libutf8proc) $< $(FUZZ_SRC) \
-	    $(shell pkg-config --libs libcjson libutf8proc zlib) -lm -o $@
-.PHONY: fuzz
-fuzz: $(FUZZ_BIN)
-	@for h in $(FUZZ_BIN); do n=$$(basename $$h); mkdir -p $(BUILD)/fuzz/corpus-$$n; \
-	    echo "== $$n ($(FUZZ_SECONDS) s)"; \
-	    $$h -max_total_time=$(FUZZ_SECONDS) -max_len=8192 -print_final_stats=1 \
-	        $(BUILD)/fuzz/corpus-$$n tests/fuzz/corpus/$$n 2>$(BUILD)/fuzz/$$n.log || \
-	        { tail -n 40 $(BUILD)/fuzz/$$n.log; exit 1; }; \
-	    grep -E '^stat::number_of_executed_units' $(BUILD)/fuzz/$$n.log; done
-
 .PHONY: bench-sd15
 bench-sd15: $(BUILD)/bench_real $(BUILD)/diffuse
 	@mkdir -p $(BENCH_CACHE)
@@ -303,6 +280,46 @@ endif
 # part of `make test` (.ci/run calls it after).
 test-gimp3:
 	@tests/gimp3/run.sh
+
+# libFuzzer harnesses (tests/fuzz/fuzz_*.c; clang, ASan + UBSan): each parser fed
+# any bytes. make fuzz runs each for FUZZ_SECONDS from its seed corpus
+# (tests/fuzz/corpus/NAME/), keeping what it finds in $(BUILD)/fuzz/corpus-NAME;
+# CI runs a few seconds each so a harness that stops building is noticed. The
+# engine (and the CLI's PNG reader) is built once into $(BUILD)/fuzz/obj/ with
+# the fuzzer's coverage; fuzz_settings, the plug-in's settings, only where
+# libgimp 2.10 is. FUZZ_ONLY=NAME runs one harness. fuzz_weights reads whole
+# checkpoints (its seeds are 70-90 KB): its inputs may be longer.
+FUZZ_SECONDS ?= 60
+FUZZ_CC      ?= clang
+FUZZ_CFLAGS  := -g -O1 -std=c11 -D_GNU_SOURCE -fsanitize=address,undefined \
+                -fno-sanitize-recover=undefined -Iengine $(shell pkg-config --cflags $(PKGS))
+FUZZ_LIBS    := $(shell pkg-config --libs $(PKGS)) -lm -lpthread
+FUZZ_OBJ     := $(patsubst %.c,$(BUILD)/fuzz/obj/%.o,$(ENGINE_SRC) engine/cli/png.c)
+FUZZ_NAMES   := $(filter-out $(if $(HAVE_GIMP),,fuzz_settings),\
+                $(patsubst tests/fuzz/%.c,%,$(wildcard tests/fuzz/fuzz_*.c)))
+FUZZ_BIN     := $(addprefix $(BUILD)/fuzz/,$(or $(FUZZ_ONLY),$(FUZZ_NAMES)))
+$(BUILD)/fuzz/obj/%.o: %.c $(wildcard engine/*.h engine/cli/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+$(BUILD)/fuzz/obj/plugin/%.o: plugin/%.c $(PLUGIN_HDRS)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -DGLIB_DISABLE_DEPRECATION_WARNINGS \
+	    $(shell pkg-config --cflags $(GIMP_PKGS)) -c $< -o $@
+$(BUILD)/fuzz/fuzz_settings: tests/fuzz/fuzz_settings.c $(BUILD)/fuzz/obj/plugin/core.o \
+                             $(BUILD)/fuzz/obj/plugin/pixels.o $(FUZZ_OBJ)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $(shell pkg-config --cflags $(GIMP_PKGS)) \
+	    $(filter-out %.h,$^) $(shell pkg-config --libs $(GIMP_PKGS)) $(FUZZ_LIBS) -o $@
+$(BUILD)/fuzz/%: tests/fuzz/%.c tests/fuzz/fuzz.h tests/test.h $(FUZZ_OBJ)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer $< $(FUZZ_OBJ) $(FUZZ_LIBS) -o $@
+.PHONY: fuzz
+fuzz: $(FUZZ_BIN)
+	@for h in $(FUZZ_BIN); do n=$$(basename $$h); mkdir -p $(BUILD)/fuzz/corpus-$$n; \
+	    echo "== $$n ($(FUZZ_SECONDS) s)"; \
+	    $$h -max_total_time=$(FUZZ_SECONDS) -max_len=$$(case $$n in fuzz_weights) echo 131072;; \
+	        *) echo 8192;; esac) -print_final_stats=1 \
+	        $(BUILD)/fuzz/corpus-$$n tests/fuzz/corpus/$$n 2>$(BUILD)/fuzz/$$n.log || \
+	        { tail -n 40 $(BUILD)/fuzz/$$n.log; exit 1; }; \
+	    grep -E '^stat::number_of_executed_units' $(BUILD)/fuzz/$$n.log; done
 
 format:
 	clang-format -i engine/*.c engine/*.h engine/cli/*.c tests/*.c tests/*.h plugin/*.c plugin/*.h

@@ -139,6 +139,11 @@ typedef struct diffuse_model diffuse_model;
  * Returns NULL with a message in err on failure. The caller frees the model. */
 diffuse_model *diffuse_model_load(const char *path, const diffuse_load_params *params,
                                   char *err, size_t err_size);
+/* The same, with the kind of a failure: DIFFUSE_ERR_IO (a file or folder that
+ * cannot be read, the vocabulary not found), DIFFUSE_ERR_FORMAT (malformed, or not a
+ * model Diffuse runs), DIFFUSE_ERR_MEMORY. *out: the model, or NULL. */
+diffuse_status diffuse_model_open(const char *path, const diffuse_load_params *params,
+                                  diffuse_model **out, char *err, size_t err_size);
 void diffuse_model_free(diffuse_model *model);
 
 typedef struct diffuse_model_info {
@@ -292,7 +297,12 @@ typedef struct diffuse_image {
     float *pixels; /* [height, width, 3] RGB in [0, 1]; owned, free with diffuse_image_free */
 } diffuse_image;
 
-/* Fills images[0 .. req->count-1]. On failure nothing is left allocated. */
+/* Fills images[0 .. req->count-1]. On failure nothing is left allocated, and
+ * the status says why: DIFFUSE_ERR_ARGUMENT (a bad request, the message names
+ * the field; a LoRA made for another model), _IO (a LoRA file that cannot be
+ * read), _FORMAT (a LoRA file that is none, or of a kind Diffuse does not
+ * apply), _MEMORY (more than the machine has, checked before starting),
+ * _CANCELLED, _NONFINITE. */
 diffuse_status diffuse_generate(diffuse_model *model, const diffuse_request *req,
                                 diffuse_image *images, char *err, size_t err_size);
 void diffuse_image_free(diffuse_image *image);

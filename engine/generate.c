@@ -327,9 +327,8 @@ diffuse_status diffuse_generate(diffuse_model *m, const diffuse_request *r, diff
     request_loras loras = {0};
     diffuse_status st = r->prompt ? loras_resolve(r, true, &loras, e)
                                   : (diffuse_fail(e, "prompt: missing"), DIFFUSE_ERR_ARGUMENT);
-    if (st == DIFFUSE_OK && (st = check_request(m, r, &loras, e)) == DIFFUSE_OK && loras.n &&
-        diffuse_lora_set_open(m, loras.list, loras.n, r->notice, r->notice_user, &loras.set, e))
-        st = DIFFUSE_ERR_ARGUMENT;
+    if (st == DIFFUSE_OK && (st = check_request(m, r, &loras, e)) == DIFFUSE_OK && loras.n)
+        st = diffuse_lora_set_open(m, loras.list, loras.n, r->notice, r->notice_user, &loras.set, e);
     int done = 0;
     for (; st == DIFFUSE_OK && done < r->count; done++) {
         diffuse_image *img = &images[done];

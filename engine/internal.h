@@ -113,8 +113,9 @@ typedef struct diffuse_st_file {
 
 /* Maps and validates a file: header length bound, JSON well-formed, every
  * tensor's offsets inside the data area, contiguous and non-overlapping, and
- * nbytes = product(shape) x dtype size with overflow checks. */
-int diffuse_st_open(const char *path, diffuse_st_file **out, char *err);
+ * nbytes = product(shape) x dtype size with overflow checks. Fails as
+ * DIFFUSE_ERR_IO (cannot be opened or mapped), _FORMAT (malformed) or _MEMORY. */
+diffuse_status diffuse_st_open(const char *path, diffuse_st_file **out, char *err);
 void diffuse_st_close(diffuse_st_file *file);
 const diffuse_st_tensor *diffuse_st_find(const diffuse_st_file *file, const char *name);
 /* Reads any float tensor as float32 into dst (numel floats). */
@@ -131,12 +132,13 @@ float diffuse_bf16_to_f32(uint16_t h);
  * weights.c maps the original single-file layout onto these names by rule. */
 typedef struct diffuse_weights diffuse_weights;
 
-/* Opens a diffusers folder (unet/, vae/, text_encoder/) or a single file. */
-int diffuse_weights_open(const char *path, diffuse_weights **out, char *err);
+/* Opens a diffusers folder (unet/, vae/, text_encoder/) or a single file; fails
+ * with diffuse_st_open's kinds (a folder without the parts: _FORMAT). */
+diffuse_status diffuse_weights_open(const char *path, diffuse_weights **out, char *err);
 void diffuse_weights_free(diffuse_weights *w);
 /* A TAESD (diffuse_taesd_load's path forms) under "taesd.encoder.layers.N" and
  * "taesd.decoder.layers.N" (diffusers' indices, whatever the file's). */
-int diffuse_weights_open_taesd(const char *path, diffuse_weights **out, char *err);
+diffuse_status diffuse_weights_open_taesd(const char *path, diffuse_weights **out, char *err);
 bool diffuse_weights_has(const diffuse_weights *w, const char *name);
 /* Shape of a weight, or -1 in ndim when missing. */
 int diffuse_weights_shape(const diffuse_weights *w, const char *name, int64_t shape[DIFFUSE_MAX_DIMS]);
@@ -566,7 +568,7 @@ typedef struct diffuse_taesd diffuse_taesd;
  * taesd_decoder.safetensors (either file, or a folder holding them: both
  * halves are found beside each other). A missing half is allowed (NULL
  * encoder or decoder: the call that needs it fails). */
-int diffuse_taesd_load(const char *path, diffuse_taesd **out, char *err);
+diffuse_status diffuse_taesd_load(const char *path, diffuse_taesd **out, char *err);
 void diffuse_taesd_free(diffuse_taesd *t);
 bool diffuse_taesd_has(const diffuse_taesd *t, bool decoder);
 int diffuse_taesd_latent_channels(const diffuse_taesd *t);
@@ -590,7 +592,7 @@ typedef struct diffuse_tokenizer diffuse_tokenizer;
 
 /* path: a folder holding vocab.json + merges.txt, either of those files, or
  * the bpe_simple_vocab_16e6.txt.gz merges list. */
-int diffuse_tokenizer_load(const char *path, diffuse_tokenizer **out, char *err);
+diffuse_status diffuse_tokenizer_load(const char *path, diffuse_tokenizer **out, char *err);
 void diffuse_tokenizer_free(diffuse_tokenizer *tok);
 /* <start> tokens... <end> then pad_id, truncated to 77 (the last kept id is
  * <end>). A pad_id other than <end> is "!" (id 0, the OpenCLIP tokenizers of
@@ -606,6 +608,7 @@ int diffuse_tokenizer_ids(const diffuse_tokenizer *tok, const char *text, int32_
 int32_t diffuse_tokenizer_id(const diffuse_tokenizer *tok, const char *token);
 int32_t diffuse_tokenizer_bos(const diffuse_tokenizer *tok); /* 49406 */
 int32_t diffuse_tokenizer_eos(const diffuse_tokenizer *tok); /* 49407 */
+int32_t diffuse_tokenizer_max_id(const diffuse_tokenizer *tok); /* the largest id it gives: 49407 */
 
 /* ------------------------------------------------------------------ prompt */
 
@@ -657,9 +660,12 @@ void diffuse_prompt_tags_free(diffuse_prompt_tag *tags, int n);
  * module of the model, or does not fit one it names, fails; one that matches
  * only some says so through notice. */
 typedef struct diffuse_lora_set diffuse_lora_set;
-int diffuse_lora_set_open(diffuse_model *m, const diffuse_lora *loras, int n,
-                          void (*notice)(void *, const char *), void *user,
-                          diffuse_lora_set **out, char *err);
+/* The kind of a failure: DIFFUSE_ERR_IO (a file cannot be read), _FORMAT (not a
+ * LoRA, or of a kind Diffuse does not apply), _ARGUMENT (made for another
+ * model), _MEMORY. */
+diffuse_status diffuse_lora_set_open(diffuse_model *m, const diffuse_lora *loras, int n,
+                                     void (*notice)(void *, const char *), void *user,
+                                     diffuse_lora_set **out, char *err);
 void diffuse_lora_set_close(diffuse_lora_set *s);
 /* Arena floats diffuse_wmat_f32 may need on top of a phase's own for the
  * set's largest changed matrix, and the bytes of its factors. */
@@ -798,7 +804,7 @@ void diffuse_rss_peak_reset(void);
  * `a` must hold diffuse_preview_fit_workspace floats. */
 #define DIFFUSE_PREVIEW_FIT_SIZE 64
 size_t diffuse_preview_fit_workspace(const diffuse_model *m);
-int diffuse_preview_fit(diffuse_model *m, diffuse_arena *a, char *err);
+diffuse_status diffuse_preview_fit(diffuse_model *m, diffuse_arena *a, char *err);
 /* rgb [h*w, 3] of latents [C, h, w] through the fitted map, clamped to [0, 1]. */
 void diffuse_preview_rgb(const diffuse_model *m, const float *latents, int h, int w, float *rgb);
 

@@ -21,10 +21,12 @@
  * Module names are matched against every weight matrix of the model, under
  * each naming. LyCORIS' LoHa/LoKr and DoRA change W otherwise: refused.
  */
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -229,9 +231,13 @@ static int module_delta(diffuse_lora_set *s, const lora_module *mod, const lora_
     if (!float_tensor(d) || !float_tensor(u) || d->ndim < 2 || u->ndim < 2)
         return diffuse_fail(err, "LoRA %s: %s: the factors are not float matrices", file,
                             mod->key);
+    /* products checked: an empty factor passes the file's checks with any rank */
     const int64_t rank = d->shape[0], in = d->numel / (rank ? rank : 1);
-    if (rank < 1 || u->shape[0] != t->rows || u->numel != t->rows * rank ||
-        rank * in != d->numel || t->rows * in != t->numel)
+    int64_t up_numel, down_numel, w_numel;
+    if (rank < 1 || rank > INT_MAX || u->shape[0] != t->rows ||
+        __builtin_mul_overflow(t->rows, rank, &up_numel) || u->numel != up_numel ||
+        __builtin_mul_overflow(rank, in, &down_numel) || down_numel != d->numel ||
+        __builtin_mul_overflow(t->rows, in, &w_numel) || w_numel != t->numel)
         return diffuse_fail(err, "LoRA %s: %s does not fit the model's %s (up %lld x %lld, "
                             "down %lld x %lld; the weight is %lld x %lld): a LoRA for another "
                             "model?", file, mod->key, t->canonical, (long long)u->shape[0],
@@ -247,7 +253,7 @@ static int module_delta(diffuse_lora_set *s, const lora_module *mod, const lora_
                                   .scale = weight * alpha_of(mod->alpha, (float)rank) / (float)rank};
     if (diffuse_weights_lora_push(s->weights, t->canonical, delta))
         return diffuse_fail(err, "internal: %s takes no LoRA", t->canonical);
-    size_t need = (size_t)t->numel + (size_t)(rank * in) + (size_t)(t->rows * rank) + 48;
+    size_t need = (size_t)t->numel + (size_t)down_numel + (size_t)up_numel + 48;
     s->scratch = need > s->scratch ? need : s->scratch;
     s->bytes += d->nbytes + u->nbytes;
     return 0;
@@ -294,26 +300,27 @@ static int apply_file(diffuse_lora_set *s, const diffuse_st_file *f, const diffu
     return 0;
 }
 
-static int report_file(const file_report *r, const diffuse_lora *l,
+static diffuse_status report_file(const file_report *r, const diffuse_lora *l,
                        void (*notice)(void *, const char *), void *user, char *err)
 {
     char msg[DIFFUSE_ERROR_SIZE];
     if (r->unsupported)
         return diffuse_fail(err, "LoRA %s: %d tensors of a kind Diffuse does not apply (LoHa, "
                             "LoKr, DoRA or full differences, e.g. %s)", l->path, r->unsupported,
-                            r->first_unsupported);
+                            r->first_unsupported), DIFFUSE_ERR_FORMAT;
     if (!r->applied)
         return diffuse_fail(err, "LoRA %s: %s", l->path, r->modules ?
                             "none of its modules matches this model (a LoRA for another model "
                             "family?)" : "no LoRA factors in this file (lora_down/lora_up or "
-                            "lora_A/lora_B)");
+                            "lora_A/lora_B)"), r->modules ? DIFFUSE_ERR_ARGUMENT
+                                                          : DIFFUSE_ERR_FORMAT;
     if (r->unmatched && notice) {
         snprintf(msg, sizeof msg, "LoRA %s: %d of its %d modules match nothing in this model "
                  "and are left out (e.g. %s)", l->path, r->unmatched, r->modules,
                  r->first_unmatched);
         notice(user, msg);
     }
-    return 0;
+    return DIFFUSE_OK;
 }
 
 size_t diffuse_lora_file_scratch(const diffuse_st_file *f)
@@ -327,7 +334,10 @@ size_t diffuse_lora_file_scratch(const diffuse_st_file *f)
         /* the matrix W [out, in] widened, with its factors beside it */
         const size_t rank = (size_t)mod.down->shape[0], in = (size_t)mod.down->numel / rank;
         const size_t out = (size_t)mod.up->numel / rank;
-        const size_t need = out * in + rank * in + out * rank + 48;
+        size_t w;
+        if (__builtin_mul_overflow(out, in, &w))
+            continue; /* no model has such a matrix: module_delta refuses it, naming it */
+        const size_t need = w + (size_t)mod.down->numel + (size_t)mod.up->numel + 48;
         most = need > most ? need : most;
     }
     return most;
@@ -354,37 +364,38 @@ static int build_names(diffuse_lora_set *s, const diffuse_model *m, char *err)
     return 0;
 }
 
-int diffuse_lora_set_open(diffuse_model *m, const diffuse_lora *loras, int n,
-                          void (*notice)(void *, const char *), void *user,
-                          diffuse_lora_set **out, char *err)
+diffuse_status diffuse_lora_set_open(diffuse_model *m, const diffuse_lora *loras, int n,
+                                     void (*notice)(void *, const char *), void *user,
+                                     diffuse_lora_set **out, char *err)
 {
     *out = NULL;
     diffuse_lora_set *s = calloc(1, sizeof *s);
     if (!s || !(s->files = calloc((size_t)(n ? n : 1), sizeof *s->files))) {
         free(s);
-        return diffuse_fail(err, "out of memory");
+        return diffuse_fail(err, "out of memory"), DIFFUSE_ERR_MEMORY;
     }
     s->weights = m->weights;
-    int rc = build_names(s, m, err);
-    for (int i = 0; rc == 0 && i < n; i++, s->nfiles++)
-        if (diffuse_st_open(loras[i].path, &s->files[i], err))
-            rc = -1;
+    diffuse_status st = build_names(s, m, err) ? DIFFUSE_ERR_MEMORY : DIFFUSE_OK;
+    for (int i = 0; st == DIFFUSE_OK && i < n; i++, s->nfiles++)
+        if (diffuse_st_open(loras[i].path, &s->files[i], err)) /* unreadable, or malformed */
+            st = access(loras[i].path, R_OK) ? DIFFUSE_ERR_IO : DIFFUSE_ERR_FORMAT;
         else
             s->cap += count_modules(s->files[i]);
-    if (rc == 0 && !(s->deltas = calloc((size_t)(s->cap ? s->cap : 1), sizeof *s->deltas)))
-        rc = diffuse_fail(err, "out of memory");
-    for (int i = 0; rc == 0 && i < n; i++) {
+    if (st == DIFFUSE_OK && !(s->deltas = calloc((size_t)(s->cap ? s->cap : 1), sizeof *s->deltas)))
+        st = (diffuse_fail(err, "out of memory"), DIFFUSE_ERR_MEMORY);
+    for (int i = 0; st == DIFFUSE_OK && i < n; i++) {
         file_report r = {0};
-        rc = apply_file(s, s->files[i], &loras[i], &r, err);
-        if (rc == 0)
-            rc = report_file(&r, &loras[i], notice, user, err);
+        /* a module that does not fit: a LoRA for another model */
+        st = apply_file(s, s->files[i], &loras[i], &r, err) ? DIFFUSE_ERR_ARGUMENT : DIFFUSE_OK;
+        if (st == DIFFUSE_OK)
+            st = report_file(&r, &loras[i], notice, user, err);
     }
-    if (rc) {
+    if (st != DIFFUSE_OK) {
         diffuse_lora_set_close(s);
-        return -1;
+        return st;
     }
     *out = s;
-    return 0;
+    return DIFFUSE_OK;
 }
 
 size_t diffuse_lora_set_scratch(const diffuse_lora_set *s) { return s ? s->scratch : 0; }

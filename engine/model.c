@@ -1,6 +1,7 @@
 /* model.c: opening a checkpoint as a model: weights, hyper-parameters read off
  * the tensors themselves (config.json files only where the tensors cannot say,
  * e.g. head counts), tokenizer, and the three model parts. */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -212,13 +213,14 @@ static int infer_clip(diffuse_model *m, const cJSON *cfg, const char *prefix,
 static int configure_sdxl(diffuse_model *m, char *err)
 {
     diffuse_unet_config *u = &m->unet_cfg;
+    /* in 64 bits: addition_time_embed_dim comes from unet/config.json */
     const int pooled = m->clip2_cfg.projection, rest = u->add_in - pooled;
     if (u->add_time_dim <= 0 && rest > 0 && rest % DIFFUSE_TIME_IDS == 0)
         u->add_time_dim = rest / DIFFUSE_TIME_IDS;
-    if (u->add_time_dim > 0 && rest == 5 * u->add_time_dim)
+    if (u->add_time_dim > 0 && rest == 5 * (int64_t)u->add_time_dim)
         return diffuse_fail(err, "%s: an SDXL refiner (conditioned on an aesthetic score): not "
                             "supported; load an SDXL base, Turbo or fine-tuned model", m->path);
-    if (u->add_time_dim <= 0 || rest != DIFFUSE_TIME_IDS * u->add_time_dim)
+    if (u->add_time_dim <= 0 || rest != DIFFUSE_TIME_IDS * (int64_t)u->add_time_dim)
         return diffuse_fail(err, "%s: the UNet's added embedding takes %d inputs, which is not "
                             "the pooled text (%d) and 6 size ids", m->path, u->add_in, pooled);
     return 0;
@@ -285,6 +287,14 @@ static int read_schedule(diffuse_model *m, const char *dir, char *err)
     if (cJSON_IsString(cls))
         snprintf(m->scheduler_class, sizeof m->scheduler_class, "%s", cls->valuestring);
     cJSON_Delete(cfg);
+    /* the schedule checked once, by making a one-step sampler of it: a broken
+     * file fails the load naming it, and a sampler a run cannot make is the
+     * request's fault (DIFFUSE_ERR_ARGUMENT), never the model's */
+    diffuse_sampler_state *s;
+    char why[DIFFUSE_ERROR_SIZE];
+    if (diffuse_sampler_create(DIFFUSE_SAMPLER_EULER, false, &m->schedule, 1, 1.0f, 1, &s, why))
+        return diffuse_fail(err, "%s: %s", dir ? path : "the default schedule", why);
+    diffuse_sampler_free(s);
     return 0;
 }
 
@@ -406,12 +416,9 @@ static int model_configure(diffuse_model *m, const char *cfgdir, const diffuse_l
     return 0;
 }
 
-static int model_build(diffuse_model *m, const char *dir, const diffuse_load_params *p, char *err)
+/* The tokenizer's settings and the model's parts, once the vocabulary is read. */
+static int model_parts(diffuse_model *m, const char *dir, const char *vocab, char *err)
 {
-    char vocab[4096];
-    if (find_vocab(m, dir, p->vocab_path, vocab, sizeof vocab, err) ||
-        diffuse_tokenizer_load(vocab, &m->tokenizer, err))
-        return -1;
     /* pad with <|endoftext|> (SD 1.x, SDXL's first encoder) or "!" = id 0
      * (the OpenCLIP encoders of SD 2.x and SDXL) unless the tokenizer folder
      * says otherwise */
@@ -442,12 +449,33 @@ static int model_build(diffuse_model *m, const char *dir, const diffuse_load_par
         diffuse_unet_load(&m->unet_cfg, m->weights, &m->unet, err) ||
         diffuse_vae_load(&m->vae_cfg, m->weights, &m->vae, err))
         return -1;
+    /* an id past the embedding's rows would fail every run, as if the run were at fault */
+    const int32_t top = diffuse_tokenizer_max_id(m->tokenizer);
+    if (top >= m->clip_cfg.vocab_size || (sdxl && top >= m->clip2_cfg.vocab_size))
+        return diffuse_fail(err, "%s: the vocabulary %s gives token ids up to %d, but the text "
+                            "encoder's token_embedding has %d rows: a vocabulary for another "
+                            "model?", m->path, vocab, (int)top,
+                            top >= m->clip_cfg.vocab_size ? m->clip_cfg.vocab_size
+                                                          : m->clip2_cfg.vocab_size);
     return 0;
+}
+
+/* DIFFUSE_ERR_IO when the vocabulary is missing or unreadable, else _FORMAT. */
+static diffuse_status model_build(diffuse_model *m, const char *dir, const diffuse_load_params *p,
+                                  char *err)
+{
+    char vocab[4096];
+    if (find_vocab(m, dir, p->vocab_path, vocab, sizeof vocab, err))
+        return DIFFUSE_ERR_IO;
+    diffuse_status st = diffuse_tokenizer_load(vocab, &m->tokenizer, err);
+    if (st != DIFFUSE_OK)
+        return st;
+    return model_parts(m, dir, vocab, err) ? DIFFUSE_ERR_FORMAT : DIFFUSE_OK;
 }
 
 /* The TAESD given, else one found beside the model (quietly none when what
  * is found does not load: the model works without it). */
-static int load_taesd(diffuse_model *m, const char *dir, const char *given, char *err)
+static diffuse_status load_taesd(diffuse_model *m, const char *dir, const char *given, char *err)
 {
     if (given)
         return diffuse_taesd_load(given, &m->taesd, err);
@@ -472,34 +500,45 @@ static int load_taesd(diffuse_model *m, const char *dir, const char *given, char
     return 0;
 }
 
-diffuse_model *diffuse_model_load(const char *path, const diffuse_load_params *params, char *err,
-                                  size_t err_size)
+diffuse_status diffuse_model_open(const char *path, const diffuse_load_params *params,
+                                  diffuse_model **out, char *err, size_t err_size)
 {
     char e[DIFFUSE_ERROR_SIZE] = "";
     diffuse_load_params p = params ? *params : diffuse_load_params_default();
     diffuse_model *m = calloc(1, sizeof *m);
     struct stat st;
-    int rc = m && (m->path = strdup(path)) ? 0 : diffuse_fail(e, "out of memory");
-    if (rc == 0 && stat(path, &st) != 0)
-        rc = diffuse_fail(e, "%s: no such file or folder", path);
-    const char *dir = rc == 0 && S_ISDIR(st.st_mode) ? path : NULL;
-    if (rc == 0)
+    *out = NULL;
+    diffuse_status rc = m && (m->path = strdup(path))
+                            ? DIFFUSE_OK : (diffuse_fail(e, "out of memory"), DIFFUSE_ERR_MEMORY);
+    if (rc == DIFFUSE_OK && stat(path, &st) != 0)
+        rc = (diffuse_fail(e, "%s: %s", path, strerror(errno)), DIFFUSE_ERR_IO);
+    const char *dir = rc == DIFFUSE_OK && S_ISDIR(st.st_mode) ? path : NULL;
+    if (rc == DIFFUSE_OK)
         rc = diffuse_weights_open(path, &m->weights, e);
-    if (rc == 0)
-        rc = model_configure(m, dir ? dir : p.config_dir, &p, e);
-    if (rc == 0)
+    if (rc == DIFFUSE_OK && model_configure(m, dir ? dir : p.config_dir, &p, e))
+        rc = DIFFUSE_ERR_FORMAT;
+    if (rc == DIFFUSE_OK)
         rc = model_build(m, dir, &p, e);
-    if (rc == 0)
+    if (rc == DIFFUSE_OK)
         rc = load_taesd(m, dir, p.taesd_path, e);
-    if (rc == 0)
+    if (rc == DIFFUSE_OK)
         m->threads = p.threads;
-    if (rc) {
+    if (rc != DIFFUSE_OK) {
         if (err && err_size) /* every message names the model */
             snprintf(err, err_size, "%s%s%s", strncmp(e, path, strlen(path)) ? path : "",
                      strncmp(e, path, strlen(path)) ? ": " : "", e);
         diffuse_model_free(m);
-        return NULL;
+        return rc;
     }
+    *out = m;
+    return DIFFUSE_OK;
+}
+
+diffuse_model *diffuse_model_load(const char *path, const diffuse_load_params *params, char *err,
+                                  size_t err_size)
+{
+    diffuse_model *m;
+    diffuse_model_open(path, params, &m, err, err_size);
     return m;
 }
 

@@ -531,7 +531,8 @@ diffuse_status diffuse_pipeline_run(diffuse_model *m, const diffuse_run *run, di
         st = nonfinite(err, run->init_image || d.inpaint ? "image encoder (VAE)" : "start noise");
         goto done;
     }
-    if (run->preview_every > 0 && !d.taesd_preview && diffuse_preview_fit(m, &a, err))
+    if (run->preview_every > 0 && !d.taesd_preview &&
+        (st = diffuse_preview_fit(m, &a, err)) != DIFFUSE_OK)
         goto done; /* once per model */
     lap(run, &t0, run->stats && run->init_image ? &run->stats->vae_encode_s : &unused);
     st = denoise(m, run, &d, &b, s, &a, noise, err);

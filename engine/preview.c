@@ -82,21 +82,22 @@ static bool solve(double *a, double *b, int n)
     return true;
 }
 
-int diffuse_preview_fit(diffuse_model *m, diffuse_arena *a, char *err)
+diffuse_status diffuse_preview_fit(diffuse_model *m, diffuse_arena *a, char *err)
 {
     if (m->preview_map)
-        return 0;
+        return DIFFUSE_OK;
     const int s = DIFFUSE_PREVIEW_FIT_SIZE, f = 1 << (m->vae_cfg.levels - 1), ls = s / f;
     const int c = m->vae_cfg.latent_channels, n = c + 1;
     if (ls < 1 || c < 1 || c > 8)
-        return diffuse_fail(err, "preview: %d latent channels at 1/%d cannot be fitted", c, f);
+        return diffuse_fail(err, "preview: %d latent channels at 1/%d cannot be fitted", c, f),
+               DIFFUSE_ERR_FORMAT;
     const size_t mark = diffuse_arena_mark(a);
     float *img = diffuse_arena_push(a, (size_t)3 * s * s);            /* [3, s, s] */
     float *moments = diffuse_arena_push(a, (size_t)2 * c * ls * ls);  /* [2c, ls, ls] */
     double ata[81] = {0}, aty[3][9] = {{0}};
     if (!img || !moments) {
         diffuse_arena_reset(a, mark);
-        return diffuse_fail(err, "internal: preview fit work memory exhausted");
+        return diffuse_fail(err, "internal: preview fit work memory exhausted"), DIFFUSE_ERR_MEMORY;
     }
     for (int k = 0; k < FIT_IMAGES; k++) {
         for (int y = 0; y < s; y++)
@@ -111,7 +112,7 @@ int diffuse_preview_fit(diffuse_model *m, diffuse_arena *a, char *err)
         if (diffuse_vae_encode(m->vae, moments, img, s, s, a, NULL, err) ||
             diffuse_vae_decode(m->vae, img, moments, s, s, a, NULL, err)) {
             diffuse_arena_reset(a, mark);
-            return -1;
+            return DIFFUSE_ERR_MEMORY; /* the arena was sized for both */
         }
         for (int cy = 0; cy < ls; cy++)
             for (int cx = 0; cx < ls; cx++) {
@@ -140,21 +141,22 @@ int diffuse_preview_fit(diffuse_model *m, diffuse_arena *a, char *err)
         trace += ata[i * n + i];
     float *map = malloc(sizeof(float) * (size_t)n * 3);
     if (!map)
-        return diffuse_fail(err, "out of memory");
+        return diffuse_fail(err, "out of memory"), DIFFUSE_ERR_MEMORY;
     for (int ch = 0; ch < 3; ch++) {
         double sys[81];
         memcpy(sys, ata, sizeof sys);
         for (int i = 0; i < n; i++) /* a touch of ridge: a dead latent channel stays harmless */
             sys[i * n + i] += 1e-9 * trace + 1e-12;
         if (!solve(sys, aty[ch], n) || !isfinite(aty[ch][0])) {
-            free(map);
-            return diffuse_fail(err, "preview: the latent-to-RGB fit is singular");
+            free(map); /* what the VAE made of the pictures went NaN or infinite */
+            return diffuse_fail(err, "preview: the latent-to-RGB fit is singular: the VAE's "
+                                "numbers are not finite"), DIFFUSE_ERR_NONFINITE;
         }
         for (int i = 0; i < n; i++)
             map[i * 3 + ch] = (float)aty[ch][i];
     }
     m->preview_map = map;
-    return 0;
+    return DIFFUSE_OK;
 }
 
 void diffuse_preview_rgb(const diffuse_model *m, const float *latents, int h, int w, float *rgb)

@@ -78,7 +78,12 @@ static int st_parse_shape(diffuse_st_tensor *t, const cJSON *shape, int elsize, 
     if (ndim > DIFFUSE_MAX_DIMS)
         return diffuse_fail(err, "tensor '%s': %d dimensions (at most %d)", t->name, ndim,
                             DIFFUSE_MAX_DIMS);
-    uint64_t numel = 1, bytes;
+    /* span: the product with zero dimensions counted as 1, so that the limit
+     * does not hang on the order of the dimensions ([0, 2^40, 2^40] is as
+     * absurd as [2^40, 2^40, 0]) and every partial product of a shape that
+     * passes fits in int64 */
+    uint64_t span = 1, bytes;
+    bool empty = false;
     const cJSON *d;
     int i = 0;
     cJSON_ArrayForEach(d, shape)
@@ -86,12 +91,13 @@ static int st_parse_shape(diffuse_st_tensor *t, const cJSON *shape, int elsize, 
         uint64_t v;
         if (!json_uint(d, &v))
             return diffuse_fail(err, "tensor '%s': dimension %d is not a size", t->name, i);
-        if (v && numel > UINT64_MAX / v)
+        if (__builtin_mul_overflow(span, v ? v : 1, &span) || span > (uint64_t)INT64_MAX / 8)
             return diffuse_fail(err, "tensor '%s': shape overflows", t->name);
-        numel *= v;
+        empty = empty || v == 0;
         t->shape[i++] = (int64_t)v;
     }
-    if (numel > (uint64_t)INT64_MAX / 8 || __builtin_mul_overflow(numel, (uint64_t)elsize, &bytes))
+    const uint64_t numel = empty ? 0 : span;
+    if (__builtin_mul_overflow(numel, (uint64_t)elsize, &bytes))
         return diffuse_fail(err, "tensor '%s': shape overflows", t->name);
     t->ndim = ndim;
     t->numel = (int64_t)numel;
@@ -200,42 +206,43 @@ static int st_parse_header(diffuse_st_file *f, const char *json, size_t len, cha
     return rc;
 }
 
-static int st_map(diffuse_st_file *f, char *err)
+static diffuse_status st_map(diffuse_st_file *f, char *err)
 {
     int fd = open(f->path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return diffuse_fail(err, "%s: %s", f->path, strerror(errno));
+        return diffuse_fail(err, "%s: %s", f->path, strerror(errno)), DIFFUSE_ERR_IO;
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         close(fd);
-        return diffuse_fail(err, "%s: not a regular file", f->path);
+        return diffuse_fail(err, "%s: not a regular file", f->path), DIFFUSE_ERR_IO;
     }
     if (st.st_size < 8) {
         close(fd);
         return diffuse_fail(err, "%s: truncated (%lld bytes, no header)", f->path,
-                            (long long)st.st_size);
+                            (long long)st.st_size), DIFFUSE_ERR_FORMAT;
     }
     f->map_size = (size_t)st.st_size;
     f->map = mmap(NULL, f->map_size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (f->map == MAP_FAILED) {
         f->map = NULL;
-        return diffuse_fail(err, "%s: cannot map: %s", f->path, strerror(errno));
+        return diffuse_fail(err, "%s: cannot map: %s", f->path, strerror(errno)), DIFFUSE_ERR_IO;
     }
-    return 0;
+    return DIFFUSE_OK;
 }
 
-int diffuse_st_open(const char *path, diffuse_st_file **out, char *err)
+diffuse_status diffuse_st_open(const char *path, diffuse_st_file **out, char *err)
 {
     *out = NULL;
     diffuse_st_file *f = calloc(1, sizeof *f);
     if (!f || !(f->path = strdup(path))) {
         free(f);
-        return diffuse_fail(err, "out of memory");
+        return diffuse_fail(err, "out of memory"), DIFFUSE_ERR_MEMORY;
     }
-    if (st_map(f, err)) {
+    diffuse_status st = st_map(f, err);
+    if (st != DIFFUSE_OK) {
         diffuse_st_close(f);
-        return -1;
+        return st;
     }
     uint64_t len = 0;
     for (int i = 7; i >= 0; i--)
@@ -256,10 +263,10 @@ int diffuse_st_open(const char *path, diffuse_st_file **out, char *err)
     }
     if (rc) {
         diffuse_st_close(f);
-        return -1;
+        return DIFFUSE_ERR_FORMAT;
     }
     *out = f;
-    return 0;
+    return DIFFUSE_OK;
 }
 
 void diffuse_st_close(diffuse_st_file *f)

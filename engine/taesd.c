@@ -132,13 +132,14 @@ static int load_half(taesd_half *h, diffuse_weights *w, bool decoder, char *err)
     return 0;
 }
 
-int diffuse_taesd_load(const char *path, diffuse_taesd **out, char *err)
+diffuse_status diffuse_taesd_load(const char *path, diffuse_taesd **out, char *err)
 {
     *out = NULL;
     diffuse_taesd *t = calloc(1, sizeof *t);
     if (!t)
-        return diffuse_fail(err, "out of memory");
-    int rc = diffuse_weights_open_taesd(path, &t->w, err);
+        return diffuse_fail(err, "out of memory"), DIFFUSE_ERR_MEMORY;
+    diffuse_status st = diffuse_weights_open_taesd(path, &t->w, err);
+    int rc = st != DIFFUSE_OK;
     if (rc == 0)
         rc = load_half(&t->enc, t->w, false, err) || load_half(&t->dec, t->w, true, err);
     if (rc == 0 && !t->enc.count && !t->dec.count)
@@ -153,10 +154,10 @@ int diffuse_taesd_load(const char *path, diffuse_taesd **out, char *err)
                           path, t->enc.out, t->dec.in);
     if (rc) {
         diffuse_taesd_free(t);
-        return -1;
+        return st != DIFFUSE_OK ? st : DIFFUSE_ERR_FORMAT; /* the layers do not make a TAESD */
     }
     *out = t;
-    return 0;
+    return DIFFUSE_OK;
 }
 
 void diffuse_taesd_free(diffuse_taesd *t)

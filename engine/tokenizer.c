@@ -577,10 +577,10 @@ static int tok_load_status(const char *path, diffuse_tokenizer **out, diffuse_st
     return 0;
 }
 
-int diffuse_tokenizer_load(const char *path, diffuse_tokenizer **out, char *err)
+diffuse_status diffuse_tokenizer_load(const char *path, diffuse_tokenizer **out, char *err)
 {
     diffuse_status why;
-    return tok_load_status(path, out, &why, err);
+    return tok_load_status(path, out, &why, err) ? why : DIFFUSE_OK;
 }
 
 void diffuse_tokenizer_free(diffuse_tokenizer *tok)
@@ -596,6 +596,15 @@ void diffuse_tokenizer_free(diffuse_tokenizer *tok)
 int32_t diffuse_tokenizer_bos(const diffuse_tokenizer *tok) { return tok->bos; }
 
 int32_t diffuse_tokenizer_eos(const diffuse_tokenizer *tok) { return tok->eos; }
+
+int32_t diffuse_tokenizer_max_id(const diffuse_tokenizer *tok)
+{
+    int32_t most = -1;
+    for (size_t i = 0; i <= tok->vocab_mask; i++)
+        if (tok->vocab[i].len != UINT32_MAX && tok->vocab[i].id > most)
+            most = tok->vocab[i].id;
+    return most;
+}
 
 /* ------------------------------------------------------------------ text */
 

@@ -9,6 +9,7 @@
  * parameters), and the matrices of small components, are converted to float32,
  * once.
  */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,8 +59,30 @@ struct diffuse_weights {
 
 /* ------------------------------------------------------------------ table */
 
-static int add_entry(diffuse_weights *w, const char *name, const diffuse_st_tensor *t,
-                     int64_t row0, int64_t rows, char *err)
+/* The largest dimension a weight may have: far above any model's (CLIP's
+ * 49,408-token vocabulary, SDXL's 10,240-wide feed-forward), and small enough
+ * that the int arithmetic on sizes read off the weights (2 c + 1 latent
+ * channels, the sum of two text widths) cannot overflow. An empty tensor
+ * passes the file's own checks with any dimensions beside its 0. */
+#define WEIGHT_MAX_DIM ((int64_t)1 << 24)
+
+/* Its element count in *numel, each product checked; an absurd dimension
+ * fails naming the file and the tensor. */
+static int entry_numel(const diffuse_st_file *f, const diffuse_st_tensor *t, const int64_t *shape,
+                       int64_t *numel, char *err)
+{
+    *numel = 1;
+    for (int i = 0; i < t->ndim; i++)
+        if (shape[i] < 0 || shape[i] > WEIGHT_MAX_DIM ||
+            __builtin_mul_overflow(*numel, shape[i], numel))
+            return diffuse_fail(err, "%s: tensor '%s': dimension %d is %lld (at most %lld)",
+                                f->path, t->name, i, (long long)shape[i],
+                                (long long)WEIGHT_MAX_DIM);
+    return 0;
+}
+
+static int add_entry(diffuse_weights *w, const char *name, const diffuse_st_file *f,
+                     const diffuse_st_tensor *t, int64_t row0, int64_t rows, char *err)
 {
     if (w->count == w->cap) {
         int cap = w->cap ? w->cap * 2 : 256;
@@ -79,9 +102,10 @@ static int add_entry(diffuse_weights *w, const char *name, const diffuse_st_tens
     memcpy(e->shape, t->shape, sizeof e->shape);
     if (rows >= 0)
         e->shape[0] = rows;
-    e->numel = 1;
-    for (int i = 0; i < e->ndim; i++)
-        e->numel *= e->shape[i];
+    if (entry_numel(f, t, e->shape, &e->numel, err)) {
+        free(e->name);
+        return -1;
+    }
     w->count++;
     return 0;
 }
@@ -312,8 +336,8 @@ static bool map_openclip(const char *k, const char *comp, char *out, size_t size
 
 /* ------------------------------------------------------------------ layouts */
 
-static int add_split(diffuse_weights *w, const char *pattern, const diffuse_st_tensor *t,
-                     char *err)
+static int add_split(diffuse_weights *w, const char *pattern, const diffuse_st_file *f,
+                     const diffuse_st_tensor *t, char *err)
 {
     static const char *qkv[3] = {"q", "k", "v"};
     if (t->ndim < 1 || t->shape[0] % 3)
@@ -321,7 +345,7 @@ static int add_split(diffuse_weights *w, const char *pattern, const diffuse_st_t
     for (int p = 0; p < 3; p++) {
         char name[512];
         snprintf(name, sizeof name, pattern, qkv[p]);
-        if (add_entry(w, name, t, p * t->shape[0] / 3, t->shape[0] / 3, err))
+        if (add_entry(w, name, f, t, p * t->shape[0] / 3, t->shape[0] / 3, err))
             return -1;
     }
     return 0;
@@ -384,7 +408,7 @@ static int load_ldm(diffuse_weights *w, const diffuse_st_file *f, char *err)
             continue; /* EMA copies, schedule buffers, position_ids, logit_scale... */
         if (transposed && t->ndim != 2)
             return diffuse_fail(err, "tensor '%s' is not a matrix", t->name);
-        if (split ? add_split(w, name, t, err) : add_entry(w, name, t, 0, -1, err))
+        if (split ? add_split(w, name, f, t, err) : add_entry(w, name, f, t, 0, -1, err))
             return -1;
         if (transposed) {
             weight_entry *te = &w->entries[w->count - 1];
@@ -408,7 +432,7 @@ static int load_diffusers_part(diffuse_weights *w, const diffuse_st_file *f, con
         snprintf(name, sizeof name, "%s%s", prefix, t->name);
         if (strcmp(prefix, "vae.") == 0)
             rename_vae_attention(name, sizeof name);
-        if (add_entry(w, name, t, 0, -1, err))
+        if (add_entry(w, name, f, t, 0, -1, err))
             return -1;
     }
     return 0;
@@ -429,7 +453,7 @@ static bool find_part_file(const char *dir, const char *sub, char *path, size_t 
     return false;
 }
 
-static int load_diffusers(diffuse_weights *w, const char *dir, char *err)
+static diffuse_status load_diffusers(diffuse_weights *w, const char *dir, char *err)
 {
     /* text_encoder_2 is SDXL's; an SDXL refiner has it alone (refused with a
      * clear message by the model loader, which sees what the folder holds) */
@@ -443,15 +467,16 @@ static int load_diffusers(diffuse_weights *w, const char *dir, char *err)
                 continue;
             return diffuse_fail(err, "%s: no %s/diffusion_pytorch_model.safetensors or "
                                 "%s/model.safetensors: not a diffusers model folder",
-                                dir, subs[p], subs[p]);
+                                dir, subs[p], subs[p]), DIFFUSE_ERR_FORMAT;
         }
-        if (diffuse_st_open(path, &w->files[w->nfiles], err))
-            return -1;
+        diffuse_status st = diffuse_st_open(path, &w->files[w->nfiles], err);
+        if (st != DIFFUSE_OK)
+            return st;
         if (load_diffusers_part(w, w->files[w->nfiles++], prefixes[p], err))
-            return -1;
+            return DIFFUSE_ERR_FORMAT;
     }
     w->layout = "diffusers";
-    return 0;
+    return DIFFUSE_OK;
 }
 
 /* ------------------------------------------------------------------ TAESD */
@@ -472,7 +497,7 @@ static int add_taesd_original(diffuse_weights *w, const diffuse_st_file *f, bool
             return diffuse_fail(err, "%s: tensor '%s' is not a TAESD layer", f->path, t->name);
         snprintf(name, sizeof name, "taesd.%s.layers.%d.%s", decoder ? "decoder" : "encoder",
                  decoder ? idx - 1 : idx, t->name + len);
-        if (add_entry(w, name, t, 0, -1, err))
+        if (add_entry(w, name, f, t, 0, -1, err))
             return -1;
     }
     return 0;
@@ -499,11 +524,15 @@ static bool taesd_sibling(const char *path, bool decoder, char *out, size_t size
     return stat(out, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-static int open_taesd_file(diffuse_weights *w, const char *path, bool sibling, char *err)
+static diffuse_status open_taesd_file(diffuse_weights *w, const char *path, bool sibling,
+                                      char *err)
 {
     diffuse_st_file *f;
-    if (w->nfiles >= 4 || diffuse_st_open(path, &f, err))
-        return -1;
+    if (w->nfiles >= 4)
+        return diffuse_fail(err, "%s: too many TAESD files", path), DIFFUSE_ERR_FORMAT;
+    diffuse_status st = diffuse_st_open(path, &f, err);
+    if (st != DIFFUSE_OK)
+        return st;
     w->files[w->nfiles++] = f;
     bool diffusers = false;
     for (int i = 0; i < f->count; i++)
@@ -511,63 +540,62 @@ static int open_taesd_file(diffuse_weights *w, const char *path, bool sibling, c
                     starts(f->tensors[i].name, "decoder.layers.");
     if (diffusers) {
         w->layout = "diffusers";
-        return load_diffusers_part(w, f, "taesd.", err);
+        return load_diffusers_part(w, f, "taesd.", err) ? DIFFUSE_ERR_FORMAT : DIFFUSE_OK;
     }
     const int half = taesd_half(f);
     if (half < 0)
-        return diffuse_fail(err, "%s: not a TAESD file (no encoder or decoder layers)", path);
+        return diffuse_fail(err, "%s: not a TAESD file (no encoder or decoder layers)", path),
+               DIFFUSE_ERR_FORMAT;
     w->layout = "original";
     if (add_taesd_original(w, f, half == 1, err))
-        return -1;
+        return DIFFUSE_ERR_FORMAT;
     char other[4096];
     if (sibling && taesd_sibling(path, half == 1, other, sizeof other))
         return open_taesd_file(w, other, false, err);
-    return 0;
+    return DIFFUSE_OK;
 }
 
 /* The table sorted and checked, small components marked for widening once;
  * *out = w on success, w freed on failure (rc != 0 on entry: already failed). */
-static int weights_done(diffuse_weights *w, int rc, const char *path, diffuse_weights **out,
-                        char *err)
+static diffuse_status weights_done(diffuse_weights *w, diffuse_status st, const char *path,
+                                   diffuse_weights **out, char *err)
 {
-    if (rc == 0)
-        rc = finish_table(w, err);
-    for (int c = 0; rc == 0 && c < NCOMPONENTS; c++) /* widening per use pays off for big ones */
+    if (st == DIFFUSE_OK && finish_table(w, err))
+        st = DIFFUSE_ERR_FORMAT;
+    for (int c = 0; st == DIFFUSE_OK && c < NCOMPONENTS; c++) /* widening per use pays off for big ones */
         w->keep_widened[c] = (size_t)diffuse_weights_count(w, COMPONENTS[c]) * sizeof(float) <=
                              KEEP_WIDENED_BYTES;
-    if (rc == 0 && w->count == 0)
-        rc = diffuse_fail(err, "%s: holds no Stable Diffusion weights", path);
-    if (rc) {
+    if (st == DIFFUSE_OK && w->count == 0)
+        st = (diffuse_fail(err, "%s: holds no Stable Diffusion weights", path), DIFFUSE_ERR_FORMAT);
+    if (st != DIFFUSE_OK) {
         diffuse_weights_free(w);
-        return -1;
+        return st;
     }
     *out = w;
-    return 0;
+    return DIFFUSE_OK;
 }
 
-/* An empty store for path, which must exist; *dir: whether it is a folder. */
-static diffuse_weights *weights_new(const char *path, bool *dir, char *err)
+/* An empty store in *w for path, which must exist; *dir: whether it is a folder. */
+static diffuse_status weights_new(const char *path, bool *dir, diffuse_weights **w, char *err)
 {
     struct stat st;
-    if (stat(path, &st) != 0) {
-        diffuse_fail(err, "%s: no such file or folder", path);
-        return NULL;
-    }
+    *w = NULL;
+    if (stat(path, &st) != 0)
+        return diffuse_fail(err, "%s: %s", path, strerror(errno)), DIFFUSE_ERR_IO;
     *dir = S_ISDIR(st.st_mode);
-    diffuse_weights *w = calloc(1, sizeof *w);
-    if (!w)
-        diffuse_fail(err, "out of memory");
-    return w;
+    if (!(*w = calloc(1, sizeof **w)))
+        return diffuse_fail(err, "out of memory"), DIFFUSE_ERR_MEMORY;
+    return DIFFUSE_OK;
 }
 
-int diffuse_weights_open_taesd(const char *path, diffuse_weights **out, char *err)
+diffuse_status diffuse_weights_open_taesd(const char *path, diffuse_weights **out, char *err)
 {
     bool dir;
+    diffuse_weights *w;
     *out = NULL;
-    diffuse_weights *w = weights_new(path, &dir, err);
-    if (!w)
-        return -1;
-    int rc = 0;
+    diffuse_status st = weights_new(path, &dir, &w, err);
+    if (st != DIFFUSE_OK)
+        return st;
     char file[4096];
     if (dir) {
         static const char *names[] = {"diffusion_pytorch_model.safetensors",
@@ -581,34 +609,35 @@ int diffuse_weights_open_taesd(const char *path, diffuse_weights **out, char *er
             if (stat(file, &fs) == 0 && S_ISREG(fs.st_mode))
                 break;
         }
-        rc = i < sizeof names / sizeof names[0]
+        st = i < sizeof names / sizeof names[0]
                  ? open_taesd_file(w, file, true, err)
-                 : diffuse_fail(err, "%s: no TAESD here (diffusion_pytorch_model.safetensors, or "
-                                "taesd_encoder/taesd_decoder.safetensors)", path);
+                 : (diffuse_fail(err, "%s: no TAESD here (diffusion_pytorch_model.safetensors, or "
+                                 "taesd_encoder/taesd_decoder.safetensors)", path),
+                    DIFFUSE_ERR_FORMAT);
     } else {
-        rc = open_taesd_file(w, path, true, err);
+        st = open_taesd_file(w, path, true, err);
     }
-    return weights_done(w, rc, path, out, err);
+    return weights_done(w, st, path, out, err);
 }
 
-int diffuse_weights_open(const char *path, diffuse_weights **out, char *err)
+diffuse_status diffuse_weights_open(const char *path, diffuse_weights **out, char *err)
 {
     bool dir;
+    diffuse_weights *w;
     *out = NULL;
-    diffuse_weights *w = weights_new(path, &dir, err);
-    if (!w)
-        return -1;
-    int rc;
+    diffuse_status st = weights_new(path, &dir, &w, err);
+    if (st != DIFFUSE_OK)
+        return st;
     if (dir) {
-        rc = load_diffusers(w, path, err);
+        st = load_diffusers(w, path, err);
     } else {
-        rc = diffuse_st_open(path, &w->files[0], err);
-        if (rc == 0) {
+        st = diffuse_st_open(path, &w->files[0], err);
+        if (st == DIFFUSE_OK) {
             w->nfiles = 1;
-            rc = load_ldm(w, w->files[0], err);
+            st = load_ldm(w, w->files[0], err) ? DIFFUSE_ERR_FORMAT : DIFFUSE_OK;
         }
     }
-    return weights_done(w, rc, path, out, err);
+    return weights_done(w, st, path, out, err);
 }
 
 void diffuse_weights_free(diffuse_weights *w)

@@ -73,6 +73,35 @@ static inline char *test_read_file(const char *path)
     return s;
 }
 
+/* A valid vocab.json (malloc'd) of the 512 byte symbols (ids 0..511, GPT-2's
+ * byte-to-unicode map, then each with "</w>"), `extra` entries ("" or
+ * "\"tok\": id, "), and the two specials (512, 513): with a merges.txt of
+ * "#version: 0.2" alone, a tokenizer of one symbol per byte. */
+static inline char *test_tiny_vocab(const char *extra)
+{
+    size_t cap = 65536, len = 0;
+    char *s = (char *)malloc(cap);
+    int id = 0;
+    if (!s)
+        return NULL;
+    len += (size_t)snprintf(s + len, cap - len, "{");
+    for (int end = 0; end < 2; end++)
+        for (int b = 0; b < 256; b++) {
+            int cp = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174 ? b : -1;
+            if (cp < 0) {
+                int more = 0;
+                for (int c = 0; c < b; c++)
+                    more += !((c >= 33 && c <= 126) || (c >= 161 && c <= 172) || c >= 174);
+                cp = 256 + more;
+            }
+            len += (size_t)snprintf(s + len, cap - len, "\"\\u%04x%s\": %d, ", cp,
+                                    end ? "</w>" : "", id++);
+        }
+    snprintf(s + len, cap - len, "%s\"<|startoftext|>\": %d, \"<|endoftext|>\": %d}", extra,
+             id, id + 1);
+    return s;
+}
+
 /* max |a-b| / max |b| */
 static inline double test_rel_err(const float *a, const float *b, size_t n, double *max_abs)
 {

@@ -211,10 +211,12 @@ static void check_runs(diffuse_model *m)
         diffuse_status st;
     } bad[] = {
         {"sd1-nomatch.safetensors", NULL, "none of its modules", DIFFUSE_ERR_ARGUMENT},
-        {"sd1-loha.safetensors", NULL, "LoHa", DIFFUSE_ERR_ARGUMENT},
+        {"sd1-loha.safetensors", NULL, "LoHa", DIFFUSE_ERR_FORMAT},
         {"sd1-wrongshape.safetensors", NULL, "does not fit", DIFFUSE_ERR_ARGUMENT},
+        {"sd1-hugerank.safetensors", NULL, "does not fit", DIFFUSE_ERR_ARGUMENT},
         {"sdxl-kohya.safetensors", NULL, "sdxl-kohya", DIFFUSE_ERR_ARGUMENT},
-        {"missing.safetensors", NULL, "missing.safetensors", DIFFUSE_ERR_ARGUMENT},
+        {"missing.safetensors", NULL, "missing.safetensors", DIFFUSE_ERR_IO},
+        {"map.json", NULL, "map.json", DIFFUSE_ERR_FORMAT}, /* not a safetensors file */
         {NULL, "a <lora:missing:1>", "cannot read", DIFFUSE_ERR_IO},
         {NULL, "a <lora:sd1-kohya:x>", "<lora:NAME:WEIGHT>", DIFFUSE_ERR_ARGUMENT},
     };

@@ -100,6 +100,7 @@ static const bad_case bad_cases[] = {
     {"bad_shape_too_many_dims.safetensors", "dimensions"},
     {"bad_shape_overflow.safetensors", "overflows"},
     {"bad_shape_overflow_bytes.safetensors", "overflows"},
+    {"bad_shape_overflow_empty.safetensors", "overflows"},
     {"bad_wrong_dtype_size.safetensors", "need 16"},
     {"bad_truncated_data.safetensors", "outside the file"},
     {"bad_offsets_reversed.safetensors", "outside the file"},
@@ -122,8 +123,9 @@ static void test_malformed(void)
         }
         diffuse_st_file *f = (diffuse_st_file *)1;
         strcpy(err, "(no message)");
-        int rc = diffuse_st_open(path, &f, err);
-        CHECK(rc == -1 && f == NULL, "%s: opened (rc %d) but is malformed", c->file, rc);
+        diffuse_status rc = diffuse_st_open(path, &f, err);
+        CHECK(rc == DIFFUSE_ERR_FORMAT && f == NULL, "%s: opened (status %d) but is malformed",
+              c->file, rc);
         CHECK(strstr(err, c->expect) != NULL, "%s: message lacks \"%s\": %s", c->file, c->expect,
               err);
         /* in a diffusers folder three files are read: the message must say which */
@@ -132,7 +134,7 @@ static void test_malformed(void)
             diffuse_st_close(f);
         /* a NULL err buffer is allowed */
         rc = diffuse_st_open(path, &f, NULL);
-        CHECK(rc == -1 && f == NULL, "%s: opened with err NULL", c->file);
+        CHECK(rc == DIFFUSE_ERR_FORMAT && f == NULL, "%s: opened with err NULL", c->file);
         if (rc == 0)
             diffuse_st_close(f);
     }
@@ -143,11 +145,11 @@ static void test_not_files(void)
     char err[DIFFUSE_ERROR_SIZE];
     diffuse_st_file *f = NULL;
     const char *missing = FIXTURES "does-not-exist.safetensors";
-    CHECK(diffuse_st_open(missing, &f, err) == -1 && !f, "a missing file opened");
+    CHECK(diffuse_st_open(missing, &f, err) == DIFFUSE_ERR_IO && !f, "a missing file opened");
     CHECK(strstr(err, missing) != NULL, "missing file: message does not name it: %s", err);
-    CHECK(diffuse_st_open("tests/fixtures", &f, err) == -1 && !f, "a directory opened");
+    CHECK(diffuse_st_open("tests/fixtures", &f, err) == DIFFUSE_ERR_IO && !f, "a directory opened");
     CHECK(strstr(err, "tests/fixtures") != NULL, "directory: message does not name it: %s", err);
-    CHECK(diffuse_st_open("/dev/null", &f, err) == -1 && !f, "/dev/null opened");
+    CHECK(diffuse_st_open("/dev/null", &f, err) == DIFFUSE_ERR_IO && !f, "/dev/null opened");
 }
 
 /* ------------------------------------------------------------------ the valid file */

@@ -457,7 +457,7 @@ static void test_damaged(const char *fixture, const char *vocab)
     snprintf(path, sizeof path, "/tmp/diffuse-sd2-truncated-%d.safetensors", (int)getpid());
     CHECK(write_all(path, data, size - 1000), "write %s", path);
     diffuse_weights *w = NULL;
-    CHECK(diffuse_weights_open(path, &w, err) == -1 && !w && strstr(err, path) &&
+    CHECK(diffuse_weights_open(path, &w, err) == DIFFUSE_ERR_FORMAT && !w && strstr(err, path) &&
               strstr(err, "outside"),
           "truncated file: %s", err);
     diffuse_model *m = load(path, vocab, DIFFUSE_PREDICTION_AUTO, err);

@@ -154,11 +154,11 @@ static void check_load_errors(const char *dir, const char *tmp)
 {
     char err[DIFFUSE_ERROR_SIZE] = "", path[4096], src[4096];
     diffuse_taesd *t = NULL;
-    CHECK(diffuse_taesd_load("/nonexistent/taesd", &t, err) == -1 && !t &&
+    CHECK(diffuse_taesd_load("/nonexistent/taesd", &t, err) == DIFFUSE_ERR_IO && !t &&
               strstr(err, "/nonexistent/taesd"), "missing path: '%s'", err);
-    CHECK(diffuse_taesd_load("tests/fixtures/ok_valid.safetensors", &t, err) == -1 && !t &&
+    CHECK(diffuse_taesd_load("tests/fixtures/ok_valid.safetensors", &t, err) == DIFFUSE_ERR_FORMAT && !t &&
               strstr(err, "not a TAESD"), "a safetensors that is no TAESD: '%s'", err);
-    CHECK(diffuse_taesd_load("tests/fixtures", &t, err) == -1 && !t && strstr(err, "no TAESD"),
+    CHECK(diffuse_taesd_load("tests/fixtures", &t, err) == DIFFUSE_ERR_FORMAT && !t && strstr(err, "no TAESD"),
           "a folder without one: '%s'", err);
     /* the decoder alone: decodes, refuses to encode */
     snprintf(path, sizeof path, "%s/taesd_decoder.safetensors", dir);

@@ -55,7 +55,7 @@ static diffuse_tokenizer *load_ok(const char *path, const char *what)
     char err[DIFFUSE_ERROR_SIZE] = "";
     diffuse_tokenizer *tok = NULL;
     double t0 = now_ms();
-    int rc = path ? diffuse_tokenizer_load(path, &tok, err) : -1;
+    int rc = path ? (int)diffuse_tokenizer_load(path, &tok, err) : -1;
     if (!path)
         return NULL;
     printf("load %s: %.1f ms\n", what, now_ms() - t0);
@@ -255,14 +255,20 @@ static void check_paths(const char *folder, const char *tmp)
 
 /* ------------------------------------------------------------------ failures */
 
-/* Loads path, which must fail with a message containing `want`. */
-static void expect_fail(const char *path, const char *want)
+/* Loads path, which must fail as `kind` with a message containing `want`. */
+static void expect_fail_as(const char *path, diffuse_status kind, const char *want)
 {
     char err[DIFFUSE_ERROR_SIZE] = "";
     diffuse_tokenizer *tok = (diffuse_tokenizer *)&err; /* must come back NULL */
-    int rc = diffuse_tokenizer_load(path, &tok, err);
-    CHECK(rc == -1 && tok == NULL && strstr(err, want), "load %s: rc %d, \"%s\", want \"%s\"",
-          path, rc, err, want);
+    diffuse_status st = diffuse_tokenizer_load(path, &tok, err);
+    CHECK(st == kind && tok == NULL && strstr(err, want),
+          "load %s: status %d (want %d), \"%s\", want \"%s\"", path, st, kind, err, want);
+}
+
+/* ... a malformed vocabulary: DIFFUSE_ERR_FORMAT. */
+static void expect_fail(const char *path, const char *want)
+{
+    expect_fail_as(path, DIFFUSE_ERR_FORMAT, want);
 }
 
 /* A folder holding a vocab.json and a merges.txt with the given contents. */
@@ -279,38 +285,14 @@ static void expect_fail_hf(const char *tmp, const char *vocab, const char *merge
     unlink(m);
 }
 
-/* A valid vocabulary with only the 512 byte symbols and the two specials. */
-static char *tiny_vocab(void)
-{
-    size_t cap = 65536, len = 0;
-    char *s = malloc(cap);
-    int id = 0;
-    len += (size_t)snprintf(s + len, cap - len, "{");
-    for (int end = 0; end < 2; end++)
-        for (int b = 0; b < 256; b++) {
-            int cp = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174 ? b : -1;
-            if (cp < 0) {
-                int extra = 0;
-                for (int c = 0; c < b; c++)
-                    extra += !((c >= 33 && c <= 126) || (c >= 161 && c <= 172) || c >= 174);
-                cp = 256 + extra;
-            }
-            len += (size_t)snprintf(s + len, cap - len, "\"\\u%04x%s\": %d, ", cp,
-                                    end ? "</w>" : "", id++);
-        }
-    snprintf(s + len, cap - len, "\"a</w>\": 0, \"<|startoftext|>\": %d, \"<|endoftext|>\": %d}",
-             id, id + 1);
-    return s;
-}
-
 static void check_load_errors(const char *tmp)
 {
     char path[4096];
-    expect_fail("/nonexistent/tokenizer", "cannot open");
-    expect_fail(tmp, "no vocab.json");                /* empty folder */
+    expect_fail_as("/nonexistent/tokenizer", DIFFUSE_ERR_IO, "cannot open");
+    expect_fail_as(tmp, DIFFUSE_ERR_IO, "no vocab.json"); /* empty folder */
     snprintf(path, sizeof path, "%s/vocab.json", tmp);
     write_text(path, "{\"a\": 0}");
-    expect_fail(tmp, "no merges");                    /* vocab.json alone */
+    expect_fail_as(tmp, DIFFUSE_ERR_IO, "no merges");                    /* vocab.json alone */
     unlink(path);
     expect_fail_hf(tmp, "{\"a\": 0, ", "#version: 0.2\n", "not valid JSON");
     expect_fail_hf(tmp, "[1, 2]", "#version: 0.2\n", "expected an object");
@@ -333,7 +315,7 @@ static void check_tiny_vocab(const char *tmp)
     char v[4096], m[4096], err[DIFFUSE_ERROR_SIZE] = "";
     snprintf(v, sizeof v, "%s/vocab.json", tmp);
     snprintf(m, sizeof m, "%s/merges.txt", tmp);
-    char *vocab = tiny_vocab();
+    char *vocab = test_tiny_vocab("\"a</w>\": 0, ");
     write_text(v, vocab);
     write_text(m, "#version: 0.2\n");
     free(vocab);

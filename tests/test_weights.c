@@ -1,5 +1,7 @@
 /* test_weights.c: both checkpoint layouts of the reference model must give the
  * same canonical weights (names, shapes and values). */
+#include <unistd.h>
+
 #include "../engine/internal.h"
 #include "test.h"
 
@@ -27,6 +29,64 @@ static void compare_one(void *user, const char *name, int ndim, const int64_t *s
         if (!c->mismatched++) snprintf(c->first, sizeof c->first, "shape %s", name);
         return;
     }
+}
+
+/* A single-file checkpoint of header json alone (every tensor empty) at path. */
+static bool write_header_only(const char *path, const char *json)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return false;
+    uint64_t n = strlen(json);
+    uint8_t len[8];
+    for (int i = 0; i < 8; i++)
+        len[i] = (uint8_t)(n >> (8 * i));
+    bool ok = fwrite(len, 1, 8, f) == 8 && fwrite(json, 1, n, f) == n;
+    return fclose(f) == 0 && ok;
+}
+
+/* #17 D11: an empty tensor passes the file's checks with any dimension beside
+ * its 0; the weight table refuses a dimension the engine's int arithmetic
+ * cannot take (it was read as a latent channel count of 2^31 - 1, and 2 c + 1
+ * overflowed), naming the file and the tensor. */
+static void test_absurd_dimensions(void)
+{
+    static const struct { const char *tensor, *shape, *dim; } cases[] = {
+        {"first_stage_model.decoder.conv_in.weight", "[0, 2147483647, 3, 3]", "dimension 1 is 2147483647"},
+        {"model.diffusion_model.input_blocks.0.0.weight", "[4294967296, 0]", "dimension 0 is 4294967296"},
+        /* split three ways (OpenCLIP in_proj): the rows of each third */
+        {"cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight", "[0, 16777217]",
+         "dimension 1 is 16777217"},
+    };
+    char path[] = "/tmp/diffuse-weights-XXXXXX", err[DIFFUSE_ERROR_SIZE], json[512];
+    int fd = mkstemp(path);
+    CHECK(fd >= 0, "mkstemp");
+    if (fd < 0)
+        return;
+    close(fd);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        snprintf(json, sizeof json, "{\"%s\": {\"dtype\": \"F16\", \"shape\": %s, "
+                 "\"data_offsets\": [0, 0]}}", cases[i].tensor, cases[i].shape);
+        diffuse_weights *w = NULL;
+        strcpy(err, "(no message)");
+        CHECK(write_header_only(path, json), "cannot write %s", path);
+        CHECK(diffuse_weights_open(path, &w, err) == DIFFUSE_ERR_FORMAT && !w, "%s %s opened", cases[i].tensor,
+              cases[i].shape);
+        CHECK(strstr(err, path) && strstr(err, cases[i].tensor) && strstr(err, cases[i].dim),
+              "%s %s: message names neither the file, the tensor nor the dimension: %s",
+              cases[i].tensor, cases[i].shape, err);
+        diffuse_weights_free(w);
+    }
+    /* the largest dimension taken, in an empty tensor: opens, and is refused as empty on use */
+    snprintf(json, sizeof json, "{\"first_stage_model.decoder.conv_in.weight\": {\"dtype\": "
+             "\"F32\", \"shape\": [0, 16777216], \"data_offsets\": [0, 0]}}");
+    diffuse_weights *w = NULL;
+    CHECK(write_header_only(path, json) && diffuse_weights_open(path, &w, err) == 0, "2^24: %s",
+          err);
+    CHECK(w && !diffuse_weights_get(w, "vae.decoder.conv_in.weight", 2, (int64_t[]){0, 16777216},
+                                    err) && strstr(err, "is empty"), "empty weight used: %s", err);
+    diffuse_weights_free(w);
+    unlink(path);
 }
 
 int main(void)
@@ -79,9 +139,10 @@ int main(void)
         diffuse_weights_free(wd);
         diffuse_weights_free(wl);
     }
-    CHECK(diffuse_weights_open("/nonexistent/model", &(diffuse_weights *){NULL}, err) == -1 &&
+    CHECK(diffuse_weights_open("/nonexistent/model", &(diffuse_weights *){NULL}, err) == DIFFUSE_ERR_IO &&
           strstr(err, "/nonexistent/model"), "missing path: %s", err);
-    CHECK(diffuse_weights_open("/tmp", &(diffuse_weights *){NULL}, err) == -1 &&
+    CHECK(diffuse_weights_open("/tmp", &(diffuse_weights *){NULL}, err) == DIFFUSE_ERR_FORMAT &&
           strstr(err, "not a diffusers model folder"), "not a model folder: %s", err);
+    test_absurd_dimensions();
     TEST_END();
 }

@@ -4,6 +4,10 @@
  *   diffuse tokenize [--vocab PATH] TEXT
  *   diffuse info --model PATH
  * Errors go to stderr with a non-zero exit status; a bad argument is named.
+ * The status says the kind of failure (exit_status): 2 a bad argument, 3 a
+ * file that cannot be read or written, 4 a malformed file or a model Diffuse
+ * does not run, 5 not enough memory, 6 cancelled, 7 numbers gone NaN or
+ * infinite; 1 anything else.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -43,10 +47,23 @@ static int usage(void)
     return 2;
 }
 
+/* The engine's kinds of failure in the order of diffuse_status: ARGUMENT 2 ... NONFINITE 7. */
+static int exit_status(diffuse_status st)
+{
+    return st == DIFFUSE_OK ? 0 : (int)st + 1;
+}
+
 static int bad_arg(const char *name, const char *value, const char *why)
 {
     fprintf(stderr, "diffuse: %s '%s': %s\n", name, value ? value : "", why);
     return 2;
+}
+
+/* A file argument that failed as `kind`: named like any argument, its status the kind's. */
+static int bad_file(const char *name, const char *path, const char *why, diffuse_status kind)
+{
+    bad_arg(name, path, why);
+    return exit_status(kind);
 }
 
 static bool parse_int(const char *s, long lo, long hi, long *out)
@@ -213,9 +230,10 @@ static int add_lora(gen_opts *o, const char *arg)
 static int from_png(gen_opts *o)
 {
     char err[DIFFUSE_ERROR_SIZE];
-    char *text = png_read_text(o->from, "parameters", err, sizeof err);
+    diffuse_status why;
+    char *text = png_read_text(o->from, "parameters", &why, err, sizeof err);
     if (!text)
-        return bad_arg("--from", o->from, err);
+        return bad_file("--from", o->from, err, why);
     diffuse_parameters *p = &o->from_params;
     diffuse_status st = diffuse_parameters_parse(text, p, err, sizeof err);
     free(text);
@@ -394,8 +412,9 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
     if (optind < argc) return bad_arg("argument", argv[optind], "unexpected");
     if (o->req.preview_every && !o->req.preview)
         return bad_arg("--preview-every", "", "needs --preview PATH.png");
-    if (o->from && from_png(o))
-        return 2;
+    int rc;
+    if (o->from && (rc = from_png(o)))
+        return rc;
     if (!o->model) return bad_arg("--model", "", "missing");
     if (!o->req.prompt) return bad_arg("--prompt", "", "missing");
     if (!o->output) return bad_arg("--output", "", "missing");
@@ -425,7 +444,7 @@ static int check_output(const char *arg, const char *out)
     if (stat(dir, &st) != 0 || access(dir, W_OK) != 0) {
         char why[300];
         snprintf(why, sizeof why, "cannot write into %s: %s", dir, strerror(errno));
-        return bad_arg(arg, out, why);
+        return bad_file(arg, out, why, DIFFUSE_ERR_IO);
     }
     return 0;
 }
@@ -447,10 +466,11 @@ static int load_inputs(gen_opts *o, float **init, float **mask)
 {
     char err[DIFFUSE_ERROR_SIZE];
     int w, h, mw, mh;
+    diffuse_status why;
     if (!o->init)
         return 0;
-    if (!(*init = png_read(o->init, 3, DIFFUSE_MAX_SIDE, &w, &h, err, sizeof err)))
-        return bad_arg("--init", o->init, err);
+    if (!(*init = png_read(o->init, 3, DIFFUSE_MAX_SIDE, &w, &h, &why, err, sizeof err)))
+        return bad_file("--init", o->init, err, why);
     if (o->req.width && o->req.height && (w != o->req.width || h != o->req.height))
         return bad_arg("--init", o->init, "image size differs from --width/--height");
     if (w % 8 || h % 8)
@@ -459,8 +479,8 @@ static int load_inputs(gen_opts *o, float **init, float **mask)
     o->req.height = h;
     o->req.init_image = *init;
     if (o->mask) {
-        if (!(*mask = png_read(o->mask, 1, DIFFUSE_MAX_SIDE, &mw, &mh, err, sizeof err)))
-            return bad_arg("--mask", o->mask, err);
+        if (!(*mask = png_read(o->mask, 1, DIFFUSE_MAX_SIDE, &mw, &mh, &why, err, sizeof err)))
+            return bad_file("--mask", o->mask, err, why);
         if (mw != w || mh != h)
             return bad_arg("--mask", o->mask, "mask size differs from the init image");
         o->req.mask = *mask;
@@ -496,7 +516,7 @@ static int write_outputs(const gen_opts *o, const diffuse_image *images, const c
         free(text);
         if (failed) {
             fprintf(stderr, "diffuse: %s\n", err);
-            return 1;
+            return exit_status(text ? DIFFUSE_ERR_IO : DIFFUSE_ERR_MEMORY);
         }
         fprintf(stderr, "wrote %s (seed %llu)\n", path, (unsigned long long)images[i].seed);
     }
@@ -525,8 +545,11 @@ static int cmd_generate(int argc, char **argv)
         o.req.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     const char *path = resolve_model(o.model, buf, sizeof buf, err, sizeof err);
     double t0 = now_s();
-    if (!path || !(model = diffuse_model_load(path, &o.load, err, sizeof err))) {
-        rc = bad_arg("--model", o.model, err);
+    diffuse_status st = path ? diffuse_model_open(path, &o.load, &model, err, sizeof err)
+                             : DIFFUSE_ERR_IO;
+    if (st != DIFFUSE_OK) {
+        bad_arg("--model", o.model, err);
+        rc = exit_status(st);
         goto done;
     }
     const double load_s = now_s() - t0;
@@ -547,12 +570,12 @@ static int cmd_generate(int argc, char **argv)
     if (o.verbose)
         o.req.stats = &stats;
     images = calloc((size_t)o.req.count, sizeof *images);
-    diffuse_status st = diffuse_generate(model, &o.req, images, err, sizeof err);
+    st = diffuse_generate(model, &o.req, images, err, sizeof err);
     if (o.verbose)
         print_stats(&stats, load_s);
     if (st != DIFFUSE_OK) {
         fprintf(stderr, "diffuse: %s\n", err);
-        rc = 1;
+        rc = exit_status(st);
         goto done;
     }
     rc = write_outputs(&o, images, o.model);
@@ -613,9 +636,12 @@ static int cmd_tokenize(int argc, char **argv)
     if (!text)
         return bad_arg("TEXT", "", "missing");
     int32_t ids[DIFFUSE_MAX_TOKENS];
-    if (diffuse_tokenize(vocab ? vocab : default_vocab(buf, sizeof buf), text, ids, err,
-                         sizeof err) != DIFFUSE_OK)
-        return bad_arg("--vocab", vocab ? vocab : buf, err);
+    diffuse_status st = diffuse_tokenize(vocab ? vocab : default_vocab(buf, sizeof buf), text, ids,
+                                         err, sizeof err);
+    if (st != DIFFUSE_OK) {
+        bad_arg("--vocab", vocab ? vocab : buf, err);
+        return exit_status(st);
+    }
     for (int i = 0; i < DIFFUSE_MAX_TOKENS; i++)
         printf("%d%c", ids[i], i + 1 < DIFFUSE_MAX_TOKENS ? ' ' : '\n');
     return 0;
@@ -639,10 +665,11 @@ static int cmd_info(int argc, char **argv)
     if (!model_arg)
         return bad_arg("--model", "", "missing");
     const char *path = resolve_model(model_arg, buf, sizeof buf, err, sizeof err);
-    diffuse_model *m = path ? diffuse_model_load(path, &p, err, sizeof err) : NULL;
-    if (!m) {
+    diffuse_model *m = NULL;
+    diffuse_status st = path ? diffuse_model_open(path, &p, &m, err, sizeof err) : DIFFUSE_ERR_IO;
+    if (st != DIFFUSE_OK) {
         fprintf(stderr, "diffuse: --model '%s': %s\n", model_arg, err);
-        return 1;
+        return exit_status(st);
     }
     diffuse_model_info in;
     diffuse_model_get_info(m, &in);
