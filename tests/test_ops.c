@@ -263,14 +263,15 @@ static void test_conv2d_dnnl(int backend)
 
 /* ------------------------------------------------------------------ attention */
 
-/* q, k, v interleaved in one [t, 3 * heads * dh + extra] buffer as a fused
- * projection leaves them, so every row is strided. */
+/* q, k, v interleaved in one [t, 3 * heads * dh + |extra|] buffer as a fused
+ * projection leaves them, so every row is strided; a negative extra makes the
+ * scores peaked: large, with row maxima that move from key block to key block. */
 static void attention_case(int tq, int tk, int heads, int dh, bool causal, int extra)
 {
-    const int width = heads * dh, stride = 3 * width + extra;
+    const int width = heads * dh, stride = 3 * width + abs(extra);
     const int rows = tq > tk ? tq : tk;
     float *qkv = random_buf((size_t)rows * stride, 2);
-    if (extra < 0) /* peaked: large scores whose row maximum moves from key block to key block */
+    if (extra < 0)
         for (int r = 0; r < rows; r++)
             for (int i = 0; i < width; i++)
                 qkv[(size_t)r * stride + i] *= 4.0f + 0.05f * r;
