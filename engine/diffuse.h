@@ -318,6 +318,15 @@ size_t diffuse_request_memory(const diffuse_model *model, const diffuse_request 
  * work); 0 when unknown. diffuse_generate refuses a request whose
  * diffuse_request_memory exceeds it; front ends ask the same. */
 size_t diffuse_memory_available(void);
+/* For programs (the CLI, the GIMP plug-ins): call first thing in main().
+ * The convolutions' OpenMP threads (oneDNN) spin-wait unless OMP_WAIT_POLICY
+ * says otherwise, and the runtime reads it only as the program loads; on a
+ * busy machine spinning threads make a run several times slower. When the
+ * variable is not set, this sets it to PASSIVE and runs the program again in
+ * place (execv of /proc/self/exe with the same arguments: the process, its
+ * open files and its other variables stay). Returns when nothing needed
+ * doing, or the exec failed (then the run goes on as loaded). */
+void diffuse_process_init(char **argv);
 /* Where a front end finds the default model when the user names none:
  * $DIFFUSE_DEFAULT_MODEL where set (used whether or not it exists: loading
  * names it), else the first of `beside` that exists (the copies the calling

@@ -285,8 +285,9 @@ gchar *core_lora_folder(void)
 
 /* ---------------------------------------------------------------- models */
 
-void core_process_init(void)
+void core_process_init(char **argv)
 {
+    diffuse_process_init(argv); /* may run the plug-in again, in place */
     g_setenv("BABL_LUT", "0", FALSE);
 }
 

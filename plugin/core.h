@@ -133,12 +133,14 @@ gchar *core_lora_folder(void);
 
 /* ---------------------------------------------------------------- models */
 
-/* Called first in main(), before GEGL starts: turns off babl's 8-bit
+/* Called first in main(), before GEGL starts, with main's argv: the
+ * engine's diffuse_process_init (the convolutions' threads wait passively;
+ * it may run the plug-in again, in place), then turns off babl's 8-bit
  * conversion tables (BABL_LUT=0, unless the environment says otherwise).
  * babl builds one of 16M entries (64-256 MiB) per format pair that converts
  * enough pixels, after a 256 MiB timing probe: some 350 MiB for a moment,
  * most of a run's peak, to speed up conversions the plug-in makes once. */
-void core_process_init(void);
+void core_process_init(char **argv);
 /* The folder holding the plug-in binary: "" models resolve to
  * <dir>/models/default there. Call once at start-up. */
 void core_set_plugin_dir(const gchar *dir);

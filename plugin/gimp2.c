@@ -696,7 +696,7 @@ static void run(const gchar *name, gint nparams, const GimpParam *param, gint *n
  * default model is installed beside it. */
 int main(int argc, char *argv[])
 {
-    core_process_init();
+    core_process_init(argv);
     core_set_plugin_dir_of_binary(argv[0]);
     return gimp_main(&PLUG_IN_INFO, argc, argv);
 }

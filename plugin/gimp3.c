@@ -895,7 +895,7 @@ static GimpValueArray *diffuse_run(GimpProcedure *procedure, GimpRunMode run_mod
  * is: the default model is installed beside it. */
 int main(int argc, char *argv[])
 {
-    core_process_init();
+    core_process_init(argv);
     core_set_plugin_dir_of_binary(argv[0]);
     return gimp_main(DIFFUSE_TYPE, argc, argv);
 }

@@ -703,6 +703,7 @@ static int cmd_info(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    diffuse_process_init(argv);
     if (argc < 2)
         return usage();
     const char *cmd = argv[1];
