@@ -104,6 +104,7 @@ static int bench_generate(const char *model_path)
 
 int main(int argc, char **argv)
 {
+    diffuse_process_init(argv); /* as the CLI and the plug-ins run */
     double peak = sgemm_peak();
     printf("sgemm peak (1536^3, %d OpenBLAS threads): %.1f GFLOP/s\n", openblas_get_num_threads(),
            peak);

@@ -183,6 +183,7 @@ done:
 
 int main(int argc, char **argv)
 {
+    diffuse_process_init(argv); /* as the CLI and the plug-ins run */
     if (argc < 3) {
         fprintf(stderr, "usage: bench_real MODEL.safetensors VOCAB [SIZE...]\n");
         return 2;
