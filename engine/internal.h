@@ -303,6 +303,10 @@ size_t diffuse_dnnl_conv_scratch(const diffuse_conv *c, int n);
 bool diffuse_dnnl_winograd(const diffuse_conv *c, int n);
 /* The oneDNN major version built in, 0 without it. */
 int diffuse_dnnl_major(void);
+/* Bytes the Winograd primitives made so far will keep once they first run
+ * and have not yet (outside any scratch): what a memory plan adds after
+ * sizing its convolutions. */
+size_t diffuse_dnnl_pending_bytes(void);
 bool diffuse_dnnl_conv(float *y, const float *x, const float *w, const float *b,
                        const diffuse_conv *c, int n, float *scratch);
 void diffuse_conv_set_backend(int backend);

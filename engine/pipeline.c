@@ -591,5 +591,7 @@ size_t diffuse_pipeline_memory(const diffuse_model *m, const diffuse_run *run)
     peak = max_of(peak, wu + touched);
     touched = max_of(touched, run->fast_decode ? at : av);
     peak = max_of(peak, (run->fast_decode ? 0 : wv) + touched);
-    return sizeof(float) * buffers_floats(&d, run) + peak + run->lora_bytes;
+    /* sizing the convolutions above made their oneDNN primitives */
+    return sizeof(float) * buffers_floats(&d, run) + peak + run->lora_bytes +
+           diffuse_dnnl_pending_bytes();
 }
