@@ -15,15 +15,7 @@ MODEL=$SHARED/reference/sd1-tiny/model-diffusers
 LORAS=${BUILD:-build}/fixtures/loras
 FIX=tests/fixtures
 
-passed=0
-failed=0
-pass() { passed=$((passed + 1)); }
-fail() { failed=$((failed + 1)); echo "FAIL $*"; }
-finish() {
-    echo "$passed passed, $failed failed"
-    [ "$failed" -eq 0 ]
-    exit
-}
+. tests/lib.sh
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/diffuse-bad.XXXXXX") || { echo "0 passed, 1 failed"; exit 1; }
 trap 'rm -rf "$tmp"' EXIT
@@ -50,30 +42,7 @@ broken() { mkdir -p "$tmp/$1" && cp -r "$MODEL"/* "$tmp/$1"/; }
 # retensor FILE NAME SHAPE|nan: tensor NAME of FILE made empty with SHAPE (a JSON
 # list with a 0), or its first value made NaN
 retensor() {
-    python3 - "$@" <<'PYEOF'
-import json, struct, sys
-p, name, how = sys.argv[1:4]
-d = bytearray(open(p, "rb").read())
-n, = struct.unpack("<Q", d[:8])
-h = json.loads(d[8:8 + n])
-if how == "nan":
-    struct.pack_into("<f", d, 8 + n + h[name]["data_offsets"][0], float("nan"))
-    open(p, "wb").write(d)
-    sys.exit()
-h.pop("__metadata__", None)
-data, out, blobs, off = d[8 + n:], {}, [], 0
-for k in sorted(h, key=lambda k: h[k]["data_offsets"][0]):
-    v = h[k]
-    b, shape = bytes(data[v["data_offsets"][0]:v["data_offsets"][1]]), v["shape"]
-    if k == name:
-        b, shape = b"", json.loads(how)
-    out[k] = {"dtype": v["dtype"], "shape": shape, "data_offsets": [off, off + len(b)]}
-    blobs.append(b)
-    off += len(b)
-t = json.dumps(out).encode()
-t += b" " * (-len(t) % 8)
-open(p, "wb").write(struct.pack("<Q", len(t)) + t + b"".join(blobs))
-PYEOF
+    python3 tests/tools/retensor.py "$@"
 }
 # png FILE W H [header|bigtext|garbage]: an RGB PNG of that size; only its header;
 # a text chunk first that declares 2,000,000,000 bytes (libpng allocated them);

@@ -15,17 +15,9 @@ VOCAB=$SHARED/clip/bpe_simple_vocab_16e6.txt.gz
 FIXTURES=tests/fixtures
 PROMPT="a red circle on a blue background"
 
-passed=0
-failed=0
-pass() { passed=$((passed + 1)); }
-fail() { failed=$((failed + 1)); echo "FAIL $*"; }
+. tests/lib.sh
 check() { # check CONDITION-STATUS MESSAGE: counts one case on the last command's status
     if [ "$1" -eq 0 ]; then pass; else fail "$2"; fi
-}
-finish() {
-    echo "$passed passed, $failed failed"
-    [ "$failed" -eq 0 ]
-    exit
 }
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/diffuse-cli.XXXXXX") || { echo "FAIL mktemp"; echo "0 passed, 1 failed"; exit 1; }
@@ -550,17 +542,8 @@ if [ -d "$MODEL" ]; then
     broken() { # broken NAME: a copy of the model folder to change, in $tmp/NAME
         rm -rf "$tmp/$1" && mkdir -p "$tmp/$1" && cp -r "$MODEL"/* "$tmp/$1"/
     }
-    broken nan && python3 - "$tmp/nan/unet/diffusion_pytorch_model.safetensors" <<'PYEOF'
-import json, struct, sys
-p = sys.argv[1]
-d = bytearray(open(p, "rb").read())
-n, = struct.unpack("<Q", d[:8])
-h = json.loads(d[8:8 + n])
-t = h["conv_out.weight"]
-assert t["dtype"] == "F32"
-struct.pack_into("<f", d, 8 + n + t["data_offsets"][0], float("nan"))
-open(p, "wb").write(d)
-PYEOF
+    broken nan && python3 tests/tools/retensor.py "$tmp/nan/unet/diffusion_pytorch_model.safetensors" \
+        conv_out.weight nan
     expect_error "NaN in the UNet's weights" "NaN or infinite" "$BIN" generate --model "$tmp/nan" \
         --prompt x --steps 2 --width 64 --height 64 --output "$tmp/nan.png"
     grep -q "denoising step 1 of 2" "$tmp/err"
@@ -576,36 +559,13 @@ c["scaling_factor"] = 0
 json.dump(c, open(sys.argv[1], "w"))
 PYEOF
     expect_error "a VAE scale of 0" "scaling_factor" "$BIN" info --model "$tmp/scale"
-    # empty_tensor FILE NAME SHAPE: tensor NAME of FILE made empty with SHAPE (a JSON list with a 0)
-    empty_tensor() {
-        python3 - "$@" <<'PYEOF'
-import json, struct, sys
-p, name, new_shape = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-d = open(p, "rb").read()
-n, = struct.unpack("<Q", d[:8])
-h = json.loads(d[8:8 + n])
-h.pop("__metadata__", None)
-data, out, blobs, off = d[8 + n:], {}, [], 0
-for k in sorted(h, key=lambda k: h[k]["data_offsets"][0]):
-    v = h[k]
-    b, shape = data[v["data_offsets"][0]:v["data_offsets"][1]], v["shape"]
-    if k == name:
-        b, shape = b"", new_shape
-    out[k] = {"dtype": v["dtype"], "shape": shape, "data_offsets": [off, off + len(b)]}
-    blobs.append(b)
-    off += len(b)
-t = json.dumps(out).encode()
-t += b" " * (-len(t) % 8)
-open(p, "wb").write(struct.pack("<Q", len(t)) + t + b"".join(blobs))
-PYEOF
-    }
     # a weight with a zero dimension (token_embedding [0, 32]) is named, not divided by
-    broken empty && empty_tensor "$tmp/empty/text_encoder/model.safetensors" \
+    broken empty && python3 tests/tools/retensor.py "$tmp/empty/text_encoder/model.safetensors" \
         text_model.embeddings.token_embedding.weight "[0, 32]"
     expect_error "a zero-size weight" "token_embedding.weight' is empty" "$BIN" info --model "$tmp/empty"
     # ... and one whose other dimension is absurd is refused as it is read (was taken for
     # 2^31 - 1 latent channels, and 2 c + 1 overflowed; #17 D11)
-    broken absurd && empty_tensor "$tmp/absurd/vae/diffusion_pytorch_model.safetensors" \
+    broken absurd && python3 tests/tools/retensor.py "$tmp/absurd/vae/diffusion_pytorch_model.safetensors" \
         decoder.conv_in.weight "[0, 2147483647, 3, 3]"
     expect_error "an absurd dimension" "decoder.conv_in.weight': dimension 1 is 2147483647" \
         "$BIN" info --model "$tmp/absurd"

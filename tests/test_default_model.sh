@@ -36,15 +36,7 @@ two large blue circles at the bottom on a yellow background|6
 three small black stars at the top left on a red background|7
 a small purple square on the right on a orange background|9"
 
-passed=0
-failed=0
-pass() { passed=$((passed + 1)); }
-fail() { failed=$((failed + 1)); echo "FAIL $*"; }
-finish() {
-    echo "$passed passed, $failed failed"
-    [ "$failed" -eq 0 ]
-    exit
-}
+. tests/lib.sh
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/diffuse-default.XXXXXX") || { echo "0 passed, 1 failed"; exit 1; }
 trap 'rm -rf "$tmp"' EXIT
