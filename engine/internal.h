@@ -445,7 +445,6 @@ typedef struct diffuse_unet_config {
     int mid_depth;                       /* the mid block's: 1, SDXL 10 */
     int context_dim;                     /* cross_attention_dim */
     bool linear_proj;                    /* use_linear_projection (SD 2.x) */
-    bool upcast_attention;               /* attention in float32 (always true here) */
     int groups;                          /* 32 */
     float eps;                           /* norm_eps 1e-5 */
     bool flip_sin_to_cos;                /* true */

@@ -128,7 +128,6 @@ static int infer_unet(diffuse_model *m, const cJSON *cfg, char *err)
     u->eps = cJSON_IsNumber(eps) ? (float)eps->valuedouble : 1e-5f;
     u->flip_sin_to_cos = true;
     u->freq_shift = json_int_at(cfg, "freq_shift", 0, 0);
-    u->upcast_attention = true;
     m->family = sdxl ? "sdxl" : sd2 ? "sd2" : "sd1";
     return 0;
 }

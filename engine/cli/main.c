@@ -569,7 +569,11 @@ static int cmd_generate(int argc, char **argv)
     diffuse_stats stats;
     if (o.verbose)
         o.req.stats = &stats;
-    images = calloc((size_t)o.req.count, sizeof *images);
+    if (!(images = calloc((size_t)o.req.count, sizeof *images))) {
+        fprintf(stderr, "diffuse: out of memory for %d images\n", o.req.count);
+        rc = exit_status(DIFFUSE_ERR_MEMORY);
+        goto done;
+    }
     st = diffuse_generate(model, &o.req, images, err, sizeof err);
     if (o.verbose)
         print_stats(&stats, load_s);
