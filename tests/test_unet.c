@@ -24,7 +24,7 @@ static diffuse_unet_config tiny_config(void)
         .layers_per_block = 2,
         .heads = {8, 8, 8, 8},                   /* attention_head_dim 8 (legacy: heads) */
         .depth = {1, 1, 1, 0}, .mid_depth = 1, .context_dim = 32,
-        .linear_proj = false, .upcast_attention = false,
+        .linear_proj = false,
         .groups = 32, .eps = 1e-5f, .flip_sin_to_cos = true, .freq_shift = 0,
     };
     return c;
