@@ -867,6 +867,7 @@ typedef struct {
     const CoreWatch *watch; /* NULL, or the front end's window */
     gsize rss_start;       /* bytes resident when stage 2 began */
     gsize need;            /* bytes the request adds: the memory check's estimate */
+    gint place_x, place_y; /* txt2img: where the layers go, centred (place()) */
 } Job;
 
 /* The engine's notices (a LoRA that matches only part of the model, a prompt
@@ -1034,13 +1035,25 @@ static CoreLayer make_layer(Job *job, gint i, GError **error)
     }
     if (!i2i)
         pixels_write_image(layer, img);
-    compat_layer_set_offsets(layer, i2i ? job->region.x : 0, i2i ? job->region.y : 0);
+    compat_layer_set_offsets(layer, i2i ? job->region.x : job->place_x,
+                             i2i ? job->region.y : job->place_y);
     parasite = gimp_parasite_new(PARASITE_NAME, GIMP_PARASITE_PERSISTENT | GIMP_PARASITE_UNDOABLE,
                                  strlen(text) + 1, text);
     compat_layer_attach_parasite(layer, parasite);
     gimp_parasite_free(parasite);
     g_free(text);
     return layer;
+}
+
+/* Text to Image's layers are centred on the selection's bounds, or on the
+ * image without a selection (a larger layer overhangs it evenly). */
+static void place(Job *job)
+{
+    gint x1 = 0, y1 = 0, x2 = compat_image_width(job->image), y2 = compat_image_height(job->image);
+
+    compat_selection_bounds(job->image, &x1, &y1, &x2, &y2);
+    job->place_x = x1 + (x2 - x1 - job->s.width) / 2;
+    job->place_y = y1 + (y2 - y1 - job->s.height) / 2;
 }
 
 /* Stage 4: every layer is made first; only then does the image change, in
@@ -1051,6 +1064,8 @@ static gboolean insert_results(Job *job, GError **error)
     CoreLayer *layers = g_new(CoreLayer, n);
     CoreLayer parent;
 
+    if (job->mode == CORE_TXT2IMG)
+        place(job);
     for (; made < n; made++)
         if ((layers[made] = make_layer(job, made, error)) == CORE_NO_LAYER)
             break;
@@ -1075,6 +1090,27 @@ static gboolean insert_results(Job *job, GError **error)
     return made == n && inserted == n;
 }
 
+/* An empty prompt: the default model draws only what a prompt describes, so
+ * it is refused; a Stable Diffusion model draws unconditioned, which may be
+ * meant, so the run goes ahead and the painter is told (job->notices). */
+static gboolean prompt_check(Job *job, const CoreSettings *settings, GError **error)
+{
+    gchar *text = g_strstrip(g_strdup(settings->prompt));
+    const gboolean empty = !*text;
+
+    g_free(text);
+    if (empty && !settings->model[0]) {
+        g_set_error(error, CORE_ERROR, CORE_ERROR_CALLING,
+                    "prompt: the default model needs a prompt, such as \"%s\"",
+                    CORE_EXAMPLE_PROMPT);
+        return FALSE;
+    }
+    if (empty)
+        on_notice(job, "The prompt is empty: the model draws without one (unconditioned), "
+                       "something of its own choosing");
+    return TRUE;
+}
+
 static gboolean start(Job *job, const CoreSettings *settings, GError **error)
 {
     if (job->drawable == CORE_NO_DRAWABLE && job->mode == CORE_IMG2IMG) {
@@ -1087,7 +1123,15 @@ static gboolean start(Job *job, const CoreSettings *settings, GError **error)
                     compat_drawable_id(job->drawable), compat_image_id(job->image));
         return FALSE;
     }
-    if (!core_image_check(job->image, error) || !core_settings_validate(settings, job->mode, error))
+    if (job->mode == CORE_IMG2IMG && compat_drawable_is_group(job->drawable)) {
+        g_set_error(error, CORE_ERROR, CORE_ERROR_CALLING,
+                    "drawable: Image to Image works on a layer's pixels, and a layer group has "
+                    "none of its own: select a layer in the group, or merge the group "
+                    "(Layer > Merge Down) first");
+        return FALSE;
+    }
+    if (!core_image_check(job->image, error) || !core_settings_validate(settings, job->mode, error) ||
+        !prompt_check(job, settings, error))
         return FALSE;
     job->s = *settings;
     if (job->s.seed < 0)

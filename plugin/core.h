@@ -37,6 +37,13 @@ G_BEGIN_DECLS
 
 typedef enum { CORE_TXT2IMG, CORE_IMG2IMG } CoreMode;
 
+/* Who made the procedures, as both GIMPs' registrations say it. */
+#define CORE_AUTHOR "Diffuse developers"
+#define CORE_COPYRIGHT "Copyright 2026 Diffuse developers"
+#define CORE_DATE "2026"
+/* A prompt the default model draws (its language: DESIGN.md), for messages. */
+#define CORE_EXAMPLE_PROMPT "a red circle on a blue background"
+
 /* SDXL's size conditioning, in the order of the procedures' arguments (after
  * model) and of CoreSettings.size_cond: diffusers' original_size, crop
  * coordinates and target_size, 0 = the generated image's own size / no crop.

@@ -85,7 +85,7 @@ static void install(const gchar *name, const gchar *blurb, const gchar *help, co
                                   "whether an empty negative prompt is a prompt, and the fast "
                                   "decoder.", NULL);
 
-    gimp_install_procedure(name, blurb, help, "Diffuse", "Diffuse", "2025", label,
+    gimp_install_procedure(name, blurb, help, CORE_AUTHOR, CORE_COPYRIGHT, CORE_DATE, label,
                            "RGB*, GRAY*, INDEXED*", GIMP_PLUGIN, nargs, 0, args, NULL);
     gimp_plugin_menu_register(name, MENU_PATH);
     memcpy(ext, args, sizeof *ext * nargs);
@@ -98,7 +98,7 @@ static void install(const gchar *name, const gchar *blurb, const gchar *help, co
     ext[nargs + CORE_SIZE_COND_ARGS + 1] =
         (GimpParamDef){GIMP_PDB_INT32, (gchar *)core_fast_decoder_arg.name,
                        (gchar *)core_fast_decoder_arg.blurb};
-    gimp_install_procedure(ext_name, blurb, ext_help, "Diffuse", "Diffuse", "2025", NULL,
+    gimp_install_procedure(ext_name, blurb, ext_help, CORE_AUTHOR, CORE_COPYRIGHT, CORE_DATE, NULL,
                            "RGB*, GRAY*, INDEXED*", GIMP_PLUGIN, nargs + N_EXT, 0, ext, NULL);
     g_free(ext_help);
     g_free(ext_name);

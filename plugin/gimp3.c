@@ -204,7 +204,7 @@ static GimpProcedure *diffuse_create_procedure(GimpPlugIn *plug_in, const gchar 
                                  GINT_TO_POINTER(mode), NULL);
     /* indexed images are accepted so that they get the core's clear refusal */
     gimp_procedure_set_image_types(p, "RGB*, GRAY*, INDEXED*");
-    gimp_procedure_set_attribution(p, "Diffuse", "Diffuse", "2025");
+    gimp_procedure_set_attribution(p, CORE_AUTHOR, CORE_COPYRIGHT, CORE_DATE);
     if (mode == CORE_TXT2IMG) {
         gimp_procedure_set_sensitivity_mask(p, GIMP_PROCEDURE_SENSITIVE_DRAWABLE |
                                                    GIMP_PROCEDURE_SENSITIVE_DRAWABLES |

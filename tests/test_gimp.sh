@@ -81,7 +81,8 @@ now() { date +%s.%N; }
 
 # gimp_start NAME: starts GIMP in the background on the Script-Fu body read
 # from stdin, in a fresh folder $dir; $gimp is the pid to wait for. $CASE_ENV
-# (NAME=VALUE words) goes into the plug-in's environment.
+# (NAME=VALUE words) goes into the plug-in's environment; GIMP loads no fonts
+# (-f) unless $CASE_FONTS is set (a case that makes a text layer).
 gimp_start() {
     dir=$tmp/$1
     mkdir -p "$dir"
@@ -92,7 +93,7 @@ gimp_start() {
     # timeout: a process group of its own, all of it (plug-ins too) killed when late
     # shellcheck disable=SC2086 # CASE_ENV and BATCH_OPTIONS are lists of words
     # shellcheck disable=SC2086 # CASE_WRAP too (xvfb-run for a case that needs a display)
-    HOME=$home $CASE_WRAP env DIFFUSE_DEFAULT_MODEL= $CASE_ENV timeout -k 10 "$CASE_TIMEOUT" "$GIMP" -i -d -f \
+    HOME=$home $CASE_WRAP env DIFFUSE_DEFAULT_MODEL= $CASE_ENV timeout -k 10 "$CASE_TIMEOUT" "$GIMP" -i -d ${CASE_FONTS:--f} \
         $BATCH_OPTIONS -b "(begin (load \"$GENLIB\") (load \"$LIB\") (case-begin \"$dir\")
                    (catch (out \"aborted\") (load \"$dir/body.scm\")) (case-end))" \
         "$@" >"$dir/log" 2>&1 </dev/null &
@@ -275,8 +276,10 @@ expect_args plug-in-diffuse-txt2img "$T2I"
 expect_args plug-in-diffuse-img2img "$I2I"
 expect_args plug-in-diffuse-txt2img-ext "$T2I${EXT:+|$EXT}"
 expect_args plug-in-diffuse-img2img-ext "$I2I${EXT:+|$EXT}"
+# the attribution: the project's authors, the copyright year, not placeholders
 for label in '"_Text to Image..."' '"_Image to Image..."' '(menu-path "<Image>/Filters/Diffuse")' \
-    '"RGB*, GRAY*, INDEXED*"'; do
+    '"RGB*, GRAY*, INDEXED*"' '"Diffuse developers"' '"Copyright 2026 Diffuse developers"' \
+    '"2026"'; do
     grep -qF -e "$label" "$profile/pluginrc"
     check $? "$case_title: pluginrc has no $label"
 done
@@ -308,6 +311,27 @@ done
 check $? "$case_title: the new layers are not above the background"
 ! cmp -s "$dir/after-0.raw" "$dir/after-1.raw"
 check $? "$case_title: seeds 5 and 6 gave the same pixels"
+case_end
+
+# ------------------------------------------------------------------ 1b. placement
+
+# A layer smaller than the image is centred in it, and on the selection's
+# bounds when there is a selection (a larger one overhangs them evenly).
+gimp_case place "1b txt2img: a smaller layer centred in the image, then on the selection" <<EOF
+(let* ((img (new-image RGB 64 64)))
+  $(txt2img img '(background img)' 5 32 48 1)
+  (gimp-image-select-rectangle img CHANNEL-OP-REPLACE 40 4 20 12)
+  $(txt2img img '(background img)' 5 16 24 1)
+  (signature img "after"))
+EOF
+expect "count after 3" "layer count is not 1 + 2"
+# each run goes right above the background: the first ends on top
+got="$(layer_field after 0 4)x$(layer_field after 0 5) at $(layer_field after 0 6),$(layer_field after 0 7)"
+[ "$got" = "32x48 at 16,8" ]
+check $? "$case_title: the layer without a selection is $got, want 32x48 at 16,8"
+got="$(layer_field after 1 4)x$(layer_field after 1 5) at $(layer_field after 1 6),$(layer_field after 1 7)"
+[ "$got" = "16x24 at 42,-2" ]
+check $? "$case_title: the layer on the selection 20x12 at 40,4 is $got, want 16x24 at 42,-2"
 case_end
 
 # ------------------------------------------------------------------ 2. img2img
@@ -429,6 +453,26 @@ expect "status txt2img error" "txt2img with a bad model did not fail"
 expect "status img2img error" "img2img with a bad model did not fail"
 expect_log "cannot load the model: /nonexistent/model.safetensors"
 unchanged
+case_end
+
+# ------------------------------------------------------------------ 3b. empty prompt
+
+# The default model draws only what a prompt describes: an empty prompt is
+# refused before anything runs. An SD model draws unconditioned, which may
+# be meant: the run goes ahead and the painter is told.
+gimp_case empty-prompt "3b empty prompt: refused with the default model, told with an SD model" <<EOF
+(let* ((img (new-image RGB 64 64)) (bg (background img)))
+  (try "default" (lambda () $(t2i img bg '""' '""' 1 4 7.5 '"euler_a"' 64 64 1 '""')))
+  (out "count middle" (length (layers img)))
+  (try "sd" (lambda () $(t2i img bg '"  "' '""' 1 4 7.5 '"euler_a"' 64 64 1 "\"$MODEL\"")))
+  (out "count after" (length (layers img))))
+EOF
+expect "status default error" "an empty prompt with the default model did not fail"
+expect_log "prompt: the default model needs a prompt"
+expect "count middle 1" "the refused run added a layer"
+expect "status sd ok" "an empty prompt with an SD model failed: $(grep '^message sd' "$dir/out.txt")"
+expect_log "The prompt is empty: the model draws without one"
+expect "count after 2" "the unconditioned run made no layer"
 case_end
 
 # ------------------------------------------------------------------ 4. bad arguments
@@ -594,6 +638,53 @@ EOF
 expect "parent group" "the result is not in the drawable's group"
 expect "position 0 1" "the result is not right above the drawable"
 expect "geometry 28 22 20 10" "the result is not the selection clipped to the layer"
+case_end
+
+# ------------------------------------------------------------------ 10b, 10c. groups and text
+
+# A layer group has no pixels of its own: Image to Image on it is refused
+# with a message, the image untouched (it used to insert a 1x1 layer).
+gimp_case group-refused "10b img2img on a layer group: a clear refusal, image unchanged" <<EOF
+(let* ((img (new-image RGB 64 64))
+       (group (group-new img))
+       (l (layer-new img "inner" 64 64 RGB-IMAGE)))
+  (gimp-image-insert-layer img group 0 0)
+  (gimp-image-insert-layer img l group 0)
+  (fill-pattern img l)
+  (gimp-image-clean-all img)
+  (try "group" (lambda () $(img2img img group 9 0.5 1)))
+  (out "dirty after" (car (gimp-image-is-dirty img)))
+  (out "count after" (length (layers img)) (length (children group))))
+EOF
+expect "status group error" "img2img on a group did not fail"
+expect_log "a layer group has none of its own"
+expect "dirty after 0" "the image was changed (dirty)"
+expect "count after 2 1" "layers were added"
+case_end
+
+# A text layer is repainted from its rendered pixels and keeps their alpha:
+# the letters' shape stays, not an opaque block over the image.
+CASE_FONTS=" " gimp_case text "10c img2img on a text layer: its rendered pixels, alpha kept" <<EOF
+(let* ((img (new-image RGB 64 64))
+       (tl (text-layer img "Diffuse" 24)))
+  (gimp-image-clean-all img)
+  (out "text-layer" (car (gimp-item-is-text-layer tl)))
+  (raw img tl "text")
+  (try "text" (lambda () $(img2img img tl 9 0.6 1)))
+  (let ((new (car (layers img))))
+    (raw img new "result")
+    (out "geometry" (drawable-width new) (drawable-height new)
+         (car (drawable-offsets new)) (cadr (drawable-offsets new)))
+    (out "geometry-text" (drawable-width tl) (drawable-height tl)
+         (car (drawable-offsets tl)) (cadr (drawable-offsets tl)))))
+EOF
+expect "text-layer 1" "the script made no text layer"
+expect "status text ok" "img2img on a text layer failed: $(grep '^message text' "$dir/out.txt")"
+[ "$(grep '^geometry ' "$dir/out.txt" | cut -d' ' -f2-)" = "$(grep '^geometry-text ' "$dir/out.txt" | cut -d' ' -f2-)" ]
+check $? "$case_title: the result is not the text layer's size and place: $(grep '^geometry' "$dir/out.txt" | tr '\n' '|')"
+r=$($CHECK alpha "$dir/text.raw" "$dir/result.raw")
+check $? "$case_title: $r"
+echo "   $r"
 case_end
 
 # ------------------------------------------------------------------ 11. memory
