@@ -39,8 +39,11 @@
 #define PLUG_IN_BINARY "diffuse"
 #define PLUG_IN_ROLE "gimp-diffuse"
 #define MENU_PATH "<Image>/Filters/Diffuse"
-/* Last values, shared by both procedures so the prompt carries over. */
-#define DATA_KEY "plug-in-diffuse"
+/* Last values: each procedure keeps its own under its name (the -ext form
+ * shares its procedure's), so that Text to Image's steps do not turn up in
+ * Image to Image; before version 2 both shared LEGACY_DATA_KEY, which a
+ * procedure with none of its own still starts from. */
+#define LEGACY_DATA_KEY "plug-in-diffuse"
 
 static void query(void);
 static void run(const gchar *name, gint nparams, const GimpParam *param, gint *nreturn_vals,
@@ -178,25 +181,36 @@ static gboolean settings_from_args(CoreSettings *s, CoreMode mode, gboolean ext,
            copy_arg(s->model, sizeof s->model, p[tail + 1].data.d_string, "model", error);
 }
 
-static gboolean load_last_values(CoreSettings *s)
+/* The key a procedure's last values are kept under. */
+static const gchar *data_key(CoreMode mode)
 {
-    gint size = gimp_get_data_size(DATA_KEY);
+    return mode == CORE_TXT2IMG ? PROC_TXT2IMG : PROC_IMG2IMG;
+}
+
+static gboolean load_data(CoreSettings *s, const gchar *key)
+{
+    gint size = gimp_get_data_size(key);
     gchar *text;
 
     if (size <= 0)
         return FALSE;
     text = g_malloc0(size + 1);
-    if (gimp_get_data(DATA_KEY, text))
+    if (gimp_get_data(key, text))
         core_settings_deserialize(s, text);
     g_free(text);
     return TRUE;
 }
 
-static void save_last_values(const CoreSettings *s)
+static gboolean load_last_values(CoreSettings *s, CoreMode mode)
+{
+    return load_data(s, data_key(mode)) || load_data(s, LEGACY_DATA_KEY);
+}
+
+static void save_last_values(const CoreSettings *s, CoreMode mode)
 {
     gchar *text = core_settings_serialize(s);
 
-    gimp_set_data(DATA_KEY, text, strlen(text) + 1);
+    gimp_set_data(data_key(mode), text, strlen(text) + 1);
     g_free(text);
 }
 
@@ -608,7 +622,7 @@ static gboolean get_settings(CoreSettings *s, CoreMode mode, const gchar *proc, 
 
     switch (param[0].data.d_int32) {
     case GIMP_RUN_INTERACTIVE:
-        first = !load_last_values(s);
+        first = !load_last_values(s, mode);
         if (mode == CORE_TXT2IMG)
             core_image_default_size(image, &s->width, &s->height);
         /* refuse an indexed image before showing a dialog it cannot use */
@@ -618,14 +632,14 @@ static gboolean get_settings(CoreSettings *s, CoreMode mode, const gchar *proc, 
             g_set_error(error, CORE_ERROR, CORE_ERROR_CANCELLED, "cancelled");
             return FALSE;
         }
-        save_last_values(s); /* kept even if the run fails, so nothing typed is lost */
+        save_last_values(s, mode); /* kept even if the run fails, so nothing typed is lost */
         return TRUE;
 
     case GIMP_RUN_NONINTERACTIVE:
         return settings_from_args(s, mode, g_str_has_suffix(proc, EXT), nparams, param, error);
 
     case GIMP_RUN_WITH_LAST_VALS:
-        load_last_values(s);
+        load_last_values(s, mode);
         return TRUE;
 
     default:
@@ -680,7 +694,7 @@ static void run(const gchar *name, gint nparams, const GimpParam *param, gint *n
 
         progress_window_free(window);
         if (ok && run_mode == GIMP_RUN_INTERACTIVE)
-            save_last_values(s); /* now with the seed a random run used */
+            save_last_values(s, mode); /* now with the seed a random run used */
         if (ok && run_mode != GIMP_RUN_NONINTERACTIVE)
             gimp_displays_flush();
     }

@@ -382,7 +382,7 @@ case_end
 SETTINGS="prompt=$PROMPT\nnegative-prompt=\nseed=3\nsteps=4\nguidance=7.5\nsampler=euler_a\nstrength=0.6\ncount=1\nmodel=$MODEL\n"
 img2img_selected() { # img2img_selected IMG DRAWABLE
     if [ "$GIMP_GENERATION" = 2 ]; then
-        echo "(set-last-values \"${SETTINGS}inpaint-area=1\npadding=32\nmasked-content=1\n\")"
+        echo "(set-last-values \"plug-in-diffuse-img2img\" \"${SETTINGS}inpaint-area=1\npadding=32\nmasked-content=1\n\")"
         echo "(plug-in-diffuse-img2img RUN-WITH-LAST-VALS $1 $2 \"\" \"\" 0 1 1.0 \"\" 0.5 1 \"\")"
     else
         diffuse_call RUN-NONINTERACTIVE plug-in-diffuse-img2img "$1" "$2" prompt="\"$PROMPT\"" \
@@ -542,6 +542,44 @@ grep -q "Seed: $seed," "$dir/after-2-parameters.txt"
 check $? "$case_title: the parasite does not record seed $seed"
 case_end
 
+# ------------------------------------------------------------------ 5b. last values
+
+# Each procedure keeps its own last values: Text to Image's and Image to
+# Image's, set apart (2.10: the plug-in's data under each procedure's name;
+# 3.0: each procedure config's last-values file), are what RUN-WITH-LAST-VALS
+# runs each with, not one shared set.
+last_values() { # last_values PROC PROMPT STEPS: PROC's remembered values
+    if [ "$GIMP_GENERATION" = 2 ]; then
+        echo "(set-last-values \"plug-in-diffuse-$1\" \"prompt=$2\nnegative-prompt=\nseed=3\nsteps=$3\nguidance=7.5\nsampler=euler\nwidth=64\nheight=64\nstrength=0.5\ncount=1\nmodel=$MODEL\n\")"
+    else
+        for f in GimpProcedureConfigRun GimpProcedureConfig; do
+            printf '(prompt "%s")\n(seed 3)\n(steps %s)\n(sampler "euler")\n(width 64)\n(height 64)\n(strength 0.5)\n(model "%s")\n' \
+                "$2" "$3" "$MODEL" >"$profile/plug-in-settings/$f-plug-in-diffuse-$1.last"
+        done
+    fi
+}
+mkdir -p "$profile/plug-in-settings"
+gimp_case last-values "5b each procedure keeps its own last values (RUN-WITH-LAST-VALS)" <<EOF
+(let* ((img (new-image RGB 64 64)) (bg (background img)))
+  $(last_values txt2img "a red circle on a blue background" 3)
+  $(last_values img2img "a green square on a white background" 2)
+  (try "txt2img" (lambda () $(diffuse_call RUN-WITH-LAST-VALS plug-in-diffuse-txt2img img bg prompt='""' \
+      negative-prompt='""' seed=0 steps=1 guidance=1.0 sampler='""' width=0 height=0 count=1 model='""')))
+  (try "img2img" (lambda () $(diffuse_call RUN-WITH-LAST-VALS plug-in-diffuse-img2img img bg prompt='""' \
+      negative-prompt='""' seed=0 steps=1 guidance=1.0 sampler='""' strength=0.5 count=1 model='""')))
+  (signature img "after"))
+EOF
+rm -f "$profile"/plug-in-settings/*plug-in-diffuse-*.last
+expect "status txt2img ok" "txt2img with its last values failed: $(grep '^message txt2img' "$dir/out.txt")"
+expect "status img2img ok" "img2img with its last values failed: $(grep '^message img2img' "$dir/out.txt")"
+# the img2img run went right above the background, below the first run's layer
+steps() { tr -d '\000' <"$dir/after-$1-parameters.txt" 2>/dev/null | head -n 1; sed -n 's/.*\(Steps: [0-9]*\).*/\1/p' "$dir/after-$1-parameters.txt" 2>/dev/null; }
+[ "$(steps 0 | tr '\n' '|')" = "a red circle on a blue background|Steps: 3" ]
+check $? "$case_title: Text to Image ran with '$(steps 0 | tr '\n' '|')', not its own last values"
+[ "$(steps 1 | tr '\n' '|')" = "a green square on a white background|Steps: 2" ]
+check $? "$case_title: Image to Image ran with '$(steps 1 | tr '\n' '|')', not its own last values"
+case_end
+
 # ------------------------------------------------------------------ 6. grayscale
 
 gimp_case gray "6 grayscale image: txt2img and img2img make grey layers" <<EOF
@@ -668,7 +706,7 @@ CASE_FONTS=" " gimp_case text "10c img2img on a text layer: its rendered pixels,
 (let* ((img (new-image RGB 64 64))
        (tl (text-layer img "Diffuse" 24)))
   (gimp-image-clean-all img)
-  (out "text-layer" (car (gimp-item-is-text-layer tl)))
+  (out "text-layer" (if (text-layer? tl) "yes" "no"))
   (raw img tl "text")
   (try "text" (lambda () $(img2img img tl 9 0.6 1)))
   (let ((new (car (layers img))))
@@ -678,7 +716,7 @@ CASE_FONTS=" " gimp_case text "10c img2img on a text layer: its rendered pixels,
     (out "geometry-text" (drawable-width tl) (drawable-height tl)
          (car (drawable-offsets tl)) (cadr (drawable-offsets tl)))))
 EOF
-expect "text-layer 1" "the script made no text layer"
+expect "text-layer yes" "the script made no text layer"
 expect "status text ok" "img2img on a text layer failed: $(grep '^message text' "$dir/out.txt")"
 [ "$(grep '^geometry ' "$dir/out.txt" | cut -d' ' -f2-)" = "$(grep '^geometry-text ' "$dir/out.txt" | cut -d' ' -f2-)" ]
 check $? "$case_title: the result is not the text layer's size and place: $(grep '^geometry' "$dir/out.txt" | tr '\n' '|')"

@@ -32,3 +32,4 @@
 ; A text layer (on top of the image) of TEXT in the context's font and colour.
 (define (text-layer img text size)
   (car (gimp-text-fontname img -1 0 0 text 0 TRUE size PIXELS (car (gimp-context-get-font)))))
+(define (text-layer? d) (= (car (gimp-item-is-text-layer d)) TRUE))
