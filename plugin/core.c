@@ -223,6 +223,50 @@ void core_settings_deserialize(CoreSettings *s, const gchar *text)
     g_strfreev(lines);
 }
 
+gint core_sampler_choices(const CoreSampler **choices)
+{
+    static CoreSampler table[2 * DIFFUSE_SAMPLER_COUNT];
+    static gint n;
+
+    if (!n)
+        for (gint i = 0; i < DIFFUSE_SAMPLER_COUNT; i++) {
+            const char *karras = diffuse_sampler_karras_label(i);
+
+            table[n] = (CoreSampler){.label = diffuse_sampler_label(i), .sampler = i};
+            g_strlcpy(table[n++].id, diffuse_sampler_name(i), sizeof table[0].id);
+            if (!karras)
+                continue;
+            table[n] = (CoreSampler){.label = karras, .sampler = i, .karras = TRUE};
+            g_snprintf(table[n++].id, sizeof table[0].id, "%s%s", diffuse_sampler_name(i),
+                       CORE_KARRAS_SUFFIX);
+        }
+    *choices = table;
+    return n;
+}
+
+gint core_sampler_find(const gchar *id)
+{
+    const CoreSampler *c;
+    gint n = core_sampler_choices(&c);
+
+    for (gint i = 0; id && i < n; i++)
+        if (!strcmp(id, c[i].id))
+            return i;
+    return -1;
+}
+
+/* "euler, euler_a, ... or pndm": the ids, for messages; g_free(). */
+static gchar *sampler_ids(void)
+{
+    const CoreSampler *c;
+    gint n = core_sampler_choices(&c);
+    GString *text = g_string_new(NULL);
+
+    for (gint i = 0; i < n; i++)
+        g_string_append_printf(text, "%s%s", i == 0 ? "" : i == n - 1 ? " or " : ", ", c[i].id);
+    return g_string_free(text, FALSE);
+}
+
 static gboolean size_ok(gint v)
 {
     return v == 0 || (v >= 8 && v <= CORE_MAX_SIDE && v % 8 == 0);
@@ -241,10 +285,14 @@ gboolean core_settings_validate(const CoreSettings *s, CoreMode mode, GError **e
         return CALLING_ERROR("steps: %d is outside 1..%d", s->steps, CORE_MAX_STEPS);
     if (!isfinite(s->guidance) || s->guidance < 0 || s->guidance > 100)
         return CALLING_ERROR("guidance: %g is outside 0..100", s->guidance);
-    if (diffuse_sampler_parse(s->sampler) < 0)
-        return CALLING_ERROR("sampler: \"%s\" is not one of euler, euler_a, ddim, dpmpp_2m, "
-                             "lcm, pndm",
-                             s->sampler);
+    if (core_sampler_find(s->sampler) < 0) {
+        gchar *ids = sampler_ids();
+
+        g_set_error(error, CORE_ERROR, CORE_ERROR_CALLING, "sampler: \"%s\" is not one of %s",
+                    s->sampler, ids);
+        g_free(ids);
+        return FALSE;
+    }
     if (s->count < 1 || s->count > CORE_MAX_COUNT)
         return CALLING_ERROR("count: %d is outside 1..%d", s->count, CORE_MAX_COUNT);
     if (mode == CORE_TXT2IMG && (!size_ok(s->width) || !size_ok(s->height)))
@@ -512,9 +560,13 @@ gchar *core_parameters_text(const CoreSettings *s, CoreMode mode, guint64 seed, 
                                  g_ascii_formatd(weight, sizeof weight, "%g", s->lora_weight), NULL)
                    : NULL;
     const gboolean i2i = mode == CORE_IMG2IMG;
+    const CoreSampler *samplers, *sampler;
+
+    core_sampler_choices(&samplers);
+    sampler = &samplers[MAX(0, core_sampler_find(s->sampler))];
     diffuse_parameters p = {
         .prompt = s->prompt, .negative_prompt = s->negative_prompt, .steps = s->steps,
-        .sampler = diffuse_sampler_parse(s->sampler), .karras = 0, .guidance = (float)s->guidance,
+        .sampler = sampler->sampler, .karras = sampler->karras, .guidance = (float)s->guidance,
         .has_seed = 1, .seed = seed, .width = width, .height = height, .model = model,
         .strength = i2i ? (float)s->strength : 0, .rng = DIFFUSE_RNG_PHILOX,
         .size_cond = {s->size_cond[0], s->size_cond[1], s->size_cond[2], s->size_cond[3],
@@ -611,9 +663,14 @@ static void take_sampling(CoreSettings *s, const diffuse_parameters *p, GString 
         s->guidance = decimal(p->guidance);
     else if (p->guidance > 100)
         not_used(unused, "CFG scale: %s", g_ascii_formatd(buf, sizeof buf, "%g", p->guidance));
-    if (p->sampler >= 0 && p->sampler < DIFFUSE_SAMPLER_COUNT)
-        g_strlcpy(s->sampler, diffuse_sampler_name((diffuse_sampler)p->sampler), sizeof s->sampler);
-    if (p->karras > 0) /* the plug-in has no Karras schedule */
+    if (p->sampler >= 0 && p->sampler < DIFFUSE_SAMPLER_COUNT) {
+        const gboolean karras = p->karras > 0 && diffuse_sampler_karras_label(p->sampler);
+
+        g_snprintf(s->sampler, sizeof s->sampler, "%s%s",
+                   diffuse_sampler_name((diffuse_sampler)p->sampler),
+                   karras ? CORE_KARRAS_SUFFIX : "");
+    }
+    if (p->karras > 0 && !(p->sampler >= 0 && diffuse_sampler_karras_label(p->sampler)))
         not_used(unused, "Schedule type: Karras");
     if (p->has_seed && p->seed <= G_MAXINT32)
         s->seed = (gint32)p->seed;
@@ -949,7 +1006,14 @@ static gboolean prepare(Job *job, GError **error)
     r->seed = (guint64)job->s.seed;
     r->steps = job->s.steps;
     r->guidance = job->s.guidance;
-    r->sampler = diffuse_sampler_parse(job->s.sampler);
+    {
+        const CoreSampler *samplers;
+        const gint i = core_sampler_find(job->s.sampler); /* validated */
+
+        core_sampler_choices(&samplers);
+        r->sampler = samplers[i].sampler;
+        r->karras = samplers[i].karras;
+    }
     r->count = job->s.count;
     r->width = job->s.width;
     r->height = job->s.height;

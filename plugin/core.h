@@ -88,6 +88,29 @@ extern const CoreArg core_padding_arg;
  * choice after padding); the dialogs of both GIMPs. */
 extern const CoreArg core_masked_arg;
 
+/* The samplers the dialogs offer and the sampler argument takes: each of the
+ * engine's by its name ("euler_a"), and those that take Karras sigmas also
+ * with CORE_KARRAS_SUFFIX ("dpmpp_2m_karras"), in the engine's order, each
+ * shown by the engine's label ("Euler a", "DPM++ 2M Karras"). The ids are
+ * the PDB's and the remembered settings'; older calls' names keep working. */
+#define CORE_KARRAS_SUFFIX "_karras"
+typedef struct {
+    gchar id[24];         /* "dpmpp_2m_karras" */
+    const gchar *label;   /* the engine's: diffuse_sampler_label / _karras_label */
+    diffuse_sampler sampler;
+    gboolean karras;
+} CoreSampler;
+#define CORE_SAMPLER_BLURB                                                                     \
+    "euler, euler_a, ddim, dpmpp_2m, lcm or pndm; euler, euler_a and dpmpp_2m also with "     \
+    "Karras sigmas as euler_karras, euler_a_karras and dpmpp_2m_karras"
+#define CORE_SAMPLER_TOOLTIP                                                                   \
+    "How the noise is taken away step by step; Karras: the same sampler with Karras et al.'s "  \
+    "noise levels, often cleaner in few steps"
+/* The choices (a table made once); returns how many. */
+gint core_sampler_choices(const CoreSampler **choices);
+/* The index of the choice id names, -1 for none. */
+gint core_sampler_find(const gchar *id);
+
 /* What a run needs to know. Fixed-size strings keep the struct flat for the
  * dialog; core_settings_serialize() is what gets remembered between runs. */
 typedef struct {
@@ -97,7 +120,7 @@ typedef struct {
     gint32 last_seed; /* the seed a random run used last; the dialog shows it */
     gint32 steps;
     gdouble guidance;           /* <= 1 skips the unconditional pass */
-    gchar sampler[16];          /* "euler", "euler_a", "ddim", "dpmpp_2m", "lcm", "pndm" */
+    gchar sampler[24];          /* a CoreSampler id: "euler_a", "dpmpp_2m_karras", ... */
     gint32 width, height;       /* txt2img size in pixels, multiples of 8; 0 = the image's */
     gint32 count;               /* images (layers) per run */
     gdouble strength;           /* img2img: how much of the schedule to run, (0, 1] */

@@ -65,7 +65,7 @@ const GimpPlugInInfo PLUG_IN_INFO = {NULL, NULL, query, run};
         {GIMP_PDB_INT32, "steps", "Denoising steps (1..1000)"},                                    \
         {GIMP_PDB_FLOAT, "guidance", "Guidance scale (0..100; <= 1 skips the negative prompt)"},   \
     {                                                                                              \
-        GIMP_PDB_STRING, "sampler", "euler, euler_a, ddim, dpmpp_2m, lcm or pndm"                  \
+        GIMP_PDB_STRING, "sampler", CORE_SAMPLER_BLURB                                             \
     }
 
 #define ARGS_TAIL                                                                                  \
@@ -232,6 +232,7 @@ typedef struct {
     GtkObject *padding;
     GtkWidget *masked;  /* Image to Image: GtkComboBoxText of diffuse_masked_content */
     gint unit;              /* Text to Image: sizes are multiples of it, the model's (core.h) */
+    GtkWidget *size_note;   /* Text to Image: what a size over the native one costs */
     gint32 image, drawable; /* Image to Image: the selection the area suits */
     DialogModel model;      /* the model row */
     DialogLora lora;    /* the LoRA row */
@@ -286,6 +287,16 @@ static GtkObject *add_scale(GtkWidget *table, gint row, const gchar *label, gdou
                                 NULL);
 }
 
+/* Text to Image: the size note for the size and count shown. */
+static void update_size_note(Dialog *d)
+{
+    if (d->size_note)
+        dialog_size_note_update(d->size_note, d->model.model,
+                                gtk_adjustment_get_value(GTK_ADJUSTMENT(d->width)),
+                                gtk_adjustment_get_value(GTK_ADJUSTMENT(d->height)),
+                                gtk_adjustment_get_value(GTK_ADJUSTMENT(d->count)));
+}
+
 /* Keeps a size adjustment on multiples of the model's unit. */
 static void round_to_unit(GtkAdjustment *adj, Dialog *d)
 {
@@ -293,6 +304,7 @@ static void round_to_unit(GtkAdjustment *adj, Dialog *d)
 
     if (v != core_round_to(v, d->unit))
         gtk_adjustment_set_value(adj, MIN(core_round_to(v, d->unit), CORE_MAX_SIDE));
+    update_size_note(d);
 }
 
 /* The model's steps, guidance and sampler (DialogModelDefaults). */
@@ -302,7 +314,7 @@ static void set_model_defaults(const CoreSettings *defaults, gpointer data)
 
     gtk_adjustment_set_value(GTK_ADJUSTMENT(d->steps), defaults->steps);
     gtk_adjustment_set_value(GTK_ADJUSTMENT(d->guidance), defaults->guidance);
-    gtk_combo_box_set_active(GTK_COMBO_BOX(d->sampler), diffuse_sampler_parse(defaults->sampler));
+    gtk_combo_box_set_active(GTK_COMBO_BOX(d->sampler), MAX(0, core_sampler_find(defaults->sampler)));
 }
 
 /* The model's native size and unit (DialogModelSize), Text to Image only:
@@ -317,6 +329,7 @@ static void set_model_size(gint native, gint unit, gpointer data)
     gtk_adjustment_set_step_increment(GTK_ADJUSTMENT(d->height), unit);
     gtk_adjustment_set_value(GTK_ADJUSTMENT(d->width), n);
     gtk_adjustment_set_value(GTK_ADJUSTMENT(d->height), n);
+    update_size_note(d);
 }
 
 /* Image to Image: the area that suits the selection at the native size of the
@@ -336,12 +349,13 @@ static void set_model_offers(const diffuse_model *model, gpointer data)
     const gboolean has = core_model_has_fast_decoder(model);
 
     gtk_widget_set_sensitive(d->fast_decoder, has);
+    update_size_note(d); /* none without a model */
 }
 
 /* Model: [path entry] [Default] [File...] [Folder...], and the info line. */
 static void add_model_row(Dialog *d, GtkWidget *table, gint row)
 {
-    GtkWidget *hbox = gtk_hbox_new(FALSE, 4);
+    GtkWidget *hbox = gtk_hbox_new(FALSE, 4), *label;
 
     d->model.dialog = d->dialog;
     d->model.entry = gtk_entry_new();
@@ -352,18 +366,25 @@ static void add_model_row(Dialog *d, GtkWidget *table, gint row)
     gtk_entry_set_text(GTK_ENTRY(d->model.entry), d->s->model);
     gtk_box_pack_start(GTK_BOX(hbox), d->model.entry, TRUE, TRUE, 0);
     dialog_model_add_buttons(&d->model, hbox);
-    gimp_table_attach_aligned(GTK_TABLE(table), 0, row, "_Model:", 0.0, 0.5, hbox, 2, FALSE);
+    label = gimp_table_attach_aligned(GTK_TABLE(table), 0, row, "_Model:", 0.0, 0.5, hbox, 2,
+                                      FALSE);
+    gtk_label_set_mnemonic_widget(GTK_LABEL(label), d->model.entry); /* not the row */
     gtk_table_attach(GTK_TABLE(table), dialog_model_info_new(&d->model), 1, 3, row + 1, row + 2,
                      GTK_EXPAND | GTK_FILL, GTK_FILL, 0, 0);
 }
 
+/* The samplers by the engine's labels ("DPM++ 2M Karras"), in core_sampler_choices()
+ * order: the active index is a choice's. */
 static GtkWidget *add_sampler_combo(Dialog *d, GtkWidget *table, gint row)
 {
     GtkWidget *combo = gtk_combo_box_text_new();
+    const CoreSampler *c;
+    gint n = core_sampler_choices(&c);
 
-    for (gint i = 0; i < DIFFUSE_SAMPLER_COUNT; i++)
-        gtk_combo_box_text_append_text(GTK_COMBO_BOX_TEXT(combo), diffuse_sampler_name(i));
-    gtk_combo_box_set_active(GTK_COMBO_BOX(combo), MAX(0, diffuse_sampler_parse(d->s->sampler)));
+    for (gint i = 0; i < n; i++)
+        gtk_combo_box_text_append_text(GTK_COMBO_BOX_TEXT(combo), c[i].label);
+    gtk_combo_box_set_active(GTK_COMBO_BOX(combo), MAX(0, core_sampler_find(d->s->sampler)));
+    gimp_help_set_help_data(combo, CORE_SAMPLER_TOOLTIP, NULL);
     gimp_table_attach_aligned(GTK_TABLE(table), 0, row, "S_ampler:", 0.0, 0.5, combo, 2, FALSE);
     return combo;
 }
@@ -459,6 +480,10 @@ static GtkWidget *make_table(Dialog *d)
                               "Multiples of 8; the model's native size by default (models draw best at it)");
         g_signal_connect(d->width, "value-changed", G_CALLBACK(round_to_unit), d);
         g_signal_connect(d->height, "value-changed", G_CALLBACK(round_to_unit), d);
+        d->size_note = dialog_size_note_new();
+        gtk_table_attach(GTK_TABLE(table), d->size_note, 1, 3, row, row + 1,
+                         GTK_EXPAND | GTK_FILL, GTK_FILL, 0, 0);
+        row++;
     } else {
         d->strength = add_scale(table, row++, "S_trength:", s->strength, 0.01, 1, 0.05, 2, 1,
                                 "How much of the selection to repaint: 0.3 keeps the drawing, "
@@ -467,6 +492,8 @@ static GtkWidget *make_table(Dialog *d)
     }
     d->count = add_scale(table, row++, "Co_unt:", s->count, 1, 16, 1, 0, CORE_MAX_COUNT,
                          "Images to make, one new layer each");
+    if (d->mode == CORE_TXT2IMG)
+        g_signal_connect_swapped(d->count, "value-changed", G_CALLBACK(update_size_note), d);
     d->fast_decoder = gtk_check_button_new_with_mnemonic(core_fast_decoder_arg.label);
     gtk_toggle_button_set_active(GTK_TOGGLE_BUTTON(d->fast_decoder), s->fast_decoder);
     gimp_help_set_help_data(d->fast_decoder, core_fast_decoder_arg.blurb, NULL);
@@ -512,8 +539,12 @@ static void read_settings(CoreSettings *s, gpointer data)
     s->seed = d->random_seed ? -1 : (gint32)MIN(d->seed, (guint32)G_MAXINT32);
     s->steps = gtk_adjustment_get_value(GTK_ADJUSTMENT(d->steps));
     s->guidance = gtk_adjustment_get_value(GTK_ADJUSTMENT(d->guidance));
-    g_strlcpy(s->sampler, diffuse_sampler_name(gtk_combo_box_get_active(GTK_COMBO_BOX(d->sampler))),
-              sizeof s->sampler);
+    {
+        const CoreSampler *c;
+        gint n = core_sampler_choices(&c), i = gtk_combo_box_get_active(GTK_COMBO_BOX(d->sampler));
+
+        g_strlcpy(s->sampler, c[CLAMP(i, 0, n - 1)].id, sizeof s->sampler);
+    }
     s->count = gtk_adjustment_get_value(GTK_ADJUSTMENT(d->count));
     if (d->mode == CORE_TXT2IMG) {
         s->width = core_round_to(gtk_adjustment_get_value(GTK_ADJUSTMENT(d->width)), d->unit);
@@ -553,7 +584,7 @@ static void apply_settings(const CoreSettings *s, gpointer data)
     }
     gtk_adjustment_set_value(GTK_ADJUSTMENT(d->steps), s->steps);
     gtk_adjustment_set_value(GTK_ADJUSTMENT(d->guidance), s->guidance);
-    gtk_combo_box_set_active(GTK_COMBO_BOX(d->sampler), MAX(0, diffuse_sampler_parse(s->sampler)));
+    gtk_combo_box_set_active(GTK_COMBO_BOX(d->sampler), MAX(0, core_sampler_find(s->sampler)));
     if (d->mode == CORE_TXT2IMG) {
         gtk_adjustment_set_value(GTK_ADJUSTMENT(d->width), s->width);
         gtk_adjustment_set_value(GTK_ADJUSTMENT(d->height), s->height);
@@ -600,6 +631,7 @@ static gboolean dialog_run(CoreSettings *s, CoreMode mode, const gchar *proc, gb
     gtk_box_pack_start(GTK_BOX(vbox), make_sdxl(&d), FALSE, FALSE, 0);
     gtk_widget_show_all(d.dialog);
     dialog_model_update(&d.model, first_time);
+    update_size_note(&d);
 
     ok = gimp_dialog_run(GIMP_DIALOG(d.dialog)) == GTK_RESPONSE_OK;
     dialog_dump_tooltips(d.dialog);

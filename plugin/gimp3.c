@@ -87,13 +87,16 @@ static GList *diffuse_query_procedures(GimpPlugIn *plug_in)
     return g_list_append(names, g_strconcat(PROC_IMG2IMG, EXT, NULL));
 }
 
-/* The engine's samplers, by the names the PDB takes. */
+/* The samplers (core_sampler_choices()), by the ids the PDB takes, shown
+ * by the engine's labels. */
 static GimpChoice *sampler_choice(void)
 {
     GimpChoice *choice = gimp_choice_new();
+    const CoreSampler *c;
+    gint n = core_sampler_choices(&c);
 
-    for (gint i = 0; i < DIFFUSE_SAMPLER_COUNT; i++)
-        gimp_choice_add(choice, diffuse_sampler_name(i), i, diffuse_sampler_name(i), NULL);
+    for (gint i = 0; i < n; i++)
+        gimp_choice_add(choice, c[i].id, i, c[i].label, NULL);
     return choice;
 }
 
@@ -135,8 +138,7 @@ static void add_head_arguments(GimpProcedure *p, const CoreSettings *d)
     /* a string, not a GimpChoice: a name GIMP 3.0.4's Script-Fu cannot put
      * into a choice it replaces by the default with a warning, and the run
      * goes on; as a string it reaches the core, which refuses it by name */
-    gimp_procedure_add_string_argument(p, "sampler", "Sampler",
-                                       "euler, euler_a, ddim, dpmpp_2m, lcm or pndm", d->sampler,
+    gimp_procedure_add_string_argument(p, "sampler", "Sampler", CORE_SAMPLER_BLURB, d->sampler,
                                        G_PARAM_READWRITE);
 }
 
@@ -175,7 +177,7 @@ static void add_tail_arguments(GimpProcedure *p, const CoreSettings *d)
         "A new random seed for every run; the seed used is in the layer name", TRUE,
         G_PARAM_READWRITE);
     gimp_procedure_add_choice_aux_argument(p, "sampler-choice", "Sa_mpler",
-                                           "How the noise is taken away step by step",
+                                           CORE_SAMPLER_TOOLTIP,
                                            sampler_choice(), d->sampler, G_PARAM_READWRITE);
     gimp_procedure_add_boolean_aux_argument(p, "configured", "Configured",
                                             "Set after the first run: the dialog then keeps the "
@@ -322,6 +324,7 @@ typedef struct {
     DialogLora lora;         /* the LoRA row, its entry bound to the config's "lora" */
     DialogCopy copy;         /* Copy Settings from Layer */
     GtkWidget *size[2];      /* Text to Image: the width and height fields */
+    GtkWidget *size_note;    /* Text to Image: what a size over the native one costs */
     gint unit;               /* Text to Image: sizes are multiples of it, the model's (core.h) */
     gint image_size[2];      /* Text to Image: the size it opens with until a model loads */
     gint last_seed;          /* the seed shown while Randomize is ticked */
@@ -351,10 +354,22 @@ static gboolean round_sizes(gpointer data)
     return G_SOURCE_REMOVE;
 }
 
+/* Text to Image: the size note for the size and count set. */
+static void update_size_note(Dialog *d)
+{
+    gint w, h, count;
+
+    if (!d->size_note)
+        return;
+    g_object_get(d->config, "width", &w, "height", &h, "count", &count, NULL);
+    dialog_size_note_update(d->size_note, d->model.model, w, h, count);
+}
+
 static void size_changed(GimpProcedureConfig *config, GParamSpec *pspec, Dialog *d)
 {
     if (!d->round_idle)
         d->round_idle = g_idle_add(round_sizes, d);
+    update_size_note(d);
 }
 
 /* After GIMP set the config's values (Reset, Load Saved Settings): what the
@@ -423,6 +438,7 @@ static void set_model_offers(const diffuse_model *model, gpointer data)
     gtk_widget_set_sensitive(d->fast_decoder, has);
     if (!has)
         g_object_set(d->config, core_fast_decoder_arg.name, FALSE, NULL);
+    update_size_note(d); /* none without a model */
 }
 
 /* The model's native size and unit (DialogModelSize), Text to Image only:
@@ -449,6 +465,7 @@ static void set_model_size(gint native, gint unit, gpointer data)
         g_free(tip);
     }
     g_object_set(d->config, "width", n, "height", n, NULL);
+    update_size_note(d);
 }
 
 /* A framed, scrolled, word-wrapped text view for a string argument, the
@@ -694,6 +711,11 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
             g_signal_connect(config, i ? "notify::height" : "notify::width",
                              G_CALLBACK(size_changed), &d);
         }
+        g_signal_connect_swapped(config, "notify::count", G_CALLBACK(update_size_note), &d);
+        d.size_note = dialog_size_note_new();
+        gtk_box_pack_start(GTK_BOX(gimp_procedure_dialog_fill_box(dialog, "size-box", "height",
+                                                                  NULL)),
+                           d.size_note, FALSE, FALSE, 0);
     } else {
         add_scale(dialog, "strength", 0.01, 1, 2);
         add_scale(dialog, core_padding_arg.name, 0, 256, 0);
@@ -705,7 +727,7 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
     add_lora_row(dialog, &d);
     if (mode == CORE_TXT2IMG)
         gimp_procedure_dialog_fill(dialog, prompt, negative, "seed-row", "steps", "guidance",
-                                   "sampler-choice", "width", "height", "count",
+                                   "sampler-choice", "width", "size-box", "count",
                                    core_fast_decoder_arg.name, "model-box", "lora-row",
                                    core_lora_weight_arg.name, add_sdxl(dialog), NULL);
     else
@@ -719,6 +741,7 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
     g_object_get(config, "configured", &configured, NULL);
     /* a first run takes the model's own steps and guidance */
     dialog_model_update(&d.model, !configured);
+    update_size_note(&d);
     g_object_get(config, "opened", &opened, NULL);
     g_object_set(config, "opened", opened == G_MAXINT32 ? 1 : opened + 1, NULL);
     g_signal_connect(config, "notify::opened", G_CALLBACK(values_reset), &d);
@@ -750,7 +773,7 @@ static void to_dialog(GimpProcedureConfig *config)
 
     g_object_get(config, "seed", &seed, "last-seed", &last, "sampler", &sampler, NULL);
     g_object_set(config, "random-seed", seed < 0, "seed", seed < 0 ? last : seed, NULL);
-    if (sampler && diffuse_sampler_parse(sampler) >= 0)
+    if (core_sampler_find(sampler) >= 0)
         g_object_set(config, "sampler-choice", sampler, NULL);
     g_free(sampler);
 }

@@ -580,6 +580,35 @@ check $? "$case_title: Text to Image ran with '$(steps 0 | tr '\n' '|')', not it
 check $? "$case_title: Image to Image ran with '$(steps 1 | tr '\n' '|')', not its own last values"
 case_end
 
+# ------------------------------------------------------------------ 5c. Karras
+
+# The sampler argument takes a Karras form of the samplers that have one
+# (dpmpp_2m_karras), which the parasite records as A1111 does ("Schedule
+# type: Karras") and which draws another picture than the plain sampler,
+# still taken as before; a sampler without Karras sigmas has no such form.
+gimp_case karras "5c sampler dpmpp_2m_karras beside dpmpp_2m; ddim_karras refused" <<EOF
+(let* ((img (new-image RGB 64 64)) (bg (background img)))
+  (try "plain" (lambda () $(t2i img bg "\"$PROMPT\"" '""' 4 4 7.5 '"dpmpp_2m"' 64 64 1 "\"$MODEL\"")))
+  (try "karras" (lambda () $(t2i img bg "\"$PROMPT\"" '""' 4 4 7.5 '"dpmpp_2m_karras"' 64 64 1 "\"$MODEL\"")))
+  (try "ddim" (lambda () $(t2i img bg "\"$PROMPT\"" '""' 4 4 7.5 '"ddim_karras"' 64 64 1 "\"$MODEL\"")))
+  (signature img "after"))
+EOF
+expect "status plain ok" "the dpmpp_2m call failed: $(grep '^message plain' "$dir/out.txt")"
+expect "status karras ok" "the dpmpp_2m_karras call failed: $(grep '^message karras' "$dir/out.txt")"
+expect "status ddim error" "ddim_karras did not fail"
+expect_log 'sampler: "ddim_karras" is not one of'
+expect "count after 3" "the two runs did not make two layers"
+# each run goes right above the background: the plain one ends on top
+parameters "$dir/after-0-parameters.txt" "$PROMPT
+Negative prompt: 
+Steps: 4, Sampler: DPM++ 2M, CFG scale: 7.5, Seed: 4, Size: 64x64, Model: $MODEL_NAME, RNG: NV"
+parameters "$dir/after-1-parameters.txt" "$PROMPT
+Negative prompt: 
+Steps: 4, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, Seed: 4, Size: 64x64, Model: $MODEL_NAME, RNG: NV"
+! cmp -s "$dir/after-0.raw" "$dir/after-1.raw"
+check $? "$case_title: Karras sigmas made the plain sampler's picture"
+case_end
+
 # ------------------------------------------------------------------ 6. grayscale
 
 gimp_case gray "6 grayscale image: txt2img and img2img make grey layers" <<EOF
