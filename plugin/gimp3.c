@@ -176,7 +176,7 @@ static void add_tail_arguments(GimpProcedure *p, const CoreSettings *d)
         p, "random-seed", "Randomi_ze",
         "A new random seed for every run; the seed used is in the layer name", TRUE,
         G_PARAM_READWRITE);
-    gimp_procedure_add_choice_aux_argument(p, "sampler-choice", "Sa_mpler",
+    gimp_procedure_add_choice_aux_argument(p, "sampler-choice", "Samp_ler",
                                            CORE_SAMPLER_TOOLTIP,
                                            sampler_choice(), d->sampler, G_PARAM_READWRITE);
     gimp_procedure_add_boolean_aux_argument(p, "configured", "Configured",
