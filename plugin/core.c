@@ -15,6 +15,7 @@
  * GIMP kills the plug-in when the user cancels its progress; since nothing is
  * inserted before stage 4, a kill at any earlier point leaves the image as it
  * was. */
+#include <locale.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -49,7 +50,7 @@ const CoreArg core_size_cond_args[CORE_SIZE_COND_ARGS] = {
 };
 
 const CoreArg core_empty_negative_arg = {
-    "empty-negative", "Encode a _blank negative prompt",
+    "empty-negative", "_7 Encode a blank negative prompt",
     "With an SDXL model, an empty negative prompt means none (a zero unconditional branch, as "
     "diffusers does) unless this is set: then the empty text is encoded as a prompt"};
 
@@ -78,7 +79,7 @@ const CoreArg core_padding_arg = {
     "Selected area: pixels of context around the selection's bounds (clipped to the layer)"};
 
 const CoreArg core_masked_arg = {
-    "masked-content", "_Masked content",
+    "masked-content", "Masked co_ntent",
     "Image to Image with a plain model: what the selection starts from, original (the image) "
     "or latent-noise (noise, so that a strength near 1 paints something new); inpainting "
     "models read the selection themselves"};
@@ -352,6 +353,30 @@ void core_set_plugin_dir_of_binary(const gchar *argv0)
     core_set_plugin_dir(dir);
     g_free(dir);
     g_free(exe);
+}
+
+gchar *core_locale_dir(void)
+{
+    return g_build_filename(plugin_dir ? plugin_dir : ".", "locale", NULL);
+}
+
+void core_i18n_init(void)
+{
+    gchar *dir = core_locale_dir();
+
+    setlocale(LC_MESSAGES, "");
+    bindtextdomain(GETTEXT_PACKAGE, dir);
+    bind_textdomain_codeset(GETTEXT_PACKAGE, "UTF-8");
+    g_free(dir);
+}
+
+gchar *core_help_uri(void)
+{
+    gchar *path = g_build_filename(plugin_dir ? plugin_dir : ".", "help", NULL);
+    gchar *uri = g_filename_to_uri(path, NULL, NULL);
+
+    g_free(path);
+    return uri;
 }
 
 gchar *core_model_resolve(const gchar *model, GError **error)
@@ -1165,13 +1190,13 @@ static gboolean prompt_check(Job *job, const CoreSettings *settings, GError **er
     g_free(text);
     if (empty && !settings->model[0]) {
         g_set_error(error, CORE_ERROR, CORE_ERROR_CALLING,
-                    "prompt: the default model needs a prompt, such as \"%s\"",
+                    _("prompt: the default model needs a prompt, such as \"%s\""),
                     CORE_EXAMPLE_PROMPT);
         return FALSE;
     }
     if (empty)
-        on_notice(job, "The prompt is empty: the model draws without one (unconditioned), "
-                       "something of its own choosing");
+        on_notice(job, _("The prompt is empty: the model draws without one (unconditioned), "
+                         "something of its own choosing"));
     return TRUE;
 }
 
@@ -1189,9 +1214,9 @@ static gboolean start(Job *job, const CoreSettings *settings, GError **error)
     }
     if (job->mode == CORE_IMG2IMG && compat_drawable_is_group(job->drawable)) {
         g_set_error(error, CORE_ERROR, CORE_ERROR_CALLING,
-                    "drawable: Image to Image works on a layer's pixels, and a layer group has "
-                    "none of its own: select a layer in the group, or merge the group "
-                    "(Layer > Merge Down) first");
+                    _("drawable: Image to Image works on a layer's pixels, and a layer group "
+                      "has none of its own: select a layer in the group, or merge the group "
+                      "first"));
         return FALSE;
     }
     if (!core_image_check(job->image, error) || !core_settings_validate(settings, job->mode, error) ||

@@ -21,6 +21,12 @@
 #ifndef DIFFUSE_PLUGIN_CORE_H
 #define DIFFUSE_PLUGIN_CORE_H
 
+/* Translations: the messages a painter reads are marked _() (N_() where
+ * GIMP translates them itself: menu labels), looked up in the plug-in's own
+ * catalogue, GETTEXT_PACKAGE, shipped beside the binary in locale/ (GIMP's
+ * plug-in domain pattern: the front ends register the domain with GIMP). */
+#define GETTEXT_PACKAGE "gimp-plug-in-diffuse"
+#include <glib/gi18n-lib.h>
 #include <libgimp/gimp.h>
 
 #include "compat.h"
@@ -106,6 +112,13 @@ typedef struct {
 #define CORE_SAMPLER_TOOLTIP                                                                   \
     "How the noise is taken away step by step; Karras: the same sampler with Karras et al.'s "  \
     "noise levels, often cleaner in few steps"
+/* The dialogs' tooltips for what both show alike. */
+#define CORE_PROMPT_TOOLTIP "What to draw; the default model knows scenes such as \"" \
+    CORE_EXAMPLE_PROMPT "\""
+#define CORE_NEGATIVE_TOOLTIP "What to keep out; empty for nothing"
+#define CORE_SEED_TOOLTIP                                                                      \
+    "The seed of the first image (image i uses seed + i); while Randomize is ticked, the "   \
+    "seed the last run used: untick it to make that image again"
 /* The choices (a table made once); returns how many. */
 gint core_sampler_choices(const CoreSampler **choices);
 /* The index of the choice id names, -1 for none. */
@@ -175,6 +188,19 @@ void core_set_plugin_dir(const gchar *dir);
 /* The same for the folder of the running binary (/proc/self/exe, else argv0),
  * where the plug-in is installed with its default model. */
 void core_set_plugin_dir_of_binary(const gchar *argv0);
+/* The plug-in's help domain: the pages shipped beside the binary, in
+ * help/<language>/ (gimp-help.xml maps each procedure's help id, its name,
+ * to its page), which GIMP's Help button shows. core_help_uri(): their
+ * file:// URI; g_free(). */
+#define CORE_HELP_DOMAIN "org.diffuse.plug-in"
+gchar *core_help_uri(void);
+/* The folder of the catalogues (<dir>/locale, beside the binary: GIMP 3.0
+ * wants it there, named relative to the binary's); g_free().
+ * core_i18n_init(), once the plug-in's folder is known: binds GETTEXT_PACKAGE
+ * there, in UTF-8, and takes the messages' language from the environment
+ * (LC_MESSAGES only: numbers stay as the C locale writes them). */
+gchar *core_locale_dir(void);
+void core_i18n_init(void);
 /* The path to load for `model` ("" = the default model); NULL and an error
  * when no default model is installed. Free with g_free(). */
 gchar *core_model_resolve(const gchar *model, GError **error);

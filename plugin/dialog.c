@@ -51,7 +51,7 @@ void dialog_model_update(DialogModel *m, gboolean apply_defaults)
     m->path = g_strdup(path);
     /* OK runs a model that loaded, not one that cannot */
     gtk_dialog_set_response_sensitive(GTK_DIALOG(m->dialog), GTK_RESPONSE_OK, FALSE);
-    gtk_label_set_text(GTK_LABEL(m->info), "Loading the model...");
+    gtk_label_set_text(GTK_LABEL(m->info), _("Loading the model..."));
     /* the entry may change while the label is drawn: load the copy */
     while (gtk_events_pending())
         gtk_main_iteration();
@@ -82,16 +82,22 @@ gchar *dialog_size_note(const diffuse_model *model, gint width, gint height, gin
     req.height = height;
     req.count = MAX(1, count);
     need = diffuse_request_memory(model, &req);
+    if (have && need > have)
+        return g_strdup_printf(_("Larger than the model's native %dx%d: models draw best at "
+                                 "their native size. About %d MiB of memory, only %d MiB are "
+                                 "free: it will be refused."),
+                               mi.native_size, mi.native_size, (gint)(need >> 20),
+                               (gint)(have >> 20));
     if (have)
-        return g_strdup_printf("Larger than the model's native %dx%d: models draw best at their "
-                               "native size. About %" G_GSIZE_FORMAT " MiB of memory (%"
-                               G_GSIZE_FORMAT " MiB free)%s; time grows with the pixels.",
-                               mi.native_size, mi.native_size, need >> 20, have >> 20,
-                               need > have ? ": too much, it will be refused" : "");
-    return g_strdup_printf("Larger than the model's native %dx%d: models draw best at their "
-                           "native size. About %" G_GSIZE_FORMAT " MiB of memory; time grows "
-                           "with the pixels.",
-                           mi.native_size, mi.native_size, need >> 20);
+        return g_strdup_printf(_("Larger than the model's native %dx%d: models draw best at "
+                                 "their native size. About %d MiB of memory (%d MiB free); "
+                                 "time grows with the pixels."),
+                               mi.native_size, mi.native_size, (gint)(need >> 20),
+                               (gint)(have >> 20));
+    return g_strdup_printf(_("Larger than the model's native %dx%d: models draw best at their "
+                             "native size. About %d MiB of memory; time grows with the "
+                             "pixels."),
+                           mi.native_size, mi.native_size, (gint)(need >> 20));
 }
 
 GtkWidget *dialog_size_note_new(void)
@@ -151,10 +157,32 @@ static void dump_choices(GtkWidget *widget, FILE *f)
     fputs("\n", f);
 }
 
+/* A field a painter fills in: text, a number, a menu or a check box. */
+static gboolean is_field(GtkWidget *widget)
+{
+    return GTK_IS_TEXT_VIEW(widget) || GTK_IS_ENTRY(widget) || GTK_IS_COMBO_BOX(widget) ||
+           GTK_IS_CHECK_BUTTON(widget);
+}
+
+/* Whether hovering the widget shows a tooltip: its own or a container's. */
+static gboolean has_tooltip(GtkWidget *widget)
+{
+    for (; widget && !GTK_IS_WINDOW(widget); widget = gtk_widget_get_parent(widget)) {
+        gchar *tip = gtk_widget_get_tooltip_text(widget);
+
+        g_free(tip);
+        if (tip)
+            return TRUE;
+    }
+    return FALSE;
+}
+
 static void dump_tooltips(GtkWidget *widget, gpointer data)
 {
     gchar *tip = gtk_widget_get_visible(widget) ? gtk_widget_get_tooltip_text(widget) : NULL;
 
+    if (gtk_widget_is_drawable(widget) && is_field(widget) && !has_tooltip(widget))
+        fprintf(data, "untipped\t%s\n", G_OBJECT_TYPE_NAME(widget));
     if (tip) {
         g_strdelimit(tip, "\t\n", ' ');
         fprintf(data, "%s\t%s\n", G_OBJECT_TYPE_NAME(widget), tip);

@@ -110,6 +110,8 @@ static void install(const gchar *name, const gchar *blurb, const gchar *help, co
 
 static void query(void)
 {
+    gchar *help = core_help_uri();
+
     static const GimpParamDef txt2img_args[] = {
         ARGS_HEAD,
         {GIMP_PDB_INT32, "width", "Width in pixels, a multiple of 8 (0 = the image's width)"},
@@ -122,12 +124,19 @@ static void query(void)
             "Runs Stable Diffusion inside the plug-in and inserts count new layers of width x "
             "height above the drawable, named \"Diffuse: <prompt> (seed N)\", each with its "
             "settings in the parasite \"diffuse-parameters\".",
-            "_Text to Image...", txt2img_args, G_N_ELEMENTS(txt2img_args));
+            N_("_Text to Image..."), txt2img_args, G_N_ELEMENTS(txt2img_args));
     install(PROC_IMG2IMG, "Repaint the selection from a text prompt",
             "Runs Stable Diffusion on the drawable's pixels inside the selection bounds and "
             "inserts the results as new layers at the selection's position, repainted where "
             "the selection is (soft edges blend) and the original pixels elsewhere.",
-            "_Image to Image...", img2img_args, G_N_ELEMENTS(img2img_args));
+            N_("_Image to Image..."), img2img_args, G_N_ELEMENTS(img2img_args));
+    /* the dialogs' Help button: the page shipped beside the binary */
+    gimp_plugin_help_register(CORE_HELP_DOMAIN, help);
+    g_free(help);
+    /* GIMP translates the menu labels with the plug-in's catalogue */
+    help = core_locale_dir();
+    gimp_plugin_domain_register(GETTEXT_PACKAGE, help);
+    g_free(help);
 }
 
 /* ---------------------------------------------------------------- arguments */
@@ -240,7 +249,7 @@ typedef struct {
 } Dialog;
 
 static GtkTextBuffer *add_text_view(GtkWidget *box, const gchar *title, const gchar *text,
-                                    gint height)
+                                    gint height, const gchar *tooltip)
 {
     GtkWidget *frame = gimp_frame_new(title);
     GtkWidget *scroll = gtk_scrolled_window_new(NULL, NULL);
@@ -252,6 +261,7 @@ static GtkTextBuffer *add_text_view(GtkWidget *box, const gchar *title, const gc
     gtk_scrolled_window_set_shadow_type(GTK_SCROLLED_WINDOW(scroll), GTK_SHADOW_IN);
     gtk_widget_set_size_request(scroll, 420, height);
     gtk_text_view_set_wrap_mode(GTK_TEXT_VIEW(view), GTK_WRAP_WORD_CHAR);
+    gimp_help_set_help_data(view, tooltip, NULL);
     gtk_text_buffer_set_text(gtk_text_view_get_buffer(GTK_TEXT_VIEW(view)), text, -1);
     gtk_container_add(GTK_CONTAINER(scroll), view);
     gtk_container_add(GTK_CONTAINER(frame), scroll);
@@ -429,6 +439,7 @@ static void add_seed_row(Dialog *d, GtkWidget *table, gint row)
      * so that a liked result can be repeated by unticking Randomize */
     gtk_adjustment_set_value(GTK_ADJUSTMENT(GIMP_RANDOM_SEED_SPINBUTTON_ADJ(seed)),
                              d->s->seed >= 0 ? d->s->seed : d->s->last_seed);
+    gimp_help_set_help_data(GIMP_RANDOM_SEED_SPINBUTTON(seed), CORE_SEED_TOOLTIP, NULL);
     gimp_help_set_help_data(GIMP_RANDOM_SEED_TOGGLE(seed),
                             "A new random seed for every run; the seed used is in the layer name",
                             NULL);
@@ -612,7 +623,7 @@ static gboolean dialog_run(CoreSettings *s, CoreMode mode, const gchar *proc, gb
 
     gimp_ui_init(PLUG_IN_BINARY, FALSE);
     d.dialog =
-        gimp_dialog_new(mode == CORE_TXT2IMG ? "Diffuse: Text to Image" : "Diffuse: Image to Image",
+        gimp_dialog_new(mode == CORE_TXT2IMG ? _("Diffuse: Text to Image") : _("Diffuse: Image to Image"),
                         PLUG_IN_ROLE, NULL, 0, gimp_standard_help_func, proc, "_Cancel",
                         GTK_RESPONSE_CANCEL, "_OK", GTK_RESPONSE_OK, NULL);
     gtk_dialog_set_alternative_button_order(GTK_DIALOG(d.dialog), GTK_RESPONSE_OK,
@@ -625,8 +636,9 @@ static gboolean dialog_run(CoreSettings *s, CoreMode mode, const gchar *proc, gb
                        0);
     d.copy = (DialogCopy){.mode = mode, .read = read_settings, .apply = apply_settings, .data = &d};
     gtk_box_pack_start(GTK_BOX(vbox), dialog_copy_new(&d.copy, image, drawable), FALSE, FALSE, 0);
-    d.prompt = add_text_view(vbox, "_Prompt", s->prompt, 72);
-    d.negative = add_text_view(vbox, "Negati_ve prompt", s->negative_prompt, 40);
+    d.prompt = add_text_view(vbox, "_Prompt", s->prompt, 72, CORE_PROMPT_TOOLTIP);
+    d.negative = add_text_view(vbox, "Negati_ve prompt", s->negative_prompt, 40,
+                               CORE_NEGATIVE_TOOLTIP);
     gtk_box_pack_start(GTK_BOX(vbox), make_table(&d), FALSE, FALSE, 0);
     gtk_box_pack_start(GTK_BOX(vbox), make_sdxl(&d), FALSE, FALSE, 0);
     gtk_widget_show_all(d.dialog);
@@ -744,5 +756,6 @@ int main(int argc, char *argv[])
 {
     core_process_init();
     core_set_plugin_dir_of_binary(argv[0]);
+    core_i18n_init();
     return gimp_main(&PLUG_IN_INFO, argc, argv);
 }

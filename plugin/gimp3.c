@@ -56,6 +56,8 @@ typedef struct {
 #define DIFFUSE_TYPE (diffuse_get_type())
 GType diffuse_get_type(void) G_GNUC_CONST;
 
+static gboolean diffuse_set_i18n(GimpPlugIn *plug_in, const gchar *procedure_name,
+                                 gchar **gettext_domain, gchar **catalog_dir);
 static GList *diffuse_query_procedures(GimpPlugIn *plug_in);
 static GimpProcedure *diffuse_create_procedure(GimpPlugIn *plug_in, const gchar *name);
 static GimpValueArray *diffuse_run(GimpProcedure *procedure, GimpRunMode run_mode, GimpImage *image,
@@ -70,16 +72,34 @@ static void diffuse_class_init(DiffuseClass *klass)
 
     plug_in_class->query_procedures = diffuse_query_procedures;
     plug_in_class->create_procedure = diffuse_create_procedure;
-    plug_in_class->set_i18n = NULL; /* no translations yet */
+    plug_in_class->set_i18n = diffuse_set_i18n;
 }
 
 static void diffuse_init(Diffuse *diffuse) {}
+
+/* The plug-in's catalogue (core.h), with which libgimp binds and GIMP
+ * translates the menu labels: GIMP 3.0 takes its folder relative to the
+ * binary's, the locale/ of core_locale_dir(). */
+static gboolean diffuse_set_i18n(GimpPlugIn *plug_in, const gchar *procedure_name,
+                                 gchar **gettext_domain, gchar **catalog_dir)
+{
+    *gettext_domain = g_strdup(GETTEXT_PACKAGE);
+    *catalog_dir = g_strdup("locale");
+    return TRUE;
+}
 
 /* ---------------------------------------------------------------- registration */
 
 static GList *diffuse_query_procedures(GimpPlugIn *plug_in)
 {
     GList *names = NULL;
+    gchar *uri = core_help_uri();
+    GFile *help = g_file_new_for_uri(uri);
+
+    /* the dialogs' Help button: the page shipped beside the binary */
+    gimp_plug_in_set_help_domain(plug_in, CORE_HELP_DOMAIN, help);
+    g_object_unref(help);
+    g_free(uri);
 
     names = g_list_append(names, g_strdup(PROC_TXT2IMG));
     names = g_list_append(names, g_strdup(PROC_IMG2IMG));
@@ -131,7 +151,7 @@ static void add_head_arguments(GimpProcedure *p, const CoreSettings *d)
     gimp_procedure_add_int_argument(p, "steps", "S_teps",
                                     "Denoising steps: Turbo and LCM models need only 1 to 8", 1,
                                     CORE_MAX_STEPS, d->steps, G_PARAM_READWRITE);
-    gimp_procedure_add_double_argument(p, "guidance", "Guida_nce",
+    gimp_procedure_add_double_argument(p, "guidance", "G_uidance",
                                        "How closely to follow the prompt (0..100); 1 or less "
                                        "skips the negative prompt (Turbo and LCM models)",
                                        0, 100, d->guidance, G_PARAM_READWRITE);
@@ -145,7 +165,7 @@ static void add_head_arguments(GimpProcedure *p, const CoreSettings *d)
 /* count, model, and the auxiliary arguments the config keeps */
 static void add_tail_arguments(GimpProcedure *p, const CoreSettings *d)
 {
-    gimp_procedure_add_int_argument(p, "count", "Co_unt",
+    gimp_procedure_add_int_argument(p, "count", "_Batch count",
                                     "Number of images, one layer each (1..100)", 1, CORE_MAX_COUNT,
                                     d->count, G_PARAM_READWRITE);
     gimp_procedure_add_string_argument(p, "model", "Mo_del",
@@ -176,7 +196,7 @@ static void add_tail_arguments(GimpProcedure *p, const CoreSettings *d)
         p, "random-seed", "Randomi_ze",
         "A new random seed for every run; the seed used is in the layer name", TRUE,
         G_PARAM_READWRITE);
-    gimp_procedure_add_choice_aux_argument(p, "sampler-choice", "Samp_ler",
+    gimp_procedure_add_choice_aux_argument(p, "sampler-choice", "Sa_mpler",
                                            CORE_SAMPLER_TOOLTIP,
                                            sampler_choice(), d->sampler, G_PARAM_READWRITE);
     gimp_procedure_add_boolean_aux_argument(p, "configured", "Configured",
@@ -212,7 +232,7 @@ static GimpProcedure *diffuse_create_procedure(GimpPlugIn *plug_in, const gchar 
                                                    GIMP_PROCEDURE_SENSITIVE_DRAWABLES |
                                                    GIMP_PROCEDURE_SENSITIVE_NO_DRAWABLES);
         if (!ext) {
-            gimp_procedure_set_menu_label(p, "_Text to Image...");
+            gimp_procedure_set_menu_label(p, N_("_Text to Image..."));
             gimp_procedure_add_menu_path(p, MENU_PATH);
         }
         gimp_procedure_set_documentation(
@@ -234,7 +254,7 @@ static GimpProcedure *diffuse_create_procedure(GimpPlugIn *plug_in, const gchar 
     } else {
         gimp_procedure_set_sensitivity_mask(p, GIMP_PROCEDURE_SENSITIVE_DRAWABLE);
         if (!ext) {
-            gimp_procedure_set_menu_label(p, "_Image to Image...");
+            gimp_procedure_set_menu_label(p, N_("_Image to Image..."));
             gimp_procedure_add_menu_path(p, MENU_PATH);
         }
         gimp_procedure_set_documentation(
@@ -539,10 +559,7 @@ static void add_seed_row(GimpProcedureDialog *dialog, Dialog *d)
 
     /* the argument's blurb tells scripts about -1; here Randomize is it */
     gimp_help_set_help_data(gimp_procedure_dialog_get_widget(dialog, "seed", G_TYPE_NONE),
-                            "The seed of the first image (image i uses seed + i); while Randomize "
-                            "is ticked, the seed the last run used: untick it to make that image "
-                            "again",
-                            NULL);
+                            CORE_SEED_TOOLTIP, NULL);
     box = gimp_procedure_dialog_fill_box(dialog, "seed-row", "seed", "random-seed", NULL);
     gtk_orientable_set_orientation(GTK_ORIENTABLE(box), GTK_ORIENTATION_HORIZONTAL);
     gtk_box_set_spacing(GTK_BOX(box), 6);
@@ -694,13 +711,13 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
     if (mode == CORE_TXT2IMG)
         g_object_get(config, "width", &d.image_size[0], "height", &d.image_size[1], NULL);
     d.dialog = gimp_procedure_dialog_new(procedure, config,
-                                         mode == CORE_TXT2IMG ? "Diffuse: Text to Image"
-                                                              : "Diffuse: Image to Image");
+                                         mode == CORE_TXT2IMG ? _("Diffuse: Text to Image")
+                                                              : _("Diffuse: Image to Image"));
     dialog = GIMP_PROCEDURE_DIALOG(d.dialog);
     prompt = add_copy_row(dialog, &d, image, drawable,
-                          add_text(dialog, config, "prompt", "_Prompt", "What to draw", 72));
+                          add_text(dialog, config, "prompt", "_Prompt", CORE_PROMPT_TOOLTIP, 72));
     negative = add_text(dialog, config, "negative-prompt", "Negati_ve prompt",
-                        "What to keep out; empty for nothing", 40);
+                        CORE_NEGATIVE_TOOLTIP, 40);
     add_seed_row(dialog, &d);
     add_scale(dialog, "steps", 1, 100, 0);
     add_scale(dialog, "guidance", 0, 20, 1);
@@ -920,5 +937,6 @@ int main(int argc, char *argv[])
 {
     core_process_init();
     core_set_plugin_dir_of_binary(argv[0]);
+    core_i18n_init();
     return gimp_main(DIFFUSE_TYPE, argc, argv);
 }

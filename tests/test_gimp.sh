@@ -283,6 +283,26 @@ for label in '"_Text to Image..."' '"_Image to Image..."' '(menu-path "<Image>/F
     grep -qF -e "$label" "$profile/pluginrc"
     check $? "$case_title: pluginrc has no $label"
 done
+# the help pages (GIMP's help-id mechanism): pluginrc records the plug-in's
+# help domain at the pages shipped beside the binary, whose gimp-help.xml maps
+# each procedure's help id (its name, which the dialogs' Help button asks
+# for) to a section of a page that explains the fields
+grep -qF -e '"org.diffuse.plug-in"' "$profile/pluginrc"
+check $? "$case_title: pluginrc has no help domain org.diffuse.plug-in"
+help_uri=$(grep -o '"file://[^"]*/help"' "$profile/pluginrc" | head -n 1 | tr -d '"')
+help_dir=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.unquote(sys.argv[1][len("file://"):]))' "$help_uri" 2>/dev/null)
+[ -f "$help_dir/en/gimp-help.xml" ]
+check $? "$case_title: the help domain '$help_uri' has no en/gimp-help.xml"
+for proc in plug-in-diffuse-txt2img plug-in-diffuse-img2img plug-in-diffuse-txt2img-ext \
+    plug-in-diffuse-img2img-ext; do
+    page=$(sed -n "s/.*help-id=\"$proc\" help-page=\"\([^\"]*\)\".*/\1/p" "$help_dir/en/gimp-help.xml" 2>/dev/null)
+    [ -n "$page" ] && grep -q "id=\"${page#*#}\"" "$help_dir/en/${page%%#*}"
+    check $? "$case_title: no help page for $proc ('$page')"
+done
+for field in prompt negative-prompt seed guidance strength sizes model; do
+    grep -q "id=\"$field\"" "$help_dir/en/index.html" 2>/dev/null
+    check $? "$case_title: the help page does not explain $field"
+done
 case_end
 
 # ------------------------------------------------------------------ 1. txt2img
@@ -1036,5 +1056,29 @@ $PARAMS_TAIL, Seed: 11, Size: 64x64, Model: $MODEL_NAME, RNG: NV, LoRA: \"$LORAS
 elif [ "${CI:-}" = true ]; then
     fail "missing $LORAS/sd1-kohya.safetensors (CI=true; make builds it)"
 fi
+
+# ------------------------------------------------------------------ 17. translation
+
+# The plug-in's messages come from its own catalogue (gettext, GIMP's plug-in
+# domain pattern; 2.10's pluginrc records the domain GIMP translates its menu
+# labels with), shipped beside the binary: with LANGUAGE=de a refusal is
+# German. gettext reads LANGUAGE only outside the C locale, and these systems
+# have no other: a copy of C.UTF-8 under another name ($LOCPATH) serves.
+mkdir -p "$tmp/locale"
+cp -R /usr/lib/locale/C.utf8 "$tmp/locale/en_US.UTF-8" 2>/dev/null
+CASE_ENV="LOCPATH=$tmp/locale LC_ALL=en_US.UTF-8 LANGUAGE=de" gimp_case german \
+    "17 translation: LANGUAGE=de, the plug-in's messages in German" <<EOF
+(let* ((img (new-image RGB 64 64)) (bg (background img)))
+  (try "default" (lambda () $(t2i img bg '""' '""' 1 4 7.5 '"euler_a"' 64 64 1 '""')))
+  (signature img "after"))
+EOF
+expect "status default error" "an empty prompt with the default model did not fail"
+expect_log "prompt: Das Standardmodell braucht einen Prompt, etwa „$PROMPT“"
+expect "count after 1" "the refused run added a layer"
+if [ "$GIMP_GENERATION" = 2 ]; then # 3.0 asks the plug-in (set_i18n) each time
+    grep -qF -e '"gimp-plug-in-diffuse"' "$profile/pluginrc"
+    check $? "$case_title: pluginrc has no translation domain gimp-plug-in-diffuse"
+fi
+case_end
 
 finish

@@ -219,6 +219,9 @@ check $? "the model's error is not whole in the info line's tooltip: $(section 3
 expect "broken-layers 2" "the dialog with a model that cannot load changed the image"
 grep -qx "choices	Euler|Euler Karras|Euler a|Euler a Karras|DDIM|DPM++ 2M|DPM++ 2M Karras|LCM|PLMS" "$tmp/dump.txt"
 check $? "the sampler menu does not show the engine's labels: $(grep '^choices' "$tmp/dump.txt" | sort -u | head -3)"
+# every field the dialogs showed has a tooltip (its own or its row's)
+[ -s "$tmp/dump.txt" ] && ! grep '^untipped' "$tmp/dump.txt"
+check $? "fields above are shown without a tooltip"
 # Copy Settings from Layer: the layer's prompt, seed, steps, sampler, guidance,
 # strength and LoRA made the new layer; Hires upscale was left out
 expect "status copy ok" "OK after Copy Settings from Layer did not run"
