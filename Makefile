@@ -207,10 +207,33 @@ endif
 	@mkdir -p $(dir $@)
 	ln -sfn $(CURDIR)/models/default $@
 
-# install-plugin-into DIR BINARY: the binary, and a copy of models/default
-# (replaced whole, so an interrupted copy never leaves half a model)
+# ... and to its help pages (core.h, CORE_HELP_DOMAIN)
+%/diffuse/help: | plugin/help
+	@mkdir -p $(dir $@)
+	ln -sfn $(CURDIR)/plugin/help $@
+
+# ... and its translations (core.h: GETTEXT_PACKAGE), one catalogue a language
+# of plugin/po/LINGUAS, made with GNU msgfmt (which checks them) or, where
+# there is none (the GIMP 3.0 test chroot), plugin/po/msgfmt.py
+LINGUAS := $(shell cat plugin/po/LINGUAS)
+MSGFMT := $(shell command -v msgfmt 2>/dev/null)
+MO_NAME := gimp-plug-in-diffuse.mo
+.SECONDEXPANSION:
+$(BUILD)/%/LC_MESSAGES/$(MO_NAME): plugin/po/$$(notdir $$*).po plugin/po/msgfmt.py
+	@mkdir -p $(dir $@)
+	$(if $(MSGFMT),$(MSGFMT) -c -o $@ $<,python3 plugin/po/msgfmt.py $< $@)
+# the template translators start from: make pot
+.PHONY: pot
+pot:
+	xgettext --keyword=_ --keyword=N_ --from-code=UTF-8 --package-name=gimp-plug-in-diffuse \
+	    -o plugin/po/gimp-plug-in-diffuse.pot plugin/*.c
+
+# install-plugin-into DIR BINARY: the binary, its help pages and translations, and a copy of
+# models/default (replaced whole, so an interrupted copy never leaves half a model)
 define install-plugin-into
 	install -D -m 755 $(2) $(DESTDIR)$(1)/diffuse/diffuse
+	rm -rf $(DESTDIR)$(1)/diffuse/help && cp -R plugin/help $(DESTDIR)$(1)/diffuse/help
+	rm -rf $(DESTDIR)$(1)/diffuse/locale && cp -R $(dir $(2))locale $(DESTDIR)$(1)/diffuse/locale
 	@if [ -e models/default ]; then \
 	    echo "installing models/default into $(DESTDIR)$(1)/diffuse/models/default"; \
 	    rm -rf $(DESTDIR)$(1)/diffuse/models/default.new && \
@@ -224,7 +247,8 @@ endef
 # ---- GIMP 2.10
 ifeq ($(HAVE_GIMP),yes)
 all: plugin2
-plugin2: $(PLUGIN_BIN) $(PLUGIN_TEST) $(if $(DEFAULT_MODEL),$(PLUGIN_DIR)/models/default)
+plugin2: $(PLUGIN_BIN) $(PLUGIN_TEST) $(PLUGIN_DIR)/help \
+    $(foreach l,$(LINGUAS),$(PLUGIN_DIR)/locale/$(l)/LC_MESSAGES/$(MO_NAME)) $(if $(DEFAULT_MODEL),$(PLUGIN_DIR)/models/default)
 
 $(BUILD)/plugin/%.o: plugin/%.c $(PLUGIN_HDRS)
 	@mkdir -p $(dir $@)
@@ -252,7 +276,8 @@ endif
 # ---- GIMP 3.0 (the same core and unit test, compiled against libgimp 3.0)
 ifeq ($(HAVE_GIMP3),yes)
 all: plugin3
-plugin3: $(PLUGIN3_BIN) $(PLUGIN3_TEST) $(if $(DEFAULT_MODEL),$(PLUGIN3_DIR)/models/default)
+plugin3: $(PLUGIN3_BIN) $(PLUGIN3_TEST) $(PLUGIN3_DIR)/help \
+    $(foreach l,$(LINGUAS),$(PLUGIN3_DIR)/locale/$(l)/LC_MESSAGES/$(MO_NAME)) $(if $(DEFAULT_MODEL),$(PLUGIN3_DIR)/models/default)
 
 $(BUILD)/plugin3/%.o: plugin/%.c $(PLUGIN_HDRS)
 	@mkdir -p $(dir $@)

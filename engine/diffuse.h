@@ -84,6 +84,10 @@ int diffuse_sampler_parse(const char *name);
  * "DPM++ 2M", "LCM", "PLMS"); from_label also takes the names above. */
 const char *diffuse_sampler_label(diffuse_sampler sampler);
 int diffuse_sampler_from_label(const char *label);
+/* The name A1111's menus give the sampler with Karras sigmas ("Euler Karras",
+ * "Euler a Karras", "DPM++ 2M Karras"); NULL for a sampler that takes none
+ * (diffuse_request.karras is refused with it). */
+const char *diffuse_sampler_karras_label(diffuse_sampler sampler);
 const char *diffuse_spacing_name(diffuse_spacing spacing);
 int diffuse_spacing_parse(const char *name);
 

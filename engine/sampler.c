@@ -53,6 +53,11 @@ static const char *const sampler_labels[DIFFUSE_SAMPLER_COUNT] = {
     "Euler", "Euler a", "DDIM", "DPM++ 2M", "LCM", "PLMS",
 };
 
+/* ... and with Karras sigmas, for the samplers that take them (uses_sigmas) */
+static const char *const sampler_karras_labels[DIFFUSE_SAMPLER_COUNT] = {
+    "Euler Karras", "Euler a Karras", NULL, "DPM++ 2M Karras", NULL, NULL,
+};
+
 static const char *const spacing_names[] = {"default", "leading", "linspace", "trailing"};
 #define SPACING_COUNT ((int)(sizeof spacing_names / sizeof spacing_names[0]))
 
@@ -76,6 +81,13 @@ const char *diffuse_sampler_label(diffuse_sampler sampler)
     if ((int)sampler < 0 || sampler >= DIFFUSE_SAMPLER_COUNT)
         return "unknown";
     return sampler_labels[sampler];
+}
+
+const char *diffuse_sampler_karras_label(diffuse_sampler sampler)
+{
+    if ((int)sampler < 0 || sampler >= DIFFUSE_SAMPLER_COUNT)
+        return NULL;
+    return sampler_karras_labels[sampler];
 }
 
 int diffuse_sampler_from_label(const char *label)

@@ -149,6 +149,15 @@ static inline gchar *compat_image_file_path(CoreImage image)
     return path;
 }
 
+static inline gboolean compat_drawable_is_group(CoreDrawable drawable)
+{
+    return gimp_item_is_group(GIMP_ITEM(drawable));
+}
+static inline gboolean compat_drawable_is_text(CoreDrawable drawable)
+{
+    return gimp_item_is_text_layer(GIMP_ITEM(drawable));
+}
+
 #else /* GIMP 2.10 */
 
 typedef gint32 CoreImage;
@@ -268,6 +277,15 @@ static inline gchar *compat_image_file_path(CoreImage image)
     return path ? path : gimp_image_get_filename(image);
 }
 
+static inline gboolean compat_drawable_is_group(CoreDrawable drawable)
+{
+    return gimp_item_is_group(drawable);
+}
+static inline gboolean compat_drawable_is_text(CoreDrawable drawable)
+{
+    return gimp_item_is_text_layer(drawable);
+}
+
 #endif
 
 /* Spelled the same in both generations, with the handle types above. */
@@ -290,6 +308,19 @@ static inline void compat_layer_set_offsets(CoreLayer layer, gint x, gint y)
 static inline GimpParasite *compat_image_get_parasite(CoreImage image, const gchar *name)
 {
     return gimp_image_get_parasite(image, name);
+}
+/* The selection's bounds (x1, y1 inclusive, x2, y2 exclusive); FALSE, the
+ * numbers untouched, when there is no selection. */
+static inline gboolean compat_selection_bounds(CoreImage image, gint *x1, gint *y1, gint *x2,
+                                               gint *y2)
+{
+    gboolean non_empty = FALSE;
+    gint b[4];
+
+    if (!gimp_selection_bounds(image, &non_empty, &b[0], &b[1], &b[2], &b[3]) || !non_empty)
+        return FALSE;
+    *x1 = b[0], *y1 = b[1], *x2 = b[2], *y2 = b[3];
+    return TRUE;
 }
 
 G_END_DECLS

@@ -15,6 +15,7 @@
  * GIMP kills the plug-in when the user cancels its progress; since nothing is
  * inserted before stage 4, a kill at any earlier point leaves the image as it
  * was. */
+#include <locale.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -49,7 +50,7 @@ const CoreArg core_size_cond_args[CORE_SIZE_COND_ARGS] = {
 };
 
 const CoreArg core_empty_negative_arg = {
-    "empty-negative", "Encode a _blank negative prompt",
+    "empty-negative", "_7 Encode a blank negative prompt",
     "With an SDXL model, an empty negative prompt means none (a zero unconditional branch, as "
     "diffusers does) unless this is set: then the empty text is encoded as a prompt"};
 
@@ -78,7 +79,7 @@ const CoreArg core_padding_arg = {
     "Selected area: pixels of context around the selection's bounds (clipped to the layer)"};
 
 const CoreArg core_masked_arg = {
-    "masked-content", "_7 Masked content",
+    "masked-content", "Masked co_ntent",
     "Image to Image with a plain model: what the selection starts from, original (the image) "
     "or latent-noise (noise, so that a strength near 1 paints something new); inpainting "
     "models read the selection themselves"};
@@ -223,6 +224,50 @@ void core_settings_deserialize(CoreSettings *s, const gchar *text)
     g_strfreev(lines);
 }
 
+gint core_sampler_choices(const CoreSampler **choices)
+{
+    static CoreSampler table[2 * DIFFUSE_SAMPLER_COUNT];
+    static gint n;
+
+    if (!n)
+        for (gint i = 0; i < DIFFUSE_SAMPLER_COUNT; i++) {
+            const char *karras = diffuse_sampler_karras_label(i);
+
+            table[n] = (CoreSampler){.label = diffuse_sampler_label(i), .sampler = i};
+            g_strlcpy(table[n++].id, diffuse_sampler_name(i), sizeof table[0].id);
+            if (!karras)
+                continue;
+            table[n] = (CoreSampler){.label = karras, .sampler = i, .karras = TRUE};
+            g_snprintf(table[n++].id, sizeof table[0].id, "%s%s", diffuse_sampler_name(i),
+                       CORE_KARRAS_SUFFIX);
+        }
+    *choices = table;
+    return n;
+}
+
+gint core_sampler_find(const gchar *id)
+{
+    const CoreSampler *c;
+    gint n = core_sampler_choices(&c);
+
+    for (gint i = 0; id && i < n; i++)
+        if (!strcmp(id, c[i].id))
+            return i;
+    return -1;
+}
+
+/* "euler, euler_a, ... or pndm": the ids, for messages; g_free(). */
+static gchar *sampler_ids(void)
+{
+    const CoreSampler *c;
+    gint n = core_sampler_choices(&c);
+    GString *text = g_string_new(NULL);
+
+    for (gint i = 0; i < n; i++)
+        g_string_append_printf(text, "%s%s", i == 0 ? "" : i == n - 1 ? " or " : ", ", c[i].id);
+    return g_string_free(text, FALSE);
+}
+
 static gboolean size_ok(gint v)
 {
     return v == 0 || (v >= 8 && v <= CORE_MAX_SIDE && v % 8 == 0);
@@ -241,10 +286,14 @@ gboolean core_settings_validate(const CoreSettings *s, CoreMode mode, GError **e
         return CALLING_ERROR("steps: %d is outside 1..%d", s->steps, CORE_MAX_STEPS);
     if (!isfinite(s->guidance) || s->guidance < 0 || s->guidance > 100)
         return CALLING_ERROR("guidance: %g is outside 0..100", s->guidance);
-    if (diffuse_sampler_parse(s->sampler) < 0)
-        return CALLING_ERROR("sampler: \"%s\" is not one of euler, euler_a, ddim, dpmpp_2m, "
-                             "lcm, pndm",
-                             s->sampler);
+    if (core_sampler_find(s->sampler) < 0) {
+        gchar *ids = sampler_ids();
+
+        g_set_error(error, CORE_ERROR, CORE_ERROR_CALLING, "sampler: \"%s\" is not one of %s",
+                    s->sampler, ids);
+        g_free(ids);
+        return FALSE;
+    }
     if (s->count < 1 || s->count > CORE_MAX_COUNT)
         return CALLING_ERROR("count: %d is outside 1..%d", s->count, CORE_MAX_COUNT);
     if (mode == CORE_TXT2IMG && (!size_ok(s->width) || !size_ok(s->height)))
@@ -305,6 +354,30 @@ void core_set_plugin_dir_of_binary(const gchar *argv0)
     core_set_plugin_dir(dir);
     g_free(dir);
     g_free(exe);
+}
+
+gchar *core_locale_dir(void)
+{
+    return g_build_filename(plugin_dir ? plugin_dir : ".", "locale", NULL);
+}
+
+void core_i18n_init(void)
+{
+    gchar *dir = core_locale_dir();
+
+    setlocale(LC_MESSAGES, "");
+    bindtextdomain(GETTEXT_PACKAGE, dir);
+    bind_textdomain_codeset(GETTEXT_PACKAGE, "UTF-8");
+    g_free(dir);
+}
+
+gchar *core_help_uri(void)
+{
+    gchar *path = g_build_filename(plugin_dir ? plugin_dir : ".", "help", NULL);
+    gchar *uri = g_filename_to_uri(path, NULL, NULL);
+
+    g_free(path);
+    return uri;
 }
 
 gchar *core_model_resolve(const gchar *model, GError **error)
@@ -513,9 +586,13 @@ gchar *core_parameters_text(const CoreSettings *s, CoreMode mode, guint64 seed, 
                                  g_ascii_formatd(weight, sizeof weight, "%g", s->lora_weight), NULL)
                    : NULL;
     const gboolean i2i = mode == CORE_IMG2IMG;
+    const CoreSampler *samplers, *sampler;
+
+    core_sampler_choices(&samplers);
+    sampler = &samplers[MAX(0, core_sampler_find(s->sampler))];
     diffuse_parameters p = {
         .prompt = s->prompt, .negative_prompt = s->negative_prompt, .steps = s->steps,
-        .sampler = diffuse_sampler_parse(s->sampler), .karras = 0, .guidance = (float)s->guidance,
+        .sampler = sampler->sampler, .karras = sampler->karras, .guidance = (float)s->guidance,
         .has_seed = 1, .seed = seed, .width = width, .height = height, .model = model,
         .strength = i2i ? (float)s->strength : 0, .rng = DIFFUSE_RNG_PHILOX,
         .size_cond = {s->size_cond[0], s->size_cond[1], s->size_cond[2], s->size_cond[3],
@@ -612,9 +689,14 @@ static void take_sampling(CoreSettings *s, const diffuse_parameters *p, GString 
         s->guidance = decimal(p->guidance);
     else if (p->guidance > 100)
         not_used(unused, "CFG scale: %s", g_ascii_formatd(buf, sizeof buf, "%g", p->guidance));
-    if (p->sampler >= 0 && p->sampler < DIFFUSE_SAMPLER_COUNT)
-        g_strlcpy(s->sampler, diffuse_sampler_name((diffuse_sampler)p->sampler), sizeof s->sampler);
-    if (p->karras > 0) /* the plug-in has no Karras schedule */
+    if (p->sampler >= 0 && p->sampler < DIFFUSE_SAMPLER_COUNT) {
+        const gboolean karras = p->karras > 0 && diffuse_sampler_karras_label(p->sampler);
+
+        g_snprintf(s->sampler, sizeof s->sampler, "%s%s",
+                   diffuse_sampler_name((diffuse_sampler)p->sampler),
+                   karras ? CORE_KARRAS_SUFFIX : "");
+    }
+    if (p->karras > 0 && !(p->sampler >= 0 && diffuse_sampler_karras_label(p->sampler)))
         not_used(unused, "Schedule type: Karras");
     if (p->has_seed && p->seed <= G_MAXINT32)
         s->seed = (gint32)p->seed;
@@ -868,6 +950,7 @@ typedef struct {
     const CoreWatch *watch; /* NULL, or the front end's window */
     gsize rss_start;       /* bytes resident when stage 2 began */
     gsize need;            /* bytes the request adds: the memory check's estimate */
+    gint place_x, place_y; /* txt2img: where the layers go, centred (place()) */
 } Job;
 
 /* The engine's notices (a LoRA that matches only part of the model, a prompt
@@ -949,7 +1032,14 @@ static gboolean prepare(Job *job, GError **error)
     r->seed = (guint64)job->s.seed;
     r->steps = job->s.steps;
     r->guidance = job->s.guidance;
-    r->sampler = diffuse_sampler_parse(job->s.sampler);
+    {
+        const CoreSampler *samplers;
+        const gint i = core_sampler_find(job->s.sampler); /* validated */
+
+        core_sampler_choices(&samplers);
+        r->sampler = samplers[i].sampler;
+        r->karras = samplers[i].karras;
+    }
     r->count = job->s.count;
     r->width = job->s.width;
     r->height = job->s.height;
@@ -1035,13 +1125,25 @@ static CoreLayer make_layer(Job *job, gint i, GError **error)
     }
     if (!i2i)
         pixels_write_image(layer, img);
-    compat_layer_set_offsets(layer, i2i ? job->region.x : 0, i2i ? job->region.y : 0);
+    compat_layer_set_offsets(layer, i2i ? job->region.x : job->place_x,
+                             i2i ? job->region.y : job->place_y);
     parasite = gimp_parasite_new(PARASITE_NAME, GIMP_PARASITE_PERSISTENT | GIMP_PARASITE_UNDOABLE,
                                  strlen(text) + 1, text);
     compat_layer_attach_parasite(layer, parasite);
     gimp_parasite_free(parasite);
     g_free(text);
     return layer;
+}
+
+/* Text to Image's layers are centred on the selection's bounds, or on the
+ * image without a selection (a larger layer overhangs it evenly). */
+static void place(Job *job)
+{
+    gint x1 = 0, y1 = 0, x2 = compat_image_width(job->image), y2 = compat_image_height(job->image);
+
+    compat_selection_bounds(job->image, &x1, &y1, &x2, &y2);
+    job->place_x = x1 + (x2 - x1 - job->s.width) / 2;
+    job->place_y = y1 + (y2 - y1 - job->s.height) / 2;
 }
 
 /* Stage 4: every layer is made first; only then does the image change, in
@@ -1052,6 +1154,8 @@ static gboolean insert_results(Job *job, GError **error)
     CoreLayer *layers = g_new(CoreLayer, n);
     CoreLayer parent;
 
+    if (job->mode == CORE_TXT2IMG)
+        place(job);
     for (; made < n; made++)
         if ((layers[made] = make_layer(job, made, error)) == CORE_NO_LAYER)
             break;
@@ -1076,6 +1180,27 @@ static gboolean insert_results(Job *job, GError **error)
     return made == n && inserted == n;
 }
 
+/* An empty prompt: the default model draws only what a prompt describes, so
+ * it is refused; a Stable Diffusion model draws unconditioned, which may be
+ * meant, so the run goes ahead and the painter is told (job->notices). */
+static gboolean prompt_check(Job *job, const CoreSettings *settings, GError **error)
+{
+    gchar *text = g_strstrip(g_strdup(settings->prompt));
+    const gboolean empty = !*text;
+
+    g_free(text);
+    if (empty && !settings->model[0]) {
+        g_set_error(error, CORE_ERROR, CORE_ERROR_CALLING,
+                    _("prompt: the default model needs a prompt, such as \"%s\""),
+                    CORE_EXAMPLE_PROMPT);
+        return FALSE;
+    }
+    if (empty)
+        on_notice(job, _("The prompt is empty: the model draws without one (unconditioned), "
+                         "something of its own choosing"));
+    return TRUE;
+}
+
 static gboolean start(Job *job, const CoreSettings *settings, GError **error)
 {
     if (job->drawable == CORE_NO_DRAWABLE && job->mode == CORE_IMG2IMG) {
@@ -1088,7 +1213,15 @@ static gboolean start(Job *job, const CoreSettings *settings, GError **error)
                     compat_drawable_id(job->drawable), compat_image_id(job->image));
         return FALSE;
     }
-    if (!core_image_check(job->image, error) || !core_settings_validate(settings, job->mode, error))
+    if (job->mode == CORE_IMG2IMG && compat_drawable_is_group(job->drawable)) {
+        g_set_error(error, CORE_ERROR, CORE_ERROR_CALLING,
+                    _("drawable: Image to Image works on a layer's pixels, and a layer group "
+                      "has none of its own: select a layer in the group, or merge the group "
+                      "first"));
+        return FALSE;
+    }
+    if (!core_image_check(job->image, error) || !core_settings_validate(settings, job->mode, error) ||
+        !prompt_check(job, settings, error))
         return FALSE;
     job->s = *settings;
     if (job->s.seed < 0)

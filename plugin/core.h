@@ -21,6 +21,12 @@
 #ifndef DIFFUSE_PLUGIN_CORE_H
 #define DIFFUSE_PLUGIN_CORE_H
 
+/* Translations: the messages a painter reads are marked _() (N_() where
+ * GIMP translates them itself: menu labels), looked up in the plug-in's own
+ * catalogue, GETTEXT_PACKAGE, shipped beside the binary in locale/ (GIMP's
+ * plug-in domain pattern: the front ends register the domain with GIMP). */
+#define GETTEXT_PACKAGE "gimp-plug-in-diffuse"
+#include <glib/gi18n-lib.h>
 #include <libgimp/gimp.h>
 
 #include "compat.h"
@@ -36,6 +42,13 @@ G_BEGIN_DECLS
 #define CORE_MAX_STEPS 1000
 
 typedef enum { CORE_TXT2IMG, CORE_IMG2IMG } CoreMode;
+
+/* Who made the procedures, as both GIMPs' registrations say it. */
+#define CORE_AUTHOR "Diffuse developers"
+#define CORE_COPYRIGHT "Copyright 2026 Diffuse developers"
+#define CORE_DATE "2026"
+/* A prompt the default model draws (its language: DESIGN.md), for messages. */
+#define CORE_EXAMPLE_PROMPT "a red circle on a blue background"
 
 /* SDXL's size conditioning, in the order of the procedures' arguments (after
  * model) and of CoreSettings.size_cond: diffusers' original_size, crop
@@ -81,6 +94,36 @@ extern const CoreArg core_padding_arg;
  * choice after padding); the dialogs of both GIMPs. */
 extern const CoreArg core_masked_arg;
 
+/* The samplers the dialogs offer and the sampler argument takes: each of the
+ * engine's by its name ("euler_a"), and those that take Karras sigmas also
+ * with CORE_KARRAS_SUFFIX ("dpmpp_2m_karras"), in the engine's order, each
+ * shown by the engine's label ("Euler a", "DPM++ 2M Karras"). The ids are
+ * the PDB's and the remembered settings'; older calls' names keep working. */
+#define CORE_KARRAS_SUFFIX "_karras"
+typedef struct {
+    gchar id[24];         /* "dpmpp_2m_karras" */
+    const gchar *label;   /* the engine's: diffuse_sampler_label / _karras_label */
+    diffuse_sampler sampler;
+    gboolean karras;
+} CoreSampler;
+#define CORE_SAMPLER_BLURB                                                                     \
+    "euler, euler_a, ddim, dpmpp_2m, lcm or pndm; euler, euler_a and dpmpp_2m also with "     \
+    "Karras sigmas as euler_karras, euler_a_karras and dpmpp_2m_karras"
+#define CORE_SAMPLER_TOOLTIP                                                                   \
+    "How the noise is taken away step by step; Karras: the same sampler with Karras et al.'s "  \
+    "noise levels, often cleaner in few steps"
+/* The dialogs' tooltips for what both show alike. */
+#define CORE_PROMPT_TOOLTIP "What to draw; the default model knows scenes such as \"" \
+    CORE_EXAMPLE_PROMPT "\""
+#define CORE_NEGATIVE_TOOLTIP "What to keep out; empty for nothing"
+#define CORE_SEED_TOOLTIP                                                                      \
+    "The seed of the first image (image i uses seed + i); while Randomize is ticked, the "   \
+    "seed the last run used: untick it to make that image again"
+/* The choices (a table made once); returns how many. */
+gint core_sampler_choices(const CoreSampler **choices);
+/* The index of the choice id names, -1 for none. */
+gint core_sampler_find(const gchar *id);
+
 /* What a run needs to know. Fixed-size strings keep the struct flat for the
  * dialog; core_settings_serialize() is what gets remembered between runs. */
 typedef struct {
@@ -90,7 +133,7 @@ typedef struct {
     gint32 last_seed; /* the seed a random run used last; the dialog shows it */
     gint32 steps;
     gdouble guidance;           /* <= 1 skips the unconditional pass */
-    gchar sampler[16];          /* "euler", "euler_a", "ddim", "dpmpp_2m", "lcm", "pndm" */
+    gchar sampler[24];          /* a CoreSampler id: "euler_a", "dpmpp_2m_karras", ... */
     gint32 width, height;       /* txt2img size in pixels, multiples of 8; 0 = the image's */
     gint32 count;               /* images (layers) per run */
     gdouble strength;           /* img2img: how much of the schedule to run, (0, 1] */
@@ -147,6 +190,19 @@ void core_set_plugin_dir(const gchar *dir);
 /* The same for the folder of the running binary (/proc/self/exe, else argv0),
  * where the plug-in is installed with its default model. */
 void core_set_plugin_dir_of_binary(const gchar *argv0);
+/* The plug-in's help domain: the pages shipped beside the binary, in
+ * help/<language>/ (gimp-help.xml maps each procedure's help id, its name,
+ * to its page), which GIMP's Help button shows. core_help_uri(): their
+ * file:// URI; g_free(). */
+#define CORE_HELP_DOMAIN "org.diffuse.plug-in"
+gchar *core_help_uri(void);
+/* The folder of the catalogues (<dir>/locale, beside the binary: GIMP 3.0
+ * wants it there, named relative to the binary's); g_free().
+ * core_i18n_init(), once the plug-in's folder is known: binds GETTEXT_PACKAGE
+ * there, in UTF-8, and takes the messages' language from the environment
+ * (LC_MESSAGES only: numbers stay as the C locale writes them). */
+gchar *core_locale_dir(void);
+void core_i18n_init(void);
 /* The path to load for `model` ("" = the default model); NULL and an error
  * when no default model is installed. Free with g_free(). */
 gchar *core_model_resolve(const gchar *model, GError **error);

@@ -49,16 +49,76 @@ void dialog_model_update(DialogModel *m, gboolean apply_defaults)
         diffuse_model_free(m->model);
     g_free(m->path);
     m->path = g_strdup(path);
-    gtk_label_set_text(GTK_LABEL(m->info), "Loading the model...");
+    /* OK runs a model that loaded, not one that cannot */
+    gtk_dialog_set_response_sensitive(GTK_DIALOG(m->dialog), GTK_RESPONSE_OK, FALSE);
+    gtk_label_set_text(GTK_LABEL(m->info), _("Loading the model..."));
     /* the entry may change while the label is drawn: load the copy */
     while (gtk_events_pending())
         gtk_main_iteration();
     m->model = core_model_load(m->path, &error);
     info = m->model ? core_model_describe(m->model) : g_strdup(error->message);
+    /* the whole message: the label wraps, and its tooltip holds it too */
     gtk_label_set_text(GTK_LABEL(m->info), info);
+    gimp_help_set_help_data(m->info, m->model ? NULL : info, NULL);
+    gtk_dialog_set_response_sensitive(GTK_DIALOG(m->dialog), GTK_RESPONSE_OK, m->model != NULL);
     g_free(info);
     g_clear_error(&error);
     model_apply(m, apply_defaults);
+}
+
+gchar *dialog_size_note(const diffuse_model *model, gint width, gint height, gint count)
+{
+    diffuse_model_info mi;
+    diffuse_request req = diffuse_request_default();
+    gsize need, have = diffuse_memory_available();
+
+    if (!model)
+        return NULL;
+    diffuse_model_get_info(model, &mi);
+    if (width <= mi.native_size && height <= mi.native_size)
+        return NULL;
+    req.prompt = "";
+    req.width = width;
+    req.height = height;
+    req.count = MAX(1, count);
+    need = diffuse_request_memory(model, &req);
+    if (have && need > have)
+        return g_strdup_printf(_("Larger than the model's native %dx%d: models draw best at "
+                                 "their native size. About %d MiB of memory, only %d MiB are "
+                                 "free: it will be refused."),
+                               mi.native_size, mi.native_size, (gint)(need >> 20),
+                               (gint)(have >> 20));
+    if (have)
+        return g_strdup_printf(_("Larger than the model's native %dx%d: models draw best at "
+                                 "their native size. About %d MiB of memory (%d MiB free); "
+                                 "time grows with the pixels."),
+                               mi.native_size, mi.native_size, (gint)(need >> 20),
+                               (gint)(have >> 20));
+    return g_strdup_printf(_("Larger than the model's native %dx%d: models draw best at their "
+                             "native size. About %d MiB of memory; time grows with the "
+                             "pixels."),
+                           mi.native_size, mi.native_size, (gint)(need >> 20));
+}
+
+GtkWidget *dialog_size_note_new(void)
+{
+    GtkWidget *label = gtk_label_new("");
+
+    gtk_widget_set_name(label, "diffuse-size-note");
+    compat_label_set_xalign(label, 0.0);
+    gtk_label_set_line_wrap(GTK_LABEL(label), TRUE);
+    gimp_label_set_attributes(GTK_LABEL(label), PANGO_ATTR_STYLE, PANGO_STYLE_ITALIC, -1);
+    return label;
+}
+
+void dialog_size_note_update(GtkWidget *label, const diffuse_model *model, gint width,
+                             gint height, gint count)
+{
+    gchar *note = dialog_size_note(model, width, height, count);
+
+    gtk_label_set_text(GTK_LABEL(label), note ? note : "");
+    gtk_widget_set_visible(label, note != NULL);
+    g_free(note);
 }
 
 void dialog_model_reapply(DialogModel *m, gboolean apply_defaults)
@@ -69,15 +129,72 @@ void dialog_model_reapply(DialogModel *m, gboolean apply_defaults)
         dialog_model_update(m, apply_defaults);
 }
 
+/* "choices<tab>A|B|...": the texts a visible menu offers. */
+static void dump_choices(GtkWidget *widget, FILE *f)
+{
+    GtkTreeModel *model = gtk_combo_box_get_model(GTK_COMBO_BOX(widget));
+    GtkTreeIter iter;
+    gint column = -1;
+    gboolean more = model && gtk_tree_model_get_iter_first(model, &iter);
+
+    if (GIMP_IS_STRING_COMBO_BOX(widget))
+        g_object_get(widget, "label-column", &column, NULL);
+    else if (GIMP_IS_INT_COMBO_BOX(widget))
+        column = GIMP_INT_STORE_LABEL;
+    else if (GTK_IS_COMBO_BOX_TEXT(widget))
+        column = 0; /* its "text" */
+    if (column < 0 || !gtk_widget_get_visible(widget))
+        return;
+    fputs("choices\t", f);
+    for (gboolean first = TRUE; more; more = gtk_tree_model_iter_next(model, &iter)) {
+        gchar *label = NULL;
+
+        gtk_tree_model_get(model, &iter, column, &label, -1);
+        fprintf(f, "%s%s", first ? "" : "|", label ? label : "");
+        g_free(label);
+        first = FALSE;
+    }
+    fputs("\n", f);
+}
+
+/* A field a painter fills in: text, a number, a menu or a check box. */
+static gboolean is_field(GtkWidget *widget)
+{
+    return GTK_IS_TEXT_VIEW(widget) || GTK_IS_ENTRY(widget) || GTK_IS_COMBO_BOX(widget) ||
+           GTK_IS_CHECK_BUTTON(widget);
+}
+
+/* Whether hovering the widget shows a tooltip: its own or a container's. */
+static gboolean has_tooltip(GtkWidget *widget)
+{
+    for (; widget && !GTK_IS_WINDOW(widget); widget = gtk_widget_get_parent(widget)) {
+        gchar *tip = gtk_widget_get_tooltip_text(widget);
+
+        g_free(tip);
+        if (tip)
+            return TRUE;
+    }
+    return FALSE;
+}
+
 static void dump_tooltips(GtkWidget *widget, gpointer data)
 {
     gchar *tip = gtk_widget_get_visible(widget) ? gtk_widget_get_tooltip_text(widget) : NULL;
 
+    if (gtk_widget_is_drawable(widget) && is_field(widget) && !has_tooltip(widget))
+        fprintf(data, "untipped\t%s\n", G_OBJECT_TYPE_NAME(widget));
     if (tip) {
         g_strdelimit(tip, "\t\n", ' ');
         fprintf(data, "%s\t%s\n", G_OBJECT_TYPE_NAME(widget), tip);
         g_free(tip);
     }
+    if (GTK_IS_COMBO_BOX(widget))
+        dump_choices(widget, data);
+    /* the dialog's own lines (diffuse-model-info, diffuse-size-note): their text */
+    if (GTK_IS_LABEL(widget) && gtk_widget_get_visible(widget) &&
+        g_str_has_prefix(gtk_widget_get_name(widget), "diffuse-"))
+        fprintf(data, "%s\t%s\n", gtk_widget_get_name(widget),
+                gtk_label_get_text(GTK_LABEL(widget)));
     if (GTK_IS_CONTAINER(widget))
         gtk_container_forall(GTK_CONTAINER(widget), dump_tooltips, data);
 }
@@ -88,6 +205,11 @@ void dialog_dump_tooltips(GtkWidget *dialog)
     FILE *f = path && *path ? fopen(path, "a") : NULL;
 
     if (f) {
+        GtkWidget *ok = gtk_dialog_get_widget_for_response(GTK_DIALOG(dialog), GTK_RESPONSE_OK);
+
+        fprintf(f, "dialog\t%s\n", gtk_window_get_title(GTK_WINDOW(dialog)));
+        if (ok)
+            fprintf(f, "ok\t%s\n", gtk_widget_is_sensitive(ok) ? "sensitive" : "insensitive");
         dump_tooltips(dialog, f);
         fclose(f);
     }
@@ -178,8 +300,9 @@ void dialog_model_add_buttons(DialogModel *m, GtkWidget *box)
 GtkWidget *dialog_model_info_new(DialogModel *m)
 {
     m->info = gtk_label_new("");
+    gtk_widget_set_name(m->info, "diffuse-model-info");
     compat_label_set_xalign(m->info, 0.0);
-    gtk_label_set_ellipsize(GTK_LABEL(m->info), PANGO_ELLIPSIZE_END);
+    gtk_label_set_line_wrap(GTK_LABEL(m->info), TRUE); /* an error shows whole */
     gimp_label_set_attributes(GTK_LABEL(m->info), PANGO_ATTR_STYLE, PANGO_STYLE_ITALIC, -1);
     gtk_widget_show(m->info);
     return m->info;

@@ -62,9 +62,10 @@ typedef struct {
 void dialog_model_add_buttons(DialogModel *m, GtkWidget *box);
 /* The info line, empty, into m->info; the caller places it. */
 GtkWidget *dialog_model_info_new(DialogModel *m);
-/* (Re)loads the model named in the entry for its info line, and sets the
- * size to its native one (apply_size); with apply_defaults, also sets steps,
- * guidance and sampler to suit it. */
+/* (Re)loads the model named in the entry for its info line (the whole
+ * message when it cannot be loaded, OK insensitive until a model loads), and
+ * sets the size to its native one (apply_size); with apply_defaults, also
+ * sets steps, guidance and sampler to suit it. */
 void dialog_model_update(DialogModel *m, gboolean apply_defaults);
 /* Sets again what dialog_model_update() sets from the model it loaded, after
  * the dialog's values were reset; loads the model first when the entry names
@@ -74,9 +75,23 @@ void dialog_model_reapply(DialogModel *m, gboolean apply_defaults);
  * caller frees it), else NULL, the model freed. Frees m's path. */
 diffuse_model *dialog_model_take(DialogModel *m, gboolean ok, const gchar *chosen);
 
-/* With DIFFUSE_DIALOG_DUMP naming a file, appends to it the tooltip of every
- * widget the dialog shows, one a line ("TYPE<tab>TOOLTIP"): what a painter
- * reads there, for the dialog tests. */
+/* What a Text to Image size larger than the model's native size costs:
+ * "Larger than the model's native 512x512: models draw best at ... About N
+ * MiB of memory (M MiB free) ...", from the engine's own estimate
+ * (diffuse_request_memory) for count images; NULL within the native size or
+ * without a model. g_free(). */
+gchar *dialog_size_note(const diffuse_model *model, gint width, gint height, gint count);
+/* A wrapping label for it, hidden while there is nothing to say, and its update. */
+GtkWidget *dialog_size_note_new(void);
+void dialog_size_note_update(GtkWidget *label, const diffuse_model *model, gint width,
+                             gint height, gint count);
+
+/* With DIFFUSE_DIALOG_DUMP naming a file, appends to it "dialog<tab>TITLE",
+ * "ok<tab>sensitive" (or insensitive), the tooltip of every widget the dialog
+ * shows, one a line ("TYPE<tab>TOOLTIP"; "untipped<tab>TYPE" for a field
+ * shown without one, its own or its container's), what each menu offers
+ * ("choices<tab>A|B|...") and the text of its own lines ("diffuse-model-info<tab>
+ * TEXT"): what a painter sees there, for the dialog tests. */
 void dialog_dump_tooltips(GtkWidget *dialog);
 
 /* ---------------------------------------------------------------- LoRA row */

@@ -39,8 +39,11 @@
 #define PLUG_IN_BINARY "diffuse"
 #define PLUG_IN_ROLE "gimp-diffuse"
 #define MENU_PATH "<Image>/Filters/Diffuse"
-/* Last values, shared by both procedures so the prompt carries over. */
-#define DATA_KEY "plug-in-diffuse"
+/* Last values: each procedure keeps its own under its name (the -ext form
+ * shares its procedure's), so that Text to Image's steps do not turn up in
+ * Image to Image; before version 2 both shared LEGACY_DATA_KEY, which a
+ * procedure with none of its own still starts from. */
+#define LEGACY_DATA_KEY "plug-in-diffuse"
 
 static void query(void);
 static void run(const gchar *name, gint nparams, const GimpParam *param, gint *nreturn_vals,
@@ -62,7 +65,7 @@ const GimpPlugInInfo PLUG_IN_INFO = {NULL, NULL, query, run};
         {GIMP_PDB_INT32, "steps", "Denoising steps (1..1000)"},                                    \
         {GIMP_PDB_FLOAT, "guidance", "Guidance scale (0..100; <= 1 skips the negative prompt)"},   \
     {                                                                                              \
-        GIMP_PDB_STRING, "sampler", "euler, euler_a, ddim, dpmpp_2m, lcm or pndm"                  \
+        GIMP_PDB_STRING, "sampler", CORE_SAMPLER_BLURB                                             \
     }
 
 #define ARGS_TAIL                                                                                  \
@@ -85,7 +88,7 @@ static void install(const gchar *name, const gchar *blurb, const gchar *help, co
                                   "whether an empty negative prompt is a prompt, and the fast "
                                   "decoder.", NULL);
 
-    gimp_install_procedure(name, blurb, help, "Diffuse", "Diffuse", "2025", label,
+    gimp_install_procedure(name, blurb, help, CORE_AUTHOR, CORE_COPYRIGHT, CORE_DATE, label,
                            "RGB*, GRAY*, INDEXED*", GIMP_PLUGIN, nargs, 0, args, NULL);
     gimp_plugin_menu_register(name, MENU_PATH);
     memcpy(ext, args, sizeof *ext * nargs);
@@ -98,7 +101,7 @@ static void install(const gchar *name, const gchar *blurb, const gchar *help, co
     ext[nargs + CORE_SIZE_COND_ARGS + 1] =
         (GimpParamDef){GIMP_PDB_INT32, (gchar *)core_fast_decoder_arg.name,
                        (gchar *)core_fast_decoder_arg.blurb};
-    gimp_install_procedure(ext_name, blurb, ext_help, "Diffuse", "Diffuse", "2025", NULL,
+    gimp_install_procedure(ext_name, blurb, ext_help, CORE_AUTHOR, CORE_COPYRIGHT, CORE_DATE, NULL,
                            "RGB*, GRAY*, INDEXED*", GIMP_PLUGIN, nargs + N_EXT, 0, ext, NULL);
     g_free(ext_help);
     g_free(ext_name);
@@ -107,6 +110,8 @@ static void install(const gchar *name, const gchar *blurb, const gchar *help, co
 
 static void query(void)
 {
+    gchar *help = core_help_uri();
+
     static const GimpParamDef txt2img_args[] = {
         ARGS_HEAD,
         {GIMP_PDB_INT32, "width", "Width in pixels, a multiple of 8 (0 = the image's width)"},
@@ -119,12 +124,19 @@ static void query(void)
             "Runs Stable Diffusion inside the plug-in and inserts count new layers of width x "
             "height above the drawable, named \"Diffuse: <prompt> (seed N)\", each with its "
             "settings in the parasite \"diffuse-parameters\".",
-            "_Text to Image...", txt2img_args, G_N_ELEMENTS(txt2img_args));
+            N_("_Text to Image..."), txt2img_args, G_N_ELEMENTS(txt2img_args));
     install(PROC_IMG2IMG, "Repaint the selection from a text prompt",
             "Runs Stable Diffusion on the drawable's pixels inside the selection bounds and "
             "inserts the results as new layers at the selection's position, repainted where "
             "the selection is (soft edges blend) and the original pixels elsewhere.",
-            "_Image to Image...", img2img_args, G_N_ELEMENTS(img2img_args));
+            N_("_Image to Image..."), img2img_args, G_N_ELEMENTS(img2img_args));
+    /* the dialogs' Help button: the page shipped beside the binary */
+    gimp_plugin_help_register(CORE_HELP_DOMAIN, help);
+    g_free(help);
+    /* GIMP translates the menu labels with the plug-in's catalogue */
+    help = core_locale_dir();
+    gimp_plugin_domain_register(GETTEXT_PACKAGE, help);
+    g_free(help);
 }
 
 /* ---------------------------------------------------------------- arguments */
@@ -178,25 +190,36 @@ static gboolean settings_from_args(CoreSettings *s, CoreMode mode, gboolean ext,
            copy_arg(s->model, sizeof s->model, p[tail + 1].data.d_string, "model", error);
 }
 
-static gboolean load_last_values(CoreSettings *s)
+/* The key a procedure's last values are kept under. */
+static const gchar *data_key(CoreMode mode)
 {
-    gint size = gimp_get_data_size(DATA_KEY);
+    return mode == CORE_TXT2IMG ? PROC_TXT2IMG : PROC_IMG2IMG;
+}
+
+static gboolean load_data(CoreSettings *s, const gchar *key)
+{
+    gint size = gimp_get_data_size(key);
     gchar *text;
 
     if (size <= 0)
         return FALSE;
     text = g_malloc0(size + 1);
-    if (gimp_get_data(DATA_KEY, text))
+    if (gimp_get_data(key, text))
         core_settings_deserialize(s, text);
     g_free(text);
     return TRUE;
 }
 
-static void save_last_values(const CoreSettings *s)
+static gboolean load_last_values(CoreSettings *s, CoreMode mode)
+{
+    return load_data(s, data_key(mode)) || load_data(s, LEGACY_DATA_KEY);
+}
+
+static void save_last_values(const CoreSettings *s, CoreMode mode)
 {
     gchar *text = core_settings_serialize(s);
 
-    gimp_set_data(DATA_KEY, text, strlen(text) + 1);
+    gimp_set_data(data_key(mode), text, strlen(text) + 1);
     g_free(text);
 }
 
@@ -218,6 +241,7 @@ typedef struct {
     GtkObject *padding;
     GtkWidget *masked;  /* Image to Image: GtkComboBoxText of diffuse_masked_content */
     gint unit;              /* Text to Image: sizes are multiples of it, the model's (core.h) */
+    GtkWidget *size_note;   /* Text to Image: what a size over the native one costs */
     gint32 image, drawable; /* Image to Image: the selection the area suits */
     DialogModel model;      /* the model row */
     DialogLora lora;    /* the LoRA row */
@@ -225,7 +249,7 @@ typedef struct {
 } Dialog;
 
 static GtkTextBuffer *add_text_view(GtkWidget *box, const gchar *title, const gchar *text,
-                                    gint height)
+                                    gint height, const gchar *tooltip)
 {
     GtkWidget *frame = gimp_frame_new(title);
     GtkWidget *scroll = gtk_scrolled_window_new(NULL, NULL);
@@ -237,6 +261,7 @@ static GtkTextBuffer *add_text_view(GtkWidget *box, const gchar *title, const gc
     gtk_scrolled_window_set_shadow_type(GTK_SCROLLED_WINDOW(scroll), GTK_SHADOW_IN);
     gtk_widget_set_size_request(scroll, 420, height);
     gtk_text_view_set_wrap_mode(GTK_TEXT_VIEW(view), GTK_WRAP_WORD_CHAR);
+    gimp_help_set_help_data(view, tooltip, NULL);
     gtk_text_buffer_set_text(gtk_text_view_get_buffer(GTK_TEXT_VIEW(view)), text, -1);
     gtk_container_add(GTK_CONTAINER(scroll), view);
     gtk_container_add(GTK_CONTAINER(frame), scroll);
@@ -272,6 +297,16 @@ static GtkObject *add_scale(GtkWidget *table, gint row, const gchar *label, gdou
                                 NULL);
 }
 
+/* Text to Image: the size note for the size and count shown. */
+static void update_size_note(Dialog *d)
+{
+    if (d->size_note)
+        dialog_size_note_update(d->size_note, d->model.model,
+                                gtk_adjustment_get_value(GTK_ADJUSTMENT(d->width)),
+                                gtk_adjustment_get_value(GTK_ADJUSTMENT(d->height)),
+                                gtk_adjustment_get_value(GTK_ADJUSTMENT(d->count)));
+}
+
 /* Keeps a size adjustment on multiples of the model's unit. */
 static void round_to_unit(GtkAdjustment *adj, Dialog *d)
 {
@@ -279,6 +314,7 @@ static void round_to_unit(GtkAdjustment *adj, Dialog *d)
 
     if (v != core_round_to(v, d->unit))
         gtk_adjustment_set_value(adj, MIN(core_round_to(v, d->unit), CORE_MAX_SIDE));
+    update_size_note(d);
 }
 
 /* The model's steps, guidance and sampler (DialogModelDefaults). */
@@ -288,7 +324,7 @@ static void set_model_defaults(const CoreSettings *defaults, gpointer data)
 
     gtk_adjustment_set_value(GTK_ADJUSTMENT(d->steps), defaults->steps);
     gtk_adjustment_set_value(GTK_ADJUSTMENT(d->guidance), defaults->guidance);
-    gtk_combo_box_set_active(GTK_COMBO_BOX(d->sampler), diffuse_sampler_parse(defaults->sampler));
+    gtk_combo_box_set_active(GTK_COMBO_BOX(d->sampler), MAX(0, core_sampler_find(defaults->sampler)));
 }
 
 /* The model's native size and unit (DialogModelSize), Text to Image only:
@@ -303,6 +339,7 @@ static void set_model_size(gint native, gint unit, gpointer data)
     gtk_adjustment_set_step_increment(GTK_ADJUSTMENT(d->height), unit);
     gtk_adjustment_set_value(GTK_ADJUSTMENT(d->width), n);
     gtk_adjustment_set_value(GTK_ADJUSTMENT(d->height), n);
+    update_size_note(d);
 }
 
 /* Image to Image: the area that suits the selection at the native size of the
@@ -322,12 +359,13 @@ static void set_model_offers(const diffuse_model *model, gpointer data)
     const gboolean has = core_model_has_fast_decoder(model);
 
     gtk_widget_set_sensitive(d->fast_decoder, has);
+    update_size_note(d); /* none without a model */
 }
 
 /* Model: [path entry] [Default] [File...] [Folder...], and the info line. */
 static void add_model_row(Dialog *d, GtkWidget *table, gint row)
 {
-    GtkWidget *hbox = gtk_hbox_new(FALSE, 4);
+    GtkWidget *hbox = gtk_hbox_new(FALSE, 4), *label;
 
     d->model.dialog = d->dialog;
     d->model.entry = gtk_entry_new();
@@ -338,18 +376,25 @@ static void add_model_row(Dialog *d, GtkWidget *table, gint row)
     gtk_entry_set_text(GTK_ENTRY(d->model.entry), d->s->model);
     gtk_box_pack_start(GTK_BOX(hbox), d->model.entry, TRUE, TRUE, 0);
     dialog_model_add_buttons(&d->model, hbox);
-    gimp_table_attach_aligned(GTK_TABLE(table), 0, row, "_Model:", 0.0, 0.5, hbox, 2, FALSE);
+    label = gimp_table_attach_aligned(GTK_TABLE(table), 0, row, "_Model:", 0.0, 0.5, hbox, 2,
+                                      FALSE);
+    gtk_label_set_mnemonic_widget(GTK_LABEL(label), d->model.entry); /* not the row */
     gtk_table_attach(GTK_TABLE(table), dialog_model_info_new(&d->model), 1, 3, row + 1, row + 2,
                      GTK_EXPAND | GTK_FILL, GTK_FILL, 0, 0);
 }
 
+/* The samplers by the engine's labels ("DPM++ 2M Karras"), in core_sampler_choices()
+ * order: the active index is a choice's. */
 static GtkWidget *add_sampler_combo(Dialog *d, GtkWidget *table, gint row)
 {
     GtkWidget *combo = gtk_combo_box_text_new();
+    const CoreSampler *c;
+    gint n = core_sampler_choices(&c);
 
-    for (gint i = 0; i < DIFFUSE_SAMPLER_COUNT; i++)
-        gtk_combo_box_text_append_text(GTK_COMBO_BOX_TEXT(combo), diffuse_sampler_name(i));
-    gtk_combo_box_set_active(GTK_COMBO_BOX(combo), MAX(0, diffuse_sampler_parse(d->s->sampler)));
+    for (gint i = 0; i < n; i++)
+        gtk_combo_box_text_append_text(GTK_COMBO_BOX_TEXT(combo), c[i].label);
+    gtk_combo_box_set_active(GTK_COMBO_BOX(combo), MAX(0, core_sampler_find(d->s->sampler)));
+    gimp_help_set_help_data(combo, CORE_SAMPLER_TOOLTIP, NULL);
     gimp_table_attach_aligned(GTK_TABLE(table), 0, row, "S_ampler:", 0.0, 0.5, combo, 2, FALSE);
     return combo;
 }
@@ -394,6 +439,7 @@ static void add_seed_row(Dialog *d, GtkWidget *table, gint row)
      * so that a liked result can be repeated by unticking Randomize */
     gtk_adjustment_set_value(GTK_ADJUSTMENT(GIMP_RANDOM_SEED_SPINBUTTON_ADJ(seed)),
                              d->s->seed >= 0 ? d->s->seed : d->s->last_seed);
+    gimp_help_set_help_data(GIMP_RANDOM_SEED_SPINBUTTON(seed), CORE_SEED_TOOLTIP, NULL);
     gimp_help_set_help_data(GIMP_RANDOM_SEED_TOGGLE(seed),
                             "A new random seed for every run; the seed used is in the layer name",
                             NULL);
@@ -445,6 +491,10 @@ static GtkWidget *make_table(Dialog *d)
                               "Multiples of 8; the model's native size by default (models draw best at it)");
         g_signal_connect(d->width, "value-changed", G_CALLBACK(round_to_unit), d);
         g_signal_connect(d->height, "value-changed", G_CALLBACK(round_to_unit), d);
+        d->size_note = dialog_size_note_new();
+        gtk_table_attach(GTK_TABLE(table), d->size_note, 1, 3, row, row + 1,
+                         GTK_EXPAND | GTK_FILL, GTK_FILL, 0, 0);
+        row++;
     } else {
         d->strength = add_scale(table, row++, "S_trength:", s->strength, 0.01, 1, 0.05, 2, 1,
                                 "How much of the selection to repaint: 0.3 keeps the drawing, "
@@ -453,6 +503,8 @@ static GtkWidget *make_table(Dialog *d)
     }
     d->count = add_scale(table, row++, "Co_unt:", s->count, 1, 16, 1, 0, CORE_MAX_COUNT,
                          "Images to make, one new layer each");
+    if (d->mode == CORE_TXT2IMG)
+        g_signal_connect_swapped(d->count, "value-changed", G_CALLBACK(update_size_note), d);
     d->fast_decoder = gtk_check_button_new_with_mnemonic(core_fast_decoder_arg.label);
     gtk_toggle_button_set_active(GTK_TOGGLE_BUTTON(d->fast_decoder), s->fast_decoder);
     gimp_help_set_help_data(d->fast_decoder, core_fast_decoder_arg.blurb, NULL);
@@ -498,8 +550,12 @@ static void read_settings(CoreSettings *s, gpointer data)
     s->seed = d->random_seed ? -1 : (gint32)MIN(d->seed, (guint32)G_MAXINT32);
     s->steps = gtk_adjustment_get_value(GTK_ADJUSTMENT(d->steps));
     s->guidance = gtk_adjustment_get_value(GTK_ADJUSTMENT(d->guidance));
-    g_strlcpy(s->sampler, diffuse_sampler_name(gtk_combo_box_get_active(GTK_COMBO_BOX(d->sampler))),
-              sizeof s->sampler);
+    {
+        const CoreSampler *c;
+        gint n = core_sampler_choices(&c), i = gtk_combo_box_get_active(GTK_COMBO_BOX(d->sampler));
+
+        g_strlcpy(s->sampler, c[CLAMP(i, 0, n - 1)].id, sizeof s->sampler);
+    }
     s->count = gtk_adjustment_get_value(GTK_ADJUSTMENT(d->count));
     if (d->mode == CORE_TXT2IMG) {
         s->width = core_round_to(gtk_adjustment_get_value(GTK_ADJUSTMENT(d->width)), d->unit);
@@ -539,7 +595,7 @@ static void apply_settings(const CoreSettings *s, gpointer data)
     }
     gtk_adjustment_set_value(GTK_ADJUSTMENT(d->steps), s->steps);
     gtk_adjustment_set_value(GTK_ADJUSTMENT(d->guidance), s->guidance);
-    gtk_combo_box_set_active(GTK_COMBO_BOX(d->sampler), MAX(0, diffuse_sampler_parse(s->sampler)));
+    gtk_combo_box_set_active(GTK_COMBO_BOX(d->sampler), MAX(0, core_sampler_find(s->sampler)));
     if (d->mode == CORE_TXT2IMG) {
         gtk_adjustment_set_value(GTK_ADJUSTMENT(d->width), s->width);
         gtk_adjustment_set_value(GTK_ADJUSTMENT(d->height), s->height);
@@ -567,7 +623,7 @@ static gboolean dialog_run(CoreSettings *s, CoreMode mode, const gchar *proc, gb
 
     gimp_ui_init(PLUG_IN_BINARY, FALSE);
     d.dialog =
-        gimp_dialog_new(mode == CORE_TXT2IMG ? "Diffuse: Text to Image" : "Diffuse: Image to Image",
+        gimp_dialog_new(mode == CORE_TXT2IMG ? _("Diffuse: Text to Image") : _("Diffuse: Image to Image"),
                         PLUG_IN_ROLE, NULL, 0, gimp_standard_help_func, proc, "_Cancel",
                         GTK_RESPONSE_CANCEL, "_OK", GTK_RESPONSE_OK, NULL);
     gtk_dialog_set_alternative_button_order(GTK_DIALOG(d.dialog), GTK_RESPONSE_OK,
@@ -580,12 +636,14 @@ static gboolean dialog_run(CoreSettings *s, CoreMode mode, const gchar *proc, gb
                        0);
     d.copy = (DialogCopy){.mode = mode, .read = read_settings, .apply = apply_settings, .data = &d};
     gtk_box_pack_start(GTK_BOX(vbox), dialog_copy_new(&d.copy, image, drawable), FALSE, FALSE, 0);
-    d.prompt = add_text_view(vbox, "_Prompt", s->prompt, 72);
-    d.negative = add_text_view(vbox, "Negati_ve prompt", s->negative_prompt, 40);
+    d.prompt = add_text_view(vbox, "_Prompt", s->prompt, 72, CORE_PROMPT_TOOLTIP);
+    d.negative = add_text_view(vbox, "Negati_ve prompt", s->negative_prompt, 40,
+                               CORE_NEGATIVE_TOOLTIP);
     gtk_box_pack_start(GTK_BOX(vbox), make_table(&d), FALSE, FALSE, 0);
     gtk_box_pack_start(GTK_BOX(vbox), make_sdxl(&d), FALSE, FALSE, 0);
     gtk_widget_show_all(d.dialog);
     dialog_model_update(&d.model, first_time);
+    update_size_note(&d);
 
     ok = gimp_dialog_run(GIMP_DIALOG(d.dialog)) == GTK_RESPONSE_OK;
     dialog_dump_tooltips(d.dialog);
@@ -608,7 +666,7 @@ static gboolean get_settings(CoreSettings *s, CoreMode mode, const gchar *proc, 
 
     switch (param[0].data.d_int32) {
     case GIMP_RUN_INTERACTIVE:
-        first = !load_last_values(s);
+        first = !load_last_values(s, mode);
         if (mode == CORE_TXT2IMG)
             core_image_default_size(image, &s->width, &s->height);
         /* refuse an indexed image before showing a dialog it cannot use */
@@ -618,14 +676,14 @@ static gboolean get_settings(CoreSettings *s, CoreMode mode, const gchar *proc, 
             g_set_error(error, CORE_ERROR, CORE_ERROR_CANCELLED, "cancelled");
             return FALSE;
         }
-        save_last_values(s); /* kept even if the run fails, so nothing typed is lost */
+        save_last_values(s, mode); /* kept even if the run fails, so nothing typed is lost */
         return TRUE;
 
     case GIMP_RUN_NONINTERACTIVE:
         return settings_from_args(s, mode, g_str_has_suffix(proc, EXT), nparams, param, error);
 
     case GIMP_RUN_WITH_LAST_VALS:
-        load_last_values(s);
+        load_last_values(s, mode);
         return TRUE;
 
     default:
@@ -680,7 +738,7 @@ static void run(const gchar *name, gint nparams, const GimpParam *param, gint *n
 
         progress_window_free(window);
         if (ok && run_mode == GIMP_RUN_INTERACTIVE)
-            save_last_values(s); /* now with the seed a random run used */
+            save_last_values(s, mode); /* now with the seed a random run used */
         if (ok && run_mode != GIMP_RUN_NONINTERACTIVE)
             gimp_displays_flush();
     }
@@ -698,5 +756,6 @@ int main(int argc, char *argv[])
 {
     core_process_init(argv);
     core_set_plugin_dir_of_binary(argv[0]);
+    core_i18n_init();
     return gimp_main(&PLUG_IN_INFO, argc, argv);
 }

@@ -56,6 +56,8 @@ typedef struct {
 #define DIFFUSE_TYPE (diffuse_get_type())
 GType diffuse_get_type(void) G_GNUC_CONST;
 
+static gboolean diffuse_set_i18n(GimpPlugIn *plug_in, const gchar *procedure_name,
+                                 gchar **gettext_domain, gchar **catalog_dir);
 static GList *diffuse_query_procedures(GimpPlugIn *plug_in);
 static GimpProcedure *diffuse_create_procedure(GimpPlugIn *plug_in, const gchar *name);
 static GimpValueArray *diffuse_run(GimpProcedure *procedure, GimpRunMode run_mode, GimpImage *image,
@@ -70,16 +72,34 @@ static void diffuse_class_init(DiffuseClass *klass)
 
     plug_in_class->query_procedures = diffuse_query_procedures;
     plug_in_class->create_procedure = diffuse_create_procedure;
-    plug_in_class->set_i18n = NULL; /* no translations yet */
+    plug_in_class->set_i18n = diffuse_set_i18n;
 }
 
 static void diffuse_init(Diffuse *diffuse) {}
+
+/* The plug-in's catalogue (core.h), with which libgimp binds and GIMP
+ * translates the menu labels: GIMP 3.0 takes its folder relative to the
+ * binary's, the locale/ of core_locale_dir(). */
+static gboolean diffuse_set_i18n(GimpPlugIn *plug_in, const gchar *procedure_name,
+                                 gchar **gettext_domain, gchar **catalog_dir)
+{
+    *gettext_domain = g_strdup(GETTEXT_PACKAGE);
+    *catalog_dir = g_strdup("locale");
+    return TRUE;
+}
 
 /* ---------------------------------------------------------------- registration */
 
 static GList *diffuse_query_procedures(GimpPlugIn *plug_in)
 {
     GList *names = NULL;
+    gchar *uri = core_help_uri();
+    GFile *help = g_file_new_for_uri(uri);
+
+    /* the dialogs' Help button: the page shipped beside the binary */
+    gimp_plug_in_set_help_domain(plug_in, CORE_HELP_DOMAIN, help);
+    g_object_unref(help);
+    g_free(uri);
 
     names = g_list_append(names, g_strdup(PROC_TXT2IMG));
     names = g_list_append(names, g_strdup(PROC_IMG2IMG));
@@ -87,13 +107,16 @@ static GList *diffuse_query_procedures(GimpPlugIn *plug_in)
     return g_list_append(names, g_strconcat(PROC_IMG2IMG, EXT, NULL));
 }
 
-/* The engine's samplers, by the names the PDB takes. */
+/* The samplers (core_sampler_choices()), by the ids the PDB takes, shown
+ * by the engine's labels. */
 static GimpChoice *sampler_choice(void)
 {
     GimpChoice *choice = gimp_choice_new();
+    const CoreSampler *c;
+    gint n = core_sampler_choices(&c);
 
-    for (gint i = 0; i < DIFFUSE_SAMPLER_COUNT; i++)
-        gimp_choice_add(choice, diffuse_sampler_name(i), i, diffuse_sampler_name(i), NULL);
+    for (gint i = 0; i < n; i++)
+        gimp_choice_add(choice, c[i].id, i, c[i].label, NULL);
     return choice;
 }
 
@@ -128,22 +151,21 @@ static void add_head_arguments(GimpProcedure *p, const CoreSettings *d)
     gimp_procedure_add_int_argument(p, "steps", "S_teps",
                                     "Denoising steps: Turbo and LCM models need only 1 to 8", 1,
                                     CORE_MAX_STEPS, d->steps, G_PARAM_READWRITE);
-    gimp_procedure_add_double_argument(p, "guidance", "Guida_nce",
+    gimp_procedure_add_double_argument(p, "guidance", "G_uidance",
                                        "How closely to follow the prompt (0..100); 1 or less "
                                        "skips the negative prompt (Turbo and LCM models)",
                                        0, 100, d->guidance, G_PARAM_READWRITE);
     /* a string, not a GimpChoice: a name GIMP 3.0.4's Script-Fu cannot put
      * into a choice it replaces by the default with a warning, and the run
      * goes on; as a string it reaches the core, which refuses it by name */
-    gimp_procedure_add_string_argument(p, "sampler", "Sampler",
-                                       "euler, euler_a, ddim, dpmpp_2m, lcm or pndm", d->sampler,
+    gimp_procedure_add_string_argument(p, "sampler", "Sampler", CORE_SAMPLER_BLURB, d->sampler,
                                        G_PARAM_READWRITE);
 }
 
 /* count, model, and the auxiliary arguments the config keeps */
 static void add_tail_arguments(GimpProcedure *p, const CoreSettings *d)
 {
-    gimp_procedure_add_int_argument(p, "count", "Co_unt",
+    gimp_procedure_add_int_argument(p, "count", "_Batch count",
                                     "Number of images, one layer each (1..100)", 1, CORE_MAX_COUNT,
                                     d->count, G_PARAM_READWRITE);
     gimp_procedure_add_string_argument(p, "model", "Mo_del",
@@ -175,7 +197,7 @@ static void add_tail_arguments(GimpProcedure *p, const CoreSettings *d)
         "A new random seed for every run; the seed used is in the layer name", TRUE,
         G_PARAM_READWRITE);
     gimp_procedure_add_choice_aux_argument(p, "sampler-choice", "Sa_mpler",
-                                           "How the noise is taken away step by step",
+                                           CORE_SAMPLER_TOOLTIP,
                                            sampler_choice(), d->sampler, G_PARAM_READWRITE);
     gimp_procedure_add_boolean_aux_argument(p, "configured", "Configured",
                                             "Set after the first run: the dialog then keeps the "
@@ -204,13 +226,13 @@ static GimpProcedure *diffuse_create_procedure(GimpPlugIn *plug_in, const gchar 
                                  GINT_TO_POINTER(mode), NULL);
     /* indexed images are accepted so that they get the core's clear refusal */
     gimp_procedure_set_image_types(p, "RGB*, GRAY*, INDEXED*");
-    gimp_procedure_set_attribution(p, "Diffuse", "Diffuse", "2025");
+    gimp_procedure_set_attribution(p, CORE_AUTHOR, CORE_COPYRIGHT, CORE_DATE);
     if (mode == CORE_TXT2IMG) {
         gimp_procedure_set_sensitivity_mask(p, GIMP_PROCEDURE_SENSITIVE_DRAWABLE |
                                                    GIMP_PROCEDURE_SENSITIVE_DRAWABLES |
                                                    GIMP_PROCEDURE_SENSITIVE_NO_DRAWABLES);
         if (!ext) {
-            gimp_procedure_set_menu_label(p, "_Text to Image...");
+            gimp_procedure_set_menu_label(p, N_("_Text to Image..."));
             gimp_procedure_add_menu_path(p, MENU_PATH);
         }
         gimp_procedure_set_documentation(
@@ -232,7 +254,7 @@ static GimpProcedure *diffuse_create_procedure(GimpPlugIn *plug_in, const gchar 
     } else {
         gimp_procedure_set_sensitivity_mask(p, GIMP_PROCEDURE_SENSITIVE_DRAWABLE);
         if (!ext) {
-            gimp_procedure_set_menu_label(p, "_Image to Image...");
+            gimp_procedure_set_menu_label(p, N_("_Image to Image..."));
             gimp_procedure_add_menu_path(p, MENU_PATH);
         }
         gimp_procedure_set_documentation(
@@ -322,6 +344,7 @@ typedef struct {
     DialogLora lora;         /* the LoRA row, its entry bound to the config's "lora" */
     DialogCopy copy;         /* Copy Settings from Layer */
     GtkWidget *size[2];      /* Text to Image: the width and height fields */
+    GtkWidget *size_note;    /* Text to Image: what a size over the native one costs */
     gint unit;               /* Text to Image: sizes are multiples of it, the model's (core.h) */
     gint image_size[2];      /* Text to Image: the size it opens with until a model loads */
     gint last_seed;          /* the seed shown while Randomize is ticked */
@@ -351,10 +374,22 @@ static gboolean round_sizes(gpointer data)
     return G_SOURCE_REMOVE;
 }
 
+/* Text to Image: the size note for the size and count set. */
+static void update_size_note(Dialog *d)
+{
+    gint w, h, count;
+
+    if (!d->size_note)
+        return;
+    g_object_get(d->config, "width", &w, "height", &h, "count", &count, NULL);
+    dialog_size_note_update(d->size_note, d->model.model, w, h, count);
+}
+
 static void size_changed(GimpProcedureConfig *config, GParamSpec *pspec, Dialog *d)
 {
     if (!d->round_idle)
         d->round_idle = g_idle_add(round_sizes, d);
+    update_size_note(d);
 }
 
 /* After GIMP set the config's values (Reset, Load Saved Settings): what the
@@ -423,6 +458,7 @@ static void set_model_offers(const diffuse_model *model, gpointer data)
     gtk_widget_set_sensitive(d->fast_decoder, has);
     if (!has)
         g_object_set(d->config, core_fast_decoder_arg.name, FALSE, NULL);
+    update_size_note(d); /* none without a model */
 }
 
 /* The model's native size and unit (DialogModelSize), Text to Image only:
@@ -449,6 +485,7 @@ static void set_model_size(gint native, gint unit, gpointer data)
         g_free(tip);
     }
     g_object_set(d->config, "width", n, "height", n, NULL);
+    update_size_note(d);
 }
 
 /* A framed, scrolled, word-wrapped text view for a string argument, the
@@ -522,10 +559,7 @@ static void add_seed_row(GimpProcedureDialog *dialog, Dialog *d)
 
     /* the argument's blurb tells scripts about -1; here Randomize is it */
     gimp_help_set_help_data(gimp_procedure_dialog_get_widget(dialog, "seed", G_TYPE_NONE),
-                            "The seed of the first image (image i uses seed + i); while Randomize "
-                            "is ticked, the seed the last run used: untick it to make that image "
-                            "again",
-                            NULL);
+                            CORE_SEED_TOOLTIP, NULL);
     box = gimp_procedure_dialog_fill_box(dialog, "seed-row", "seed", "random-seed", NULL);
     gtk_orientable_set_orientation(GTK_ORIENTABLE(box), GTK_ORIENTATION_HORIZONTAL);
     gtk_box_set_spacing(GTK_BOX(box), 6);
@@ -677,13 +711,13 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
     if (mode == CORE_TXT2IMG)
         g_object_get(config, "width", &d.image_size[0], "height", &d.image_size[1], NULL);
     d.dialog = gimp_procedure_dialog_new(procedure, config,
-                                         mode == CORE_TXT2IMG ? "Diffuse: Text to Image"
-                                                              : "Diffuse: Image to Image");
+                                         mode == CORE_TXT2IMG ? _("Diffuse: Text to Image")
+                                                              : _("Diffuse: Image to Image"));
     dialog = GIMP_PROCEDURE_DIALOG(d.dialog);
     prompt = add_copy_row(dialog, &d, image, drawable,
-                          add_text(dialog, config, "prompt", "_Prompt", "What to draw", 72));
+                          add_text(dialog, config, "prompt", "_Prompt", CORE_PROMPT_TOOLTIP, 72));
     negative = add_text(dialog, config, "negative-prompt", "Negati_ve prompt",
-                        "What to keep out; empty for nothing", 40);
+                        CORE_NEGATIVE_TOOLTIP, 40);
     add_seed_row(dialog, &d);
     add_scale(dialog, "steps", 1, 100, 0);
     add_scale(dialog, "guidance", 0, 20, 1);
@@ -694,6 +728,11 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
             g_signal_connect(config, i ? "notify::height" : "notify::width",
                              G_CALLBACK(size_changed), &d);
         }
+        g_signal_connect_swapped(config, "notify::count", G_CALLBACK(update_size_note), &d);
+        d.size_note = dialog_size_note_new();
+        gtk_box_pack_start(GTK_BOX(gimp_procedure_dialog_fill_box(dialog, "size-box", "height",
+                                                                  NULL)),
+                           d.size_note, FALSE, FALSE, 0);
     } else {
         add_scale(dialog, "strength", 0.01, 1, 2);
         add_scale(dialog, core_padding_arg.name, 0, 256, 0);
@@ -705,7 +744,7 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
     add_lora_row(dialog, &d);
     if (mode == CORE_TXT2IMG)
         gimp_procedure_dialog_fill(dialog, prompt, negative, "seed-row", "steps", "guidance",
-                                   "sampler-choice", "width", "height", "count",
+                                   "sampler-choice", "width", "size-box", "count",
                                    core_fast_decoder_arg.name, "model-box", "lora-row",
                                    core_lora_weight_arg.name, add_sdxl(dialog), NULL);
     else
@@ -719,6 +758,7 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
     g_object_get(config, "configured", &configured, NULL);
     /* a first run takes the model's own steps and guidance */
     dialog_model_update(&d.model, !configured);
+    update_size_note(&d);
     g_object_get(config, "opened", &opened, NULL);
     g_object_set(config, "opened", opened == G_MAXINT32 ? 1 : opened + 1, NULL);
     g_signal_connect(config, "notify::opened", G_CALLBACK(values_reset), &d);
@@ -750,7 +790,7 @@ static void to_dialog(GimpProcedureConfig *config)
 
     g_object_get(config, "seed", &seed, "last-seed", &last, "sampler", &sampler, NULL);
     g_object_set(config, "random-seed", seed < 0, "seed", seed < 0 ? last : seed, NULL);
-    if (sampler && diffuse_sampler_parse(sampler) >= 0)
+    if (core_sampler_find(sampler) >= 0)
         g_object_set(config, "sampler-choice", sampler, NULL);
     g_free(sampler);
 }
@@ -897,5 +937,6 @@ int main(int argc, char *argv[])
 {
     core_process_init(argv);
     core_set_plugin_dir_of_binary(argv[0]);
+    core_i18n_init();
     return gimp_main(DIFFUSE_TYPE, argc, argv);
 }

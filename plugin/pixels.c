@@ -256,6 +256,7 @@ gboolean pixels_region_read(CoreImage image, CoreDrawable drawable, gint native,
     if (area != CORE_AREA_SELECTED || !place_area(image, buffer, dx, dy, native, padding, r))
         pixels_gen_size(r->width, r->height, native, &r->gen_width, &r->gen_height);
     r->native_format = compat_drawable_format(drawable);
+    r->keep_alpha = compat_drawable_is_text(drawable);
     if (!region_alloc(r, error) || (r->area && !read_area(image, buffer, r, ox, oy, error))) {
         g_object_unref(buffer);
         return FALSE;
@@ -298,7 +299,10 @@ void pixels_write_image(CoreLayer layer, const diffuse_image *image)
 
 /* blend [n, 4] = orig over which gen is laid with coverage m, in
  * premultiplied terms so that transparent originals do not leak colour:
- * a = a0 (1 - m) + m,  rgb = (rgb0 a0 (1 - m) + gen m) / a. */
+ * a = a0 (1 - m) + m,  rgb = (rgb0 a0 (1 - m) + gen m) / a.
+ * With keep_alpha (a text layer: its letters' shape is the picture) the
+ * colour is repainted inside the original's alpha, which stays:
+ * a = a0,  rgb = rgb0 (1 - m) + gen m. */
 static void blend(const PixelsRegion *r, const float *gen, float *out)
 {
     gsize n = (gsize)r->width * r->height;
@@ -309,6 +313,12 @@ static void blend(const PixelsRegion *r, const float *gen, float *out)
         float a0 = CLAMP(o[3], 0.0f, 1.0f);
         float a = a0 * (1 - m) + m;
 
+        if (r->keep_alpha) {
+            for (gint k = 0; k < 3; k++)
+                out[i * 4 + k] = o[k] * (1 - m) + gen[i * 3 + k] * m;
+            out[i * 4 + 3] = a0;
+            continue;
+        }
         for (gint k = 0; k < 3; k++)
             out[i * 4 + k] = a > 0 ? (o[k] * a0 * (1 - m) + gen[i * 3 + k] * m) / a : o[k];
         out[i * 4 + 3] = a;

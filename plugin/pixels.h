@@ -29,6 +29,7 @@ typedef struct {
     gint crop_x, crop_y;        /* selected area: the padded crop in drawable coordinates */
     gint crop_width, crop_height;
     gint crop_dx, crop_dy; /* where the region lies in the crop */
+    gboolean keep_alpha;   /* a text layer: the result keeps the original's alpha */
 } PixelsRegion;
 
 /* The engine size for a w x h region: scaled up to the model's native size

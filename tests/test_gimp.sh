@@ -81,7 +81,8 @@ now() { date +%s.%N; }
 
 # gimp_start NAME: starts GIMP in the background on the Script-Fu body read
 # from stdin, in a fresh folder $dir; $gimp is the pid to wait for. $CASE_ENV
-# (NAME=VALUE words) goes into the plug-in's environment.
+# (NAME=VALUE words) goes into the plug-in's environment; GIMP loads no fonts
+# (-f) unless $CASE_FONTS is set (a case that makes a text layer).
 gimp_start() {
     dir=$tmp/$1
     mkdir -p "$dir"
@@ -92,7 +93,7 @@ gimp_start() {
     # timeout: a process group of its own, all of it (plug-ins too) killed when late
     # shellcheck disable=SC2086 # CASE_ENV and BATCH_OPTIONS are lists of words
     # shellcheck disable=SC2086 # CASE_WRAP too (xvfb-run for a case that needs a display)
-    HOME=$home $CASE_WRAP env DIFFUSE_DEFAULT_MODEL= $CASE_ENV timeout -k 10 "$CASE_TIMEOUT" "$GIMP" -i -d -f \
+    HOME=$home $CASE_WRAP env DIFFUSE_DEFAULT_MODEL= $CASE_ENV timeout -k 10 "$CASE_TIMEOUT" "$GIMP" -i -d ${CASE_FONTS:--f} \
         $BATCH_OPTIONS -b "(begin (load \"$GENLIB\") (load \"$LIB\") (case-begin \"$dir\")
                    (catch (out \"aborted\") (load \"$dir/body.scm\")) (case-end))" \
         "$@" >"$dir/log" 2>&1 </dev/null &
@@ -275,10 +276,32 @@ expect_args plug-in-diffuse-txt2img "$T2I"
 expect_args plug-in-diffuse-img2img "$I2I"
 expect_args plug-in-diffuse-txt2img-ext "$T2I${EXT:+|$EXT}"
 expect_args plug-in-diffuse-img2img-ext "$I2I${EXT:+|$EXT}"
+# the attribution: the project's authors, the copyright year, not placeholders
 for label in '"_Text to Image..."' '"_Image to Image..."' '(menu-path "<Image>/Filters/Diffuse")' \
-    '"RGB*, GRAY*, INDEXED*"'; do
+    '"RGB*, GRAY*, INDEXED*"' '"Diffuse developers"' '"Copyright 2026 Diffuse developers"' \
+    '"2026"'; do
     grep -qF -e "$label" "$profile/pluginrc"
     check $? "$case_title: pluginrc has no $label"
+done
+# the help pages (GIMP's help-id mechanism): pluginrc records the plug-in's
+# help domain at the pages shipped beside the binary, whose gimp-help.xml maps
+# each procedure's help id (its name, which the dialogs' Help button asks
+# for) to a section of a page that explains the fields
+grep -qF -e '"org.diffuse.plug-in"' "$profile/pluginrc"
+check $? "$case_title: pluginrc has no help domain org.diffuse.plug-in"
+help_uri=$(grep -o '"file://[^"]*/help"' "$profile/pluginrc" | head -n 1 | tr -d '"')
+help_dir=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.unquote(sys.argv[1][len("file://"):]))' "$help_uri" 2>/dev/null)
+[ -f "$help_dir/en/gimp-help.xml" ]
+check $? "$case_title: the help domain '$help_uri' has no en/gimp-help.xml"
+for proc in plug-in-diffuse-txt2img plug-in-diffuse-img2img plug-in-diffuse-txt2img-ext \
+    plug-in-diffuse-img2img-ext; do
+    page=$(sed -n "s/.*help-id=\"$proc\" help-page=\"\([^\"]*\)\".*/\1/p" "$help_dir/en/gimp-help.xml" 2>/dev/null)
+    [ -n "$page" ] && grep -q "id=\"${page#*#}\"" "$help_dir/en/${page%%#*}"
+    check $? "$case_title: no help page for $proc ('$page')"
+done
+for field in prompt negative-prompt seed guidance strength sizes model; do
+    grep -q "id=\"$field\"" "$help_dir/en/index.html" 2>/dev/null
+    check $? "$case_title: the help page does not explain $field"
 done
 case_end
 
@@ -308,6 +331,27 @@ done
 check $? "$case_title: the new layers are not above the background"
 ! cmp -s "$dir/after-0.raw" "$dir/after-1.raw"
 check $? "$case_title: seeds 5 and 6 gave the same pixels"
+case_end
+
+# ------------------------------------------------------------------ 1b. placement
+
+# A layer smaller than the image is centred in it, and on the selection's
+# bounds when there is a selection (a larger one overhangs them evenly).
+gimp_case place "1b txt2img: a smaller layer centred in the image, then on the selection" <<EOF
+(let* ((img (new-image RGB 64 64)))
+  $(txt2img img '(background img)' 5 32 48 1)
+  (gimp-image-select-rectangle img CHANNEL-OP-REPLACE 40 4 20 12)
+  $(txt2img img '(background img)' 5 16 24 1)
+  (signature img "after"))
+EOF
+expect "count after 3" "layer count is not 1 + 2"
+# each run goes right above the background: the first ends on top
+got="$(layer_field after 0 4)x$(layer_field after 0 5) at $(layer_field after 0 6),$(layer_field after 0 7)"
+[ "$got" = "32x48 at 16,8" ]
+check $? "$case_title: the layer without a selection is $got, want 32x48 at 16,8"
+got="$(layer_field after 1 4)x$(layer_field after 1 5) at $(layer_field after 1 6),$(layer_field after 1 7)"
+[ "$got" = "16x24 at 42,-2" ]
+check $? "$case_title: the layer on the selection 20x12 at 40,4 is $got, want 16x24 at 42,-2"
 case_end
 
 # ------------------------------------------------------------------ 2. img2img
@@ -358,7 +402,7 @@ case_end
 SETTINGS="prompt=$PROMPT\nnegative-prompt=\nseed=3\nsteps=4\nguidance=7.5\nsampler=euler_a\nstrength=0.6\ncount=1\nmodel=$MODEL\n"
 img2img_selected() { # img2img_selected IMG DRAWABLE
     if [ "$GIMP_GENERATION" = 2 ]; then
-        echo "(set-last-values \"${SETTINGS}inpaint-area=1\npadding=32\nmasked-content=1\n\")"
+        echo "(set-last-values \"plug-in-diffuse-img2img\" \"${SETTINGS}inpaint-area=1\npadding=32\nmasked-content=1\n\")"
         echo "(plug-in-diffuse-img2img RUN-WITH-LAST-VALS $1 $2 \"\" \"\" 0 1 1.0 \"\" 0.5 1 \"\")"
     else
         diffuse_call RUN-NONINTERACTIVE plug-in-diffuse-img2img "$1" "$2" prompt="\"$PROMPT\"" \
@@ -431,6 +475,26 @@ expect_log "cannot load the model: /nonexistent/model.safetensors"
 unchanged
 case_end
 
+# ------------------------------------------------------------------ 3b. empty prompt
+
+# The default model draws only what a prompt describes: an empty prompt is
+# refused before anything runs. An SD model draws unconditioned, which may
+# be meant: the run goes ahead and the painter is told.
+gimp_case empty-prompt "3b empty prompt: refused with the default model, told with an SD model" <<EOF
+(let* ((img (new-image RGB 64 64)) (bg (background img)))
+  (try "default" (lambda () $(t2i img bg '""' '""' 1 4 7.5 '"euler_a"' 64 64 1 '""')))
+  (out "count middle" (length (layers img)))
+  (try "sd" (lambda () $(t2i img bg '"  "' '""' 1 4 7.5 '"euler_a"' 64 64 1 "\"$MODEL\"")))
+  (out "count after" (length (layers img))))
+EOF
+expect "status default error" "an empty prompt with the default model did not fail"
+expect_log "prompt: the default model needs a prompt"
+expect "count middle 1" "the refused run added a layer"
+expect "status sd ok" "an empty prompt with an SD model failed: $(grep '^message sd' "$dir/out.txt")"
+expect_log "The prompt is empty: the model draws without one"
+expect "count after 2" "the unconditioned run made no layer"
+case_end
+
 # ------------------------------------------------------------------ 4. bad arguments
 
 gimp_case bad-size "4 impossible sizes and bad arguments: PDB errors, image unchanged" <<EOF
@@ -496,6 +560,73 @@ seed=${seed%)}
 case $seed in '' | *[!0-9]*) fail "$case_title: seed -1 gave the name '$name'" ;; *) pass ;; esac
 grep -q "Seed: $seed," "$dir/after-2-parameters.txt"
 check $? "$case_title: the parasite does not record seed $seed"
+case_end
+
+# ------------------------------------------------------------------ 5b. last values
+
+# Each procedure keeps its own last values: Text to Image's and Image to
+# Image's, set apart (2.10: the plug-in's data under each procedure's name;
+# 3.0: each procedure config's last-values file), are what RUN-WITH-LAST-VALS
+# runs each with, not one shared set.
+last_values() { # last_values PROC PROMPT STEPS: PROC's remembered values
+    if [ "$GIMP_GENERATION" = 2 ]; then
+        echo "(set-last-values \"plug-in-diffuse-$1\" \"prompt=$2\nnegative-prompt=\nseed=3\nsteps=$3\nguidance=7.5\nsampler=euler\nwidth=64\nheight=64\nstrength=0.5\ncount=1\nmodel=$MODEL\n\")"
+    else
+        for f in GimpProcedureConfigRun GimpProcedureConfig; do
+            printf '(prompt "%s")\n(seed 3)\n(steps %s)\n(sampler "euler")\n(width 64)\n(height 64)\n(strength 0.5)\n(model "%s")\n' \
+                "$2" "$3" "$MODEL" >"$profile/plug-in-settings/$f-plug-in-diffuse-$1.last"
+        done
+    fi
+}
+mkdir -p "$profile/plug-in-settings"
+gimp_case last-values "5b each procedure keeps its own last values (RUN-WITH-LAST-VALS)" <<EOF
+(let* ((img (new-image RGB 64 64)) (bg (background img)))
+  $(last_values txt2img "a red circle on a blue background" 3)
+  $(last_values img2img "a green square on a white background" 2)
+  (try "txt2img" (lambda () $(diffuse_call RUN-WITH-LAST-VALS plug-in-diffuse-txt2img img bg prompt='""' \
+      negative-prompt='""' seed=0 steps=1 guidance=1.0 sampler='""' width=0 height=0 count=1 model='""')))
+  (try "img2img" (lambda () $(diffuse_call RUN-WITH-LAST-VALS plug-in-diffuse-img2img img bg prompt='""' \
+      negative-prompt='""' seed=0 steps=1 guidance=1.0 sampler='""' strength=0.5 count=1 model='""')))
+  (signature img "after"))
+EOF
+rm -f "$profile"/plug-in-settings/*plug-in-diffuse-*.last
+expect "status txt2img ok" "txt2img with its last values failed: $(grep '^message txt2img' "$dir/out.txt")"
+expect "status img2img ok" "img2img with its last values failed: $(grep '^message img2img' "$dir/out.txt")"
+# the img2img run went right above the background, below the first run's layer
+steps() { tr -d '\000' <"$dir/after-$1-parameters.txt" 2>/dev/null | head -n 1; sed -n 's/.*\(Steps: [0-9]*\).*/\1/p' "$dir/after-$1-parameters.txt" 2>/dev/null; }
+[ "$(steps 0 | tr '\n' '|')" = "a red circle on a blue background|Steps: 3" ]
+check $? "$case_title: Text to Image ran with '$(steps 0 | tr '\n' '|')', not its own last values"
+[ "$(steps 1 | tr '\n' '|')" = "a green square on a white background|Steps: 2" ]
+check $? "$case_title: Image to Image ran with '$(steps 1 | tr '\n' '|')', not its own last values"
+case_end
+
+# ------------------------------------------------------------------ 5c. Karras
+
+# The sampler argument takes a Karras form of the samplers that have one
+# (dpmpp_2m_karras), which the parasite records as A1111 does ("Schedule
+# type: Karras") and which draws another picture than the plain sampler,
+# still taken as before; a sampler without Karras sigmas has no such form.
+gimp_case karras "5c sampler dpmpp_2m_karras beside dpmpp_2m; ddim_karras refused" <<EOF
+(let* ((img (new-image RGB 64 64)) (bg (background img)))
+  (try "plain" (lambda () $(t2i img bg "\"$PROMPT\"" '""' 4 4 7.5 '"dpmpp_2m"' 64 64 1 "\"$MODEL\"")))
+  (try "karras" (lambda () $(t2i img bg "\"$PROMPT\"" '""' 4 4 7.5 '"dpmpp_2m_karras"' 64 64 1 "\"$MODEL\"")))
+  (try "ddim" (lambda () $(t2i img bg "\"$PROMPT\"" '""' 4 4 7.5 '"ddim_karras"' 64 64 1 "\"$MODEL\"")))
+  (signature img "after"))
+EOF
+expect "status plain ok" "the dpmpp_2m call failed: $(grep '^message plain' "$dir/out.txt")"
+expect "status karras ok" "the dpmpp_2m_karras call failed: $(grep '^message karras' "$dir/out.txt")"
+expect "status ddim error" "ddim_karras did not fail"
+expect_log 'sampler: "ddim_karras" is not one of'
+expect "count after 3" "the two runs did not make two layers"
+# each run goes right above the background: the plain one ends on top
+parameters "$dir/after-0-parameters.txt" "$PROMPT
+Negative prompt: 
+Steps: 4, Sampler: DPM++ 2M, CFG scale: 7.5, Seed: 4, Size: 64x64, Model: $MODEL_NAME, RNG: NV"
+parameters "$dir/after-1-parameters.txt" "$PROMPT
+Negative prompt: 
+Steps: 4, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7.5, Seed: 4, Size: 64x64, Model: $MODEL_NAME, RNG: NV"
+! cmp -s "$dir/after-0.raw" "$dir/after-1.raw"
+check $? "$case_title: Karras sigmas made the plain sampler's picture"
 case_end
 
 # ------------------------------------------------------------------ 6. grayscale
@@ -594,6 +725,53 @@ EOF
 expect "parent group" "the result is not in the drawable's group"
 expect "position 0 1" "the result is not right above the drawable"
 expect "geometry 28 22 20 10" "the result is not the selection clipped to the layer"
+case_end
+
+# ------------------------------------------------------------------ 10b, 10c. groups and text
+
+# A layer group has no pixels of its own: Image to Image on it is refused
+# with a message, the image untouched (it used to insert a 1x1 layer).
+gimp_case group-refused "10b img2img on a layer group: a clear refusal, image unchanged" <<EOF
+(let* ((img (new-image RGB 64 64))
+       (group (group-new img))
+       (l (layer-new img "inner" 64 64 RGB-IMAGE)))
+  (gimp-image-insert-layer img group 0 0)
+  (gimp-image-insert-layer img l group 0)
+  (fill-pattern img l)
+  (gimp-image-clean-all img)
+  (try "group" (lambda () $(img2img img group 9 0.5 1)))
+  (out "dirty after" (car (gimp-image-is-dirty img)))
+  (out "count after" (length (layers img)) (length (children group))))
+EOF
+expect "status group error" "img2img on a group did not fail"
+expect_log "a layer group has none of its own"
+expect "dirty after 0" "the image was changed (dirty)"
+expect "count after 2 1" "layers were added"
+case_end
+
+# A text layer is repainted from its rendered pixels and keeps their alpha:
+# the letters' shape stays, not an opaque block over the image.
+CASE_FONTS=" " gimp_case text "10c img2img on a text layer: its rendered pixels, alpha kept" <<EOF
+(let* ((img (new-image RGB 64 64))
+       (tl (text-layer img "Diffuse" 24)))
+  (gimp-image-clean-all img)
+  (out "text-layer" (if (text-layer? tl) "yes" "no"))
+  (raw img tl "text")
+  (try "text" (lambda () $(img2img img tl 9 0.6 1)))
+  (let ((new (car (layers img))))
+    (raw img new "result")
+    (out "geometry" (drawable-width new) (drawable-height new)
+         (car (drawable-offsets new)) (cadr (drawable-offsets new)))
+    (out "geometry-text" (drawable-width tl) (drawable-height tl)
+         (car (drawable-offsets tl)) (cadr (drawable-offsets tl)))))
+EOF
+expect "text-layer yes" "the script made no text layer"
+expect "status text ok" "img2img on a text layer failed: $(grep '^message text' "$dir/out.txt")"
+[ "$(grep '^geometry ' "$dir/out.txt" | cut -d' ' -f2-)" = "$(grep '^geometry-text ' "$dir/out.txt" | cut -d' ' -f2-)" ]
+check $? "$case_title: the result is not the text layer's size and place: $(grep '^geometry' "$dir/out.txt" | tr '\n' '|')"
+r=$($CHECK alpha "$dir/text.raw" "$dir/result.raw")
+check $? "$case_title: $r"
+echo "   $r"
 case_end
 
 # ------------------------------------------------------------------ 11. memory
@@ -878,5 +1056,29 @@ $PARAMS_TAIL, Seed: 11, Size: 64x64, Model: $MODEL_NAME, RNG: NV, LoRA: \"$LORAS
 elif [ "${CI:-}" = true ]; then
     fail "missing $LORAS/sd1-kohya.safetensors (CI=true; make builds it)"
 fi
+
+# ------------------------------------------------------------------ 17. translation
+
+# The plug-in's messages come from its own catalogue (gettext, GIMP's plug-in
+# domain pattern; 2.10's pluginrc records the domain GIMP translates its menu
+# labels with), shipped beside the binary: with LANGUAGE=de a refusal is
+# German. gettext reads LANGUAGE only outside the C locale, and these systems
+# have no other: a copy of C.UTF-8 under another name ($LOCPATH) serves.
+mkdir -p "$tmp/locale"
+cp -R /usr/lib/locale/C.utf8 "$tmp/locale/en_US.UTF-8" 2>/dev/null
+CASE_ENV="LOCPATH=$tmp/locale LC_ALL=en_US.UTF-8 LANGUAGE=de" gimp_case german \
+    "17 translation: LANGUAGE=de, the plug-in's messages in German" <<EOF
+(let* ((img (new-image RGB 64 64)) (bg (background img)))
+  (try "default" (lambda () $(t2i img bg '""' '""' 1 4 7.5 '"euler_a"' 64 64 1 '""')))
+  (signature img "after"))
+EOF
+expect "status default error" "an empty prompt with the default model did not fail"
+expect_log "prompt: Das Standardmodell braucht einen Prompt, etwa „$PROMPT“"
+expect "count after 1" "the refused run added a layer"
+if [ "$GIMP_GENERATION" = 2 ]; then # 3.0 asks the plug-in (set_i18n) each time
+    grep -qF -e '"gimp-plug-in-diffuse"' "$profile/pluginrc"
+    check $? "$case_title: pluginrc has no translation domain gimp-plug-in-diffuse"
+fi
+case_end
 
 finish

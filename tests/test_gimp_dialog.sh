@@ -138,7 +138,10 @@ script="(begin (load \"$GENLIB\") (load \"$LIB\") (case-begin \"$tmp/out\")
     (out \"last-values-layers\" (length (layers small)))
     (out \"name\" (car (gimp-item-get-name (top-layer small))))
     (try \"txt2img-ok\" (lambda () $(t2i RUN-INTERACTIVE big)))
-    (out \"native\" (drawable-width (top-layer big)) (drawable-height (top-layer big))))
+    (out \"native\" (drawable-width (top-layer big)) (drawable-height (top-layer big)))
+    (try \"large\" (lambda () $(t2i RUN-INTERACTIVE big)))
+    (try \"broken\" (lambda () $(t2i RUN-INTERACTIVE big)))
+    (out \"broken-layers\" (length (layers big))))
   (let* ((copy (new-image RGB 64 64)))
     (gimp-item-attach-parasite (background copy) (list \"diffuse-parameters\" 1 \"$COPIED\"))
     (try \"copy\" (lambda () $(i2i RUN-INTERACTIVE copy)))
@@ -153,13 +156,19 @@ script="(begin (load \"$GENLIB\") (load \"$LIB\") (case-begin \"$tmp/out\")
               (caddr (car (gimp-item-get-parasite (top-layer png) \"diffuse-parameters\")))))
   (case-end))"
 
+# the mnemonics of the Width and Model fields
+if [ "$GIMP_GENERATION" = 2 ]; then WIDTH_KEY=alt+d MODEL_KEY=alt+m; else WIDTH_KEY=alt+i MODEL_KEY=alt+d; fi
 t0=$(date +%s)
 HOME=$home GIMP_GUI=$GIMP_GUI GIMP_GENERATION=$GIMP_GENERATION BATCH_OPTIONS=$BATCH_OPTIONS \
-    NO_AT_BRIDGE=1 xvfb-run -a -s "-screen 0 1280x1024x24" \
+    DIFFUSE_DIALOG_DUMP=$tmp/dump.txt NO_AT_BRIDGE=1 xvfb-run -a -s "-screen 0 1280x1024x24" \
     sh tests/gimp/dialog-capture.sh "$tmp/log" "$TIMEOUT" "$script" \
     "Diffuse: Text to Image|$PNG-txt2img.png|Escape" \
     "Diffuse: Image to Image|$PNG-img2img.png|alt+o" \
     "Diffuse: Text to Image|$tmp/txt2img-ok.png|alt+o" \
+    "Diffuse: Text to Image|$tmp/large-before.png|$WIDTH_KEY ctrl+a =128 Tab wait" \
+    "Diffuse: Text to Image|$PNG-large.png|Escape" \
+    "Diffuse: Text to Image|$tmp/broken-before.png|$MODEL_KEY ctrl+a =$tmp/no-such-model Tab wait alt+o wait" \
+    "Diffuse: Text to Image|$PNG-broken-model.png|Escape" \
     "Diffuse: Image to Image|$tmp/copy-before.png|alt+y" \
     "Diffuse: Image to Image|$PNG-copy.png|alt+o" \
     "Diffuse: Text to Image|$tmp/png-before.png|alt+y" \
@@ -167,7 +176,8 @@ HOME=$home GIMP_GUI=$GIMP_GUI GIMP_GENERATION=$GIMP_GENERATION BATCH_OPTIONS=$BA
 check $? "the dialogs were not captured and closed: $(cat "$tmp/capture.log") $(tail -c 600 "$tmp/log")"
 echo "dialog run: $(($(date +%s) - t0)) s"
 
-for png in "$PNG-txt2img.png" "$PNG-img2img.png" "$PNG-copy.png"; do
+for png in "$PNG-txt2img.png" "$PNG-img2img.png" "$PNG-copy.png" "$PNG-large.png" \
+    "$PNG-broken-model.png"; do
     # a dialog-sized picture with the many colours of text and widgets
     info=$(identify -format '%w %h %k' "$png" 2>/dev/null)
     # shellcheck disable=SC2086 # "W H COLOURS": the words are wanted
@@ -190,6 +200,28 @@ expect "status txt2img-ok ok" "OK in the txt2img dialog did not run"
 expect "native 64 64" "the txt2img dialog did not start from the model's native size"
 grep -q "^name Diffuse: $PROMPT (seed [0-9]*)" "$out" 2>/dev/null
 check $? "the remembered prompt was not used: $(grep '^name' "$out" 2>/dev/null)"
+# Width 128, over the model's native 64: the dialog says what it costs, from
+# the engine's estimate; a model that cannot load: its whole message (the
+# info line wraps, its tooltip holds it) and OK insensitive, so that alt+o
+# did nothing and Escape closed the dialog, the image as it was. The sampler
+# menu shows the engine's labels, Karras forms included. (DIFFUSE_DIALOG_DUMP:
+# "dialog<tab>TITLE" opens each dialog's lines; Copy Settings' two follow.)
+section() { # section N: the lines of the dialog N from the end (1: the last)
+    awk -v want="$(($(grep -c '^dialog	' "$tmp/dump.txt" 2>/dev/null) + 1 - $1))" \
+        '/^dialog	/ { n++ } n == want' "$tmp/dump.txt" 2>/dev/null
+}
+section 4 | grep -q "^diffuse-size-note	Larger than the model's native 64x64: models draw best at their native size. About [0-9]* MiB of memory"
+check $? "Width 128 did not tell what it costs: $(section 4 | grep -e '^diffuse-' -e '^ok')"
+section 3 | grep -qx "ok	insensitive"
+check $? "OK was not insensitive with a model that cannot load: $(section 3 | grep -e '^diffuse-' -e '^ok')"
+section 3 | grep -q "^GtkLabel	cannot load the model: $tmp/no-such-model"
+check $? "the model's error is not whole in the info line's tooltip: $(section 3 | grep -e '^diffuse-' -e 'GtkLabel')"
+expect "broken-layers 2" "the dialog with a model that cannot load changed the image"
+grep -qx "choices	Euler|Euler Karras|Euler a|Euler a Karras|DDIM|DPM++ 2M|DPM++ 2M Karras|LCM|PLMS" "$tmp/dump.txt"
+check $? "the sampler menu does not show the engine's labels: $(grep '^choices' "$tmp/dump.txt" | sort -u | head -3)"
+# every field the dialogs showed has a tooltip (its own or its row's)
+[ -s "$tmp/dump.txt" ] && ! grep '^untipped' "$tmp/dump.txt"
+check $? "fields above are shown without a tooltip"
 # Copy Settings from Layer: the layer's prompt, seed, steps, sampler, guidance,
 # strength and LoRA made the new layer; Hires upscale was left out
 expect "status copy ok" "OK after Copy Settings from Layer did not run"
@@ -217,7 +249,7 @@ if [ "$GIMP_GENERATION" = 3 ]; then
 fi
 ! grep -q -i -e crashed -e Sanitizer "$tmp/log"
 check $? "a plug-in crashed: $(grep -i -e crashed -e Sanitizer "$tmp/log" | head -3)"
-echo "artifacts: $PNG-txt2img.png $PNG-img2img.png $PNG-copy.png"
+echo "artifacts: $PNG-txt2img.png $PNG-img2img.png $PNG-copy.png $PNG-large.png $PNG-broken-model.png"
 
 # ------------------------------------------------------------------ a painter's session
 # A second GIMP with a fresh profile whose only remembered value is the model:
@@ -225,10 +257,11 @@ echo "artifacts: $PNG-txt2img.png $PNG-img2img.png $PNG-copy.png"
 # guidance 1.5, euler), so that they differ from the core's defaults. Text to
 # Image four times:
 #   fresh    OK at once: the values the dialog opens with on a fresh profile;
-#   failed   Steps 7 typed, the model changed to one that does not exist, OK:
-#            the run fails after OK;
-#   reshow   the dialog again: it must show the Steps typed and the model
-#            typed (the edits kept); the model set back, Width 300 typed
+#   failed   Steps 7 typed, a LoRA file that does not exist named, OK: the
+#            run fails after OK (a model that cannot load leaves OK
+#            insensitive instead);
+#   reshow   the dialog again: it must show the Steps typed (the edits
+#            kept); the LoRA taken out, Width 300 typed
 #            (it must snap to 304, the model's unit, in the field) and one
 #            step up (312), OK;
 #   factory  Reset > Reset to Factory Defaults, Randomize unticked, OK: the
@@ -282,8 +315,8 @@ json.dump(index, open(sys.argv[2], "w"))' "$MODEL/model_index.json" "$model2/mod
         sh tests/gimp/dialog-capture.sh "$tmp/log2" "$TIMEOUT" \
         "(begin (load \"$GENLIB\") (load \"$LIB\") (case-begin \"$tmp/out2\") $session (case-end))" \
         "$T|$tmp/fresh.png|alt+o" \
-        "$T|$tmp/failed.png|alt+t ctrl+a =7 Tab alt+d ctrl+a =$tmp/no-such-model Tab wait alt+o" \
-        "$T|$tmp/reshow.png|alt+d ctrl+a =$model2 Tab wait alt+i ctrl+a =300 Tab wait" \
+        "$T|$tmp/failed.png|alt+t ctrl+a =7 Tab alt+a ctrl+a =$tmp/no-such-lora.safetensors Tab wait alt+o" \
+        "$T|$tmp/reshow.png|alt+a ctrl+a BackSpace Tab wait alt+i ctrl+a =300 Tab wait" \
         "$T|$tmp/reshow-snapped.png|alt+i Up Tab alt+o" \
         "$T|$tmp/factory.png|alt+r wait" \
         "$T|$tmp/factory-popover.png|Down Return wait" \
@@ -305,7 +338,7 @@ json.dump(index, open(sys.argv[2], "w"))' "$MODEL/model_index.json" "$model2/mod
     "Steps: 3, Sampler: Euler, CFG scale: 1.5, Size: 64x64, "*) pass ;;
     *) fail "a fresh profile's dialog did not open with the model's settings: '$(settings fresh)'" ;;
     esac
-    want "status failed error" "a model that does not exist did not fail the run"
+    want "status failed error" "a LoRA file that does not exist did not fail the run"
     want "failed-layers 2" "the failed run changed the image"
     want "status reshow ok" "OK in the dialog after a failed run did not run"
     case $(settings reshow) in

@@ -129,6 +129,19 @@ static void test_names(void)
         CHECK(diffuse_sampler_parse(bad[k]) == -1, "parse rejects '%s'", bad[k]);
     CHECK(diffuse_sampler_parse(NULL) == -1, "parse rejects NULL");
     CHECK(strcmp(diffuse_sampler_name(DIFFUSE_SAMPLER_COUNT), "unknown") == 0, "name of COUNT");
+    /* a Karras label exactly for the samplers that take Karras sigmas: "<label> Karras" */
+    for (int k = 0; k < DIFFUSE_SAMPLER_COUNT; k++) {
+        char err[DIFFUSE_ERROR_SIZE], want[64];
+        diffuse_sampler_state *st = NULL;
+        const char *kl = diffuse_sampler_karras_label(k);
+        int takes = diffuse_sampler_create(k, true, NULL, 6, 1.0f, NLAT, &st, err) == 0;
+
+        diffuse_sampler_free(st);
+        snprintf(want, sizeof want, "%s Karras", diffuse_sampler_label(k));
+        CHECK(takes ? kl && strcmp(kl, want) == 0 : kl == NULL, "%s: Karras label %s",
+              diffuse_sampler_name(k), kl ? kl : "none");
+    }
+    CHECK(diffuse_sampler_karras_label(DIFFUSE_SAMPLER_COUNT) == NULL, "Karras label of COUNT");
     const char *sp[] = {"default", "leading", "linspace", "trailing"};
     for (int k = 0; k < 4; k++) {
         CHECK(diffuse_spacing_parse(sp[k]) == k, "spacing parse %s", sp[k]);

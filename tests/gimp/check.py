@@ -13,6 +13,10 @@
         RESULT differs from ORIG by more than nothing, and less in the
         feather's outer half (MASK < 128) than in its inner half or where
         MASK is 255 (mean absolute differences, 0..255).
+    check.py alpha ORIG RESULT
+        Two RGBA dumps of one size: RESULT's alpha is ORIG's, byte for byte,
+        ORIG has transparent and opaque pixels (a text layer), and RESULT's
+        colour differs from ORIG's where ORIG is opaque.
     check.py pdb-args PLUGINRC PROCEDURE...
         GIMP 3.0's record of the procedures' arguments (its pluginrc), one
         line each: "arg PROCEDURE I NAME VALUE-TYPE TAIL", TAIL the range and
@@ -94,6 +98,21 @@ def seam(orig, orig_ch, mask, image_w, result, result_ch, x, y, w, h):
                                          sums["inner"][1], d["full"], sums["full"][1])), ok
 
 
+def alpha(orig, result):
+    o, r = open(orig, "rb").read(), open(result, "rb").read()
+    if len(o) != len(r) or len(o) % 4:
+        return "sizes differ: %d and %d bytes" % (len(o), len(r)), False
+    oa, ra = o[3::4], r[3::4]
+    clear, solid = oa.count(0), oa.count(255)
+    if not clear or not solid:
+        return "the original has %d transparent and %d opaque pixels" % (clear, solid), False
+    moved = sum(1 for i in range(0, len(o), 4) if o[i + 3] == 255 and o[i:i + 3] != r[i:i + 3])
+    same = sum(1 for a, b in zip(oa, ra) if a == b)
+    text = "alpha kept at %d of %d pixels (%d transparent); %d of %d opaque pixels repainted" % (
+        same, len(oa), clear, moved, solid)
+    return text, same == len(oa) and moved > 0
+
+
 def sexp(text):
     """Parses the S-expressions of a GIMP rc file into nested lists; strings
     become ("str", value) so that they stay apart from symbols."""
@@ -170,6 +189,8 @@ def pdb_args(pluginrc, procs):
 def main(argv):
     if len(argv) >= 3 and argv[0] == "notblank":
         text, ok = notblank(argv[1], int(argv[2]), *argv[3:4])
+    elif len(argv) == 3 and argv[0] == "alpha":
+        text, ok = alpha(argv[1], argv[2])
     elif len(argv) >= 3 and argv[0] == "pdb-args":
         text, ok = pdb_args(argv[1], argv[2:])
     elif len(argv) >= 11 and argv[0] == "img2img":

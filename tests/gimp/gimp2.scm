@@ -28,3 +28,8 @@
 (define (raw-save img drawable path)
   (file-raw-save2 RUN-NONINTERACTIVE img drawable path path 0 0))
 (define raw-channel-directly #t)
+
+; A text layer (on top of the image) of TEXT in the context's font and colour.
+(define (text-layer img text size)
+  (car (gimp-text-fontname img -1 0 0 text 0 TRUE size PIXELS (car (gimp-context-get-font)))))
+(define (text-layer? d) (= (car (gimp-item-is-text-layer d)) TRUE))

@@ -40,3 +40,8 @@
 (define (raw-save img drawable path)
   (file-raw-export #:run-mode RUN-NONINTERACTIVE #:image img #:file path))
 (define raw-channel-directly #f)
+
+; A text layer (on top of the image) of TEXT in the context's font and colour.
+(define (text-layer img text size)
+  (car (gimp-text-font img -1 0 0 text 0 TRUE size (car (gimp-context-get-font)))))
+(define (text-layer? d) (= (car (gimp-item-id-is-text-layer d)) TRUE))

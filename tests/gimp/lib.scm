@@ -82,12 +82,12 @@
   (let ((b (gimp-selection-bounds img)))
     (out "bounds" (cadr b) (caddr b) (cadddr b) (car (cddddr b)))))
 
-; The plug-in's remembered settings (GIMP 2.10: gimp_set_data under
-; "plug-in-diffuse", core_settings_serialize's "key=value" lines), which a
+; A procedure's remembered settings (GIMP 2.10: gimp_set_data under the
+; procedure's name, core_settings_serialize's "key=value" lines), which a
 ; RUN-WITH-LAST-VALS call runs with: how a 2.10 script reaches settings its
 ; PDB arguments lack (inpaint-area, padding).
-(define (set-last-values text)
-  (gimp-procedural-db-set-data "plug-in-diffuse" (string-length text)
+(define (set-last-values proc text)
+  (gimp-procedural-db-set-data proc (string-length text)
                                (list->vector (map char->integer (string->list text)))))
 
 ; "layer TAG I W H OX OY TYPE NAME" for every layer, pixels in TAG-I.raw and

@@ -412,12 +412,13 @@ static void test_read_a1111(void)
     CHECK(read_ok && !strcmp(read_s.prompt, "masterpiece, a cat") &&
               !strcmp(read_s.negative_prompt, "lowres, bad hands") && read_s.steps == 30 &&
               read_s.guidance == 7 && read_s.seed == 3456789 && read_s.width == 512 &&
-              read_s.height == 768 && !strcmp(read_s.sampler, "dpmpp_2m") && !read_s.lora[0],
+              read_s.height == 768 && !strcmp(read_s.sampler, "dpmpp_2m_karras") &&
+              !read_s.lora[0],
           "A1111 text: '%s' / '%s', %d steps, guidance %g, seed %d, %dx%d, %s", read_s.prompt,
           read_s.negative_prompt, read_s.steps, read_s.guidance, read_s.seed, read_s.width,
           read_s.height, read_s.sampler);
     CHECK(!strcmp(read_unused, "Model hash: 6ce0161689, Hires upscale: 2, Version: v1.9.4, "
-                               "Schedule type: Karras, Clip skip: 2, Denoising strength: 0.4 (for "
+                               "Clip skip: 2, Denoising strength: 0.4 (for "
                                "Image to Image), Model: v1-5-pruned (choose it in the Model row)"),
           "A1111 text, not used: '%s'", read_unused);
     /* a sampler Diffuse lacks and numbers out of the plug-in's ranges */
@@ -559,6 +560,43 @@ static void test_png(void)
     g_free(dir);
 }
 
+/* The samplers offered: the engine's, by its labels, and a _karras form for
+ * each that takes Karras sigmas; the ids run, the texts say Karras. */
+static void test_samplers(void)
+{
+    const CoreSampler *c;
+    gint n = core_sampler_choices(&c), karras = 0;
+    CoreSettings s;
+    gchar *text;
+
+    for (gint i = 0; i < n; i++) {
+        const gchar *want = c[i].karras ? diffuse_sampler_karras_label(c[i].sampler)
+                                        : diffuse_sampler_label(c[i].sampler);
+
+        karras += c[i].karras;
+        CHECK(want && c[i].label == want && core_sampler_find(c[i].id) == i,
+              "choice %d '%s' is '%s'", i, c[i].id, c[i].label);
+    }
+    CHECK(n == DIFFUSE_SAMPLER_COUNT + 3 && karras == 3, "%d choices, %d Karras", n, karras);
+    CHECK(core_sampler_find("dpmpp_2m_karras") >= 0 &&
+              !strcmp(c[core_sampler_find("dpmpp_2m_karras")].label, "DPM++ 2M Karras") &&
+              !strcmp(c[core_sampler_find("euler_a")].label, "Euler a"),
+          "DPM++ 2M Karras and Euler a offered");
+    CHECK(core_sampler_find("ddim_karras") < 0 && core_sampler_find("DDIM") < 0 &&
+              core_sampler_find(NULL) < 0,
+          "no DDIM Karras, no labels as ids");
+    core_settings_default(&s);
+    g_strlcpy(s.prompt, "x", sizeof s.prompt);
+    g_strlcpy(s.sampler, "dpmpp_2m_karras", sizeof s.sampler);
+    CHECK(core_settings_validate(&s, CORE_TXT2IMG, NULL), "dpmpp_2m_karras is a sampler");
+    text = core_parameters_text(&s, CORE_TXT2IMG, 1, 64, 64);
+    CHECK(strstr(text, "Sampler: DPM++ 2M, Schedule type: Karras,") != NULL, "Karras text: %s",
+          text);
+    g_free(text);
+    g_strlcpy(s.sampler, "ddim_karras", sizeof s.sampler);
+    expect_invalid(&s, CORE_TXT2IMG, "dpmpp_2m_karras");
+}
+
 int main(void)
 {
     test_settings_round_trip();
@@ -573,5 +611,6 @@ int main(void)
     test_read_loras();
     test_read_odd();
     test_png();
+    test_samplers();
     TEST_END();
 }
