@@ -162,9 +162,10 @@ static void test_runs(diffuse_model *m, const char *name)
     diffuse_image_free(&a);
     diffuse_image_free(&b);
     diffuse_image_free(&c);
+    /* both batched (equal chunk counts), so only the context differs */
     diffuse_request r = diffuse_request_default(), l = r;
-    r.prompt = "blue";
-    l.prompt = text;
+    r.prompt = r.negative_prompt = "blue";
+    l.prompt = l.negative_prompt = text;
     CHECK(diffuse_request_memory(m, &l) > diffuse_request_memory(m, &r),
           "%s: a longer context counts in the memory estimate", name);
     /* errors name what is wrong */
