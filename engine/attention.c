@@ -29,18 +29,24 @@
 /* Below this many multiply-adds an attention runs on the calling thread. */
 #define FA_SPLIT_MIN (1 << 23)
 
-static int round_up(int x, int m) { return (x + m - 1) / m * m; }
+static int round_up(int x, int m)
+{
+    return (x + m - 1) / m * m;
+}
 
 /* exp(x) for x <= 0 (softmax after subtracting the running max): x = n ln2 + f
  * with n an integer and |f| <= ln2 / 2 (ln2 split in two so the reduction is
  * exact), e^f by its degree-7 Taylor polynomial (truncation under 1e-8: at most
  * 1.7 ulp from the true value), 2^n put straight into the exponent bits by the
  * caller. One body serves GCC vectors of any width. */
-#define EXP_NONPOSITIVE(x, n, f, p)                                                         \
-    n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */    \
-    f = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;                       \
-    p = 1.0f + f * (1.0f + f * (0.5f + f * (1.66666667e-1f + f * (4.16666667e-2f +         \
-                    f * (8.33333333e-3f + f * (1.38888889e-3f + f * 1.98412698e-4f))))));
+#define EXP_NONPOSITIVE(x, n, f, p)                                                                \
+    n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */             \
+    f = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;                                \
+    p = 1.0f +                                                                                     \
+        f * (1.0f + f * (0.5f + f * (1.66666667e-1f +                                              \
+                                     f * (4.16666667e-2f +                                         \
+                                          f * (8.33333333e-3f +                                    \
+                                               f * (1.38888889e-3f + f * 1.98412698e-4f))))));
 
 #define FA_W 16
 #define FA_ROWS 8
@@ -96,7 +102,10 @@ size_t diffuse_attention_scratch(int tq, int tk, int dh)
     return (size_t)diffuse_pool_threads() * slot_floats(query_block(tq, dh), tk, dh);
 }
 
-double diffuse_attention_flops(int tq, int tk, int width) { return 4.0 * tq * tk * width; }
+double diffuse_attention_flops(int tq, int tk, int width)
+{
+    return 4.0 * tq * tk * width;
+}
 
 /* The kernels of one CPU path. */
 typedef struct fa_kernels {
@@ -172,13 +181,23 @@ static void attention_part(void *ctx, size_t p0, size_t p1)
     }
 }
 
-void diffuse_op_attention(float *out, const float *q, int q_stride, const float *k,
-                          const float *v, int kv_stride, int tq, int tk, int heads, int dh,
-                          bool causal, float *scratch)
+void diffuse_op_attention(float *out, const float *q, int q_stride, const float *k, const float *v,
+                          int kv_stride, int tq, int tk, int heads, int dh, bool causal,
+                          float *scratch)
 {
-    attention_job j = {.out = out, .scratch = scratch, .q = q, .k = k, .v = v,
-                       .q_stride = q_stride, .kv_stride = kv_stride, .tq = tq, .tk = tk,
-                       .heads = heads, .dh = dh, .causal = causal, .bq = query_block(tq, dh),
+    attention_job j = {.out = out,
+                       .scratch = scratch,
+                       .q = q,
+                       .k = k,
+                       .v = v,
+                       .q_stride = q_stride,
+                       .kv_stride = kv_stride,
+                       .tq = tq,
+                       .tk = tk,
+                       .heads = heads,
+                       .dh = dh,
+                       .causal = causal,
+                       .bq = query_block(tq, dh),
                        .f = kernels_of(diffuse_cpu_path())};
     j.blocks = (tq + j.bq - 1) / j.bq;
     const int tasks = heads * j.blocks, threads = diffuse_pool_threads();

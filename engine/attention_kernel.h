@@ -20,16 +20,14 @@
 typedef float vf __attribute__((vector_size(FA_W * 4), aligned(4)));
 typedef int32_t vi __attribute__((vector_size(FA_W * 4), aligned(4)));
 
-__attribute__((target(FA_TARGET), always_inline))
-static inline vf FA_NAME(vmax)(vf a, vf b)
+__attribute__((target(FA_TARGET), always_inline)) static inline vf FA_NAME(vmax)(vf a, vf b)
 {
     const vi gt = a > b;
     return (vf)((gt & (vi)a) | (~gt & (vi)b));
 }
 
 /* exp(x) for x <= 0, exactly 0 below -87 (attention.c's EXP_NONPOSITIVE). */
-__attribute__((target(FA_TARGET), always_inline))
-static inline vf FA_NAME(exp_nonpositive)(vf x)
+__attribute__((target(FA_TARGET), always_inline)) static inline vf FA_NAME(exp_nonpositive)(vf x)
 {
     const vi below = x < -87.0f;
     x = (vf)(~below & (vi)x);
@@ -42,10 +40,9 @@ static inline vf FA_NAME(exp_nonpositive)(vf x)
 /* One tile of st = k qt: keys [k, k + rows) by queries [qc, qc + 2 FA_W);
  * rows is a constant where this is inlined. Entries the causal mask hides
  * (query qc + lane < key + shift) become -inf; mx takes the column maxima. */
-__attribute__((target(FA_TARGET), always_inline))
-static inline void FA_NAME(scores_tile)(float *st, const float *kb, int stride, const float *qt,
-                                        int k, int qc, int bq, int dh, int rows, bool causal,
-                                        int shift, vf mx[2])
+__attribute__((target(FA_TARGET), always_inline)) static inline void
+FA_NAME(scores_tile)(float *st, const float *kb, int stride, const float *qt, int k, int qc, int bq,
+                     int dh, int rows, bool causal, int shift, vf mx[2])
 {
     vf acc[8][2]; /* FA_ROWS or fewer used */
 #pragma GCC unroll 8
@@ -82,25 +79,26 @@ static inline void FA_NAME(scores_tile)(float *st, const float *kb, int stride, 
 }
 
 /* st [kn, bq] = kb [kn, dh] qt, and cm [bq] its column maxima. */
-__attribute__((target(FA_TARGET)))
-static void FA_NAME(scores)(float *st, float *cm, const float *kb, int stride, const float *qt,
-                            int kn, int bq, int dh, bool causal, int shift)
+__attribute__((target(FA_TARGET))) static void FA_NAME(scores)(float *st, float *cm,
+                                                               const float *kb, int stride,
+                                                               const float *qt, int kn, int bq,
+                                                               int dh, bool causal, int shift)
 {
     for (int qc = 0; qc < bq; qc += 2 * FA_W) {
         vf mx[2] = {(vf){0} - INFINITY, (vf){0} - INFINITY};
         int k = 0;
         for (; k + FA_ROWS <= kn; k += FA_ROWS)
             FA_NAME(scores_tile)(st, kb, stride, qt, k, qc, bq, dh, FA_ROWS, causal, shift, mx);
-        switch (kn - k) { /* the tail, with its row count a constant */
-#define TAIL(r)                                                                            \
-    case r:                                                                                \
-        if (r < FA_ROWS)                                                                   \
-            FA_NAME(scores_tile)(st, kb, stride, qt, k, qc, bq, dh, r, causal, shift, mx);  \
-        break;
+        /* clang-format off */
+        /* the tail, its row count a constant in each call */
+        switch (kn - k) {
+#define TAIL(r) case r: if (r < FA_ROWS) { \
+            FA_NAME(scores_tile)(st, kb, stride, qt, k, qc, bq, dh, r, causal, shift, mx); } break;
         TAIL(1) TAIL(2) TAIL(3) TAIL(4) TAIL(5) TAIL(6) TAIL(7)
 #undef TAIL
         default: break;
         }
+        /* clang-format on */
         *(vf *)(cm + qc) = mx[0];
         *(vf *)(cm + qc + FA_W) = mx[1];
     }
@@ -110,9 +108,9 @@ static void FA_NAME(scores)(float *st, float *cm, const float *kb, int stride, c
  * FlashAttention, Dao et al. 2022, algorithm 1), a vector of queries at a
  * time: m = max(m, cm); st = exp(st - m); l = l exp(old m - m) + column sums;
  * ot's columns scaled by exp(old m - m). */
-__attribute__((target(FA_TARGET)))
-static void FA_NAME(softmax_step)(float *st, float *ot, float *m, float *l, const float *cm,
-                                  int kn, int bq, int dh)
+__attribute__((target(FA_TARGET))) static void FA_NAME(softmax_step)(float *st, float *ot, float *m,
+                                                                     float *l, const float *cm,
+                                                                     int kn, int bq, int dh)
 {
     for (int q = 0; q < bq; q += FA_W) {
         const vf mold = *(const vf *)(m + q), mnew = FA_NAME(vmax)(mold, *(const vf *)(cm + q));
@@ -132,9 +130,9 @@ static void FA_NAME(softmax_step)(float *st, float *ot, float *m, float *l, cons
 
 /* One tile of ot += vb^T st: head columns [d, d + rows) by queries
  * [qc, qc + 2 FA_W); rows is a constant where this is inlined. */
-__attribute__((target(FA_TARGET), always_inline))
-static inline void FA_NAME(pv_tile)(float *ot, const float *st, const float *vb, int stride,
-                                    int d, int qc, int kn, int bq, int rows)
+__attribute__((target(FA_TARGET), always_inline)) static inline void
+FA_NAME(pv_tile)(float *ot, const float *st, const float *vb, int stride, int d, int qc, int kn,
+                 int bq, int rows)
 {
     vf acc[8][2]; /* FA_ROWS or fewer used */
 #pragma GCC unroll 8
@@ -160,24 +158,23 @@ static inline void FA_NAME(pv_tile)(float *ot, const float *st, const float *vb,
 }
 
 /* ot [dh, bq] += vb [kn, dh]^T st [kn, bq]. */
-__attribute__((target(FA_TARGET)))
-static void FA_NAME(pv)(float *ot, const float *st, const float *vb, int stride, int kn, int bq,
-                        int dh)
+__attribute__((target(FA_TARGET))) static void
+FA_NAME(pv)(float *ot, const float *st, const float *vb, int stride, int kn, int bq, int dh)
 {
     for (int qc = 0; qc < bq; qc += 2 * FA_W) {
         int d = 0;
         for (; d + FA_ROWS <= dh; d += FA_ROWS)
             FA_NAME(pv_tile)(ot, st, vb, stride, d, qc, kn, bq, FA_ROWS);
+        /* clang-format off */
+        /* the tail, its row count a constant in each call */
         switch (dh - d) {
-#define TAIL(r)                                                                            \
-    case r:                                                                                \
-        if (r < FA_ROWS)                                                                   \
-            FA_NAME(pv_tile)(ot, st, vb, stride, d, qc, kn, bq, r);                        \
-        break;
+#define TAIL(r) case r: if (r < FA_ROWS) { \
+            FA_NAME(pv_tile)(ot, st, vb, stride, d, qc, kn, bq, r); } break;
         TAIL(1) TAIL(2) TAIL(3) TAIL(4) TAIL(5) TAIL(6) TAIL(7)
 #undef TAIL
         default: break;
         }
+        /* clang-format on */
     }
 }
 

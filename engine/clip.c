@@ -16,19 +16,19 @@
 #include "internal.h"
 
 typedef struct clip_block {
-    diffuse_norm ln1, ln2;            /* layer_norm1/2 [width] */
-    diffuse_linear q, k, v, o;        /* self_attn.{q,k,v,out}_proj [width, width] */
-    diffuse_linear fc1, fc2;          /* mlp [intermediate, width], [width, intermediate] */
+    diffuse_norm ln1, ln2;     /* layer_norm1/2 [width] */
+    diffuse_linear q, k, v, o; /* self_attn.{q,k,v,out}_proj [width, width] */
+    diffuse_linear fc1, fc2;   /* mlp [intermediate, width], [width, intermediate] */
 } clip_block;
 
 struct diffuse_clip {
     diffuse_clip_config cfg;
-    diffuse_wmat token_embedding;     /* [vocab, width], rows widened as read */
-    size_t widen_max;                 /* floats of the largest block weight widened at use */
-    const float *position_embedding;  /* [max_positions, width] */
-    clip_block *blocks;               /* [layers] */
-    diffuse_norm final_ln;            /* [width] */
-    diffuse_linear projection;        /* text_projection [projection, width]; w NULL: none */
+    diffuse_wmat token_embedding;    /* [vocab, width], rows widened as read */
+    size_t widen_max;                /* floats of the largest block weight widened at use */
+    const float *position_embedding; /* [max_positions, width] */
+    clip_block *blocks;              /* [layers] */
+    diffuse_norm final_ln;           /* [width] */
+    diffuse_linear projection;       /* text_projection [projection, width]; w NULL: none */
 };
 
 static int clip_block_load(clip_block *b, diffuse_weights *w, int i, const diffuse_clip_config *c,
@@ -57,9 +57,11 @@ int diffuse_clip_load(const diffuse_clip_config *cfg, diffuse_weights *w, diffus
     if (cfg->width <= 0 || cfg->heads <= 0 || cfg->width % cfg->heads || cfg->layers <= 0 ||
         cfg->max_positions != DIFFUSE_MAX_TOKENS || cfg->hidden_layer < 1 ||
         cfg->hidden_layer > cfg->layers || cfg->projection < 0)
-        return diffuse_fail(err, "text encoder: unsupported shape (width %d, heads %d, layers %d, "
-                            "positions %d, hidden state of layer %d)", cfg->width, cfg->heads,
-                            cfg->layers, cfg->max_positions, cfg->hidden_layer);
+        return diffuse_fail(err,
+                            "text encoder: unsupported shape (width %d, heads %d, layers %d, "
+                            "positions %d, hidden state of layer %d)",
+                            cfg->width, cfg->heads, cfg->layers, cfg->max_positions,
+                            cfg->hidden_layer);
     diffuse_clip *c = calloc(1, sizeof *c);
     if (!c || !(c->blocks = calloc((size_t)cfg->layers, sizeof *c->blocks))) {
         free(c);
@@ -110,8 +112,8 @@ size_t diffuse_clip_workspace(const diffuse_clip *c, int n)
 }
 
 /* x [T, d] += out_proj(attention(q, k, v of ln1(x))), causal. */
-static int clip_attention(const diffuse_clip *c, const clip_block *b, float *x, float *h,
-                          float *q, float *k, float *v, float *scratch, diffuse_arena *a)
+static int clip_attention(const diffuse_clip *c, const clip_block *b, float *x, float *h, float *q,
+                          float *k, float *v, float *scratch, diffuse_arena *a)
 {
     const int t = DIFFUSE_MAX_TOKENS, d = c->cfg.width, heads = c->cfg.heads;
     diffuse_op_layer_norm(h, x, b->ln1.gamma, b->ln1.beta, t, d, c->cfg.eps);
@@ -186,11 +188,11 @@ static int clip_run(const diffuse_clip *c, const int32_t *ids, int n, int hidden
         return diffuse_fail(err, "internal: this text encoder has no text_projection");
     const int layers = pooled ? c->cfg.layers : hidden_layer;
     size_t mark = diffuse_arena_mark(a);
-    float *x = diffuse_arena_push(a, (size_t)t * d);                      /* [T, d] */
-    float *h = diffuse_arena_push(a, (size_t)t * d);                      /* [T, d] */
-    float *q = diffuse_arena_push(a, (size_t)t * d);                      /* [T, d] */
-    float *k = diffuse_arena_push(a, (size_t)t * d);                      /* [T, d] */
-    float *v = diffuse_arena_push(a, (size_t)t * d);                      /* [T, d] */
+    float *x = diffuse_arena_push(a, (size_t)t * d);                     /* [T, d] */
+    float *h = diffuse_arena_push(a, (size_t)t * d);                     /* [T, d] */
+    float *q = diffuse_arena_push(a, (size_t)t * d);                     /* [T, d] */
+    float *k = diffuse_arena_push(a, (size_t)t * d);                     /* [T, d] */
+    float *v = diffuse_arena_push(a, (size_t)t * d);                     /* [T, d] */
     float *mid = diffuse_arena_push(a, (size_t)t * c->cfg.intermediate); /* [T, 4d] */
     float *scratch = diffuse_arena_push(a, diffuse_attention_scratch(t, t, d / c->cfg.heads));
     if (!scratch)
@@ -211,10 +213,10 @@ static int clip_run(const diffuse_clip *c, const int32_t *ids, int n, int hidden
             while (e < t && row[e] != c->cfg.eos_id)
                 e++;
             e = e < t ? e : 0;
-            diffuse_op_layer_norm(h, x + (size_t)e * d, c->final_ln.gamma, c->final_ln.beta, 1,
-                                  d, c->cfg.eps);
-            if (diffuse_linear_forward(&c->projection, pooled + (size_t)i * c->cfg.projection, h,
-                                       1, a))
+            diffuse_op_layer_norm(h, x + (size_t)e * d, c->final_ln.gamma, c->final_ln.beta, 1, d,
+                                  c->cfg.eps);
+            if (diffuse_linear_forward(&c->projection, pooled + (size_t)i * c->cfg.projection, h, 1,
+                                       a))
                 return diffuse_fail(err, "internal: text encoder work memory exhausted");
         }
     }
@@ -237,9 +239,9 @@ int diffuse_clip_hidden(const diffuse_clip *c, const int32_t *ids, int n, int la
     return clip_run(c, ids, n, layers, norm, out, c->cfg.width, NULL, a, err);
 }
 
-int diffuse_clip_encode(const diffuse_clip *c, const int32_t *ids, int n, float *hidden,
-                        int stride, float *pooled, diffuse_arena *a, char *err)
+int diffuse_clip_encode(const diffuse_clip *c, const int32_t *ids, int n, float *hidden, int stride,
+                        float *pooled, diffuse_arena *a, char *err)
 {
-    return clip_run(c, ids, n, c->cfg.hidden_layer, c->cfg.hidden_norm, hidden, stride, pooled,
-                    a, err);
+    return clip_run(c, ids, n, c->cfg.hidden_layer, c->cfg.hidden_norm, hidden, stride, pooled, a,
+                    err);
 }

@@ -12,7 +12,10 @@
 
 #include "internal.h"
 
-int diffuse_cond_context_dim(const diffuse_model *m) { return m->unet_cfg.context_dim; }
+int diffuse_cond_context_dim(const diffuse_model *m)
+{
+    return m->unet_cfg.context_dim;
+}
 
 int diffuse_cond_pooled_dim(const diffuse_model *m)
 {
@@ -44,8 +47,7 @@ bool diffuse_cond_zeros(const diffuse_model *m, const char *negative_prompt)
 
 /* Grows c to `count` chunks with A1111's empty chunk (<start>, <end>, then
  * the pad id; weights 1): SDXL's two encoders must see as many. */
-static void cond_grow(diffuse_prompt_chunks *c, int count, int32_t bos, int32_t eos,
-                      int32_t pad)
+static void cond_grow(diffuse_prompt_chunks *c, int count, int32_t bos, int32_t eos, int32_t pad)
 {
     const int t = DIFFUSE_MAX_TOKENS;
     for (; c->count < count; c->count++) {
@@ -89,8 +91,8 @@ static int cond_encoder(diffuse_model *m, const diffuse_clip *clip, int width, i
     const int t = DIFFUSE_MAX_TOKENS, ctx = diffuse_cond_context_dim(m);
     float *out = context + col;
     if (clip_skip > 1 && diffuse_cond_clip_skips(m)) {
-        if (diffuse_clip_hidden(clip, c->ids, c->count, m->clip_cfg.layers + 1 - clip_skip,
-                                true, out, a, err))
+        if (diffuse_clip_hidden(clip, c->ids, c->count, m->clip_cfg.layers + 1 - clip_skip, true,
+                                out, a, err))
             return -1;
     } else if (diffuse_clip_encode(clip, c->ids, 1, out, ctx, pooled, a, err) ||
                (c->count > 1 && diffuse_clip_encode(clip, c->ids + t, c->count - 1,
@@ -126,7 +128,8 @@ int diffuse_cond_encode(diffuse_model *m, const char *text, int clip_skip, float
     if (rc == 0 && m->clip2)
         rc = diffuse_prompt_chunk(m->tokenizer, text, m->clip2_cfg.pad_id, &c2, err);
     if (rc == 0 && m->clip2) { /* both encoders see as many chunks */
-        const int32_t bos = diffuse_tokenizer_bos(m->tokenizer), eos = diffuse_tokenizer_eos(m->tokenizer);
+        const int32_t bos = diffuse_tokenizer_bos(m->tokenizer),
+                      eos = diffuse_tokenizer_eos(m->tokenizer);
         int n = c1.count > c2.count ? c1.count : c2.count;
         cond_grow(&c1, n, bos, eos, m->clip_cfg.pad_id);
         cond_grow(&c2, n, bos, eos, m->clip2_cfg.pad_id);

@@ -30,16 +30,19 @@ static int mode(void)
 {
     if (conv_mode < 0) {
         const char *e = getenv("DIFFUSE_CONV");
-        conv_mode = !e                            ? DIFFUSE_CONV_AUTO
-                    : strcmp(e, "im2col") == 0    ? DIFFUSE_CONV_IM2COL
-                    : strcmp(e, "dnnl") == 0      ? DIFFUSE_CONV_DIRECT
+        conv_mode = !e                           ? DIFFUSE_CONV_AUTO
+                    : strcmp(e, "im2col") == 0   ? DIFFUSE_CONV_IM2COL
+                    : strcmp(e, "dnnl") == 0     ? DIFFUSE_CONV_DIRECT
                     : strcmp(e, "winograd") == 0 ? DIFFUSE_CONV_WINOGRAD
-                                                  : DIFFUSE_CONV_AUTO;
+                                                 : DIFFUSE_CONV_AUTO;
     }
     return conv_mode;
 }
 
-void diffuse_conv_set_backend(int backend) { conv_mode = backend; }
+void diffuse_conv_set_backend(int backend)
+{
+    conv_mode = backend;
+}
 
 /* oneDNN runs its convolutions on OpenMP threads (Debian builds it so), and
  * libgomp's threads spin while they wait for the next parallel region, which
@@ -64,12 +67,30 @@ void diffuse_process_init(char **argv)
 
 #ifndef DIFFUSE_DNNL
 
-bool diffuse_dnnl_available(void) { return false; }
-bool diffuse_dnnl_preferred(int k, int stride) { return false; }
-bool diffuse_dnnl_winograd(const diffuse_conv *c, int n) { return false; }
-int diffuse_dnnl_major(void) { return 0; }
-size_t diffuse_dnnl_pending_bytes(void) { return 0; }
-size_t diffuse_dnnl_conv_scratch(const diffuse_conv *c, int n) { return 0; }
+bool diffuse_dnnl_available(void)
+{
+    return false;
+}
+bool diffuse_dnnl_preferred(int k, int stride)
+{
+    return false;
+}
+bool diffuse_dnnl_winograd(const diffuse_conv *c, int n)
+{
+    return false;
+}
+int diffuse_dnnl_major(void)
+{
+    return 0;
+}
+size_t diffuse_dnnl_pending_bytes(void)
+{
+    return 0;
+}
+size_t diffuse_dnnl_conv_scratch(const diffuse_conv *c, int n)
+{
+    return 0;
+}
 bool diffuse_dnnl_conv(float *y, const float *x, const float *w, const float *b,
                        const diffuse_conv *c, int n, float *scratch)
 {
@@ -92,7 +113,10 @@ static md_t md_new(int nd, const dnnl_dims_t d, dnnl_format_tag_t tag)
         return NULL;
     return m;
 }
-static void md_free(md_t m) { dnnl_memory_desc_destroy(m); }
+static void md_free(md_t m)
+{
+    dnnl_memory_desc_destroy(m);
+}
 #else
 typedef dnnl_memory_desc_t md_t; /* a struct */
 typedef const dnnl_memory_desc_t *cmd_t;
@@ -104,7 +128,10 @@ static md_t md_new(int nd, const dnnl_dims_t d, dnnl_format_tag_t tag)
     dnnl_memory_desc_init_by_tag(&m, nd, d, dnnl_f32, tag);
     return m;
 }
-static void md_free(md_t m) { (void)m; }
+static void md_free(md_t m)
+{
+    (void)m;
+}
 #endif
 
 typedef struct conv_key { /* ints only: no padding bytes for memcmp to trip on */
@@ -114,14 +141,14 @@ typedef struct conv_key { /* ints only: no padding bytes for memcmp to trip on *
 
 typedef struct conv_prim {
     conv_key key;
-    bool ok;                     /* false: oneDNN refused the shape; im2col it is */
+    bool ok; /* false: oneDNN refused the shape; im2col it is */
     dnnl_primitive_t conv, rsrc, rwei, rdst;
     md_t src_plain, wei_plain, dst_plain, bias_md;
-    float *zeros;                /* [cout]: the bias of a convolution without one, so that
-                                    one primitive (and one scratch size) serves both */
-    cmd_t src_md, wei_md, dst_md, pad_md;  /* the primitive's own (blocked) layouts */
-    size_t src_b, wei_b, dst_b, pad_b;     /* bytes of each, 64-aligned in scratch */
-    bool ran;                    /* executed at least once */
+    float *zeros;                         /* [cout]: the bias of a convolution without one, so that
+                                             one primitive (and one scratch size) serves both */
+    cmd_t src_md, wei_md, dst_md, pad_md; /* the primitive's own (blocked) layouts */
+    size_t src_b, wei_b, dst_b, pad_b;    /* bytes of each, 64-aligned in scratch */
+    bool ran;                             /* executed at least once */
     dnnl_primitive_desc_t pd;
 } conv_prim;
 
@@ -133,7 +160,10 @@ static pthread_mutex_t exec_lock = PTHREAD_MUTEX_INITIALIZER;
 static dnnl_engine_t engine;
 static dnnl_stream_t stream;
 
-static size_t align64(size_t b) { return (b + 63) & ~(size_t)63; }
+static size_t align64(size_t b)
+{
+    return (b + 63) & ~(size_t)63;
+}
 
 static bool reorder(dnnl_primitive_t *out, cmd_t from, cmd_t to)
 {
@@ -153,8 +183,8 @@ static void prim_make(conv_prim *p, const conv_key *k)
     p->key = *k;
     const int oh = (k->h + k->pad[0] + k->pad[2] - k->k) / k->stride + 1;
     const int ow = (k->w + k->pad[1] + k->pad[3] - k->k) / k->stride + 1;
-    dnnl_dims_t sd = {k->n, k->cin, k->h, k->w}, wd = {k->cout, k->cin, k->k, k->k},
-                bd = {k->cout}, dd = {k->n, k->cout, oh, ow};
+    dnnl_dims_t sd = {k->n, k->cin, k->h, k->w}, wd = {k->cout, k->cin, k->k, k->k}, bd = {k->cout},
+                dd = {k->n, k->cout, oh, ow};
     dnnl_dims_t st = {k->stride, k->stride}, pl = {k->pad[0], k->pad[1]},
                 pr = {k->pad[2], k->pad[3]};
     md_t src_any = md_new(4, sd, dnnl_format_tag_any), wei_any = md_new(4, wd, dnnl_format_tag_any);
@@ -171,15 +201,14 @@ static void prim_make(conv_prim *p, const conv_key *k)
         dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user) != dnnl_success)
         goto done;
 #if DNNL_VERSION_MAJOR >= 3
-    if (dnnl_convolution_forward_primitive_desc_create(
-            &p->pd, engine, dnnl_forward_inference, alg, src_any, wei_any,
-            p->bias_md, dst_any, st, NULL, pl, pr, attr) != dnnl_success)
+    if (dnnl_convolution_forward_primitive_desc_create(&p->pd, engine, dnnl_forward_inference, alg,
+                                                       src_any, wei_any, p->bias_md, dst_any, st,
+                                                       NULL, pl, pr, attr) != dnnl_success)
         goto done;
 #else
     dnnl_convolution_desc_t cd;
-    if (dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, alg,
-                                           &src_any, &wei_any, &p->bias_md, &dst_any, st, pl,
-                                           pr) != dnnl_success ||
+    if (dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, alg, &src_any, &wei_any,
+                                           &p->bias_md, &dst_any, st, pl, pr) != dnnl_success ||
         dnnl_primitive_desc_create(&p->pd, &cd, attr, engine, NULL) != dnnl_success)
         goto done;
 #endif
@@ -223,7 +252,8 @@ static bool wanted(const diffuse_conv *c, int n)
     if (m == DIFFUSE_CONV_IM2COL || c->k != 3 || (c->stride != 1 && c->stride != 2) ||
         diffuse_cpu_path() < DIFFUSE_CPU_AVX2)
         return false;
-    const double macs = (double)n * c->cout * c->cin * 9 * diffuse_conv_out_h(c) * diffuse_conv_out_w(c);
+    const double macs =
+        (double)n * c->cout * c->cin * 9 * diffuse_conv_out_h(c) * diffuse_conv_out_w(c);
     return m != DIFFUSE_CONV_AUTO || macs >= DNNL_MIN_MACS;
 }
 
@@ -254,8 +284,14 @@ static conv_prim *prim_for(const diffuse_conv *c, int n)
 {
     if (!wanted(c, n))
         return NULL;
-    conv_key k = {.n = n, .cin = c->cin, .h = c->h, .w = c->w, .cout = c->cout, .k = c->k,
-                  .stride = c->stride, .pad = {c->pad_top, c->pad_left, c->pad_bottom, c->pad_right},
+    conv_key k = {.n = n,
+                  .cin = c->cin,
+                  .h = c->h,
+                  .w = c->w,
+                  .cout = c->cout,
+                  .k = c->k,
+                  .stride = c->stride,
+                  .pad = {c->pad_top, c->pad_left, c->pad_bottom, c->pad_right},
                   .winograd = winograd(c, n)};
     pthread_mutex_lock(&prim_lock);
     if (!engine && (dnnl_engine_create(&engine, dnnl_cpu, 0) != dnnl_success ||
@@ -270,14 +306,20 @@ static conv_prim *prim_for(const diffuse_conv *c, int n)
     return p && p->ok ? p : NULL;
 }
 
-bool diffuse_dnnl_available(void) { return diffuse_cpu_path() >= DIFFUSE_CPU_AVX2; }
+bool diffuse_dnnl_available(void)
+{
+    return diffuse_cpu_path() >= DIFFUSE_CPU_AVX2;
+}
 
 bool diffuse_dnnl_preferred(int k, int stride)
 {
     return mode() != 0 && diffuse_dnnl_available() && k == 3 && (stride == 1 || stride == 2);
 }
 
-int diffuse_dnnl_major(void) { return DNNL_VERSION_MAJOR; }
+int diffuse_dnnl_major(void)
+{
+    return DNNL_VERSION_MAJOR;
+}
 
 /* oneDNN's Winograd keeps, from its first run on, the weights transformed
  * into 6x6 tiles, outside the scratch it is given: cin x cout x 36 floats

@@ -42,13 +42,13 @@ extern "C" {
 
 typedef enum {
     DIFFUSE_OK = 0,
-    DIFFUSE_ERR_ARGUMENT,   /* a bad request or option; the message names it */
-    DIFFUSE_ERR_IO,         /* a file could not be opened or read */
-    DIFFUSE_ERR_FORMAT,     /* a file is malformed or not a model we know */
-    DIFFUSE_ERR_MEMORY,     /* not enough memory, checked before starting */
-    DIFFUSE_ERR_CANCELLED,  /* the progress callback asked to stop */
-    DIFFUSE_ERR_NONFINITE,  /* a phase's numbers went NaN or infinite (broken weights or
-                               settings): stopped, no image made; the message names the phase */
+    DIFFUSE_ERR_ARGUMENT,  /* a bad request or option; the message names it */
+    DIFFUSE_ERR_IO,        /* a file could not be opened or read */
+    DIFFUSE_ERR_FORMAT,    /* a file is malformed or not a model we know */
+    DIFFUSE_ERR_MEMORY,    /* not enough memory, checked before starting */
+    DIFFUSE_ERR_CANCELLED, /* the progress callback asked to stop */
+    DIFFUSE_ERR_NONFINITE, /* a phase's numbers went NaN or infinite (broken weights or
+                              settings): stopped, no image made; the message names the phase */
 } diffuse_status;
 
 typedef enum {
@@ -121,8 +121,8 @@ typedef struct diffuse_load_params {
      * for checkpoints without a tokenizer/ folder; NULL = look beside the model,
      * then in DIFFUSE_VOCAB (environment), then the installed copy. */
     const char *vocab_path;
-    /* A diffusers folder whose config.json files (unet/, vae/, text_encoder/) give the hyper-parameters a
-     * single-file checkpoint cannot carry (head counts); NULL = infer. */
+    /* A diffusers folder whose config.json files (unet/, vae/, text_encoder/) give the
+     * hyper-parameters a single-file checkpoint cannot carry (head counts); NULL = infer. */
     const char *config_dir;
     diffuse_prediction prediction; /* override for files that do not say */
     int threads;                   /* 0 = all cores */
@@ -141,8 +141,8 @@ typedef struct diffuse_model diffuse_model;
 
 /* path: a .safetensors single file (original layout) or a diffusers folder.
  * Returns NULL with a message in err on failure. The caller frees the model. */
-diffuse_model *diffuse_model_load(const char *path, const diffuse_load_params *params,
-                                  char *err, size_t err_size);
+diffuse_model *diffuse_model_load(const char *path, const diffuse_load_params *params, char *err,
+                                  size_t err_size);
 /* The same, with the kind of a failure: DIFFUSE_ERR_IO (a file or folder that
  * cannot be read, the vocabulary not found), DIFFUSE_ERR_FORMAT (malformed, or not a
  * model Diffuse runs), DIFFUSE_ERR_MEMORY. *out: the model, or NULL. */
@@ -151,30 +151,30 @@ diffuse_status diffuse_model_open(const char *path, const diffuse_load_params *p
 void diffuse_model_free(diffuse_model *model);
 
 typedef struct diffuse_model_info {
-    const char *family;        /* "sd1", "sd2", "sdxl" */
-    const char *family_name;   /* for people: "SD 1.x", "SD 2.x", "SD-Turbo", "SDXL", "SDXL-Turbo"
-                                  (Turbo when the folder's scheduler is trailing Euler a) */
-    const char *layout;        /* "diffusers" or "ldm" */
-    const char *dtype;         /* storage type of the UNet weights: "f32", "f16", "bf16" */
+    const char *family;      /* "sd1", "sd2", "sdxl" */
+    const char *family_name; /* for people: "SD 1.x", "SD 2.x", "SD-Turbo", "SDXL", "SDXL-Turbo"
+                                (Turbo when the folder's scheduler is trailing Euler a) */
+    const char *layout;      /* "diffusers" or "ldm" */
+    const char *dtype;       /* storage type of the UNet weights: "f32", "f16", "bf16" */
     diffuse_prediction prediction;
-    int latent_channels;       /* 4 */
-    int vae_scale;             /* pixels per latent cell, 8 */
-    int unet_channels[8];      /* block_out_channels */
+    int latent_channels;  /* 4 */
+    int vae_scale;        /* pixels per latent cell, 8 */
+    int unet_channels[8]; /* block_out_channels */
     int unet_levels;
-    int context_dim;           /* cross-attention width */
+    int context_dim; /* cross-attention width */
     int text_width, text_layers, text_heads, vocab_size;
     int text2_width, text2_layers, text2_heads; /* SDXL's second encoder; 0 otherwise */
-    int pooled_dim;            /* its projection: the pooled text width (SDXL), else 0 */
-    int native_size;           /* the training resolution in pixels */
-    int inpainting;            /* an inpainting UNet (9 input channels: latents, mask, masked
-                                  image): img2img on a selection feeds it the mask */
+    int pooled_dim;  /* its projection: the pooled text width (SDXL), else 0 */
+    int native_size; /* the training resolution in pixels */
+    int inpainting;  /* an inpainting UNet (9 input channels: latents, mask, masked
+                        image): img2img on a selection feeds it the mask */
     /* Settings the model asks for: model_index.json's "_diffuse_defaults"
      * ({"sampler", "steps", "guidance"}), else what distilled models' scheduler
      * configs imply (LCMScheduler; SD-Turbo's trailing-spacing Euler a). -1 /
      * -1 / -1 when the folder says nothing (single files never do). */
-    int suggested_sampler;     /* a diffuse_sampler, or -1 */
-    int has_fast_decoder;      /* a TAESD decoder is loaded (fast_decode works) */
-    int has_fast_encoder;      /* ... and its encoder (fast_encode works) */
+    int suggested_sampler; /* a diffuse_sampler, or -1 */
+    int has_fast_decoder;  /* a TAESD decoder is loaded (fast_decode works) */
+    int has_fast_encoder;  /* ... and its encoder (fast_encode works) */
     int suggested_steps;
     float suggested_guidance;
     int64_t params_unet, params_vae, params_text; /* text: both encoders */
@@ -209,9 +209,9 @@ typedef struct diffuse_size_cond {
 /* A LoRA file and how strongly it applies (1: as trained, 0: not at all):
  * weight to the text encoders, unet_weight to the UNet (A1111's
  * <lora:NAME:TE:UNET>; usually the same). */
-#define DIFFUSE_MAX_LORAS 16           /* LoRA files one request takes besides its tags */
+#define DIFFUSE_MAX_LORAS 16 /* LoRA files one request takes besides its tags */
 typedef struct diffuse_lora {
-    const char *path;            /* .safetensors, kohya/A1111 or diffusers/PEFT names */
+    const char *path; /* .safetensors, kohya/A1111 or diffusers/PEFT names */
     float weight, unet_weight;
 } diffuse_lora;
 
@@ -233,18 +233,18 @@ typedef struct diffuse_request {
      * DIFFUSE_MAX_CLIP_SKIP). As in A1111 it changes SD 1.x models only: SD 2.x
      * already reads its penultimate layer, SDXL has its own. */
     int clip_skip;
-    uint64_t seed;               /* image i uses seed + i */
-    diffuse_rng_kind rng;        /* the generator; diffuse_request_default: philox */
+    uint64_t seed;        /* image i uses seed + i */
+    diffuse_rng_kind rng; /* the generator; diffuse_request_default: philox */
     int steps;
-    float guidance;              /* <= 1 skips the unconditional pass */
+    float guidance; /* <= 1 skips the unconditional pass */
     diffuse_sampler sampler;
-    int karras;                  /* Karras sigmas (euler, euler_a, dpmpp_2m) */
+    int karras; /* Karras sigmas (euler, euler_a, dpmpp_2m) */
     diffuse_spacing spacing;
-    int width, height;           /* multiples of 8 */
-    int count;                   /* images to make */
+    int width, height; /* multiples of 8 */
+    int count;         /* images to make */
     /* img2img: [height, width, 3] RGB in [0, 1]; NULL for txt2img. Borrowed. */
     const float *init_image;
-    float strength;              /* 0..1: how much of the schedule to run */
+    float strength; /* 0..1: how much of the schedule to run */
     /* TAESD instead of the VAE (the model's taesd_path): the final image in a
      * fraction of the time, with less detail; the init image (img2img) encoded
      * by its encoder, which gives latents without a posterior draw. */
@@ -258,7 +258,7 @@ typedef struct diffuse_request {
     diffuse_masked_content masked_content;
     diffuse_progress_fn progress;
     void *progress_user;
-    int preview_every;           /* 0: no previews */
+    int preview_every; /* 0: no previews */
     diffuse_preview_fn preview;
     void *preview_user;
     struct diffuse_stats *stats; /* NULL, or filled with where the time went */
@@ -280,17 +280,17 @@ typedef struct diffuse_request {
 /* Where a diffuse_generate call's time went (seconds, summed over its images)
  * and the memory it took; filled when req->stats is set, also on failure. */
 typedef struct diffuse_stats {
-    double text_s;            /* tokenizer and text encoder */
-    double vae_encode_s;      /* init image to latents (img2img) */
-    double unet_s;            /* every UNet pass */
-    double vae_decode_s;      /* latents to pixels */
-    int unet_passes;          /* UNet calls (with guidance one call runs a batch of 2) */
-    double unet_evals;        /* UNet evaluations of one image: passes x batch */
-    double unet_gflop;        /* dense-equivalent GFLOP of all passes: every convolution and
-                                 matrix product counted as plain multiply-adds, whatever
-                                 algorithm ran */
-    size_t predicted_peak;    /* bytes: the peak resident set the memory check predicted */
-    size_t peak_rss;          /* bytes: the process's peak resident set when the call ended */
+    double text_s;         /* tokenizer and text encoder */
+    double vae_encode_s;   /* init image to latents (img2img) */
+    double unet_s;         /* every UNet pass */
+    double vae_decode_s;   /* latents to pixels */
+    int unet_passes;       /* UNet calls (with guidance one call runs a batch of 2) */
+    double unet_evals;     /* UNet evaluations of one image: passes x batch */
+    double unet_gflop;     /* dense-equivalent GFLOP of all passes: every convolution and
+                              matrix product counted as plain multiply-adds, whatever
+                              algorithm ran */
+    size_t predicted_peak; /* bytes: the peak resident set the memory check predicted */
+    size_t peak_rss;       /* bytes: the process's peak resident set when the call ended */
 } diffuse_stats;
 
 diffuse_request diffuse_request_default(void);
@@ -375,8 +375,8 @@ typedef struct diffuse_parameters {
     /* LoRA files given besides the prompt's tags, "PATH:WEIGHT, ..." (key
      * "LoRA"); NULL: none */
     const char *loras;
-    int masked_content;          /* "Masked content" (A1111's words: "original", "latent
-                                    noise"); -1: not given; written only for latent noise */
+    int masked_content; /* "Masked content" (A1111's words: "original", "latent
+                           noise"); -1: not given; written only for latent noise */
     /* "Inpaint area", A1111's words: 1 "Only masked" (the selection's bounds
      * grown by "Masked area padding" pixels, generated at the model's size),
      * 0 "Whole picture"; -1: not given. Written only for Only masked, with
@@ -405,8 +405,7 @@ diffuse_status diffuse_tokenize(const char *vocab_path, const char *text,
 /* Reproduces a reference directory (see DESIGN.md). report() receives one line
  * per case, without newline. passed/failed receive the counts. */
 diffuse_status diffuse_refcheck(const char *dir, void (*report)(void *user, const char *line),
-                                void *user, int *passed, int *failed, char *err,
-                                size_t err_size);
+                                void *user, int *passed, int *failed, char *err, size_t err_size);
 
 #ifdef __cplusplus
 }

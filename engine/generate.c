@@ -14,9 +14,16 @@
 
 diffuse_request diffuse_request_default(void)
 {
-    return (diffuse_request){.prompt = "", .negative_prompt = NULL, .seed = 0, .steps = 20,
-                             .guidance = 7.5f, .sampler = DIFFUSE_SAMPLER_EULER_A,
-                             .width = 512, .height = 512, .count = 1, .strength = 0.75f,
+    return (diffuse_request){.prompt = "",
+                             .negative_prompt = NULL,
+                             .seed = 0,
+                             .steps = 20,
+                             .guidance = 7.5f,
+                             .sampler = DIFFUSE_SAMPLER_EULER_A,
+                             .width = 512,
+                             .height = 512,
+                             .count = 1,
+                             .strength = 0.75f,
                              .rng = DIFFUSE_RNG_PHILOX};
 }
 
@@ -52,9 +59,9 @@ size_t diffuse_memory_available(void)
 /* What a request's LoRAs come to: its own list plus the prompt's <lora:...>
  * tags, applied to the model until closed, and the prompt without its tags. */
 typedef struct request_loras {
-    char *prompt;                 /* the text the encoder reads */
+    char *prompt; /* the text the encoder reads */
     diffuse_lora *list;
-    char **paths;                 /* the tags' files, owned */
+    char **paths; /* the tags' files, owned */
     int n;
     diffuse_lora_set *set;
 } request_loras;
@@ -91,9 +98,11 @@ static diffuse_status tag_lora(const diffuse_prompt_tag *t, const char *dir, dif
         sprintf(*path, "%s%s%s%s", args[0] == '/' ? "" : dir, args[0] == '/' ? "" : "/", args,
                 ext ? "" : ".safetensors");
     if (st != DIFFUSE_OK || !*args)
-        diffuse_fail(err, "prompt: %s: expected <lora:NAME>, <lora:NAME:WEIGHT> or "
+        diffuse_fail(err,
+                     "prompt: %s: expected <lora:NAME>, <lora:NAME:WEIGHT> or "
                      "<lora:NAME:TEXT_WEIGHT:UNET_WEIGHT> (weights between -100 and 100)",
-                     t->text), st = DIFFUSE_ERR_ARGUMENT;
+                     t->text),
+            st = DIFFUSE_ERR_ARGUMENT;
     else if (!*path)
         diffuse_fail(err, "out of memory"), st = DIFFUSE_ERR_MEMORY;
     else if (access(*path, R_OK) != 0)
@@ -129,8 +138,10 @@ static diffuse_status loras_from_tags(const diffuse_request *r, diffuse_prompt_t
     for (int i = 0; i < n; i++) {
         if (strcmp(tags[i].kind, "lora") && strcmp(tags[i].kind, "lyco")) {
             char msg[DIFFUSE_ERROR_SIZE];
-            snprintf(msg, sizeof msg, "prompt: %s is left out: of A1111's extra networks "
-                     "Diffuse applies LoRA only", tags[i].text);
+            snprintf(msg, sizeof msg,
+                     "prompt: %s is left out: of A1111's extra networks "
+                     "Diffuse applies LoRA only",
+                     tags[i].text);
             if (r->notice)
                 r->notice(r->notice_user, msg);
             continue;
@@ -154,7 +165,8 @@ static diffuse_status loras_resolve(const diffuse_request *r, bool tell, request
     memset(l, 0, sizeof *l);
     if (r->lora_count < 0 || r->lora_count > DIFFUSE_MAX_LORAS || (r->lora_count && !r->loras))
         return diffuse_fail(err, "loras: %d given (at most %d, with a list)", r->lora_count,
-                            DIFFUSE_MAX_LORAS), DIFFUSE_ERR_ARGUMENT;
+                            DIFFUSE_MAX_LORAS),
+               DIFFUSE_ERR_ARGUMENT;
     if (!r->prompt)
         return DIFFUSE_OK;
     if (diffuse_prompt_tags(r->prompt, &l->prompt, &tags, &ntags, err))
@@ -204,17 +216,20 @@ static diffuse_status check_request(const diffuse_model *m, const diffuse_reques
     const int f = 1 << (m->vae_cfg.levels - 1);
     if (!r->prompt)
         return diffuse_fail(err, "prompt: missing"), DIFFUSE_ERR_ARGUMENT;
-    if (r->width < f || r->height < f || r->width % f || r->height % f || r->width > DIFFUSE_MAX_SIDE ||
-        r->height > DIFFUSE_MAX_SIDE)
-        return diffuse_fail(err, "size: %dx%d is not possible: width and height must be "
-                            "multiples of %d between %d and %d", r->width, r->height, f, f,
-                            DIFFUSE_MAX_SIDE), DIFFUSE_ERR_ARGUMENT;
+    if (r->width < f || r->height < f || r->width % f || r->height % f ||
+        r->width > DIFFUSE_MAX_SIDE || r->height > DIFFUSE_MAX_SIDE)
+        return diffuse_fail(err,
+                            "size: %dx%d is not possible: width and height must be "
+                            "multiples of %d between %d and %d",
+                            r->width, r->height, f, f, DIFFUSE_MAX_SIDE),
+               DIFFUSE_ERR_ARGUMENT;
     if (r->steps < 1 || r->steps > DIFFUSE_MAX_STEPS)
         return diffuse_fail(err, "steps: %d is outside 1..%d", r->steps, DIFFUSE_MAX_STEPS),
                DIFFUSE_ERR_ARGUMENT;
     if (!isfinite(r->guidance) || r->guidance < 0 || r->guidance > DIFFUSE_MAX_GUIDANCE)
         return diffuse_fail(err, "guidance: %g is outside 0..%d", r->guidance,
-                            DIFFUSE_MAX_GUIDANCE), DIFFUSE_ERR_ARGUMENT;
+                            DIFFUSE_MAX_GUIDANCE),
+               DIFFUSE_ERR_ARGUMENT;
     if (r->count < 1 || r->count > MAX_COUNT)
         return diffuse_fail(err, "count: %d is outside 1..%d", r->count, MAX_COUNT),
                DIFFUSE_ERR_ARGUMENT;
@@ -224,36 +239,45 @@ static diffuse_status check_request(const diffuse_model *m, const diffuse_reques
         return diffuse_fail(err, "strength: %g is outside (0, 1]", r->strength),
                DIFFUSE_ERR_ARGUMENT;
     const diffuse_size_cond *sc = &r->size_cond;
-    const int sizes[6] = {sc->original_width, sc->original_height, sc->crop_left, sc->crop_top,
-                          sc->target_width, sc->target_height};
+    const int sizes[6] = {sc->original_width, sc->original_height, sc->crop_left,
+                          sc->crop_top,       sc->target_width,    sc->target_height};
     static const char *const size_names[6] = {"original size", "original size", "crop offset",
-                                               "crop offset", "target size", "target size"};
+                                              "crop offset",   "target size",   "target size"};
     for (int i = 0; i < 6; i++)
         if (sizes[i] < 0 || sizes[i] > DIFFUSE_MAX_SIZE_COND)
             return diffuse_fail(err, "%s: %d is outside 0..%d", size_names[i], sizes[i],
-                                DIFFUSE_MAX_SIZE_COND), DIFFUSE_ERR_ARGUMENT;
+                                DIFFUSE_MAX_SIZE_COND),
+                   DIFFUSE_ERR_ARGUMENT;
     if ((r->fast_decode && !diffuse_taesd_has(m->taesd, true)) ||
         (r->fast_encode && !diffuse_taesd_has(m->taesd, false)))
-        return diffuse_fail(err, "%s: this model has no tiny autoencoder (TAESD) %s: give one "
+        return diffuse_fail(err,
+                            "%s: this model has no tiny autoencoder (TAESD) %s: give one "
                             "when loading it (--decoder PATH), or put a taesd folder or "
                             "taesd_decoder.safetensors beside it",
                             r->fast_decode ? "fast decode" : "fast encode",
-                            r->fast_decode ? "decoder" : "encoder"), DIFFUSE_ERR_ARGUMENT;
+                            r->fast_decode ? "decoder" : "encoder"),
+               DIFFUSE_ERR_ARGUMENT;
     if ((r->fast_decode || r->fast_encode) &&
         (diffuse_taesd_latent_channels(m->taesd) != m->vae_cfg.latent_channels || f != 8))
-        return diffuse_fail(err, "%s: the TAESD works on %d latent channels at 1/8, the model's "
-                            "latents are %d channels at 1/%d", r->fast_decode ? "fast decode"
-                            : "fast encode", diffuse_taesd_latent_channels(m->taesd),
-                            m->vae_cfg.latent_channels, f), DIFFUSE_ERR_ARGUMENT;
+        return diffuse_fail(err,
+                            "%s: the TAESD works on %d latent channels at 1/8, the model's "
+                            "latents are %d channels at 1/%d",
+                            r->fast_decode ? "fast decode" : "fast encode",
+                            diffuse_taesd_latent_channels(m->taesd), m->vae_cfg.latent_channels, f),
+               DIFFUSE_ERR_ARGUMENT;
     if (r->preview_every < 0 || (r->preview_every > 0 && !r->preview))
         return diffuse_fail(err, "preview: every %d steps%s", r->preview_every,
-                            r->preview_every > 0 ? " without a preview callback" : " is not a "
-                            "cadence"), DIFFUSE_ERR_ARGUMENT;
+                            r->preview_every > 0 ? " without a preview callback"
+                                                 : " is not a "
+                                                   "cadence"),
+               DIFFUSE_ERR_ARGUMENT;
     if (r->clip_skip < 0 || r->clip_skip > DIFFUSE_MAX_CLIP_SKIP ||
         (r->clip_skip > 1 && diffuse_cond_clip_skips(m) && r->clip_skip > m->clip_cfg.layers))
         return diffuse_fail(err, "clip skip: %d is outside 1..%d", r->clip_skip,
                             diffuse_cond_clip_skips(m) && m->clip_cfg.layers < DIFFUSE_MAX_CLIP_SKIP
-                            ? m->clip_cfg.layers : DIFFUSE_MAX_CLIP_SKIP), DIFFUSE_ERR_ARGUMENT;
+                                ? m->clip_cfg.layers
+                                : DIFFUSE_MAX_CLIP_SKIP),
+               DIFFUSE_ERR_ARGUMENT;
     int tokens;
     if (diffuse_cond_tokens(m, l->prompt, &tokens, err))
         return DIFFUSE_ERR_ARGUMENT;
@@ -271,24 +295,39 @@ static diffuse_status check_request(const diffuse_model *m, const diffuse_reques
         return diffuse_fail(err, "mask: needs an init image"), DIFFUSE_ERR_ARGUMENT;
     size_t need = request_memory(m, r, l), have = diffuse_memory_available();
     if (have && need > have)
-        return diffuse_fail(err, "size: %dx%d needs %zu MiB of working memory, only %zu MiB are "
-                            "available", r->width, r->height, need >> 20, have >> 20),
+        return diffuse_fail(err,
+                            "size: %dx%d needs %zu MiB of working memory, only %zu MiB are "
+                            "available",
+                            r->width, r->height, need >> 20, have >> 20),
                DIFFUSE_ERR_MEMORY;
     return DIFFUSE_OK;
 }
 
-static diffuse_run run_of(const diffuse_model *m, const diffuse_request *r,
-                          const request_loras *l)
+static diffuse_run run_of(const diffuse_model *m, const diffuse_request *r, const request_loras *l)
 {
-    diffuse_run run = {.prompt = r->prompt, .negative_prompt = r->negative_prompt,
-                       .size_cond = r->size_cond, .clip_skip = r->clip_skip, .steps = r->steps, .guidance = r->guidance, .sampler = r->sampler,
-                       .karras = r->karras, .schedule = m->schedule, .width = r->width,
-                       .height = r->height, .init_image = r->init_image, .strength = r->strength,
-                       .mask = r->mask, .masked_content = r->masked_content, .fast_decode = r->fast_decode != 0,
-                       .fast_encode = r->fast_encode != 0, .progress = r->progress,
+    diffuse_run run = {.prompt = r->prompt,
+                       .negative_prompt = r->negative_prompt,
+                       .size_cond = r->size_cond,
+                       .clip_skip = r->clip_skip,
+                       .steps = r->steps,
+                       .guidance = r->guidance,
+                       .sampler = r->sampler,
+                       .karras = r->karras,
+                       .schedule = m->schedule,
+                       .width = r->width,
+                       .height = r->height,
+                       .init_image = r->init_image,
+                       .strength = r->strength,
+                       .mask = r->mask,
+                       .masked_content = r->masked_content,
+                       .fast_decode = r->fast_decode != 0,
+                       .fast_encode = r->fast_encode != 0,
+                       .progress = r->progress,
                        .preview_every = r->preview ? r->preview_every : 0,
-                       .preview = r->preview, .preview_user = r->preview_user,
-                       .progress_user = r->progress_user, .image_count = r->count,
+                       .preview = r->preview,
+                       .preview_user = r->preview_user,
+                       .progress_user = r->progress_user,
+                       .image_count = r->count,
                        .stats = r->stats};
     if (r->spacing != DIFFUSE_SPACING_DEFAULT)
         run.schedule.spacing = r->spacing;
@@ -328,7 +367,8 @@ diffuse_status diffuse_generate(diffuse_model *m, const diffuse_request *r, diff
     diffuse_status st = r->prompt ? loras_resolve(r, true, &loras, e)
                                   : (diffuse_fail(e, "prompt: missing"), DIFFUSE_ERR_ARGUMENT);
     if (st == DIFFUSE_OK && (st = check_request(m, r, &loras, e)) == DIFFUSE_OK && loras.n)
-        st = diffuse_lora_set_open(m, loras.list, loras.n, r->notice, r->notice_user, &loras.set, e);
+        st =
+            diffuse_lora_set_open(m, loras.list, loras.n, r->notice, r->notice_user, &loras.set, e);
     int done = 0;
     for (; st == DIFFUSE_OK && done < r->count; done++) {
         diffuse_image *img = &images[done];

@@ -31,7 +31,7 @@ void diffuse_data_path(char *out, size_t size, const char *what);
  * normals by Box-Muller in double. */
 typedef struct diffuse_rng {
     uint64_t s[4];
-    double spare;   /* second Box-Muller value */
+    double spare; /* second Box-Muller value */
     int has_spare;
 } diffuse_rng;
 
@@ -95,19 +95,19 @@ typedef enum {
 typedef struct diffuse_st_tensor {
     char *name;
     diffuse_dtype dtype;
-    char dtype_name[8];           /* as written in the file, e.g. "F16" */
+    char dtype_name[8]; /* as written in the file, e.g. "F16" */
     int ndim;
     int64_t shape[DIFFUSE_MAX_DIMS];
     int64_t numel;
-    const uint8_t *data;          /* inside the mapping */
+    const uint8_t *data; /* inside the mapping */
     size_t nbytes;
 } diffuse_st_tensor;
 
 typedef struct diffuse_st_file {
     char *path;
-    void *map;                    /* read-only mmap of the whole file */
+    void *map; /* read-only mmap of the whole file */
     size_t map_size;
-    diffuse_st_tensor *tensors;   /* sorted by name */
+    diffuse_st_tensor *tensors; /* sorted by name */
     int count;
 } diffuse_st_file;
 
@@ -141,7 +141,8 @@ void diffuse_weights_free(diffuse_weights *w);
 diffuse_status diffuse_weights_open_taesd(const char *path, diffuse_weights **out, char *err);
 bool diffuse_weights_has(const diffuse_weights *w, const char *name);
 /* Shape of a weight, or -1 in ndim when missing. */
-int diffuse_weights_shape(const diffuse_weights *w, const char *name, int64_t shape[DIFFUSE_MAX_DIMS]);
+int diffuse_weights_shape(const diffuse_weights *w, const char *name,
+                          int64_t shape[DIFFUSE_MAX_DIMS]);
 /* float32 view of a weight whose shape must equal `shape` (ndim dims; trailing
  * 1-sized dims of the stored tensor are ignored, so a [C, C, 1, 1] conv loads as
  * a [C, C] linear). Mapped when stored as aligned F32, else converted once and
@@ -159,15 +160,15 @@ typedef struct diffuse_lora_delta {
     const void *down, *up;
     diffuse_dtype down_dtype, up_dtype;
     int rank, out;
-    int64_t in;                   /* columns of W: in_channels x k x k for a convolution */
-    float scale;                  /* weight x alpha / rank */
+    int64_t in;  /* columns of W: in_channels x k x k for a convolution */
+    float scale; /* weight x alpha / rank */
     struct diffuse_lora_delta *next;
 } diffuse_lora_delta;
 
 typedef struct diffuse_wmat {
-    const void *data;             /* inside the mapping; NULL: no such layer */
-    diffuse_dtype dtype;          /* F32 (aligned, used in place), F16, BF16, or
-                                     F32 unaligned (widened like the others) */
+    const void *data;    /* inside the mapping; NULL: no such layer */
+    diffuse_dtype dtype; /* F32 (aligned, used in place), F16, BF16, or
+                            F32 unaligned (widened like the others) */
     bool in_place;
     size_t numel;
     diffuse_lora_delta *const *lora; /* the weight's LoRA deltas (a list, usually empty):
@@ -267,12 +268,12 @@ void diffuse_gemm(bool ta, bool tb, int m, int n, int k, float alpha, const floa
 /* y[n, out] = x[n, in] . W[out, in]^T + b[out] (b may be NULL). */
 void diffuse_op_linear(float *y, const float *x, const float *w, const float *b, int n, int in,
                        int out);
-void diffuse_op_linear_ref(float *y, const float *x, const float *w, const float *b, int n,
-                           int in, int out);
+void diffuse_op_linear_ref(float *y, const float *x, const float *w, const float *b, int n, int in,
+                           int out);
 
 typedef struct diffuse_conv {
-    int cin, h, w;                /* input  [N, cin, h, w] */
-    int cout, k, stride;          /* weight [cout, cin, k, k] */
+    int cin, h, w;       /* input  [N, cin, h, w] */
+    int cout, k, stride; /* weight [cout, cin, k, k] */
     int pad_top, pad_left, pad_bottom, pad_right;
 } diffuse_conv;
 
@@ -323,8 +324,8 @@ void diffuse_op_group_norm(float *y, const float *x, const float *gamma, const f
 void diffuse_op_layer_norm(float *y, const float *x, const float *gamma, const float *beta,
                            int rows, int dim, float eps);
 void diffuse_op_silu(float *x, size_t n);
-void diffuse_op_gelu(float *x, size_t n);       /* exact, erf */
-void diffuse_op_quick_gelu(float *x, size_t n); /* x * sigmoid(1.702 x) */
+void diffuse_op_gelu(float *x, size_t n);                /* exact, erf */
+void diffuse_op_quick_gelu(float *x, size_t n);          /* x * sigmoid(1.702 x) */
 void diffuse_op_add(float *y, const float *x, size_t n); /* y += x */
 /* [N, C, H, W] -> [N, C, 2H, 2W], nearest neighbour. */
 void diffuse_op_upsample2x(float *y, const float *x, int n, int c, int h, int w);
@@ -340,9 +341,9 @@ void diffuse_op_transpose(float *y, const float *x, int n, int rows, int cols);
 size_t diffuse_attention_scratch(int tq, int tk, int dh);
 /* Dense-equivalent flops of Q K^T and P V over all heads (width = heads * dh). */
 double diffuse_attention_flops(int tq, int tk, int width);
-void diffuse_op_attention(float *out, const float *q, int q_stride, const float *k,
-                          const float *v, int kv_stride, int tq, int tk, int heads, int dh,
-                          bool causal, float *scratch);
+void diffuse_op_attention(float *out, const float *q, int q_stride, const float *k, const float *v,
+                          int kv_stride, int tq, int tk, int heads, int dh, bool causal,
+                          float *scratch);
 void diffuse_op_attention_ref(float *out, const float *q, int q_stride, const float *k,
                               const float *v, int kv_stride, int tq, int tk, int heads, int dh,
                               bool causal);
@@ -353,16 +354,22 @@ void diffuse_op_attention_ref(float *out, const float *q, int q_stride, const fl
  * rewound with mark/reset. Running past the end is reported, never grown. */
 typedef struct diffuse_arena {
     float *base;
-    size_t cap, used, peak;       /* in floats */
+    size_t cap, used, peak; /* in floats */
     bool overflow;
-    double flops;                 /* dense-equivalent flops of the layers run on it */
+    double flops; /* dense-equivalent flops of the layers run on it */
 } diffuse_arena;
 
 int diffuse_arena_init(diffuse_arena *a, size_t floats, char *err);
 void diffuse_arena_free(diffuse_arena *a);
 float *diffuse_arena_push(diffuse_arena *a, size_t floats); /* NULL on overflow */
-static inline size_t diffuse_arena_mark(const diffuse_arena *a) { return a->used; }
-static inline void diffuse_arena_reset(diffuse_arena *a, size_t mark) { a->used = mark; }
+static inline size_t diffuse_arena_mark(const diffuse_arena *a)
+{
+    return a->used;
+}
+static inline void diffuse_arena_reset(diffuse_arena *a, size_t mark)
+{
+    a->used = mark;
+}
 
 /* ------------------------------------------------------------------ layers */
 
@@ -378,9 +385,20 @@ size_t diffuse_wmat_scratch(size_t numel);
 /* Weights of common layers, pointing into the weight store (never owned).
  * Matrices stay as stored; biases and norm parameters (a thousandth of the
  * weights) are float32, converted at load. */
-typedef struct diffuse_linear { diffuse_wmat w; const float *b; int in, out; } diffuse_linear;   /* w [out, in] */
-typedef struct diffuse_conv2d { diffuse_wmat w; const float *b; int cin, cout, k; } diffuse_conv2d; /* w [cout, cin, k, k] */
-typedef struct diffuse_norm { const float *gamma, *beta; int c; } diffuse_norm;
+typedef struct diffuse_linear {
+    diffuse_wmat w;
+    const float *b;
+    int in, out;
+} diffuse_linear; /* w [out, in] */
+typedef struct diffuse_conv2d {
+    diffuse_wmat w;
+    const float *b;
+    int cin, cout, k;
+} diffuse_conv2d; /* w [cout, cin, k, k] */
+typedef struct diffuse_norm {
+    const float *gamma, *beta;
+    int c;
+} diffuse_norm;
 
 /* ResNet block: norm1 -> SiLU -> conv1 (+ time embedding) -> norm2 -> SiLU ->
  * conv2, plus the input through a 1x1 shortcut when channels change. */
@@ -395,12 +413,12 @@ typedef struct diffuse_resnet {
 /* `name` is the canonical prefix without ".weight"/".bias". */
 int diffuse_linear_load(diffuse_linear *l, diffuse_weights *w, const char *name, int in, int out,
                         bool bias, char *err);
-int diffuse_conv2d_load(diffuse_conv2d *c, diffuse_weights *w, const char *name, int cin,
-                        int cout, int k, char *err);
+int diffuse_conv2d_load(diffuse_conv2d *c, diffuse_weights *w, const char *name, int cin, int cout,
+                        int k, char *err);
 int diffuse_norm_load(diffuse_norm *n, diffuse_weights *w, const char *name, int c, char *err);
 /* temb_dim 0: no time embedding (VAE). */
-int diffuse_resnet_load(diffuse_resnet *r, diffuse_weights *w, const char *name, int cin,
-                        int cout, int temb_dim, int groups, float eps, char *err);
+int diffuse_resnet_load(diffuse_resnet *r, diffuse_weights *w, const char *name, int cin, int cout,
+                        int temb_dim, int groups, float eps, char *err);
 
 /* y[n, out...] = linear(x); rows = n tokens. -1 when the arena is exhausted
  * (the weight's widening scratch comes from it). */
@@ -415,8 +433,8 @@ int diffuse_conv2d_forward_pad(const diffuse_conv2d *c, float *y, const float *x
                                int w, int stride, const int pad[4], diffuse_arena *a);
 /* y [n, cout, h, w] = resnet(x [n, cin, h, w], temb_act [n, temb_dim] already
  * passed through SiLU, or NULL). y must not alias x. Scratch from the arena. */
-int diffuse_resnet_forward(const diffuse_resnet *r, float *y, const float *x,
-                           const float *temb_act, int n, int h, int w, diffuse_arena *a);
+int diffuse_resnet_forward(const diffuse_resnet *r, float *y, const float *x, const float *temb_act,
+                           int n, int h, int w, diffuse_arena *a);
 /* Floats of arena a resnet forward needs at this size. */
 size_t diffuse_resnet_workspace(const diffuse_resnet *r, int n, int h, int w);
 
@@ -451,18 +469,18 @@ typedef struct diffuse_unet_config {
     int freq_shift;                      /* 0 */
     /* SDXL's addition_embed_type "text_time": add_embedding takes the pooled
      * text embedding and a sinusoid of add_time_dim per size/crop id */
-    int add_in;                          /* add_embedding.linear_1 inputs; 0: none */
-    int add_time_dim;                    /* addition_time_embed_dim: 256 */
+    int add_in;       /* add_embedding.linear_1 inputs; 0: none */
+    int add_time_dim; /* addition_time_embed_dim: 256 */
 } diffuse_unet_config;
 
 #define DIFFUSE_TIME_IDS 6 /* original h, w, crop top, left, target h, w */
 
 /* What the UNet is conditioned on besides the timestep. */
 typedef struct diffuse_unet_cond {
-    const float *context;       /* [n, tokens, context_dim] */
+    const float *context; /* [n, tokens, context_dim] */
     int tokens;
-    const float *text_embeds;   /* [n, add_in - 6 add_time_dim]: pooled text (SDXL), else NULL */
-    const float *time_ids;      /* [n, DIFFUSE_TIME_IDS] (SDXL), else NULL */
+    const float *text_embeds; /* [n, add_in - 6 add_time_dim]: pooled text (SDXL), else NULL */
+    const float *time_ids;    /* [n, DIFFUSE_TIME_IDS] (SDXL), else NULL */
 } diffuse_unet_cond;
 
 typedef struct diffuse_unet diffuse_unet;
@@ -481,23 +499,23 @@ int diffuse_unet_forward(const diffuse_unet *u, float *out, const float *x, cons
 /* CLIP / OpenCLIP text transformer (transformers' CLIPTextModel, and
  * CLIPTextModelWithProjection for SDXL's second encoder). */
 typedef struct diffuse_clip_config {
-    char prefix[8];       /* component of its weights: "text." or "text2." (SDXL) */
-    int vocab_size;       /* 49408 */
-    int width;            /* hidden_size: 768 (SD 1.x), 1024 (SD 2.x) */
-    int layers;           /* blocks to run: SD 2.x runs all but the last of OpenCLIP's 24 */
+    char prefix[8]; /* component of its weights: "text." or "text2." (SDXL) */
+    int vocab_size; /* 49408 */
+    int width;      /* hidden_size: 768 (SD 1.x), 1024 (SD 2.x) */
+    int layers;     /* blocks to run: SD 2.x runs all but the last of OpenCLIP's 24 */
     int heads;
-    int intermediate;     /* MLP width, 4 x width */
-    int max_positions;    /* 77 */
-    bool gelu;            /* exact gelu (OpenCLIP) instead of quick_gelu (OpenAI CLIP) */
-    float eps;            /* layer_norm_eps, 1e-5 */
-    int32_t pad_id;       /* 49407 for SD 1.x, 0 for SD 2.x */
-    int32_t eos_id;       /* 49407: the pooled output is taken at its first place */
+    int intermediate;  /* MLP width, 4 x width */
+    int max_positions; /* 77 */
+    bool gelu;         /* exact gelu (OpenCLIP) instead of quick_gelu (OpenAI CLIP) */
+    float eps;         /* layer_norm_eps, 1e-5 */
+    int32_t pad_id;    /* 49407 for SD 1.x, 0 for SD 2.x */
+    int32_t eos_id;    /* 49407: the pooled output is taken at its first place */
     /* What the UNet reads (diffuse_clip_encode): the state after hidden_layer
      * blocks, through final_layer_norm (SD 1.x, 2.x: hidden_layer = layers) or
      * as it is (SDXL: the penultimate state, hidden_layer = layers - 1). */
     int hidden_layer;
     bool hidden_norm;
-    int projection;       /* text_projection outputs (the pooled width); 0: none */
+    int projection; /* text_projection outputs (the pooled width); 0: none */
 } diffuse_clip_config;
 
 typedef struct diffuse_clip diffuse_clip;
@@ -514,8 +532,8 @@ int diffuse_clip_forward(const diffuse_clip *c, float *out, const int32_t *ids, 
  * apart (two encoders write side by side into one context), the state the
  * config names; pooled [n, projection] (NULL: not wanted) = text_projection of
  * the final-normed state after all blocks at the first end token. */
-int diffuse_clip_encode(const diffuse_clip *c, const int32_t *ids, int n, float *hidden,
-                        int stride, float *pooled, diffuse_arena *a, char *err);
+int diffuse_clip_encode(const diffuse_clip *c, const int32_t *ids, int n, float *hidden, int stride,
+                        float *pooled, diffuse_arena *a, char *err);
 /* The state after `layers` blocks ([n, 77, width]), normed or not: for tests
  * and the reference checker (hidden_states[layers] in transformers). */
 int diffuse_clip_hidden(const diffuse_clip *c, const int32_t *ids, int n, int layers, bool norm,
@@ -523,14 +541,14 @@ int diffuse_clip_hidden(const diffuse_clip *c, const int32_t *ids, int n, int la
 
 /* AutoencoderKL hyper-parameters. */
 typedef struct diffuse_vae_config {
-    int in_channels, out_channels;       /* 3, 3 */
-    int latent_channels;                 /* 4 */
-    int levels;                          /* len(block_out_channels) */
+    int in_channels, out_channels; /* 3, 3 */
+    int latent_channels;           /* 4 */
+    int levels;                    /* len(block_out_channels) */
     int channels[DIFFUSE_MAX_LEVELS];
-    int layers_per_block;                /* 2 (decoder uses layers_per_block + 1) */
-    int groups;                          /* 32 */
-    float scaling_factor;                /* 0.18215 */
-    bool mid_attention;                  /* mid_block_add_attention */
+    int layers_per_block; /* 2 (decoder uses layers_per_block + 1) */
+    int groups;           /* 32 */
+    float scaling_factor; /* 0.18215 */
+    bool mid_attention;   /* mid_block_add_attention */
 } diffuse_vae_config;
 
 typedef struct diffuse_vae diffuse_vae;
@@ -609,8 +627,8 @@ int diffuse_tokenizer_ids(const diffuse_tokenizer *tok, const char *text, int32_
                           int32_t **ids, size_t *n, char *err);
 /* The id of a vocabulary entry (e.g. ",</w>"), -1 when there is none. */
 int32_t diffuse_tokenizer_id(const diffuse_tokenizer *tok, const char *token);
-int32_t diffuse_tokenizer_bos(const diffuse_tokenizer *tok); /* 49406 */
-int32_t diffuse_tokenizer_eos(const diffuse_tokenizer *tok); /* 49407 */
+int32_t diffuse_tokenizer_bos(const diffuse_tokenizer *tok);    /* 49406 */
+int32_t diffuse_tokenizer_eos(const diffuse_tokenizer *tok);    /* 49407 */
 int32_t diffuse_tokenizer_max_id(const diffuse_tokenizer *tok); /* the largest id it gives: 49407 */
 
 /* ------------------------------------------------------------------ prompt */
@@ -630,10 +648,10 @@ void diffuse_prompt_parts_free(diffuse_prompt_part *parts, int n);
 
 /* A prompt as the text encoder reads it: count chunks of 77 ids. */
 typedef struct diffuse_prompt_chunks {
-    int count;                       /* 1 .. DIFFUSE_MAX_PROMPT_CHUNKS */
-    int32_t *ids;                    /* [count, 77] <start> ... <end> pad */
-    float *weights;                  /* [count, 77] per-token weight, 1 on start/end/pad */
-    bool weighted;                   /* some weight is not 1 */
+    int count;      /* 1 .. DIFFUSE_MAX_PROMPT_CHUNKS */
+    int32_t *ids;   /* [count, 77] <start> ... <end> pad */
+    float *weights; /* [count, 77] per-token weight, 1 on start/end/pad */
+    bool weighted;  /* some weight is not 1 */
 } diffuse_prompt_chunks;
 
 int diffuse_prompt_chunk(const diffuse_tokenizer *tok, const char *text, int32_t pad_id,
@@ -648,9 +666,9 @@ void diffuse_prompt_emphasis(float *z, int stride, int width, const float *weigh
  * *stripped is text without them (what the text encoder reads), *tags the
  * tags in order; both malloc'd (diffuse_prompt_tags_free). */
 typedef struct diffuse_prompt_tag {
-    char *kind;                      /* "lora", "lyco", "hypernet", ... */
-    char *args;                      /* "NAME:0.8" */
-    char *text;                      /* the tag as written */
+    char *kind; /* "lora", "lyco", "hypernet", ... */
+    char *args; /* "NAME:0.8" */
+    char *text; /* the tag as written */
 } diffuse_prompt_tag;
 int diffuse_prompt_tags(const char *text, char **stripped, diffuse_prompt_tag **tags, int *n,
                         char *err);
@@ -686,11 +704,11 @@ typedef enum { DIFFUSE_BETAS_SCALED_LINEAR = 0, DIFFUSE_BETAS_LINEAR } diffuse_b
 
 /* scheduler_config.json, with diffusers' defaults where a key is absent. */
 typedef struct diffuse_schedule_config {
-    int num_train_timesteps;      /* 1000 */
-    float beta_start, beta_end;   /* 0.00085, 0.012 */
+    int num_train_timesteps;    /* 1000 */
+    float beta_start, beta_end; /* 0.00085, 0.012 */
     diffuse_beta_schedule beta_schedule;
-    int steps_offset;             /* 1 for SD */
-    bool set_alpha_to_one;        /* DDIM/PNDM final alpha */
+    int steps_offset;      /* 1 for SD */
+    bool set_alpha_to_one; /* DDIM/PNDM final alpha */
     diffuse_prediction prediction;
     diffuse_spacing spacing;      /* DEFAULT = each sampler's diffusers default */
     int original_inference_steps; /* LCM, 50 */
@@ -708,8 +726,8 @@ typedef struct diffuse_sampler_state diffuse_sampler_state;
 /* latent_n: floats in one latent (C*H*W times batch). strength in (0, 1] trims
  * the schedule the way the img2img pipelines do (1 = txt2img). */
 int diffuse_sampler_create(diffuse_sampler kind, bool karras, const diffuse_schedule_config *cfg,
-                           int steps, float strength, size_t latent_n,
-                           diffuse_sampler_state **out, char *err);
+                           int steps, float strength, size_t latent_n, diffuse_sampler_state **out,
+                           char *err);
 void diffuse_sampler_free(diffuse_sampler_state *s);
 /* Number of model evaluations after trimming (PNDM: steps + 1 when untrimmed). */
 int diffuse_sampler_count(const diffuse_sampler_state *s);
@@ -718,8 +736,7 @@ float diffuse_sampler_timestep(const diffuse_sampler_state *s, int i);
 /* Factor on unit Gaussian noise that starts txt2img (init_noise_sigma). */
 float diffuse_sampler_init_sigma(const diffuse_sampler_state *s);
 /* UNet input at evaluation i: x scaled as scale_model_input does. */
-void diffuse_sampler_scale_input(const diffuse_sampler_state *s, int i, const float *x,
-                                 float *out);
+void diffuse_sampler_scale_input(const diffuse_sampler_state *s, int i, const float *x, float *out);
 /* out = x0 noised to the level of evaluation i (scheduler.add_noise with
  * timesteps[i]); i == count means fully denoised (out = x0). */
 void diffuse_sampler_add_noise(const diffuse_sampler_state *s, int i, const float *x0,
@@ -764,33 +781,33 @@ void diffuse_cond_time_ids(const diffuse_size_cond *s, int width, int height,
  * describe it. Pixels are [height, width, 3] / [height, width] in [0, 1]. */
 typedef struct diffuse_run {
     const char *prompt;
-    const char *negative_prompt;       /* NULL: none given (see diffuse_cond_zeros) */
-    diffuse_size_cond size_cond;       /* SDXL */
-    int clip_skip;                     /* 0 or 1: none (diffuse_request) */
-    size_t lora_scratch;               /* arena floats the applied LoRAs add */
-    size_t lora_bytes;                 /* bytes of their factors, mapped */
+    const char *negative_prompt; /* NULL: none given (see diffuse_cond_zeros) */
+    diffuse_size_cond size_cond; /* SDXL */
+    int clip_skip;               /* 0 or 1: none (diffuse_request) */
+    size_t lora_scratch;         /* arena floats the applied LoRAs add */
+    size_t lora_bytes;           /* bytes of their factors, mapped */
     int steps;
     float guidance;
     diffuse_sampler sampler;
     bool karras;
-    diffuse_schedule_config schedule;  /* the model's, with request overrides */
+    diffuse_schedule_config schedule; /* the model's, with request overrides */
     int width, height;
-    const float *init_image;           /* NULL: txt2img */
+    const float *init_image; /* NULL: txt2img */
     float strength;
-    const float *mask;                 /* NULL: no mask */
+    const float *mask;                     /* NULL: no mask */
     diffuse_masked_content masked_content; /* plain models' repaint area: image or noise */
-    bool fast_decode, fast_encode;     /* TAESD for the final image / the init image */
+    bool fast_decode, fast_encode;         /* TAESD for the final image / the init image */
     diffuse_progress_fn progress;
     void *progress_user;
-    int preview_every;                 /* 0: none */
+    int preview_every; /* 0: none */
     diffuse_preview_fn preview;
     void *preview_user;
-    int image_index, image_count;      /* for progress */
+    int image_index, image_count; /* for progress */
     /* observer of the latents after each step, or NULL; it may overwrite them
      * (the reference checker restarts each step from the reference's state) */
     void (*on_step)(void *user, int step, float *latents, size_t n);
     void *on_step_user;
-    diffuse_stats *stats;              /* NULL, or times added up here */
+    diffuse_stats *stats; /* NULL, or times added up here */
     /* observer of what the UNet is conditioned on, or NULL: "context",
      * "text_embeds" and "time_ids" (SDXL), [nb, ...], negative first */
     const diffuse_trace *trace;
@@ -838,24 +855,24 @@ struct diffuse_model {
     diffuse_weights *weights;
     diffuse_tokenizer *tokenizer;
     diffuse_clip_config clip_cfg;
-    diffuse_clip_config clip2_cfg;      /* SDXL's second encoder (OpenCLIP bigG) */
+    diffuse_clip_config clip2_cfg; /* SDXL's second encoder (OpenCLIP bigG) */
     diffuse_unet_config unet_cfg;
     diffuse_vae_config vae_cfg;
-    diffuse_schedule_config schedule;   /* from scheduler_config.json, or the family's */
+    diffuse_schedule_config schedule; /* from scheduler_config.json, or the family's */
     diffuse_clip *clip;
-    diffuse_clip *clip2;                /* NULL but for SDXL */
+    diffuse_clip *clip2; /* NULL but for SDXL */
     diffuse_unet *unet;
     diffuse_vae *vae;
-    diffuse_taesd *taesd;               /* NULL: none given or found */
+    diffuse_taesd *taesd; /* NULL: none given or found */
     /* previews: rgb = P^T [latent, 1] (P [latent+1, 3]), fitted to the VAE at
      * the first run that asks (diffuse_preview_fit) */
     float *preview_map;
-    const char *family;                 /* "sd1", "sd2", "sdxl" */
-    bool force_zeros;                   /* model_index.json force_zeros_for_empty_prompt
-                                           (SDXL: true): no negative prompt at all means a
-                                           zero unconditional context and pooled embedding */
-    int native_size;                    /* pixels */
-    char scheduler_class[64];           /* scheduler_config.json "_class_name", or "" */
+    const char *family;                   /* "sd1", "sd2", "sdxl" */
+    bool force_zeros;                     /* model_index.json force_zeros_for_empty_prompt
+                                             (SDXL: true): no negative prompt at all means a
+                                             zero unconditional context and pooled embedding */
+    int native_size;                      /* pixels */
+    char scheduler_class[64];             /* scheduler_config.json "_class_name", or "" */
     int defaults_sampler, defaults_steps; /* model_index.json "_diffuse_defaults", or -1 */
     float defaults_guidance;
     int threads;

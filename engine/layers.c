@@ -19,8 +19,8 @@ int diffuse_linear_load(diffuse_linear *l, diffuse_weights *w, const char *name,
     return 0;
 }
 
-int diffuse_conv2d_load(diffuse_conv2d *c, diffuse_weights *w, const char *name, int cin,
-                        int cout, int k, char *err)
+int diffuse_conv2d_load(diffuse_conv2d *c, diffuse_weights *w, const char *name, int cin, int cout,
+                        int k, char *err)
 {
     c->cin = cin;
     c->cout = cout;
@@ -42,8 +42,8 @@ int diffuse_norm_load(diffuse_norm *n, diffuse_weights *w, const char *name, int
     return 0;
 }
 
-int diffuse_resnet_load(diffuse_resnet *r, diffuse_weights *w, const char *name, int cin,
-                        int cout, int temb_dim, int groups, float eps, char *err)
+int diffuse_resnet_load(diffuse_resnet *r, diffuse_weights *w, const char *name, int cin, int cout,
+                        int temb_dim, int groups, float eps, char *err)
 {
     char n[256];
     memset(r, 0, sizeof *r);
@@ -57,16 +57,20 @@ int diffuse_resnet_load(diffuse_resnet *r, diffuse_weights *w, const char *name,
         diffuse_norm_load(&r->norm2, w, SUB("norm2"), cout, err) ||
         diffuse_conv2d_load(&r->conv2, w, SUB("conv2"), cout, cout, 3, err))
         return -1;
-    if (temb_dim && diffuse_linear_load(&r->time_proj, w, SUB("time_emb_proj"), temb_dim, cout,
-                                        true, err))
+    if (temb_dim &&
+        diffuse_linear_load(&r->time_proj, w, SUB("time_emb_proj"), temb_dim, cout, true, err))
         return -1;
-    if (cin != cout && diffuse_conv2d_load(&r->shortcut, w, SUB("conv_shortcut"), cin, cout, 1, err))
+    if (cin != cout &&
+        diffuse_conv2d_load(&r->shortcut, w, SUB("conv_shortcut"), cin, cout, 1, err))
         return -1;
 #undef SUB
     return 0;
 }
 
-size_t diffuse_wmat_scratch(size_t numel) { return (numel + 15) & ~(size_t)15; }
+size_t diffuse_wmat_scratch(size_t numel)
+{
+    return (numel + 15) & ~(size_t)15;
+}
 
 const float *diffuse_wmat_f32(const diffuse_wmat *m, diffuse_arena *a)
 {
@@ -104,8 +108,15 @@ int diffuse_linear_forward(const diffuse_linear *l, float *y, const float *x, in
 int diffuse_conv2d_forward_pad(const diffuse_conv2d *c, float *y, const float *x, int n, int h,
                                int w, int stride, const int pad[4], diffuse_arena *a)
 {
-    diffuse_conv g = {.cin = c->cin, .h = h, .w = w, .cout = c->cout, .k = c->k, .stride = stride,
-                      .pad_top = pad[0], .pad_left = pad[1], .pad_bottom = pad[2],
+    diffuse_conv g = {.cin = c->cin,
+                      .h = h,
+                      .w = w,
+                      .cout = c->cout,
+                      .k = c->k,
+                      .stride = stride,
+                      .pad_top = pad[0],
+                      .pad_left = pad[1],
+                      .pad_bottom = pad[2],
                       .pad_right = pad[3]};
     size_t mark = diffuse_arena_mark(a), need = diffuse_conv_scratch(&g, n);
     const float *wf = diffuse_wmat_f32(&c->w, a);
@@ -128,8 +139,16 @@ int diffuse_conv2d_forward(const diffuse_conv2d *c, float *y, const float *x, in
 size_t diffuse_resnet_workspace(const diffuse_resnet *r, int n, int h, int w)
 {
     size_t cmax = r->cin > r->cout ? r->cin : r->cout;
-    diffuse_conv c1 = {.cin = r->cin, .h = h, .w = w, .cout = r->cout, .k = 3, .stride = 1,
-                       .pad_top = 1, .pad_left = 1, .pad_bottom = 1, .pad_right = 1};
+    diffuse_conv c1 = {.cin = r->cin,
+                       .h = h,
+                       .w = w,
+                       .cout = r->cout,
+                       .k = 3,
+                       .stride = 1,
+                       .pad_top = 1,
+                       .pad_left = 1,
+                       .pad_bottom = 1,
+                       .pad_right = 1};
     diffuse_conv c2 = c1;
     c2.cin = r->cout;
     size_t s1 = diffuse_conv_scratch(&c1, n), s2 = diffuse_conv_scratch(&c2, n);
@@ -138,13 +157,13 @@ size_t diffuse_resnet_workspace(const diffuse_resnet *r, int n, int h, int w)
 }
 
 /* y = shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(temb)))) */
-int diffuse_resnet_forward(const diffuse_resnet *r, float *y, const float *x,
-                           const float *temb_act, int n, int h, int w, diffuse_arena *a)
+int diffuse_resnet_forward(const diffuse_resnet *r, float *y, const float *x, const float *temb_act,
+                           int n, int h, int w, diffuse_arena *a)
 {
     const int hw = h * w;
     size_t mark = diffuse_arena_mark(a);
-    float *t = diffuse_arena_push(a, (size_t)n * r->cin * hw);      /* [n, cin, h, w] */
-    float *u = diffuse_arena_push(a, (size_t)n * r->cout * hw);     /* [n, cout, h, w] */
+    float *t = diffuse_arena_push(a, (size_t)n * r->cin * hw);  /* [n, cin, h, w] */
+    float *u = diffuse_arena_push(a, (size_t)n * r->cout * hw); /* [n, cout, h, w] */
     if (!t || !u)
         return -1;
     diffuse_op_group_norm(t, x, r->norm1.gamma, r->norm1.beta, n, r->cin, hw, r->groups, r->eps,

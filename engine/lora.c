@@ -42,17 +42,20 @@ struct diffuse_lora_set {
     int nfiles;
     diffuse_lora_delta *deltas;
     int ndeltas, cap;
-    size_t scratch;               /* floats diffuse_wmat_f32 may need beyond the model's own */
-    size_t bytes;                 /* bytes of the factors, read from the mappings */
-    lora_name *names;             /* sorted by key */
+    size_t scratch;   /* floats diffuse_wmat_f32 may need beyond the model's own */
+    size_t bytes;     /* bytes of the factors, read from the mappings */
+    lora_name *names; /* sorted by key */
     int nnames, names_cap;
-    bool failed;                  /* out of memory while building names */
+    bool failed; /* out of memory while building names */
     diffuse_weights *weights;
 };
 
 /* ------------------------------------------------------------------ names */
 
-static bool starts(const char *s, const char *p) { return strncmp(s, p, strlen(p)) == 0; }
+static bool starts(const char *s, const char *p)
+{
+    return strncmp(s, p, strlen(p)) == 0;
+}
 
 static void add_name(diffuse_lora_set *s, const char *key, const char *canonical, int64_t rows,
                      int64_t numel)
@@ -98,7 +101,7 @@ static void kohya(char *out, size_t size, const char *prefix, const char *path)
 typedef struct names_ctx {
     diffuse_lora_set *s;
     const diffuse_model *m;
-    int per;                      /* UNet blocks per level + 1 */
+    int per; /* UNet blocks per level + 1 */
 } names_ctx;
 
 /* Every spelling of one model matrix a LoRA file may use. */
@@ -144,16 +147,17 @@ static const lora_name *find_name(const diffuse_lora_set *s, const char *key)
 
 /* A module of the file: its factors' tensors and how the file names it. */
 typedef struct lora_module {
-    char key[512];                /* module name as find_name looks it up */
+    char key[512]; /* module name as find_name looks it up */
     const diffuse_st_tensor *down, *up, *alpha;
 } lora_module;
 
 /* The module whose down factor `name` is, or false for any other tensor. */
 static bool module_of(const diffuse_st_file *f, const char *name, lora_module *mod)
 {
-    static const char *const downs[][2] = {
-        {".lora_down.weight", ".lora_up.weight"}, {".lora_A.weight", ".lora_B.weight"},
-        {".lora.down.weight", ".lora.up.weight"}, {"_lora.down.weight", "_lora.up.weight"}};
+    static const char *const downs[][2] = {{".lora_down.weight", ".lora_up.weight"},
+                                           {".lora_A.weight", ".lora_B.weight"},
+                                           {".lora.down.weight", ".lora.up.weight"},
+                                           {"_lora.down.weight", "_lora.up.weight"}};
     const size_t n = strlen(name);
     char up[600];
     for (int i = 0; i < 4; i++) {
@@ -226,11 +230,9 @@ static int module_delta(diffuse_lora_set *s, const lora_module *mod, const lora_
 {
     const diffuse_st_tensor *d = mod->down, *u = mod->up;
     if (!u)
-        return diffuse_fail(err, "LoRA %s: %s has a down factor and no up factor", file,
-                            mod->key);
+        return diffuse_fail(err, "LoRA %s: %s has a down factor and no up factor", file, mod->key);
     if (!float_tensor(d) || !float_tensor(u) || d->ndim < 2 || u->ndim < 2)
-        return diffuse_fail(err, "LoRA %s: %s: the factors are not float matrices", file,
-                            mod->key);
+        return diffuse_fail(err, "LoRA %s: %s: the factors are not float matrices", file, mod->key);
     /* products checked: an empty factor passes the file's checks with any rank */
     const int64_t rank = d->shape[0], in = d->numel / (rank ? rank : 1);
     int64_t up_numel, down_numel, w_numel;
@@ -238,19 +240,26 @@ static int module_delta(diffuse_lora_set *s, const lora_module *mod, const lora_
         __builtin_mul_overflow(t->rows, rank, &up_numel) || u->numel != up_numel ||
         __builtin_mul_overflow(rank, in, &down_numel) || down_numel != d->numel ||
         __builtin_mul_overflow(t->rows, in, &w_numel) || w_numel != t->numel)
-        return diffuse_fail(err, "LoRA %s: %s does not fit the model's %s (up %lld x %lld, "
+        return diffuse_fail(err,
+                            "LoRA %s: %s does not fit the model's %s (up %lld x %lld, "
                             "down %lld x %lld; the weight is %lld x %lld): a LoRA for another "
-                            "model?", file, mod->key, t->canonical, (long long)u->shape[0],
+                            "model?",
+                            file, mod->key, t->canonical, (long long)u->shape[0],
                             (long long)(u->numel / (u->shape[0] ? u->shape[0] : 1)),
                             (long long)rank, (long long)in, (long long)t->rows,
                             (long long)(t->numel / t->rows));
     diffuse_lora_delta *delta = new_delta(s);
     if (!delta)
         return diffuse_fail(err, "internal: LoRA deltas miscounted");
-    *delta = (diffuse_lora_delta){.down = d->data, .up = u->data, .down_dtype = d->dtype,
-                                  .up_dtype = u->dtype, .rank = (int)rank, .out = (int)t->rows,
-                                  .in = in,
-                                  .scale = weight * alpha_of(mod->alpha, (float)rank) / (float)rank};
+    *delta =
+        (diffuse_lora_delta){.down = d->data,
+                             .up = u->data,
+                             .down_dtype = d->dtype,
+                             .up_dtype = u->dtype,
+                             .rank = (int)rank,
+                             .out = (int)t->rows,
+                             .in = in,
+                             .scale = weight * alpha_of(mod->alpha, (float)rank) / (float)rank};
     if (diffuse_weights_lora_push(s->weights, t->canonical, delta))
         return diffuse_fail(err, "internal: %s takes no LoRA", t->canonical);
     size_t need = (size_t)t->numel + (size_t)down_numel + (size_t)up_numel + 48;
@@ -301,23 +310,28 @@ static int apply_file(diffuse_lora_set *s, const diffuse_st_file *f, const diffu
 }
 
 static diffuse_status report_file(const file_report *r, const diffuse_lora *l,
-                       void (*notice)(void *, const char *), void *user, char *err)
+                                  void (*notice)(void *, const char *), void *user, char *err)
 {
     char msg[DIFFUSE_ERROR_SIZE];
     if (r->unsupported)
-        return diffuse_fail(err, "LoRA %s: %d tensors of a kind Diffuse does not apply (LoHa, "
-                            "LoKr, DoRA or full differences, e.g. %s)", l->path, r->unsupported,
-                            r->first_unsupported), DIFFUSE_ERR_FORMAT;
+        return diffuse_fail(err,
+                            "LoRA %s: %d tensors of a kind Diffuse does not apply (LoHa, "
+                            "LoKr, DoRA or full differences, e.g. %s)",
+                            l->path, r->unsupported, r->first_unsupported),
+               DIFFUSE_ERR_FORMAT;
     if (!r->applied)
-        return diffuse_fail(err, "LoRA %s: %s", l->path, r->modules ?
-                            "none of its modules matches this model (a LoRA for another model "
-                            "family?)" : "no LoRA factors in this file (lora_down/lora_up or "
-                            "lora_A/lora_B)"), r->modules ? DIFFUSE_ERR_ARGUMENT
-                                                          : DIFFUSE_ERR_FORMAT;
+        return diffuse_fail(
+                   err, "LoRA %s: %s", l->path,
+                   r->modules ? "none of its modules matches this model (a LoRA for another model "
+                                "family?)"
+                              : "no LoRA factors in this file (lora_down/lora_up or "
+                                "lora_A/lora_B)"),
+               r->modules ? DIFFUSE_ERR_ARGUMENT : DIFFUSE_ERR_FORMAT;
     if (r->unmatched && notice) {
-        snprintf(msg, sizeof msg, "LoRA %s: %d of its %d modules match nothing in this model "
-                 "and are left out (e.g. %s)", l->path, r->unmatched, r->modules,
-                 r->first_unmatched);
+        snprintf(msg, sizeof msg,
+                 "LoRA %s: %d of its %d modules match nothing in this model "
+                 "and are left out (e.g. %s)",
+                 l->path, r->unmatched, r->modules, r->first_unmatched);
         notice(user, msg);
     }
     return DIFFUSE_OK;
@@ -398,8 +412,14 @@ diffuse_status diffuse_lora_set_open(diffuse_model *m, const diffuse_lora *loras
     return DIFFUSE_OK;
 }
 
-size_t diffuse_lora_set_scratch(const diffuse_lora_set *s) { return s ? s->scratch : 0; }
-size_t diffuse_lora_set_bytes(const diffuse_lora_set *s) { return s ? s->bytes : 0; }
+size_t diffuse_lora_set_scratch(const diffuse_lora_set *s)
+{
+    return s ? s->scratch : 0;
+}
+size_t diffuse_lora_set_bytes(const diffuse_lora_set *s)
+{
+    return s ? s->bytes : 0;
+}
 
 void diffuse_lora_set_close(diffuse_lora_set *s)
 {
@@ -429,8 +449,8 @@ int diffuse_lora_add(const diffuse_lora_delta *d, float *w, diffuse_arena *a)
         return -1;
     diffuse_op_widen(down, d->down, d->down_dtype, (size_t)d->rank * (size_t)d->in);
     diffuse_op_widen(up, d->up, d->up_dtype, (size_t)d->out * (size_t)d->rank);
-    diffuse_gemm(false, false, d->out, (int)d->in, d->rank, d->scale, up, d->rank, down,
-                 (int)d->in, 1.0f, w, (int)d->in);
+    diffuse_gemm(false, false, d->out, (int)d->in, d->rank, d->scale, up, d->rank, down, (int)d->in,
+                 1.0f, w, (int)d->in);
     diffuse_arena_reset(a, mark);
     return 0;
 }

@@ -13,7 +13,10 @@
 
 #include "internal.h"
 
-static bool file_exists(const char *path) { return diffuse_path_exists(path); }
+static bool file_exists(const char *path)
+{
+    return diffuse_path_exists(path);
+}
 
 /* Dimension d of a weight, or -1 when missing. */
 static int64_t dim_of(const diffuse_weights *w, int d, const char *fmt, ...)
@@ -88,14 +91,16 @@ static int infer_unet(diffuse_model *m, const cJSON *cfg, char *err)
     u->levels = count_of(w, "unet.down_blocks.%d.resnets.0.conv1.weight");
     u->in_channels = (int)dim_of(w, 1, "unet.conv_in.weight");
     u->out_channels = (int)dim_of(w, 0, "unet.conv_out.weight");
-    if (u->levels < 1 || u->levels > DIFFUSE_MAX_LEVELS || u->in_channels < 1 || u->out_channels < 1)
+    if (u->levels < 1 || u->levels > DIFFUSE_MAX_LEVELS || u->in_channels < 1 ||
+        u->out_channels < 1)
         return diffuse_fail(err, "%s: no UNet found (unet.conv_in / down_blocks missing)", m->path);
     u->layers_per_block = count_of(w, "unet.down_blocks.0.resnets.%d.conv1.weight");
     for (int l = 0; l < u->levels; l++) {
         u->channels[l] = (int)dim_of(w, 0, "unet.down_blocks.%d.resnets.0.conv1.weight", l);
         char prefix[64];
         snprintf(prefix, sizeof prefix, "unet.down_blocks.%d.attentions.", l);
-        u->cross_attn[l] = diffuse_weights_count(w, prefix) > 0; /* any weight: a gap is an error later */
+        u->cross_attn[l] =
+            diffuse_weights_count(w, prefix) > 0; /* any weight: a gap is an error later */
     }
     const char *attn = "unet.mid_block.attentions.0";
     u->context_dim = (int)dim_of(w, 1, "%s.transformer_blocks.0.attn2.to_k.weight", attn);
@@ -157,8 +162,10 @@ static int infer_vae(diffuse_model *m, const cJSON *cfg, char *err)
     if (v->in_channels != 3 || v->out_channels != 3 || v->latent_channels < 1)
         return diffuse_fail(err, "%s: the VAE is not an RGB autoencoder", m->path);
     if (!(v->scaling_factor > 1e-6f && v->scaling_factor < 1e6f)) /* NaN fails too */
-        return diffuse_fail(err, "%s: vae/config.json: scaling_factor %g is not a usable scale "
-                            "(a positive number such as 0.18215)", m->path, v->scaling_factor);
+        return diffuse_fail(err,
+                            "%s: vae/config.json: scaling_factor %g is not a usable scale "
+                            "(a positive number such as 0.18215)",
+                            m->path, v->scaling_factor);
     return 0;
 }
 
@@ -175,7 +182,8 @@ static int infer_clip(diffuse_model *m, const cJSON *cfg, const char *prefix,
     snprintf(c->prefix, sizeof c->prefix, "%s", prefix);
     c->vocab_size = (int)dim_of(w, 0, "%stext_model.embeddings.token_embedding.weight", prefix);
     c->width = (int)dim_of(w, 1, "%stext_model.embeddings.token_embedding.weight", prefix);
-    c->max_positions = (int)dim_of(w, 0, "%stext_model.embeddings.position_embedding.weight", prefix);
+    c->max_positions =
+        (int)dim_of(w, 0, "%stext_model.embeddings.position_embedding.weight", prefix);
     c->intermediate = (int)dim_of(w, 0, "%stext_model.encoder.layers.0.mlp.fc1.weight", prefix);
     /* highest block index + 1: a missing tensor is an error, not fewer blocks */
     snprintf(name, sizeof name, "%stext_model.encoder.layers.", prefix);
@@ -217,11 +225,15 @@ static int configure_sdxl(diffuse_model *m, char *err)
     if (u->add_time_dim <= 0 && rest > 0 && rest % DIFFUSE_TIME_IDS == 0)
         u->add_time_dim = rest / DIFFUSE_TIME_IDS;
     if (u->add_time_dim > 0 && rest == 5 * (int64_t)u->add_time_dim)
-        return diffuse_fail(err, "%s: an SDXL refiner (conditioned on an aesthetic score): not "
-                            "supported; load an SDXL base, Turbo or fine-tuned model", m->path);
+        return diffuse_fail(err,
+                            "%s: an SDXL refiner (conditioned on an aesthetic score): not "
+                            "supported; load an SDXL base, Turbo or fine-tuned model",
+                            m->path);
     if (u->add_time_dim <= 0 || rest != DIFFUSE_TIME_IDS * (int64_t)u->add_time_dim)
-        return diffuse_fail(err, "%s: the UNet's added embedding takes %d inputs, which is not "
-                            "the pooled text (%d) and 6 size ids", m->path, u->add_in, pooled);
+        return diffuse_fail(err,
+                            "%s: the UNet's added embedding takes %d inputs, which is not "
+                            "the pooled text (%d) and 6 size ids",
+                            m->path, u->add_in, pooled);
     return 0;
 }
 
@@ -253,12 +265,18 @@ void diffuse_schedule_from_json(diffuse_schedule_config *s, const struct cJSON *
 #define STR(key) (cJSON_IsString(v = cJSON_GetObjectItemCaseSensitive(cfg, key)))
     if (!cfg)
         return;
-    if (NUM("num_train_timesteps")) s->num_train_timesteps = v->valueint;
-    if (NUM("beta_start")) s->beta_start = (float)v->valuedouble;
-    if (NUM("beta_end")) s->beta_end = (float)v->valuedouble;
-    if (NUM("steps_offset")) s->steps_offset = v->valueint;
-    if (NUM("original_inference_steps")) s->original_inference_steps = v->valueint;
-    if (NUM("timestep_scaling")) s->timestep_scaling = (float)v->valuedouble;
+    if (NUM("num_train_timesteps"))
+        s->num_train_timesteps = v->valueint;
+    if (NUM("beta_start"))
+        s->beta_start = (float)v->valuedouble;
+    if (NUM("beta_end"))
+        s->beta_end = (float)v->valuedouble;
+    if (NUM("steps_offset"))
+        s->steps_offset = v->valueint;
+    if (NUM("original_inference_steps"))
+        s->original_inference_steps = v->valueint;
+    if (NUM("timestep_scaling"))
+        s->timestep_scaling = (float)v->valuedouble;
     if (cJSON_IsBool(v = cJSON_GetObjectItemCaseSensitive(cfg, "set_alpha_to_one")))
         s->set_alpha_to_one = cJSON_IsTrue(v);
     if (STR("beta_schedule"))
@@ -323,8 +341,8 @@ static int read_defaults(diffuse_model *m, const char *dir, char *err)
     }
     /* diffusers' StableDiffusionXLPipeline defaults it to true; SD 1.x/2.x
      * pipelines have no such setting (no negative prompt encodes "") */
-    const cJSON *fz = idx ? cJSON_GetObjectItemCaseSensitive(idx, "force_zeros_for_empty_prompt")
-                          : NULL;
+    const cJSON *fz =
+        idx ? cJSON_GetObjectItemCaseSensitive(idx, "force_zeros_for_empty_prompt") : NULL;
     m->force_zeros = strcmp(m->family, "sdxl") == 0 && (cJSON_IsBool(fz) ? cJSON_IsTrue(fz) : true);
     cJSON_Delete(idx);
     return 0;
@@ -344,9 +362,12 @@ static int find_vocab(const diffuse_model *m, const char *dir, const char *given
     snprintf(slash ? slash + 1 : beside, sizeof beside - (size_t)(slash ? slash + 1 - beside : 0),
              "bpe_simple_vocab_16e6.txt.gz");
     int n = 0;
-    if (dir) snprintf(cand[n++], 4096, "%s/tokenizer", dir);
-    if (given) snprintf(cand[n++], 4096, "%s", given);
-    if (env) snprintf(cand[n++], 4096, "%s", env);
+    if (dir)
+        snprintf(cand[n++], 4096, "%s/tokenizer", dir);
+    if (given)
+        snprintf(cand[n++], 4096, "%s", given);
+    if (env)
+        snprintf(cand[n++], 4096, "%s", env);
     snprintf(cand[n++], 4096, "%s", beside);
     diffuse_data_path(cand[n++], 4096, "bpe_simple_vocab_16e6.txt.gz");
     snprintf(cand[n++], 4096, "/usr/local/share/diffuse/bpe_simple_vocab_16e6.txt.gz");
@@ -355,9 +376,11 @@ static int find_vocab(const diffuse_model *m, const char *dir, const char *given
             snprintf(out, size, "%s", cand[i]);
             return 0;
         }
-    return diffuse_fail(err, "%s: no CLIP vocabulary: single-file checkpoints carry none. "
+    return diffuse_fail(err,
+                        "%s: no CLIP vocabulary: single-file checkpoints carry none. "
                         "Run ./install.sh (it fetches bpe_simple_vocab_16e6.txt.gz), or put that "
-                        "file beside the checkpoint, or set DIFFUSE_VOCAB to it", m->path);
+                        "file beside the checkpoint, or set DIFFUSE_VOCAB to it",
+                        m->path);
 }
 
 /* ------------------------------------------------------------------ load */
@@ -372,24 +395,32 @@ static int model_configure(diffuse_model *m, const char *cfgdir, const diffuse_l
 {
     cJSON *ucfg = NULL, *vcfg = NULL, *tcfg = NULL, *t2cfg = NULL;
     int rc = load_part_config(cfgdir, "unet", &ucfg, err) ||
-             load_part_config(cfgdir, "vae", &vcfg, err) ||
-             load_part_config(cfgdir, "text_encoder", &tcfg, err) ||
-             load_part_config(cfgdir, "text_encoder_2", &t2cfg, err) ? -1 : 0;
-    if (rc == 0) rc = infer_unet(m, ucfg, err);
-    if (rc == 0) rc = infer_vae(m, vcfg, err);
+                     load_part_config(cfgdir, "vae", &vcfg, err) ||
+                     load_part_config(cfgdir, "text_encoder", &tcfg, err) ||
+                     load_part_config(cfgdir, "text_encoder_2", &t2cfg, err)
+                 ? -1
+                 : 0;
+    if (rc == 0)
+        rc = infer_unet(m, ucfg, err);
+    if (rc == 0)
+        rc = infer_vae(m, vcfg, err);
     const bool sdxl = rc == 0 && strcmp(m->family, "sdxl") == 0;
     if (rc == 0 && sdxl) /* the second encoder first: it tells a refiner apart */
         rc = infer_clip(m, t2cfg, "text2.", &m->clip2_cfg, err) || configure_sdxl(m, err);
-    if (rc == 0) rc = infer_clip(m, tcfg, "text.", &m->clip_cfg, err);
+    if (rc == 0)
+        rc = infer_clip(m, tcfg, "text.", &m->clip_cfg, err);
     if (rc == 0 && sdxl && m->clip_cfg.hidden_layer != m->clip_cfg.layers - 1)
         rc = diffuse_fail(err, "internal: SDXL encoder 1 setup");
     if (rc == 0 && !sdxl && diffuse_weights_count(m->weights, "text2.") > 0)
-        rc = diffuse_fail(err, "%s: a second text encoder, but the UNet takes no pooled text "
-                          "embedding: not a model this engine knows", m->path);
+        rc = diffuse_fail(err,
+                          "%s: a second text encoder, but the UNet takes no pooled text "
+                          "embedding: not a model this engine knows",
+                          m->path);
     if (rc == 0 && sdxl && m->clip_cfg.width + m->clip2_cfg.width != m->unet_cfg.context_dim)
-        rc = diffuse_fail(err, "%s: text encoders of width %d and %d do not make the UNet's "
-                          "context of %d", m->path, m->clip_cfg.width, m->clip2_cfg.width,
-                          m->unet_cfg.context_dim);
+        rc = diffuse_fail(err,
+                          "%s: text encoders of width %d and %d do not make the UNet's "
+                          "context of %d",
+                          m->path, m->clip_cfg.width, m->clip2_cfg.width, m->unet_cfg.context_dim);
     if (rc == 0) { /* m->family is set only when infer_unet succeeded */
         /* what diffusers' pipelines default to: the UNet's sample_size in
          * pixels (SDXL-Turbo's 64 -> 512, where its VAE config says 1024) */
@@ -437,9 +468,11 @@ static int model_parts(diffuse_model *m, const char *dir, const char *vocab, cha
     }
     const int lc = m->vae_cfg.latent_channels, uin = m->unet_cfg.in_channels;
     if (uin != lc && uin != 2 * lc + 1)
-        return diffuse_fail(err, "%s: a UNet that takes %d input channels (%d latent channels, "
+        return diffuse_fail(err,
+                            "%s: a UNet that takes %d input channels (%d latent channels, "
                             "or %d for an inpainting model, are what Diffuse runs; 8 is "
-                            "InstructPix2Pix's)", m->path, uin, lc, 2 * lc + 1);
+                            "InstructPix2Pix's)",
+                            m->path, uin, lc, 2 * lc + 1);
     if (m->unet_cfg.out_channels != lc)
         return diffuse_fail(err, "%s: the UNet gives %d channels, the VAE takes %d", m->path,
                             m->unet_cfg.out_channels, lc);
@@ -451,9 +484,11 @@ static int model_parts(diffuse_model *m, const char *dir, const char *vocab, cha
     /* an id past the embedding's rows would fail every run, as if the run were at fault */
     const int32_t top = diffuse_tokenizer_max_id(m->tokenizer);
     if (top >= m->clip_cfg.vocab_size || (sdxl && top >= m->clip2_cfg.vocab_size))
-        return diffuse_fail(err, "%s: the vocabulary %s gives token ids up to %d, but the text "
+        return diffuse_fail(err,
+                            "%s: the vocabulary %s gives token ids up to %d, but the text "
                             "encoder's token_embedding has %d rows: a vocabulary for another "
-                            "model?", m->path, vocab, (int)top,
+                            "model?",
+                            m->path, vocab, (int)top,
                             top >= m->clip_cfg.vocab_size ? m->clip_cfg.vocab_size
                                                           : m->clip2_cfg.vocab_size);
     return 0;
@@ -508,7 +543,8 @@ diffuse_status diffuse_model_open(const char *path, const diffuse_load_params *p
     struct stat st;
     *out = NULL;
     diffuse_status rc = m && (m->path = strdup(path))
-                            ? DIFFUSE_OK : (diffuse_fail(e, "out of memory"), DIFFUSE_ERR_MEMORY);
+                            ? DIFFUSE_OK
+                            : (diffuse_fail(e, "out of memory"), DIFFUSE_ERR_MEMORY);
     if (rc == DIFFUSE_OK && stat(path, &st) != 0)
         rc = (diffuse_fail(e, "%s: %s", path, strerror(errno)), DIFFUSE_ERR_IO);
     const char *dir = rc == DIFFUSE_OK && S_ISDIR(st.st_mode) ? path : NULL;
@@ -610,8 +646,9 @@ void diffuse_model_get_info(const diffuse_model *m, diffuse_model_info *info)
     const bool turbo = strcmp(m->scheduler_class, "EulerAncestralDiscreteScheduler") == 0 &&
                        m->schedule.spacing == DIFFUSE_SPACING_TRAILING;
     const bool sdxl = strcmp(m->family, "sdxl") == 0, sd2 = strcmp(m->family, "sd2") == 0;
-    info->family_name = sdxl ? (turbo ? "SDXL-Turbo" : "SDXL")
-                        : sd2 ? (turbo ? "SD-Turbo" : "SD 2.x") : "SD 1.x";
+    info->family_name = sdxl  ? (turbo ? "SDXL-Turbo" : "SDXL")
+                        : sd2 ? (turbo ? "SD-Turbo" : "SD 2.x")
+                              : "SD 1.x";
     if (m->clip2) {
         info->text2_width = m->clip2_cfg.width;
         info->text2_layers = m->clip2_cfg.layers;
@@ -622,6 +659,6 @@ void diffuse_model_get_info(const diffuse_model *m, diffuse_model_info *info)
     info->has_fast_encoder = diffuse_taesd_has(m->taesd, false);
     info->params_unet = diffuse_weights_count(m->weights, "unet.");
     info->params_vae = diffuse_weights_count(m->weights, "vae.");
-    info->params_text = diffuse_weights_count(m->weights, "text.") +
-                        diffuse_weights_count(m->weights, "text2.");
+    info->params_text =
+        diffuse_weights_count(m->weights, "text.") + diffuse_weights_count(m->weights, "text2.");
 }

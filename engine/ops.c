@@ -19,18 +19,27 @@
 #define POINTWISE_GRAIN 16384
 
 /* Items of `per` floats each that make one part of at least POINTWISE_GRAIN. */
-static size_t grain_of(size_t per) { return POINTWISE_GRAIN / (per ? per : 1) + 1; }
+static size_t grain_of(size_t per)
+{
+    return POINTWISE_GRAIN / (per ? per : 1) + 1;
+}
 
 /* ------------------------------------------------------------------ cpu paths */
 
 /* Which vector paths this CPU runs (the build targets plain x86-64; the fast
  * paths are compiled with target attributes and chosen here at run time). */
-typedef enum { CPU_BASE = DIFFUSE_CPU_BASE, CPU_AVX2 = DIFFUSE_CPU_AVX2,
-               CPU_AVX512 = DIFFUSE_CPU_AVX512 } cpu_path;
+typedef enum {
+    CPU_BASE = DIFFUSE_CPU_BASE,
+    CPU_AVX2 = DIFFUSE_CPU_AVX2,
+    CPU_AVX512 = DIFFUSE_CPU_AVX512
+} cpu_path;
 
 static int cpu_cap = CPU_AVX512;
 
-void diffuse_cpu_cap(int max_path) { cpu_cap = max_path; }
+void diffuse_cpu_cap(int max_path)
+{
+    cpu_cap = max_path;
+}
 
 /* F16C from CPUID leaf 1 (ECX bit 29): clang's __builtin_cpu_supports does
  * not know the name. */
@@ -46,8 +55,7 @@ int diffuse_cpu_path(void)
     if (path < 0) {
         __builtin_cpu_init();
         int p = CPU_BASE;
-        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-            has_f16c())
+        if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c())
             p = CPU_AVX2;
         if (p == CPU_AVX2 && __builtin_cpu_supports("avx512f"))
             p = CPU_AVX512;
@@ -56,7 +64,10 @@ int diffuse_cpu_path(void)
     return path < cpu_cap ? path : cpu_cap;
 }
 
-static cpu_path cpu(void) { return (cpu_path)diffuse_cpu_path(); }
+static cpu_path cpu(void)
+{
+    return (cpu_path)diffuse_cpu_path();
+}
 
 /* ------------------------------------------------------------------ widen */
 
@@ -74,8 +85,8 @@ void diffuse_op_widen_ref(float *dst, const void *src, diffuse_dtype dtype, size
     }
 }
 
-__attribute__((target("avx2,fma,f16c")))
-static void widen_avx2(float *d, const uint16_t *s, bool bf16, size_t n)
+__attribute__((target("avx2,fma,f16c"))) static void widen_avx2(float *d, const uint16_t *s,
+                                                                bool bf16, size_t n)
 {
     size_t i = 0;
     if (bf16)
@@ -89,8 +100,8 @@ static void widen_avx2(float *d, const uint16_t *s, bool bf16, size_t n)
     diffuse_op_widen_ref(d + i, s + i, bf16 ? DIFFUSE_DTYPE_BF16 : DIFFUSE_DTYPE_F16, n - i);
 }
 
-__attribute__((target("avx512f")))
-static void widen_avx512(float *d, const uint16_t *s, bool bf16, size_t n)
+__attribute__((target("avx512f"))) static void widen_avx512(float *d, const uint16_t *s, bool bf16,
+                                                            size_t n)
 {
     size_t i = 0;
     if (bf16)
@@ -120,9 +131,15 @@ static void widen_part(void *ctx, size_t b, size_t e)
     const uint16_t *s = (const uint16_t *)(j->src + 2 * b); /* 2-aligned: safetensors offsets */
     const bool bf16 = j->dtype == DIFFUSE_DTYPE_BF16;
     switch (cpu()) {
-    case CPU_AVX512: widen_avx512(j->dst + b, s, bf16, e - b); break;
-    case CPU_AVX2: widen_avx2(j->dst + b, s, bf16, e - b); break;
-    default: diffuse_op_widen_ref(j->dst + b, s, j->dtype, e - b); break;
+    case CPU_AVX512:
+        widen_avx512(j->dst + b, s, bf16, e - b);
+        break;
+    case CPU_AVX2:
+        widen_avx2(j->dst + b, s, bf16, e - b);
+        break;
+    default:
+        diffuse_op_widen_ref(j->dst + b, s, j->dtype, e - b);
+        break;
     }
 }
 
@@ -143,7 +160,7 @@ void diffuse_op_widen(float *dst, const void *src, diffuse_dtype dtype, size_t n
  * parts stay far above OpenBLAS's small-matrix path (different code, other
  * rounding), so the result does not depend on the cut: tests/test_ops.c
  * holds it to the one-call result bit for bit at every thread count. */
-#define GEMM_MAX_PARTS 16 /* threads a product can use */
+#define GEMM_MAX_PARTS 16        /* threads a product can use */
 #define GEMM_SPLIT_MIN (1 << 23) /* multiply-adds per part, at least */
 
 typedef struct gemm_job {
@@ -170,7 +187,8 @@ static void gemm_part(void *ctx, size_t p0, size_t p1)
     const gemm_job *j = ctx;
     for (size_t p = p0; p < p1; p++) {
         const int dim = j->along_n ? j->n : j->m, align = j->along_n ? 16 : 8;
-        int b = (int)((size_t)dim * p / (size_t)j->parts), e = (int)((size_t)dim * (p + 1) / (size_t)j->parts);
+        int b = (int)((size_t)dim * p / (size_t)j->parts),
+            e = (int)((size_t)dim * (p + 1) / (size_t)j->parts);
         b = b / align * align;
         e = p + 1 == (size_t)j->parts ? dim : e / align * align;
         if (b >= e)
@@ -185,8 +203,19 @@ static void gemm_part(void *ctx, size_t p0, size_t p1)
 void diffuse_gemm(bool ta, bool tb, int m, int n, int k, float alpha, const float *a, int lda,
                   const float *b, int ldb, float beta, float *c, int ldc)
 {
-    gemm_job j = {.ta = ta, .tb = tb, .m = m, .n = n, .k = k, .alpha = alpha, .beta = beta,
-                  .a = a, .b = b, .c = c, .lda = lda, .ldb = ldb, .ldc = ldc};
+    gemm_job j = {.ta = ta,
+                  .tb = tb,
+                  .m = m,
+                  .n = n,
+                  .k = k,
+                  .alpha = alpha,
+                  .beta = beta,
+                  .a = a,
+                  .b = b,
+                  .c = c,
+                  .lda = lda,
+                  .ldb = ldb,
+                  .ldc = ldc};
     /* The cut depends on the shape alone, never on the thread count: OpenBLAS
      * may sum a narrower product in another order (its AVX2 kernels do), so
      * the same parts must run whatever the threads. A power of two of them,
@@ -220,8 +249,8 @@ void diffuse_op_linear(float *y, const float *x, const float *w, const float *b,
     diffuse_gemm(false, true, n, out, in, 1.0f, x, in, w, in, b ? 1.0f : 0.0f, y, out);
 }
 
-void diffuse_op_linear_ref(float *y, const float *x, const float *w, const float *b, int n,
-                           int in, int out)
+void diffuse_op_linear_ref(float *y, const float *x, const float *w, const float *b, int n, int in,
+                           int out)
 {
     for (int i = 0; i < n; i++)
         for (int o = 0; o < out; o++) {
@@ -295,7 +324,8 @@ static void im2col_part(void *ctx, size_t c0, size_t c1)
                     }
                     const float *in = src + (size_t)iy * c->w;
                     if (s == 1) { /* zeros, a straight copy, zeros */
-                        int lo = c->pad_left - kx, hi = c->w + c->pad_left - kx; /* ox range inside */
+                        int lo = c->pad_left - kx,
+                            hi = c->w + c->pad_left - kx; /* ox range inside */
                         lo = lo < 0 ? 0 : lo > ow ? ow : lo;
                         hi = hi < lo ? lo : hi > ow ? ow : hi;
                         for (int ox = 0; ox < lo; ox++)
@@ -382,7 +412,10 @@ void diffuse_op_conv2d_ref(float *y, const float *x, const float *w, const float
 
 /* ------------------------------------------------------------------ norms */
 
-static inline float silu(float v) { return v / (1.0f + expf(-v)); }
+static inline float silu(float v)
+{
+    return v / (1.0f + expf(-v));
+}
 
 /* y = (x - mean_g) / sqrt(var_g + eps) * gamma_c + beta_c, statistics per
  * (image, group) over C/groups channels x HW; biased variance as torch. */
@@ -405,33 +438,40 @@ static void group_norm_part(void *ctx, size_t b, size_t e)
     const int cg = c / groups;
     const size_t count = (size_t)cg * hw;
     for (size_t ig = b; ig < e; ig++) {
-            const size_t i = ig / (size_t)groups;
-            const int g = (int)(ig % (size_t)groups);
-            const float *xg = x + ((size_t)i * c + (size_t)g * cg) * hw;
-            float *yg = y + ((size_t)i * c + (size_t)g * cg) * hw;
-            double sum = 0, sq = 0;
-            for (size_t j = 0; j < count; j++)
-                sum += xg[j];
-            double mean = sum / count;
-            for (size_t j = 0; j < count; j++)
-                sq += (xg[j] - mean) * (xg[j] - mean);
-            float rstd = (float)(1.0 / sqrt(sq / count + eps));
-            for (int ch = 0; ch < cg; ch++) {
-                float a = gamma[g * cg + ch] * rstd;
-                float bb = beta[g * cg + ch] - (float)mean * a;
-                for (int p = 0; p < hw; p++) {
-                    float v = xg[(size_t)ch * hw + p] * a + bb;
-                    yg[(size_t)ch * hw + p] = act ? silu(v) : v;
-                }
+        const size_t i = ig / (size_t)groups;
+        const int g = (int)(ig % (size_t)groups);
+        const float *xg = x + ((size_t)i * c + (size_t)g * cg) * hw;
+        float *yg = y + ((size_t)i * c + (size_t)g * cg) * hw;
+        double sum = 0, sq = 0;
+        for (size_t j = 0; j < count; j++)
+            sum += xg[j];
+        double mean = sum / count;
+        for (size_t j = 0; j < count; j++)
+            sq += (xg[j] - mean) * (xg[j] - mean);
+        float rstd = (float)(1.0 / sqrt(sq / count + eps));
+        for (int ch = 0; ch < cg; ch++) {
+            float a = gamma[g * cg + ch] * rstd;
+            float bb = beta[g * cg + ch] - (float)mean * a;
+            for (int p = 0; p < hw; p++) {
+                float v = xg[(size_t)ch * hw + p] * a + bb;
+                yg[(size_t)ch * hw + p] = act ? silu(v) : v;
             }
         }
+    }
 }
 
 void diffuse_op_group_norm(float *y, const float *x, const float *gamma, const float *beta, int n,
                            int c, int hw, int groups, float eps, bool act)
 {
-    norm_job j = {.y = y, .x = x, .gamma = gamma, .beta = beta, .c = c, .hw = hw,
-                  .groups = groups, .eps = eps, .act = act};
+    norm_job j = {.y = y,
+                  .x = x,
+                  .gamma = gamma,
+                  .beta = beta,
+                  .c = c,
+                  .hw = hw,
+                  .groups = groups,
+                  .eps = eps,
+                  .act = act};
     diffuse_parallel_for((size_t)n * groups, grain_of((size_t)(c / groups) * hw), group_norm_part,
                          &j);
 }
@@ -466,7 +506,6 @@ void diffuse_op_layer_norm(float *y, const float *x, const float *gamma, const f
 }
 
 /* ------------------------------------------------------------------ pointwise */
-
 
 typedef struct pointwise_job {
     float *y;
@@ -550,7 +589,8 @@ static void transpose_part(void *ctx, size_t c0, size_t c1)
     const int rows = j->rows, cols = j->cols;
     for (int cb = (int)c0; cb < (int)c1; cb += 32)
         for (int rb = 0; rb < rows; rb += 32) {
-            const int ce = cb + 32 < (int)c1 ? cb + 32 : (int)c1, re = rb + 32 < rows ? rb + 32 : rows;
+            const int ce = cb + 32 < (int)c1 ? cb + 32 : (int)c1,
+                      re = rb + 32 < rows ? rb + 32 : rows;
             for (int c = cb; c < ce; c++)
                 for (int r = rb; r < re; r++)
                     j->y[(size_t)c * rows + r] = j->x[(size_t)r * cols + c];

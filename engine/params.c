@@ -138,7 +138,10 @@ char *diffuse_parameters_text(const diffuse_parameters *p)
 
 /* ------------------------------------------------------------------ reading */
 
-static bool key_char(char c) { return isalnum((unsigned char)c) || c == '_' || c == ' ' || c == '-' || c == '/'; }
+static bool key_char(char c)
+{
+    return isalnum((unsigned char)c) || c == '_' || c == ' ' || c == '-' || c == '/';
+}
 
 /* A1111's re_param at s: \s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$).
  * Returns the bytes matched (0: none) and the key and raw value spans. */
@@ -279,8 +282,8 @@ static bool read_float(const char *v, float *out)
  * schedule as its own key, older versions (and Diffuse before) as a sampler
  * suffix; "Automatic" is DPM++ 2M's own default, Karras. */
 typedef struct parse_state {
-    int schedule;   /* -1 not given, 0 plain, 1 Karras, 2 automatic */
-    bool version;   /* an A1111 "Version" key: its RNG default is the GPU's */
+    int schedule; /* -1 not given, 0 plain, 1 Karras, 2 automatic */
+    bool version; /* an A1111 "Version" key: its RNG default is the GPU's */
 } parse_state;
 
 static bool read_sampler(diffuse_parameters *p, const char *v, parse_state *st)
@@ -345,8 +348,9 @@ static bool read_param(diffuse_parameters *p, const char *key, const char *v, pa
     if (!strcmp(key, "Target size"))
         return read_pair(v, 'x', &s->target_width, &s->target_height);
     if (!strcmp(key, "Masked content") && (!strcmp(v, "original") || !strcmp(v, "latent noise")))
-        return p->masked_content = v[0] == 'l' ? DIFFUSE_MASKED_LATENT_NOISE
-                                               : DIFFUSE_MASKED_ORIGINAL, true;
+        return p->masked_content =
+                   v[0] == 'l' ? DIFFUSE_MASKED_LATENT_NOISE : DIFFUSE_MASKED_ORIGINAL,
+               true;
     if (!strcmp(key, "Inpaint area") && (!strcmp(v, "Only masked") || !strcmp(v, "Whole picture")))
         return p->inpaint_area = v[0] == 'O', true;
     if (!strcmp(key, "Masked area padding") && read_long(v, 0, DIFFUSE_MAX_SIDE, &x))
@@ -392,7 +396,8 @@ static int parse_last_line(diffuse_parameters *p, const char *line)
             return -1;
     }
     if (st.schedule >= 0)
-        p->karras = st.schedule == 1 || (st.schedule == 2 && p->sampler == DIFFUSE_SAMPLER_DPMPP_2M);
+        p->karras =
+            st.schedule == 1 || (st.schedule == 2 && p->sampler == DIFFUSE_SAMPLER_DPMPP_2M);
     if (p->rng < 0 && st.version) /* A1111 leaves out its default, the GPU's generator */
         p->rng = DIFFUSE_RNG_PHILOX;
     return 0;
@@ -458,8 +463,13 @@ static int parse_lines(diffuse_parameters *p, const char *text)
 diffuse_status diffuse_parameters_parse(const char *text, diffuse_parameters *p, char *err,
                                         size_t err_size)
 {
-    *p = (diffuse_parameters){.sampler = -1, .karras = -1, .guidance = -1, .rng = -1,
-                              .masked_content = -1, .inpaint_area = -1, .padding = -1};
+    *p = (diffuse_parameters){.sampler = -1,
+                              .karras = -1,
+                              .guidance = -1,
+                              .rng = -1,
+                              .masked_content = -1,
+                              .inpaint_area = -1,
+                              .padding = -1};
     if (!text || parse_lines(p, text) || (!p->prompt && !(p->prompt = strdup("")))) {
         diffuse_parameters_free(p);
         if (err && err_size)

@@ -21,29 +21,30 @@ typedef struct pipe_buffers {
     float *noise;         /* [1, C, h, w] start noise, kept for inpaint re-noising */
     float *image_latents; /* [1, C, h, w] encoded init image (scaled) */
     float *mask_latent;   /* [h, w] 1 = repaint */
-    float *masked_latents; /* [1, C, h, w] inpainting UNet: the image with the repaint area blanked */
-    float *model_in;      /* [nb, uc, h, w] */
-    float *model_out;     /* [nb, C, h, w] */
-    float *pixels;        /* [3, H, W] VAE input / output */
-    float *moments;       /* [1, 2C, h, w] */
-    float *preview;       /* [h, w, 3], or [H, W, 3] through TAESD */
+    float
+        *masked_latents; /* [1, C, h, w] inpainting UNet: the image with the repaint area blanked */
+    float *model_in;     /* [nb, uc, h, w] */
+    float *model_out;    /* [nb, C, h, w] */
+    float *pixels;       /* [3, H, W] VAE input / output */
+    float *moments;      /* [1, 2C, h, w] */
+    float *preview;      /* [h, w, 3], or [H, W, 3] through TAESD */
     float timesteps[2];
 } pipe_buffers;
 
 typedef struct pipe_dims {
-    int nb;               /* UNet batch: 2 with guidance, else 1 */
-    int c, h, w;          /* latent */
-    size_t latent_n;      /* c * h * w */
-    int uc;               /* UNet input channels: c, or 2c + 1 for an inpainting UNet */
-    bool inpaint;         /* the UNet also reads a mask and the masked image's latents */
-    size_t in_n;          /* uc * h * w */
-    int ctx;              /* context width */
-    int pooled;           /* pooled text width, 0 but for SDXL */
-    int tokens[2];        /* context rows of each UNet input: 77 per prompt chunk */
-    int context_rows;     /* tokens[0] + ... tokens[nb - 1] */
-    bool batched;         /* one UNet pass for the batch (the same tokens) */
-    bool taesd_preview;   /* previews through the model's TAESD decoder, at full size */
-    size_t preview_n;     /* floats of one preview */
+    int nb;             /* UNet batch: 2 with guidance, else 1 */
+    int c, h, w;        /* latent */
+    size_t latent_n;    /* c * h * w */
+    int uc;             /* UNet input channels: c, or 2c + 1 for an inpainting UNet */
+    bool inpaint;       /* the UNet also reads a mask and the masked image's latents */
+    size_t in_n;        /* uc * h * w */
+    int ctx;            /* context width */
+    int pooled;         /* pooled text width, 0 but for SDXL */
+    int tokens[2];      /* context rows of each UNet input: 77 per prompt chunk */
+    int context_rows;   /* tokens[0] + ... tokens[nb - 1] */
+    bool batched;       /* one UNet pass for the batch (the same tokens) */
+    bool taesd_preview; /* previews through the model's TAESD decoder, at full size */
+    size_t preview_n;   /* floats of one preview */
 } pipe_dims;
 
 /* The negative prompt as encoded: NULL for the zero conditioning. */
@@ -157,8 +158,10 @@ static bool finite_all(const float *x, size_t n)
 
 static diffuse_status nonfinite(char *err, const char *what)
 {
-    diffuse_fail(err, "%s: the numbers went NaN or infinite (the model's weights or its "
-                 "configuration hold values that cannot work); no image was made", what);
+    diffuse_fail(err,
+                 "%s: the numbers went NaN or infinite (the model's weights or its "
+                 "configuration hold values that cannot work); no image was made",
+                 what);
     return DIFFUSE_ERR_NONFINITE;
 }
 
@@ -376,8 +379,8 @@ static diffuse_status preview(diffuse_model *m, const diffuse_run *run, const pi
 {
     int w = d->w, h = d->h;
     if (d->taesd_preview) {
-        if (diffuse_taesd_decode(m->taesd, b->pixels, b->latents, run->height, run->width, a,
-                                 NULL, err))
+        if (diffuse_taesd_decode(m->taesd, b->pixels, b->latents, run->height, run->width, a, NULL,
+                                 err))
             return DIFFUSE_ERR_MEMORY;
         w = run->width;
         h = run->height;
@@ -406,12 +409,12 @@ static int unet_passes(diffuse_model *m, const pipe_dims *d, pipe_buffers *b, di
     size_t row = 0;
     for (int k = 0; k < passes; k++) {
         const diffuse_unet_cond cond = {
-            .context = b->context + row * d->ctx, .tokens = d->tokens[k],
+            .context = b->context + row * d->ctx,
+            .tokens = d->tokens[k],
             .text_embeds = d->pooled ? b->pooled + (size_t)k * d->pooled : NULL,
             .time_ids = d->pooled ? b->time_ids + (size_t)k * DIFFUSE_TIME_IDS : NULL};
-        if (diffuse_unet_forward(m->unet, b->model_out + k * d->latent_n,
-                                 b->model_in + k * d->in_n, b->timesteps + k, &cond, n, d->h,
-                                 d->w, a, NULL, err))
+        if (diffuse_unet_forward(m->unet, b->model_out + k * d->latent_n, b->model_in + k * d->in_n,
+                                 b->timesteps + k, &cond, n, d->h, d->w, a, NULL, err))
             return -1;
         row += d->tokens[k];
     }
@@ -459,8 +462,8 @@ static diffuse_status denoise(diffuse_model *m, const diffuse_run *run, const pi
             if (ps != DIFFUSE_OK)
                 return ps;
         }
-        if (run->progress && run->progress(run->progress_user, run->image_index,
-                                           run->image_count, i + 1, count)) {
+        if (run->progress &&
+            run->progress(run->progress_user, run->image_index, run->image_count, i + 1, count)) {
             diffuse_fail(err, "cancelled");
             return DIFFUSE_ERR_CANCELLED;
         }
@@ -480,8 +483,8 @@ static int decode_latents(diffuse_model *m, const diffuse_run *run, const pipe_d
         b->latents[i] /= m->vae_cfg.scaling_factor;
     if (fast ? diffuse_taesd_decode(m->taesd, b->pixels, b->latents, run->height, run->width, a,
                                     NULL, err)
-             : diffuse_vae_decode(m->vae, b->pixels, b->latents, run->height, run->width, a,
-                                  NULL, err))
+             : diffuse_vae_decode(m->vae, b->pixels, b->latents, run->height, run->width, a, NULL,
+                                  err))
         return -1;
     if (!fast)
         diffuse_weights_release(m->weights, "vae.");
@@ -553,7 +556,10 @@ done:
     return st;
 }
 
-static size_t max_of(size_t a, size_t b) { return a > b ? a : b; }
+static size_t max_of(size_t a, size_t b)
+{
+    return a > b ? a : b;
+}
 
 /* The run's resident peak beyond what the process holds at its start, phase by
  * phase: one phase's weights are mapped at a time (each is released when it
@@ -574,8 +580,8 @@ size_t diffuse_pipeline_memory(const diffuse_model *m, const diffuse_run *run)
     const size_t au = sizeof(float) * unet_workspace(m, &d) + lora;
     const size_t av = sizeof(float) * diffuse_vae_workspace(m->vae, run->height, run->width);
     /* TAESD's weights are float32 in memory since load: only its work counts */
-    const size_t at = m->taesd ? sizeof(float) * diffuse_taesd_workspace(m->taesd, run->height,
-                                                                         run->width) : 0;
+    const size_t at =
+        m->taesd ? sizeof(float) * diffuse_taesd_workspace(m->taesd, run->height, run->width) : 0;
     size_t touched = ac, peak = wt + ac;
     if (d.taesd_preview) /* previews decode with TAESD, beside the UNet's work */
         touched = max_of(touched, at);

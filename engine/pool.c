@@ -33,7 +33,7 @@ typedef struct pool_job {
 } pool_job;
 
 static struct {
-    pthread_mutex_t call;     /* one job at a time, whichever thread asks */
+    pthread_mutex_t call; /* one job at a time, whichever thread asks */
     pthread_mutex_t lock;
     pthread_cond_t wake, done;
     pthread_t tid[POOL_MAX];
@@ -42,14 +42,17 @@ static struct {
     unsigned long generation; /* bumped for every job */
     int pending;              /* parts of the current job not finished */
     pool_job job;
-} pool = {.call = PTHREAD_MUTEX_INITIALIZER, .lock = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER,
+} pool = {.call = PTHREAD_MUTEX_INITIALIZER,
+          .lock = PTHREAD_MUTEX_INITIALIZER,
+          .wake = PTHREAD_COND_INITIALIZER,
           .done = PTHREAD_COND_INITIALIZER};
 
 static _Thread_local bool in_pool; /* set in workers and in a caller running a job */
 
 static void run_part(const pool_job *j, int part)
 {
-    size_t b = j->n * (size_t)part / (size_t)j->parts, e = j->n * (size_t)(part + 1) / (size_t)j->parts;
+    size_t b = j->n * (size_t)part / (size_t)j->parts,
+           e = j->n * (size_t)(part + 1) / (size_t)j->parts;
     if (b < e)
         j->fn(j->ctx, b, e);
 }
@@ -103,7 +106,10 @@ static void fork_child(void)
 
 static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
 
-static void register_fork(void) { pthread_atfork(fork_prepare, fork_parent, fork_child); }
+static void register_fork(void)
+{
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
 
 int diffuse_cpu_count(void)
 {

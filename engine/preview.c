@@ -28,11 +28,21 @@ static void fit_colour(int k, int x, int y, int s, float rgb[3])
         return;
     }
     switch (k) {
-    case 8: rgb[0] = u, rgb[1] = v, rgb[2] = 0.5f; break;
-    case 9: rgb[0] = 1 - v, rgb[1] = 0.3f, rgb[2] = u; break;
-    case 10: rgb[0] = 0.2f, rgb[1] = u, rgb[2] = 1 - v; break;
-    case 11: rgb[0] = rgb[1] = rgb[2] = u; break;
-    case 12: rgb[0] = u * v, rgb[1] = (1 - u) * v, rgb[2] = 1 - v; break;
+    case 8:
+        rgb[0] = u, rgb[1] = v, rgb[2] = 0.5f;
+        break;
+    case 9:
+        rgb[0] = 1 - v, rgb[1] = 0.3f, rgb[2] = u;
+        break;
+    case 10:
+        rgb[0] = 0.2f, rgb[1] = u, rgb[2] = 1 - v;
+        break;
+    case 11:
+        rgb[0] = rgb[1] = rgb[2] = u;
+        break;
+    case 12:
+        rgb[0] = u * v, rgb[1] = (1 - u) * v, rgb[2] = 1 - v;
+        break;
     default: { /* quadrants: red, green, blue, white */
         const int q = (x >= s / 2) + 2 * (y >= s / 2);
         static const float quad[4][3] = {{1, 0, 0}, {0, 1, 0}, {0, 0, 1}, {1, 1, 1}};
@@ -92,8 +102,8 @@ diffuse_status diffuse_preview_fit(diffuse_model *m, diffuse_arena *a, char *err
         return diffuse_fail(err, "preview: %d latent channels at 1/%d cannot be fitted", c, f),
                DIFFUSE_ERR_FORMAT;
     const size_t mark = diffuse_arena_mark(a);
-    float *img = diffuse_arena_push(a, (size_t)3 * s * s);            /* [3, s, s] */
-    float *moments = diffuse_arena_push(a, (size_t)2 * c * ls * ls);  /* [2c, ls, ls] */
+    float *img = diffuse_arena_push(a, (size_t)3 * s * s);           /* [3, s, s] */
+    float *moments = diffuse_arena_push(a, (size_t)2 * c * ls * ls); /* [2c, ls, ls] */
     double ata[81] = {0}, aty[3][9] = {{0}};
     if (!img || !moments) {
         diffuse_arena_reset(a, mark);
@@ -123,7 +133,8 @@ diffuse_status diffuse_preview_fit(diffuse_model *m, diffuse_arena *a, char *err
                 for (int y = cy * f; y < (cy + 1) * f; y++)
                     for (int x = cx * f; x < (cx + 1) * f; x++)
                         for (int ch = 0; ch < 3; ch++)
-                            target[ch] += fmin(fmax((img[((size_t)ch * s + y) * s + x] + 1.0) / 2.0, 0), 1);
+                            target[ch] +=
+                                fmin(fmax((img[((size_t)ch * s + y) * s + x] + 1.0) / 2.0, 0), 1);
                 for (int ch = 0; ch < 3; ch++)
                     target[ch] /= (double)f * f;
                 for (int i = 0; i < n; i++) {
@@ -150,7 +161,8 @@ diffuse_status diffuse_preview_fit(diffuse_model *m, diffuse_arena *a, char *err
         if (!solve(sys, aty[ch], n) || !isfinite(aty[ch][0])) {
             free(map); /* what the VAE made of the pictures went NaN or infinite */
             return diffuse_fail(err, "preview: the latent-to-RGB fit is singular: the VAE's "
-                                "numbers are not finite"), DIFFUSE_ERR_NONFINITE;
+                                     "numbers are not finite"),
+                   DIFFUSE_ERR_NONFINITE;
         }
         for (int i = 0; i < n; i++)
             map[i * 3 + ch] = (float)aty[ch][i];

@@ -52,7 +52,10 @@ static int parts_add(prompt_parts *p, const char *text, size_t len, double weigh
 }
 
 /* Python's re \s on ASCII, which is what prompts use around BREAK and weights. */
-static bool is_space(char c) { return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f); }
+static bool is_space(char c)
+{
+    return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f);
+}
 
 /* Python's \w on the code point that starts or ends at s[i] (letters, digits, '_'). */
 static bool word_at(const char *s, size_t len, size_t i, bool before)
@@ -136,8 +139,10 @@ static int parse_weight(const char *num, size_t len, double *out, char *err)
         digits += isdigit((unsigned char)num[i]) != 0;
     }
     if (len >= sizeof buf || dots > 1 || digits == 0)
-        return diffuse_fail(err, "prompt: \"%.*s\" is not a weight (a number like 1.2 after "
-                            "the colon)", (int)(len < 40 ? len : 40), num);
+        return diffuse_fail(err,
+                            "prompt: \"%.*s\" is not a weight (a number like 1.2 after "
+                            "the colon)",
+                            (int)(len < 40 ? len : 40), num);
     memcpy(buf, num, len);
     buf[len] = 0;
     *out = strtod(buf, NULL);
@@ -145,8 +150,8 @@ static int parse_weight(const char *num, size_t len, double *out, char *err)
 }
 
 /* One match of A1111's re_attention at s[0..len): its length and what it does. */
-static int parse_step(prompt_parts *p, const char *s, size_t len, int *round, int *nr,
-                      int *square, int *ns, size_t *used, char *err)
+static int parse_step(prompt_parts *p, const char *s, size_t len, int *round, int *nr, int *square,
+                      int *ns, size_t *used, char *err)
 {
     static const char specials[] = "\\()[]:";
     const char *num;
@@ -257,7 +262,7 @@ typedef struct chunk_fill {
     int32_t ids[PROMPT_CHUNK];
     float w[PROMPT_CHUNK];
     int len;
-    int last_comma;                  /* index of the last comma in it, -1: none */
+    int last_comma; /* index of the last comma in it, -1: none */
 } chunk_fill;
 
 /* Closes the chunk being filled: <start> ids <end> padding into out. */
@@ -356,8 +361,11 @@ int diffuse_prompt_chunk(const diffuse_tokenizer *tok, const char *text, int32_t
     const size_t cap = (size_t)DIFFUSE_MAX_PROMPT_CHUNKS * DIFFUSE_MAX_TOKENS;
     out->ids = malloc(cap * sizeof *out->ids);
     out->weights = malloc(cap * sizeof *out->weights);
-    chunk_ctx k = {.out = out, .fill = {.last_comma = -1}, .bos = diffuse_tokenizer_bos(tok),
-                   .eos = diffuse_tokenizer_eos(tok), .pad = pad_id,
+    chunk_ctx k = {.out = out,
+                   .fill = {.last_comma = -1},
+                   .bos = diffuse_tokenizer_bos(tok),
+                   .eos = diffuse_tokenizer_eos(tok),
+                   .pad = pad_id,
                    .comma = diffuse_tokenizer_id(tok, ",</w>")};
     int rc = out->ids && out->weights ? chunk_parts(tok, parts, n, &k, err)
                                       : diffuse_fail(err, "out of memory");
@@ -416,8 +424,10 @@ int diffuse_prompt_tags(const char *text, char **stripped, diffuse_prompt_tag **
         size_t k = i + 1;
         while (k < len && (isalnum((unsigned char)text[k]) || text[k] == '_'))
             k++;
-        const char *close = k > i + 1 && k < len && text[k] == ':' && k + 1 < len &&
-                                    text[k + 1] != '>' ? strchr(text + k + 1, '>') : NULL;
+        const char *close =
+            k > i + 1 && k < len && text[k] == ':' && k + 1 < len && text[k + 1] != '>'
+                ? strchr(text + k + 1, '>')
+                : NULL;
         if (text[i] != '<' || !close) {
             out[o++] = text[i++];
             continue;

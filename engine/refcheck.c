@@ -42,8 +42,8 @@ static void report_case(refcheck *r, const char *name, double abs, double rel, d
 {
     char line[512];
     bool ok = rel <= tol; /* NaN fails */
-    snprintf(line, sizeof line, "%s %s max_abs_err=%.3g rel_err=%.3g %s", r->layout, name, abs,
-             rel, ok ? "ok" : "FAIL");
+    snprintf(line, sizeof line, "%s %s max_abs_err=%.3g rel_err=%.3g %s", r->layout, name, abs, rel,
+             ok ? "ok" : "FAIL");
     r->report(r->user, line);
     ok ? r->passed++ : r->failed++;
 }
@@ -129,7 +129,8 @@ static int32_t *golden_ids(refcheck *r, const char *name, int *n)
 {
     int64_t count = 0;
     float *f = golden_get(r, name, &count);
-    int32_t *ids = f && count >= DIFFUSE_MAX_TOKENS ? malloc(sizeof(int32_t) * (size_t)count) : NULL;
+    int32_t *ids =
+        f && count >= DIFFUSE_MAX_TOKENS ? malloc(sizeof(int32_t) * (size_t)count) : NULL;
     for (int64_t i = 0; ids && i < count; i++)
         ids[i] = (int32_t)f[i];
     *n = (int)(count / DIFFUSE_MAX_TOKENS);
@@ -152,7 +153,8 @@ static void check_encoder(refcheck *r, const diffuse_clip *c, const char *prefix
         free(ids);
         return;
     }
-    const diffuse_clip_config *cfg = c == r->model->clip ? &r->model->clip_cfg : &r->model->clip2_cfg;
+    const diffuse_clip_config *cfg =
+        c == r->model->clip ? &r->model->clip_cfg : &r->model->clip2_cfg;
     const size_t out_n = (size_t)n * DIFFUSE_MAX_TOKENS * cfg->width;
     float *out = malloc(sizeof(float) * out_n);
     float *pooled = malloc(sizeof(float) * (size_t)n * (cfg->projection + 1));
@@ -187,7 +189,8 @@ static void check_context(refcheck *r, diffuse_arena *a)
     diffuse_model *m = r->model;
     char err[DIFFUSE_ERROR_SIZE];
     int n1 = 0, n2 = 0;
-    int32_t *ids1 = golden_ids(r, "text.input_ids", &n1), *ids2 = golden_ids(r, "text2.input_ids", &n2);
+    int32_t *ids1 = golden_ids(r, "text.input_ids", &n1),
+            *ids2 = golden_ids(r, "text2.input_ids", &n2);
     const int ctx = diffuse_cond_context_dim(m);
     float *out = malloc(sizeof(float) * (size_t)(n1 > 0 ? n1 : 1) * DIFFUSE_MAX_TOKENS * ctx);
     diffuse_arena_reset(a, 0);
@@ -258,8 +261,8 @@ static void check_unet_at(refcheck *r, int t, diffuse_arena *a)
     trace_ctx tc = {r, prefix};
     diffuse_trace trace = {trace_compare, &tc};
     diffuse_arena_reset(a, 0);
-    const diffuse_unet_cond cond = {.context = ctx, .tokens = DIFFUSE_MAX_TOKENS,
-                                    .text_embeds = embeds, .time_ids = time_ids};
+    const diffuse_unet_cond cond = {
+        .context = ctx, .tokens = DIFFUSE_MAX_TOKENS, .text_embeds = embeds, .time_ids = time_ids};
     if (n > 16 || diffuse_unet_forward(r->model->unet, out, x, ts, &cond, n, h, w, a, &trace, err))
         report_error(r, name, n > 16 ? "batch over 16" : err);
     else
@@ -376,7 +379,7 @@ static void replay_init(replay *p, refcheck *r, const char *run, const cJSON *sp
 typedef struct step_ctx {
     refcheck *r;
     const char *run;
-    bool force;           /* restart every step from the reference's latents */
+    bool force; /* restart every step from the reference's latents */
     double worst_abs, worst_rel;
     int missing;
 } step_ctx;
@@ -412,7 +415,10 @@ static void on_step(void *user, int i, float *latents, size_t n)
 
 static int sampler_of(const char *cls)
 {
-    static const struct { const char *cls; diffuse_sampler s; } map[] = {
+    static const struct {
+        const char *cls;
+        diffuse_sampler s;
+    } map[] = {
         {"EulerAncestralDiscreteScheduler", DIFFUSE_SAMPLER_EULER_A},
         {"EulerDiscreteScheduler", DIFFUSE_SAMPLER_EULER},
         {"DDIMScheduler", DIFFUSE_SAMPLER_DDIM},
@@ -446,10 +452,10 @@ static int run_of_spec(refcheck *r, const char *name, const cJSON *spec, diffuse
     const cJSON *orig = cJSON_GetObjectItemCaseSensitive(spec, "original_size");
     const cJSON *crop = cJSON_GetObjectItemCaseSensitive(spec, "crops_coords_top_left");
     const cJSON *target = cJSON_GetObjectItemCaseSensitive(spec, "target_size");
-#define PAIR(j, a, b)                                                                            \
-    if (cJSON_GetArraySize(j) == 2) {                                                            \
-        a = cJSON_GetArrayItem(j, 0)->valueint;                                                  \
-        b = cJSON_GetArrayItem(j, 1)->valueint;                                                  \
+#define PAIR(j, a, b)                                                                              \
+    if (cJSON_GetArraySize(j) == 2) {                                                              \
+        a = cJSON_GetArrayItem(j, 0)->valueint;                                                    \
+        b = cJSON_GetArrayItem(j, 1)->valueint;                                                    \
     }
     PAIR(orig, run->size_cond.original_height, run->size_cond.original_width)
     PAIR(crop, run->size_cond.crop_top, run->size_cond.crop_left)
@@ -477,8 +483,8 @@ static int run_of_spec(refcheck *r, const char *name, const cJSON *spec, diffuse
         const size_t hw = (size_t)run->width * run->height;
         if (!chw || (size_t)n != 3 * hw || !(*img = malloc(sizeof(float) * n))) {
             free(chw);
-            return diffuse_fail(err, "run %s: vae.image is not [1, 3, %d, %d]", name,
-                                run->height, run->width);
+            return diffuse_fail(err, "run %s: vae.image is not [1, 3, %d, %d]", name, run->height,
+                                run->width);
         }
         for (size_t p = 0; p < hw; p++) /* [3, H, W] in [-1, 1] -> [H, W, 3] in [0, 1] */
             for (int c = 0; c < 3; c++)
@@ -628,7 +634,8 @@ static void cmp_one(void *user, const char *name, int ndim, const int64_t *shape
     c->count++;
     const float *x = diffuse_weights_get(c->a, name, ndim, shape, NULL);
     const float *y = diffuse_weights_shape(c->b, name, other) == ndim
-                         ? diffuse_weights_get(c->b, name, ndim, shape, NULL) : NULL;
+                         ? diffuse_weights_get(c->b, name, ndim, shape, NULL)
+                         : NULL;
     if (!x || !y) {
         c->missing++;
         return;
@@ -649,8 +656,8 @@ static void check_taesd_layouts(refcheck *r, diffuse_taesd *a, diffuse_taesd *b)
     r->layout = "both";
     if (c.missing || !c.count ||
         diffuse_weights_count(c.a, "taesd.") != diffuse_weights_count(c.b, "taesd."))
-        report_error(r, "taesd.layouts", c.count ? "the layouts hold different tensors"
-                                                 : "no TAESD tensors");
+        report_error(r, "taesd.layouts",
+                     c.count ? "the layouts hold different tensors" : "no TAESD tensors");
     else
         report_case(r, "taesd.layouts", c.worst, c.worst, 0);
 }
@@ -739,8 +746,8 @@ static void check_taesd(refcheck *r)
             report_error(r, "load", err);
             continue;
         }
-        if (strcmp(diffuse_taesd_layout(t[i]), layouts[i]) ||
-            !diffuse_taesd_has(t[i], false) || !diffuse_taesd_has(t[i], true))
+        if (strcmp(diffuse_taesd_layout(t[i]), layouts[i]) || !diffuse_taesd_has(t[i], false) ||
+            !diffuse_taesd_has(t[i], true))
             report_error(r, "load", "layout not recognised by its keys, or a half missing");
         else
             report_case(r, "load", 0, 0, 0);
@@ -764,8 +771,8 @@ static void check_single_files(refcheck *r)
             continue;
         char path[4096], layout[256];
         snprintf(path, sizeof path, "%s/%s", r->dir, e->d_name);
-        snprintf(layout, sizeof layout, "%s", strstr(e->d_name, "model-ldm") == e->d_name &&
-                                              len <= 27 ? "ldm" : e->d_name);
+        snprintf(layout, sizeof layout, "%s",
+                 strstr(e->d_name, "model-ldm") == e->d_name && len <= 27 ? "ldm" : e->d_name);
         check_layout(r, path, layout);
     }
     if (d)

@@ -22,16 +22,20 @@
 
 #define ST_MAX_HEADER (100u << 20) /* the reference implementation's own bound */
 
-typedef struct { const char *name; int size; diffuse_dtype dtype; } st_dtype_info;
+typedef struct {
+    const char *name;
+    int size;
+    diffuse_dtype dtype;
+} st_dtype_info;
 
 static const st_dtype_info st_dtypes[] = {
-    {"F32", 4, DIFFUSE_DTYPE_F32},   {"F16", 2, DIFFUSE_DTYPE_F16},
-    {"BF16", 2, DIFFUSE_DTYPE_BF16}, {"I32", 4, DIFFUSE_DTYPE_I32},
-    {"F64", 8, DIFFUSE_DTYPE_OTHER}, {"I64", 8, DIFFUSE_DTYPE_OTHER},
-    {"U64", 8, DIFFUSE_DTYPE_OTHER}, {"U32", 4, DIFFUSE_DTYPE_OTHER},
-    {"I16", 2, DIFFUSE_DTYPE_OTHER}, {"U16", 2, DIFFUSE_DTYPE_OTHER},
-    {"I8", 1, DIFFUSE_DTYPE_OTHER},  {"U8", 1, DIFFUSE_DTYPE_OTHER},
-    {"BOOL", 1, DIFFUSE_DTYPE_OTHER}, {"F8_E4M3", 1, DIFFUSE_DTYPE_OTHER},
+    {"F32", 4, DIFFUSE_DTYPE_F32},       {"F16", 2, DIFFUSE_DTYPE_F16},
+    {"BF16", 2, DIFFUSE_DTYPE_BF16},     {"I32", 4, DIFFUSE_DTYPE_I32},
+    {"F64", 8, DIFFUSE_DTYPE_OTHER},     {"I64", 8, DIFFUSE_DTYPE_OTHER},
+    {"U64", 8, DIFFUSE_DTYPE_OTHER},     {"U32", 4, DIFFUSE_DTYPE_OTHER},
+    {"I16", 2, DIFFUSE_DTYPE_OTHER},     {"U16", 2, DIFFUSE_DTYPE_OTHER},
+    {"I8", 1, DIFFUSE_DTYPE_OTHER},      {"U8", 1, DIFFUSE_DTYPE_OTHER},
+    {"BOOL", 1, DIFFUSE_DTYPE_OTHER},    {"F8_E4M3", 1, DIFFUSE_DTYPE_OTHER},
     {"F8_E5M2", 1, DIFFUSE_DTYPE_OTHER},
 };
 
@@ -125,9 +129,9 @@ static int st_parse_tensor(diffuse_st_tensor *t, const cJSON *item, const uint8_
         !json_uint(cJSON_GetArrayItem(offs, 1), &end))
         return diffuse_fail(err, "tensor '%s': data_offsets is not [begin, end]", t->name);
     if (begin > end || end > data_size)
-        return diffuse_fail(err, "tensor '%s': data [%llu, %llu) lies outside the file's %llu data bytes",
-                            t->name, (unsigned long long)begin, (unsigned long long)end,
-                            (unsigned long long)data_size);
+        return diffuse_fail(
+            err, "tensor '%s': data [%llu, %llu) lies outside the file's %llu data bytes", t->name,
+            (unsigned long long)begin, (unsigned long long)end, (unsigned long long)data_size);
     if (end - begin != t->nbytes)
         return diffuse_fail(err, "tensor '%s': %llu data bytes, but shape and dtype %s need %zu",
                             t->name, (unsigned long long)(end - begin), t->dtype_name, t->nbytes);
@@ -158,10 +162,12 @@ static int st_check_layout(diffuse_st_file *f, const uint8_t *data, char *err)
     for (int i = 0; i < f->count; i++) {
         const diffuse_st_tensor *t = &f->tensors[i];
         if (t->data < next)
-            return diffuse_fail(err, "tensors '%s' and '%s' overlap", f->tensors[i - 1].name, t->name);
+            return diffuse_fail(err, "tensors '%s' and '%s' overlap", f->tensors[i - 1].name,
+                                t->name);
         if (t->data > next)
-            return diffuse_fail(err, "tensor '%s' is not contiguous with the data before it (%zu unused bytes)",
-                                t->name, (size_t)(t->data - next));
+            return diffuse_fail(
+                err, "tensor '%s' is not contiguous with the data before it (%zu unused bytes)",
+                t->name, (size_t)(t->data - next));
         next = t->data + t->nbytes;
     }
     qsort(f->tensors, f->count, sizeof *f->tensors, cmp_by_name);
@@ -219,7 +225,8 @@ static diffuse_status st_map(diffuse_st_file *f, char *err)
     if (st.st_size < 8) {
         close(fd);
         return diffuse_fail(err, "%s: truncated (%lld bytes, no header)", f->path,
-                            (long long)st.st_size), DIFFUSE_ERR_FORMAT;
+                            (long long)st.st_size),
+               DIFFUSE_ERR_FORMAT;
     }
     f->map_size = (size_t)st.st_size;
     f->map = mmap(NULL, f->map_size, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -249,11 +256,13 @@ diffuse_status diffuse_st_open(const char *path, diffuse_st_file **out, char *er
         len = (len << 8) | ((const uint8_t *)f->map)[i];
     int rc;
     if (len > ST_MAX_HEADER)
-        rc = diffuse_fail(err, "%s: header length %llu is absurd (limit %u): not a safetensors file?",
+        rc = diffuse_fail(err,
+                          "%s: header length %llu is absurd (limit %u): not a safetensors file?",
                           path, (unsigned long long)len, ST_MAX_HEADER);
     else if (len > f->map_size - 8)
-        rc = diffuse_fail(err, "%s: header of %llu bytes is longer than the file (%zu bytes): truncated?",
-                          path, (unsigned long long)len, f->map_size);
+        rc = diffuse_fail(
+            err, "%s: header of %llu bytes is longer than the file (%zu bytes): truncated?", path,
+            (unsigned long long)len, f->map_size);
     else
         rc = st_parse_header(f, (const char *)f->map + 8, (size_t)len, err);
     if (rc && err && strncmp(err, path, strlen(path)) != 0) { /* name the file */

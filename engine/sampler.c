@@ -250,7 +250,10 @@ static void make_alphas_cumprod(const diffuse_schedule_config *c, float *ac)
 }
 
 /* sigma = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5, float32 as torch. */
-static float train_sigma(float ac) { return sqrtf((1.0f - ac) / ac); }
+static float train_sigma(float ac)
+{
+    return sqrtf((1.0f - ac) / ac);
+}
 
 /* EDM eq. (5): sigma_i = (smax^(1/rho) + i/(n-1) (smin^(1/rho) - smax^(1/rho)))^rho,
  * rho = 7, in double as diffusers' _convert_to_karras. */
@@ -624,10 +627,11 @@ static int init_state(diffuse_sampler_state *s, diffuse_sampler kind, bool karra
      * scaled_linear betas over ~70,000 steps do) has no finite noise level */
     for (int t = 0; t < s->num_train; t++)
         if (!(s->alphas_cumprod[t] > 0.0f) || !isfinite(s->alphas_cumprod[t]))
-            return diffuse_fail(err, "sampler: the noise schedule has no signal left at step %d "
+            return diffuse_fail(err,
+                                "sampler: the noise schedule has no signal left at step %d "
                                 "of %d (alphas_cumprod %g): num_train_timesteps or the betas "
-                                "in scheduler_config.json are not a usable schedule", t,
-                                s->num_train, s->alphas_cumprod[t]);
+                                "in scheduler_config.json are not a usable schedule",
+                                t, s->num_train, s->alphas_cumprod[t]);
     s->final_alpha = c->set_alpha_to_one ? 1.0f : s->alphas_cumprod[0];
     if (build_schedule(s, c, karras, err))
         return -1;
@@ -673,7 +677,10 @@ void diffuse_sampler_free(diffuse_sampler_state *s)
 
 /* ------------------------------------------------------------------ queries */
 
-int diffuse_sampler_count(const diffuse_sampler_state *s) { return s ? s->count : 0; }
+int diffuse_sampler_count(const diffuse_sampler_state *s)
+{
+    return s ? s->count : 0;
+}
 
 float diffuse_sampler_timestep(const diffuse_sampler_state *s, int i)
 {
@@ -882,10 +889,14 @@ static inline float plms_estimate(const diffuse_sampler_state *s, int order, con
 {
     int n = s->n_ets;
     switch (order) {
-    case 0: return m[j];
-    case 1: return (m[j] + s->ets[n - 1][j]) / 2;
-    case 2: return (3 * s->ets[n - 1][j] - s->ets[n - 2][j]) / 2;
-    case 3: return (23 * s->ets[n - 1][j] - 16 * s->ets[n - 2][j] + 5 * s->ets[n - 3][j]) / 12;
+    case 0:
+        return m[j];
+    case 1:
+        return (m[j] + s->ets[n - 1][j]) / 2;
+    case 2:
+        return (3 * s->ets[n - 1][j] - s->ets[n - 2][j]) / 2;
+    case 3:
+        return (23 * s->ets[n - 1][j] - 16 * s->ets[n - 2][j] + 5 * s->ets[n - 3][j]) / 12;
     default:
         return (float)(1.0 / 24.0) * (55 * s->ets[n - 1][j] - 59 * s->ets[n - 2][j] +
                                       37 * s->ets[n - 3][j] - 9 * s->ets[n - 4][j]);
@@ -974,12 +985,24 @@ int diffuse_sampler_step(diffuse_sampler_state *s, int i, const float *model_out
             return -1;
     }
     switch (s->kind) {
-    case DIFFUSE_SAMPLER_EULER: step_euler(s, k, model_out, latents); break;
-    case DIFFUSE_SAMPLER_EULER_A: step_euler_a(s, k, model_out, latents); break;
-    case DIFFUSE_SAMPLER_DDIM: step_ddim(s, k, model_out, latents); break;
-    case DIFFUSE_SAMPLER_DPMPP_2M: step_dpmpp_2m(s, k, model_out, latents); break;
-    case DIFFUSE_SAMPLER_LCM: step_lcm(s, k, model_out, latents, last); break;
-    default: step_pndm(s, k, model_out, latents); break;
+    case DIFFUSE_SAMPLER_EULER:
+        step_euler(s, k, model_out, latents);
+        break;
+    case DIFFUSE_SAMPLER_EULER_A:
+        step_euler_a(s, k, model_out, latents);
+        break;
+    case DIFFUSE_SAMPLER_DDIM:
+        step_ddim(s, k, model_out, latents);
+        break;
+    case DIFFUSE_SAMPLER_DPMPP_2M:
+        step_dpmpp_2m(s, k, model_out, latents);
+        break;
+    case DIFFUSE_SAMPLER_LCM:
+        step_lcm(s, k, model_out, latents, last);
+        break;
+    default:
+        step_pndm(s, k, model_out, latents);
+        break;
     }
     s->taken = i + 1;
     return 0;

@@ -28,14 +28,14 @@ typedef enum { TAESD_CONV, TAESD_BLOCK, TAESD_RELU, TAESD_UP } taesd_kind;
 
 typedef struct taesd_layer {
     taesd_kind kind;
-    diffuse_conv2d conv[3];   /* CONV: conv[0]; BLOCK: the three */
-    int stride;               /* CONV: 1 or 2 */
+    diffuse_conv2d conv[3]; /* CONV: conv[0]; BLOCK: the three */
+    int stride;             /* CONV: 1 or 2 */
 } taesd_layer;
 
 typedef struct taesd_half {
     taesd_layer layers[TAESD_MAX_LAYERS];
-    int count;                /* 0: this half is missing */
-    int in, out, width;       /* channels in, out, and of the inner activations */
+    int count;          /* 0: this half is missing */
+    int in, out, width; /* channels in, out, and of the inner activations */
 } taesd_half;
 
 struct diffuse_taesd {
@@ -50,8 +50,8 @@ static int load_conv(diffuse_conv2d *c, diffuse_weights *w, const char *name, ch
     char n[256];
     int64_t shape[DIFFUSE_MAX_DIMS];
     snprintf(n, sizeof n, "%s.weight", name);
-    if (diffuse_weights_shape(w, n, shape) != 4 || shape[2] != 3 || shape[3] != 3 ||
-        shape[0] < 1 || shape[1] < 1 || shape[0] > 4096 || shape[1] > 4096)
+    if (diffuse_weights_shape(w, n, shape) != 4 || shape[2] != 3 || shape[3] != 3 || shape[0] < 1 ||
+        shape[1] < 1 || shape[0] > 4096 || shape[1] > 4096)
         return diffuse_fail(err, "TAESD: %s is not a 3x3 convolution", n);
     c->cout = (int)shape[0];
     c->cin = (int)shape[1];
@@ -99,8 +99,10 @@ static int load_half(taesd_half *h, diffuse_weights *w, bool decoder, char *err)
                 }
                 if (l->conv[0].cin != l->conv[2].cout || l->conv[0].cout != l->conv[1].cin ||
                     l->conv[1].cout != l->conv[2].cin)
-                    return diffuse_fail(err, "TAESD %s layer %d: a block must keep its channels "
-                                        "(its skip is the identity)", side, i);
+                    return diffuse_fail(err,
+                                        "TAESD %s layer %d: a block must keep its channels "
+                                        "(its skip is the identity)",
+                                        side, i);
             } else {
                 /* no weights: the decoder's activation after its first conv, else an upsample */
                 l->kind = decoder && i == 1 ? TAESD_RELU : TAESD_UP;
@@ -147,8 +149,8 @@ diffuse_status diffuse_taesd_load(const char *path, diffuse_taesd **out, char *e
     if (rc == 0 && t->enc.count && (t->enc.in != 3 || t->enc.out < 1))
         rc = diffuse_fail(err, "%s: the TAESD encoder takes %d channels, not RGB", path, t->enc.in);
     if (rc == 0 && t->dec.count && t->dec.out != 3)
-        rc = diffuse_fail(err, "%s: the TAESD decoder makes %d channels, not RGB", path,
-                          t->dec.out);
+        rc =
+            diffuse_fail(err, "%s: the TAESD decoder makes %d channels, not RGB", path, t->dec.out);
     if (rc == 0 && t->enc.count && t->dec.count && t->enc.out != t->dec.in)
         rc = diffuse_fail(err, "%s: TAESD encoder (%d latent channels) and decoder (%d) differ",
                           path, t->enc.out, t->dec.in);
@@ -178,13 +180,22 @@ int diffuse_taesd_latent_channels(const diffuse_taesd *t)
     return t->dec.count ? t->dec.in : t->enc.out;
 }
 
-const char *diffuse_taesd_layout(const diffuse_taesd *t) { return diffuse_weights_layout(t->w); }
+const char *diffuse_taesd_layout(const diffuse_taesd *t)
+{
+    return diffuse_weights_layout(t->w);
+}
 
-const diffuse_weights *diffuse_taesd_weights(const diffuse_taesd *t) { return t->w; }
+const diffuse_weights *diffuse_taesd_weights(const diffuse_taesd *t)
+{
+    return t->w;
+}
 
 /* ------------------------------------------------------------------ sizes */
 
-static size_t round16(size_t n) { return (n + 15) & ~(size_t)15; }
+static size_t round16(size_t n)
+{
+    return (n + 15) & ~(size_t)15;
+}
 
 /* Walks a half's layers from an input of h x w: the largest activation
  * (floats) and the largest convolution scratch. */
@@ -242,11 +253,14 @@ static void relu_part(void *ctx, size_t b, size_t e)
         x[i] = x[i] > 0.0f ? x[i] : 0.0f;
 }
 
-static void relu(float *x, size_t n) { diffuse_parallel_for(n, 1 << 14, relu_part, x); }
+static void relu(float *x, size_t n)
+{
+    diffuse_parallel_for(n, 1 << 14, relu_part, x);
+}
 
 typedef struct taesd_run {
-    float *buf[3];            /* buf[0] holds the live activation */
-    int c, h, w, up;          /* its channels and stored size; up: a pending nearest 2x */
+    float *buf[3];   /* buf[0] holds the live activation */
+    int c, h, w, up; /* its channels and stored size; up: a pending nearest 2x */
     diffuse_arena *a;
     const diffuse_trace *trace;
     const char *side;
@@ -260,8 +274,8 @@ static void rotate(taesd_run *r, int to) /* buf[to] becomes the live one */
 }
 
 /* dst [cout, h', w'] = conv(live activation, through the pending upsample). */
-static int run_conv(taesd_run *r, const diffuse_conv2d *c, float *dst, const float *src,
-                    int stride, bool first)
+static int run_conv(taesd_run *r, const diffuse_conv2d *c, float *dst, const float *src, int stride,
+                    bool first)
 {
     if (diffuse_conv_banded(c, dst, src, r->h, r->w, first ? r->up : 1, stride, false, r->a))
         return -1;
@@ -378,8 +392,10 @@ int diffuse_taesd_decode(const diffuse_taesd *t, float *image, const float *late
         rc = run_half(&r, &t->dec);
     }
     if (rc == 0 && (r.c != 3 || r.h != height || r.w != width))
-        rc = diffuse_fail(err, "TAESD: the decoder made %dx%dx%d from %dx%d latents, not "
-                          "3x%dx%d", r.c, r.h, r.w, lh, lw, height, width);
+        rc = diffuse_fail(err,
+                          "TAESD: the decoder made %dx%dx%d from %dx%d latents, not "
+                          "3x%dx%d",
+                          r.c, r.h, r.w, lh, lw, height, width);
     else if (rc == 0)
         memcpy(image, r.buf[0], sizeof(float) * 3 * height * width);
     else

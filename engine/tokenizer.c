@@ -57,13 +57,13 @@
 
 #include "internal.h"
 
-#define TOK_MAX_VOCAB (1 << 20)          /* entries in vocab.json, and the largest id */
-#define TOK_MAX_MERGES (1 << 20)         /* merge lines read from merges.txt */
-#define TOK_MAX_TOKEN 1024               /* bytes in one token string */
-#define TOK_MAX_JSON (64u << 20)         /* bytes of vocab.json */
-#define TOK_MAX_BLOB (256u << 20)        /* bytes of all token strings together */
-#define TOK_MAX_TEXT (1 << 20)           /* bytes of one prompt */
-#define TOK_OPENAI_MERGES (49152 - 256 - 2) /* merges simple_tokenizer.py keeps */
+#define TOK_MAX_VOCAB (1 << 20)              /* entries in vocab.json, and the largest id */
+#define TOK_MAX_MERGES (1 << 20)             /* merge lines read from merges.txt */
+#define TOK_MAX_TOKEN 1024                   /* bytes in one token string */
+#define TOK_MAX_JSON (64u << 20)             /* bytes of vocab.json */
+#define TOK_MAX_BLOB (256u << 20)            /* bytes of all token strings together */
+#define TOK_MAX_TEXT (1 << 20)               /* bytes of one prompt */
+#define TOK_OPENAI_MERGES (49152 - 256 - 2)  /* merges simple_tokenizer.py keeps */
 #define TOK_CONTENT (DIFFUSE_MAX_TOKENS - 2) /* ids between <start> and <end> */
 #define TOK_PATH 4096
 
@@ -73,20 +73,20 @@ static const char TOK_EOW[] = "</w>";
 
 /* (Hash tables rather than sorted arrays: see the measurements above.) */
 typedef struct tok_slot {
-    uint32_t off;          /* string offset in the blob */
-    uint32_t len;          /* bytes; UINT32_MAX marks an empty slot */
+    uint32_t off; /* string offset in the blob */
+    uint32_t len; /* bytes; UINT32_MAX marks an empty slot */
     int32_t id;
 } tok_slot;
 
 typedef struct tok_pair {
-    uint64_t key;          /* left id << 32 | right id; UINT64_MAX = empty */
-    int32_t rank;          /* line index of the merge: lower merges first */
-    int32_t merged;        /* id of the joined token */
+    uint64_t key;   /* left id << 32 | right id; UINT64_MAX = empty */
+    int32_t rank;   /* line index of the merge: lower merges first */
+    int32_t merged; /* id of the joined token */
 } tok_pair;
 
 typedef struct tok_merge {
-    uint32_t left, right;  /* blob offsets of the two halves */
-    int line;              /* 1-based line in the merges file, for messages */
+    uint32_t left, right; /* blob offsets of the two halves */
+    int line;             /* 1-based line in the merges file, for messages */
 } tok_merge;
 
 typedef struct tok_merges {
@@ -95,16 +95,16 @@ typedef struct tok_merges {
 } tok_merges;
 
 struct diffuse_tokenizer {
-    char *blob;                 /* every token string, each NUL-terminated */
+    char *blob; /* every token string, each NUL-terminated */
     size_t blob_len, blob_cap;
-    tok_slot *vocab;            /* string -> id, vocab_mask + 1 slots */
+    tok_slot *vocab; /* string -> id, vocab_mask + 1 slots */
     size_t vocab_mask;
-    tok_pair *pairs;            /* (left, right) -> rank, merged; pair_mask + 1 slots */
+    tok_pair *pairs; /* (left, right) -> rank, merged; pair_mask + 1 slots */
     size_t pair_mask;
-    int32_t byte_id[256];       /* symbol of byte b inside a word */
-    int32_t byte_end_id[256];   /* symbol of byte b + "</w>", a word's last one */
+    int32_t byte_id[256];     /* symbol of byte b inside a word */
+    int32_t byte_end_id[256]; /* symbol of byte b + "</w>", a word's last one */
     int32_t bos, eos;
-    diffuse_status why;         /* while loading: the kind of the last failure */
+    diffuse_status why; /* while loading: the kind of the last failure */
 };
 
 /* ------------------------------------------------------------------ tables */
@@ -291,7 +291,8 @@ static int tok_load_json(diffuse_tokenizer *tok, const cJSON *root, const char *
     if (tok_vocab_init(tok, (size_t)count, err))
         return -1;
     const cJSON *item;
-    cJSON_ArrayForEach(item, root) {
+    cJSON_ArrayForEach(item, root)
+    {
         double v = cJSON_IsNumber(item) ? item->valuedouble : -1;
         size_t n = strlen(item->string);
         if (!(v >= 0 && v < TOK_MAX_VOCAB) || v != (double)(int32_t)v)
@@ -336,8 +337,8 @@ static int tok_parse_merge(diffuse_tokenizer *tok, char *line, const char *path,
         return 0;
     char *space = strchr(line, ' ');
     if (!space || space == line || !space[1] || strchr(space + 1, ' '))
-        return diffuse_fail(err, "%s line %d: expected two tokens separated by one space",
-                            path, lineno);
+        return diffuse_fail(err, "%s line %d: expected two tokens separated by one space", path,
+                            lineno);
     if (space - line > TOK_MAX_TOKEN || strlen(space + 1) > TOK_MAX_TOKEN)
         return diffuse_fail(err, "%s line %d: a token is longer than %d bytes", path, lineno,
                             TOK_MAX_TOKEN);
@@ -461,8 +462,11 @@ static int tok_build_pairs(diffuse_tokenizer *tok, const tok_merges *list, const
         int32_t b = tok_vocab_get(tok, right, strlen(right));
         int32_t ab = tok_vocab_get(tok, joined, (size_t)n);
         if (a < 0 || b < 0 || ab < 0)
-            return diffuse_fail(err, "%s line %d: token \"%.64s\" is not in the vocabulary",
-                                path, m->line, a < 0 ? left : b < 0 ? right : joined);
+            return diffuse_fail(err, "%s line %d: token \"%.64s\" is not in the vocabulary", path,
+                                m->line,
+                                a < 0   ? left
+                                : b < 0 ? right
+                                        : joined);
         tok_pair *pair = tok_pair_slot(tok, tok_pair_key(a, b));
         *pair = (tok_pair){tok_pair_key(a, b), (int32_t)i, ab};
     }
@@ -480,8 +484,7 @@ static int tok_find_base(diffuse_tokenizer *tok, const char *path, char *err)
         tok->byte_id[b] = tok_vocab_get(tok, sym, tok_byte_symbol(cp, b, 0, sym));
         tok->byte_end_id[b] = tok_vocab_get(tok, sym, tok_byte_symbol(cp, b, 1, sym));
         if (tok->byte_id[b] < 0 || tok->byte_end_id[b] < 0)
-            return diffuse_fail(err, "%s: the vocabulary lacks the symbol of byte 0x%02x", path,
-                                b);
+            return diffuse_fail(err, "%s: the vocabulary lacks the symbol of byte 0x%02x", path, b);
     }
     tok->bos = tok_vocab_get(tok, TOK_BOS, strlen(TOK_BOS));
     tok->eos = tok_vocab_get(tok, TOK_EOS, strlen(TOK_EOS));
@@ -593,9 +596,15 @@ void diffuse_tokenizer_free(diffuse_tokenizer *tok)
     free(tok);
 }
 
-int32_t diffuse_tokenizer_bos(const diffuse_tokenizer *tok) { return tok->bos; }
+int32_t diffuse_tokenizer_bos(const diffuse_tokenizer *tok)
+{
+    return tok->bos;
+}
 
-int32_t diffuse_tokenizer_eos(const diffuse_tokenizer *tok) { return tok->eos; }
+int32_t diffuse_tokenizer_eos(const diffuse_tokenizer *tok)
+{
+    return tok->eos;
+}
 
 int32_t diffuse_tokenizer_max_id(const diffuse_tokenizer *tok)
 {
@@ -635,8 +644,8 @@ static int tok_is_number(int32_t c)
 static int tok_normalize(const char *text, size_t len, int32_t **out, size_t *n_out, char *err)
 {
     utf8proc_uint8_t *nfc = NULL;
-    utf8proc_ssize_t nb = utf8proc_map((const utf8proc_uint8_t *)text, (utf8proc_ssize_t)len,
-                                       &nfc, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+    utf8proc_ssize_t nb = utf8proc_map((const utf8proc_uint8_t *)text, (utf8proc_ssize_t)len, &nfc,
+                                       UTF8PROC_STABLE | UTF8PROC_COMPOSE);
     if (nb < 0)
         return diffuse_fail(err, "prompt: %s", utf8proc_errmsg(nb));
     int32_t *cp = malloc((2 * (size_t)nb + 1) * sizeof *cp);
@@ -856,8 +865,8 @@ static int tok_ids_push(tok_ids *out, int32_t id, char *err)
 }
 
 /* Appends the ids of one pre-tokenized piece. */
-static int tok_encode_piece(const diffuse_tokenizer *tok, const int32_t *cp, size_t len,
-                            tok_bpe *w, tok_ids *out, char *err)
+static int tok_encode_piece(const diffuse_tokenizer *tok, const int32_t *cp, size_t len, tok_bpe *w,
+                            tok_ids *out, char *err)
 {
     if (tok_bpe_reserve(w, 4 * len, err))
         return -1;
@@ -900,8 +909,7 @@ static int tok_encode_segment(const diffuse_tokenizer *tok, const char *text, si
  * matches added tokens: on the raw text, case-sensitively. Returns its start
  * (the terminating NUL when none) and its id and length. */
 static const char *tok_next_special(const diffuse_tokenizer *tok, const char *s,
-                                    const char *pad_text, int32_t pad_id, int32_t *id,
-                                    size_t *len)
+                                    const char *pad_text, int32_t pad_id, int32_t *id, size_t *len)
 {
     const char *found[3] = {strstr(s, TOK_BOS), strstr(s, TOK_EOS),
                             pad_text ? strstr(s, pad_text) : NULL};

@@ -57,13 +57,13 @@ typedef struct unet_transformer {
 
 /* One down block (layers_per_block resnets) or up block (layers_per_block + 1). */
 typedef struct unet_level {
-    int nres;                               /* resnets in the block */
-    int cout;                               /* block_out_channels of the level */
+    int nres;                                /* resnets in the block */
+    int cout;                                /* block_out_channels of the level */
     diffuse_resnet resnets[UNET_MAX_LAYERS]; /* [nres]; up: cin = hidden + skip channels */
-    bool has_attn;                          /* a transformer after each resnet */
-    unet_transformer attn[UNET_MAX_LAYERS]; /* [nres] when has_attn */
-    diffuse_conv2d sampler;                 /* down: stride-2 conv, up: conv after 2x nearest;
-                                               w NULL on the last level */
+    bool has_attn;                           /* a transformer after each resnet */
+    unet_transformer attn[UNET_MAX_LAYERS];  /* [nres] when has_attn */
+    diffuse_conv2d sampler;                  /* down: stride-2 conv, up: conv after 2x nearest;
+                                                w NULL on the last level */
 } unet_level;
 
 struct diffuse_unet {
@@ -159,12 +159,11 @@ static int load_down(diffuse_unet *u, int l, diffuse_weights *w, int temb, char 
     for (int i = 0; i < lv->nres; i++) {
         int cin = i == 0 ? cfg->channels[l ? l - 1 : 0] : lv->cout;
         snprintf(n, sizeof n, "unet.down_blocks.%d.resnets.%d", l, i);
-        if (diffuse_resnet_load(&lv->resnets[i], w, n, cin, lv->cout, temb, cfg->groups,
-                                cfg->eps, err))
+        if (diffuse_resnet_load(&lv->resnets[i], w, n, cin, lv->cout, temb, cfg->groups, cfg->eps,
+                                err))
             return -1;
         snprintf(n, sizeof n, "unet.down_blocks.%d.attentions.%d", l, i);
-        if (lv->has_attn &&
-            load_transformer(&lv->attn[i], w, n, lv->cout, cfg->heads[l], cfg, err))
+        if (lv->has_attn && load_transformer(&lv->attn[i], w, n, lv->cout, cfg->heads[l], cfg, err))
             return -1;
     }
     snprintf(n, sizeof n, "unet.down_blocks.%d.downsamplers.0.conv", l);
@@ -191,12 +190,11 @@ static int load_up(diffuse_unet *u, int b, diffuse_weights *w, int temb, char *e
     for (int i = 0; i < lv->nres; i++) {
         int cin = (i == 0 ? prev : lv->cout) + (i == lv->nres - 1 ? skip_last : lv->cout);
         snprintf(n, sizeof n, "unet.up_blocks.%d.resnets.%d", b, i);
-        if (diffuse_resnet_load(&lv->resnets[i], w, n, cin, lv->cout, temb, cfg->groups,
-                                cfg->eps, err))
+        if (diffuse_resnet_load(&lv->resnets[i], w, n, cin, lv->cout, temb, cfg->groups, cfg->eps,
+                                err))
             return -1;
         snprintf(n, sizeof n, "unet.up_blocks.%d.attentions.%d", b, i);
-        if (lv->has_attn &&
-            load_transformer(&lv->attn[i], w, n, lv->cout, cfg->heads[l], cfg, err))
+        if (lv->has_attn && load_transformer(&lv->attn[i], w, n, lv->cout, cfg->heads[l], cfg, err))
             return -1;
     }
     snprintf(n, sizeof n, "unet.up_blocks.%d.upsamplers.0.conv", b);
@@ -213,21 +211,25 @@ static int check_config(const diffuse_unet_config *cfg, char *err)
     if (cfg->layers_per_block < 1 || cfg->layers_per_block >= UNET_MAX_LAYERS)
         return diffuse_fail(err, "UNet config: layers_per_block %d (1 to %d supported)",
                             cfg->layers_per_block, UNET_MAX_LAYERS - 1);
-    if (cfg->in_channels < 1 || cfg->out_channels < 1 || cfg->context_dim < 1 ||
-        cfg->groups < 1 || !(cfg->eps > 0))
+    if (cfg->in_channels < 1 || cfg->out_channels < 1 || cfg->context_dim < 1 || cfg->groups < 1 ||
+        !(cfg->eps > 0))
         return diffuse_fail(err, "UNet config: invalid channels, context, groups or eps");
     if (cfg->add_in &&
         (cfg->add_time_dim < 1 || cfg->add_in <= DIFFUSE_TIME_IDS * cfg->add_time_dim))
-        return diffuse_fail(err, "UNet config: added embedding of %d inputs cannot hold %d time "
-                            "ids of %d", cfg->add_in, DIFFUSE_TIME_IDS, cfg->add_time_dim);
+        return diffuse_fail(err,
+                            "UNet config: added embedding of %d inputs cannot hold %d time "
+                            "ids of %d",
+                            cfg->add_in, DIFFUSE_TIME_IDS, cfg->add_time_dim);
     for (int l = 0; l < cfg->levels; l++) {
         int c = cfg->channels[l], h = cfg->heads[l];
         if (c < 1 || c > 1 << 16 || c % cfg->groups)
-            return diffuse_fail(err, "UNet config: level %d has %d channels (a multiple of %d "
-                                "groups expected)", l, c, cfg->groups);
+            return diffuse_fail(err,
+                                "UNet config: level %d has %d channels (a multiple of %d "
+                                "groups expected)",
+                                l, c, cfg->groups);
         if (h < 1 || c % h)
-            return diffuse_fail(err, "UNet config: level %d: %d heads do not divide %d channels",
-                                l, h, c);
+            return diffuse_fail(err, "UNet config: level %d: %d heads do not divide %d channels", l,
+                                h, c);
     }
     return 0;
 }
@@ -244,16 +246,14 @@ int diffuse_unet_load(const diffuse_unet_config *cfg, diffuse_weights *w, diffus
     u->cfg = *cfg;
     const int L = cfg->levels, c0 = cfg->channels[0], ct = cfg->channels[L - 1];
     const int temb = u->temb_dim = 4 * c0;
-    int rc = diffuse_linear_load(&u->time_1, w, "unet.time_embedding.linear_1", c0, temb, true,
-                                 err) ||
-             diffuse_linear_load(&u->time_2, w, "unet.time_embedding.linear_2", temb, temb, true,
-                                 err) ||
-             diffuse_conv2d_load(&u->conv_in, w, "unet.conv_in", cfg->in_channels, c0, 3, err) ||
-             (cfg->add_in &&
-              (diffuse_linear_load(&u->add_1, w, "unet.add_embedding.linear_1", cfg->add_in, temb,
-                                   true, err) ||
-               diffuse_linear_load(&u->add_2, w, "unet.add_embedding.linear_2", temb, temb, true,
-                                   err)));
+    int rc =
+        diffuse_linear_load(&u->time_1, w, "unet.time_embedding.linear_1", c0, temb, true, err) ||
+        diffuse_linear_load(&u->time_2, w, "unet.time_embedding.linear_2", temb, temb, true, err) ||
+        diffuse_conv2d_load(&u->conv_in, w, "unet.conv_in", cfg->in_channels, c0, 3, err) ||
+        (cfg->add_in &&
+         (diffuse_linear_load(&u->add_1, w, "unet.add_embedding.linear_1", cfg->add_in, temb, true,
+                              err) ||
+          diffuse_linear_load(&u->add_2, w, "unet.add_embedding.linear_2", temb, temb, true, err)));
     for (int l = 0; !rc && l < L; l++)
         rc = load_down(u, l, w, temb, err);
     rc = rc ||
@@ -294,12 +294,21 @@ void diffuse_unet_free(diffuse_unet *u)
 /* ------------------------------------------------------------------ sizes */
 
 /* What diffuse_arena_push really takes: blocks of 16 floats. */
-static size_t pad16(size_t floats) { return (floats + 15) & ~(size_t)15; }
+static size_t pad16(size_t floats)
+{
+    return (floats + 15) & ~(size_t)15;
+}
 
-static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
+static size_t max_sz(size_t a, size_t b)
+{
+    return a > b ? a : b;
+}
 
 /* Spatial size after the stride-2, pad-1, 3x3 downsampler. */
-static int half_size(int s) { return (s - 1) / 2 + 1; }
+static int half_size(int s)
+{
+    return (s - 1) / 2 + 1;
+}
 
 /* Latent size at each level: hs[l] x ws[l]. */
 static void level_sizes(int h, int w, int levels, int *hs, int *ws)
@@ -344,8 +353,16 @@ static size_t time_workspace(const diffuse_unet *u, int n)
 /* Scratch of a 3x3 convolution (pad 1) over n images of h x w with stride s. */
 static size_t conv3_scratch(int n, int cin, int cout, int h, int w, int s)
 {
-    diffuse_conv c = {.cin = cin, .h = h, .w = w, .cout = cout, .k = 3, .stride = s,
-                      .pad_top = 1, .pad_left = 1, .pad_bottom = 1, .pad_right = 1};
+    diffuse_conv c = {.cin = cin,
+                      .h = h,
+                      .w = w,
+                      .cout = cout,
+                      .k = 3,
+                      .stride = s,
+                      .pad_top = 1,
+                      .pad_left = 1,
+                      .pad_bottom = 1,
+                      .pad_right = 1};
     return pad16(diffuse_conv_scratch(&c, n));
 }
 
@@ -382,8 +399,8 @@ size_t diffuse_unet_workspace(const diffuse_unet *u, int n, int h, int w, int to
     int hs[DIFFUSE_MAX_LEVELS], ws[DIFFUSE_MAX_LEVELS];
     level_sizes(h, w, L, hs, ws);
     size_t held = 2 * pad16((size_t)n * u->temb_dim) + 2 * pad16(pingpong_floats(u, n, hs, ws));
-    size_t work = max_sz(time_workspace(u, n),
-                         conv3_scratch(n, cfg->in_channels, cfg->channels[0], h, w, 1));
+    size_t work =
+        max_sz(time_workspace(u, n), conv3_scratch(n, cfg->in_channels, cfg->channels[0], h, w, 1));
     held += pad16((size_t)n * cfg->channels[0] * h * w); /* conv_in */
     for (int l = 0; l < L; l++) {
         const unet_level *lv = &u->down[l];
@@ -409,7 +426,8 @@ size_t diffuse_unet_workspace(const diffuse_unet *u, int n, int h, int w, int to
             work = max_sz(work, pad16((size_t)n * lv->cout * hs[l - 1] * ws[l - 1]) +
                                     conv3_scratch(n, lv->cout, lv->cout, hs[l - 1], ws[l - 1], 1));
     }
-    work = max_sz(work, conv3_scratch(n, cfg->channels[0], cfg->out_channels, h, w, 1)); /* conv_out */
+    work =
+        max_sz(work, conv3_scratch(n, cfg->channels[0], cfg->out_channels, h, w, 1)); /* conv_out */
     return held + work + diffuse_wmat_scratch(u->widen_max); /* one layer's weights at a time */
 }
 
@@ -417,19 +435,20 @@ size_t diffuse_unet_workspace(const diffuse_unet *u, int n, int h, int w, int to
 
 /* out [T, C] = to_out(attention(to_q(x), to_k(ctx), to_v(ctx))) for x [T, C],
  * ctx [S, kv_dim]; heads are column slices of q, k, v (no copies). */
-static int attention_forward(const unet_attention *at, float *out, const float *x,
-                             const float *ctx, int t, int s, int heads, diffuse_arena *a)
+static int attention_forward(const unet_attention *at, float *out, const float *x, const float *ctx,
+                             int t, int s, int heads, diffuse_arena *a)
 {
     const int c = at->q.out;
     size_t mark = diffuse_arena_mark(a);
-    float *q = diffuse_arena_push(a, (size_t)t * c);                    /* [T, C] */
-    float *k = diffuse_arena_push(a, (size_t)s * c);                    /* [S, C] */
-    float *v = diffuse_arena_push(a, (size_t)s * c);                    /* [S, C] */
-    float *o = diffuse_arena_push(a, (size_t)t * c);                    /* [T, C] */
+    float *q = diffuse_arena_push(a, (size_t)t * c); /* [T, C] */
+    float *k = diffuse_arena_push(a, (size_t)s * c); /* [S, C] */
+    float *v = diffuse_arena_push(a, (size_t)s * c); /* [S, C] */
+    float *o = diffuse_arena_push(a, (size_t)t * c); /* [T, C] */
     float *scratch = diffuse_arena_push(a, diffuse_attention_scratch(t, s, c / heads));
     if (!q || !k || !v || !o || !scratch)
         return -1;
-    if (diffuse_linear_forward(&at->q, q, x, t, a) || diffuse_linear_forward(&at->k, k, ctx, s, a) ||
+    if (diffuse_linear_forward(&at->q, q, x, t, a) ||
+        diffuse_linear_forward(&at->k, k, ctx, s, a) ||
         diffuse_linear_forward(&at->v, v, ctx, s, a))
         return -1;
     diffuse_op_attention(o, q, c, k, v, c, t, s, heads, c / heads, false, scratch);
@@ -505,7 +524,7 @@ static int transformer_forward(const unet_transformer *tf, float *x, const float
     if (!h || !nrm || !img)
         return -1;
     for (int i = 0; i < n; i++) {
-        float *xi = x + (size_t)i * tc; /* [C, H, W] */
+        float *xi = x + (size_t)i * tc;                           /* [C, H, W] */
         const float *ctx = context + (size_t)i * s * context_dim; /* [S, context_dim] */
         diffuse_op_group_norm(img, xi, tf->norm.gamma, tf->norm.beta, 1, c, hw, tf->groups,
                               UNET_TF_EPS, false);
@@ -529,15 +548,15 @@ static int transformer_forward(const unet_transformer *tf, float *x, const float
 /* State of one forward pass, so the block helpers stay short. */
 typedef struct unet_run {
     const diffuse_unet *u;
-    int n, tokens;                  /* batch, context tokens */
-    const float *context;           /* [n, tokens, context_dim] */
+    int n, tokens;        /* batch, context tokens */
+    const float *context; /* [n, tokens, context_dim] */
     const diffuse_unet_cond *cond;
-    float *temb_act;                /* [n, temb] time embedding after SiLU */
+    float *temb_act; /* [n, temb] time embedding after SiLU */
     diffuse_arena *a;
     const diffuse_trace *trace;
-    char stage[32];                 /* block being run, for error messages */
-    int nskip;                      /* skip connections held */
-    float *skip[UNET_MAX_SKIPS];    /* [n, skip_c, skip_h, skip_w] each, in the arena */
+    char stage[32];              /* block being run, for error messages */
+    int nskip;                   /* skip connections held */
+    float *skip[UNET_MAX_SKIPS]; /* [n, skip_c, skip_h, skip_w] each, in the arena */
     int skip_c[UNET_MAX_SKIPS], skip_h[UNET_MAX_SKIPS], skip_w[UNET_MAX_SKIPS];
 } unet_run;
 
@@ -587,10 +606,10 @@ static int added_embedding(unet_run *r, float *temb)
     const int n = r->n, td = u->temb_dim, tdim = cfg->add_time_dim;
     const int pooled = cfg->add_in - DIFFUSE_TIME_IDS * tdim;
     size_t mark = diffuse_arena_mark(r->a);
-    float *in = diffuse_arena_push(r->a, (size_t)n * cfg->add_in);                  /* [n, add_in] */
-    float *ids = diffuse_arena_push(r->a, (size_t)n * DIFFUSE_TIME_IDS * tdim);      /* [6n, tdim] */
-    float *mid = diffuse_arena_push(r->a, (size_t)n * td);                          /* [n, temb] */
-    float *aug = diffuse_arena_push(r->a, (size_t)n * td);                          /* [n, temb] */
+    float *in = diffuse_arena_push(r->a, (size_t)n * cfg->add_in);              /* [n, add_in] */
+    float *ids = diffuse_arena_push(r->a, (size_t)n * DIFFUSE_TIME_IDS * tdim); /* [6n, tdim] */
+    float *mid = diffuse_arena_push(r->a, (size_t)n * td);                      /* [n, temb] */
+    float *aug = diffuse_arena_push(r->a, (size_t)n * td);                      /* [n, temb] */
     if (!aug)
         return -1;
     timestep_embedding(cfg, ids, r->cond->time_ids, n * DIFFUSE_TIME_IDS, tdim, tdim);
@@ -618,10 +637,10 @@ static int time_embedding(unet_run *r, const float *timestep)
 {
     const diffuse_unet *u = r->u;
     const int n = r->n, c0 = u->cfg.channels[0], td = u->temb_dim;
-    float *temb = diffuse_arena_push(r->a, (size_t)n * td);   /* [n, temb] */
-    r->temb_act = diffuse_arena_push(r->a, (size_t)n * td);   /* [n, temb] */
+    float *temb = diffuse_arena_push(r->a, (size_t)n * td); /* [n, temb] */
+    r->temb_act = diffuse_arena_push(r->a, (size_t)n * td); /* [n, temb] */
     size_t mark = diffuse_arena_mark(r->a);
-    float *sinus = diffuse_arena_push(r->a, (size_t)n * c0);  /* [n, c0] */
+    float *sinus = diffuse_arena_push(r->a, (size_t)n * c0); /* [n, c0] */
     if (!temb || !r->temb_act || !sinus)
         return -1;
     timestep_embedding(&u->cfg, sinus, timestep, n, c0, c0);
@@ -652,8 +671,8 @@ static int down_block(unet_run *r, int l, float **x, int *h, int *w)
         float *y = diffuse_arena_push(r->a, (size_t)n * c * *h * *w); /* [n, C, h, w] */
         if (!y || diffuse_resnet_forward(&lv->resnets[i], y, *x, r->temb_act, n, *h, *w, r->a))
             return -1;
-        if (lv->has_attn && transformer_forward(&lv->attn[i], y, r->context, n, *h * *w,
-                                                r->tokens, r->u->cfg.context_dim, r->a))
+        if (lv->has_attn && transformer_forward(&lv->attn[i], y, r->context, n, *h * *w, r->tokens,
+                                                r->u->cfg.context_dim, r->a))
             return -1;
         push_skip(r, y, c, *h, *w);
         *x = y;
@@ -678,8 +697,8 @@ static int mid_block(unet_run *r, float *y, float *t, const float *x, int h, int
     const diffuse_unet *u = r->u;
     snprintf(r->stage, sizeof r->stage, "mid_block");
     if (diffuse_resnet_forward(&u->mid_res[0], t, x, r->temb_act, r->n, h, w, r->a) ||
-        transformer_forward(&u->mid_attn, t, r->context, r->n, h * w, r->tokens,
-                            u->cfg.context_dim, r->a) ||
+        transformer_forward(&u->mid_attn, t, r->context, r->n, h * w, r->tokens, u->cfg.context_dim,
+                            r->a) ||
         diffuse_resnet_forward(&u->mid_res[1], y, t, r->temb_act, r->n, h, w, r->a))
         return -1;
     emit(r, r->stage, y, (size_t)r->n * u->mid_res[1].cout * h * w);
@@ -745,7 +764,8 @@ static int up_block(unet_run *r, int b, float *pp[2], int *cur, int *c, int *h, 
         for (int j = 0; j < n; j++) {
             float *dst = cat + (size_t)j * (*c + cs) * hw;
             memcpy(dst, pp[*cur] + (size_t)j * *c * hw, sizeof(float) * *c * hw);
-            memcpy(dst + (size_t)*c * hw, r->skip[k] + (size_t)j * cs * hw, sizeof(float) * cs * hw);
+            memcpy(dst + (size_t)*c * hw, r->skip[k] + (size_t)j * cs * hw,
+                   sizeof(float) * cs * hw);
         }
         if (diffuse_resnet_forward(&lv->resnets[i], pp[!*cur], cat, r->temb_act, n, *h, *w, r->a))
             return -1;
@@ -813,22 +833,28 @@ int diffuse_unet_forward(const diffuse_unet *u, float *out, const float *x, cons
 {
     const int tokens = cond->tokens;
     if (n < 1 || h < 1 || w < 1 || tokens < 1 || h > 1 << 14 || w > 1 << 14)
-        return diffuse_fail(err, "UNet: invalid input size n=%d %dx%d, %d context tokens", n, h,
-                            w, tokens);
+        return diffuse_fail(err, "UNet: invalid input size n=%d %dx%d, %d context tokens", n, h, w,
+                            tokens);
     if (u->cfg.add_in && (!cond->text_embeds || !cond->time_ids))
         return diffuse_fail(err, "UNet: this model is conditioned on a pooled text embedding "
-                            "and size ids (SDXL), and none were given");
+                                 "and size ids (SDXL), and none were given");
     for (int i = 0; i < n; i++)
         if (!isfinite(timestep[i]))
             return diffuse_fail(err, "UNet: timestep %d is not finite", i);
     const size_t mark = diffuse_arena_mark(a);
-    unet_run r = {.u = u, .n = n, .tokens = tokens, .context = cond->context, .cond = cond,
-                  .a = a, .trace = trace};
+    unet_run r = {.u = u,
+                  .n = n,
+                  .tokens = tokens,
+                  .context = cond->context,
+                  .cond = cond,
+                  .a = a,
+                  .trace = trace};
     int rc = run_all(&r, out, x, timestep, h, w);
     diffuse_arena_reset(a, mark);
     if (rc)
-        return diffuse_fail(err, "internal: UNet work memory exhausted in %s (arena of %zu "
-                            "floats, %zu needed for n=%d %dx%d)", r.stage, a->cap,
-                            diffuse_unet_workspace(u, n, h, w, tokens), n, h, w);
+        return diffuse_fail(err,
+                            "internal: UNet work memory exhausted in %s (arena of %zu "
+                            "floats, %zu needed for n=%d %dx%d)",
+                            r.stage, a->cap, diffuse_unet_workspace(u, n, h, w, tokens), n, h, w);
     return 0;
 }

@@ -118,9 +118,15 @@ static size_t proc_status_kb(const char *key)
     return (size_t)kb * 1024;
 }
 
-size_t diffuse_rss_now(void) { return proc_status_kb("VmRSS:"); }
+size_t diffuse_rss_now(void)
+{
+    return proc_status_kb("VmRSS:");
+}
 
-size_t diffuse_rss_peak(void) { return proc_status_kb("VmHWM:"); }
+size_t diffuse_rss_peak(void)
+{
+    return proc_status_kb("VmHWM:");
+}
 
 void diffuse_rss_peak_reset(void)
 {

@@ -21,20 +21,20 @@
 
 #include "internal.h"
 
-#define VAE_EPS 1e-6f                /* every VAE GroupNorm */
-#define VAE_BAND_FLOATS (1u << 22)   /* im2col + band copies of one conv band */
-#define VAE_MIN_BANDS 4              /* small convs run in bands too: the tiny model tests them */
-#define VAE_MAX_SIDE 16384           /* pixels; keeps every int index in range */
-#define VAE_MAX_LAYERS 64            /* layers_per_block sanity bound */
+#define VAE_EPS 1e-6f              /* every VAE GroupNorm */
+#define VAE_BAND_FLOATS (1u << 22) /* im2col + band copies of one conv band */
+#define VAE_MIN_BANDS 4            /* small convs run in bands too: the tiny model tests them */
+#define VAE_MAX_SIDE 16384         /* pixels; keeps every int index in range */
+#define VAE_MAX_LAYERS 64          /* layers_per_block sanity bound */
 
 /* ------------------------------------------------------------------ model */
 
 /* Mid-block self-attention: one head of width C over the H*W tokens. */
 typedef struct vae_attention {
-    diffuse_norm norm;               /* group_norm, eps 1e-6 */
-    diffuse_linear q, k, v, out;     /* to_q, to_k, to_v, to_out.0: [C, C] + bias */
-    int c;                           /* channels = head width */
-    int groups;                      /* GroupNorm groups */
+    diffuse_norm norm;           /* group_norm, eps 1e-6 */
+    diffuse_linear q, k, v, out; /* to_q, to_k, to_v, to_out.0: [C, C] + bias */
+    int c;                       /* channels = head width */
+    int groups;                  /* GroupNorm groups */
 } vae_attention;
 
 /* UNetMidBlock2D: resnet, attention (optional), resnet. */
@@ -47,40 +47,42 @@ typedef struct vae_mid {
 struct diffuse_vae {
     diffuse_vae_config cfg;
     /* encoder */
-    diffuse_conv2d enc_conv_in;                    /* in -> ch[0], 3x3 */
-    diffuse_resnet *enc_res;                       /* [levels][layers_per_block] */
-    diffuse_conv2d enc_down[DIFFUSE_MAX_LEVELS];   /* 3x3 stride 2; w NULL on the last level */
+    diffuse_conv2d enc_conv_in;                  /* in -> ch[0], 3x3 */
+    diffuse_resnet *enc_res;                     /* [levels][layers_per_block] */
+    diffuse_conv2d enc_down[DIFFUSE_MAX_LEVELS]; /* 3x3 stride 2; w NULL on the last level */
     vae_mid enc_mid;
-    diffuse_norm enc_norm_out;                     /* ch[last] */
-    diffuse_conv2d enc_conv_out;                   /* ch[last] -> 2*latent, 3x3 */
-    diffuse_conv2d quant_conv;                     /* 2*latent -> 2*latent, 1x1 */
+    diffuse_norm enc_norm_out;   /* ch[last] */
+    diffuse_conv2d enc_conv_out; /* ch[last] -> 2*latent, 3x3 */
+    diffuse_conv2d quant_conv;   /* 2*latent -> 2*latent, 1x1 */
     /* decoder */
-    diffuse_conv2d post_quant_conv;                /* latent -> latent, 1x1 */
-    diffuse_conv2d dec_conv_in;                    /* latent -> ch[last], 3x3 */
+    diffuse_conv2d post_quant_conv; /* latent -> latent, 1x1 */
+    diffuse_conv2d dec_conv_in;     /* latent -> ch[last], 3x3 */
     vae_mid dec_mid;
-    diffuse_resnet *dec_res;                       /* [levels][layers_per_block + 1] */
-    diffuse_conv2d dec_up[DIFFUSE_MAX_LEVELS];     /* 3x3 after nearest 2x; w NULL on the last */
-    diffuse_norm dec_norm_out;                     /* ch[0] */
-    diffuse_conv2d dec_conv_out;                   /* ch[0] -> out, 3x3 */
+    diffuse_resnet *dec_res;                   /* [levels][layers_per_block + 1] */
+    diffuse_conv2d dec_up[DIFFUSE_MAX_LEVELS]; /* 3x3 after nearest 2x; w NULL on the last */
+    diffuse_norm dec_norm_out;                 /* ch[0] */
+    diffuse_conv2d dec_conv_out;               /* ch[0] -> out, 3x3 */
 };
 
 /* ------------------------------------------------------------------ banded convolution */
 
 /* How one convolution reads its input [cin, h, w]. */
 typedef struct vae_geom {
-    int h, w;        /* stored input size */
-    int up;          /* 2: read through a nearest 2x upsample; else 1 */
+    int h, w; /* stored input size */
+    int up;   /* 2: read through a nearest 2x upsample; else 1 */
     int stride;
-    int pad[4];      /* top, left, bottom, right; each < k */
+    int pad[4]; /* top, left, bottom, right; each < k */
 } vae_geom;
 
 static vae_geom vae_same(int h, int w, int k)
 {
-    return (vae_geom){.h = h, .w = w, .up = 1, .stride = 1,
-                      .pad = {k / 2, k / 2, k / 2, k / 2}};
+    return (vae_geom){.h = h, .w = w, .up = 1, .stride = 1, .pad = {k / 2, k / 2, k / 2, k / 2}};
 }
 
-static size_t vae_round16(size_t n) { return (n + 15) & ~(size_t)15; }
+static size_t vae_round16(size_t n)
+{
+    return (n + 15) & ~(size_t)15;
+}
 
 static void vae_max(size_t *m, size_t v)
 {
@@ -128,9 +130,15 @@ static diffuse_conv vae_band_conv(const diffuse_conv2d *c, const vae_geom *g, in
     int lo = o0 * g->stride - g->pad[0], hi = (o0 + n - 1) * g->stride - g->pad[0] + c->k - 1;
     int first = lo > 0 ? lo : 0, last = hi < hv - 1 ? hi : hv - 1; /* rows read, inclusive */
     *r0 = first;
-    return (diffuse_conv){.cin = c->cin, .h = last - first + 1, .w = g->up * g->w,
-                          .cout = c->cout, .k = c->k, .stride = g->stride,
-                          .pad_top = first - lo, .pad_left = g->pad[1], .pad_bottom = hi - last,
+    return (diffuse_conv){.cin = c->cin,
+                          .h = last - first + 1,
+                          .w = g->up * g->w,
+                          .cout = c->cout,
+                          .k = c->k,
+                          .stride = g->stride,
+                          .pad_top = first - lo,
+                          .pad_left = g->pad[1],
+                          .pad_bottom = hi - last,
                           .pad_right = g->pad[3]};
 }
 
@@ -194,8 +202,8 @@ static void vae_copy_rows(float *xb, const float *x, const diffuse_conv2d *c, co
  * copy the input rows the band reads (pads at the image edge become the
  * band's own pads), run diffuse_op_conv2d on them, copy the rows out.
  * y must not alias x. Returns -1 when the arena is exhausted. */
-static int vae_conv(const diffuse_conv2d *c, float *y, const float *x, const vae_geom *g,
-                    bool acc, diffuse_arena *a)
+static int vae_conv(const diffuse_conv2d *c, float *y, const float *x, const vae_geom *g, bool acc,
+                    diffuse_arena *a)
 {
     int oh, ow;
     vae_out_size(c, g, &oh, &ow);
@@ -204,8 +212,8 @@ static int vae_conv(const diffuse_conv2d *c, float *y, const float *x, const vae
     if (!wf)
         return -1;
     if (vae_conv_direct(c, g, acc)) {
-        diffuse_conv d = {.cin = c->cin, .h = g->h, .w = g->w, .cout = c->cout, .k = 1,
-                          .stride = 1};
+        diffuse_conv d = {
+            .cin = c->cin, .h = g->h, .w = g->w, .cout = c->cout, .k = 1, .stride = 1};
         diffuse_op_conv2d(y, x, wf, c->b, &d, 1, NULL);
         a->flops += diffuse_conv_flops(&d, 1);
         diffuse_arena_reset(a, mark);
@@ -213,9 +221,9 @@ static int vae_conv(const diffuse_conv2d *c, float *y, const float *x, const vae
     }
     const int nb = vae_band_rows(c, g, oh, ow);
     vae_band_sizes(c, g, nb, oh, ow, sz);
-    float *xb = diffuse_arena_push(a, sz[0]);   /* [cin, rows_in, W] */
-    float *col = diffuse_arena_push(a, sz[1]);  /* [cin*k*k, nb*ow] */
-    float *yb = diffuse_arena_push(a, sz[2]);   /* [cout, nb*ow] */
+    float *xb = diffuse_arena_push(a, sz[0]);  /* [cin, rows_in, W] */
+    float *col = diffuse_arena_push(a, sz[1]); /* [cin*k*k, nb*ow] */
+    float *yb = diffuse_arena_push(a, sz[2]);  /* [cout, nb*ow] */
     if (!xb || !col || !yb)
         return -1;
     for (int o0 = 0; o0 < oh; o0 += nb) {
@@ -256,10 +264,10 @@ size_t diffuse_conv_banded_scratch(const diffuse_conv2d *c, int h, int w, int up
 
 /* The three activation buffers a forward pass rotates through. */
 typedef struct vae_bufs {
-    float *cur;      /* the live activation */
-    float *other;    /* free; receives the next output */
-    float *u;        /* ResNet conv1 output, upsampler staging */
-    float *big;      /* the one of cur/other sized for upsampler outputs */
+    float *cur;   /* the live activation */
+    float *other; /* free; receives the next output */
+    float *u;     /* ResNet conv1 output, upsampler staging */
+    float *big;   /* the one of cur/other sized for upsampler outputs */
 } vae_bufs;
 
 static void vae_swap(vae_bufs *b)
@@ -318,8 +326,8 @@ static size_t vae_attention_scratch(const vae_attention *at, int h, int w)
     vae_max(&wsz, vae_weight_scratch(&at->k.w));
     vae_max(&wsz, vae_weight_scratch(&at->v.w));
     vae_max(&wsz, vae_weight_scratch(&at->out.w));
-    return 2 * vae_round16(t * at->c) + vae_round16(diffuse_attention_scratch((int)t, (int)t, at->c)) +
-           wsz;
+    return 2 * vae_round16(t * at->c) +
+           vae_round16(diffuse_attention_scratch((int)t, (int)t, at->c)) + wsz;
 }
 
 /* x [C, T] += to_out(softmax(q k^T / sqrt(C)) v), q, k, v = to_q/k/v(GN(x)^T)
@@ -330,20 +338,20 @@ static int vae_attention_forward(const vae_attention *at, float *x, float *t0, f
 {
     const int t = h * w, c = at->c;
     size_t mark = diffuse_arena_mark(a), n = (size_t)t * c;
-    float *k = diffuse_arena_push(a, n);     /* [T, C] */
-    float *v = diffuse_arena_push(a, n);     /* [T, C] */
+    float *k = diffuse_arena_push(a, n); /* [T, C] */
+    float *v = diffuse_arena_push(a, n); /* [T, C] */
     float *s = diffuse_arena_push(a, diffuse_attention_scratch(t, t, c));
     if (!k || !v || !s)
         return -1;
     diffuse_op_group_norm(t0, x, at->norm.gamma, at->norm.beta, 1, c, t, at->groups, VAE_EPS,
-                          false);                             /* [C, T] */
-    diffuse_op_transpose(t1, t0, 1, c, t);                    /* tokens [T, C] */
-    if (diffuse_linear_forward(&at->q, t0, t1, t, a) ||  /* q [T, C] */
+                          false);                       /* [C, T] */
+    diffuse_op_transpose(t1, t0, 1, c, t);              /* tokens [T, C] */
+    if (diffuse_linear_forward(&at->q, t0, t1, t, a) || /* q [T, C] */
         diffuse_linear_forward(&at->k, k, t1, t, a) || diffuse_linear_forward(&at->v, v, t1, t, a))
         return -1;
     diffuse_op_attention(t1, t0, c, k, v, c, t, t, 1, c, false, s); /* [T, C] */
     a->flops += diffuse_attention_flops(t, t, c);
-    if (diffuse_linear_forward(&at->out, t0, t1, t, a))      /* [T, C] */
+    if (diffuse_linear_forward(&at->out, t0, t1, t, a)) /* [T, C] */
         return -1;
     for (int ch = 0; ch < c; ch++)
         for (int j = 0; j < t; j++)
@@ -427,8 +435,8 @@ static int vae_encoder_load(diffuse_vae *v, diffuse_weights *w, char *err)
         const int c = cfg->channels[l];
         for (int j = 0; j < lpb; j++, cin = c) {
             snprintf(n, sizeof n, "vae.encoder.down_blocks.%d.resnets.%d", l, j);
-            if (diffuse_resnet_load(&v->enc_res[l * lpb + j], w, n, cin, c, 0, cfg->groups,
-                                    VAE_EPS, err))
+            if (diffuse_resnet_load(&v->enc_res[l * lpb + j], w, n, cin, c, 0, cfg->groups, VAE_EPS,
+                                    err))
                 return -1;
         }
         snprintf(n, sizeof n, "vae.encoder.down_blocks.%d.downsamplers.0.conv", l);
@@ -489,8 +497,10 @@ static int vae_config_check(const diffuse_vae_config *cfg, char *err)
         return diffuse_fail(err, "VAE config: channel counts and groups must be positive");
     for (int l = 0; l < cfg->levels; l++)
         if (cfg->channels[l] < 1 || cfg->channels[l] % cfg->groups)
-            return diffuse_fail(err, "VAE config: %d channels at level %d, not a multiple of %d "
-                                "groups", cfg->channels[l], l, cfg->groups);
+            return diffuse_fail(err,
+                                "VAE config: %d channels at level %d, not a multiple of %d "
+                                "groups",
+                                cfg->channels[l], l, cfg->groups);
     return 0;
 }
 
@@ -532,8 +542,8 @@ void diffuse_vae_free(diffuse_vae *v)
 /* Arena floats of one pass: the three activation buffers, plus the largest
  * scratch any single stage pushes on top of them. */
 typedef struct vae_plan {
-    size_t big, other, u;   /* activation buffers (floats) */
-    size_t scratch;         /* largest stage scratch */
+    size_t big, other, u; /* activation buffers (floats) */
+    size_t scratch;       /* largest stage scratch */
 } vae_plan;
 
 static size_t vae_plan_total(const vae_plan *p)
@@ -603,7 +613,10 @@ static vae_plan vae_decoder_plan(const diffuse_vae *v, int h, int w)
     return p;
 }
 
-static int vae_factor(const diffuse_vae *v) { return 1 << (v->cfg.levels - 1); }
+static int vae_factor(const diffuse_vae *v)
+{
+    return 1 << (v->cfg.levels - 1);
+}
 
 static bool vae_size_ok(const diffuse_vae *v, int height, int width)
 {
@@ -635,15 +648,19 @@ static int vae_check(const diffuse_vae *v, int height, int width, char *err)
 {
     if (vae_size_ok(v, height, width))
         return 0;
-    return diffuse_fail(err, "VAE: image size %dx%d must be a positive multiple of %d, at most "
-                        "%d", width, height, vae_factor(v), VAE_MAX_SIDE);
+    return diffuse_fail(err,
+                        "VAE: image size %dx%d must be a positive multiple of %d, at most "
+                        "%d",
+                        width, height, vae_factor(v), VAE_MAX_SIDE);
 }
 
 static int vae_out_of_memory(const diffuse_vae *v, int height, int width, const diffuse_arena *a,
                              char *err)
 {
-    return diffuse_fail(err, "internal: VAE work memory exhausted (arena %zu floats, %zu needed at "
-                        "%dx%d)", a->cap, diffuse_vae_workspace(v, height, width), width, height);
+    return diffuse_fail(err,
+                        "internal: VAE work memory exhausted (arena %zu floats, %zu needed at "
+                        "%dx%d)",
+                        a->cap, diffuse_vae_workspace(v, height, width), width, height);
 }
 
 /* ------------------------------------------------------------------ encode */
@@ -676,25 +693,25 @@ static int vae_encode_run(const diffuse_vae *v, float *moments, const float *ima
     vae_bufs b;
     vae_geom g = vae_same(h, w, 3);
     if (vae_bufs_push(&b, &p, a) || vae_conv(&v->enc_conv_in, b.cur, image, &g, false, a))
-        return -1;                                            /* [ch0, H, W] */
+        return -1; /* [ch0, H, W] */
     for (int l = 0; l < cfg->levels; l++) {
         if (vae_down_block(v, l, &b, &h, &w, a))
-            return -1;                                        /* [ch_l, H/2^(l+1), ...] */
+            return -1; /* [ch_l, H/2^(l+1), ...] */
         vae_trace(trace, b.cur, (size_t)cfg->channels[l] * h * w, "encoder.down_blocks.%d", l);
     }
     const int last = cfg->channels[cfg->levels - 1], z = 2 * cfg->latent_channels;
     if (vae_mid_forward(&v->enc_mid, &b, h, w, a))
-        return -1;                                            /* [last, h, w] */
+        return -1; /* [last, h, w] */
     vae_trace(trace, b.cur, (size_t)last * h * w, "encoder.mid_block", 0);
-    diffuse_op_group_norm(b.cur, b.cur, v->enc_norm_out.gamma, v->enc_norm_out.beta, 1, last,
-                          h * w, cfg->groups, VAE_EPS, true);
+    diffuse_op_group_norm(b.cur, b.cur, v->enc_norm_out.gamma, v->enc_norm_out.beta, 1, last, h * w,
+                          cfg->groups, VAE_EPS, true);
     g = vae_same(h, w, 3);
     if (vae_conv(&v->enc_conv_out, b.other, b.cur, &g, false, a))
-        return -1;                                            /* [2*latent, h, w] */
+        return -1; /* [2*latent, h, w] */
     vae_trace(trace, b.other, (size_t)z * h * w, "encoder", 0);
     g = vae_same(h, w, 1);
     if (vae_conv(&v->quant_conv, moments, b.other, &g, false, a))
-        return -1;                                            /* [2*latent, h, w] */
+        return -1; /* [2*latent, h, w] */
     vae_trace(trace, moments, (size_t)z * h * w, "quant_conv", 0);
     return 0;
 }
@@ -715,8 +732,7 @@ int diffuse_vae_encode(const diffuse_vae *v, float *moments, const float *image,
 /* b->cur [C, h, w] <- up block i: layers_per_block + 1 resnets, then on all
  * but the last level nearest 2x + conv 3x3, written into b->big (its input
  * moved to b->u first when it sits there). */
-static int vae_up_block(const diffuse_vae *v, int i, vae_bufs *b, int *h, int *w,
-                        diffuse_arena *a)
+static int vae_up_block(const diffuse_vae *v, int i, vae_bufs *b, int *h, int *w, diffuse_arena *a)
 {
     const int lpb = v->cfg.layers_per_block, c = v->cfg.channels[v->cfg.levels - 1 - i];
     for (int j = 0; j <= lpb; j++)
@@ -734,7 +750,7 @@ static int vae_up_block(const diffuse_vae *v, int i, vae_bufs *b, int *h, int *w
     vae_geom g = {.h = *h, .w = *w, .up = 2, .stride = 1, .pad = {1, 1, 1, 1}};
     b->cur = b->big;
     if (vae_conv(&v->dec_up[i], b->cur, src, &g, false, a))
-        return -1;                                            /* [C, 2h, 2w] */
+        return -1; /* [C, 2h, 2w] */
     *h *= 2;
     *w *= 2;
     return 0;
@@ -749,15 +765,15 @@ static int vae_decode_run(const diffuse_vae *v, float *image, const float *laten
     vae_bufs b;
     vae_geom g1 = vae_same(h, w, 1), g3 = vae_same(h, w, 3);
     if (vae_bufs_push(&b, &p, a) || vae_conv(&v->post_quant_conv, b.u, latent, &g1, false, a))
-        return -1;                                            /* [latent, h, w] */
+        return -1; /* [latent, h, w] */
     vae_trace(trace, b.u, (size_t)cfg->latent_channels * h * w, "post_quant_conv", 0);
     if (vae_conv(&v->dec_conv_in, b.cur, b.u, &g3, false, a) ||
         vae_mid_forward(&v->dec_mid, &b, h, w, a))
-        return -1;                                            /* [last, h, w] */
+        return -1; /* [last, h, w] */
     vae_trace(trace, b.cur, (size_t)last * h * w, "decoder.mid_block", 0);
     for (int i = 0; i < cfg->levels; i++) {
         if (vae_up_block(v, i, &b, &h, &w, a))
-            return -1;                                        /* [ch, h*2^(i+1), ...] */
+            return -1; /* [ch, h*2^(i+1), ...] */
         vae_trace(trace, b.cur, (size_t)cfg->channels[cfg->levels - 1 - i] * h * w,
                   "decoder.up_blocks.%d", i);
     }
@@ -765,7 +781,7 @@ static int vae_decode_run(const diffuse_vae *v, float *image, const float *laten
                           cfg->channels[0], h * w, cfg->groups, VAE_EPS, true);
     g3 = vae_same(h, w, 3);
     if (vae_conv(&v->dec_conv_out, image, b.cur, &g3, false, a))
-        return -1;                                            /* [out, H, W] */
+        return -1; /* [out, H, W] */
     vae_trace(trace, image, (size_t)cfg->out_channels * h * w, "decoder", 0);
     return 0;
 }

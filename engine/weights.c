@@ -21,19 +21,19 @@
 #include "internal.h"
 
 typedef struct weight_entry {
-    char *name;                   /* canonical */
+    char *name; /* canonical */
     const diffuse_st_tensor *t;
-    int64_t row0;                 /* first row of a split (OpenCLIP in_proj) */
+    int64_t row0; /* first row of a split (OpenCLIP in_proj) */
     int ndim;
     int64_t shape[DIFFUSE_MAX_DIMS];
     int64_t numel;
-    bool streamed;                /* a matrix widened at each use, its pages let go
-                                     right after (diffuse_wmat_f32) */
-    bool transposed;              /* a 2-D tensor stored as [in, out]: shape gives
-                                     [out, in], converted (transposed) on first use */
-    float *converted;             /* owned float32 copy, or NULL */
-    bool viewed;                  /* handed out as a matrix (diffuse_wmat) */
-    diffuse_lora_delta *lora;     /* LoRA deltas added at each use (borrowed), or NULL */
+    bool streamed;            /* a matrix widened at each use, its pages let go
+                                 right after (diffuse_wmat_f32) */
+    bool transposed;          /* a 2-D tensor stored as [in, out]: shape gives
+                                 [out, in], converted (transposed) on first use */
+    float *converted;         /* owned float32 copy, or NULL */
+    bool viewed;              /* handed out as a matrix (diffuse_wmat) */
+    diffuse_lora_delta *lora; /* LoRA deltas added at each use (borrowed), or NULL */
 } weight_entry;
 
 /* A component whose weights take at most this much as float32 (the bundled
@@ -49,12 +49,12 @@ static const char *const COMPONENTS[NCOMPONENTS] = {"text.", "text2.", "unet.", 
 struct diffuse_weights {
     diffuse_st_file *files[4];
     int nfiles;
-    size_t widen_max[NCOMPONENTS]; /* per COMPONENTS entry, floats */
+    size_t widen_max[NCOMPONENTS];  /* per COMPONENTS entry, floats */
     bool keep_widened[NCOMPONENTS]; /* the component is small: widen its matrices once */
-    weight_entry *entries;        /* sorted by name */
+    weight_entry *entries;          /* sorted by name */
     int count, cap;
     const char *layout;
-    bool openclip;                /* single file with an OpenCLIP text encoder */
+    bool openclip; /* single file with an OpenCLIP text encoder */
 };
 
 /* ------------------------------------------------------------------ table */
@@ -156,16 +156,17 @@ static void rename_vae_attention(char *s, size_t size)
     if (!strstr(s, ".attentions."))
         return;
     (void)(replace(s, size, ".query.", ".to_q.") || replace(s, size, ".key.", ".to_k.") ||
-        replace(s, size, ".value.", ".to_v.") || replace(s, size, ".proj_attn.", ".to_out.0."));
+           replace(s, size, ".value.", ".to_v.") || replace(s, size, ".proj_attn.", ".to_out.0."));
 }
 
 static void rename_ldm_resnet(char *s, size_t size)
 {
-    (void)(replace(s, size, ".in_layers.0.", ".norm1.") || replace(s, size, ".in_layers.2.", ".conv1.") ||
-        replace(s, size, ".emb_layers.1.", ".time_emb_proj.") ||
-        replace(s, size, ".out_layers.0.", ".norm2.") ||
-        replace(s, size, ".out_layers.3.", ".conv2.") ||
-        replace(s, size, ".skip_connection.", ".conv_shortcut."));
+    (void)(replace(s, size, ".in_layers.0.", ".norm1.") ||
+           replace(s, size, ".in_layers.2.", ".conv1.") ||
+           replace(s, size, ".emb_layers.1.", ".time_emb_proj.") ||
+           replace(s, size, ".out_layers.0.", ".norm2.") ||
+           replace(s, size, ".out_layers.3.", ".conv2.") ||
+           replace(s, size, ".skip_connection.", ".conv_shortcut."));
 }
 
 /* model.diffusion_model.* -> unet.*; `per` = layers_per_block + 1 (blocks per level). */
@@ -280,9 +281,12 @@ static bool map_ldm_vae(const char *k, int levels, char *out, size_t size)
         snprintf(out, size, "vae.%s.mid_block.resnets.%d.%s", side, i - 1, k + len);
     else if (sscanf(k, "%7[a-z].mid.attn_1.%n", side, &len) == 1 && len) {
         const char *r = k + len;
-        const char *to = starts(r, "norm.") ? "group_norm." : starts(r, "q.") ? "to_q."
-                       : starts(r, "k.") ? "to_k." : starts(r, "v.") ? "to_v."
-                       : starts(r, "proj_out.") ? "to_out.0." : NULL;
+        const char *to = starts(r, "norm.")       ? "group_norm."
+                         : starts(r, "q.")        ? "to_q."
+                         : starts(r, "k.")        ? "to_k."
+                         : starts(r, "v.")        ? "to_v."
+                         : starts(r, "proj_out.") ? "to_out.0."
+                                                  : NULL;
         if (!to)
             return false;
         snprintf(out, size, "vae.%s.mid_block.attentions.0.%s%s", side, to, strchr(r, '.') + 1);
@@ -312,8 +316,7 @@ static bool map_openclip(const char *k, const char *comp, char *out, size_t size
     else if (strcmp(k, "text_projection") == 0 && strcmp(comp, "text2.") == 0) {
         snprintf(out, size, "%stext_projection.weight", comp);
         *transposed = true;
-    }
-    else if (sscanf(k, "transformer.resblocks.%d.%n", &i, &len) == 1 && len) {
+    } else if (sscanf(k, "transformer.resblocks.%d.%n", &i, &len) == 1 && len) {
         const char *r = k + len;
         char rest[256];
         snprintf(rest, sizeof rest, "%s", r);
@@ -368,7 +371,8 @@ static int ldm_vae_levels(const diffuse_st_file *f)
     int levels = 0;
     for (int i = 0; i < f->count; i++) {
         int l;
-        if (sscanf(f->tensors[i].name, "first_stage_model.decoder.up.%d.", &l) == 1 && l + 1 > levels)
+        if (sscanf(f->tensors[i].name, "first_stage_model.decoder.up.%d.", &l) == 1 &&
+            l + 1 > levels)
             levels = l + 1;
     }
     return levels;
@@ -389,7 +393,8 @@ static int load_ldm(diffuse_weights *w, const diffuse_st_file *f, char *err)
             ok = map_ldm_vae(k + 18, levels, name, sizeof name);
         else if (starts(k, "cond_stage_model.transformer.")) {
             k += 29;
-            snprintf(name, sizeof name, "text.%s%s", starts(k, "text_model.") ? "" : "text_model.", k);
+            snprintf(name, sizeof name, "text.%s%s", starts(k, "text_model.") ? "" : "text_model.",
+                     k);
             ok = true;
         } else if (starts(k, "cond_stage_model.model.")) {
             ok = map_openclip(k + 23, "text.", name, sizeof name, &split, &transposed);
@@ -398,7 +403,8 @@ static int load_ldm(diffuse_weights *w, const diffuse_st_file *f, char *err)
             /* SDXL: a transformers CLIP (ViT-L) and an OpenCLIP (ViT-bigG) */
             if (starts(k + len, "transformer.")) {
                 k += len + 12;
-                snprintf(name, sizeof name, "text.%s%s", starts(k, "text_model.") ? "" : "text_model.", k);
+                snprintf(name, sizeof name, "text.%s%s",
+                         starts(k, "text_model.") ? "" : "text_model.", k);
                 ok = true;
             } else if (starts(k + len, "model.")) {
                 ok = map_openclip(k + len + 6, "text2.", name, sizeof name, &split, &transposed);
@@ -465,9 +471,11 @@ static diffuse_status load_diffusers(diffuse_weights *w, const char *dir, char *
         if (!find_part_file(dir, subs[p], path, sizeof path)) {
             if (p == 3 || (p == 2 && has_text2))
                 continue;
-            return diffuse_fail(err, "%s: no %s/diffusion_pytorch_model.safetensors or "
+            return diffuse_fail(err,
+                                "%s: no %s/diffusion_pytorch_model.safetensors or "
                                 "%s/model.safetensors: not a diffusers model folder",
-                                dir, subs[p], subs[p]), DIFFUSE_ERR_FORMAT;
+                                dir, subs[p], subs[p]),
+                   DIFFUSE_ERR_FORMAT;
         }
         diffuse_status st = diffuse_st_open(path, &w->files[w->nfiles], err);
         if (st != DIFFUSE_OK)
@@ -484,8 +492,7 @@ static diffuse_status load_diffusers(diffuse_weights *w, const char *dir, char *
 /* madebyollin's files: nn.Sequential indices, "{i}.weight" for a conv,
  * "{i}.conv.{0,2,4}.*" for a block. The encoder's index is diffusers'; the
  * decoder's is one more (its index 0 is the tanh clamp). */
-static int add_taesd_original(diffuse_weights *w, const diffuse_st_file *f, bool decoder,
-                              char *err)
+static int add_taesd_original(diffuse_weights *w, const diffuse_st_file *f, bool decoder, char *err)
 {
     for (int i = 0; i < f->count; i++) {
         const diffuse_st_tensor *t = &f->tensors[i];
@@ -515,7 +522,8 @@ static int taesd_half(const diffuse_st_file *f)
 /* The other half's file beside path: ..._encoder.safetensors <-> _decoder. */
 static bool taesd_sibling(const char *path, bool decoder, char *out, size_t size)
 {
-    const char *from = decoder ? "_decoder." : "_encoder.", *to = decoder ? "_encoder." : "_decoder.";
+    const char *from = decoder ? "_decoder." : "_encoder.",
+               *to = decoder ? "_encoder." : "_decoder.";
     const char *slash = strrchr(path, '/'), *p = strstr(slash ? slash : path, from);
     struct stat st;
     if (!p)
@@ -524,8 +532,7 @@ static bool taesd_sibling(const char *path, bool decoder, char *out, size_t size
     return stat(out, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-static diffuse_status open_taesd_file(diffuse_weights *w, const char *path, bool sibling,
-                                      char *err)
+static diffuse_status open_taesd_file(diffuse_weights *w, const char *path, bool sibling, char *err)
 {
     diffuse_st_file *f;
     if (w->nfiles >= 4)
@@ -562,9 +569,10 @@ static diffuse_status weights_done(diffuse_weights *w, diffuse_status st, const 
 {
     if (st == DIFFUSE_OK && finish_table(w, err))
         st = DIFFUSE_ERR_FORMAT;
-    for (int c = 0; st == DIFFUSE_OK && c < NCOMPONENTS; c++) /* widening per use pays off for big ones */
-        w->keep_widened[c] = (size_t)diffuse_weights_count(w, COMPONENTS[c]) * sizeof(float) <=
-                             KEEP_WIDENED_BYTES;
+    for (int c = 0; st == DIFFUSE_OK && c < NCOMPONENTS;
+         c++) /* widening per use pays off for big ones */
+        w->keep_widened[c] =
+            (size_t)diffuse_weights_count(w, COMPONENTS[c]) * sizeof(float) <= KEEP_WIDENED_BYTES;
     if (st == DIFFUSE_OK && w->count == 0)
         st = (diffuse_fail(err, "%s: holds no Stable Diffusion weights", path), DIFFUSE_ERR_FORMAT);
     if (st != DIFFUSE_OK) {
@@ -598,10 +606,10 @@ diffuse_status diffuse_weights_open_taesd(const char *path, diffuse_weights **ou
         return st;
     char file[4096];
     if (dir) {
-        static const char *names[] = {"diffusion_pytorch_model.safetensors",
-                                      "diffusion_pytorch_model.fp16.safetensors",
-                                      "taesd_decoder.safetensors", "taesd_encoder.safetensors",
-                                      "taesdxl_decoder.safetensors", "taesdxl_encoder.safetensors"};
+        static const char *names[] = {
+            "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
+            "taesd_decoder.safetensors",           "taesd_encoder.safetensors",
+            "taesdxl_decoder.safetensors",         "taesdxl_encoder.safetensors"};
         size_t i = 0;
         for (; i < sizeof names / sizeof names[0]; i++) {
             struct stat fs;
@@ -611,8 +619,10 @@ diffuse_status diffuse_weights_open_taesd(const char *path, diffuse_weights **ou
         }
         st = i < sizeof names / sizeof names[0]
                  ? open_taesd_file(w, file, true, err)
-                 : (diffuse_fail(err, "%s: no TAESD here (diffusion_pytorch_model.safetensors, or "
-                                 "taesd_encoder/taesd_decoder.safetensors)", path),
+                 : (diffuse_fail(err,
+                                 "%s: no TAESD here (diffusion_pytorch_model.safetensors, or "
+                                 "taesd_encoder/taesd_decoder.safetensors)",
+                                 path),
                     DIFFUSE_ERR_FORMAT);
     } else {
         st = open_taesd_file(w, path, true, err);
@@ -787,8 +797,11 @@ static int mat_view(diffuse_weights *w, const char *name, int ndim, const int64_
         const float *f = diffuse_weights_get(w, name, ndim, shape, err);
         if (!f)
             return -1;
-        *out = (diffuse_wmat){.data = f, .dtype = DIFFUSE_DTYPE_F32, .in_place = true,
-                              .numel = out->numel, .lora = &e->lora};
+        *out = (diffuse_wmat){.data = f,
+                              .dtype = DIFFUSE_DTYPE_F32,
+                              .in_place = true,
+                              .numel = out->numel,
+                              .lora = &e->lora};
         e->viewed = true;
         return 0;
     }
@@ -802,8 +815,11 @@ static int mat_view(diffuse_weights *w, const char *name, int ndim, const int64_
             const float *f = diffuse_weights_get(w, name, ndim, shape, err);
             if (!f)
                 return -1;
-            *out = (diffuse_wmat){.data = f, .dtype = DIFFUSE_DTYPE_F32, .in_place = true,
-                                  .numel = out->numel, .lora = out->lora};
+            *out = (diffuse_wmat){.data = f,
+                                  .dtype = DIFFUSE_DTYPE_F32,
+                                  .in_place = true,
+                                  .numel = out->numel,
+                                  .lora = out->lora};
         } else {
             e->streamed = true;
             if (out->numel > w->widen_max[c])
@@ -865,7 +881,8 @@ size_t diffuse_weights_bytes(const diffuse_weights *w, const char *prefix)
          * one counts; a split tensor counts once */
         const size_t bytes = e->row0 == 0 && !e->streamed ? e->t->nbytes : 0;
         const size_t once = e->streamed && e->t->numel
-                                ? (size_t)e->numel * (e->t->nbytes / (size_t)e->t->numel) : 0;
+                                ? (size_t)e->numel * (e->t->nbytes / (size_t)e->t->numel)
+                                : 0;
         n += bytes;
         streamed = once > streamed ? once : streamed;
     }
@@ -902,9 +919,15 @@ const float *diffuse_weights_getf(diffuse_weights *w, char *err, const int64_t *
     return diffuse_weights_get(w, name, ndim, dims, err);
 }
 
-const char *diffuse_weights_layout(const diffuse_weights *w) { return w->layout; }
+const char *diffuse_weights_layout(const diffuse_weights *w)
+{
+    return w->layout;
+}
 
-bool diffuse_weights_openclip(const diffuse_weights *w) { return w->openclip; }
+bool diffuse_weights_openclip(const diffuse_weights *w)
+{
+    return w->openclip;
+}
 
 diffuse_dtype diffuse_weights_dtype(const diffuse_weights *w)
 {

@@ -36,16 +36,21 @@ G_DEFINE_QUARK(diffuse - plugin - error - quark, core_error)
 /* ---------------------------------------------------------------- settings */
 
 const CoreArg core_size_cond_args[CORE_SIZE_COND_ARGS] = {
-    {"original-width", "_1 Original width", "SDXL size conditioning: the width the picture should "
+    {"original-width", "_1 Original width",
+     "SDXL size conditioning: the width the picture should "
      "look as if it was taken at (0 = the generated width)"},
-    {"original-height", "_2 Original height", "SDXL size conditioning: the original height (0 = "
+    {"original-height", "_2 Original height",
+     "SDXL size conditioning: the original height (0 = "
      "the generated height)"},
-    {"crop-left", "_3 Crop left", "SDXL crop conditioning: pixels cropped off the left (0 = a "
+    {"crop-left", "_3 Crop left",
+     "SDXL crop conditioning: pixels cropped off the left (0 = a "
      "centred, uncropped picture)"},
     {"crop-top", "_4 Crop top", "SDXL crop conditioning: pixels cropped off the top"},
-    {"target-width", "_5 Target width", "SDXL size conditioning: the target width (0 = the "
+    {"target-width", "_5 Target width",
+     "SDXL size conditioning: the target width (0 = the "
      "generated width)"},
-    {"target-height", "_6 Target height", "SDXL size conditioning: the target height (0 = the "
+    {"target-height", "_6 Target height",
+     "SDXL size conditioning: the target height (0 = the "
      "generated height)"},
 };
 
@@ -444,8 +449,8 @@ gchar *core_model_describe(const diffuse_model *m)
 
     diffuse_model_get_info(m, &info);
     params = count_text(info.params_unet + info.params_vae + info.params_text);
-    text = g_strdup_printf("%s, %dx%d native, %s parameters, %s", info.family_name, info.native_size,
-                           info.native_size, params, info.dtype);
+    text = g_strdup_printf("%s, %dx%d native, %s parameters, %s", info.family_name,
+                           info.native_size, info.native_size, params, info.dtype);
     g_free(params);
     return text;
 }
@@ -590,16 +595,26 @@ gchar *core_parameters_text(const CoreSettings *s, CoreMode mode, guint64 seed, 
 
     core_sampler_choices(&samplers);
     sampler = &samplers[MAX(0, core_sampler_find(s->sampler))];
-    diffuse_parameters p = {
-        .prompt = s->prompt, .negative_prompt = s->negative_prompt, .steps = s->steps,
-        .sampler = sampler->sampler, .karras = sampler->karras, .guidance = (float)s->guidance,
-        .has_seed = 1, .seed = seed, .width = width, .height = height, .model = model,
-        .strength = i2i ? (float)s->strength : 0, .rng = DIFFUSE_RNG_PHILOX,
-        .size_cond = {s->size_cond[0], s->size_cond[1], s->size_cond[2], s->size_cond[3],
-                      s->size_cond[4], s->size_cond[5]},
-        .loras = lora, .masked_content = i2i ? s->masked_content : -1,
-        /* Image to Image's Selected area is A1111's "Only masked" */
-        .inpaint_area = i2i && s->area == CORE_AREA_SELECTED, .padding = s->padding};
+    diffuse_parameters p = {.prompt = s->prompt,
+                            .negative_prompt = s->negative_prompt,
+                            .steps = s->steps,
+                            .sampler = sampler->sampler,
+                            .karras = sampler->karras,
+                            .guidance = (float)s->guidance,
+                            .has_seed = 1,
+                            .seed = seed,
+                            .width = width,
+                            .height = height,
+                            .model = model,
+                            .strength = i2i ? (float)s->strength : 0,
+                            .rng = DIFFUSE_RNG_PHILOX,
+                            .size_cond = {s->size_cond[0], s->size_cond[1], s->size_cond[2],
+                                          s->size_cond[3], s->size_cond[4], s->size_cond[5]},
+                            .loras = lora,
+                            .masked_content = i2i ? s->masked_content : -1,
+                            /* Image to Image's Selected area is A1111's "Only masked" */
+                            .inpaint_area = i2i && s->area == CORE_AREA_SELECTED,
+                            .padding = s->padding};
     char *text = diffuse_parameters_text(&p); /* the engine keeps the format */
     gchar *out = g_strdup(text ? text : "");
     free(text);
@@ -948,9 +963,9 @@ typedef struct {
     diffuse_image *images; /* [s.count], filled by the engine */
     gboolean generated;
     const CoreWatch *watch; /* NULL, or the front end's window */
-    gsize rss_start;       /* bytes resident when stage 2 began */
-    gsize need;            /* bytes the request adds: the memory check's estimate */
-    gint place_x, place_y; /* txt2img: where the layers go, centred (place()) */
+    gsize rss_start;        /* bytes resident when stage 2 began */
+    gsize need;             /* bytes the request adds: the memory check's estimate */
+    gint place_x, place_y;  /* txt2img: where the layers go, centred (place()) */
 } Job;
 
 /* The engine's notices (a LoRA that matches only part of the model, a prompt
@@ -1022,12 +1037,14 @@ static gboolean prepare(Job *job, GError **error)
     *r = diffuse_request_default();
     r->prompt = job->s.prompt;
     /* "" means none given unless the settings say it is a prompt (SDXL) */
-    r->negative_prompt = job->s.negative_prompt[0] || job->s.empty_negative ? job->s.negative_prompt
-                                                                             : NULL;
-    r->size_cond = (diffuse_size_cond){
-        .original_width = job->s.size_cond[0], .original_height = job->s.size_cond[1],
-        .crop_left = job->s.size_cond[2], .crop_top = job->s.size_cond[3],
-        .target_width = job->s.size_cond[4], .target_height = job->s.size_cond[5]};
+    r->negative_prompt =
+        job->s.negative_prompt[0] || job->s.empty_negative ? job->s.negative_prompt : NULL;
+    r->size_cond = (diffuse_size_cond){.original_width = job->s.size_cond[0],
+                                       .original_height = job->s.size_cond[1],
+                                       .crop_left = job->s.size_cond[2],
+                                       .crop_top = job->s.size_cond[3],
+                                       .target_width = job->s.size_cond[4],
+                                       .target_height = job->s.size_cond[5]};
     r->fast_decode = job->s.fast_decoder;
     r->seed = (guint64)job->s.seed;
     r->steps = job->s.steps;
@@ -1220,8 +1237,8 @@ static gboolean start(Job *job, const CoreSettings *settings, GError **error)
                       "first"));
         return FALSE;
     }
-    if (!core_image_check(job->image, error) || !core_settings_validate(settings, job->mode, error) ||
-        !prompt_check(job, settings, error))
+    if (!core_image_check(job->image, error) ||
+        !core_settings_validate(settings, job->mode, error) || !prompt_check(job, settings, error))
         return FALSE;
     job->s = *settings;
     if (job->s.seed < 0)

@@ -101,23 +101,23 @@ extern const CoreArg core_masked_arg;
  * the PDB's and the remembered settings'; older calls' names keep working. */
 #define CORE_KARRAS_SUFFIX "_karras"
 typedef struct {
-    gchar id[24];         /* "dpmpp_2m_karras" */
-    const gchar *label;   /* the engine's: diffuse_sampler_label / _karras_label */
+    gchar id[24];       /* "dpmpp_2m_karras" */
+    const gchar *label; /* the engine's: diffuse_sampler_label / _karras_label */
     diffuse_sampler sampler;
     gboolean karras;
 } CoreSampler;
-#define CORE_SAMPLER_BLURB                                                                     \
-    "euler, euler_a, ddim, dpmpp_2m, lcm or pndm; euler, euler_a and dpmpp_2m also with "     \
+#define CORE_SAMPLER_BLURB                                                                         \
+    "euler, euler_a, ddim, dpmpp_2m, lcm or pndm; euler, euler_a and dpmpp_2m also with "          \
     "Karras sigmas as euler_karras, euler_a_karras and dpmpp_2m_karras"
-#define CORE_SAMPLER_TOOLTIP                                                                   \
-    "How the noise is taken away step by step; Karras: the same sampler with Karras et al.'s "  \
+#define CORE_SAMPLER_TOOLTIP                                                                       \
+    "How the noise is taken away step by step; Karras: the same sampler with Karras et al.'s "     \
     "noise levels, often cleaner in few steps"
 /* The dialogs' tooltips for what both show alike. */
-#define CORE_PROMPT_TOOLTIP "What to draw; the default model knows scenes such as \"" \
-    CORE_EXAMPLE_PROMPT "\""
+#define CORE_PROMPT_TOOLTIP                                                                        \
+    "What to draw; the default model knows scenes such as \"" CORE_EXAMPLE_PROMPT "\""
 #define CORE_NEGATIVE_TOOLTIP "What to keep out; empty for nothing"
-#define CORE_SEED_TOOLTIP                                                                      \
-    "The seed of the first image (image i uses seed + i); while Randomize is ticked, the "   \
+#define CORE_SEED_TOOLTIP                                                                          \
+    "The seed of the first image (image i uses seed + i); while Randomize is ticked, the "         \
     "seed the last run used: untick it to make that image again"
 /* The choices (a table made once); returns how many. */
 gint core_sampler_choices(const CoreSampler **choices);

@@ -111,8 +111,8 @@ GtkWidget *dialog_size_note_new(void)
     return label;
 }
 
-void dialog_size_note_update(GtkWidget *label, const diffuse_model *model, gint width,
-                             gint height, gint count)
+void dialog_size_note_update(GtkWidget *label, const diffuse_model *model, gint width, gint height,
+                             gint count)
 {
     gchar *note = dialog_size_note(model, width, height, count);
 

@@ -83,8 +83,8 @@ diffuse_model *dialog_model_take(DialogModel *m, gboolean ok, const gchar *chose
 gchar *dialog_size_note(const diffuse_model *model, gint width, gint height, gint count);
 /* A wrapping label for it, hidden while there is nothing to say, and its update. */
 GtkWidget *dialog_size_note_new(void);
-void dialog_size_note_update(GtkWidget *label, const diffuse_model *model, gint width,
-                             gint height, gint count);
+void dialog_size_note_update(GtkWidget *label, const diffuse_model *model, gint width, gint height,
+                             gint count);
 
 /* With DIFFUSE_DIALOG_DUMP naming a file, appends to it "dialog<tab>TITLE",
  * "ok<tab>sensitive" (or insensitive), the tooltip of every widget the dialog

@@ -84,9 +84,11 @@ static void install(const gchar *name, const gchar *blurb, const gchar *help, co
 {
     GimpParamDef *ext = g_new(GimpParamDef, nargs + N_EXT);
     gchar *ext_name = g_strconcat(name, EXT, NULL);
-    gchar *ext_help = g_strconcat(help, " The -ext form takes SDXL's size conditioning, "
+    gchar *ext_help = g_strconcat(help,
+                                  " The -ext form takes SDXL's size conditioning, "
                                   "whether an empty negative prompt is a prompt, and the fast "
-                                  "decoder.", NULL);
+                                  "decoder.",
+                                  NULL);
 
     gimp_install_procedure(name, blurb, help, CORE_AUTHOR, CORE_COPYRIGHT, CORE_DATE, label,
                            "RGB*, GRAY*, INDEXED*", GIMP_PLUGIN, nargs, 0, args, NULL);
@@ -98,9 +100,8 @@ static void install(const gchar *name, const gchar *blurb, const gchar *help, co
     ext[nargs + CORE_SIZE_COND_ARGS] =
         (GimpParamDef){GIMP_PDB_INT32, (gchar *)core_empty_negative_arg.name,
                        (gchar *)core_empty_negative_arg.blurb};
-    ext[nargs + CORE_SIZE_COND_ARGS + 1] =
-        (GimpParamDef){GIMP_PDB_INT32, (gchar *)core_fast_decoder_arg.name,
-                       (gchar *)core_fast_decoder_arg.blurb};
+    ext[nargs + CORE_SIZE_COND_ARGS + 1] = (GimpParamDef){
+        GIMP_PDB_INT32, (gchar *)core_fast_decoder_arg.name, (gchar *)core_fast_decoder_arg.blurb};
     gimp_install_procedure(ext_name, blurb, ext_help, CORE_AUTHOR, CORE_COPYRIGHT, CORE_DATE, NULL,
                            "RGB*, GRAY*, INDEXED*", GIMP_PLUGIN, nargs + N_EXT, 0, ext, NULL);
     g_free(ext_help);
@@ -239,13 +240,13 @@ typedef struct {
     GtkWidget *sampler; /* GtkComboBoxText */
     GtkWidget *area;    /* Image to Image: GtkComboBoxText of the CoreArea values */
     GtkObject *padding;
-    GtkWidget *masked;  /* Image to Image: GtkComboBoxText of diffuse_masked_content */
+    GtkWidget *masked;      /* Image to Image: GtkComboBoxText of diffuse_masked_content */
     gint unit;              /* Text to Image: sizes are multiples of it, the model's (core.h) */
     GtkWidget *size_note;   /* Text to Image: what a size over the native one costs */
     gint32 image, drawable; /* Image to Image: the selection the area suits */
     DialogModel model;      /* the model row */
-    DialogLora lora;    /* the LoRA row */
-    DialogCopy copy;    /* Copy Settings from Layer */
+    DialogLora lora;        /* the LoRA row */
+    DialogCopy copy;        /* Copy Settings from Layer */
 } Dialog;
 
 static GtkTextBuffer *add_text_view(GtkWidget *box, const gchar *title, const gchar *text,
@@ -324,7 +325,8 @@ static void set_model_defaults(const CoreSettings *defaults, gpointer data)
 
     gtk_adjustment_set_value(GTK_ADJUSTMENT(d->steps), defaults->steps);
     gtk_adjustment_set_value(GTK_ADJUSTMENT(d->guidance), defaults->guidance);
-    gtk_combo_box_set_active(GTK_COMBO_BOX(d->sampler), MAX(0, core_sampler_find(defaults->sampler)));
+    gtk_combo_box_set_active(GTK_COMBO_BOX(d->sampler),
+                             MAX(0, core_sampler_find(defaults->sampler)));
 }
 
 /* The model's native size and unit (DialogModelSize), Text to Image only:
@@ -376,8 +378,8 @@ static void add_model_row(Dialog *d, GtkWidget *table, gint row)
     gtk_entry_set_text(GTK_ENTRY(d->model.entry), d->s->model);
     gtk_box_pack_start(GTK_BOX(hbox), d->model.entry, TRUE, TRUE, 0);
     dialog_model_add_buttons(&d->model, hbox);
-    label = gimp_table_attach_aligned(GTK_TABLE(table), 0, row, "_Model:", 0.0, 0.5, hbox, 2,
-                                      FALSE);
+    label =
+        gimp_table_attach_aligned(GTK_TABLE(table), 0, row, "_Model:", 0.0, 0.5, hbox, 2, FALSE);
     gtk_label_set_mnemonic_widget(GTK_LABEL(label), d->model.entry); /* not the row */
     gtk_table_attach(GTK_TABLE(table), dialog_model_info_new(&d->model), 1, 3, row + 1, row + 2,
                      GTK_EXPAND | GTK_FILL, GTK_FILL, 0, 0);
@@ -485,15 +487,17 @@ static GtkWidget *make_table(Dialog *d)
                             "prompt (Turbo and LCM models)");
     d->sampler = add_sampler_combo(d, table, row++);
     if (d->mode == CORE_TXT2IMG) {
-        d->width = add_scale(table, row++, "Wi_dth:", s->width, 8, 2048, 8, 0, CORE_MAX_SIDE,
-                             "Multiples of 8; the model's native size by default (models draw best at it)");
-        d->height = add_scale(table, row++, "He_ight:", s->height, 8, 2048, 8, 0, CORE_MAX_SIDE,
-                              "Multiples of 8; the model's native size by default (models draw best at it)");
+        d->width = add_scale(
+            table, row++, "Wi_dth:", s->width, 8, 2048, 8, 0, CORE_MAX_SIDE,
+            "Multiples of 8; the model's native size by default (models draw best at it)");
+        d->height = add_scale(
+            table, row++, "He_ight:", s->height, 8, 2048, 8, 0, CORE_MAX_SIDE,
+            "Multiples of 8; the model's native size by default (models draw best at it)");
         g_signal_connect(d->width, "value-changed", G_CALLBACK(round_to_unit), d);
         g_signal_connect(d->height, "value-changed", G_CALLBACK(round_to_unit), d);
         d->size_note = dialog_size_note_new();
-        gtk_table_attach(GTK_TABLE(table), d->size_note, 1, 3, row, row + 1,
-                         GTK_EXPAND | GTK_FILL, GTK_FILL, 0, 0);
+        gtk_table_attach(GTK_TABLE(table), d->size_note, 1, 3, row, row + 1, GTK_EXPAND | GTK_FILL,
+                         GTK_FILL, 0, 0);
         row++;
     } else {
         d->strength = add_scale(table, row++, "S_trength:", s->strength, 0.01, 1, 0.05, 2, 1,
@@ -622,10 +626,10 @@ static gboolean dialog_run(CoreSettings *s, CoreMode mode, const gchar *proc, gb
     gboolean ok;
 
     gimp_ui_init(PLUG_IN_BINARY, FALSE);
-    d.dialog =
-        gimp_dialog_new(mode == CORE_TXT2IMG ? _("Diffuse: Text to Image") : _("Diffuse: Image to Image"),
-                        PLUG_IN_ROLE, NULL, 0, gimp_standard_help_func, proc, "_Cancel",
-                        GTK_RESPONSE_CANCEL, "_OK", GTK_RESPONSE_OK, NULL);
+    d.dialog = gimp_dialog_new(mode == CORE_TXT2IMG ? _("Diffuse: Text to Image")
+                                                    : _("Diffuse: Image to Image"),
+                               PLUG_IN_ROLE, NULL, 0, gimp_standard_help_func, proc, "_Cancel",
+                               GTK_RESPONSE_CANCEL, "_OK", GTK_RESPONSE_OK, NULL);
     gtk_dialog_set_alternative_button_order(GTK_DIALOG(d.dialog), GTK_RESPONSE_OK,
                                             GTK_RESPONSE_CANCEL, -1);
     gimp_window_set_transient(GTK_WINDOW(d.dialog));
@@ -637,8 +641,8 @@ static gboolean dialog_run(CoreSettings *s, CoreMode mode, const gchar *proc, gb
     d.copy = (DialogCopy){.mode = mode, .read = read_settings, .apply = apply_settings, .data = &d};
     gtk_box_pack_start(GTK_BOX(vbox), dialog_copy_new(&d.copy, image, drawable), FALSE, FALSE, 0);
     d.prompt = add_text_view(vbox, "_Prompt", s->prompt, 72, CORE_PROMPT_TOOLTIP);
-    d.negative = add_text_view(vbox, "Negati_ve prompt", s->negative_prompt, 40,
-                               CORE_NEGATIVE_TOOLTIP);
+    d.negative =
+        add_text_view(vbox, "Negati_ve prompt", s->negative_prompt, 40, CORE_NEGATIVE_TOOLTIP);
     gtk_box_pack_start(GTK_BOX(vbox), make_table(&d), FALSE, FALSE, 0);
     gtk_box_pack_start(GTK_BOX(vbox), make_sdxl(&d), FALSE, FALSE, 0);
     gtk_widget_show_all(d.dialog);

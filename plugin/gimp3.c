@@ -176,10 +176,9 @@ static void add_tail_arguments(GimpProcedure *p, const CoreSettings *d)
         gimp_procedure_add_int_argument(p, core_size_cond_args[i].name,
                                         core_size_cond_args[i].label, core_size_cond_args[i].blurb,
                                         0, CORE_MAX_COND, d->size_cond[i], G_PARAM_READWRITE);
-    gimp_procedure_add_boolean_argument(p, core_empty_negative_arg.name,
-                                        core_empty_negative_arg.label,
-                                        core_empty_negative_arg.blurb, d->empty_negative,
-                                        G_PARAM_READWRITE);
+    gimp_procedure_add_boolean_argument(
+        p, core_empty_negative_arg.name, core_empty_negative_arg.label,
+        core_empty_negative_arg.blurb, d->empty_negative, G_PARAM_READWRITE);
     gimp_procedure_add_boolean_argument(p, core_fast_decoder_arg.name, core_fast_decoder_arg.label,
                                         core_fast_decoder_arg.blurb, d->fast_decoder,
                                         G_PARAM_READWRITE);
@@ -196,8 +195,7 @@ static void add_tail_arguments(GimpProcedure *p, const CoreSettings *d)
         p, "random-seed", "Randomi_ze",
         "A new random seed for every run; the seed used is in the layer name", TRUE,
         G_PARAM_READWRITE);
-    gimp_procedure_add_choice_aux_argument(p, "sampler-choice", "Sa_mpler",
-                                           CORE_SAMPLER_TOOLTIP,
+    gimp_procedure_add_choice_aux_argument(p, "sampler-choice", "Sa_mpler", CORE_SAMPLER_TOOLTIP,
                                            sampler_choice(), d->sampler, G_PARAM_READWRITE);
     gimp_procedure_add_boolean_aux_argument(p, "configured", "Configured",
                                             "Set after the first run: the dialog then keeps the "
@@ -337,7 +335,7 @@ typedef struct {
     GimpProcedureConfig *config;
     CoreMode mode;
     GtkWidget *dialog;
-    GimpImage *image;        /* Image to Image: the selection the area suits */
+    GimpImage *image; /* Image to Image: the selection the area suits */
     GimpDrawable *drawable;
     GtkWidget *fast_decoder; /* its check box, sensitive when the model has one */
     DialogModel model;       /* the model row, its entry bound to the config's "model" */
@@ -650,8 +648,7 @@ static void apply_settings(const CoreSettings *s, gpointer data)
         g_object_set(d->config, "strength", s->strength, core_area_arg.name,
                      s->area == CORE_AREA_SELECTED ? "selected-area" : "whole-layer",
                      core_padding_arg.name, s->padding, core_masked_arg.name,
-                     s->masked_content == DIFFUSE_MASKED_LATENT_NOISE ? "latent-noise"
-                                                                      : "original",
+                     s->masked_content == DIFFUSE_MASKED_LATENT_NOISE ? "latent-noise" : "original",
                      NULL);
     for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
         g_object_set(d->config, core_size_cond_args[i].name, s->size_cond[i], NULL);
@@ -716,8 +713,8 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
     dialog = GIMP_PROCEDURE_DIALOG(d.dialog);
     prompt = add_copy_row(dialog, &d, image, drawable,
                           add_text(dialog, config, "prompt", "_Prompt", CORE_PROMPT_TOOLTIP, 72));
-    negative = add_text(dialog, config, "negative-prompt", "Negati_ve prompt",
-                        CORE_NEGATIVE_TOOLTIP, 40);
+    negative =
+        add_text(dialog, config, "negative-prompt", "Negati_ve prompt", CORE_NEGATIVE_TOOLTIP, 40);
     add_seed_row(dialog, &d);
     add_scale(dialog, "steps", 1, 100, 0);
     add_scale(dialog, "guidance", 0, 20, 1);
@@ -730,16 +727,16 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
         }
         g_signal_connect_swapped(config, "notify::count", G_CALLBACK(update_size_note), &d);
         d.size_note = dialog_size_note_new();
-        gtk_box_pack_start(GTK_BOX(gimp_procedure_dialog_fill_box(dialog, "size-box", "height",
-                                                                  NULL)),
-                           d.size_note, FALSE, FALSE, 0);
+        gtk_box_pack_start(
+            GTK_BOX(gimp_procedure_dialog_fill_box(dialog, "size-box", "height", NULL)),
+            d.size_note, FALSE, FALSE, 0);
     } else {
         add_scale(dialog, "strength", 0.01, 1, 2);
         add_scale(dialog, core_padding_arg.name, 0, 256, 0);
     }
     add_scale(dialog, "count", 1, 16, 0);
-    d.fast_decoder = gimp_procedure_dialog_get_widget(dialog, core_fast_decoder_arg.name,
-                                                      G_TYPE_NONE);
+    d.fast_decoder =
+        gimp_procedure_dialog_get_widget(dialog, core_fast_decoder_arg.name, G_TYPE_NONE);
     add_model_row(dialog, &d);
     add_lora_row(dialog, &d);
     if (mode == CORE_TXT2IMG)
@@ -751,9 +748,8 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
         gimp_procedure_dialog_fill(dialog, prompt, negative, "seed-row", "steps", "guidance",
                                    "sampler-choice", "strength", core_area_arg.name,
                                    core_padding_arg.name, core_masked_arg.name, "count",
-                                   core_fast_decoder_arg.name,
-                                   "model-box", "lora-row", core_lora_weight_arg.name,
-                                   add_sdxl(dialog), NULL);
+                                   core_fast_decoder_arg.name, "model-box", "lora-row",
+                                   core_lora_weight_arg.name, add_sdxl(dialog), NULL);
     gtk_widget_show(d.dialog);
     g_object_get(config, "configured", &configured, NULL);
     /* a first run takes the model's own steps and guidance */

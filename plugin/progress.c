@@ -44,9 +44,9 @@ static gboolean on_step(gpointer user, gint image, gint count, gint step, gint s
     gchar *text;
 
     if (!w->cancelled) {
-        text = count > 1 ? g_strdup_printf("Step %d of %d, image %d of %d", step, steps,
-                                           image + 1, count)
-                         : g_strdup_printf("Step %d of %d", step, steps);
+        text = count > 1
+                   ? g_strdup_printf("Step %d of %d, image %d of %d", step, steps, image + 1, count)
+                   : g_strdup_printf("Step %d of %d", step, steps);
         gtk_label_set_text(GTK_LABEL(w->label), text);
         g_free(text);
         gtk_progress_bar_set_fraction(GTK_PROGRESS_BAR(w->bar),
@@ -68,7 +68,8 @@ static GdkPixbuf *preview_pixbuf(const gfloat *rgb, gint width, gint height)
 
     for (gint y = 0; y < height; y++)
         for (gint x = 0; x < width * 3; x++)
-            pixels[y * stride + x] = (guchar)(CLAMP(rgb[(gsize)y * width * 3 + x], 0, 1) * 255 + 0.5);
+            pixels[y * stride + x] =
+                (guchar)(CLAMP(rgb[(gsize)y * width * 3 + x], 0, 1) * 255 + 0.5);
     shown = gdk_pixbuf_scale_simple(small, MAX(1, (gint)(width * scale + 0.5)),
                                     MAX(1, (gint)(height * scale + 0.5)), GDK_INTERP_BILINEAR);
     g_object_unref(small);

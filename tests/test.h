@@ -16,22 +16,22 @@
 
 static int test_passed, test_failed;
 
-#define CHECK(cond, ...)                                                   \
-    do {                                                                   \
-        if (cond) {                                                        \
-            test_passed++;                                                 \
-        } else {                                                           \
-            test_failed++;                                                 \
-            fprintf(stdout, "FAIL %s:%d: ", __FILE__, __LINE__);           \
-            fprintf(stdout, __VA_ARGS__);                                  \
-            fputc('\n', stdout);                                           \
-        }                                                                  \
+#define CHECK(cond, ...)                                                                           \
+    do {                                                                                           \
+        if (cond) {                                                                                \
+            test_passed++;                                                                         \
+        } else {                                                                                   \
+            test_failed++;                                                                         \
+            fprintf(stdout, "FAIL %s:%d: ", __FILE__, __LINE__);                                   \
+            fprintf(stdout, __VA_ARGS__);                                                          \
+            fputc('\n', stdout);                                                                   \
+        }                                                                                          \
     } while (0)
 
-#define TEST_END()                                                         \
-    do {                                                                   \
-        printf("%d passed, %d failed\n", test_passed, test_failed);        \
-        return test_failed ? 1 : 0;                                        \
+#define TEST_END()                                                                                 \
+    do {                                                                                           \
+        printf("%d passed, %d failed\n", test_passed, test_failed);                                \
+        return test_failed ? 1 : 0;                                                                \
     } while (0)
 
 /* Path of a file under the shared folder, or NULL after counting a failure
@@ -97,8 +97,8 @@ static inline char *test_tiny_vocab(const char *extra)
             len += (size_t)snprintf(s + len, cap - len, "\"\\u%04x%s\": %d, ", cp,
                                     end ? "</w>" : "", id++);
         }
-    snprintf(s + len, cap - len, "%s\"<|startoftext|>\": %d, \"<|endoftext|>\": %d}", extra,
-             id, id + 1);
+    snprintf(s + len, cap - len, "%s\"<|startoftext|>\": %d, \"<|endoftext|>\": %d}", extra, id,
+             id + 1);
     return s;
 }
 
@@ -108,10 +108,13 @@ static inline double test_rel_err(const float *a, const float *b, size_t n, doub
     double m = 0, mb = 0;
     for (size_t i = 0; i < n; i++) {
         double d = fabs((double)a[i] - b[i]);
-        if (!(d <= m)) m = d; /* NaN propagates */
-        if (fabs(b[i]) > mb) mb = fabs(b[i]);
+        if (!(d <= m))
+            m = d; /* NaN propagates */
+        if (fabs(b[i]) > mb)
+            mb = fabs(b[i]);
     }
-    if (max_abs) *max_abs = m;
+    if (max_abs)
+        *max_abs = m;
     return mb > 0 ? m / mb : m;
 }
 

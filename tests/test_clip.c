@@ -27,10 +27,19 @@ static void check_layout(const char *path, diffuse_st_file *g)
     char err[DIFFUSE_ERROR_SIZE];
     diffuse_weights *w = NULL;
     diffuse_clip *c = NULL;
-    diffuse_clip_config cfg = {.prefix = "text.", .vocab_size = 49408, .width = 32, .layers = 3,
-                               .heads = 4, .intermediate = 128, .max_positions = 77,
-                               .gelu = false, .eps = 1e-5f, .pad_id = 49407, .eos_id = 49407,
-                               .hidden_layer = 3, .hidden_norm = true};
+    diffuse_clip_config cfg = {.prefix = "text.",
+                               .vocab_size = 49408,
+                               .width = 32,
+                               .layers = 3,
+                               .heads = 4,
+                               .intermediate = 128,
+                               .max_positions = 77,
+                               .gelu = false,
+                               .eps = 1e-5f,
+                               .pad_id = 49407,
+                               .eos_id = 49407,
+                               .hidden_layer = 3,
+                               .hidden_norm = true};
     CHECK(diffuse_weights_open(path, &w, err) == 0, "%s: %s", path, err);
     if (!w)
         return;
@@ -50,7 +59,8 @@ static void check_layout(const char *path, diffuse_st_file *g)
         double rel = test_rel_err(out, ref, (size_t)n_ref, &abs);
         printf("%s text.last_hidden_state max_abs_err=%.3g rel_err=%.3g\n", path, abs, rel);
         CHECK(rel < 1e-4, "text encoder rel err %g", rel);
-        CHECK(!a.overflow && a.peak * 8 >= a.cap, "work memory: peak %zu of %zu floats (no overflow, not 8x oversized)", a.peak, a.cap);
+        CHECK(!a.overflow && a.peak * 8 >= a.cap,
+              "work memory: peak %zu of %zu floats (no overflow, not 8x oversized)", a.peak, a.cap);
         ids[5] = 60000;
         CHECK(diffuse_clip_forward(c, out, ids, 1, &a, err) == -1 && strstr(err, "60000"),
               "bad token id rejected: %s", err);

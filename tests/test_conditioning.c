@@ -13,8 +13,8 @@
 
 typedef struct encoded {
     int tokens;
-    float *context;  /* [tokens, ctx] */
-    float *pooled;   /* [pooled] or NULL */
+    float *context; /* [tokens, ctx] */
+    float *pooled;  /* [pooled] or NULL */
 } encoded;
 
 static encoded encode(diffuse_model *m, const char *text, int clip_skip)
@@ -128,8 +128,8 @@ static void test_clip_skip(diffuse_model *m, const char *name)
     encoded_free(&s2);
 }
 
-static diffuse_status run(diffuse_model *m, const char *prompt, const char *negative,
-                          int clip_skip, diffuse_image *img, char *err)
+static diffuse_status run(diffuse_model *m, const char *prompt, const char *negative, int clip_skip,
+                          diffuse_image *img, char *err)
 {
     diffuse_request r = diffuse_request_default();
     r.prompt = prompt;

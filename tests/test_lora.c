@@ -121,7 +121,8 @@ static void check_file(diffuse_model *m, const cJSON *maps, const char *file, fl
     double worst = 0;
     int checked = 0;
     const cJSON *it;
-    cJSON_ArrayForEach(it, map) {
+    cJSON_ArrayForEach(it, map)
+    {
         double e = module_error(m, f, it->string, it->valuestring, weight, &a);
         worst = e > worst ? e : worst;
         checked++;
@@ -177,7 +178,8 @@ static void check_runs(diffuse_model *m)
     diffuse_image base, zero, kohya, peft, tag, after, partial;
     diffuse_lora k0 = file_lora(p1, "sd1-kohya.safetensors", 0.0f);
     CHECK(run(m, (run_opts){0}, &base, err) == DIFFUSE_OK, "base: %s", err);
-    CHECK(run(m, (run_opts){.loras = &k0, .lora_count = 1}, &zero, err) == DIFFUSE_OK, "w0: %s", err);
+    CHECK(run(m, (run_opts){.loras = &k0, .lora_count = 1}, &zero, err) == DIFFUSE_OK, "w0: %s",
+          err);
     CHECK(same_image(&base, &zero), "weight 0 is exactly the image without the LoRA");
     diffuse_lora k1 = file_lora(p1, "sd1-kohya.safetensors", 1.0f);
     diffuse_lora pf = file_lora(p2, "sd1-peft.safetensors", 1.0f);
@@ -192,12 +194,14 @@ static void check_runs(diffuse_model *m)
           "the model is unchanged after a LoRA run");
     diffuse_lora pa = file_lora(p1, "sd1-partial.safetensors", 1.0f);
     CHECK(run(m, (run_opts){.loras = &pa, .lora_count = 1, .told = told}, &partial, err) ==
-                  DIFFUSE_OK && strstr(told, "2 of its 6 modules match nothing"),
+                  DIFFUSE_OK &&
+              strstr(told, "2 of its 6 modules match nothing"),
           "a partial match goes ahead and says so: %s", told);
     told[0] = 0;
     diffuse_image other;
     CHECK(run(m, (run_opts){.prompt = "a <hypernet:x:1> circle", .told = told}, &other, err) ==
-                  DIFFUSE_OK && strstr(told, "<hypernet:x:1>"),
+                  DIFFUSE_OK &&
+              strstr(told, "<hypernet:x:1>"),
           "other extra networks are left out and named: %s", told);
     diffuse_image_free(&other);
     diffuse_request small = diffuse_request_default(), big = small;
@@ -224,10 +228,11 @@ static void check_runs(diffuse_model *m)
         diffuse_lora l = bad[i].file ? file_lora(p1, bad[i].file, 1.0f) : (diffuse_lora){0};
         diffuse_image img;
         err[0] = 0;
-        diffuse_status st = run(m, (run_opts){.prompt = bad[i].prompt, .loras = &l,
-                                              .lora_count = bad[i].file ? 1 : 0}, &img, err);
-        CHECK(st == bad[i].st && strstr(err, bad[i].word) && !img.pixels,
-              "%s: status %d, \"%s\"", bad[i].file ? bad[i].file : bad[i].prompt, st, err);
+        diffuse_status st = run(
+            m, (run_opts){.prompt = bad[i].prompt, .loras = &l, .lora_count = bad[i].file ? 1 : 0},
+            &img, err);
+        CHECK(st == bad[i].st && strstr(err, bad[i].word) && !img.pixels, "%s: status %d, \"%s\"",
+              bad[i].file ? bad[i].file : bad[i].prompt, st, err);
     }
     diffuse_image *all[] = {&base, &zero, &kohya, &peft, &tag, &after, &partial};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++)

@@ -116,7 +116,9 @@ static void test_default_paths(void)
  * a request's own bad sampler settings are DIFFUSE_ERR_ARGUMENT. */
 static void check_broken_schedule(const char *src)
 {
-    static const struct { const char *json, *word; } bad[] = {
+    static const struct {
+        const char *json, *word;
+    } bad[] = {
         {"{\"num_train_timesteps\": 100000}", "no signal left"},
         {"{\"num_train_timesteps\": 1}", "num_train_timesteps 1"},
         {"{\"beta_start\": 0.5, \"beta_end\": 0.1}", "betas"},
@@ -132,8 +134,8 @@ static void check_broken_schedule(const char *src)
         diffuse_status st = diffuse_model_open(sub, NULL, &m, err, sizeof err);
         CHECK(st == DIFFUSE_ERR_FORMAT && !m && strstr(err, "scheduler/scheduler_config.json") &&
                   strstr(err, bad[i].word),
-              "%s: status %d, or the message names neither the file nor '%s': %s", bad[i].json,
-              st, bad[i].word, m ? "(loaded)" : err);
+              "%s: status %d, or the message names neither the file nor '%s': %s", bad[i].json, st,
+              bad[i].word, m ? "(loaded)" : err);
         diffuse_model_free(m);
     }
     snprintf(sub, sizeof sub, "%s/ok", dir);
@@ -161,9 +163,13 @@ static void check_broken_schedule(const char *src)
 static void check_load_kinds(const char *src)
 {
     char dir[] = "/tmp/diffuse-model-XXXXXX", sub[4096], path[4200], err[DIFFUSE_ERROR_SIZE];
-    const struct { const char *path, *word; diffuse_status st; } cases[] = {
+    const struct {
+        const char *path, *word;
+        diffuse_status st;
+    } cases[] = {
         {"/nonexistent/model", "No such file or directory", DIFFUSE_ERR_IO},
-        {"tests/fixtures/ok_no_model.safetensors", "no Stable Diffusion weights", DIFFUSE_ERR_FORMAT},
+        {"tests/fixtures/ok_no_model.safetensors", "no Stable Diffusion weights",
+         DIFFUSE_ERR_FORMAT},
         {"tests/fixtures/bad_header_not_json.safetensors", "JSON", DIFFUSE_ERR_FORMAT},
         {"tests/fixtures", "not a diffusers model folder", DIFFUSE_ERR_FORMAT},
     };
@@ -188,7 +194,8 @@ static void check_load_kinds(const char *src)
     snprintf(path, sizeof path, "%s/tokenizer/vocab.json", sub);
     FILE *f = x ? fopen(path, "w") : NULL;
     if (f) {
-        fprintf(f, "%.*s\"x</w>\": 60000,%s", (int)(x - vocab), vocab, x + strlen("\"x</w>\": 343,"));
+        fprintf(f, "%.*s\"x</w>\": 60000,%s", (int)(x - vocab), vocab,
+                x + strlen("\"x</w>\": 343,"));
         fclose(f);
         char target[4096];
         snprintf(path, sizeof path, "%s/tokenizer/merges.txt", src);
@@ -198,8 +205,8 @@ static void check_load_kinds(const char *src)
         diffuse_model *m = NULL;
         diffuse_status st = diffuse_model_open(sub, NULL, &m, err, sizeof err);
         CHECK(st == DIFFUSE_ERR_FORMAT && !m && strstr(err, "token ids up to 60000") &&
-                  strstr(err, "49408 rows"), "a vocabulary past the embedding: status %d: %s",
-              st, m ? "(loaded)" : err);
+                  strstr(err, "49408 rows"),
+              "a vocabulary past the embedding: status %d: %s", st, m ? "(loaded)" : err);
         diffuse_model_free(m);
     }
     free(vocab);
@@ -214,13 +221,18 @@ int main(void)
     test_default_paths();
     const char *src = test_shared("reference/sd1-tiny/model-diffusers", buf);
     if (src) {
-        check_suggestion(src, "{\"_class_name\": \"LCMScheduler\", \"beta_schedule\": "
-                              "\"scaled_linear\"}", DIFFUSE_SAMPLER_LCM, 4, 1.0f);
-        check_suggestion(src, "{\"_class_name\": \"EulerAncestralDiscreteScheduler\", "
-                              "\"timestep_spacing\": \"trailing\"}", DIFFUSE_SAMPLER_EULER_A, 1,
-                         0.0f);
-        check_suggestion(src, "{\"_class_name\": \"EulerAncestralDiscreteScheduler\", "
-                              "\"timestep_spacing\": \"leading\"}", -1, -1, -1.0f);
+        check_suggestion(src,
+                         "{\"_class_name\": \"LCMScheduler\", \"beta_schedule\": "
+                         "\"scaled_linear\"}",
+                         DIFFUSE_SAMPLER_LCM, 4, 1.0f);
+        check_suggestion(src,
+                         "{\"_class_name\": \"EulerAncestralDiscreteScheduler\", "
+                         "\"timestep_spacing\": \"trailing\"}",
+                         DIFFUSE_SAMPLER_EULER_A, 1, 0.0f);
+        check_suggestion(src,
+                         "{\"_class_name\": \"EulerAncestralDiscreteScheduler\", "
+                         "\"timestep_spacing\": \"leading\"}",
+                         -1, -1, -1.0f);
         check_suggestion(src, "{\"_class_name\": \"PNDMScheduler\"}", -1, -1, -1.0f);
         check_broken_schedule(src);
         check_load_kinds(src);

@@ -127,14 +127,23 @@ static void conv_padded(double *y, const float *x, const float *w, const float *
 static void conv_case(int cin, int cout, int h, int w, int k, int stride, int pt, int pl, int pb,
                       int pr, int n, bool bias)
 {
-    diffuse_conv c = {.cin = cin, .h = h, .w = w, .cout = cout, .k = k, .stride = stride,
-                      .pad_top = pt, .pad_left = pl, .pad_bottom = pb, .pad_right = pr};
+    diffuse_conv c = {.cin = cin,
+                      .h = h,
+                      .w = w,
+                      .cout = cout,
+                      .k = k,
+                      .stride = stride,
+                      .pad_top = pt,
+                      .pad_left = pl,
+                      .pad_bottom = pb,
+                      .pad_right = pr};
     const int oh = diffuse_conv_out_h(&c), ow = diffuse_conv_out_w(&c);
     const int want_oh = (h + pt + pb - k) / stride + 1, want_ow = (w + pl + pr - k) / stride + 1;
     CHECK(oh == want_oh && ow == want_ow, "conv out size %dx%d, want %dx%d", oh, ow, want_oh,
           want_ow);
     const size_t ny = (size_t)n * cout * oh * ow, ns = diffuse_conv_scratch(&c, n);
-    float *x = random_buf((size_t)n * cin * h * w, 1), *wt = random_buf((size_t)cout * cin * k * k, 0.5f);
+    float *x = random_buf((size_t)n * cin * h * w, 1),
+          *wt = random_buf((size_t)cout * cin * k * k, 0.5f);
     float *b = bias ? random_buf((size_t)cout, 1) : NULL;
     float *y = filled(ny, NAN), *yr = filled(ny, NAN);
     float *scratch = ns ? filled(ns, NAN) : NULL; /* exactly what it asks for */
@@ -143,8 +152,9 @@ static void conv_case(int cin, int cout, int h, int w, int k, int stride, int pt
     diffuse_op_conv2d_ref(yr, x, wt, b, &c, n);
     conv_padded(yd, x, wt, b, &c, n);
     double abs_err, rel = test_rel_err(y, yr, ny, &abs_err);
-    CHECK(rel <= TOL, "conv2d cin=%d cout=%d %dx%d k=%d s=%d pad=(%d,%d,%d,%d) n=%d bias=%d: rel err %g",
-          cin, cout, h, w, k, stride, pt, pl, pb, pr, n, bias, rel);
+    CHECK(rel <= TOL,
+          "conv2d cin=%d cout=%d %dx%d k=%d s=%d pad=(%d,%d,%d,%d) n=%d bias=%d: rel err %g", cin,
+          cout, h, w, k, stride, pt, pl, pb, pr, n, bias, rel);
     size_t at = 0;
     CHECK(close_all(yr, yd, ny, 1e-6, 1, &at),
           "conv2d_ref vs padded formula (k=%d s=%d pad=(%d,%d,%d,%d)) at %zu: %g vs %g", k, stride,
@@ -161,26 +171,26 @@ static void conv_case(int cin, int cout, int h, int w, int k, int stride, int pt
 static void test_conv2d(void)
 {
     /*        cin cout  h   w  k  s  top left bottom right  n  bias */
-    conv_case(5, 7, 9, 11, 1, 1, 0, 0, 0, 0, 2, true);   /* 1x1: no im2col */
+    conv_case(5, 7, 9, 11, 1, 1, 0, 0, 0, 0, 2, true); /* 1x1: no im2col */
     conv_case(3, 6, 9, 11, 1, 1, 0, 0, 0, 0, 2, false);
-    conv_case(5, 7, 9, 11, 1, 2, 0, 0, 0, 0, 2, true);   /* strided 1x1 */
-    conv_case(5, 7, 9, 11, 3, 1, 1, 1, 1, 1, 2, true);   /* "same" */
+    conv_case(5, 7, 9, 11, 1, 2, 0, 0, 0, 0, 2, true); /* strided 1x1 */
+    conv_case(5, 7, 9, 11, 3, 1, 1, 1, 1, 1, 2, true); /* "same" */
     conv_case(3, 5, 8, 7, 3, 1, 1, 1, 1, 1, 2, false);
-    conv_case(5, 7, 9, 11, 3, 2, 1, 1, 1, 1, 2, true);   /* UNet downsampler */
+    conv_case(5, 7, 9, 11, 3, 2, 1, 1, 1, 1, 2, true); /* UNet downsampler */
     conv_case(6, 9, 10, 12, 3, 2, 1, 1, 1, 1, 2, true);
-    conv_case(5, 7, 9, 11, 3, 2, 0, 0, 1, 1, 2, true);   /* VAE downsampler: pad right/bottom */
+    conv_case(5, 7, 9, 11, 3, 2, 0, 0, 1, 1, 2, true); /* VAE downsampler: pad right/bottom */
     conv_case(6, 3, 8, 8, 3, 2, 0, 0, 1, 1, 2, true);
-    conv_case(5, 7, 9, 11, 3, 1, 0, 0, 0, 0, 2, true);   /* valid */
-    conv_case(4, 5, 7, 9, 3, 1, 2, 0, 1, 2, 2, true);    /* every side its own pad */
+    conv_case(5, 7, 9, 11, 3, 1, 0, 0, 0, 0, 2, true); /* valid */
+    conv_case(4, 5, 7, 9, 3, 1, 2, 0, 1, 2, 2, true);  /* every side its own pad */
     conv_case(5, 3, 9, 7, 3, 2, 0, 2, 2, 1, 2, true);
-    conv_case(1, 1, 1, 1, 3, 1, 1, 1, 1, 1, 1, true);    /* single pixel */
+    conv_case(1, 1, 1, 1, 3, 1, 1, 1, 1, 1, 1, true); /* single pixel */
     conv_case(3, 13, 5, 6, 3, 1, 1, 1, 1, 1, 1, true);
     conv_case(13, 3, 17, 3, 3, 2, 1, 1, 1, 1, 2, true);
 
     /* hand-checked: a centre-only kernel is the identity, with the VAE pad it
      * picks every other pixel starting at (1, 1) */
-    diffuse_conv c = {.cin = 1, .h = 4, .w = 4, .cout = 1, .k = 3, .stride = 2, .pad_bottom = 1,
-                      .pad_right = 1};
+    diffuse_conv c = {
+        .cin = 1, .h = 4, .w = 4, .cout = 1, .k = 3, .stride = 2, .pad_bottom = 1, .pad_right = 1};
     float x[16], wt[9] = {0, 0, 0, 0, 1, 0, 0, 0, 0}, y[4];
     for (int i = 0; i < 16; i++)
         x[i] = (float)i;
@@ -203,8 +213,16 @@ static void test_conv2d_winograd(void)
     conv_case(64, 64, 37, 41, 3, 1, 1, 1, 1, 1, 1, true);
     conv_case(48, 80, 23, 17, 3, 1, 1, 1, 1, 1, 2, false);
     conv_case(320, 320, 12, 9, 3, 1, 1, 1, 1, 1, 2, true);
-    diffuse_conv c = {.cin = 64, .h = 37, .w = 41, .cout = 64, .k = 3, .stride = 1, .pad_top = 1,
-                      .pad_left = 1, .pad_bottom = 1, .pad_right = 1};
+    diffuse_conv c = {.cin = 64,
+                      .h = 37,
+                      .w = 41,
+                      .cout = 64,
+                      .k = 3,
+                      .stride = 1,
+                      .pad_top = 1,
+                      .pad_left = 1,
+                      .pad_bottom = 1,
+                      .pad_right = 1};
     const bool forced = diffuse_dnnl_winograd(&c, 1);
     diffuse_conv_set_backend(DIFFUSE_CONV_AUTO);
     /* by the rule: big images with enough channels; never small ones, strides or thin layers */
@@ -220,8 +238,9 @@ static void test_conv2d_winograd(void)
               !diffuse_dnnl_winograd(&strided, 1),
           "Winograd picked for a shape it loses on");
     if (diffuse_dnnl_major() == 2 && diffuse_cpu_path() >= DIFFUSE_CPU_AVX512)
-        CHECK(forced && wino_big, "oneDNN 2's Winograd did not run on an AVX-512 CPU (forced %d, by rule %d)",
-              forced, wino_big);
+        CHECK(forced && wino_big,
+              "oneDNN 2's Winograd did not run on an AVX-512 CPU (forced %d, by rule %d)", forced,
+              wino_big);
     printf("oneDNN Winograd: %s\n", forced ? "used" : "not in this build or CPU");
 }
 
@@ -235,10 +254,19 @@ static void test_conv2d_dnnl(int backend)
     conv_case(24, 40, 19, 9, 3, 2, 0, 0, 1, 1, 2, true);
     conv_case(64, 64, 23, 29, 3, 1, 1, 1, 1, 1, 1, true);
     conv_case(4, 32, 15, 15, 3, 1, 1, 1, 1, 1, 2, true);
-    diffuse_conv c = {.cin = 48, .h = 37, .w = 45, .cout = 40, .k = 3, .stride = 1, .pad_top = 1,
-                      .pad_left = 1, .pad_bottom = 1, .pad_right = 1};
+    diffuse_conv c = {.cin = 48,
+                      .h = 37,
+                      .w = 45,
+                      .cout = 40,
+                      .k = 3,
+                      .stride = 1,
+                      .pad_top = 1,
+                      .pad_left = 1,
+                      .pad_bottom = 1,
+                      .pad_right = 1};
     const size_t nx = (size_t)2 * 48 * 37 * 45, ny = (size_t)2 * 40 * 37 * 45;
-    float *x = random_buf(nx, 1), *wt = random_buf((size_t)40 * 48 * 9, 0.5f), *b = random_buf(40, 1);
+    float *x = random_buf(nx, 1), *wt = random_buf((size_t)40 * 48 * 9, 0.5f),
+          *b = random_buf(40, 1);
     float *y1 = filled(ny, NAN), *y2 = filled(ny, NAN);
     float *scratch = filled(diffuse_conv_scratch(&c, 2), NAN);
     diffuse_pool_set_threads(1);
@@ -247,11 +275,14 @@ static void test_conv2d_dnnl(int backend)
     diffuse_op_conv2d(y2, x, wt, b, &c, 2, scratch);
     diffuse_pool_set_threads(0);
 #ifdef DIFFUSE_DNNL
-    CHECK(ran || !diffuse_dnnl_available(), "oneDNN is built in and the CPU has AVX2, yet it did not run");
+    CHECK(ran || !diffuse_dnnl_available(),
+          "oneDNN is built in and the CPU has AVX2, yet it did not run");
 #endif
     if (ran)
-        CHECK(memcmp(y1, y2, sizeof(float) * ny) == 0, "oneDNN conv differs between 1 and 2 threads");
-    printf("oneDNN convolutions (backend %d): %s\n", backend, ran ? "used" : "not in this build or CPU");
+        CHECK(memcmp(y1, y2, sizeof(float) * ny) == 0,
+              "oneDNN conv differs between 1 and 2 threads");
+    printf("oneDNN convolutions (backend %d): %s\n", backend,
+           ran ? "used" : "not in this build or CPU");
     free(x);
     free(wt);
     free(b);
@@ -281,16 +312,19 @@ static void attention_case(int tq, int tk, int heads, int dh, bool causal, int e
     diffuse_op_attention(out, q, stride, k, v, stride, tq, tk, heads, dh, causal, scratch);
     diffuse_op_attention_ref(ref, q, stride, k, v, stride, tq, tk, heads, dh, causal);
     double abs_err, rel = test_rel_err(out, ref, n, &abs_err);
-    CHECK(rel <= TOL, "attention (path %d) tq=%d tk=%d heads=%d dh=%d causal=%d: rel err %g (abs %g)",
+    CHECK(rel <= TOL,
+          "attention (path %d) tq=%d tk=%d heads=%d dh=%d causal=%d: rel err %g (abs %g)",
           diffuse_cpu_path(), tq, tk, heads, dh, causal, rel, abs_err);
     /* separate q and k/v buffers with different strides */
-    float *q2 = random_buf((size_t)tq * (width + 1), 1), *kv = random_buf((size_t)tk * 2 * width, 1);
+    float *q2 = random_buf((size_t)tq * (width + 1), 1),
+          *kv = random_buf((size_t)tk * 2 * width, 1);
     diffuse_op_attention(out, q2, width + 1, kv, kv + width, 2 * width, tq, tk, heads, dh, causal,
                          scratch);
     diffuse_op_attention_ref(ref, q2, width + 1, kv, kv + width, 2 * width, tq, tk, heads, dh,
                              causal);
     rel = test_rel_err(out, ref, n, &abs_err);
-    CHECK(rel <= TOL, "attention (path %d, separate q, kv) tq=%d tk=%d heads=%d causal=%d: rel err %g",
+    CHECK(rel <= TOL,
+          "attention (path %d, separate q, kv) tq=%d tk=%d heads=%d causal=%d: rel err %g",
           diffuse_cpu_path(), tq, tk, heads, causal, rel);
     free(q2);
     free(kv);
@@ -346,19 +380,19 @@ static void test_attention(void)
         diffuse_cpu_cap(path);
         attention_case(7, 5, 1, 8, false, 0);
         attention_case(5, 7, 3, 5, false, 1);
-        attention_case(77, 77, 3, 8, true, 0);     /* CLIP self-attention */
-        attention_case(64, 77, 3, 7, false, 3);    /* UNet cross-attention */
-        attention_case(300, 77, 1, 8, false, 0);   /* crosses the 256-query block */
+        attention_case(77, 77, 3, 8, true, 0);   /* CLIP self-attention */
+        attention_case(64, 77, 3, 7, false, 3);  /* UNet cross-attention */
+        attention_case(300, 77, 1, 8, false, 0); /* crosses the 256-query block */
         attention_case(300, 77, 3, 5, false, 2);
-        attention_case(300, 300, 3, 4, true, 1);   /* causal mask across blocks */
-        attention_case(513, 9, 2, 3, false, 0);    /* three blocks, last partial */
+        attention_case(300, 300, 3, 4, true, 1); /* causal mask across blocks */
+        attention_case(513, 9, 2, 3, false, 0);  /* three blocks, last partial */
         attention_case(257, 257, 1, 16, true, 0);
         attention_case(1, 1, 1, 1, false, 0);
-        attention_case(261, 600, 2, 40, false, 0); /* SD 1.x heads, three key blocks */
-        attention_case(600, 600, 1, 40, true, 0);  /* causal across key and query blocks */
+        attention_case(261, 600, 2, 40, false, 0);  /* SD 1.x heads, three key blocks */
+        attention_case(600, 600, 1, 40, true, 0);   /* causal across key and query blocks */
         attention_case(130, 333, 1, 40, false, -1); /* peaked: the online rescaling */
-        attention_case(90, 250, 2, 160, false, 5); /* 10 vectors a row: column slabs of 3 */
-        attention_case(70, 200, 1, 512, false, 0); /* the VAE's one head */
+        attention_case(90, 250, 2, 160, false, 5);  /* 10 vectors a row: column slabs of 3 */
+        attention_case(70, 200, 1, 512, false, 0);  /* the VAE's one head */
         attention_case(33, 97, 3, 17, true, 0);
         test_attention_definition();
     }
@@ -373,7 +407,7 @@ static void test_attention(void)
 static void test_group_norm(void)
 {
     /* n, c, hw, groups, data scale (0.01: variance near eps, so eps must be in) */
-    const int shapes[][5] = {{2, 12, 35, 4, 3}, {1, 6, 1, 3, 3}, {2, 9, 13, 1, 3},
+    const int shapes[][5] = {{2, 12, 35, 4, 3}, {1, 6, 1, 3, 3},   {2, 9, 13, 1, 3},
                              {3, 10, 7, 10, 3}, {2, 64, 9, 32, 3}, {2, 12, 35, 4, 0}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int n = shapes[s][0], c = shapes[s][1], hw = shapes[s][2], groups = shapes[s][3];
@@ -410,8 +444,8 @@ static void test_group_norm(void)
                 }
             size_t at = 0;
             CHECK(close_all(y, want, total, TOL, 1, &at),
-                  "group_norm n=%d c=%d hw=%d groups=%d silu=%d at %zu: %g vs %g", n, c, hw,
-                  groups, act, at, y[at], want[at]);
+                  "group_norm n=%d c=%d hw=%d groups=%d silu=%d at %zu: %g vs %g", n, c, hw, groups,
+                  act, at, y[at], want[at]);
             free(y);
             free(want);
         }
@@ -459,9 +493,18 @@ static void test_layer_norm(void)
 
 /* ------------------------------------------------------------------ pointwise */
 
-static double silu_d(double x) { return x / (1 + exp(-x)); }
-static double gelu_d(double x) { return 0.5 * x * (1 + erf(x / sqrt(2.0))); }
-static double quick_gelu_d(double x) { return x / (1 + exp(-1.702 * x)); }
+static double silu_d(double x)
+{
+    return x / (1 + exp(-x));
+}
+static double gelu_d(double x)
+{
+    return 0.5 * x * (1 + erf(x / sqrt(2.0)));
+}
+static double quick_gelu_d(double x)
+{
+    return x / (1 + exp(-1.702 * x));
+}
 
 static void pointwise_case(const char *name, void (*op)(float *, size_t), double (*f)(double))
 {
@@ -527,10 +570,12 @@ static void test_layout(void)
     for (int i = 0; i < n; i++)
         for (int r = 0; r < rows; r++)
             for (int cc = 0; cc < cols; cc++)
-                ok = ok && t[((size_t)i * cols + cc) * rows + r] == src[((size_t)i * rows + r) * cols + cc];
+                ok = ok && t[((size_t)i * cols + cc) * rows + r] ==
+                               src[((size_t)i * rows + r) * cols + cc];
     CHECK(ok, "transpose differs from y[i, c, r] = x[i, r, c]");
     diffuse_op_transpose(back, t, n, cols, rows);
-    CHECK(memcmp(back, src, sizeof(float) * n * rows * cols) == 0, "transpose twice is not the identity");
+    CHECK(memcmp(back, src, sizeof(float) * n * rows * cols) == 0,
+          "transpose twice is not the identity");
     free(x);
     free(t);
     free(back);
@@ -641,36 +686,36 @@ static void test_widen(void)
     float *fast = malloc(sizeof(float) * n), *slow = malloc(sizeof(float) * n);
     const int best = diffuse_cpu_path();
     for (int path = DIFFUSE_CPU_BASE; path <= best; path++)
-    for (int dt = 0; dt < 2; dt++) {
-        const diffuse_dtype dtype = dt ? DIFFUSE_DTYPE_BF16 : DIFFUSE_DTYPE_F16;
-        diffuse_cpu_cap(path);
-        for (int shift = 0; shift < 2; shift++) { /* 2-byte and odd start */
-            uint8_t *p = raw + shift;
-            for (size_t i = 0; i < n; i++) {
-                uint16_t h = (uint16_t)(i * 40503u); /* a permutation of all 65536 */
-                memcpy(p + 2 * i, &h, 2);
-            }
-            const size_t lens[] = {0, 1, 7, 15, 17, 31, 1000, n};
-            for (size_t l = 0; l < sizeof lens / sizeof lens[0]; l++) {
-                size_t len = lens[l], bad = len;
-                memset(fast, 0xff, sizeof(float) * n);
-                diffuse_op_widen(fast, p, dtype, len);
-                diffuse_op_widen_ref(slow, p, dtype, len);
-                for (size_t i = 0; i < len && bad == len; i++) {
-                    uint32_t a, b;
-                    memcpy(&a, &fast[i], 4);
-                    memcpy(&b, &slow[i], 4);
-                    if (a != b && !(isnan(fast[i]) && isnan(slow[i])))
-                        bad = i;
+        for (int dt = 0; dt < 2; dt++) {
+            const diffuse_dtype dtype = dt ? DIFFUSE_DTYPE_BF16 : DIFFUSE_DTYPE_F16;
+            diffuse_cpu_cap(path);
+            for (int shift = 0; shift < 2; shift++) { /* 2-byte and odd start */
+                uint8_t *p = raw + shift;
+                for (size_t i = 0; i < n; i++) {
+                    uint16_t h = (uint16_t)(i * 40503u); /* a permutation of all 65536 */
+                    memcpy(p + 2 * i, &h, 2);
                 }
-                CHECK(bad == len, "widen %s (path %d) len %zu start +%d: element %zu differs",
-                      dt ? "bf16" : "f16", path, len, shift, bad);
-                uint32_t after;
-                memcpy(&after, &fast[len < n ? len : n - 1], 4);
-                CHECK(len == n || after == 0xffffffffu, "widen wrote past %zu", len);
+                const size_t lens[] = {0, 1, 7, 15, 17, 31, 1000, n};
+                for (size_t l = 0; l < sizeof lens / sizeof lens[0]; l++) {
+                    size_t len = lens[l], bad = len;
+                    memset(fast, 0xff, sizeof(float) * n);
+                    diffuse_op_widen(fast, p, dtype, len);
+                    diffuse_op_widen_ref(slow, p, dtype, len);
+                    for (size_t i = 0; i < len && bad == len; i++) {
+                        uint32_t a, b;
+                        memcpy(&a, &fast[i], 4);
+                        memcpy(&b, &slow[i], 4);
+                        if (a != b && !(isnan(fast[i]) && isnan(slow[i])))
+                            bad = i;
+                    }
+                    CHECK(bad == len, "widen %s (path %d) len %zu start +%d: element %zu differs",
+                          dt ? "bf16" : "f16", path, len, shift, bad);
+                    uint32_t after;
+                    memcpy(&after, &fast[len < n ? len : n - 1], 4);
+                    CHECK(len == n || after == 0xffffffffu, "widen wrote past %zu", len);
+                }
             }
         }
-    }
     diffuse_cpu_cap(DIFFUSE_CPU_AVX512);
     /* known values: 1, -2, 65504 (max), 2^-24 (smallest subnormal), +inf */
     const uint16_t h[5] = {0x3c00, 0xc000, 0x7bff, 0x0001, 0x7c00};
@@ -699,8 +744,10 @@ static void count_part(void *ctx, size_t b, size_t e)
 static void test_threads(void)
 {
     static const int shapes[][5] = {/* m, n, k, ta, tb */
-                                    {97, 1003, 301, 0, 0}, {600, 40, 700, 0, 1},
-                                    {33, 517, 999, 1, 0}, {5, 4099, 800, 0, 1}};
+                                    {97, 1003, 301, 0, 0},
+                                    {600, 40, 700, 0, 1},
+                                    {33, 517, 999, 1, 0},
+                                    {5, 4099, 800, 0, 1}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         const int m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
         const bool ta = shapes[s][3], tb = shapes[s][4];
@@ -726,7 +773,11 @@ static void test_threads(void)
                   tb, t);
         }
         free(first);
-        free(a); free(b); free(want); free(got); free(c0);
+        free(a);
+        free(b);
+        free(want);
+        free(got);
+        free(c0);
     }
     /* attention: 5 heads x 3 query blocks, results equal at every thread count */
     const int tq = 700, tk = 333, heads = 5, dh = 24, c = heads * dh;
@@ -736,11 +787,16 @@ static void test_threads(void)
     float *scratch = malloc(sizeof(float) * diffuse_attention_scratch(tq, tk, dh));
     for (int t = 1; t <= 4; t++) {
         diffuse_pool_set_threads(t);
-        diffuse_op_attention(t == 1 ? one : many, q, c, kv, kv, c, tq, tk, heads, dh, false, scratch);
+        diffuse_op_attention(t == 1 ? one : many, q, c, kv, kv, c, tq, tk, heads, dh, false,
+                             scratch);
         CHECK(t == 1 || memcmp(one, many, sizeof(float) * tq * c) == 0,
               "attention at %d threads differs from 1 thread", t);
     }
-    free(q); free(kv); free(one); free(many); free(scratch);
+    free(q);
+    free(kv);
+    free(one);
+    free(many);
+    free(scratch);
     /* a forked child (after the workers started) gets a pool of its own */
     diffuse_pool_set_threads(2);
     size_t counts[64] = {0};

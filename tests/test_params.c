@@ -15,19 +15,31 @@ static diffuse_parameters parse(const char *text)
     return p;
 }
 
-static bool eq(const char *a, const char *b) { return a && b ? !strcmp(a, b) : a == b; }
+static bool eq(const char *a, const char *b)
+{
+    return a && b ? !strcmp(a, b) : a == b;
+}
 
 static void test_round_trip(void)
 {
     diffuse_parameters p = {.prompt = "a (red:1.2) circle\nsecond line",
-                            .negative_prompt = "blurry, dark", .steps = 25,
-                            .sampler = DIFFUSE_SAMPLER_DPMPP_2M, .karras = 1, .guidance = 6.5f,
-                            .has_seed = 1, .seed = 18446744073709551615ull, .width = 640,
-                            .height = 384, .model = "my: model, v2", .strength = 0.6f,
-                            .clip_skip = 2, .rng = DIFFUSE_RNG_TORCH_CPU,
+                            .negative_prompt = "blurry, dark",
+                            .steps = 25,
+                            .sampler = DIFFUSE_SAMPLER_DPMPP_2M,
+                            .karras = 1,
+                            .guidance = 6.5f,
+                            .has_seed = 1,
+                            .seed = 18446744073709551615ull,
+                            .width = 640,
+                            .height = 384,
+                            .model = "my: model, v2",
+                            .strength = 0.6f,
+                            .clip_skip = 2,
+                            .rng = DIFFUSE_RNG_TORCH_CPU,
                             .loras = "/l/film.safetensors:0.8, /l/b:1",
                             .masked_content = DIFFUSE_MASKED_LATENT_NOISE,
-                            .inpaint_area = 1, .padding = 48,
+                            .inpaint_area = 1,
+                            .padding = 48,
                             .size_cond = {1024, 768, 16, 8, 0, 0}};
     char *text = diffuse_parameters_text(&p);
     CHECK(text && strstr(text, "Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5") &&
@@ -40,13 +52,13 @@ static void test_round_trip(void)
     diffuse_parameters q = parse(text);
     CHECK(eq(q.prompt, p.prompt) && eq(q.negative_prompt, p.negative_prompt) &&
               q.steps == p.steps && q.sampler == p.sampler && q.karras == 1 &&
-              q.guidance == p.guidance && q.has_seed && q.seed == p.seed &&
-              q.width == p.width && q.height == p.height && eq(q.model, p.model) &&
-              q.strength == p.strength && q.clip_skip == 2 && q.rng == DIFFUSE_RNG_TORCH_CPU &&
+              q.guidance == p.guidance && q.has_seed && q.seed == p.seed && q.width == p.width &&
+              q.height == p.height && eq(q.model, p.model) && q.strength == p.strength &&
+              q.clip_skip == 2 && q.rng == DIFFUSE_RNG_TORCH_CPU &&
               !memcmp(&q.size_cond, &(diffuse_size_cond){1024, 768, 16, 8, 0, 0},
-                      sizeof q.size_cond) && !q.extra && eq(q.loras, p.loras) &&
-              q.masked_content == DIFFUSE_MASKED_LATENT_NOISE && q.inpaint_area == 1 &&
-              q.padding == 48,
+                      sizeof q.size_cond) &&
+              !q.extra && eq(q.loras, p.loras) && q.masked_content == DIFFUSE_MASKED_LATENT_NOISE &&
+              q.inpaint_area == 1 && q.padding == 48,
           "read back what was written (extra: %s)", q.extra ? q.extra : "none");
     diffuse_parameters_free(&q);
     free(text);

@@ -51,7 +51,8 @@ int main(void)
 
     r.preview_every = 2; /* no callback */
     CHECK(diffuse_generate(m, &r, &img, err, sizeof err) == DIFFUSE_ERR_ARGUMENT &&
-              strstr(err, "preview"), "a cadence without a callback: '%s'", err);
+              strstr(err, "preview"),
+          "a cadence without a callback: '%s'", err);
 
     seen s = {0};
     r.preview = on_preview;

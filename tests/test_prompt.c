@@ -26,8 +26,20 @@ static const parse_case parse_cases[] = {
     {"(unbalanced", 1, {{"unbalanced", 1.1}}},
     {"\\(literal\\]", 1, {{"(literal]", 1.0}}},
     {"(unnecessary)(parens)", 1, {{"unnecessaryparens", 1.1}}},
-    {"a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).", 9, {{"a ", 1.0}, {"house", 1.5730000000000004}, {" ", 1.1}, {"on", 1.0}, {" a ", 1.1}, {"hill", 0.55}, {", sun, ", 1.1}, {"sky", 1.4641000000000006}, {".", 1.1}}},
-    {"a (red:1.3) circle, [blurry]", 4, {{"a ", 1.0}, {"red", 1.3}, {" circle, ", 1.0}, {"blurry", 0.9090909090909091}}},
+    {"a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).",
+     9,
+     {{"a ", 1.0},
+      {"house", 1.5730000000000004},
+      {" ", 1.1},
+      {"on", 1.0},
+      {" a ", 1.1},
+      {"hill", 0.55},
+      {", sun, ", 1.1},
+      {"sky", 1.4641000000000006},
+      {".", 1.1}}},
+    {"a (red:1.3) circle, [blurry]",
+     4,
+     {{"a ", 1.0}, {"red", 1.3}, {" circle, ", 1.0}, {"blurry", 0.9090909090909091}}},
     {"(a:-1)", 1, {{"a", -1.0}}},
     {"((a))", 1, {{"a", 1.2100000000000002}}},
     {"[[a]]", 1, {{"a", 0.8264462809917354}}},
@@ -60,8 +72,18 @@ static const parse_case parse_cases[] = {
     {"((a) b:0.5)", 2, {{"a", 0.55}, {" b", 0.5}}},
     {"[a:0.5]", 1, {{"a:0.5", 0.9090909090909091}}},
     {"(a:1e3)", 1, {{"a:1e3", 1.1}}},
-    {"\xc3\xa9" "BREAK", 1, {{"\xc3\xa9" "BREAK", 1.0}}},
-    {"\xe6\x97\xa5\xe6\x9c\xac" "BREAK x", 1, {{"\xe6\x97\xa5\xe6\x9c\xac" "BREAK x", 1.0}}},
+    {"\xc3\xa9"
+     "BREAK",
+     1,
+     {{"\xc3\xa9"
+       "BREAK",
+       1.0}}},
+    {"\xe6\x97\xa5\xe6\x9c\xac"
+     "BREAK x",
+     1,
+     {{"\xe6\x97\xa5\xe6\x9c\xac"
+       "BREAK x",
+       1.0}}},
     {"a (b [c:0.5] d) e", 5, {{"a ", 1.0}, {"b ", 1.1}, {"c:0.5", 1.0}, {" d", 1.1}, {" e", 1.0}}},
 };
 
@@ -78,8 +100,8 @@ static void test_parse(void)
         }
         int same = n == pc->n;
         for (int i = 0; same && i < n; i++)
-            same = !strcmp(parts[i].text, pc->parts[i].text) &&
-                   parts[i].weight == pc->parts[i].weight;
+            same =
+                !strcmp(parts[i].text, pc->parts[i].text) && parts[i].weight == pc->parts[i].weight;
         CHECK(same, "parse \"%s\": %d parts (want %d), first \"%s\" %.17g", pc->prompt, n, pc->n,
               n ? parts[0].text : "", n ? parts[0].weight : 0.0);
         diffuse_prompt_parts_free(parts, n);
@@ -186,7 +208,8 @@ static void test_chunks(const diffuse_tokenizer *tok)
     expect_chunks(tok, "BREAK a", 2, (const char *[]){"", "a"}, "BREAK at the start");
     expect_chunks(tok, "a BREAK", 1, (const char *[]){"a"}, "BREAK at the end");
     expect_chunks(tok, "a BREAK BREAK b", 3, (const char *[]){"a", "", "b"}, "BREAK twice");
-    expect_chunks(tok, "(a BREAK b)", 1, (const char *[]){"a?b"}, "BREAK inside brackets is a word");
+    expect_chunks(tok, "(a BREAK b)", 1, (const char *[]){"a?b"},
+                  "BREAK inside brackets is a word");
     expect_chunks(tok, "", 1, (const char *[]){""}, "empty prompt");
     /* the longest prompt, and one id more */
     text[0] = 0;
@@ -213,8 +236,7 @@ static void test_plain_and_weights(const diffuse_tokenizer *tok)
                 CHECK(0, "plain \"%s\": %s", plain[i], err);
                 continue;
             }
-            int same = c.count == 1 && !c.weighted &&
-                       !memcmp(c.ids, want, sizeof want);
+            int same = c.count == 1 && !c.weighted && !memcmp(c.ids, want, sizeof want);
             for (int k = 0; same && k < DIFFUSE_MAX_TOKENS; k++)
                 same = c.weights[k] == 1.0f;
             CHECK(same, "plain \"%s\" pad %d: the tokenizer's own ids, weights 1", plain[i],

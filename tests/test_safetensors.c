@@ -59,10 +59,12 @@ static void test_half_conversions(void)
     int bad16 = 0, badbf = 0, first16 = -1, firstbf = -1;
     for (uint32_t h = 0; h < 65536; h++) {
         if (!same_float(diffuse_f16_to_f32((uint16_t)h), f16_reference((uint16_t)h))) {
-            if (!bad16++) first16 = (int)h;
+            if (!bad16++)
+                first16 = (int)h;
         }
         if (!same_float(diffuse_bf16_to_f32((uint16_t)h), bf16_reference((uint16_t)h))) {
-            if (!badbf++) firstbf = (int)h;
+            if (!badbf++)
+                firstbf = (int)h;
         }
     }
     CHECK(bad16 == 0, "f16: %d of 65536 values differ, first 0x%04x -> %a (want %a)", bad16,
@@ -213,8 +215,8 @@ static void test_valid(void)
     }
     t = diffuse_st_find(f, "weight.f16");
     if (t && diffuse_st_to_f32(t, out, err) == 0) {
-        const float want[10] = {1.0f, -2.0f, 0x1p-24f, 0x3ffp-24f, 0x1p-14f,
-                                65504.0f, INFINITY, -INFINITY, NAN, -0.0f};
+        const float want[10] = {1.0f,     -2.0f,    0x1p-24f,  0x3ffp-24f, 0x1p-14f,
+                                65504.0f, INFINITY, -INFINITY, NAN,        -0.0f};
         for (int i = 0; i < 10; i++)
             CHECK(same_float(out[i], want[i]) && same_float(out[i], f16_reference(f16_bits[i])),
                   "F16[%d] (0x%04x) = %a, want %a", i, f16_bits[i], out[i], want[i]);

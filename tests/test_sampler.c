@@ -489,14 +489,22 @@ static void ref_step(ref_run *r, int i, double *x, const double *m, const test_n
     const float *noise = draw ? tn->log[r->draws++] : NULL;
     switch (r->kind) {
     case DIFFUSE_SAMPLER_EULER:
-    case DIFFUSE_SAMPLER_EULER_A: ref_euler(r, i, x, m, noise); break;
+    case DIFFUSE_SAMPLER_EULER_A:
+        ref_euler(r, i, x, m, noise);
+        break;
     case DIFFUSE_SAMPLER_DDIM:
         for (int j = 0; j < NLAT; j++)
             x[j] = ref_ddim(r, x[j], m[j], r->t[i], r->t[i] - r->ratio);
         break;
-    case DIFFUSE_SAMPLER_DPMPP_2M: ref_dpm(r, i, x, m); break;
-    case DIFFUSE_SAMPLER_LCM: ref_lcm(r, i, x, m, noise); break;
-    default: ref_pndm(r, i, x, m); break;
+    case DIFFUSE_SAMPLER_DPMPP_2M:
+        ref_dpm(r, i, x, m);
+        break;
+    case DIFFUSE_SAMPLER_LCM:
+        ref_lcm(r, i, x, m, noise);
+        break;
+    default:
+        ref_pndm(r, i, x, m);
+        break;
     }
 }
 

@@ -25,9 +25,17 @@ static void ref_conv(ref_act *a, const diffuse_weights *w, const char *name, int
     const float *wt = diffuse_weights_get((diffuse_weights *)w, n, 4, shape, NULL);
     snprintf(n, sizeof n, "%s.bias", name);
     const float *b = diffuse_weights_has(w, n)
-                         ? diffuse_weights_get((diffuse_weights *)w, n, 1, shape, NULL) : NULL;
-    diffuse_conv c = {.cin = a->c, .h = a->h, .w = a->w, .cout = (int)shape[0], .k = 3,
-                      .stride = stride, .pad_top = 1, .pad_left = 1, .pad_bottom = 1,
+                         ? diffuse_weights_get((diffuse_weights *)w, n, 1, shape, NULL)
+                         : NULL;
+    diffuse_conv c = {.cin = a->c,
+                      .h = a->h,
+                      .w = a->w,
+                      .cout = (int)shape[0],
+                      .k = 3,
+                      .stride = stride,
+                      .pad_top = 1,
+                      .pad_left = 1,
+                      .pad_bottom = 1,
                       .pad_right = 1};
     const int oh = diffuse_conv_out_h(&c), ow = diffuse_conv_out_w(&c);
     float *y = malloc(sizeof(float) * c.cout * oh * ow);
@@ -134,7 +142,8 @@ static void check_direct(const diffuse_taesd *t)
     diffuse_arena small;
     if (diffuse_arena_init(&small, diffuse_taesd_workspace(t, h, w) / 2, err) == 0) {
         CHECK(diffuse_taesd_decode(t, out[0], lat, h, w, &small, NULL, err) == -1 &&
-                  strstr(err, "memory"), "short arena: '%s'", err);
+                  strstr(err, "memory"),
+              "short arena: '%s'", err);
         diffuse_arena_free(&small);
     }
     CHECK(diffuse_taesd_decode(t, out[0], lat, 60, w, &a, NULL, err) == -1 && strstr(err, "60"),
@@ -155,10 +164,14 @@ static void check_load_errors(const char *dir, const char *tmp)
     char err[DIFFUSE_ERROR_SIZE] = "", path[4096], src[4096];
     diffuse_taesd *t = NULL;
     CHECK(diffuse_taesd_load("/nonexistent/taesd", &t, err) == DIFFUSE_ERR_IO && !t &&
-              strstr(err, "/nonexistent/taesd"), "missing path: '%s'", err);
-    CHECK(diffuse_taesd_load("tests/fixtures/ok_valid.safetensors", &t, err) == DIFFUSE_ERR_FORMAT && !t &&
-              strstr(err, "not a TAESD"), "a safetensors that is no TAESD: '%s'", err);
-    CHECK(diffuse_taesd_load("tests/fixtures", &t, err) == DIFFUSE_ERR_FORMAT && !t && strstr(err, "no TAESD"),
+              strstr(err, "/nonexistent/taesd"),
+          "missing path: '%s'", err);
+    CHECK(diffuse_taesd_load("tests/fixtures/ok_valid.safetensors", &t, err) ==
+                  DIFFUSE_ERR_FORMAT &&
+              !t && strstr(err, "not a TAESD"),
+          "a safetensors that is no TAESD: '%s'", err);
+    CHECK(diffuse_taesd_load("tests/fixtures", &t, err) == DIFFUSE_ERR_FORMAT && !t &&
+              strstr(err, "no TAESD"),
           "a folder without one: '%s'", err);
     /* the decoder alone: decodes, refuses to encode */
     snprintf(path, sizeof path, "%s/taesd_decoder.safetensors", dir);
@@ -168,12 +181,14 @@ static void check_load_errors(const char *dir, const char *tmp)
     CHECK(symlink(src, path) == 0, "symlink %s", path);
     CHECK(diffuse_taesd_load(path, &t, err) == 0, "decoder alone: %s", err);
     if (t) {
-        CHECK(diffuse_taesd_has(t, true) && !diffuse_taesd_has(t, false), "halves of a decoder file");
+        CHECK(diffuse_taesd_has(t, true) && !diffuse_taesd_has(t, false),
+              "halves of a decoder file");
         diffuse_arena a;
         float img[3 * 64], lat[4];
         if (diffuse_arena_init(&a, diffuse_taesd_workspace(t, 8, 8), err) == 0) {
             CHECK(diffuse_taesd_encode(t, lat, img, 8, 8, &a, NULL, err) == -1 &&
-                      strstr(err, "no encoder"), "encode without an encoder: '%s'", err);
+                      strstr(err, "no encoder"),
+                  "encode without an encoder: '%s'", err);
             diffuse_arena_free(&a);
         }
         diffuse_taesd_free(t);
@@ -201,7 +216,8 @@ static void check_pipeline(const char *model_dir, const char *taesd_dir)
     diffuse_image vae, taesd, again;
     r.fast_decode = 1;
     CHECK(diffuse_generate(plain, &r, &vae, err, sizeof err) == DIFFUSE_ERR_ARGUMENT &&
-              strstr(err, "TAESD"), "fast decode without a TAESD: '%s'", err);
+              strstr(err, "TAESD"),
+          "fast decode without a TAESD: '%s'", err);
     r.fast_decode = 0;
     CHECK(diffuse_generate(fast, &r, &vae, err, sizeof err) == DIFFUSE_OK, "vae: %s", err);
     r.fast_decode = 1;

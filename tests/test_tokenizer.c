@@ -73,7 +73,8 @@ static void check_golden(const diffuse_tokenizer *tok, const cJSON *golden, cons
     const cJSON *tokens = cJSON_GetObjectItemCaseSensitive(golden, "tokens");
     const cJSON *item;
     int count = 0;
-    cJSON_ArrayForEach(item, tokens) {
+    cJSON_ArrayForEach(item, tokens)
+    {
         char err[DIFFUSE_ERROR_SIZE] = "";
         int32_t ids[DIFFUSE_MAX_TOKENS];
         int rc = diffuse_tokenizer_encode(tok, item->string, EOT, ids, err);
@@ -92,7 +93,8 @@ static void check_openai(const diffuse_tokenizer *tok, const cJSON *golden)
     const cJSON *tokens = cJSON_GetObjectItemCaseSensitive(golden, "tokens");
     const cJSON *openai = cJSON_GetObjectItemCaseSensitive(golden, "tokens_openai");
     const cJSON *item;
-    cJSON_ArrayForEach(item, openai) {
+    cJSON_ArrayForEach(item, openai)
+    {
         int32_t ids[DIFFUSE_MAX_TOKENS];
         char err[DIFFUSE_ERROR_SIZE] = "";
         int n = cJSON_GetArraySize(item), keep = n < 75 ? n : 75;
@@ -102,15 +104,15 @@ static void check_openai(const diffuse_tokenizer *tok, const cJSON *golden)
         const cJSON *hf = cJSON_GetObjectItemCaseSensitive(tokens, item->string);
         int agree = hf && cJSON_GetArraySize(hf) == DIFFUSE_MAX_TOKENS;
         for (int i = 0; agree && i < keep; i++)
-            agree = cJSON_GetArrayItem(hf, i + 1)->valueint ==
-                    cJSON_GetArrayItem(item, i)->valueint;
+            agree =
+                cJSON_GetArrayItem(hf, i + 1)->valueint == cJSON_GetArrayItem(item, i)->valueint;
         if (!agree)
             printf("note: transformers and OpenAI differ on \"%s\"\n", item->string);
     }
 }
 
-static void check_encode(const diffuse_tokenizer *tok, const char *text, const int32_t *want,
-                         int n, int32_t pad)
+static void check_encode(const diffuse_tokenizer *tok, const char *text, const int32_t *want, int n,
+                         int32_t pad)
 {
     char err[DIFFUSE_ERROR_SIZE] = "";
     int32_t ids[DIFFUSE_MAX_TOKENS];
@@ -118,8 +120,8 @@ static void check_encode(const diffuse_tokenizer *tok, const char *text, const i
     int ok = rc == 0;
     for (int i = 0; ok && i < DIFFUSE_MAX_TOKENS; i++)
         ok = ids[i] == (i < n ? want[i] : pad);
-    CHECK(ok, "encode \"%.40s\" (rc %d %s): got %d %d %d %d %d ...", text, rc, err, ids[0],
-          ids[1], ids[2], ids[3], ids[4]);
+    CHECK(ok, "encode \"%.40s\" (rc %d %s): got %d %d %d %d %d ...", text, rc, err, ids[0], ids[1],
+          ids[2], ids[3], ids[4]);
 }
 
 static void check_known(const diffuse_tokenizer *tok)
@@ -147,7 +149,8 @@ static void check_golden_pad0(const diffuse_tokenizer *tok, const cJSON *golden)
 {
     const cJSON *item;
     int count = 0;
-    cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(golden, "tokens_2")) {
+    cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(golden, "tokens_2"))
+    {
         char err[DIFFUSE_ERROR_SIZE] = "";
         int32_t ids[DIFFUSE_MAX_TOKENS];
         int rc = diffuse_tokenizer_encode(tok, item->string, 0, ids, err);
@@ -191,7 +194,8 @@ static void *worker_run(void *arg)
     worker *w = arg;
     const cJSON *item;
     for (int round = 0; round < 20; round++) {
-        cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(w->golden, "tokens")) {
+        cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(w->golden, "tokens"))
+        {
             int32_t ids[DIFFUSE_MAX_TOKENS];
             char err[DIFFUSE_ERROR_SIZE];
             for (int i = 0; i < DIFFUSE_MAX_TOKENS; i++)
@@ -272,8 +276,7 @@ static void expect_fail(const char *path, const char *want)
 }
 
 /* A folder holding a vocab.json and a merges.txt with the given contents. */
-static void expect_fail_hf(const char *tmp, const char *vocab, const char *merges,
-                           const char *want)
+static void expect_fail_hf(const char *tmp, const char *vocab, const char *merges, const char *want)
 {
     char v[4096], m[4096];
     snprintf(v, sizeof v, "%s/vocab.json", tmp);
@@ -292,7 +295,7 @@ static void check_load_errors(const char *tmp)
     expect_fail_as(tmp, DIFFUSE_ERR_IO, "no vocab.json"); /* empty folder */
     snprintf(path, sizeof path, "%s/vocab.json", tmp);
     write_text(path, "{\"a\": 0}");
-    expect_fail_as(tmp, DIFFUSE_ERR_IO, "no merges");                    /* vocab.json alone */
+    expect_fail_as(tmp, DIFFUSE_ERR_IO, "no merges"); /* vocab.json alone */
     unlink(path);
     expect_fail_hf(tmp, "{\"a\": 0, ", "#version: 0.2\n", "not valid JSON");
     expect_fail_hf(tmp, "[1, 2]", "#version: 0.2\n", "expected an object");

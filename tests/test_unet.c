@@ -8,9 +8,9 @@
 #define TOL 1e-4
 
 static const char *const trace_names[] = {
-    "time_embedding", "conv_in",     "down_blocks.0", "down_blocks.1", "down_blocks.2",
-    "down_blocks.3",  "mid_block",   "up_blocks.0",   "up_blocks.1",   "up_blocks.2",
-    "up_blocks.3",    "conv_out",
+    "time_embedding", "conv_in",       "down_blocks.0", "down_blocks.1",
+    "down_blocks.2",  "down_blocks.3", "mid_block",     "up_blocks.0",
+    "up_blocks.1",    "up_blocks.2",   "up_blocks.3",   "conv_out",
 };
 #define NTRACE (int)(sizeof trace_names / sizeof trace_names[0])
 
@@ -18,14 +18,21 @@ static const char *const trace_names[] = {
 static diffuse_unet_config tiny_config(void)
 {
     diffuse_unet_config c = {
-        .in_channels = 4, .out_channels = 4, .levels = 4,
+        .in_channels = 4,
+        .out_channels = 4,
+        .levels = 4,
         .channels = {32, 32, 64, 64},
         .cross_attn = {true, true, true, false}, /* CrossAttnDownBlock2D x3, DownBlock2D */
         .layers_per_block = 2,
-        .heads = {8, 8, 8, 8},                   /* attention_head_dim 8 (legacy: heads) */
-        .depth = {1, 1, 1, 0}, .mid_depth = 1, .context_dim = 32,
+        .heads = {8, 8, 8, 8}, /* attention_head_dim 8 (legacy: heads) */
+        .depth = {1, 1, 1, 0},
+        .mid_depth = 1,
+        .context_dim = 32,
         .linear_proj = false,
-        .groups = 32, .eps = 1e-5f, .flip_sin_to_cos = true, .freq_shift = 0,
+        .groups = 32,
+        .eps = 1e-5f,
+        .flip_sin_to_cos = true,
+        .freq_shift = 0,
     };
     return c;
 }
@@ -54,7 +61,7 @@ typedef struct trace_ctx {
     const diffuse_st_file *gold;
     const char *layout;
     int t;
-    double err[NTRACE];   /* max rel error per trace name, -1 when not seen */
+    double err[NTRACE]; /* max rel error per trace name, -1 when not seen */
 } trace_ctx;
 
 static void on_trace(void *user, const char *name, const float *data, size_t n)
@@ -93,8 +100,8 @@ static void check_layout(const char *path, const diffuse_st_file *gold)
     const char *layout = diffuse_weights_layout(w);
     CHECK(diffuse_unet_load(&cfg, w, &u, err) == 0, "%s load: %s", layout, err);
     size_t nx = 0, nc = 0;
-    float *x = golden(gold, "unet.sample", &nx);                 /* [2, 4, 8, 8] */
-    float *ctx = golden(gold, "text.last_hidden_state", &nc);    /* [2, 77, 32] */
+    float *x = golden(gold, "unet.sample", &nx);              /* [2, 4, 8, 8] */
+    float *ctx = golden(gold, "text.last_hidden_state", &nc); /* [2, 77, 32] */
     float out[2 * 4 * 8 * 8];
     diffuse_arena a = {0};
     size_t ws = u ? diffuse_unet_workspace(u, 2, 8, 8, 77) : 0;
@@ -172,7 +179,7 @@ static int run_random(const diffuse_unet *u, diffuse_arena *a, float *out, int n
                       int tokens, const float *t, char *err)
 {
     diffuse_rng rx, rc_;
-    diffuse_rng_seed(&rx, 7);  /* separate streams: item 0 is the same for any n */
+    diffuse_rng_seed(&rx, 7); /* separate streams: item 0 is the same for any n */
     diffuse_rng_seed(&rc_, 8);
     float *x = malloc(sizeof(float) * n * 4 * h * w);
     float *ctx = malloc(sizeof(float) * n * tokens * 32);
@@ -239,10 +246,10 @@ static void check_sizes(const diffuse_unet *u)
             for (size_t j = 0; j < len; j++)
                 finite = finite && isfinite(out[j]);
             CHECK(finite, "n=%d %dx%d: non-finite output", n, h, w);
-            CHECK(a.peak <= ws && a.peak * 2 >= ws, "n=%d %dx%d: peak %zu vs workspace %zu", n,
-                  h, w, a.peak, ws);
-            printf("n=%d %dx%d tokens %d: peak %zu floats, workspace %zu (%.0f%%)\n", n, h, w,
-                   tok, a.peak, ws, 100.0 * a.peak / ws);
+            CHECK(a.peak <= ws && a.peak * 2 >= ws, "n=%d %dx%d: peak %zu vs workspace %zu", n, h,
+                  w, a.peak, ws);
+            printf("n=%d %dx%d tokens %d: peak %zu floats, workspace %zu (%.0f%%)\n", n, h, w, tok,
+                   a.peak, ws, 100.0 * a.peak / ws);
             diffuse_arena_free(&a);
         }
         free(out);

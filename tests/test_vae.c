@@ -12,8 +12,8 @@
 typedef struct trace_ctx {
     const diffuse_st_file *golden;
     const char *layout;
-    int compared;                 /* traced names found in golden */
-    char seen[512];               /* names compared, space separated */
+    int compared;   /* traced names found in golden */
+    char seen[512]; /* names compared, space separated */
 } trace_ctx;
 
 /* Golden tensor as float32 (malloc'd), numel in *n; NULL when missing. */
@@ -61,9 +61,15 @@ static void on_trace(void *user, const char *name, const float *data, size_t n)
 /* SD 1.x VAE layout with the tiny model's widths (vae/config.json). */
 static diffuse_vae_config tiny_config(void)
 {
-    diffuse_vae_config cfg = {.in_channels = 3, .out_channels = 3, .latent_channels = 4,
-                              .levels = 4, .channels = {32, 32, 64, 64}, .layers_per_block = 2,
-                              .groups = 32, .scaling_factor = 0.18215f, .mid_attention = true};
+    diffuse_vae_config cfg = {.in_channels = 3,
+                              .out_channels = 3,
+                              .latent_channels = 4,
+                              .levels = 4,
+                              .channels = {32, 32, 64, 64},
+                              .layers_per_block = 2,
+                              .groups = 32,
+                              .scaling_factor = 0.18215f,
+                              .mid_attention = true};
     return cfg;
 }
 
@@ -106,7 +112,8 @@ static void check_golden(const diffuse_vae *vae, const diffuse_st_file *g, const
     /* same input, same output, bit for bit */
     float *again = calloc(n_out, sizeof(float));
     CHECK(diffuse_vae_decode(vae, again, latent, 64, 64, &a, NULL, err) == 0 &&
-          memcmp(again, out, sizeof(float) * n_out) == 0, "decode is deterministic");
+              memcmp(again, out, sizeof(float) * n_out) == 0,
+          "decode is deterministic");
     free(again);
     free(mom);
     free(out);
@@ -131,17 +138,20 @@ static void check_short_arena(const diffuse_vae *vae)
             continue;
         err[0] = 0;
         CHECK(diffuse_vae_encode(vae, mom, image, 64, 64, &a, NULL, err) == -1 &&
-              strstr(err, "VAE work memory exhausted"), "encode, %zu floats: %s", sizes[i], err);
+                  strstr(err, "VAE work memory exhausted"),
+              "encode, %zu floats: %s", sizes[i], err);
         err[0] = 0;
         CHECK(diffuse_vae_decode(vae, image, mom, 64, 64, &a, NULL, err) == -1 &&
-              strstr(err, "VAE work memory exhausted"), "decode, %zu floats: %s", sizes[i], err);
+                  strstr(err, "VAE work memory exhausted"),
+              "decode, %zu floats: %s", sizes[i], err);
         CHECK(a.used == 0, "arena rewound after a failure");
         diffuse_arena_free(&a);
     }
     diffuse_arena a;
     if (diffuse_arena_init(&a, ws, err) == 0) {
         CHECK(diffuse_vae_decode(vae, image, mom, 60, 64, &a, NULL, err) == -1 &&
-              strstr(err, "multiple of 8"), "odd size: %s", err);
+                  strstr(err, "multiple of 8"),
+              "odd size: %s", err);
         CHECK(diffuse_vae_workspace(vae, 0, 64) == 0, "no workspace for an empty image");
         diffuse_arena_free(&a);
     }
@@ -180,8 +190,8 @@ static void check_bad_config(diffuse_weights *w)
     diffuse_vae_config cfg = tiny_config();
     cfg.channels[1] = 64;
     CHECK(diffuse_vae_load(&cfg, w, &vae, err) == -1 && !vae &&
-          strstr(err, "vae.encoder.down_blocks.1.resnets.0.conv1.weight"), "wrong channels: %s",
-          err);
+              strstr(err, "vae.encoder.down_blocks.1.resnets.0.conv1.weight"),
+          "wrong channels: %s", err);
     cfg = tiny_config();
     cfg.latent_channels = 8;
     CHECK(diffuse_vae_load(&cfg, w, &vae, err) == -1 && strstr(err, "vae.encoder.conv_out.weight"),

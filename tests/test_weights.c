@@ -5,7 +5,11 @@
 #include "../engine/internal.h"
 #include "test.h"
 
-typedef struct { diffuse_weights *other; int missing, mismatched, total; char first[512]; } cmp_ctx;
+typedef struct {
+    diffuse_weights *other;
+    int missing, mismatched, total;
+    char first[512];
+} cmp_ctx;
 
 static void compare_one(void *user, const char *name, int ndim, const int64_t *shape)
 {
@@ -15,18 +19,23 @@ static void compare_one(void *user, const char *name, int ndim, const int64_t *s
     c->total++;
     int nd2 = diffuse_weights_shape(c->other, name, s2);
     if (nd2 < 0) {
-        if (!c->missing++) snprintf(c->first, sizeof c->first, "missing %s", name);
+        if (!c->missing++)
+            snprintf(c->first, sizeof c->first, "missing %s", name);
         return;
     }
     /* conv 1x1 vs linear: compare without trailing ones */
     int a = ndim, b = nd2;
-    while (a > 1 && shape[a - 1] == 1) a--;
-    while (b > 1 && s2[b - 1] == 1) b--;
+    while (a > 1 && shape[a - 1] == 1)
+        a--;
+    while (b > 1 && s2[b - 1] == 1)
+        b--;
     bool same = a == b;
-    for (int i = 0; same && i < a; i++) same = shape[i] == s2[i];
+    for (int i = 0; same && i < a; i++)
+        same = shape[i] == s2[i];
     const float *x = same ? diffuse_weights_get(c->other, name, a, shape, err) : NULL;
     if (!x) {
-        if (!c->mismatched++) snprintf(c->first, sizeof c->first, "shape %s", name);
+        if (!c->mismatched++)
+            snprintf(c->first, sizeof c->first, "shape %s", name);
         return;
     }
 }
@@ -51,9 +60,13 @@ static bool write_header_only(const char *path, const char *json)
  * overflowed), naming the file and the tensor. */
 static void test_absurd_dimensions(void)
 {
-    static const struct { const char *tensor, *shape, *dim; } cases[] = {
-        {"first_stage_model.decoder.conv_in.weight", "[0, 2147483647, 3, 3]", "dimension 1 is 2147483647"},
-        {"model.diffusion_model.input_blocks.0.0.weight", "[4294967296, 0]", "dimension 0 is 4294967296"},
+    static const struct {
+        const char *tensor, *shape, *dim;
+    } cases[] = {
+        {"first_stage_model.decoder.conv_in.weight", "[0, 2147483647, 3, 3]",
+         "dimension 1 is 2147483647"},
+        {"model.diffusion_model.input_blocks.0.0.weight", "[4294967296, 0]",
+         "dimension 0 is 4294967296"},
         /* split three ways (OpenCLIP in_proj): the rows of each third */
         {"cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight", "[0, 16777217]",
          "dimension 1 is 16777217"},
@@ -65,26 +78,32 @@ static void test_absurd_dimensions(void)
         return;
     close(fd);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        snprintf(json, sizeof json, "{\"%s\": {\"dtype\": \"F16\", \"shape\": %s, "
-                 "\"data_offsets\": [0, 0]}}", cases[i].tensor, cases[i].shape);
+        snprintf(json, sizeof json,
+                 "{\"%s\": {\"dtype\": \"F16\", \"shape\": %s, "
+                 "\"data_offsets\": [0, 0]}}",
+                 cases[i].tensor, cases[i].shape);
         diffuse_weights *w = NULL;
         strcpy(err, "(no message)");
         CHECK(write_header_only(path, json), "cannot write %s", path);
-        CHECK(diffuse_weights_open(path, &w, err) == DIFFUSE_ERR_FORMAT && !w, "%s %s opened", cases[i].tensor,
-              cases[i].shape);
+        CHECK(diffuse_weights_open(path, &w, err) == DIFFUSE_ERR_FORMAT && !w, "%s %s opened",
+              cases[i].tensor, cases[i].shape);
         CHECK(strstr(err, path) && strstr(err, cases[i].tensor) && strstr(err, cases[i].dim),
               "%s %s: message names neither the file, the tensor nor the dimension: %s",
               cases[i].tensor, cases[i].shape, err);
         diffuse_weights_free(w);
     }
     /* the largest dimension taken, in an empty tensor: opens, and is refused as empty on use */
-    snprintf(json, sizeof json, "{\"first_stage_model.decoder.conv_in.weight\": {\"dtype\": "
+    snprintf(json, sizeof json,
+             "{\"first_stage_model.decoder.conv_in.weight\": {\"dtype\": "
              "\"F32\", \"shape\": [0, 16777216], \"data_offsets\": [0, 0]}}");
     diffuse_weights *w = NULL;
     CHECK(write_header_only(path, json) && diffuse_weights_open(path, &w, err) == 0, "2^24: %s",
           err);
-    CHECK(w && !diffuse_weights_get(w, "vae.decoder.conv_in.weight", 2, (int64_t[]){0, 16777216},
-                                    err) && strstr(err, "is empty"), "empty weight used: %s", err);
+    CHECK(w &&
+              !diffuse_weights_get(w, "vae.decoder.conv_in.weight", 2, (int64_t[]){0, 16777216},
+                                   err) &&
+              strstr(err, "is empty"),
+          "empty weight used: %s", err);
     diffuse_weights_free(w);
     unlink(path);
 }
@@ -115,34 +134,42 @@ int main(void)
             }
             /* values: fp16 file holds exactly the fp32 values */
             int64_t shp[DIFFUSE_MAX_DIMS];
-            const char *names[] = {"unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight",
-                                   "vae.decoder.up_blocks.0.resnets.2.conv2.weight",
-                                   "vae.encoder.mid_block.attentions.0.to_q.weight",
-                                   "unet.up_blocks.1.upsamplers.0.conv.weight",
-                                   "text.text_model.encoder.layers.2.mlp.fc1.bias"};
+            const char *names[] = {
+                "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight",
+                "vae.decoder.up_blocks.0.resnets.2.conv2.weight",
+                "vae.encoder.mid_block.attentions.0.to_q.weight",
+                "unet.up_blocks.1.upsamplers.0.conv.weight",
+                "text.text_model.encoder.layers.2.mlp.fc1.bias"};
             for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
                 int nd = diffuse_weights_shape(wd, names[i], shp);
-                while (nd > 1 && shp[nd - 1] == 1) nd--;
+                while (nd > 1 && shp[nd - 1] == 1)
+                    nd--;
                 const float *a = nd > 0 ? diffuse_weights_get(wd, names[i], nd, shp, err) : NULL;
                 const float *b = nd > 0 ? diffuse_weights_get(wl, names[i], nd, shp, err) : NULL;
                 int64_t n = 1;
-                for (int d = 0; d < nd; d++) n *= shp[d];
-                CHECK(a && b && memcmp(a, b, sizeof(float) * n) == 0, "values of %s differ", names[i]);
+                for (int d = 0; d < nd; d++)
+                    n *= shp[d];
+                CHECK(a && b && memcmp(a, b, sizeof(float) * n) == 0, "values of %s differ",
+                      names[i]);
             }
             int64_t bad[2] = {3, 3};
             CHECK(!diffuse_weights_get(wd, "unet.conv_in.weight", 2, bad, err) &&
-                  strstr(err, "unet.conv_in.weight") && strstr(err, "expected [3, 3]"),
+                      strstr(err, "unet.conv_in.weight") && strstr(err, "expected [3, 3]"),
                   "shape error names the tensor: %s", err);
-            CHECK(!diffuse_weights_get(wd, "unet.nope.weight", 2, bad, err) && strstr(err, "missing"),
+            CHECK(!diffuse_weights_get(wd, "unet.nope.weight", 2, bad, err) &&
+                      strstr(err, "missing"),
                   "missing error: %s", err);
         }
         diffuse_weights_free(wd);
         diffuse_weights_free(wl);
     }
-    CHECK(diffuse_weights_open("/nonexistent/model", &(diffuse_weights *){NULL}, err) == DIFFUSE_ERR_IO &&
-          strstr(err, "/nonexistent/model"), "missing path: %s", err);
+    CHECK(diffuse_weights_open("/nonexistent/model", &(diffuse_weights *){NULL}, err) ==
+                  DIFFUSE_ERR_IO &&
+              strstr(err, "/nonexistent/model"),
+          "missing path: %s", err);
     CHECK(diffuse_weights_open("/tmp", &(diffuse_weights *){NULL}, err) == DIFFUSE_ERR_FORMAT &&
-          strstr(err, "not a diffusers model folder"), "not a model folder: %s", err);
+              strstr(err, "not a diffusers model folder"),
+          "not a model folder: %s", err);
     test_absurd_dimensions();
     TEST_END();
 }

@@ -28,22 +28,27 @@
 
 static int usage(void)
 {
-    fprintf(stderr,
-            "usage: diffuse generate --model PATH|default --prompt TEXT [--negative TEXT] [--seed N]\n"
-            "                        [--steps N] [--cfg F] [--sampler euler|euler_a|ddim|dpmpp_2m|lcm|pndm]\n"
-            "                        [--karras] [--spacing leading|linspace|trailing] [--width W] [--height H]\n"
-            "                        [--count N] [--init IMAGE.png --strength F] [--mask MASK.png]\n"
-            "                        [--threads N] [--vocab PATH] [--prediction epsilon|v] [--verbose]\n"
-            "                        [--original-size WxH] [--crop-offset X,Y] [--target-size WxH]\n"
-            "                        [--decoder vae|taesd|PATH] [--encoder vae|taesd|PATH]\n"
-            "                        [--preview PATH.png [--preview-every N]]\n"
-            "                        [--clip-skip N] [--rng philox|torch-cpu|diffuse] [--from IMAGE.png]\n"
-            "                        [--lora FILE[:WEIGHT]]... [--lora-dir DIR]\n"
-            "                        [--masked-content original|latent-noise]\n"
-            "                        --output OUT.png\n"
-            "       diffuse refcheck REFERENCE_DIR\n"
-            "       diffuse tokenize [--vocab PATH] TEXT\n"
-            "       diffuse info --model PATH [--vocab PATH]\n");
+    fprintf(
+        stderr,
+        "usage: diffuse generate --model PATH|default --prompt TEXT [--negative TEXT] [--seed N]\n"
+        "                        [--steps N] [--cfg F] [--sampler "
+        "euler|euler_a|ddim|dpmpp_2m|lcm|pndm]\n"
+        "                        [--karras] [--spacing leading|linspace|trailing] [--width W] "
+        "[--height H]\n"
+        "                        [--count N] [--init IMAGE.png --strength F] [--mask MASK.png]\n"
+        "                        [--threads N] [--vocab PATH] [--prediction epsilon|v] "
+        "[--verbose]\n"
+        "                        [--original-size WxH] [--crop-offset X,Y] [--target-size WxH]\n"
+        "                        [--decoder vae|taesd|PATH] [--encoder vae|taesd|PATH]\n"
+        "                        [--preview PATH.png [--preview-every N]]\n"
+        "                        [--clip-skip N] [--rng philox|torch-cpu|diffuse] [--from "
+        "IMAGE.png]\n"
+        "                        [--lora FILE[:WEIGHT]]... [--lora-dir DIR]\n"
+        "                        [--masked-content original|latent-noise]\n"
+        "                        --output OUT.png\n"
+        "       diffuse refcheck REFERENCE_DIR\n"
+        "       diffuse tokenize [--vocab PATH] TEXT\n"
+        "       diffuse info --model PATH [--vocab PATH]\n");
     return 2;
 }
 
@@ -161,8 +166,7 @@ static int progress(void *user, int image, int count, int step, int steps)
 }
 
 /* --preview PATH: each preview replaces the PNG (written whole, then renamed). */
-static int write_preview(void *user, int image, int step, int steps, const float *rgb, int w,
-                         int h)
+static int write_preview(void *user, int image, int step, int steps, const float *rgb, int w, int h)
 {
     char err[DIFFUSE_ERROR_SIZE];
     if (png_write_rgb(user, rgb, w, h, NULL, NULL, err, sizeof err))
@@ -187,21 +191,23 @@ static void print_stats(const diffuse_stats *s, double load_s)
     if (s->vae_encode_s > 0)
         fprintf(stderr, "vae encode    %8.2f s\n", s->vae_encode_s);
     if (s->unet_passes)
-        fprintf(stderr, "unet          %8.2f s  %d passes, %.0f evals, %.2f s per eval, "
-                "%.1f GFLOP/s dense-equivalent\n", s->unet_s, s->unet_passes, s->unet_evals,
-                s->unet_s / s->unet_evals, s->unet_gflop / s->unet_s);
+        fprintf(stderr,
+                "unet          %8.2f s  %d passes, %.0f evals, %.2f s per eval, "
+                "%.1f GFLOP/s dense-equivalent\n",
+                s->unet_s, s->unet_passes, s->unet_evals, s->unet_s / s->unet_evals,
+                s->unet_gflop / s->unet_s);
     fprintf(stderr, "vae decode    %8.2f s\n", s->vae_decode_s);
     fprintf(stderr, "peak RSS      %8.0f MiB  (predicted %.0f MiB)\n", s->peak_rss / 1048576.0,
-                s->predicted_peak / 1048576.0);
+            s->predicted_peak / 1048576.0);
 }
 
 typedef struct gen_opts {
     const char *model, *output, *init, *mask, *vocab, *from;
-    bool given[256];              /* by option code: what the command line set */
+    bool given[256]; /* by option code: what the command line set */
     bool seed_given, verbose;
     diffuse_request req;
     diffuse_load_params load;
-    diffuse_parameters from_params; /* --from's settings, owned */
+    diffuse_parameters from_params;        /* --from's settings, owned */
     diffuse_lora loras[DIFFUSE_MAX_LORAS]; /* --lora FILE[:WEIGHT], in order */
     int nloras;
 } gen_opts;
@@ -241,18 +247,30 @@ static int from_png(gen_opts *o)
         return bad_arg("--from", o->from, err);
     diffuse_request *r = &o->req;
     const bool *g = o->given;
-    if (!g['p']) r->prompt = p->prompt;
-    if (!g['n']) r->negative_prompt = p->negative_prompt;
-    if (!g['s'] && p->has_seed) r->seed = p->seed, o->seed_given = true;
-    if (!g['S'] && p->steps) r->steps = p->steps, o->given['S'] = true;
-    if (!g['c'] && p->guidance >= 0) r->guidance = p->guidance, o->given['c'] = true;
-    if (!g['a'] && p->sampler >= 0) r->sampler = (diffuse_sampler)p->sampler, o->given['a'] = true;
-    if (!g['k'] && p->karras >= 0) r->karras = p->karras;
-    if (!g['W'] && p->width) r->width = p->width;
-    if (!g['H'] && p->height) r->height = p->height;
-    if (!g['t'] && p->strength > 0) r->strength = p->strength;
-    if (!g['K'] && p->clip_skip) r->clip_skip = p->clip_skip;
-    if (!g['g'] && p->rng >= 0) r->rng = (diffuse_rng_kind)p->rng;
+    if (!g['p'])
+        r->prompt = p->prompt;
+    if (!g['n'])
+        r->negative_prompt = p->negative_prompt;
+    if (!g['s'] && p->has_seed)
+        r->seed = p->seed, o->seed_given = true;
+    if (!g['S'] && p->steps)
+        r->steps = p->steps, o->given['S'] = true;
+    if (!g['c'] && p->guidance >= 0)
+        r->guidance = p->guidance, o->given['c'] = true;
+    if (!g['a'] && p->sampler >= 0)
+        r->sampler = (diffuse_sampler)p->sampler, o->given['a'] = true;
+    if (!g['k'] && p->karras >= 0)
+        r->karras = p->karras;
+    if (!g['W'] && p->width)
+        r->width = p->width;
+    if (!g['H'] && p->height)
+        r->height = p->height;
+    if (!g['t'] && p->strength > 0)
+        r->strength = p->strength;
+    if (!g['K'] && p->clip_skip)
+        r->clip_skip = p->clip_skip;
+    if (!g['g'] && p->rng >= 0)
+        r->rng = (diffuse_rng_kind)p->rng;
     if (!g['x'] && p->masked_content >= 0)
         r->masked_content = (diffuse_masked_content)p->masked_content;
     if (!g['L'] && p->loras) { /* "PATH:W, PATH:W" */
@@ -263,9 +281,12 @@ static int from_png(gen_opts *o)
         free(list);
     }
     diffuse_size_cond *sc = &r->size_cond, *fc = &p->size_cond;
-    if (!g['O']) sc->original_width = fc->original_width, sc->original_height = fc->original_height;
-    if (!g['X']) sc->crop_left = fc->crop_left, sc->crop_top = fc->crop_top;
-    if (!g['G']) sc->target_width = fc->target_width, sc->target_height = fc->target_height;
+    if (!g['O'])
+        sc->original_width = fc->original_width, sc->original_height = fc->original_height;
+    if (!g['X'])
+        sc->crop_left = fc->crop_left, sc->crop_top = fc->crop_top;
+    if (!g['G'])
+        sc->target_width = fc->target_width, sc->target_height = fc->target_height;
     if (!o->model && p->model) /* a name as the PNG gives it: a path, or "default" */
         o->model = p->model;
     if (p->inpaint_area == 1) /* the plug-in's "Selected area"; the CLI repaints the whole image */
@@ -277,37 +298,67 @@ static int from_png(gen_opts *o)
 
 static int parse_generate(int argc, char **argv, gen_opts *o)
 {
-    static const struct option opts[] = {
-        {"model", 1, 0, 'm'},   {"prompt", 1, 0, 'p'},   {"negative", 1, 0, 'n'},
-        {"seed", 1, 0, 's'},    {"steps", 1, 0, 'S'},    {"cfg", 1, 0, 'c'},
-        {"sampler", 1, 0, 'a'}, {"karras", 0, 0, 'k'},   {"spacing", 1, 0, 'P'},
-        {"width", 1, 0, 'W'},   {"height", 1, 0, 'H'},   {"count", 1, 0, 'C'},
-        {"init", 1, 0, 'i'},    {"strength", 1, 0, 't'}, {"mask", 1, 0, 'M'},
-        {"threads", 1, 0, 'T'}, {"output", 1, 0, 'o'},   {"vocab", 1, 0, 'v'},
-        {"prediction", 1, 0, 'r'}, {"verbose", 0, 0, 'V'},
-        {"original-size", 1, 0, 'O'}, {"crop-offset", 1, 0, 'X'}, {"target-size", 1, 0, 'G'},
-        {"decoder", 1, 0, 'D'}, {"encoder", 1, 0, 'E'},
-        {"preview", 1, 0, 'w'}, {"preview-every", 1, 0, 'e'},
-        {"clip-skip", 1, 0, 'K'}, {"rng", 1, 0, 'g'}, {"from", 1, 0, 'f'},
-        {"lora", 1, 0, 'L'}, {"lora-dir", 1, 0, 'l'}, {"masked-content", 1, 0, 'x'},
-        {0, 0, 0, 0}};
+    static const struct option opts[] = {{"model", 1, 0, 'm'},
+                                         {"prompt", 1, 0, 'p'},
+                                         {"negative", 1, 0, 'n'},
+                                         {"seed", 1, 0, 's'},
+                                         {"steps", 1, 0, 'S'},
+                                         {"cfg", 1, 0, 'c'},
+                                         {"sampler", 1, 0, 'a'},
+                                         {"karras", 0, 0, 'k'},
+                                         {"spacing", 1, 0, 'P'},
+                                         {"width", 1, 0, 'W'},
+                                         {"height", 1, 0, 'H'},
+                                         {"count", 1, 0, 'C'},
+                                         {"init", 1, 0, 'i'},
+                                         {"strength", 1, 0, 't'},
+                                         {"mask", 1, 0, 'M'},
+                                         {"threads", 1, 0, 'T'},
+                                         {"output", 1, 0, 'o'},
+                                         {"vocab", 1, 0, 'v'},
+                                         {"prediction", 1, 0, 'r'},
+                                         {"verbose", 0, 0, 'V'},
+                                         {"original-size", 1, 0, 'O'},
+                                         {"crop-offset", 1, 0, 'X'},
+                                         {"target-size", 1, 0, 'G'},
+                                         {"decoder", 1, 0, 'D'},
+                                         {"encoder", 1, 0, 'E'},
+                                         {"preview", 1, 0, 'w'},
+                                         {"preview-every", 1, 0, 'e'},
+                                         {"clip-skip", 1, 0, 'K'},
+                                         {"rng", 1, 0, 'g'},
+                                         {"from", 1, 0, 'f'},
+                                         {"lora", 1, 0, 'L'},
+                                         {"lora-dir", 1, 0, 'l'},
+                                         {"masked-content", 1, 0, 'x'},
+                                         {0, 0, 0, 0}};
     diffuse_size_cond *sc = &o->req.size_cond;
     int c;
     long v;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         o->given[c & 255] = true;
         switch (c) {
-        case 'm': o->model = optarg; break;
-        case 'V': o->verbose = true; break;
-        case 'p': o->req.prompt = optarg; break;
-        case 'n': o->req.negative_prompt = optarg; break;
+        case 'm':
+            o->model = optarg;
+            break;
+        case 'V':
+            o->verbose = true;
+            break;
+        case 'p':
+            o->req.prompt = optarg;
+            break;
+        case 'n':
+            o->req.negative_prompt = optarg;
+            break;
         case 's':
-            if (!parse_int(optarg, -1, LONG_MAX, &v)) return bad_arg("--seed", optarg, "not a seed (-1 = random)");
+            if (!parse_int(optarg, -1, LONG_MAX, &v))
+                return bad_arg("--seed", optarg, "not a seed (-1 = random)");
             o->seed_given = v >= 0;
             o->req.seed = (uint64_t)v;
             break;
         case 'S':
-            if (!parse_int(optarg, 1, 1000, &v)) return bad_arg("--steps", optarg, "expected 1..1000");
+            if (!parse_int(optarg, 1, 1000, &v))
+                return bad_arg("--steps", optarg, "expected 1..1000");
             o->req.steps = (int)v;
             break;
         case 'c':
@@ -316,41 +367,57 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
             break;
         case 'a':
             if (diffuse_sampler_from_label(optarg) < 0)
-                return bad_arg("--sampler", optarg, "expected euler, euler_a, ddim, dpmpp_2m, lcm or pndm");
+                return bad_arg("--sampler", optarg,
+                               "expected euler, euler_a, ddim, dpmpp_2m, lcm or pndm");
             o->req.sampler = (diffuse_sampler)diffuse_sampler_from_label(optarg);
             break;
-        case 'k': o->req.karras = 1; break;
+        case 'k':
+            o->req.karras = 1;
+            break;
         case 'P':
             if (diffuse_spacing_parse(optarg) < 0)
                 return bad_arg("--spacing", optarg, "expected leading, linspace or trailing");
             o->req.spacing = (diffuse_spacing)diffuse_spacing_parse(optarg);
             break;
-        case 'W': case 'H':
+        case 'W':
+        case 'H':
             if (!parse_int(optarg, 8, DIFFUSE_MAX_SIDE, &v) || v % 8)
                 return bad_arg(c == 'W' ? "--width" : "--height", optarg,
                                "expected a multiple of 8 from 8 to " STR(DIFFUSE_MAX_SIDE));
             *(c == 'W' ? &o->req.width : &o->req.height) = (int)v;
             break;
         case 'C':
-            if (!parse_int(optarg, 1, 100, &v)) return bad_arg("--count", optarg, "expected 1..100");
+            if (!parse_int(optarg, 1, 100, &v))
+                return bad_arg("--count", optarg, "expected 1..100");
             o->req.count = (int)v;
             break;
-        case 'i': o->init = optarg; break;
+        case 'i':
+            o->init = optarg;
+            break;
         case 't':
-            if (!parse_float(optarg, &o->req.strength) || !(o->req.strength > 0 && o->req.strength <= 1))
+            if (!parse_float(optarg, &o->req.strength) ||
+                !(o->req.strength > 0 && o->req.strength <= 1))
                 return bad_arg("--strength", optarg, "expected a number in (0, 1]");
             break;
-        case 'M': o->mask = optarg; break;
+        case 'M':
+            o->mask = optarg;
+            break;
         case 'T':
-            if (!parse_int(optarg, 0, 1024, &v)) return bad_arg("--threads", optarg, "expected 0..1024");
+            if (!parse_int(optarg, 0, 1024, &v))
+                return bad_arg("--threads", optarg, "expected 0..1024");
             o->load.threads = (int)v;
             break;
-        case 'o': o->output = optarg; break;
-        case 'v': o->load.vocab_path = optarg; break;
+        case 'o':
+            o->output = optarg;
+            break;
+        case 'v':
+            o->load.vocab_path = optarg;
+            break;
         case 'r':
             if (strcmp(optarg, "epsilon") && strcmp(optarg, "v"))
                 return bad_arg("--prediction", optarg, "expected epsilon or v");
-            o->load.prediction = optarg[0] == 'v' ? DIFFUSE_PREDICTION_V : DIFFUSE_PREDICTION_EPSILON;
+            o->load.prediction =
+                optarg[0] == 'v' ? DIFFUSE_PREDICTION_V : DIFFUSE_PREDICTION_EPSILON;
             break;
         case 'O':
             /* ranges: the engine's check names them */
@@ -365,7 +432,8 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
             if (!parse_pair(optarg, 'x', 0, INT_MAX, &sc->target_width, &sc->target_height))
                 return bad_arg("--target-size", optarg, "expected WxH");
             break;
-        case 'D': case 'E': { /* vae, taesd (the one beside the model) or a TAESD's path */
+        case 'D':
+        case 'E': { /* vae, taesd (the one beside the model) or a TAESD's path */
             int *fast = c == 'D' ? &o->req.fast_decode : &o->req.fast_encode;
             *fast = strcmp(optarg, "vae") != 0;
             /* a TAESD folder or either of its two files: the other half is
@@ -381,7 +449,8 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
                 o->req.preview_every = 1;
             break;
         case 'e':
-            if (!parse_int(optarg, 1, 1000, &v)) return bad_arg("--preview-every", optarg, "expected 1..1000");
+            if (!parse_int(optarg, 1, 1000, &v))
+                return bad_arg("--preview-every", optarg, "expected 1..1000");
             o->req.preview_every = (int)v;
             break;
         case 'K':
@@ -393,32 +462,43 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
             if (diffuse_rng_kind_parse(optarg, &o->req.rng))
                 return bad_arg("--rng", optarg, "expected philox, torch-cpu or diffuse");
             break;
-        case 'f': o->from = optarg; break;
+        case 'f':
+            o->from = optarg;
+            break;
         case 'L':
             if (add_lora(o, optarg))
-                return bad_arg("--lora", optarg, o->nloras == DIFFUSE_MAX_LORAS
-                               ? "too many (at most 16)" : "expected FILE or FILE:WEIGHT");
+                return bad_arg("--lora", optarg,
+                               o->nloras == DIFFUSE_MAX_LORAS ? "too many (at most 16)"
+                                                              : "expected FILE or FILE:WEIGHT");
             break;
-        case 'l': o->req.lora_dir = optarg; break;
+        case 'l':
+            o->req.lora_dir = optarg;
+            break;
         case 'x':
             if (strcmp(optarg, "original") && strcmp(optarg, "latent-noise"))
                 return bad_arg("--masked-content", optarg, "expected original or latent-noise");
-            o->req.masked_content = optarg[0] == 'l' ? DIFFUSE_MASKED_LATENT_NOISE
-                                                     : DIFFUSE_MASKED_ORIGINAL;
+            o->req.masked_content =
+                optarg[0] == 'l' ? DIFFUSE_MASKED_LATENT_NOISE : DIFFUSE_MASKED_ORIGINAL;
             break;
-        default: return usage();
+        default:
+            return usage();
         }
     }
-    if (optind < argc) return bad_arg("argument", argv[optind], "unexpected");
+    if (optind < argc)
+        return bad_arg("argument", argv[optind], "unexpected");
     if (o->req.preview_every && !o->req.preview)
         return bad_arg("--preview-every", "", "needs --preview PATH.png");
     int rc;
     if (o->from && (rc = from_png(o)))
         return rc;
-    if (!o->model) return bad_arg("--model", "", "missing");
-    if (!o->req.prompt) return bad_arg("--prompt", "", "missing");
-    if (!o->output) return bad_arg("--output", "", "missing");
-    if (o->mask && !o->init) return bad_arg("--mask", o->mask, "needs --init");
+    if (!o->model)
+        return bad_arg("--model", "", "missing");
+    if (!o->req.prompt)
+        return bad_arg("--prompt", "", "missing");
+    if (!o->output)
+        return bad_arg("--output", "", "missing");
+    if (o->mask && !o->init)
+        return bad_arg("--mask", o->mask, "needs --init");
     return 0;
 }
 
@@ -439,7 +519,8 @@ static int check_output(const char *arg, const char *out)
     /* the image is written beside it and renamed over it: never over a device
      * (/dev/null, /dev/full), a pipe or a socket */
     if (stat(out, &st) == 0 && !S_ISREG(st.st_mode))
-        return bad_arg(arg, out, "is not a regular file (a device or a pipe); give a "
+        return bad_arg(arg, out,
+                       "is not a regular file (a device or a pipe); give a "
                        "file name such as OUT.png");
     if (stat(dir, &st) != 0 || access(dir, W_OK) != 0) {
         char why[300];
@@ -494,19 +575,29 @@ static int write_outputs(const gen_opts *o, const diffuse_image *images, const c
     char loras_buf[DIFFUSE_MAX_LORAS * 4128] = "", *loras = NULL;
     for (int i = 0; i < o->nloras; i++) { /* --lora's files: "PATH:W, PATH:W" */
         size_t n = strlen(loras_buf);
-        snprintf(loras_buf + n, sizeof loras_buf - n, "%s%s:%g", i ? ", " : "",
-                 o->loras[i].path, o->loras[i].weight);
+        snprintf(loras_buf + n, sizeof loras_buf - n, "%s%s:%g", i ? ", " : "", o->loras[i].path,
+                 o->loras[i].weight);
         loras = loras_buf;
     }
     for (int i = 0; i < r->count; i++) {
         char path[4096], err[DIFFUSE_ERROR_SIZE];
-        diffuse_parameters p = {
-            .prompt = r->prompt, .negative_prompt = r->negative_prompt, .steps = r->steps,
-            .sampler = (int)r->sampler, .karras = r->karras, .guidance = r->guidance,
-            .has_seed = 1, .seed = images[i].seed, .width = r->width, .height = r->height,
-            .model = model, .strength = r->init_image ? r->strength : 0,
-            .clip_skip = r->clip_skip, .rng = (int)r->rng, .size_cond = r->size_cond,
-            .loras = loras, .masked_content = r->mask ? (int)r->masked_content : -1};
+        diffuse_parameters p = {.prompt = r->prompt,
+                                .negative_prompt = r->negative_prompt,
+                                .steps = r->steps,
+                                .sampler = (int)r->sampler,
+                                .karras = r->karras,
+                                .guidance = r->guidance,
+                                .has_seed = 1,
+                                .seed = images[i].seed,
+                                .width = r->width,
+                                .height = r->height,
+                                .model = model,
+                                .strength = r->init_image ? r->strength : 0,
+                                .clip_skip = r->clip_skip,
+                                .rng = (int)r->rng,
+                                .size_cond = r->size_cond,
+                                .loras = loras,
+                                .masked_content = r->mask ? (int)r->masked_content : -1};
         char *text = diffuse_parameters_text(&p);
         output_name(path, sizeof path, o->output, i, r->count);
         if (!text)
@@ -545,8 +636,8 @@ static int cmd_generate(int argc, char **argv)
         o.req.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     const char *path = resolve_model(o.model, buf, sizeof buf, err, sizeof err);
     double t0 = now_s();
-    diffuse_status st = path ? diffuse_model_open(path, &o.load, &model, err, sizeof err)
-                             : DIFFUSE_ERR_IO;
+    diffuse_status st =
+        path ? diffuse_model_open(path, &o.load, &model, err, sizeof err) : DIFFUSE_ERR_IO;
     if (st != DIFFUSE_OK) {
         bad_arg("--model", o.model, err);
         rc = exit_status(st);
@@ -556,12 +647,17 @@ static int cmd_generate(int argc, char **argv)
     diffuse_model_info info;
     diffuse_model_get_info(model, &info);
     if (info.suggested_sampler >= 0) { /* the model's own settings, where not given */
-        if (!o.given['S']) o.req.steps = info.suggested_steps;
-        if (!o.given['c']) o.req.guidance = info.suggested_guidance;
-        if (!o.given['a']) o.req.sampler = (diffuse_sampler)info.suggested_sampler;
+        if (!o.given['S'])
+            o.req.steps = info.suggested_steps;
+        if (!o.given['c'])
+            o.req.guidance = info.suggested_guidance;
+        if (!o.given['a'])
+            o.req.sampler = (diffuse_sampler)info.suggested_sampler;
     }
-    if (!o.req.width) o.req.width = info.native_size;
-    if (!o.req.height) o.req.height = info.native_size;
+    if (!o.req.width)
+        o.req.width = info.native_size;
+    if (!o.req.height)
+        o.req.height = info.native_size;
     o.req.progress = progress;
     o.req.loras = o.loras;
     o.req.lora_count = o.nloras;
@@ -608,7 +704,8 @@ static int cmd_refcheck(int argc, char **argv)
         return usage();
     char err[DIFFUSE_ERROR_SIZE];
     int passed = 0, failed = 0;
-    if (diffuse_refcheck(argv[1], print_line, NULL, &passed, &failed, err, sizeof err) != DIFFUSE_OK) {
+    if (diffuse_refcheck(argv[1], print_line, NULL, &passed, &failed, err, sizeof err) !=
+        DIFFUSE_OK) {
         fprintf(stderr, "diffuse: refcheck %s: %s\n", argv[1], err);
         failed++;
     }
@@ -678,9 +775,10 @@ static int cmd_info(int argc, char **argv)
     diffuse_model_info in;
     diffuse_model_get_info(m, &in);
     printf("family: %s\nname: %s\nlayout: %s\ndtype: %s\nprediction: %s\n", in.family,
-           in.family_name, in.layout, in.dtype, in.prediction == DIFFUSE_PREDICTION_V ? "v_prediction" : "epsilon");
-    printf("native size: %dx%d\nlatent: %d channels, 1/%d scale\n", in.native_size,
-           in.native_size, in.latent_channels, in.vae_scale);
+           in.family_name, in.layout, in.dtype,
+           in.prediction == DIFFUSE_PREDICTION_V ? "v_prediction" : "epsilon");
+    printf("native size: %dx%d\nlatent: %d channels, 1/%d scale\n", in.native_size, in.native_size,
+           in.latent_channels, in.vae_scale);
     if (in.inpainting)
         printf("inpainting: yes (the UNet also reads a mask and the masked image)\n");
     printf("unet channels:");
@@ -698,7 +796,8 @@ static int cmd_info(int argc, char **argv)
            (long long)in.params_vae, (long long)in.params_text,
            (long long)(in.params_unet + in.params_vae + in.params_text));
     if (in.suggested_sampler >= 0)
-        printf("suggested: %s, %d steps, guidance %g (from the model folder; generate uses them unless told)\n",
+        printf("suggested: %s, %d steps, guidance %g (from the model folder; generate uses them "
+               "unless told)\n",
                diffuse_sampler_name((diffuse_sampler)in.suggested_sampler), in.suggested_steps,
                in.suggested_guidance);
     diffuse_model_free(m);
@@ -712,11 +811,18 @@ int main(int argc, char **argv)
         return usage();
     const char *cmd = argv[1];
     argv[1] = argv[0];
-    if (strcmp(cmd, "generate") == 0) return cmd_generate(argc - 1, argv + 1);
-    if (strcmp(cmd, "refcheck") == 0) return cmd_refcheck(argc - 1, argv + 1);
-    if (strcmp(cmd, "tokenize") == 0) return cmd_tokenize(argc - 1, argv + 1);
-    if (strcmp(cmd, "info") == 0) return cmd_info(argc - 1, argv + 1);
-    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) { usage(); return 0; }
+    if (strcmp(cmd, "generate") == 0)
+        return cmd_generate(argc - 1, argv + 1);
+    if (strcmp(cmd, "refcheck") == 0)
+        return cmd_refcheck(argc - 1, argv + 1);
+    if (strcmp(cmd, "tokenize") == 0)
+        return cmd_tokenize(argc - 1, argv + 1);
+    if (strcmp(cmd, "info") == 0)
+        return cmd_info(argc - 1, argv + 1);
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+        usage();
+        return 0;
+    }
     fprintf(stderr, "diffuse: unknown command '%s'\n", cmd);
     return usage();
 }

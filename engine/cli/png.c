@@ -27,17 +27,19 @@ static bool chunks_fit(FILE *f, const char *path, char *err, size_t err_size)
         rewind(f);
         return true;
     }
-    for (off_t at = 8; ok && at + 8 <= st.st_size; ) {
+    for (off_t at = 8; ok && at + 8 <= st.st_size;) {
         if (fseeko(f, at, SEEK_SET) != 0 || fread(head, 1, 8, f) != 8)
             break;
-        const uint32_t len = (uint32_t)head[0] << 24 | (uint32_t)head[1] << 16 |
-                             (uint32_t)head[2] << 8 | head[3];
+        const uint32_t len =
+            (uint32_t)head[0] << 24 | (uint32_t)head[1] << 16 | (uint32_t)head[2] << 8 | head[3];
         if ((off_t)len + 12 > st.st_size - at) {
-            const bool named = isalpha(head[4]) && isalpha(head[5]) && isalpha(head[6]) &&
-                               isalpha(head[7]);
-            snprintf(err, err_size, "%s: damaged PNG: its %.4s chunk declares %lu bytes, the "
-                     "file holds %lld more", path, named ? (const char *)head + 4 : "next",
-                     (unsigned long)len, (long long)(st.st_size - at - 12));
+            const bool named =
+                isalpha(head[4]) && isalpha(head[5]) && isalpha(head[6]) && isalpha(head[7]);
+            snprintf(err, err_size,
+                     "%s: damaged PNG: its %.4s chunk declares %lu bytes, the "
+                     "file holds %lld more",
+                     path, named ? (const char *)head + 4 : "next", (unsigned long)len,
+                     (long long)(st.st_size - at - 12));
             ok = false;
         }
         if (memcmp(head + 4, "IEND", 4) == 0)
@@ -49,7 +51,7 @@ static bool chunks_fit(FILE *f, const char *path, char *err, size_t err_size)
 }
 
 float *png_read(const char *path, int channels, int max_side, int *w, int *h, diffuse_status *why,
-               char *err, size_t err_size)
+                char *err, size_t err_size)
 {
     png_image img;
     memset(&img, 0, sizeof img);
@@ -84,7 +86,8 @@ float *png_read(const char *path, int channels, int max_side, int *w, int *h, di
     unsigned char *buf = malloc(n ? n : 1);
     float *out = malloc(sizeof(float) * (n ? n : 1));
     if (!buf || !out || !png_image_finish_read(&img, NULL, buf, 0, NULL)) {
-        snprintf(err, err_size, "%s: cannot decode PNG: %s", path, buf && out ? img.message : "out of memory");
+        snprintf(err, err_size, "%s: cannot decode PNG: %s", path,
+                 buf && out ? img.message : "out of memory");
         *why = buf && out ? DIFFUSE_ERR_FORMAT : DIFFUSE_ERR_MEMORY;
         png_image_free(&img);
         fclose(f);
@@ -131,7 +134,9 @@ int png_write_rgb(const char *path, const float *rgb, int w, int h, const char *
         for (const char *c = text; *c && ascii; c++)
             ascii = (unsigned char)*c < 0x80;
         png_text t = {.compression = ascii ? PNG_TEXT_COMPRESSION_NONE : PNG_ITXT_COMPRESSION_NONE,
-                      .key = (char *)text_key, .text = (char *)text, .lang = (char *)"",
+                      .key = (char *)text_key,
+                      .text = (char *)text,
+                      .lang = (char *)"",
                       .lang_key = (char *)""};
         png_set_text(png, info, &t, 1);
     }

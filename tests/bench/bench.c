@@ -19,17 +19,16 @@ static double now(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-
 /* Best of `reps` runs of fn, in seconds. */
-#define BEST_OF(reps, best, body)                                                          \
-    do {                                                                                   \
-        best = 1e30;                                                                       \
-        for (int r_ = 0; r_ < (reps); r_++) {                                              \
-            double t0_ = now();                                                            \
-            body;                                                                          \
-            double dt_ = now() - t0_;                                                      \
-            best = dt_ < best ? dt_ : best;                                                \
-        }                                                                                  \
+#define BEST_OF(reps, best, body)                                                                  \
+    do {                                                                                           \
+        best = 1e30;                                                                               \
+        for (int r_ = 0; r_ < (reps); r_++) {                                                      \
+            double t0_ = now();                                                                    \
+            body;                                                                                  \
+            double dt_ = now() - t0_;                                                              \
+            best = dt_ < best ? dt_ : best;                                                        \
+        }                                                                                          \
     } while (0)
 
 static double sgemm_peak(void)
@@ -38,9 +37,12 @@ static double sgemm_peak(void)
     float *a = random_floats((size_t)n * n, 1), *b = random_floats((size_t)n * n, 2);
     float *c = malloc(sizeof(float) * n * n);
     double best;
-    BEST_OF(5, best, cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n,
-                                 b, n, 0.0f, c, n));
-    free(a); free(b); free(c);
+    BEST_OF(5, best,
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f,
+                        c, n));
+    free(a);
+    free(b);
+    free(c);
     return 2.0 * n * n * n / best / 1e9;
 }
 
@@ -56,8 +58,16 @@ static void bench_kernels(double peak)
     const int hw = 64 * 64, c = 320, heads = 8, dh = 40, t = 77;
     float *x = random_floats((size_t)c * hw, 3), *w = random_floats((size_t)c * c * 9, 4);
     float *y = malloc(sizeof(float) * c * hw), *q = random_floats((size_t)hw * c, 5);
-    diffuse_conv g = {.cin = c, .h = 64, .w = 64, .cout = c, .k = 3, .stride = 1,
-                      .pad_top = 1, .pad_left = 1, .pad_bottom = 1, .pad_right = 1};
+    diffuse_conv g = {.cin = c,
+                      .h = 64,
+                      .w = 64,
+                      .cout = c,
+                      .k = 3,
+                      .stride = 1,
+                      .pad_top = 1,
+                      .pad_left = 1,
+                      .pad_bottom = 1,
+                      .pad_right = 1};
     float *scratch = malloc(sizeof(float) * diffuse_conv_scratch(&g, 1));
     double s;
     BEST_OF(3, s, diffuse_op_conv2d(y, x, w, NULL, &g, 1, scratch));
@@ -69,7 +79,12 @@ static void bench_kernels(double peak)
     report("self-attention 4096 tokens, 8 heads x 40", 4.0 * hw * hw * c, s, peak);
     BEST_OF(3, s, diffuse_op_attention(y, q, c, q, q, c, hw, t, heads, dh, false, att_scratch));
     report("cross-attention 4096 x 77 tokens", 4.0 * hw * t * c, s, peak);
-    free(x); free(w); free(y); free(q); free(scratch); free(att_scratch);
+    free(x);
+    free(w);
+    free(y);
+    free(q);
+    free(scratch);
+    free(att_scratch);
 }
 
 static int bench_generate(const char *model_path)

@@ -22,7 +22,6 @@
 
 #include "bench.h"
 
-
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -43,8 +42,8 @@ static double sgemm_peak(void)
     double best = 1e30;
     for (int r = 0; r < 5; r++) {
         double t0 = diffuse_now();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f,
-                    c, n);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c,
+                    n);
         double dt = diffuse_now() - t0;
         best = dt < best ? dt : best;
     }
@@ -80,13 +79,14 @@ static int bench_size(diffuse_model *m, int size, int reps, double peak)
     const int lc = m->vae_cfg.latent_channels, ctx = diffuse_cond_context_dim(m);
     const int pd = diffuse_cond_pooled_dim(m);
     diffuse_arena a = {0};
-    size_t need = diffuse_cond_workspace(m), nu = diffuse_unet_workspace(m->unet, 1, h, w,
-                                                                         DIFFUSE_MAX_TOKENS);
+    size_t need = diffuse_cond_workspace(m),
+           nu = diffuse_unet_workspace(m->unet, 1, h, w, DIFFUSE_MAX_TOKENS);
     const size_t nv = diffuse_vae_workspace(m->vae, size, size);
     need = need > nu ? need : nu;
     need = need > nv ? need : nv;
     float *latent = random_floats((size_t)lc * h * w, 3), *out = malloc(sizeof(float) * lc * h * w);
-    float *image = malloc(sizeof(float) * 3 * size * size), *moments = malloc(sizeof(float) * 2 * lc * h * w);
+    float *image = malloc(sizeof(float) * 3 * size * size),
+          *moments = malloc(sizeof(float) * 2 * lc * h * w);
     float *context = malloc(sizeof(float) * DIFFUSE_MAX_TOKENS * ctx);
     float *pooled = malloc(sizeof(float) * (pd + 1)), time_ids[DIFFUSE_TIME_IDS];
     diffuse_cond_time_ids(&(diffuse_size_cond){0}, size, size, time_ids);
@@ -112,7 +112,8 @@ static int bench_size(diffuse_model *m, int size, int reps, double peak)
     print_phase("text encoder", &p, peak);
     diffuse_cond_release(m);
     /* UNet: one batch-1 pass */
-    const diffuse_unet_cond cond = {.context = context, .tokens = DIFFUSE_MAX_TOKENS,
+    const diffuse_unet_cond cond = {.context = context,
+                                    .tokens = DIFFUSE_MAX_TOKENS,
                                     .text_embeds = pd ? pooled : NULL,
                                     .time_ids = pd ? time_ids : NULL};
     diffuse_rss_peak_reset();
@@ -163,8 +164,8 @@ static int bench_size(diffuse_model *m, int size, int reps, double peak)
         goto fail;
     diffuse_image_free(&img);
     printf("  generate, 1 step, guidance 7: text %.2f s, unet %.2f s (batch 2), decode %.2f s; "
-           "peak RSS %.0f MiB, predicted %.0f MiB (%+.1f%%)\n", st.text_s, st.unet_s,
-           st.vae_decode_s, MIB(st.peak_rss), MIB(st.predicted_peak),
+           "peak RSS %.0f MiB, predicted %.0f MiB (%+.1f%%)\n",
+           st.text_s, st.unet_s, st.vae_decode_s, MIB(st.peak_rss), MIB(st.predicted_peak),
            100.0 * ((double)st.predicted_peak / (double)st.peak_rss - 1.0));
     rc = 0;
     goto done;
@@ -196,7 +197,8 @@ int main(int argc, char **argv)
     double peak = sgemm_peak();
     diffuse_pool_set_threads(0); /* the engine's pool from here on */
     printf("sgemm peak (1536^3, %d OpenBLAS threads, best of 5): %.1f GFLOP/s; %d engine threads; "
-           "vector path %s\n", blas_threads, peak, diffuse_pool_threads(),
+           "vector path %s\n",
+           blas_threads, peak, diffuse_pool_threads(),
            (const char *[]){"base", "avx2", "avx512"}[diffuse_cpu_path()]);
     char err[DIFFUSE_ERROR_SIZE];
     diffuse_load_params lp = diffuse_load_params_default();

@@ -103,12 +103,9 @@ int main(int argc, char **argv)
         const char *name;
         char *text;
     } cases[] = {
-        {"typical prompt", (char *)typical},
-        {"long prompt", longer},
-        {"a word of 40 letters", letters(40)},
-        {"a word of 1000 letters", letters(1000)},
-        {"a word of 10000 letters", letters(10000)},
-        {"a word of 100000 letters", letters(100000)},
+        {"typical prompt", (char *)typical},         {"long prompt", longer},
+        {"a word of 40 letters", letters(40)},       {"a word of 1000 letters", letters(1000)},
+        {"a word of 10000 letters", letters(10000)}, {"a word of 100000 letters", letters(100000)},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         size_t n = 0;

@@ -24,7 +24,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (n != t->numel || t->data < begin + 8 || t->data + t->nbytes > end ||
             diffuse_st_find(f, t->name) != t)
             abort();
-        float *out = t->dtype <= DIFFUSE_DTYPE_BF16 ? malloc(sizeof(float) * (size_t)(n ? n : 1)) : NULL;
+        float *out =
+            t->dtype <= DIFFUSE_DTYPE_BF16 ? malloc(sizeof(float) * (size_t)(n ? n : 1)) : NULL;
         if (out && diffuse_st_to_f32(t, out, err) != 0)
             abort();
         free(out);

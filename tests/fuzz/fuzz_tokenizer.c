@@ -13,7 +13,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     char path[4096], err[DIFFUSE_ERROR_SIZE];
     const char *shared = getenv("DIFFUSE_SHARED");
-    snprintf(path, sizeof path, "%s/clip/bpe_simple_vocab_16e6.txt.gz", shared ? shared : "../shared");
+    snprintf(path, sizeof path, "%s/clip/bpe_simple_vocab_16e6.txt.gz",
+             shared ? shared : "../shared");
     if (diffuse_tokenizer_load(path, &tok, err) != DIFFUSE_OK &&
         diffuse_tokenizer_load(fuzz_tiny_vocab(), &tok, err) != DIFFUSE_OK)
         abort();
@@ -28,7 +29,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memcpy(text, data + 1, size - 1);
     text[size - 1] = 0;
     const int32_t bos = diffuse_tokenizer_bos(tok), eos = diffuse_tokenizer_eos(tok);
-    const int32_t pad = data[0] & 1 ? diffuse_tokenizer_id(tok, "!") : eos, top = diffuse_tokenizer_max_id(tok);
+    const int32_t pad = data[0] & 1 ? diffuse_tokenizer_id(tok, "!") : eos,
+                  top = diffuse_tokenizer_max_id(tok);
     int32_t ids[DIFFUSE_MAX_TOKENS];
     if (diffuse_tokenizer_encode(tok, text, pad < 0 ? eos : pad, ids, err) == 0) {
         bool ended = false;

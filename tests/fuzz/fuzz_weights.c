@@ -35,7 +35,9 @@ static bool make_file(const char *text, const char *part, const char *path)
             continue;
         count++;
         const int size = !strcmp(dtype, "F32") || !strcmp(dtype, "I32") ? 4
-                         : !strcmp(dtype, "I64") ? 8 : !strcmp(dtype, "U8") ? 1 : 2;
+                         : !strcmp(dtype, "I64")                        ? 8
+                         : !strcmp(dtype, "U8")                         ? 1
+                                                                        : 2;
         cJSON *shape = cJSON_CreateArray();
         uint64_t bytes = (uint64_t)size;
         unsigned long long d;

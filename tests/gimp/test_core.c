@@ -99,7 +99,8 @@ static void test_validate(void)
     CHECK(core_settings_validate(&s, CORE_IMG2IMG, NULL), "img2img checked the width");
     s = good, memcpy(s.prompt, "\xff\xfe", 3), expect_invalid(&s, CORE_TXT2IMG, "UTF-8");
     for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++) { /* named by their PDB names */
-        s = good, s.size_cond[i] = -1, expect_invalid(&s, CORE_TXT2IMG, core_size_cond_args[i].name);
+        s = good, s.size_cond[i] = -1,
+        expect_invalid(&s, CORE_TXT2IMG, core_size_cond_args[i].name);
         s = good, s.size_cond[i] = CORE_MAX_COND + 1;
         expect_invalid(&s, CORE_IMG2IMG, core_size_cond_args[i].name);
     }
@@ -127,7 +128,8 @@ static void test_models(void)
     g_setenv("XDG_DATA_HOME", dir, TRUE); /* no user copy there */
     path = core_model_resolve("", &error);
     CHECK(!path && error && g_str_has_prefix(error->message, "no default model installed") &&
-              strstr(error->message, def) && strstr(error->message, "choose a model file or folder"),
+              strstr(error->message, def) &&
+              strstr(error->message, "choose a model file or folder"),
           "no default: %s", error ? error->message : path);
     g_clear_error(&error);
     g_mkdir_with_parents(def, 0755);
@@ -412,8 +414,7 @@ static void test_read_a1111(void)
     CHECK(read_ok && !strcmp(read_s.prompt, "masterpiece, a cat") &&
               !strcmp(read_s.negative_prompt, "lowres, bad hands") && read_s.steps == 30 &&
               read_s.guidance == 7 && read_s.seed == 3456789 && read_s.width == 512 &&
-              read_s.height == 768 && !strcmp(read_s.sampler, "dpmpp_2m_karras") &&
-              !read_s.lora[0],
+              read_s.height == 768 && !strcmp(read_s.sampler, "dpmpp_2m_karras") && !read_s.lora[0],
           "A1111 text: '%s' / '%s', %d steps, guidance %g, seed %d, %dx%d, %s", read_s.prompt,
           read_s.negative_prompt, read_s.steps, read_s.guidance, read_s.seed, read_s.width,
           read_s.height, read_s.sampler);
