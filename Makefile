@@ -141,7 +141,7 @@ $(BUILD)/bench_tokenizer: $(BUILD)/tests/bench/bench_tokenizer.o $(BUILD)/libdif
 # img2img), under valgrind (memcheck, leaks). The full refcheck takes over an
 # hour under valgrind on two cores; it runs under ASan+UBSan (SANITIZE=1).
 # OMP_WAIT_POLICY set: diffuse_process_init would otherwise run the program
-# again (execv), out of valgrind's sight.
+# again (execv, to set GOMP_SPINCOUNT), out of valgrind's sight.
 VG := env OMP_WAIT_POLICY=PASSIVE valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite
 # oneDNN's JIT code runs tens of times slower under valgrind than the rest:
 # the unit tests run on the engine's own convolutions there (DIFFUSE_CONV=

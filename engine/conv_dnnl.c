@@ -45,18 +45,22 @@ void diffuse_conv_set_backend(int backend)
 }
 
 /* oneDNN runs its convolutions on OpenMP threads (Debian builds it so), and
- * libgomp's threads spin while they wait for the next parallel region, which
- * libgomp lets a program change only through OMP_WAIT_POLICY as it loads.
- * Spinning threads fight the engine's own pool and anything else running:
- * measured here with one other busy process on the 2 cores, the bundled
- * model's whole run took 7.7-10.3 s spinning and 1.2-1.5 s passive (1.1-1.3 s
- * either way on an idle machine). So a program that has not chosen a policy
- * is run again, in place, with PASSIVE. */
+ * libgomp's threads spin while they wait for the next parallel region (300,000
+ * turns by default), which libgomp lets a program change only through
+ * OMP_WAIT_POLICY or GOMP_SPINCOUNT as it loads. Spinning threads fight the
+ * engine's own pool and anything else running. The bundled model's whole run
+ * on the 2 cores here, idle / beside one busy process: default spinning
+ * 1.27-1.34 s / 5.6-10.3 s; passive (no spinning) 1.43-1.50 s / 1.44-1.51 s;
+ * 3,000 turns 1.34-1.39 s / 1.54-1.73 s; 10,000 turns 1.34-1.36 s / 1.94 s.
+ * A model with larger convolutions waits rarely and runs the same either way.
+ * So a program that has chosen neither is run again, in place, with
+ * GOMP_SPINCOUNT at DIFFUSE_OMP_SPINCOUNT. */
+#define DIFFUSE_OMP_SPINCOUNT "3000"
 void diffuse_process_init(char **argv)
 {
 #ifdef DIFFUSE_DNNL
-    const char *policy = getenv("OMP_WAIT_POLICY");
-    if (policy || !argv || !argv[0] || setenv("OMP_WAIT_POLICY", "PASSIVE", 1) != 0)
+    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT") || !argv || !argv[0] ||
+        setenv("GOMP_SPINCOUNT", DIFFUSE_OMP_SPINCOUNT, 1) != 0)
         return;
     execv("/proc/self/exe", argv);
     /* could not: go on as loaded, leaving the variable for the next program */

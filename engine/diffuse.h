@@ -323,11 +323,12 @@ size_t diffuse_request_memory(const diffuse_model *model, const diffuse_request 
  * diffuse_request_memory exceeds it; front ends ask the same. */
 size_t diffuse_memory_available(void);
 /* For programs (the CLI, the GIMP plug-ins): call first thing in main().
- * The convolutions' OpenMP threads (oneDNN) spin-wait unless OMP_WAIT_POLICY
- * says otherwise, and the runtime reads it only as the program loads; on a
- * busy machine spinning threads make a run several times slower. When the
- * variable is not set, this sets it to PASSIVE and runs the program again in
- * place (execv of /proc/self/exe with the same arguments: the process, its
+ * The convolutions' OpenMP threads (oneDNN) spin long while they wait unless
+ * OMP_WAIT_POLICY or GOMP_SPINCOUNT says otherwise, and the runtime reads
+ * those only as the program loads; on a busy machine long spinning makes a
+ * run several times slower. When neither is set, this sets GOMP_SPINCOUNT to
+ * a short spin (conv_dnnl.c has the measurements) and runs the program again
+ * in place (execv of /proc/self/exe with the same arguments: the process, its
  * open files and its other variables stay). Returns when nothing needed
  * doing, or the exec failed (then the run goes on as loaded). */
 void diffuse_process_init(char **argv);

@@ -1,7 +1,8 @@
 /* test_process.c: diffuse_process_init, which main() of the CLI and the
- * plug-ins calls first: with OMP_WAIT_POLICY unset (and oneDNN built in) the
- * program runs again in place with PASSIVE, once, with the same arguments;
- * a policy already chosen is left alone. The test runs itself as the child. */
+ * plug-ins calls first: with neither OMP_WAIT_POLICY nor GOMP_SPINCOUNT set
+ * (and oneDNN built in) the program runs again in place with a short
+ * GOMP_SPINCOUNT, once, with the same arguments; a choice already made is
+ * left alone. The test runs itself as the child. */
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,15 +21,19 @@ static int child(char **argv)
     snprintf(n, sizeof n, "%d", runs ? atoi(runs) + 1 : 1);
     setenv("DIFFUSE_TEST_RUNS", n, 1);
     diffuse_process_init(argv);
-    const char *policy = getenv("OMP_WAIT_POLICY");
-    printf("%s %s %s\n", policy ? policy : "(unset)", getenv("DIFFUSE_TEST_RUNS"), argv[2]);
+    const char *policy = getenv("OMP_WAIT_POLICY"), *spin = getenv("GOMP_SPINCOUNT");
+    printf("%s %s %s %s\n", policy ? policy : "-", spin ? spin : "-", getenv("DIFFUSE_TEST_RUNS"),
+           argv[2]);
     return 0;
 }
 
 static void expect(const char *env, const char *self, const char *want)
 {
     char cmd[PATH_MAX + 128], got[256] = "";
-    snprintf(cmd, sizeof cmd, "env -u DIFFUSE_TEST_RUNS %s '%s' child arg-kept", env, self);
+    snprintf(cmd, sizeof cmd,
+             "env -u DIFFUSE_TEST_RUNS -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT %s '%s' "
+             "child arg-kept",
+             env, self);
     FILE *p = popen(cmd, "r");
     CHECK(p && fgets(got, sizeof got, p), "running %s", cmd);
     if (p)
@@ -46,8 +51,9 @@ int main(int argc, char **argv)
     CHECK(n > 0, "readlink /proc/self/exe");
     self[n > 0 ? n : 0] = 0;
     const bool dnnl = diffuse_dnnl_major() > 0;
-    expect("-u OMP_WAIT_POLICY", self, dnnl ? "PASSIVE 2 arg-kept" : "(unset) 1 arg-kept");
-    expect("OMP_WAIT_POLICY=ACTIVE", self, "ACTIVE 1 arg-kept");
-    expect("OMP_WAIT_POLICY=passive", self, "passive 1 arg-kept");
+    expect("", self, dnnl ? "- 3000 2 arg-kept" : "- - 1 arg-kept");
+    expect("OMP_WAIT_POLICY=ACTIVE", self, "ACTIVE - 1 arg-kept");
+    expect("OMP_WAIT_POLICY=passive", self, "passive - 1 arg-kept");
+    expect("GOMP_SPINCOUNT=100", self, "- 100 1 arg-kept");
     TEST_END();
 }
