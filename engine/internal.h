@@ -277,6 +277,8 @@ typedef struct diffuse_conv {
     int pad_top, pad_left, pad_bottom, pad_right;
 } diffuse_conv;
 
+/* A 3x3 convolution padded by 1 on every side ("same" at stride 1). */
+diffuse_conv diffuse_conv_3x3(int cin, int cout, int h, int w, int stride);
 int diffuse_conv_out_h(const diffuse_conv *c);
 int diffuse_conv_out_w(const diffuse_conv *c);
 /* Dense-equivalent flops of a convolution over n images (2 per multiply-add). */

@@ -139,16 +139,7 @@ int diffuse_conv2d_forward(const diffuse_conv2d *c, float *y, const float *x, in
 size_t diffuse_resnet_workspace(const diffuse_resnet *r, int n, int h, int w)
 {
     size_t cmax = r->cin > r->cout ? r->cin : r->cout;
-    diffuse_conv c1 = {.cin = r->cin,
-                       .h = h,
-                       .w = w,
-                       .cout = r->cout,
-                       .k = 3,
-                       .stride = 1,
-                       .pad_top = 1,
-                       .pad_left = 1,
-                       .pad_bottom = 1,
-                       .pad_right = 1};
+    diffuse_conv c1 = diffuse_conv_3x3(r->cin, r->cout, h, w, 1);
     diffuse_conv c2 = c1;
     c2.cin = r->cout;
     size_t s1 = diffuse_conv_scratch(&c1, n), s2 = diffuse_conv_scratch(&c2, n);

@@ -263,6 +263,20 @@ void diffuse_op_linear_ref(float *y, const float *x, const float *w, const float
 
 /* ------------------------------------------------------------------ conv2d */
 
+diffuse_conv diffuse_conv_3x3(int cin, int cout, int h, int w, int stride)
+{
+    return (diffuse_conv){.cin = cin,
+                          .h = h,
+                          .w = w,
+                          .cout = cout,
+                          .k = 3,
+                          .stride = stride,
+                          .pad_top = 1,
+                          .pad_left = 1,
+                          .pad_bottom = 1,
+                          .pad_right = 1};
+}
+
 int diffuse_conv_out_h(const diffuse_conv *c)
 {
     return (c->h + c->pad_top + c->pad_bottom - c->k) / c->stride + 1;

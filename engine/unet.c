@@ -349,20 +349,10 @@ static size_t time_workspace(const diffuse_unet *u, int n)
     return ws;
 }
 
-/* im2col scratch of a 3x3 conv with cin inputs and an oh x ow output. */
 /* Scratch of a 3x3 convolution (pad 1) over n images of h x w with stride s. */
 static size_t conv3_scratch(int n, int cin, int cout, int h, int w, int s)
 {
-    diffuse_conv c = {.cin = cin,
-                      .h = h,
-                      .w = w,
-                      .cout = cout,
-                      .k = 3,
-                      .stride = s,
-                      .pad_top = 1,
-                      .pad_left = 1,
-                      .pad_bottom = 1,
-                      .pad_right = 1};
+    diffuse_conv c = diffuse_conv_3x3(cin, cout, h, w, s);
     return pad16(diffuse_conv_scratch(&c, n));
 }
 

@@ -204,21 +204,6 @@ static void test_conv2d(void)
 /* The oneDNN path (conv_dnnl.c) on the same cases, forced, plus shapes whose
  * channels are not a multiple of the vector block; the same bits at 1 and 2
  * threads; and it really runs where the build has it. */
-/* A 3x3 convolution padded to keep the size ("same"), stride 1. */
-static diffuse_conv same3x3(int cin, int cout, int h, int w)
-{
-    return (diffuse_conv){.cin = cin,
-                          .h = h,
-                          .w = w,
-                          .cout = cout,
-                          .k = 3,
-                          .stride = 1,
-                          .pad_top = 1,
-                          .pad_left = 1,
-                          .pad_bottom = 1,
-                          .pad_right = 1};
-}
-
 /* oneDNN's Winograd where the engine picks it: which shapes, and how close
  * it stays to the direct computation (Winograd's transforms add rounding). */
 static void test_conv2d_winograd(void)
@@ -228,7 +213,7 @@ static void test_conv2d_winograd(void)
     conv_case(64, 64, 37, 41, 3, 1, 1, 1, 1, 1, 1, true);
     conv_case(48, 80, 23, 17, 3, 1, 1, 1, 1, 1, 2, false);
     conv_case(320, 320, 12, 9, 3, 1, 1, 1, 1, 1, 2, true);
-    diffuse_conv c = same3x3(64, 64, 37, 41);
+    diffuse_conv c = diffuse_conv_3x3(64, 64, 37, 41, 1);
     const bool forced = diffuse_dnnl_winograd(&c, 1);
     diffuse_conv_set_backend(DIFFUSE_CONV_AUTO);
     /* by the rule: big images with enough channels; never small ones, strides or thin layers */
@@ -260,7 +245,7 @@ static void test_conv2d_dnnl(int backend)
     conv_case(24, 40, 19, 9, 3, 2, 0, 0, 1, 1, 2, true);
     conv_case(64, 64, 23, 29, 3, 1, 1, 1, 1, 1, 1, true);
     conv_case(4, 32, 15, 15, 3, 1, 1, 1, 1, 1, 2, true);
-    diffuse_conv c = same3x3(48, 40, 37, 45);
+    diffuse_conv c = diffuse_conv_3x3(48, 40, 37, 45, 1);
     const size_t nx = (size_t)2 * 48 * 37 * 45, ny = (size_t)2 * 40 * 37 * 45;
     float *x = random_buf(nx, 1), *wt = random_buf((size_t)40 * 48 * 9, 0.5f),
           *b = random_buf(40, 1);

@@ -27,16 +27,7 @@ static void ref_conv(ref_act *a, const diffuse_weights *w, const char *name, int
     const float *b = diffuse_weights_has(w, n)
                          ? diffuse_weights_get((diffuse_weights *)w, n, 1, shape, NULL)
                          : NULL;
-    diffuse_conv c = {.cin = a->c,
-                      .h = a->h,
-                      .w = a->w,
-                      .cout = (int)shape[0],
-                      .k = 3,
-                      .stride = stride,
-                      .pad_top = 1,
-                      .pad_left = 1,
-                      .pad_bottom = 1,
-                      .pad_right = 1};
+    diffuse_conv c = diffuse_conv_3x3(a->c, (int)shape[0], a->h, a->w, stride);
     const int oh = diffuse_conv_out_h(&c), ow = diffuse_conv_out_w(&c);
     float *y = malloc(sizeof(float) * c.cout * oh * ow);
     diffuse_op_conv2d_ref(y, a->x, wt, b, &c, 1);

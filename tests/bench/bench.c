@@ -58,16 +58,7 @@ static void bench_kernels(double peak)
     const int hw = 64 * 64, c = 320, heads = 8, dh = 40, t = 77;
     float *x = random_floats((size_t)c * hw, 3), *w = random_floats((size_t)c * c * 9, 4);
     float *y = malloc(sizeof(float) * c * hw), *q = random_floats((size_t)hw * c, 5);
-    diffuse_conv g = {.cin = c,
-                      .h = 64,
-                      .w = 64,
-                      .cout = c,
-                      .k = 3,
-                      .stride = 1,
-                      .pad_top = 1,
-                      .pad_left = 1,
-                      .pad_bottom = 1,
-                      .pad_right = 1};
+    diffuse_conv g = diffuse_conv_3x3(c, c, 64, 64, 1);
     float *scratch = malloc(sizeof(float) * diffuse_conv_scratch(&g, 1));
     double s;
     BEST_OF(3, s, diffuse_op_conv2d(y, x, w, NULL, &g, 1, scratch));
