@@ -104,129 +104,141 @@ void core_settings_default(CoreSettings *s)
     s->masked_content = DIFFUSE_MASKED_ORIGINAL;
 }
 
-/* key=value with backslash, newline and carriage return escaped, so that a
- * multi-line prompt stays on one line. */
-static void put_string(GString *out, const gchar *key, const gchar *value)
-{
-    g_string_append_printf(out, "%s=", key);
-    for (const gchar *p = value; *p; p++) {
-        if (*p == '\\')
-            g_string_append(out, "\\\\");
-        else if (*p == '\n')
-            g_string_append(out, "\\n");
-        else if (*p == '\r')
-            g_string_append(out, "\\r");
-        else
-            g_string_append_c(out, *p);
+/* The remembered settings are a GLib key file, one group; each field of
+ * CoreSettings that is remembered has one row here, read and written alike. */
+#define SETTINGS_GROUP "diffuse"
+#define SETTINGS_VERSION 2 /* 1: our own "key=value" lines, read as a key file */
+
+typedef enum { FIELD_TEXT, FIELD_INT, FIELD_DOUBLE, FIELD_BOOL } FieldKind;
+
+typedef struct {
+    const gchar *key;   /* or, for a PDB argument's setting, */
+    const CoreArg *arg; /* the argument, whose name is the key */
+    FieldKind kind;
+    gsize offset, size; /* size: FIELD_TEXT's buffer */
+} SettingsField;
+
+#define TEXT(key, f)                                                                               \
+    {                                                                                              \
+        key, NULL, FIELD_TEXT, G_STRUCT_OFFSET(CoreSettings, f), sizeof((CoreSettings *)0)->f      \
     }
-    g_string_append_c(out, '\n');
-}
+#define NUM(key, kind, f)                                                                          \
+    {                                                                                              \
+        key, NULL, kind, G_STRUCT_OFFSET(CoreSettings, f), 0                                       \
+    }
+#define ARG(arg, kind, f, size)                                                                    \
+    {                                                                                              \
+        NULL, &arg, kind, G_STRUCT_OFFSET(CoreSettings, f), size                                   \
+    }
 
-static void put_double(GString *out, const gchar *key, gdouble value)
+static const SettingsField settings_fields[] = {
+    TEXT("prompt", prompt),
+    TEXT("negative-prompt", negative_prompt),
+    NUM("seed", FIELD_INT, seed),
+    NUM("last-seed", FIELD_INT, last_seed),
+    NUM("steps", FIELD_INT, steps),
+    NUM("guidance", FIELD_DOUBLE, guidance),
+    TEXT("sampler", sampler),
+    NUM("width", FIELD_INT, width),
+    NUM("height", FIELD_INT, height),
+    NUM("count", FIELD_INT, count),
+    NUM("strength", FIELD_DOUBLE, strength),
+    TEXT("model", model),
+    ARG(core_size_cond_args[0], FIELD_INT, size_cond[0], 0),
+    ARG(core_size_cond_args[1], FIELD_INT, size_cond[1], 0),
+    ARG(core_size_cond_args[2], FIELD_INT, size_cond[2], 0),
+    ARG(core_size_cond_args[3], FIELD_INT, size_cond[3], 0),
+    ARG(core_size_cond_args[4], FIELD_INT, size_cond[4], 0),
+    ARG(core_size_cond_args[5], FIELD_INT, size_cond[5], 0),
+    ARG(core_empty_negative_arg, FIELD_BOOL, empty_negative, 0),
+    ARG(core_fast_decoder_arg, FIELD_BOOL, fast_decoder, 0),
+    ARG(core_lora_arg, FIELD_TEXT, lora, sizeof((CoreSettings *)0)->lora),
+    ARG(core_lora_weight_arg, FIELD_DOUBLE, lora_weight, 0),
+    ARG(core_area_arg, FIELD_INT, area, 0),
+    ARG(core_padding_arg, FIELD_INT, padding, 0),
+    ARG(core_masked_arg, FIELD_INT, masked_content, 0),
+};
+G_STATIC_ASSERT(CORE_SIZE_COND_ARGS == 6);
+#undef TEXT
+#undef NUM
+#undef ARG
+
+static const gchar *field_key(const SettingsField *f)
 {
-    gchar buf[G_ASCII_DTOSTR_BUF_SIZE];
-
-    /* g_ascii_dtostr: GIMP sets the user's locale, which may write "7,5" */
-    g_string_append_printf(out, "%s=%s\n", key, g_ascii_dtostr(buf, sizeof buf, value));
+    return f->arg ? f->arg->name : f->key;
 }
 
 gchar *core_settings_serialize(const CoreSettings *s)
 {
-    GString *out = g_string_new("diffuse-settings=1\n");
+    GKeyFile *kf = g_key_file_new();
+    const gchar *base = (const gchar *)s;
 
-    put_string(out, "prompt", s->prompt);
-    put_string(out, "negative-prompt", s->negative_prompt);
-    g_string_append_printf(out, "seed=%d\nlast-seed=%d\nsteps=%d\n", s->seed, s->last_seed,
-                           s->steps);
-    put_double(out, "guidance", s->guidance);
-    put_string(out, "sampler", s->sampler);
-    g_string_append_printf(out, "width=%d\nheight=%d\ncount=%d\n", s->width, s->height, s->count);
-    put_double(out, "strength", s->strength);
-    put_string(out, "model", s->model);
-    for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
-        g_string_append_printf(out, "%s=%d\n", core_size_cond_args[i].name, s->size_cond[i]);
-    g_string_append_printf(out, "%s=%d\n", core_empty_negative_arg.name, s->empty_negative ? 1 : 0);
-    g_string_append_printf(out, "%s=%d\n", core_fast_decoder_arg.name, s->fast_decoder ? 1 : 0);
-    put_string(out, core_lora_arg.name, s->lora);
-    put_double(out, core_lora_weight_arg.name, s->lora_weight);
-    g_string_append_printf(out, "%s=%d\n%s=%d\n", core_area_arg.name, s->area,
-                           core_padding_arg.name, s->padding);
-    g_string_append_printf(out, "%s=%d\n", core_masked_arg.name, s->masked_content);
-    return g_string_free(out, FALSE);
-}
+    g_key_file_set_integer(kf, SETTINGS_GROUP, "version", SETTINGS_VERSION);
+    for (gsize i = 0; i < G_N_ELEMENTS(settings_fields); i++) {
+        const SettingsField *f = &settings_fields[i];
+        const void *p = base + f->offset;
 
-static void unescape_into(gchar *dst, gsize size, const gchar *src)
-{
-    gsize n = 0;
-
-    for (const gchar *p = src; *p && n + 1 < size; p++) {
-        if (*p == '\\' && p[1]) {
-            p++;
-            dst[n++] = *p == 'n' ? '\n' : *p == 'r' ? '\r' : *p;
-        } else
-            dst[n++] = *p;
+        switch (f->kind) {
+        case FIELD_TEXT:
+            g_key_file_set_string(kf, SETTINGS_GROUP, field_key(f), p);
+            break;
+        case FIELD_INT:
+            g_key_file_set_integer(kf, SETTINGS_GROUP, field_key(f), *(const gint32 *)p);
+            break;
+        case FIELD_DOUBLE: /* g_ascii_dtostr: the same in every locale */
+            g_key_file_set_double(kf, SETTINGS_GROUP, field_key(f), *(const gdouble *)p);
+            break;
+        case FIELD_BOOL:
+            g_key_file_set_boolean(kf, SETTINGS_GROUP, field_key(f), *(const gboolean *)p);
+            break;
+        }
     }
-    dst[n] = '\0';
+    gchar *text = g_key_file_to_data(kf, NULL, NULL);
+    g_key_file_free(kf);
+    return text;
 }
 
-static void set_key(CoreSettings *s, const gchar *key, const gchar *value)
+/* One field from the key file; a missing or unreadable key leaves it as it was. */
+static void settings_read_field(GKeyFile *kf, const SettingsField *f, gchar *base)
 {
-    if (!strcmp(key, "prompt"))
-        unescape_into(s->prompt, sizeof s->prompt, value);
-    else if (!strcmp(key, "negative-prompt"))
-        unescape_into(s->negative_prompt, sizeof s->negative_prompt, value);
-    else if (!strcmp(key, "sampler"))
-        unescape_into(s->sampler, sizeof s->sampler, value);
-    else if (!strcmp(key, "model"))
-        unescape_into(s->model, sizeof s->model, value);
-    else if (!strcmp(key, core_lora_arg.name))
-        unescape_into(s->lora, sizeof s->lora, value);
-    else if (!strcmp(key, core_lora_weight_arg.name))
-        s->lora_weight = g_ascii_strtod(value, NULL);
-    else if (!strcmp(key, "seed"))
-        s->seed = atoi(value);
-    else if (!strcmp(key, "last-seed"))
-        s->last_seed = atoi(value);
-    else if (!strcmp(key, "steps"))
-        s->steps = atoi(value);
-    else if (!strcmp(key, "width"))
-        s->width = atoi(value);
-    else if (!strcmp(key, "height"))
-        s->height = atoi(value);
-    else if (!strcmp(key, "count"))
-        s->count = atoi(value);
-    else if (!strcmp(key, "guidance"))
-        s->guidance = g_ascii_strtod(value, NULL);
-    else if (!strcmp(key, "strength"))
-        s->strength = g_ascii_strtod(value, NULL);
-    else if (!strcmp(key, core_empty_negative_arg.name))
-        s->empty_negative = atoi(value) != 0;
-    else if (!strcmp(key, core_fast_decoder_arg.name))
-        s->fast_decoder = atoi(value) != 0;
-    else if (!strcmp(key, core_area_arg.name))
-        s->area = atoi(value);
-    else if (!strcmp(key, core_padding_arg.name))
-        s->padding = atoi(value);
-    else if (!strcmp(key, core_masked_arg.name))
-        s->masked_content = atoi(value);
-    for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
-        if (!strcmp(key, core_size_cond_args[i].name))
-            s->size_cond[i] = atoi(value);
+    GError *error = NULL;
+    void *p = base + f->offset;
+
+    if (f->kind == FIELD_TEXT) {
+        gchar *v = g_key_file_get_string(kf, SETTINGS_GROUP, field_key(f), NULL);
+        if (v)
+            g_strlcpy(p, v, f->size);
+        g_free(v);
+        return;
+    }
+    if (f->kind == FIELD_DOUBLE) {
+        gdouble v = g_key_file_get_double(kf, SETTINGS_GROUP, field_key(f), &error);
+        if (!error)
+            *(gdouble *)p = v;
+    } else if (f->kind == FIELD_INT) {
+        gint v = g_key_file_get_integer(kf, SETTINGS_GROUP, field_key(f), &error);
+        if (!error)
+            *(gint32 *)p = v;
+    } else {
+        gboolean v = g_key_file_get_boolean(kf, SETTINGS_GROUP, field_key(f), &error);
+        if (!error)
+            *(gboolean *)p = v;
+    }
+    g_clear_error(&error);
 }
 
 void core_settings_deserialize(CoreSettings *s, const gchar *text)
 {
-    gchar **lines = g_strsplit(text, "\n", -1);
+    GKeyFile *kf = g_key_file_new();
+    /* version 1 had no group line; its escapes (\\, \n, \r) are the key file's */
+    gchar *data = g_str_has_prefix(text, "[") ? g_strdup(text)
+                                              : g_strconcat("[" SETTINGS_GROUP "]\n", text, NULL);
 
-    for (gchar **line = lines; *line; line++) {
-        gchar *eq = strchr(*line, '=');
-
-        if (!eq)
-            continue;
-        *eq = '\0';
-        set_key(s, *line, eq + 1);
-    }
-    g_strfreev(lines);
+    if (g_key_file_load_from_data(kf, data, strlen(data), G_KEY_FILE_NONE, NULL))
+        for (gsize i = 0; i < G_N_ELEMENTS(settings_fields); i++)
+            settings_read_field(kf, &settings_fields[i], (gchar *)s);
+    g_key_file_free(kf);
+    g_free(data);
 }
 
 gint core_sampler_choices(const CoreSampler **choices)

@@ -161,10 +161,12 @@ GQuark core_error_quark(void);
 /* ---------------------------------------------------------------- settings */
 
 void core_settings_default(CoreSettings *s);
-/* "key=value" lines, newlines and backslashes escaped; free with g_free(). */
+/* A GLib key file (group "diffuse", one key a field); free with g_free(). */
 gchar *core_settings_serialize(const CoreSettings *s);
-/* Reads what serialize wrote; unknown keys are skipped, missing ones keep
- * their current value (so older remembered values still load). */
+/* Reads what serialize wrote, and the first version's "key=value" lines;
+ * unknown keys are skipped, missing or unreadable ones keep their current
+ * value (so older remembered values still load); a text that is no key file
+ * changes nothing. */
 void core_settings_deserialize(CoreSettings *s, const gchar *text);
 /* Checks ranges (and that a LoRA file is there) before anything runs;
  * CORE_ERROR_CALLING names the argument. */

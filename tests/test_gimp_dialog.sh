@@ -65,9 +65,9 @@ mkdir -p "$ART" "$tmp/out"
 
 # The remembered values the dialogs open with: random seed, last seed 1234.
 if [ "$GIMP_GENERATION" = 2 ]; then
-    # the plug-in's own format (core_settings_serialize), set through the
+    # the plug-in's key file (core_settings_serialize), set through the
     # PDB as gimp_set_data would
-    settings="diffuse-settings=1\\nprompt=$PROMPT\\nnegative-prompt=blurry, text\\nseed=-1\\nlast-seed=1234\\nsteps=20\\nguidance=7.5\\nsampler=euler_a\\ncount=1\\nstrength=0.6\\nmodel=$MODEL\\n"
+    settings="[diffuse]\\nversion=2\\nprompt=$PROMPT\\nnegative-prompt=blurry, text\\nseed=-1\\nlast-seed=1234\\nsteps=20\\nguidance=7.5\\nsampler=euler_a\\ncount=1\\nstrength=0.6\\nmodel=$MODEL\\n"
     remember="(let ((text \"$settings\"))
     (gimp-procedural-db-set-data \"plug-in-diffuse\" (string-length text)
                                  (list->vector (map char->integer (string->list text)))))"

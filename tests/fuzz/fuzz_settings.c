@@ -1,5 +1,5 @@
 /* fuzz_settings.c: libFuzzer harness for the plug-in's remembered settings
- * (plugin/core.c: core_settings_deserialize, the "key=value" lines GIMP keeps
+ * (plugin/core.c: core_settings_deserialize, the GLib key file GIMP keeps
  * between runs) and for the parameters text it reads settings back from
  * (core_settings_from_parameters). Any text reads without a crash; what it
  * reads writes back and reads again to the same settings; the checks before a

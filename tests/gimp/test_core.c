@@ -22,7 +22,8 @@ static void test_settings_round_trip(void)
     gchar *text;
 
     core_settings_default(&a);
-    g_strlcpy(a.prompt, "two lines\nwith a \\ backslash, a = sign and ünïcode\r", sizeof a.prompt);
+    g_strlcpy(a.prompt, "  two lines\nwith a \\ backslash, a = sign, [group] and ünïcode\r ",
+              sizeof a.prompt);
     g_strlcpy(a.negative_prompt, "blurry", sizeof a.negative_prompt);
     a.seed = 123456789;
     a.last_seed = 42;
@@ -37,6 +38,7 @@ static void test_settings_round_trip(void)
     for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
         a.size_cond[i] = 100 + 8 * i;
     a.empty_negative = TRUE;
+    a.fast_decoder = TRUE;
     g_strlcpy(a.lora, "/loras/film grain.safetensors", sizeof a.lora);
     a.lora_weight = -0.35;
     a.area = CORE_AREA_SELECTED;
@@ -49,13 +51,30 @@ static void test_settings_round_trip(void)
     CHECK(memcmp(&a, &b, sizeof a) == 0, "round trip differs; text was:\n%s", text);
     g_free(text);
 
-    /* unknown keys are skipped, missing ones keep their value */
+    /* a GLib key file: the group, then one key a field */
+    text = core_settings_serialize(&a);
+    CHECK(g_str_has_prefix(text, "[diffuse]\nversion=2\n"), "not a key file:\n%s", text);
+    g_free(text);
+
+    /* unknown keys are skipped, missing ones keep their value; the first
+     * format's lines (no group line) read as they were written */
     core_settings_default(&b);
-    core_settings_deserialize(&b, "future-key=1\nsteps=9\nbroken line\n");
+    core_settings_deserialize(&b, "diffuse-settings=1\nfuture-key=1\nsteps=9\n"
+                                  "prompt=a\\nb \\\\ c\nfast-decoder=1\nguidance=4.5\n");
     CHECK(b.steps == 9 && b.count == 1 && b.seed == -1, "partial settings: steps %d count %d",
           b.steps, b.count);
+    CHECK(!strcmp(b.prompt, "a\nb \\ c") && b.fast_decoder && b.guidance == 4.5,
+          "version 1 read as '%s', fast decoder %d, guidance %g", b.prompt, b.fast_decoder,
+          b.guidance);
     CHECK(b.lora[0] == '\0' && b.lora_weight == 1.0,
           "remembered values from before LoRA: '%s' at %g", b.lora, b.lora_weight);
+
+    /* a damaged text changes nothing; a wrong value only its own field */
+    core_settings_default(&b);
+    core_settings_deserialize(&b, "[diffuse]\nsteps=9\nbroken line\n");
+    CHECK(b.steps == 20, "a damaged key file was read: steps %d", b.steps);
+    core_settings_deserialize(&b, "[diffuse]\nsteps=many\ncount=2\n");
+    CHECK(b.steps == 20 && b.count == 2, "steps=many: steps %d count %d", b.steps, b.count);
 }
 
 /* validate must fail with CORE_ERROR_CALLING and a message holding word */
