@@ -89,6 +89,30 @@ const CoreArg core_masked_arg = {
     "or latent-noise (noise, so that a strength near 1 paints something new); inpainting "
     "models read the selection themselves"};
 
+const CoreArg core_scale_arg = {
+    "scale-to", N_("Scale resu_lt into"),
+    N_("Text to Image: generate at the width and height, then let GIMP scale the new layers "
+       "(its resampling, the default interpolation) to the image or to the selection's bounds "
+       "(the image when nothing is selected): the picture fills them, its proportions kept, "
+       "centred, what overflows cut. Models draw best at their native size: this replaces "
+       "generating at a huge size")};
+
+const gchar *const core_scale_labels[CORE_SCALE_KINDS] = {N_("Generated size"), N_("Image"),
+                                                          N_("Selection bounds")};
+const gchar *const core_scale_names[CORE_SCALE_KINDS] = {"generated", "image", "selection"};
+
+void core_scale_cover(gint w, gint h, gint target_w, gint target_h, gint *scaled_w, gint *scaled_h,
+                      gint *crop_x, gint *crop_y)
+{
+    /* the larger factor covers; each side at least the target's */
+    const gdouble f = MAX((gdouble)target_w / w, (gdouble)target_h / h);
+
+    *scaled_w = MAX(target_w, (gint)(w * f + 0.5));
+    *scaled_h = MAX(target_h, (gint)(h * f + 0.5));
+    *crop_x = (*scaled_w - target_w) / 2;
+    *crop_y = (*scaled_h - target_h) / 2;
+}
+
 void core_settings_default(CoreSettings *s)
 {
     memset(s, 0, sizeof *s);
@@ -157,6 +181,7 @@ static const SettingsField settings_fields[] = {
     ARG(core_area_arg, FIELD_INT, area, 0),
     ARG(core_padding_arg, FIELD_INT, padding, 0),
     ARG(core_masked_arg, FIELD_INT, masked_content, 0),
+    ARG(core_scale_arg, FIELD_INT, scale_to, 0),
 };
 G_STATIC_ASSERT(CORE_SIZE_COND_ARGS == 6);
 #undef TEXT
@@ -328,6 +353,9 @@ gboolean core_settings_validate(const CoreSettings *s, CoreMode mode, GError **e
     if (s->masked_content < 0 || s->masked_content >= DIFFUSE_MASKED_KINDS)
         return CALLING_ERROR("%s: %d is neither original (0) nor latent-noise (1)",
                              core_masked_arg.name, s->masked_content);
+    if (s->scale_to < 0 || s->scale_to >= CORE_SCALE_KINDS)
+        return CALLING_ERROR("%s: %d is none of generated (0), image (1) and selection (2)",
+                             core_scale_arg.name, s->scale_to);
     for (gint i = 0; i < CORE_SIZE_COND_ARGS; i++)
         if (s->size_cond[i] < 0 || s->size_cond[i] > CORE_MAX_COND)
             return CALLING_ERROR("%s: %d is outside 0..%d", core_size_cond_args[i].name,
@@ -974,10 +1002,11 @@ typedef struct {
     GString *notices;      /* what the engine told while the run went ahead */
     diffuse_image *images; /* [s.count], filled by the engine */
     gboolean generated;
-    const CoreWatch *watch; /* NULL, or the front end's window */
-    gsize rss_start;        /* bytes resident when stage 2 began */
-    gsize need;             /* bytes the request adds: the memory check's estimate */
-    gint place_x, place_y;  /* txt2img: where the layers go, centred (place()) */
+    const CoreWatch *watch;  /* NULL, or the front end's window */
+    gsize rss_start;         /* bytes resident when stage 2 began */
+    gsize need;              /* bytes the request adds: the memory check's estimate */
+    gint place_x, place_y;   /* txt2img: where the layers go, centred (place()) */
+    gint target_w, target_h; /* txt2img: their size, the generated one unless scaled (place()) */
 } Job;
 
 /* The engine's notices (a LoRA that matches only part of the model, a prompt
@@ -1027,8 +1056,11 @@ static gboolean check_memory(Job *job, GError **error)
                 pixels_babl_memory(job->region.native_format,
                                    MAX((gsize)job->region.width * job->region.height,
                                        (gsize)job->region.crop_width * job->region.crop_height));
-    else
-        need += (gsize)r->count * r->width * r->height * 3 * sizeof(float);
+    else /* and for scaling one (pixels_write_scaled()) */
+        need +=
+            (gsize)r->count * r->width * r->height * 3 * sizeof(float) +
+            (job->s.scale_to != CORE_SCALE_NONE ? (gsize)r->width * r->height * 4 * sizeof(float)
+                                                : 0);
     job->need = need;
     if (have && need > have) {
         g_set_error(error, CORE_ERROR, CORE_ERROR_EXECUTION,
@@ -1126,6 +1158,25 @@ static gboolean generate(Job *job, GError **error)
     return FALSE;
 }
 
+/* The GEGL sampler of the plug-in's context's interpolation, GIMP's default
+ * (Preferences, Tool Options) unless a script set another: what GIMP's own
+ * Scale Layer would use. */
+static GeglSamplerType context_sampler(void)
+{
+    switch (gimp_context_get_interpolation()) {
+    case GIMP_INTERPOLATION_NONE:
+        return GEGL_SAMPLER_NEAREST;
+    case GIMP_INTERPOLATION_LINEAR:
+        return GEGL_SAMPLER_LINEAR;
+    case GIMP_INTERPOLATION_NOHALO:
+        return GEGL_SAMPLER_NOHALO;
+    case GIMP_INTERPOLATION_LOHALO:
+        return GEGL_SAMPLER_LOHALO;
+    default:
+        return GEGL_SAMPLER_CUBIC;
+    }
+}
+
 /* A new layer holding result i, not yet in the image; CORE_NO_LAYER on
  * failure. */
 static CoreLayer make_layer(Job *job, gint i, GError **error)
@@ -1133,8 +1184,8 @@ static CoreLayer make_layer(Job *job, gint i, GError **error)
     const diffuse_image *img = &job->images[i];
     gboolean gray = compat_image_base_type(job->image) == GIMP_GRAY;
     gboolean i2i = job->mode == CORE_IMG2IMG;
-    gint w = i2i ? job->region.width : img->width;
-    gint h = i2i ? job->region.height : img->height;
+    gint w = i2i ? job->region.width : job->target_w;
+    gint h = i2i ? job->region.height : job->target_h;
     gchar *name = core_layer_name(job->s.prompt, img->seed);
     gchar *text = core_parameters_text(&job->s, job->mode, img->seed, img->width, img->height);
     CoreLayer layer;
@@ -1152,7 +1203,9 @@ static CoreLayer make_layer(Job *job, gint i, GError **error)
         compat_layer_delete(layer);
         return CORE_NO_LAYER;
     }
-    if (!i2i)
+    if (!i2i && (w != img->width || h != img->height))
+        pixels_write_scaled(layer, img, w, h, context_sampler());
+    else if (!i2i)
         pixels_write_image(layer, img);
     compat_layer_set_offsets(layer, i2i ? job->region.x : job->place_x,
                              i2i ? job->region.y : job->place_y);
@@ -1165,14 +1218,19 @@ static CoreLayer make_layer(Job *job, gint i, GError **error)
 }
 
 /* Text to Image's layers are centred on the selection's bounds, or on the
- * image without a selection (a larger layer overhangs it evenly). */
+ * image without a selection (a larger layer overhangs it evenly); scaled
+ * (core_scale_arg), they are the image or the selection's bounds (the image
+ * without a selection). */
 static void place(Job *job)
 {
     gint x1 = 0, y1 = 0, x2 = compat_image_width(job->image), y2 = compat_image_height(job->image);
 
-    compat_selection_bounds(job->image, &x1, &y1, &x2, &y2);
-    job->place_x = x1 + (x2 - x1 - job->s.width) / 2;
-    job->place_y = y1 + (y2 - y1 - job->s.height) / 2;
+    if (job->s.scale_to != CORE_SCALE_IMAGE)
+        compat_selection_bounds(job->image, &x1, &y1, &x2, &y2);
+    job->target_w = job->s.scale_to == CORE_SCALE_NONE ? job->s.width : x2 - x1;
+    job->target_h = job->s.scale_to == CORE_SCALE_NONE ? job->s.height : y2 - y1;
+    job->place_x = x1 + (x2 - x1 - job->target_w) / 2;
+    job->place_y = y1 + (y2 - y1 - job->target_h) / 2;
 }
 
 /* Stage 4: every layer is made first; only then does the image change, in

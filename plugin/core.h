@@ -94,6 +94,32 @@ extern const CoreArg core_padding_arg;
  * choice after padding); the dialogs of both GIMPs. */
 extern const CoreArg core_masked_arg;
 
+/* Text to Image: what the new layers are scaled to once generated, with
+ * GIMP's own resampling (GEGL, the interpolation of the plug-in's context:
+ * the painter's default, or what a script set with
+ * gimp-context-set-interpolation), instead of generating at a huge size:
+ * the generated size (no scaling, the default), the image, or the selection's
+ * bounds (the image without a selection). The layer fills the target: the
+ * picture is scaled, its aspect kept, until it covers the target, centred,
+ * and what overflows is cut (a 64x64 picture for a 200x120 image: 200x200,
+ * rows 40 to 159 kept), so that it is exactly the target's size and place
+ * and never distorted; a size in the target's proportions loses nothing.
+ * GIMP 3.0's named argument scale-to (a choice: generated, image,
+ * selection); GIMP 2.10's plug-in-diffuse-txt2img-ext2 (0, 1, 2); the
+ * dialogs of both GIMPs. */
+typedef enum { CORE_SCALE_NONE, CORE_SCALE_IMAGE, CORE_SCALE_SELECTION } CoreScaleTo;
+#define CORE_SCALE_KINDS 3
+extern const CoreArg core_scale_arg;
+/* The labels of the dialogs' menu, in CoreScaleTo's order (N_(): translate
+ * them with _()), and the PDB's names of GIMP 3.0's choice. */
+extern const gchar *const core_scale_labels[CORE_SCALE_KINDS];
+extern const gchar *const core_scale_names[CORE_SCALE_KINDS];
+/* The scaling of a w x h picture to a target_w x target_h target: scaled to
+ * *scaled_w x *scaled_h (aspect kept, covering the target), of which the
+ * target_w x target_h rectangle at (*crop_x, *crop_y) is kept. */
+void core_scale_cover(gint w, gint h, gint target_w, gint target_h, gint *scaled_w, gint *scaled_h,
+                      gint *crop_x, gint *crop_y);
+
 /* The samplers the dialogs offer and the sampler argument takes: each of the
  * engine's by its name ("euler_a"), and those that take Karras sigmas also
  * with CORE_KARRAS_SUFFIX ("dpmpp_2m_karras"), in the engine's order, each
@@ -146,6 +172,7 @@ typedef struct {
     gint32 area;               /* img2img: a CoreArea, core_area_arg */
     gint32 padding;            /* img2img, selected area: pixels around the selection */
     gint32 masked_content;     /* img2img: a diffuse_masked_content, core_masked_arg */
+    gint32 scale_to;           /* txt2img: a CoreScaleTo, core_scale_arg */
 } CoreSettings;
 
 /* Error codes in CORE_ERROR; front ends map them to PDB statuses. */

@@ -155,6 +155,13 @@ static void dump_choices(GtkWidget *widget, FILE *f)
         first = FALSE;
     }
     fputs("\n", f);
+    if (gtk_combo_box_get_active_iter(GTK_COMBO_BOX(widget), &iter)) { /* the one shown */
+        gchar *label = NULL;
+
+        gtk_tree_model_get(model, &iter, column, &label, -1);
+        fprintf(f, "active\t%s\n", label ? label : "");
+        g_free(label);
+    }
 }
 
 /* A field a painter fills in: text, a number, a menu or a check box. */

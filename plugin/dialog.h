@@ -90,7 +90,8 @@ void dialog_size_note_update(GtkWidget *label, const diffuse_model *model, gint 
  * "ok<tab>sensitive" (or insensitive), the tooltip of every widget the dialog
  * shows, one a line ("TYPE<tab>TOOLTIP"; "untipped<tab>TYPE" for a field
  * shown without one, its own or its container's), what each menu offers
- * ("choices<tab>A|B|...") and the text of its own lines ("diffuse-model-info<tab>
+ * ("choices<tab>A|B|...") and the choice it shows ("active<tab>B"), and the text
+ * of its own lines ("diffuse-model-info<tab>
  * TEXT"): what a painter sees there, for the dialog tests. */
 void dialog_dump_tooltips(GtkWidget *dialog);
 

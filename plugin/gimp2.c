@@ -13,7 +13,10 @@
  *       target-height (SDXL size conditioning), empty-negative and
  *       fast-decoder (core.h);
  *       GIMP 2.10 calls take every argument, so the additions are procedures
- *       of their own and the first two keep their signature.
+ *       of their own and the first two keep their signature;
+ *   plug-in-diffuse-txt2img-ext2: -ext's, then scale-to (0 generated size, 1
+ *       the image, 2 the selection's bounds: core_scale_arg), -ext keeping
+ *       its signature in turn.
  * A LoRA file comes from the dialog's LoRA row (and so RUN-WITH-LAST-VALS);
  * the procedures' arguments stay as they are, and scripts name LoRAs in the
  * prompt, <lora:NAME:WEIGHT> (NAME.safetensors in the LoRA folder, or a path).
@@ -36,6 +39,7 @@
 #define PROC_IMG2IMG "plug-in-diffuse-img2img"
 #define EXT "-ext" /* the extended forms: PROC_TXT2IMG EXT, PROC_IMG2IMG EXT */
 #define N_EXT (CORE_SIZE_COND_ARGS + 2)
+#define EXT2 "-ext2" /* Text to Image's second extended form: -ext's arguments, then scale-to */
 #define PLUG_IN_BINARY "diffuse"
 #define PLUG_IN_ROLE "gimp-diffuse"
 #define MENU_PATH "<Image>/Filters/Diffuse"
@@ -76,13 +80,19 @@ const GimpPlugInInfo PLUG_IN_INFO = {NULL, NULL, query, run};
             "default model)"                                                                       \
     }
 
+/* The scale-to argument of plug-in-diffuse-txt2img-ext2, by number. */
+#define SCALE_BLURB                                                                                \
+    "Scale the new layers with GIMP's resampling (the context's interpolation) to: 0 the "         \
+    "generated size (no scaling), 1 the image, 2 the selection's bounds (the image without a "     \
+    "selection); they fill it, the aspect kept, centred, what overflows cut"
+
 /* One procedure in the Diffuse menu, the two differing only in what is
- * passed, and its extended form (no menu entry): the arguments, then the
- * seven of core.h. */
+ * passed, and its extended forms (no menu entry): the arguments, then the
+ * eight of core.h (-ext), then for Text to Image (ext2) scale-to (-ext2). */
 static void install(const gchar *name, const gchar *blurb, const gchar *help, const gchar *label,
-                    const GimpParamDef *args, gint nargs)
+                    const GimpParamDef *args, gint nargs, gboolean ext2)
 {
-    GimpParamDef *ext = g_new(GimpParamDef, nargs + N_EXT);
+    GimpParamDef *ext = g_new(GimpParamDef, nargs + N_EXT + 1);
     gchar *ext_name = g_strconcat(name, EXT, NULL);
     gchar *ext_help = g_strconcat(help,
                                   " The -ext form takes SDXL's size conditioning, "
@@ -106,6 +116,20 @@ static void install(const gchar *name, const gchar *blurb, const gchar *help, co
                            "RGB*, GRAY*, INDEXED*", GIMP_PLUGIN, nargs + N_EXT, 0, ext, NULL);
     g_free(ext_help);
     g_free(ext_name);
+    if (ext2) {
+        ext_name = g_strconcat(name, EXT2, NULL);
+        ext_help = g_strconcat(help,
+                               " The -ext2 form takes -ext's arguments, then scale-to: the new "
+                               "layers scaled to the image or the selection's bounds.",
+                               NULL);
+        ext[nargs + N_EXT] =
+            (GimpParamDef){GIMP_PDB_INT32, (gchar *)core_scale_arg.name, (gchar *)SCALE_BLURB};
+        gimp_install_procedure(ext_name, blurb, ext_help, CORE_AUTHOR, CORE_COPYRIGHT, CORE_DATE,
+                               NULL, "RGB*, GRAY*, INDEXED*", GIMP_PLUGIN, nargs + N_EXT + 1, 0,
+                               ext, NULL);
+        g_free(ext_help);
+        g_free(ext_name);
+    }
     g_free(ext);
 }
 
@@ -125,12 +149,12 @@ static void query(void)
             "Runs Stable Diffusion inside the plug-in and inserts count new layers of width x "
             "height above the drawable, named \"Diffuse: <prompt> (seed N)\", each with its "
             "settings in the parasite \"diffuse-parameters\".",
-            N_("_Text to Image..."), txt2img_args, G_N_ELEMENTS(txt2img_args));
+            N_("_Text to Image..."), txt2img_args, G_N_ELEMENTS(txt2img_args), TRUE);
     install(PROC_IMG2IMG, "Repaint the selection from a text prompt",
             "Runs Stable Diffusion on the drawable's pixels inside the selection bounds and "
             "inserts the results as new layers at the selection's position, repainted where "
             "the selection is (soft edges blend) and the original pixels elsewhere.",
-            N_("_Image to Image..."), img2img_args, G_N_ELEMENTS(img2img_args));
+            N_("_Image to Image..."), img2img_args, G_N_ELEMENTS(img2img_args), FALSE);
     /* the dialogs' Help button: the page shipped beside the binary */
     gimp_plugin_help_register(CORE_HELP_DOMAIN, help);
     g_free(help);
@@ -158,10 +182,11 @@ static gboolean copy_arg(gchar *dst, gsize size, const gchar *value, const gchar
     return TRUE;
 }
 
-static gboolean settings_from_args(CoreSettings *s, CoreMode mode, gboolean ext, gint nparams,
+/* ext: 0 for the plain procedures, 1 for -ext, 2 for -ext2. */
+static gboolean settings_from_args(CoreSettings *s, CoreMode mode, gint ext, gint nparams,
                                    const GimpParam *p, GError **error)
 {
-    gint base = mode == CORE_TXT2IMG ? 13 : 12, want = base + (ext ? N_EXT : 0);
+    gint base = mode == CORE_TXT2IMG ? 13 : 12, want = base + (ext ? N_EXT : 0) + (ext == 2);
     gint tail = mode == CORE_TXT2IMG ? 11 : 10; /* index of count */
 
     if (nparams != want) {
@@ -184,6 +209,8 @@ static gboolean settings_from_args(CoreSettings *s, CoreMode mode, gboolean ext,
         s->empty_negative = p[base + CORE_SIZE_COND_ARGS].data.d_int32 != 0;
         s->fast_decoder = p[base + CORE_SIZE_COND_ARGS + 1].data.d_int32 != 0;
     }
+    if (ext == 2)
+        s->scale_to = p[base + N_EXT].data.d_int32;
     return copy_arg(s->prompt, sizeof s->prompt, p[3].data.d_string, "prompt", error) &&
            copy_arg(s->negative_prompt, sizeof s->negative_prompt, p[4].data.d_string,
                     "negative-prompt", error) &&
@@ -241,6 +268,7 @@ typedef struct {
     GtkWidget *area;    /* Image to Image: GtkComboBoxText of the CoreArea values */
     GtkObject *padding;
     GtkWidget *masked;      /* Image to Image: GtkComboBoxText of diffuse_masked_content */
+    GtkWidget *scale_to;    /* Text to Image: GtkComboBoxText of the CoreScaleTo values */
     gint unit;              /* Text to Image: sizes are multiples of it, the model's (core.h) */
     GtkWidget *size_note;   /* Text to Image: what a size over the native one costs */
     gint32 image, drawable; /* Image to Image: the selection the area suits */
@@ -429,6 +457,20 @@ static gint add_area_rows(Dialog *d, GtkWidget *table, gint row)
     return row;
 }
 
+/* Text to Image: Scale result into [Generated size|Image|Selection bounds]. */
+static void add_scale_row(Dialog *d, GtkWidget *table, gint row)
+{
+    gchar *label = g_strconcat(_(core_scale_arg.label), ":", NULL);
+
+    d->scale_to = gtk_combo_box_text_new(); /* in CoreScaleTo's order */
+    for (gint i = 0; i < CORE_SCALE_KINDS; i++)
+        gtk_combo_box_text_append_text(GTK_COMBO_BOX_TEXT(d->scale_to), _(core_scale_labels[i]));
+    gtk_combo_box_set_active(GTK_COMBO_BOX(d->scale_to), d->s->scale_to);
+    gimp_help_set_help_data(d->scale_to, _(core_scale_arg.blurb), NULL);
+    gimp_table_attach_aligned(GTK_TABLE(table), 0, row, label, 0.0, 0.5, d->scale_to, 2, FALSE);
+    g_free(label);
+}
+
 static void add_seed_row(Dialog *d, GtkWidget *table, gint row)
 {
     GtkWidget *seed;
@@ -499,6 +541,7 @@ static GtkWidget *make_table(Dialog *d)
         gtk_table_attach(GTK_TABLE(table), d->size_note, 1, 3, row, row + 1, GTK_EXPAND | GTK_FILL,
                          GTK_FILL, 0, 0);
         row++;
+        add_scale_row(d, table, row++);
     } else {
         d->strength = add_scale(table, row++, "S_trength:", s->strength, 0.01, 1, 0.05, 2, 1,
                                 "How much of the selection to repaint: 0.3 keeps the drawing, "
@@ -564,6 +607,8 @@ static void read_settings(CoreSettings *s, gpointer data)
     if (d->mode == CORE_TXT2IMG) {
         s->width = core_round_to(gtk_adjustment_get_value(GTK_ADJUSTMENT(d->width)), d->unit);
         s->height = core_round_to(gtk_adjustment_get_value(GTK_ADJUSTMENT(d->height)), d->unit);
+        s->scale_to =
+            CLAMP(gtk_combo_box_get_active(GTK_COMBO_BOX(d->scale_to)), 0, CORE_SCALE_KINDS - 1);
     } else {
         s->strength = gtk_adjustment_get_value(GTK_ADJUSTMENT(d->strength));
         s->area = gtk_combo_box_get_active(GTK_COMBO_BOX(d->area)) == 1 ? CORE_AREA_SELECTED
@@ -684,7 +729,11 @@ static gboolean get_settings(CoreSettings *s, CoreMode mode, const gchar *proc, 
         return TRUE;
 
     case GIMP_RUN_NONINTERACTIVE:
-        return settings_from_args(s, mode, g_str_has_suffix(proc, EXT), nparams, param, error);
+        return settings_from_args(s, mode,
+                                  g_str_has_suffix(proc, EXT2)  ? 2
+                                  : g_str_has_suffix(proc, EXT) ? 1
+                                                                : 0,
+                                  nparams, param, error);
 
     case GIMP_RUN_WITH_LAST_VALS:
         load_last_values(s, mode);

@@ -15,10 +15,12 @@
  * fast-decoder, lora and lora-weight (core.h), and for img2img last
  * inpaint-area (a choice, "whole-layer" by default, or "selected-area"),
  * padding (core.h, CoreArea) and masked-content (a choice, "original" by
- * default, or "latent-noise": core_masked_arg), with defaults: GIMP 3 calls
- * name their arguments, so calls without them keep working.
- * plug-in-diffuse-txt2img-ext and -img2img-ext are the same procedures under
- * the names GIMP 2.10 gives its extended forms.
+ * default, or "latent-noise": core_masked_arg), and for txt2img last
+ * scale-to (a choice, "generated" by default, "image" or "selection":
+ * core_scale_arg), with defaults: GIMP 3 calls name their arguments, so
+ * calls without them keep working.
+ * plug-in-diffuse-txt2img-ext, -txt2img-ext2 and -img2img-ext are the same
+ * procedures under the names GIMP 2.10 gives its extended forms.
  * The results go above the first drawable; txt2img also runs with none (on
  * top of the image), img2img needs exactly one. The procedure config keeps
  * the last values (GIMP saves them after a successful interactive run), with
@@ -42,6 +44,10 @@
 #define PROC_TXT2IMG "plug-in-diffuse-txt2img"
 #define PROC_IMG2IMG "plug-in-diffuse-img2img"
 #define EXT "-ext"
+#define EXT2 "-ext2"
+/* core_scale_arg's label with a mnemonic of its own: Alt+L is the dialog's
+ * Load Saved Settings here */
+#define SCALE_LABEL N_("Scale result i_nto")
 #define PLUG_IN_BINARY "diffuse"
 #define MENU_PATH "<Image>/Filters/Diffuse"
 
@@ -104,6 +110,7 @@ static GList *diffuse_query_procedures(GimpPlugIn *plug_in)
     names = g_list_append(names, g_strdup(PROC_TXT2IMG));
     names = g_list_append(names, g_strdup(PROC_IMG2IMG));
     names = g_list_append(names, g_strconcat(PROC_TXT2IMG, EXT, NULL));
+    names = g_list_append(names, g_strconcat(PROC_TXT2IMG, EXT2, NULL));
     return g_list_append(names, g_strconcat(PROC_IMG2IMG, EXT, NULL));
 }
 
@@ -135,6 +142,16 @@ static GimpChoice *masked_choice(void)
     return gimp_choice_new_with_values("original", DIFFUSE_MASKED_ORIGINAL, "Original", NULL,
                                        "latent-noise", DIFFUSE_MASKED_LATENT_NOISE, "Latent noise",
                                        NULL, NULL);
+}
+
+/* Text to Image's scaling (core_scale_arg), by the names the PDB takes. */
+static GimpChoice *scale_choice(void)
+{
+    GimpChoice *choice = gimp_choice_new();
+
+    for (gint i = 0; i < CORE_SCALE_KINDS; i++)
+        gimp_choice_add(choice, core_scale_names[i], i, _(core_scale_labels[i]), NULL);
+    return choice;
 }
 
 /* prompt, negative-prompt, seed, steps, guidance, sampler */
@@ -211,12 +228,13 @@ static void add_tail_arguments(GimpProcedure *p, const CoreSettings *d)
 static GimpProcedure *diffuse_create_procedure(GimpPlugIn *plug_in, const gchar *name)
 {
     CoreMode mode = g_str_has_prefix(name, PROC_IMG2IMG) ? CORE_IMG2IMG : CORE_TXT2IMG;
-    const gboolean ext = g_str_has_suffix(name, EXT);
+    const gboolean ext = g_str_has_suffix(name, EXT) || g_str_has_suffix(name, EXT2);
     CoreSettings *d; /* the defaults: the core's */
     GimpProcedure *p;
 
     if (strcmp(name, PROC_TXT2IMG) && strcmp(name, PROC_IMG2IMG) &&
-        strcmp(name, PROC_TXT2IMG EXT) && strcmp(name, PROC_IMG2IMG EXT))
+        strcmp(name, PROC_TXT2IMG EXT) && strcmp(name, PROC_TXT2IMG EXT2) &&
+        strcmp(name, PROC_IMG2IMG EXT))
         return NULL;
     d = g_new(CoreSettings, 1);
     core_settings_default(d);
@@ -278,7 +296,10 @@ static GimpProcedure *diffuse_create_procedure(GimpPlugIn *plug_in, const gchar 
         gimp_procedure_add_choice_argument(p, core_masked_arg.name, core_masked_arg.label,
                                            core_masked_arg.blurb, masked_choice(), "original",
                                            G_PARAM_READWRITE);
-    }
+    } else /* last, so that no argument moves */
+        gimp_procedure_add_choice_argument(p, core_scale_arg.name, _(SCALE_LABEL),
+                                           _(core_scale_arg.blurb), scale_choice(),
+                                           core_scale_names[CORE_SCALE_NONE], G_PARAM_READWRITE);
     g_free(d);
     return p;
 }
@@ -309,9 +330,10 @@ static gboolean settings_from_config(CoreSettings *s, CoreMode mode, GimpProcedu
 {
     g_object_get(config, "seed", &s->seed, "last-seed", &s->last_seed, "steps", &s->steps,
                  "guidance", &s->guidance, "count", &s->count, NULL);
-    if (mode == CORE_TXT2IMG)
+    if (mode == CORE_TXT2IMG) {
         g_object_get(config, "width", &s->width, "height", &s->height, NULL);
-    else {
+        s->scale_to = gimp_procedure_config_get_choice_id(config, core_scale_arg.name);
+    } else {
         g_object_get(config, "strength", &s->strength, core_padding_arg.name, &s->padding, NULL);
         s->area = gimp_procedure_config_get_choice_id(config, core_area_arg.name);
         s->masked_content = gimp_procedure_config_get_choice_id(config, core_masked_arg.name);
@@ -741,8 +763,8 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
     add_lora_row(dialog, &d);
     if (mode == CORE_TXT2IMG)
         gimp_procedure_dialog_fill(dialog, prompt, negative, "seed-row", "steps", "guidance",
-                                   "sampler-choice", "width", "size-box", "count",
-                                   core_fast_decoder_arg.name, "model-box", "lora-row",
+                                   "sampler-choice", "width", "size-box", core_scale_arg.name,
+                                   "count", core_fast_decoder_arg.name, "model-box", "lora-row",
                                    core_lora_weight_arg.name, add_sdxl(dialog), NULL);
     else
         gimp_procedure_dialog_fill(dialog, prompt, negative, "seed-row", "steps", "guidance",

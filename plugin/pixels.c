@@ -297,6 +297,38 @@ void pixels_write_image(CoreLayer layer, const diffuse_image *image)
     g_object_unref(buffer); /* flushes the tiles to GIMP */
 }
 
+void pixels_write_scaled(CoreLayer layer, const diffuse_image *image, gint target_w, gint target_h,
+                         GeglSamplerType sampler)
+{
+    GeglBuffer *layer_buffer = compat_drawable_buffer(compat_layer_drawable(layer));
+    GeglBuffer *source = gegl_buffer_new(GEGL_RECTANGLE(0, 0, image->width, image->height),
+                                         babl_format("RaGaBaA float"));
+    GeglNode *graph = gegl_node_new();
+    GeglNode *read, *scale, *shift, *crop, *write;
+    gint scaled_w, scaled_h, crop_x, crop_y;
+
+    core_scale_cover(image->width, image->height, target_w, target_h, &scaled_w, &scaled_h, &crop_x,
+                     &crop_y);
+    gegl_buffer_set(source, GEGL_RECTANGLE(0, 0, image->width, image->height), 0,
+                    babl_format("R'G'B' float"), image->pixels, GEGL_AUTO_ROWSTRIDE);
+    read = gegl_node_new_child(graph, "operation", "gegl:buffer-source", "buffer", source, NULL);
+    /* clamped: the picture's edges stay opaque, as GIMP's Scale Layer keeps them */
+    scale = gegl_node_new_child(graph, "operation", "gegl:scale-size", "x", (gdouble)scaled_w, "y",
+                                (gdouble)scaled_h, "sampler", sampler, "abyss-policy",
+                                GEGL_ABYSS_CLAMP, NULL);
+    shift = gegl_node_new_child(graph, "operation", "gegl:translate", "x", (gdouble)-crop_x, "y",
+                                (gdouble)-crop_y, NULL);
+    crop = gegl_node_new_child(graph, "operation", "gegl:crop", "width", (gdouble)target_w,
+                               "height", (gdouble)target_h, NULL);
+    write =
+        gegl_node_new_child(graph, "operation", "gegl:write-buffer", "buffer", layer_buffer, NULL);
+    gegl_node_link_many(read, scale, shift, crop, write, NULL);
+    gegl_node_process(write);
+    g_object_unref(graph);
+    g_object_unref(source);
+    g_object_unref(layer_buffer); /* flushes the tiles to GIMP */
+}
+
 /* blend [n, 4] = orig over which gen is laid with coverage m, in
  * premultiplied terms so that transparent originals do not leak colour:
  * a = a0 (1 - m) + m,  rgb = (rgb0 a0 (1 - m) + gen m) / a.

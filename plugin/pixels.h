@@ -63,6 +63,12 @@ void pixels_region_free(PixelsRegion *region);
 /* Writes a txt2img result into a new layer of the same size; GEGL converts
  * RGB to the layer's type (RGB or grey) and precision. */
 void pixels_write_image(CoreLayer layer, const diffuse_image *image);
+/* Writes a txt2img result into a new layer of target_w x target_h, scaled by
+ * GEGL with sampler to cover it, aspect kept, centred, what overflows cut
+ * (core_scale_cover()); the pixels are resampled as GIMP scales layers, in
+ * linear premultiplied light, the picture's edges clamped. */
+void pixels_write_scaled(CoreLayer layer, const diffuse_image *image, gint target_w, gint target_h,
+                         GeglSamplerType sampler);
 /* Writes an img2img result: the engine output scaled back to the region and
  * blended with the original by the soft mask, out = orig (1 - m) + gen m, so
  * that pixels outside the selection are the original bytes. */

@@ -230,7 +230,7 @@ if [ "$GIMP_GENERATION" = 2 ]; then
               (out "arg" proc i (car a) (cadr a))
               (loop (+ i 1)))))))
   '("plug-in-diffuse-txt2img" "plug-in-diffuse-img2img" "plug-in-diffuse-txt2img-ext"
-    "plug-in-diffuse-img2img-ext"))
+    "plug-in-diffuse-img2img-ext" "plug-in-diffuse-txt2img-ext2"))
 EOF
     # the PDB contract: names, order and types (0 INT32, 3 FLOAT, 4 STRING, 13 IMAGE, 16 DRAWABLE)
     T2I="0 run-mode|13 image|16 drawable|4 prompt|4 negative-prompt|0 seed|0 steps|3 guidance|4 sampler|0 width|0 height|0 count|4 model"
@@ -238,6 +238,8 @@ EOF
     # the extended forms: the same, then SDXL's conditioning (GIMP 2.10 calls
     # give every argument, so the old procedures keep their signature)
     EXT="0 original-width|0 original-height|0 crop-left|0 crop-top|0 target-width|0 target-height|0 empty-negative|0 fast-decoder"
+    # Text to Image's second extended form: -ext's, then scale-to (-ext keeps its signature)
+    EXT2="$T2I|$EXT|0 scale-to"
 else
     gimp_case startup "start-up: GIMP registers the plug-in" <<EOF
 (out "started")
@@ -245,7 +247,8 @@ EOF
     # GIMP 3.0's Script-Fu cannot read a procedure's argument specs; GIMP's
     # own record of them (pluginrc) has names, order, types, ranges, defaults
     $CHECK pdb-args "$profile/pluginrc" plug-in-diffuse-txt2img plug-in-diffuse-img2img \
-        plug-in-diffuse-txt2img-ext plug-in-diffuse-img2img-ext >>"$dir/out.txt"
+        plug-in-diffuse-txt2img-ext plug-in-diffuse-img2img-ext plug-in-diffuse-txt2img-ext2 \
+        >>"$dir/out.txt"
     SAMPLERS="gchararray euler_a"
     HEAD='run-mode GimpRunMode 1|image GimpImage 0|drawables GimpCoreObjectArray GimpDrawable|prompt gchararray ""|negative-prompt gchararray ""|seed gint -1 2147483647 -1|steps gint 1 1000 20|guidance gdouble 0 100 7.5'
     # SDXL's conditioning after model: named arguments, so calls without them work
@@ -254,11 +257,14 @@ EOF
     XLARGS="$XLARGS|lora gchararray \"\"|lora-weight gdouble -10 10 1"
     T2I="$HEAD|sampler $SAMPLERS|width gint 0 4096 0|height gint 0 4096 0|count gint 1 100 1|model gchararray \"\"|$XLARGS"
     I2I="$HEAD|sampler $SAMPLERS|strength gdouble 0 1 0.75|count gint 1 100 1|model gchararray \"\"|$XLARGS"
+    # Text to Image's scaling of the result (a choice), last
+    T2I="$T2I|scale-to gchararray generated generated image selection"
     # Image to Image's inpaint area (a choice) and padding, last
     I2I="$I2I|inpaint-area gchararray whole-layer whole-layer selected-area|padding gint 0 1024 32"
     # and what the selection starts from, A1111's masked content
     I2I="$I2I|masked-content gchararray original original latent-noise"
     EXT=""
+    EXT2=$T2I
     expect "sensitivity plug-in-diffuse-txt2img 13" "txt2img is not for one, several or no drawables"
     expect "sensitivity plug-in-diffuse-img2img 1" "img2img is not for exactly one drawable"
 fi
@@ -276,6 +282,7 @@ expect_args plug-in-diffuse-txt2img "$T2I"
 expect_args plug-in-diffuse-img2img "$I2I"
 expect_args plug-in-diffuse-txt2img-ext "$T2I${EXT:+|$EXT}"
 expect_args plug-in-diffuse-img2img-ext "$I2I${EXT:+|$EXT}"
+expect_args plug-in-diffuse-txt2img-ext2 "$EXT2"
 # the attribution: the project's authors, the copyright year, not placeholders
 for label in '"_Text to Image..."' '"_Image to Image..."' '(menu-path "<Image>/Filters/Diffuse")' \
     '"RGB*, GRAY*, INDEXED*"' '"Diffuse developers"' '"Copyright 2026 Diffuse developers"' \
@@ -294,12 +301,12 @@ help_dir=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.unquote(sys.
 [ -f "$help_dir/en/gimp-help.xml" ]
 check $? "$case_title: the help domain '$help_uri' has no en/gimp-help.xml"
 for proc in plug-in-diffuse-txt2img plug-in-diffuse-img2img plug-in-diffuse-txt2img-ext \
-    plug-in-diffuse-img2img-ext; do
+    plug-in-diffuse-img2img-ext plug-in-diffuse-txt2img-ext2; do
     page=$(sed -n "s/.*help-id=\"$proc\" help-page=\"\([^\"]*\)\".*/\1/p" "$help_dir/en/gimp-help.xml" 2>/dev/null)
     [ -n "$page" ] && grep -q "id=\"${page#*#}\"" "$help_dir/en/${page%%#*}"
     check $? "$case_title: no help page for $proc ('$page')"
 done
-for field in prompt negative-prompt seed guidance strength sizes model; do
+for field in prompt negative-prompt seed guidance strength sizes scale-to model; do
     grep -q "id=\"$field\"" "$help_dir/en/index.html" 2>/dev/null
     check $? "$case_title: the help page does not explain $field"
 done
@@ -352,6 +359,76 @@ check $? "$case_title: the layer without a selection is $got, want 32x48 at 16,8
 got="$(layer_field after 1 4)x$(layer_field after 1 5) at $(layer_field after 1 6),$(layer_field after 1 7)"
 [ "$got" = "16x24 at 42,-2" ]
 check $? "$case_title: the layer on the selection 20x12 at 40,4 is $got, want 16x24 at 42,-2"
+case_end
+
+# ------------------------------------------------------------------ 1c. scaled
+
+# scale-to (2.10: plug-in-diffuse-txt2img-ext2, by number; 3.0: the choice):
+# the 64x64 picture scaled with GIMP's resampling, the context's
+# interpolation, to fill the image or the selection's bounds, aspect kept,
+# centred, the overflow cut
+scale_call() { # scale_call IMG generated|image|selection [MODEL]
+    if [ "$GIMP_GENERATION" = 2 ]; then
+        case $2 in generated) to=0 ;; image) to=1 ;; *) to=2 ;; esac
+        diffuse_call RUN-NONINTERACTIVE plug-in-diffuse-txt2img-ext2 "$1" "(background $1)" \
+            prompt="\"$PROMPT\"" negative-prompt='""' seed=7 steps=4 guidance=7.5 \
+            sampler='"euler_a"' width=64 height=64 count=1 model="\"${3-$MODEL}\"" \
+            original-width=0 original-height=0 crop-left=0 crop-top=0 target-width=0 \
+            target-height=0 empty-negative=FALSE fast-decoder=FALSE scale-to=$to
+    else
+        diffuse_call RUN-NONINTERACTIVE plug-in-diffuse-txt2img "$1" "(background $1)" \
+            prompt="\"$PROMPT\"" negative-prompt='""' seed=7 steps=4 guidance=7.5 \
+            sampler='"euler_a"' width=64 height=64 count=1 model="\"${3-$MODEL}\"" \
+            scale-to="\"$2\""
+    fi
+}
+gimp_case scale "1c txt2img scaled to the image, the selection's bounds, none; a failure" <<EOF
+(let* ((img (new-image RGB 192 96)))
+  (signature img "before")
+  (try "missing" (lambda () $(scale_call img image /no/such/model)))
+  (signature img "after")
+  (try "plain" (lambda () $(scale_call img generated)))
+  (try "image" (lambda () $(scale_call img image)))
+  (gimp-context-set-interpolation INTERPOLATION-NONE)
+  (try "nearest" (lambda () $(scale_call img image)))
+  (gimp-image-select-rectangle img CHANNEL-OP-REPLACE 30 20 100 50)
+  (try "selection" (lambda () $(scale_call img selection)))
+  (gimp-selection-none img)
+  (try "unselected" (lambda () $(scale_call img selection)))
+  (signature img "scaled"))
+EOF
+expect "status missing error" "a call with a missing model did not fail"
+unchanged
+for t in plain image nearest selection unselected; do
+    expect "status $t ok" "the $t call failed: $(grep "^message $t" "$dir/out.txt")"
+done
+expect "count scaled 6" "the five calls did not make five layers"
+# each above the background, the first made on top: plain, image, nearest,
+# selection, unselected; the name and the parameters (Size: the generated
+# size) as unscaled (GIMP adds " #N" to a name taken)
+for want in "0 64x64 at 64,16" "1 192x96 at 0,0" "2 192x96 at 0,0" "3 100x50 at 30,20" \
+    "4 192x96 at 0,0"; do
+    i=${want%% *}
+    got="$i $(layer_field scaled "$i" 4)x$(layer_field scaled "$i" 5) at $(layer_field scaled "$i" 6),$(layer_field scaled "$i" 7)"
+    [ "$got" = "$want" ]
+    check $? "$case_title: layer $got, want $want"
+    case $(layer_name scaled "$i") in
+    "Diffuse: $PROMPT (seed 7)" | "Diffuse: $PROMPT (seed 7) #"*) pass ;;
+    *) fail "$case_title: layer $i is named '$(layer_name scaled "$i")'" ;;
+    esac
+    tr -d '\000' <"$dir/scaled-$i-parameters.txt" | grep -q "^$PARAMS_TAIL, Seed: 7, Size: 64x64, Model: $MODEL_NAME, RNG: NV\$"
+    check $? "$case_title: layer $i's parameters: $(tr -d '\000' <"$dir/scaled-$i-parameters.txt" | tail -n 1)"
+done
+# 64x64 to cover 192x96: 192x192, rows 48 on kept; nearest (INTERPOLATION-NONE
+# set by the script) copies the picture's pixels in 3x3 blocks, GIMP's default
+# interpolation blends them
+r=$($CHECK scaled "$dir/scaled-0.raw" 64 64 "$dir/scaled-2.raw" 192 96 3 0 48 nearest)
+check $? "$case_title: the image scaled with INTERPOLATION-NONE is not the picture in 3x3 blocks: $r"
+r=$($CHECK scaled "$dir/scaled-0.raw" 64 64 "$dir/scaled-1.raw" 192 96 3 0 48)
+check $? "$case_title: the image scaled with the default interpolation is not the picture smoothly enlarged: $r"
+pixels "the layer on the selection" "$dir/scaled-3.raw" 4
+cmp -s "$dir/scaled-4.raw" "$dir/scaled-2.raw"
+check $? "$case_title: selection bounds without a selection are not the image"
 case_end
 
 # ------------------------------------------------------------------ 2. img2img

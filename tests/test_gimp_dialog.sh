@@ -219,6 +219,12 @@ check $? "the model's error is not whole in the info line's tooltip: $(section 3
 expect "broken-layers 2" "the dialog with a model that cannot load changed the image"
 grep -qx "choices	Euler|Euler Karras|Euler a|Euler a Karras|DDIM|DPM++ 2M|DPM++ 2M Karras|LCM|PLMS" "$tmp/dump.txt"
 check $? "the sampler menu does not show the engine's labels: $(grep '^choices' "$tmp/dump.txt" | sort -u | head -3)"
+# Text to Image's "Scale result into" menu: its three choices, Generated size
+# shown (the default: the remembered values have none), and its tooltip
+section 1 | grep -A1 -x "choices	Generated size|Image|Selection bounds" | grep -qx "active	Generated size"
+check $? "Text to Image has no Scale result into menu showing Generated size: $(section 1 | grep -A1 '^choices' | tr '\n' '|')"
+section 1 | grep -q "	Text to Image: generate at the width and height, then let GIMP scale the new layers .* to the image or to the selection's bounds (the image when nothing is selected)"
+check $? "the Scale result into menu has not its tooltip: $(section 1 | grep -i scale)"
 # every field the dialogs showed has a tooltip (its own or its row's)
 [ -s "$tmp/dump.txt" ] && ! grep '^untipped' "$tmp/dump.txt"
 check $? "fields above are shown without a tooltip"

@@ -17,6 +17,12 @@
         Two RGBA dumps of one size: RESULT's alpha is ORIG's, byte for byte,
         ORIG has transparent and opaque pixels (a text layer), and RESULT's
         colour differs from ORIG's where ORIG is opaque.
+    check.py scaled ORIG ORIG_W ORIG_H RESULT RESULT_W RESULT_H F X Y [nearest]
+        Two RGBA dumps: RESULT is ORIG scaled by the integer factor F, of
+        which the RESULT_W x RESULT_H rectangle at X, Y was kept: with
+        nearest, each pixel is ORIG's at ((x + X) / F, (y + Y) / F), byte for
+        byte; without, RESULT is opaque and not such blocks (interpolated),
+        yet close to them (mean absolute difference under 16 of 255).
     check.py pdb-args PLUGINRC PROCEDURE...
         GIMP 3.0's record of the procedures' arguments (its pluginrc), one
         line each: "arg PROCEDURE I NAME VALUE-TYPE TAIL", TAIL the range and
@@ -113,6 +119,28 @@ def alpha(orig, result):
     return text, same == len(oa) and moved > 0
 
 
+def scaled(orig, ow, oh, result, rw, rh, f, x0, y0, mode=""):
+    o, _ = load(orig, "u8")
+    r, _ = load(result, "u8")
+    if len(o) != ow * oh * 4 or len(r) != rw * rh * 4:
+        return "sizes %d and %d bytes, want %dx%d and %dx%d RGBA" % (len(o), len(r), ow, oh, rw,
+                                                                    rh), False
+    same, diff = 0, 0
+    for y in range(rh):
+        for x in range(rw):
+            i, j = (y * rw + x) * 4, (((y + y0) // f) * ow + (x + x0) // f) * 4
+            same += r[i:i + 4] == o[j:j + 4]
+            diff += sum(abs(r[i + k] - o[j + k]) for k in range(3))
+    n = rw * rh
+    mean = diff / (3.0 * n)
+    opaque = all(r[i + 3] == 255 for i in range(0, len(r), 4))
+    text = "%d of %d pixels the nearest source pixel's, mean difference %.2f, %s" % (
+        same, n, mean, "opaque" if opaque else "not opaque")
+    if mode == "nearest":
+        return text, same == n
+    return text, opaque and same < n * 0.9 and mean < 16
+
+
 def sexp(text):
     """Parses the S-expressions of a GIMP rc file into nested lists; strings
     become ("str", value) so that they stay apart from symbols."""
@@ -191,6 +219,10 @@ def main(argv):
         text, ok = notblank(argv[1], int(argv[2]), *argv[3:4])
     elif len(argv) == 3 and argv[0] == "alpha":
         text, ok = alpha(argv[1], argv[2])
+    elif len(argv) >= 10 and argv[0] == "scaled":
+        a = argv[1:]
+        text, ok = scaled(a[0], int(a[1]), int(a[2]), a[3], int(a[4]), int(a[5]), int(a[6]),
+                          int(a[7]), int(a[8]), *a[9:10])
     elif len(argv) >= 3 and argv[0] == "pdb-args":
         text, ok = pdb_args(argv[1], argv[2:])
     elif len(argv) >= 11 and argv[0] == "img2img":

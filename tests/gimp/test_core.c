@@ -44,6 +44,7 @@ static void test_settings_round_trip(void)
     a.area = CORE_AREA_SELECTED;
     a.padding = 48;
     a.masked_content = DIFFUSE_MASKED_LATENT_NOISE;
+    a.scale_to = CORE_SCALE_SELECTION;
     text = core_settings_serialize(&a);
     CHECK(strchr(text, '\r') == NULL, "a carriage return was not escaped");
     core_settings_default(&b);
@@ -274,6 +275,44 @@ static void test_area(void)
     expect_invalid(&s, CORE_IMG2IMG, core_masked_arg.name);
     s.masked_content = -1;
     expect_invalid(&s, CORE_IMG2IMG, core_masked_arg.name);
+}
+
+/* Text to Image's scaling to the image or the selection: covers the target,
+ * aspect kept, centred, the overflow cut; a value out of range refused. */
+static void test_scale(void)
+{
+    CoreSettings s;
+    /* w, h, target w, h -> scaled w, h, crop x, y */
+    const int cover[][8] = {
+        {64, 64, 200, 120, 200, 200, 0, 40},   {64, 64, 192, 96, 192, 192, 0, 48},
+        {64, 64, 64, 64, 64, 64, 0, 0},        {512, 512, 100, 50, 100, 100, 0, 25},
+        {64, 32, 100, 100, 200, 100, 50, 0},   {512, 384, 1024, 768, 1024, 768, 0, 0},
+        {64, 64, 1, 3000, 3000, 3000, 1499, 0}};
+
+    for (size_t i = 0; i < G_N_ELEMENTS(cover); i++) {
+        const int *c = cover[i];
+        int w, h, x, y;
+
+        core_scale_cover(c[0], c[1], c[2], c[3], &w, &h, &x, &y);
+        CHECK(w == c[4] && h == c[5] && x == c[6] && y == c[7],
+              "%dx%d to cover %dx%d: %dx%d cropped at %d,%d, want %dx%d at %d,%d", c[0], c[1], c[2],
+              c[3], w, h, x, y, c[4], c[5], c[6], c[7]);
+        CHECK(x >= 0 && y >= 0 && x + c[2] <= w && y + c[3] <= h, "%dx%d: the crop leaves it", c[2],
+              c[3]);
+    }
+    core_settings_default(&s);
+    CHECK(s.scale_to == CORE_SCALE_NONE, "scale-to default %d", s.scale_to);
+    for (gint v = 0; v < CORE_SCALE_KINDS; v++) {
+        s.scale_to = v;
+        CHECK(core_settings_validate(&s, CORE_TXT2IMG, NULL), "scale-to %d refused", v);
+    }
+    s.scale_to = CORE_SCALE_KINDS;
+    expect_invalid(&s, CORE_TXT2IMG, core_scale_arg.name);
+    s.scale_to = -1;
+    expect_invalid(&s, CORE_TXT2IMG, core_scale_arg.name);
+    CHECK(!strcmp(core_scale_names[CORE_SCALE_SELECTION], "selection") &&
+              !strcmp(core_scale_labels[CORE_SCALE_NONE], "Generated size"),
+          "scale-to names and labels");
 }
 
 static void test_resample(void)
@@ -624,6 +663,7 @@ int main(void)
     test_models();
     test_sizes();
     test_area();
+    test_scale();
     test_resample();
     test_texts();
     test_read_own();
