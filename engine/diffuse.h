@@ -49,6 +49,8 @@ typedef enum {
     DIFFUSE_ERR_CANCELLED, /* the progress callback asked to stop */
     DIFFUSE_ERR_NONFINITE, /* a phase's numbers went NaN or infinite (broken weights or
                               settings): stopped, no image made; the message names the phase */
+    DIFFUSE_ERR_INTERNAL,  /* a fault of the engine's own (work memory planned too small): a
+                              bug to report; the message starts "internal:" */
 } diffuse_status;
 
 typedef enum {

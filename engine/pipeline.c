@@ -395,7 +395,7 @@ static diffuse_status preview(diffuse_model *m, const diffuse_run *run, const pi
     if (d->taesd_preview) {
         if (diffuse_taesd_decode(m->taesd, b->pixels, b->latents, run->height, run->width, a, NULL,
                                  err))
-            return DIFFUSE_ERR_MEMORY;
+            return DIFFUSE_ERR_INTERNAL; /* the arena was sized for it */
         w = run->width;
         h = run->height;
         const size_t hw = (size_t)w * h;
@@ -450,7 +450,7 @@ static diffuse_status denoise(diffuse_model *m, const diffuse_run *run, const pi
         }
         const double t0 = diffuse_now(), f0 = a->flops;
         if (unet_passes(m, d, b, a, err))
-            return DIFFUSE_ERR_MEMORY;
+            return DIFFUSE_ERR_INTERNAL; /* sizes and conditioning were checked: a sizing bug */
         if (stats) {
             stats->unet_s += diffuse_now() - t0;
             stats->unet_passes++;
@@ -531,7 +531,9 @@ diffuse_status diffuse_pipeline_run(diffuse_model *m, const diffuse_run *run, di
     if (diffuse_sampler_create(run->sampler, run->karras, &run->schedule, run->steps, strength,
                                d.latent_n, &s, err))
         goto done;
-    st = DIFFUSE_ERR_MEMORY;
+    /* from here on, with the prompts parsed (dims_of) and the memory checked,
+     * a failure is the engine's own: work memory planned too small */
+    st = DIFFUSE_ERR_INTERNAL;
     double t0 = diffuse_now(), unused = 0;
     if (encode_prompts(m, run, &d, &b, &a, err))
         goto done;
@@ -559,7 +561,7 @@ diffuse_status diffuse_pipeline_run(diffuse_model *m, const diffuse_run *run, di
     t0 = diffuse_now();
     f0 = a.flops;
     if (st == DIFFUSE_OK && decode_latents(m, run, &d, &b, &a, pixels_out, err))
-        st = DIFFUSE_ERR_MEMORY;
+        st = DIFFUSE_ERR_INTERNAL;
     count_gflop(&a, f0, run->stats ? &run->stats->vae_gflop : NULL);
     if (st == DIFFUSE_OK && !finite_all(b.pixels, (size_t)3 * run->width * run->height))
         st = nonfinite(err, run->fast_decode ? "image decoder (TAESD)" : "image decoder (VAE)");
@@ -567,7 +569,7 @@ diffuse_status diffuse_pipeline_run(diffuse_model *m, const diffuse_run *run, di
 done:
     if (st == DIFFUSE_OK && a.overflow) { /* a sizing bug: the tests must never see it */
         diffuse_fail(err, "internal: the run's work memory was sized too small");
-        st = DIFFUSE_ERR_MEMORY;
+        st = DIFFUSE_ERR_INTERNAL;
     }
     diffuse_sampler_free(s);
     diffuse_arena_free(&a);
