@@ -369,6 +369,11 @@ typedef struct diffuse_arena {
     double flops; /* dense-equivalent flops of the layers run on it */
 } diffuse_arena;
 
+/* Floats a push of n takes: blocks of 16 (64 bytes), so every buffer is aligned. */
+static inline size_t diffuse_arena_size(size_t n)
+{
+    return (n + 15) & ~(size_t)15;
+}
 int diffuse_arena_init(diffuse_arena *a, size_t floats, char *err);
 /* A dry arena of a large reserved, inaccessible range; -1 when no address
  * space could be reserved. Free with diffuse_arena_free. */

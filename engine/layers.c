@@ -69,7 +69,7 @@ int diffuse_resnet_load(diffuse_resnet *r, diffuse_weights *w, const char *name,
 
 size_t diffuse_wmat_scratch(size_t numel)
 {
-    return (numel + 15) & ~(size_t)15;
+    return diffuse_arena_size(numel);
 }
 
 const float *diffuse_wmat_f32(const diffuse_wmat *m, diffuse_arena *a)

@@ -117,7 +117,7 @@ static size_t buffers_layout(pipe_buffers *b, const pipe_dims *d, const diffuse_
                              float *base)
 {
     size_t off = 0;
-#define TAKE(field, n) (b->field = base ? base + off : NULL, off += ((n) + 15) & ~(size_t)15)
+#define TAKE(field, n) (b->field = base ? base + off : NULL, off += diffuse_arena_size(n))
     TAKE(context, (size_t)d->context_rows * d->ctx);
     TAKE(pooled, (size_t)d->nb * d->pooled);
     TAKE(time_ids, (size_t)d->nb * DIFFUSE_TIME_IDS);

@@ -66,7 +66,7 @@ void diffuse_arena_free(diffuse_arena *a)
 /* Blocks are rounded to 16 floats (64 bytes) so every buffer is aligned. */
 float *diffuse_arena_push(diffuse_arena *a, size_t floats)
 {
-    size_t n = (floats + 15) & ~(size_t)15;
+    size_t n = diffuse_arena_size(floats);
     if (n > a->cap - a->used) {
         a->overflow = true;
         return NULL;
