@@ -103,27 +103,23 @@ void diffuse_clip_free(diffuse_clip *c)
     free(c);
 }
 
-size_t diffuse_clip_workspace(const diffuse_clip *c, int n)
-{
-    const size_t t = DIFFUSE_MAX_TOKENS, d = c->cfg.width;
-    return n * t * (5 * d + c->cfg.intermediate) +
-           diffuse_attention_scratch((int)t, (int)t, (int)d / c->cfg.heads) + 128 +
-           diffuse_wmat_scratch(c->widen_max);
-}
-
 /* x [T, d] += out_proj(attention(q, k, v of ln1(x))), causal. */
 static int clip_attention(const diffuse_clip *c, const clip_block *b, float *x, float *h, float *q,
                           float *k, float *v, float *scratch, diffuse_arena *a)
 {
     const int t = DIFFUSE_MAX_TOKENS, d = c->cfg.width, heads = c->cfg.heads;
-    diffuse_op_layer_norm(h, x, b->ln1.gamma, b->ln1.beta, t, d, c->cfg.eps);
+    if (!a->dry)
+        diffuse_op_layer_norm(h, x, b->ln1.gamma, b->ln1.beta, t, d, c->cfg.eps);
     if (diffuse_linear_forward(&b->q, q, h, t, a) || diffuse_linear_forward(&b->k, k, h, t, a) ||
         diffuse_linear_forward(&b->v, v, h, t, a))
         return -1;
-    diffuse_op_attention(h, q, d, k, v, d, t, t, heads, d / heads, true, scratch);
+    if (!a->dry)
+        diffuse_op_attention(h, q, d, k, v, d, t, t, heads, d / heads, true, scratch);
+    a->flops += diffuse_attention_flops(t, t, d);
     if (diffuse_linear_forward(&b->o, q, h, t, a))
         return -1;
-    diffuse_op_add(x, q, (size_t)t * d);
+    if (!a->dry)
+        diffuse_op_add(x, q, (size_t)t * d);
     return 0;
 }
 
@@ -132,16 +128,20 @@ static int clip_mlp(const diffuse_clip *c, const clip_block *b, float *x, float 
                     diffuse_arena *a)
 {
     const int t = DIFFUSE_MAX_TOKENS, d = c->cfg.width;
-    diffuse_op_layer_norm(h, x, b->ln2.gamma, b->ln2.beta, t, d, c->cfg.eps);
+    if (!a->dry)
+        diffuse_op_layer_norm(h, x, b->ln2.gamma, b->ln2.beta, t, d, c->cfg.eps);
     if (diffuse_linear_forward(&b->fc1, mid, h, t, a))
         return -1;
-    if (c->cfg.gelu)
+    if (a->dry)
+        ;
+    else if (c->cfg.gelu)
         diffuse_op_gelu(mid, (size_t)t * c->cfg.intermediate);
     else
         diffuse_op_quick_gelu(mid, (size_t)t * c->cfg.intermediate);
     if (diffuse_linear_forward(&b->fc2, h, mid, t, a))
         return -1;
-    diffuse_op_add(x, h, (size_t)t * d);
+    if (!a->dry)
+        diffuse_op_add(x, h, (size_t)t * d);
     return 0;
 }
 
@@ -195,14 +195,14 @@ static int clip_run(const diffuse_clip *c, const int32_t *ids, int n, int hidden
     float *v = diffuse_arena_push(a, (size_t)t * d);                     /* [T, d] */
     float *mid = diffuse_arena_push(a, (size_t)t * c->cfg.intermediate); /* [T, 4d] */
     float *scratch = diffuse_arena_push(a, diffuse_attention_scratch(t, t, d / c->cfg.heads));
-    if (!scratch)
+    if (!x || !h || !q || !k || !v || !mid || !scratch)
         return diffuse_fail(err, "internal: text encoder work memory exhausted");
     for (int i = 0; i < n; i++) {
         const int32_t *row = ids + (size_t)i * t;
-        if (clip_embed(c, x, row, err))
+        if (!a->dry && clip_embed(c, x, row, err))
             return -1;
         for (int l = 0; l <= layers; l++) {
-            if (hidden && l == hidden_layer)
+            if (hidden && l == hidden_layer && !a->dry)
                 clip_store(c, hidden + (size_t)i * t * stride, stride, x, hidden_norm, h);
             if (l < layers && (clip_attention(c, &c->blocks[l], x, h, q, k, v, scratch, a) ||
                                clip_mlp(c, &c->blocks[l], x, h, mid, a)))
@@ -210,11 +210,12 @@ static int clip_run(const diffuse_clip *c, const int32_t *ids, int n, int hidden
         }
         if (pooled) { /* transformers: the first place of the end token (0 when none) */
             int e = 0;
-            while (e < t && row[e] != c->cfg.eos_id)
+            while (!a->dry && e < t && row[e] != c->cfg.eos_id)
                 e++;
             e = e < t ? e : 0;
-            diffuse_op_layer_norm(h, x + (size_t)e * d, c->final_ln.gamma, c->final_ln.beta, 1, d,
-                                  c->cfg.eps);
+            if (!a->dry)
+                diffuse_op_layer_norm(h, x + (size_t)e * d, c->final_ln.gamma, c->final_ln.beta, 1,
+                                      d, c->cfg.eps);
             if (diffuse_linear_forward(&c->projection, pooled + (size_t)i * c->cfg.projection, h, 1,
                                        a))
                 return diffuse_fail(err, "internal: text encoder work memory exhausted");
@@ -244,4 +245,40 @@ int diffuse_clip_encode(const diffuse_clip *c, const int32_t *ids, int n, float 
 {
     return clip_run(c, ids, n, c->cfg.hidden_layer, c->cfg.hidden_norm, hidden, stride, pooled, a,
                     err);
+}
+
+/* The encoder run dry on n prompts, every block and the projection when
+ * there is one (the most any output takes): floats pushed at most, (size_t)-1
+ * / 8 when no plan can be made; *flops its flops. */
+static size_t clip_dry(const diffuse_clip *c, int n, double *flops)
+{
+    diffuse_arena a;
+    *flops = 0;
+    if (n < 1 || diffuse_arena_dry(&a))
+        return (size_t)-1 / 8;
+    const size_t t = DIFFUSE_MAX_TOKENS;
+    int32_t *ids = (int32_t *)diffuse_arena_push(&a, (size_t)n * t); /* never touched */
+    float *out = diffuse_arena_push(&a, (size_t)n * t * c->cfg.width);
+    float *pooled = diffuse_arena_push(&a, (size_t)n * (c->cfg.projection + 1));
+    const size_t inputs = a.used;
+    int rc = ids && out && pooled ? clip_run(c, ids, n, c->cfg.layers, true, out, c->cfg.width,
+                                             c->projection.w.data ? pooled : NULL, &a, NULL)
+                                  : -1;
+    size_t need = rc ? (size_t)-1 / 8 : a.peak - inputs;
+    *flops = rc ? 0 : a.flops;
+    diffuse_arena_free(&a);
+    return need;
+}
+
+size_t diffuse_clip_workspace(const diffuse_clip *c, int n)
+{
+    double flops;
+    return clip_dry(c, n, &flops);
+}
+
+double diffuse_clip_flops(const diffuse_clip *c, int n)
+{
+    double flops;
+    clip_dry(c, n, &flops);
+    return flops;
 }

@@ -84,7 +84,7 @@ int diffuse_cond_tokens(const diffuse_model *m, const char *text, int *tokens, c
  * weighted by A1111's emphasis; pooled (SDXL) from the first chunk. Clip skip
  * N (SD 1.x, as A1111 defines it): the state N - 1 blocks before the last,
  * through the final LayerNorm. */
-static int cond_encoder(diffuse_model *m, const diffuse_clip *clip, int width, int col,
+static int cond_encoder(const diffuse_model *m, const diffuse_clip *clip, int width, int col,
                         const diffuse_prompt_chunks *c, int clip_skip, float *context,
                         float *pooled, diffuse_arena *a, char *err)
 {
@@ -99,7 +99,7 @@ static int cond_encoder(diffuse_model *m, const diffuse_clip *clip, int width, i
                                                     out + (size_t)t * ctx, ctx, NULL, a, err))) {
         return -1;
     }
-    for (int k = 0; c->weighted && k < c->count; k++)
+    for (int k = 0; c->weighted && !a->dry && k < c->count; k++)
         diffuse_prompt_emphasis(out + (size_t)k * t * ctx, ctx, width, c->weights + (size_t)k * t);
     return 0;
 }
@@ -113,10 +113,12 @@ bool diffuse_cond_clip_skips(const diffuse_model *m)
            m->clip_cfg.width == diffuse_cond_context_dim(m);
 }
 
-int diffuse_cond_encode(diffuse_model *m, const char *text, int clip_skip, float *context,
+int diffuse_cond_encode(const diffuse_model *m, const char *text, int clip_skip, float *context,
                         float *pooled, diffuse_arena *a, char *err)
 {
     const int ctx = diffuse_cond_context_dim(m), pd = diffuse_cond_pooled_dim(m);
+    if (!text && a->dry)
+        return 0;
     if (!text) { /* force_zeros_for_empty_prompt: no negative prompt at all */
         memset(context, 0, sizeof(float) * DIFFUSE_MAX_TOKENS * ctx);
         if (pooled)

@@ -49,6 +49,8 @@ typedef enum {
     DIFFUSE_ERR_CANCELLED, /* the progress callback asked to stop */
     DIFFUSE_ERR_NONFINITE, /* a phase's numbers went NaN or infinite (broken weights or
                               settings): stopped, no image made; the message names the phase */
+    DIFFUSE_ERR_INTERNAL,  /* a fault of the engine's own (work memory planned too small): a
+                              bug to report; the message starts "internal:" */
 } diffuse_status;
 
 typedef enum {
@@ -291,6 +293,8 @@ typedef struct diffuse_stats {
                               algorithm ran */
     size_t predicted_peak; /* bytes: the peak resident set the memory check predicted */
     size_t peak_rss;       /* bytes: the process's peak resident set when the call ended */
+    double text_gflop;     /* the same count for the text encoders */
+    double vae_gflop;      /* and for the VAE's encode and decode (TAESD's included) */
 } diffuse_stats;
 
 diffuse_request diffuse_request_default(void);
@@ -317,6 +321,21 @@ void diffuse_image_free(diffuse_image *image);
  * run compares this with what the system has available; the process's peak is
  * predicted as its resident set at the start plus this. */
 size_t diffuse_request_memory(const diffuse_model *model, const diffuse_request *req);
+/* What a request costs before it runs: the dense-equivalent GFLOP of each
+ * phase for all its images, counted by running the engine's own code dry
+ * (the layers push their buffers and count their arithmetic, and compute
+ * nothing: the counts a real run's diffuse_stats gets), and the seconds that
+ * should take here: each phase's GFLOP over this machine's sgemm rate
+ * (measured once per process, about 20 ms) times the share of it the phase
+ * reaches (measured on the benchmarks, in generate.c). Previews and loading
+ * are not counted. All 0 for a request diffuse_generate would refuse. */
+typedef struct diffuse_cost {
+    double text_gflop, unet_gflop, vae_gflop;
+    double seconds;
+} diffuse_cost;
+diffuse_cost diffuse_request_cost(const diffuse_model *model, const diffuse_request *req);
+/* diffuse_request_cost(model, req).seconds */
+double diffuse_request_seconds(const diffuse_model *model, const diffuse_request *req);
 /* Memory this machine can give a run, in bytes: /proc/meminfo's MemAvailable,
  * capped by $DIFFUSE_MEMORY_LIMIT_MB where set (for machines shared with other
  * work); 0 when unknown. diffuse_generate refuses a request whose

@@ -353,6 +353,70 @@ size_t diffuse_request_memory(const diffuse_model *m, const diffuse_request *r)
     return need;
 }
 
+/* The share of the sgemm rate each phase reaches, dense-equivalent GFLOP/s
+ * over the rate measured in the same run, from `make bench-sd15` on the
+ * 2-core AVX-512 machine of 2026-12-07 (quiet): the text encoder 0.10 s for
+ * its 2 x 19 GFLOP, a batch-1 UNet pass 0.53-0.56, the VAE decode 0.63-0.79
+ * (0.79 with Winograd). Elementwise work, attention and the sampler are in
+ * them, which is why they are not 1. */
+#define COST_SHARE_TEXT 0.6
+#define COST_SHARE_UNET 0.55
+#define COST_SHARE_VAE 0.7
+
+/* GFLOP/s of the engine's own sgemm (diffuse_gemm, on its pool's threads
+ * as they are set), best of 3 products of 768^3 after one to warm up. */
+static double gemm_rate(void)
+{
+    const int n = 768;
+    float *a = calloc((size_t)3 * n * n, sizeof(float));
+    double best = 0;
+    if (!a)
+        return 0;
+    for (int i = 0; i < 4; i++) {
+        double t0 = diffuse_now();
+        diffuse_gemm(false, false, n, n, n, 1.0f, a, n, a + (size_t)n * n, n, 0.0f,
+                     a + (size_t)2 * n * n, n);
+        double dt = diffuse_now() - t0, r = dt > 0 ? 2.0 * n * n * n / dt * 1e-9 : 0;
+        best = i && r > best ? r : best;
+    }
+    free(a);
+    return best;
+}
+
+diffuse_cost diffuse_request_cost(const diffuse_model *m, const diffuse_request *r)
+{
+    static double rate; /* measured once per process and thread count */
+    static int rate_threads = -1;
+    diffuse_cost c = {0};
+    request_loras l;
+    if (loras_resolve(r, false, &l, NULL) != DIFFUSE_OK)
+        return c;
+    diffuse_pool_set_threads(m->threads);
+    if (check_request(m, r, &l, NULL) == DIFFUSE_OK) {
+        diffuse_run run = run_of(m, r, &l);
+        double phase[DIFFUSE_PHASES];
+        diffuse_pipeline_flops(m, &run, phase);
+        c.text_gflop = r->count * phase[DIFFUSE_PHASE_TEXT] * 1e-9;
+        c.unet_gflop = r->count * phase[DIFFUSE_PHASE_UNET] * 1e-9;
+        c.vae_gflop = r->count * phase[DIFFUSE_PHASE_VAE] * 1e-9;
+        if (rate_threads != diffuse_pool_threads()) {
+            rate = gemm_rate();
+            rate_threads = diffuse_pool_threads();
+        }
+        if (rate > 0)
+            c.seconds = (c.text_gflop / COST_SHARE_TEXT + c.unet_gflop / COST_SHARE_UNET +
+                         c.vae_gflop / COST_SHARE_VAE) /
+                        rate;
+    }
+    loras_close(&l);
+    return c;
+}
+
+double diffuse_request_seconds(const diffuse_model *m, const diffuse_request *r)
+{
+    return diffuse_request_cost(m, r).seconds;
+}
+
 diffuse_status diffuse_generate(diffuse_model *m, const diffuse_request *r, diffuse_image *images,
                                 char *err, size_t err_size)
 {

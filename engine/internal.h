@@ -353,15 +353,31 @@ void diffuse_op_attention_ref(float *out, const float *q, int q_stride, const fl
 /* ------------------------------------------------------------------ arena */
 
 /* Work memory: one block sized up front, handed out by a bump pointer and
- * rewound with mark/reset. Running past the end is reported, never grown. */
+ * rewound with mark/reset. Running past the end is reported, never grown.
+ *
+ * A dry arena (diffuse_arena_dry) is how a pass's memory and flops are
+ * planned: the forward code runs as it does for real, pushing the same
+ * buffers and counting the same flops, but every layer skips its arithmetic
+ * (each compute site tests a->dry). Its buffers are reserved address space
+ * that faults on any touch, so a site that forgot the test fails at once.
+ * The peak it reaches is the workspace of a real pass, by construction. */
 typedef struct diffuse_arena {
     float *base;
     size_t cap, used, peak; /* in floats */
     bool overflow;
+    bool dry;     /* plan only: nothing computed, nothing touched */
     double flops; /* dense-equivalent flops of the layers run on it */
 } diffuse_arena;
 
+/* Floats a push of n takes: blocks of 16 (64 bytes), so every buffer is aligned. */
+static inline size_t diffuse_arena_size(size_t n)
+{
+    return (n + 15) & ~(size_t)15;
+}
 int diffuse_arena_init(diffuse_arena *a, size_t floats, char *err);
+/* A dry arena of a large reserved, inaccessible range; -1 when no address
+ * space could be reserved. Free with diffuse_arena_free. */
+int diffuse_arena_dry(diffuse_arena *a);
 void diffuse_arena_free(diffuse_arena *a);
 float *diffuse_arena_push(diffuse_arena *a, size_t floats); /* NULL on overflow */
 static inline size_t diffuse_arena_mark(const diffuse_arena *a)
@@ -437,8 +453,6 @@ int diffuse_conv2d_forward_pad(const diffuse_conv2d *c, float *y, const float *x
  * passed through SiLU, or NULL). y must not alias x. Scratch from the arena. */
 int diffuse_resnet_forward(const diffuse_resnet *r, float *y, const float *x, const float *temb_act,
                            int n, int h, int w, diffuse_arena *a);
-/* Floats of arena a resnet forward needs at this size. */
-size_t diffuse_resnet_workspace(const diffuse_resnet *r, int n, int h, int w);
 
 /* ------------------------------------------------------------------ model parts */
 
@@ -490,8 +504,12 @@ typedef struct diffuse_unet diffuse_unet;
 int diffuse_unet_load(const diffuse_unet_config *cfg, diffuse_weights *w, diffuse_unet **out,
                       char *err);
 void diffuse_unet_free(diffuse_unet *u);
-/* Arena floats one forward needs for batch n, latent h x w, context tokens t. */
+/* Arena floats one forward needs for batch n, latent h x w, context tokens t,
+ * and its dense-equivalent flops: the forward itself run on a dry arena, so
+ * exactly what a real pass pushes and counts. (size_t)-1 / 8 floats and 0
+ * flops when no plan can be made. */
 size_t diffuse_unet_workspace(const diffuse_unet *u, int n, int h, int w, int tokens);
+double diffuse_unet_flops(const diffuse_unet *u, int n, int h, int w, int tokens);
 /* out [n, out_ch, h, w] = unet(x [n, in_ch, h, w], timestep[n], cond). trace
  * may be NULL. Allocates nothing: all scratch from `a`. */
 int diffuse_unet_forward(const diffuse_unet *u, float *out, const float *x, const float *timestep,
@@ -525,7 +543,10 @@ typedef struct diffuse_clip diffuse_clip;
 int diffuse_clip_load(const diffuse_clip_config *cfg, diffuse_weights *w, diffuse_clip **out,
                       char *err);
 void diffuse_clip_free(diffuse_clip *c);
+/* Arena floats encoding n prompts needs (any output), and its flops: the
+ * encoder run dry on every block. */
 size_t diffuse_clip_workspace(const diffuse_clip *c, int n);
+double diffuse_clip_flops(const diffuse_clip *c, int n);
 /* out [n, 77, width] = final_layer_norm(blocks(embed(ids [n, 77]))) over all
  * cfg.layers blocks, causal mask (transformers' last_hidden_state). */
 int diffuse_clip_forward(const diffuse_clip *c, float *out, const int32_t *ids, int n,
@@ -558,7 +579,11 @@ typedef struct diffuse_vae diffuse_vae;
 int diffuse_vae_load(const diffuse_vae_config *cfg, diffuse_weights *w, diffuse_vae **out,
                      char *err);
 void diffuse_vae_free(diffuse_vae *v);
+/* Arena floats an encode or decode of a height x width image needs (the
+ * larger of the two), and one pass's dense-equivalent flops: the pass run on
+ * a dry arena. 0 for a size the VAE refuses. */
 size_t diffuse_vae_workspace(const diffuse_vae *v, int height, int width);
+double diffuse_vae_flops(const diffuse_vae *v, bool encode, int height, int width);
 /* moments [1, 2*latent, H/f, W/f] = quant_conv(encoder(image [1, 3, H, W] in [-1, 1])):
  * mean then log-variance. Trace names: "encoder.down_blocks.0", "encoder.mid_block",
  * "encoder", "quant_conv". */
@@ -576,6 +601,7 @@ int diffuse_vae_decode(const diffuse_vae *v, float *image, const float *latent, 
  * output rows at a time. -1 when the arena is exhausted. */
 int diffuse_conv_banded(const diffuse_conv2d *c, float *y, const float *x, int h, int w, int up,
                         int stride, bool acc, diffuse_arena *a);
+/* Arena floats one diffuse_conv_banded pushes (it, run dry). */
 size_t diffuse_conv_banded_scratch(const diffuse_conv2d *c, int h, int w, int up, int stride);
 
 /* ------------------------------------------------------------------ TAESD */
@@ -770,7 +796,7 @@ bool diffuse_cond_clip_skips(const diffuse_model *m);
 /* context [tokens, context_dim] (diffuse_cond_tokens) and pooled [pooled_dim]
  * (NULL when 0) for one text, with A1111's weights; text NULL gives the zero
  * conditioning. clip_skip: 0 or 1 none, N > 1 as A1111 (SD 1.x only). */
-int diffuse_cond_encode(diffuse_model *m, const char *text, int clip_skip, float *context,
+int diffuse_cond_encode(const diffuse_model *m, const char *text, int clip_skip, float *context,
                         float *pooled, diffuse_arena *a, char *err);
 /* SDXL's add_time_ids for an image of width x height: original (h, w), crop
  * (top, left), target (h, w), zeros in s meaning the image's own size. */
@@ -837,6 +863,11 @@ diffuse_status diffuse_pipeline_run(diffuse_model *m, const diffuse_run *run, di
 /* Bytes a run adds to the process at its peak: its buffers, the arena and the
  * weights of the phase where the two together peak. */
 size_t diffuse_pipeline_memory(const diffuse_model *m, const diffuse_run *run);
+/* The run's dense-equivalent flops, by phase (phase[DIFFUSE_PHASE_*]), and
+ * their sum. */
+enum { DIFFUSE_PHASE_TEXT, DIFFUSE_PHASE_UNET, DIFFUSE_PHASE_VAE, DIFFUSE_PHASES };
+double diffuse_pipeline_flops(const diffuse_model *m, const diffuse_run *run,
+                              double phase[DIFFUSE_PHASES]);
 
 /* ------------------------------------------------------------------ model */
 

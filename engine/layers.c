@@ -69,7 +69,7 @@ int diffuse_resnet_load(diffuse_resnet *r, diffuse_weights *w, const char *name,
 
 size_t diffuse_wmat_scratch(size_t numel)
 {
-    return (numel + 15) & ~(size_t)15;
+    return diffuse_arena_size(numel);
 }
 
 const float *diffuse_wmat_f32(const diffuse_wmat *m, diffuse_arena *a)
@@ -78,8 +78,8 @@ const float *diffuse_wmat_f32(const diffuse_wmat *m, diffuse_arena *a)
     if (m->in_place && !d)
         return m->data;
     float *f = diffuse_arena_push(a, m->numel);
-    if (!f)
-        return NULL;
+    if (!f || a->dry)
+        return f;
     if (m->in_place) { /* a LoRA changes a copy, never the model */
         memcpy(f, m->data, sizeof(float) * m->numel);
     } else {
@@ -99,7 +99,8 @@ int diffuse_linear_forward(const diffuse_linear *l, float *y, const float *x, in
     const float *w = diffuse_wmat_f32(&l->w, a);
     if (!w)
         return -1;
-    diffuse_op_linear(y, x, w, l->b, rows, l->in, l->out);
+    if (!a->dry)
+        diffuse_op_linear(y, x, w, l->b, rows, l->in, l->out);
     a->flops += 2.0 * rows * l->in * l->out;
     diffuse_arena_reset(a, mark);
     return 0;
@@ -123,7 +124,8 @@ int diffuse_conv2d_forward_pad(const diffuse_conv2d *c, float *y, const float *x
     float *scratch = need ? diffuse_arena_push(a, need) : NULL;
     if (!wf || (need && !scratch))
         return -1;
-    diffuse_op_conv2d(y, x, wf, c->b, &g, n, scratch);
+    if (!a->dry)
+        diffuse_op_conv2d(y, x, wf, c->b, &g, n, scratch);
     a->flops += diffuse_conv_flops(&g, n);
     diffuse_arena_reset(a, mark);
     return 0;
@@ -136,29 +138,20 @@ int diffuse_conv2d_forward(const diffuse_conv2d *c, float *y, const float *x, in
     return diffuse_conv2d_forward_pad(c, y, x, n, h, w, stride, (const int[4]){p, p, p, p}, a);
 }
 
-size_t diffuse_resnet_workspace(const diffuse_resnet *r, int n, int h, int w)
-{
-    size_t cmax = r->cin > r->cout ? r->cin : r->cout;
-    diffuse_conv c1 = diffuse_conv_3x3(r->cin, r->cout, h, w, 1);
-    diffuse_conv c2 = c1;
-    c2.cin = r->cout;
-    size_t s1 = diffuse_conv_scratch(&c1, n), s2 = diffuse_conv_scratch(&c2, n);
-    /* two activations + the larger conv's scratch (+ alignment slack) */
-    return 2 * ((size_t)n * cmax * h * w + 16) + (s1 > s2 ? s1 : s2) + 64 + (size_t)n * r->cout;
-}
-
 /* y = shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(temb)))) */
 int diffuse_resnet_forward(const diffuse_resnet *r, float *y, const float *x, const float *temb_act,
                            int n, int h, int w, diffuse_arena *a)
 {
     const int hw = h * w;
+    const bool run = !a->dry;
     size_t mark = diffuse_arena_mark(a);
     float *t = diffuse_arena_push(a, (size_t)n * r->cin * hw);  /* [n, cin, h, w] */
     float *u = diffuse_arena_push(a, (size_t)n * r->cout * hw); /* [n, cout, h, w] */
     if (!t || !u)
         return -1;
-    diffuse_op_group_norm(t, x, r->norm1.gamma, r->norm1.beta, n, r->cin, hw, r->groups, r->eps,
-                          true);
+    if (run)
+        diffuse_op_group_norm(t, x, r->norm1.gamma, r->norm1.beta, n, r->cin, hw, r->groups, r->eps,
+                              true);
     if (diffuse_conv2d_forward(&r->conv1, u, t, n, h, w, 1, a))
         return -1;
     if (temb_act && r->time_proj.w.data) {
@@ -167,15 +160,16 @@ int diffuse_resnet_forward(const diffuse_resnet *r, float *y, const float *x, co
             return -1;
         if (diffuse_linear_forward(&r->time_proj, e, temb_act, n, a))
             return -1;
-        for (int i = 0; i < n; i++)
+        for (int i = 0; run && i < n; i++)
             for (int c = 0; c < r->cout; c++) {
                 float *p = u + ((size_t)i * r->cout + c) * hw;
                 for (int j = 0; j < hw; j++)
                     p[j] += e[(size_t)i * r->cout + c];
             }
     }
-    diffuse_op_group_norm(u, u, r->norm2.gamma, r->norm2.beta, n, r->cout, hw, r->groups, r->eps,
-                          true);
+    if (run)
+        diffuse_op_group_norm(u, u, r->norm2.gamma, r->norm2.beta, n, r->cout, hw, r->groups,
+                              r->eps, true);
     if (diffuse_conv2d_forward(&r->conv2, y, u, n, h, w, 1, a))
         return -1;
     const float *skip = x;
@@ -184,7 +178,8 @@ int diffuse_resnet_forward(const diffuse_resnet *r, float *y, const float *x, co
             return -1;
         skip = u;
     }
-    diffuse_op_add(y, skip, (size_t)n * r->cout * hw);
+    if (run)
+        diffuse_op_add(y, skip, (size_t)n * r->cout * hw);
     diffuse_arena_reset(a, mark);
     return 0;
 }

@@ -94,15 +94,6 @@ static size_t unet_workspace(const diffuse_model *m, const pipe_dims *d)
     return diffuse_unet_workspace(m->unet, d->batched ? d->nb : 1, d->h, d->w, max_tokens(d));
 }
 
-static size_t buffers_floats(const pipe_dims *d, const diffuse_run *run)
-{
-    size_t px = (size_t)3 * run->width * run->height;
-    return (size_t)d->context_rows * d->ctx + (size_t)d->nb * d->pooled +
-           (size_t)d->nb * DIFFUSE_TIME_IDS + 3 * d->latent_n + (size_t)d->h * d->w +
-           d->nb * d->in_n + d->nb * d->latent_n + px + 2 * d->latent_n + d->preview_n +
-           d->latent_n + 16 * 16;
-}
-
 static size_t arena_floats(const diffuse_model *m, const pipe_dims *d, const diffuse_run *run)
 {
     size_t a = diffuse_cond_workspace(m);
@@ -119,13 +110,14 @@ static size_t arena_floats(const diffuse_model *m, const pipe_dims *d, const dif
     return ((a > u ? a : u) > v ? (a > u ? a : u) : v) + run->lora_scratch;
 }
 
-static int buffers_init(pipe_buffers *b, const pipe_dims *d, const diffuse_run *run, char *err)
+/* The run's buffers one after another from base; returns their floats.
+ * With base NULL it only counts (the pointers stay NULL): one layout both
+ * sizes the block and carves it. */
+static size_t buffers_layout(pipe_buffers *b, const pipe_dims *d, const diffuse_run *run,
+                             float *base)
 {
-    memset(b, 0, sizeof *b);
-    if (!(b->block = malloc(sizeof(float) * buffers_floats(d, run))))
-        return diffuse_fail(err, "out of memory for %dx%d", run->width, run->height);
-    float *p = b->block;
-#define TAKE(field, n) (b->field = p, p += ((n) + 15) & ~(size_t)15)
+    size_t off = 0;
+#define TAKE(field, n) (b->field = base ? base + off : NULL, off += diffuse_arena_size(n))
     TAKE(context, (size_t)d->context_rows * d->ctx);
     TAKE(pooled, (size_t)d->nb * d->pooled);
     TAKE(time_ids, (size_t)d->nb * DIFFUSE_TIME_IDS);
@@ -140,6 +132,21 @@ static int buffers_init(pipe_buffers *b, const pipe_dims *d, const diffuse_run *
     TAKE(moments, 2 * d->latent_n);
     TAKE(preview, d->preview_n);
 #undef TAKE
+    return off;
+}
+
+static size_t buffers_floats(const pipe_dims *d, const diffuse_run *run)
+{
+    pipe_buffers counted;
+    return buffers_layout(&counted, d, run, NULL);
+}
+
+static int buffers_init(pipe_buffers *b, const pipe_dims *d, const diffuse_run *run, char *err)
+{
+    memset(b, 0, sizeof *b);
+    if (!(b->block = malloc(sizeof(float) * buffers_floats(d, run))))
+        return diffuse_fail(err, "out of memory for %dx%d", run->width, run->height);
+    buffers_layout(b, d, run, b->block);
     return 0;
 }
 
@@ -172,6 +179,13 @@ static void lap(const diffuse_run *run, double *t0, double *field)
     if (run->stats)
         *field += t - *t0;
     *t0 = t;
+}
+
+/* *field += the GFLOP counted on `a` since it stood at f0. */
+static void count_gflop(const diffuse_arena *a, double f0, double *field)
+{
+    if (field)
+        *field += (a->flops - f0) * 1e-9;
 }
 
 /* context (and SDXL's pooled text and size ids) for [negative, prompt], or
@@ -381,7 +395,7 @@ static diffuse_status preview(diffuse_model *m, const diffuse_run *run, const pi
     if (d->taesd_preview) {
         if (diffuse_taesd_decode(m->taesd, b->pixels, b->latents, run->height, run->width, a, NULL,
                                  err))
-            return DIFFUSE_ERR_MEMORY;
+            return DIFFUSE_ERR_INTERNAL; /* the arena was sized for it */
         w = run->width;
         h = run->height;
         const size_t hw = (size_t)w * h;
@@ -436,7 +450,7 @@ static diffuse_status denoise(diffuse_model *m, const diffuse_run *run, const pi
         }
         const double t0 = diffuse_now(), f0 = a->flops;
         if (unet_passes(m, d, b, a, err))
-            return DIFFUSE_ERR_MEMORY;
+            return DIFFUSE_ERR_INTERNAL; /* sizes and conditioning were checked: a sizing bug */
         if (stats) {
             stats->unet_s += diffuse_now() - t0;
             stats->unet_passes++;
@@ -517,7 +531,9 @@ diffuse_status diffuse_pipeline_run(diffuse_model *m, const diffuse_run *run, di
     if (diffuse_sampler_create(run->sampler, run->karras, &run->schedule, run->steps, strength,
                                d.latent_n, &s, err))
         goto done;
-    st = DIFFUSE_ERR_MEMORY;
+    /* from here on, with the prompts parsed (dims_of) and the memory checked,
+     * a failure is the engine's own: work memory planned too small */
+    st = DIFFUSE_ERR_INTERNAL;
     double t0 = diffuse_now(), unused = 0;
     if (encode_prompts(m, run, &d, &b, &a, err))
         goto done;
@@ -527,8 +543,11 @@ diffuse_status diffuse_pipeline_run(diffuse_model *m, const diffuse_run *run, di
         goto done;
     }
     lap(run, &t0, run->stats ? &run->stats->text_s : &unused);
+    count_gflop(&a, 0, run->stats ? &run->stats->text_gflop : NULL);
+    double f0 = a.flops;
     if (prepare_latents(m, run, &d, &b, s, &a, noise, err))
         goto done;
+    count_gflop(&a, f0, run->stats ? &run->stats->vae_gflop : NULL);
     if (!finite_all(b.latents, d.latent_n) ||
         (d.inpaint && !finite_all(b.masked_latents, d.latent_n))) {
         st = nonfinite(err, run->init_image || d.inpaint ? "image encoder (VAE)" : "start noise");
@@ -540,15 +559,17 @@ diffuse_status diffuse_pipeline_run(diffuse_model *m, const diffuse_run *run, di
     lap(run, &t0, run->stats && run->init_image ? &run->stats->vae_encode_s : &unused);
     st = denoise(m, run, &d, &b, s, &a, noise, err);
     t0 = diffuse_now();
+    f0 = a.flops;
     if (st == DIFFUSE_OK && decode_latents(m, run, &d, &b, &a, pixels_out, err))
-        st = DIFFUSE_ERR_MEMORY;
+        st = DIFFUSE_ERR_INTERNAL;
+    count_gflop(&a, f0, run->stats ? &run->stats->vae_gflop : NULL);
     if (st == DIFFUSE_OK && !finite_all(b.pixels, (size_t)3 * run->width * run->height))
         st = nonfinite(err, run->fast_decode ? "image decoder (TAESD)" : "image decoder (VAE)");
     lap(run, &t0, run->stats ? &run->stats->vae_decode_s : &unused);
 done:
     if (st == DIFFUSE_OK && a.overflow) { /* a sizing bug: the tests must never see it */
         diffuse_fail(err, "internal: the run's work memory was sized too small");
-        st = DIFFUSE_ERR_MEMORY;
+        st = DIFFUSE_ERR_INTERNAL;
     }
     diffuse_sampler_free(s);
     diffuse_arena_free(&a);
@@ -600,4 +621,58 @@ size_t diffuse_pipeline_memory(const diffuse_model *m, const diffuse_run *run)
     /* sizing the convolutions above made their oneDNN primitives */
     return sizeof(float) * buffers_floats(&d, run) + peak + run->lora_bytes +
            diffuse_dnnl_pending_bytes();
+}
+
+/* The prompts encoded as encode_prompts does, on a dry arena: their flops. */
+static double text_flops(const diffuse_model *m, const diffuse_run *run, const pipe_dims *d)
+{
+    const char *texts[2] = {negative_text(m, run), run->prompt};
+    diffuse_arena a;
+    double flops = 0;
+    if (diffuse_arena_dry(&a))
+        return 0;
+    float *context = diffuse_arena_push(&a, (size_t)d->context_rows * d->ctx);
+    float *pooled = diffuse_arena_push(&a, (size_t)d->pooled + 1);
+    for (int i = 0; context && pooled && i < d->nb; i++) {
+        if (diffuse_cond_encode(m, d->nb == 2 ? texts[i] : run->prompt, run->clip_skip, context,
+                                d->pooled ? pooled : NULL, &a, NULL))
+            break;
+        context += (size_t)d->tokens[i] * d->ctx;
+        flops = a.flops;
+    }
+    diffuse_arena_free(&a);
+    return flops;
+}
+
+/* Flops of the run's phases, each by the dry run of its own code: the text
+ * encoders on every prompt chunk, the UNet at every evaluation the sampler
+ * makes (one batched pass, or one per input when their chunks differ), the
+ * VAE (or TAESD) encode of an init image and the decode. Previews are left
+ * out (under 2% of a step). 0 for a run dims_of refuses. */
+double diffuse_pipeline_flops(const diffuse_model *m, const diffuse_run *run,
+                              double phase[DIFFUSE_PHASES])
+{
+    pipe_dims d;
+    diffuse_sampler_state *s = NULL;
+    for (int i = 0; i < DIFFUSE_PHASES; i++)
+        phase[i] = 0;
+    if (dims_of(m, run, &d, NULL) ||
+        diffuse_sampler_create(run->sampler, run->karras, &run->schedule, run->steps,
+                               run->init_image ? run->strength : 1.0f, d.latent_n, &s, NULL))
+        return 0;
+    const int evals = diffuse_sampler_count(s);
+    diffuse_sampler_free(s);
+    phase[DIFFUSE_PHASE_TEXT] = text_flops(m, run, &d);
+    double pass = 0;
+    if (d.batched)
+        pass = diffuse_unet_flops(m->unet, d.nb, d.h, d.w, max_tokens(&d));
+    else
+        for (int k = 0; k < d.nb; k++)
+            pass += diffuse_unet_flops(m->unet, 1, d.h, d.w, d.tokens[k]);
+    phase[DIFFUSE_PHASE_UNET] = evals * pass;
+    if ((run->init_image || d.inpaint) && !run->fast_encode)
+        phase[DIFFUSE_PHASE_VAE] += diffuse_vae_flops(m->vae, true, run->height, run->width);
+    if (!run->fast_decode)
+        phase[DIFFUSE_PHASE_VAE] += diffuse_vae_flops(m->vae, false, run->height, run->width);
+    return phase[DIFFUSE_PHASE_TEXT] + phase[DIFFUSE_PHASE_UNET] + phase[DIFFUSE_PHASE_VAE];
 }

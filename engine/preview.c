@@ -55,7 +55,9 @@ size_t diffuse_preview_fit_workspace(const diffuse_model *m)
 {
     const int s = DIFFUSE_PREVIEW_FIT_SIZE, f = 1 << (m->vae_cfg.levels - 1);
     const size_t c = (size_t)m->vae_cfg.latent_channels, ls = (size_t)(s / f) * (s / f);
-    return diffuse_vae_workspace(m->vae, s, s) + (size_t)3 * s * s + 2 * c * ls + 64;
+    /* what diffuse_preview_fit pushes, then the VAE's passes on top */
+    return diffuse_arena_size((size_t)3 * s * s) + diffuse_arena_size(2 * c * ls) +
+           diffuse_vae_workspace(m->vae, s, s);
 }
 
 /* Solves a x = b (n x n, n <= 9) by Gaussian elimination with partial

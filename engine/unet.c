@@ -7,8 +7,9 @@
  *
  * Weights are resolved once at load into the structs below (pointers into the
  * weight store). The forward pass allocates nothing: every buffer comes from
- * the caller's arena, and diffuse_unet_workspace() mirrors the forward's pushes
- * to give an upper bound of what it needs.
+ * the caller's arena. diffuse_unet_workspace() and diffuse_unet_flops() run
+ * the same forward on a dry arena, which computes nothing: every compute site
+ * below tests a->dry.
  *
  * Layout: NCHW for the convolutional parts, [T, C] tokens (one batch item at a
  * time) inside the transformers.
@@ -294,10 +295,6 @@ void diffuse_unet_free(diffuse_unet *u)
 /* ------------------------------------------------------------------ sizes */
 
 /* What diffuse_arena_push really takes: blocks of 16 floats. */
-static size_t pad16(size_t floats)
-{
-    return (floats + 15) & ~(size_t)15;
-}
 
 static size_t max_sz(size_t a, size_t b)
 {
@@ -336,91 +333,6 @@ static size_t pingpong_floats(const diffuse_unet *u, int n, const int *hs, const
     return pp;
 }
 
-/* Arena the time embedding takes beyond its two held [n, temb] buffers: the
- * sinusoid, and for "text_time" the added embedding's input and output. */
-static size_t time_workspace(const diffuse_unet *u, int n)
-{
-    const diffuse_unet_config *cfg = &u->cfg;
-    size_t ws = pad16((size_t)n * cfg->channels[0]);
-    if (cfg->add_in)
-        ws = max_sz(ws, pad16((size_t)n * cfg->add_in) +
-                            pad16((size_t)n * DIFFUSE_TIME_IDS * cfg->add_time_dim) +
-                            2 * pad16((size_t)n * u->temb_dim));
-    return ws;
-}
-
-/* Scratch of a 3x3 convolution (pad 1) over n images of h x w with stride s. */
-static size_t conv3_scratch(int n, int cin, int cout, int h, int w, int s)
-{
-    diffuse_conv c = diffuse_conv_3x3(cin, cout, h, w, s);
-    return pad16(diffuse_conv_scratch(&c, n));
-}
-
-/* Arena one transformer_forward takes: four [T, C] buffers held through the
- * blocks (tokens, normalized tokens, image-layout copy, a block's branch
- * output), then the larger of the attention and the feed-forward buffers. */
-static size_t transformer_workspace(const unet_transformer *t, int hw, int tokens)
-{
-    const size_t tc = pad16((size_t)hw * t->c);
-    size_t self = 2 * tc + 2 * tc + pad16(diffuse_attention_scratch(hw, hw, t->c / t->heads));
-    size_t cross = 2 * tc + 2 * pad16((size_t)tokens * t->c) +
-                   pad16(diffuse_attention_scratch(hw, tokens, t->c / t->heads));
-    size_t ff = pad16((size_t)hw * 8 * t->c);
-    return 4 * tc + max_sz(max_sz(self, cross), ff);
-}
-
-/* Largest working set of one resnet (+ transformer) at this size. */
-static size_t layer_workspace(const unet_level *lv, int i, int n, int h, int w, int tokens)
-{
-    size_t ws = diffuse_resnet_workspace(&lv->resnets[i], n, h, w);
-    if (lv->has_attn)
-        ws = max_sz(ws, transformer_workspace(&lv->attn[i], h * w, tokens));
-    return ws;
-}
-
-/* Mirrors the forward: held for the whole pass are the time embedding (two
- * copies), every skip connection and the two ping-pong buffers; on top of them
- * the largest working set of any one stage (counted as if all skips were
- * already held, which only the up path reaches). */
-size_t diffuse_unet_workspace(const diffuse_unet *u, int n, int h, int w, int tokens)
-{
-    const diffuse_unet_config *cfg = &u->cfg;
-    const int L = cfg->levels;
-    int hs[DIFFUSE_MAX_LEVELS], ws[DIFFUSE_MAX_LEVELS];
-    level_sizes(h, w, L, hs, ws);
-    size_t held = 2 * pad16((size_t)n * u->temb_dim) + 2 * pad16(pingpong_floats(u, n, hs, ws));
-    size_t work =
-        max_sz(time_workspace(u, n), conv3_scratch(n, cfg->in_channels, cfg->channels[0], h, w, 1));
-    held += pad16((size_t)n * cfg->channels[0] * h * w); /* conv_in */
-    for (int l = 0; l < L; l++) {
-        const unet_level *lv = &u->down[l];
-        for (int i = 0; i < lv->nres; i++) {
-            held += pad16((size_t)n * lv->cout * hs[l] * ws[l]);
-            work = max_sz(work, layer_workspace(lv, i, n, hs[l], ws[l], tokens));
-        }
-        if (lv->sampler.w.data) {
-            held += pad16((size_t)n * lv->cout * hs[l + 1] * ws[l + 1]);
-            work = max_sz(work, conv3_scratch(n, lv->cout, lv->cout, hs[l], ws[l], 2));
-        }
-    }
-    work = max_sz(work, diffuse_resnet_workspace(&u->mid_res[0], n, hs[L - 1], ws[L - 1]));
-    work = max_sz(work, transformer_workspace(&u->mid_attn, hs[L - 1] * ws[L - 1], tokens));
-    for (int b = 0; b < L; b++) {
-        const unet_level *lv = &u->up[b];
-        const int l = L - 1 - b;
-        for (int i = 0; i < lv->nres; i++) {
-            size_t cat = pad16((size_t)n * lv->resnets[i].cin * hs[l] * ws[l]);
-            work = max_sz(work, cat + layer_workspace(lv, i, n, hs[l], ws[l], tokens));
-        }
-        if (lv->sampler.w.data)
-            work = max_sz(work, pad16((size_t)n * lv->cout * hs[l - 1] * ws[l - 1]) +
-                                    conv3_scratch(n, lv->cout, lv->cout, hs[l - 1], ws[l - 1], 1));
-    }
-    work =
-        max_sz(work, conv3_scratch(n, cfg->channels[0], cfg->out_channels, h, w, 1)); /* conv_out */
-    return held + work + diffuse_wmat_scratch(u->widen_max); /* one layer's weights at a time */
-}
-
 /* ------------------------------------------------------------------ transformer */
 
 /* out [T, C] = to_out(attention(to_q(x), to_k(ctx), to_v(ctx))) for x [T, C],
@@ -441,7 +353,8 @@ static int attention_forward(const unet_attention *at, float *out, const float *
         diffuse_linear_forward(&at->k, k, ctx, s, a) ||
         diffuse_linear_forward(&at->v, v, ctx, s, a))
         return -1;
-    diffuse_op_attention(o, q, c, k, v, c, t, s, heads, c / heads, false, scratch);
+    if (!a->dry)
+        diffuse_op_attention(o, q, c, k, v, c, t, s, heads, c / heads, false, scratch);
     a->flops += diffuse_attention_flops(t, s, c);
     if (diffuse_linear_forward(&at->out, out, o, t, a))
         return -1;
@@ -461,7 +374,7 @@ static int feed_forward(const unet_basic_block *b, float *out, const float *x, i
         return -1;
     if (diffuse_linear_forward(&b->ff_in, f, x, t, a))
         return -1;
-    for (int r = 0; r < t; r++) {
+    for (int r = 0; !a->dry && r < t; r++) {
         float *row = f + (size_t)r * 2 * c4, *dst = f + (size_t)r * c4;
         diffuse_op_gelu(row + c4, (size_t)c4);
         for (int j = 0; j < c4; j++) /* dst never passes the row being read */
@@ -484,18 +397,18 @@ static int basic_block_forward(const unet_basic_block *b, float *h, float *nrm, 
     float *y = diffuse_arena_push(a, tc); /* [T, C] */
     if (!y)
         return -1;
-    diffuse_op_layer_norm(nrm, h, b->norm1.gamma, b->norm1.beta, t, c, UNET_LN_EPS);
-    if (attention_forward(&b->attn1, y, nrm, nrm, t, t, heads, a))
-        return -1;
-    diffuse_op_add(h, y, tc);
-    diffuse_op_layer_norm(nrm, h, b->norm2.gamma, b->norm2.beta, t, c, UNET_LN_EPS);
-    if (attention_forward(&b->attn2, y, nrm, ctx, t, s, heads, a))
-        return -1;
-    diffuse_op_add(h, y, tc);
-    diffuse_op_layer_norm(nrm, h, b->norm3.gamma, b->norm3.beta, t, c, UNET_LN_EPS);
-    if (feed_forward(b, y, nrm, t, a))
-        return -1;
-    diffuse_op_add(h, y, tc);
+    const diffuse_norm *norms[3] = {&b->norm1, &b->norm2, &b->norm3};
+    for (int i = 0; i < 3; i++) { /* h += attn1(norm1 h); attn2(norm2 h, ctx); ff(norm3 h) */
+        if (!a->dry)
+            diffuse_op_layer_norm(nrm, h, norms[i]->gamma, norms[i]->beta, t, c, UNET_LN_EPS);
+        int rc = i == 0   ? attention_forward(&b->attn1, y, nrm, nrm, t, t, heads, a)
+                 : i == 1 ? attention_forward(&b->attn2, y, nrm, ctx, t, s, heads, a)
+                          : feed_forward(b, y, nrm, t, a);
+        if (rc)
+            return -1;
+        if (!a->dry)
+            diffuse_op_add(h, y, tc);
+    }
     diffuse_arena_reset(a, mark);
     return 0;
 }
@@ -516,9 +429,11 @@ static int transformer_forward(const unet_transformer *tf, float *x, const float
     for (int i = 0; i < n; i++) {
         float *xi = x + (size_t)i * tc;                           /* [C, H, W] */
         const float *ctx = context + (size_t)i * s * context_dim; /* [S, context_dim] */
-        diffuse_op_group_norm(img, xi, tf->norm.gamma, tf->norm.beta, 1, c, hw, tf->groups,
-                              UNET_TF_EPS, false);
-        diffuse_op_transpose(nrm, img, 1, c, hw); /* [T, C] */
+        if (!a->dry) {
+            diffuse_op_group_norm(img, xi, tf->norm.gamma, tf->norm.beta, 1, c, hw, tf->groups,
+                                  UNET_TF_EPS, false);
+            diffuse_op_transpose(nrm, img, 1, c, hw); /* [T, C] */
+        }
         if (diffuse_linear_forward(&tf->proj_in, h, nrm, hw, a))
             return -1;
         for (int d = 0; d < tf->depth; d++)
@@ -526,8 +441,10 @@ static int transformer_forward(const unet_transformer *tf, float *x, const float
                 return -1;
         if (diffuse_linear_forward(&tf->proj_out, nrm, h, hw, a))
             return -1;
-        diffuse_op_transpose(img, nrm, 1, hw, c); /* [C, T] */
-        diffuse_op_add(xi, img, tc);
+        if (!a->dry) {
+            diffuse_op_transpose(img, nrm, 1, hw, c); /* [C, T] */
+            diffuse_op_add(xi, img, tc);
+        }
     }
     diffuse_arena_reset(a, mark);
     return 0;
@@ -552,7 +469,7 @@ typedef struct unet_run {
 
 static void emit(const unet_run *r, const char *name, const float *data, size_t count)
 {
-    if (r->trace && r->trace->fn)
+    if (r->trace && r->trace->fn && !r->a->dry)
         r->trace->fn(r->trace->user, name, data, count);
 }
 
@@ -600,23 +517,27 @@ static int added_embedding(unet_run *r, float *temb)
     float *ids = diffuse_arena_push(r->a, (size_t)n * DIFFUSE_TIME_IDS * tdim); /* [6n, tdim] */
     float *mid = diffuse_arena_push(r->a, (size_t)n * td);                      /* [n, temb] */
     float *aug = diffuse_arena_push(r->a, (size_t)n * td);                      /* [n, temb] */
-    if (!aug)
+    if (!in || !ids || !mid || !aug)
         return -1;
-    timestep_embedding(cfg, ids, r->cond->time_ids, n * DIFFUSE_TIME_IDS, tdim, tdim);
-    emit(r, "add_time_proj", ids, (size_t)n * DIFFUSE_TIME_IDS * tdim);
-    for (int b = 0; b < n; b++) {
-        memcpy(in + (size_t)b * cfg->add_in, r->cond->text_embeds + (size_t)b * pooled,
-               sizeof(float) * pooled);
-        memcpy(in + (size_t)b * cfg->add_in + pooled, ids + (size_t)b * DIFFUSE_TIME_IDS * tdim,
-               sizeof(float) * DIFFUSE_TIME_IDS * tdim);
+    if (!r->a->dry) {
+        timestep_embedding(cfg, ids, r->cond->time_ids, n * DIFFUSE_TIME_IDS, tdim, tdim);
+        emit(r, "add_time_proj", ids, (size_t)n * DIFFUSE_TIME_IDS * tdim);
+        for (int b = 0; b < n; b++) {
+            memcpy(in + (size_t)b * cfg->add_in, r->cond->text_embeds + (size_t)b * pooled,
+                   sizeof(float) * pooled);
+            memcpy(in + (size_t)b * cfg->add_in + pooled, ids + (size_t)b * DIFFUSE_TIME_IDS * tdim,
+                   sizeof(float) * DIFFUSE_TIME_IDS * tdim);
+        }
     }
     if (diffuse_linear_forward(&u->add_1, mid, in, n, r->a))
         return -1;
-    diffuse_op_silu(mid, (size_t)n * td);
+    if (!r->a->dry)
+        diffuse_op_silu(mid, (size_t)n * td);
     if (diffuse_linear_forward(&u->add_2, aug, mid, n, r->a))
         return -1;
     emit(r, "add_embedding", aug, (size_t)n * td);
-    diffuse_op_add(temb, aug, (size_t)n * td);
+    if (!r->a->dry)
+        diffuse_op_add(temb, aug, (size_t)n * td);
     diffuse_arena_reset(r->a, mark);
     return 0;
 }
@@ -633,18 +554,22 @@ static int time_embedding(unet_run *r, const float *timestep)
     float *sinus = diffuse_arena_push(r->a, (size_t)n * c0); /* [n, c0] */
     if (!temb || !r->temb_act || !sinus)
         return -1;
-    timestep_embedding(&u->cfg, sinus, timestep, n, c0, c0);
+    if (!r->a->dry)
+        timestep_embedding(&u->cfg, sinus, timestep, n, c0, c0);
     if (diffuse_linear_forward(&u->time_1, r->temb_act, sinus, n, r->a))
         return -1;
-    diffuse_op_silu(r->temb_act, (size_t)n * td);
+    if (!r->a->dry)
+        diffuse_op_silu(r->temb_act, (size_t)n * td);
     if (diffuse_linear_forward(&u->time_2, temb, r->temb_act, n, r->a))
         return -1;
     emit(r, "time_embedding", temb, (size_t)n * td);
     diffuse_arena_reset(r->a, mark);
     if (u->cfg.add_in && added_embedding(r, temb))
         return -1;
-    memcpy(r->temb_act, temb, sizeof(float) * n * td);
-    diffuse_op_silu(r->temb_act, (size_t)n * td);
+    if (!r->a->dry) {
+        memcpy(r->temb_act, temb, sizeof(float) * n * td);
+        diffuse_op_silu(r->temb_act, (size_t)n * td);
+    }
     diffuse_arena_reset(r->a, mark);
     return 0;
 }
@@ -723,7 +648,9 @@ static int upsample(unet_run *r, const unet_level *lv, float *pp[2], int *cur, i
     float *big = diffuse_arena_push(r->a, (size_t)n * c * oh * ow); /* [n, C, oh, ow] */
     if (!big)
         return -1;
-    if (oh == 2 * *h && ow == 2 * *w)
+    if (r->a->dry)
+        ;
+    else if (oh == 2 * *h && ow == 2 * *w)
         diffuse_op_upsample2x(big, pp[*cur], n, c, *h, *w);
     else
         resize_nearest(big, pp[*cur], n * c, *h, *w, oh, ow);
@@ -751,7 +678,7 @@ static int up_block(unet_run *r, int b, float *pp[2], int *cur, int *c, int *h, 
         float *cat = diffuse_arena_push(r->a, (size_t)n * (*c + cs) * hw); /* [n, c + cs, h, w] */
         if (!cat)
             return -1;
-        for (int j = 0; j < n; j++) {
+        for (int j = 0; !r->a->dry && j < n; j++) {
             float *dst = cat + (size_t)j * (*c + cs) * hw;
             memcpy(dst, pp[*cur] + (size_t)j * *c * hw, sizeof(float) * *c * hw);
             memcpy(dst + (size_t)*c * hw, r->skip[k] + (size_t)j * cs * hw,
@@ -809,12 +736,56 @@ static int run_all(unet_run *r, float *out, const float *x, const float *timeste
 
     /* conv_norm_out + SiLU, conv_out: [n, c0, h, w] -> [n, out, h, w] */
     snprintf(r->stage, sizeof r->stage, "conv_out");
-    diffuse_op_group_norm(pp[!pc], pp[pc], u->norm_out.gamma, u->norm_out.beta, n, c, h * w,
-                          cfg->groups, cfg->eps, true);
+    if (!r->a->dry)
+        diffuse_op_group_norm(pp[!pc], pp[pc], u->norm_out.gamma, u->norm_out.beta, n, c, h * w,
+                              cfg->groups, cfg->eps, true);
     if (diffuse_conv2d_forward(&u->conv_out, out, pp[!pc], n, h, w, 1, r->a))
         return -1;
     emit(r, "conv_out", out, (size_t)n * cfg->out_channels * h * w);
     return 0;
+}
+
+/* The plan of a pass: run_all on a dry arena, after its inputs. Returns
+ * the floats of arena the pass pushes at most, (size_t)-1 / 8 when no plan
+ * could be made (no address space, or an absurd size); *flops its flops. */
+static size_t unet_plan(const diffuse_unet *u, int n, int h, int w, int tokens, double *flops)
+{
+    const diffuse_unet_config *cfg = &u->cfg;
+    const size_t none = (size_t)-1 / 8;
+    diffuse_arena a;
+    *flops = 0;
+    if (n < 1 || h < 1 || w < 1 || tokens < 1 || diffuse_arena_dry(&a))
+        return none;
+    const size_t px = (size_t)n * h * w;
+    float *x = diffuse_arena_push(&a, px * cfg->in_channels);
+    float *out = diffuse_arena_push(&a, px * cfg->out_channels);
+    float *t = diffuse_arena_push(&a, (size_t)n);
+    diffuse_unet_cond cond = {.context =
+                                  diffuse_arena_push(&a, (size_t)n * tokens * cfg->context_dim),
+                              .tokens = tokens,
+                              .text_embeds = diffuse_arena_push(&a, (size_t)n * (cfg->add_in + 1)),
+                              .time_ids = diffuse_arena_push(&a, (size_t)n * DIFFUSE_TIME_IDS)};
+    const size_t inputs = a.used;
+    unet_run r = {
+        .u = u, .n = n, .tokens = tokens, .context = cond.context, .cond = &cond, .a = &a};
+    int rc = x && out && t && cond.time_ids ? run_all(&r, out, x, t, h, w) : -1;
+    size_t need = rc ? none : a.peak - inputs;
+    *flops = rc ? 0 : a.flops;
+    diffuse_arena_free(&a);
+    return need;
+}
+
+size_t diffuse_unet_workspace(const diffuse_unet *u, int n, int h, int w, int tokens)
+{
+    double flops;
+    return unet_plan(u, n, h, w, tokens, &flops);
+}
+
+double diffuse_unet_flops(const diffuse_unet *u, int n, int h, int w, int tokens)
+{
+    double flops;
+    unet_plan(u, n, h, w, tokens, &flops);
+    return flops;
 }
 
 int diffuse_unet_forward(const diffuse_unet *u, float *out, const float *x, const float *timestep,

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include "internal.h"
@@ -24,7 +25,8 @@ int diffuse_fail(char *err, const char *fmt, ...)
 int diffuse_arena_init(diffuse_arena *a, size_t floats, char *err)
 {
     a->used = a->peak = 0;
-    a->overflow = false;
+    a->overflow = a->dry = false;
+    a->flops = 0;
     a->cap = floats;
     a->base = NULL;
     if (floats && posix_memalign((void **)&a->base, 64, floats * sizeof(float)) != 0) {
@@ -36,9 +38,27 @@ int diffuse_arena_init(diffuse_arena *a, size_t floats, char *err)
     return 0;
 }
 
+int diffuse_arena_dry(diffuse_arena *a)
+{
+    *a = (diffuse_arena){.dry = true};
+    /* 256 GiB of address space, less where it cannot be had (valgrind) */
+    for (size_t bytes = (size_t)1 << 38; bytes >= (size_t)1 << 30; bytes >>= 1) {
+        void *p = mmap(NULL, bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p != MAP_FAILED) {
+            a->base = p;
+            a->cap = bytes / sizeof(float);
+            return 0;
+        }
+    }
+    return -1;
+}
+
 void diffuse_arena_free(diffuse_arena *a)
 {
-    free(a->base);
+    if (a->dry && a->base)
+        munmap(a->base, a->cap * sizeof(float));
+    else
+        free(a->base);
     a->base = NULL;
     a->cap = a->used = 0;
 }
@@ -46,7 +66,7 @@ void diffuse_arena_free(diffuse_arena *a)
 /* Blocks are rounded to 16 floats (64 bytes) so every buffer is aligned. */
 float *diffuse_arena_push(diffuse_arena *a, size_t floats)
 {
-    size_t n = (floats + 15) & ~(size_t)15;
+    size_t n = diffuse_arena_size(floats);
     if (n > a->cap - a->used) {
         a->overflow = true;
         return NULL;

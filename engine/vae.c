@@ -79,11 +79,6 @@ static vae_geom vae_same(int h, int w, int k)
     return (vae_geom){.h = h, .w = w, .up = 1, .stride = 1, .pad = {k / 2, k / 2, k / 2, k / 2}};
 }
 
-static size_t vae_round16(size_t n)
-{
-    return (n + 15) & ~(size_t)15;
-}
-
 static void vae_max(size_t *m, size_t v)
 {
     if (v > *m)
@@ -160,24 +155,6 @@ static void vae_band_sizes(const diffuse_conv2d *c, const vae_geom *g, int nb, i
     sz[2] = (size_t)c->cout * nb * ow;
 }
 
-/* Arena floats diffuse_wmat_f32 pushes for a layer's weight. */
-static size_t vae_weight_scratch(const diffuse_wmat *m)
-{
-    return m->in_place ? 0 : diffuse_wmat_scratch(m->numel);
-}
-
-static size_t vae_conv_scratch(const diffuse_conv2d *c, const vae_geom *g, bool acc)
-{
-    const size_t wsz = vae_weight_scratch(&c->w);
-    if (vae_conv_direct(c, g, acc))
-        return wsz;
-    int oh, ow;
-    size_t sz[3];
-    vae_out_size(c, g, &oh, &ow);
-    vae_band_sizes(c, g, vae_band_rows(c, g, oh, ow), oh, ow, sz);
-    return wsz + vae_round16(sz[0]) + vae_round16(sz[1]) + vae_round16(sz[2]);
-}
-
 /* xb [cin, rows, W] = input rows r0..r0+rows-1 of the (virtually upsampled) x. */
 static void vae_copy_rows(float *xb, const float *x, const diffuse_conv2d *c, const vae_geom *g,
                           int r0, int rows)
@@ -214,7 +191,8 @@ static int vae_conv(const diffuse_conv2d *c, float *y, const float *x, const vae
     if (vae_conv_direct(c, g, acc)) {
         diffuse_conv d = {
             .cin = c->cin, .h = g->h, .w = g->w, .cout = c->cout, .k = 1, .stride = 1};
-        diffuse_op_conv2d(y, x, wf, c->b, &d, 1, NULL);
+        if (!a->dry)
+            diffuse_op_conv2d(y, x, wf, c->b, &d, 1, NULL);
         a->flops += diffuse_conv_flops(&d, 1);
         diffuse_arena_reset(a, mark);
         return 0;
@@ -229,9 +207,11 @@ static int vae_conv(const diffuse_conv2d *c, float *y, const float *x, const vae
     for (int o0 = 0; o0 < oh; o0 += nb) {
         int n = oh - o0 < nb ? oh - o0 : nb, r0;
         diffuse_conv d = vae_band_conv(c, g, o0, n, &r0);
+        a->flops += diffuse_conv_flops(&d, 1);
+        if (a->dry)
+            continue;
         vae_copy_rows(xb, x, c, g, r0, d.h);
         diffuse_op_conv2d(yb, xb, wf, c->b, &d, 1, col);
-        a->flops += diffuse_conv_flops(&d, 1);
         for (int co = 0; co < c->cout; co++) {
             float *dst = y + ((size_t)co * oh + o0) * ow;
             const float *src = yb + (size_t)co * n * ow;
@@ -257,7 +237,14 @@ size_t diffuse_conv_banded_scratch(const diffuse_conv2d *c, int h, int w, int up
 {
     const int p = c->k / 2;
     vae_geom g = {.h = h, .w = w, .up = up, .stride = stride, .pad = {p, p, p, p}};
-    return vae_conv_scratch(c, &g, false);
+    diffuse_arena a;
+    if (diffuse_arena_dry(&a))
+        return (size_t)-1 / 8;
+    float *y = diffuse_arena_push(&a, 1), *x = diffuse_arena_push(&a, 1); /* never touched */
+    const size_t inputs = a.used;
+    size_t need = y && x && !vae_conv(c, y, x, &g, false, &a) ? a.peak - inputs : (size_t)-1 / 8;
+    diffuse_arena_free(&a);
+    return need;
 }
 
 /* ------------------------------------------------------------------ blocks */
@@ -285,29 +272,22 @@ static int vae_resnet(const diffuse_resnet *r, float *y, float *x, float *u, int
 {
     const int hw = h * w;
     vae_geom g1 = vae_same(h, w, 1), g3 = vae_same(h, w, 3);
+    const bool run = !a->dry;
     if (r->shortcut.w.data) {
         if (vae_conv(&r->shortcut, y, x, &g1, false, a))
             return -1;
-    } else {
+    } else if (run) {
         memcpy(y, x, sizeof(float) * r->cout * hw);
     }
-    diffuse_op_group_norm(x, x, r->norm1.gamma, r->norm1.beta, 1, r->cin, hw, r->groups, r->eps,
-                          true);
+    if (run)
+        diffuse_op_group_norm(x, x, r->norm1.gamma, r->norm1.beta, 1, r->cin, hw, r->groups, r->eps,
+                              true);
     if (vae_conv(&r->conv1, u, x, &g3, false, a))
         return -1;
-    diffuse_op_group_norm(u, u, r->norm2.gamma, r->norm2.beta, 1, r->cout, hw, r->groups, r->eps,
-                          true);
+    if (run)
+        diffuse_op_group_norm(u, u, r->norm2.gamma, r->norm2.beta, 1, r->cout, hw, r->groups,
+                              r->eps, true);
     return vae_conv(&r->conv2, y, u, &g3, true, a);
-}
-
-static size_t vae_resnet_scratch(const diffuse_resnet *r, int h, int w)
-{
-    vae_geom g1 = vae_same(h, w, 1), g3 = vae_same(h, w, 3);
-    size_t s = vae_conv_scratch(&r->conv1, &g3, false);
-    vae_max(&s, vae_conv_scratch(&r->conv2, &g3, true));
-    if (r->shortcut.w.data)
-        vae_max(&s, vae_conv_scratch(&r->shortcut, &g1, false));
-    return s;
 }
 
 /* cur <- resnet(cur), through `other`. */
@@ -317,17 +297,6 @@ static int vae_resnet_step(const diffuse_resnet *r, vae_bufs *b, int h, int w, d
         return -1;
     vae_swap(b);
     return 0;
-}
-
-/* Arena floats the attention pushes; its two token buffers are the caller's. */
-static size_t vae_attention_scratch(const vae_attention *at, int h, int w)
-{
-    size_t t = (size_t)h * w, wsz = vae_weight_scratch(&at->q.w);
-    vae_max(&wsz, vae_weight_scratch(&at->k.w));
-    vae_max(&wsz, vae_weight_scratch(&at->v.w));
-    vae_max(&wsz, vae_weight_scratch(&at->out.w));
-    return 2 * vae_round16(t * at->c) +
-           vae_round16(diffuse_attention_scratch((int)t, (int)t, at->c)) + wsz;
 }
 
 /* x [C, T] += to_out(softmax(q k^T / sqrt(C)) v), q, k, v = to_q/k/v(GN(x)^T)
@@ -343,17 +312,20 @@ static int vae_attention_forward(const vae_attention *at, float *x, float *t0, f
     float *s = diffuse_arena_push(a, diffuse_attention_scratch(t, t, c));
     if (!k || !v || !s)
         return -1;
-    diffuse_op_group_norm(t0, x, at->norm.gamma, at->norm.beta, 1, c, t, at->groups, VAE_EPS,
-                          false);                       /* [C, T] */
-    diffuse_op_transpose(t1, t0, 1, c, t);              /* tokens [T, C] */
+    if (!a->dry) {
+        diffuse_op_group_norm(t0, x, at->norm.gamma, at->norm.beta, 1, c, t, at->groups, VAE_EPS,
+                              false);          /* [C, T] */
+        diffuse_op_transpose(t1, t0, 1, c, t); /* tokens [T, C] */
+    }
     if (diffuse_linear_forward(&at->q, t0, t1, t, a) || /* q [T, C] */
         diffuse_linear_forward(&at->k, k, t1, t, a) || diffuse_linear_forward(&at->v, v, t1, t, a))
         return -1;
-    diffuse_op_attention(t1, t0, c, k, v, c, t, t, 1, c, false, s); /* [T, C] */
+    if (!a->dry)
+        diffuse_op_attention(t1, t0, c, k, v, c, t, t, 1, c, false, s); /* [T, C] */
     a->flops += diffuse_attention_flops(t, t, c);
     if (diffuse_linear_forward(&at->out, t0, t1, t, a)) /* [T, C] */
         return -1;
-    for (int ch = 0; ch < c; ch++)
+    for (int ch = 0; !a->dry && ch < c; ch++)
         for (int j = 0; j < t; j++)
             x[(size_t)ch * t + j] += t0[(size_t)j * c + ch];
     diffuse_arena_reset(a, mark);
@@ -370,19 +342,10 @@ static int vae_mid_forward(const vae_mid *m, vae_bufs *b, int h, int w, diffuse_
     return vae_resnet_step(&m->res[1], b, h, w, a);
 }
 
-static size_t vae_mid_scratch(const vae_mid *m, int h, int w)
-{
-    size_t s = vae_resnet_scratch(&m->res[0], h, w);
-    vae_max(&s, vae_resnet_scratch(&m->res[1], h, w));
-    if (m->has_attn)
-        vae_max(&s, vae_attention_scratch(&m->attn, h, w));
-    return s;
-}
-
 static void vae_trace(const diffuse_trace *t, const float *x, size_t n, const char *fmt, int i)
 {
     char name[64];
-    if (!t || !t->fn)
+    if (!t || !t->fn) /* (a dry pass has no trace) */
         return;
     snprintf(name, sizeof name, fmt, i);
     t->fn(t->user, name, x, n);
@@ -539,45 +502,27 @@ void diffuse_vae_free(diffuse_vae *v)
 
 /* ------------------------------------------------------------------ memory plan */
 
-/* Arena floats of one pass: the three activation buffers, plus the largest
- * scratch any single stage pushes on top of them. */
+/* The three activation buffers of a pass (floats). What a pass pushes on top
+ * of them is not mirrored here: diffuse_vae_workspace runs the pass dry. */
 typedef struct vae_plan {
-    size_t big, other, u; /* activation buffers (floats) */
-    size_t scratch;       /* largest stage scratch */
+    size_t big, other, u;
 } vae_plan;
-
-static size_t vae_plan_total(const vae_plan *p)
-{
-    return vae_round16(p->big) + vae_round16(p->other) + vae_round16(p->u) + p->scratch;
-}
 
 /* Encoder: outputs only shrink after conv_in, so the three buffers are equal:
  * the largest activation at any level. h, w: image size. */
 static vae_plan vae_encoder_plan(const diffuse_vae *v, int h, int w)
 {
     const diffuse_vae_config *cfg = &v->cfg;
-    const int lpb = cfg->layers_per_block;
-    vae_plan p = {0};
-    vae_geom g = vae_same(h, w, 3);
     size_t act = (size_t)cfg->channels[0] * h * w;
-    p.scratch = vae_conv_scratch(&v->enc_conv_in, &g, false);
     for (int l = 0; l < cfg->levels; l++) {
         vae_max(&act, (size_t)cfg->channels[l] * h * w);
-        for (int j = 0; j < lpb; j++)
-            vae_max(&p.scratch, vae_resnet_scratch(&v->enc_res[l * lpb + j], h, w));
         if (l < cfg->levels - 1) {
-            g = (vae_geom){.h = h, .w = w, .up = 1, .stride = 2, .pad = {0, 0, 1, 1}};
-            vae_max(&p.scratch, vae_conv_scratch(&v->enc_down[l], &g, false));
             h /= 2;
             w /= 2;
         }
     }
-    vae_max(&p.scratch, vae_mid_scratch(&v->enc_mid, h, w));
-    g = vae_same(h, w, 3);
-    vae_max(&p.scratch, vae_conv_scratch(&v->enc_conv_out, &g, false));
     vae_max(&act, (size_t)2 * cfg->latent_channels * h * w);
-    p.big = p.other = p.u = act;
-    return p;
+    return (vae_plan){act, act, act};
 }
 
 /* Decoder: every ResNet output (and conv1 buffer) fits `res`; only upsampler
@@ -586,27 +531,18 @@ static vae_plan vae_encoder_plan(const diffuse_vae *v, int h, int w)
 static vae_plan vae_decoder_plan(const diffuse_vae *v, int h, int w)
 {
     const diffuse_vae_config *cfg = &v->cfg;
-    const int levels = cfg->levels, lpb = cfg->layers_per_block;
+    const int levels = cfg->levels;
     vae_plan p = {.u = (size_t)cfg->latent_channels * h * w}; /* post_quant_conv output */
-    vae_geom g = vae_same(h, w, 3);
     size_t res = (size_t)cfg->channels[levels - 1] * h * w, up = 0;
-    p.scratch = vae_conv_scratch(&v->dec_conv_in, &g, false);
-    vae_max(&p.scratch, vae_mid_scratch(&v->dec_mid, h, w));
     for (int i = 0; i < levels; i++) {
         const int c = cfg->channels[levels - 1 - i];
         vae_max(&res, (size_t)c * h * w);
-        for (int j = 0; j <= lpb; j++)
-            vae_max(&p.scratch, vae_resnet_scratch(&v->dec_res[i * (lpb + 1) + j], h, w));
         if (i < levels - 1) {
-            g = (vae_geom){.h = h, .w = w, .up = 2, .stride = 1, .pad = {1, 1, 1, 1}};
-            vae_max(&p.scratch, vae_conv_scratch(&v->dec_up[i], &g, false));
             h *= 2;
             w *= 2;
             vae_max(&up, (size_t)c * h * w);
         }
     }
-    g = vae_same(h, w, 3);
-    vae_max(&p.scratch, vae_conv_scratch(&v->dec_conv_out, &g, false));
     p.other = res;
     p.big = res > up ? res : up;
     vae_max(&p.u, res);
@@ -625,14 +561,51 @@ static bool vae_size_ok(const diffuse_vae *v, int height, int width)
            height % f == 0 && width % f == 0;
 }
 
+static int vae_encode_run(const diffuse_vae *v, float *moments, const float *image, int h, int w,
+                          diffuse_arena *a, const diffuse_trace *trace);
+static int vae_decode_run(const diffuse_vae *v, float *image, const float *latent, int h, int w,
+                          diffuse_arena *a, const diffuse_trace *trace);
+
+/* One pass (encode or decode of a height x width image) run on a dry arena
+ * after its input and output: the floats it pushes at most, (size_t)-1 / 8
+ * when no plan can be made; *flops its flops. */
+static size_t vae_dry(const diffuse_vae *v, bool encode, int height, int width, double *flops)
+{
+    const diffuse_vae_config *cfg = &v->cfg;
+    const int f = vae_factor(v), h = height / f, w = width / f;
+    diffuse_arena a;
+    *flops = 0;
+    if (diffuse_arena_dry(&a))
+        return (size_t)-1 / 8;
+    const size_t px = (size_t)height * width, lat = (size_t)h * w * cfg->latent_channels;
+    float *in = diffuse_arena_push(&a, encode ? px * cfg->in_channels : lat);
+    float *out = diffuse_arena_push(&a, encode ? 2 * lat : px * cfg->out_channels);
+    const size_t inputs = a.used;
+    int rc = !in || !out ? -1
+             : encode    ? vae_encode_run(v, out, in, height, width, &a, NULL)
+                         : vae_decode_run(v, out, in, h, w, &a, NULL);
+    size_t need = rc ? (size_t)-1 / 8 : a.peak - inputs;
+    *flops = rc ? 0 : a.flops;
+    diffuse_arena_free(&a);
+    return need;
+}
+
 size_t diffuse_vae_workspace(const diffuse_vae *v, int height, int width)
 {
     if (!vae_size_ok(v, height, width))
         return 0;
-    const int f = vae_factor(v);
-    vae_plan e = vae_encoder_plan(v, height, width), d = vae_decoder_plan(v, height / f, width / f);
-    size_t te = vae_plan_total(&e), td = vae_plan_total(&d);
+    double flops;
+    size_t te = vae_dry(v, true, height, width, &flops);
+    size_t td = vae_dry(v, false, height, width, &flops);
     return te > td ? te : td;
+}
+
+double diffuse_vae_flops(const diffuse_vae *v, bool encode, int height, int width)
+{
+    double flops = 0;
+    if (vae_size_ok(v, height, width))
+        vae_dry(v, encode, height, width, &flops);
+    return flops;
 }
 
 /* Pushes the plan's three buffers; cur = big. */
@@ -703,8 +676,9 @@ static int vae_encode_run(const diffuse_vae *v, float *moments, const float *ima
     if (vae_mid_forward(&v->enc_mid, &b, h, w, a))
         return -1; /* [last, h, w] */
     vae_trace(trace, b.cur, (size_t)last * h * w, "encoder.mid_block", 0);
-    diffuse_op_group_norm(b.cur, b.cur, v->enc_norm_out.gamma, v->enc_norm_out.beta, 1, last, h * w,
-                          cfg->groups, VAE_EPS, true);
+    if (!a->dry)
+        diffuse_op_group_norm(b.cur, b.cur, v->enc_norm_out.gamma, v->enc_norm_out.beta, 1, last,
+                              h * w, cfg->groups, VAE_EPS, true);
     g = vae_same(h, w, 3);
     if (vae_conv(&v->enc_conv_out, b.other, b.cur, &g, false, a))
         return -1; /* [2*latent, h, w] */
@@ -742,7 +716,8 @@ static int vae_up_block(const diffuse_vae *v, int i, vae_bufs *b, int *h, int *w
         return 0;
     const float *src = b->cur;
     if (b->cur == b->big) {
-        memcpy(b->u, b->cur, sizeof(float) * c * *h * *w);
+        if (!a->dry)
+            memcpy(b->u, b->cur, sizeof(float) * c * *h * *w);
         src = b->u;
     } else {
         b->other = b->cur;
@@ -777,8 +752,9 @@ static int vae_decode_run(const diffuse_vae *v, float *image, const float *laten
         vae_trace(trace, b.cur, (size_t)cfg->channels[cfg->levels - 1 - i] * h * w,
                   "decoder.up_blocks.%d", i);
     }
-    diffuse_op_group_norm(b.cur, b.cur, v->dec_norm_out.gamma, v->dec_norm_out.beta, 1,
-                          cfg->channels[0], h * w, cfg->groups, VAE_EPS, true);
+    if (!a->dry)
+        diffuse_op_group_norm(b.cur, b.cur, v->dec_norm_out.gamma, v->dec_norm_out.beta, 1,
+                              cfg->channels[0], h * w, cfg->groups, VAE_EPS, true);
     g3 = vae_same(h, w, 3);
     if (vae_conv(&v->dec_conv_out, image, b.cur, &g3, false, a))
         return -1; /* [out, H, W] */

@@ -450,15 +450,21 @@ diffuse_model *core_model_load(const gchar *model, GError **error)
     gchar err[DIFFUSE_ERROR_SIZE] = "";
     diffuse_load_params params = diffuse_load_params_default();
     gchar *path = core_model_resolve(model, error);
-    diffuse_model *m;
+    diffuse_model *m = NULL;
+    diffuse_status st;
 
     if (!path)
         return NULL;
-    m = diffuse_model_load(path, &params, err, sizeof err);
+    st = diffuse_model_open(path, &params, &m, err, sizeof err);
     if (!m)
-        /* the engine's message names the file */
-        g_set_error(error, CORE_ERROR, CORE_ERROR_EXECUTION, "cannot load the model: %s",
-                    err[0] ? err : path);
+        /* the engine's message names the file. A model the caller named that
+         * cannot be read or is none is a bad argument; the default model's
+         * failing, or memory, is the run's */
+        g_set_error(error, CORE_ERROR,
+                    model && *model && (st == DIFFUSE_ERR_IO || st == DIFFUSE_ERR_FORMAT)
+                        ? CORE_ERROR_CALLING
+                        : CORE_ERROR_EXECUTION,
+                    "cannot load the model: %s", err[0] ? err : path);
     g_free(path);
     return m;
 }

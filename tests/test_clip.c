@@ -59,8 +59,11 @@ static void check_layout(const char *path, diffuse_st_file *g)
         double rel = test_rel_err(out, ref, (size_t)n_ref, &abs);
         printf("%s text.last_hidden_state max_abs_err=%.3g rel_err=%.3g\n", path, abs, rel);
         CHECK(rel < 1e-4, "text encoder rel err %g", rel);
-        CHECK(!a.overflow && a.peak * 8 >= a.cap,
-              "work memory: peak %zu of %zu floats (no overflow, not 8x oversized)", a.peak, a.cap);
+        /* the plan is the encoder run dry: exactly its peak and its flops */
+        CHECK(!a.overflow && a.peak == a.cap, "work memory: peak %zu of %zu floats planned", a.peak,
+              a.cap);
+        CHECK(a.flops == diffuse_clip_flops(c, 2) && a.flops > 0, "%.6g flops run, %.6g planned",
+              a.flops, diffuse_clip_flops(c, 2));
         ids[5] = 60000;
         CHECK(diffuse_clip_forward(c, out, ids, 1, &a, err) == -1 && strstr(err, "60000"),
               "bad token id rejected: %s", err);

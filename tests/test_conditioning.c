@@ -187,6 +187,47 @@ static void test_runs(diffuse_model *m, const char *name)
     free(huge);
 }
 
+/* diffuse_request_cost counts, before a run, the GFLOP the run then counts:
+ * batched and one-at-a-time guidance, img2img (an encode and fewer steps),
+ * two images. */
+static void test_cost(diffuse_model *m, const char *name, const char *long_prompt)
+{
+    char err[DIFFUSE_ERROR_SIZE];
+    float init[3 * 64 * 64];
+    for (int i = 0; i < 3 * 64 * 64; i++)
+        init[i] = (float)(i % 7) / 7.0f;
+    for (int k = 0; k < 3; k++) {
+        diffuse_request r = diffuse_request_default();
+        diffuse_stats st;
+        r.prompt = k == 1 ? long_prompt : "blue";
+        r.negative_prompt = "green";
+        r.width = r.height = 64;
+        r.steps = 3;
+        r.count = k == 2 ? 2 : 1;
+        if (k == 2) {
+            r.init_image = init;
+            r.strength = 0.5f;
+        }
+        diffuse_cost c = diffuse_request_cost(m, &r);
+        diffuse_image img[2] = {{0}};
+        r.stats = &st;
+        CHECK(diffuse_generate(m, &r, img, err, sizeof err) == DIFFUSE_OK, "%s: %s", name, err);
+        CHECK(c.seconds > 0 && c.unet_gflop > 0 && c.vae_gflop > 0 && c.text_gflop > 0,
+              "%s case %d: cost %g s", name, k, c.seconds);
+        CHECK(fabs(c.unet_gflop - st.unet_gflop) <= 1e-9 * st.unet_gflop &&
+                  fabs(c.vae_gflop - st.vae_gflop) <= 1e-9 * st.vae_gflop &&
+                  fabs(c.text_gflop - st.text_gflop) <= 1e-9 * st.text_gflop,
+              "%s case %d: planned %g/%g/%g GFLOP, counted %g/%g/%g", name, k, c.text_gflop,
+              c.unet_gflop, c.vae_gflop, st.text_gflop, st.unet_gflop, st.vae_gflop);
+        diffuse_image_free(&img[0]);
+        diffuse_image_free(&img[1]);
+    }
+    diffuse_request bad = diffuse_request_default();
+    bad.prompt = "blue";
+    bad.width = 60;
+    CHECK(diffuse_request_cost(m, &bad).seconds == 0, "%s: a refused size has a cost", name);
+}
+
 static void check_model(const char *path, const char *name)
 {
     char err[DIFFUSE_ERROR_SIZE];
@@ -198,6 +239,10 @@ static void check_model(const char *path, const char *name)
     test_weights(m, name);
     test_clip_skip(m, name);
     test_runs(m, name);
+    char text[1024] = "";
+    for (int i = 0; i < 90; i++)
+        strcat(text, "blue ");
+    test_cost(m, name, text);
     diffuse_model_free(m);
 }
 

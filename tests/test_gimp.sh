@@ -549,6 +549,8 @@ EOF
 expect "status txt2img error" "txt2img with a bad model did not fail"
 expect "status img2img error" "img2img with a bad model did not fail"
 expect_log "cannot load the model: /nonexistent/model.safetensors"
+# a model argument that is no model is the caller's error (GIMP_PDB_CALLING_ERROR)
+expect_log "failed on invalid input arguments"
 unchanged
 case_end
 

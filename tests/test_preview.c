@@ -96,5 +96,16 @@ int main(void)
     CHECK(c.calls == 1, "%d previews after a cancel", c.calls - 1);
     CHECK(!two[0].pixels && !two[1].pixels, "a cancelled run left an image");
     diffuse_model_free(m);
+
+    /* the fit's work memory is planned exactly: it runs in an arena of its
+     * plan and reaches all of it (a fresh model: the map is fitted once) */
+    m = diffuse_model_load(MODEL, NULL, err, sizeof err);
+    diffuse_arena a;
+    if (m && diffuse_arena_init(&a, diffuse_preview_fit_workspace(m), err) == 0) {
+        CHECK(diffuse_preview_fit(m, &a, err) == DIFFUSE_OK, "fit: %s", err);
+        CHECK(a.peak == a.cap && !a.overflow, "fit peak %zu of %zu planned", a.peak, a.cap);
+        diffuse_arena_free(&a);
+    }
+    diffuse_model_free(m);
     TEST_END();
 }

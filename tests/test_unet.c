@@ -246,8 +246,11 @@ static void check_sizes(const diffuse_unet *u)
             for (size_t j = 0; j < len; j++)
                 finite = finite && isfinite(out[j]);
             CHECK(finite, "n=%d %dx%d: non-finite output", n, h, w);
-            CHECK(a.peak <= ws && a.peak * 2 >= ws, "n=%d %dx%d: peak %zu vs workspace %zu", n, h,
-                  w, a.peak, ws);
+            /* the plan is the forward run dry: the same pushes, the same flops */
+            CHECK(a.peak == ws, "n=%d %dx%d: peak %zu vs workspace %zu", n, h, w, a.peak, ws);
+            double f = diffuse_unet_flops(u, n, h, w, tok);
+            CHECK(a.flops == f && f > 0, "n=%d %dx%d: %.6g flops run, %.6g planned", n, h, w,
+                  a.flops, f);
             printf("n=%d %dx%d tokens %d: peak %zu floats, workspace %zu (%.0f%%)\n", n, h, w, tok,
                    a.peak, ws, 100.0 * a.peak / ws);
             diffuse_arena_free(&a);

@@ -174,8 +174,12 @@ static void check_non_square(const diffuse_vae *vae)
         CHECK(diffuse_vae_encode(vae, mom, image, h, w, &a, NULL, err) == 0 &&
                   diffuse_vae_decode(vae, image, mom, h, w, &a, NULL, err) == 0,
               "%dx%d: %s", w, h, err);
-        CHECK(a.peak <= ws && isfinite(image[0]) && isfinite(image[3 * h * w - 1]),
+        /* the plan is each pass run dry: its peak exactly, its flops exactly */
+        CHECK(a.peak == ws && isfinite(image[0]) && isfinite(image[3 * h * w - 1]),
               "%dx%d: peak %zu, workspace %zu", w, h, a.peak, ws);
+        double f = diffuse_vae_flops(vae, true, h, w) + diffuse_vae_flops(vae, false, h, w);
+        CHECK(a.flops == f && diffuse_vae_flops(vae, false, h, w) > 0,
+              "%dx%d: %.6g flops run, %.6g planned", w, h, a.flops, f);
         diffuse_arena_free(&a);
     }
     free(image);

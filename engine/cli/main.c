@@ -183,20 +183,24 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* --verbose: the phases of the run and its memory, on stderr. */
-static void print_stats(const diffuse_stats *s, double load_s)
+/* --verbose: the phases of the run and its memory, on stderr, beside what
+ * diffuse_request_cost said before it ran. */
+static void print_stats(const diffuse_stats *s, const diffuse_cost *c, double load_s, double run_s)
 {
     fprintf(stderr, "load          %8.2f s\n", load_s);
-    fprintf(stderr, "text encoder  %8.2f s\n", s->text_s);
+    fprintf(stderr, "text encoder  %8.2f s  %.1f GFLOP (planned %.1f)\n", s->text_s, s->text_gflop,
+            c->text_gflop);
     if (s->vae_encode_s > 0)
         fprintf(stderr, "vae encode    %8.2f s\n", s->vae_encode_s);
     if (s->unet_passes)
         fprintf(stderr,
                 "unet          %8.2f s  %d passes, %.0f evals, %.2f s per eval, "
-                "%.1f GFLOP/s dense-equivalent\n",
+                "%.1f GFLOP/s dense-equivalent, %.1f GFLOP (planned %.1f)\n",
                 s->unet_s, s->unet_passes, s->unet_evals, s->unet_s / s->unet_evals,
-                s->unet_gflop / s->unet_s);
+                s->unet_gflop / s->unet_s, s->unet_gflop, c->unet_gflop);
     fprintf(stderr, "vae decode    %8.2f s\n", s->vae_decode_s);
+    fprintf(stderr, "vae           %8.1f GFLOP (planned %.1f)\n", s->vae_gflop, c->vae_gflop);
+    fprintf(stderr, "generate      %8.2f s  (estimated %.2f s)\n", run_s, c->seconds);
     fprintf(stderr, "peak RSS      %8.0f MiB  (predicted %.0f MiB)\n", s->peak_rss / 1048576.0,
             s->predicted_peak / 1048576.0);
 }
@@ -670,9 +674,13 @@ static int cmd_generate(int argc, char **argv)
         rc = exit_status(DIFFUSE_ERR_MEMORY);
         goto done;
     }
+    diffuse_cost cost = {0};
+    if (o.verbose)
+        cost = diffuse_request_cost(model, &o.req);
+    const double t1 = now_s();
     st = diffuse_generate(model, &o.req, images, err, sizeof err);
     if (o.verbose)
-        print_stats(&stats, load_s);
+        print_stats(&stats, &cost, load_s, now_s() - t1);
     if (st != DIFFUSE_OK) {
         fprintf(stderr, "diffuse: %s\n", err);
         rc = exit_status(st);
