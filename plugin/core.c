@@ -1078,38 +1078,54 @@ static gboolean check_memory(Job *job, GError **error)
     return TRUE;
 }
 
+/* The request s makes: text, seed, sampling, size and count (the caller
+ * adds the rest); the strings are s's. s->sampler must be valid, or it is
+ * taken as the first. */
+static void request_from_settings(const CoreSettings *s, diffuse_request *r)
+{
+    const CoreSampler *samplers;
+    const gint i = MAX(0, core_sampler_find(s->sampler)); /* validated for a run */
+
+    *r = diffuse_request_default();
+    r->prompt = s->prompt;
+    /* "" means none given unless the settings say it is a prompt (SDXL) */
+    r->negative_prompt = s->negative_prompt[0] || s->empty_negative ? s->negative_prompt : NULL;
+    r->size_cond = (diffuse_size_cond){.original_width = s->size_cond[0],
+                                       .original_height = s->size_cond[1],
+                                       .crop_left = s->size_cond[2],
+                                       .crop_top = s->size_cond[3],
+                                       .target_width = s->size_cond[4],
+                                       .target_height = s->size_cond[5]};
+    r->fast_decode = s->fast_decoder;
+    r->seed = (guint64)MAX(0, s->seed);
+    r->steps = s->steps;
+    r->guidance = s->guidance;
+    core_sampler_choices(&samplers);
+    r->sampler = samplers[i].sampler;
+    r->karras = samplers[i].karras;
+    r->count = s->count;
+    r->width = s->width;
+    r->height = s->height;
+}
+
+void core_settings_estimate(const diffuse_model *model, const CoreSettings *s, gsize *memory,
+                            gdouble *seconds)
+{
+    diffuse_request r;
+
+    request_from_settings(s, &r);
+    r.count = MAX(1, r.count);
+    *memory = diffuse_request_memory(model, &r);
+    *seconds = diffuse_request_seconds(model, &r);
+}
+
 /* Stage 2: fills job->req (and job->region for img2img). */
 static gboolean prepare(Job *job, GError **error)
 {
     diffuse_request *r = &job->req;
 
     job->rss_start = diffuse_rss_now();
-    *r = diffuse_request_default();
-    r->prompt = job->s.prompt;
-    /* "" means none given unless the settings say it is a prompt (SDXL) */
-    r->negative_prompt =
-        job->s.negative_prompt[0] || job->s.empty_negative ? job->s.negative_prompt : NULL;
-    r->size_cond = (diffuse_size_cond){.original_width = job->s.size_cond[0],
-                                       .original_height = job->s.size_cond[1],
-                                       .crop_left = job->s.size_cond[2],
-                                       .crop_top = job->s.size_cond[3],
-                                       .target_width = job->s.size_cond[4],
-                                       .target_height = job->s.size_cond[5]};
-    r->fast_decode = job->s.fast_decoder;
-    r->seed = (guint64)job->s.seed;
-    r->steps = job->s.steps;
-    r->guidance = job->s.guidance;
-    {
-        const CoreSampler *samplers;
-        const gint i = core_sampler_find(job->s.sampler); /* validated */
-
-        core_sampler_choices(&samplers);
-        r->sampler = samplers[i].sampler;
-        r->karras = samplers[i].karras;
-    }
-    r->count = job->s.count;
-    r->width = job->s.width;
-    r->height = job->s.height;
+    request_from_settings(&job->s, r);
     r->progress = on_progress;
     r->progress_user = job;
     if (job->watch && job->watch->preview) { /* before the memory check: previews cost some */

@@ -303,6 +303,14 @@ typedef struct {
 gboolean core_run(CoreImage image, CoreDrawable drawable, CoreMode mode, CoreSettings *settings,
                   diffuse_model *model, const CoreWatch *watch, GError **error);
 
+/* What a Text to Image run of s would cost with model, before it runs (the
+ * dialogs' size note): *memory, the bytes the engine's request adds
+ * (diffuse_request_memory), and *seconds, the engine's estimate of its time
+ * on this machine (diffuse_request_seconds: loading and previews left out;
+ * 0 for a request the engine would refuse). */
+void core_settings_estimate(const diffuse_model *model, const CoreSettings *s, gsize *memory,
+                            gdouble *seconds);
+
 /* The parasite text of one result (Stable Diffusion tools' format). */
 gchar *core_parameters_text(const CoreSettings *s, CoreMode mode, guint64 seed, gint width,
                             gint height);

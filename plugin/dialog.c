@@ -66,38 +66,56 @@ void dialog_model_update(DialogModel *m, gboolean apply_defaults)
     model_apply(m, apply_defaults);
 }
 
-gchar *dialog_size_note(const diffuse_model *model, gint width, gint height, gint count)
+gchar *dialog_time_text(gdouble seconds)
+{
+    const gint whole = (gint)(seconds + 0.5);
+
+    if (seconds < 0.995) /* the bundled model's, a tenth of a second */
+        return g_strdup_printf(_("%.2f s"), seconds);
+    if (seconds < 9.95)
+        return g_strdup_printf(_("%.1f s"), seconds);
+    if (whole < 60)
+        return g_strdup_printf(_("%d s"), whole);
+    if (whole < 3600)
+        return g_strdup_printf(_("%d min %02d s"), whole / 60, whole % 60);
+    return g_strdup_printf(_("%d h %02d min"), whole / 3600, whole % 3600 / 60);
+}
+
+gchar *dialog_size_note(const diffuse_model *model, const CoreSettings *s)
 {
     diffuse_model_info mi;
-    diffuse_request req = diffuse_request_default();
     gsize need, have = diffuse_memory_available();
+    gdouble seconds;
+    gchar *cost, *note;
 
     if (!model)
         return NULL;
     diffuse_model_get_info(model, &mi);
-    if (width <= mi.native_size && height <= mi.native_size)
-        return NULL;
-    req.prompt = "";
-    req.width = width;
-    req.height = height;
-    req.count = MAX(1, count);
-    need = diffuse_request_memory(model, &req);
+    core_settings_estimate(model, s, &need, &seconds);
+    if (seconds > 0) {
+        gchar *time = dialog_time_text(seconds);
+
+        cost = g_strdup_printf(_("About %s and %d MiB of memory"), time, (gint)(need >> 20));
+        g_free(time);
+    } else /* a size the engine would refuse: no time to tell */
+        cost = g_strdup_printf(_("About %d MiB of memory"), (gint)(need >> 20));
     if (have && need > have)
-        return g_strdup_printf(_("Larger than the model's native %dx%d: models draw best at "
-                                 "their native size. About %d MiB of memory, only %d MiB are "
-                                 "free: it will be refused."),
-                               mi.native_size, mi.native_size, (gint)(need >> 20),
+        note = g_strdup_printf(_("%s, only %d MiB are free: it will be refused."), cost,
                                (gint)(have >> 20));
-    if (have)
-        return g_strdup_printf(_("Larger than the model's native %dx%d: models draw best at "
-                                 "their native size. About %d MiB of memory (%d MiB free); "
-                                 "time grows with the pixels."),
-                               mi.native_size, mi.native_size, (gint)(need >> 20),
-                               (gint)(have >> 20));
-    return g_strdup_printf(_("Larger than the model's native %dx%d: models draw best at their "
-                             "native size. About %d MiB of memory; time grows with the "
-                             "pixels."),
-                           mi.native_size, mi.native_size, (gint)(need >> 20));
+    else if (have)
+        note = g_strdup_printf(_("%s (%d MiB free)."), cost, (gint)(have >> 20));
+    else
+        note = g_strdup_printf("%s.", cost);
+    g_free(cost);
+    if (s->width > mi.native_size || s->height > mi.native_size) {
+        gchar *larger = g_strdup_printf(_("Larger than the model's native %dx%d: models draw "
+                                          "best at their native size. %s"),
+                                        mi.native_size, mi.native_size, note);
+
+        g_free(note);
+        note = larger;
+    }
+    return note;
 }
 
 GtkWidget *dialog_size_note_new(void)
@@ -111,10 +129,9 @@ GtkWidget *dialog_size_note_new(void)
     return label;
 }
 
-void dialog_size_note_update(GtkWidget *label, const diffuse_model *model, gint width, gint height,
-                             gint count)
+void dialog_size_note_update(GtkWidget *label, const diffuse_model *model, const CoreSettings *s)
 {
-    gchar *note = dialog_size_note(model, width, height, count);
+    gchar *note = dialog_size_note(model, s);
 
     gtk_label_set_text(GTK_LABEL(label), note ? note : "");
     gtk_widget_set_visible(label, note != NULL);

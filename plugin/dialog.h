@@ -75,16 +75,17 @@ void dialog_model_reapply(DialogModel *m, gboolean apply_defaults);
  * caller frees it), else NULL, the model freed. Frees m's path. */
 diffuse_model *dialog_model_take(DialogModel *m, gboolean ok, const gchar *chosen);
 
-/* What a Text to Image size larger than the model's native size costs:
- * "Larger than the model's native 512x512: models draw best at ... About N
- * MiB of memory (M MiB free) ...", from the engine's own estimate
- * (diffuse_request_memory) for count images; NULL within the native size or
- * without a model. g_free(). */
-gchar *dialog_size_note(const diffuse_model *model, gint width, gint height, gint count);
+/* What a Text to Image run of s costs, from the engine's own estimates
+ * (core_settings_estimate(): its size, count, steps, guidance, sampler and
+ * decoder): "About 12 s and 800 MiB of memory (5000 MiB free).", and above
+ * the model's native size first "Larger than the model's native 512x512:
+ * models draw best at their native size."; NULL without a model. g_free(). */
+gchar *dialog_size_note(const diffuse_model *model, const CoreSettings *s);
+/* "0.04 s", "2.5 s", "12 s", "3 min 05 s", "1 h 02 min"; g_free(). */
+gchar *dialog_time_text(gdouble seconds);
 /* A wrapping label for it, hidden while there is nothing to say, and its update. */
 GtkWidget *dialog_size_note_new(void);
-void dialog_size_note_update(GtkWidget *label, const diffuse_model *model, gint width, gint height,
-                             gint count);
+void dialog_size_note_update(GtkWidget *label, const diffuse_model *model, const CoreSettings *s);
 
 /* With DIFFUSE_DIALOG_DUMP naming a file, appends to it "dialog<tab>TITLE",
  * "ok<tab>sensitive" (or insensitive), the tooltip of every widget the dialog

@@ -270,7 +270,8 @@ typedef struct {
     GtkWidget *masked;      /* Image to Image: GtkComboBoxText of diffuse_masked_content */
     GtkWidget *scale_to;    /* Text to Image: GtkComboBoxText of the CoreScaleTo values */
     gint unit;              /* Text to Image: sizes are multiples of it, the model's (core.h) */
-    GtkWidget *size_note;   /* Text to Image: what a size over the native one costs */
+    GtkWidget *size_note;   /* Text to Image: what the run costs (dialog_size_note()) */
+    gboolean shown;         /* every widget is made: the note can read them */
     gint32 image, drawable; /* Image to Image: the selection the area suits */
     DialogModel model;      /* the model row */
     DialogLora lora;        /* the LoRA row */
@@ -326,14 +327,21 @@ static GtkObject *add_scale(GtkWidget *table, gint row, const gchar *label, gdou
                                 NULL);
 }
 
-/* Text to Image: the size note for the size and count shown. */
+static void read_settings(CoreSettings *s, gpointer data);
+
+/* Text to Image: the size note for the settings shown (what the run would
+ * cost), once every field is there. */
 static void update_size_note(Dialog *d)
 {
-    if (d->size_note)
-        dialog_size_note_update(d->size_note, d->model.model,
-                                gtk_adjustment_get_value(GTK_ADJUSTMENT(d->width)),
-                                gtk_adjustment_get_value(GTK_ADJUSTMENT(d->height)),
-                                gtk_adjustment_get_value(GTK_ADJUSTMENT(d->count)));
+    CoreSettings *s;
+
+    if (!d->size_note || !d->shown)
+        return;
+    s = g_new(CoreSettings, 1); /* ~12 KiB: not on the stack */
+    *s = *d->s;
+    read_settings(s, d);
+    dialog_size_note_update(d->size_note, d->model.model, s);
+    g_free(s);
 }
 
 /* Keeps a size adjustment on multiples of the model's unit. */
@@ -550,14 +558,22 @@ static GtkWidget *make_table(Dialog *d)
     }
     d->count = add_scale(table, row++, "Co_unt:", s->count, 1, 16, 1, 0, CORE_MAX_COUNT,
                          "Images to make, one new layer each");
-    if (d->mode == CORE_TXT2IMG)
-        g_signal_connect_swapped(d->count, "value-changed", G_CALLBACK(update_size_note), d);
+    if (d->mode == CORE_TXT2IMG) { /* what the time depends on, besides the size */
+        GtkObject *const changes[] = {d->count, d->steps, d->guidance};
+
+        for (gsize i = 0; i < G_N_ELEMENTS(changes); i++)
+            g_signal_connect_swapped(changes[i], "value-changed", G_CALLBACK(update_size_note), d);
+    }
     d->fast_decoder = gtk_check_button_new_with_mnemonic(core_fast_decoder_arg.label);
     gtk_toggle_button_set_active(GTK_TOGGLE_BUTTON(d->fast_decoder), s->fast_decoder);
     gimp_help_set_help_data(d->fast_decoder, core_fast_decoder_arg.blurb, NULL);
     gtk_table_attach(GTK_TABLE(table), d->fast_decoder, 1, 3, row, row + 1, GTK_FILL, GTK_FILL, 0,
                      0);
     row++;
+    if (d->mode == CORE_TXT2IMG) {
+        g_signal_connect_swapped(d->sampler, "changed", G_CALLBACK(update_size_note), d);
+        g_signal_connect_swapped(d->fast_decoder, "toggled", G_CALLBACK(update_size_note), d);
+    }
     add_model_row(d, table, row);
     add_lora_rows(d, table, row + 2);
     return table;
@@ -691,6 +707,7 @@ static gboolean dialog_run(CoreSettings *s, CoreMode mode, const gchar *proc, gb
     gtk_box_pack_start(GTK_BOX(vbox), make_table(&d), FALSE, FALSE, 0);
     gtk_box_pack_start(GTK_BOX(vbox), make_sdxl(&d), FALSE, FALSE, 0);
     gtk_widget_show_all(d.dialog);
+    d.shown = TRUE;
     dialog_model_update(&d.model, first_time);
     update_size_note(&d);
 

@@ -364,7 +364,7 @@ typedef struct {
     DialogLora lora;         /* the LoRA row, its entry bound to the config's "lora" */
     DialogCopy copy;         /* Copy Settings from Layer */
     GtkWidget *size[2];      /* Text to Image: the width and height fields */
-    GtkWidget *size_note;    /* Text to Image: what a size over the native one costs */
+    GtkWidget *size_note;    /* Text to Image: what the run costs (dialog_size_note()) */
     gint unit;               /* Text to Image: sizes are multiples of it, the model's (core.h) */
     gint image_size[2];      /* Text to Image: the size it opens with until a model loads */
     gint last_seed;          /* the seed shown while Randomize is ticked */
@@ -394,15 +394,20 @@ static gboolean round_sizes(gpointer data)
     return G_SOURCE_REMOVE;
 }
 
-/* Text to Image: the size note for the size and count set. */
+static void read_settings(CoreSettings *s, gpointer data);
+
+/* Text to Image: the size note for the settings set (what the run would
+ * cost). */
 static void update_size_note(Dialog *d)
 {
-    gint w, h, count;
+    CoreSettings *s;
 
     if (!d->size_note)
         return;
-    g_object_get(d->config, "width", &w, "height", &h, "count", &count, NULL);
-    dialog_size_note_update(d->size_note, d->model.model, w, h, count);
+    s = g_new(CoreSettings, 1); /* ~12 KiB: not on the stack */
+    read_settings(s, d);
+    dialog_size_note_update(d->size_note, d->model.model, s);
+    g_free(s);
 }
 
 static void size_changed(GimpProcedureConfig *config, GParamSpec *pspec, Dialog *d)
@@ -747,7 +752,15 @@ static gboolean dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config
             g_signal_connect(config, i ? "notify::height" : "notify::width",
                              G_CALLBACK(size_changed), &d);
         }
-        g_signal_connect_swapped(config, "notify::count", G_CALLBACK(update_size_note), &d);
+        /* what the time depends on, besides the size */
+        for (gint i = 0; i < 5; i++) {
+            const gchar *const names[] = {"count", "steps", "guidance", "sampler-choice",
+                                          core_fast_decoder_arg.name};
+            gchar *signal = g_strconcat("notify::", names[i], NULL);
+
+            g_signal_connect_swapped(config, signal, G_CALLBACK(update_size_note), &d);
+            g_free(signal);
+        }
         d.size_note = dialog_size_note_new();
         gtk_box_pack_start(
             GTK_BOX(gimp_procedure_dialog_fill_box(dialog, "size-box", "height", NULL)),

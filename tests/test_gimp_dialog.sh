@@ -210,8 +210,14 @@ section() { # section N: the lines of the dialog N from the end (1: the last)
     awk -v want="$(($(grep -c '^dialog	' "$tmp/dump.txt" 2>/dev/null) + 1 - $1))" \
         '/^dialog	/ { n++ } n == want' "$tmp/dump.txt" 2>/dev/null
 }
-section 4 | grep -q "^diffuse-size-note	Larger than the model's native 64x64: models draw best at their native size. About [0-9]* MiB of memory"
+# the engine's estimates of the time and the memory (diffuse_request_seconds
+# and diffuse_request_memory): "About 0.4 s and 12 MiB of memory (N MiB
+# free)."; at the native size too (the dialog OK'd at 64x64), without "Larger"
+TIME="About [0-9.]* \(s\|min [0-9]* s\|h [0-9]* min\) and [0-9]* MiB of memory"
+section 4 | grep -q "^diffuse-size-note	Larger than the model's native 64x64: models draw best at their native size. $TIME"
 check $? "Width 128 did not tell what it costs: $(section 4 | grep -e '^diffuse-' -e '^ok')"
+section 5 | grep -q "^diffuse-size-note	$TIME"
+check $? "the native size's note does not tell the time: $(section 5 | grep -e '^diffuse-' -e '^dialog')"
 section 3 | grep -qx "ok	insensitive"
 check $? "OK was not insensitive with a model that cannot load: $(section 3 | grep -e '^diffuse-' -e '^ok')"
 section 3 | grep -q "^GtkLabel	cannot load the model: $tmp/no-such-model"

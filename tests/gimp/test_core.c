@@ -315,6 +315,42 @@ static void test_scale(void)
           "scale-to names and labels");
 }
 
+/* The dialogs' estimate of a Text to Image run with the bundled model (run
+ * from the source tree's root, as tests/test_gimp.sh does): memory and
+ * seconds, which grow with the steps, the size and the unconditional pass. */
+static void test_estimate(void)
+{
+    diffuse_model *m = core_model_load("models/default", NULL);
+    CoreSettings s;
+    gsize mem, mem_big;
+    gdouble sec, sec_steps, sec_big, sec_guided;
+    gint64 t0;
+
+    CHECK(m != NULL, "models/default does not load (run from the source tree's root)");
+    if (!m)
+        return;
+    core_settings_default(&s);
+    s.width = s.height = 64, s.steps = 4, s.guidance = 1;
+    t0 = g_get_monotonic_time();
+    core_settings_estimate(m, &s, &mem, &sec);
+    CHECK(mem > 0 && sec > 0, "64x64, 4 steps: %" G_GSIZE_FORMAT " bytes, %g s", mem, sec);
+    s.steps = 8;
+    core_settings_estimate(m, &s, &mem, &sec_steps);
+    s.guidance = 7.5;
+    core_settings_estimate(m, &s, &mem, &sec_guided);
+    s.width = s.height = 256;
+    core_settings_estimate(m, &s, &mem_big, &sec_big);
+    CHECK(sec_steps > 1.5 * sec && sec_guided > 1.5 * sec_steps && sec_big > 4 * sec_guided &&
+              mem_big > mem,
+          "estimates do not grow: 4 steps %g s, 8 steps %g s, guided %g s, 256x256 %g s "
+          "(%" G_GSIZE_FORMAT " > %" G_GSIZE_FORMAT " bytes)",
+          sec, sec_steps, sec_guided, sec_big, mem_big, mem);
+    /* the dialog asks at every change: a dry run, not a run */
+    CHECK(g_get_monotonic_time() - t0 < 2 * G_USEC_PER_SEC, "four estimates took %.2f s",
+          (g_get_monotonic_time() - t0) / 1e6);
+    diffuse_model_free(m);
+}
+
 static void test_resample(void)
 {
     float src[4 * 3 * 2], same[4 * 3 * 2], up[8 * 6 * 2], flat[5 * 7];
@@ -664,6 +700,7 @@ int main(void)
     test_sizes();
     test_area();
     test_scale();
+    test_estimate();
     test_resample();
     test_texts();
     test_read_own();
