@@ -115,7 +115,7 @@ static int clip_attention(const diffuse_clip *c, const clip_block *b, float *x, 
         return -1;
     if (!a->dry)
         diffuse_op_attention(h, q, d, k, v, d, t, t, heads, d / heads, true, scratch);
-    a->flops += diffuse_attention_flops(t, t, d);
+    diffuse_arena_count(a, diffuse_attention_flops(t, t, d));
     if (diffuse_linear_forward(&b->o, q, h, t, a))
         return -1;
     if (!a->dry)
@@ -248,14 +248,12 @@ int diffuse_clip_encode(const diffuse_clip *c, const int32_t *ids, int n, float 
 }
 
 /* The encoder run dry on n prompts, every block and the projection when
- * there is one (the most any output takes): floats pushed at most, (size_t)-1
- * / 8 when no plan can be made; *flops its flops. */
-static size_t clip_dry(const diffuse_clip *c, int n, double *flops)
+ * there is one (the most any output takes). */
+diffuse_plan diffuse_clip_plan(const diffuse_clip *c, int n)
 {
     diffuse_arena a;
-    *flops = 0;
     if (n < 1 || diffuse_arena_dry(&a))
-        return (size_t)-1 / 8;
+        return (diffuse_plan){.floats = DIFFUSE_PLAN_NONE};
     const size_t t = DIFFUSE_MAX_TOKENS;
     int32_t *ids = (int32_t *)diffuse_arena_push(&a, (size_t)n * t); /* never touched */
     float *out = diffuse_arena_push(&a, (size_t)n * t * c->cfg.width);
@@ -264,21 +262,10 @@ static size_t clip_dry(const diffuse_clip *c, int n, double *flops)
     int rc = ids && out && pooled ? clip_run(c, ids, n, c->cfg.layers, true, out, c->cfg.width,
                                              c->projection.w.data ? pooled : NULL, &a, NULL)
                                   : -1;
-    size_t need = rc ? (size_t)-1 / 8 : a.peak - inputs;
-    *flops = rc ? 0 : a.flops;
-    diffuse_arena_free(&a);
-    return need;
+    return diffuse_arena_plan(&a, inputs, rc);
 }
 
 size_t diffuse_clip_workspace(const diffuse_clip *c, int n)
 {
-    double flops;
-    return clip_dry(c, n, &flops);
-}
-
-double diffuse_clip_flops(const diffuse_clip *c, int n)
-{
-    double flops;
-    clip_dry(c, n, &flops);
-    return flops;
+    return diffuse_clip_plan(c, n).floats;
 }

@@ -365,15 +365,34 @@ typedef struct diffuse_arena {
     float *base;
     size_t cap, used, peak; /* in floats */
     bool overflow;
-    bool dry;     /* plan only: nothing computed, nothing touched */
-    double flops; /* dense-equivalent flops of the layers run on it */
+    bool dry;      /* plan only: nothing computed, nothing touched */
+    double flops;  /* dense-equivalent flops of the layers run on it */
+    double layers; /* how many layers (matrix products, convolutions, attentions) */
 } diffuse_arena;
+/* One layer run (or planned) on `a`: its flops. */
+static inline void diffuse_arena_count(diffuse_arena *a, double flops)
+{
+    a->flops += flops;
+    a->layers += 1;
+}
 
 /* Floats a push of n takes: blocks of 16 (64 bytes), so every buffer is aligned. */
 static inline size_t diffuse_arena_size(size_t n)
 {
     return (n + 15) & ~(size_t)15;
 }
+/* What a pass run on a dry arena reached: the floats it pushed at most
+ * beyond its inputs, its flops and its layers. floats is DIFFUSE_PLAN_NONE
+ * (and the rest 0) when no plan could be made: no address space, or a size
+ * past what any machine has. */
+typedef struct diffuse_plan {
+    size_t floats;
+    double flops, layers;
+} diffuse_plan;
+#define DIFFUSE_PLAN_NONE ((size_t)-1 / 8)
+/* The plan of the pass just run dry on `a` (rc its result, inputs the
+ * floats pushed before it); frees the arena. */
+diffuse_plan diffuse_arena_plan(diffuse_arena *a, size_t inputs, int rc);
 int diffuse_arena_init(diffuse_arena *a, size_t floats, char *err);
 /* A dry arena of a large reserved, inaccessible range; -1 when no address
  * space could be reserved. Free with diffuse_arena_free. */
@@ -509,7 +528,7 @@ void diffuse_unet_free(diffuse_unet *u);
  * exactly what a real pass pushes and counts. (size_t)-1 / 8 floats and 0
  * flops when no plan can be made. */
 size_t diffuse_unet_workspace(const diffuse_unet *u, int n, int h, int w, int tokens);
-double diffuse_unet_flops(const diffuse_unet *u, int n, int h, int w, int tokens);
+diffuse_plan diffuse_unet_plan(const diffuse_unet *u, int n, int h, int w, int tokens);
 /* out [n, out_ch, h, w] = unet(x [n, in_ch, h, w], timestep[n], cond). trace
  * may be NULL. Allocates nothing: all scratch from `a`. */
 int diffuse_unet_forward(const diffuse_unet *u, float *out, const float *x, const float *timestep,
@@ -546,7 +565,7 @@ void diffuse_clip_free(diffuse_clip *c);
 /* Arena floats encoding n prompts needs (any output), and its flops: the
  * encoder run dry on every block. */
 size_t diffuse_clip_workspace(const diffuse_clip *c, int n);
-double diffuse_clip_flops(const diffuse_clip *c, int n);
+diffuse_plan diffuse_clip_plan(const diffuse_clip *c, int n);
 /* out [n, 77, width] = final_layer_norm(blocks(embed(ids [n, 77]))) over all
  * cfg.layers blocks, causal mask (transformers' last_hidden_state). */
 int diffuse_clip_forward(const diffuse_clip *c, float *out, const int32_t *ids, int n,
@@ -583,7 +602,7 @@ void diffuse_vae_free(diffuse_vae *v);
  * larger of the two), and one pass's dense-equivalent flops: the pass run on
  * a dry arena. 0 for a size the VAE refuses. */
 size_t diffuse_vae_workspace(const diffuse_vae *v, int height, int width);
-double diffuse_vae_flops(const diffuse_vae *v, bool encode, int height, int width);
+diffuse_plan diffuse_vae_plan(const diffuse_vae *v, bool encode, int height, int width);
 /* moments [1, 2*latent, H/f, W/f] = quant_conv(encoder(image [1, 3, H, W] in [-1, 1])):
  * mean then log-variance. Trace names: "encoder.down_blocks.0", "encoder.mid_block",
  * "encoder", "quant_conv". */
@@ -863,11 +882,11 @@ diffuse_status diffuse_pipeline_run(diffuse_model *m, const diffuse_run *run, di
 /* Bytes a run adds to the process at its peak: its buffers, the arena and the
  * weights of the phase where the two together peak. */
 size_t diffuse_pipeline_memory(const diffuse_model *m, const diffuse_run *run);
-/* The run's dense-equivalent flops, by phase (phase[DIFFUSE_PHASE_*]), and
- * their sum. */
+/* The run's flops and layers by phase (phase[DIFFUSE_PHASE_*]), counted by
+ * running each phase's code dry. */
 enum { DIFFUSE_PHASE_TEXT, DIFFUSE_PHASE_UNET, DIFFUSE_PHASE_VAE, DIFFUSE_PHASES };
-double diffuse_pipeline_flops(const diffuse_model *m, const diffuse_run *run,
-                              double phase[DIFFUSE_PHASES]);
+void diffuse_pipeline_cost(const diffuse_model *m, const diffuse_run *run,
+                           diffuse_plan phase[DIFFUSE_PHASES]);
 
 /* ------------------------------------------------------------------ model */
 

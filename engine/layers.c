@@ -101,7 +101,7 @@ int diffuse_linear_forward(const diffuse_linear *l, float *y, const float *x, in
         return -1;
     if (!a->dry)
         diffuse_op_linear(y, x, w, l->b, rows, l->in, l->out);
-    a->flops += 2.0 * rows * l->in * l->out;
+    diffuse_arena_count(a, 2.0 * rows * l->in * l->out);
     diffuse_arena_reset(a, mark);
     return 0;
 }
@@ -126,7 +126,7 @@ int diffuse_conv2d_forward_pad(const diffuse_conv2d *c, float *y, const float *x
         return -1;
     if (!a->dry)
         diffuse_op_conv2d(y, x, wf, c->b, &g, n, scratch);
-    a->flops += diffuse_conv_flops(&g, n);
+    diffuse_arena_count(a, diffuse_conv_flops(&g, n));
     diffuse_arena_reset(a, mark);
     return 0;
 }

@@ -623,56 +623,61 @@ size_t diffuse_pipeline_memory(const diffuse_model *m, const diffuse_run *run)
            diffuse_dnnl_pending_bytes();
 }
 
-/* The prompts encoded as encode_prompts does, on a dry arena: their flops. */
-static double text_flops(const diffuse_model *m, const diffuse_run *run, const pipe_dims *d)
+/* The prompts encoded as encode_prompts does, on a dry arena: its count. */
+static diffuse_plan text_plan(const diffuse_model *m, const diffuse_run *run, const pipe_dims *d)
 {
     const char *texts[2] = {negative_text(m, run), run->prompt};
     diffuse_arena a;
-    double flops = 0;
     if (diffuse_arena_dry(&a))
-        return 0;
+        return (diffuse_plan){.floats = DIFFUSE_PLAN_NONE};
     float *context = diffuse_arena_push(&a, (size_t)d->context_rows * d->ctx);
     float *pooled = diffuse_arena_push(&a, (size_t)d->pooled + 1);
-    for (int i = 0; context && pooled && i < d->nb; i++) {
-        if (diffuse_cond_encode(m, d->nb == 2 ? texts[i] : run->prompt, run->clip_skip, context,
-                                d->pooled ? pooled : NULL, &a, NULL))
-            break;
+    const size_t inputs = a.used;
+    int rc = context && pooled ? 0 : -1;
+    for (int i = 0; !rc && i < d->nb; i++) {
+        rc = diffuse_cond_encode(m, d->nb == 2 ? texts[i] : run->prompt, run->clip_skip, context,
+                                 d->pooled ? pooled : NULL, &a, NULL);
         context += (size_t)d->tokens[i] * d->ctx;
-        flops = a.flops;
     }
-    diffuse_arena_free(&a);
-    return flops;
+    return diffuse_arena_plan(&a, inputs, rc);
 }
 
-/* Flops of the run's phases, each by the dry run of its own code: the text
+static void plan_add(diffuse_plan *sum, diffuse_plan p, double times)
+{
+    sum->flops += times * p.flops;
+    sum->layers += times * p.layers;
+}
+
+/* The run's phases, each counted by the dry run of its own code: the text
  * encoders on every prompt chunk, the UNet at every evaluation the sampler
  * makes (one batched pass, or one per input when their chunks differ), the
  * VAE (or TAESD) encode of an init image and the decode. Previews are left
- * out (under 2% of a step). 0 for a run dims_of refuses. */
-double diffuse_pipeline_flops(const diffuse_model *m, const diffuse_run *run,
-                              double phase[DIFFUSE_PHASES])
+ * out (under 2% of a step). All 0 for a run dims_of refuses. */
+void diffuse_pipeline_cost(const diffuse_model *m, const diffuse_run *run,
+                           diffuse_plan phase[DIFFUSE_PHASES])
 {
     pipe_dims d;
     diffuse_sampler_state *s = NULL;
     for (int i = 0; i < DIFFUSE_PHASES; i++)
-        phase[i] = 0;
+        phase[i] = (diffuse_plan){0};
     if (dims_of(m, run, &d, NULL) ||
         diffuse_sampler_create(run->sampler, run->karras, &run->schedule, run->steps,
                                run->init_image ? run->strength : 1.0f, d.latent_n, &s, NULL))
-        return 0;
+        return;
     const int evals = diffuse_sampler_count(s);
     diffuse_sampler_free(s);
-    phase[DIFFUSE_PHASE_TEXT] = text_flops(m, run, &d);
-    double pass = 0;
+    plan_add(&phase[DIFFUSE_PHASE_TEXT], text_plan(m, run, &d), 1);
     if (d.batched)
-        pass = diffuse_unet_flops(m->unet, d.nb, d.h, d.w, max_tokens(&d));
+        plan_add(&phase[DIFFUSE_PHASE_UNET],
+                 diffuse_unet_plan(m->unet, d.nb, d.h, d.w, max_tokens(&d)), evals);
     else
         for (int k = 0; k < d.nb; k++)
-            pass += diffuse_unet_flops(m->unet, 1, d.h, d.w, d.tokens[k]);
-    phase[DIFFUSE_PHASE_UNET] = evals * pass;
+            plan_add(&phase[DIFFUSE_PHASE_UNET],
+                     diffuse_unet_plan(m->unet, 1, d.h, d.w, d.tokens[k]), evals);
     if ((run->init_image || d.inpaint) && !run->fast_encode)
-        phase[DIFFUSE_PHASE_VAE] += diffuse_vae_flops(m->vae, true, run->height, run->width);
+        plan_add(&phase[DIFFUSE_PHASE_VAE], diffuse_vae_plan(m->vae, true, run->height, run->width),
+                 1);
     if (!run->fast_decode)
-        phase[DIFFUSE_PHASE_VAE] += diffuse_vae_flops(m->vae, false, run->height, run->width);
-    return phase[DIFFUSE_PHASE_TEXT] + phase[DIFFUSE_PHASE_UNET] + phase[DIFFUSE_PHASE_VAE];
+        plan_add(&phase[DIFFUSE_PHASE_VAE],
+                 diffuse_vae_plan(m->vae, false, run->height, run->width), 1);
 }

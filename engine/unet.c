@@ -7,7 +7,7 @@
  *
  * Weights are resolved once at load into the structs below (pointers into the
  * weight store). The forward pass allocates nothing: every buffer comes from
- * the caller's arena. diffuse_unet_workspace() and diffuse_unet_flops() run
+ * the caller's arena. diffuse_unet_workspace() and diffuse_unet_plan() run
  * the same forward on a dry arena, which computes nothing: every compute site
  * below tests a->dry.
  *
@@ -355,7 +355,7 @@ static int attention_forward(const unet_attention *at, float *out, const float *
         return -1;
     if (!a->dry)
         diffuse_op_attention(o, q, c, k, v, c, t, s, heads, c / heads, false, scratch);
-    a->flops += diffuse_attention_flops(t, s, c);
+    diffuse_arena_count(a, diffuse_attention_flops(t, s, c));
     if (diffuse_linear_forward(&at->out, out, o, t, a))
         return -1;
     diffuse_arena_reset(a, mark);
@@ -745,17 +745,13 @@ static int run_all(unet_run *r, float *out, const float *x, const float *timeste
     return 0;
 }
 
-/* The plan of a pass: run_all on a dry arena, after its inputs. Returns
- * the floats of arena the pass pushes at most, (size_t)-1 / 8 when no plan
- * could be made (no address space, or an absurd size); *flops its flops. */
-static size_t unet_plan(const diffuse_unet *u, int n, int h, int w, int tokens, double *flops)
+/* The plan of a pass: run_all on a dry arena, after its inputs. */
+diffuse_plan diffuse_unet_plan(const diffuse_unet *u, int n, int h, int w, int tokens)
 {
     const diffuse_unet_config *cfg = &u->cfg;
-    const size_t none = (size_t)-1 / 8;
     diffuse_arena a;
-    *flops = 0;
     if (n < 1 || h < 1 || w < 1 || tokens < 1 || diffuse_arena_dry(&a))
-        return none;
+        return (diffuse_plan){.floats = DIFFUSE_PLAN_NONE};
     const size_t px = (size_t)n * h * w;
     float *x = diffuse_arena_push(&a, px * cfg->in_channels);
     float *out = diffuse_arena_push(&a, px * cfg->out_channels);
@@ -769,23 +765,12 @@ static size_t unet_plan(const diffuse_unet *u, int n, int h, int w, int tokens, 
     unet_run r = {
         .u = u, .n = n, .tokens = tokens, .context = cond.context, .cond = &cond, .a = &a};
     int rc = x && out && t && cond.time_ids ? run_all(&r, out, x, t, h, w) : -1;
-    size_t need = rc ? none : a.peak - inputs;
-    *flops = rc ? 0 : a.flops;
-    diffuse_arena_free(&a);
-    return need;
+    return diffuse_arena_plan(&a, inputs, rc);
 }
 
 size_t diffuse_unet_workspace(const diffuse_unet *u, int n, int h, int w, int tokens)
 {
-    double flops;
-    return unet_plan(u, n, h, w, tokens, &flops);
-}
-
-double diffuse_unet_flops(const diffuse_unet *u, int n, int h, int w, int tokens)
-{
-    double flops;
-    unet_plan(u, n, h, w, tokens, &flops);
-    return flops;
+    return diffuse_unet_plan(u, n, h, w, tokens).floats;
 }
 
 int diffuse_unet_forward(const diffuse_unet *u, float *out, const float *x, const float *timestep,

@@ -26,7 +26,7 @@ int diffuse_arena_init(diffuse_arena *a, size_t floats, char *err)
 {
     a->used = a->peak = 0;
     a->overflow = a->dry = false;
-    a->flops = 0;
+    a->flops = a->layers = 0;
     a->cap = floats;
     a->base = NULL;
     if (floats && posix_memalign((void **)&a->base, 64, floats * sizeof(float)) != 0) {
@@ -51,6 +51,18 @@ int diffuse_arena_dry(diffuse_arena *a)
         }
     }
     return -1;
+}
+
+diffuse_plan diffuse_arena_plan(diffuse_arena *a, size_t inputs, int rc)
+{
+    diffuse_plan p = {.floats = DIFFUSE_PLAN_NONE};
+    if (!rc) {
+        p.floats = a->peak - inputs;
+        p.flops = a->flops;
+        p.layers = a->layers;
+    }
+    diffuse_arena_free(a);
+    return p;
 }
 
 void diffuse_arena_free(diffuse_arena *a)

@@ -193,7 +193,7 @@ static int vae_conv(const diffuse_conv2d *c, float *y, const float *x, const vae
             .cin = c->cin, .h = g->h, .w = g->w, .cout = c->cout, .k = 1, .stride = 1};
         if (!a->dry)
             diffuse_op_conv2d(y, x, wf, c->b, &d, 1, NULL);
-        a->flops += diffuse_conv_flops(&d, 1);
+        diffuse_arena_count(a, diffuse_conv_flops(&d, 1));
         diffuse_arena_reset(a, mark);
         return 0;
     }
@@ -207,7 +207,7 @@ static int vae_conv(const diffuse_conv2d *c, float *y, const float *x, const vae
     for (int o0 = 0; o0 < oh; o0 += nb) {
         int n = oh - o0 < nb ? oh - o0 : nb, r0;
         diffuse_conv d = vae_band_conv(c, g, o0, n, &r0);
-        a->flops += diffuse_conv_flops(&d, 1);
+        diffuse_arena_count(a, diffuse_conv_flops(&d, 1));
         if (a->dry)
             continue;
         vae_copy_rows(xb, x, c, g, r0, d.h);
@@ -239,12 +239,10 @@ size_t diffuse_conv_banded_scratch(const diffuse_conv2d *c, int h, int w, int up
     vae_geom g = {.h = h, .w = w, .up = up, .stride = stride, .pad = {p, p, p, p}};
     diffuse_arena a;
     if (diffuse_arena_dry(&a))
-        return (size_t)-1 / 8;
+        return DIFFUSE_PLAN_NONE;
     float *y = diffuse_arena_push(&a, 1), *x = diffuse_arena_push(&a, 1); /* never touched */
     const size_t inputs = a.used;
-    size_t need = y && x && !vae_conv(c, y, x, &g, false, &a) ? a.peak - inputs : (size_t)-1 / 8;
-    diffuse_arena_free(&a);
-    return need;
+    return diffuse_arena_plan(&a, inputs, y && x ? vae_conv(c, y, x, &g, false, &a) : -1).floats;
 }
 
 /* ------------------------------------------------------------------ blocks */
@@ -322,7 +320,7 @@ static int vae_attention_forward(const vae_attention *at, float *x, float *t0, f
         return -1;
     if (!a->dry)
         diffuse_op_attention(t1, t0, c, k, v, c, t, t, 1, c, false, s); /* [T, C] */
-    a->flops += diffuse_attention_flops(t, t, c);
+    diffuse_arena_count(a, diffuse_attention_flops(t, t, c));
     if (diffuse_linear_forward(&at->out, t0, t1, t, a)) /* [T, C] */
         return -1;
     for (int ch = 0; !a->dry && ch < c; ch++)
@@ -567,16 +565,14 @@ static int vae_decode_run(const diffuse_vae *v, float *image, const float *laten
                           diffuse_arena *a, const diffuse_trace *trace);
 
 /* One pass (encode or decode of a height x width image) run on a dry arena
- * after its input and output: the floats it pushes at most, (size_t)-1 / 8
- * when no plan can be made; *flops its flops. */
-static size_t vae_dry(const diffuse_vae *v, bool encode, int height, int width, double *flops)
+ * after its input and output. */
+diffuse_plan diffuse_vae_plan(const diffuse_vae *v, bool encode, int height, int width)
 {
     const diffuse_vae_config *cfg = &v->cfg;
     const int f = vae_factor(v), h = height / f, w = width / f;
     diffuse_arena a;
-    *flops = 0;
-    if (diffuse_arena_dry(&a))
-        return (size_t)-1 / 8;
+    if (!vae_size_ok(v, height, width) || diffuse_arena_dry(&a))
+        return (diffuse_plan){.floats = DIFFUSE_PLAN_NONE};
     const size_t px = (size_t)height * width, lat = (size_t)h * w * cfg->latent_channels;
     float *in = diffuse_arena_push(&a, encode ? px * cfg->in_channels : lat);
     float *out = diffuse_arena_push(&a, encode ? 2 * lat : px * cfg->out_channels);
@@ -584,28 +580,16 @@ static size_t vae_dry(const diffuse_vae *v, bool encode, int height, int width, 
     int rc = !in || !out ? -1
              : encode    ? vae_encode_run(v, out, in, height, width, &a, NULL)
                          : vae_decode_run(v, out, in, h, w, &a, NULL);
-    size_t need = rc ? (size_t)-1 / 8 : a.peak - inputs;
-    *flops = rc ? 0 : a.flops;
-    diffuse_arena_free(&a);
-    return need;
+    return diffuse_arena_plan(&a, inputs, rc);
 }
 
 size_t diffuse_vae_workspace(const diffuse_vae *v, int height, int width)
 {
     if (!vae_size_ok(v, height, width))
         return 0;
-    double flops;
-    size_t te = vae_dry(v, true, height, width, &flops);
-    size_t td = vae_dry(v, false, height, width, &flops);
+    size_t te = diffuse_vae_plan(v, true, height, width).floats;
+    size_t td = diffuse_vae_plan(v, false, height, width).floats;
     return te > td ? te : td;
-}
-
-double diffuse_vae_flops(const diffuse_vae *v, bool encode, int height, int width)
-{
-    double flops = 0;
-    if (vae_size_ok(v, height, width))
-        vae_dry(v, encode, height, width, &flops);
-    return flops;
 }
 
 /* Pushes the plan's three buffers; cur = big. */

@@ -62,8 +62,8 @@ static void check_layout(const char *path, diffuse_st_file *g)
         /* the plan is the encoder run dry: exactly its peak and its flops */
         CHECK(!a.overflow && a.peak == a.cap, "work memory: peak %zu of %zu floats planned", a.peak,
               a.cap);
-        CHECK(a.flops == diffuse_clip_flops(c, 2) && a.flops > 0, "%.6g flops run, %.6g planned",
-              a.flops, diffuse_clip_flops(c, 2));
+        CHECK(a.flops == diffuse_clip_plan(c, 2).flops && a.flops > 0,
+              "%.6g flops run, %.6g planned", a.flops, diffuse_clip_plan(c, 2).flops);
         ids[5] = 60000;
         CHECK(diffuse_clip_forward(c, out, ids, 1, &a, err) == -1 && strstr(err, "60000"),
               "bad token id rejected: %s", err);

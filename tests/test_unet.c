@@ -248,9 +248,10 @@ static void check_sizes(const diffuse_unet *u)
             CHECK(finite, "n=%d %dx%d: non-finite output", n, h, w);
             /* the plan is the forward run dry: the same pushes, the same flops */
             CHECK(a.peak == ws, "n=%d %dx%d: peak %zu vs workspace %zu", n, h, w, a.peak, ws);
-            double f = diffuse_unet_flops(u, n, h, w, tok);
-            CHECK(a.flops == f && f > 0, "n=%d %dx%d: %.6g flops run, %.6g planned", n, h, w,
-                  a.flops, f);
+            diffuse_plan p = diffuse_unet_plan(u, n, h, w, tok);
+            CHECK(a.flops == p.flops && p.flops > 0 && a.layers == p.layers && p.layers > 0,
+                  "n=%d %dx%d: %.6g flops and %.0f layers run, %.6g and %.0f planned", n, h, w,
+                  a.flops, a.layers, p.flops, p.layers);
             printf("n=%d %dx%d tokens %d: peak %zu floats, workspace %zu (%.0f%%)\n", n, h, w, tok,
                    a.peak, ws, 100.0 * a.peak / ws);
             diffuse_arena_free(&a);

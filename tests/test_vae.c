@@ -177,8 +177,9 @@ static void check_non_square(const diffuse_vae *vae)
         /* the plan is each pass run dry: its peak exactly, its flops exactly */
         CHECK(a.peak == ws && isfinite(image[0]) && isfinite(image[3 * h * w - 1]),
               "%dx%d: peak %zu, workspace %zu", w, h, a.peak, ws);
-        double f = diffuse_vae_flops(vae, true, h, w) + diffuse_vae_flops(vae, false, h, w);
-        CHECK(a.flops == f && diffuse_vae_flops(vae, false, h, w) > 0,
+        double f =
+            diffuse_vae_plan(vae, true, h, w).flops + diffuse_vae_plan(vae, false, h, w).flops;
+        CHECK(a.flops == f && diffuse_vae_plan(vae, false, h, w).flops > 0,
               "%dx%d: %.6g flops run, %.6g planned", w, h, a.flops, f);
         diffuse_arena_free(&a);
     }
