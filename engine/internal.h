@@ -313,6 +313,25 @@ size_t diffuse_dnnl_pending_bytes(void);
 bool diffuse_dnnl_conv(float *y, const float *x, const float *w, const float *b,
                        const diffuse_conv *c, int n, float *scratch);
 void diffuse_conv_set_backend(int backend);
+/* One whole-image convolution (n = 1) through oneDNN on activations the
+ * caller keeps in oneDNN's blocked layout: channel blocks of
+ * diffuse_dnnl_block() floats ([ceil(C/B), h, w, B], padding channels zero),
+ * or NCHW where a flag does not say blocked; ReLU and a residual sum fused
+ * into the output (y = relu(conv(x) + y)). No reorder of the input or output,
+ * no copies. Scratch: diffuse_dnnl_fused_scratch floats (0: oneDNN cannot
+ * run it, or DIFFUSE_CONV=im2col; then diffuse_dnnl_conv_fused returns false
+ * and does nothing). Winograd by the same rule as diffuse_dnnl_conv. */
+enum {
+    DIFFUSE_DNNL_IN_BLOCKED = 1,
+    DIFFUSE_DNNL_OUT_BLOCKED = 2,
+    DIFFUSE_DNNL_RELU = 4, /* y = relu(...) */
+    DIFFUSE_DNNL_SUM = 8,  /* y = conv(x) + y (before the ReLU); y must not alias x */
+};
+int diffuse_dnnl_block(void); /* 16 (AVX-512), 8 (AVX2), 0: no oneDNN */
+size_t diffuse_dnnl_fused_scratch(const diffuse_conv *c, int flags);
+bool diffuse_dnnl_fused_winograd(const diffuse_conv *c, int flags);
+bool diffuse_dnnl_conv_fused(float *y, const float *x, const float *w, const float *b,
+                             const diffuse_conv *c, int flags, float *scratch);
 /* y[N, cout, oh, ow] = conv(x[N, cin, h, w], W) + b. */
 void diffuse_op_conv2d(float *y, const float *x, const float *w, const float *b,
                        const diffuse_conv *c, int n, float *scratch);

@@ -229,21 +229,6 @@ static void half_sizes(const taesd_half *hf, int h, int w, size_t *act, size_t *
     }
 }
 
-size_t diffuse_taesd_workspace(const diffuse_taesd *t, int height, int width)
-{
-    size_t need = 0, act, scratch;
-    if (t->enc.count) {
-        half_sizes(&t->enc, height, width, &act, &scratch);
-        need = 3 * act + scratch;
-    }
-    if (t->dec.count) {
-        half_sizes(&t->dec, height / 8 > 0 ? height / 8 : 1, width / 8 > 0 ? width / 8 : 1, &act,
-                   &scratch);
-        need = 3 * act + scratch > need ? 3 * act + scratch : need;
-    }
-    return need + 64;
-}
-
 /* ------------------------------------------------------------------ forward */
 
 static void relu_part(void *ctx, size_t b, size_t e)
@@ -271,6 +256,226 @@ static void rotate(taesd_run *r, int to) /* buf[to] becomes the live one */
     float *t = r->buf[0];
     r->buf[0] = r->buf[to];
     r->buf[to] = t;
+}
+
+/* ------------------------------------------------------------------ blocked path */
+
+/* With oneDNN, a half runs on whole images in oneDNN's blocked layout
+ * (diffuse_dnnl_conv_fused): no bands, no reorders or copies around each
+ * convolution, each ReLU and the blocks' residual sums fused into the
+ * convolution before them. A block x -> relu(c3(relu(c2(relu(c1 x)))) + x) is
+ * three convolutions A -> B -> C -> A, the last adding into x where it lies.
+ * The nearest 2x upsample is one pass of its own (upsample_blocked); the
+ * input (NCHW) goes into the first convolution as it is, the last one writes
+ * NCHW. One walk (blocked_walk) both sizes this (dry) and runs it, so the
+ * workspace always matches what runs; a half whose convolutions oneDNN cannot
+ * all run this way (no oneDNN, DIFFUSE_CONV=im2col) keeps the banded path. */
+
+typedef struct up_ctx {
+    float *dst;
+    const float *src;
+    int h, w, blk; /* source rows, columns, floats per pixel */
+} up_ctx;
+
+/* Output rows [b, e) of [nb, 2h, 2w, blk] from [nb, h, w, blk]. */
+static void upsample_part(void *ctx, size_t b, size_t e)
+{
+    const up_ctx *u = ctx;
+    const size_t blk = (size_t)u->blk, ow = 2 * (size_t)u->w;
+    for (size_t r = b; r < e; r++) {
+        const size_t plane = r / (2 * (size_t)u->h), y = r % (2 * (size_t)u->h);
+        const float *s = u->src + (plane * u->h + y / 2) * u->w * blk;
+        float *d = u->dst + r * ow * blk;
+        if (blk == 16) { /* the AVX-512 block: one vector per pixel, stored twice */
+            for (int x = 0; x < u->w; x++)
+                for (int k = 0; k < 16; k++) {
+                    const float v = s[(size_t)x * 16 + k];
+                    d[(size_t)x * 32 + k] = v;
+                    d[(size_t)x * 32 + 16 + k] = v;
+                }
+            continue;
+        }
+        for (size_t x = 0; x < ow; x++)
+            for (size_t k = 0; k < blk; k++)
+                d[x * blk + k] = s[(x / 2) * blk + k];
+    }
+}
+
+static void upsample_blocked(float *dst, const float *src, int planes, int h, int w, int blk)
+{
+    up_ctx u = {dst, src, h, w, blk};
+    diffuse_parallel_for((size_t)planes * 2 * h, 16, upsample_part, &u);
+}
+
+/* y [c, h*w] (NCHW) from x in blocks of blk channels. */
+static void unblock(float *y, const float *x, int c, size_t hw, int blk)
+{
+    for (int ch = 0; ch < c; ch++)
+        for (size_t i = 0; i < hw; i++)
+            y[ch * hw + i] = x[((size_t)(ch / blk) * hw + i) * blk + ch % blk];
+}
+
+typedef struct blocked_state {
+    bool dry;             /* size only */
+    size_t act, scratch;  /* dry: the largest activation and convolution scratch (floats) */
+    int c, h, w, up, blk; /* the live activation: channels, size, pending upsample; blk: its
+                             floats per pixel group (1: NCHW) */
+} blocked_state;
+
+static size_t act_floats(int c, int h, int w, int blk)
+{
+    return round16((size_t)(c + blk - 1) / blk * blk * h * w);
+}
+
+/* One fused convolution of the walk: dst = conv(src) with these flags. */
+static int blocked_conv(blocked_state *s, taesd_run *r, const diffuse_conv2d *c, float *dst,
+                        const float *src, int stride, int flags)
+{
+    const int blk = diffuse_dnnl_block();
+    diffuse_conv d = diffuse_conv_3x3(c->cin, c->cout, s->h, s->w, stride);
+    const size_t need = diffuse_dnnl_fused_scratch(&d, flags);
+    if (!need)
+        return -1;
+    const int oh = diffuse_conv_out_h(&d), ow = diffuse_conv_out_w(&d);
+    const int oblk = flags & DIFFUSE_DNNL_OUT_BLOCKED ? blk : 1;
+    if (s->dry) {
+        size_t sc = need + (c->w.in_place ? 0 : diffuse_wmat_scratch(c->w.numel));
+        s->scratch = sc > s->scratch ? sc : s->scratch;
+        size_t a = act_floats(c->cout, oh, ow, oblk);
+        s->act = a > s->act ? a : s->act;
+    } else {
+        const size_t mark = diffuse_arena_mark(r->a);
+        const float *wf = diffuse_wmat_f32(&c->w, r->a);
+        float *scratch = wf ? diffuse_arena_push(r->a, need) : NULL;
+        bool ok = scratch && diffuse_dnnl_conv_fused(dst, src, wf, c->b, &d, flags, scratch);
+        diffuse_arena_reset(r->a, mark);
+        if (!ok)
+            return -1;
+        r->a->flops += diffuse_conv_flops(&d, 1);
+    }
+    s->c = c->cout;
+    s->h = oh;
+    s->w = ow;
+    s->blk = oblk;
+    return 0;
+}
+
+/* Runs (or, dry, sizes) a half from s's activation (NCHW in r->buf[0]);
+ * fuse_relu: the decoder's lone ReLU goes into the convolution before it (not
+ * when tracing: the trace shows that convolution's output). -1 when a
+ * convolution cannot run this way. */
+static int blocked_walk(blocked_state *s, taesd_run *r, const taesd_half *hf, bool fuse_relu)
+{
+    const int blk = diffuse_dnnl_block();
+    if (blk <= 0)
+        return -1;
+    s->blk = 1;
+    s->act = act_floats(s->c, s->h, s->w, 1);
+    for (int i = 0; i < hf->count; i++) {
+        const taesd_layer *l = &hf->layers[i];
+        if (l->kind == TAESD_UP) {
+            s->up *= 2;
+            continue;
+        }
+        while (s->up > 1) { /* the pending upsample, a pass of its own */
+            const int planes = (s->c + s->blk - 1) / s->blk;
+            if (s->dry) {
+                size_t a = act_floats(s->c, 2 * s->h, 2 * s->w, s->blk);
+                s->act = a > s->act ? a : s->act;
+            } else {
+                upsample_blocked(r->buf[1], r->buf[0], planes, s->h, s->w, s->blk);
+                rotate(r, 1);
+            }
+            s->h *= 2;
+            s->w *= 2;
+            s->up /= 2;
+        }
+        const bool last = i == hf->count - 1;
+        switch (l->kind) {
+        case TAESD_UP:
+            break;
+        case TAESD_RELU:
+            if (!fuse_relu && !s->dry)
+                relu(r->buf[0], act_floats(s->c, s->h, s->w, s->blk));
+            break;
+        case TAESD_CONV: {
+            int flags = (s->blk > 1 ? DIFFUSE_DNNL_IN_BLOCKED : 0) | DIFFUSE_DNNL_OUT_BLOCKED |
+                        (fuse_relu && hf->layers[i + 1].kind == TAESD_RELU ? DIFFUSE_DNNL_RELU : 0);
+            if (blocked_conv(s, r, &l->conv[0], r->buf[1], r->buf[0], l->stride, flags))
+                return -1;
+            if (!s->dry)
+                rotate(r, 1);
+            break;
+        }
+        case TAESD_BLOCK: {
+            const int io = DIFFUSE_DNNL_IN_BLOCKED | DIFFUSE_DNNL_OUT_BLOCKED;
+            if (s->blk == 1 || last) /* the residual sum needs x blocked, as its output */
+                return -1;
+            if (blocked_conv(s, r, &l->conv[0], r->buf[1], r->buf[0], 1, io | DIFFUSE_DNNL_RELU) ||
+                blocked_conv(s, r, &l->conv[1], r->buf[2], r->buf[1], 1, io | DIFFUSE_DNNL_RELU) ||
+                blocked_conv(s, r, &l->conv[2], r->buf[0], r->buf[2], 1,
+                             io | DIFFUSE_DNNL_SUM | DIFFUSE_DNNL_RELU))
+                return -1;
+            break;
+        }
+        }
+        if (!s->dry && r->trace && r->trace->fn) {
+            char name[64];
+            const size_t n = (size_t)s->c * s->h * s->w;
+            const float *t = r->buf[0];
+            if (s->blk > 1) { /* buf[1] is free between layers */
+                unblock(r->buf[1], r->buf[0], s->c, (size_t)s->h * s->w, s->blk);
+                t = r->buf[1];
+            }
+            snprintf(name, sizeof name, "%s.layers.%d", r->side, i);
+            r->trace->fn(r->trace->user, name, t, n);
+        }
+    }
+    if (s->blk > 1) { /* the output, NCHW (oneDNN writes NCHW from its reference code only) */
+        if (s->dry) {
+            size_t a = act_floats(s->c, s->h, s->w, 1);
+            s->act = a > s->act ? a : s->act;
+        } else {
+            unblock(r->buf[1], r->buf[0], s->c, (size_t)s->h * s->w, s->blk);
+            rotate(r, 1);
+        }
+        s->blk = 1;
+    }
+    return 0;
+}
+
+/* Whether a half runs blocked from an input of c x h x w, and its sizes. */
+static bool blocked_sizes(const taesd_half *hf, int c, int h, int w, size_t *act, size_t *scratch)
+{
+    blocked_state s = {.dry = true, .c = c, .h = h, .w = w, .up = 1};
+    taesd_run none = {0}; /* no buffers: nothing runs */
+    if (blocked_walk(&s, &none, hf, true))
+        return false;
+    *act = s.act;
+    *scratch = s.scratch;
+    return true;
+}
+
+/* A half's buffers and scratch: the blocked path's when it runs that way. */
+static void sizes(const taesd_half *hf, int h, int w, size_t *act, size_t *scratch)
+{
+    if (getenv("TAESD_BANDED") || !blocked_sizes(hf, hf->in, h, w, act, scratch))
+        half_sizes(hf, h, w, act, scratch);
+}
+
+size_t diffuse_taesd_workspace(const diffuse_taesd *t, int height, int width)
+{
+    size_t need = 0, act, scratch;
+    if (t->enc.count) {
+        sizes(&t->enc, height, width, &act, &scratch);
+        need = 3 * act + scratch;
+    }
+    if (t->dec.count) {
+        sizes(&t->dec, height / 8 > 0 ? height / 8 : 1, width / 8 > 0 ? width / 8 : 1, &act,
+              &scratch);
+        need = 3 * act + scratch > need ? 3 * act + scratch : need;
+    }
+    return need + 64;
 }
 
 /* dst [cout, h', w'] = conv(live activation, through the pending upsample). */
@@ -331,11 +536,26 @@ static int run_half(taesd_run *r, const taesd_half *hf)
     return 0;
 }
 
+/* Runs a half on the blocked path where it can, else banded. */
+static int run_any(taesd_run *r, const taesd_half *hf)
+{
+    size_t act, scratch;
+    if (getenv("TAESD_BANDED") || !blocked_sizes(hf, r->c, r->h, r->w, &act, &scratch))
+        return run_half(r, hf);
+    blocked_state s = {.c = r->c, .h = r->h, .w = r->w, .up = 1};
+    if (blocked_walk(&s, r, hf, !(r->trace && r->trace->fn)))
+        return -1;
+    r->c = s.c;
+    r->h = s.h;
+    r->w = s.w;
+    return 0;
+}
+
 /* Sets up the three buffers; the caller puts the input into buf[0]. */
 static int run_init(taesd_run *r, const taesd_half *hf, int c, int h, int w, diffuse_arena *a)
 {
     size_t act, scratch;
-    half_sizes(hf, h, w, &act, &scratch);
+    sizes(hf, h, w, &act, &scratch);
     r->a = a;
     r->c = c;
     r->h = h;
@@ -360,7 +580,7 @@ int diffuse_taesd_encode(const diffuse_taesd *t, float *latents, const float *im
     if (rc == 0) {
         for (size_t i = 0; i < px; i++)
             r.buf[0][i] = (image[i] + 1.0f) * 0.5f;
-        rc = run_half(&r, &t->enc);
+        rc = run_any(&r, &t->enc);
     }
     if (rc == 0 && (r.h != height / 8 || r.w != width / 8))
         rc = diffuse_fail(err, "TAESD: the encoder made %dx%d latents from %dx%d, not 1/8", r.w,
@@ -389,7 +609,7 @@ int diffuse_taesd_decode(const diffuse_taesd *t, float *image, const float *late
             r.buf[0][i] = tanhf(latents[i] / 3.0f) * 3.0f;
         if (trace && trace->fn)
             trace->fn(trace->user, "decode.clamped", r.buf[0], n);
-        rc = run_half(&r, &t->dec);
+        rc = run_any(&r, &t->dec);
     }
     if (rc == 0 && (r.c != 3 || r.h != height || r.w != width))
         rc = diffuse_fail(err,
