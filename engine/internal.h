@@ -348,6 +348,15 @@ void diffuse_op_silu(float *x, size_t n);
 void diffuse_op_gelu(float *x, size_t n);                /* exact, erf */
 void diffuse_op_quick_gelu(float *x, size_t n);          /* x * sigmoid(1.702 x) */
 void diffuse_op_add(float *y, const float *x, size_t n); /* y += x */
+/* y [cout, h, w] (NCHW) = conv 3x3, padding 1, of x in 16-channel blocks
+ * [ceil(cin/16), h, w, 16] (diffuse_dnnl_conv_fused's layout on AVX-512,
+ * padding channels zero), + b (or none): for few output channels (a
+ * decoder's 64 -> 3), which oneDNN pads to 16. Scratch:
+ * diffuse_op_conv3x3_few_scratch floats. false (nothing done) without
+ * AVX-512. */
+size_t diffuse_op_conv3x3_few_scratch(int cin, int cout);
+bool diffuse_op_conv3x3_few(float *y, const float *x, const float *w, const float *b, int cin,
+                            int cout, int h, int width, float *scratch);
 /* [N, C, H, W] -> [N, C, 2H, 2W], nearest neighbour. */
 void diffuse_op_upsample2x(float *y, const float *x, int n, int c, int h, int w);
 /* [N, C, HW] <-> [N, HW, C] */

@@ -360,6 +360,34 @@ static int blocked_conv(blocked_state *s, taesd_run *r, const diffuse_conv2d *c,
     return 0;
 }
 
+/* The last convolution to few channels (RGB), blocked in, NCHW out, with
+ * the engine's own kernel (oneDNN's pads the output to 16 channels). */
+static int few_conv(blocked_state *s, taesd_run *r, const diffuse_conv2d *c)
+{
+    const size_t need = diffuse_op_conv3x3_few_scratch(c->cin, c->cout);
+    if (s->dry) {
+        size_t sc = need + (c->w.in_place ? 0 : diffuse_wmat_scratch(c->w.numel));
+        s->scratch = sc > s->scratch ? sc : s->scratch;
+        size_t a = act_floats(c->cout, s->h, s->w, 1);
+        s->act = a > s->act ? a : s->act;
+    } else {
+        const size_t mark = diffuse_arena_mark(r->a);
+        const float *wf = diffuse_wmat_f32(&c->w, r->a);
+        float *scratch = wf ? diffuse_arena_push(r->a, need) : NULL;
+        bool ok = scratch && diffuse_op_conv3x3_few(r->buf[1], r->buf[0], wf, c->b, c->cin, c->cout,
+                                                    s->h, s->w, scratch);
+        diffuse_arena_reset(r->a, mark);
+        if (!ok)
+            return -1;
+        diffuse_conv d = diffuse_conv_3x3(c->cin, c->cout, s->h, s->w, 1);
+        r->a->flops += diffuse_conv_flops(&d, 1);
+        rotate(r, 1);
+    }
+    s->c = c->cout;
+    s->blk = 1;
+    return 0;
+}
+
 /* Runs (or, dry, sizes) a half from s's activation (NCHW in r->buf[0]);
  * fuse_relu: the decoder's lone ReLU goes into the convolution before it (not
  * when tracing: the trace shows that convolution's output). -1 when a
@@ -399,6 +427,11 @@ static int blocked_walk(blocked_state *s, taesd_run *r, const taesd_half *hf, bo
                 relu(r->buf[0], act_floats(s->c, s->h, s->w, s->blk));
             break;
         case TAESD_CONV: {
+            if (last && s->blk == 16 && l->stride == 1 && l->conv[0].cout < 16) {
+                if (few_conv(s, r, &l->conv[0]))
+                    return -1;
+                break;
+            }
             int flags = (s->blk > 1 ? DIFFUSE_DNNL_IN_BLOCKED : 0) | DIFFUSE_DNNL_OUT_BLOCKED |
                         (fuse_relu && hf->layers[i + 1].kind == TAESD_RELU ? DIFFUSE_DNNL_RELU : 0);
             if (blocked_conv(s, r, &l->conv[0], r->buf[1], r->buf[0], l->stride, flags))
