@@ -112,6 +112,14 @@ bool diffuse_dnnl_fused_winograd(const diffuse_conv *c, int flags)
 {
     return false;
 }
+size_t diffuse_dnnl_fused_weights(const diffuse_conv *c, int flags)
+{
+    return 0;
+}
+bool diffuse_dnnl_fused_prepare(float *wt, const float *w, const diffuse_conv *c, int flags)
+{
+    return false;
+}
 bool diffuse_dnnl_conv_fused(float *y, const float *x, const float *w, const float *b,
                              const diffuse_conv *c, int flags, float *scratch)
 {
@@ -398,6 +406,7 @@ static bool winograd_fused(const diffuse_conv *c)
  * (or is not wanted for it). */
 static conv_prim *prim_get(const diffuse_conv *c, int n, int fused)
 {
+    fused &= ~DIFFUSE_DNNL_PREPARED; /* the same primitive either way */
     if (fused ? mode() == DIFFUSE_CONV_IM2COL || !diffuse_dnnl_available() ||
                     (c->stride != 1 && c->stride != 2)
               : !wanted(c, n))
@@ -549,6 +558,35 @@ bool diffuse_dnnl_fused_winograd(const diffuse_conv *c, int flags)
     return p && p->key.winograd;
 }
 
+size_t diffuse_dnnl_fused_weights(const diffuse_conv *c, int flags)
+{
+    conv_prim *p = prim_get(c, 1, DNNL_FUSED | flags);
+    return p ? p->wei_b / sizeof(float) : 0;
+}
+
+bool diffuse_dnnl_fused_prepare(float *wt, const float *w, const diffuse_conv *c, int flags)
+{
+    conv_prim *p = prim_get(c, 1, DNNL_FUSED | flags);
+    if (!p)
+        return false;
+    dnnl_memory_t mw = NULL, bw = NULL;
+    bool ok = dnnl_memory_create(&mw, MD(p->wei_plain), engine, (void *)w) == dnnl_success &&
+              dnnl_memory_create(&bw, p->wei_md, engine, wt) == dnnl_success;
+    pthread_mutex_lock(&exec_lock);
+    omp_set_num_threads(diffuse_pool_threads());
+    if (ok) {
+        memset(wt, 0, p->wei_b); /* the padding to the block */
+        dnnl_exec_arg_t args[] = {{DNNL_ARG_FROM, mw}, {DNNL_ARG_TO, bw}};
+        ok = run(p->rwei, 2, args) && dnnl_stream_wait(stream) == dnnl_success;
+    }
+    pthread_mutex_unlock(&exec_lock);
+    if (mw)
+        dnnl_memory_destroy(mw);
+    if (bw)
+        dnnl_memory_destroy(bw);
+    return ok;
+}
+
 bool diffuse_dnnl_conv_fused(float *y, const float *x, const float *w, const float *b,
                              const diffuse_conv *c, int flags, float *scratch)
 {
@@ -558,17 +596,19 @@ bool diffuse_dnnl_conv_fused(float *y, const float *x, const float *w, const flo
     if (!b)
         b = p->zeros;
     uint8_t *s = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    const bool prepared = flags & DIFFUSE_DNNL_PREPARED;
     dnnl_memory_t mx = NULL, mw = NULL, my = NULL, bw = NULL, mb = NULL, mp = NULL;
     bool ok =
         dnnl_memory_create(&mx, p->src_md, engine, (void *)x) == dnnl_success &&
-        dnnl_memory_create(&mw, MD(p->wei_plain), engine, (void *)w) == dnnl_success &&
+        (prepared ||
+         dnnl_memory_create(&mw, MD(p->wei_plain), engine, (void *)w) == dnnl_success) &&
         dnnl_memory_create(&my, p->dst_md, engine, y) == dnnl_success &&
-        dnnl_memory_create(&bw, p->wei_md, engine, s) == dnnl_success &&
+        dnnl_memory_create(&bw, p->wei_md, engine, prepared ? (void *)w : s) == dnnl_success &&
         dnnl_memory_create(&mb, MD(p->bias_md), engine, (void *)b) == dnnl_success &&
         (!p->pad_b || dnnl_memory_create(&mp, p->pad_md, engine, s + p->wei_b) == dnnl_success);
     pthread_mutex_lock(&exec_lock);
     omp_set_num_threads(diffuse_pool_threads());
-    if (ok && (c->cin % 16 || c->cout % 16)) /* the weights' padding to the block */
+    if (ok && !prepared && (c->cin % 16 || c->cout % 16)) /* the weights' padding */
         memset(s, 0, p->wei_b);
     if (ok) {
         dnnl_exec_arg_t wt[] = {{DNNL_ARG_FROM, mw}, {DNNL_ARG_TO, bw}};
@@ -577,7 +617,7 @@ bool diffuse_dnnl_conv_fused(float *y, const float *x, const float *w, const flo
         int nargs = 4;
         if (mp)
             args[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, mp};
-        ok = run(p->rwei, 2, wt) && run(p->conv, nargs, args) &&
+        ok = (prepared || run(p->rwei, 2, wt)) && run(p->conv, nargs, args) &&
              dnnl_stream_wait(stream) == dnnl_success;
         if (ok && !p->ran) {
             pthread_mutex_lock(&prim_lock);

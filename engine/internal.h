@@ -324,12 +324,19 @@ void diffuse_conv_set_backend(int backend);
 enum {
     DIFFUSE_DNNL_IN_BLOCKED = 1,
     DIFFUSE_DNNL_OUT_BLOCKED = 2,
-    DIFFUSE_DNNL_RELU = 4, /* y = relu(...) */
-    DIFFUSE_DNNL_SUM = 8,  /* y = conv(x) + y (before the ReLU); y must not alias x */
+    DIFFUSE_DNNL_RELU = 4,      /* y = relu(...) */
+    DIFFUSE_DNNL_SUM = 8,       /* y = conv(x) + y (before the ReLU); y must not alias x */
+    DIFFUSE_DNNL_PREPARED = 16, /* w is diffuse_dnnl_fused_prepare's, not [cout, cin, k, k] */
 };
 int diffuse_dnnl_block(void); /* 16 (AVX-512), 8 (AVX2), 0: no oneDNN */
 size_t diffuse_dnnl_fused_scratch(const diffuse_conv *c, int flags);
 bool diffuse_dnnl_fused_winograd(const diffuse_conv *c, int flags);
+/* The weights in the primitive's own layout (for Winograd: transformed, a
+ * scalar pass oneDNN makes on every call otherwise, about a tenth of TAESD's
+ * decode), made once by the caller and kept: diffuse_dnnl_fused_weights
+ * floats (0: no primitive), then calls with DIFFUSE_DNNL_PREPARED. */
+size_t diffuse_dnnl_fused_weights(const diffuse_conv *c, int flags);
+bool diffuse_dnnl_fused_prepare(float *wt, const float *w, const diffuse_conv *c, int flags);
 bool diffuse_dnnl_conv_fused(float *y, const float *x, const float *w, const float *b,
                              const diffuse_conv *c, int flags, float *scratch);
 /* y[N, cout, oh, ow] = conv(x[N, cin, h, w], W) + b. */
@@ -628,6 +635,9 @@ const char *diffuse_taesd_layout(const diffuse_taesd *t);
 /* The canonical weights ("taesd.encoder.layers.N...", diffusers' indices). */
 const diffuse_weights *diffuse_taesd_weights(const diffuse_taesd *t);
 size_t diffuse_taesd_workspace(const diffuse_taesd *t, int height, int width);
+/* Bytes a first decode (or encode) of this size will keep beside the model:
+ * its convolutions' weights in oneDNN's layouts, made once; 0 once made. */
+size_t diffuse_taesd_pending_bytes(const diffuse_taesd *t, bool decoder, int height, int width);
 /* latents [C, H/8, W/8] = encoder((image [3, H, W] + 1) / 2). Trace names:
  * "encoder.layers.N" (diffusers' N). */
 int diffuse_taesd_encode(const diffuse_taesd *t, float *latents, const float *image, int height,

@@ -16,6 +16,7 @@
  * the largest size rotate.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,15 +33,26 @@ typedef struct taesd_layer {
     int stride;             /* CONV: 1 or 2 */
 } taesd_layer;
 
+/* The blocked path's weights in oneDNN's own layouts (Winograd's
+ * transformed), made as the first run of a half needs them and kept, for
+ * that run's input size and flags only; other sizes reorder on every call. */
+typedef struct taesd_prep {
+    float *w[TAESD_MAX_LAYERS][3];
+    int flags[TAESD_MAX_LAYERS][3];
+    int ih, iw; /* the input size they are for; 0: none yet */
+} taesd_prep;
+
 typedef struct taesd_half {
     taesd_layer layers[TAESD_MAX_LAYERS];
     int count;          /* 0: this half is missing */
     int in, out, width; /* channels in, out, and of the inner activations */
+    taesd_prep prep;
 } taesd_half;
 
 struct diffuse_taesd {
     diffuse_weights *w;
     taesd_half enc, dec;
+    pthread_mutex_t lock; /* the taesd_prep of each half */
 };
 
 /* ------------------------------------------------------------------ loading */
@@ -140,6 +152,7 @@ diffuse_status diffuse_taesd_load(const char *path, diffuse_taesd **out, char *e
     diffuse_taesd *t = calloc(1, sizeof *t);
     if (!t)
         return diffuse_fail(err, "out of memory"), DIFFUSE_ERR_MEMORY;
+    pthread_mutex_init(&t->lock, NULL);
     diffuse_status st = diffuse_weights_open_taesd(path, &t->w, err);
     int rc = st != DIFFUSE_OK;
     if (rc == 0)
@@ -167,6 +180,12 @@ void diffuse_taesd_free(diffuse_taesd *t)
     if (!t)
         return;
     diffuse_weights_free(t->w);
+    for (int i = 0; i < TAESD_MAX_LAYERS; i++)
+        for (int k = 0; k < 3; k++) {
+            free(t->enc.prep.w[i][k]);
+            free(t->dec.prep.w[i][k]);
+        }
+    pthread_mutex_destroy(&t->lock);
     free(t);
 }
 
@@ -244,8 +263,10 @@ static void relu(float *x, size_t n)
 }
 
 typedef struct taesd_run {
-    float *buf[3];   /* buf[0] holds the live activation */
-    int c, h, w, up; /* its channels and stored size; up: a pending nearest 2x */
+    taesd_prep *prep;      /* the blocked path's kept weights (NULL: none) */
+    pthread_mutex_t *lock; /* of prep */
+    float *buf[3];         /* buf[0] holds the live activation */
+    int c, h, w, up;       /* its channels and stored size; up: a pending nearest 2x */
     diffuse_arena *a;
     const diffuse_trace *trace;
     const char *side;
@@ -318,6 +339,7 @@ static void unblock(float *y, const float *x, int c, size_t hw, int blk)
 typedef struct blocked_state {
     bool dry;             /* size only */
     size_t act, scratch;  /* dry: the largest activation and convolution scratch (floats) */
+    size_t prep;          /* dry: floats of the weights taesd_prep keeps */
     int c, h, w, up, blk; /* the live activation: channels, size, pending upsample; blk: its
                              floats per pixel group (1: NCHW) */
 } blocked_state;
@@ -328,8 +350,32 @@ static size_t act_floats(int c, int h, int w, int blk)
 }
 
 /* One fused convolution of the walk: dst = conv(src) with these flags. */
-static int blocked_conv(blocked_state *s, taesd_run *r, const diffuse_conv2d *c, float *dst,
-                        const float *src, int stride, int flags)
+/* The kept weights of layer i's k-th convolution for these flags, made now
+ * when they are not yet; NULL when this run does not keep them. */
+static const float *prepared(taesd_run *r, int i, int k, const diffuse_conv *d, int flags,
+                             const float *wf)
+{
+    if (!r->prep)
+        return NULL;
+    pthread_mutex_lock(r->lock);
+    float *w = r->prep->w[i][k];
+    if (!w) {
+        const size_t n = diffuse_dnnl_fused_weights(d, flags);
+        if (n && (w = malloc(sizeof(float) * n)) && !diffuse_dnnl_fused_prepare(w, wf, d, flags)) {
+            free(w);
+            w = NULL;
+        }
+        r->prep->w[i][k] = w;
+        r->prep->flags[i][k] = flags;
+    } else if (r->prep->flags[i][k] != flags) {
+        w = NULL;
+    }
+    pthread_mutex_unlock(r->lock);
+    return w;
+}
+
+static int blocked_conv(blocked_state *s, taesd_run *r, int i, int k, const diffuse_conv2d *c,
+                        float *dst, const float *src, int stride, int flags)
 {
     const int blk = diffuse_dnnl_block();
     diffuse_conv d = diffuse_conv_3x3(c->cin, c->cout, s->h, s->w, stride);
@@ -343,11 +389,15 @@ static int blocked_conv(blocked_state *s, taesd_run *r, const diffuse_conv2d *c,
         s->scratch = sc > s->scratch ? sc : s->scratch;
         size_t a = act_floats(c->cout, oh, ow, oblk);
         s->act = a > s->act ? a : s->act;
+        s->prep += diffuse_dnnl_fused_weights(&d, flags);
     } else {
         const size_t mark = diffuse_arena_mark(r->a);
         const float *wf = diffuse_wmat_f32(&c->w, r->a);
+        const float *wp = wf ? prepared(r, i, k, &d, flags, wf) : NULL;
         float *scratch = wf ? diffuse_arena_push(r->a, need) : NULL;
-        bool ok = scratch && diffuse_dnnl_conv_fused(dst, src, wf, c->b, &d, flags, scratch);
+        bool ok =
+            scratch && diffuse_dnnl_conv_fused(dst, src, wp ? wp : wf, c->b, &d,
+                                               flags | (wp ? DIFFUSE_DNNL_PREPARED : 0), scratch);
         diffuse_arena_reset(r->a, mark);
         if (!ok)
             return -1;
@@ -434,7 +484,7 @@ static int blocked_walk(blocked_state *s, taesd_run *r, const taesd_half *hf, bo
             }
             int flags = (s->blk > 1 ? DIFFUSE_DNNL_IN_BLOCKED : 0) | DIFFUSE_DNNL_OUT_BLOCKED |
                         (fuse_relu && hf->layers[i + 1].kind == TAESD_RELU ? DIFFUSE_DNNL_RELU : 0);
-            if (blocked_conv(s, r, &l->conv[0], r->buf[1], r->buf[0], l->stride, flags))
+            if (blocked_conv(s, r, i, 0, &l->conv[0], r->buf[1], r->buf[0], l->stride, flags))
                 return -1;
             if (!s->dry)
                 rotate(r, 1);
@@ -444,9 +494,11 @@ static int blocked_walk(blocked_state *s, taesd_run *r, const taesd_half *hf, bo
             const int io = DIFFUSE_DNNL_IN_BLOCKED | DIFFUSE_DNNL_OUT_BLOCKED;
             if (s->blk == 1 || last) /* the residual sum needs x blocked, as its output */
                 return -1;
-            if (blocked_conv(s, r, &l->conv[0], r->buf[1], r->buf[0], 1, io | DIFFUSE_DNNL_RELU) ||
-                blocked_conv(s, r, &l->conv[1], r->buf[2], r->buf[1], 1, io | DIFFUSE_DNNL_RELU) ||
-                blocked_conv(s, r, &l->conv[2], r->buf[0], r->buf[2], 1,
+            if (blocked_conv(s, r, i, 0, &l->conv[0], r->buf[1], r->buf[0], 1,
+                             io | DIFFUSE_DNNL_RELU) ||
+                blocked_conv(s, r, i, 1, &l->conv[1], r->buf[2], r->buf[1], 1,
+                             io | DIFFUSE_DNNL_RELU) ||
+                blocked_conv(s, r, i, 2, &l->conv[2], r->buf[0], r->buf[2], 1,
                              io | DIFFUSE_DNNL_SUM | DIFFUSE_DNNL_RELU))
                 return -1;
             break;
@@ -478,7 +530,8 @@ static int blocked_walk(blocked_state *s, taesd_run *r, const taesd_half *hf, bo
 }
 
 /* Whether a half runs blocked from an input of c x h x w, and its sizes. */
-static bool blocked_sizes(const taesd_half *hf, int c, int h, int w, size_t *act, size_t *scratch)
+static bool blocked_sizes(const taesd_half *hf, int c, int h, int w, size_t *act, size_t *scratch,
+                          size_t *prep)
 {
     blocked_state s = {.dry = true, .c = c, .h = h, .w = w, .up = 1};
     taesd_run none = {0}; /* no buffers: nothing runs */
@@ -486,14 +539,31 @@ static bool blocked_sizes(const taesd_half *hf, int c, int h, int w, size_t *act
         return false;
     *act = s.act;
     *scratch = s.scratch;
+    if (prep)
+        *prep = s.prep;
     return true;
 }
 
 /* A half's buffers and scratch: the blocked path's when it runs that way. */
 static void sizes(const taesd_half *hf, int h, int w, size_t *act, size_t *scratch)
 {
-    if (getenv("TAESD_BANDED") || !blocked_sizes(hf, hf->in, h, w, act, scratch))
+    if (getenv("TAESD_BANDED") || !blocked_sizes(hf, hf->in, h, w, act, scratch, NULL))
         half_sizes(hf, h, w, act, scratch);
+}
+
+size_t diffuse_taesd_pending_bytes(const diffuse_taesd *t, bool decoder, int height, int width)
+{
+    const taesd_half *hf = decoder ? &t->dec : &t->enc;
+    const int h = decoder ? (height / 8 > 0 ? height / 8 : 1) : height,
+              w = decoder ? (width / 8 > 0 ? width / 8 : 1) : width;
+    size_t act, scratch, prep = 0;
+    pthread_mutex_lock((pthread_mutex_t *)&t->lock);
+    const bool made = hf->prep.ih != 0;
+    pthread_mutex_unlock((pthread_mutex_t *)&t->lock);
+    if (made || !hf->count || getenv("TAESD_BANDED") ||
+        !blocked_sizes(hf, hf->in, h, w, &act, &scratch, &prep))
+        return 0;
+    return sizeof(float) * prep;
 }
 
 size_t diffuse_taesd_workspace(const diffuse_taesd *t, int height, int width)
@@ -573,9 +643,17 @@ static int run_half(taesd_run *r, const taesd_half *hf)
 static int run_any(taesd_run *r, const taesd_half *hf)
 {
     size_t act, scratch;
-    if (getenv("TAESD_BANDED") || !blocked_sizes(hf, r->c, r->h, r->w, &act, &scratch))
+    if (getenv("TAESD_BANDED") || !blocked_sizes(hf, r->c, r->h, r->w, &act, &scratch, NULL))
         return run_half(r, hf);
     blocked_state s = {.c = r->c, .h = r->h, .w = r->w, .up = 1};
+    taesd_prep *prep = (taesd_prep *)&hf->prep; /* the model's cache, behind r->lock */
+    pthread_mutex_lock(r->lock);
+    if (!prep->ih) { /* the first run keeps its weights */
+        prep->ih = r->h;
+        prep->iw = r->w;
+    }
+    r->prep = prep->ih == r->h && prep->iw == r->w ? prep : NULL;
+    pthread_mutex_unlock(r->lock);
     if (blocked_walk(&s, r, hf, !(r->trace && r->trace->fn)))
         return -1;
     r->c = s.c;
@@ -608,7 +686,7 @@ int diffuse_taesd_encode(const diffuse_taesd *t, float *latents, const float *im
     if (height < 8 || width < 8 || height % 8 || width % 8)
         return diffuse_fail(err, "TAESD: %dx%d is not a multiple of 8", width, height);
     const size_t mark = diffuse_arena_mark(a), px = (size_t)3 * height * width;
-    taesd_run r = {.trace = trace, .side = "encoder"};
+    taesd_run r = {.trace = trace, .side = "encoder", .lock = (pthread_mutex_t *)&t->lock};
     int rc = run_init(&r, &t->enc, 3, height, width, a);
     if (rc == 0) {
         for (size_t i = 0; i < px; i++)
@@ -635,7 +713,7 @@ int diffuse_taesd_decode(const diffuse_taesd *t, float *image, const float *late
         return diffuse_fail(err, "TAESD: %dx%d is not a multiple of 8", width, height);
     const int lh = height / 8, lw = width / 8, lc = t->dec.in;
     const size_t mark = diffuse_arena_mark(a), n = (size_t)lc * lh * lw;
-    taesd_run r = {.trace = trace, .side = "decoder"};
+    taesd_run r = {.trace = trace, .side = "decoder", .lock = (pthread_mutex_t *)&t->lock};
     int rc = run_init(&r, &t->dec, lc, lh, lw, a);
     if (rc == 0) {
         for (size_t i = 0; i < n; i++)
