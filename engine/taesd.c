@@ -11,9 +11,12 @@
  * The layer list is read off the weights (diffusers' indices: a conv, a block
  * of three convs, or a gap: the decoder's ReLU after its first conv, an
  * upsample anywhere else), so the block counts of the config need not be
- * known. Convolutions run in bands (diffuse_conv_banded); the upsample is
- * folded into the next convolution's band copy; three activation buffers of
- * the largest size rotate.
+ * known. With oneDNN (AVX2 and up, DIFFUSE_CONV other than im2col) a half
+ * runs on whole images kept in oneDNN's blocked layout, ReLUs and residual
+ * sums fused into the convolutions (the blocked path below); otherwise, or
+ * with DIFFUSE_TAESD=banded, convolutions run in bands (diffuse_conv_banded),
+ * the upsample folded into the next convolution's band copy. Either way three
+ * activation buffers of the largest size rotate.
  */
 #include <math.h>
 #include <pthread.h>
@@ -544,10 +547,17 @@ static bool blocked_sizes(const taesd_half *hf, int c, int h, int w, size_t *act
     return true;
 }
 
+/* DIFFUSE_TAESD=banded keeps the banded path (for measurements). */
+static bool banded_only(void)
+{
+    const char *e = getenv("DIFFUSE_TAESD");
+    return e && strcmp(e, "banded") == 0;
+}
+
 /* A half's buffers and scratch: the blocked path's when it runs that way. */
 static void sizes(const taesd_half *hf, int h, int w, size_t *act, size_t *scratch)
 {
-    if (getenv("TAESD_BANDED") || !blocked_sizes(hf, hf->in, h, w, act, scratch, NULL))
+    if (banded_only() || !blocked_sizes(hf, hf->in, h, w, act, scratch, NULL))
         half_sizes(hf, h, w, act, scratch);
 }
 
@@ -560,7 +570,7 @@ size_t diffuse_taesd_pending_bytes(const diffuse_taesd *t, bool decoder, int hei
     pthread_mutex_lock((pthread_mutex_t *)&t->lock);
     const bool made = hf->prep.ih != 0;
     pthread_mutex_unlock((pthread_mutex_t *)&t->lock);
-    if (made || !hf->count || getenv("TAESD_BANDED") ||
+    if (made || !hf->count || banded_only() ||
         !blocked_sizes(hf, hf->in, h, w, &act, &scratch, &prep))
         return 0;
     return sizeof(float) * prep;
@@ -643,7 +653,7 @@ static int run_half(taesd_run *r, const taesd_half *hf)
 static int run_any(taesd_run *r, const taesd_half *hf)
 {
     size_t act, scratch;
-    if (getenv("TAESD_BANDED") || !blocked_sizes(hf, r->c, r->h, r->w, &act, &scratch, NULL))
+    if (banded_only() || !blocked_sizes(hf, r->c, r->h, r->w, &act, &scratch, NULL))
         return run_half(r, hf);
     blocked_state s = {.c = r->c, .h = r->h, .w = r->w, .up = 1};
     taesd_prep *prep = (taesd_prep *)&hf->prep; /* the model's cache, behind r->lock */
