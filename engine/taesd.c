@@ -41,8 +41,8 @@ typedef struct taesd_layer {
  * that run's input size and flags only; other sizes reorder on every call. */
 typedef struct taesd_prep {
     float *w[TAESD_MAX_LAYERS][3];
-    int flags[TAESD_MAX_LAYERS][3];
-    int ih, iw; /* the input size they are for; 0: none yet */
+    int flags[TAESD_MAX_LAYERS][3]; /* theirs, 0x100 added for Winograd's */
+    int ih, iw;                     /* the input size they are for; 0: none yet */
 } taesd_prep;
 
 typedef struct taesd_half {
@@ -360,6 +360,8 @@ static const float *prepared(taesd_run *r, int i, int k, const diffuse_conv *d, 
 {
     if (!r->prep)
         return NULL;
+    /* the layout follows the algorithm too (diffuse_conv_set_backend may change it) */
+    const int key = flags | (diffuse_dnnl_fused_winograd(d, flags) ? 0x100 : 0);
     pthread_mutex_lock(r->lock);
     float *w = r->prep->w[i][k];
     if (!w) {
@@ -369,8 +371,8 @@ static const float *prepared(taesd_run *r, int i, int k, const diffuse_conv *d, 
             w = NULL;
         }
         r->prep->w[i][k] = w;
-        r->prep->flags[i][k] = flags;
-    } else if (r->prep->flags[i][k] != flags) {
+        r->prep->flags[i][k] = key;
+    } else if (r->prep->flags[i][k] != key) {
         w = NULL;
     }
     pthread_mutex_unlock(r->lock);

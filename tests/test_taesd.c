@@ -146,6 +146,12 @@ static void check_direct(const diffuse_taesd *t)
     CHECK(d.c == 3 && d.h == h && d.w == w, "reference decoder made %dx%dx%d", d.c, d.h, d.w);
     double e = test_rel_err(out[0], d.x, (size_t)3 * h * w, NULL);
     CHECK(e < 1e-5, "decode at %dx%d against the direct computation: rel err %.3g", w, h, e);
+    /* another backend at the size whose weights are kept: other layouts, not those */
+    diffuse_conv_set_backend(DIFFUSE_CONV_DIRECT);
+    CHECK(diffuse_taesd_decode(t, out[1], lat, h, w, &a, NULL, err) == 0, "decode: %s", err);
+    diffuse_conv_set_backend(DIFFUSE_CONV_AUTO);
+    e = test_rel_err(out[1], d.x, (size_t)3 * h * w, NULL);
+    CHECK(e < 1e-5, "decode with the direct backend after the default: rel err %.3g", e);
     ref_act x = {malloc(sizeof(float) * 3 * h * w), 3, h, w};
     for (int i = 0; i < 3 * h * w; i++)
         x.x[i] = (img[i] + 1.0f) / 2.0f;
