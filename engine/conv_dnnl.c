@@ -100,6 +100,31 @@ bool diffuse_dnnl_conv(float *y, const float *x, const float *w, const float *b,
 {
     return false;
 }
+int diffuse_dnnl_block(void)
+{
+    return 0;
+}
+size_t diffuse_dnnl_fused_scratch(const diffuse_conv *c, int flags)
+{
+    return 0;
+}
+bool diffuse_dnnl_fused_winograd(const diffuse_conv *c, int flags)
+{
+    return false;
+}
+size_t diffuse_dnnl_fused_weights(const diffuse_conv *c, int flags)
+{
+    return 0;
+}
+bool diffuse_dnnl_fused_prepare(float *wt, const float *w, const diffuse_conv *c, int flags)
+{
+    return false;
+}
+bool diffuse_dnnl_conv_fused(float *y, const float *x, const float *w, const float *b,
+                             const diffuse_conv *c, int flags, float *scratch)
+{
+    return false;
+}
 
 #else
 
@@ -141,7 +166,11 @@ static void md_free(md_t m)
 typedef struct conv_key { /* ints only: no padding bytes for memcmp to trip on */
     int n, cin, h, w, cout, k, stride, pad[4];
     int winograd; /* 1: oneDNN's Winograd algorithm, 0: its direct one */
+    int fused;    /* DIFFUSE_DNNL_* flags plus DNNL_FUSED (diffuse_dnnl_conv_fused); 0: NCHW */
 } conv_key;
+
+/* in conv_key.fused: a call of diffuse_dnnl_conv_fused, whose flags may be 0 */
+#define DNNL_FUSED 0x100
 
 typedef struct conv_prim {
     conv_key key;
@@ -179,6 +208,72 @@ static bool reorder(dnnl_primitive_t *out, cmd_t from, cmd_t to)
     return ok;
 }
 
+/* The blocked layout of diffuse_dnnl_conv_fused: channel blocks of 16 floats
+ * on AVX-512 (what oneDNN's AVX-512 convolutions run on), of 8 on AVX2. */
+static dnnl_format_tag_t block_tag(void)
+{
+    return diffuse_cpu_path() >= DIFFUSE_CPU_AVX512 ? dnnl_nChw16c : dnnl_nChw8c;
+}
+
+/* The fused flags as oneDNN post-ops: the sum (dst += conv) before the ReLU. */
+static bool set_post_ops(dnnl_primitive_attr_t attr, int fused)
+{
+    if (!(fused & (DIFFUSE_DNNL_SUM | DIFFUSE_DNNL_RELU)))
+        return true;
+    dnnl_post_ops_t po;
+    if (dnnl_post_ops_create(&po) != dnnl_success)
+        return false;
+    bool ok = !(fused & DIFFUSE_DNNL_SUM) || dnnl_post_ops_append_sum(po, 1.0f) == dnnl_success;
+#if DNNL_VERSION_MAJOR >= 3
+    ok = ok && (!(fused & DIFFUSE_DNNL_RELU) ||
+                dnnl_post_ops_append_eltwise(po, dnnl_eltwise_relu, 0.0f, 0.0f) == dnnl_success);
+#else
+    ok = ok &&
+         (!(fused & DIFFUSE_DNNL_RELU) ||
+          dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_relu, 0.0f, 0.0f) == dnnl_success);
+#endif
+    ok = ok && dnnl_primitive_attr_set_post_ops(attr, po) == dnnl_success;
+    dnnl_post_ops_destroy(po);
+    return ok;
+}
+
+#if DNNL_VERSION_MAJOR < 3
+/* The implementation oneDNN 2.x lists first for cd, or with f4x4: its
+ * Winograd F(4x4, 3x3) where it has it. oneDNN lists its F(2x2, 3x3) first
+ * wherever that can run (equal top and bottom pads, so whole images), at 2.25
+ * rather than 4 times fewer multiplies: 1.6-2x slower on TAESD's 64-channel
+ * layers at 128x128 to 512x512 (README, "TAESD"). */
+static dnnl_primitive_desc_t pick(const dnnl_convolution_desc_t *cd, dnnl_primitive_attr_t attr,
+                                  bool f4x4)
+{
+    dnnl_primitive_desc_iterator_t it;
+    dnnl_primitive_desc_t first = NULL;
+    if (dnnl_primitive_desc_iterator_create(&it, cd, attr, engine, NULL) != dnnl_success)
+        return NULL;
+    do {
+        dnnl_primitive_desc_t pd = dnnl_primitive_desc_iterator_fetch(it);
+        const char *name = NULL;
+        if (!pd)
+            break;
+        if (!first) {
+            first = pd;
+            if (!f4x4)
+                break;
+            continue;
+        }
+        if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &name) == dnnl_success &&
+            name && strstr(name, "wino_4x3")) {
+            dnnl_primitive_desc_destroy(first);
+            first = pd;
+            break;
+        }
+        dnnl_primitive_desc_destroy(pd);
+    } while (dnnl_primitive_desc_iterator_next(it) == dnnl_success);
+    dnnl_primitive_desc_iterator_destroy(it);
+    return first;
+}
+#endif
+
 /* Makes the primitive and its reorders for one shape; p->ok says whether it
  * worked. Called with prim_lock held. */
 static void prim_make(conv_prim *p, const conv_key *k)
@@ -191,8 +286,16 @@ static void prim_make(conv_prim *p, const conv_key *k)
                 dd = {k->n, k->cout, oh, ow};
     dnnl_dims_t st = {k->stride, k->stride}, pl = {k->pad[0], k->pad[1]},
                 pr = {k->pad[2], k->pad[3]};
-    md_t src_any = md_new(4, sd, dnnl_format_tag_any), wei_any = md_new(4, wd, dnnl_format_tag_any);
-    md_t dst_any = md_new(4, dd, dnnl_format_tag_any);
+    /* a fused call runs on the caller's layouts: NCHW or blocked, as flagged */
+    const dnnl_format_tag_t blk = block_tag();
+    const dnnl_format_tag_t src_tag = !k->fused ? dnnl_format_tag_any
+                                      : k->fused & DIFFUSE_DNNL_IN_BLOCKED ? blk
+                                                                           : dnnl_nchw;
+    const dnnl_format_tag_t dst_tag = !k->fused ? dnnl_format_tag_any
+                                      : k->fused & DIFFUSE_DNNL_OUT_BLOCKED ? blk
+                                                                            : dnnl_nchw;
+    md_t src_any = md_new(4, sd, src_tag), wei_any = md_new(4, wd, dnnl_format_tag_any);
+    md_t dst_any = md_new(4, dd, dst_tag);
     p->src_plain = md_new(4, sd, dnnl_nchw);
     p->wei_plain = md_new(4, wd, dnnl_oihw);
     p->dst_plain = md_new(4, dd, dnnl_nchw);
@@ -202,7 +305,8 @@ static void prim_make(conv_prim *p, const conv_key *k)
     const dnnl_alg_kind_t alg = k->winograd ? dnnl_convolution_winograd : dnnl_convolution_direct;
     dnnl_primitive_attr_t attr = NULL;
     if (dnnl_primitive_attr_create(&attr) != dnnl_success ||
-        dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user) != dnnl_success)
+        dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user) != dnnl_success ||
+        !set_post_ops(attr, k->fused))
         goto done;
 #if DNNL_VERSION_MAJOR >= 3
     if (dnnl_convolution_forward_primitive_desc_create(&p->pd, engine, dnnl_forward_inference, alg,
@@ -213,21 +317,22 @@ static void prim_make(conv_prim *p, const conv_key *k)
     dnnl_convolution_desc_t cd;
     if (dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, alg, &src_any, &wei_any,
                                            &p->bias_md, &dst_any, st, pl, pr) != dnnl_success ||
-        dnnl_primitive_desc_create(&p->pd, &cd, attr, engine, NULL) != dnnl_success)
+        !(p->pd = pick(&cd, attr, k->fused && k->winograd)))
         goto done;
 #endif
     p->src_md = dnnl_primitive_desc_query_md(p->pd, dnnl_query_src_md, 0);
     p->wei_md = dnnl_primitive_desc_query_md(p->pd, dnnl_query_weights_md, 0);
     p->dst_md = dnnl_primitive_desc_query_md(p->pd, dnnl_query_dst_md, 0);
     p->pad_md = dnnl_primitive_desc_query_md(p->pd, dnnl_query_scratchpad_md, 0);
-    p->src_b = align64(dnnl_memory_desc_get_size(p->src_md));
+    /* a fused call takes the caller's input and output as they are */
+    p->src_b = k->fused ? 0 : align64(dnnl_memory_desc_get_size(p->src_md));
     p->wei_b = align64(dnnl_memory_desc_get_size(p->wei_md));
-    p->dst_b = align64(dnnl_memory_desc_get_size(p->dst_md));
+    p->dst_b = k->fused ? 0 : align64(dnnl_memory_desc_get_size(p->dst_md));
     p->pad_b = p->pad_md ? align64(dnnl_memory_desc_get_size(p->pad_md)) : 0;
     p->ok = dnnl_primitive_create(&p->conv, p->pd) == dnnl_success &&
-            reorder(&p->rsrc, MD(p->src_plain), p->src_md) &&
+            (k->fused || reorder(&p->rsrc, MD(p->src_plain), p->src_md)) &&
             reorder(&p->rwei, MD(p->wei_plain), p->wei_md) &&
-            reorder(&p->rdst, p->dst_md, MD(p->dst_plain));
+            (k->fused || reorder(&p->rdst, p->dst_md, MD(p->dst_plain)));
 done:
     if (attr)
         dnnl_primitive_attr_destroy(attr);
@@ -282,11 +387,29 @@ static bool winograd(const diffuse_conv *c, int n)
            (double)n * diffuse_conv_out_h(c) * diffuse_conv_out_w(c) >= WINO_MIN_PIXELS;
 }
 
-/* The primitive for this shape, made on first use; NULL when oneDNN cannot
- * run it (or is not wanted for it). */
-static conv_prim *prim_for(const diffuse_conv *c, int n)
+/* diffuse_dnnl_conv_fused's rule: Winograd F(4x4, 3x3) wherever it runs
+ * (stride 1, 32 channels or more), whatever the size. Without the reorders
+ * and band copies of the NCHW path it beats the direct convolution (jit or
+ * brgconv) from 64x64 up: 1.4-1.8x on TAESD's 64-channel layers at 64x64 to
+ * 512x512 (README, "TAESD"). */
+static bool winograd_fused(const diffuse_conv *c)
 {
-    if (!wanted(c, n))
+    const int m = mode();
+    if (c->stride != 1 || m == DIFFUSE_CONV_DIRECT)
+        return false;
+    return m == DIFFUSE_CONV_WINOGRAD ||
+           (c->cin >= WINO_MIN_CHANNELS && c->cout >= WINO_MIN_CHANNELS);
+}
+
+/* The primitive for this shape (fused: 0, or DNNL_FUSED and the flags of
+ * diffuse_dnnl_conv_fused), made on first use; NULL when oneDNN cannot run it
+ * (or is not wanted for it). */
+static conv_prim *prim_get(const diffuse_conv *c, int n, int fused)
+{
+    fused &= ~DIFFUSE_DNNL_PREPARED; /* the same primitive either way */
+    if (fused ? mode() == DIFFUSE_CONV_IM2COL || !diffuse_dnnl_available() ||
+                    (c->stride != 1 && c->stride != 2)
+              : !wanted(c, n))
         return NULL;
     conv_key k = {.n = n,
                   .cin = c->cin,
@@ -296,7 +419,8 @@ static conv_prim *prim_for(const diffuse_conv *c, int n)
                   .k = c->k,
                   .stride = c->stride,
                   .pad = {c->pad_top, c->pad_left, c->pad_bottom, c->pad_right},
-                  .winograd = winograd(c, n)};
+                  .winograd = fused ? winograd_fused(c) : winograd(c, n),
+                  .fused = fused};
     pthread_mutex_lock(&prim_lock);
     if (!engine && (dnnl_engine_create(&engine, dnnl_cpu, 0) != dnnl_success ||
                     dnnl_stream_create(&stream, engine, dnnl_stream_default_flags) != dnnl_success))
@@ -308,6 +432,11 @@ static conv_prim *prim_for(const diffuse_conv *c, int n)
     }
     pthread_mutex_unlock(&prim_lock);
     return p && p->ok ? p : NULL;
+}
+
+static conv_prim *prim_for(const diffuse_conv *c, int n)
+{
+    return prim_get(c, n, 0);
 }
 
 bool diffuse_dnnl_available(void)
@@ -404,6 +533,100 @@ bool diffuse_dnnl_conv(float *y, const float *x, const float *w, const float *b,
     }
     pthread_mutex_unlock(&exec_lock);
     dnnl_memory_t all[] = {mx, mw, my, bx, bw, by, mb, mp};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (all[i])
+            dnnl_memory_destroy(all[i]);
+    return ok;
+}
+
+/* ------------------------------------------------------------------ fused */
+
+int diffuse_dnnl_block(void)
+{
+    return diffuse_dnnl_available() ? (block_tag() == dnnl_nChw16c ? 16 : 8) : 0;
+}
+
+size_t diffuse_dnnl_fused_scratch(const diffuse_conv *c, int flags)
+{
+    conv_prim *p = prim_get(c, 1, DNNL_FUSED | flags);
+    return p ? (p->wei_b + p->pad_b + 64) / sizeof(float) : 0;
+}
+
+bool diffuse_dnnl_fused_winograd(const diffuse_conv *c, int flags)
+{
+    conv_prim *p = prim_get(c, 1, DNNL_FUSED | flags);
+    return p && p->key.winograd;
+}
+
+size_t diffuse_dnnl_fused_weights(const diffuse_conv *c, int flags)
+{
+    conv_prim *p = prim_get(c, 1, DNNL_FUSED | flags);
+    return p ? p->wei_b / sizeof(float) : 0;
+}
+
+bool diffuse_dnnl_fused_prepare(float *wt, const float *w, const diffuse_conv *c, int flags)
+{
+    conv_prim *p = prim_get(c, 1, DNNL_FUSED | flags);
+    if (!p)
+        return false;
+    dnnl_memory_t mw = NULL, bw = NULL;
+    bool ok = dnnl_memory_create(&mw, MD(p->wei_plain), engine, (void *)w) == dnnl_success &&
+              dnnl_memory_create(&bw, p->wei_md, engine, wt) == dnnl_success;
+    pthread_mutex_lock(&exec_lock);
+    omp_set_num_threads(diffuse_pool_threads());
+    if (ok) {
+        memset(wt, 0, p->wei_b); /* the padding to the block */
+        dnnl_exec_arg_t args[] = {{DNNL_ARG_FROM, mw}, {DNNL_ARG_TO, bw}};
+        ok = run(p->rwei, 2, args) && dnnl_stream_wait(stream) == dnnl_success;
+    }
+    pthread_mutex_unlock(&exec_lock);
+    if (mw)
+        dnnl_memory_destroy(mw);
+    if (bw)
+        dnnl_memory_destroy(bw);
+    return ok;
+}
+
+bool diffuse_dnnl_conv_fused(float *y, const float *x, const float *w, const float *b,
+                             const diffuse_conv *c, int flags, float *scratch)
+{
+    conv_prim *p = prim_get(c, 1, DNNL_FUSED | flags);
+    if (!p || !scratch)
+        return false;
+    if (!b)
+        b = p->zeros;
+    uint8_t *s = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    const bool prepared = flags & DIFFUSE_DNNL_PREPARED;
+    dnnl_memory_t mx = NULL, mw = NULL, my = NULL, bw = NULL, mb = NULL, mp = NULL;
+    bool ok =
+        dnnl_memory_create(&mx, p->src_md, engine, (void *)x) == dnnl_success &&
+        (prepared ||
+         dnnl_memory_create(&mw, MD(p->wei_plain), engine, (void *)w) == dnnl_success) &&
+        dnnl_memory_create(&my, p->dst_md, engine, y) == dnnl_success &&
+        dnnl_memory_create(&bw, p->wei_md, engine, prepared ? (void *)w : s) == dnnl_success &&
+        dnnl_memory_create(&mb, MD(p->bias_md), engine, (void *)b) == dnnl_success &&
+        (!p->pad_b || dnnl_memory_create(&mp, p->pad_md, engine, s + p->wei_b) == dnnl_success);
+    pthread_mutex_lock(&exec_lock);
+    omp_set_num_threads(diffuse_pool_threads());
+    if (ok && !prepared && (c->cin % 16 || c->cout % 16)) /* the weights' padding */
+        memset(s, 0, p->wei_b);
+    if (ok) {
+        dnnl_exec_arg_t wt[] = {{DNNL_ARG_FROM, mw}, {DNNL_ARG_TO, bw}};
+        dnnl_exec_arg_t args[5] = {
+            {DNNL_ARG_SRC, mx}, {DNNL_ARG_WEIGHTS, bw}, {DNNL_ARG_DST, my}, {DNNL_ARG_BIAS, mb}};
+        int nargs = 4;
+        if (mp)
+            args[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, mp};
+        ok = (prepared || run(p->rwei, 2, wt)) && run(p->conv, nargs, args) &&
+             dnnl_stream_wait(stream) == dnnl_success;
+        if (ok && !p->ran) {
+            pthread_mutex_lock(&prim_lock);
+            p->ran = true;
+            pthread_mutex_unlock(&prim_lock);
+        }
+    }
+    pthread_mutex_unlock(&exec_lock);
+    dnnl_memory_t all[] = {mx, mw, my, bw, mb, mp};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (all[i])
             dnnl_memory_destroy(all[i]);

@@ -313,6 +313,32 @@ size_t diffuse_dnnl_pending_bytes(void);
 bool diffuse_dnnl_conv(float *y, const float *x, const float *w, const float *b,
                        const diffuse_conv *c, int n, float *scratch);
 void diffuse_conv_set_backend(int backend);
+/* One whole-image convolution (n = 1) through oneDNN on activations the
+ * caller keeps in oneDNN's blocked layout: channel blocks of
+ * diffuse_dnnl_block() floats ([ceil(C/B), h, w, B], padding channels zero),
+ * or NCHW where a flag does not say blocked; ReLU and a residual sum fused
+ * into the output (y = relu(conv(x) + y)). No reorder of the input or output,
+ * no copies. Scratch: diffuse_dnnl_fused_scratch floats (0: oneDNN cannot
+ * run it, or DIFFUSE_CONV=im2col; then diffuse_dnnl_conv_fused returns false
+ * and does nothing). Winograd by the same rule as diffuse_dnnl_conv. */
+enum {
+    DIFFUSE_DNNL_IN_BLOCKED = 1,
+    DIFFUSE_DNNL_OUT_BLOCKED = 2,
+    DIFFUSE_DNNL_RELU = 4,      /* y = relu(...) */
+    DIFFUSE_DNNL_SUM = 8,       /* y = conv(x) + y (before the ReLU); y must not alias x */
+    DIFFUSE_DNNL_PREPARED = 16, /* w is diffuse_dnnl_fused_prepare's, not [cout, cin, k, k] */
+};
+int diffuse_dnnl_block(void); /* 16 (AVX-512), 8 (AVX2), 0: no oneDNN */
+size_t diffuse_dnnl_fused_scratch(const diffuse_conv *c, int flags);
+bool diffuse_dnnl_fused_winograd(const diffuse_conv *c, int flags);
+/* The weights in the primitive's own layout (for Winograd: transformed, a
+ * scalar pass oneDNN makes on every call otherwise, about a tenth of TAESD's
+ * decode), made once by the caller and kept: diffuse_dnnl_fused_weights
+ * floats (0: no primitive), then calls with DIFFUSE_DNNL_PREPARED. */
+size_t diffuse_dnnl_fused_weights(const diffuse_conv *c, int flags);
+bool diffuse_dnnl_fused_prepare(float *wt, const float *w, const diffuse_conv *c, int flags);
+bool diffuse_dnnl_conv_fused(float *y, const float *x, const float *w, const float *b,
+                             const diffuse_conv *c, int flags, float *scratch);
 /* y[N, cout, oh, ow] = conv(x[N, cin, h, w], W) + b. */
 void diffuse_op_conv2d(float *y, const float *x, const float *w, const float *b,
                        const diffuse_conv *c, int n, float *scratch);
@@ -329,6 +355,15 @@ void diffuse_op_silu(float *x, size_t n);
 void diffuse_op_gelu(float *x, size_t n);                /* exact, erf */
 void diffuse_op_quick_gelu(float *x, size_t n);          /* x * sigmoid(1.702 x) */
 void diffuse_op_add(float *y, const float *x, size_t n); /* y += x */
+/* y [cout, h, w] (NCHW) = conv 3x3, padding 1, of x in 16-channel blocks
+ * [ceil(cin/16), h, w, 16] (diffuse_dnnl_conv_fused's layout on AVX-512,
+ * padding channels zero), + b (or none): for few output channels (a
+ * decoder's 64 -> 3), which oneDNN pads to 16. Scratch:
+ * diffuse_op_conv3x3_few_scratch floats. false (nothing done) without
+ * AVX-512. */
+size_t diffuse_op_conv3x3_few_scratch(int cin, int cout);
+bool diffuse_op_conv3x3_few(float *y, const float *x, const float *w, const float *b, int cin,
+                            int cout, int h, int width, float *scratch);
 /* [N, C, H, W] -> [N, C, 2H, 2W], nearest neighbour. */
 void diffuse_op_upsample2x(float *y, const float *x, int n, int c, int h, int w);
 /* [N, C, HW] <-> [N, HW, C] */
@@ -645,6 +680,9 @@ const char *diffuse_taesd_layout(const diffuse_taesd *t);
 /* The canonical weights ("taesd.encoder.layers.N...", diffusers' indices). */
 const diffuse_weights *diffuse_taesd_weights(const diffuse_taesd *t);
 size_t diffuse_taesd_workspace(const diffuse_taesd *t, int height, int width);
+/* Bytes a first decode (or encode) of this size will keep beside the model:
+ * its convolutions' weights in oneDNN's layouts, made once; 0 once made. */
+size_t diffuse_taesd_pending_bytes(const diffuse_taesd *t, bool decoder, int height, int width);
 /* latents [C, H/8, W/8] = encoder((image [3, H, W] + 1) / 2). Trace names:
  * "encoder.layers.N" (diffusers' N). */
 int diffuse_taesd_encode(const diffuse_taesd *t, float *latents, const float *image, int height,

@@ -618,3 +618,109 @@ void diffuse_op_transpose(float *y, const float *x, int n, int rows, int cols)
         diffuse_parallel_for((size_t)cols, grain_of((size_t)rows), transpose_part, &j);
     }
 }
+
+/* ------------------------------------------------------------------ 3x3 to few channels */
+
+/* y [cout, h, w] = conv3x3(x) + b, padding 1, x in blocks of 16 channels
+ * [ceil(cin/16), h, w, 16] (the blocked layout of diffuse_dnnl_conv_fused),
+ * for a few output channels: a decoder's last layer (64 -> 3), where oneDNN
+ * pads the output channels to 16 and so does 5x the work. Every output
+ * pixel is one fixed sum (16 lanes per tap, then the lanes), whatever the
+ * thread count. Vectorised over the 16 channels of a block, 4 pixels and up
+ * to 4 output channels at a time, weights from wt [cout][nb][9][16]. */
+typedef struct few_job {
+    float *y;
+    const float *x, *wt, *b;
+    int nb, cout, h, w;
+} few_job;
+
+#define FEW_CO 4 /* output channels per pass */
+#define FEW_PX 4 /* pixels per step */
+
+__attribute__((target("avx512f,fma"))) static inline __attribute__((always_inline)) void
+few_step(const few_job *j, int oy, int ox, int co0, int nco, int npx, bool edge)
+{
+    __m512 acc[FEW_PX][FEW_CO];
+    for (int p = 0; p < npx; p++)
+        for (int q = 0; q < nco; q++)
+            acc[p][q] = _mm512_setzero_ps();
+    const int ky0 = oy > 0 ? 0 : 1, ky1 = oy + 1 < j->h ? 2 : 1;
+    for (int cb = 0; cb < j->nb; cb++)
+        for (int ky = ky0; ky <= ky1; ky++) {
+            const float *row = j->x + ((size_t)cb * j->h + oy + ky - 1) * j->w * 16;
+            for (int kx = 0; kx < 3; kx++) {
+                const int ix = ox + kx - 1;
+                if (edge && (ix < 0 || ix >= j->w)) /* one pixel at the left or right edge */
+                    continue;
+                __m512 wv[FEW_CO], xv[FEW_PX];
+                for (int q = 0; q < nco; q++)
+                    wv[q] = _mm512_loadu_ps(
+                        j->wt + ((((size_t)co0 + q) * j->nb + cb) * 9 + ky * 3 + kx) * 16);
+                for (int p = 0; p < npx; p++)
+                    xv[p] = _mm512_loadu_ps(row + (size_t)(ix + p) * 16);
+                for (int p = 0; p < npx; p++)
+                    for (int q = 0; q < nco; q++)
+                        acc[p][q] = _mm512_fmadd_ps(xv[p], wv[q], acc[p][q]);
+            }
+        }
+    for (int q = 0; q < nco; q++) {
+        float *y = j->y + ((size_t)(co0 + q) * j->h + oy) * j->w + ox;
+        const float b = j->b ? j->b[co0 + q] : 0.0f;
+        for (int p = 0; p < npx; p++)
+            y[p] = _mm512_reduce_add_ps(acc[p][q]) + b;
+    }
+}
+
+__attribute__((target("avx512f,fma"))) static void few_rows(void *ctx, size_t r0, size_t r1)
+{
+    const few_job *j = ctx;
+    for (int oy = (int)r0; oy < (int)r1; oy++)
+        for (int co0 = 0; co0 < j->cout; co0 += FEW_CO) {
+            const int nco = j->cout - co0 < FEW_CO ? j->cout - co0 : FEW_CO;
+            int ox = 0;
+            while (ox < j->w) {
+                const bool inner = ox >= 1 && ox + FEW_PX < j->w; /* every tap inside */
+                switch (inner ? nco : 0) {
+                case 4:
+                    few_step(j, oy, ox, co0, 4, FEW_PX, false);
+                    break;
+                case 3:
+                    few_step(j, oy, ox, co0, 3, FEW_PX, false);
+                    break;
+                case 2:
+                    few_step(j, oy, ox, co0, 2, FEW_PX, false);
+                    break;
+                case 1:
+                    few_step(j, oy, ox, co0, 1, FEW_PX, false);
+                    break;
+                default:
+                    few_step(j, oy, ox, co0, nco, 1, true);
+                    ox++;
+                    continue;
+                }
+                ox += FEW_PX;
+            }
+        }
+}
+
+size_t diffuse_op_conv3x3_few_scratch(int cin, int cout)
+{
+    return (size_t)cout * ((cin + 15) / 16) * 9 * 16;
+}
+
+bool diffuse_op_conv3x3_few(float *y, const float *x, const float *w, const float *b, int cin,
+                            int cout, int h, int width, float *scratch)
+{
+    if (diffuse_cpu_path() < DIFFUSE_CPU_AVX512 || cout < 1 || cin < 1)
+        return false;
+    const int nb = (cin + 15) / 16;
+    memset(scratch, 0, sizeof(float) * diffuse_op_conv3x3_few_scratch(cin, cout));
+    for (int co = 0; co < cout; co++) /* w [cout, cin, 3, 3] -> [cout][nb][9][16] */
+        for (int ci = 0; ci < cin; ci++)
+            for (int t = 0; t < 9; t++)
+                scratch[(((size_t)co * nb + ci / 16) * 9 + t) * 16 + ci % 16] =
+                    w[((size_t)co * cin + ci) * 9 + t];
+    few_job j = {y, x, scratch, b, nb, cout, h, width};
+    diffuse_parallel_for((size_t)h, 1, few_rows, &j);
+    return true;
+}

@@ -618,8 +618,14 @@ size_t diffuse_pipeline_memory(const diffuse_model *m, const diffuse_run *run)
     peak = max_of(peak, wu + touched);
     touched = max_of(touched, run->fast_decode ? at : av);
     peak = max_of(peak, (run->fast_decode ? 0 : wv) + touched);
+    /* TAESD keeps its convolutions' weights in oneDNN's layouts once it has run */
+    size_t kept = 0;
+    if (m->taesd && (run->fast_decode || d.taesd_preview))
+        kept += diffuse_taesd_pending_bytes(m->taesd, true, run->height, run->width);
+    if (m->taesd && run->fast_encode && (run->init_image || d.inpaint))
+        kept += diffuse_taesd_pending_bytes(m->taesd, false, run->height, run->width);
     /* sizing the convolutions above made their oneDNN primitives */
-    return sizeof(float) * buffers_floats(&d, run) + peak + run->lora_bytes +
+    return sizeof(float) * buffers_floats(&d, run) + peak + run->lora_bytes + kept +
            diffuse_dnnl_pending_bytes();
 }
 

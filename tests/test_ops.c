@@ -274,6 +274,159 @@ static void test_conv2d_dnnl(int backend)
     diffuse_conv_set_backend(DIFFUSE_CONV_AUTO);
 }
 
+/* x [c, hw] into blocks of blk channels [ceil(c/blk), hw, blk], padding zero. */
+static float *to_blocks(const float *x, int c, size_t hw, int blk)
+{
+    const int nb = (c + blk - 1) / blk;
+    float *y = filled((size_t)nb * blk * hw, 0);
+    for (int ch = 0; ch < c; ch++)
+        for (size_t i = 0; i < hw; i++)
+            y[((size_t)(ch / blk) * hw + i) * blk + ch % blk] = x[ch * hw + i];
+    return y;
+}
+
+/* diffuse_dnnl_conv_fused on one shape and flags against the padded formula:
+ * input and output NCHW or blocked, relu(conv(x) + r) with r what the output
+ * held; the same bits at 1 and 2 threads; the padding channels of a blocked
+ * output zero. */
+static void fused_case(int cin, int cout, int h, int w, int stride, int flags)
+{
+    const int blk = diffuse_dnnl_block();
+    diffuse_conv c = diffuse_conv_3x3(cin, cout, h, w, stride);
+    const int oh = diffuse_conv_out_h(&c), ow = diffuse_conv_out_w(&c);
+    const size_t hw = (size_t)h * w, ohw = (size_t)oh * ow, ny = (size_t)cout * ohw;
+    const size_t need = diffuse_dnnl_fused_scratch(&c, flags);
+    if (!blk || !need) {
+        CHECK(!blk || diffuse_cpu_path() < DIFFUSE_CPU_AVX2,
+              "fused conv cin=%d cout=%d %dx%d s=%d flags=%d: oneDNN refused it", cin, cout, h, w,
+              stride, flags);
+        return;
+    }
+    const int ib = flags & DIFFUSE_DNNL_IN_BLOCKED ? blk : 1,
+              ob = flags & DIFFUSE_DNNL_OUT_BLOCKED ? blk : 1;
+    const size_t ny_store = (size_t)(cout + ob - 1) / ob * ob * ohw;
+    float *x = random_buf((size_t)cin * hw, 1), *wt = random_buf((size_t)cout * cin * 9, 0.5f);
+    float *b = random_buf((size_t)cout, 1), *res = random_buf(ny, 2);
+    float *xs = to_blocks(x, cin, hw, ib), *rs = to_blocks(res, cout, ohw, ob);
+    float *y1 = filled(ny_store, NAN), *y2 = filled(ny_store, NAN), *sc = filled(need, NAN);
+    if (flags & DIFFUSE_DNNL_SUM) {
+        memcpy(y1, rs, sizeof(float) * ny_store);
+        memcpy(y2, rs, sizeof(float) * ny_store);
+    }
+    double *yd = calloc(ny, sizeof *yd);
+    conv_padded(yd, x, wt, b, &c, 1);
+    for (size_t i = 0; i < ny; i++) {
+        yd[i] += flags & DIFFUSE_DNNL_SUM ? res[i] : 0;
+        yd[i] = flags & DIFFUSE_DNNL_RELU && yd[i] < 0 ? 0 : yd[i];
+    }
+    diffuse_pool_set_threads(1);
+    bool ok = diffuse_dnnl_conv_fused(y1, xs, wt, b, &c, flags, sc);
+    diffuse_pool_set_threads(2);
+    ok = ok && diffuse_dnnl_conv_fused(y2, xs, wt, b, &c, flags, sc);
+    diffuse_pool_set_threads(0);
+    CHECK(ok, "fused conv cin=%d cout=%d %dx%d flags=%d did not run", cin, cout, h, w, flags);
+    if (ok) {
+        float *y = filled(ny, NAN);
+        bool pad_zero = true;
+        for (int ch = 0; ch < (cout + ob - 1) / ob * ob; ch++)
+            for (size_t i = 0; i < ohw; i++) {
+                const float v = y1[((size_t)(ch / ob) * ohw + i) * ob + ch % ob];
+                if (ch < cout)
+                    y[ch * ohw + i] = v;
+                else
+                    pad_zero = pad_zero && v == 0;
+            }
+        size_t at = 0;
+        /* Winograd's transforms add rounding: 1e-4 of the output's scale */
+        CHECK(close_all(y, yd, ny, 1e-4, 10, &at),
+              "fused conv cin=%d cout=%d %dx%d s=%d flags=%d (Winograd %d) at %zu: %g vs %g", cin,
+              cout, h, w, stride, flags, diffuse_dnnl_fused_winograd(&c, flags), at, y[at], yd[at]);
+        CHECK(pad_zero, "fused conv: the padding channels of the blocked output are not zero");
+        CHECK(memcmp(y1, y2, sizeof(float) * ny_store) == 0,
+              "fused conv cin=%d cout=%d %dx%d flags=%d differs between 1 and 2 threads", cin, cout,
+              h, w, flags);
+        free(y);
+    }
+    free(x);
+    free(wt);
+    free(b);
+    free(res);
+    free(xs);
+    free(rs);
+    free(y1);
+    free(y2);
+    free(sc);
+    free(yd);
+}
+
+/* The engine's own 3x3 convolution from 16-channel blocks to a few NCHW
+ * channels (a decoder's last layer) against the padded formula. */
+static void few_case(int cin, int cout, int h, int w, bool bias)
+{
+    diffuse_conv c = diffuse_conv_3x3(cin, cout, h, w, 1);
+    const size_t hw = (size_t)h * w, ny = (size_t)cout * hw;
+    float *x = random_buf((size_t)cin * hw, 1), *wt = random_buf((size_t)cout * cin * 9, 0.5f);
+    float *b = bias ? random_buf((size_t)cout, 1) : NULL, *xs = to_blocks(x, cin, hw, 16);
+    float *y1 = filled(ny, NAN), *y2 = filled(ny, NAN);
+    float *sc = filled(diffuse_op_conv3x3_few_scratch(cin, cout), NAN);
+    double *yd = calloc(ny, sizeof *yd);
+    conv_padded(yd, x, wt, b, &c, 1);
+    diffuse_pool_set_threads(1);
+    bool ok = diffuse_op_conv3x3_few(y1, xs, wt, b, cin, cout, h, w, sc);
+    diffuse_pool_set_threads(2);
+    ok = ok && diffuse_op_conv3x3_few(y2, xs, wt, b, cin, cout, h, w, sc);
+    diffuse_pool_set_threads(0);
+    CHECK(ok || diffuse_cpu_path() < DIFFUSE_CPU_AVX512, "conv3x3_few did not run on AVX-512");
+    if (ok) {
+        size_t at = 0;
+        CHECK(close_all(y1, yd, ny, 1e-5, 1, &at),
+              "conv3x3_few cin=%d cout=%d %dx%d bias=%d at %zu: %g vs %g", cin, cout, h, w, bias,
+              at, y1[at], yd[at]);
+        CHECK(memcmp(y1, y2, sizeof(float) * ny) == 0,
+              "conv3x3_few cin=%d cout=%d %dx%d differs between 1 and 2 threads", cin, cout, h, w);
+    }
+    free(x);
+    free(wt);
+    free(b);
+    free(xs);
+    free(y1);
+    free(y2);
+    free(sc);
+    free(yd);
+}
+
+/* Blocked-layout convolutions (TAESD's whole-image path) at awkward sizes:
+ * odd widths, one-row images, channels off the block, every flag, each
+ * backend oneDNN has. */
+static void test_conv_fused(void)
+{
+    enum { IN = DIFFUSE_DNNL_IN_BLOCKED, OUT = DIFFUSE_DNNL_OUT_BLOCKED };
+    enum { RELU = DIFFUSE_DNNL_RELU, SUM = DIFFUSE_DNNL_SUM };
+    const int backends[] = {DIFFUSE_CONV_AUTO, DIFFUSE_CONV_DIRECT, DIFFUSE_CONV_WINOGRAD};
+    for (int i = 0; i < 3; i++) {
+        diffuse_conv_set_backend(backends[i]);
+        /*         cin cout  h   w  s  flags */
+        fused_case(64, 64, 37, 41, 1, IN | OUT);
+        fused_case(64, 64, 1, 29, 1, IN | OUT | RELU);
+        fused_case(64, 64, 23, 1, 1, IN | OUT | SUM | RELU);
+        fused_case(48, 80, 19, 27, 1, IN | OUT | SUM | RELU);
+        fused_case(40, 24, 17, 13, 1, IN | OUT | RELU);
+        fused_case(4, 64, 9, 11, 1, OUT | RELU); /* NCHW in: a decoder's first layer */
+        fused_case(3, 32, 15, 17, 1, OUT);
+        fused_case(64, 48, 21, 25, 2, IN | OUT); /* an encoder's downsampler */
+        fused_case(36, 20, 1, 7, 2, IN | OUT | RELU);
+    }
+    diffuse_conv_set_backend(DIFFUSE_CONV_AUTO);
+    /*       cin cout  h   w  bias */
+    few_case(64, 3, 37, 41, true);
+    few_case(64, 3, 1, 1, true);
+    few_case(64, 3, 1, 13, false);
+    few_case(20, 5, 9, 6, true);
+    few_case(33, 1, 6, 5, true);
+    few_case(16, 4, 2, 9, false);
+    few_case(70, 9, 7, 10, true);
+}
+
 /* ------------------------------------------------------------------ attention */
 
 /* q, k, v interleaved in one [t, 3 * heads * dh + |extra|] buffer as a fused
@@ -809,6 +962,7 @@ int main(void)
     test_conv2d_dnnl(DIFFUSE_CONV_DIRECT);
     test_conv2d_dnnl(DIFFUSE_CONV_WINOGRAD);
     test_conv2d_winograd();
+    test_conv_fused();
     test_attention();
     test_group_norm();
     test_layer_norm();

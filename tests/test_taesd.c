@@ -103,6 +103,11 @@ static void check_direct(const diffuse_taesd *t)
     float *enc[2] = {malloc(sizeof(float) * 4 * 5 * 9), malloc(sizeof(float) * 4 * 5 * 9)};
     diffuse_arena a;
     CHECK(diffuse_arena_init(&a, diffuse_taesd_workspace(t, h, w), err) == 0, "arena: %s", err);
+    /* the blocked path keeps its weights in oneDNN's layouts from the first run on */
+    const size_t kept = diffuse_taesd_pending_bytes(t, true, h, w);
+    const char *conv = getenv("DIFFUSE_CONV");
+    CHECK(kept > 0 || !diffuse_dnnl_block() || (conv && strcmp(conv, "im2col") == 0),
+          "no TAESD weights to keep with oneDNN");
     for (int threads = 1; threads <= 2; threads++) {
         diffuse_pool_set_threads(threads);
         CHECK(diffuse_taesd_decode(t, out[threads - 1], lat, h, w, &a, NULL, err) == 0,
@@ -115,6 +120,25 @@ static void check_direct(const diffuse_taesd *t)
           "decode differs between 1 and 2 threads");
     CHECK(memcmp(enc[0], enc[1], sizeof(float) * 4 * 5 * 9) == 0,
           "encode differs between 1 and 2 threads");
+    CHECK(diffuse_taesd_pending_bytes(t, true, h, w) == 0 &&
+              diffuse_taesd_pending_bytes(t, false, h, w) == 0,
+          "TAESD weights still to keep after a decode and an encode");
+    /* another size runs without the kept weights (they are for 40x72) */
+    {
+        float *lat2 = randn((size_t)4 * 3 * 2, 13, 1.5f),
+              *out2 = malloc(sizeof(float) * 3 * 24 * 16);
+        CHECK(diffuse_taesd_decode(t, out2, lat2, 24, 16, &a, NULL, err) == 0, "decode 16x24: %s",
+              err);
+        ref_act d2 = {malloc(sizeof(float) * 4 * 3 * 2), 4, 3, 2};
+        for (int i = 0; i < 4 * 3 * 2; i++)
+            d2.x[i] = tanhf(lat2[i] / 3.0f) * 3.0f;
+        ref_half(&d2, wt, "decoder", true);
+        double e2 = test_rel_err(out2, d2.x, (size_t)3 * 24 * 16, NULL);
+        CHECK(e2 < 1e-5, "decode at 16x24 against the direct computation: rel err %.3g", e2);
+        free(lat2);
+        free(out2);
+        free(d2.x);
+    }
     ref_act d = {malloc(sizeof(float) * 4 * 5 * 9), 4, 5, 9};
     for (int i = 0; i < 4 * 5 * 9; i++)
         d.x[i] = tanhf(lat[i] / 3.0f) * 3.0f;
@@ -122,6 +146,12 @@ static void check_direct(const diffuse_taesd *t)
     CHECK(d.c == 3 && d.h == h && d.w == w, "reference decoder made %dx%dx%d", d.c, d.h, d.w);
     double e = test_rel_err(out[0], d.x, (size_t)3 * h * w, NULL);
     CHECK(e < 1e-5, "decode at %dx%d against the direct computation: rel err %.3g", w, h, e);
+    /* another backend at the size whose weights are kept: other layouts, not those */
+    diffuse_conv_set_backend(DIFFUSE_CONV_DIRECT);
+    CHECK(diffuse_taesd_decode(t, out[1], lat, h, w, &a, NULL, err) == 0, "decode: %s", err);
+    diffuse_conv_set_backend(DIFFUSE_CONV_AUTO);
+    e = test_rel_err(out[1], d.x, (size_t)3 * h * w, NULL);
+    CHECK(e < 1e-5, "decode with the direct backend after the default: rel err %.3g", e);
     ref_act x = {malloc(sizeof(float) * 3 * h * w), 3, h, w};
     for (int i = 0; i < 3 * h * w; i++)
         x.x[i] = (img[i] + 1.0f) / 2.0f;
