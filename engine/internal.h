@@ -655,8 +655,8 @@ int diffuse_vae_decode(const diffuse_vae *v, float *image, const float *latent, 
  * output rows at a time. -1 when the arena is exhausted. */
 int diffuse_conv_banded(const diffuse_conv2d *c, float *y, const float *x, int h, int w, int up,
                         int stride, bool acc, diffuse_arena *a);
-/* Arena floats one diffuse_conv_banded pushes (it, run dry). */
-size_t diffuse_conv_banded_scratch(const diffuse_conv2d *c, int h, int w, int up, int stride);
+/* What one diffuse_conv_banded pushes (floats) and counts: it, run dry. */
+diffuse_plan diffuse_conv_banded_plan(const diffuse_conv2d *c, int h, int w, int up, int stride);
 
 /* ------------------------------------------------------------------ TAESD */
 
@@ -680,6 +680,9 @@ const char *diffuse_taesd_layout(const diffuse_taesd *t);
 /* The canonical weights ("taesd.encoder.layers.N...", diffusers' indices). */
 const diffuse_weights *diffuse_taesd_weights(const diffuse_taesd *t);
 size_t diffuse_taesd_workspace(const diffuse_taesd *t, int height, int width);
+/* The flops and layers one half counts on a height x width image (the path
+ * it runs: blocked or banded); floats: that half's work memory. */
+diffuse_plan diffuse_taesd_plan(const diffuse_taesd *t, bool decoder, int height, int width);
 /* Bytes a first decode (or encode) of this size will keep beside the model:
  * its convolutions' weights in oneDNN's layouts, made once; 0 once made. */
 size_t diffuse_taesd_pending_bytes(const diffuse_taesd *t, bool decoder, int height, int width);

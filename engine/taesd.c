@@ -221,7 +221,8 @@ static size_t round16(size_t n)
 
 /* Walks a half's layers from an input of h x w: the largest activation
  * (floats) and the largest convolution scratch. */
-static void half_sizes(const taesd_half *hf, int h, int w, size_t *act, size_t *scratch)
+static void half_sizes(const taesd_half *hf, int h, int w, size_t *act, size_t *scratch,
+                       diffuse_plan *plan)
 {
     int up = 1;
     *act = round16((size_t)hf->in * h * w);
@@ -238,8 +239,12 @@ static void half_sizes(const taesd_half *hf, int h, int w, size_t *act, size_t *
         for (int k = 0; k < n; k++) {
             const diffuse_conv2d *c = &l->conv[k];
             const int stride = l->kind == TAESD_CONV ? l->stride : 1;
-            size_t s = diffuse_conv_banded_scratch(c, h, w, up, stride);
-            *scratch = s > *scratch ? s : *scratch;
+            diffuse_plan p = diffuse_conv_banded_plan(c, h, w, up, stride);
+            *scratch = p.floats > *scratch ? p.floats : *scratch;
+            if (plan) {
+                plan->flops += p.flops;
+                plan->layers += p.layers;
+            }
             if (k == 0) { /* the size after this conv */
                 h = (up * h - 1) / stride + 1;
                 w = (up * w - 1) / stride + 1;
@@ -343,6 +348,7 @@ typedef struct blocked_state {
     bool dry;             /* size only */
     size_t act, scratch;  /* dry: the largest activation and convolution scratch (floats) */
     size_t prep;          /* dry: floats of the weights taesd_prep keeps */
+    double flops, layers; /* dry: what the convolutions count when they run */
     int c, h, w, up, blk; /* the live activation: channels, size, pending upsample; blk: its
                              floats per pixel group (1: NCHW) */
 } blocked_state;
@@ -395,6 +401,8 @@ static int blocked_conv(blocked_state *s, taesd_run *r, int i, int k, const diff
         size_t a = act_floats(c->cout, oh, ow, oblk);
         s->act = a > s->act ? a : s->act;
         s->prep += diffuse_dnnl_fused_weights(&d, flags);
+        s->flops += diffuse_conv_flops(&d, 1);
+        s->layers += 1;
     } else {
         const size_t mark = diffuse_arena_mark(r->a);
         const float *wf = diffuse_wmat_f32(&c->w, r->a);
@@ -406,7 +414,7 @@ static int blocked_conv(blocked_state *s, taesd_run *r, int i, int k, const diff
         diffuse_arena_reset(r->a, mark);
         if (!ok)
             return -1;
-        r->a->flops += diffuse_conv_flops(&d, 1);
+        diffuse_arena_count(r->a, diffuse_conv_flops(&d, 1));
     }
     s->c = c->cout;
     s->h = oh;
@@ -420,7 +428,10 @@ static int blocked_conv(blocked_state *s, taesd_run *r, int i, int k, const diff
 static int few_conv(blocked_state *s, taesd_run *r, const diffuse_conv2d *c)
 {
     const size_t need = diffuse_op_conv3x3_few_scratch(c->cin, c->cout);
+    const diffuse_conv d = diffuse_conv_3x3(c->cin, c->cout, s->h, s->w, 1);
     if (s->dry) {
+        s->flops += diffuse_conv_flops(&d, 1);
+        s->layers += 1;
         size_t sc = need + (c->w.in_place ? 0 : diffuse_wmat_scratch(c->w.numel));
         s->scratch = sc > s->scratch ? sc : s->scratch;
         size_t a = act_floats(c->cout, s->h, s->w, 1);
@@ -434,8 +445,7 @@ static int few_conv(blocked_state *s, taesd_run *r, const diffuse_conv2d *c)
         diffuse_arena_reset(r->a, mark);
         if (!ok)
             return -1;
-        diffuse_conv d = diffuse_conv_3x3(c->cin, c->cout, s->h, s->w, 1);
-        r->a->flops += diffuse_conv_flops(&d, 1);
+        diffuse_arena_count(r->a, diffuse_conv_flops(&d, 1));
         rotate(r, 1);
     }
     s->c = c->cout;
@@ -536,7 +546,7 @@ static int blocked_walk(blocked_state *s, taesd_run *r, const taesd_half *hf, bo
 
 /* Whether a half runs blocked from an input of c x h x w, and its sizes. */
 static bool blocked_sizes(const taesd_half *hf, int c, int h, int w, size_t *act, size_t *scratch,
-                          size_t *prep)
+                          size_t *prep, diffuse_plan *plan)
 {
     blocked_state s = {.dry = true, .c = c, .h = h, .w = w, .up = 1};
     taesd_run none = {0}; /* no buffers: nothing runs */
@@ -546,6 +556,10 @@ static bool blocked_sizes(const taesd_half *hf, int c, int h, int w, size_t *act
     *scratch = s.scratch;
     if (prep)
         *prep = s.prep;
+    if (plan) {
+        plan->flops = s.flops;
+        plan->layers = s.layers;
+    }
     return true;
 }
 
@@ -559,8 +573,8 @@ static bool banded_only(void)
 /* A half's buffers and scratch: the blocked path's when it runs that way. */
 static void sizes(const taesd_half *hf, int h, int w, size_t *act, size_t *scratch)
 {
-    if (banded_only() || !blocked_sizes(hf, hf->in, h, w, act, scratch, NULL))
-        half_sizes(hf, h, w, act, scratch);
+    if (banded_only() || !blocked_sizes(hf, hf->in, h, w, act, scratch, NULL, NULL))
+        half_sizes(hf, h, w, act, scratch, NULL);
 }
 
 size_t diffuse_taesd_pending_bytes(const diffuse_taesd *t, bool decoder, int height, int width)
@@ -573,9 +587,24 @@ size_t diffuse_taesd_pending_bytes(const diffuse_taesd *t, bool decoder, int hei
     const bool made = hf->prep.ih != 0;
     pthread_mutex_unlock((pthread_mutex_t *)&t->lock);
     if (made || !hf->count || banded_only() ||
-        !blocked_sizes(hf, hf->in, h, w, &act, &scratch, &prep))
+        !blocked_sizes(hf, hf->in, h, w, &act, &scratch, &prep, NULL))
         return 0;
     return sizeof(float) * prep;
+}
+
+diffuse_plan diffuse_taesd_plan(const diffuse_taesd *t, bool decoder, int height, int width)
+{
+    const taesd_half *hf = decoder ? &t->dec : &t->enc;
+    const int h = decoder ? (height / 8 > 0 ? height / 8 : 1) : height,
+              w = decoder ? (width / 8 > 0 ? width / 8 : 1) : width;
+    diffuse_plan p = {0};
+    size_t act, scratch;
+    if (!hf->count)
+        return (diffuse_plan){.floats = DIFFUSE_PLAN_NONE};
+    if (banded_only() || !blocked_sizes(hf, hf->in, h, w, &act, &scratch, NULL, &p))
+        half_sizes(hf, h, w, &act, &scratch, &p);
+    p.floats = 3 * act + scratch;
+    return p;
 }
 
 size_t diffuse_taesd_workspace(const diffuse_taesd *t, int height, int width)
@@ -655,7 +684,7 @@ static int run_half(taesd_run *r, const taesd_half *hf)
 static int run_any(taesd_run *r, const taesd_half *hf)
 {
     size_t act, scratch;
-    if (banded_only() || !blocked_sizes(hf, r->c, r->h, r->w, &act, &scratch, NULL))
+    if (banded_only() || !blocked_sizes(hf, r->c, r->h, r->w, &act, &scratch, NULL, NULL))
         return run_half(r, hf);
     blocked_state s = {.c = r->c, .h = r->h, .w = r->w, .up = 1};
     taesd_prep *prep = (taesd_prep *)&hf->prep; /* the model's cache, behind r->lock */

@@ -233,16 +233,16 @@ int diffuse_conv_banded(const diffuse_conv2d *c, float *y, const float *x, int h
     return vae_conv(c, y, x, &g, acc, a);
 }
 
-size_t diffuse_conv_banded_scratch(const diffuse_conv2d *c, int h, int w, int up, int stride)
+diffuse_plan diffuse_conv_banded_plan(const diffuse_conv2d *c, int h, int w, int up, int stride)
 {
     const int p = c->k / 2;
     vae_geom g = {.h = h, .w = w, .up = up, .stride = stride, .pad = {p, p, p, p}};
     diffuse_arena a;
     if (diffuse_arena_dry(&a))
-        return DIFFUSE_PLAN_NONE;
+        return (diffuse_plan){.floats = DIFFUSE_PLAN_NONE};
     float *y = diffuse_arena_push(&a, 1), *x = diffuse_arena_push(&a, 1); /* never touched */
     const size_t inputs = a.used;
-    return diffuse_arena_plan(&a, inputs, y && x ? vae_conv(c, y, x, &g, false, &a) : -1).floats;
+    return diffuse_arena_plan(&a, inputs, y && x ? vae_conv(c, y, x, &g, false, &a) : -1);
 }
 
 /* ------------------------------------------------------------------ blocks */

@@ -123,6 +123,23 @@ static void check_direct(const diffuse_taesd *t)
     CHECK(diffuse_taesd_pending_bytes(t, true, h, w) == 0 &&
               diffuse_taesd_pending_bytes(t, false, h, w) == 0,
           "TAESD weights still to keep after a decode and an encode");
+    /* each half counts the flops and layers its plan says, on either path */
+    for (int banded = 0; banded <= 1; banded++) {
+        if (banded)
+            setenv("DIFFUSE_TAESD", "banded", 1);
+        for (int dec = 0; dec <= 1; dec++) {
+            diffuse_plan p = diffuse_taesd_plan(t, dec, h, w);
+            const double f0 = a.flops, l0 = a.layers;
+            CHECK((dec ? diffuse_taesd_decode(t, out[1], lat, h, w, &a, NULL, err)
+                       : diffuse_taesd_encode(t, enc[1], img, h, w, &a, NULL, err)) == 0,
+                  "%s: %s", dec ? "decode" : "encode", err);
+            CHECK(a.flops - f0 == p.flops && a.layers - l0 == p.layers && p.flops > 0,
+                  "%s %s: %.6g flops, %.0f layers run; %.6g, %.0f planned",
+                  banded ? "banded" : "default", dec ? "decode" : "encode", a.flops - f0,
+                  a.layers - l0, p.flops, p.layers);
+        }
+        unsetenv("DIFFUSE_TAESD");
+    }
     /* another size runs without the kept weights (they are for 40x72) */
     {
         float *lat2 = randn((size_t)4 * 3 * 2, 13, 1.5f),
@@ -255,7 +272,14 @@ static void check_pipeline(const char *model_dir, const char *taesd_dir)
     r.strength = 0.5f;
     r.fast_encode = 1;
     diffuse_image i2i;
+    diffuse_stats st;
+    diffuse_cost cost = diffuse_request_cost(fast, &r);
+    r.stats = &st;
     CHECK(diffuse_generate(fast, &r, &i2i, err, sizeof err) == DIFFUSE_OK, "fast img2img: %s", err);
+    /* the cost planned before: TAESD's encode and decode, as the run counted them */
+    CHECK(cost.vae_gflop == st.vae_gflop && cost.unet_gflop == st.unet_gflop && cost.seconds > 0,
+          "fast img2img: planned %g/%g GFLOP, counted %g/%g", cost.unet_gflop, cost.vae_gflop,
+          st.unet_gflop, st.vae_gflop);
     diffuse_image_free(&i2i);
     diffuse_image_free(&vae);
     diffuse_image_free(&taesd);
