@@ -133,10 +133,10 @@ while IFS='|' read -r p s; do
 done <"$tmp/cases"
 
 # the model's own settings are the defaults: the same as given explicitly
-if "$BIN" info --model "$MODEL" | grep -q "suggested: euler, 20 steps, guidance 1.5 "; then
+if "$BIN" info --model "$MODEL" | grep -q "suggested: dpmpp_2m, 10 steps, guidance 1.5 "; then
     pass
 else
-    fail "info: the model's settings are not euler, 20 steps, guidance 1.5"
+    fail "info: the model's settings are not dpmpp_2m, 10 steps, guidance 1.5"
 fi
 
 # determinism, and the seed matters

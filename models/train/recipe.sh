@@ -77,4 +77,4 @@ D="$T --stage decoder --device $DEV --threads 4 --vae-batch 64 --dec-unet 0.5 --
     --dec-guidance 1.5 --dec-schedule run --dec-warmup 50"
 $D --dec-steps 4597 --dec-lr 2e-4 --fresh-optimizer
 $D --dec-steps 6127 --dec-lr 1.5e-4
-$PY export.py --ckpt $OUT --out ../default --defaults euler,20,1.5
+$PY export.py --ckpt $OUT --out ../default --defaults dpmpp_2m,10,1.5
