@@ -223,11 +223,13 @@ static bool set_post_ops(dnnl_primitive_attr_t attr, int fused)
     dnnl_post_ops_t po;
     if (dnnl_post_ops_create(&po) != dnnl_success)
         return false;
-    bool ok = !(fused & DIFFUSE_DNNL_SUM) || dnnl_post_ops_append_sum(po, 1.0f) == dnnl_success;
-#if DNNL_VERSION_MAJOR >= 3
+#if DNNL_VERSION_MAJOR >= 3 /* 3.x: a zero point and data type (undef: the output's) */
+    bool ok = !(fused & DIFFUSE_DNNL_SUM) ||
+              dnnl_post_ops_append_sum(po, 1.0f, 0, dnnl_data_type_undef) == dnnl_success;
     ok = ok && (!(fused & DIFFUSE_DNNL_RELU) ||
                 dnnl_post_ops_append_eltwise(po, dnnl_eltwise_relu, 0.0f, 0.0f) == dnnl_success);
 #else
+    bool ok = !(fused & DIFFUSE_DNNL_SUM) || dnnl_post_ops_append_sum(po, 1.0f) == dnnl_success;
     ok = ok &&
          (!(fused & DIFFUSE_DNNL_RELU) ||
           dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_relu, 0.0f, 0.0f) == dnnl_success);
