@@ -925,7 +925,13 @@ diffuse_status diffuse_pipeline_run(diffuse_model *m, const diffuse_run *run, di
 size_t diffuse_pipeline_memory(const diffuse_model *m, const diffuse_run *run);
 /* The run's flops and layers by phase (phase[DIFFUSE_PHASE_*]), counted by
  * running each phase's code dry. */
-enum { DIFFUSE_PHASE_TEXT, DIFFUSE_PHASE_UNET, DIFFUSE_PHASE_VAE, DIFFUSE_PHASES };
+enum {
+    DIFFUSE_PHASE_TEXT,
+    DIFFUSE_PHASE_UNET,
+    DIFFUSE_PHASE_VAE,
+    DIFFUSE_PHASE_TAESD,
+    DIFFUSE_PHASES
+};
 void diffuse_pipeline_cost(const diffuse_model *m, const diffuse_run *run,
                            diffuse_plan phase[DIFFUSE_PHASES]);
 

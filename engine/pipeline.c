@@ -681,11 +681,11 @@ void diffuse_pipeline_cost(const diffuse_model *m, const diffuse_run *run,
             plan_add(&phase[DIFFUSE_PHASE_UNET],
                      diffuse_unet_plan(m->unet, 1, d.h, d.w, d.tokens[k]), evals);
     if (run->init_image || d.inpaint)
-        plan_add(&phase[DIFFUSE_PHASE_VAE],
+        plan_add(&phase[run->fast_encode ? DIFFUSE_PHASE_TAESD : DIFFUSE_PHASE_VAE],
                  run->fast_encode ? diffuse_taesd_plan(m->taesd, false, run->height, run->width)
                                   : diffuse_vae_plan(m->vae, true, run->height, run->width),
                  1);
-    plan_add(&phase[DIFFUSE_PHASE_VAE],
+    plan_add(&phase[run->fast_decode ? DIFFUSE_PHASE_TAESD : DIFFUSE_PHASE_VAE],
              run->fast_decode ? diffuse_taesd_plan(m->taesd, true, run->height, run->width)
                               : diffuse_vae_plan(m->vae, false, run->height, run->width),
              1);
