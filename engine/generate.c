@@ -366,10 +366,6 @@ size_t diffuse_request_memory(const diffuse_model *m, const diffuse_request *r)
  * layout: 192-210% of the rate (dense-equivalent counts every multiply the
  * direct convolution would make), `bench taesd`, same machine and day. */
 #define COST_SHARE_TAESD 1.9
-/* Seconds each layer costs beyond its arithmetic (handing work to the
- * threads, small products far from the peak): what makes small models slower
- * than their flops say. Measured on the bundled model (see COST_SHARE_*). */
-#define COST_LAYER_S 0.0
 
 /* GFLOP/s of the engine's own sgemm (diffuse_gemm, on its pool's threads
  * as they are set), best of 3 products of 768^3 after one to warm up. */
@@ -409,9 +405,6 @@ diffuse_cost diffuse_request_cost(const diffuse_model *m, const diffuse_request 
         const double vae = r->count * phase[DIFFUSE_PHASE_VAE].flops * 1e-9,
                      taesd = r->count * phase[DIFFUSE_PHASE_TAESD].flops * 1e-9;
         c.vae_gflop = vae + taesd; /* as diffuse_stats counts them */
-        double layers = 0;
-        for (int i = 0; i < DIFFUSE_PHASES; i++)
-            layers += r->count * phase[i].layers;
         if (rate_threads != diffuse_pool_threads()) {
             rate = gemm_rate();
             rate_threads = diffuse_pool_threads();
@@ -419,8 +412,7 @@ diffuse_cost diffuse_request_cost(const diffuse_model *m, const diffuse_request 
         if (rate > 0)
             c.seconds = (c.text_gflop / COST_SHARE_TEXT + c.unet_gflop / COST_SHARE_UNET +
                          vae / COST_SHARE_VAE + taesd / COST_SHARE_TAESD) /
-                            rate +
-                        layers * COST_LAYER_S;
+                        rate;
     }
     loras_close(&l);
     return c;
