@@ -360,7 +360,7 @@ static conv_prim *prim_find(const conv_key *k)
 static bool wanted(const diffuse_conv *c, int n)
 {
     const int m = mode();
-    if (m == DIFFUSE_CONV_IM2COL || c->k != 3 || (c->stride != 1 && c->stride != 2) ||
+    if (m == DIFFUSE_CONV_IM2COL || c->plain || c->k != 3 || (c->stride != 1 && c->stride != 2) ||
         diffuse_cpu_path() < DIFFUSE_CPU_AVX2)
         return false;
     const double macs =

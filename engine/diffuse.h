@@ -251,6 +251,13 @@ typedef struct diffuse_request {
      * fraction of the time, with less detail; the init image (img2img) encoded
      * by its encoder, which gives latents without a posterior draw. */
     int fast_decode, fast_encode;
+    /* The VAE decode in bands of this many image rows (a multiple of 8, fewer
+     * than the height): for sizes whose whole decode does not fit in memory.
+     * The same image (to float rounding) in a fraction of the memory, several
+     * times slower: one pass over the bands per GroupNorm. 0: automatic, the
+     * whole image when it fits in diffuse_memory_available(), else the
+     * fastest banding that fits (told through `notice`). */
+    int decode_rows;
     /* masked img2img: [height, width] in [0, 1], 1 = repaint; needs init_image. */
     const float *mask;
     /* What the repaint area starts from with a plain (4-channel) model, as
@@ -295,6 +302,7 @@ typedef struct diffuse_stats {
     size_t peak_rss;       /* bytes: the process's peak resident set when the call ended */
     double text_gflop;     /* the same count for the text encoders */
     double vae_gflop;      /* and for the VAE's encode and decode (TAESD's included) */
+    int decode_rows;       /* the VAE decode's bands of image rows; 0: the whole image */
 } diffuse_stats;
 
 diffuse_request diffuse_request_default(void);

@@ -64,6 +64,7 @@ typedef struct request_loras {
     char **paths; /* the tags' files, owned */
     int n;
     diffuse_lora_set *set;
+    diffuse_vae_tiling tiling; /* how the VAE decodes (choose_tiling) */
 } request_loras;
 
 static bool parse_weight(const char *s, float *out)
@@ -210,8 +211,10 @@ static void loras_memory(const request_loras *l, size_t *scratch, size_t *bytes)
 static size_t request_memory(const diffuse_model *m, const diffuse_request *r,
                              const request_loras *l);
 
+static void choose_tiling(const diffuse_model *m, const diffuse_request *r, request_loras *l);
+
 static diffuse_status check_request(const diffuse_model *m, const diffuse_request *r,
-                                    const request_loras *l, char *err)
+                                    request_loras *l, char *err)
 {
     const int f = 1 << (m->vae_cfg.levels - 1);
     if (!r->prompt)
@@ -293,14 +296,52 @@ static diffuse_status check_request(const diffuse_model *m, const diffuse_reques
                DIFFUSE_ERR_ARGUMENT;
     if (r->mask && !r->init_image)
         return diffuse_fail(err, "mask: needs an init image"), DIFFUSE_ERR_ARGUMENT;
+    if (r->decode_rows < 0 ||
+        (r->decode_rows && !r->fast_decode && (r->decode_rows % f || r->decode_rows >= r->height)))
+        return diffuse_fail(err,
+                            "decode rows: %d is not possible: bands are a multiple of %d rows, "
+                            "fewer than the image's %d (or 0: automatic)",
+                            r->decode_rows, f, r->height),
+               DIFFUSE_ERR_ARGUMENT;
+    choose_tiling(m, r, l);
     size_t need = request_memory(m, r, l), have = diffuse_memory_available();
     if (have && need > have)
         return diffuse_fail(err,
-                            "size: %dx%d needs %zu MiB of working memory, only %zu MiB are "
+                            "size: %dx%d needs %zu MiB of working memory%s, only %zu MiB are "
                             "available",
-                            r->width, r->height, need >> 20, have >> 20),
+                            r->width, r->height, need >> 20,
+                            l->tiling.rows ? " (its decode in bands)" : "", have >> 20),
                DIFFUSE_ERR_MEMORY;
     return DIFFUSE_OK;
+}
+
+/* The VAE decode of a request that passed every other check: whole, or in
+ * bands (r->decode_rows, or when the whole decode would not fit in the
+ * memory there is: the fewest flops that fit; none fitting, the least
+ * memory, for the error to quote). */
+static void choose_tiling(const diffuse_model *m, const diffuse_request *r, request_loras *l)
+{
+    diffuse_vae_tiling t[DIFFUSE_VAE_TILINGS];
+    diffuse_plan p[DIFFUSE_VAE_TILINGS];
+    l->tiling = (diffuse_vae_tiling){0};
+    const size_t have = diffuse_memory_available();
+    if (r->fast_decode || (!r->decode_rows && (!have || request_memory(m, r, l) <= have)))
+        return;
+    const int n =
+        diffuse_vae_tilings(m->vae, r->height, r->width, r->decode_rows, t, p, DIFFUSE_VAE_TILINGS);
+    size_t least = (size_t)-1;
+    int best = -1;
+    for (int i = 0; i < n; i++) {
+        l->tiling = t[i];
+        const size_t need = request_memory(m, r, l);
+        if (!have || need <= have)
+            return;
+        if (need < least) {
+            least = need;
+            best = i;
+        }
+    }
+    l->tiling = best >= 0 ? t[best] : (diffuse_vae_tiling){0};
 }
 
 static diffuse_run run_of(const diffuse_model *m, const diffuse_request *r, const request_loras *l)
@@ -322,6 +363,7 @@ static diffuse_run run_of(const diffuse_model *m, const diffuse_request *r, cons
                        .masked_content = r->masked_content,
                        .fast_decode = r->fast_decode != 0,
                        .fast_encode = r->fast_encode != 0,
+                       .decode_tiling = l->tiling,
                        .progress = r->progress,
                        .preview_every = r->preview ? r->preview_every : 0,
                        .preview = r->preview,
@@ -348,6 +390,7 @@ size_t diffuse_request_memory(const diffuse_model *m, const diffuse_request *r)
     request_loras l;
     if (loras_resolve(r, false, &l, NULL) != DIFFUSE_OK)
         return 0; /* refused before anything is allocated */
+    choose_tiling(m, r, &l);
     size_t need = request_memory(m, r, &l);
     loras_close(&l);
     return need;
@@ -439,6 +482,16 @@ diffuse_status diffuse_generate(diffuse_model *m, const diffuse_request *r, diff
     if (st == DIFFUSE_OK && (st = check_request(m, r, &loras, e)) == DIFFUSE_OK && loras.n)
         st =
             diffuse_lora_set_open(m, loras.list, loras.n, r->notice, r->notice_user, &loras.set, e);
+    if (st == DIFFUSE_OK && loras.tiling.rows && !r->decode_rows && r->notice) {
+        char note[DIFFUSE_ERROR_SIZE];
+        snprintf(note, sizeof note,
+                 "decode: the whole %dx%d image does not fit in the %zu MiB available, so it is "
+                 "decoded in bands of %d rows: the same image, more slowly",
+                 r->width, r->height, diffuse_memory_available() >> 20, loras.tiling.rows);
+        r->notice(r->notice_user, note);
+    }
+    if (r->stats)
+        r->stats->decode_rows = loras.tiling.rows;
     int done = 0;
     for (; st == DIFFUSE_OK && done < r->count; done++) {
         diffuse_image *img = &images[done];

@@ -275,6 +275,9 @@ typedef struct diffuse_conv {
     int cin, h, w;       /* input  [N, cin, h, w] */
     int cout, k, stride; /* weight [cout, cin, k, k] */
     int pad_top, pad_left, pad_bottom, pad_right;
+    bool plain; /* im2col and sgemm, never oneDNN: for the many shapes of
+                   the VAE's banded decode, each of which would make and keep
+                   a oneDNN primitive (and Winograd's 36 cin cout floats) */
 } diffuse_conv;
 
 /* A 3x3 convolution padded by 1 on every side ("same" at stride 1). */
@@ -348,6 +351,19 @@ void diffuse_op_conv2d_ref(float *y, const float *x, const float *w, const float
 /* GroupNorm over [N, C, HW] with `groups` groups, affine; optional fused SiLU. */
 void diffuse_op_group_norm(float *y, const float *x, const float *gamma, const float *beta, int n,
                            int c, int hw, int groups, float eps, bool silu);
+/* GroupNorm from statistics gathered in parts (the VAE's banded decode): each
+ * call merges one part's values into acc [groups][3] = {count, mean, sum of
+ * squared deviations} (start from zeros): per channel of [C, ...], len values
+ * from x + ch * plane. */
+void diffuse_op_group_moments(double *acc, const float *x, int c, int groups, size_t plane,
+                              size_t len);
+/* mean and 1/sqrt(var + eps) per group from acc, as diffuse_op_group_norm has them. */
+void diffuse_op_group_norm_stats(float *mean, float *rstd, const double *acc, int groups,
+                                 float eps);
+/* y [C, hw] = GroupNorm(x) with those statistics (one image), optional SiLU. */
+void diffuse_op_group_norm_with(float *y, const float *x, const float *gamma, const float *beta,
+                                int c, int hw, int groups, const float *mean, const float *rstd,
+                                bool silu);
 /* LayerNorm over the last dim of [rows, dim]. */
 void diffuse_op_layer_norm(float *y, const float *x, const float *gamma, const float *beta,
                            int rows, int dim, float eps);
@@ -649,6 +665,35 @@ int diffuse_vae_encode(const diffuse_vae *v, float *moments, const float *image,
 int diffuse_vae_decode(const diffuse_vae *v, float *image, const float *latent, int height,
                        int width, diffuse_arena *a, const diffuse_trace *trace, char *err);
 
+/* How a decode is split (vae.c, "exact decode in bands"): rows 0, the whole
+ * image at once; else bands of `rows` image rows (a multiple of the VAE's
+ * factor, fewer than the image's), run in one pass per GroupNorm, with up
+ * level l's input kept whole where bit l of keep is set (fewer passes
+ * recompute it; bit 0 is ignored: the mid block's output is always kept). */
+typedef struct diffuse_vae_tiling {
+    int rows;
+    unsigned keep;
+} diffuse_vae_tiling;
+/* The decode with that tiling, run dry (workspace floats beyond the latent
+ * and the image, flops, layers); DIFFUSE_PLAN_NONE for a tiling or size the
+ * VAE refuses. */
+diffuse_plan diffuse_vae_decode_plan(const diffuse_vae *v, int height, int width,
+                                     diffuse_vae_tiling tiling);
+/* The tilings a decode could take, with their plans, fewest flops first: bands
+ * of `rows` (0: every power-of-2 multiple of the factor below the height),
+ * keeping levels 1..k for every k. At most max; returns how many. */
+#define DIFFUSE_VAE_TILINGS (DIFFUSE_MAX_LEVELS * 12)
+int diffuse_vae_tilings(const diffuse_vae *v, int height, int width, int rows,
+                        diffuse_vae_tiling *out, diffuse_plan *plans, int max);
+/* diffuse_vae_decode in bands: the same image up to the order of the
+ * GroupNorm statistics' sums. stop (or NULL) is asked before each band;
+ * nonzero cancels: returns 1 ("cancelled"), the image half written. -1 on
+ * an error. The trace has "post_quant_conv", "decoder.mid_block", "decoder". */
+int diffuse_vae_decode_tiled(const diffuse_vae *v, float *image, const float *latent, int height,
+                             int width, diffuse_vae_tiling tiling, diffuse_arena *a,
+                             const diffuse_trace *trace, int (*stop)(void *), void *stop_user,
+                             char *err);
+
 /* The VAE's banded convolution, for any image-sized network (TAESD): y [cout,
  * oh, ow] = conv(x [cin, h, w] read through a nearest up-x upsample, up 1 or
  * 2), stride 1 or 2, symmetric pad k/2, += into y when acc; im2col one band of
@@ -885,6 +930,7 @@ typedef struct diffuse_run {
     const float *mask;                     /* NULL: no mask */
     diffuse_masked_content masked_content; /* plain models' repaint area: image or noise */
     bool fast_decode, fast_encode;         /* TAESD for the final image / the init image */
+    diffuse_vae_tiling decode_tiling;      /* the VAE decode whole ({0}) or in bands */
     diffuse_progress_fn progress;
     void *progress_user;
     int preview_every; /* 0: none */

@@ -441,36 +441,56 @@ typedef struct norm_job {
     bool act;
 } norm_job;
 
+/* One group's mean and sum of squared deviations: cg channels of len values,
+ * plane apart; two passes, in double. */
+static void group_moments(const float *x, int cg, size_t plane, size_t len, double *mean,
+                          double *m2)
+{
+    double sum = 0, sq = 0;
+    for (int ch = 0; ch < cg; ch++)
+        for (size_t j = 0; j < len; j++)
+            sum += x[(size_t)ch * plane + j];
+    const double m = sum / ((double)cg * len);
+    for (int ch = 0; ch < cg; ch++)
+        for (size_t j = 0; j < len; j++) {
+            const double d = x[(size_t)ch * plane + j] - m;
+            sq += d * d;
+        }
+    *mean = m;
+    *m2 = sq;
+}
+
+/* yg = (xg - mean) * rstd * gamma + beta (then SiLU) over cg channels of hw. */
+static void group_apply(float *yg, const float *xg, const float *gamma, const float *beta, int cg,
+                        int hw, float mean, float rstd, bool act)
+{
+    for (int ch = 0; ch < cg; ch++) {
+        float a = gamma[ch] * rstd;
+        float bb = beta[ch] - mean * a;
+        for (int p = 0; p < hw; p++) {
+            float v = xg[(size_t)ch * hw + p] * a + bb;
+            yg[(size_t)ch * hw + p] = act ? silu(v) : v;
+        }
+    }
+}
+
+static float group_rstd(double m2, double count, float eps)
+{
+    return (float)(1.0 / sqrt(m2 / count + eps));
+}
+
 static void group_norm_part(void *ctx, size_t b, size_t e)
 {
     const norm_job *j = ctx;
-    float *y = j->y;
-    const float *x = j->x, *gamma = j->gamma, *beta = j->beta;
-    const int c = j->c, hw = j->hw, groups = j->groups;
-    const float eps = j->eps;
-    const bool act = j->act;
-    const int cg = c / groups;
-    const size_t count = (size_t)cg * hw;
+    const int c = j->c, hw = j->hw, groups = j->groups, cg = c / groups;
     for (size_t ig = b; ig < e; ig++) {
         const size_t i = ig / (size_t)groups;
         const int g = (int)(ig % (size_t)groups);
-        const float *xg = x + ((size_t)i * c + (size_t)g * cg) * hw;
-        float *yg = y + ((size_t)i * c + (size_t)g * cg) * hw;
-        double sum = 0, sq = 0;
-        for (size_t j = 0; j < count; j++)
-            sum += xg[j];
-        double mean = sum / count;
-        for (size_t j = 0; j < count; j++)
-            sq += (xg[j] - mean) * (xg[j] - mean);
-        float rstd = (float)(1.0 / sqrt(sq / count + eps));
-        for (int ch = 0; ch < cg; ch++) {
-            float a = gamma[g * cg + ch] * rstd;
-            float bb = beta[g * cg + ch] - (float)mean * a;
-            for (int p = 0; p < hw; p++) {
-                float v = xg[(size_t)ch * hw + p] * a + bb;
-                yg[(size_t)ch * hw + p] = act ? silu(v) : v;
-            }
-        }
+        const size_t off = ((size_t)i * c + (size_t)g * cg) * hw;
+        double mean, m2;
+        group_moments(j->x + off, cg, hw, hw, &mean, &m2);
+        group_apply(j->y + off, j->x + off, j->gamma + g * cg, j->beta + g * cg, cg, hw,
+                    (float)mean, group_rstd(m2, (double)cg * hw, j->eps), j->act);
     }
 }
 
@@ -488,6 +508,77 @@ void diffuse_op_group_norm(float *y, const float *x, const float *gamma, const f
                   .act = act};
     diffuse_parallel_for((size_t)n * groups, grain_of((size_t)(c / groups) * hw), group_norm_part,
                          &j);
+}
+
+typedef struct moments_job {
+    double *acc;
+    const float *x;
+    int cg;
+    size_t plane, len;
+} moments_job;
+
+static void moments_part(void *ctx, size_t b, size_t e)
+{
+    const moments_job *j = ctx;
+    for (size_t g = b; g < e; g++) {
+        double *acc = j->acc + 3 * g, mean, m2;
+        const double n = (double)j->cg * j->len, total = acc[0] + n;
+        group_moments(j->x + g * j->cg * j->plane, j->cg, j->plane, j->len, &mean, &m2);
+        const double d = mean - acc[1]; /* Chan et al.'s merge of two partitions */
+        acc[1] += d * n / total;
+        acc[2] += m2 + d * d * acc[0] * n / total;
+        acc[0] = total;
+    }
+}
+
+void diffuse_op_group_moments(double *acc, const float *x, int c, int groups, size_t plane,
+                              size_t len)
+{
+    if (!len)
+        return;
+    moments_job j = {.acc = acc, .x = x, .cg = c / groups, .plane = plane, .len = len};
+    diffuse_parallel_for((size_t)groups, grain_of((size_t)j.cg * len), moments_part, &j);
+}
+
+void diffuse_op_group_norm_stats(float *mean, float *rstd, const double *acc, int groups, float eps)
+{
+    for (int g = 0; g < groups; g++) {
+        mean[g] = (float)acc[3 * g + 1];
+        rstd[g] = group_rstd(acc[3 * g + 2], acc[3 * g], eps);
+    }
+}
+
+typedef struct apply_job {
+    float *y;
+    const float *x, *gamma, *beta, *mean, *rstd;
+    int cg, hw;
+    bool act;
+} apply_job;
+
+static void apply_part(void *ctx, size_t b, size_t e)
+{
+    const apply_job *j = ctx;
+    for (size_t g = b; g < e; g++) {
+        const size_t off = g * j->cg * (size_t)j->hw;
+        group_apply(j->y + off, j->x + off, j->gamma + g * j->cg, j->beta + g * j->cg, j->cg, j->hw,
+                    j->mean[g], j->rstd[g], j->act);
+    }
+}
+
+void diffuse_op_group_norm_with(float *y, const float *x, const float *gamma, const float *beta,
+                                int c, int hw, int groups, const float *mean, const float *rstd,
+                                bool act)
+{
+    apply_job j = {.y = y,
+                   .x = x,
+                   .gamma = gamma,
+                   .beta = beta,
+                   .mean = mean,
+                   .rstd = rstd,
+                   .cg = c / groups,
+                   .hw = hw,
+                   .act = act};
+    diffuse_parallel_for((size_t)groups, grain_of((size_t)j.cg * hw), apply_part, &j);
 }
 
 static void layer_norm_part(void *ctx, size_t r0, size_t r1)

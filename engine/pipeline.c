@@ -94,11 +94,26 @@ static size_t unet_workspace(const diffuse_model *m, const pipe_dims *d)
     return diffuse_unet_workspace(m->unet, d->batched ? d->nb : 1, d->h, d->w, max_tokens(d));
 }
 
+/* The VAE's work: the decode (whole or in bands), and the encode of an init
+ * image (an inpainting UNet encodes its masked image). */
+static size_t vae_decode_floats(const diffuse_model *m, const diffuse_run *run)
+{
+    return diffuse_vae_decode_plan(m->vae, run->height, run->width, run->decode_tiling).floats;
+}
+static size_t vae_encode_floats(const diffuse_model *m, const diffuse_run *run)
+{
+    return diffuse_vae_plan(m->vae, true, run->height, run->width).floats;
+}
+
 static size_t arena_floats(const diffuse_model *m, const pipe_dims *d, const diffuse_run *run)
 {
     size_t a = diffuse_cond_workspace(m);
     size_t u = unet_workspace(m, d);
-    size_t v = diffuse_vae_workspace(m->vae, run->height, run->width);
+    size_t v = run->fast_decode ? 0 : vae_decode_floats(m, run);
+    if ((run->init_image || d->inpaint) && !run->fast_encode) {
+        size_t e = vae_encode_floats(m, run);
+        v = e > v ? e : v;
+    }
     if (m->taesd && (run->fast_decode || run->fast_encode || d->taesd_preview)) {
         size_t t = diffuse_taesd_workspace(m->taesd, run->height, run->width);
         v = t > v ? t : v;
@@ -489,17 +504,29 @@ static diffuse_status denoise(diffuse_model *m, const diffuse_run *run, const pi
 /* pixels_out [H, W, 3] = clamp(decode(latents / scaling) / 2 + 0.5, 0, 1);
  * with TAESD clamp(decoder(latents), 0, 1): it works in [0, 1] and on the
  * latents as the UNet makes them (diffusers' AutoencoderTiny: scaling 1). */
-static int decode_latents(diffuse_model *m, const diffuse_run *run, const pipe_dims *d,
-                          pipe_buffers *b, diffuse_arena *a, float *pixels_out, char *err)
+/* A decode in bands asks between bands whether to go on: the progress
+ * callback, at the last step again. */
+static int decode_stop(void *user)
+{
+    const diffuse_run *run = user;
+    return run->progress && run->progress(run->progress_user, run->image_index, run->image_count,
+                                          run->steps, run->steps);
+}
+
+static diffuse_status decode_latents(diffuse_model *m, const diffuse_run *run, const pipe_dims *d,
+                                     pipe_buffers *b, diffuse_arena *a, float *pixels_out,
+                                     char *err)
 {
     const bool fast = run->fast_decode;
     for (size_t i = 0; !fast && i < d->latent_n; i++)
         b->latents[i] /= m->vae_cfg.scaling_factor;
-    if (fast ? diffuse_taesd_decode(m->taesd, b->pixels, b->latents, run->height, run->width, a,
+    int rc =
+        fast ? diffuse_taesd_decode(m->taesd, b->pixels, b->latents, run->height, run->width, a,
                                     NULL, err)
-             : diffuse_vae_decode(m->vae, b->pixels, b->latents, run->height, run->width, a, NULL,
-                                  err))
-        return -1;
+             : diffuse_vae_decode_tiled(m->vae, b->pixels, b->latents, run->height, run->width,
+                                        run->decode_tiling, a, NULL, decode_stop, (void *)run, err);
+    if (rc)
+        return rc == 1 ? DIFFUSE_ERR_CANCELLED : DIFFUSE_ERR_INTERNAL;
     if (!fast)
         diffuse_weights_release(m->weights, "vae.");
     const size_t hw = (size_t)run->width * run->height;
@@ -509,7 +536,7 @@ static int decode_latents(diffuse_model *m, const diffuse_run *run, const pipe_d
             float v = b->pixels[ch * hw + p] * scale + shift;
             pixels_out[p * 3 + ch] = v < 0 ? 0 : v > 1 ? 1 : v;
         }
-    return 0;
+    return DIFFUSE_OK;
 }
 
 diffuse_status diffuse_pipeline_run(diffuse_model *m, const diffuse_run *run, diffuse_noise *noise,
@@ -560,8 +587,8 @@ diffuse_status diffuse_pipeline_run(diffuse_model *m, const diffuse_run *run, di
     st = denoise(m, run, &d, &b, s, &a, noise, err);
     t0 = diffuse_now();
     f0 = a.flops;
-    if (st == DIFFUSE_OK && decode_latents(m, run, &d, &b, &a, pixels_out, err))
-        st = DIFFUSE_ERR_INTERNAL;
+    if (st == DIFFUSE_OK)
+        st = decode_latents(m, run, &d, &b, &a, pixels_out, err);
     count_gflop(&a, f0, run->stats ? &run->stats->vae_gflop : NULL);
     if (st == DIFFUSE_OK && !finite_all(b.pixels, (size_t)3 * run->width * run->height))
         st = nonfinite(err, run->fast_decode ? "image decoder (TAESD)" : "image decoder (VAE)");
@@ -599,7 +626,8 @@ size_t diffuse_pipeline_memory(const diffuse_model *m, const diffuse_run *run)
     const size_t lora = sizeof(float) * run->lora_scratch;
     const size_t ac = sizeof(float) * diffuse_cond_workspace(m) + lora;
     const size_t au = sizeof(float) * unet_workspace(m, &d) + lora;
-    const size_t av = sizeof(float) * diffuse_vae_workspace(m->vae, run->height, run->width);
+    const size_t ave = sizeof(float) * vae_encode_floats(m, run);
+    const size_t avd = sizeof(float) * vae_decode_floats(m, run);
     /* TAESD's weights are float32 in memory since load: only its work counts */
     const size_t at =
         m->taesd ? sizeof(float) * diffuse_taesd_workspace(m->taesd, run->height, run->width) : 0;
@@ -611,12 +639,12 @@ size_t diffuse_pipeline_memory(const diffuse_model *m, const diffuse_run *run)
         peak = max_of(peak, wv + touched);
     }
     if (run->init_image || d.inpaint) { /* an inpainting UNet encodes its masked image */
-        touched = max_of(touched, run->fast_encode ? at : av);
+        touched = max_of(touched, run->fast_encode ? at : ave);
         peak = max_of(peak, (run->fast_encode ? 0 : wv) + touched);
     }
     touched = max_of(touched, au);
     peak = max_of(peak, wu + touched);
-    touched = max_of(touched, run->fast_decode ? at : av);
+    touched = max_of(touched, run->fast_decode ? at : avd);
     peak = max_of(peak, (run->fast_decode ? 0 : wv) + touched);
     /* TAESD keeps its convolutions' weights in oneDNN's layouts once it has run */
     size_t kept = 0;
@@ -686,7 +714,8 @@ void diffuse_pipeline_cost(const diffuse_model *m, const diffuse_run *run,
                                   : diffuse_vae_plan(m->vae, true, run->height, run->width),
                  1);
     plan_add(&phase[run->fast_decode ? DIFFUSE_PHASE_TAESD : DIFFUSE_PHASE_VAE],
-             run->fast_decode ? diffuse_taesd_plan(m->taesd, true, run->height, run->width)
-                              : diffuse_vae_plan(m->vae, false, run->height, run->width),
+             run->fast_decode
+                 ? diffuse_taesd_plan(m->taesd, true, run->height, run->width)
+                 : diffuse_vae_decode_plan(m->vae, run->height, run->width, run->decode_tiling),
              1);
 }

@@ -72,6 +72,7 @@ typedef struct vae_geom {
     int up;   /* 2: read through a nearest 2x upsample; else 1 */
     int stride;
     int pad[4]; /* top, left, bottom, right; each < k */
+    bool plain; /* im2col and sgemm only (diffuse_conv.plain) */
 } vae_geom;
 
 static vae_geom vae_same(int h, int w, int k)
@@ -105,7 +106,7 @@ static bool vae_conv_direct(const diffuse_conv2d *c, const vae_geom *g, bool acc
 static int vae_band_rows(const diffuse_conv2d *c, const vae_geom *g, int oh, int ow)
 {
     const size_t in_row = (size_t)c->cin * g->stride * g->up * g->w;
-    const size_t scratch_row = diffuse_dnnl_preferred(c->k, g->stride)
+    const size_t scratch_row = diffuse_dnnl_preferred(c->k, g->stride) && !g->plain
                                    ? in_row + (size_t)c->cout * ow
                                    : (size_t)c->cin * c->k * c->k * ow;
     size_t per_row = scratch_row + (size_t)c->cout * ow + in_row;
@@ -134,7 +135,8 @@ static diffuse_conv vae_band_conv(const diffuse_conv2d *c, const vae_geom *g, in
                           .pad_top = first - lo,
                           .pad_left = g->pad[1],
                           .pad_bottom = hi - last,
-                          .pad_right = g->pad[3]};
+                          .pad_right = g->pad[3],
+                          .plain = g->plain};
 }
 
 /* Floats of the band buffers: input rows [cin, rows_in, W], the conv's
@@ -179,18 +181,20 @@ static void vae_copy_rows(float *xb, const float *x, const diffuse_conv2d *c, co
  * copy the input rows the band reads (pads at the image edge become the
  * band's own pads), run diffuse_op_conv2d on them, copy the rows out.
  * y must not alias x. Returns -1 when the arena is exhausted. */
-static int vae_conv(const diffuse_conv2d *c, float *y, const float *x, const vae_geom *g, bool acc,
-                    diffuse_arena *a)
+static int vae_conv_w(const diffuse_conv2d *c, const float *wf, float *y, const float *x,
+                      const vae_geom *g, bool acc, diffuse_arena *a)
 {
     int oh, ow;
     vae_out_size(c, g, &oh, &ow);
     size_t sz[3], mark = diffuse_arena_mark(a);
-    const float *wf = diffuse_wmat_f32(&c->w, a); /* once for all bands */
-    if (!wf)
-        return -1;
     if (vae_conv_direct(c, g, acc)) {
-        diffuse_conv d = {
-            .cin = c->cin, .h = g->h, .w = g->w, .cout = c->cout, .k = 1, .stride = 1};
+        diffuse_conv d = {.cin = c->cin,
+                          .h = g->h,
+                          .w = g->w,
+                          .cout = c->cout,
+                          .k = 1,
+                          .stride = 1,
+                          .plain = g->plain};
         if (!a->dry)
             diffuse_op_conv2d(y, x, wf, c->b, &d, 1, NULL);
         diffuse_arena_count(a, diffuse_conv_flops(&d, 1));
@@ -223,6 +227,17 @@ static int vae_conv(const diffuse_conv2d *c, float *y, const float *x, const vae
     }
     diffuse_arena_reset(a, mark);
     return 0;
+}
+
+/* vae_conv_w with c's weights as float32 (widened once for all bands). */
+static int vae_conv(const diffuse_conv2d *c, float *y, const float *x, const vae_geom *g, bool acc,
+                    diffuse_arena *a)
+{
+    size_t mark = diffuse_arena_mark(a);
+    const float *wf = diffuse_wmat_f32(&c->w, a);
+    int rc = wf ? vae_conv_w(c, wf, y, x, g, acc, a) : -1;
+    diffuse_arena_reset(a, mark);
+    return rc;
 }
 
 int diffuse_conv_banded(const diffuse_conv2d *c, float *y, const float *x, int h, int w, int up,
@@ -756,4 +771,578 @@ int diffuse_vae_decode(const diffuse_vae *v, float *image, const float *latent, 
     int rc = vae_decode_run(v, image, latent, height / f, width / f, a, trace);
     diffuse_arena_reset(a, mark);
     return rc ? vae_out_of_memory(v, height, width, a, err) : 0;
+}
+
+/* ------------------------------------------------------------------ exact decode in bands */
+
+/* The decoder's memory grows with the image: about 512 floats per image pixel
+ * at its last levels (2 GiB at 1024x1024, 8 GiB at 2048x2048). The banded
+ * decode below needs the mid block's output (at 1/f, a few floats per pixel)
+ * and buffers for one band of image rows, and its result is the whole-image
+ * decode's, up to the order of the statistics' sums.
+ *
+ * Bands cannot simply be decoded one by one: every GroupNorm after the mid
+ * block normalises over the whole image, and its statistics depend on all of
+ * its input, which depends on the GroupNorms before it. So the decode runs in
+ * passes. Pass k runs every band from the last kept tensor up to GroupNorm k's
+ * input and gathers its statistics over the band's own rows (each image row
+ * exactly once); the last pass runs the bands to the end and writes the image.
+ * A band carries the rows its receptive field needs around its own (one per
+ * 3x3 convolution on each side, at that convolution's scale) and computes
+ * them again; nothing is blended, there are no seams.
+ *
+ * Later passes repeat ever longer prefixes, so the decode costs about 12
+ * whole-image decodes with only the mid block's output kept (SD's VAE). Each
+ * up level's input can be kept whole as well (tiling.keep, bit l); keeping
+ * levels 1 and 2 costs 5.7 decodes and 160 floats per image pixel. The
+ * pipeline picks the fastest tiling that fits the memory there is
+ * (diffuse_vae_tilings). */
+
+#define VB_MAX_UNITS (DIFFUSE_MAX_LEVELS * (VAE_MAX_LAYERS + 2) + 1)
+
+typedef enum { VB_RESNET, VB_UP, VB_OUT } vb_kind;
+
+/* One step of the decoder after its mid block. */
+typedef struct vb_unit {
+    vb_kind kind;
+    const diffuse_resnet *res;     /* VB_RESNET */
+    const diffuse_conv2d *conv;    /* VB_UP, VB_OUT */
+    const diffuse_norm *norm;      /* VB_OUT: norm_out */
+    const float *w, *w1, *w2, *ws; /* float32 weights: conv; conv1, conv2, shortcut */
+    int cin, cout;                 /* channels in and out */
+    int level;                     /* its input is at 1/2^(levels-1-level) */
+    int gn;                        /* its first GroupNorm's index; -1 for VB_UP */
+} vb_unit;
+
+/* A place in the tail: the input of unit `unit` (half 0), or a ResNet's conv1
+ * output (half 1, GroupNorm norm2's input). unit == count: the image. */
+typedef struct vb_point {
+    int unit, half;
+} vb_point;
+
+typedef struct vb_tail {
+    vb_unit u[VB_MAX_UNITS];
+    int count, norms; /* units; GroupNorms */
+    int levels, h, w; /* levels; latent size */
+    int groups;
+} vb_tail;
+
+static void vb_tail_of(const diffuse_vae *v, int h, int w, vb_tail *t)
+{
+    const diffuse_vae_config *cfg = &v->cfg;
+    const int levels = cfg->levels, lpb = cfg->layers_per_block;
+    int n = 0, gn = 0, cin = cfg->channels[levels - 1];
+    *t = (vb_tail){.levels = levels, .h = h, .w = w, .groups = cfg->groups};
+    for (int i = 0; i < levels; i++) {
+        const int c = cfg->channels[levels - 1 - i];
+        for (int j = 0; j <= lpb; j++, gn += 2, cin = c)
+            t->u[n++] = (vb_unit){.kind = VB_RESNET,
+                                  .res = &v->dec_res[i * (lpb + 1) + j],
+                                  .cin = cin,
+                                  .cout = c,
+                                  .level = i,
+                                  .gn = gn};
+        if (i < levels - 1)
+            t->u[n++] = (vb_unit){
+                .kind = VB_UP, .conv = &v->dec_up[i], .cin = c, .cout = c, .level = i, .gn = -1};
+    }
+    t->u[n++] = (vb_unit){.kind = VB_OUT,
+                          .conv = &v->dec_conv_out,
+                          .norm = &v->dec_norm_out,
+                          .cin = cfg->channels[0],
+                          .cout = cfg->out_channels,
+                          .level = levels - 1,
+                          .gn = gn++};
+    t->count = n;
+    t->norms = gn;
+}
+
+/* Rows and columns at a point (the image's, shifted down by its scale). */
+static int vb_level(const vb_tail *t, vb_point p)
+{
+    return p.unit < t->count ? t->u[p.unit].level : t->levels - 1;
+}
+static int vb_rows(const vb_tail *t, vb_point p)
+{
+    return t->h << vb_level(t, p);
+}
+static int vb_cols(const vb_tail *t, vb_point p)
+{
+    return t->w << vb_level(t, p);
+}
+static int vb_channels(const vb_tail *t, vb_point p)
+{
+    if (p.unit == t->count)
+        return t->u[p.unit - 1].cout;
+    return p.half ? t->u[p.unit].cout : t->u[p.unit].cin;
+}
+
+/* The point where GroupNorm k reads its input. */
+static vb_point vb_norm_point(const vb_tail *t, int k)
+{
+    for (int i = 0; i < t->count; i++)
+        if (t->u[i].gn >= 0 && k - t->u[i].gn < (t->u[i].kind == VB_RESNET ? 2 : 1) &&
+            k >= t->u[i].gn)
+            return (vb_point){i, k - t->u[i].gn};
+    return (vb_point){t->count, 0};
+}
+
+/* A 3x3 convolution's output rows from input rows [r0, r1) of n: one fewer on
+ * each side that is not the image's edge (there it pads). */
+static void vb_shrink(int r[2], int n)
+{
+    r[0] += r[0] > 0;
+    r[1] -= r[1] < n;
+}
+
+/* Input rows [r0, r1) of n that a 3x3 convolution needs for output rows r. */
+static void vb_grow(int r[2], int n)
+{
+    r[0] = r[0] > 0 ? r[0] - 1 : 0;
+    r[1] = r[1] < n ? r[1] + 1 : n;
+}
+
+/* need[i]: the rows of unit i's input a band needs for rows r at point `to`,
+ * for i from from.unit to to.unit (with to.half, need[to.unit] is what that
+ * ResNet's conv1 reads for them). */
+static void vb_need(const vb_tail *t, vb_point from, vb_point to, const int r0[2], int (*need)[2])
+{
+    int r[2] = {r0[0], r0[1]};
+    if (to.half) /* conv1 of that ResNet */
+        vb_grow(r, vb_rows(t, (vb_point){to.unit, 0}));
+    need[to.unit][0] = r[0];
+    need[to.unit][1] = r[1];
+    for (int i = to.unit - 1; i >= from.unit; i--) {
+        const int n = vb_rows(t, (vb_point){i, 0});
+        switch (t->u[i].kind) {
+        case VB_RESNET:
+            vb_grow(r, n);
+            vb_grow(r, n);
+            break;
+        case VB_UP: { /* through the nearest 2x upsample */
+            int up[2] = {r[0], r[1]};
+            vb_grow(up, 2 * n);
+            r[0] = up[0] / 2;
+            r[1] = (up[1] - 1) / 2 + 1;
+            break;
+        }
+        case VB_OUT:
+            vb_grow(r, n);
+            break;
+        }
+        need[i][0] = r[0];
+        need[i][1] = r[1];
+    }
+}
+
+/* The 3x3 geometry of input rows r (of n) at width w, up 1 or 2. */
+static vae_geom vb_geom(const int r[2], int n, int w, int up)
+{
+    return (vae_geom){.h = r[1] - r[0],
+                      .w = w,
+                      .up = up,
+                      .stride = 1,
+                      .pad = {r[0] == 0, 1, r[1] == n, 1},
+                      .plain = true};
+}
+
+/* The floats one band needs: two activations, a conv1 output and a shortcut
+ * output, the largest over the units run from `from` to `to`, each starting
+ * from the rows it needs (need, vb_need). */
+static void vb_band_sizes(const vb_tail *t, vb_point from, vb_point to, const int (*need)[2],
+                          size_t sz[3])
+{
+    sz[0] = sz[1] = sz[2] = 0;
+    for (int i = from.unit; i < to.unit || (i == to.unit && to.half); i++) {
+        const vb_unit *u = &t->u[i];
+        const int n = vb_rows(t, (vb_point){i, 0}), w = vb_cols(t, (vb_point){i, 0});
+        int r[2] = {need[i][0], need[i][1]};
+        const size_t in = (size_t)(r[1] - r[0]) * w;
+        vae_max(&sz[0], (size_t)u->cin * in);
+        if (u->kind == VB_UP) {
+            r[0] = 2 * r[0] + (r[0] > 0);
+            r[1] = 2 * r[1] - (r[1] < n);
+            vae_max(&sz[0], (size_t)u->cout * (r[1] - r[0]) * 2 * w);
+            continue;
+        }
+        vb_shrink(r, n);
+        if (u->kind == VB_RESNET) {
+            vae_max(&sz[1], (size_t)u->cout * (r[1] - r[0]) * w);
+            if (u->res->shortcut.w.data)
+                vae_max(&sz[2], (size_t)u->cout * in);
+            if (i == to.unit)
+                break; /* stops at conv1's output */
+            vb_shrink(r, n);
+        }
+        vae_max(&sz[0], (size_t)u->cout * (r[1] - r[0]) * w);
+    }
+}
+
+/* x [c, r1 - r0, w] keeps only rows keep (within r), moved to its start. */
+static void vb_crop(float *x, int c, int w, int r[2], const int keep[2], bool run)
+{
+    const size_t rows = (size_t)(r[1] - r[0]), kept = (size_t)(keep[1] - keep[0]);
+    if (run && kept != rows)
+        for (int ch = 0; ch < c; ch++)
+            memmove(x + ch * kept * w, x + (ch * rows + (size_t)(keep[0] - r[0])) * w,
+                    sizeof(float) * kept * w);
+    r[0] = keep[0];
+    r[1] = keep[1];
+}
+
+typedef struct vb_state {
+    const vb_tail *t;
+    const float *mean, *rstd; /* [norms][groups]: the statistics known so far */
+    diffuse_arena *a;
+} vb_state;
+
+/* GroupNorm k + SiLU in place on x [c, hw]. */
+static void vb_norm(const vb_state *s, const diffuse_norm *nm, int k, float *x, int c, int hw)
+{
+    const int g = s->t->groups;
+    if (!s->a->dry)
+        diffuse_op_group_norm_with(x, x, nm->gamma, nm->beta, c, hw, g, s->mean + (size_t)k * g,
+                                   s->rstd + (size_t)k * g, true);
+}
+
+/* Runs one band from `from` (rows r, in cur) to `to`, each unit from the
+ * rows it needs (need); on return *out holds the activation at `to` and r its
+ * rows. cur, nxt hold sz[0] floats, u sz[1], sk sz[2]. */
+static int vb_run(const vb_state *s, vb_point from, vb_point to, const int (*need)[2], int r[2],
+                  float *cur, float *nxt, float *u, float *sk, float **out)
+{
+    const vb_tail *t = s->t;
+    diffuse_arena *a = s->a;
+    const bool run = !a->dry;
+    for (int i = from.unit; i < to.unit || (i == to.unit && to.half); i++) {
+        const vb_unit *un = &t->u[i];
+        const int n = vb_rows(t, (vb_point){i, 0}), w = vb_cols(t, (vb_point){i, 0});
+        if (r[0] > need[i][0] || r[1] < need[i][1])
+            return -1;                             /* a band short of rows: a bug */
+        vb_crop(cur, un->cin, w, r, need[i], run); /* (an upsample rounds up) */
+        const int rows = r[1] - r[0];
+        const size_t hw = (size_t)rows * w;
+        vae_geom g = vb_geom(r, n, w, un->kind == VB_UP ? 2 : 1);
+        if (un->kind == VB_UP) {
+            if (vae_conv_w(un->conv, un->w, nxt, cur, &g, false, a))
+                return -1;
+            r[0] = 2 * r[0] + (r[0] > 0);
+            r[1] = 2 * r[1] - (r[1] < n);
+        } else if (un->kind == VB_OUT) {
+            vb_norm(s, un->norm, un->gn, cur, un->cin, (int)hw);
+            if (vae_conv_w(un->conv, un->w, nxt, cur, &g, false, a))
+                return -1;
+            vb_shrink(r, n);
+        } else {
+            const diffuse_resnet *rs = un->res;
+            int m[2] = {r[0], r[1]}, o[2];
+            vb_shrink(m, n);
+            o[0] = m[0];
+            o[1] = m[1];
+            vb_shrink(o, n);
+            /* the skip, the output rows of x (through the 1x1 shortcut) */
+            const float *skip = cur;
+            size_t plane = hw;
+            if (rs->shortcut.w.data) {
+                vae_geom g1 = vae_same(rows, w, 1);
+                g1.plain = true;
+                if (vae_conv_w(&rs->shortcut, un->ws, sk, cur, &g1, false, a))
+                    return -1;
+                skip = sk;
+            }
+            if (i < to.unit && run)
+                for (int c = 0; c < un->cout; c++)
+                    memcpy(nxt + (size_t)c * (o[1] - o[0]) * w,
+                           skip + c * plane + (size_t)(o[0] - r[0]) * w,
+                           sizeof(float) * (o[1] - o[0]) * w);
+            vb_norm(s, &rs->norm1, un->gn, cur, un->cin, (int)hw);
+            if (vae_conv_w(&rs->conv1, un->w1, u, cur, &g, false, a))
+                return -1;
+            if (i == to.unit) { /* norm2's input */
+                r[0] = m[0];
+                r[1] = m[1];
+                *out = u;
+                return 0;
+            }
+            vb_norm(s, &rs->norm2, un->gn + 1, u, un->cout, (m[1] - m[0]) * w);
+            vae_geom g2 = vb_geom(m, n, w, 1);
+            if (vae_conv_w(&rs->conv2, un->w2, nxt, u, &g2, true, a))
+                return -1;
+            r[0] = o[0];
+            r[1] = o[1];
+        }
+        float *tmp = cur;
+        cur = nxt;
+        nxt = tmp;
+    }
+    *out = cur;
+    return 0;
+}
+
+/* The unit whose input is up level l's (l >= 1): its first ResNet. */
+static int vb_level_unit(const vb_tail *t, int l)
+{
+    for (int i = 0; i < t->count; i++)
+        if (t->u[i].level == l && t->u[i].kind == VB_RESNET)
+            return i;
+    return 0;
+}
+
+/* Everything a banded decode keeps across its passes. */
+typedef struct vb_decode {
+    vb_state s;
+    const diffuse_vae_tiling *tiling;
+    float *kept[DIFFUSE_MAX_LEVELS]; /* up level l's input [C, rows, cols], or NULL */
+    bool stored[DIFFUSE_MAX_LEVELS];
+    float *mean, *rstd; /* [norms][groups] */
+    double *acc;        /* [groups][3] */
+    int (*stop)(void *);
+    void *stop_user;
+} vb_decode;
+
+/* The latest kept level input at or before p, stored already. */
+static int vb_start(const vb_decode *d, vb_point p)
+{
+    int l = 0;
+    for (int i = 1; i < d->s.t->levels; i++)
+        if (d->stored[i] && vb_level_unit(d->s.t, i) <= p.unit)
+            l = i;
+    return l;
+}
+
+enum { VB_STATS, VB_IMAGE };
+
+/* One pass over every band: from the latest kept tensor to p; then gather
+ * GroupNorm k's statistics there (VB_STATS; and keep the tensor when p is a
+ * kept level's input), or write the image (VB_IMAGE, p the end). Returns 1
+ * when stopped. */
+static int vb_pass(vb_decode *d, vb_point p, int what, int k, float *image)
+{
+    const vb_tail *t = d->s.t;
+    diffuse_arena *a = d->s.a;
+    const int lf = vb_start(d, p), shift = t->levels - 1 - vb_level(t, p);
+    const vb_point from = {lf ? vb_level_unit(t, lf) : 0, 0};
+    const int image_rows = vb_rows(t, (vb_point){t->count, 0}), from_rows = vb_rows(t, from);
+    const int from_cols = vb_cols(t, from), cols = vb_cols(t, p), c = vb_channels(t, p);
+    const int kl = what == VB_STATS && p.half == 0 && p.unit == vb_level_unit(t, vb_level(t, p))
+                       ? vb_level(t, p)
+                       : 0; /* the level whose input p is, when it is kept */
+    float *keep = kl && d->kept[kl] && !d->stored[kl] ? d->kept[kl] : NULL;
+    const float *src = lf ? d->kept[lf] : d->kept[0];
+    const int band = d->tiling->rows;
+    int last_key[4] = {-1, -1, -1, -1};
+    double last_flops = 0, last_layers = 0;
+    if (what == VB_STATS && !a->dry)
+        memset(d->acc, 0, sizeof(double) * 3 * t->groups);
+    for (int y0 = 0; y0 < image_rows; y0 += band) {
+        const int y1 = y0 + band < image_rows ? y0 + band : image_rows;
+        const int core[2] = {y0 >> shift, y1 >> shift};
+        int need[VB_MAX_UNITS + 1][2];
+        vb_need(t, from, p, core, need);
+        int r[2] = {need[from.unit][0], need[from.unit][1]};
+        /* bands that reach no edge of the image at `from` (nor, then, at any
+         * later point) only differ by where they are: the same work */
+        const bool edge = r[0] == 0 || r[1] == from_rows;
+        const int key[4] = {r[1] - r[0], edge ? core[0] : -1, edge ? core[1] : -1,
+                            core[1] - core[0]};
+        if (a->dry && !memcmp(key, last_key, sizeof key)) { /* the same band again */
+            a->flops += last_flops;
+            a->layers += last_layers;
+            continue;
+        }
+        if (!a->dry && d->stop && d->stop(d->stop_user))
+            return 1;
+        const double f0 = a->flops, l0 = a->layers;
+        size_t sz[3], mark = diffuse_arena_mark(a);
+        vb_band_sizes(t, from, p, (const int(*)[2])need, sz);
+        float *cur = diffuse_arena_push(a, sz[0]), *nxt = diffuse_arena_push(a, sz[0]);
+        float *u = diffuse_arena_push(a, sz[1]), *sk = diffuse_arena_push(a, sz[2]), *act;
+        if (!cur || !nxt || !u || !sk)
+            return -1;
+        const int cf = vb_channels(t, from);
+        for (int ch = 0; !a->dry && ch < cf; ch++)
+            memcpy(cur + (size_t)ch * (r[1] - r[0]) * from_cols,
+                   src + ((size_t)ch * from_rows + r[0]) * from_cols,
+                   sizeof(float) * (r[1] - r[0]) * from_cols);
+        if (vb_run(&d->s, from, p, (const int(*)[2])need, r, cur, nxt, u, sk, &act))
+            return -1;
+        if (r[0] > core[0] || r[1] < core[1])
+            return -1; /* a band short of its own rows: a bug */
+        const size_t plane = (size_t)(r[1] - r[0]) * cols, off = (size_t)(core[0] - r[0]) * cols;
+        const size_t len = (size_t)(core[1] - core[0]) * cols;
+        float *dst = what == VB_IMAGE ? image : keep;
+        const int rows_at_p = vb_rows(t, p);
+        for (int ch = 0; dst && !a->dry && ch < c; ch++)
+            memcpy(dst + ((size_t)ch * rows_at_p + core[0]) * cols, act + ch * plane + off,
+                   sizeof(float) * len);
+        if (what == VB_STATS && !a->dry)
+            diffuse_op_group_moments(d->acc, act + off, c, t->groups, plane, len);
+        diffuse_arena_reset(a, mark);
+        memcpy(last_key, key, sizeof key);
+        last_flops = a->flops - f0;
+        last_layers = a->layers - l0;
+    }
+    if (keep)
+        d->stored[kl] = true;
+    if (what == VB_STATS && !a->dry)
+        diffuse_op_group_norm_stats(d->mean + (size_t)k * t->groups,
+                                    d->rstd + (size_t)k * t->groups, d->acc, t->groups, VAE_EPS);
+    return 0;
+}
+
+static bool vb_tiling_ok(const diffuse_vae *v, int height, diffuse_vae_tiling t)
+{
+    const int f = vae_factor(v);
+    unsigned levels = (1u << v->cfg.levels) - 1;
+    return t.rows > 0 && t.rows % f == 0 && t.rows < height && !(t.keep & ~levels & ~1u);
+}
+
+/* The banded decode (t.rows > 0): the mid block on the whole latent, kept;
+ * the tail's weights widened once; then the passes. Returns 1 when stopped. */
+static int vb_decode_run(const diffuse_vae *v, float *image, const float *latent, int h, int w,
+                         diffuse_vae_tiling tiling, diffuse_arena *a, const diffuse_trace *trace,
+                         int (*stop)(void *), void *stop_user)
+{
+    const diffuse_vae_config *cfg = &v->cfg;
+    const int last = cfg->channels[cfg->levels - 1];
+    vb_tail *t = malloc(sizeof *t);
+    if (!t)
+        return -1;
+    vb_tail_of(v, h, w, t);
+    vb_decode d = {.s = {.t = t, .a = a}, .tiling = &tiling, .stop = stop, .stop_user = stop_user};
+    int rc = -1;
+    /* what the passes keep: the mid block's output (its `big` buffer, where
+     * the mid block leaves it), kept levels, statistics */
+    const size_t act = (size_t)last * h * w;
+    vae_plan p = {
+        act, act,
+        act > (size_t)cfg->latent_channels * h * w ? act : (size_t)cfg->latent_channels * h * w};
+    vae_bufs b;
+    d.kept[0] = b.big = b.cur = diffuse_arena_push(a, act);
+    for (int l = 1; l < t->levels; l++)
+        if (tiling.keep >> l & 1) {
+            const vb_point p = {vb_level_unit(t, l), 0};
+            d.kept[l] =
+                diffuse_arena_push(a, (size_t)vb_channels(t, p) * vb_rows(t, p) * vb_cols(t, p));
+            if (!d.kept[l])
+                goto out;
+        }
+    d.mean = diffuse_arena_push(a, (size_t)t->norms * t->groups);
+    d.rstd = diffuse_arena_push(a, (size_t)t->norms * t->groups);
+    d.acc = (double *)diffuse_arena_push(a, (size_t)6 * t->groups);
+    d.s.mean = d.mean;
+    d.s.rstd = d.rstd;
+    if (!d.kept[0] || !d.mean || !d.rstd || !d.acc)
+        goto out;
+    /* the mid block, whole */
+    size_t mark = diffuse_arena_mark(a);
+    vae_geom g1 = vae_same(h, w, 1), g3 = vae_same(h, w, 3);
+    b.other = diffuse_arena_push(a, p.other);
+    b.u = diffuse_arena_push(a, p.u);
+    if (!b.other || !b.u || vae_conv(&v->post_quant_conv, b.u, latent, &g1, false, a))
+        goto out;
+    vae_trace(trace, b.u, (size_t)cfg->latent_channels * h * w, "post_quant_conv", 0);
+    if (vae_conv(&v->dec_conv_in, b.cur, b.u, &g3, false, a) ||
+        vae_mid_forward(&v->dec_mid, &b, h, w, a))
+        goto out;
+    vae_trace(trace, b.cur, act, "decoder.mid_block", 0);
+    if (b.cur != d.kept[0] && !a->dry) /* (two ResNets: it is back where it started) */
+        memcpy(d.kept[0], b.cur, sizeof(float) * act);
+    diffuse_arena_reset(a, mark);
+    /* the tail's weights, float32 for every band */
+    for (int i = 0; i < t->count; i++) {
+        vb_unit *u = &t->u[i];
+        if (u->kind == VB_RESNET) {
+            u->w1 = diffuse_wmat_f32(&u->res->conv1.w, a);
+            u->w2 = diffuse_wmat_f32(&u->res->conv2.w, a);
+            u->ws = u->res->shortcut.w.data ? diffuse_wmat_f32(&u->res->shortcut.w, a) : NULL;
+            if (!u->w1 || !u->w2 || (u->res->shortcut.w.data && !u->ws))
+                goto out;
+        } else if (!(u->w = diffuse_wmat_f32(&u->conv->w, a))) {
+            goto out;
+        }
+    }
+    for (int k = 0; k < t->norms; k++)
+        if ((rc = vb_pass(&d, vb_norm_point(t, k), VB_STATS, k, NULL)))
+            goto out;
+    rc = vb_pass(&d, (vb_point){t->count, 0}, VB_IMAGE, 0, image);
+    if (!rc)
+        vae_trace(trace, image,
+                  (size_t)cfg->out_channels * vb_rows(t, (vb_point){t->count, 0}) *
+                      vb_cols(t, (vb_point){t->count, 0}),
+                  "decoder", 0);
+out:
+    free(t);
+    return rc;
+}
+
+diffuse_plan diffuse_vae_decode_plan(const diffuse_vae *v, int height, int width,
+                                     diffuse_vae_tiling tiling)
+{
+    if (!tiling.rows)
+        return diffuse_vae_plan(v, false, height, width);
+    const diffuse_vae_config *cfg = &v->cfg;
+    const int f = vae_factor(v), h = height / f, w = width / f;
+    diffuse_arena a;
+    if (!vae_size_ok(v, height, width) || !vb_tiling_ok(v, height, tiling) || diffuse_arena_dry(&a))
+        return (diffuse_plan){.floats = DIFFUSE_PLAN_NONE};
+    float *in = diffuse_arena_push(&a, (size_t)h * w * cfg->latent_channels);
+    float *out = diffuse_arena_push(&a, (size_t)height * width * cfg->out_channels);
+    const size_t inputs = a.used;
+    int rc = in && out ? vb_decode_run(v, out, in, h, w, tiling, &a, NULL, NULL, NULL) : -1;
+    return diffuse_arena_plan(&a, inputs, rc);
+}
+
+int diffuse_vae_decode_tiled(const diffuse_vae *v, float *image, const float *latent, int height,
+                             int width, diffuse_vae_tiling tiling, diffuse_arena *a,
+                             const diffuse_trace *trace, int (*stop)(void *), void *stop_user,
+                             char *err)
+{
+    if (!tiling.rows)
+        return diffuse_vae_decode(v, image, latent, height, width, a, trace, err);
+    if (vae_check(v, height, width, err))
+        return -1;
+    if (!vb_tiling_ok(v, height, tiling))
+        return diffuse_fail(err,
+                            "VAE: bands of %d rows (keeping levels %#x) for a %d-row image: "
+                            "a band is a multiple of %d rows, fewer than the image's",
+                            tiling.rows, tiling.keep, height, vae_factor(v));
+    const int f = vae_factor(v);
+    size_t mark = diffuse_arena_mark(a);
+    int rc =
+        vb_decode_run(v, image, latent, height / f, width / f, tiling, a, trace, stop, stop_user);
+    diffuse_arena_reset(a, mark);
+    if (rc == 1)
+        return diffuse_fail(err, "cancelled"), 1;
+    if (rc)
+        return diffuse_fail(err,
+                            "internal: VAE work memory exhausted (arena %zu floats, %zu needed "
+                            "for a %dx%d decode in bands of %d rows)",
+                            a->cap, diffuse_vae_decode_plan(v, height, width, tiling).floats, width,
+                            height, tiling.rows);
+    return 0;
+}
+
+int diffuse_vae_tilings(const diffuse_vae *v, int height, int width, int rows,
+                        diffuse_vae_tiling *out, diffuse_plan *plans, int max)
+{
+    const int f = vae_factor(v);
+    int n = 0;
+    for (int k = 0; k < v->cfg.levels; k++) /* keep levels 1..k */
+        for (int r = rows ? rows : f; r < height && n < max; r = rows ? height : 2 * r) {
+            diffuse_vae_tiling t = {r, ((1u << (k + 1)) - 1) & ~1u};
+            diffuse_plan p = diffuse_vae_decode_plan(v, height, width, t);
+            if (p.floats == DIFFUSE_PLAN_NONE)
+                continue;
+            int i = n++; /* insertion: fewest flops first, then least memory */
+            for (; i > 0 && (plans[i - 1].flops > p.flops ||
+                             (plans[i - 1].flops == p.flops && plans[i - 1].floats > p.floats));
+                 i--) {
+                out[i] = out[i - 1];
+                plans[i] = plans[i - 1];
+            }
+            out[i] = t;
+            plans[i] = p;
+        }
+    return n;
 }

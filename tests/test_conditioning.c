@@ -228,6 +228,108 @@ static void test_cost(diffuse_model *m, const char *name, const char *long_promp
     CHECK(diffuse_request_cost(m, &bad).seconds == 0, "%s: a refused size has a cost", name);
 }
 
+/* Stops at the third call after the last step: the decode's bands ask too. */
+static int stop_in_decode(void *user, int image, int count, int step, int steps)
+{
+    int *calls = user;
+    (void)image;
+    (void)count;
+    return step == steps && ++*calls == 3;
+}
+
+static void on_notice(void *user, const char *message)
+{
+    snprintf(user, DIFFUSE_ERROR_SIZE, "%s", message);
+}
+
+/* The decode in bands through diffuse_generate: asked for (decode_rows), the
+ * same pixels as the whole decode, its GFLOP planned as counted; chosen by
+ * itself when the whole decode does not fit under DIFFUSE_MEMORY_LIMIT_MB
+ * (and said so), refused when nothing fits; rows it cannot take. */
+static void test_decode_bands(diffuse_model *m, const char *name)
+{
+    char err[DIFFUSE_ERROR_SIZE], note[DIFFUSE_ERROR_SIZE] = "";
+    diffuse_request r = diffuse_request_default();
+    diffuse_stats st;
+    diffuse_image whole = {0}, banded = {0}, autob = {0};
+    r.prompt = "blue";
+    r.width = 256;
+    r.height = 192;
+    r.steps = 2;
+    r.seed = 3;
+    r.stats = &st;
+    r.notice = on_notice;
+    r.notice_user = note;
+    const size_t n = (size_t)3 * r.width * r.height;
+    CHECK(diffuse_generate(m, &r, &whole, err, sizeof err) == DIFFUSE_OK && !st.decode_rows &&
+              !note[0],
+          "%s: whole decode: %s", name, err);
+    const size_t need_whole = diffuse_request_memory(m, &r);
+    r.decode_rows = 32;
+    diffuse_cost c = diffuse_request_cost(m, &r);
+    const size_t need_bands = diffuse_request_memory(m, &r);
+    CHECK(diffuse_generate(m, &r, &banded, err, sizeof err) == DIFFUSE_OK && st.decode_rows == 32 &&
+              !note[0],
+          "%s: decode in bands of 32 rows: %s (rows %d, notice %s)", name, err, st.decode_rows,
+          note);
+    CHECK(fabs(c.vae_gflop - st.vae_gflop) <= 1e-9 * st.vae_gflop,
+          "%s: bands: planned %g VAE GFLOP, counted %g", name, c.vae_gflop, st.vae_gflop);
+    double max = 0;
+    for (size_t i = 0; whole.pixels && banded.pixels && i < n; i++)
+        max = fmax(max, fabs(whole.pixels[i] - banded.pixels[i]));
+    CHECK(whole.pixels && banded.pixels && max <= 2e-5, "%s: bands against whole: %g", name, max);
+    printf("  %s: %dx%d needs %zu KiB whole, %zu KiB in bands of 32 rows; pixels within %.1e\n",
+           name, r.width, r.height, need_whole >> 10, need_bands >> 10, max);
+    diffuse_image none = {0};
+    int calls = 0;
+    r.progress = stop_in_decode;
+    r.progress_user = &calls;
+    CHECK(diffuse_generate(m, &r, &none, err, sizeof err) == DIFFUSE_ERR_CANCELLED &&
+              !strcmp(err, "cancelled") && calls == 3 && !none.pixels,
+          "%s: stopped in the banded decode: %s, %d calls", name, err, calls);
+    r.progress = NULL;
+    const int bad[] = {12, 192, 400, -8};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        r.decode_rows = bad[i];
+        CHECK(diffuse_generate(m, &r, &none, err, sizeof err) == DIFFUSE_ERR_ARGUMENT &&
+                  strstr(err, "decode rows") && !none.pixels,
+              "%s: decode rows %d: %s", name, bad[i], err);
+    }
+    /* automatic, under a cap between the whole decode and the least banded
+     * one; sdxl-tiny's UNet needs more than its VAE, so there is none */
+    r.decode_rows = 8;
+    const size_t need_least = diffuse_request_memory(m, &r);
+    r.decode_rows = 0;
+    const size_t cap = (need_whole + need_least) / 2 >> 20;
+    if (!(need_least < cap << 20 && need_whole > cap << 20)) {
+        CHECK(strcmp(name, "sd1-tiny"), "%s: no cap between %zu and %zu", name, need_least,
+              need_whole);
+        goto out;
+    }
+    char capstr[32];
+    snprintf(capstr, sizeof capstr, "%zu", cap);
+    setenv("DIFFUSE_MEMORY_LIMIT_MB", capstr, 1);
+    CHECK(diffuse_generate(m, &r, &autob, err, sizeof err) == DIFFUSE_OK && st.decode_rows > 0 &&
+              strstr(note, "decoded in bands") && st.predicted_peak > 0,
+          "%s: under %zu MiB: %s (rows %d, notice '%s')", name, cap, err, st.decode_rows, note);
+    CHECK(diffuse_request_memory(m, &r) <= cap << 20,
+          "%s: the memory told for the request is its banded decode's", name);
+    max = 0;
+    for (size_t i = 0; whole.pixels && autob.pixels && i < n; i++)
+        max = fmax(max, fabs(whole.pixels[i] - autob.pixels[i]));
+    CHECK(autob.pixels && max <= 2e-5, "%s: automatic bands against whole: %g", name, max);
+    /* nothing fits: refused, quoting the least a banded decode needs */
+    setenv("DIFFUSE_MEMORY_LIMIT_MB", "1", 1);
+    CHECK(diffuse_generate(m, &r, &none, err, sizeof err) == DIFFUSE_ERR_MEMORY &&
+              strstr(err, "in bands") && !none.pixels,
+          "%s: under 1 MiB: %s", name, err);
+    unsetenv("DIFFUSE_MEMORY_LIMIT_MB");
+out:
+    diffuse_image_free(&whole);
+    diffuse_image_free(&banded);
+    diffuse_image_free(&autob);
+}
+
 static void check_model(const char *path, const char *name)
 {
     char err[DIFFUSE_ERROR_SIZE];
@@ -243,6 +345,7 @@ static void check_model(const char *path, const char *name)
     for (int i = 0; i < 90; i++)
         strcat(text, "blue ");
     test_cost(m, name, text);
+    test_decode_bands(m, name);
     diffuse_model_free(m);
 }
 

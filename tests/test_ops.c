@@ -581,6 +581,28 @@ static void test_group_norm(void)
             CHECK(close_all(y, want, total, TOL, 1, &at),
                   "group_norm n=%d c=%d hw=%d groups=%d silu=%d at %zu: %g vs %g", n, c, hw, groups,
                   act, at, y[at], want[at]);
+            /* the same from statistics merged over parts of each image
+             * (the VAE's bands): uneven parts, one of them empty */
+            for (int i = 0; i < n; i++) {
+                const float *xi = x + (size_t)i * c * hw;
+                double *acc = calloc((size_t)3 * groups, sizeof *acc);
+                float *mean = calloc((size_t)groups, sizeof *mean);
+                float *rstd = calloc((size_t)groups, sizeof *rstd);
+                const int cuts[4] = {0, hw / 3, hw / 3, hw};
+                for (int k = 0; k < 3; k++)
+                    diffuse_op_group_moments(acc, xi + cuts[k], c, groups, hw,
+                                             cuts[k + 1] - cuts[k]);
+                diffuse_op_group_norm_stats(mean, rstd, acc, groups, eps);
+                float *yi = filled((size_t)c * hw, NAN);
+                diffuse_op_group_norm_with(yi, xi, gamma, beta, c, hw, groups, mean, rstd, act);
+                CHECK(close_all(yi, want + (size_t)i * c * hw, (size_t)c * hw, TOL, 1, &at),
+                      "group_norm from parts n=%d c=%d hw=%d groups=%d silu=%d at %zu", n, c, hw,
+                      groups, act, at);
+                free(acc);
+                free(mean);
+                free(rstd);
+                free(yi);
+            }
             free(y);
             free(want);
         }

@@ -187,6 +187,137 @@ static void check_non_square(const diffuse_vae *vae)
     free(mom);
 }
 
+/* A decode in bands (tiling t) of latent [4, h/8, w/8] into image: in an
+ * arena of exactly its plan, which it must fill to the float and count the
+ * plan's flops. Returns diffuse_vae_decode_tiled's result. */
+static int tiled_decode(const diffuse_vae *vae, float *image, const float *latent, int h, int w,
+                        diffuse_vae_tiling t, int (*stop)(void *), void *user, char *err)
+{
+    diffuse_plan p = diffuse_vae_decode_plan(vae, h, w, t);
+    diffuse_arena a;
+    CHECK(p.floats != DIFFUSE_PLAN_NONE && p.flops > 0, "%dx%d bands %d keep %#x: a plan", w, h,
+          t.rows, t.keep);
+    if (p.floats == DIFFUSE_PLAN_NONE || diffuse_arena_init(&a, p.floats, err))
+        return -1;
+    int rc = diffuse_vae_decode_tiled(vae, image, latent, h, w, t, &a, NULL, stop, user, err);
+    if (rc == 0)
+        CHECK(a.peak == p.floats && a.flops == p.flops && a.layers == p.layers && !a.overflow,
+              "%dx%d bands %d keep %#x: peak %zu, plan %zu; flops %.6g, plan %.6g", w, h, t.rows,
+              t.keep, a.peak, p.floats, a.flops, p.flops);
+    CHECK(a.used == 0, "the arena rewound");
+    diffuse_arena_free(&a);
+    return rc;
+}
+
+static int stop_after(void *user)
+{
+    int *left = user;
+    return --*left < 0;
+}
+
+/* The decode in bands is the whole-image decode: against diffusers' image
+ * and against diffuse_vae_decode at the same size, for bands of one latent
+ * row up to all but one, every choice of kept levels, odd sizes; the same
+ * bits at one and two threads; a stop between bands; tilings it refuses. */
+static void check_tiled(const diffuse_vae *vae, const diffuse_st_file *g, const char *layout)
+{
+    char err[DIFFUSE_ERROR_SIZE] = "";
+    size_t n_lat = 0, n_out = 0;
+    float *latent = golden_get(g, "vae.latent", &n_lat);
+    float *decoded = golden_get(g, "vae.decode.out", &n_out);
+    if (!latent || !decoded)
+        goto done;
+    static const struct {
+        int h, w, rows;
+        unsigned keep;
+    } cases[] = {{64, 64, 8, 0},    {64, 64, 8, 0xe},  {64, 64, 16, 0x2}, {64, 64, 24, 0x6},
+                 {64, 64, 56, 0x4}, {64, 64, 32, 0x8}, {40, 56, 8, 0},    {40, 56, 24, 0xa},
+                 {40, 56, 32, 0xe}, {8, 24, 0, 0},     {72, 16, 16, 0x6}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const int h = cases[i].h, w = cases[i].w;
+        diffuse_vae_tiling t = {cases[i].rows, cases[i].keep};
+        const size_t n = (size_t)3 * h * w, nl = (size_t)4 * (h / 8) * (w / 8);
+        float *lat = malloc(sizeof(float) * nl), *whole = calloc(n, sizeof(float));
+        float *banded = calloc(n, sizeof(float));
+        for (size_t j = 0; j < nl; j++) /* the golden latent, tiled over the size */
+            lat[j] = latent[j % n_lat];
+        diffuse_arena a;
+        if (diffuse_arena_init(&a, diffuse_vae_workspace(vae, h, w), err) == 0) {
+            CHECK(diffuse_vae_decode(vae, whole, lat, h, w, &a, NULL, err) == 0, "%s", err);
+            diffuse_arena_free(&a);
+        }
+        if (!t.rows) { /* one band row of latents: no tiling is possible */
+            CHECK(diffuse_vae_decode_plan(vae, h, w, (diffuse_vae_tiling){8, 0}).floats ==
+                      DIFFUSE_PLAN_NONE,
+                  "%dx%d: no bands of 8 rows", w, h);
+            goto next;
+        }
+        int rc = tiled_decode(vae, banded, lat, h, w, t, NULL, NULL, err);
+        double abs_err = 0, rel = test_rel_err(banded, whole, n, &abs_err);
+        printf("  %-6s %dx%d bands of %d, keep %#x: rel %.2e to the whole decode\n", layout, w, h,
+               t.rows, t.keep, rel);
+        CHECK(rc == 0 && rel <= 1e-5, "%s %dx%d bands %d keep %#x: %s, rel %g", layout, w, h,
+              t.rows, t.keep, err, rel);
+        if (h == 64 && w == 64) {
+            rel = test_rel_err(banded, decoded, n, &abs_err);
+            CHECK(rel <= TOL, "%s bands %d keep %#x: rel %g to diffusers", layout, t.rows, t.keep,
+                  rel);
+        }
+        if (i == 1 || i == 7) { /* the thread count changes no bit */
+            float *one = calloc(n, sizeof(float));
+            diffuse_pool_set_threads(1);
+            CHECK(tiled_decode(vae, one, lat, h, w, t, NULL, NULL, err) == 0 &&
+                      memcmp(one, banded, sizeof(float) * n) == 0,
+                  "%dx%d bands %d: one thread, the same bits", w, h, t.rows);
+            diffuse_pool_set_threads(0);
+            free(one);
+        }
+    next:
+        free(lat);
+        free(whole);
+        free(banded);
+    }
+    /* stopped: after 0 bands and after 9 (in the second pass) */
+    float *image = calloc(3 * 64 * 64, sizeof(float));
+    for (int k = 0; k < 10; k += 9) {
+        int left = k;
+        err[0] = 0;
+        CHECK(tiled_decode(vae, image, latent, 64, 64, (diffuse_vae_tiling){16, 0x2}, stop_after,
+                           &left, err) == 1 &&
+                  !strcmp(err, "cancelled"),
+              "stopped after %d bands: %s", k, err);
+    }
+    /* refused: bands not a multiple of 8 rows, or the whole image, or negative */
+    const diffuse_vae_tiling bad[] = {{12, 0}, {64, 0}, {-8, 0}, {8, 0x100}};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        diffuse_arena a;
+        err[0] = 0;
+        CHECK(diffuse_vae_decode_plan(vae, 64, 64, bad[i]).floats == DIFFUSE_PLAN_NONE,
+              "bands of %d keep %#x: no plan", bad[i].rows, bad[i].keep);
+        if (diffuse_arena_init(&a, 1 << 16, err) == 0) {
+            CHECK(diffuse_vae_decode_tiled(vae, image, latent, 64, 64, bad[i], &a, NULL, NULL, NULL,
+                                           err) == -1 &&
+                      strstr(err, "bands of"),
+                  "bands of %d keep %#x: %s", bad[i].rows, bad[i].keep, err);
+            diffuse_arena_free(&a);
+        }
+    }
+    /* too small an arena: an error, never a write past it */
+    diffuse_plan p = diffuse_vae_decode_plan(vae, 64, 64, (diffuse_vae_tiling){8, 0});
+    diffuse_arena a;
+    if (diffuse_arena_init(&a, p.floats - 16, err) == 0) {
+        CHECK(diffuse_vae_decode_tiled(vae, image, latent, 64, 64, (diffuse_vae_tiling){8, 0}, &a,
+                                       NULL, NULL, NULL, err) == -1 &&
+                  strstr(err, "memory exhausted"),
+              "a short arena: %s", err);
+        diffuse_arena_free(&a);
+    }
+    free(image);
+done:
+    free(latent);
+    free(decoded);
+}
+
 /* Wrong widths: the error names the first tensor whose shape disagrees. */
 static void check_bad_config(diffuse_weights *w)
 {
@@ -239,6 +370,7 @@ static void check_layout(const char *path, const char *layout, const diffuse_st_
     CHECK(diffuse_vae_load(&cfg, w, &vae, err) == 0, "%s load: %s", layout, err);
     if (vae) {
         check_golden(vae, g, layout);
+        check_tiled(vae, g, layout);
         check_short_arena(vae);
         check_non_square(vae);
     }

@@ -44,7 +44,8 @@ static int usage(void)
         "                        [--clip-skip N] [--rng philox|torch-cpu|diffuse] [--from "
         "IMAGE.png]\n"
         "                        [--lora FILE[:WEIGHT]]... [--lora-dir DIR]\n"
-        "                        [--masked-content original|latent-noise]\n"
+        "                        [--masked-content original|latent-noise] [--decode-rows "
+        "N|auto]\n"
         "                        --output OUT.png\n"
         "       diffuse refcheck REFERENCE_DIR\n"
         "       diffuse tokenize [--vocab PATH] TEXT\n"
@@ -198,7 +199,11 @@ static void print_stats(const diffuse_stats *s, const diffuse_cost *c, double lo
                 "%.1f GFLOP/s dense-equivalent, %.1f GFLOP (planned %.1f)\n",
                 s->unet_s, s->unet_passes, s->unet_evals, s->unet_s / s->unet_evals,
                 s->unet_gflop / s->unet_s, s->unet_gflop, c->unet_gflop);
-    fprintf(stderr, "vae decode    %8.2f s\n", s->vae_decode_s);
+    if (s->decode_rows)
+        fprintf(stderr, "vae decode    %8.2f s  in bands of %d rows\n", s->vae_decode_s,
+                s->decode_rows);
+    else
+        fprintf(stderr, "vae decode    %8.2f s\n", s->vae_decode_s);
     fprintf(stderr, "vae           %8.1f GFLOP (planned %.1f)\n", s->vae_gflop, c->vae_gflop);
     fprintf(stderr, "generate      %8.2f s  (estimated %.2f s)\n", run_s, c->seconds);
     fprintf(stderr, "peak RSS      %8.0f MiB  (predicted %.0f MiB)\n", s->peak_rss / 1048576.0,
@@ -335,6 +340,7 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
                                          {"lora", 1, 0, 'L'},
                                          {"lora-dir", 1, 0, 'l'},
                                          {"masked-content", 1, 0, 'x'},
+                                         {"decode-rows", 1, 0, 'B'},
                                          {0, 0, 0, 0}};
     diffuse_size_cond *sc = &o->req.size_cond;
     int c;
@@ -446,6 +452,12 @@ static int parse_generate(int argc, char **argv, gen_opts *o)
                 o->load.taesd_path = optarg;
             break;
         }
+        case 'B': /* the engine checks it against the height */
+            if (strcmp(optarg, "auto") && !parse_int(optarg, 8, DIFFUSE_MAX_SIDE, &v))
+                return bad_arg("--decode-rows", optarg,
+                               "expected auto or image rows per band (a multiple of 8)");
+            o->req.decode_rows = strcmp(optarg, "auto") ? (int)v : 0;
+            break;
         case 'w':
             o->req.preview = write_preview;
             o->req.preview_user = optarg;

@@ -14,6 +14,7 @@
  * convolution and matrix product counted as plain multiply-adds, whatever
  * algorithm ran (the engine counts them as it runs). BENCH_REPS sets the
  * runs per figure (3); BENCH_UNET_ONLY stops after the UNet (for profiling). */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,6 +73,65 @@ static void print_phase(const char *name, const phase *p, double peak_gflops)
     printf("  peak RSS %6.0f MiB\n", MIB(p->peak));
 }
 
+/* The VAE decode in bands (BENCH_BANDS=1; =plans: the plans alone): every tiling's plan against the
+ * whole decode's, then a run of the fastest that needs at most 0.8 of the
+ * whole decode's memory and of the one that needs the least, each against the
+ * whole image (`whole`, just decoded from `latent`). */
+static int bench_bands(diffuse_model *m, int size, const float *latent, const float *whole,
+                       double peak)
+{
+    char err[DIFFUSE_ERROR_SIZE];
+    diffuse_vae_tiling t[DIFFUSE_VAE_TILINGS];
+    diffuse_plan p[DIFFUSE_VAE_TILINGS];
+    const diffuse_plan w = diffuse_vae_decode_plan(m->vae, size, size, (diffuse_vae_tiling){0});
+    const int n = diffuse_vae_tilings(m->vae, size, size, 0, t, p, DIFFUSE_VAE_TILINGS);
+    int fast = -1, least = -1;
+    printf("  vae decode in bands (plans): whole image %.0f MiB of work memory, %.0f GFLOP\n",
+           MIB(sizeof(float) * w.floats), w.flops * 1e-9);
+    for (int i = 0; i < n; i++) {
+        printf("    bands of %4d rows, keeping levels %#x: %6.0f MiB (%.3f), %5.2fx the flops\n",
+               t[i].rows, t[i].keep, MIB(sizeof(float) * p[i].floats),
+               (double)p[i].floats / w.floats, p[i].flops / w.flops);
+        if (fast < 0 && 5 * p[i].floats <= 4 * w.floats)
+            fast = i;
+        if (least < 0 || p[i].floats < p[least].floats)
+            least = i;
+    }
+    if (!latent) /* plans only */
+        return 0;
+    const int pick[2] = {fast, getenv("BENCH_BANDS_LEAST") ? least : -1};
+    const size_t px = (size_t)3 * size * size;
+    float *image = malloc(sizeof(float) * px);
+    for (int k = 0; k < 2 && image; k++) {
+        const int i = pick[k];
+        diffuse_arena a;
+        if (i < 0 || (k && i == fast) || diffuse_arena_init(&a, p[i].floats, err))
+            continue;
+        diffuse_rss_peak_reset();
+        double t0 = diffuse_now();
+        int rc = diffuse_vae_decode_tiled(m->vae, image, latent, size, size, t[i], &a, NULL, NULL,
+                                          NULL, err);
+        phase ph = {diffuse_now() - t0, a.flops * 1e-9, diffuse_rss_peak()};
+        diffuse_arena_free(&a);
+        diffuse_weights_release(m->weights, "vae.");
+        if (rc) {
+            free(image);
+            return -1;
+        }
+        double d = 0, mx = 0;
+        for (size_t j = 0; j < px; j++) {
+            d = fabs(image[j] - whole[j]) > d ? fabs(image[j] - whole[j]) : d;
+            mx = fabs(whole[j]) > mx ? fabs(whole[j]) : mx;
+        }
+        char name[64];
+        snprintf(name, sizeof name, "bands %d/%#x", t[i].rows, t[i].keep);
+        print_phase(name, &ph, peak);
+        printf("  %-14s max |difference| to the whole decode %.2e of its max %.2f\n", "", d, mx);
+    }
+    free(image);
+    return 0;
+}
+
 static int bench_size(diffuse_model *m, int size, int reps, double peak)
 {
     char err[DIFFUSE_ERROR_SIZE];
@@ -96,6 +156,11 @@ static int bench_size(diffuse_model *m, int size, int reps, double peak)
         goto done;
     }
     printf("%dx%d (latent %dx%d), median of %d:\n", size, size, w, h, reps);
+    const char *bands = getenv("BENCH_BANDS");
+    if (bands && !strcmp(bands, "plans")) { /* only what the tilings would take */
+        rc = bench_bands(m, size, NULL, NULL, peak);
+        goto done;
+    }
     double t[16];
     phase p;
     /* text encoder */
@@ -150,6 +215,8 @@ static int bench_size(diffuse_model *m, int size, int reps, double peak)
         diffuse_weights_release(m->weights, "vae.");
     }
     diffuse_arena_free(&a);
+    if (getenv("BENCH_BANDS") && bench_bands(m, size, latent, image, peak))
+        goto fail;
     /* the whole pipeline once, through the public entry point */
     diffuse_request req = diffuse_request_default();
     diffuse_stats st;
