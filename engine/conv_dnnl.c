@@ -381,7 +381,7 @@ static bool wanted(const diffuse_conv *c, int n)
 static bool winograd(const diffuse_conv *c, int n)
 {
     const int m = mode();
-    if (c->stride != 1 || m == DIFFUSE_CONV_DIRECT)
+    if (c->stride != 1 || m == DIFFUSE_CONV_DIRECT || c->direct)
         return false;
     if (m == DIFFUSE_CONV_WINOGRAD)
         return true;

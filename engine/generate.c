@@ -409,6 +409,11 @@ size_t diffuse_request_memory(const diffuse_model *m, const diffuse_request *r)
  * layout: 192-210% of the rate (dense-equivalent counts every multiply the
  * direct convolution would make), `bench taesd`, same machine and day. */
 #define COST_SHARE_TAESD 1.9
+/* The VAE decode in bands: oneDNN's direct convolution without Winograd on
+ * sub-bands (vae.c), 0.71 of the rate where the whole decode reached 0.85 in
+ * the same run (`BENCH_BANDS=1 bench_real`, 512x512, bands of 32 rows): 0.84
+ * of its share. */
+#define COST_SHARE_VAE_BANDS 0.59
 
 /* GFLOP/s of the engine's own sgemm (diffuse_gemm, on its pool's threads
  * as they are set), best of 3 products of 768^3 after one to warm up. */
@@ -446,16 +451,18 @@ diffuse_cost diffuse_request_cost(const diffuse_model *m, const diffuse_request 
         c.text_gflop = r->count * phase[DIFFUSE_PHASE_TEXT].flops * 1e-9;
         c.unet_gflop = r->count * phase[DIFFUSE_PHASE_UNET].flops * 1e-9;
         const double vae = r->count * phase[DIFFUSE_PHASE_VAE].flops * 1e-9,
-                     taesd = r->count * phase[DIFFUSE_PHASE_TAESD].flops * 1e-9;
-        c.vae_gflop = vae + taesd; /* as diffuse_stats counts them */
+                     taesd = r->count * phase[DIFFUSE_PHASE_TAESD].flops * 1e-9,
+                     bands = r->count * phase[DIFFUSE_PHASE_VAE_BANDS].flops * 1e-9;
+        c.vae_gflop = vae + taesd + bands; /* as diffuse_stats counts them */
         if (rate_threads != diffuse_pool_threads()) {
             rate = gemm_rate();
             rate_threads = diffuse_pool_threads();
         }
         if (rate > 0)
-            c.seconds = (c.text_gflop / COST_SHARE_TEXT + c.unet_gflop / COST_SHARE_UNET +
-                         vae / COST_SHARE_VAE + taesd / COST_SHARE_TAESD) /
-                        rate;
+            c.seconds =
+                (c.text_gflop / COST_SHARE_TEXT + c.unet_gflop / COST_SHARE_UNET +
+                 vae / COST_SHARE_VAE + taesd / COST_SHARE_TAESD + bands / COST_SHARE_VAE_BANDS) /
+                rate;
     }
     loras_close(&l);
     return c;

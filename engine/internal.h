@@ -275,9 +275,12 @@ typedef struct diffuse_conv {
     int cin, h, w;       /* input  [N, cin, h, w] */
     int cout, k, stride; /* weight [cout, cin, k, k] */
     int pad_top, pad_left, pad_bottom, pad_right;
-    bool plain; /* im2col and sgemm, never oneDNN: for the many shapes of
-                   the VAE's banded decode, each of which would make and keep
-                   a oneDNN primitive (and Winograd's 36 cin cout floats) */
+    /* The VAE's banded decode runs convolutions of many shapes, each of
+     * which would make and keep a oneDNN primitive (and Winograd's 36 cin
+     * cout floats of transformed weights): its sub-bands of one fixed height
+     * run oneDNN's direct convolution (direct), the rest im2col (plain). */
+    bool plain;  /* im2col and sgemm, never oneDNN */
+    bool direct; /* never Winograd */
 } diffuse_conv;
 
 /* A 3x3 convolution padded by 1 on every side ("same" at stride 1). */
@@ -976,6 +979,7 @@ enum {
     DIFFUSE_PHASE_UNET,
     DIFFUSE_PHASE_VAE,
     DIFFUSE_PHASE_TAESD,
+    DIFFUSE_PHASE_VAE_BANDS, /* a VAE decode in bands */
     DIFFUSE_PHASES
 };
 void diffuse_pipeline_cost(const diffuse_model *m, const diffuse_run *run,

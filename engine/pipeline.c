@@ -713,7 +713,9 @@ void diffuse_pipeline_cost(const diffuse_model *m, const diffuse_run *run,
                  run->fast_encode ? diffuse_taesd_plan(m->taesd, false, run->height, run->width)
                                   : diffuse_vae_plan(m->vae, true, run->height, run->width),
                  1);
-    plan_add(&phase[run->fast_decode ? DIFFUSE_PHASE_TAESD : DIFFUSE_PHASE_VAE],
+    plan_add(&phase[run->fast_decode          ? DIFFUSE_PHASE_TAESD
+                    : run->decode_tiling.rows ? DIFFUSE_PHASE_VAE_BANDS
+                                              : DIFFUSE_PHASE_VAE],
              run->fast_decode
                  ? diffuse_taesd_plan(m->taesd, true, run->height, run->width)
                  : diffuse_vae_decode_plan(m->vae, run->height, run->width, run->decode_tiling),

@@ -71,8 +71,10 @@ typedef struct vae_geom {
     int h, w; /* stored input size */
     int up;   /* 2: read through a nearest 2x upsample; else 1 */
     int stride;
-    int pad[4]; /* top, left, bottom, right; each < k */
-    bool plain; /* im2col and sgemm only (diffuse_conv.plain) */
+    int pad[4];  /* top, left, bottom, right; each < k */
+    bool banded; /* a band of the banded decode: sub-bands of one height
+                    whatever oh, oneDNN direct for those, im2col for the
+                    rest (diffuse_conv.direct, .plain) */
 } vae_geom;
 
 static vae_geom vae_same(int h, int w, int k)
@@ -106,13 +108,13 @@ static bool vae_conv_direct(const diffuse_conv2d *c, const vae_geom *g, bool acc
 static int vae_band_rows(const diffuse_conv2d *c, const vae_geom *g, int oh, int ow)
 {
     const size_t in_row = (size_t)c->cin * g->stride * g->up * g->w;
-    const size_t scratch_row = diffuse_dnnl_preferred(c->k, g->stride) && !g->plain
+    const size_t scratch_row = diffuse_dnnl_preferred(c->k, g->stride)
                                    ? in_row + (size_t)c->cout * ow
                                    : (size_t)c->cin * c->k * c->k * ow;
     size_t per_row = scratch_row + (size_t)c->cout * ow + in_row;
     size_t rows = VAE_BAND_FLOATS / per_row;
     size_t cap = ((size_t)oh + VAE_MIN_BANDS - 1) / VAE_MIN_BANDS;
-    if (rows > cap)
+    if (rows > cap && !g->banded)
         rows = cap;
     return rows < 1 ? 1 : (int)rows;
 }
@@ -135,8 +137,19 @@ static diffuse_conv vae_band_conv(const diffuse_conv2d *c, const vae_geom *g, in
                           .pad_top = first - lo,
                           .pad_left = g->pad[1],
                           .pad_bottom = hi - last,
-                          .pad_right = g->pad[3],
-                          .plain = g->plain};
+                          .pad_right = g->pad[3]};
+}
+
+/* The convolution of the sub-band of n of nb output rows from o0: in a band
+ * of the banded decode, full sub-bands run oneDNN's direct convolution (one
+ * shape per layer and image edge, whatever the band), the last one im2col. */
+static diffuse_conv vae_sub_conv(const diffuse_conv2d *c, const vae_geom *g, int o0, int n, int nb,
+                                 int *r0)
+{
+    diffuse_conv d = vae_band_conv(c, g, o0, n, r0);
+    d.direct = g->banded;
+    d.plain = g->banded && n < nb;
+    return d;
 }
 
 /* Floats of the band buffers: input rows [cin, rows_in, W], the conv's
@@ -145,16 +158,17 @@ static diffuse_conv vae_band_conv(const diffuse_conv2d *c, const vae_geom *g, in
 static void vae_band_sizes(const diffuse_conv2d *c, const vae_geom *g, int nb, int oh, int ow,
                            size_t sz[3])
 {
-    sz[0] = (size_t)c->cin * ((size_t)(nb - 1) * g->stride + c->k) * g->up * g->w;
-    sz[1] = (size_t)c->cin * c->k * c->k * nb * ow;
+    const int m = nb < oh ? nb : oh; /* (a banded decode's sub-bands may exceed its band) */
+    sz[0] = (size_t)c->cin * ((size_t)(m - 1) * g->stride + c->k) * g->up * g->w;
+    sz[1] = (size_t)c->cin * c->k * c->k * m * ow;
     const int starts[3] = {0, nb < oh ? nb : 0, (oh - 1) / nb * nb};
     for (int i = 0; i < 3; i++) {
         int r0, n = oh - starts[i] < nb ? oh - starts[i] : nb;
-        diffuse_conv d = vae_band_conv(c, g, starts[i], n, &r0);
+        diffuse_conv d = vae_sub_conv(c, g, starts[i], n, nb, &r0);
         size_t s = diffuse_conv_scratch(&d, 1);
         sz[1] = s > sz[1] ? s : sz[1];
     }
-    sz[2] = (size_t)c->cout * nb * ow;
+    sz[2] = (size_t)c->cout * m * ow;
 }
 
 /* xb [cin, rows, W] = input rows r0..r0+rows-1 of the (virtually upsampled) x. */
@@ -188,13 +202,8 @@ static int vae_conv_w(const diffuse_conv2d *c, const float *wf, float *y, const 
     vae_out_size(c, g, &oh, &ow);
     size_t sz[3], mark = diffuse_arena_mark(a);
     if (vae_conv_direct(c, g, acc)) {
-        diffuse_conv d = {.cin = c->cin,
-                          .h = g->h,
-                          .w = g->w,
-                          .cout = c->cout,
-                          .k = 1,
-                          .stride = 1,
-                          .plain = g->plain};
+        diffuse_conv d = {
+            .cin = c->cin, .h = g->h, .w = g->w, .cout = c->cout, .k = 1, .stride = 1};
         if (!a->dry)
             diffuse_op_conv2d(y, x, wf, c->b, &d, 1, NULL);
         diffuse_arena_count(a, diffuse_conv_flops(&d, 1));
@@ -210,7 +219,7 @@ static int vae_conv_w(const diffuse_conv2d *c, const float *wf, float *y, const 
         return -1;
     for (int o0 = 0; o0 < oh; o0 += nb) {
         int n = oh - o0 < nb ? oh - o0 : nb, r0;
-        diffuse_conv d = vae_band_conv(c, g, o0, n, &r0);
+        diffuse_conv d = vae_sub_conv(c, g, o0, n, nb, &r0);
         diffuse_arena_count(a, diffuse_conv_flops(&d, 1));
         if (a->dry)
             continue;
@@ -943,7 +952,7 @@ static vae_geom vb_geom(const int r[2], int n, int w, int up)
                       .up = up,
                       .stride = 1,
                       .pad = {r[0] == 0, 1, r[1] == n, 1},
-                      .plain = true};
+                      .banded = true};
 }
 
 /* The floats one band needs: two activations, a conv1 output and a shortcut
@@ -1045,7 +1054,7 @@ static int vb_run(const vb_state *s, vb_point from, vb_point to, const int (*nee
             size_t plane = hw;
             if (rs->shortcut.w.data) {
                 vae_geom g1 = vae_same(rows, w, 1);
-                g1.plain = true;
+                g1.banded = true;
                 if (vae_conv_w(&rs->shortcut, un->ws, sk, cur, &g1, false, a))
                     return -1;
                 skip = sk;
