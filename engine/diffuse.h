@@ -186,7 +186,9 @@ void diffuse_model_get_info(const diffuse_model *model, diffuse_model_info *info
 
 /* ---------------------------------------------------------------- generating */
 
-/* Called once per denoising step; return non-zero to cancel the run. */
+/* Called once per denoising step; return non-zero to cancel the run. A decode
+ * in bands (decode_rows) calls it again with step == steps between its bands,
+ * so that it can be cancelled too. */
 typedef int (*diffuse_progress_fn)(void *user, int image, int count, int step, int steps);
 /* Called after every preview_every-th step (and the last) with a picture of
  * the run so far: rgb [height, width, 3] in [0, 1]. With a TAESD decoder loaded

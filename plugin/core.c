@@ -1031,8 +1031,11 @@ static int on_progress(void *user, int image, int count, int step, int steps)
     const Job *job = user;
     gchar text[128];
 
-    g_snprintf(text, sizeof text, "Diffuse: step %d/%d (image %d/%d)", step, steps, image + 1,
-               count);
+    if (step < steps)
+        g_snprintf(text, sizeof text, "Diffuse: step %d/%d (image %d/%d)", step, steps, image + 1,
+                   count);
+    else /* the decode runs (a decode in bands asks again between its bands) */
+        g_snprintf(text, sizeof text, "Diffuse: decoding (image %d/%d)", image + 1, count);
     gimp_progress_set_text(text);
     gimp_progress_update(((gdouble)image * steps + step) / ((gdouble)count * steps));
     /* GIMP's own progress cancels by killing the plug-in (the file comment);

@@ -631,6 +631,29 @@ if [ -d "$MODEL" ] && [ -f "$tmp/a1111.png" ]; then
         "$BIN" generate "$@" --cfg 1e40 --output "$tmp/bad.png"
     expect_error "--cfg abc" "not a number" "$BIN" generate "$@" --cfg abc --output "$tmp/bad.png"
 fi
+# The VAE decode in bands: asked for, under a memory cap, refused; the same
+# picture as the whole decode (to a level of rounding), one progress line
+if [ -d "$MODEL" ]; then
+    set -- --model "$MODEL" --prompt "$PROMPT" --steps 2 --seed 4 --width 96 --height 64
+    expect_ok "whole decode" "$BIN" generate "$@" --output "$tmp/dec-whole.png"
+    expect_ok "--decode-rows 16" "$BIN" generate "$@" --decode-rows 16 --verbose \
+        --output "$tmp/dec-bands.png" && grep -q "in bands of 16 rows" "$tmp/err" &&
+        [ "$(grep -o 'step 2/2' "$tmp/err" | wc -l)" = 1 ] &&
+        /usr/bin/python3 - "$tmp/dec-whole.png" "$tmp/dec-bands.png" <<'EOF2'
+import sys
+from PIL import Image
+a, b = (Image.open(p).convert("RGB") for p in sys.argv[1:3])
+d = max(abs(x - y) for p, q in zip(a.getdata(), b.getdata()) for x, y in zip(p, q))
+sys.exit(0 if a.size == b.size and d <= 1 else 1)
+EOF2
+    check $? "bands of 16 rows: not the whole decode's picture, or not said: $(tail -c 300 "$tmp/err")"
+    expect_error "--decode-rows 12" "decode rows: 12 is not possible" "$BIN" generate "$@" \
+        --decode-rows 12 --output "$tmp/bad.png"
+    expect_error "--decode-rows 64 (the height)" "fewer than the image's 64" "$BIN" generate "$@" \
+        --decode-rows 64 --output "$tmp/bad.png"
+    expect_error "--decode-rows x" "--decode-rows" "$BIN" generate "$@" --decode-rows x \
+        --output "$tmp/bad.png"
+fi
 # An inpainting checkpoint (9-channel UNet): found by its tensors, used with a mask
 INP=$SHARED/reference/sd1-inpaint-tiny
 if [ -d "$INP" ]; then

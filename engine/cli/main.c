@@ -160,6 +160,11 @@ static void notice(void *user, const char *message)
 
 static int progress(void *user, int image, int count, int step, int steps)
 {
+    static int shown_image = -1, shown_step = -1;
+    if (image == shown_image && step == shown_step)
+        return 0; /* a decode in bands asking between its bands */
+    shown_image = image;
+    shown_step = step;
     fprintf(stderr, "\rimage %d/%d  step %d/%d", image + 1, count, step, steps);
     if (step == steps)
         fputc('\n', stderr);
