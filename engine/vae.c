@@ -890,8 +890,8 @@ static int vb_channels(const vb_tail *t, vb_point p)
 static vb_point vb_norm_point(const vb_tail *t, int k)
 {
     for (int i = 0; i < t->count; i++)
-        if (t->u[i].gn >= 0 && k - t->u[i].gn < (t->u[i].kind == VB_RESNET ? 2 : 1) &&
-            k >= t->u[i].gn)
+        if (t->u[i].gn >= 0 && k >= t->u[i].gn &&
+            k < t->u[i].gn + (t->u[i].kind == VB_RESNET ? 2 : 1))
             return (vb_point){i, k - t->u[i].gn};
     return (vb_point){t->count, 0};
 }
@@ -909,6 +909,26 @@ static void vb_grow(int r[2], int n)
 {
     r[0] = r[0] > 0 ? r[0] - 1 : 0;
     r[1] = r[1] < n ? r[1] + 1 : n;
+}
+
+/* Unit i's rows from its input rows r: conv1's output m (a ResNet's) and
+ * its output o. The one home of the forward row arithmetic (vb_need is its
+ * inverse). */
+static void vb_step(const vb_tail *t, int i, const int r[2], int m[2], int o[2])
+{
+    const int n = vb_rows(t, (vb_point){i, 0});
+    m[0] = r[0];
+    m[1] = r[1];
+    if (t->u[i].kind == VB_UP) { /* a 3x3 convolution of the nearest 2x upsample */
+        o[0] = 2 * r[0] + (r[0] > 0);
+        o[1] = 2 * r[1] - (r[1] < n);
+        return;
+    }
+    vb_shrink(m, n);
+    o[0] = m[0];
+    o[1] = m[1];
+    if (t->u[i].kind == VB_RESNET)
+        vb_shrink(o, n);
 }
 
 /* need[i]: the rows of unit i's input a band needs for rows r at point `to`,
@@ -964,26 +984,20 @@ static void vb_band_sizes(const vb_tail *t, vb_point from, vb_point to, const in
     sz[0] = sz[1] = sz[2] = 0;
     for (int i = from.unit; i < to.unit || (i == to.unit && to.half); i++) {
         const vb_unit *u = &t->u[i];
-        const int n = vb_rows(t, (vb_point){i, 0}), w = vb_cols(t, (vb_point){i, 0});
-        int r[2] = {need[i][0], need[i][1]};
+        const int w = vb_cols(t, (vb_point){i, 0}), *r = need[i];
+        int m[2], o[2];
+        vb_step(t, i, r, m, o);
         const size_t in = (size_t)(r[1] - r[0]) * w;
+        const int ow = u->kind == VB_UP ? 2 * w : w;
         vae_max(&sz[0], (size_t)u->cin * in);
-        if (u->kind == VB_UP) {
-            r[0] = 2 * r[0] + (r[0] > 0);
-            r[1] = 2 * r[1] - (r[1] < n);
-            vae_max(&sz[0], (size_t)u->cout * (r[1] - r[0]) * 2 * w);
-            continue;
-        }
-        vb_shrink(r, n);
         if (u->kind == VB_RESNET) {
-            vae_max(&sz[1], (size_t)u->cout * (r[1] - r[0]) * w);
-            if (u->res->shortcut.w.data)
-                vae_max(&sz[2], (size_t)u->cout * in);
+            vae_max(&sz[1], (size_t)u->cout * (m[1] - m[0]) * w);
             if (i == to.unit)
                 break; /* stops at conv1's output */
-            vb_shrink(r, n);
+            if (u->res->shortcut.w.data)
+                vae_max(&sz[2], (size_t)u->cout * in);
         }
-        vae_max(&sz[0], (size_t)u->cout * (r[1] - r[0]) * w);
+        vae_max(&sz[0], (size_t)u->cout * (o[1] - o[0]) * ow);
     }
 }
 
@@ -1032,27 +1046,22 @@ static int vb_run(const vb_state *s, vb_point from, vb_point to, const int (*nee
         const int rows = r[1] - r[0];
         const size_t hw = (size_t)rows * w;
         vae_geom g = vb_geom(r, n, w, un->kind == VB_UP ? 2 : 1);
+        int m[2], o[2];
+        vb_step(t, i, r, m, o);
         if (un->kind == VB_UP) {
             if (vae_conv_w(un->conv, un->w, nxt, cur, &g, false, a))
                 return -1;
-            r[0] = 2 * r[0] + (r[0] > 0);
-            r[1] = 2 * r[1] - (r[1] < n);
         } else if (un->kind == VB_OUT) {
             vb_norm(s, un->norm, un->gn, cur, un->cin, (int)hw);
             if (vae_conv_w(un->conv, un->w, nxt, cur, &g, false, a))
                 return -1;
-            vb_shrink(r, n);
         } else {
             const diffuse_resnet *rs = un->res;
-            int m[2] = {r[0], r[1]}, o[2];
-            vb_shrink(m, n);
-            o[0] = m[0];
-            o[1] = m[1];
-            vb_shrink(o, n);
-            /* the skip, the output rows of x (through the 1x1 shortcut) */
+            /* the skip, the output rows of x (through the 1x1 shortcut);
+             * none when the pass stops at conv1's output */
             const float *skip = cur;
             size_t plane = hw;
-            if (rs->shortcut.w.data) {
+            if (rs->shortcut.w.data && i < to.unit) {
                 vae_geom g1 = vae_same(rows, w, 1);
                 g1.banded = true;
                 if (vae_conv_w(&rs->shortcut, un->ws, sk, cur, &g1, false, a))
@@ -1077,9 +1086,9 @@ static int vb_run(const vb_state *s, vb_point from, vb_point to, const int (*nee
             vae_geom g2 = vb_geom(m, n, w, 1);
             if (vae_conv_w(&rs->conv2, un->w2, nxt, u, &g2, true, a))
                 return -1;
-            r[0] = o[0];
-            r[1] = o[1];
         }
+        r[0] = o[0];
+        r[1] = o[1];
         float *tmp = cur;
         cur = nxt;
         nxt = tmp;
