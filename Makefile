@@ -18,7 +18,7 @@ endif
 CFLAGS  ?= $(OPT) -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-format-truncation -Wno-psabi -fPIC $(SANFLAGS) \
 	   -Iengine $(shell pkg-config --cflags $(PKGS))
-LDLIBS  := $(shell pkg-config --libs $(PKGS)) -lm -lpthread
+LDLIBS  := $(shell pkg-config --libs $(PKGS)) -lmvec -lm -lpthread
 # clang (make CC=clang BUILD=build-clang) knows neither of gcc's two -Wno- flags above
 ifneq ($(shell $(CC) --version 2>/dev/null | grep -c clang),0)
 CFLAGS  += -Wno-unknown-warning-option

@@ -100,6 +100,24 @@ bool diffuse_dnnl_conv(float *y, const float *x, const float *w, const float *b,
 {
     return false;
 }
+bool diffuse_dnnl_conv_takes(const diffuse_conv *c, int n)
+{
+    return false;
+}
+size_t diffuse_dnnl_linear_scratch(int rows, int in, int out)
+{
+    return 0;
+}
+bool diffuse_dnnl_linear(float *y, const float *x, const void *w, diffuse_dtype wtype,
+                         const float *b, int rows, int in, int out, float *scratch)
+{
+    return false;
+}
+bool diffuse_dnnl_conv_from(float *y, const float *x, const void *w, diffuse_dtype wtype,
+                            const float *b, const diffuse_conv *c, int n, float *scratch)
+{
+    return false;
+}
 int diffuse_dnnl_block(void)
 {
     return 0;
@@ -182,6 +200,8 @@ typedef struct conv_prim {
     cmd_t src_md, wei_md, dst_md, pad_md; /* the primitive's own (blocked) layouts */
     size_t src_b, wei_b, dst_b, pad_b;    /* bytes of each, 64-aligned in scratch */
     bool ran;                             /* executed at least once */
+    diffuse_wblocked wlay;                /* the weights' layout, when the engine writes it
+                                             itself (diffuse_dnnl_conv_from); wlay.blk 0: not */
     dnnl_primitive_desc_t pd;
 } conv_prim;
 
@@ -276,6 +296,58 @@ static dnnl_primitive_desc_t pick(const dnnl_convolution_desc_t *cd, dnnl_primit
 }
 #endif
 
+/* p->wlay: the primitive's weights layout when diffuse_op_widen_blocked can
+ * write it (blocked, with no inner block or one on the output channels of at
+ * most DIFFUSE_WBLOCK_MAX, nothing padded but the output channels): the
+ * layouts of oneDNN's direct convolutions (Acdb32a, Acdb16a, Acdb8a, plain).
+ * Winograd's own format is not blocked: its weights keep oneDNN's reorder. */
+static void weights_layout(conv_prim *p)
+{
+    const conv_key *k = &p->key;
+    int nb = 0;
+    const dnnl_dim_t *st, *blks, *idxs, *pdims;
+    dnnl_dim_t off = 0;
+#if DNNL_VERSION_MAJOR >= 3
+    dnnl_format_kind_t fk = dnnl_format_kind_undef;
+    dnnl_dims_t *qs, *qb, *qi, *qp;
+    if (dnnl_memory_desc_query(p->wei_md, dnnl_query_format_kind, &fk) != dnnl_success ||
+        fk != dnnl_blocked ||
+        dnnl_memory_desc_query(p->wei_md, dnnl_query_inner_nblks_s32, &nb) != dnnl_success ||
+        dnnl_memory_desc_query(p->wei_md, dnnl_query_strides, &qs) != dnnl_success ||
+        dnnl_memory_desc_query(p->wei_md, dnnl_query_inner_blks, &qb) != dnnl_success ||
+        dnnl_memory_desc_query(p->wei_md, dnnl_query_inner_idxs, &qi) != dnnl_success ||
+        dnnl_memory_desc_query(p->wei_md, dnnl_query_padded_dims, &qp) != dnnl_success ||
+        dnnl_memory_desc_query(p->wei_md, dnnl_query_submemory_offset_s64, &off) != dnnl_success)
+        return;
+    st = *qs, blks = *qb, idxs = *qi, pdims = *qp;
+#else
+    const dnnl_memory_desc_t *m = p->wei_md;
+    if (m->format_kind != dnnl_blocked || m->ndims != 4)
+        return;
+    nb = m->format_desc.blocking.inner_nblks;
+    st = m->format_desc.blocking.strides;
+    blks = m->format_desc.blocking.inner_blks;
+    idxs = m->format_desc.blocking.inner_idxs;
+    pdims = m->padded_dims;
+    off = m->offset0;
+#endif
+    const dnnl_dim_t blk = nb == 0 ? 1 : nb == 1 && idxs[0] == 0 ? blks[0] : 0;
+    if (!blk || blk > DIFFUSE_WBLOCK_MAX || off != 0 || k->k > 3 || pdims[0] % blk ||
+        pdims[1] != k->cin || pdims[2] != k->k || pdims[3] != k->k)
+        return;
+    const dnnl_dim_t last = (pdims[0] / blk - 1) * st[0] + (k->cin - 1) * st[1] +
+                            (k->k - 1) * (st[2] + st[3]) + blk - 1; /* the farthest float */
+    if ((size_t)(last + 1) * sizeof(float) > p->wei_b)
+        return;
+    p->wlay = (diffuse_wblocked){.cout = k->cout,
+                                 .cin = k->cin,
+                                 .k = k->k,
+                                 .blk = (int)blk,
+                                 .iblk = 1,
+                                 .cout_pad = (int)pdims[0],
+                                 .stride = {st[0], st[1], st[2], st[3]}};
+}
+
 /* Makes the primitive and its reorders for one shape; p->ok says whether it
  * worked. Called with prim_lock held. */
 static void prim_make(conv_prim *p, const conv_key *k)
@@ -335,6 +407,8 @@ static void prim_make(conv_prim *p, const conv_key *k)
             (k->fused || reorder(&p->rsrc, MD(p->src_plain), p->src_md)) &&
             reorder(&p->rwei, MD(p->wei_plain), p->wei_md) &&
             (k->fused || reorder(&p->rdst, p->dst_md, MD(p->dst_plain)));
+    if (p->ok)
+        weights_layout(p);
 done:
     if (attr)
         dnnl_primitive_attr_destroy(attr);
@@ -488,33 +562,36 @@ static bool run(dnnl_primitive_t prim, int nargs, const dnnl_exec_arg_t *args)
     return dnnl_primitive_execute(prim, stream, nargs, args) == dnnl_success;
 }
 
-bool diffuse_dnnl_conv(float *y, const float *x, const float *w, const float *b,
-                       const diffuse_conv *c, int n, float *scratch)
+/* One convolution on NCHW tensors through p: weights w (float32 [cout, cin,
+ * k, k], reordered by oneDNN) or, with w NULL, wsrc stored as wtype, written
+ * straight into p's layout (p->wlay). */
+static bool conv_exec(conv_prim *p, float *y, const float *x, const float *w, const void *wsrc,
+                      diffuse_dtype wtype, const float *b, const diffuse_conv *c, float *scratch)
 {
-    conv_prim *p = prim_for(c, n);
-    if (!p || !scratch)
-        return false;
     if (!b)
         b = p->zeros;
     uint8_t *s = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
     dnnl_memory_t mx = NULL, mw = NULL, my = NULL, bx = NULL, bw = NULL, by = NULL, mb = NULL,
                   mp = NULL;
-    bool ok = dnnl_memory_create(&mx, MD(p->src_plain), engine, (void *)x) == dnnl_success &&
-              dnnl_memory_create(&mw, MD(p->wei_plain), engine, (void *)w) == dnnl_success &&
-              dnnl_memory_create(&my, MD(p->dst_plain), engine, y) == dnnl_success &&
-              dnnl_memory_create(&bx, p->src_md, engine, s) == dnnl_success &&
-              dnnl_memory_create(&bw, p->wei_md, engine, s + p->src_b) == dnnl_success &&
-              dnnl_memory_create(&by, p->dst_md, engine, s + p->src_b + p->wei_b) == dnnl_success &&
-              (!b || dnnl_memory_create(&mb, MD(p->bias_md), engine, (void *)b) == dnnl_success) &&
-              (!p->pad_b || dnnl_memory_create(&mp, p->pad_md, engine,
-                                               s + p->src_b + p->wei_b + p->dst_b) == dnnl_success);
-    /* one stream for the process: runs in several threads take turns */
-    pthread_mutex_lock(&exec_lock);
-    omp_set_num_threads(diffuse_pool_threads());
+    bool ok =
+        dnnl_memory_create(&mx, MD(p->src_plain), engine, (void *)x) == dnnl_success &&
+        (!w || dnnl_memory_create(&mw, MD(p->wei_plain), engine, (void *)w) == dnnl_success) &&
+        dnnl_memory_create(&my, MD(p->dst_plain), engine, y) == dnnl_success &&
+        dnnl_memory_create(&bx, p->src_md, engine, s) == dnnl_success &&
+        dnnl_memory_create(&bw, p->wei_md, engine, s + p->src_b) == dnnl_success &&
+        dnnl_memory_create(&by, p->dst_md, engine, s + p->src_b + p->wei_b) == dnnl_success &&
+        (!b || dnnl_memory_create(&mb, MD(p->bias_md), engine, (void *)b) == dnnl_success) &&
+        (!p->pad_b || dnnl_memory_create(&mp, p->pad_md, engine,
+                                         s + p->src_b + p->wei_b + p->dst_b) == dnnl_success);
     /* blocked layouts pad the channels up to the block: the reorders leave
      * the padding as it is, and the arena holds whatever ran before */
     if (ok && (c->cin % 16 || c->cout % 16))
         memset(s, 0, p->src_b + p->wei_b);
+    if (ok && !w) /* the caller's scratch: no need to hold the stream */
+        diffuse_op_widen_blocked((float *)(s + p->src_b), wsrc, wtype, &p->wlay);
+    /* one stream for the process: runs in several threads take turns */
+    pthread_mutex_lock(&exec_lock);
+    omp_set_num_threads(diffuse_pool_threads());
     if (ok) {
         dnnl_exec_arg_t in[] = {{DNNL_ARG_FROM, mx}, {DNNL_ARG_TO, bx}};
         dnnl_exec_arg_t wt[] = {{DNNL_ARG_FROM, mw}, {DNNL_ARG_TO, bw}};
@@ -525,7 +602,7 @@ bool diffuse_dnnl_conv(float *y, const float *x, const float *w, const float *b,
             args[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, mb};
         if (mp)
             args[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, mp};
-        ok = run(p->rsrc, 2, in) && run(p->rwei, 2, wt) && run(p->conv, nargs, args) &&
+        ok = run(p->rsrc, 2, in) && (!w || run(p->rwei, 2, wt)) && run(p->conv, nargs, args) &&
              run(p->rdst, 2, out) && dnnl_stream_wait(stream) == dnnl_success;
         if (ok && !p->ran) {
             pthread_mutex_lock(&prim_lock);
@@ -539,6 +616,26 @@ bool diffuse_dnnl_conv(float *y, const float *x, const float *w, const float *b,
         if (all[i])
             dnnl_memory_destroy(all[i]);
     return ok;
+}
+
+bool diffuse_dnnl_conv(float *y, const float *x, const float *w, const float *b,
+                       const diffuse_conv *c, int n, float *scratch)
+{
+    conv_prim *p = prim_for(c, n);
+    return p && scratch && conv_exec(p, y, x, w, NULL, DIFFUSE_DTYPE_F32, b, c, scratch);
+}
+
+bool diffuse_dnnl_conv_takes(const diffuse_conv *c, int n)
+{
+    conv_prim *p = prim_for(c, n);
+    return p && p->wlay.blk;
+}
+
+bool diffuse_dnnl_conv_from(float *y, const float *x, const void *w, diffuse_dtype wtype,
+                            const float *b, const diffuse_conv *c, int n, float *scratch)
+{
+    conv_prim *p = prim_for(c, n);
+    return p && p->wlay.blk && scratch && conv_exec(p, y, x, NULL, w, wtype, b, c, scratch);
 }
 
 /* ------------------------------------------------------------------ fused */
@@ -629,6 +726,207 @@ bool diffuse_dnnl_conv_fused(float *y, const float *x, const float *w, const flo
     }
     pthread_mutex_unlock(&exec_lock);
     dnnl_memory_t all[] = {mx, mw, my, bw, mb, mp};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (all[i])
+            dnnl_memory_destroy(all[i]);
+    return ok;
+}
+
+/* ------------------------------------------------------------------ linear */
+
+/* Linear layers through oneDNN's matrix product (brgemm on AVX-512 and
+ * AVX2), its weights written by diffuse_op_widen_blocked from the file's
+ * dtype straight into the layout it asks for (BA16a64b on AVX-512). OpenBLAS
+ * (diffuse_op_linear) packs the float32 copy of every weight again at each
+ * call; measured on SD 1.5's shapes (README, "Linear layers"). Products of
+ * fewer than LINEAR_MIN_MACS multiply-adds stay on OpenBLAS, as does every
+ * one with DIFFUSE_LINEAR=blas; DIFFUSE_LINEAR=dnnl takes all of them
+ * (tests). */
+#define LINEAR_MIN_MACS (1u << 24)
+
+static int linear_mode = -1; /* 0 auto, 1 OpenBLAS, 2 oneDNN wherever it can */
+
+static int lmode(void)
+{
+    if (linear_mode < 0) {
+        const char *e = getenv("DIFFUSE_LINEAR");
+        linear_mode = !e ? 0 : strcmp(e, "blas") == 0 ? 1 : strcmp(e, "dnnl") == 0 ? 2 : 0;
+    }
+    return linear_mode;
+}
+
+void diffuse_linear_set_backend(int backend)
+{
+    linear_mode = backend;
+}
+
+typedef struct mm_prim {
+    int rows, in, out; /* the key */
+    bool ok;
+    dnnl_primitive_t mm;
+    dnnl_primitive_desc_t pd;
+    md_t src_md, dst_md, bias_md;
+    cmd_t wei_md, pad_md;
+    size_t wei_b, pad_b;
+    float *zeros; /* [out]: the bias of a layer without one */
+    diffuse_wblocked wlay;
+    bool kpad; /* the layout pads K (in) up to its block: zeros there */
+} mm_prim;
+
+static mm_prim mms[MAX_PRIMS];
+static int nmms;
+
+/* The layout of weights {in, out} (oneDNN's order: K, N) that
+ * diffuse_op_widen_blocked writes: plain, blocked on N, or blocked on K then
+ * N (BA16a64b), N and K padded up to their blocks. */
+static bool mm_layout(mm_prim *p)
+{
+    int nb = 0;
+    const dnnl_dim_t *st, *blks, *idxs, *pdims;
+    dnnl_dim_t off = 0;
+#if DNNL_VERSION_MAJOR >= 3
+    dnnl_format_kind_t fk = dnnl_format_kind_undef;
+    dnnl_dims_t *qs, *qb, *qi, *qp;
+    if (dnnl_memory_desc_query(p->wei_md, dnnl_query_format_kind, &fk) != dnnl_success ||
+        fk != dnnl_blocked ||
+        dnnl_memory_desc_query(p->wei_md, dnnl_query_inner_nblks_s32, &nb) != dnnl_success ||
+        dnnl_memory_desc_query(p->wei_md, dnnl_query_strides, &qs) != dnnl_success ||
+        dnnl_memory_desc_query(p->wei_md, dnnl_query_inner_blks, &qb) != dnnl_success ||
+        dnnl_memory_desc_query(p->wei_md, dnnl_query_inner_idxs, &qi) != dnnl_success ||
+        dnnl_memory_desc_query(p->wei_md, dnnl_query_padded_dims, &qp) != dnnl_success ||
+        dnnl_memory_desc_query(p->wei_md, dnnl_query_submemory_offset_s64, &off) != dnnl_success)
+        return false;
+    st = *qs, blks = *qb, idxs = *qi, pdims = *qp;
+#else
+    const dnnl_memory_desc_t *m = p->wei_md;
+    if (m->format_kind != dnnl_blocked || m->ndims != 2)
+        return false;
+    nb = m->format_desc.blocking.inner_nblks;
+    st = m->format_desc.blocking.strides;
+    blks = m->format_desc.blocking.inner_blks;
+    idxs = m->format_desc.blocking.inner_idxs;
+    pdims = m->padded_dims;
+    off = m->offset0;
+#endif
+    dnnl_dim_t blk = 1, iblk = 1;
+    if (nb == 1 && idxs[0] == 1)
+        blk = blks[0];
+    else if (nb == 2 && idxs[0] == 0 && idxs[1] == 1)
+        iblk = blks[0], blk = blks[1];
+    else if (nb != 0)
+        return false;
+    if (blk > DIFFUSE_WBLOCK_MAX || off != 0 || pdims[1] % blk || pdims[0] % iblk ||
+        pdims[0] < p->in || pdims[0] - p->in >= iblk)
+        return false;
+    const dnnl_dim_t last =
+        (pdims[1] / blk - 1) * st[1] + (pdims[0] / iblk - 1) * st[0] + (iblk - 1) * blk + blk - 1;
+    if ((size_t)(last + 1) * sizeof(float) > p->wei_b)
+        return false;
+    p->wlay = (diffuse_wblocked){.cout = p->out,
+                                 .cin = p->in,
+                                 .k = 1,
+                                 .blk = (int)blk,
+                                 .iblk = (int)iblk,
+                                 .cout_pad = (int)pdims[1],
+                                 .stride = {st[1], st[0], 0, 0}};
+    p->kpad = pdims[0] != p->in;
+    return true;
+}
+
+static void mm_make(mm_prim *p, int rows, int in, int out)
+{
+    memset(p, 0, sizeof *p);
+    p->rows = rows, p->in = in, p->out = out;
+    dnnl_dims_t sd = {rows, in}, wd = {in, out}, bd = {1, out}, dd = {rows, out};
+    p->src_md = md_new(2, sd, dnnl_ab);
+    p->dst_md = md_new(2, dd, dnnl_ab);
+    p->bias_md = md_new(2, bd, dnnl_ab);
+    md_t wei_any = md_new(2, wd, dnnl_format_tag_any);
+    dnnl_primitive_attr_t attr = NULL;
+    if (!(p->zeros = calloc((size_t)out, sizeof(float))) ||
+        dnnl_primitive_attr_create(&attr) != dnnl_success ||
+        dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user) != dnnl_success)
+        goto done;
+#if DNNL_VERSION_MAJOR >= 3
+    if (dnnl_matmul_primitive_desc_create(&p->pd, engine, p->src_md, wei_any, p->bias_md, p->dst_md,
+                                          attr) != dnnl_success)
+        goto done;
+#else
+    dnnl_matmul_desc_t d;
+    if (dnnl_matmul_desc_init(&d, &p->src_md, &wei_any, &p->bias_md, &p->dst_md) != dnnl_success ||
+        dnnl_primitive_desc_create(&p->pd, &d, attr, engine, NULL) != dnnl_success)
+        goto done;
+#endif
+    p->wei_md = dnnl_primitive_desc_query_md(p->pd, dnnl_query_weights_md, 0);
+    p->pad_md = dnnl_primitive_desc_query_md(p->pd, dnnl_query_scratchpad_md, 0);
+    p->wei_b = align64(dnnl_memory_desc_get_size(p->wei_md));
+    p->pad_b = p->pad_md ? align64(dnnl_memory_desc_get_size(p->pad_md)) : 0;
+    p->ok = mm_layout(p) && dnnl_primitive_create(&p->mm, p->pd) == dnnl_success;
+done:
+    if (attr)
+        dnnl_primitive_attr_destroy(attr);
+    md_free(wei_any);
+}
+
+static mm_prim *mm_get(int rows, int in, int out)
+{
+    const int m = lmode();
+    if (m == 1 || mode() == DIFFUSE_CONV_IM2COL || !diffuse_dnnl_available() || rows < 1 ||
+        (m == 0 && (double)rows * in * out < LINEAR_MIN_MACS))
+        return NULL;
+    mm_prim *p = NULL;
+    pthread_mutex_lock(&prim_lock);
+    if (!engine && (dnnl_engine_create(&engine, dnnl_cpu, 0) != dnnl_success ||
+                    dnnl_stream_create(&stream, engine, dnnl_stream_default_flags) != dnnl_success))
+        engine = NULL;
+    for (int i = 0; engine && i < nmms && !p; i++)
+        if (mms[i].rows == rows && mms[i].in == in && mms[i].out == out)
+            p = &mms[i];
+    if (engine && !p && nmms < MAX_PRIMS) {
+        p = &mms[nmms++];
+        mm_make(p, rows, in, out);
+    }
+    pthread_mutex_unlock(&prim_lock);
+    return p && p->ok ? p : NULL;
+}
+
+size_t diffuse_dnnl_linear_scratch(int rows, int in, int out)
+{
+    mm_prim *p = mm_get(rows, in, out);
+    return p ? (p->wei_b + p->pad_b + 64) / sizeof(float) : 0;
+}
+
+bool diffuse_dnnl_linear(float *y, const float *x, const void *w, diffuse_dtype wtype,
+                         const float *b, int rows, int in, int out, float *scratch)
+{
+    mm_prim *p = mm_get(rows, in, out);
+    if (!p || !scratch)
+        return false;
+    uint8_t *s = (uint8_t *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    dnnl_memory_t mx = NULL, mw = NULL, my = NULL, mb = NULL, mp = NULL;
+    bool ok =
+        dnnl_memory_create(&mx, MD(p->src_md), engine, (void *)x) == dnnl_success &&
+        dnnl_memory_create(&mw, p->wei_md, engine, s) == dnnl_success &&
+        dnnl_memory_create(&my, MD(p->dst_md), engine, y) == dnnl_success &&
+        dnnl_memory_create(&mb, MD(p->bias_md), engine, (void *)(b ? b : p->zeros)) ==
+            dnnl_success &&
+        (!p->pad_b || dnnl_memory_create(&mp, p->pad_md, engine, s + p->wei_b) == dnnl_success);
+    if (ok && p->kpad) /* the rows of K's padding */
+        memset(s, 0, p->wei_b);
+    if (ok)
+        diffuse_op_widen_blocked((float *)s, w, wtype, &p->wlay);
+    pthread_mutex_lock(&exec_lock);
+    omp_set_num_threads(diffuse_pool_threads());
+    if (ok) {
+        dnnl_exec_arg_t args[5] = {
+            {DNNL_ARG_SRC, mx}, {DNNL_ARG_WEIGHTS, mw}, {DNNL_ARG_DST, my}, {DNNL_ARG_BIAS, mb}};
+        int nargs = 4;
+        if (mp)
+            args[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, mp};
+        ok = run(p->mm, nargs, args) && dnnl_stream_wait(stream) == dnnl_success;
+    }
+    pthread_mutex_unlock(&exec_lock);
+    dnnl_memory_t all[] = {mx, mw, my, mb, mp};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (all[i])
             dnnl_memory_destroy(all[i]);

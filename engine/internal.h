@@ -257,6 +257,25 @@ void diffuse_cpu_cap(int max_path);
 void diffuse_op_widen(float *dst, const void *src, diffuse_dtype dtype, size_t n);
 void diffuse_op_widen_ref(float *dst, const void *src, diffuse_dtype dtype, size_t n);
 
+/* Weights [cout, cin, k, k] (a linear layer's [out, in]: k = 1) stored as
+ * dtype, widened straight into a blocked layout (what oneDNN's convolutions
+ * and matrix products run on), with no float32 copy in between: element
+ * (o, i, y, x) goes to
+ *   dst[(o / blk) * stride[0] + (i / iblk) * stride[1] + (i % iblk) * blk
+ *       + y * stride[2] + x * stride[3] + o % blk]
+ * for o < cout_pad (a multiple of blk; rows from cout up are zeros). blk is 1
+ * (no inner block) to DIFFUSE_WBLOCK_MAX, iblk 1 (none) or more; k at most 3.
+ * On the pool's threads. The _ref twin is the plain loop. */
+#define DIFFUSE_WBLOCK_MAX 64
+typedef struct diffuse_wblocked {
+    int cout, cin, k, blk, iblk, cout_pad;
+    size_t stride[4];
+} diffuse_wblocked;
+void diffuse_op_widen_blocked(float *dst, const void *src, diffuse_dtype dtype,
+                              const diffuse_wblocked *l);
+void diffuse_op_widen_blocked_ref(float *dst, const void *src, diffuse_dtype dtype,
+                                  const diffuse_wblocked *l);
+
 /* Each optimized kernel has a plain reference twin (suffix _ref) that the unit
  * tests compare it against. Kernels never allocate: callers pass scratch. */
 
@@ -318,6 +337,25 @@ int diffuse_dnnl_major(void);
 size_t diffuse_dnnl_pending_bytes(void);
 bool diffuse_dnnl_conv(float *y, const float *x, const float *w, const float *b,
                        const diffuse_conv *c, int n, float *scratch);
+/* The same convolution with its weights w [cout, cin, k, k] as stored in the
+ * file (wtype), widened straight into the primitive's own layout
+ * (diffuse_op_widen_blocked): no float32 copy, no weight reorder. Same
+ * scratch, same result. Possible where diffuse_dnnl_conv_takes says so (the
+ * direct convolutions; Winograd's weights take oneDNN's transform). */
+bool diffuse_dnnl_conv_takes(const diffuse_conv *c, int n);
+/* y [rows, out] = x [rows, in] . W^T + b (b NULL: none) with W [out, in] as
+ * stored (wtype), through oneDNN's matrix product, W widened straight into
+ * its layout. Scratch: diffuse_dnnl_linear_scratch floats; 0 there means
+ * oneDNN does not take this shape (too small, DIFFUSE_LINEAR=blas, no oneDNN)
+ * and diffuse_dnnl_linear returns false. */
+size_t diffuse_dnnl_linear_scratch(int rows, int in, int out);
+bool diffuse_dnnl_linear(float *y, const float *x, const void *w, diffuse_dtype wtype,
+                         const float *b, int rows, int in, int out, float *scratch);
+/* 0 the default, 1 OpenBLAS for every linear layer, 2 oneDNN for all it can
+ * take (DIFFUSE_LINEAR unset, =blas, =dnnl). */
+void diffuse_linear_set_backend(int backend);
+bool diffuse_dnnl_conv_from(float *y, const float *x, const void *w, diffuse_dtype wtype,
+                            const float *b, const diffuse_conv *c, int n, float *scratch);
 void diffuse_conv_set_backend(int backend);
 /* One whole-image convolution (n = 1) through oneDNN on activations the
  * caller keeps in oneDNN's blocked layout: channel blocks of
@@ -371,7 +409,11 @@ void diffuse_op_group_norm_with(float *y, const float *x, const float *gamma, co
 void diffuse_op_layer_norm(float *y, const float *x, const float *gamma, const float *beta,
                            int rows, int dim, float eps);
 void diffuse_op_silu(float *x, size_t n);
-void diffuse_op_gelu(float *x, size_t n);                /* exact, erf */
+void diffuse_op_gelu(float *x, size_t n); /* exact, erf */
+/* GEGLU of rows [hidden | gate] of 2 x half floats each: hidden * gelu(gate)
+ * (diffuse_op_gelu's arithmetic), packed in place into the first rows x half
+ * floats. */
+void diffuse_op_geglu(float *f, int rows, int half);
 void diffuse_op_quick_gelu(float *x, size_t n);          /* x * sigmoid(1.702 x) */
 void diffuse_op_add(float *y, const float *x, size_t n); /* y += x */
 /* y [cout, h, w] (NCHW) = conv 3x3, padding 1, of x in 16-channel blocks

@@ -72,6 +72,13 @@ size_t diffuse_wmat_scratch(size_t numel)
     return diffuse_arena_size(numel);
 }
 
+/* A matrix used straight from the mapping is done with: its pages go */
+static void wmat_done(const diffuse_wmat *m)
+{
+    if (!m->in_place)
+        diffuse_map_release(m->data, m->numel * (m->dtype == DIFFUSE_DTYPE_F32 ? 4 : 2));
+}
+
 const float *diffuse_wmat_f32(const diffuse_wmat *m, diffuse_arena *a)
 {
     const diffuse_lora_delta *d = m->lora ? *m->lora : NULL;
@@ -96,6 +103,21 @@ int diffuse_linear_forward(const diffuse_linear *l, float *y, const float *x, in
                            diffuse_arena *a)
 {
     size_t mark = diffuse_arena_mark(a);
+    const diffuse_wmat *m = &l->w;
+    const size_t need = m->lora && *m->lora ? 0 : diffuse_dnnl_linear_scratch(rows, l->in, l->out);
+    if (need) { /* the weights go from the file straight into oneDNN's layout */
+        float *scratch = diffuse_arena_push(a, need);
+        if (!scratch)
+            return -1;
+        if (!a->dry) {
+            if (!diffuse_dnnl_linear(y, x, m->data, m->dtype, l->b, rows, l->in, l->out, scratch))
+                return -1;
+            wmat_done(m);
+        }
+        diffuse_arena_count(a, 2.0 * rows * l->in * l->out);
+        diffuse_arena_reset(a, mark);
+        return 0;
+    }
     const float *w = diffuse_wmat_f32(&l->w, a);
     if (!w)
         return -1;
@@ -120,6 +142,21 @@ int diffuse_conv2d_forward_pad(const diffuse_conv2d *c, float *y, const float *x
                       .pad_bottom = pad[2],
                       .pad_right = pad[3]};
     size_t mark = diffuse_arena_mark(a), need = diffuse_conv_scratch(&g, n);
+    const diffuse_wmat *m = &c->w;
+    if (!(m->lora && *m->lora) && diffuse_dnnl_conv_takes(&g, n)) {
+        /* the weights go from the file straight into oneDNN's layout */
+        float *scratch = diffuse_arena_push(a, need);
+        if (!scratch)
+            return -1;
+        if (!a->dry) {
+            if (!diffuse_dnnl_conv_from(y, x, m->data, m->dtype, c->b, &g, n, scratch))
+                return -1;
+            wmat_done(m);
+        }
+        diffuse_arena_count(a, diffuse_conv_flops(&g, n));
+        diffuse_arena_reset(a, mark);
+        return 0;
+    }
     const float *wf = diffuse_wmat_f32(&c->w, a);
     float *scratch = need ? diffuse_arena_push(a, need) : NULL;
     if (!wf || (need && !scratch))

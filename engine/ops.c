@@ -149,6 +149,125 @@ void diffuse_op_widen(float *dst, const void *src, diffuse_dtype dtype, size_t n
     diffuse_parallel_for(n, 1 << 16, widen_part, &j);
 }
 
+/* One element of src (index e) as float32. */
+static float widen_one(const void *src, diffuse_dtype dtype, size_t e)
+{
+    float f;
+    diffuse_op_widen_ref(&f, (const uint8_t *)src + e * (dtype == DIFFUSE_DTYPE_F32 ? 4 : 2), dtype,
+                         1);
+    return f;
+}
+
+void diffuse_op_widen_blocked_ref(float *dst, const void *src, diffuse_dtype dtype,
+                                  const diffuse_wblocked *l)
+{
+    const int kk = l->k * l->k;
+    for (int o = 0; o < l->cout_pad; o++)
+        for (int i = 0; i < l->cin; i++)
+            for (int y = 0; y < l->k; y++)
+                for (int x = 0; x < l->k; x++)
+                    dst[(size_t)(o / l->blk) * l->stride[0] + (i / l->iblk) * l->stride[1] +
+                        (size_t)(i % l->iblk) * l->blk + y * l->stride[2] + x * l->stride[3] +
+                        o % l->blk] =
+                        o < l->cout
+                            ? widen_one(src, dtype, ((size_t)o * l->cin + i) * kk + y * l->k + x)
+                            : 0.0f;
+}
+
+/* Floats of each row a block widens at a time (WBLOCK_RUN / (k k) input
+ * channels: 16 at 3x3, 144 for a linear layer): blk rows of them, 36 KiB at
+ * most, stay in the L1/L2 cache between the widening and the writes, and a
+ * row's run is long enough for the vector widening. */
+#define WBLOCK_RUN 144
+
+/* d[0..blk) = s[0], s[ts], s[2 ts], ...: one column of the widened rows,
+ * gathered 16 or 8 at a time where the CPU has it. */
+__attribute__((target("avx512f"))) static void column_avx512(float *d, const float *s, int ts,
+                                                             int blk)
+{
+    const __m512i idx =
+        _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                           _mm512_set1_epi32(ts));
+    int oo = 0;
+    for (; oo + 16 <= blk; oo += 16)
+        _mm512_storeu_ps(d + oo, _mm512_i32gather_ps(idx, s + (size_t)oo * ts, 4));
+    for (; oo < blk; oo++)
+        d[oo] = s[(size_t)oo * ts];
+}
+
+__attribute__((target("avx2"))) static void column_avx2(float *d, const float *s, int ts, int blk)
+{
+    const __m256i idx =
+        _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(ts));
+    int oo = 0;
+    for (; oo + 8 <= blk; oo += 8)
+        _mm256_storeu_ps(d + oo, _mm256_i32gather_ps(s + (size_t)oo * ts, idx, 4));
+    for (; oo < blk; oo++)
+        d[oo] = s[(size_t)oo * ts];
+}
+
+static void wblocked_column(float *d, const float *s, int ts, int blk, int path)
+{
+    if (path == CPU_AVX512 && blk >= 16)
+        column_avx512(d, s, ts, blk);
+    else if (path >= CPU_AVX2 && blk >= 8)
+        column_avx2(d, s, ts, blk);
+    else
+        for (int oo = 0; oo < blk; oo++)
+            d[oo] = s[(size_t)oo * ts];
+}
+
+typedef struct wblocked_job {
+    float *dst;
+    const uint8_t *src;
+    diffuse_dtype dtype;
+    const diffuse_wblocked *l;
+} wblocked_job;
+
+/* Pieces [b, e) of (block of blk output channels, run of `chunk` input
+ * channels): each row's run is contiguous in src; widened into t [blk][chunk
+ * * kk] with the vector path, then written out blk floats at a time. */
+static void wblocked_part(void *ctx, size_t b, size_t e)
+{
+    const wblocked_job *j = ctx;
+    const diffuse_wblocked *l = j->l;
+    const int kk = l->k * l->k, blk = l->blk, esize = j->dtype == DIFFUSE_DTYPE_F32 ? 4 : 2;
+    const int chunk = WBLOCK_RUN / kk, nchunks = (l->cin + chunk - 1) / chunk;
+    const int path = cpu();
+    float t[DIFFUSE_WBLOCK_MAX * WBLOCK_RUN];
+    for (size_t piece = b; piece < e; piece++) {
+        const size_t ob = piece / nchunks;
+        const int i0 = (int)(piece % nchunks) * chunk;
+        const int ni = l->cin - i0 < chunk ? l->cin - i0 : chunk;
+        const int run = ni * kk, ts = chunk * kk; /* floats per row, row stride */
+        float *d = j->dst + ob * l->stride[0];
+        for (int oo = 0; oo < blk; oo++) {
+            const size_t o = ob * blk + oo;
+            float *r = t + (size_t)oo * ts;
+            if ((int)o < l->cout)
+                widen_part(&(widen_job){r, j->src + (o * l->cin + i0) * kk * esize, j->dtype}, 0,
+                           run);
+            else
+                memset(r, 0, sizeof(float) * run);
+        }
+        for (int ii = 0; ii < ni; ii++)
+            for (int y = 0; y < l->k; y++)
+                for (int x = 0; x < l->k; x++)
+                    wblocked_column(d + (size_t)((i0 + ii) / l->iblk) * l->stride[1] +
+                                        (size_t)((i0 + ii) % l->iblk) * blk + y * l->stride[2] +
+                                        x * l->stride[3],
+                                    t + ii * kk + y * l->k + x, ts, blk, path);
+    }
+}
+
+void diffuse_op_widen_blocked(float *dst, const void *src, diffuse_dtype dtype,
+                              const diffuse_wblocked *l)
+{
+    wblocked_job j = {dst, src, dtype, l};
+    const int chunk = WBLOCK_RUN / (l->k * l->k), nchunks = (l->cin + chunk - 1) / chunk;
+    diffuse_parallel_for((size_t)(l->cout_pad / l->blk) * nchunks, 4, wblocked_part, &j);
+}
+
 /* ------------------------------------------------------------------ gemm */
 
 /* C[M, N] = alpha op(A) op(B) + beta C (row-major), on the engine's pool:
@@ -624,12 +743,83 @@ static void silu_part(void *ctx, size_t b, size_t e)
         x[i] = silu(x[i]);
 }
 
-/* gelu(x) = x/2 (1 + erf(x / sqrt 2)) */
+/* gelu(x) = x/2 (1 + erf(x / sqrt 2)), with glibc's vector erf (libmvec,
+ * within 4 ulp; glibc 2.35 and later) on the AVX2 and AVX-512 paths. A run's
+ * last few values go through the same vector function, padded, so that each
+ * value's bits do not depend on where a part ends (the thread count). */
+__attribute__((target("avx512f"))) __m512 _ZGVeN16v_erff(__m512);
+__attribute__((target("avx2"))) __m256 _ZGVdN8v_erff(__m256);
+
+__attribute__((target("avx512f"))) static void gelu_avx512(float *x, size_t n)
+{
+    const __m512 h = _mm512_set1_ps(0.5f), r = _mm512_set1_ps((float)M_SQRT1_2),
+                 one = _mm512_set1_ps(1.0f);
+    for (size_t i = 0; i < n; i += 16) {
+        float tail[16] = {0};
+        float *p = i + 16 <= n ? x + i : tail;
+        if (p == tail)
+            memcpy(tail, x + i, sizeof(float) * (n - i));
+        __m512 v = _mm512_loadu_ps(p);
+        __m512 e = _ZGVeN16v_erff(_mm512_mul_ps(v, r));
+        _mm512_storeu_ps(p, _mm512_mul_ps(_mm512_mul_ps(h, v), _mm512_add_ps(one, e)));
+        if (p == tail)
+            memcpy(x + i, tail, sizeof(float) * (n - i));
+    }
+}
+
+__attribute__((target("avx2"))) static void gelu_avx2(float *x, size_t n)
+{
+    const __m256 h = _mm256_set1_ps(0.5f), r = _mm256_set1_ps((float)M_SQRT1_2),
+                 one = _mm256_set1_ps(1.0f);
+    for (size_t i = 0; i < n; i += 8) {
+        float tail[8] = {0};
+        float *p = i + 8 <= n ? x + i : tail;
+        if (p == tail)
+            memcpy(tail, x + i, sizeof(float) * (n - i));
+        __m256 v = _mm256_loadu_ps(p);
+        __m256 e = _ZGVdN8v_erff(_mm256_mul_ps(v, r));
+        _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_mul_ps(h, v), _mm256_add_ps(one, e)));
+        if (p == tail)
+            memcpy(x + i, tail, sizeof(float) * (n - i));
+    }
+}
+
+static void gelu_run(float *x, size_t n)
+{
+    switch (cpu()) {
+    case CPU_AVX512:
+        gelu_avx512(x, n);
+        break;
+    case CPU_AVX2:
+        gelu_avx2(x, n);
+        break;
+    default:
+        for (size_t i = 0; i < n; i++)
+            x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float)M_SQRT1_2));
+        break;
+    }
+}
+
 static void gelu_part(void *ctx, size_t b, size_t e)
 {
-    float *x = ((pointwise_job *)ctx)->y;
-    for (size_t i = b; i < e; i++)
-        x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float)M_SQRT1_2));
+    gelu_run(((pointwise_job *)ctx)->y + b, e - b);
+}
+
+typedef struct geglu_job {
+    float *f;
+    int half;
+} geglu_job;
+
+/* rows [b, e): the gate half becomes hidden * gelu(gate), in place */
+static void geglu_part(void *ctx, size_t b, size_t e)
+{
+    const geglu_job *j = ctx;
+    for (size_t r = b; r < e; r++) {
+        float *hid = j->f + r * 2 * j->half, *gate = hid + j->half;
+        gelu_run(gate, (size_t)j->half);
+        for (int i = 0; i < j->half; i++)
+            gate[i] *= hid[i];
+    }
 }
 
 static void quick_gelu_part(void *ctx, size_t b, size_t e)
@@ -656,6 +846,14 @@ void diffuse_op_gelu(float *x, size_t n)
 {
     pointwise_job j = {x, NULL};
     diffuse_parallel_for(n, POINTWISE_GRAIN, gelu_part, &j);
+}
+
+void diffuse_op_geglu(float *f, int rows, int half)
+{
+    geglu_job j = {f, half};
+    diffuse_parallel_for((size_t)rows, grain_of((size_t)half), geglu_part, &j);
+    for (int r = 0; r < rows; r++) /* each row's products move down over rows already read */
+        memmove(f + (size_t)r * half, f + ((size_t)2 * r + 1) * half, sizeof(float) * half);
 }
 
 void diffuse_op_quick_gelu(float *x, size_t n)

@@ -374,12 +374,8 @@ static int feed_forward(const unet_basic_block *b, float *out, const float *x, i
         return -1;
     if (diffuse_linear_forward(&b->ff_in, f, x, t, a))
         return -1;
-    for (int r = 0; !a->dry && r < t; r++) {
-        float *row = f + (size_t)r * 2 * c4, *dst = f + (size_t)r * c4;
-        diffuse_op_gelu(row + c4, (size_t)c4);
-        for (int j = 0; j < c4; j++) /* dst never passes the row being read */
-            dst[j] = row[j] * row[c4 + j];
-    }
+    if (!a->dry)
+        diffuse_op_geglu(f, t, c4);
     if (diffuse_linear_forward(&b->ff_out, out, f, t, a)) /* f now [T, 4C] */
         return -1;
     diffuse_arena_reset(a, mark);

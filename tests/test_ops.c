@@ -92,6 +92,76 @@ static void test_linear(void)
     }
 }
 
+/* Linear layers through oneDNN's matrix product, weights from fp16, bf16 and
+ * (unaligned) fp32 storage widened straight into its layout: against the
+ * plain computation on the same widened weights, with and without bias, and
+ * the same bits at 1 and 2 threads. Awkward sizes (one row, odd widths, N off
+ * the block) and SD 1.5's shapes (the K-heavy ones at 64 rows too). */
+static void test_linear_dnnl(void)
+{
+    diffuse_linear_set_backend(2);
+    const int sizes[][3] = {{1, 40, 70},       {9, 17, 33},       {2, 1280, 1280},
+                            {77, 768, 3072},   {300, 320, 320},   {64, 5120, 1280},
+                            {64, 1280, 10240}, {256, 1280, 1280}, {4096, 320, 320}};
+    int ran = 0;
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++)
+        for (int dt = 0; dt < 3; dt++) {
+            const int n = sizes[si][0], in = sizes[si][1], out = sizes[si][2];
+            const diffuse_dtype dtype = dt == 0   ? DIFFUSE_DTYPE_F16
+                                        : dt == 1 ? DIFFUSE_DTYPE_BF16
+                                                  : DIFFUSE_DTYPE_F32;
+            const size_t nw = (size_t)out * in, ny = (size_t)n * out;
+            float *x = random_buf((size_t)n * in, 1), *b = random_buf((size_t)out, 2);
+            float *wf = random_buf(nw, 0.05f);
+            uint8_t *raw = malloc(4 * nw + 1), *w = dt == 2 ? raw + 1 : raw;
+            for (size_t i = 0; i < nw; i++) {
+                if (dt == 2) {
+                    memcpy(w + 4 * i, &wf[i], 4);
+                    continue;
+                }
+                /* about 2^-7 to 2^-3, both signs */
+                uint16_t h = (uint16_t)((dt ? 0x3c00 + (i * 2654435761u >> 7) % 0x200
+                                            : 0x2000 + (i * 2654435761u >> 7) % 0x1000) |
+                                        (i * 40503u & 0x8000));
+                memcpy(w + 2 * i, &h, 2);
+            }
+            diffuse_op_widen_ref(wf, w, dtype, nw); /* what the layer computes with */
+            const size_t need = diffuse_dnnl_linear_scratch(n, in, out);
+            float *sc = filled(need + 1, NAN), *y1 = filled(ny, NAN), *y2 = filled(ny, NAN);
+            float *yr = filled(ny, NAN);
+            for (int bias = 0; need && bias < 2; bias++) {
+                diffuse_pool_set_threads(1);
+                bool a = diffuse_dnnl_linear(y1, x, w, dtype, bias ? b : NULL, n, in, out, sc);
+                diffuse_pool_set_threads(2);
+                bool c = diffuse_dnnl_linear(y2, x, w, dtype, bias ? b : NULL, n, in, out, sc);
+                diffuse_pool_set_threads(0);
+                diffuse_op_linear_ref(yr, x, wf, bias ? b : NULL, n, in, out);
+                double abs_err, rel = a ? test_rel_err(y1, yr, ny, &abs_err) : 1;
+                CHECK(a && c && rel <= TOL,
+                      "oneDNN linear %dx%dx%d dtype %d bias %d: ran %d %d, "
+                      "rel err %g",
+                      n, in, out, dt, bias, a, c, rel);
+                CHECK(memcmp(y1, y2, sizeof(float) * ny) == 0,
+                      "oneDNN linear %dx%dx%d differs between 1 and 2 threads", n, in, out);
+                ran++;
+            }
+            free(x);
+            free(b);
+            free(wf);
+            free(raw);
+            free(sc);
+            free(y1);
+            free(y2);
+            free(yr);
+        }
+#ifdef DIFFUSE_DNNL
+    CHECK(ran == 54 || !diffuse_dnnl_available(), "oneDNN took %d of 54 linear cases", ran);
+#endif
+    diffuse_linear_set_backend(0);
+    /* by default the small ones stay on OpenBLAS */
+    CHECK(diffuse_dnnl_linear_scratch(2, 1280, 1280) == 0, "a time-embedding product on oneDNN");
+}
+
 /* ------------------------------------------------------------------ conv2d */
 
 /* Independent of both kernels: copy the input into an explicitly padded
@@ -263,6 +333,53 @@ static void test_conv2d_dnnl(int backend)
     if (ran)
         CHECK(memcmp(y1, y2, sizeof(float) * ny) == 0,
               "oneDNN conv differs between 1 and 2 threads");
+    /* weights from the file's dtype straight into oneDNN's layout: the same
+     * bits as widening them first (shapes with output channels off the block) */
+    const int shapes[][5] = {{48, 40, 37, 45, 1},
+                             {20, 36, 13, 17, 1},
+                             {36, 20, 13, 17, 2},
+                             {64, 64, 23, 29, 1},
+                             {4, 32, 15, 15, 1}};
+    int took = 0;
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+        for (int dt = 0; dt < 2; dt++) {
+            const int *sh = shapes[si];
+            diffuse_conv g = diffuse_conv_3x3(sh[0], sh[1], sh[2], sh[3], sh[4]);
+            const size_t nw = (size_t)sh[0] * sh[1] * 9;
+            const size_t gx = (size_t)2 * sh[0] * sh[2] * sh[3],
+                         gy = (size_t)2 * sh[1] * diffuse_conv_out_h(&g) * diffuse_conv_out_w(&g);
+            uint16_t *h = malloc(2 * nw);
+            float *wf = malloc(sizeof(float) * nw), *gxb = random_buf(gx, 1);
+            for (size_t i = 0; i < nw; i++) /* finite values, both signs */
+                h[i] = (uint16_t)(dt ? (0x3c00 + (i * 97u) % 0x700) ^ (i & 1) << 15
+                                     : (0x3000 + (i * 97u) % 0x0c00) ^ (i & 1) << 15);
+            const diffuse_dtype dtype = dt ? DIFFUSE_DTYPE_BF16 : DIFFUSE_DTYPE_F16;
+            diffuse_op_widen_ref(wf, h, dtype, nw);
+            float *ya = filled(gy, NAN), *yb = filled(gy, NAN), *yc = filled(gy, NAN);
+            float *sc = filled(diffuse_conv_scratch(&g, 2), NAN);
+            if (diffuse_dnnl_conv_takes(&g, 2)) {
+                took++;
+                bool a = diffuse_dnnl_conv(ya, gxb, wf, b, &g, 2, sc);
+                diffuse_pool_set_threads(1);
+                bool bb = diffuse_dnnl_conv_from(yb, gxb, h, dtype, b, &g, 2, sc);
+                diffuse_pool_set_threads(2);
+                bool cc = diffuse_dnnl_conv_from(yc, gxb, h, dtype, b, &g, 2, sc);
+                diffuse_pool_set_threads(0);
+                CHECK(a && bb && cc && memcmp(ya, yb, sizeof(float) * gy) == 0 &&
+                          memcmp(ya, yc, sizeof(float) * gy) == 0,
+                      "conv %dx%d %dx%d s%d from dtype %d: ran %d %d %d, differs from widened",
+                      sh[0], sh[1], sh[2], sh[3], sh[4], dt, a, bb, cc);
+            }
+            free(h);
+            free(wf);
+            free(gxb);
+            free(ya);
+            free(yb);
+            free(yc);
+            free(sc);
+        }
+    CHECK(!ran || backend != DIFFUSE_CONV_DIRECT || took == 10,
+          "oneDNN's direct convolution took the file's weights on %d of 10 cases", took);
     printf("oneDNN convolutions (backend %d): %s\n", backend,
            ran ? "used" : "not in this build or CPU");
     free(x);
@@ -686,10 +803,51 @@ static void pointwise_case(const char *name, void (*op)(float *, size_t), double
     free(want);
 }
 
+/* GELU on every vector path: close to erf in double; each value's bits the
+ * same whether the run is whole or cut anywhere (the thread count decides the
+ * cuts); GEGLU against hidden * gelu(gate) and packed in place. */
+static void gelu_paths(void)
+{
+    const int best = diffuse_cpu_path();
+    for (int path = DIFFUSE_CPU_BASE; path <= best; path++) {
+        diffuse_cpu_cap(path);
+        pointwise_case("gelu", diffuse_op_gelu, gelu_d);
+        const size_t n = 1037;
+        float *whole = random_buf(n, 4), *cut = malloc(sizeof(float) * n);
+        memcpy(cut, whole, sizeof(float) * n);
+        diffuse_op_gelu(whole, n);
+        const size_t at[] = {0, 3, 19, 20, 517, 1030, n};
+        for (size_t i = 0; i + 1 < sizeof at / sizeof at[0]; i++)
+            diffuse_op_gelu(cut + at[i], at[i + 1] - at[i]);
+        CHECK(memcmp(whole, cut, sizeof(float) * n) == 0,
+              "gelu (path %d) depends on where a run is cut", path);
+        free(whole);
+        free(cut);
+        const int rows_[] = {1, 7, 300}, halves[] = {1, 21, 160};
+        for (int r = 0; r < 3; r++) {
+            const int rows = rows_[r], half = halves[r];
+            float *f = random_buf((size_t)rows * 2 * half, 3);
+            double *want = calloc((size_t)rows * half, sizeof *want);
+            for (int i = 0; i < rows; i++)
+                for (int j = 0; j < half; j++)
+                    want[(size_t)i * half + j] = (double)f[(size_t)i * 2 * half + j] *
+                                                 gelu_d(f[(size_t)i * 2 * half + half + j]);
+            diffuse_op_geglu(f, rows, half);
+            size_t bad = 0;
+            CHECK(close_all(f, want, (size_t)rows * half, TOL, 0.1, &bad),
+                  "geglu (path %d) %d x %d at %zu: %.9g vs %.9g", path, rows, half, bad, f[bad],
+                  want[bad]);
+            free(f);
+            free(want);
+        }
+    }
+    diffuse_cpu_cap(DIFFUSE_CPU_AVX512);
+}
+
 static void test_pointwise(void)
 {
     pointwise_case("silu", diffuse_op_silu, silu_d);
-    pointwise_case("gelu", diffuse_op_gelu, gelu_d);
+    gelu_paths();
     pointwise_case("quick_gelu", diffuse_op_quick_gelu, quick_gelu_d);
 
     const size_t n = 1003;
@@ -886,6 +1044,78 @@ static void test_widen(void)
     free(slow);
 }
 
+/* Convolution weights widened straight into blocked layouts (oneDNN's
+ * Acdb8a / 16a / 32a and plain oihw): every path, dtype and block against the
+ * plain loop, bit for bit, output channels padded with zeros, nothing written
+ * outside the layout. */
+static void test_widen_blocked(void)
+{
+    const int best = diffuse_cpu_path();
+    const int shapes[][3] = {{40, 48, 3}, {7, 1, 3},  {33, 17, 3},
+                             {64, 35, 1}, {5, 16, 3}, {50, 48, 1}};
+    const int blks[] = {1, 8, 16, 32, 48, 64};
+    for (int path = DIFFUSE_CPU_BASE; path <= best; path++) {
+        diffuse_cpu_cap(path);
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+            for (size_t bi = 0; bi < sizeof blks / sizeof blks[0]; bi++)
+                for (int v = 0; v < 6; v++) {
+                    const int dt = v % 3, ib = v < 3 ? 1 : 16; /* ib: oneDNN matmul's BA16a<blk>b */
+                    const int co = shapes[si][0], ci = shapes[si][1], k = shapes[si][2];
+                    if (ib > 1 && (k > 1 || blks[bi] == 1))
+                        continue;
+                    const int blk = blks[bi], kk = k * k, pad = (co + blk - 1) / blk * blk;
+                    const diffuse_dtype dtype = dt == 0   ? DIFFUSE_DTYPE_F16
+                                                : dt == 1 ? DIFFUSE_DTYPE_BF16
+                                                          : DIFFUSE_DTYPE_F32;
+                    diffuse_wblocked l = {
+                        .cout = co, .cin = ci, .k = k, .blk = blk, .iblk = ib, .cout_pad = pad};
+                    if (ib > 1) /* [O/blk][I/ib][ib][blk] */
+                        l.stride[1] = (size_t)ib * blk,
+                        l.stride[0] = (size_t)(ci + ib - 1) / ib * ib * blk;
+                    else if (blk == 1) /* oihw */
+                        l.stride[0] = (size_t)ci * kk, l.stride[1] = kk, l.stride[2] = k,
+                        l.stride[3] = 1;
+                    else /* Acdb<blk>a: [O/blk][kh][kw][I][blk] */
+                        l.stride[0] = (size_t)kk * ci * blk, l.stride[1] = blk,
+                        l.stride[2] = (size_t)k * ci * blk, l.stride[3] = (size_t)ci * blk;
+                    const size_t nw = (size_t)co * ci * kk, nd = pad / blk * l.stride[0];
+                    uint8_t *src = malloc(nw * 4 + 1);
+                    for (size_t i = 0; i < nw * 4 + 1; i++)
+                        src[i] = (uint8_t)(i * 131u + 7);
+                    for (size_t i = 0; dt < 2 && i < nw; i++) { /* finite halves */
+                        uint16_t h = (uint16_t)((i * 40503u) & 0x3bff);
+                        memcpy(src + 2 * i, &h, 2);
+                    }
+                    const void *from = dt == 2 ? (const void *)(src + 1) : src; /* unaligned */
+                    float *got = filled(nd + 16, NAN), *want = filled(nd + 16, NAN);
+                    diffuse_op_widen_blocked(got, from, dtype, &l);
+                    diffuse_op_widen_blocked_ref(want, from, dtype, &l);
+                    bool same = true, zero = true;
+                    for (size_t i = 0; i < nd; i++) {
+                        uint32_t a, b;
+                        memcpy(&a, &got[i], 4);
+                        memcpy(&b, &want[i], 4);
+                        same = same && a == b;
+                    }
+                    for (int o = co; o < pad; o++)
+                        for (int i = 0; i < ci * kk; i++)
+                            zero = zero && got[(size_t)(o / blk) * l.stride[0] +
+                                               (size_t)(i / kk / ib) * l.stride[1] +
+                                               (size_t)(i / kk % ib) * blk +
+                                               (size_t)(i % kk / k) * l.stride[2] +
+                                               (size_t)(i % k) * l.stride[3] + o % blk] == 0.0f;
+                    CHECK(same && zero && isnan(got[nd]) && isnan(got[nd + 15]),
+                          "widen_blocked path %d %dx%dx%d blk %d/%d dtype %d: same %d pad zero "
+                          "%d, past the end %g",
+                          path, co, ci, k, blk, ib, dt, same, zero, got[nd]);
+                    free(src);
+                    free(got);
+                    free(want);
+                }
+    }
+    diffuse_cpu_cap(DIFFUSE_CPU_AVX512);
+}
+
 /* ------------------------------------------------------------------ threads */
 
 static void count_part(void *ctx, size_t b, size_t e)
@@ -979,7 +1209,9 @@ int main(void)
 {
     test_threads();
     test_widen();
+    test_widen_blocked();
     test_linear();
+    test_linear_dnnl();
     test_conv2d();
     test_conv2d_dnnl(DIFFUSE_CONV_DIRECT);
     test_conv2d_dnnl(DIFFUSE_CONV_WINOGRAD);

@@ -35,14 +35,14 @@ for dir in "$ref"/*/; do
     p=$((p + ${line%% passed*})); lf=${line#*passed, }; f=$((f + ${lf%% failed}))
     [ "$rc" -eq 0 ] || [ "${lf%% failed}" -ne 0 ] || { echo "FAIL status $rc"; f=$((f + 1)); }
 done
-# the same with oneDNN on every convolution it can take, direct and Winograd
-# (engine/conv_dnnl.c: by default only the large ones go there, which the tiny
-# sets have few of)
+# the same with oneDNN on every convolution it can take, direct and Winograd,
+# and on every linear layer (engine/conv_dnnl.c: by default only the large
+# ones go there, which the tiny sets have few of)
 for conv in dnnl winograd; do
 for set in sd1-tiny sdxl-tiny taesd; do
     [ -d "$ref/$set" ] || continue
-    echo "refcheck $ref/$set with DIFFUSE_CONV=$conv"
-    out=$(DIFFUSE_CONV=$conv ${VALGRIND:-} "$bin" refcheck "$ref/$set" 2>&1); rc=$?
+    echo "refcheck $ref/$set with DIFFUSE_CONV=$conv DIFFUSE_LINEAR=dnnl"
+    out=$(DIFFUSE_CONV=$conv DIFFUSE_LINEAR=dnnl ${VALGRIND:-} "$bin" refcheck "$ref/$set" 2>&1); rc=$?
     printf '%s\n' "$out" | grep -v ' ok$'
     line=$(printf '%s\n' "$out" | tail -n 1)
     case "$line" in
