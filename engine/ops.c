@@ -180,41 +180,89 @@ void diffuse_op_widen_blocked_ref(float *dst, const void *src, diffuse_dtype dty
  * row's run is long enough for the vector widening. */
 #define WBLOCK_RUN 144
 
-/* d[0..blk) = s[0], s[ts], s[2 ts], ...: one column of the widened rows,
- * gathered 16 or 8 at a time where the CPU has it. */
-__attribute__((target("avx512f"))) static void column_avx512(float *d, const float *s, int ts,
-                                                             int blk)
+/* Where column c of a piece's widened rows (input channel i0 + c / kk,
+ * kernel position c % kk) goes in the blocked layout, from its block's start. */
+static size_t wblocked_at(const diffuse_wblocked *l, int i0, int c)
 {
-    const __m512i idx =
-        _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                           _mm512_set1_epi32(ts));
-    int oo = 0;
-    for (; oo + 16 <= blk; oo += 16)
-        _mm512_storeu_ps(d + oo, _mm512_i32gather_ps(idx, s + (size_t)oo * ts, 4));
-    for (; oo < blk; oo++)
-        d[oo] = s[(size_t)oo * ts];
+    const int kk = l->k * l->k, i = i0 + c / kk, yx = c % kk;
+    return (size_t)(i / l->iblk) * l->stride[1] + (size_t)(i % l->iblk) * l->blk +
+           (yx / l->k) * l->stride[2] + (yx % l->k) * l->stride[3];
 }
 
-__attribute__((target("avx2"))) static void column_avx2(float *d, const float *s, int ts, int blk)
+/* Columns [c0, 16 n) of t [blk][ts] (blk a multiple of 16) written out as
+ * blk-float runs: 16 x 16 tiles transposed in registers. Returns the columns
+ * done (a multiple of 16; the caller does the rest). */
+__attribute__((target("avx512f"))) static int
+tiles_avx512(float *d, const float *t, int ts, int run, const diffuse_wblocked *l, int i0)
 {
-    const __m256i idx =
-        _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(ts));
-    int oo = 0;
-    for (; oo + 8 <= blk; oo += 8)
-        _mm256_storeu_ps(d + oo, _mm256_i32gather_ps(s + (size_t)oo * ts, idx, 4));
-    for (; oo < blk; oo++)
-        d[oo] = s[(size_t)oo * ts];
+    int c0 = 0;
+    for (; c0 + 16 <= run; c0 += 16) {
+        size_t at[16];
+        for (int c = 0; c < 16; c++)
+            at[c] = wblocked_at(l, i0, c0 + c);
+        for (int o0 = 0; o0 < l->blk; o0 += 16) {
+            __m512 r[16], u[16];
+            for (int i = 0; i < 16; i++)
+                r[i] = _mm512_loadu_ps(t + (size_t)(o0 + i) * ts + c0);
+            for (int i = 0; i < 8; i++) { /* pairs of rows interleaved, per 128-bit lane */
+                u[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+                u[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+            }
+            for (int g = 0; g < 4; g++) { /* r[4g + j], lane L: column 4L + j, rows 4g.. */
+                r[4 * g] = _mm512_shuffle_ps(u[4 * g], u[4 * g + 2], _MM_SHUFFLE(1, 0, 1, 0));
+                r[4 * g + 1] = _mm512_shuffle_ps(u[4 * g], u[4 * g + 2], _MM_SHUFFLE(3, 2, 3, 2));
+                r[4 * g + 2] =
+                    _mm512_shuffle_ps(u[4 * g + 1], u[4 * g + 3], _MM_SHUFFLE(1, 0, 1, 0));
+                r[4 * g + 3] =
+                    _mm512_shuffle_ps(u[4 * g + 1], u[4 * g + 3], _MM_SHUFFLE(3, 2, 3, 2));
+            }
+            for (int j = 0; j < 4; j++) { /* the lanes across the four row groups */
+                __m512 s0 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0x44),
+                       s1 = _mm512_shuffle_f32x4(r[j], r[4 + j], 0xee),
+                       s2 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0x44),
+                       s3 = _mm512_shuffle_f32x4(r[8 + j], r[12 + j], 0xee);
+                _mm512_storeu_ps(d + at[j] + o0, _mm512_shuffle_f32x4(s0, s2, 0x88));
+                _mm512_storeu_ps(d + at[4 + j] + o0, _mm512_shuffle_f32x4(s0, s2, 0xdd));
+                _mm512_storeu_ps(d + at[8 + j] + o0, _mm512_shuffle_f32x4(s1, s3, 0x88));
+                _mm512_storeu_ps(d + at[12 + j] + o0, _mm512_shuffle_f32x4(s1, s3, 0xdd));
+            }
+        }
+    }
+    return c0;
 }
 
-static void wblocked_column(float *d, const float *s, int ts, int blk, int path)
+/* The same with 8 x 8 tiles (blk a multiple of 8). */
+__attribute__((target("avx2"))) static int tiles_avx2(float *d, const float *t, int ts, int run,
+                                                      const diffuse_wblocked *l, int i0)
 {
-    if (path == CPU_AVX512 && blk >= 16)
-        column_avx512(d, s, ts, blk);
-    else if (path >= CPU_AVX2 && blk >= 8)
-        column_avx2(d, s, ts, blk);
-    else
-        for (int oo = 0; oo < blk; oo++)
-            d[oo] = s[(size_t)oo * ts];
+    int c0 = 0;
+    for (; c0 + 8 <= run; c0 += 8) {
+        size_t at[8];
+        for (int c = 0; c < 8; c++)
+            at[c] = wblocked_at(l, i0, c0 + c);
+        for (int o0 = 0; o0 < l->blk; o0 += 8) {
+            __m256 r[8], u[8];
+            for (int i = 0; i < 8; i++)
+                r[i] = _mm256_loadu_ps(t + (size_t)(o0 + i) * ts + c0);
+            for (int i = 0; i < 4; i++) {
+                u[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+                u[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+            }
+            for (int g = 0; g < 2; g++) {
+                r[4 * g] = _mm256_shuffle_ps(u[4 * g], u[4 * g + 2], _MM_SHUFFLE(1, 0, 1, 0));
+                r[4 * g + 1] = _mm256_shuffle_ps(u[4 * g], u[4 * g + 2], _MM_SHUFFLE(3, 2, 3, 2));
+                r[4 * g + 2] =
+                    _mm256_shuffle_ps(u[4 * g + 1], u[4 * g + 3], _MM_SHUFFLE(1, 0, 1, 0));
+                r[4 * g + 3] =
+                    _mm256_shuffle_ps(u[4 * g + 1], u[4 * g + 3], _MM_SHUFFLE(3, 2, 3, 2));
+            }
+            for (int j = 0; j < 4; j++) {
+                _mm256_storeu_ps(d + at[j] + o0, _mm256_permute2f128_ps(r[j], r[4 + j], 0x20));
+                _mm256_storeu_ps(d + at[4 + j] + o0, _mm256_permute2f128_ps(r[j], r[4 + j], 0x31));
+            }
+        }
+    }
+    return c0;
 }
 
 typedef struct wblocked_job {
@@ -250,13 +298,16 @@ static void wblocked_part(void *ctx, size_t b, size_t e)
             else
                 memset(r, 0, sizeof(float) * run);
         }
-        for (int ii = 0; ii < ni; ii++)
-            for (int y = 0; y < l->k; y++)
-                for (int x = 0; x < l->k; x++)
-                    wblocked_column(d + (size_t)((i0 + ii) / l->iblk) * l->stride[1] +
-                                        (size_t)((i0 + ii) % l->iblk) * blk + y * l->stride[2] +
-                                        x * l->stride[3],
-                                    t + ii * kk + y * l->k + x, ts, blk, path);
+        int c = 0; /* the columns: register tiles, then one at a time */
+        if (path == CPU_AVX512 && blk % 16 == 0)
+            c = tiles_avx512(d, t, ts, run, l, i0);
+        else if (path >= CPU_AVX2 && blk % 8 == 0)
+            c = tiles_avx2(d, t, ts, run, l, i0);
+        for (; c < run; c++) {
+            float *dd = d + wblocked_at(l, i0, c);
+            for (int oo = 0; oo < blk; oo++)
+                dd[oo] = t[(size_t)oo * ts + c];
+        }
     }
 }
 
