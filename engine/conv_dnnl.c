@@ -297,9 +297,10 @@ static dnnl_primitive_desc_t pick(const dnnl_convolution_desc_t *cd, dnnl_primit
 #endif
 
 /* p->wlay: the primitive's weights layout when diffuse_op_widen_blocked can
- * write it (blocked, with no inner block or one on the output channels of at
- * most DIFFUSE_WBLOCK_MAX, nothing padded but the output channels): the
- * layouts of oneDNN's direct convolutions (Acdb32a, Acdb16a, Acdb8a, plain).
+ * write it (blocked, with no inner block, one on the output channels of at
+ * most DIFFUSE_WBLOCK_MAX, or one on the input channels outside that, the
+ * channels padded up to their blocks): the layouts of oneDNN's direct
+ * convolutions (Acdb16a to Acdb64a on AVX-512, ABcd8b8a on AVX2, plain).
  * Winograd's own format is not blocked: its weights keep oneDNN's reorder. */
 static void weights_layout(conv_prim *p)
 {
@@ -331,19 +332,29 @@ static void weights_layout(conv_prim *p)
     pdims = m->padded_dims;
     off = m->offset0;
 #endif
-    const dnnl_dim_t blk = nb == 0 ? 1 : nb == 1 && idxs[0] == 0 ? blks[0] : 0;
+    dnnl_dim_t blk = 0, iblk = 1;
+    if (nb == 0)
+        blk = 1;
+    else if (nb == 1 && idxs[0] == 0)
+        blk = blks[0];
+    else if (nb == 2 && idxs[0] == 1 && idxs[1] == 0) /* AVX2's ABcd8b8a */
+        iblk = blks[0], blk = blks[1];
+    /* input channels padded up to their block are zeros: conv_exec clears
+     * the buffer whenever the channels are not a multiple of 16 */
     if (!blk || blk > DIFFUSE_WBLOCK_MAX || off != 0 || k->k > 3 || pdims[0] % blk ||
-        pdims[1] != k->cin || pdims[2] != k->k || pdims[3] != k->k)
+        pdims[1] % iblk || pdims[1] < k->cin || pdims[1] - k->cin >= iblk ||
+        (pdims[1] != k->cin && k->cin % 16 == 0) || pdims[2] != k->k || pdims[3] != k->k)
         return;
-    const dnnl_dim_t last = (pdims[0] / blk - 1) * st[0] + (k->cin - 1) * st[1] +
-                            (k->k - 1) * (st[2] + st[3]) + blk - 1; /* the farthest float */
+    const dnnl_dim_t last = (pdims[0] / blk - 1) * st[0] + (pdims[1] / iblk - 1) * st[1] +
+                            (k->k - 1) * (st[2] + st[3]) + (iblk - 1) * blk + blk -
+                            1; /* the farthest float */
     if ((size_t)(last + 1) * sizeof(float) > p->wei_b)
         return;
     p->wlay = (diffuse_wblocked){.cout = k->cout,
                                  .cin = k->cin,
                                  .k = k->k,
                                  .blk = (int)blk,
-                                 .iblk = 1,
+                                 .iblk = (int)iblk,
                                  .cout_pad = (int)pdims[0],
                                  .stride = {st[0], st[1], st[2], st[3]}};
 }
@@ -861,7 +872,13 @@ static void mm_make(mm_prim *p, int rows, int in, int out)
     p->pad_md = dnnl_primitive_desc_query_md(p->pd, dnnl_query_scratchpad_md, 0);
     p->wei_b = align64(dnnl_memory_desc_get_size(p->wei_md));
     p->pad_b = p->pad_md ? align64(dnnl_memory_desc_get_size(p->pad_md)) : 0;
-    p->ok = mm_layout(p) && dnnl_primitive_create(&p->mm, p->pd) == dnnl_success;
+    /* only oneDNN's brgemm beats OpenBLAS: on AVX2 oneDNN 2.x has its jit
+     * gemm on plain weights, which loses to OpenBLAS's Haswell kernels (a
+     * UNet pass 6.03 s against 5.21 s with OpenBLAS, README) */
+    const char *impl = NULL;
+    p->ok = dnnl_primitive_desc_query(p->pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success &&
+            impl && strstr(impl, "brg") && mm_layout(p) &&
+            dnnl_primitive_create(&p->mm, p->pd) == dnnl_success;
 done:
     if (attr)
         dnnl_primitive_attr_destroy(attr);

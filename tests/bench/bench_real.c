@@ -257,6 +257,11 @@ int main(int argc, char **argv)
         return 2;
     }
     setvbuf(stdout, NULL, _IOLBF, 0); /* lines as they come, also into a file */
+    /* BENCH_CPU=avx2: the engine's AVX2 kernels on an AVX-512 machine; with
+     * ONEDNN_MAX_CPU_ISA=AVX2 and OPENBLAS_CORETYPE=Haswell, an AVX2 machine's
+     * code (not its clocks or caches) */
+    if (getenv("BENCH_CPU") && strcmp(getenv("BENCH_CPU"), "avx2") == 0)
+        diffuse_cpu_cap(DIFFUSE_CPU_AVX2);
     const char *reps_env = getenv("BENCH_REPS");
     const int reps = reps_env && atoi(reps_env) > 0 && atoi(reps_env) <= 16 ? atoi(reps_env) : 3;
     openblas_set_num_threads(diffuse_cpu_count()); /* OpenBLAS's own threads for the peak */
