@@ -396,24 +396,27 @@ size_t diffuse_request_memory(const diffuse_model *m, const diffuse_request *r)
     return need;
 }
 
-/* The share of the sgemm rate each phase reaches, dense-equivalent GFLOP/s
- * over the rate measured in the same run, from `make bench-sd15` on the
- * 2-core AVX-512 machine of 2026-12-07 (quiet): the text encoder 0.10 s for
- * its 2 x 19 GFLOP, a batch-1 UNet pass 0.53-0.56, the VAE decode 0.63-0.79
- * (0.79 with Winograd). Elementwise work, attention and the sampler are in
- * them, which is why they are not 1. */
-#define COST_SHARE_TEXT 0.6
-#define COST_SHARE_UNET 0.55
-#define COST_SHARE_VAE 0.7
+/* The share of gemm_rate() (below: the engine's own sgemm, what the estimate
+ * divides by) each phase reaches, dense-equivalent, on SD 1.5 at 512x512 on
+ * the 2-core AVX-512 machine of 2026-12-07 (quiet; `diffuse generate
+ * --verbose`, 1 step, guidance 7, two runs, gemm_rate 231-248 GFLOP/s): the
+ * text encoder 92-133 GFLOP/s, a guided UNet evaluation 234-255 (oneDNN's
+ * convolutions and matrix products; Winograd at 64x64), the VAE decode
+ * 249. Elementwise work, attention and the sampler are in them; the oneDNN
+ * kernels run above the engine's sgemm. Small models (the bundled one) run
+ * their small layers below it: their estimates come out short. */
+#define COST_SHARE_TEXT 0.45
+#define COST_SHARE_UNET 1.0
+#define COST_SHARE_VAE 1.0
 /* TAESD's 64-channel layers on Winograd F(4x4,3x3) in oneDNN's blocked
- * layout: 192-210% of the rate (dense-equivalent counts every multiply the
- * direct convolution would make), `bench taesd`, same machine and day. */
-#define COST_SHARE_TAESD 1.9
+ * layout: 671 GFLOP/s dense-equivalent (`bench taesd`, the same hour), which
+ * counts every multiply the direct convolution would make. */
+#define COST_SHARE_TAESD 2.8
 /* The VAE decode in bands: oneDNN's direct convolution without Winograd on
- * sub-bands (vae.c), 0.71 of the rate where the whole decode reached 0.85 in
- * the same run (`BENCH_BANDS=1 bench_real`, 512x512, bands of 32 rows): 0.84
- * of its share. */
-#define COST_SHARE_VAE_BANDS 0.59
+ * sub-bands (vae.c), 0.71 of the sgemm peak where the whole decode reached
+ * 0.85 in the same run (`BENCH_BANDS=1 bench_real`, 512x512, bands of 32
+ * rows): 0.84 of the whole decode's share. */
+#define COST_SHARE_VAE_BANDS 0.84
 
 /* GFLOP/s of the engine's own sgemm (diffuse_gemm, on its pool's threads
  * as they are set), best of 3 products of 768^3 after one to warm up. */
