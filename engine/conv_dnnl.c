@@ -296,6 +296,45 @@ static dnnl_primitive_desc_t pick(const dnnl_convolution_desc_t *cd, dnnl_primit
 }
 #endif
 
+/* A blocked layout as oneDNN describes it (dnnl_blocking_desc_t). */
+typedef struct blocking {
+    int nb; /* inner blocks */
+    const dnnl_dim_t *st, *blks, *idxs, *pdims;
+} blocking;
+
+/* md's blocked layout when it is one (format kind blocked, ndims dimensions,
+ * no offset); oneDNN 3.x asks for each part, 2.x has them in the struct. */
+static bool blocking_of(cmd_t md, int ndims, blocking *b)
+{
+    dnnl_dim_t off = 0;
+#if DNNL_VERSION_MAJOR >= 3
+    dnnl_format_kind_t fk = dnnl_format_kind_undef;
+    dnnl_dims_t *qs, *qb, *qi, *qp;
+    int nd = 0;
+    if (dnnl_memory_desc_query(md, dnnl_query_format_kind, &fk) != dnnl_success ||
+        fk != dnnl_blocked ||
+        dnnl_memory_desc_query(md, dnnl_query_ndims_s32, &nd) != dnnl_success || nd != ndims ||
+        dnnl_memory_desc_query(md, dnnl_query_inner_nblks_s32, &b->nb) != dnnl_success ||
+        dnnl_memory_desc_query(md, dnnl_query_strides, &qs) != dnnl_success ||
+        dnnl_memory_desc_query(md, dnnl_query_inner_blks, &qb) != dnnl_success ||
+        dnnl_memory_desc_query(md, dnnl_query_inner_idxs, &qi) != dnnl_success ||
+        dnnl_memory_desc_query(md, dnnl_query_padded_dims, &qp) != dnnl_success ||
+        dnnl_memory_desc_query(md, dnnl_query_submemory_offset_s64, &off) != dnnl_success)
+        return false;
+    b->st = *qs, b->blks = *qb, b->idxs = *qi, b->pdims = *qp;
+#else
+    if (md->format_kind != dnnl_blocked || md->ndims != ndims)
+        return false;
+    b->nb = md->format_desc.blocking.inner_nblks;
+    b->st = md->format_desc.blocking.strides;
+    b->blks = md->format_desc.blocking.inner_blks;
+    b->idxs = md->format_desc.blocking.inner_idxs;
+    b->pdims = md->padded_dims;
+    off = md->offset0;
+#endif
+    return off == 0;
+}
+
 /* p->wlay: the primitive's weights layout when diffuse_op_widen_blocked can
  * write it (blocked, with no inner block, one on the output channels of at
  * most DIFFUSE_WBLOCK_MAX, or one on the input channels outside that, the
@@ -305,33 +344,11 @@ static dnnl_primitive_desc_t pick(const dnnl_convolution_desc_t *cd, dnnl_primit
 static void weights_layout(conv_prim *p)
 {
     const conv_key *k = &p->key;
-    int nb = 0;
-    const dnnl_dim_t *st, *blks, *idxs, *pdims;
-    dnnl_dim_t off = 0;
-#if DNNL_VERSION_MAJOR >= 3
-    dnnl_format_kind_t fk = dnnl_format_kind_undef;
-    dnnl_dims_t *qs, *qb, *qi, *qp;
-    if (dnnl_memory_desc_query(p->wei_md, dnnl_query_format_kind, &fk) != dnnl_success ||
-        fk != dnnl_blocked ||
-        dnnl_memory_desc_query(p->wei_md, dnnl_query_inner_nblks_s32, &nb) != dnnl_success ||
-        dnnl_memory_desc_query(p->wei_md, dnnl_query_strides, &qs) != dnnl_success ||
-        dnnl_memory_desc_query(p->wei_md, dnnl_query_inner_blks, &qb) != dnnl_success ||
-        dnnl_memory_desc_query(p->wei_md, dnnl_query_inner_idxs, &qi) != dnnl_success ||
-        dnnl_memory_desc_query(p->wei_md, dnnl_query_padded_dims, &qp) != dnnl_success ||
-        dnnl_memory_desc_query(p->wei_md, dnnl_query_submemory_offset_s64, &off) != dnnl_success)
+    blocking b;
+    if (!blocking_of(p->wei_md, 4, &b))
         return;
-    st = *qs, blks = *qb, idxs = *qi, pdims = *qp;
-#else
-    const dnnl_memory_desc_t *m = p->wei_md;
-    if (m->format_kind != dnnl_blocked || m->ndims != 4)
-        return;
-    nb = m->format_desc.blocking.inner_nblks;
-    st = m->format_desc.blocking.strides;
-    blks = m->format_desc.blocking.inner_blks;
-    idxs = m->format_desc.blocking.inner_idxs;
-    pdims = m->padded_dims;
-    off = m->offset0;
-#endif
+    const int nb = b.nb;
+    const dnnl_dim_t *st = b.st, *blks = b.blks, *idxs = b.idxs, *pdims = b.pdims;
     dnnl_dim_t blk = 0, iblk = 1;
     if (nb == 0)
         blk = 1;
@@ -341,8 +358,8 @@ static void weights_layout(conv_prim *p)
         iblk = blks[0], blk = blks[1];
     /* input channels padded up to their block are zeros: conv_exec clears
      * the buffer whenever the channels are not a multiple of 16 */
-    if (!blk || blk > DIFFUSE_WBLOCK_MAX || off != 0 || k->k > 3 || pdims[0] % blk ||
-        pdims[1] % iblk || pdims[1] < k->cin || pdims[1] - k->cin >= iblk ||
+    if (!blk || blk > DIFFUSE_WBLOCK_MAX || k->k > 3 || pdims[0] % blk || pdims[1] % iblk ||
+        pdims[1] < k->cin || pdims[1] - k->cin >= iblk ||
         (pdims[1] != k->cin && k->cin % 16 == 0) || pdims[2] != k->k || pdims[3] != k->k)
         return;
     const dnnl_dim_t last = (pdims[0] / blk - 1) * st[0] + (pdims[1] / iblk - 1) * st[1] +
@@ -792,33 +809,11 @@ static int nmms;
  * N (BA16a64b), N and K padded up to their blocks. */
 static bool mm_layout(mm_prim *p)
 {
-    int nb = 0;
-    const dnnl_dim_t *st, *blks, *idxs, *pdims;
-    dnnl_dim_t off = 0;
-#if DNNL_VERSION_MAJOR >= 3
-    dnnl_format_kind_t fk = dnnl_format_kind_undef;
-    dnnl_dims_t *qs, *qb, *qi, *qp;
-    if (dnnl_memory_desc_query(p->wei_md, dnnl_query_format_kind, &fk) != dnnl_success ||
-        fk != dnnl_blocked ||
-        dnnl_memory_desc_query(p->wei_md, dnnl_query_inner_nblks_s32, &nb) != dnnl_success ||
-        dnnl_memory_desc_query(p->wei_md, dnnl_query_strides, &qs) != dnnl_success ||
-        dnnl_memory_desc_query(p->wei_md, dnnl_query_inner_blks, &qb) != dnnl_success ||
-        dnnl_memory_desc_query(p->wei_md, dnnl_query_inner_idxs, &qi) != dnnl_success ||
-        dnnl_memory_desc_query(p->wei_md, dnnl_query_padded_dims, &qp) != dnnl_success ||
-        dnnl_memory_desc_query(p->wei_md, dnnl_query_submemory_offset_s64, &off) != dnnl_success)
+    blocking b;
+    if (!blocking_of(p->wei_md, 2, &b))
         return false;
-    st = *qs, blks = *qb, idxs = *qi, pdims = *qp;
-#else
-    const dnnl_memory_desc_t *m = p->wei_md;
-    if (m->format_kind != dnnl_blocked || m->ndims != 2)
-        return false;
-    nb = m->format_desc.blocking.inner_nblks;
-    st = m->format_desc.blocking.strides;
-    blks = m->format_desc.blocking.inner_blks;
-    idxs = m->format_desc.blocking.inner_idxs;
-    pdims = m->padded_dims;
-    off = m->offset0;
-#endif
+    const int nb = b.nb;
+    const dnnl_dim_t *st = b.st, *blks = b.blks, *idxs = b.idxs, *pdims = b.pdims;
     dnnl_dim_t blk = 1, iblk = 1;
     if (nb == 1 && idxs[0] == 1)
         blk = blks[0];
@@ -826,8 +821,8 @@ static bool mm_layout(mm_prim *p)
         iblk = blks[0], blk = blks[1];
     else if (nb != 0)
         return false;
-    if (blk > DIFFUSE_WBLOCK_MAX || off != 0 || pdims[1] % blk || pdims[0] % iblk ||
-        pdims[0] < p->in || pdims[0] - p->in >= iblk)
+    if (blk > DIFFUSE_WBLOCK_MAX || pdims[1] % blk || pdims[0] % iblk || pdims[0] < p->in ||
+        pdims[0] - p->in >= iblk)
         return false;
     const dnnl_dim_t last =
         (pdims[1] / blk - 1) * st[1] + (pdims[0] / iblk - 1) * st[0] + (iblk - 1) * blk + blk - 1;
