@@ -339,7 +339,8 @@ static bool blocking_of(cmd_t md, int ndims, blocking *b)
  * write it (blocked, with no inner block, one on the output channels of at
  * most DIFFUSE_WBLOCK_MAX, or one on the input channels outside that, the
  * channels padded up to their blocks): the layouts of oneDNN's direct
- * convolutions (Acdb16a to Acdb64a on AVX-512, ABcd8b8a on AVX2, plain).
+ * convolutions (Acdb16a to Acdb64a and ABcd16b16a on AVX-512, ABcd8b8a on
+ * AVX2, plain).
  * Winograd's own format is not blocked: its weights keep oneDNN's reorder. */
 static void weights_layout(conv_prim *p)
 {
@@ -789,7 +790,7 @@ void diffuse_linear_set_backend(int backend)
 }
 
 typedef struct mm_prim {
-    int rows, in, out; /* the key */
+    int rows, in, out, threads; /* the key: oneDNN 2.x fixes a primitive's threads */
     bool ok;
     dnnl_primitive_t mm;
     dnnl_primitive_desc_t pd;
@@ -839,10 +840,11 @@ static bool mm_layout(mm_prim *p)
     return true;
 }
 
-static void mm_make(mm_prim *p, int rows, int in, int out)
+static void mm_make(mm_prim *p, int rows, int in, int out, int threads)
 {
     memset(p, 0, sizeof *p);
-    p->rows = rows, p->in = in, p->out = out;
+    p->rows = rows, p->in = in, p->out = out, p->threads = threads;
+    omp_set_num_threads(threads); /* what it will run on, and its scratchpad's size */
     dnnl_dims_t sd = {rows, in}, wd = {in, out}, bd = {1, out}, dd = {rows, out};
     p->src_md = md_new(2, sd, dnnl_ab);
     p->dst_md = md_new(2, dd, dnnl_ab);
@@ -887,16 +889,18 @@ static mm_prim *mm_get(int rows, int in, int out)
         (m == 0 && (double)rows * in * out < LINEAR_MIN_MACS))
         return NULL;
     mm_prim *p = NULL;
+    const int threads = diffuse_pool_threads();
     pthread_mutex_lock(&prim_lock);
     if (!engine && (dnnl_engine_create(&engine, dnnl_cpu, 0) != dnnl_success ||
                     dnnl_stream_create(&stream, engine, dnnl_stream_default_flags) != dnnl_success))
         engine = NULL;
     for (int i = 0; engine && i < nmms && !p; i++)
-        if (mms[i].rows == rows && mms[i].in == in && mms[i].out == out)
+        if (mms[i].rows == rows && mms[i].in == in && mms[i].out == out &&
+            mms[i].threads == threads)
             p = &mms[i];
     if (engine && !p && nmms < MAX_PRIMS) {
         p = &mms[nmms++];
-        mm_make(p, rows, in, out);
+        mm_make(p, rows, in, out, threads);
     }
     pthread_mutex_unlock(&prim_lock);
     return p && p->ok ? p : NULL;

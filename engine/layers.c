@@ -110,8 +110,16 @@ int diffuse_linear_forward(const diffuse_linear *l, float *y, const float *x, in
         if (!scratch)
             return -1;
         if (!a->dry) {
-            if (!diffuse_dnnl_linear(y, x, m->data, m->dtype, l->b, rows, l->in, l->out, scratch))
-                return -1;
+            if (!diffuse_dnnl_linear(y, x, m->data, m->dtype, l->b, rows, l->in, l->out, scratch)) {
+                /* oneDNN refused at run time: OpenBLAS on the float32 weights,
+                 * widened into the scratch (the blocked layout's size or more) */
+                const float *wf = m->data;
+                if (!m->in_place) {
+                    diffuse_op_widen(scratch, m->data, m->dtype, m->numel);
+                    wf = scratch;
+                }
+                diffuse_op_linear(y, x, wf, l->b, rows, l->in, l->out);
+            }
             wmat_done(m);
         }
         diffuse_arena_count(a, 2.0 * rows * l->in * l->out);

@@ -314,6 +314,10 @@ static void wblocked_part(void *ctx, size_t b, size_t e)
 void diffuse_op_widen_blocked(float *dst, const void *src, diffuse_dtype dtype,
                               const diffuse_wblocked *l)
 {
+    if (l->k * l->k > WBLOCK_RUN || l->blk > DIFFUSE_WBLOCK_MAX || l->blk < 1 || l->iblk < 1) {
+        diffuse_op_widen_blocked_ref(dst, src, dtype, l); /* not a layout the tiles take */
+        return;
+    }
     wblocked_job j = {dst, src, dtype, l};
     const int chunk = WBLOCK_RUN / (l->k * l->k), nchunks = (l->cin + chunk - 1) / chunk;
     diffuse_parallel_for((size_t)(l->cout_pad / l->blk) * nchunks, 4, wblocked_part, &j);

@@ -795,8 +795,8 @@ int diffuse_unet_forward(const diffuse_unet *u, float *out, const float *x, cons
     diffuse_arena_reset(a, mark);
     if (rc)
         return diffuse_fail(err,
-                            "internal: UNet work memory exhausted in %s (arena of %zu "
-                            "floats, %zu needed for n=%d %dx%d)",
+                            "internal: UNet work memory exhausted, or a oneDNN call refused, in %s "
+                            "(arena of %zu floats, %zu needed for n=%d %dx%d)",
                             r.stage, a->cap, diffuse_unet_workspace(u, n, h, w, tokens), n, h, w);
     return 0;
 }

@@ -639,8 +639,8 @@ static int vae_out_of_memory(const diffuse_vae *v, int height, int width, const 
                              char *err)
 {
     return diffuse_fail(err,
-                        "internal: VAE work memory exhausted (arena %zu floats, %zu needed at "
-                        "%dx%d)",
+                        "internal: VAE work memory exhausted, or a oneDNN call refused (arena "
+                        "%zu floats, %zu needed at %dx%d)",
                         a->cap, diffuse_vae_workspace(v, height, width), width, height);
 }
 
