@@ -805,39 +805,28 @@ static void silu_part(void *ctx, size_t b, size_t e)
 __attribute__((target("avx512f"))) __m512 _ZGVeN16v_erff(__m512);
 __attribute__((target("avx2"))) __m256 _ZGVdN8v_erff(__m256);
 
-__attribute__((target("avx512f"))) static void gelu_avx512(float *x, size_t n)
-{
-    const __m512 h = _mm512_set1_ps(0.5f), r = _mm512_set1_ps((float)M_SQRT1_2),
-                 one = _mm512_set1_ps(1.0f);
-    for (size_t i = 0; i < n; i += 16) {
-        float tail[16] = {0};
-        float *p = i + 16 <= n ? x + i : tail;
-        if (p == tail)
-            memcpy(tail, x + i, sizeof(float) * (n - i));
-        __m512 v = _mm512_loadu_ps(p);
-        __m512 e = _ZGVeN16v_erff(_mm512_mul_ps(v, r));
-        _mm512_storeu_ps(p, _mm512_mul_ps(_mm512_mul_ps(h, v), _mm512_add_ps(one, e)));
-        if (p == tail)
-            memcpy(x + i, tail, sizeof(float) * (n - i));
+/* One body for both widths: W floats a vector, VT its type, ERF libmvec's
+ * erf on it. */
+#define GELU_VEC(NAME, TARGET, W, VT, ERF)                                                         \
+    __attribute__((target(TARGET))) static void NAME(float *x, size_t n)                           \
+    {                                                                                              \
+        for (size_t i = 0; i < n; i += W) {                                                        \
+            float tail[W] = {0};                                                                   \
+            float *p = i + W <= n ? x + i : tail;                                                  \
+            if (p == tail)                                                                         \
+                memcpy(tail, x + i, sizeof(float) * (n - i));                                      \
+            VT v;                                                                                  \
+            memcpy(&v, p, sizeof v);                                                               \
+            const VT e = ERF(v * (float)M_SQRT1_2);                                                \
+            v = 0.5f * v * (1.0f + e);                                                             \
+            memcpy(p, &v, sizeof v);                                                               \
+            if (p == tail)                                                                         \
+                memcpy(x + i, tail, sizeof(float) * (n - i));                                      \
+        }                                                                                          \
     }
-}
-
-__attribute__((target("avx2"))) static void gelu_avx2(float *x, size_t n)
-{
-    const __m256 h = _mm256_set1_ps(0.5f), r = _mm256_set1_ps((float)M_SQRT1_2),
-                 one = _mm256_set1_ps(1.0f);
-    for (size_t i = 0; i < n; i += 8) {
-        float tail[8] = {0};
-        float *p = i + 8 <= n ? x + i : tail;
-        if (p == tail)
-            memcpy(tail, x + i, sizeof(float) * (n - i));
-        __m256 v = _mm256_loadu_ps(p);
-        __m256 e = _ZGVdN8v_erff(_mm256_mul_ps(v, r));
-        _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_mul_ps(h, v), _mm256_add_ps(one, e)));
-        if (p == tail)
-            memcpy(x + i, tail, sizeof(float) * (n - i));
-    }
-}
+GELU_VEC(gelu_avx512, "avx512f", 16, __m512, _ZGVeN16v_erff)
+GELU_VEC(gelu_avx2, "avx2", 8, __m256, _ZGVdN8v_erff)
+#undef GELU_VEC
 
 static void gelu_run(float *x, size_t n)
 {
